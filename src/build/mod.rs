@@ -1,0 +1,1 @@
+//! One image: a BuildSpec becomes a Solve request plus the session it needs.

@@ -1,0 +1,1 @@
+//! Input fingerprints and the state store (in progress).

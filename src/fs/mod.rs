@@ -1,0 +1,1 @@
+//! Walking a directory the way BuildKit expects it (owner: fs helper; in progress).

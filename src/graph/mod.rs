@@ -1,0 +1,1 @@
+//! The target graph (owner: project helper; in progress).

@@ -1,0 +1,15 @@
+//! bk-build: build container images by talking to BuildKit over its gRPC control API.
+//!
+//! The data flow, one module per step: [`project`] (config) → [`graph`] → [`fingerprint`] →
+//! [`build`] (session + solve, over [`transport`]) → [`progress`] → results.
+
+pub mod build;
+pub mod fingerprint;
+pub mod fs;
+pub mod graph;
+pub mod options;
+pub mod progress;
+pub mod project;
+pub mod proto;
+pub mod session;
+pub mod transport;

@@ -1,0 +1,1 @@
+//! buildx-style option strings (owner: session-services helper; in progress).

@@ -1,0 +1,1 @@
+//! Rendering the Status stream (owner: progress helper; in progress).

@@ -1,0 +1,1 @@
+//! Loading bk-build.toml / compose projects (owner: project helper; in progress).

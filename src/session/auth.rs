@@ -1,0 +1,1 @@
+//! Registry credentials served to the daemon (owner: session-services helper; in progress).

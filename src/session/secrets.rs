@@ -1,0 +1,1 @@
+//! Build secrets (owner: session-services helper; in progress).

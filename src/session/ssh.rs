@@ -1,0 +1,1 @@
+//! SSH agent forwarding (owner: session-services helper; in progress).

@@ -1,0 +1,1 @@
+//! Turning an address into a gRPC channel to BuildKit.
