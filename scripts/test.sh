@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# scripts/test.sh — the whole test suite, from a fresh Debian bookworm machine (root).
+# Installs what is missing, starts a private Docker Engine (embedded BuildKit, containerd image
+# store) and a local registry on 127.0.0.1:5000 (scripts/bkenv/up.sh), then runs lints, unit
+# tests and the integration tests against that real daemon. `.ci/run` calls exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '[test] %s\n' "$*" >&2; }
+
+# ---- prerequisites: apt packages the environment script needs, and the Rust toolchain.
+need=()
+command -v ip >/dev/null || need+=(iproute2)
+[ -r /usr/share/keyrings/debian-archive-keyring.gpg ] || need+=(debian-archive-keyring)
+command -v python3 >/dev/null || need+=(python3)
+command -v git >/dev/null || need+=(git)
+command -v cc >/dev/null || need+=(gcc)
+if [ ${#need[@]} -gt 0 ]; then
+  log "installing ${need[*]}"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+if ! command -v cargo >/dev/null; then
+  [ -x "$HOME/.cargo/bin/cargo" ] && export PATH=$HOME/.cargo/bin:$PATH
+fi
+command -v cargo >/dev/null || { log "cargo not found: install Rust (rustup) first"; exit 1; }
+
+# ---- the daemon under test
+export BKENV=${BKENV:-/tmp/bkenv}
+bash scripts/bkenv/up.sh
+# shellcheck disable=SC1091
+source "$BKENV/env.sh"
+
+# ---- lints and tests
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy"
+cargo clippy --all-targets --locked -- -D warnings
+log "cargo test (unit + integration against $DOCKER_HOST)"
+# Integration tests share one daemon; two at a time keeps a 2-core machine responsive.
+cargo test --locked --all-targets -- --test-threads="${BK_TEST_THREADS:-2}"
