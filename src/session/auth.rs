@@ -97,6 +97,9 @@ pub struct AuthProvider {
     search_path: Option<OsString>,
     helper_timeout: Duration,
     cache: Mutex<HashMap<String, (Instant, Option<RegistryCredentials>)>>,
+    /// Serializes cache misses: the daemon asks for the same host from many concurrent layer
+    /// pulls, and one helper run should answer them all.
+    miss_lock: tokio::sync::Mutex<()>,
 }
 
 impl AuthProvider {
@@ -120,24 +123,31 @@ impl AuthProvider {
             search_path,
             helper_timeout: HELPER_TIMEOUT,
             cache: Mutex::new(HashMap::new()),
+            miss_lock: tokio::sync::Mutex::new(()),
         }
     }
 
     /// Credentials for a registry host as the daemon names it (`registry-1.docker.io`,
     /// `ghcr.io`, `localhost:5000`); `None` means anonymous.
     pub async fn lookup(&self, host: &str) -> Result<Option<RegistryCredentials>, AuthError> {
-        if let Ok(cache) = self.cache.lock() {
-            if let Some((at, creds)) = cache.get(host) {
-                if at.elapsed() < CACHE_TTL {
-                    return Ok(creds.clone());
-                }
-            }
+        if let Some(hit) = self.cached(host) {
+            return Ok(hit);
+        }
+        let _guard = self.miss_lock.lock().await;
+        if let Some(hit) = self.cached(host) {
+            return Ok(hit);
         }
         let creds = self.lookup_uncached(host).await?;
         if let Ok(mut cache) = self.cache.lock() {
             cache.insert(host.to_string(), (Instant::now(), creds.clone()));
         }
         Ok(creds)
+    }
+
+    fn cached(&self, host: &str) -> Option<Option<RegistryCredentials>> {
+        let cache = self.cache.lock().ok()?;
+        let (at, creds) = cache.get(host)?;
+        (at.elapsed() < CACHE_TTL).then(|| creds.clone())
     }
 
     async fn lookup_uncached(&self, host: &str) -> Result<Option<RegistryCredentials>, AuthError> {
@@ -152,7 +162,9 @@ impl AuthProvider {
         // The address helpers are asked about: what `docker login` stored it under.
         let server_url = if hub { HUB_SERVER_URL } else { host };
 
-        if let Some(helper) = find_entry(&config.cred_helpers, server_url, hub) {
+        if let Some(helper) =
+            find_entry(&config.cred_helpers, server_url, hub).filter(|h| !h.is_empty())
+        {
             return self
                 .run_helper(helper, "credHelpers", &path, server_url)
                 .await;
@@ -642,6 +654,16 @@ esac
             assert_eq!(p.lookup("nothing.example").await.unwrap(), None);
         }
         assert_eq!(calls(&tmp), vec!["ghcr.io", "nothing.example"]);
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_run_the_helper_once() {
+        let (tmp, p) = setup(r#"{"credsStore": "test"}"#);
+        let all = futures_util::future::join_all((0..8).map(|_| p.lookup("ghcr.io"))).await;
+        for r in all {
+            assert_eq!(r.unwrap(), creds("gh-user", "gh-pass"));
+        }
+        assert_eq!(calls(&tmp), vec!["ghcr.io"]);
     }
 
     #[tokio::test]
