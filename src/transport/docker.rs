@@ -1,0 +1,264 @@
+//! Docker Engine's embedded BuildKit. Engines with API ≥ 1.53 serve gRPC natively on the API
+//! socket (HTTP/2 prior knowledge); older ones (19.03+) need `POST /grpc` with `Upgrade: h2c`,
+//! after which the hijacked socket carries a fresh h2c connection that *we* start with the
+//! client preface. Every reconnect performs a new upgrade.
+
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tonic::transport::{Channel, Uri};
+
+use super::{endpoint, error_chain, split_host_port, TransportError};
+
+/// The Docker API endpoint (`DOCKER_HOST`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DockerHost {
+    Unix(PathBuf),
+    Tcp(String, u16),
+}
+
+impl std::fmt::Display for DockerHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DockerHost::Unix(p) => write!(f, "unix://{}", p.display()),
+            DockerHost::Tcp(h, p) => write!(f, "tcp://{h}:{p}"),
+        }
+    }
+}
+
+const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
+/// First API version whose socket routes HTTP/2 gRPC natively.
+const NATIVE_GRPC_API: (u32, u32) = (1, 53);
+
+impl DockerHost {
+    /// `$DOCKER_HOST`, else the default socket.
+    pub fn from_env() -> Result<DockerHost, TransportError> {
+        match std::env::var("DOCKER_HOST") {
+            Ok(h) if !h.is_empty() => DockerHost::parse(&h),
+            _ => Ok(DockerHost::Unix(PathBuf::from(DEFAULT_SOCKET))),
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<DockerHost, TransportError> {
+        if let Some(p) = s.strip_prefix("unix://") {
+            if p.is_empty() {
+                return Err(bad(s, "the socket path is empty"));
+            }
+            return Ok(DockerHost::Unix(PathBuf::from(p)));
+        }
+        if let Some(rest) = s.strip_prefix("tcp://") {
+            let (h, p) =
+                split_host_port(rest).ok_or_else(|| bad(s, "expected tcp://HOST:PORT"))?;
+            return Ok(DockerHost::Tcp(h, p));
+        }
+        if s.starts_with('/') {
+            return Ok(DockerHost::Unix(PathBuf::from(s)));
+        }
+        Err(bad(
+            s,
+            "Docker host must be unix:///path/to/docker.sock or tcp://HOST:PORT (TLS Docker hosts are not supported)",
+        ))
+    }
+}
+
+fn bad(addr: &str, why: &str) -> TransportError {
+    TransportError::BadAddress {
+        addr: addr.to_string(),
+        why: why.to_string(),
+    }
+}
+
+/// A raw connection to the Docker API socket.
+enum Stream {
+    Unix(tokio::net::UnixStream),
+    Tcp(tokio::net::TcpStream),
+}
+
+async fn dial(host: &DockerHost) -> std::io::Result<Stream> {
+    match host {
+        DockerHost::Unix(p) => Ok(Stream::Unix(tokio::net::UnixStream::connect(p).await?)),
+        DockerHost::Tcp(h, p) => {
+            let s = tokio::net::TcpStream::connect((h.as_str(), *p)).await?;
+            s.set_nodelay(true)?;
+            Ok(Stream::Tcp(s))
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection; returns the response head and the connection
+/// (upgraded when the daemon answered 101).
+async fn http1_request(
+    host: &DockerHost,
+    req: http::Request<Empty<Bytes>>,
+) -> Result<http::Response<hyper::body::Incoming>, String> {
+    let stream = dial(host).await.map_err(|e| e.to_string())?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| error_chain(&e))?;
+    tokio::spawn(async move {
+        // Errors here surface on the request future; the task only drives the connection.
+        let _ = conn.with_upgrades().await;
+    });
+    sender
+        .send_request(req)
+        .await
+        .map_err(|e| error_chain(&e))
+}
+
+/// `GET /_ping` → the engine's API version (`Api-Version` header).
+pub(crate) async fn api_version(host: &DockerHost) -> Result<String, String> {
+    let req = http::Request::get("/_ping")
+        .header(http::header::HOST, "api.moby.localhost")
+        .body(Empty::new())
+        .map_err(|e| e.to_string())?;
+    let resp = http1_request(host, req).await?;
+    let v = resp
+        .headers()
+        .get("api-version")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .ok_or_else(|| {
+            format!(
+                "{} answered /_ping without an Api-Version header: is it a Docker Engine?",
+                host
+            )
+        })?;
+    // Drain so the connection closes cleanly.
+    let _ = resp.into_body().collect().await;
+    Ok(v)
+}
+
+fn parse_api_version(v: &str) -> Option<(u32, u32)> {
+    let (a, b) = v.split_once('.')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+/// `POST /grpc` + `Upgrade: h2c`; the returned IO is a blank socket ready for the h2 preface.
+/// hyper's upgrade keeps any bytes the daemon sent after the 101 head (its SETTINGS frame may
+/// arrive in the same read).
+async fn upgrade_grpc(host: DockerHost) -> Result<hyper::upgrade::Upgraded, std::io::Error> {
+    let io_err = |m: String| std::io::Error::other(m);
+    let req = http::Request::post("/grpc")
+        .header(http::header::HOST, "api.moby.localhost")
+        .header(http::header::CONNECTION, "Upgrade")
+        .header(http::header::UPGRADE, "h2c")
+        .header(http::header::CONTENT_LENGTH, "0")
+        .body(Empty::new())
+        .map_err(|e| io_err(e.to_string()))?;
+    let resp = http1_request(&host, req).await.map_err(io_err)?;
+    if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+        return Err(io_err(format!(
+            "POST /grpc on {host} answered {} instead of 101 Switching Protocols (Docker 19.03+ is needed)",
+            resp.status()
+        )));
+    }
+    hyper::upgrade::on(resp)
+        .await
+        .map_err(|e| io_err(error_chain(&e)))
+}
+
+/// Builds a channel to the engine's BuildKit, choosing native gRPC or the `/grpc` upgrade.
+pub(crate) async fn channel(
+    host: &DockerHost,
+    timeout: Duration,
+) -> Result<(Channel, String), TransportError> {
+    let conn_err = |why: String| TransportError::Connect {
+        addr: host.to_string(),
+        why,
+    };
+    if let DockerHost::Unix(p) = host {
+        if !p.exists() {
+            return Err(conn_err(format!("{} does not exist", p.display())));
+        }
+    }
+    let version = tokio::time::timeout(timeout, api_version(host))
+        .await
+        .map_err(|_| conn_err(format!("no answer to /_ping within {}s", timeout.as_secs())))?
+        .map_err(conn_err)?;
+    let native = parse_api_version(&version).is_some_and(|v| v >= NATIVE_GRPC_API);
+    let ep = endpoint("http://api.moby.localhost", timeout);
+    if native {
+        let h = host.clone();
+        let ch = ep
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let h = h.clone();
+                async move { dial(&h).await.map(TokioIo::new) }
+            }))
+            .await;
+        if let Ok(ch) = ch {
+            return Ok((ch, version));
+        }
+    }
+    let h = host.clone();
+    let ch = ep
+        .connect_with_connector(tower::service_fn(move |_: Uri| upgrade_grpc(h.clone())))
+        .await
+        .map_err(|e| conn_err(error_chain(&e)))?;
+    Ok((ch, version))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_versions_compare() {
+        assert!(parse_api_version("1.53").unwrap() >= NATIVE_GRPC_API);
+        assert!(parse_api_version("1.51").unwrap() < NATIVE_GRPC_API);
+        assert!(parse_api_version("2.0").unwrap() >= NATIVE_GRPC_API);
+        assert!(parse_api_version("x").is_none());
+    }
+
+    #[test]
+    fn docker_host_parse() {
+        assert_eq!(
+            DockerHost::parse("unix:///var/run/docker.sock").unwrap(),
+            DockerHost::Unix("/var/run/docker.sock".into())
+        );
+        assert!(DockerHost::parse("ssh://x").is_err());
+    }
+}
