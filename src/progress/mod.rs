@@ -1,1 +1,775 @@
-//! Rendering the Status stream (owner: progress helper; in progress).
+//! Showing what builds are doing: BuildKit's Status stream rendered as a redrawn terminal view,
+//! plain CI-friendly text, or raw JSON, plus the end-of-run numbers and the error/summary text.
+//!
+//! One printer serves every build of a run: each build sends its Status messages through a
+//! cloned [`Progress`] handle, tagged with its target name in multi-target runs, and a single
+//! printer thread owns the output, so lines of different targets never mix mid-line.
+//! This module knows the Status protocol and terminals; it must not know how builds are
+//! started, scheduled or skipped — callers tell it with [`Progress::note`].
+//!
+//! Layout: `trace` folds messages into per-build state; `plain`, `tty` and `json` render it;
+//! `error` explains a failed Solve ([`describe_build_error`]); `summary` draws the multi-target
+//! table ([`summary_table`]).
+
+mod error;
+mod json;
+mod plain;
+mod summary;
+mod trace;
+mod tty;
+mod units;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::{IsTerminal, Write};
+use std::str::FromStr;
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::proto::control::StatusResponse;
+
+pub use error::describe_build_error;
+pub use summary::{summary_table, SummaryRow, TargetOutcome};
+pub use units::{format_bytes, format_duration};
+
+use plain::PlainPrinter;
+use trace::{Nanos, Trace};
+use tty::{FrameSpec, TargetView, TtyWriter};
+
+/// How often the terminal view is redrawn while nothing arrives (running timers still move).
+const TTY_TICK: Duration = Duration::from_millis(150);
+/// The least time between two redraws caused by incoming messages.
+const TTY_MIN_REDRAW: Duration = Duration::from_millis(100);
+
+/// How progress is shown (`--progress`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// `Tty` when stderr is a terminal, else `Plain`.
+    #[default]
+    Auto,
+    Tty,
+    Plain,
+    RawJson,
+    Quiet,
+}
+
+impl Mode {
+    const CHOICES: &'static str = "auto, tty, plain, rawjson, quiet";
+
+    /// `Auto` decided for this process's stderr; other modes are returned unchanged.
+    pub fn resolve(self) -> Mode {
+        match self {
+            Mode::Auto => {
+                let dumb = std::env::var_os("TERM").is_some_and(|t| t == "dumb");
+                if std::io::stderr().is_terminal() && !dumb {
+                    Mode::Tty
+                } else {
+                    Mode::Plain
+                }
+            }
+            m => m,
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Auto => "auto",
+            Mode::Tty => "tty",
+            Mode::Plain => "plain",
+            Mode::RawJson => "rawjson",
+            Mode::Quiet => "quiet",
+        })
+    }
+}
+
+/// An unknown `--progress` value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown progress mode {given:?}: use one of {}", Mode::CHOICES)]
+pub struct ParseModeError {
+    pub given: String,
+}
+
+impl FromStr for Mode {
+    type Err = ParseModeError;
+
+    fn from_str(s: &str) -> Result<Mode, ParseModeError> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" | "" => Ok(Mode::Auto),
+            "tty" => Ok(Mode::Tty),
+            "plain" => Ok(Mode::Plain),
+            "rawjson" => Ok(Mode::RawJson),
+            "quiet" => Ok(Mode::Quiet),
+            _ => Err(ParseModeError {
+                given: s.to_string(),
+            }),
+        }
+    }
+}
+
+/// Totals of one run, computed in every mode (also `Quiet`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProgressReport {
+    /// Every warning of every build, `[target] ` prefixed in multi-target runs, with the
+    /// `file:line` it points at when the daemon said (e.g. `JSONArgsRecommended: … (Dockerfile:5)`).
+    pub warnings: Vec<String>,
+    pub vertices_total: usize,
+    pub vertices_cached: usize,
+    /// Bytes of local sources (build context, Dockerfile) the daemon reported receiving: the sum,
+    /// over vertices, of the largest `current` of each `transferring <name>:` status.
+    pub transferred_context_bytes: u64,
+    /// The same numbers per build, in the order builds first reported.
+    pub targets: Vec<TargetReport>,
+}
+
+/// One build's share of a [`ProgressReport`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TargetReport {
+    /// `None` for the single build of `bk-build build`.
+    pub target: Option<String>,
+    pub warnings: Vec<String>,
+    pub vertices_total: usize,
+    pub vertices_cached: usize,
+    pub transferred_context_bytes: u64,
+    /// `"<step name>: <error>"` for every step that failed (cancellations are not failures).
+    pub failed_steps: Vec<String>,
+}
+
+enum Event {
+    Status(Option<String>, Box<StatusResponse>),
+    Note(Option<String>, String),
+    Finish,
+}
+
+/// Where builds send their progress. Cheap to clone; sending never blocks and is a no-op once
+/// the printer has finished.
+#[derive(Clone)]
+pub struct Progress {
+    tx: mpsc::Sender<Event>,
+}
+
+impl fmt::Debug for Progress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Progress").finish_non_exhaustive()
+    }
+}
+
+/// The running printer; [`ProgressTask::finish`] ends it and returns the report.
+pub struct ProgressTask {
+    tx: mpsc::Sender<Event>,
+    done: tokio::sync::oneshot::Receiver<ProgressReport>,
+}
+
+impl fmt::Debug for ProgressTask {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProgressTask").finish_non_exhaustive()
+    }
+}
+
+/// Test seams: the clock and the terminal size are injected so output is reproducible.
+struct Env {
+    now: Box<dyn Fn() -> SystemTime + Send>,
+    size: Box<dyn Fn() -> (usize, usize) + Send>,
+    color: bool,
+    log_lines: usize,
+}
+
+impl Env {
+    fn real() -> Env {
+        let log_lines = std::env::var("BUILDKIT_TTY_LOG_LINES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(tty::DEFAULT_LOG_LINES);
+        Env {
+            now: Box::new(SystemTime::now),
+            size: Box::new(|| {
+                let (rows, cols) = console::Term::stderr().size_checked().unwrap_or((24, 80));
+                (usize::from(cols), usize::from(rows))
+            }),
+            color: console::colors_enabled_stderr() && std::env::var_os("NO_COLOR").is_none(),
+            log_lines,
+        }
+    }
+}
+
+impl Progress {
+    /// Starts the printer writing to `out` (stderr in the CLI). The printer runs on its own
+    /// thread, so it works with or without a Tokio runtime and a slow terminal never stalls
+    /// a build.
+    pub fn start(mode: Mode, out: Box<dyn Write + Send>) -> (Progress, ProgressTask) {
+        Progress::start_with(mode.resolve(), out, Env::real())
+    }
+
+    fn start_with(mode: Mode, out: Box<dyn Write + Send>, env: Env) -> (Progress, ProgressTask) {
+        let (tx, rx) = mpsc::channel();
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        let printer = Printer::new(mode, out, env);
+        // If the thread cannot be started the builds still run; they just show no progress
+        // and `finish` returns an empty report.
+        let _ = std::thread::Builder::new()
+            .name("bk-build-progress".into())
+            .spawn(move || {
+                let report = printer.run(rx);
+                let _ = done_tx.send(report);
+            });
+        (Progress { tx: tx.clone() }, ProgressTask { tx, done })
+    }
+
+    /// One Status message of a build. `target` is `None` for a single `bk-build build` and the
+    /// target's name in multi-target runs, where every plain line is then prefixed `[name] `.
+    pub fn status(&self, target: Option<&str>, msg: StatusResponse) {
+        let _ = self
+            .tx
+            .send(Event::Status(target.map(str::to_string), Box::new(msg)));
+    }
+
+    /// A line of bk-build's own (e.g. `skip pybase (unchanged)`), shown in the same stream.
+    pub fn note(&self, target: Option<&str>, text: &str) {
+        let _ = self
+            .tx
+            .send(Event::Note(target.map(str::to_string), text.to_string()));
+    }
+}
+
+impl ProgressTask {
+    /// Shows everything still pending (unfinished output lines, the final terminal frame, the
+    /// failing steps' last output), flushes, and returns the totals. Messages sent afterwards
+    /// are dropped.
+    pub async fn finish(self) -> ProgressReport {
+        let _ = self.tx.send(Event::Finish);
+        self.done.await.unwrap_or_default()
+    }
+}
+
+struct TargetState {
+    name: Option<String>,
+    trace: Trace,
+    plain: PlainPrinter,
+    notes: Vec<String>,
+    /// Our clock minus the daemon's, measured when the first step started.
+    skew: Option<Nanos>,
+}
+
+struct Printer {
+    mode: Mode,
+    out: Box<dyn Write + Send>,
+    /// Cleared at the first write error (e.g. a closed pipe): the report is still computed.
+    out_ok: bool,
+    env: Env,
+    targets: Vec<TargetState>,
+    index: HashMap<Option<String>, usize>,
+    tty: TtyWriter,
+    first_local: Option<Nanos>,
+    last_draw: Option<Instant>,
+    dirty: bool,
+}
+
+fn system_nanos(t: SystemTime) -> Nanos {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_nanos()).unwrap_or(i64::MAX),
+    }
+}
+
+impl Printer {
+    fn new(mode: Mode, out: Box<dyn Write + Send>, env: Env) -> Printer {
+        let color = env.color;
+        Printer {
+            mode,
+            out,
+            out_ok: true,
+            env,
+            targets: Vec::new(),
+            index: HashMap::new(),
+            tty: TtyWriter::new(color),
+            first_local: None,
+            last_draw: None,
+            dirty: false,
+        }
+    }
+
+    fn run(mut self, rx: mpsc::Receiver<Event>) -> ProgressReport {
+        loop {
+            let event = if self.mode == Mode::Tty {
+                match rx.recv_timeout(TTY_TICK) {
+                    Ok(e) => Some(e),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match rx.recv() {
+                    Ok(e) => Some(e),
+                    Err(_) => break,
+                }
+            };
+            match event {
+                None => self.redraw(true),
+                Some(Event::Finish) => break,
+                Some(Event::Status(target, msg)) => self.on_status(target, &msg),
+                Some(Event::Note(target, text)) => self.on_note(target, text),
+            }
+        }
+        self.finish()
+    }
+
+    fn target(&mut self, name: Option<String>) -> usize {
+        if let Some(&i) = self.index.get(&name) {
+            return i;
+        }
+        self.targets.push(TargetState {
+            name: name.clone(),
+            trace: Trace::default(),
+            plain: PlainPrinter::default(),
+            notes: Vec::new(),
+            skew: None,
+        });
+        self.index.insert(name, self.targets.len() - 1);
+        self.targets.len() - 1
+    }
+
+    fn on_status(&mut self, target: Option<String>, msg: &StatusResponse) {
+        let ti = self.target(target);
+        let updates = self.targets[ti].trace.apply(msg);
+        if self.targets[ti].skew.is_none() {
+            if let Some(first) = self.targets[ti].trace.first_start() {
+                let local = system_nanos((self.env.now)());
+                self.targets[ti].skew = Some(local - first);
+                self.first_local.get_or_insert(local);
+            }
+        }
+        match self.mode {
+            Mode::Plain | Mode::Auto => {
+                let t = &mut self.targets[ti];
+                let lines = t.plain.render(&t.trace, &updates);
+                let name = t.name.clone();
+                self.write_lines(name.as_deref(), &lines);
+            }
+            Mode::RawJson => {
+                let line = json::status_line(self.targets[ti].name.as_deref(), msg);
+                self.write_raw(&line);
+            }
+            Mode::Tty => {
+                self.dirty = true;
+                self.redraw(false);
+            }
+            Mode::Quiet => {}
+        }
+    }
+
+    fn on_note(&mut self, target: Option<String>, text: String) {
+        let ti = self.target(target);
+        match self.mode {
+            Mode::Plain | Mode::Auto => {
+                let name = self.targets[ti].name.clone();
+                self.write_lines(name.as_deref(), &[text]);
+            }
+            Mode::RawJson => {
+                let line = json::note_line(self.targets[ti].name.as_deref(), &text);
+                self.write_raw(&line);
+            }
+            Mode::Tty => {
+                self.targets[ti].notes.push(text);
+                self.dirty = true;
+                self.redraw(false);
+            }
+            Mode::Quiet => {}
+        }
+    }
+
+    /// Redraws when due: on a tick (`tick`), or for news at most every `TTY_MIN_REDRAW`.
+    fn redraw(&mut self, tick: bool) {
+        if self.mode != Mode::Tty || self.targets.is_empty() {
+            return;
+        }
+        let due = self.last_draw.is_none_or(|t| t.elapsed() >= TTY_MIN_REDRAW);
+        if !(tick || (self.dirty && due)) {
+            return;
+        }
+        let frame = self.frame(false);
+        let bytes = self.tty.draw(&frame);
+        self.write_raw_bytes(bytes.as_bytes());
+        self.last_draw = Some(Instant::now());
+        self.dirty = false;
+    }
+
+    fn frame(&self, final_frame: bool) -> Vec<tty::Line> {
+        let local = system_nanos((self.env.now)());
+        let views: Vec<TargetView<'_>> = self
+            .targets
+            .iter()
+            .map(|t| TargetView {
+                name: t.name.as_deref(),
+                trace: &t.trace,
+                notes: &t.notes,
+                remote_now: t.skew.map(|s| local - s),
+            })
+            .collect();
+        let (width, height) = (self.env.size)();
+        let spec = FrameSpec {
+            elapsed_secs: self
+                .first_local
+                .map_or(0.0, |f| (local - f).max(0) as f64 / 1e9),
+            width,
+            height,
+            final_frame,
+            log_lines: self.env.log_lines,
+        };
+        tty::render_frame(&views, &spec)
+    }
+
+    fn finish(mut self) -> ProgressReport {
+        for ti in 0..self.targets.len() {
+            let t = &mut self.targets[ti];
+            let updates = t.trace.flush_all();
+            if matches!(self.mode, Mode::Plain | Mode::Auto) {
+                let lines = t.plain.render(&t.trace, &updates);
+                let name = t.name.clone();
+                self.write_lines(name.as_deref(), &lines);
+            }
+        }
+        if self.mode == Mode::Tty && !self.targets.is_empty() {
+            let frame = self.frame(true);
+            let bytes = self.tty.draw(&frame);
+            self.write_raw_bytes(bytes.as_bytes());
+            self.tty.release();
+        }
+        if matches!(self.mode, Mode::Plain | Mode::Auto | Mode::Tty) {
+            for ti in 0..self.targets.len() {
+                let lines = plain::error_logs(&self.targets[ti].trace);
+                let name = self.targets[ti].name.clone();
+                self.write_lines(name.as_deref(), &lines);
+            }
+        }
+        if self.out_ok {
+            let _ = self.out.flush();
+        }
+        self.report()
+    }
+
+    fn report(&self) -> ProgressReport {
+        let mut report = ProgressReport::default();
+        for t in &self.targets {
+            let prefix = t
+                .name
+                .as_ref()
+                .map(|n| format!("[{n}] "))
+                .unwrap_or_default();
+            let warnings: Vec<String> = t
+                .trace
+                .warnings
+                .iter()
+                .map(|w| match &w.location {
+                    Some(loc) => format!("{prefix}{} ({loc})", w.short),
+                    None => format!("{prefix}{}", w.short),
+                })
+                .collect();
+            let tr = TargetReport {
+                target: t.name.clone(),
+                warnings: warnings.clone(),
+                vertices_total: t.trace.vertex_count(),
+                vertices_cached: t.trace.cached_count(),
+                transferred_context_bytes: t.trace.transferred_bytes(),
+                failed_steps: t
+                    .trace
+                    .nodes
+                    .iter()
+                    .filter(|n| n.failed())
+                    .map(|n| format!("{}: {}", n.name, n.error().unwrap_or_default()))
+                    .collect(),
+            };
+            report.warnings.extend(warnings);
+            report.vertices_total += tr.vertices_total;
+            report.vertices_cached += tr.vertices_cached;
+            report.transferred_context_bytes += tr.transferred_context_bytes;
+            report.targets.push(tr);
+        }
+        report
+    }
+
+    /// Writes whole lines in one go, each prefixed `[target] ` when there is a target; text
+    /// containing newlines becomes several prefixed lines. Empty lines stay empty.
+    fn write_lines(&mut self, target: Option<&str>, lines: &[String]) {
+        if lines.is_empty() {
+            return;
+        }
+        let prefix = target.map(|n| format!("[{n}] ")).unwrap_or_default();
+        let mut buf = String::new();
+        for line in lines {
+            for part in line.split('\n') {
+                if !part.is_empty() {
+                    buf.push_str(&prefix);
+                    buf.push_str(part);
+                }
+                buf.push('\n');
+            }
+        }
+        self.write_raw_bytes(buf.as_bytes());
+    }
+
+    fn write_raw(&mut self, line: &str) {
+        let mut buf = String::with_capacity(line.len() + 1);
+        buf.push_str(line);
+        buf.push('\n');
+        self.write_raw_bytes(buf.as_bytes());
+    }
+
+    fn write_raw_bytes(&mut self, bytes: &[u8]) {
+        if !self.out_ok {
+            return;
+        }
+        // Flushed each time: stderr users expect to see progress as it happens.
+        if self
+            .out
+            .write_all(bytes)
+            .and_then(|_| self.out.flush())
+            .is_err()
+        {
+            self.out_ok = false;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::trace::tests::{log, msg, status, vtx};
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Buf {
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+    }
+
+    fn test_env() -> Env {
+        Env {
+            now: Box::new(|| UNIX_EPOCH + Duration::from_secs(1_700_000_010)),
+            size: Box::new(|| (60, 20)),
+            color: false,
+            log_lines: tty::DEFAULT_LOG_LINES,
+        }
+    }
+
+    fn start(mode: Mode) -> (Progress, ProgressTask, Buf) {
+        let buf = Buf::default();
+        let (p, t) = Progress::start_with(mode, Box::new(buf.clone()), test_env());
+        (p, t, buf)
+    }
+
+    #[test]
+    fn modes_parse_and_list_the_choices_on_error() {
+        assert_eq!("plain".parse::<Mode>(), Ok(Mode::Plain));
+        assert_eq!("RawJSON".parse::<Mode>(), Ok(Mode::RawJson));
+        assert_eq!("auto".parse::<Mode>(), Ok(Mode::Auto));
+        let err = "fancy".parse::<Mode>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown progress mode \"fancy\": use one of auto, tty, plain, rawjson, quiet"
+        );
+        for m in [
+            Mode::Auto,
+            Mode::Tty,
+            Mode::Plain,
+            Mode::RawJson,
+            Mode::Quiet,
+        ] {
+            assert_eq!(m.to_string().parse::<Mode>(), Ok(m));
+        }
+        assert_eq!(Mode::Plain.resolve(), Mode::Plain);
+    }
+
+    #[tokio::test]
+    async fn two_targets_interleave_only_at_line_boundaries() {
+        let (p, task, buf) = start(Mode::Plain);
+        let a = p.clone();
+        let b = p.clone();
+        a.status(
+            Some("api"),
+            msg(
+                vec![vtx("x", "[1/1] RUN build-api", Some(0), None)],
+                vec![],
+                vec![],
+            ),
+        );
+        b.status(
+            Some("web"),
+            msg(
+                vec![vtx("x", "[1/1] RUN build-web", Some(0), None)],
+                vec![],
+                vec![],
+            ),
+        );
+        a.status(
+            Some("api"),
+            msg(vec![], vec![], vec![log("x", 100, "compiling ap")]),
+        );
+        b.status(
+            Some("web"),
+            msg(vec![], vec![], vec![log("x", 150, "bundling\nminify")]),
+        );
+        a.status(
+            Some("api"),
+            msg(vec![], vec![], vec![log("x", 200, "i.rs\n")]),
+        );
+        p.note(Some("base"), "skip base (unchanged)");
+        b.status(
+            Some("web"),
+            msg(
+                vec![vtx("x", "[1/1] RUN build-web", Some(0), Some(900))],
+                vec![],
+                vec![],
+            ),
+        );
+        a.status(
+            Some("api"),
+            msg(
+                vec![vtx("x", "[1/1] RUN build-api", Some(0), Some(1000))],
+                vec![],
+                vec![],
+            ),
+        );
+        let report = task.finish().await;
+        assert_eq!(
+            buf.text(),
+            "[api] #1 [1/1] RUN build-api\n\
+             [web] #1 [1/1] RUN build-web\n\
+             [web] #1 0.150 bundling\n\
+             [api] #1 0.100 compiling api.rs\n\
+             [base] skip base (unchanged)\n\
+             [web] #1 0.150 minify\n\
+             [web] #1 DONE 0.9s\n\
+             [api] #1 DONE 1.0s\n"
+        );
+        assert_eq!(report.targets.len(), 3);
+        assert_eq!(report.vertices_total, 2);
+        assert_eq!(report.targets[0].target.as_deref(), Some("api"));
+    }
+
+    #[tokio::test]
+    async fn report_counts_cache_transfers_warnings_and_failures() {
+        let (p, task, buf) = start(Mode::Quiet);
+        let mut first = msg(
+            vec![
+                vtx("ctx", "[internal] load build context", Some(0), Some(500)),
+                crate::proto::control::Vertex {
+                    cached: true,
+                    ..vtx("base", "[1/2] FROM busybox", Some(0), Some(0))
+                },
+                crate::proto::control::Vertex {
+                    error: "exit code: 1".into(),
+                    ..vtx("run", "[2/2] RUN false", Some(600), Some(700))
+                },
+            ],
+            vec![
+                status("ctx", "transferring context:", 1_000, 0, 100, false),
+                status("ctx", "transferring context:", 4_096, 0, 400, true),
+            ],
+            vec![],
+        );
+        first.warnings.push(crate::proto::control::VertexWarning {
+            vertex: "base".into(),
+            short: b"FromAsCasing: mismatch\n".to_vec(),
+            info: Some(crate::proto::pb::SourceInfo {
+                filename: "Dockerfile".into(),
+                ..Default::default()
+            }),
+            ranges: vec![crate::proto::pb::Range {
+                start: Some(crate::proto::pb::Position {
+                    line: 1,
+                    character: 0,
+                }),
+                end: None,
+            }],
+            ..Default::default()
+        });
+        p.status(None, first);
+        let report = task.finish().await;
+        assert_eq!(buf.text(), "");
+        assert_eq!(report.vertices_total, 3);
+        assert_eq!(report.vertices_cached, 1);
+        assert_eq!(report.transferred_context_bytes, 4_096);
+        assert_eq!(
+            report.warnings,
+            vec!["FromAsCasing: mismatch (Dockerfile:1)"]
+        );
+        assert_eq!(
+            report.targets[0].failed_steps,
+            vec!["[2/2] RUN false: exit code: 1"]
+        );
+    }
+
+    #[tokio::test]
+    async fn rawjson_prints_one_object_per_message() {
+        let (p, task, buf) = start(Mode::RawJson);
+        p.status(
+            None,
+            msg(
+                vec![vtx("a", "A", Some(0), None)],
+                vec![],
+                vec![log("a", 5, "hi\n")],
+            ),
+        );
+        p.note(None, "hello");
+        task.finish().await;
+        let text = buf.text();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        let first: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+        assert_eq!(first["vertexes"][0]["name"], "A");
+        assert_eq!(first["logs"][0]["data"], "aGkK");
+        let second: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
+        assert_eq!(second["note"], "hello");
+    }
+
+    #[tokio::test]
+    async fn tty_draws_a_final_frame_and_the_failure_output() {
+        let (p, task, buf) = start(Mode::Tty);
+        p.status(
+            None,
+            msg(
+                vec![crate::proto::control::Vertex {
+                    error: "exit code: 2".into(),
+                    ..vtx("r", "[1/1] RUN false", Some(0), Some(1_500))
+                }],
+                vec![],
+                vec![log("r", 10, "oops\n")],
+            ),
+        );
+        task.finish().await;
+        let text = buf.text();
+        let visible = console::strip_ansi_codes(&text).to_string();
+        // The final frame is the last one drawn, followed by the failing step's output.
+        let tail = visible.rsplit("[+] Building").next().unwrap();
+        assert_eq!(
+            tail,
+            " 0.0s (1/1) FINISHED\n\
+             \x20=> ERROR [1/1] RUN false                              1.5s\n\
+             ------\n \
+             > [1/1] RUN false:\n\
+             0.010 oops\n\
+             ------\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn sending_after_finish_is_harmless() {
+        let (p, task, _buf) = start(Mode::Plain);
+        task.finish().await;
+        p.status(None, StatusResponse::default());
+        p.note(None, "late");
+    }
+}
