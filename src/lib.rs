@@ -4,6 +4,8 @@
 //! [`build`] (session + solve, over [`transport`]) → [`progress`] → results.
 
 pub mod build;
+pub mod cli;
+pub mod client;
 pub mod fingerprint;
 pub mod fs;
 pub mod graph;

@@ -1,1 +1,178 @@
-//! One image: a BuildSpec becomes a Solve request plus the session it needs.
+//! One image: a [`BuildSpec`] (plain data, from the CLI or from a project target) becomes a
+//! `Solve` request for the Dockerfile frontend plus the session that serves its directories,
+//! secrets and client-side outputs; the Status stream is forwarded to [`crate::progress`].
+//!
+//! This module knows BuildKit's frontend attributes and exporters. It does not know about
+//! project files, graphs, or how progress is drawn.
+
+mod request;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+
+use crate::options::{AddHost, CacheSpec, NamedContext, Network, OutputSpec, SecretSpec, SshSpec};
+use crate::progress::Progress;
+use crate::proto::control::{control_client::ControlClient, StatusRequest};
+use crate::session::{self, filesync::DirSyncReport, Session};
+use crate::transport::Daemon;
+
+pub use request::{plan_request, PlannedRequest};
+
+/// Everything needed to build one image, as plain data.
+#[derive(Debug, Clone, Default)]
+pub struct BuildSpec {
+    /// Shown as the progress prefix in multi-target runs and as the session name.
+    pub name: String,
+    /// The build context directory.
+    pub context: PathBuf,
+    /// The Dockerfile (default `<context>/Dockerfile`).
+    pub dockerfile: Option<PathBuf>,
+    pub target: Option<String>,
+    pub build_args: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub platforms: Vec<String>,
+    pub no_cache: bool,
+    pub pull: bool,
+    pub contexts: Vec<NamedContext>,
+    pub add_hosts: Vec<AddHost>,
+    pub network: Network,
+    pub tags: Vec<String>,
+    pub push: bool,
+    pub load: bool,
+    pub outputs: Vec<OutputSpec>,
+    pub cache_from: Vec<CacheSpec>,
+    pub cache_to: Vec<CacheSpec>,
+    pub secrets: Vec<SecretSpec>,
+    pub ssh: Vec<SshSpec>,
+}
+
+/// What a finished build produced.
+#[derive(Debug, Clone, Default)]
+pub struct BuildResult {
+    /// The daemon's `ExporterResponse` (`containerimage.digest`, `image.name`, …).
+    pub exporter_response: BTreeMap<String, String>,
+    /// What the file-sync session sent, per local directory name.
+    pub sync: BTreeMap<String, DirSyncReport>,
+    pub duration: Duration,
+    /// The Solve ref (`buildx.build.ref` in metadata files).
+    pub build_ref: String,
+}
+
+impl BuildResult {
+    pub fn image_digest(&self) -> Option<&str> {
+        self.exporter_response
+            .get("containerimage.digest")
+            .map(String::as_str)
+    }
+    pub fn bytes_sent(&self) -> u64 {
+        self.sync.values().map(|r| r.bytes_sent).sum()
+    }
+
+    /// The `--metadata-file` document, shaped like buildx's: exporter response keys as
+    /// strings, with `containerimage.descriptor` decoded to JSON.
+    pub fn metadata_json(&self) -> serde_json::Value {
+        use base64::Engine;
+        let mut m = serde_json::Map::new();
+        for (k, v) in &self.exporter_response {
+            let val = match k.as_str() {
+                "containerimage.descriptor" | "cache.manifest" => base64::engine::general_purpose::STANDARD
+                    .decode(v)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .or_else(|| serde_json::from_str(v).ok())
+                    .unwrap_or_else(|| serde_json::Value::String(v.clone())),
+                _ => serde_json::Value::String(v.clone()),
+            };
+            m.insert(k.clone(), val);
+        }
+        // Our own addition: what the file-sync session sent, per local directory.
+        if let Ok(sync) = serde_json::to_value(&self.sync) {
+            m.insert("bk-build.sync".into(), sync);
+        }
+        m.insert(
+            "buildx.build.ref".into(),
+            serde_json::Value::String(self.build_ref.clone()),
+        );
+        serde_json::Value::Object(m)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Session(#[from] session::SessionError),
+    /// The daemon rejected or failed the build; the message is already readable.
+    #[error("{message}")]
+    Failed { message: String },
+    #[error("cannot write the {what}: {why}")]
+    Export { what: String, why: String },
+}
+
+/// Runs one build on `daemon`, streaming progress to `progress` (prefixed with `prefix` when
+/// several builds share the display). Dropping the returned future cancels the build on the
+/// daemon (the Solve call is reset, and the session closes).
+pub async fn build(
+    daemon: &Daemon,
+    spec: &BuildSpec,
+    progress: &Progress,
+    prefix: Option<&str>,
+) -> Result<BuildResult, BuildError> {
+    let started = Instant::now();
+    let planned = plan_request(spec, &daemon.kind, &session::node_id())?;
+    let build_ref = session::random_id();
+
+    let session_spec = planned.session;
+    let session = Session::start(daemon.channel.clone(), session_spec).await?;
+    let mut req = planned.request;
+    req.r#ref = build_ref.clone();
+    req.session = session.id.clone();
+
+    let mut control = ControlClient::new(daemon.channel.clone())
+        .max_decoding_message_size(session::MAX_DECODE)
+        .max_encoding_message_size(session::MAX_ENCODE);
+    let mut status_client = control.clone();
+
+    let status_ref = build_ref.clone();
+    let progress2 = progress.clone();
+    let prefix2 = prefix.map(str::to_string);
+    let status_task = tokio::spawn(async move {
+        // The daemon waits a few seconds for the job to appear, so starting first is fine.
+        let Ok(resp) = status_client
+            .status(StatusRequest { r#ref: status_ref })
+            .await
+        else {
+            return;
+        };
+        let mut stream = resp.into_inner();
+        while let Some(Ok(msg)) = stream.next().await {
+            progress2.status(prefix2.as_deref(), msg);
+        }
+    });
+
+    let solved = control.solve(req).await;
+    // Status ends by itself after the job completes; don't wait on a stuck stream forever.
+    let _ = tokio::time::timeout(Duration::from_secs(5), status_task).await;
+    let stats = session.stats.clone();
+    let export_errors = session.close().await;
+
+    let resp = solved.map_err(|s| BuildError::Failed {
+        message: crate::progress::describe_build_error(&s),
+    })?;
+    if let Some(e) = export_errors.into_iter().next() {
+        return Err(BuildError::Export {
+            what: "build output".into(),
+            why: e,
+        });
+    }
+    Ok(BuildResult {
+        exporter_response: resp.into_inner().exporter_response.into_iter().collect(),
+        sync: stats.snapshot(),
+        duration: started.elapsed(),
+        build_ref,
+    })
+}

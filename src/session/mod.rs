@@ -1,4 +1,296 @@
-//! The session tunnel over `Control.Session` and the services the daemon calls back.
+//! The session: a `Control.Session` call that carries an HTTP/2 connection in the opposite
+//! direction, on which *we* are the gRPC server and the daemon calls back for files (FileSync),
+//! exported results (FileSend), registry credentials (Auth), secrets and SSH agents.
+//!
+//! This module owns the tunnel, the session headers and the assembly of services. It knows
+//! which directories and outputs it serves, but not what is being built or why.
+
 pub mod auth;
+pub mod filesend;
+pub mod filesync;
 pub mod secrets;
 pub mod ssh;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+use crate::proto::control::{control_client::ControlClient, BytesMessage};
+use crate::proto::moby::buildkit::secrets::v1::secrets_server::SecretsServer;
+use crate::proto::moby::filesync::v1::auth_server::AuthServer;
+use crate::proto::moby::filesync::v1::file_sync_server::FileSyncServer;
+use crate::proto::moby::sshforward::v1::ssh_server::SshServer;
+
+pub use filesend::{ExportTarget, FileSendService};
+pub use filesync::{SyncDir, SyncStats};
+
+/// gRPC limits: the daemon may send large messages; requests stay under old daemons' 4 MiB.
+pub(crate) const MAX_DECODE: usize = 64 << 20;
+pub(crate) const MAX_ENCODE: usize = 16 << 20;
+/// Tunnel chunk size: BuildKit reads 32 KiB at a time; old daemons refuse messages > 4 MiB.
+const TUNNEL_CHUNK: usize = 32 << 10;
+
+/// Everything one session serves: plain data, assembled by the build layer.
+#[derive(Default)]
+pub struct SessionSpec {
+    /// A name shown in daemon logs (informational).
+    pub name: String,
+    /// Stable key for incremental context sync; see [`shared_key`].
+    pub shared_key: String,
+    /// Local directories the daemon may sync, by local name (`context`, `dockerfile`, named).
+    pub dirs: BTreeMap<String, SyncDir>,
+    /// Client-side exporter outputs, by exporter index in the SolveRequest.
+    pub exports: BTreeMap<usize, ExportTarget>,
+    pub auth: Option<auth::AuthProvider>,
+    pub secrets: Option<secrets::SecretStore>,
+    pub ssh: Option<ssh::SshForwarder>,
+}
+
+/// A running session. Dropping it without [`Session::close`] aborts the tunnel.
+pub struct Session {
+    pub id: String,
+    pub stats: Arc<SyncStats>,
+    close_tx: Option<tokio::sync::oneshot::Sender<()>>,
+    tasks: Vec<JoinHandle<()>>,
+    export_errors: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("cannot open a session with the daemon: {0}")]
+    Open(String),
+}
+
+/// Random 25-character base-36 ID, the shape BuildKit uses for session IDs and build refs.
+pub fn random_id() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut rng = rand::thread_rng();
+    (0..25)
+        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+/// A session shared key stable for one directory on one machine, so the daemon syncs into
+/// the directory it kept from the previous build and only changed files move.
+pub fn shared_key(dir: &std::path::Path, node_id: &str) -> String {
+    let abs = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let h = blake3::hash(abs.as_os_str().as_encoded_bytes());
+    let base = abs
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!("{base}-{}:{node_id}", &h.to_hex()[..16])
+}
+
+/// This machine's node ID (16 hex chars), persisted so shared keys survive across runs.
+/// Stored in `$XDG_STATE_HOME/bk-build/node-id` (or `~/.local/state/...`); falls back to a
+/// hash of the hostname when the state directory is not writable.
+pub fn node_id() -> String {
+    let dir = std::env::var_os("XDG_STATE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .map(|d| d.join("bk-build"));
+    if let Some(dir) = dir {
+        let file = dir.join("node-id");
+        if let Ok(s) = std::fs::read_to_string(&file) {
+            let s = s.trim();
+            if s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return s.to_string();
+            }
+        }
+        let id = format!("{:016x}", rand::random::<u64>());
+        if std::fs::create_dir_all(&dir).is_ok() {
+            if let Ok(mut tmp) = tempfile::NamedTempFile::new_in(&dir) {
+                use std::io::Write;
+                if tmp.write_all(id.as_bytes()).is_ok() && tmp.persist_noclobber(&file).is_ok() {
+                    return id;
+                }
+                // Lost a race with another process: use what it wrote.
+                if let Ok(s) = std::fs::read_to_string(&file) {
+                    return s.trim().to_string();
+                }
+            }
+        }
+    }
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    blake3::hash(host.trim().as_bytes()).to_hex()[..16].to_string()
+}
+
+impl Session {
+    /// Opens `Control.Session` on `channel` and serves `spec` inside it until [`Session::close`].
+    pub async fn start(channel: Channel, spec: SessionSpec) -> Result<Session, SessionError> {
+        let id = random_id();
+        let stats = Arc::new(SyncStats::default());
+        let export_errors = Arc::new(std::sync::Mutex::new(Vec::new()));
+
+        let (health_reporter, health) = tonic_health::server::health_reporter();
+        // The daemon checks service "" every 5 s and drops the session after two failures.
+        health_reporter
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
+
+        let mut methods: Vec<&'static str> = vec!["/grpc.health.v1.Health/Check"];
+        let mut router = tonic::transport::Server::builder()
+            // Modest per-stream windows keep one big file transfer from starving Health checks.
+            .initial_stream_window_size(Some(1 << 20))
+            .initial_connection_window_size(Some(8 << 20))
+            .add_service(health);
+
+        let filesync = filesync::FileSyncService::new(spec.dirs, stats.clone());
+        methods.push("/moby.filesync.v1.FileSync/DiffCopy");
+        methods.push("/moby.filesync.v1.FileSync/TarStream");
+        router = router.add_service(
+            FileSyncServer::new(filesync)
+                .max_decoding_message_size(MAX_DECODE)
+                .max_encoding_message_size(MAX_ENCODE),
+        );
+        if !spec.exports.is_empty() {
+            methods.push("/moby.filesync.v1.FileSend/DiffCopy");
+            router = router.add_service(FileSendService::new(spec.exports, export_errors.clone()));
+        }
+        if let Some(a) = spec.auth {
+            methods.extend([
+                "/moby.filesync.v1.Auth/Credentials",
+                "/moby.filesync.v1.Auth/FetchToken",
+                "/moby.filesync.v1.Auth/GetTokenAuthority",
+                "/moby.filesync.v1.Auth/VerifyTokenAuthority",
+            ]);
+            router = router.add_service(AuthServer::new(a).max_decoding_message_size(MAX_DECODE));
+        }
+        if let Some(s) = spec.secrets {
+            methods.push("/moby.buildkit.secrets.v1.Secrets/GetSecret");
+            router =
+                router.add_service(SecretsServer::new(s).max_decoding_message_size(MAX_DECODE));
+        }
+        if let Some(s) = spec.ssh {
+            methods.push("/moby.sshforward.v1.SSH/CheckAgent");
+            methods.push("/moby.sshforward.v1.SSH/ForwardAgent");
+            router = router.add_service(SshServer::new(s).max_decoding_message_size(MAX_DECODE));
+        }
+
+        // Our end of the tunnel: an in-memory pipe whose other half the gRPC server owns.
+        let (tunnel, server_io) = tokio::io::duplex(256 << 10);
+        let server_task = tokio::spawn(async move {
+            let incoming = futures_util::stream::iter([Ok::<_, std::io::Error>(server_io)]);
+            // Ends when the daemon closes the connection; errors then are expected noise.
+            let _ = router.serve_with_incoming(incoming).await;
+        });
+
+        let (mut tunnel_rd, mut tunnel_wr) = tokio::io::split(tunnel);
+        let (close_tx, mut close_rx) = tokio::sync::oneshot::channel::<()>();
+
+        // Bytes our gRPC server writes → request stream of Control.Session. The stream ends
+        // (half-close) on close(): the daemon then drops the session.
+        let outbound = async_stream_from(move |tx| async move {
+            let mut buf = vec![0u8; TUNNEL_CHUNK];
+            loop {
+                tokio::select! {
+                    _ = &mut close_rx => break,
+                    r = tunnel_rd.read(&mut buf) => match r {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            let msg = BytesMessage { data: buf[..n].to_vec() };
+                            if tx.send(msg).await.is_err() { break; }
+                        }
+                    }
+                }
+            }
+        });
+
+        let mut req = tonic::Request::new(outbound);
+        let md = req.metadata_mut();
+        let ins = |md: &mut tonic::metadata::MetadataMap, k: &'static str, v: &str| {
+            tonic::metadata::MetadataValue::try_from(v)
+                .map(|v| {
+                    md.append(k, v);
+                })
+                .map_err(|_| SessionError::Open(format!("invalid header value for {k}: {v:?}")))
+        };
+        ins(md, "x-docker-expose-session-uuid", &id)?;
+        ins(md, "x-docker-expose-session-name", &spec.name)?;
+        ins(md, "x-docker-expose-session-sharedkey", &spec.shared_key)?;
+        for m in &methods {
+            // One entry per method: the daemon does not split comma-joined values.
+            ins(md, "x-docker-expose-session-grpc-method", m)?;
+        }
+
+        let mut client = ControlClient::new(channel)
+            .max_decoding_message_size(MAX_DECODE)
+            .max_encoding_message_size(MAX_ENCODE);
+        let resp = client
+            .session(req)
+            .await
+            .map_err(|s| SessionError::Open(format!("{}: {}", s.code(), s.message())))?;
+        let mut inbound = resp.into_inner();
+        // Daemon bytes → our gRPC server.
+        let pump_in = tokio::spawn(async move {
+            while let Some(Ok(msg)) = inbound.next().await {
+                if tunnel_wr.write_all(&msg.data).await.is_err() {
+                    break;
+                }
+            }
+            let _ = tunnel_wr.shutdown().await;
+        });
+
+        Ok(Session {
+            id,
+            stats,
+            close_tx: Some(close_tx),
+            tasks: vec![server_task, pump_in],
+            export_errors,
+        })
+    }
+
+    /// Half-closes the tunnel (the daemon removes the session) and waits briefly for it to end.
+    /// Returns errors from client-side exports (e.g. a local output that could not be written).
+    pub async fn close(mut self) -> Vec<String> {
+        if let Some(tx) = self.close_tx.take() {
+            let _ = tx.send(());
+        }
+        let tasks = std::mem::take(&mut self.tasks);
+        let all = futures_util::future::join_all(tasks);
+        if tokio::time::timeout(std::time::Duration::from_secs(5), all)
+            .await
+            .is_err()
+        {
+            // The daemon did not close its side; dropping aborts our end.
+        }
+        self.export_errors
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// A stream fed by a producer task through a small bounded channel.
+pub(crate) fn async_stream_from<T, F, Fut>(
+    producer: F,
+) -> tokio_stream::wrappers::ReceiverStream<T>
+where
+    T: Send + 'static,
+    F: FnOnce(tokio::sync::mpsc::Sender<T>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(producer(tx));
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// Convenience for tests and callers that need the raw bytes type.
+pub type RawBytes = Bytes;

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# scripts/run-example.sh — the main job: build the example monorepo with `bk-build bake`.
+# Uses a reachable BuildKit if there is one ($BUILDKIT_HOST, the buildkitd sockets, or
+# $DOCKER_HOST); otherwise starts the project's private Docker Engine + registry
+# (scripts/bkenv/up.sh) first. Extra arguments go to `bk-build bake`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+log() { printf '[example] %s\n' "$*" >&2; }
+
+if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then export PATH=$HOME/.cargo/bin:$PATH; fi
+cargo build --release --locked -q
+BK=$PWD/target/release/bk-build
+
+if ! "$BK" info >/dev/null 2>&1; then
+  export BKENV=${BKENV:-/tmp/bkenv}
+  if [ ! -s "$BKENV/env.sh" ] || ! (source "$BKENV/env.sh" && "$BK" info >/dev/null 2>&1); then
+    log "no BuildKit reachable: starting the local test daemon (scripts/bkenv/up.sh)"
+    command -v ip >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null; }
+    bash scripts/bkenv/up.sh
+  fi
+  # shellcheck disable=SC1091
+  source "$BKENV/env.sh"
+fi
+"$BK" info
+cd examples/monorepo
+exec "$BK" bake "$@"

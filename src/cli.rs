@@ -1,0 +1,407 @@
+//! The command line: clap definitions shaped like `docker buildx build`, turned into plain
+//! library calls. Owns argument parsing, exit codes and printing results; no protocol details.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::build::{BuildResult, BuildSpec};
+use crate::options;
+use crate::progress::{Mode, Progress};
+use crate::transport::{self, Daemon, TlsOptions};
+
+/// Exit status after Ctrl-C, like a shell's 128 + SIGINT.
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+#[derive(Parser, Debug)]
+#[command(name = "bk-build", version, about = "Build container images through BuildKit's gRPC API")]
+pub struct Cli {
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DaemonArgs {
+    /// BuildKit address: unix:///path, tcp://host:port, docker:// or docker-unix:///path.
+    /// Default: $BUILDKIT_HOST, the rootless and rootful buildkitd sockets, then Docker.
+    #[arg(long, global = true, env = "BUILDKIT_HOST")]
+    pub addr: Option<String>,
+    /// CA certificate for tcp:// with TLS.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub tlscacert: Option<PathBuf>,
+    /// Client certificate for mutual TLS.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub tlscert: Option<PathBuf>,
+    /// Client key for mutual TLS.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub tlskey: Option<PathBuf>,
+    /// Server name to verify (default: the host of --addr).
+    #[arg(long, global = true)]
+    pub tlsservername: Option<String>,
+    /// Directory with ca.pem, cert.pem, key.pem (or ca.crt, tls.crt, tls.key).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub tlsdir: Option<PathBuf>,
+    /// Seconds allowed to connect to the daemon.
+    #[arg(long, global = true, default_value_t = 5)]
+    pub timeout: u64,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Build one image (like `docker buildx build`).
+    Build(Box<BuildArgs>),
+    /// Show the daemon's version.
+    Info,
+    /// List the daemon's workers and platforms.
+    Workers,
+    /// Show build cache disk usage.
+    Du(DuArgs),
+    /// Remove build cache.
+    Prune(PruneArgs),
+}
+
+#[derive(Args, Debug, Default)]
+pub struct BuildArgs {
+    /// Build context directory.
+    #[arg(default_value = ".")]
+    pub context: PathBuf,
+    /// Dockerfile path (default: CONTEXT/Dockerfile).
+    #[arg(short = 'f', long = "file", value_name = "PATH")]
+    pub file: Option<PathBuf>,
+    /// Stage to build.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Build-time variable KEY=VALUE (KEY alone takes it from the environment).
+    #[arg(long = "build-arg", value_name = "KEY=VALUE")]
+    pub build_args: Vec<String>,
+    /// Image label KEY=VALUE.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// Target platform(s), e.g. linux/amd64,linux/arm64.
+    #[arg(long)]
+    pub platform: Vec<String>,
+    /// Do not use cache.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Always look for newer base images.
+    #[arg(long)]
+    pub pull: bool,
+    /// Additional build context NAME=DIR|docker-image://REF|URL.
+    #[arg(long = "build-context", value_name = "NAME=VALUE")]
+    pub build_contexts: Vec<String>,
+    /// Add a host-to-IP mapping HOST:IP.
+    #[arg(long = "add-host", value_name = "HOST:IP")]
+    pub add_hosts: Vec<String>,
+    /// Network mode for RUN steps: default, none, host.
+    #[arg(long, default_value = "default")]
+    pub network: String,
+    /// Image name, e.g. localhost:5000/app:1.
+    #[arg(short = 't', long = "tag")]
+    pub tags: Vec<String>,
+    /// Push the image (shorthand for --output=type=image,push=true).
+    #[arg(long)]
+    pub push: bool,
+    /// Load the image into the Docker Engine (docker daemons only).
+    #[arg(long)]
+    pub load: bool,
+    /// Output destination: type=image|local|tar|oci|docker,…
+    #[arg(short = 'o', long = "output")]
+    pub outputs: Vec<String>,
+    /// Cache import source, e.g. type=registry,ref=REF.
+    #[arg(long = "cache-from")]
+    pub cache_from: Vec<String>,
+    /// Cache export destination, e.g. type=registry,ref=REF,mode=max.
+    #[arg(long = "cache-to")]
+    pub cache_to: Vec<String>,
+    /// Secret to expose: id=ID,src=PATH or id=ID,env=VAR.
+    #[arg(long = "secret")]
+    pub secrets: Vec<String>,
+    /// SSH agent socket or keys to expose: default or ID=PATH.
+    #[arg(long = "ssh")]
+    pub ssh: Vec<String>,
+    /// Write the build result metadata (digest, image name, …) as JSON to this file.
+    #[arg(long = "metadata-file", value_name = "FILE")]
+    pub metadata_file: Option<PathBuf>,
+    /// Progress output: auto, tty, plain, rawjson, quiet.
+    #[arg(long, default_value = "auto", env = "BUILDKIT_PROGRESS")]
+    pub progress: String,
+}
+
+#[derive(Args, Debug)]
+pub struct DuArgs {
+    /// Show every record.
+    #[arg(short, long)]
+    pub verbose: bool,
+    /// Filter, e.g. type=regular.
+    #[arg(long)]
+    pub filter: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    /// Remove all cache, not only unused and internal records.
+    #[arg(short, long)]
+    pub all: bool,
+    /// Keep data newer than this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    pub keep_duration: Option<u64>,
+    /// Keep this many bytes of cache.
+    #[arg(long, value_name = "BYTES")]
+    pub keep_storage: Option<i64>,
+    /// Filter, e.g. type=regular.
+    #[arg(long)]
+    pub filter: Vec<String>,
+}
+
+impl DaemonArgs {
+    fn tls(&self) -> TlsOptions {
+        TlsOptions {
+            ca_cert: self.tlscacert.clone(),
+            cert: self.tlscert.clone(),
+            key: self.tlskey.clone(),
+            server_name: self.tlsservername.clone(),
+            dir: self.tlsdir.clone(),
+        }
+    }
+
+    pub async fn connect(&self) -> Result<Daemon> {
+        let d = transport::connect(
+            self.addr.as_deref(),
+            &self.tls(),
+            Duration::from_secs(self.timeout.max(1)),
+        )
+        .await?;
+        Ok(d)
+    }
+}
+
+/// Parses the buildx-style flags into a spec (no I/O beyond environment lookups).
+pub fn build_spec(a: &BuildArgs) -> Result<BuildSpec> {
+    let mut spec = BuildSpec {
+        name: a
+            .context
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "build".into()),
+        context: a.context.clone(),
+        dockerfile: a.file.clone(),
+        target: a.target.clone(),
+        no_cache: a.no_cache,
+        pull: a.pull,
+        tags: a.tags.clone(),
+        push: a.push,
+        load: a.load,
+        ..Default::default()
+    };
+    for s in &a.build_args {
+        if let Some((k, v)) = options::parse_build_arg(s)? {
+            spec.build_args.insert(k, v);
+        }
+    }
+    for s in &a.labels {
+        let (k, v) = options::parse_label(s)?;
+        spec.labels.insert(k, v);
+    }
+    for s in &a.platform {
+        spec.platforms.extend(options::parse_platforms(s)?);
+    }
+    for s in &a.build_contexts {
+        spec.contexts.push(options::parse_build_context(s)?);
+    }
+    for s in &a.add_hosts {
+        spec.add_hosts.push(options::parse_add_host(s)?);
+    }
+    spec.network = options::parse_network(&a.network)?;
+    for s in &a.outputs {
+        spec.outputs.push(options::parse_output(s)?);
+    }
+    for s in &a.cache_from {
+        spec.cache_from.extend(options::parse_cache_from(s)?);
+    }
+    for s in &a.cache_to {
+        spec.cache_to.extend(options::parse_cache_to(s)?);
+    }
+    for s in &a.secrets {
+        spec.secrets.push(options::parse_secret(s)?);
+    }
+    for s in &a.ssh {
+        spec.ssh.push(options::parse_ssh(s)?);
+    }
+    Ok(spec)
+}
+
+/// Writes `contents` to `path` atomically (temp file in the same directory, then rename), so
+/// an interrupted run never leaves a half-written file.
+pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("cannot create a file in {}", dir.display()))?;
+    tmp.write_all(contents)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+async fn run_build(daemon_args: &DaemonArgs, a: &BuildArgs) -> Result<BuildResult> {
+    let spec = build_spec(a)?;
+    let mode: Mode = a.progress.parse()?;
+    if let Some(m) = &a.metadata_file {
+        // Fail before building when the metadata file cannot be written.
+        if let Some(dir) = m.parent().filter(|d| !d.as_os_str().is_empty()) {
+            anyhow::ensure!(
+                dir.is_dir(),
+                "--metadata-file {}: directory {} does not exist",
+                m.display(),
+                dir.display()
+            );
+        }
+    }
+    let daemon = daemon_args.connect().await?;
+    let (progress, task) = Progress::start(mode, Box::new(std::io::stderr()));
+    let result = crate::build::build(&daemon, &spec, &progress, None).await;
+    drop(progress);
+    task.finish().await;
+    let result = result?;
+    if let Some(m) = &a.metadata_file {
+        let doc = serde_json::to_vec_pretty(&result.metadata_json())?;
+        write_atomic(m, &doc)?;
+    }
+    Ok(result)
+}
+
+fn human_size(n: i64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1000.0 && i + 1 < units.len() {
+        v /= 1000.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n}B")
+    } else {
+        format!("{v:.2}{}", units[i])
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match &cli.command {
+        Command::Build(a) => {
+            let r = run_build(&cli.daemon, a).await?;
+            if let Some(d) = r.image_digest() {
+                println!("{d}");
+            }
+        }
+        Command::Info => {
+            let d = cli.daemon.connect().await?;
+            println!("Address:  {}", d.address);
+            if let transport::DaemonKind::DockerEngine { api_version } = &d.kind {
+                println!("Engine:   Docker Engine (API {api_version})");
+            }
+            match crate::client::info(&d).await? {
+                Some(i) => {
+                    println!("BuildKit: {} {} {}", i.package, i.version, i.revision);
+                    if !i.dockerfile_version.is_empty() {
+                        println!("Dockerfile frontend: {}", i.dockerfile_version);
+                    }
+                }
+                None => println!("BuildKit: (version not reported: daemon older than v0.11)"),
+            }
+        }
+        Command::Workers => {
+            let d = cli.daemon.connect().await?;
+            for w in crate::client::workers(&d).await? {
+                println!("ID:        {}", w.id);
+                println!("Platforms: {}", w.platforms.join(","));
+                for (k, v) in &w.labels {
+                    println!("  {k}={v}");
+                }
+            }
+        }
+        Command::Du(a) => {
+            let d = cli.daemon.connect().await?;
+            let recs = crate::client::disk_usage(&d, a.filter.clone()).await?;
+            let total: i64 = recs.iter().map(|r| r.size).sum();
+            if a.verbose {
+                for r in &recs {
+                    println!(
+                        "{:<28} {:>10} {:<6} {}",
+                        r.id,
+                        human_size(r.size),
+                        if r.in_use { "in use" } else { "" },
+                        r.description
+                    );
+                }
+            }
+            println!("Records: {}  Total: {}", recs.len(), human_size(total));
+        }
+        Command::Prune(a) => {
+            let d = cli.daemon.connect().await?;
+            let o = crate::client::PruneOptions {
+                all: a.all,
+                filters: a.filter.clone(),
+                keep_duration_ns: a.keep_duration.map(|s| (s as i64) * 1_000_000_000).unwrap_or(0),
+                keep_bytes: a.keep_storage.unwrap_or(0),
+            };
+            let recs = crate::client::prune(&d, &o).await?;
+            let total: i64 = recs.iter().map(|r| r.size).sum();
+            println!("Removed {} records, {} reclaimed", recs.len(), human_size(total));
+        }
+    }
+    Ok(())
+}
+
+/// Entry point for the binary: parse, run, map errors and Ctrl-C to exit codes.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ERROR: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = rt.block_on(async {
+        tokio::select! {
+            r = run(cli) => match r {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ERROR: {}", format_error(&e));
+                    ExitCode::FAILURE
+                }
+            },
+            _ = tokio::signal::ctrl_c() => {
+                // Dropping the build future resets the Solve call (the daemon cancels the
+                // job) and closes the session; give the connection a moment to send that.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                eprintln!("interrupted: build canceled");
+                ExitCode::from(EXIT_INTERRUPTED)
+            }
+        }
+    });
+    rt.shutdown_timeout(Duration::from_secs(1));
+    code
+}
+
+fn format_error(e: &anyhow::Error) -> String {
+    let mut s = e.to_string();
+    for c in e.chain().skip(1) {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+    }
+    s
+}

@@ -1,0 +1,195 @@
+//! Real-daemon test harness: finds the environment started by `scripts/bkenv/up.sh`
+//! (a private dockerd with embedded BuildKit and a registry on 127.0.0.1:5000), runs
+//! `bk-build` and the `docker buildx` oracle against it, and reads the registry.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Environment variables from `$BKENV/env.sh` (DOCKER_HOST, DOCKER_CONFIG, PATH, …).
+pub fn env() -> BTreeMap<String, String> {
+    let dir = std::env::var("BKENV").unwrap_or_else(|_| "/tmp/bkenv".into());
+    let file = Path::new(&dir).join("env.sh");
+    let text = std::fs::read_to_string(&file).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}. Start the test daemon first: `bash scripts/bkenv/up.sh` (or run scripts/test.sh)",
+            file.display()
+        )
+    });
+    let mut m = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("export ") else { continue };
+        let Some((k, v)) = rest.split_once('=') else { continue };
+        let v = v.replace("$PATH", &std::env::var("PATH").unwrap_or_default());
+        m.insert(k.to_string(), v);
+    }
+    m
+}
+
+pub fn registry() -> String {
+    env().get("BKENV_REGISTRY").cloned().unwrap_or_else(|| "127.0.0.1:5000".into())
+}
+
+pub fn base_image() -> String {
+    env()
+        .get("BKENV_BASE_IMAGE")
+        .cloned()
+        .unwrap_or_else(|| "localhost:5000/busybox:latest".into())
+}
+
+/// A unique lowercase name for registry repositories and tags of one test.
+pub fn unique(prefix: &str) -> String {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{prefix}-{:x}-{}", n & 0xffff_ffff_ffff, std::process::id())
+}
+
+fn with_env(cmd: &mut Command) -> &mut Command {
+    for (k, v) in env() {
+        cmd.env(k, v);
+    }
+    // The docker daemon under test, never a user's BUILDKIT_HOST.
+    cmd.env_remove("BUILDKIT_HOST");
+    cmd
+}
+
+pub fn bk() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_bk-build"));
+    with_env(&mut c);
+    c.env("XDG_STATE_HOME", state_home());
+    c
+}
+
+/// One node-id dir for all tests of a run so shared keys are stable between builds of a test.
+fn state_home() -> PathBuf {
+    let p = std::env::temp_dir().join("bk-build-test-state");
+    let _ = std::fs::create_dir_all(&p);
+    p
+}
+
+pub fn docker() -> Command {
+    let mut c = Command::new("docker");
+    with_env(&mut c);
+    c
+}
+
+/// Runs and returns the output, printing it for failing-test diagnosis.
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    eprintln!(
+        "$ {:?}\n-- exit {:?}\n-- stdout:\n{}\n-- stderr:\n{}",
+        cmd,
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        tail(&String::from_utf8_lossy(&out.stderr), 60)
+    );
+    out
+}
+
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = run(cmd);
+    assert!(out.status.success(), "command failed: {cmd:?}");
+    out
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn write(path: &Path, contents: impl AsRef<[u8]>) {
+    if let Some(p) = path.parent() {
+        std::fs::create_dir_all(p).unwrap();
+    }
+    std::fs::write(path, contents).unwrap();
+}
+
+/// A plain HTTP/1.0 request to the local registry; returns (status, headers, body).
+pub fn registry_request(method: &str, path: &str) -> (u16, BTreeMap<String, String>, Vec<u8>) {
+    let reg = registry();
+    let mut s = std::net::TcpStream::connect(&reg).expect("registry reachable");
+    let accept = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";
+    write!(s, "{method} {path} HTTP/1.0\r\nHost: {reg}\r\nAccept: {accept}\r\n\r\n").unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    let split = buf.windows(4).position(|w| w == b"\r\n\r\n").expect("http head");
+    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
+    let body = buf[split + 4..].to_vec();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers, body)
+}
+
+/// The manifest digest the registry serves for `repo:tag` (None if absent).
+pub fn manifest_digest(repo: &str, tag: &str) -> Option<String> {
+    let (status, headers, _) = registry_request("HEAD", &format!("/v2/{repo}/manifests/{tag}"));
+    (status == 200).then(|| headers.get("docker-content-digest").cloned()).flatten()
+}
+
+/// Every entry under `root` as (relative path → description): type, mode, size and a content
+/// hash for files, target for symlinks. Two trees are equal iff these maps are.
+pub fn tree(root: &Path) -> BTreeMap<String, String> {
+    use sha2::{Digest, Sha256};
+    use std::os::unix::fs::MetadataExt;
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let md = std::fs::symlink_metadata(&p).unwrap();
+            let mode = md.mode() & 0o7777;
+            let desc = if md.file_type().is_symlink() {
+                format!("link -> {}", std::fs::read_link(&p).unwrap().display())
+            } else if md.is_dir() {
+                stack.push(p.clone());
+                format!("dir {mode:o}")
+            } else {
+                let mut h = Sha256::new();
+                let mut f = std::fs::File::open(&p).unwrap();
+                std::io::copy(&mut f, &mut h).unwrap();
+                format!("file {mode:o} {} {:x}", md.len(), h.finalize())
+            };
+            out.insert(rel, desc);
+        }
+    }
+    out
+}
+
+/// Asserts two trees are equal, listing the differences.
+pub fn assert_same_tree(a: &Path, b: &Path) {
+    let ta = tree(a);
+    let tb = tree(b);
+    let mut diffs = Vec::new();
+    for (k, v) in &ta {
+        match tb.get(k) {
+            None => diffs.push(format!("only in {}: {k} ({v})", a.display())),
+            Some(w) if w != v => diffs.push(format!("{k}: {v} != {w}")),
+            _ => {}
+        }
+    }
+    for (k, v) in &tb {
+        if !ta.contains_key(k) {
+            diffs.push(format!("only in {}: {k} ({v})", b.display()));
+        }
+    }
+    assert!(diffs.is_empty(), "trees differ:\n{}", diffs.join("\n"));
+    assert!(!ta.is_empty(), "both trees are empty: nothing was compared");
+}
