@@ -181,6 +181,8 @@ fn decode_source(any: &prost_types::Any) -> Option<Source> {
 /// or nothing when the location does not fit the file.
 fn excerpt(src: &Source) -> String {
     let text = String::from_utf8_lossy(&src.data);
+    // A final newline ends the last line; it does not start an empty one worth showing.
+    let text = text.strip_suffix('\n').unwrap_or(&text);
     let lines: Vec<&str> = text.split('\n').collect();
     let spans: Vec<(usize, usize)> = src
         .ranges
@@ -284,6 +286,29 @@ mod tests {
     }
 
     #[test]
+    fn failing_last_line_shows_the_lines_before_it() {
+        let data = base64::engine::general_purpose::STANDARD
+            .encode("FROM busybox\nCOPY . /app\nRUN false\n");
+        let detail = format!(
+            r#"{{"info":{{"filename":"Dockerfile","data":"{data}"}},"ranges":[{{"start":{{"line":3}},"end":{{"line":3}}}}]}}"#
+        );
+        let st = status_with(vec![any(
+            "github.com/moby/buildkit/errdefs.Source+json",
+            detail.into_bytes(),
+        )]);
+        assert_eq!(
+            describe_build_error(&st),
+            "Dockerfile:3\n\
+             --------------------\n\
+             \x20  1 |     FROM busybox\n\
+             \x20  2 |     COPY . /app\n\
+             \x20  3 | >>> RUN false\n\
+             --------------------\n\
+             ERROR: failed to solve: process \"/bin/sh -c false\" did not complete successfully: exit code: 1"
+        );
+    }
+
+    #[test]
     fn multi_line_ranges_get_one_line_of_context_and_are_deduplicated() {
         let st = status_with(vec![
             any(
@@ -330,7 +355,7 @@ mod tests {
         )]);
         let text = describe_build_error(&st);
         assert!(text.starts_with("build/Dockerfile:6\n"), "{text}");
-        assert!(text.contains("   6 | >>> LABEL a=b\n   7 |\n---"), "{text}");
+        assert!(text.ends_with("   6 | >>> LABEL a=b\n--------------------\nERROR: failed to solve: process \"/bin/sh -c false\" did not complete successfully: exit code: 1"), "{text}");
     }
 
     #[test]
