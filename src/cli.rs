@@ -17,7 +17,11 @@ use crate::transport::{self, Daemon, TlsOptions};
 pub const EXIT_INTERRUPTED: u8 = 130;
 
 #[derive(Parser, Debug)]
-#[command(name = "bk-build", version, about = "Build container images through BuildKit's gRPC API")]
+#[command(
+    name = "bk-build",
+    version,
+    about = "Build container images through BuildKit's gRPC API"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub daemon: DaemonArgs,
@@ -280,21 +284,6 @@ async fn run_build(daemon_args: &DaemonArgs, a: &BuildArgs) -> Result<BuildResul
     Ok(result)
 }
 
-fn human_size(n: i64) -> String {
-    let units = ["B", "kB", "MB", "GB", "TB"];
-    let mut v = n as f64;
-    let mut i = 0;
-    while v >= 1000.0 && i + 1 < units.len() {
-        v /= 1000.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{n}B")
-    } else {
-        format!("{v:.2}{}", units[i])
-    }
-}
-
 async fn run(cli: Cli) -> Result<()> {
     match &cli.command {
         Command::Build(a) => {
@@ -338,25 +327,36 @@ async fn run(cli: Cli) -> Result<()> {
                     println!(
                         "{:<28} {:>10} {:<6} {}",
                         r.id,
-                        human_size(r.size),
+                        crate::progress::format_bytes(r.size),
                         if r.in_use { "in use" } else { "" },
                         r.description
                     );
                 }
             }
-            println!("Records: {}  Total: {}", recs.len(), human_size(total));
+            println!(
+                "Records: {}  Total: {}",
+                recs.len(),
+                crate::progress::format_bytes(total)
+            );
         }
         Command::Prune(a) => {
             let d = cli.daemon.connect().await?;
             let o = crate::client::PruneOptions {
                 all: a.all,
                 filters: a.filter.clone(),
-                keep_duration_ns: a.keep_duration.map(|s| (s as i64) * 1_000_000_000).unwrap_or(0),
+                keep_duration_ns: a
+                    .keep_duration
+                    .map(|s| (s as i64) * 1_000_000_000)
+                    .unwrap_or(0),
                 keep_bytes: a.keep_storage.unwrap_or(0),
             };
             let recs = crate::client::prune(&d, &o).await?;
             let total: i64 = recs.iter().map(|r| r.size).sum();
-            println!("Removed {} records, {} reclaimed", recs.len(), human_size(total));
+            println!(
+                "Removed {} records, {} reclaimed",
+                recs.len(),
+                crate::progress::format_bytes(total)
+            );
         }
     }
     Ok(())
@@ -365,7 +365,10 @@ async fn run(cli: Cli) -> Result<()> {
 /// Entry point for the binary: parse, run, map errors and Ctrl-C to exit codes.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ERROR: cannot start the async runtime: {e}");
@@ -377,7 +380,13 @@ pub fn main() -> ExitCode {
             r = run(cli) => match r {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("ERROR: {}", format_error(&e));
+                    let msg = format_error(&e);
+                    // Build failures already read "ERROR: failed to solve: …".
+                    if msg.starts_with("ERROR") {
+                        eprintln!("{msg}");
+                    } else {
+                        eprintln!("ERROR: {msg}");
+                    }
                     ExitCode::FAILURE
                 }
             },

@@ -4,8 +4,8 @@
 use futures_util::StreamExt;
 
 use crate::proto::control::{
-    control_client::ControlClient, DiskUsageRequest, InfoRequest, ListWorkersRequest,
-    PruneRequest, UsageRecord,
+    control_client::ControlClient, DiskUsageRequest, InfoRequest, ListWorkersRequest, PruneRequest,
+    UsageRecord,
 };
 use crate::session::{MAX_DECODE, MAX_ENCODE};
 use crate::transport::Daemon;

@@ -50,16 +50,29 @@ fn tricky_context(root: &Path) {
     std::fs::create_dir_all(root.join("empty-dir")).unwrap();
     std::fs::create_dir_all(root.join("nested-empty/a/b")).unwrap();
     write(&root.join("bin/run.sh"), "#!/bin/sh\necho hi\n");
-    std::fs::set_permissions(root.join("bin/run.sh"), std::fs::Permissions::from_mode(0o755))
-        .unwrap();
+    std::fs::set_permissions(
+        root.join("bin/run.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
     write(&root.join("modes/setuid"), "s");
-    std::fs::set_permissions(root.join("modes/setuid"), std::fs::Permissions::from_mode(0o4755))
-        .unwrap();
+    std::fs::set_permissions(
+        root.join("modes/setuid"),
+        std::fs::Permissions::from_mode(0o4755),
+    )
+    .unwrap();
     write(&root.join("modes/ro"), "r");
-    std::fs::set_permissions(root.join("modes/ro"), std::fs::Permissions::from_mode(0o400)).unwrap();
+    std::fs::set_permissions(
+        root.join("modes/ro"),
+        std::fs::Permissions::from_mode(0o400),
+    )
+    .unwrap();
     std::fs::create_dir_all(root.join("modes/sticky")).unwrap();
-    std::fs::set_permissions(root.join("modes/sticky"), std::fs::Permissions::from_mode(0o1777))
-        .unwrap();
+    std::fs::set_permissions(
+        root.join("modes/sticky"),
+        std::fs::Permissions::from_mode(0o1777),
+    )
+    .unwrap();
     symlink("a.txt", root.join("link-to-file")).unwrap();
     symlink("a", root.join("link-to-dir")).unwrap();
     symlink("/nonexistent/target", root.join("dangling")).unwrap();
@@ -83,16 +96,48 @@ fn local_output_matches_buildx_byte_for_byte() {
     let ours = tmp.path().join("ours");
     let theirs = tmp.path().join("theirs");
 
-    run_ok(bk().args(["build", "--progress", "plain", "-o"]).arg(format!("type=local,dest={}", ours.display())).arg(&ctx));
-    run_ok(docker().args(["buildx", "build", "--progress", "plain", "-o"]).arg(format!("type=local,dest={}", theirs.display())).arg(&ctx));
+    run_ok(
+        bk().args(["build", "--progress", "plain", "-o"])
+            .arg(format!("type=local,dest={}", ours.display()))
+            .arg(&ctx),
+    );
+    run_ok(
+        docker()
+            .args(["buildx", "build", "--progress", "plain", "-o"])
+            .arg(format!("type=local,dest={}", theirs.display()))
+            .arg(&ctx),
+    );
 
     assert_same_tree(&ours, &theirs);
     // The rules really applied (guards against both sides sending nothing).
     let t = tree(&ours);
-    for kept in ["a/x", "a-b", "keep/a/b/c.log", "build/artifact.bin", "docs/README.md", "temp12", "x/y/secret.key", "sub/top-only.txt", "big/blob.bin", "link-to-dir", "empty-dir", "ünïcødé/файл.txt"] {
+    for kept in [
+        "a/x",
+        "a-b",
+        "keep/a/b/c.log",
+        "build/artifact.bin",
+        "docs/README.md",
+        "temp12",
+        "x/y/secret.key",
+        "sub/top-only.txt",
+        "big/blob.bin",
+        "link-to-dir",
+        "empty-dir",
+        "ünïcødé/файл.txt",
+    ] {
         assert!(t.contains_key(kept), "{kept} missing from output");
     }
-    for gone in ["app.log", "deep/n/e/s/t/x.log", "top-only.txt", "build/junk.o", "node_modules", "docs/guide.md", "temp1", "x/secret.key", "dotslash.txt"] {
+    for gone in [
+        "app.log",
+        "deep/n/e/s/t/x.log",
+        "top-only.txt",
+        "build/junk.o",
+        "node_modules",
+        "docs/guide.md",
+        "temp1",
+        "x/secret.key",
+        "dotslash.txt",
+    ] {
         assert!(!t.contains_key(gone), "{gone} should have been excluded");
     }
 }
@@ -105,24 +150,43 @@ fn metadata(path: &Path) -> serde_json::Value {
 fn second_build_sends_only_the_changed_file() {
     let tmp = tempfile::tempdir().unwrap();
     let ctx = tmp.path().join("ctx");
-    write(&ctx.join("Dockerfile"), format!("FROM {}\nCOPY . /app\nRUN cat /app/f0 /app/changing > /dev/null\n", base_image()));
+    write(
+        &ctx.join("Dockerfile"),
+        format!(
+            "FROM {}\nCOPY . /app\nRUN cat /app/f0 /app/changing > /dev/null\n",
+            base_image()
+        ),
+    );
     for i in 0..200 {
-        write(&ctx.join(format!("d{}/f{i}", i % 7)), format!("file {i} ").repeat(100));
+        write(
+            &ctx.join(format!("d{}/f{i}", i % 7)),
+            format!("file {i} ").repeat(100),
+        );
     }
     write(&ctx.join("f0"), "zero");
     write(&ctx.join("changing"), "version 1");
     let md = tmp.path().join("md.json");
     let build = || {
-        run_ok(bk().args(["build", "--progress", "plain", "--metadata-file"]).arg(&md).arg(&ctx));
+        run_ok(
+            bk().args(["build", "--progress", "plain", "--metadata-file"])
+                .arg(&md)
+                .arg(&ctx),
+        );
         metadata(&md)
     };
     let first = build();
     let first_ctx = &first["bk-build.sync"]["context"];
-    assert!(first_ctx["files_requested"].as_u64().unwrap() >= 1, "{first}");
+    assert!(
+        first_ctx["files_requested"].as_u64().unwrap() >= 1,
+        "{first}"
+    );
 
     // Unchanged: nothing requested at all.
     let again = build();
-    assert_eq!(again["bk-build.sync"]["context"]["files_requested"], 0, "{again}");
+    assert_eq!(
+        again["bk-build.sync"]["context"]["files_requested"], 0,
+        "{again}"
+    );
 
     // One file changed (same size, new content and mtime): exactly that file moves.
     std::thread::sleep(std::time::Duration::from_millis(20));
@@ -138,12 +202,30 @@ fn push_digest_matches_registry_and_metadata_file() {
     let tmp = tempfile::tempdir().unwrap();
     let ctx = tmp.path().join("ctx");
     let repo = unique("push");
-    write(&ctx.join("Dockerfile"), format!("FROM {}\nRUN echo {repo} > /id\n", base_image()));
+    write(
+        &ctx.join("Dockerfile"),
+        format!("FROM {}\nRUN echo {repo} > /id\n", base_image()),
+    );
     let md = tmp.path().join("md.json");
     let tag = format!("localhost:5000/{repo}/img:v1");
-    run_ok(bk().args(["build", "--progress", "plain", "--push", "-t", &tag, "--metadata-file"]).arg(&md).arg(&ctx));
+    run_ok(
+        bk().args([
+            "build",
+            "--progress",
+            "plain",
+            "--push",
+            "-t",
+            &tag,
+            "--metadata-file",
+        ])
+        .arg(&md)
+        .arg(&ctx),
+    );
     let m = metadata(&md);
-    let digest = m["containerimage.digest"].as_str().expect("digest in metadata").to_string();
+    let digest = m["containerimage.digest"]
+        .as_str()
+        .expect("digest in metadata")
+        .to_string();
     assert!(digest.starts_with("sha256:"), "{m}");
     assert_eq!(m["image.name"].as_str().unwrap(), tag);
     let served = manifest_digest(&format!("{repo}/img"), "v1").expect("pushed manifest");
@@ -159,17 +241,38 @@ fn registry_cache_is_exported_and_hit_from_a_fresh_builder_state() {
     write(&ctx.join("Dockerfile"), format!("FROM {} AS b\nRUN cat /proc/sys/kernel/random/uuid > /stamp\nFROM scratch\nCOPY --from=b /stamp /stamp\n", base_image()));
     let cache = format!("localhost:5000/{repo}/cache:buildcache");
     let out1 = tmp.path().join("out1");
-    run_ok(bk().args(["build", "--progress", "plain", "--cache-to"]).arg(format!("type=registry,ref={cache},mode=max")).arg("-o").arg(format!("type=local,dest={}", out1.display())).arg(&ctx));
-    assert!(manifest_digest(&format!("{repo}/cache"), "buildcache").is_some(), "cache manifest pushed");
+    run_ok(
+        bk().args(["build", "--progress", "plain", "--cache-to"])
+            .arg(format!("type=registry,ref={cache},mode=max"))
+            .arg("-o")
+            .arg(format!("type=local,dest={}", out1.display()))
+            .arg(&ctx),
+    );
+    assert!(
+        manifest_digest(&format!("{repo}/cache"), "buildcache").is_some(),
+        "cache manifest pushed"
+    );
 
     // Fresh builder state: all build cache gone.
     run_ok(bk().args(["prune", "--all"]));
     let out2 = tmp.path().join("out2");
-    let o = run_ok(bk().args(["build", "--progress", "plain", "--cache-from"]).arg(format!("type=registry,ref={cache}")).arg("-o").arg(format!("type=local,dest={}", out2.display())).arg(&ctx));
+    let o = run_ok(
+        bk().args(["build", "--progress", "plain", "--cache-from"])
+            .arg(format!("type=registry,ref={cache}"))
+            .arg("-o")
+            .arg(format!("type=local,dest={}", out2.display()))
+            .arg(&ctx),
+    );
     let a = std::fs::read_to_string(out1.join("stamp")).unwrap();
     let b = std::fs::read_to_string(out2.join("stamp")).unwrap();
-    assert_eq!(a, b, "RUN step was re-executed instead of imported from the registry cache");
-    assert!(stderr(&o).contains("CACHED"), "plain progress should show CACHED steps");
+    assert_eq!(
+        a, b,
+        "RUN step was re-executed instead of imported from the registry cache"
+    );
+    assert!(
+        stderr(&o).contains("CACHED"),
+        "plain progress should show CACHED steps"
+    );
 }
 
 #[test]
@@ -180,27 +283,66 @@ fn secret_is_available_to_run_and_not_in_the_image() {
     let secret = tmp.path().join("tok.txt");
     write(&secret, "s3cr3t-value");
     let out = tmp.path().join("out");
-    run_ok(bk().args(["build", "--progress", "plain", "--secret"]).arg(format!("id=tok,src={}", secret.display())).arg("-o").arg(format!("type=local,dest={}", out.display())).arg(&ctx));
-    assert_eq!(std::fs::read_to_string(out.join("seen")).unwrap().trim(), "eulav-t3rc3s");
+    run_ok(
+        bk().args(["build", "--progress", "plain", "--secret"])
+            .arg(format!("id=tok,src={}", secret.display()))
+            .arg("-o")
+            .arg(format!("type=local,dest={}", out.display()))
+            .arg(&ctx),
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("seen")).unwrap().trim(),
+        "eulav-t3rc3s"
+    );
 
     // From an environment variable too.
     let out = tmp.path().join("out-env");
-    run_ok(bk().env("MY_TOKEN", "from-env").args(["build", "--progress", "plain", "--no-cache", "--secret", "id=tok,env=MY_TOKEN", "-o"]).arg(format!("type=local,dest={}", out.display())).arg(&ctx));
-    assert_eq!(std::fs::read_to_string(out.join("seen")).unwrap().trim(), "vne-morf");
+    run_ok(
+        bk().env("MY_TOKEN", "from-env")
+            .args([
+                "build",
+                "--progress",
+                "plain",
+                "--no-cache",
+                "--secret",
+                "id=tok,env=MY_TOKEN",
+                "-o",
+            ])
+            .arg(format!("type=local,dest={}", out.display()))
+            .arg(&ctx),
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("seen")).unwrap().trim(),
+        "vne-morf"
+    );
 }
 
 #[test]
 fn failing_run_step_exits_nonzero_with_the_error_and_dockerfile_line() {
     let tmp = tempfile::tempdir().unwrap();
     let ctx = tmp.path().join("ctx");
-    write(&ctx.join("Dockerfile"), format!("FROM {}\nRUN echo about-to-fail\nRUN echo boom-output && exit 3\n", base_image()));
-    let o = run(bk().args(["build", "--progress", "plain", "--no-cache"]).arg(&ctx));
+    write(
+        &ctx.join("Dockerfile"),
+        format!(
+            "FROM {}\nRUN echo about-to-fail\nRUN echo boom-output && exit 3\n",
+            base_image()
+        ),
+    );
+    let o = run(bk()
+        .args(["build", "--progress", "plain", "--no-cache"])
+        .arg(&ctx));
     assert!(!o.status.success());
     assert_eq!(o.status.code(), Some(1));
     let e = stderr(&o);
-    assert!(e.contains("boom-output"), "the failing command's output is shown");
+    assert!(
+        e.contains("boom-output"),
+        "the failing command's output is shown"
+    );
     assert!(e.contains("exit code: 3"), "the exit code is shown");
-    assert!(e.contains("RUN echo boom-output && exit 3"), "the Dockerfile line is shown");
+    assert!(
+        e.contains("RUN echo boom-output && exit 3"),
+        "the Dockerfile line is shown"
+    );
     assert!(!e.contains("panicked"));
 }
 
@@ -219,18 +361,60 @@ fn bad_inputs_give_clear_errors() {
     let ctx = tmp.path().join("ctx");
     write(&ctx.join("Dockerfile"), "FROM scratch\n");
     let missing = tmp.path().join("nope");
-    assert_clean_error(&run(bk().arg("build").arg(&missing)), &["does not exist", "nope"]);
-    assert_clean_error(&run(bk().arg("build").arg("-f").arg(ctx.join("Other.Dockerfile")).arg(&ctx)), &["Other.Dockerfile", "-f"]);
-    assert_clean_error(&run(bk().args(["build", "--build-arg", "=novalue"]).arg(&ctx)), &["--build-arg", "=novalue"]);
-    assert_clean_error(&run(bk().args(["build", "-o", "type=bogus,dest=x"]).arg(&ctx)), &["--output", "bogus"]);
-    assert_clean_error(&run(bk().args(["build", "-o", "type=local"]).arg(&ctx)), &["--output", "dest"]);
-    assert_clean_error(&run(bk().args(["--addr", "unix:///nonexistent/buildkitd.sock", "build"]).arg(&ctx)), &["/nonexistent/buildkitd.sock", "does not exist"]);
-    assert_clean_error(&run(bk().args(["--addr", "tcp://127.0.0.1:9", "info"])), &["tcp://127.0.0.1:9"]);
+    assert_clean_error(
+        &run(bk().arg("build").arg(&missing)),
+        &["does not exist", "nope"],
+    );
+    assert_clean_error(
+        &run(bk()
+            .arg("build")
+            .arg("-f")
+            .arg(ctx.join("Other.Dockerfile"))
+            .arg(&ctx)),
+        &["Other.Dockerfile", "-f"],
+    );
+    assert_clean_error(
+        &run(bk().args(["build", "--build-arg", "=novalue"]).arg(&ctx)),
+        &["--build-arg", "=novalue"],
+    );
+    assert_clean_error(
+        &run(bk().args(["build", "-o", "type=bogus,dest=x"]).arg(&ctx)),
+        &["--output", "bogus"],
+    );
+    assert_clean_error(
+        &run(bk().args(["build", "-o", "type=local"]).arg(&ctx)),
+        &["--output", "dest"],
+    );
+    assert_clean_error(
+        &run(bk()
+            .args(["--addr", "unix:///nonexistent/buildkitd.sock", "build"])
+            .arg(&ctx)),
+        &["/nonexistent/buildkitd.sock", "does not exist"],
+    );
+    assert_clean_error(
+        &run(bk().args(["--addr", "tcp://127.0.0.1:9", "info"])),
+        &["tcp://127.0.0.1:9"],
+    );
     let notpem = tmp.path().join("ca.pem");
     write(&notpem, "not a certificate");
-    assert_clean_error(&run(bk().args(["--addr", "tcp://127.0.0.1:9", "--tlscacert"]).arg(&notpem).arg("info")), &["ca.pem", "PEM"]);
-    assert_clean_error(&run(bk().args(["--addr", "tcp://127.0.0.1:9", "--tlscacert"]).arg(tmp.path().join("missing-ca.pem")).arg("info")), &["missing-ca.pem"]);
-    assert_clean_error(&run(bk().args(["--addr", "ftp://x", "info"])), &["ftp://x", "unix://"]);
+    assert_clean_error(
+        &run(bk()
+            .args(["--addr", "tcp://127.0.0.1:9", "--tlscacert"])
+            .arg(&notpem)
+            .arg("info")),
+        &["ca.pem", "PEM"],
+    );
+    assert_clean_error(
+        &run(bk()
+            .args(["--addr", "tcp://127.0.0.1:9", "--tlscacert"])
+            .arg(tmp.path().join("missing-ca.pem"))
+            .arg("info")),
+        &["missing-ca.pem"],
+    );
+    assert_clean_error(
+        &run(bk().args(["--addr", "ftp://x", "info"])),
+        &["ftp://x", "unix://"],
+    );
 }
 
 #[test]
@@ -239,7 +423,10 @@ fn ctrl_c_cancels_the_build_on_the_daemon() {
     let ctx = tmp.path().join("ctx");
     let marker = unique("sleep").replace('-', "");
     let secs = 31337;
-    write(&ctx.join("Dockerfile"), format!("FROM {}\nRUN echo {marker} && sleep {secs}\n", base_image()));
+    write(
+        &ctx.join("Dockerfile"),
+        format!("FROM {}\nRUN echo {marker} && sleep {secs}\n", base_image()),
+    );
     let mut child = bk()
         .args(["build", "--progress", "plain", "--no-cache"])
         .arg(&ctx)
@@ -248,7 +435,11 @@ fn ctrl_c_cancels_the_build_on_the_daemon() {
         .unwrap();
     // Wait until the RUN step's process exists on this host.
     let running = || {
-        std::process::Command::new("pgrep").args(["-f", &format!("sleep {secs}")]).output().map(|o| o.status.success()).unwrap_or(false)
+        std::process::Command::new("pgrep")
+            .args(["-f", &format!("sleep {secs}")])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
     };
     let start = std::time::Instant::now();
     while !running() {
@@ -261,7 +452,10 @@ fn ctrl_c_cancels_the_build_on_the_daemon() {
     assert_eq!(status.code(), Some(130));
     let start = std::time::Instant::now();
     while running() {
-        assert!(start.elapsed().as_secs() < 20, "the daemon kept running the canceled step");
+        assert!(
+            start.elapsed().as_secs() < 20,
+            "the daemon kept running the canceled step"
+        );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }

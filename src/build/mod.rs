@@ -78,12 +78,14 @@ impl BuildResult {
         let mut m = serde_json::Map::new();
         for (k, v) in &self.exporter_response {
             let val = match k.as_str() {
-                "containerimage.descriptor" | "cache.manifest" => base64::engine::general_purpose::STANDARD
-                    .decode(v)
-                    .ok()
-                    .and_then(|b| serde_json::from_slice(&b).ok())
-                    .or_else(|| serde_json::from_str(v).ok())
-                    .unwrap_or_else(|| serde_json::Value::String(v.clone())),
+                "containerimage.descriptor" | "cache.manifest" => {
+                    base64::engine::general_purpose::STANDARD
+                        .decode(v)
+                        .ok()
+                        .and_then(|b| serde_json::from_slice(&b).ok())
+                        .or_else(|| serde_json::from_str(v).ok())
+                        .unwrap_or_else(|| serde_json::Value::String(v.clone()))
+                }
                 _ => serde_json::Value::String(v.clone()),
             };
             m.insert(k.clone(), val);

@@ -49,7 +49,11 @@ pub fn plan_request(
         return Err(invalid(format!(
             "build context {} {}; pass an existing directory as CONTEXT",
             context.display(),
-            if context.exists() { "is not a directory" } else { "does not exist" }
+            if context.exists() {
+                "is not a directory"
+            } else {
+                "does not exist"
+            }
         )));
     }
     let dockerfile = spec
@@ -74,8 +78,18 @@ pub fn plan_request(
 
     let mut attrs: BTreeMap<String, String> = BTreeMap::new();
     let mut dirs: BTreeMap<String, SyncDir> = BTreeMap::new();
-    dirs.insert("context".into(), SyncDir { path: context.clone() });
-    dirs.insert("dockerfile".into(), SyncDir { path: dockerfile_dir });
+    dirs.insert(
+        "context".into(),
+        SyncDir {
+            path: context.clone(),
+        },
+    );
+    dirs.insert(
+        "dockerfile".into(),
+        SyncDir {
+            path: dockerfile_dir,
+        },
+    );
     attrs.insert("filename".into(), filename);
     if let Some(t) = &spec.target {
         attrs.insert("target".into(), t.clone());
@@ -181,16 +195,15 @@ pub fn plan_request(
     let is_docker = matches!(daemon, DaemonKind::DockerEngine { .. });
     for o in &spec.outputs {
         let mut a = o.attrs.clone();
-        let kind = match (o.kind, &o.dest) {
-            // `type=docker` without a file: load into the engine.
-            (OutputKind::Docker, None) if is_docker => "moby",
-            (OutputKind::Docker, None) => {
-                return Err(invalid(
+        let kind =
+            match (o.kind, &o.dest) {
+                // `type=docker` without a file: load into the engine.
+                (OutputKind::Docker, None) if is_docker => "moby",
+                (OutputKind::Docker, None) => return Err(invalid(
                     "-o type=docker without dest= needs a Docker Engine daemon; add dest=image.tar",
-                ))
-            }
-            (k, _) => k.as_str(),
-        };
+                )),
+                (k, _) => k.as_str(),
+            };
         if let Some(dest) = &o.dest {
             let target = match (o.kind, dest) {
                 (OutputKind::Local, OutputDest::Path(p)) => ExportTarget::LocalDir(p.clone()),
@@ -213,8 +226,10 @@ pub fn plan_request(
             };
             exports.insert(exporters.len(), target);
         }
-        if matches!(o.kind, OutputKind::Image | OutputKind::Docker | OutputKind::Oci)
-            && !a.contains_key("name")
+        if matches!(
+            o.kind,
+            OutputKind::Image | OutputKind::Docker | OutputKind::Oci
+        ) && !a.contains_key("name")
             && !spec.tags.is_empty()
         {
             a.insert("name".into(), spec.tags.join(","));
@@ -232,9 +247,12 @@ pub fn plan_request(
             }
             exporters.push(Exporter {
                 r#type: "image".into(),
-                attrs: [("name".to_string(), names.clone()), ("push".to_string(), "true".to_string())]
-                    .into_iter()
-                    .collect(),
+                attrs: [
+                    ("name".to_string(), names.clone()),
+                    ("push".to_string(), "true".to_string()),
+                ]
+                .into_iter()
+                .collect(),
             });
         }
         if spec.load || (is_docker && !spec.push && !spec.tags.is_empty()) {
@@ -280,7 +298,10 @@ pub fn plan_request(
     let ssh = if spec.ssh.is_empty() {
         None
     } else {
-        Some(crate::session::ssh::SshForwarder::new(&spec.ssh).map_err(|e| invalid(e.to_string()))?)
+        Some(
+            crate::session::ssh::SshForwarder::new(&spec.ssh)
+                .map_err(|e| invalid(e.to_string()))?,
+        )
     };
 
     let request = SolveRequest {

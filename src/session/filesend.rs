@@ -212,10 +212,7 @@ async fn receive_tar(dest: Option<&Path>, mut stream: Streaming<Bytes>) -> Resul
 /// Resolves a daemon-supplied relative path under `root`, refusing anything that escapes it.
 fn safe_join(root: &Path, rel: &str) -> Result<PathBuf, String> {
     let p = Path::new(rel);
-    if rel.is_empty()
-        || p.components()
-            .any(|c| !matches!(c, Component::Normal(_)))
-    {
+    if rel.is_empty() || p.components().any(|c| !matches!(c, Component::Normal(_))) {
         return Err(format!("refusing unsafe path {rel:?} from the daemon"));
     }
     Ok(root.join(p))
@@ -326,10 +323,9 @@ async fn receive_dir(
                     remove_existing(&target).map_err(io)?;
                     if !st.linkname.is_empty() {
                         // Hard link to an earlier entry of this stream.
-                        let src = by_path
-                            .get(&st.linkname)
-                            .cloned()
-                            .ok_or_else(|| format!("hard link {} to unknown {}", st.path, st.linkname))?;
+                        let src = by_path.get(&st.linkname).cloned().ok_or_else(|| {
+                            format!("hard link {} to unknown {}", st.path, st.linkname)
+                        })?;
                         std::fs::hard_link(&src, &target).map_err(io)?;
                     } else {
                         let f = std::fs::File::create(&target).map_err(io)?;

@@ -143,7 +143,9 @@ impl FileSync for FileSyncService {
                     }))
                     .await;
             }
-            stats.total_bytes.fetch_add(report.bytes_sent, Ordering::Relaxed);
+            stats
+                .total_bytes
+                .fetch_add(report.bytes_sent, Ordering::Relaxed);
             stats.add(&name, report);
         });
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -322,7 +324,10 @@ mod tests {
         md.append("exclude-patterns", "caf%C3%A9".parse().unwrap());
         md.append("exclude-patterns", "a+b".parse().unwrap());
         md.append("exclude-patterns-encoded", "1".parse().unwrap());
-        assert_eq!(metadata_values(&md, "exclude-patterns"), vec!["café", "a b"]);
+        assert_eq!(
+            metadata_values(&md, "exclude-patterns"),
+            vec!["café", "a b"]
+        );
         let mut md = tonic::metadata::MetadataMap::new();
         md.append("followpaths", "a+b".parse().unwrap());
         assert_eq!(metadata_values(&md, "followpaths"), vec!["a+b"]);

@@ -279,9 +279,7 @@ impl Drop for Session {
 }
 
 /// A stream fed by a producer task through a small bounded channel.
-pub(crate) fn async_stream_from<T, F, Fut>(
-    producer: F,
-) -> tokio_stream::wrappers::ReceiverStream<T>
+pub(crate) fn async_stream_from<T, F, Fut>(producer: F) -> tokio_stream::wrappers::ReceiverStream<T>
 where
     T: Send + 'static,
     F: FnOnce(tokio::sync::mpsc::Sender<T>) -> Fut,

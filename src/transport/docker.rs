@@ -53,8 +53,7 @@ impl DockerHost {
             return Ok(DockerHost::Unix(PathBuf::from(p)));
         }
         if let Some(rest) = s.strip_prefix("tcp://") {
-            let (h, p) =
-                split_host_port(rest).ok_or_else(|| bad(s, "expected tcp://HOST:PORT"))?;
+            let (h, p) = split_host_port(rest).ok_or_else(|| bad(s, "expected tcp://HOST:PORT"))?;
             return Ok(DockerHost::Tcp(h, p));
         }
         if s.starts_with('/') {
@@ -143,10 +142,7 @@ async fn http1_request(
         // Errors here surface on the request future; the task only drives the connection.
         let _ = conn.with_upgrades().await;
     });
-    sender
-        .send_request(req)
-        .await
-        .map_err(|e| error_chain(&e))
+    sender.send_request(req).await.map_err(|e| error_chain(&e))
 }
 
 /// `GET /_ping` → the engine's API version (`Api-Version` header).

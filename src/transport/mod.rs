@@ -70,7 +70,8 @@ impl Address {
             return Ok(Address::Docker(DockerHost::from_env()?));
         }
         if let Some(rest) = s.strip_prefix("tcp://") {
-            let (host, port) = split_host_port(rest).ok_or_else(|| bad("expected tcp://HOST:PORT"))?;
+            let (host, port) =
+                split_host_port(rest).ok_or_else(|| bad("expected tcp://HOST:PORT"))?;
             return Ok(Address::Tcp { host, port });
         }
         Err(bad(
@@ -294,7 +295,10 @@ fn endpoint(uri: &'static str, timeout: Duration) -> Endpoint {
         .tcp_nodelay(true)
 }
 
-async fn unix_channel(path: PathBuf, timeout: Duration) -> Result<Channel, tonic::transport::Error> {
+async fn unix_channel(
+    path: PathBuf,
+    timeout: Duration,
+) -> Result<Channel, tonic::transport::Error> {
     endpoint("http://buildkitd.local", timeout)
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let path = path.clone();
@@ -443,7 +447,11 @@ mod tests {
             cert: Some("c".into()),
             ..Default::default()
         };
-        assert!(t.resolved().unwrap_err().to_string().contains("--tlscacert"));
+        assert!(t
+            .resolved()
+            .unwrap_err()
+            .to_string()
+            .contains("--tlscacert"));
         let t = TlsOptions {
             ca_cert: Some("a".into()),
             cert: Some("c".into()),

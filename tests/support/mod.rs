@@ -20,8 +20,12 @@ pub fn env() -> BTreeMap<String, String> {
     });
     let mut m = BTreeMap::new();
     for line in text.lines() {
-        let Some(rest) = line.strip_prefix("export ") else { continue };
-        let Some((k, v)) = rest.split_once('=') else { continue };
+        let Some(rest) = line.strip_prefix("export ") else {
+            continue;
+        };
+        let Some((k, v)) = rest.split_once('=') else {
+            continue;
+        };
         let v = v.replace("$PATH", &std::env::var("PATH").unwrap_or_default());
         m.insert(k.to_string(), v);
     }
@@ -29,7 +33,10 @@ pub fn env() -> BTreeMap<String, String> {
 }
 
 pub fn registry() -> String {
-    env().get("BKENV_REGISTRY").cloned().unwrap_or_else(|| "127.0.0.1:5000".into())
+    env()
+        .get("BKENV_REGISTRY")
+        .cloned()
+        .unwrap_or_else(|| "127.0.0.1:5000".into())
 }
 
 pub fn base_image() -> String {
@@ -79,7 +86,9 @@ pub fn docker() -> Command {
 
 /// Runs and returns the output, printing it for failing-test diagnosis.
 pub fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     eprintln!(
         "$ {:?}\n-- exit {:?}\n-- stdout:\n{}\n-- stderr:\n{}",
         cmd,
@@ -117,10 +126,17 @@ pub fn registry_request(method: &str, path: &str) -> (u16, BTreeMap<String, Stri
     let reg = registry();
     let mut s = std::net::TcpStream::connect(&reg).expect("registry reachable");
     let accept = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";
-    write!(s, "{method} {path} HTTP/1.0\r\nHost: {reg}\r\nAccept: {accept}\r\n\r\n").unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: {reg}\r\nAccept: {accept}\r\n\r\n"
+    )
+    .unwrap();
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).unwrap();
-    let split = buf.windows(4).position(|w| w == b"\r\n\r\n").expect("http head");
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("http head");
     let head = String::from_utf8_lossy(&buf[..split]).into_owned();
     let body = buf[split + 4..].to_vec();
     let mut lines = head.lines();
@@ -139,7 +155,9 @@ pub fn registry_request(method: &str, path: &str) -> (u16, BTreeMap<String, Stri
 /// The manifest digest the registry serves for `repo:tag` (None if absent).
 pub fn manifest_digest(repo: &str, tag: &str) -> Option<String> {
     let (status, headers, _) = registry_request("HEAD", &format!("/v2/{repo}/manifests/{tag}"));
-    (status == 200).then(|| headers.get("docker-content-digest").cloned()).flatten()
+    (status == 200)
+        .then(|| headers.get("docker-content-digest").cloned())
+        .flatten()
 }
 
 /// Every entry under `root` as (relative path → description): type, mode, size and a content
