@@ -1,1 +1,454 @@
-//! Loading bk-build.toml / compose projects (owner: project helper; in progress).
+//! Loading a project: `bk-build.toml` files or docker-compose files, merged, interpolated and
+//! validated into one plain [`Project`].
+//!
+//! This module owns the two file formats, their merge rules (later `-f` files win), variable
+//! interpolation, path resolution (bk-build.toml: relative to the file that sets the key;
+//! compose: relative to the first file's directory, as compose does) and every validation that
+//! can be done from the files and the disk alone, with errors that name the file, the key path
+//! and the fix. It must not know about BuildKit, the network or the dependency graph: option
+//! strings (`secrets`, `cache_to`, …) stay raw strings, checked with [`crate::options`] parsers
+//! only so a typo is reported at its key.
+//!
+//! Format reference (bk-build.toml): top-level tables `[vars]` (defaults for `${VAR}`; the
+//! environment overrides them), `[defaults]` (target keys every target inherits unless it sets
+//! its own; `args`, `labels` and `contexts` are merged entry by entry), `[target.NAME]` and
+//! `[group.NAME] targets = [...]`. Strings may use `${VAR}`, `${VAR:-default}` (and `-`, `:?`,
+//! `?`, `:+`, `+`), `$$` for a literal `$`, and `{name}` for the target's name. Built-in
+//! variables: `GIT_SHA`, `GIT_SHORT_SHA`, `GIT_BRANCH` (`HEAD` when detached) and
+//! `GIT_BRANCH_SLUG` (the branch made tag-safe), computed with git in the project root only
+//! when used.
+
+mod compose;
+mod interp;
+mod toml_file;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub use crate::options::ContextSource;
+use crate::options::OptionError;
+
+/// A loaded project: every target fully resolved (absolute paths, interpolated strings).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Project {
+    /// Directory of the first project file.
+    pub root: PathBuf,
+    /// The project files, absolute, in merge order.
+    pub files: Vec<PathBuf>,
+    pub targets: BTreeMap<String, Target>,
+    /// Group name → member names (targets or other groups), as written. A project without a
+    /// `default` group builds all targets by default.
+    pub groups: BTreeMap<String, Vec<String>>,
+    /// Things the user should see but that do not stop the load (compose: unset variables
+    /// replaced by "", build keys bk-build ignores).
+    pub warnings: Vec<String>,
+}
+
+/// One image to build.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Target {
+    pub name: String,
+    /// Absolute path of the build context directory.
+    pub context: PathBuf,
+    /// Absolute path of the Dockerfile (default `<context>/Dockerfile`).
+    pub dockerfile: PathBuf,
+    /// Dockerfile stage to build.
+    pub target: Option<String>,
+    pub args: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    /// Named contexts by the name the Dockerfile uses, as written in the file. Local
+    /// directories are absolute.
+    pub contexts: BTreeMap<String, ContextSource>,
+    pub tags: Vec<String>,
+    pub platforms: Vec<String>,
+    /// Raw `--secret` strings; relative `src=` paths are already made absolute.
+    pub secrets: Vec<String>,
+    /// Raw `--ssh` strings; relative socket/key paths are already made absolute.
+    pub ssh: Vec<String>,
+    pub cache_from: Vec<String>,
+    pub cache_to: Vec<String>,
+    /// Raw `--output` strings; relative `dest=` paths are already made absolute.
+    pub outputs: Vec<String>,
+    pub push: bool,
+    pub load: bool,
+    pub no_cache: bool,
+    /// Explicit dependencies (target names).
+    pub depends_on: Vec<String>,
+}
+
+/// Why a project could not be loaded. Every message says what is wrong, where, and how to fix
+/// it.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectError {
+    /// No project file in the directory and none given.
+    #[error(
+        "no project file in {}: looked for {}\n  fix: create bk-build.toml there (see examples/monorepo), or name the file with -f",
+        dir.display(),
+        DISCOVER_NAMES.join(", ")
+    )]
+    NotFound { dir: PathBuf },
+    /// A project file (or a path it names) could not be read.
+    #[error("{}: cannot read: {source}\n  fix: {fix}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+        fix: String,
+    },
+    /// A value is missing, malformed or points at something that does not exist.
+    #[error("{}{}{}: {problem}\n  fix: {fix}", file.display(), line.map(|l| format!(":{l}")).unwrap_or_default(), if key.is_empty() { String::new() } else { format!(": {key}") })]
+    Invalid {
+        /// The file that set the offending key, as given by the user.
+        file: PathBuf,
+        /// 1-based line of the offending value, when known.
+        line: Option<usize>,
+        /// Dotted key path, e.g. `target.service_1.args.BASE`; empty for whole-file problems.
+        key: String,
+        problem: String,
+        fix: String,
+    },
+}
+
+/// File names [`discover`] looks for, in order of preference.
+pub const DISCOVER_NAMES: &[&str] = &[
+    "bk-build.toml",
+    "compose.yaml",
+    "compose.yml",
+    "docker-compose.yaml",
+    "docker-compose.yml",
+];
+
+/// Finds the project file in `cwd`: `bk-build.toml`, else the first compose file name that
+/// exists (compose's own order).
+pub fn discover(cwd: &Path) -> Result<Vec<PathBuf>, ProjectError> {
+    for name in DISCOVER_NAMES {
+        let p = cwd.join(name);
+        if p.is_file() {
+            return Ok(vec![p]);
+        }
+    }
+    Err(ProjectError::NotFound {
+        dir: cwd.to_path_buf(),
+    })
+}
+
+/// Loads and merges `files` (all bk-build.toml or all compose files), in order. `env` looks
+/// up environment variables; it is a parameter so callers and tests control it.
+pub fn load(
+    files: &[PathBuf],
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Project, ProjectError> {
+    let Some(first) = files.first() else {
+        return Err(ProjectError::NotFound {
+            dir: std::env::current_dir().unwrap_or_default(),
+        });
+    };
+    let mut sources = Vec::with_capacity(files.len());
+    let mut kinds = Vec::with_capacity(files.len());
+    for f in files {
+        let abs = std::path::absolute(f).map_err(|e| ProjectError::Read {
+            path: f.clone(),
+            source: e,
+            fix: "run bk-build from an existing directory".into(),
+        })?;
+        let text = std::fs::read_to_string(&abs).map_err(|e| ProjectError::Read {
+            path: f.clone(),
+            fix: if e.kind() == std::io::ErrorKind::NotFound {
+                "check the -f path; relative paths are taken from the current directory".into()
+            } else {
+                "make the file readable (and UTF-8)".into()
+            },
+            source: e,
+        })?;
+        let kind = FileKind::of(f).ok_or_else(|| ProjectError::Invalid {
+            file: f.clone(),
+            line: None,
+            key: String::new(),
+            problem: "unknown project file type".into(),
+            fix: "use a bk-build .toml file or a compose .yml/.yaml file".into(),
+        })?;
+        kinds.push(kind);
+        let dir = abs.parent().map(Path::to_path_buf).unwrap_or_default();
+        sources.push(SourceFile {
+            shown: f.clone(),
+            abs,
+            dir,
+            text,
+        });
+    }
+    if let Some(i) = kinds.iter().position(|k| *k != kinds[0]) {
+        return Err(ProjectError::Invalid {
+            file: files[i].clone(),
+            line: None,
+            key: String::new(),
+            problem: format!(
+                "cannot merge a {} file into a {} project ({})",
+                kinds[i].label(),
+                kinds[0].label(),
+                first.display()
+            ),
+            fix: "pass only bk-build.toml files or only compose files with -f".into(),
+        });
+    }
+    match kinds[0] {
+        FileKind::Toml => toml_file::load(&sources, env),
+        FileKind::Compose => compose::load(&sources, env),
+    }
+}
+
+/// The resolved project as JSON, shaped like `docker buildx bake --print`
+/// (`{"group": {...}, "target": {...}}`) plus `root` and `files`.
+pub fn to_json(project: &Project) -> serde_json::Value {
+    use serde_json::{json, Map, Value};
+    let path = |p: &Path| Value::String(p.to_string_lossy().into_owned());
+    let strs = |v: &[String]| Value::Array(v.iter().cloned().map(Value::String).collect());
+    let map = |m: &BTreeMap<String, String>| {
+        Value::Object(
+            m.iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect(),
+        )
+    };
+    let mut targets = Map::new();
+    for (name, t) in &project.targets {
+        let contexts: Map<String, Value> = t
+            .contexts
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(context_source_string(v))))
+            .collect();
+        targets.insert(
+            name.clone(),
+            json!({
+                "context": path(&t.context),
+                "dockerfile": path(&t.dockerfile),
+                "target": t.target,
+                "args": map(&t.args),
+                "labels": map(&t.labels),
+                "contexts": contexts,
+                "tags": strs(&t.tags),
+                "platforms": strs(&t.platforms),
+                "secrets": strs(&t.secrets),
+                "ssh": strs(&t.ssh),
+                "cache_from": strs(&t.cache_from),
+                "cache_to": strs(&t.cache_to),
+                "outputs": strs(&t.outputs),
+                "push": t.push,
+                "load": t.load,
+                "no_cache": t.no_cache,
+                "depends_on": strs(&t.depends_on),
+            }),
+        );
+    }
+    let groups: Map<String, Value> = project
+        .groups
+        .iter()
+        .map(|(k, v)| (k.clone(), json!({ "targets": strs(v) })))
+        .collect();
+    json!({
+        "root": path(&project.root),
+        "files": project.files.iter().map(|f| path(f)).collect::<Vec<_>>(),
+        "group": groups,
+        "target": targets,
+    })
+}
+
+/// The `contexts` value as a user would write it (`docker-image://…`, `target:…`, a path).
+pub fn context_source_string(source: &ContextSource) -> String {
+    match source {
+        ContextSource::Local(p) => p.to_string_lossy().into_owned(),
+        ContextSource::DockerImage(r) => format!("docker-image://{r}"),
+        ContextSource::Target(t) => format!("target:{t}"),
+        ContextSource::OciLayout(r) => format!("oci-layout://{r}"),
+        ContextSource::Remote(u) => u.clone(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared between the two formats
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum FileKind {
+    Toml,
+    Compose,
+}
+
+impl FileKind {
+    fn of(path: &Path) -> Option<FileKind> {
+        match path.extension()?.to_str()? {
+            "toml" => Some(FileKind::Toml),
+            "yml" | "yaml" => Some(FileKind::Compose),
+            _ => None,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            FileKind::Toml => "bk-build.toml",
+            FileKind::Compose => "compose",
+        }
+    }
+}
+
+/// One input file, read once.
+struct SourceFile {
+    /// The path as the user gave it (used in messages).
+    shown: PathBuf,
+    abs: PathBuf,
+    /// Absolute directory of the file: the base for its relative paths.
+    dir: PathBuf,
+    text: String,
+}
+
+fn invalid(
+    file: &SourceFile,
+    line: Option<usize>,
+    key: impl Into<String>,
+    problem: impl Into<String>,
+    fix: impl Into<String>,
+) -> ProjectError {
+    ProjectError::Invalid {
+        file: file.shown.clone(),
+        line,
+        key: key.into(),
+        problem: problem.into(),
+        fix: fix.into(),
+    }
+}
+
+/// Re-renders an option-syntax error at a project-file location.
+fn option_invalid(
+    file: &SourceFile,
+    line: Option<usize>,
+    key: &str,
+    e: OptionError,
+) -> ProjectError {
+    invalid(
+        file,
+        line,
+        key,
+        format!(
+            "{:?} is not a valid {} value: {}",
+            e.input, e.flag, e.reason
+        ),
+        format!("write it like {:?}", e.example),
+    )
+}
+
+/// Which raw option list a string belongs to; selects the validator and the fields that hold
+/// client-side paths.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum OptionList {
+    Secrets,
+    Ssh,
+    CacheFrom,
+    CacheTo,
+    Outputs,
+    Platforms,
+}
+
+impl OptionList {
+    /// Checks `raw` with the CLI's parser (so the project file accepts exactly what the CLI
+    /// does) and returns it with relative client-side paths made absolute against `base`,
+    /// because the string is parsed again later, far from the file that named it.
+    fn check(self, raw: &str, base: &Path) -> Result<String, OptionError> {
+        use crate::options as o;
+        match self {
+            OptionList::Secrets => o::parse_secret(raw).map(|_| ()),
+            OptionList::Ssh => o::parse_ssh(raw).map(|_| ()),
+            OptionList::CacheFrom => o::parse_cache_from(raw).map(|_| ()),
+            OptionList::CacheTo => o::parse_cache_to(raw).map(|_| ()),
+            OptionList::Outputs => o::parse_output(raw).map(|_| ()),
+            OptionList::Platforms => o::parse_platforms(raw).map(|_| ()),
+        }?;
+        Ok(self.absolutize(raw, base))
+    }
+
+    fn absolutize(self, raw: &str, base: &Path) -> String {
+        // Quoted CSV fields are rare here; rewriting them would need a full CSV writer, so such
+        // strings are left exactly as written.
+        if raw.contains('"') {
+            return raw.to_string();
+        }
+        let abs = |p: &str| -> String {
+            if p.is_empty() || p == "-" || p.starts_with('$') || p.starts_with('~') {
+                p.to_string()
+            } else {
+                base.join(p).to_string_lossy().into_owned()
+            }
+        };
+        match self {
+            OptionList::Platforms => raw.to_string(),
+            OptionList::Ssh => match raw.split_once('=') {
+                Some((id, paths)) => {
+                    let paths: Vec<String> = paths.split(',').map(abs).collect();
+                    format!("{id}={}", paths.join(","))
+                }
+                None => raw.to_string(),
+            },
+            OptionList::Outputs if !raw.contains('=') && !raw.contains(',') => abs(raw),
+            _ => {
+                let fields: Vec<&str> = raw.split(',').collect();
+                let is_local = fields
+                    .iter()
+                    .any(|f| *f == "type=local" || *f == "type=tar" || *f == "type=oci");
+                let path_keys: &[&str] = match self {
+                    OptionList::Secrets => {
+                        if fields.contains(&"type=env") {
+                            &[]
+                        } else {
+                            &["src", "source"]
+                        }
+                    }
+                    OptionList::Outputs => &["dest"],
+                    OptionList::CacheFrom | OptionList::CacheTo if is_local => &["src", "dest"],
+                    _ => &[],
+                };
+                fields
+                    .iter()
+                    .map(|f| match f.split_once('=') {
+                        Some((k, v)) if path_keys.contains(&k) => format!("{k}={}", abs(v)),
+                        _ => (*f).to_string(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(",")
+            }
+        }
+    }
+}
+
+/// A close spelling among `candidates`, for "did you mean" hints.
+fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| (edit_distance(word, c), c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 4))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// Target and group names end up in tags (`{name}`), `target:NAME` references and CLI
+/// arguments, so they are kept to a safe alphabet.
+fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1019 @@
+//! Reading just enough of a Dockerfile to know what a build reads from outside itself: the
+//! images it starts from (to infer that one target builds on another, and to fingerprint
+//! bases) and the paths it copies from the main context (to fingerprint only those).
+//!
+//! It follows BuildKit's Dockerfile rules where they matter for that question: parser
+//! directives (`# syntax=`, `# escape=`), line continuations (comment and blank lines inside a
+//! continuation are dropped), heredocs (`<<EOF` bodies are skipped), global `ARG`s before the
+//! first `FROM` (the only variables a `FROM` can use), stage names (case-insensitive,
+//! `COPY --from=` by name or index), named contexts replacing stages or images by name, and
+//! only the stages the target stage actually depends on. It is not a Dockerfile
+//! interpreter: anything it cannot be sure of makes [`DockerfileScan::copy_sources`] `None`
+//! ("assume the whole context"), never a wrong, narrower answer.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use super::reference::familiar;
+
+/// Which build the Dockerfile is read for.
+#[derive(Debug, Clone, Copy)]
+pub struct ScanOptions<'a> {
+    /// Build args (`--build-arg`), which override `ARG` defaults.
+    pub args: &'a BTreeMap<String, String>,
+    /// Stage to build; `None` means the last stage.
+    pub target: Option<&'a str>,
+    /// Named contexts given to the build, by name: a stage or image of that name is replaced
+    /// and is not read from the Dockerfile's point of view.
+    pub named_contexts: &'a BTreeSet<String>,
+}
+
+/// What a build of one Dockerfile reads from outside the Dockerfile.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DockerfileScan {
+    /// The `# syntax=` frontend image, when set.
+    pub syntax: Option<String>,
+    /// External images the build reads (`FROM`, `COPY --from=IMAGE`, `RUN --mount=from=IMAGE`)
+    /// after `ARG` expansion, in order of first use; no stage names, no `scratch`, nothing a
+    /// named context replaces.
+    pub base_refs: Vec<String>,
+    /// Main-context paths read by `COPY`/`ADD` (without `--from`) and by bind mounts, relative
+    /// to the context root, cleaned (`./a/../b/` → `b`; `.` is the whole context); glob
+    /// characters are kept as written. Sorted, no duplicates. `None` when that cannot be known
+    /// (a variable whose value is unknown here, a `# syntax=` frontend that is not BuildKit's
+    /// Dockerfile frontend).
+    pub copy_sources: Option<Vec<String>>,
+}
+
+/// External images the last stage of `dockerfile_text` depends on, with `args` applied.
+pub fn dockerfile_base_refs(dockerfile_text: &str, args: &BTreeMap<String, String>) -> Vec<String> {
+    scan_dockerfile(
+        dockerfile_text,
+        &ScanOptions {
+            args,
+            target: None,
+            named_contexts: &BTreeSet::new(),
+        },
+    )
+    .base_refs
+}
+
+/// Main-context paths the last stage of `dockerfile_text` reads, or `None` when unknowable.
+/// See [`DockerfileScan::copy_sources`].
+pub fn dockerfile_copy_sources(
+    dockerfile_text: &str,
+    args: &BTreeMap<String, String>,
+) -> Option<Vec<String>> {
+    scan_dockerfile(
+        dockerfile_text,
+        &ScanOptions {
+            args,
+            target: None,
+            named_contexts: &BTreeSet::new(),
+        },
+    )
+    .copy_sources
+}
+
+/// Reads `text` for the build described by `opts`.
+pub fn scan_dockerfile(text: &str, opts: &ScanOptions) -> DockerfileScan {
+    let (directives, instructions) = split_instructions(text);
+    let foreign_frontend = directives.syntax.as_deref().is_some_and(|s| {
+        let f = familiar(s);
+        !(f.starts_with("docker/dockerfile") || f.starts_with("docker/dockerfile-upstream"))
+    });
+    if foreign_frontend {
+        return DockerfileScan {
+            syntax: directives.syntax,
+            base_refs: Vec::new(),
+            copy_sources: None,
+        };
+    }
+    let named: BTreeSet<String> = opts.named_contexts.iter().map(|n| familiar(n)).collect();
+    let stages = Interpreter::new(directives.escape, opts, &named).run(&instructions);
+
+    let target = match opts.target {
+        Some(t) => stages
+            .iter()
+            .position(|s| s.name.as_deref() == Some(&t.to_lowercase())),
+        None => stages.len().checked_sub(1),
+    };
+    // An unknown target stage is BuildKit's error to report; here every stage counts.
+    let reached: BTreeSet<usize> = match target {
+        Some(t) => reachable(&stages, t),
+        None => (0..stages.len()).collect(),
+    };
+    let mut base_refs: Vec<String> = Vec::new();
+    let mut sources = BTreeSet::new();
+    let mut unknowable = false;
+    for i in reached {
+        let s = &stages[i];
+        if s.replaced {
+            continue;
+        }
+        for r in &s.images {
+            if !base_refs.contains(r) {
+                base_refs.push(r.clone());
+            }
+        }
+        sources.extend(s.sources.iter().cloned());
+        unknowable |= s.unknowable;
+    }
+    DockerfileScan {
+        syntax: directives.syntax,
+        base_refs,
+        copy_sources: (!unknowable).then(|| sources.into_iter().collect()),
+    }
+}
+
+fn reachable(stages: &[Stage], from: usize) -> BTreeSet<usize> {
+    let mut seen = BTreeSet::new();
+    let mut todo = vec![from];
+    while let Some(i) = todo.pop() {
+        if !seen.insert(i) || stages[i].replaced {
+            continue;
+        }
+        todo.extend(
+            stages[i]
+                .stage_deps
+                .iter()
+                .copied()
+                .filter(|d| *d < stages.len()),
+        );
+    }
+    seen
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lines → instructions
+// ---------------------------------------------------------------------------------------------
+
+struct Directives {
+    syntax: Option<String>,
+    escape: char,
+}
+
+#[derive(Debug)]
+struct Instruction {
+    keyword: String,
+    rest: String,
+}
+
+fn split_instructions(text: &str) -> (Directives, Vec<Instruction>) {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut d = Directives {
+        syntax: None,
+        escape: '\\',
+    };
+    let mut i = 0;
+    // Parser directives: only at the very top, before any blank line, comment or instruction.
+    while i < lines.len() {
+        let Some(body) = lines[i].trim().strip_prefix('#') else {
+            break;
+        };
+        let Some((k, v)) = body.split_once('=') else {
+            break;
+        };
+        let k = k.trim().to_ascii_lowercase();
+        if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphabetic()) {
+            break;
+        }
+        match k.as_str() {
+            "syntax" => d.syntax = Some(v.trim().to_string()),
+            "escape" => {
+                if let Some(c @ ('`' | '\\')) = v.trim().chars().next() {
+                    d.escape = c;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    let mut out = Vec::new();
+    while i < lines.len() {
+        let first = lines[i];
+        i += 1;
+        let t = first.trim_start();
+        if t.is_empty() || t.starts_with('#') {
+            continue;
+        }
+        let mut logical = String::new();
+        let mut cur = first;
+        loop {
+            let end = cur.trim_end();
+            match end.strip_suffix(d.escape) {
+                Some(body) => {
+                    logical.push_str(body);
+                    let mut next = None;
+                    while i < lines.len() {
+                        let n = lines[i];
+                        i += 1;
+                        let nt = n.trim_start();
+                        if nt.is_empty() || nt.starts_with('#') {
+                            continue;
+                        }
+                        next = Some(n);
+                        break;
+                    }
+                    match next {
+                        Some(n) => cur = n,
+                        None => break,
+                    }
+                }
+                None => {
+                    logical.push_str(end);
+                    break;
+                }
+            }
+        }
+        let logical = logical.trim();
+        let (kw, rest) = logical
+            .split_once(char::is_whitespace)
+            .unwrap_or((logical, ""));
+        let keyword = kw.to_ascii_uppercase();
+        let rest = rest.trim().to_string();
+        if matches!(keyword.as_str(), "RUN" | "COPY" | "ADD") {
+            for (word, strip_tabs) in heredoc_markers(&rest) {
+                while i < lines.len() {
+                    let l = lines[i];
+                    i += 1;
+                    let l = if strip_tabs {
+                        l.trim_start_matches('\t')
+                    } else {
+                        l
+                    };
+                    if l.trim_end() == word {
+                        break;
+                    }
+                }
+            }
+        }
+        out.push(Instruction { keyword, rest });
+    }
+    (d, out)
+}
+
+/// `<<EOF`, `<<-EOF`, `<<"EOF"`, `<<'EOF'` markers in order: (word, strip leading tabs).
+fn heredoc_markers(s: &str) -> Vec<(String, bool)> {
+    let mut out = Vec::new();
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i + 2 < b.len() {
+        if &b[i..i + 2] != b"<<" {
+            i += 1;
+            continue;
+        }
+        let mut j = i + 2;
+        let strip = b.get(j) == Some(&b'-');
+        if strip {
+            j += 1;
+        }
+        let quote = match b.get(j) {
+            Some(q @ (b'"' | b'\'')) => {
+                j += 1;
+                Some(*q)
+            }
+            _ => None,
+        };
+        let start = j;
+        while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'_') {
+            j += 1;
+        }
+        let word = &s[start..j];
+        let valid_start = word
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+        let closed = match quote {
+            Some(q) => b.get(j) == Some(&q),
+            None => true,
+        };
+        if valid_start && closed {
+            out.push((word.to_string(), strip));
+        }
+        i = j.max(i + 2);
+    }
+    out
+}
+
+/// Leading `--flag=value` tokens, and what follows them.
+fn split_flags(rest: &str) -> (Vec<(String, String)>, &str) {
+    let mut flags = Vec::new();
+    let mut r = rest.trim_start();
+    while let Some(after) = r.strip_prefix("--") {
+        let end = after.find(char::is_whitespace).unwrap_or(after.len());
+        let tok = &after[..end];
+        let (k, v) = tok.split_once('=').unwrap_or((tok, ""));
+        flags.push((k.to_ascii_lowercase(), v.to_string()));
+        r = after[end..].trim_start();
+    }
+    (flags, r)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Words and variables
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Debug, PartialEq)]
+enum Var {
+    Known(String),
+    /// Declared but its value is not known here (a platform arg, an image's ENV, …).
+    Unknown,
+}
+
+/// Args BuildKit defines automatically; their values depend on the daemon and `--platform`.
+const PLATFORM_ARGS: &[&str] = &[
+    "TARGETPLATFORM",
+    "TARGETOS",
+    "TARGETARCH",
+    "TARGETVARIANT",
+    "BUILDPLATFORM",
+    "BUILDOS",
+    "BUILDARCH",
+    "BUILDVARIANT",
+];
+
+/// Splits `s` into shell words (quotes removed, variables expanded), reporting per word
+/// whether an unknown variable took part.
+fn shell_words(s: &str, escape: char, lookup: &dyn Fn(&str) -> Var) -> Vec<(String, bool)> {
+    let chars: Vec<char> = s.chars().collect();
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut started = false;
+    let mut unknown = false;
+    let (mut single, mut double) = (false, false);
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if single {
+            if c == '\'' {
+                single = false;
+            } else {
+                cur.push(c);
+            }
+            i += 1;
+            continue;
+        }
+        if c == escape && i + 1 < chars.len() {
+            cur.push(chars[i + 1]);
+            started = true;
+            i += 2;
+            continue;
+        }
+        match c {
+            '\'' if !double => {
+                single = true;
+                started = true;
+            }
+            '"' => {
+                double = !double;
+                started = true;
+            }
+            '$' => {
+                let (value, used, next) = expand_at(&chars, i, escape, lookup);
+                cur.push_str(&value);
+                unknown |= used;
+                started = true;
+                i = next;
+                continue;
+            }
+            c if c.is_whitespace() && !double => {
+                if started {
+                    words.push((std::mem::take(&mut cur), unknown));
+                }
+                started = false;
+                unknown = false;
+            }
+            c => {
+                cur.push(c);
+                started = true;
+            }
+        }
+        i += 1;
+    }
+    if started {
+        words.push((cur, unknown));
+    }
+    words
+}
+
+/// Expands the variable reference starting at `chars[at] == '$'`: (value, unknown, next index).
+fn expand_at(
+    chars: &[char],
+    at: usize,
+    escape: char,
+    lookup: &dyn Fn(&str) -> Var,
+) -> (String, bool, usize) {
+    let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    match chars.get(at + 1) {
+        Some('{') => {
+            let mut depth = 0;
+            let mut j = at + 2;
+            while j < chars.len() {
+                match chars[j] {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => break,
+                    '}' => depth -= 1,
+                    _ => {}
+                }
+                j += 1;
+            }
+            let body: String = chars[at + 2..j.min(chars.len())].iter().collect();
+            let name_len = body.find(|c: char| !is_name(c)).unwrap_or(body.len());
+            let (name, op) = body.split_at(name_len);
+            let value = lookup(name);
+            let word = |w: &str| -> (String, bool) {
+                let ws = shell_words(w, escape, lookup);
+                let unknown = ws.iter().any(|(_, u)| *u);
+                (
+                    ws.into_iter().map(|(s, _)| s).collect::<Vec<_>>().join(" "),
+                    unknown,
+                )
+            };
+            let (set, non_empty) = match &value {
+                Var::Known(v) => (true, !v.is_empty()),
+                Var::Unknown => (true, true),
+            };
+            let unknown_value = value == Var::Unknown;
+            let value = match value {
+                Var::Known(v) => v,
+                Var::Unknown => String::new(),
+            };
+            let (out, unknown) = if op.is_empty() {
+                (value, unknown_value)
+            } else if let Some(w) = op.strip_prefix(":-") {
+                if unknown_value {
+                    (String::new(), true)
+                } else if non_empty {
+                    (value, false)
+                } else {
+                    word(w)
+                }
+            } else if let Some(w) = op.strip_prefix(":+") {
+                if unknown_value {
+                    (String::new(), true)
+                } else if non_empty {
+                    word(w)
+                } else {
+                    (String::new(), false)
+                }
+            } else if let Some(w) = op.strip_prefix('-') {
+                if unknown_value {
+                    (String::new(), true)
+                } else if set {
+                    (value, false)
+                } else {
+                    word(w)
+                }
+            } else if let Some(w) = op.strip_prefix('+') {
+                if unknown_value {
+                    (String::new(), true)
+                } else if set {
+                    word(w)
+                } else {
+                    (String::new(), false)
+                }
+            } else if op.starts_with(":?") || op.starts_with('?') {
+                (value, unknown_value)
+            } else {
+                // Pattern operators (`#`, `%`, `/`): not modelled, so the result is unknown.
+                (String::new(), true)
+            };
+            (out, unknown, (j + 1).min(chars.len()))
+        }
+        Some(c) if is_name(*c) => {
+            let mut j = at + 1;
+            while j < chars.len() && is_name(chars[j]) {
+                j += 1;
+            }
+            let name: String = chars[at + 1..j].iter().collect();
+            match lookup(&name) {
+                Var::Known(v) => (v, false, j),
+                Var::Unknown => (String::new(), true, j),
+            }
+        }
+        _ => ("$".to_string(), false, at + 1),
+    }
+}
+
+/// Expands variables in `s` without word splitting or quote removal (JSON-form arguments).
+fn expand_plain(s: &str, escape: char, lookup: &dyn Fn(&str) -> Var) -> (String, bool) {
+    let chars: Vec<char> = s.chars().collect();
+    let mut out = String::new();
+    let mut unknown = false;
+    let mut i = 0;
+    while i < chars.len() {
+        if chars[i] == '$' {
+            let (v, u, next) = expand_at(&chars, i, escape, lookup);
+            out.push_str(&v);
+            unknown |= u;
+            i = next;
+        } else {
+            out.push(chars[i]);
+            i += 1;
+        }
+    }
+    (out, unknown)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Instructions → stages
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Default)]
+struct Stage {
+    name: Option<String>,
+    /// Replaced by a named context of the same name: nothing inside it is read.
+    replaced: bool,
+    stage_deps: Vec<usize>,
+    images: Vec<String>,
+    sources: Vec<String>,
+    unknowable: bool,
+    /// ENV wins over an ARG of the same name, as in BuildKit.
+    env: HashMap<String, Var>,
+    args: HashMap<String, Var>,
+    /// Whether every variable this stage can see is declared in the Dockerfile (a scratch
+    /// root); when it starts from an image, that image's ENV is unknown.
+    env_known: bool,
+}
+
+struct Interpreter<'a> {
+    escape: char,
+    opts: &'a ScanOptions<'a>,
+    named: &'a BTreeSet<String>,
+    globals: HashMap<String, Var>,
+    stages: Vec<Stage>,
+}
+
+impl<'a> Interpreter<'a> {
+    fn new(escape: char, opts: &'a ScanOptions<'a>, named: &'a BTreeSet<String>) -> Self {
+        Interpreter {
+            escape,
+            opts,
+            named,
+            globals: HashMap::new(),
+            stages: Vec::new(),
+        }
+    }
+
+    fn run(mut self, instructions: &[Instruction]) -> Vec<Stage> {
+        for ins in instructions {
+            match ins.keyword.as_str() {
+                "FROM" => self.from(&ins.rest),
+                "ARG" => self.arg(&ins.rest),
+                "ENV" if !self.stages.is_empty() => self.env(&ins.rest),
+                "COPY" | "ADD" if !self.stages.is_empty() => {
+                    self.copy(ins.keyword == "ADD", &ins.rest)
+                }
+                "RUN" if !self.stages.is_empty() => self.run_mounts(&ins.rest),
+                _ => {}
+            }
+        }
+        self.stages
+    }
+
+    fn global_lookup(&self, name: &str) -> Var {
+        match self.globals.get(name) {
+            Some(v) => v.clone(),
+            None if PLATFORM_ARGS.contains(&name) => match self.opts.args.get(name) {
+                Some(v) => Var::Known(v.clone()),
+                None => Var::Unknown,
+            },
+            // BuildKit expands an undeclared variable in FROM to "".
+            None => Var::Known(String::new()),
+        }
+    }
+
+    fn stage_lookup(&self, name: &str) -> Var {
+        let Some(stage) = self.stages.last() else {
+            return self.global_lookup(name);
+        };
+        match stage.env.get(name).or_else(|| stage.args.get(name)) {
+            Some(v) => v.clone(),
+            None if stage.env_known => Var::Known(String::new()),
+            None => Var::Unknown,
+        }
+    }
+
+    fn from(&mut self, rest: &str) {
+        let (_flags, rest) = split_flags(rest);
+        let words = shell_words(rest, self.escape, &|n| self.global_lookup(n));
+        let mut stage = Stage::default();
+        if let [_, as_kw, name, ..] = words.as_slice() {
+            if as_kw.0.eq_ignore_ascii_case("as") {
+                stage.name = Some(name.0.to_lowercase());
+            }
+        }
+        stage.replaced = stage.name.as_ref().is_some_and(|n| self.named.contains(n));
+        match words.first() {
+            Some((image, false)) => {
+                let lower = image.to_lowercase();
+                if let Some(idx) = self
+                    .stages
+                    .iter()
+                    .position(|s| s.name.as_deref() == Some(lower.as_str()))
+                {
+                    stage.stage_deps.push(idx);
+                    // ENV is inherited by a stage built on another; ARGs end with their stage.
+                    stage.env = self.stages[idx].env.clone();
+                    stage.env_known = self.stages[idx].env_known;
+                } else if lower == "scratch" {
+                    stage.env_known = true;
+                } else if !image.is_empty() && !self.named.contains(&familiar(image)) {
+                    stage.images.push(image.clone());
+                }
+            }
+            // A base that depends on an unknown variable: the inputs cannot be known.
+            _ => stage.unknowable = true,
+        }
+        self.stages.push(stage);
+    }
+
+    /// `ARG NAME[=default] ...`: a build arg wins, then the default; inside a stage a bare
+    /// `ARG NAME` re-imports the global value.
+    fn arg(&mut self, rest: &str) {
+        let in_stage = !self.stages.is_empty();
+        let words = if in_stage {
+            shell_words(rest, self.escape, &|n| self.stage_lookup(n))
+        } else {
+            shell_words(rest, self.escape, &|n| self.global_lookup(n))
+        };
+        for (word, unknown) in words {
+            let (name, default) = match word.split_once('=') {
+                Some((n, d)) => (n.to_string(), Some(d.to_string())),
+                None => (word.clone(), None),
+            };
+            let value = match (self.opts.args.get(&name), default) {
+                (Some(v), _) => Var::Known(v.clone()),
+                (None, Some(_)) if unknown => Var::Unknown,
+                (None, Some(d)) => Var::Known(d),
+                (None, None) if in_stage && self.globals.contains_key(&name) => {
+                    self.globals[&name].clone()
+                }
+                (None, None) if PLATFORM_ARGS.contains(&name.as_str()) => Var::Unknown,
+                (None, None) => Var::Known(String::new()),
+            };
+            match self.stages.last_mut() {
+                Some(stage) => {
+                    stage.args.insert(name, value);
+                }
+                None => {
+                    self.globals.insert(name, value);
+                }
+            }
+        }
+    }
+
+    fn env(&mut self, rest: &str) {
+        let words = shell_words(rest, self.escape, &|n| self.stage_lookup(n));
+        let mut pairs = Vec::new();
+        match words.first() {
+            Some((w, _)) if w.contains('=') => {
+                for (w, unknown) in words {
+                    if let Some((k, v)) = w.split_once('=') {
+                        pairs.push((
+                            k.to_string(),
+                            if unknown {
+                                Var::Unknown
+                            } else {
+                                Var::Known(v.to_string())
+                            },
+                        ));
+                    }
+                }
+            }
+            // Legacy `ENV NAME value with spaces`.
+            Some((name, _)) => {
+                let unknown = words[1..].iter().any(|(_, u)| *u);
+                let value = words[1..]
+                    .iter()
+                    .map(|(w, _)| w.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                pairs.push((
+                    name.clone(),
+                    if unknown {
+                        Var::Unknown
+                    } else {
+                        Var::Known(value)
+                    },
+                ));
+            }
+            None => {}
+        }
+        if let Some(stage) = self.stages.last_mut() {
+            stage.env.extend(pairs);
+        }
+    }
+
+    /// A `--from=` / `from=` reference: an earlier stage, a named context, or an image.
+    fn reference(&mut self, raw: &str) {
+        let words = shell_words(raw, self.escape, &|n| self.stage_lookup(n));
+        let Some(stage) = self.stages.last_mut() else {
+            return;
+        };
+        let Some((name, false)) = words.into_iter().next() else {
+            stage.unknowable = true;
+            return;
+        };
+        let lower = name.to_lowercase();
+        let current = self.stages.len() - 1;
+        let idx = match lower.parse::<usize>() {
+            Ok(i) if i < current => Some(i),
+            _ => self.stages[..current]
+                .iter()
+                .position(|s| s.name.as_deref() == Some(lower.as_str())),
+        };
+        let stage = &mut self.stages[current];
+        match idx {
+            Some(i) => stage.stage_deps.push(i),
+            None if self.named.contains(&familiar(&name)) => {}
+            None => {
+                if !stage.images.contains(&name) {
+                    stage.images.push(name);
+                }
+            }
+        }
+    }
+
+    fn copy(&mut self, is_add: bool, rest: &str) {
+        let (flags, rest) = split_flags(rest);
+        if let Some((_, from)) = flags.iter().find(|(k, _)| k == "from") {
+            self.reference(from);
+            return;
+        }
+        let words: Vec<(String, bool)> = if rest.starts_with('[') {
+            match serde_json::from_str::<Vec<String>>(rest) {
+                Ok(items) => items
+                    .iter()
+                    .map(|w| expand_plain(w, self.escape, &|n| self.stage_lookup(n)))
+                    .collect(),
+                Err(_) => {
+                    self.mark_unknowable();
+                    return;
+                }
+            }
+        } else {
+            shell_words(rest, self.escape, &|n| self.stage_lookup(n))
+        };
+        let Some(stage) = self.stages.last_mut() else {
+            return;
+        };
+        if words.len() < 2 {
+            return;
+        }
+        for (src, unknown) in &words[..words.len() - 1] {
+            if src.starts_with("<<") {
+                continue; // heredoc: inline content, not a context file
+            }
+            if is_add && (src.contains("://") || src.starts_with("git@")) {
+                continue; // fetched by the daemon, not read from the context
+            }
+            if *unknown {
+                stage.unknowable = true;
+                continue;
+            }
+            stage.sources.push(clean(src));
+        }
+    }
+
+    fn run_mounts(&mut self, rest: &str) {
+        let (flags, _) = split_flags(rest);
+        for (k, v) in flags {
+            if k != "mount" {
+                continue;
+            }
+            let mut typ = "bind".to_string();
+            let mut from = None;
+            let mut source = None;
+            for field in v.split(',') {
+                let (fk, fv) = field.split_once('=').unwrap_or((field, ""));
+                match fk.to_ascii_lowercase().as_str() {
+                    "type" => typ = fv.to_ascii_lowercase(),
+                    "from" => from = Some(fv.to_string()),
+                    "source" | "src" => source = Some(fv.to_string()),
+                    _ => {}
+                }
+            }
+            match (typ.as_str(), from) {
+                ("bind" | "cache", Some(f)) => self.reference(&f),
+                ("bind", None) => {
+                    let words =
+                        source.map(|s| shell_words(&s, self.escape, &|n| self.stage_lookup(n)));
+                    let Some(stage) = self.stages.last_mut() else {
+                        return;
+                    };
+                    match words.as_deref() {
+                        None | Some([]) => stage.sources.push(".".into()),
+                        Some([(_, true), ..]) => stage.unknowable = true,
+                        Some([(s, false), ..]) => stage.sources.push(clean(s)),
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn mark_unknowable(&mut self) {
+        if let Some(s) = self.stages.last_mut() {
+            s.unknowable = true;
+        }
+    }
+}
+
+/// Context-relative spelling of a source: no leading `/` or `./`, `..` clamped at the root
+/// (BuildKit does the same), `.` for the whole context.
+fn clean(p: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for c in p.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    if parts.is_empty() {
+        ".".to_string()
+    } else {
+        parts.join("/")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn scan(
+        text: &str,
+        a: &[(&str, &str)],
+        target: Option<&str>,
+        named: &[&str],
+    ) -> DockerfileScan {
+        let args = args(a);
+        let named: BTreeSet<String> = named.iter().map(|s| s.to_string()).collect();
+        scan_dockerfile(
+            text,
+            &ScanOptions {
+                args: &args,
+                target,
+                named_contexts: &named,
+            },
+        )
+    }
+
+    const SERVICE: &str = "ARG REPO=localhost:5000\nARG TAG=latest\nFROM ${REPO}/pybase:${TAG}\nWORKDIR /app\nCOPY app/ /app/\nCOPY assets/model.bin /app/assets/\nRUN find /app | wc -l\n";
+
+    #[test]
+    fn from_uses_global_args_with_build_args_winning() {
+        assert_eq!(
+            dockerfile_base_refs(SERVICE, &args(&[])),
+            ["localhost:5000/pybase:latest"]
+        );
+        assert_eq!(
+            dockerfile_base_refs(
+                SERVICE,
+                &args(&[("REPO", "localhost:5000/acme"), ("TAG", "dev")])
+            ),
+            ["localhost:5000/acme/pybase:dev"]
+        );
+        assert_eq!(
+            dockerfile_copy_sources(SERVICE, &args(&[])).unwrap(),
+            ["app", "assets/model.bin"]
+        );
+    }
+
+    #[test]
+    fn stages_are_not_images_and_only_reachable_stages_count() {
+        let df = "# syntax=docker/dockerfile:1.7\n\
+                  ARG BASE_IMAGE=localhost:5000/busybox:latest\n\
+                  FROM --platform=$BUILDPLATFORM ${BASE_IMAGE} AS Build\n\
+                  COPY requirements.txt ./\n\
+                  COPY lib/ ./lib/\n\
+                  FROM build AS test\n\
+                  COPY tests/ /tests/\n\
+                  FROM golang:1.22 AS unused\n\
+                  COPY go/ /go/\n\
+                  FROM ${BASE_IMAGE}\n\
+                  COPY --from=BUILD /opt /opt\n\
+                  COPY --from=0 /x /x\n\
+                  COPY --from=nginx:alpine /etc/nginx /etc/nginx\n";
+        let s = scan(df, &[], None, &[]);
+        assert_eq!(s.syntax.as_deref(), Some("docker/dockerfile:1.7"));
+        assert_eq!(
+            s.base_refs,
+            ["localhost:5000/busybox:latest", "nginx:alpine"]
+        );
+        assert_eq!(s.copy_sources.unwrap(), ["lib", "requirements.txt"]);
+        let t = scan(df, &[], Some("test"), &[]);
+        assert_eq!(t.base_refs, ["localhost:5000/busybox:latest"]);
+        assert_eq!(
+            t.copy_sources.unwrap(),
+            ["lib", "requirements.txt", "tests"]
+        );
+    }
+
+    #[test]
+    fn named_contexts_replace_stages_and_images() {
+        let df = "ARG BASE_IMAGE=localhost:5000/busybox:latest\nFROM scratch AS luamods\nCOPY src/luamods/ /\n\nFROM ${BASE_IMAGE}\nCOPY conf/ /conf/\nCOPY --from=luamods / /lua/\n";
+        let plain = scan(df, &[], None, &[]);
+        assert_eq!(plain.copy_sources.unwrap(), ["conf", "src/luamods"]);
+        let named = scan(df, &[], None, &["luamods"]);
+        assert_eq!(named.copy_sources.unwrap(), ["conf"]);
+        assert_eq!(named.base_refs, ["localhost:5000/busybox:latest"]);
+        let img = scan(
+            df,
+            &[],
+            None,
+            &[
+                "docker.io/library/localhost:5000/busybox:latest",
+                "localhost:5000/busybox",
+            ],
+        );
+        assert!(img.base_refs.is_empty());
+    }
+
+    #[test]
+    fn continuations_comments_and_heredocs() {
+        let df = "FROM alpine\n\
+                  COPY a \\\n\
+                  # a comment inside the continuation\n\
+                  \n\
+                       b /dst/\n\
+                  RUN <<EOF\n\
+                  COPY not-an-instruction /x\n\
+                  EOF\n\
+                  COPY <<-END /etc/conf\n\
+                  \tinline\n\
+                  \tEND\n\
+                  COPY [\"c d\", \"./e/../f\", \"/dst/\"]\n";
+        let s = scan(df, &[], None, &[]);
+        assert_eq!(s.base_refs, ["alpine"]);
+        assert_eq!(s.copy_sources.unwrap(), ["a", "b", "c d", "f"]);
+    }
+
+    #[test]
+    fn escape_directive_changes_the_continuation_character() {
+        let df = "# escape=`\nFROM alpine\nCOPY a `\n  b c:\\dst\\\n";
+        assert_eq!(scan(df, &[], None, &[]).copy_sources.unwrap(), ["a", "b"]);
+    }
+
+    #[test]
+    fn unknown_variables_make_sources_unknowable() {
+        // APP comes from the base image's ENV, which is not known here.
+        let df = "FROM alpine\nCOPY $APP/x /x\n";
+        assert_eq!(scan(df, &[], None, &[]).copy_sources, None);
+        // Declared in the Dockerfile: known (from the default, or the build arg).
+        let df = "FROM alpine\nARG APP=web\nENV DIR=${APP}/static\nCOPY ${DIR} /x\n";
+        assert_eq!(
+            scan(df, &[], None, &[]).copy_sources.unwrap(),
+            ["web/static"]
+        );
+        assert_eq!(
+            scan(df, &[("APP", "api")], None, &[]).copy_sources.unwrap(),
+            ["api/static"]
+        );
+        // Platform args depend on the daemon.
+        let df = "FROM alpine\nARG TARGETARCH\nCOPY bin/${TARGETARCH}/tool /usr/bin/\n";
+        assert_eq!(scan(df, &[], None, &[]).copy_sources, None);
+        // A foreign frontend could mean anything.
+        let df = "# syntax=example.com/other-frontend:1\nFROM alpine\nCOPY a /a\n";
+        assert_eq!(scan(df, &[], None, &[]).copy_sources, None);
+    }
+
+    #[test]
+    fn add_urls_and_mounts() {
+        let df = "FROM alpine\nADD https://example.com/x.tgz /x\nADD local.tgz /y\n\
+                  RUN --mount=type=bind,source=go.sum,target=/go.sum --mount=type=cache,target=/c true\n\
+                  RUN --mount=type=bind,from=tools,source=/bin,target=/t true\n\
+                  RUN --mount=type=secret,id=x true\n";
+        let s = scan(df, &[], None, &[]);
+        assert_eq!(s.copy_sources.unwrap(), ["go.sum", "local.tgz"]);
+        assert_eq!(s.base_refs, ["alpine", "tools"]);
+        let whole = scan(
+            "FROM alpine\nRUN --mount=type=bind,target=/src make\n",
+            &[],
+            None,
+            &[],
+        );
+        assert_eq!(whole.copy_sources.unwrap(), ["."]);
+    }
+
+    #[test]
+    fn scratch_and_undeclared_from_variables() {
+        assert!(dockerfile_base_refs("FROM scratch\nCOPY x /\n", &args(&[])).is_empty());
+        // Undeclared in FROM expands to "" like BuildKit; a platform arg is unknowable.
+        assert_eq!(
+            dockerfile_base_refs("FROM alpine${SUFFIX}\n", &args(&[])),
+            ["alpine"]
+        );
+        assert!(dockerfile_base_refs("FROM ${TARGETARCH}/alpine\n", &args(&[])).is_empty());
+    }
+}

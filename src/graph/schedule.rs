@@ -1,0 +1,205 @@
+//! Running a [`Plan`] with at most `jobs` nodes at once.
+//!
+//! A node starts when all its dependencies succeeded. When a node fails, everything that
+//! depends on it (directly or not) is reported as not started, naming the failed node, while
+//! independent nodes keep going. The scheduler knows nothing about what a node does: it calls
+//! `f(name)` and looks at `Ok`/`Err`.
+//!
+//! The futures are polled together on the caller's task (no `spawn`), so `f` needs neither
+//! `Send` nor `'static`; CPU-heavy work inside `f` should use `spawn_blocking`. Dropping the
+//! future returned by [`run`] (e.g. on Ctrl-C) drops every running node's future.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+
+use super::Plan;
+
+/// What happened to one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome<T, E> {
+    Succeeded(T),
+    Failed(E),
+    /// Not started because the node named here (a dependency, direct or indirect) failed.
+    NotStarted {
+        because: String,
+    },
+}
+
+impl<T, E> Outcome<T, E> {
+    pub fn is_success(&self) -> bool {
+        matches!(self, Outcome::Succeeded(_))
+    }
+}
+
+/// Runs every node of `plan`, at most `jobs` (at least 1) at a time, dependencies first.
+/// Returns one outcome per node of `plan.order`.
+pub async fn run<T, E, F, Fut>(plan: &Plan, jobs: usize, f: F) -> BTreeMap<String, Outcome<T, E>>
+where
+    F: Fn(String) -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let jobs = jobs.max(1);
+    let position: BTreeMap<&str, usize> = plan
+        .order
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), i))
+        .collect();
+    let mut waiting: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut dependents: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for n in &plan.order {
+        let deps: BTreeSet<&str> = plan
+            .dependencies(n)
+            .into_iter()
+            .filter(|d| position.contains_key(d))
+            .collect();
+        waiting.insert(n, deps.len());
+        for d in deps {
+            dependents.entry(d).or_default().push(n);
+        }
+    }
+    // Ready nodes by plan position, so bases start before leaves when both are ready.
+    let mut ready: BTreeSet<usize> = waiting
+        .iter()
+        .filter(|(_, c)| **c == 0)
+        .map(|(n, _)| position[n])
+        .collect();
+    let mut results: BTreeMap<String, Outcome<T, E>> = BTreeMap::new();
+    let mut running = FuturesUnordered::new();
+    loop {
+        while running.len() < jobs {
+            let Some(i) = ready.pop_first() else { break };
+            let name = plan.order[i].clone();
+            let fut = f(name.clone());
+            running.push(async move { (name, fut.await) });
+        }
+        let Some((name, result)) = running.next().await else {
+            break;
+        };
+        match result {
+            Ok(v) => {
+                for d in dependents.get(name.as_str()).into_iter().flatten() {
+                    if let Some(c) = waiting.get_mut(d) {
+                        *c -= 1;
+                        if *c == 0 && !results.contains_key(*d) {
+                            ready.insert(position[d]);
+                        }
+                    }
+                }
+                results.insert(name, Outcome::Succeeded(v));
+            }
+            Err(e) => {
+                let mut todo: Vec<&str> =
+                    dependents.get(name.as_str()).cloned().unwrap_or_default();
+                while let Some(d) = todo.pop() {
+                    if results.contains_key(d) {
+                        continue;
+                    }
+                    results.insert(
+                        d.to_string(),
+                        Outcome::NotStarted {
+                            because: name.clone(),
+                        },
+                    );
+                    todo.extend(dependents.get(d).into_iter().flatten());
+                }
+                results.insert(name, Outcome::Failed(e));
+            }
+        }
+    }
+    results
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+    use std::time::Duration;
+
+    fn plan(edges: &[(&str, &[&str])]) -> Plan {
+        Plan::from_deps(edges.iter().map(|(n, ds)| (*n, ds.iter().copied()))).unwrap()
+    }
+
+    #[tokio::test]
+    async fn failure_stops_dependents_not_siblings() {
+        // base <- svc1 <- app ; base <- svc2 ; other independent ; bad <- needs_bad
+        let p = plan(&[
+            ("base", &[]),
+            ("svc1", &["base"]),
+            ("svc2", &["base"]),
+            ("app", &["svc1"]),
+            ("other", &[]),
+            ("bad", &[]),
+            ("needs_bad", &["bad", "base"]),
+            ("after_needs_bad", &["needs_bad"]),
+        ]);
+        let started = std::cell::RefCell::new(Vec::new());
+        let out = run(&p, 2, |n: String| {
+            started.borrow_mut().push(n.clone());
+            async move {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                if n == "bad" {
+                    Err(format!("{n} broke"))
+                } else {
+                    Ok(n.len())
+                }
+            }
+        })
+        .await;
+        assert_eq!(out.len(), 8);
+        assert_eq!(out["bad"], Outcome::Failed("bad broke".to_string()));
+        assert_eq!(
+            out["needs_bad"],
+            Outcome::NotStarted {
+                because: "bad".into()
+            }
+        );
+        assert_eq!(
+            out["after_needs_bad"],
+            Outcome::NotStarted {
+                because: "bad".into()
+            }
+        );
+        for ok in ["base", "svc1", "svc2", "app", "other"] {
+            assert!(out[ok].is_success(), "{ok}: {:?}", out[ok]);
+        }
+        let started = started.into_inner();
+        assert!(!started.contains(&"needs_bad".to_string()));
+        let pos = |n: &str| started.iter().position(|s| s == n).unwrap();
+        assert!(pos("base") < pos("svc1") && pos("svc1") < pos("app"));
+    }
+
+    #[tokio::test]
+    async fn never_more_than_jobs_at_once() {
+        let names: Vec<String> = (0..9).map(|i| format!("n{i}")).collect();
+        let p = Plan::from_deps(names.iter().map(|n| (n.clone(), Vec::<String>::new()))).unwrap();
+        for jobs in [1, 3] {
+            let current = Cell::new(0usize);
+            let peak = Cell::new(0usize);
+            let out = run(&p, jobs, |_n| {
+                let (current, peak) = (&current, &peak);
+                async move {
+                    current.set(current.get() + 1);
+                    peak.set(peak.get().max(current.get()));
+                    tokio::time::sleep(Duration::from_millis(3)).await;
+                    current.set(current.get() - 1);
+                    Ok::<_, ()>(())
+                }
+            })
+            .await;
+            assert_eq!(out.len(), 9);
+            assert_eq!(peak.get(), jobs, "jobs={jobs}");
+        }
+    }
+
+    #[tokio::test]
+    async fn zero_jobs_means_one_and_empty_plans_finish() {
+        let out = run(&Plan::default(), 0, |_n| async { Ok::<(), ()>(()) }).await;
+        assert!(out.is_empty());
+        let p = plan(&[("a", &[]), ("b", &["a"])]);
+        let out = run(&p, 0, |n| async move { Ok::<_, ()>(n) }).await;
+        assert_eq!(out["b"], Outcome::Succeeded("b".to_string()));
+    }
+}

@@ -1,0 +1,735 @@
+use super::*;
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+fn write(dir: &Path, rel: &str, content: &str) -> PathBuf {
+    let p = dir.join(rel);
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(&p, content).unwrap();
+    p
+}
+
+/// A monorepo skeleton: contexts with Dockerfiles, and a shared dir outside them.
+fn skeleton(dir: &Path) {
+    for ctx in ["src/py/base", "src/py/service_1", "components/openresty"] {
+        write(dir, &format!("{ctx}/Dockerfile"), "FROM scratch\n");
+    }
+    fs::create_dir_all(dir.join("src/luamods")).unwrap();
+}
+
+fn load_env(files: &[PathBuf], env: &[(&str, &str)]) -> Result<Project, ProjectError> {
+    let map: BTreeMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    load(files, &move |k: &str| map.get(k).cloned())
+}
+
+const SPEC_EXAMPLE: &str = r#"
+[vars]
+REPO = "localhost:5000/acme"
+TAG  = "dev"
+[defaults]
+tags = ["${REPO}/{name}:${TAG}"]
+cache_from = ["type=registry,ref=${REPO}/{name}:cache"]
+cache_to   = ["type=registry,ref=${REPO}/{name}:cache,mode=max"]
+push = true
+[target.pybase]
+context = "src/py/base"
+[target.service_1]
+context = "src/py/service_1"
+args = { BASE = "${REPO}/pybase:${TAG}" }
+[target.openresty]
+context = "components/openresty"
+contexts = { luamods = "src/luamods" }
+[group.default]
+targets = ["pybase", "service_1", "openresty"]
+"#;
+
+#[test]
+fn spec_example_resolves() {
+    let d = tempfile::tempdir().unwrap();
+    skeleton(d.path());
+    let f = write(d.path(), "bk-build.toml", SPEC_EXAMPLE);
+    let p = load_env(std::slice::from_ref(&f), &[]).unwrap();
+    assert_eq!(p.root, d.path());
+    assert_eq!(p.files, vec![f]);
+    assert_eq!(
+        p.targets.keys().collect::<Vec<_>>(),
+        ["openresty", "pybase", "service_1"]
+    );
+    let s1 = &p.targets["service_1"];
+    assert_eq!(s1.context, d.path().join("src/py/service_1"));
+    assert_eq!(s1.dockerfile, d.path().join("src/py/service_1/Dockerfile"));
+    assert_eq!(s1.tags, ["localhost:5000/acme/service_1:dev"]);
+    assert_eq!(
+        s1.cache_to,
+        ["type=registry,ref=localhost:5000/acme/service_1:cache,mode=max"]
+    );
+    assert_eq!(s1.args["BASE"], "localhost:5000/acme/pybase:dev");
+    assert!(s1.push && !s1.load && !s1.no_cache);
+    assert_eq!(
+        p.targets["openresty"].contexts["luamods"],
+        ContextSource::Local(d.path().join("src/luamods"))
+    );
+    assert_eq!(p.groups["default"], ["pybase", "service_1", "openresty"]);
+}
+
+#[test]
+fn environment_overrides_vars_and_defaults_apply() {
+    let d = tempfile::tempdir().unwrap();
+    skeleton(d.path());
+    let f = write(
+        d.path(),
+        "bk-build.toml",
+        r#"
+[vars]
+TAG = "${TAG:-dev}"
+REPO = "r"
+FULL = "${REPO}/x:${TAG}"
+[target.pybase]
+context = "src/py/base"
+tags = ["${FULL}", "${MISSING:-fallback}/{name}", "${EMPTY:-e}", "$${LITERAL}"]
+args = { PORT = 8080, DEBUG = true }
+"#,
+    );
+    let p = load_env(
+        std::slice::from_ref(&f),
+        &[("REPO", "env-repo"), ("EMPTY", "")],
+    )
+    .unwrap();
+    assert_eq!(
+        p.targets["pybase"].tags,
+        ["env-repo/x:dev", "fallback/pybase", "e", "${LITERAL}"]
+    );
+    assert_eq!(p.targets["pybase"].args["PORT"], "8080");
+    assert_eq!(p.targets["pybase"].args["DEBUG"], "true");
+    let p = load_env(&[f], &[("TAG", "ci")]).unwrap();
+    assert_eq!(p.targets["pybase"].tags[0], "r/x:ci");
+}
+
+#[test]
+fn later_file_wins_and_paths_follow_the_naming_file() {
+    let d = tempfile::tempdir().unwrap();
+    skeleton(d.path());
+    write(d.path(), "ci/alt/Dockerfile", "FROM scratch\n");
+    fs::create_dir_all(d.path().join("ci/shared")).unwrap();
+    let base = write(d.path(), "bk-build.toml", SPEC_EXAMPLE);
+    let over = write(
+        d.path(),
+        "ci/ci.toml",
+        r#"
+[vars]
+TAG = "ci"
+[defaults]
+push = false
+tags = ["only/{name}"]
+[target.service_1]
+args = { EXTRA = "1" }
+platforms = ["linux/amd64"]
+[target.openresty]
+context = "alt"
+contexts = { shared = "shared" }
+"#,
+    );
+    let p = load_env(&[base, over], &[]).unwrap();
+    let s1 = &p.targets["service_1"];
+    // Scalars and lists are replaced, maps merged entry by entry.
+    assert!(!s1.push);
+    assert_eq!(s1.tags, ["only/service_1"]);
+    assert_eq!(s1.args["BASE"], "localhost:5000/acme/pybase:ci");
+    assert_eq!(s1.args["EXTRA"], "1");
+    assert_eq!(s1.platforms, ["linux/amd64"]);
+    // The context set in ci/ci.toml is relative to ci/, the one from the first file to the root.
+    assert_eq!(s1.context, d.path().join("src/py/service_1"));
+    let o = &p.targets["openresty"];
+    assert_eq!(o.context, d.path().join("ci/alt"));
+    assert_eq!(
+        o.contexts["luamods"],
+        ContextSource::Local(d.path().join("src/luamods"))
+    );
+    assert_eq!(
+        o.contexts["shared"],
+        ContextSource::Local(d.path().join("ci/shared"))
+    );
+    assert_eq!(p.root, d.path());
+}
+
+#[test]
+fn defaults_maps_merge_and_target_values_win() {
+    let d = tempfile::tempdir().unwrap();
+    skeleton(d.path());
+    let f = write(
+        d.path(),
+        "bk-build.toml",
+        r#"
+[defaults]
+args = { A = "default-a", B = "default-b" }
+labels = { team = "core" }
+no_cache = true
+[target.pybase]
+context = "src/py/base"
+args = { B = "own-b" }
+no_cache = false
+"#,
+    );
+    let t = &load_env(&[f], &[]).unwrap().targets["pybase"];
+    assert_eq!(t.args["A"], "default-a");
+    assert_eq!(t.args["B"], "own-b");
+    assert_eq!(t.labels["team"], "core");
+    assert!(!t.no_cache);
+}
+
+#[test]
+fn option_strings_are_checked_and_their_paths_made_absolute() {
+    let d = tempfile::tempdir().unwrap();
+    skeleton(d.path());
+    let f = write(
+        d.path(),
+        "bk-build.toml",
+        r#"
+[target.pybase]
+context = "src/py/base"
+secrets = ["id=npmrc,src=secrets/npmrc", "id=tok,env=TOKEN"]
+outputs = ["type=local,dest=out/pybase"]
+ssh = ["default"]
+"#,
+    );
+    let t = &load_env(&[f], &[]).unwrap().targets["pybase"];
+    let root = d.path().display();
+    assert_eq!(
+        t.secrets,
+        [
+            format!("id=npmrc,src={root}/secrets/npmrc"),
+            "id=tok,env=TOKEN".to_string()
+        ]
+    );
+    assert_eq!(t.outputs, [format!("type=local,dest={root}/out/pybase")]);
+    assert_eq!(t.ssh, ["default"]);
+}
+
+/// Loads `toml` (after the skeleton) and returns the error message.
+fn error_of(toml: &str) -> String {
+    let d = tempfile::tempdir().unwrap();
+    skeleton(d.path());
+    let f = write(d.path(), "bk-build.toml", toml);
+    let e = load_env(&[f], &[]).unwrap_err();
+    e.to_string()
+}
+
+fn assert_mentions(msg: &str, parts: &[&str]) {
+    for p in parts {
+        assert!(msg.contains(p), "{msg:?} should mention {p:?}");
+    }
+}
+
+#[test]
+fn unknown_key_names_file_line_key_and_suggestion() {
+    let msg = error_of("[target.pybase]\ncontext = \"src/py/base\"\ntagz = [\"x\"]\n");
+    assert_mentions(
+        &msg,
+        &[
+            "bk-build.toml:3",
+            "target.pybase.tagz",
+            "unknown key",
+            "did you mean `tags`",
+        ],
+    );
+    let msg = error_of("[targets.pybase]\ncontext = \".\"\n");
+    assert_mentions(&msg, &["bk-build.toml", "targets", "did you mean [target]"]);
+}
+
+#[test]
+fn unknown_targets_are_reported_where_they_are_named() {
+    let msg = error_of(
+        "[target.pybase]\ncontext = \"src/py/base\"\n[group.default]\ntargets = [\"pybase\", \"pybse2\"]\n",
+    );
+    assert_mentions(
+        &msg,
+        &[
+            "bk-build.toml:4",
+            "group.default.targets[1]",
+            "`pybse2` is not a target",
+            "define [target.pybse2]",
+        ],
+    );
+    let msg = error_of(
+        "[target.a]\ncontext = \"src/py/base\"\ndepends_on = [\"pybse\"]\n[target.pybase]\ncontext = \"src/py/base\"\n",
+    );
+    assert_mentions(&msg, &["target.a.depends_on[0]", "did you mean `pybase`"]);
+    let msg =
+        error_of("[target.a]\ncontext = \"src/py/base\"\ncontexts = { base = \"target:nope\" }\n");
+    assert_mentions(
+        &msg,
+        &[
+            "bk-build.toml:3",
+            "target.a.contexts.base",
+            "`nope` is not a target",
+        ],
+    );
+}
+
+#[test]
+fn bad_types_name_the_expected_form() {
+    let msg = error_of("[target.pybase]\ncontext = \"src/py/base\"\npush = \"yes\"\n");
+    assert_mentions(
+        &msg,
+        &[
+            "bk-build.toml:3",
+            "target.pybase.push",
+            "expected true or false",
+            "push = true",
+        ],
+    );
+    let msg = error_of("[target.pybase]\ncontext = \"src/py/base\"\ntags = \"x\"\n");
+    assert_mentions(
+        &msg,
+        &[
+            "target.pybase.tags",
+            "expected an array of strings",
+            "tags = [\"...\"]",
+        ],
+    );
+    let msg = error_of("[target.pybase]\ncontext = \"src/py/base\"\ncache_to = [\"type=nope\"]\n");
+    assert_mentions(
+        &msg,
+        &["target.pybase.cache_to[0]", "--cache-to", "write it like"],
+    );
+}
+
+#[test]
+fn missing_directories_explain_relative_paths() {
+    let msg = error_of("[target.pybase]\ncontext = \"src/py/nope\"\n");
+    assert_mentions(
+        &msg,
+        &[
+            "bk-build.toml:2",
+            "target.pybase.context",
+            "does not exist",
+            "relative to the file",
+        ],
+    );
+    let msg = error_of("[target.pybase]\ncontext = \"src/py/base\"\ndockerfile = \"Dockerfile\"\n");
+    assert_mentions(
+        &msg,
+        &[
+            "target.pybase.dockerfile",
+            "write dockerfile = \"src/py/base/Dockerfile\"",
+        ],
+    );
+    let msg = error_of(
+        "[target.o]\ncontext = \"src/py/base\"\ncontexts = { luamods = \"../src/luamods\" }\n",
+    );
+    assert_mentions(
+        &msg,
+        &[
+            "target.o.contexts.luamods",
+            "does not exist",
+            "relative to the file",
+        ],
+    );
+}
+
+#[test]
+fn undefined_variable_names_the_key_and_the_ways_to_define_it() {
+    let msg = error_of(
+        "[target.service_1]\ncontext = \"src/py/service_1\"\nargs = { BASE = \"${REPO}/pybase\" }\n",
+    );
+    assert_mentions(
+        &msg,
+        &[
+            "bk-build.toml:3",
+            "target.service_1.args.BASE",
+            "${REPO} is not defined",
+            "[vars]",
+            "${REPO:-value}",
+        ],
+    );
+    let msg = error_of("[vars]\nA = \"${B}\"\nB = \"${A}\"\n");
+    assert_mentions(&msg, &["vars.", "A -> B -> A"]);
+}
+
+#[test]
+fn defaults_reject_per_target_keys_and_syntax_errors_have_lines() {
+    let msg = error_of("[defaults]\ncontext = \".\"\n");
+    assert_mentions(
+        &msg,
+        &["defaults.context", "cannot be a default", "[target.NAME]"],
+    );
+    let msg = error_of("[target.a]\ncontext = src\n");
+    assert_mentions(&msg, &["bk-build.toml:2", "not valid TOML"]);
+}
+
+#[test]
+fn default_context_is_the_files_directory() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "Dockerfile", "FROM scratch\n");
+    let f = write(d.path(), "bk-build.toml", "[target.app]\n");
+    let p = load_env(&[f], &[]).unwrap();
+    assert_eq!(p.targets["app"].context, d.path());
+    assert!(p.groups.is_empty());
+}
+
+fn git(dir: &Path, args: &[&str]) -> bool {
+    std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.com")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.com")
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+#[test]
+fn git_variables_come_from_the_project_root() {
+    let d = tempfile::tempdir().unwrap();
+    skeleton(d.path());
+    let f = write(
+        d.path(),
+        "bk-build.toml",
+        "[target.pybase]\ncontext = \"src/py/base\"\ntags = [\"r/{name}:${GIT_SHORT_SHA}\", \"r/{name}:${GIT_BRANCH_SLUG}\", \"${GIT_SHA}\"]\n",
+    );
+    // Outside a repository the error says which key needed git and how to avoid it.
+    let msg = load_env(std::slice::from_ref(&f), &[])
+        .unwrap_err()
+        .to_string();
+    assert_mentions(
+        &msg,
+        &["target.pybase.tags[0]", "GIT_SHORT_SHA", "git checkout"],
+    );
+
+    if !git(d.path(), &["init", "-q", "-b", "Feature/X"]) {
+        return; // no usable git here; the error path above was still checked
+    }
+    assert!(git(d.path(), &["add", "."]));
+    assert!(git(d.path(), &["commit", "-q", "-m", "init"]));
+    let p = load_env(&[f], &[]).unwrap();
+    let tags = &p.targets["pybase"].tags;
+    assert!(
+        tags[0].starts_with("r/pybase:") && tags[0].len() >= "r/pybase:".len() + 7,
+        "{tags:?}"
+    );
+    assert_eq!(tags[1], "r/pybase:feature-x");
+    assert_eq!(tags[2].len(), 40);
+    assert!(tags[2].starts_with(&tags[0]["r/pybase:".len()..]));
+}
+
+#[test]
+fn discover_prefers_bk_build_toml_then_compose_names() {
+    let d = tempfile::tempdir().unwrap();
+    assert!(matches!(
+        discover(d.path()),
+        Err(ProjectError::NotFound { .. })
+    ));
+    let msg = discover(d.path()).unwrap_err().to_string();
+    assert_mentions(&msg, &["bk-build.toml", "docker-compose.yml", "-f"]);
+    write(d.path(), "docker-compose.yml", "services: {}\n");
+    assert_eq!(
+        discover(d.path()).unwrap(),
+        [d.path().join("docker-compose.yml")]
+    );
+    write(d.path(), "compose.yaml", "services: {}\n");
+    assert_eq!(discover(d.path()).unwrap(), [d.path().join("compose.yaml")]);
+    write(d.path(), "bk-build.toml", "");
+    assert_eq!(
+        discover(d.path()).unwrap(),
+        [d.path().join("bk-build.toml")]
+    );
+}
+
+#[test]
+fn mixing_formats_is_rejected() {
+    let d = tempfile::tempdir().unwrap();
+    let a = write(d.path(), "bk-build.toml", "");
+    let b = write(d.path(), "compose.yml", "services: {}\n");
+    let msg = load_env(&[a, b], &[]).unwrap_err().to_string();
+    assert_mentions(
+        &msg,
+        &[
+            "compose.yml",
+            "cannot merge",
+            "only bk-build.toml files or only compose files",
+        ],
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// compose
+// ---------------------------------------------------------------------------------------------
+
+const COMPOSE_BASE: &str = r#"
+name: Mono
+services:
+  pybase:
+    image: ${REPO:?set REPO}/pybase:${TAG-latest}
+    build:
+      context: src/py/base
+      args:
+        BASE_IMAGE: ${BASE_IMAGE:-localhost:5000/busybox:latest}
+      labels:
+        - team=core
+        - tier=base
+  service_1:
+    image: $REPO/service_1:${TAG-latest}
+    build:
+      context: src/py/service_1
+      args:
+        - REPO=${REPO}
+        - TAG=${TAG-latest}
+        - FROM_ENV
+      tags: ["extra/service_1"]
+      cache_from: ["type=registry,ref=${REPO}/service_1:cache"]
+    depends_on: [pybase]
+  openresty:
+    build:
+      context: components/openresty
+      dockerfile: Dockerfile
+      additional_contexts:
+        luamods: src/luamods
+        base: service:pybase
+  db:
+    image: postgres
+"#;
+
+const COMPOSE_CI: &str = r#"
+services:
+  pybase:
+    build:
+      labels:
+        tier: ci
+      x-bk-build:
+        push: true
+  service_1:
+    image: $REPO/service_1:ci
+    build:
+      args:
+        TAG: ci
+      cache_from:
+        - type=registry,ref=$${literal}/x
+      target: final
+"#;
+
+#[test]
+fn compose_two_files_merge_the_compose_way() {
+    let d = tempfile::tempdir().unwrap();
+    skeleton(d.path());
+    write(
+        d.path(),
+        ".env",
+        "# comment\nREPO=localhost:5000/acme\nexport TAG=\"dev\" \n",
+    );
+    let a = write(d.path(), "docker-compose.yml", COMPOSE_BASE);
+    let b = write(d.path(), "ci/docker-compose.ci.yml", COMPOSE_CI);
+    let p = load_env(&[a, b], &[("FROM_ENV", "yes")]).unwrap();
+    assert_eq!(p.root, d.path());
+    assert_eq!(
+        p.targets.keys().collect::<Vec<_>>(),
+        ["openresty", "pybase", "service_1"]
+    );
+
+    let base = &p.targets["pybase"];
+    assert_eq!(base.tags, ["localhost:5000/acme/pybase:dev"]);
+    assert_eq!(base.args["BASE_IMAGE"], "localhost:5000/busybox:latest");
+    // Maps merge key by key: `team` stays, `tier` is overridden.
+    assert_eq!(base.labels["team"], "core");
+    assert_eq!(base.labels["tier"], "ci");
+    assert!(base.push);
+
+    let s1 = &p.targets["service_1"];
+    // Scalars are replaced; the paths in the second file are still relative to the first.
+    assert_eq!(
+        s1.tags,
+        ["localhost:5000/acme/service_1:ci", "extra/service_1"]
+    );
+    assert_eq!(s1.context, d.path().join("src/py/service_1"));
+    assert_eq!(s1.target.as_deref(), Some("final"));
+    assert_eq!(s1.args["REPO"], "localhost:5000/acme");
+    assert_eq!(s1.args["TAG"], "ci");
+    assert_eq!(s1.args["FROM_ENV"], "yes");
+    // Lists are appended.
+    assert_eq!(
+        s1.cache_from,
+        [
+            "type=registry,ref=localhost:5000/acme/service_1:cache",
+            "type=registry,ref=${literal}/x"
+        ]
+    );
+    // compose's depends_on is about containers, not builds.
+    assert!(s1.depends_on.is_empty());
+
+    let o = &p.targets["openresty"];
+    assert_eq!(o.tags, ["mono-openresty"]);
+    assert_eq!(
+        o.contexts["luamods"],
+        ContextSource::Local(d.path().join("src/luamods"))
+    );
+    assert_eq!(o.contexts["base"], ContextSource::Target("pybase".into()));
+}
+
+#[test]
+fn compose_environment_beats_dotenv_and_required_vars_fail() {
+    let d = tempfile::tempdir().unwrap();
+    skeleton(d.path());
+    write(d.path(), ".env", "REPO=from-dotenv\nTAG='single $quoted'\n");
+    let a = write(d.path(), "compose.yaml", COMPOSE_BASE);
+    let p = load_env(std::slice::from_ref(&a), &[("REPO", "from-env")]).unwrap();
+    assert_eq!(p.targets["pybase"].tags, ["from-env/pybase:single $quoted"]);
+
+    fs::remove_file(d.path().join(".env")).unwrap();
+    let msg = load_env(&[a], &[]).unwrap_err().to_string();
+    assert_mentions(
+        &msg,
+        &["compose.yaml", "services.pybase.image", "set REPO", ".env"],
+    );
+}
+
+#[test]
+fn compose_unset_variables_warn_and_unknown_keys_fail() {
+    let d = tempfile::tempdir().unwrap();
+    skeleton(d.path());
+    let a = write(
+        d.path(),
+        "compose.yaml",
+        "services:\n  pybase:\n    image: r/pybase:${NOPE}\n    build:\n      context: src/py/base\n      network: host\n",
+    );
+    let p = load_env(&[a], &[]).unwrap();
+    assert_eq!(p.targets["pybase"].tags, ["r/pybase:"]);
+    assert!(p
+        .warnings
+        .iter()
+        .any(|w| w.contains("NOPE") && w.contains("services.pybase.image")));
+    assert!(p
+        .warnings
+        .iter()
+        .any(|w| w.contains("services.pybase.build.network")));
+
+    let b = write(
+        d.path(),
+        "other.yaml",
+        "services:\n  pybase:\n    build:\n      context: src/py/base\n      dockerfil: X\n",
+    );
+    let msg = load_env(&[b], &[]).unwrap_err().to_string();
+    assert_mentions(
+        &msg,
+        &[
+            "other.yaml",
+            "services.pybase.build.dockerfil",
+            "did you mean `dockerfile`",
+        ],
+    );
+}
+
+#[test]
+fn compose_errors_name_the_file_that_set_the_key() {
+    let d = tempfile::tempdir().unwrap();
+    skeleton(d.path());
+    let a = write(
+        d.path(),
+        "compose.yaml",
+        "services:\n  pybase:\n    build: src/py/base\n",
+    );
+    let b = write(
+        d.path(),
+        "override.yaml",
+        "services:\n  pybase:\n    build:\n      context: src/py/gone\n",
+    );
+    let msg = load_env(&[a, b], &[]).unwrap_err().to_string();
+    assert_mentions(
+        &msg,
+        &[
+            "override.yaml",
+            "services.pybase.build.context",
+            "does not exist",
+            "first file's directory",
+        ],
+    );
+}
+
+#[test]
+fn compose_secrets_and_ssh_become_option_strings() {
+    let d = tempfile::tempdir().unwrap();
+    skeleton(d.path());
+    let a = write(
+        d.path(),
+        "compose.yaml",
+        r#"
+services:
+  pybase:
+    build:
+      context: src/py/base
+      secrets: [npmrc, {source: token, target: tok}]
+      ssh: {default: keys/id}
+secrets:
+  npmrc: {file: ./npmrc}
+  token: {environment: TOKEN}
+"#,
+    );
+    let t = &load_env(&[a], &[]).unwrap().targets["pybase"];
+    let root = d.path().display();
+    assert_eq!(
+        t.secrets,
+        [
+            format!("id=npmrc,src={root}/npmrc"),
+            "id=tok,env=TOKEN".to_string()
+        ]
+    );
+    assert_eq!(t.ssh, [format!("default={root}/keys/id")]);
+}
+
+#[test]
+fn dotenv_syntax() {
+    let env = |k: &str| (k == "HOME").then(|| "/home/u".to_string());
+    let vars = compose_dotenv(
+        "A=1\n  # c\nexport B = two words # comment\nC=\"x\\ny ${A}\"\nD='${A}'\nE=\"multi\nline\"\nF=$HOME/x\nG=\n",
+        &env,
+    );
+    assert_eq!(vars["A"], "1");
+    assert_eq!(vars["B"], "two words");
+    assert_eq!(vars["C"], "x\ny 1");
+    assert_eq!(vars["D"], "${A}");
+    assert_eq!(vars["E"], "multi\nline");
+    assert_eq!(vars["F"], "/home/u/x");
+    assert_eq!(vars["G"], "");
+}
+
+fn compose_dotenv(text: &str, env: &dyn Fn(&str) -> Option<String>) -> BTreeMap<String, String> {
+    let d = tempfile::tempdir().unwrap();
+    skeleton(d.path());
+    write(d.path(), ".env", text);
+    let mut keys = String::new();
+    for k in ["A", "B", "C", "D", "E", "F", "G"] {
+        keys.push_str(&format!("        {k}: ${{{k}}}\n"));
+    }
+    let f = write(
+        d.path(),
+        "compose.yaml",
+        &format!(
+            "services:\n  pybase:\n    build:\n      context: src/py/base\n      labels:\n{keys}"
+        ),
+    );
+    load(&[f], env).unwrap().targets["pybase"].labels.clone()
+}
+
+#[test]
+fn json_has_bake_print_shape() {
+    let d = tempfile::tempdir().unwrap();
+    skeleton(d.path());
+    let f = write(d.path(), "bk-build.toml", SPEC_EXAMPLE);
+    let p = load_env(&[f], &[]).unwrap();
+    let j = to_json(&p);
+    assert_eq!(j["group"]["default"]["targets"][1], "service_1");
+    let s1 = &j["target"]["service_1"];
+    assert_eq!(s1["tags"][0], "localhost:5000/acme/service_1:dev");
+    assert_eq!(s1["args"]["BASE"], "localhost:5000/acme/pybase:dev");
+    assert_eq!(s1["push"], true);
+    assert_eq!(s1["target"], serde_json::Value::Null);
+    assert_eq!(
+        j["target"]["openresty"]["contexts"]["luamods"],
+        d.path().join("src/luamods").to_string_lossy().as_ref()
+    );
+}
