@@ -168,6 +168,24 @@ pub(crate) async fn api_version(host: &DockerHost) -> Result<String, String> {
     Ok(v)
 }
 
+/// Whether the engine's image store has `reference` (`GET /images/{name}/json`).
+pub async fn image_exists(host: &DockerHost, reference: &str) -> Result<bool, String> {
+    // The name is a path segment: escape what would end it early.
+    let name: String = form_urlencoded::byte_serialize(reference.as_bytes()).collect();
+    let req = http::Request::get(format!("/images/{name}/json"))
+        .header(http::header::HOST, "api.moby.localhost")
+        .body(Empty::new())
+        .map_err(|e| e.to_string())?;
+    let resp = http1_request(host, req).await?;
+    let status = resp.status();
+    let _ = resp.into_body().collect().await;
+    match status {
+        http::StatusCode::OK => Ok(true),
+        http::StatusCode::NOT_FOUND => Ok(false),
+        s => Err(format!("{host} answered {s} for image {reference}")),
+    }
+}
+
 fn parse_api_version(v: &str) -> Option<(u32, u32)> {
     let (a, b) = v.split_once('.')?;
     Some((a.parse().ok()?, b.parse().ok()?))
