@@ -1,1 +1,83 @@
-//! Walking a directory the way BuildKit expects it (owner: fs helper; in progress).
+//! The build context as BuildKit sees it: `.dockerignore` patterns, the ordered filtered walk,
+//! and the Go `os.FileMode` bits that go on the wire.
+//!
+//! This module owns every per-file disk access that decides *which* files a build receives and
+//! in *what order*. The file-sync sender turns each [`Entry`] into a wire `Stat` packet, and
+//! fingerprinting hashes exactly the same entries, so both always agree with each other and with
+//! what `docker buildx build` (tonistiigi/fsutil + moby/patternmatcher) would transfer.
+//!
+//! It must not know about gRPC, sessions, tokio or the network: it is plain blocking code over
+//! `std::fs` returning plain data.
+//!
+//! - [`pattern`]: [`PatternMatcher`], moby/patternmatcher semantics (last match wins, `!`
+//!   exceptions, `**`, parent-directory matching) plus the "could anything below this directory
+//!   match?" questions the walk uses to skip whole subtrees.
+//! - [`dockerignore`]: [`parse_dockerignore`], the `.dockerignore` text → pattern list step.
+//! - [`walk`]: [`Walker`], the lazy depth-first walk with include/exclude/followpaths filtering
+//!   and lazily emitted parent directories.
+//! - [`stat`]: Go `FileMode` constants and conversions, xattr reading.
+
+pub mod dockerignore;
+mod follow;
+pub mod pattern;
+pub mod stat;
+pub mod walk;
+
+use std::path::PathBuf;
+
+pub use dockerignore::parse_dockerignore;
+pub use pattern::PatternMatcher;
+pub use stat::{
+    go_file_mode, go_file_mode_from_unix, is_regular, MODE_APPEND, MODE_CHAR_DEVICE, MODE_DEVICE,
+    MODE_DIR, MODE_EXCLUSIVE, MODE_IRREGULAR, MODE_NAMED_PIPE, MODE_PERM, MODE_SETGID, MODE_SETUID,
+    MODE_SOCKET, MODE_STICKY, MODE_SYMLINK, MODE_TEMPORARY, MODE_TYPE,
+};
+pub use walk::{Entry, WalkOptions, Walker};
+
+/// Everything that can go wrong while reading a build context from disk.
+#[derive(thiserror::Error, Debug)]
+pub enum FsError {
+    /// The context root itself is unusable.
+    #[error("cannot use {path} as a build context: {source} (check that the directory exists and is readable)")]
+    Root {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The context root exists but is not a directory.
+    #[error("build context {path} is not a directory (pass the directory that contains the files to send)")]
+    NotADirectory { path: PathBuf },
+
+    /// A directory inside the context could not be listed.
+    #[error("cannot read directory {path}: {source} (fix its permissions, or exclude it in .dockerignore)")]
+    ReadDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A file inside the context could not be lstat'ed.
+    #[error("cannot stat {path}: {source} (fix its permissions, or exclude it in .dockerignore)")]
+    Stat {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A symlink inside the context could not be read.
+    #[error("cannot read symlink {path}: {source} (fix it, or exclude it in .dockerignore)")]
+    ReadLink {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// An include/exclude pattern is malformed.
+    #[error("invalid pattern {pattern:?}: {reason} (fix or remove this line in .dockerignore, or the include/exclude pattern)")]
+    BadPattern { pattern: String, reason: String },
+
+    /// Resolving a `followpaths` entry failed.
+    #[error("cannot resolve followpath {path:?}: {reason} (check the symlinks along this path inside the context)")]
+    FollowPath { path: String, reason: String },
+}
