@@ -237,3 +237,29 @@ fn from_deps_orders_and_rejects_unknown_dependencies() {
         .to_string();
     assert!(e.contains("`zz`") && e.contains("dependency of `a`"), "{e}");
 }
+
+#[test]
+fn example_monorepo_builds_pybase_before_its_services() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/monorepo");
+    let project = crate::project::load(&[dir.join("bk-build.toml")], &|_| None).unwrap();
+    let p = plan(&project, &[]).unwrap();
+    assert_eq!(p.order, ["openresty", "pybase", "service_1", "service_2"]);
+    assert!(p.deps["openresty"].is_empty());
+    for s in ["service_1", "service_2"] {
+        assert_eq!(p.dependencies(s), ["pybase"]);
+    }
+    // openresty's luamods stage is replaced by the named context, so only conf/ and html/
+    // are read from its own context.
+    let o = &project.targets["openresty"];
+    let named: BTreeSet<String> = o.contexts.keys().cloned().collect();
+    let scan = scan_dockerfile(
+        &std::fs::read_to_string(&o.dockerfile).unwrap(),
+        &ScanOptions {
+            args: &o.args,
+            target: None,
+            named_contexts: &named,
+        },
+    );
+    assert_eq!(scan.copy_sources.unwrap(), ["conf", "html"]);
+    assert_eq!(scan.base_refs, ["localhost:5000/busybox:latest"]);
+}

@@ -733,3 +733,54 @@ fn json_has_bake_print_shape() {
         d.path().join("src/luamods").to_string_lossy().as_ref()
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// examples/monorepo
+// ---------------------------------------------------------------------------------------------
+
+fn example(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/monorepo")
+        .join(file)
+}
+
+#[test]
+fn example_toml_and_compose_describe_the_same_images() {
+    let toml = load_env(&[example("bk-build.toml")], &[]).unwrap();
+    let compose = load_env(
+        &[
+            example("docker-compose.yml"),
+            example("docker-compose.ci.yml"),
+        ],
+        &[],
+    )
+    .unwrap();
+    assert!(compose.warnings.is_empty(), "{:?}", compose.warnings);
+    assert_eq!(
+        toml.targets.keys().collect::<Vec<_>>(),
+        ["openresty", "pybase", "service_1", "service_2"]
+    );
+    assert_eq!(toml.targets, compose.targets);
+    let o = &toml.targets["openresty"];
+    assert_eq!(o.tags, ["localhost:5000/acme/openresty:dev"]);
+    assert_eq!(
+        o.contexts["luamods"],
+        ContextSource::Local(example("src/luamods"))
+    );
+    // The environment retargets both the same way.
+    let env = [("REPO", "localhost:5000/t1"), ("TAG", "ci")];
+    let toml = load_env(&[example("bk-build.toml")], &env).unwrap();
+    let compose = load_env(
+        &[
+            example("docker-compose.yml"),
+            example("docker-compose.ci.yml"),
+        ],
+        &env,
+    )
+    .unwrap();
+    assert_eq!(toml.targets, compose.targets);
+    assert_eq!(
+        toml.targets["service_2"].tags,
+        ["localhost:5000/t1/service_2:ci"]
+    );
+}

@@ -1,0 +1,3 @@
+local M = {}
+M.version = "1.0"
+return M

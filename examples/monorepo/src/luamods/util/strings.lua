@@ -1,0 +1,3 @@
+local M = {}
+function M.trim(s) return (s:gsub("^%s+", ""):gsub("%s+$", "")) end
+return M

@@ -1,0 +1,3 @@
+"""acme: the shared library every service builds on."""
+
+VERSION = "1.0"

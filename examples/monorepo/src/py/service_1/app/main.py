@@ -1,0 +1,3 @@
+from acme.util import greet
+
+print(greet("service_1"))
