@@ -1,0 +1,414 @@
+//! `bk-build bake` / `plan` on a small monorepo against the real daemon and registry.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use support::*;
+
+/// A project: `base` (FROM the busybox base image), `svc1` and `svc2` FROM base (svc2 also
+/// reads the shared folder `shared/` through a named context), and `lone` (independent).
+struct Repo {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    repo: String,
+}
+
+fn project(extra_toml: &str) -> Repo {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("mono");
+    let repo = format!("localhost:5000/{}", unique("bake"));
+    let base = base_image();
+    write(
+        &root.join("bk-build.toml"),
+        format!(
+            r#"[vars]
+REPO = "{repo}"
+TAG = "dev"
+
+[defaults]
+tags = ["${{REPO}}/{{name}}:${{TAG}}"]
+push = true
+
+[target.base]
+context = "base"
+args = {{ BASE_IMAGE = "{base}" }}
+
+[target.svc1]
+context = "svc1"
+args = {{ REPO = "${{REPO}}", TAG = "${{TAG}}" }}
+
+[target.svc2]
+context = "svc2"
+args = {{ REPO = "${{REPO}}", TAG = "${{TAG}}" }}
+contexts = {{ shared = "shared" }}
+
+[target.lone]
+context = "lone"
+
+{extra_toml}
+"#
+        ),
+    );
+    write(
+        &root.join("base/Dockerfile"),
+        "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nCOPY base.txt /base.txt\n",
+    );
+    write(&root.join("base/base.txt"), "base v1\n");
+    for svc in ["svc1", "svc2"] {
+        let extra = if svc == "svc2" {
+            "FROM scratch AS shared\nFROM ${REPO}/base:${TAG}\nCOPY --from=shared / /shared/\n"
+        } else {
+            "FROM ${REPO}/base:${TAG}\n"
+        };
+        write(&root.join(format!("{svc}/Dockerfile")), format!("ARG REPO\nARG TAG\n{extra}COPY app.txt /app.txt\nRUN cat /base.txt /app.txt > /combined\n"));
+        write(&root.join(format!("{svc}/app.txt")), format!("{svc} v1\n"));
+        write(&root.join(format!("{svc}/.dockerignore")), "ignored.txt\n");
+        write(&root.join(format!("{svc}/ignored.txt")), "junk v1\n");
+    }
+    write(&root.join("shared/lib.txt"), "shared v1\n");
+    write(
+        &root.join("lone/Dockerfile"),
+        format!("FROM {base}\nCOPY x.txt /x.txt\n"),
+    );
+    write(&root.join("lone/x.txt"), "lone v1\n");
+    Repo {
+        _tmp: tmp,
+        root,
+        repo,
+    }
+}
+
+fn bake(r: &Repo, args: &[&str]) -> (std::process::Output, serde_json::Value) {
+    let md = r.root.join("bake-md.json");
+    let _ = std::fs::remove_file(&md);
+    let out = run(bk()
+        .current_dir(&r.root)
+        .args(["bake", "--progress", "plain", "--metadata-file"])
+        .arg(&md)
+        .args(args));
+    let meta = std::fs::read(&md)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(serde_json::Value::Null);
+    (out, meta)
+}
+
+/// target → "build" | "skip", from `bk-build plan --format json`.
+fn plan(r: &Repo) -> BTreeMap<String, String> {
+    let out = run_ok(bk().current_dir(&r.root).args(["plan", "--format", "json"]));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["name"].as_str().unwrap().to_string(),
+                t["action"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn built(meta: &serde_json::Value) -> Vec<String> {
+    let mut v: Vec<String> = meta
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(_, x)| x.get("bk-build.skipped").is_none())
+                .map(|(k, _)| k.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn expect(plan: &BTreeMap<String, String>, build: &[&str]) {
+    for (name, action) in plan {
+        let want = if build.contains(&name.as_str()) {
+            "build"
+        } else {
+            "skip"
+        };
+        assert_eq!(
+            action, want,
+            "target {name}: plan says {action}, expected {want} ({plan:?})"
+        );
+    }
+}
+
+#[test]
+fn bake_builds_in_order_then_skips_what_did_not_change() {
+    let r = project("");
+    expect(&plan(&r), &["base", "svc1", "svc2", "lone"]);
+    let (out, meta) = bake(&r, &[]);
+    assert!(out.status.success());
+    assert_eq!(built(&meta), vec!["base", "lone", "svc1", "svc2"]);
+    // Dependency order: base finished before its dependents started.
+    let err = stderr(&out);
+    let base_done = err.find("[base] #").expect("base progress");
+    let svc_start = err.find("[svc1] #").expect("svc1 progress");
+    assert!(base_done < svc_start, "svc1 started before base");
+    // Every pushed tag is in the registry with the recorded digest.
+    for t in ["base", "svc1", "svc2", "lone"] {
+        let repo = format!("{}/{t}", r.repo.trim_start_matches("localhost:5000/"));
+        assert_eq!(
+            manifest_digest(&repo, "dev").as_deref(),
+            meta[t]["containerimage.digest"].as_str(),
+            "{t}"
+        );
+    }
+    // svc2 is built on exactly this run's base, with the shared folder.
+    let o = tempfile::tempdir().unwrap();
+    run_ok(
+        bk().args(["build", "--progress", "plain", "-o"])
+            .arg(format!("type=local,dest={}", o.path().display()))
+            .arg(write_probe(&r, "svc2")),
+    );
+    assert_eq!(
+        std::fs::read_to_string(o.path().join("combined")).unwrap(),
+        "base v1\nsvc2 v1\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(o.path().join("shared/lib.txt")).unwrap(),
+        "shared v1\n"
+    );
+
+    // No change: nothing is built and the daemon is not asked to solve anything.
+    expect(&plan(&r), &[]);
+    let (out, meta) = bake(&r, &[]);
+    assert!(out.status.success());
+    assert!(built(&meta).is_empty(), "{meta}");
+    assert!(
+        !stderr(&out).contains("load build definition"),
+        "a Solve ran on a no-op bake"
+    );
+}
+
+/// A context that extracts a built image's files: `FROM image` + `-o type=local`.
+fn write_probe(r: &Repo, target: &str) -> PathBuf {
+    let dir = r.root.join(format!("probe-{target}"));
+    write(
+        &dir.join("Dockerfile"),
+        format!("FROM {}/{target}:dev\n", r.repo),
+    );
+    dir
+}
+
+fn touch_same_content(dir: &Path) {
+    // What `git checkout` does to unchanged files: same bytes, new mtime.
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            let b = std::fs::read(&p).unwrap();
+            std::fs::remove_file(&p).unwrap();
+            std::fs::write(&p, b).unwrap();
+        }
+    }
+}
+
+#[test]
+fn only_affected_targets_rebuild() {
+    let r = project("");
+    let (out, _) = bake(&r, &[]);
+    assert!(out.status.success());
+
+    // New mtimes, same content: nothing to do.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    for d in ["base", "svc1", "svc2", "shared", "lone"] {
+        touch_same_content(&r.root.join(d));
+    }
+    expect(&plan(&r), &[]);
+
+    // A file excluded by .dockerignore: nothing to do.
+    write(&r.root.join("svc1/ignored.txt"), "junk v2\n");
+    expect(&plan(&r), &[]);
+
+    // The shared folder: only its user.
+    write(&r.root.join("shared/lib.txt"), "shared v2\n");
+    let p = plan(&r);
+    expect(&p, &["svc2"]);
+    let (out, meta) = bake(&r, &[]);
+    assert!(out.status.success());
+    assert_eq!(built(&meta), vec!["svc2"]);
+
+    // The base: it and everything built on it; not the independent image.
+    write(&r.root.join("base/base.txt"), "base v2\n");
+    expect(&plan(&r), &["base", "svc1", "svc2"]);
+    let (out, meta) = bake(&r, &[]);
+    assert!(out.status.success());
+    assert_eq!(built(&meta), vec!["base", "svc1", "svc2"]);
+    let o = tempfile::tempdir().unwrap();
+    run_ok(
+        bk().args(["build", "--progress", "plain", "-o"])
+            .arg(format!("type=local,dest={}", o.path().display()))
+            .arg(write_probe(&r, "svc1")),
+    );
+    assert_eq!(
+        std::fs::read_to_string(o.path().join("combined")).unwrap(),
+        "base v2\nsvc1 v1\n",
+        "svc1 must build on the new base"
+    );
+    expect(&plan(&r), &[]);
+}
+
+#[test]
+fn a_failing_target_stops_its_dependents_not_its_siblings() {
+    let r = project("");
+    write(
+        &r.root.join("base/Dockerfile"),
+        "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nRUN echo base-is-broken && exit 7\n",
+    );
+    let (out, meta) = bake(&r, &[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("base-is-broken"));
+    assert_eq!(
+        built(&meta),
+        vec!["lone"],
+        "the independent target still builds"
+    );
+    assert!(
+        err.contains("not started"),
+        "dependents are reported as not started: {err}"
+    );
+    // Nothing of the failed part was recorded: the plan still wants to build it.
+    let p = plan(&r);
+    expect(&p, &["base", "svc1", "svc2"]);
+}
+
+#[test]
+fn a_cycle_is_reported_with_its_path() {
+    let r = project("");
+    let toml = std::fs::read_to_string(r.root.join("bk-build.toml")).unwrap();
+    let toml = toml
+        .replace(
+            "[target.lone]\ncontext = \"lone\"",
+            "[target.lone]\ncontext = \"lone\"\ndepends_on = [\"svc1\"]",
+        )
+        .replace(
+            "[target.base]\ncontext = \"base\"",
+            "[target.base]\ncontext = \"base\"\ndepends_on = [\"lone\"]",
+        );
+    write(&r.root.join("bk-build.toml"), toml);
+    let o = run(bk().current_dir(&r.root).args(["plan"]));
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("cycle"), "{e}");
+    for hop in ["base", "lone", "svc1"] {
+        assert!(e.contains(hop), "{e}");
+    }
+    assert!(e.contains(" -> "), "the path is shown: {e}");
+}
+
+#[test]
+fn compose_files_build_the_same_images_as_the_toml() {
+    let r = project("");
+    let base = base_image();
+    write(
+        &r.root.join("docker-compose.yml"),
+        format!(
+            r#"services:
+  base:
+    image: ${{REPO}}/base:${{TAG:-dev}}
+    build:
+      context: base
+      args:
+        BASE_IMAGE: {base}
+  svc1:
+    image: ${{REPO}}/svc1:${{TAG:-dev}}
+    build:
+      context: svc1
+      args:
+        REPO: ${{REPO}}
+        TAG: wrong
+  svc2:
+    image: ${{REPO}}/svc2:${{TAG:-dev}}
+    build:
+      context: svc2
+      args:
+        REPO: ${{REPO}}
+        TAG: dev
+      additional_contexts:
+        shared: ./shared
+  lone:
+    image: ${{REPO}}/lone:${{TAG:-dev}}
+    build: lone
+"#
+        ),
+    );
+    // The override fixes svc1's TAG the way compose merges maps.
+    write(
+        &r.root.join("docker-compose.ci.yml"),
+        "services:\n  svc1:\n    build:\n      args:\n        TAG: dev\n",
+    );
+    let print = |args: &[&str]| -> serde_json::Value {
+        let o = run_ok(
+            bk().current_dir(&r.root)
+                .env("REPO", &r.repo)
+                .args(["bake", "--print"])
+                .args(args),
+        );
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let from_toml = print(&[]);
+    let from_compose = print(&["-f", "docker-compose.yml", "-f", "docker-compose.ci.yml"]);
+    for t in ["base", "svc1", "svc2", "lone"] {
+        for key in ["context", "dockerfile", "args", "tags", "contexts"] {
+            assert_eq!(
+                from_toml["target"][t][key], from_compose["target"][t][key],
+                "target {t} key {key}"
+            );
+        }
+    }
+    // And it really builds, in dependency order, pushing with --push semantics of images.
+    let md = r.root.join("compose-md.json");
+    run_ok(
+        bk().current_dir(&r.root)
+            .env("REPO", &r.repo)
+            .args([
+                "bake",
+                "--progress",
+                "plain",
+                "-f",
+                "docker-compose.yml",
+                "-f",
+                "docker-compose.ci.yml",
+                "--metadata-file",
+            ])
+            .arg(&md),
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&md).unwrap()).unwrap();
+    assert_eq!(built(&meta), vec!["base", "lone", "svc1", "svc2"]);
+}
+
+#[test]
+fn killing_a_run_keeps_finished_targets_and_rebuilds_the_rest() {
+    let r = project("");
+    // svc1 takes long enough to be killed while it runs.
+    write(&r.root.join("svc1/Dockerfile"), "ARG REPO\nARG TAG\nFROM ${REPO}/base:${TAG}\nCOPY app.txt /app.txt\nRUN sleep 20 && cat /base.txt /app.txt > /combined\n");
+    let mut child = bk()
+        .current_dir(&r.root)
+        .args(["bake", "--progress", "plain", "-j", "1", "base", "svc1"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until svc1's RUN is executing (base has finished by then).
+    let start = std::time::Instant::now();
+    while !std::process::Command::new("pgrep")
+        .args(["-f", "sleep 20"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+    {
+        assert!(start.elapsed().as_secs() < 90, "svc1 never started");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let p = plan(&r);
+    assert_eq!(p["base"], "skip", "base finished and was recorded: {p:?}");
+    assert_eq!(p["svc1"], "build", "svc1 did not finish: {p:?}");
+}
