@@ -1,0 +1,670 @@
+//! The stat cache: like git's index, it remembers a hash of each regular file's data together
+//! with the lstat fields that change whenever the data can have changed, so an unchanged tree is
+//! verified with the walk's lstat alone and no file is opened.
+//!
+//! What it must not know: which target a file belongs to or how hashes are combined into a key.
+
+use std::collections::HashMap;
+use std::fs::{File, Metadata, OpenOptions};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::io::{self, BufReader, Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::atomic::write_atomic;
+use super::codec::{prefix16, put_bytes, put_len, put_str, Hash16, Reader};
+use crate::fs::stat::{go_file_mode, XattrReader};
+use crate::fs::Entry;
+
+/// The lstat fields that decide whether a cached hash is still valid. mtime alone is not
+/// enough (tools restore old mtimes); ctime catches that, and inode/device catch a file
+/// replaced by another one (`mv new old`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileStat {
+    pub size: i64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub ino: u64,
+    pub dev: u64,
+    /// Go `os.FileMode` bits, as the walk reports them.
+    pub mode: u32,
+}
+
+impl FileStat {
+    pub(crate) fn from_entry(e: &Entry) -> Self {
+        FileStat {
+            size: e.size,
+            mtime_ns: e.mtime_ns,
+            ctime_ns: e.ctime_ns,
+            ino: e.ino,
+            dev: e.dev,
+            mode: e.mode,
+        }
+    }
+
+    pub(crate) fn from_metadata(md: &Metadata) -> Self {
+        FileStat {
+            size: md.size() as i64,
+            mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+            ctime_ns: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
+            ino: md.ino(),
+            dev: md.dev(),
+            mode: go_file_mode(md),
+        }
+    }
+}
+
+/// One remembered file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Slot {
+    stat: FileStat,
+    /// Days since the Unix epoch this entry was last used; entries unused for
+    /// [`PRUNE_AFTER_DAYS`] are dropped so deleted files do not accumulate forever.
+    day: u32,
+    data: Hash16,
+}
+
+/// A file whose mtime or ctime is this close to the moment we started reading it may change
+/// again within the same timestamp tick without its stat changing ("racy git"): its hash is
+/// used for this run but not remembered. Sub-second filesystems tick in milliseconds.
+const RACY_WINDOW_FINE: Duration = Duration::from_millis(100);
+/// Filesystems with whole-second timestamps (FAT has 2 s) need a wider window.
+const RACY_WINDOW_COARSE: Duration = Duration::from_secs(2);
+const PRUNE_AFTER_DAYS: u32 = 30;
+
+const MAGIC: &[u8; 4] = b"BKSC";
+const FILE_VERSION: u32 = 1;
+/// key (8) + size, mtime, ctime, ino, dev (5 × 8) + mode (4) + day (4) + data (16).
+const RECORD_LEN: usize = 72;
+
+/// Paths are keyed by a 64-bit blake3 prefix of the absolute path: no path strings are kept in
+/// memory (~72 bytes per file instead of ~200), and a false hit would additionally need the
+/// same inode, device, size, mtime and ctime.
+type Map = HashMap<u64, Slot, BuildHasherDefault<KeyHasher>>;
+
+/// Keys are already uniformly distributed hashes; hashing them again would be wasted work.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+fn path_key(path: &Path) -> u64 {
+    let h = blake3::hash(path.as_os_str().as_encoded_bytes());
+    let mut k = [0u8; 8];
+    k.copy_from_slice(&h.as_bytes()[..8]);
+    u64::from_le_bytes(k)
+}
+
+/// Absolute path → (lstat fields, hash of content and xattrs). Shareable between threads:
+/// targets can be fingerprinted concurrently against one cache.
+pub struct StatCache {
+    map: Mutex<Map>,
+    dirty: std::sync::atomic::AtomicBool,
+    hashes: AtomicU64,
+    bytes_hashed: AtomicU64,
+    today: u32,
+    /// Overrides the adaptive racy window (tests).
+    racy_window: Option<Duration>,
+}
+
+impl Default for StatCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for StatCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatCache")
+            .field("entries", &self.len())
+            .field("hashes_performed", &self.hashes_performed())
+            .finish()
+    }
+}
+
+impl StatCache {
+    /// An empty cache (every file is read once).
+    pub fn new() -> Self {
+        Self::with_map(Map::default())
+    }
+
+    fn with_map(map: Map) -> Self {
+        StatCache {
+            map: Mutex::new(map),
+            dirty: false.into(),
+            hashes: AtomicU64::new(0),
+            bytes_hashed: AtomicU64::new(0),
+            today: today(),
+            racy_window: None,
+        }
+    }
+
+    /// Number of remembered files.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Files whose content was read since this cache was created or loaded.
+    pub fn hashes_performed(&self) -> u64 {
+        self.hashes.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of file content read since this cache was created or loaded.
+    pub fn bytes_hashed(&self) -> u64 {
+        self.bytes_hashed.load(Ordering::Relaxed)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn set_racy_window(&mut self, window: Duration) {
+        self.racy_window = Some(window);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Map> {
+        // A panic while holding the lock cannot leave a half-updated slot (slots are Copy and
+        // written whole), so a poisoned map is still valid.
+        self.map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The remembered data hash of `abs_path`, if its stat is unchanged.
+    pub(crate) fn lookup(&self, abs_path: &Path, stat: &FileStat) -> Option<Hash16> {
+        let key = path_key(abs_path);
+        let mut map = self.lock();
+        let slot = map.get_mut(&key)?;
+        if slot.stat != *stat {
+            return None;
+        }
+        // Refreshing the day at most once a day keeps a no-op run from rewriting the file.
+        if slot.day != self.today {
+            slot.day = self.today;
+            self.dirty.store(true, Ordering::Relaxed);
+        }
+        Some(slot.data)
+    }
+
+    /// Reads and hashes a regular file's content and xattrs, remembering the result when the
+    /// file was stable while being read and not racily recent. `expected` is the walk's lstat.
+    pub(crate) fn hash_file(
+        &self,
+        abs_path: &Path,
+        expected: &FileStat,
+        xattrs: &mut XattrReader,
+    ) -> io::Result<Hash16> {
+        let started = SystemTime::now();
+        // O_NOFOLLOW: the walk saw a regular file; if a symlink replaced it since, fail rather
+        // than hash whatever it points to. O_NONBLOCK: same for a FIFO, which would hang.
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(abs_path)?;
+        let mut content = blake3::Hasher::new();
+        let mut reader = CountingReader {
+            inner: &file,
+            count: 0,
+        };
+        content.update_reader(&mut reader)?;
+        let count = reader.count;
+        let after = FileStat::from_metadata(&file.metadata()?);
+        drop(file);
+
+        // Hash the content hash, not the content followed by xattrs, so the two parts can
+        // never be confused with each other.
+        let mut data = blake3::Hasher::new();
+        data.update(content.finalize().as_bytes());
+        let attrs = xattrs.read(abs_path);
+        put_len(&mut data, attrs.len() as u64);
+        for (name, value) in &attrs {
+            put_str(&mut data, name);
+            put_bytes(&mut data, value);
+        }
+        let data = prefix16(&data.finalize());
+
+        self.hashes.fetch_add(1, Ordering::Relaxed);
+        self.bytes_hashed.fetch_add(count, Ordering::Relaxed);
+
+        let stable = after == *expected && count == expected.size as u64;
+        if stable && !self.is_racy(expected, started) {
+            let slot = Slot {
+                stat: *expected,
+                day: self.today,
+                data,
+            };
+            self.lock().insert(path_key(abs_path), slot);
+            self.dirty.store(true, Ordering::Relaxed);
+        }
+        Ok(data)
+    }
+
+    fn is_racy(&self, stat: &FileStat, read_started: SystemTime) -> bool {
+        let window = self.racy_window.unwrap_or_else(|| racy_window_for(stat));
+        let started_ns = read_started
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0);
+        is_racy(stat, started_ns, window)
+    }
+
+    /// Loads a cache file. A missing file is an empty cache; an unreadable, corrupt or
+    /// other-version file is an empty cache plus a warning (the cost is one full re-hash).
+    pub(crate) fn load(path: &Path) -> (StatCache, Option<String>) {
+        match load_map(path) {
+            Ok(map) => (Self::with_map(map), None),
+            Err(LoadError::Missing) => (Self::new(), None),
+            Err(LoadError::Invalid(why)) => (
+                Self::new(),
+                Some(format!(
+                    "ignoring stat cache {}: {why}; every file will be re-read once",
+                    path.display()
+                )),
+            ),
+        }
+    }
+
+    /// Writes the cache atomically if anything changed since it was loaded; returns whether
+    /// it wrote. Entries unused for a month are dropped here.
+    pub(crate) fn save(&self, path: &Path) -> io::Result<bool> {
+        if !self.dirty.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let map = self.lock();
+        let oldest = self.today.saturating_sub(PRUNE_AFTER_DAYS);
+        let live = map.values().filter(|s| s.day >= oldest).count();
+        write_atomic(path, |w| {
+            let mut sum = blake3::Hasher::new();
+            let mut out = |bytes: &[u8]| -> io::Result<()> {
+                sum.update(bytes);
+                w.write_all(bytes)
+            };
+            out(MAGIC)?;
+            out(&FILE_VERSION.to_le_bytes())?;
+            out(&(live as u64).to_le_bytes())?;
+            let mut rec = [0u8; RECORD_LEN];
+            for (key, slot) in map.iter().filter(|(_, s)| s.day >= oldest) {
+                encode_record(*key, slot, &mut rec);
+                out(&rec)?;
+            }
+            let digest = sum.finalize();
+            w.write_all(digest.as_bytes())
+        })?;
+        self.dirty.store(false, Ordering::Relaxed);
+        Ok(true)
+    }
+}
+
+fn racy_window_for(stat: &FileStat) -> Duration {
+    let whole_seconds = |ns: i64| ns.rem_euclid(1_000_000_000) == 0;
+    if whole_seconds(stat.mtime_ns) && whole_seconds(stat.ctime_ns) {
+        RACY_WINDOW_COARSE
+    } else {
+        RACY_WINDOW_FINE
+    }
+}
+
+/// True when the file's last change is not clearly older than the moment its content was
+/// read (or lies in the future, e.g. clock skew): a later write could keep the same stat.
+fn is_racy(stat: &FileStat, read_started_ns: i64, window: Duration) -> bool {
+    let last_change = stat.mtime_ns.max(stat.ctime_ns);
+    last_change.saturating_add(window.as_nanos() as i64) > read_started_ns
+}
+
+fn today() -> u32 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| (d.as_secs() / 86_400) as u32)
+        .unwrap_or(0)
+}
+
+struct CountingReader<R> {
+    inner: R,
+    count: u64,
+}
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+fn encode_record(key: u64, slot: &Slot, out: &mut [u8; RECORD_LEN]) {
+    let s = &slot.stat;
+    let words = [
+        key,
+        s.size as u64,
+        s.mtime_ns as u64,
+        s.ctime_ns as u64,
+        s.ino,
+        s.dev,
+    ];
+    for (i, w) in words.iter().enumerate() {
+        out[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
+    }
+    out[48..52].copy_from_slice(&s.mode.to_le_bytes());
+    out[52..56].copy_from_slice(&slot.day.to_le_bytes());
+    out[56..72].copy_from_slice(&slot.data);
+}
+
+fn decode_record(rec: &[u8]) -> Result<(u64, Slot), super::codec::DecodeError> {
+    let mut r = Reader::new(rec);
+    let key = r.u64()?;
+    let stat = FileStat {
+        size: r.i64()?,
+        mtime_ns: r.i64()?,
+        ctime_ns: r.i64()?,
+        ino: r.u64()?,
+        dev: r.u64()?,
+        mode: r.u32()?,
+    };
+    let day = r.u32()?;
+    let data = r.array()?;
+    Ok((key, Slot { stat, day, data }))
+}
+
+enum LoadError {
+    Missing,
+    Invalid(String),
+}
+
+/// Streams the file through a small buffer (no second copy of a 14 MB file at 200k entries)
+/// and verifies the trailing checksum before trusting any of it.
+fn load_map(path: &Path) -> Result<Map, LoadError> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(LoadError::Missing),
+        Err(e) => return Err(LoadError::Invalid(format!("cannot read it: {e}"))),
+    };
+    let file_len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let invalid = |why: &str| LoadError::Invalid(why.to_string());
+    let io_err = |e: io::Error| LoadError::Invalid(format!("cannot read it: {e}"));
+    let mut r = BufReader::with_capacity(64 * 1024, file);
+    let mut sum = blake3::Hasher::new();
+
+    let mut header = [0u8; 16];
+    r.read_exact(&mut header)
+        .map_err(|_| invalid("file is truncated"))?;
+    sum.update(&header);
+    if &header[..4] != MAGIC {
+        return Err(invalid("not a bk-build stat cache"));
+    }
+    let mut hr = Reader::new(&header[4..]);
+    let version = hr.u32().map_err(|_| invalid("file is truncated"))?;
+    if version != FILE_VERSION {
+        return Err(LoadError::Invalid(format!(
+            "written by another bk-build version (format {version}, expected {FILE_VERSION})"
+        )));
+    }
+    let count = hr.u64().map_err(|_| invalid("file is truncated"))?;
+    let expected_len = (count as u128) * RECORD_LEN as u128 + 16 + 32;
+    if expected_len != u128::from(file_len) {
+        return Err(invalid("file is truncated or has trailing data"));
+    }
+
+    let mut map = Map::with_capacity_and_hasher(count as usize, Default::default());
+    let mut rec = [0u8; RECORD_LEN];
+    for _ in 0..count {
+        r.read_exact(&mut rec).map_err(io_err)?;
+        sum.update(&rec);
+        let (key, slot) = decode_record(&rec).map_err(|e| invalid(e.0))?;
+        map.insert(key, slot);
+    }
+    let mut trailer = [0u8; 32];
+    r.read_exact(&mut trailer).map_err(io_err)?;
+    if sum.finalize().as_bytes() != &trailer {
+        return Err(invalid("checksum mismatch (the file is corrupt)"));
+    }
+    Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stat_of(p: &Path) -> FileStat {
+        FileStat::from_metadata(&std::fs::symlink_metadata(p).unwrap())
+    }
+
+    fn settled_cache() -> StatCache {
+        let mut c = StatCache::new();
+        c.set_racy_window(Duration::ZERO);
+        c
+    }
+
+    #[test]
+    fn hit_skips_reading_and_any_stat_change_misses() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"hello").unwrap();
+        let cache = settled_cache();
+        let mut xr = XattrReader::default();
+        let st = stat_of(&p);
+
+        let h = cache.hash_file(&p, &st, &mut xr).unwrap();
+        assert_eq!(cache.hashes_performed(), 1);
+        assert_eq!(cache.bytes_hashed(), 5);
+        assert_eq!(cache.lookup(&p, &st), Some(h));
+
+        // Each field on its own invalidates the entry.
+        for change in [
+            |s: &mut FileStat| s.size += 1,
+            |s: &mut FileStat| s.mtime_ns += 1,
+            |s: &mut FileStat| s.ctime_ns += 1,
+            |s: &mut FileStat| s.ino += 1,
+            |s: &mut FileStat| s.dev += 1,
+            |s: &mut FileStat| s.mode ^= 0o100,
+        ] {
+            let mut other = st;
+            change(&mut other);
+            assert_eq!(cache.lookup(&p, &other), None);
+        }
+        // Another path with the same stat is not a hit either.
+        assert_eq!(cache.lookup(&dir.path().join("g"), &st), None);
+    }
+
+    #[test]
+    fn recently_modified_file_is_hashed_but_not_remembered() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"fresh").unwrap();
+        let mut cache = StatCache::new();
+        cache.set_racy_window(Duration::from_secs(3600));
+        let st = stat_of(&p);
+        cache
+            .hash_file(&p, &st, &mut XattrReader::default())
+            .unwrap();
+        assert!(cache.is_empty());
+        assert_eq!(cache.lookup(&p, &st), None);
+    }
+
+    #[test]
+    fn racy_rule_uses_the_later_of_mtime_and_ctime() {
+        let w = Duration::from_millis(100);
+        let st = |mtime_ns, ctime_ns| FileStat {
+            size: 0,
+            mtime_ns,
+            ctime_ns,
+            ino: 0,
+            dev: 0,
+            mode: 0o644,
+        };
+        let read_at = 10_000_000_000;
+        assert!(!is_racy(&st(1_000_000_000, 1_000_000_000), read_at, w));
+        assert!(is_racy(&st(read_at - 50_000_000, 0), read_at, w));
+        // An old mtime restored by a tool a moment ago: ctime is what counts.
+        assert!(is_racy(&st(0, read_at - 1), read_at, w));
+        // A future timestamp (clock skew) is never trusted.
+        assert!(is_racy(&st(read_at + 5_000_000_000, 0), read_at, w));
+        // Whole-second timestamps get the wide window.
+        assert_eq!(
+            racy_window_for(&st(5_000_000_000, 6_000_000_000)),
+            RACY_WINDOW_COARSE
+        );
+        assert_eq!(
+            racy_window_for(&st(5_000_000_001, 6_000_000_000)),
+            RACY_WINDOW_FINE
+        );
+    }
+
+    #[test]
+    fn file_changed_while_reading_is_not_remembered() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"abc").unwrap();
+        let cache = settled_cache();
+        let mut stale = stat_of(&p);
+        stale.size = 2; // as if the walk had seen an older version
+        cache
+            .hash_file(&p, &stale, &mut XattrReader::default())
+            .unwrap();
+        assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn symlink_swapped_in_after_the_walk_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("t");
+        std::fs::write(&target, b"x").unwrap();
+        let link = dir.path().join("l");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let st = stat_of(&target);
+        let cache = settled_cache();
+        assert!(cache
+            .hash_file(&link, &st, &mut XattrReader::default())
+            .is_err());
+    }
+
+    #[test]
+    fn xattrs_are_part_of_the_data_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"same").unwrap();
+        let cache = settled_cache();
+        let mut xr = XattrReader::default();
+        let before = cache.hash_file(&p, &stat_of(&p), &mut xr).unwrap();
+        if xattr::set(&p, "user.bk", b"1").is_err() {
+            return; // filesystem without user xattrs (tmpfs on old kernels)
+        }
+        let after = cache.hash_file(&p, &stat_of(&p), &mut xr).unwrap();
+        assert_ne!(before, after);
+    }
+
+    #[test]
+    fn save_load_round_trip_and_only_when_dirty() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache_file = dir.path().join("stat-cache");
+        let cache = settled_cache();
+        let mut xr = XattrReader::default();
+        let mut expected = Vec::new();
+        for i in 0..50 {
+            let p = dir.path().join(format!("f{i}"));
+            std::fs::write(&p, format!("content {i}")).unwrap();
+            let st = stat_of(&p);
+            expected.push((p.clone(), st, cache.hash_file(&p, &st, &mut xr).unwrap()));
+        }
+        assert!(cache.save(&cache_file).unwrap());
+        assert!(!cache.save(&cache_file).unwrap(), "nothing changed");
+
+        let (loaded, warning) = StatCache::load(&cache_file);
+        assert_eq!(warning, None);
+        assert_eq!(loaded.len(), 50);
+        for (p, st, h) in &expected {
+            assert_eq!(loaded.lookup(p, st), Some(*h));
+        }
+        assert_eq!(loaded.hashes_performed(), 0);
+    }
+
+    #[test]
+    fn corrupt_truncated_or_foreign_files_load_empty_with_a_warning() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("stat-cache");
+        let cache = settled_cache();
+        let p = dir.path().join("data");
+        std::fs::write(&p, b"x").unwrap();
+        cache
+            .hash_file(&p, &stat_of(&p), &mut XattrReader::default())
+            .unwrap();
+        cache.save(&f).unwrap();
+        let good = std::fs::read(&f).unwrap();
+
+        let mut flipped = good.clone();
+        flipped[30] ^= 1;
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("checksum", flipped),
+            ("truncated", good[..good.len() - 1].to_vec()),
+            ("not a bk-build", b"{\"json\": true}".repeat(4)),
+            ("another bk-build version", {
+                let mut v = good.clone();
+                v[4] = 99;
+                v
+            }),
+        ];
+        for (why, bytes) in cases {
+            std::fs::write(&f, bytes).unwrap();
+            let (loaded, warning) = StatCache::load(&f);
+            assert!(loaded.is_empty());
+            let warning = warning.expect("a warning");
+            assert!(warning.contains(why), "{why}: {warning}");
+        }
+        let (loaded, warning) = StatCache::load(&dir.path().join("absent"));
+        assert!(loaded.is_empty() && warning.is_none());
+    }
+
+    #[test]
+    fn old_unused_entries_are_pruned_on_save() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("stat-cache");
+        let cache = settled_cache();
+        let stat = FileStat {
+            size: 1,
+            mtime_ns: 1,
+            ctime_ns: 1,
+            ino: 1,
+            dev: 1,
+            mode: 0o644,
+        };
+        {
+            let mut map = cache.lock();
+            map.insert(
+                1,
+                Slot {
+                    stat,
+                    day: cache.today - PRUNE_AFTER_DAYS - 1,
+                    data: [1; 16],
+                },
+            );
+            map.insert(
+                2,
+                Slot {
+                    stat,
+                    day: cache.today,
+                    data: [2; 16],
+                },
+            );
+        }
+        cache.dirty.store(true, Ordering::Relaxed);
+        cache.save(&f).unwrap();
+        let (loaded, _) = StatCache::load(&f);
+        assert_eq!(loaded.len(), 1);
+        assert_eq!(loaded.lock().get(&2).map(|s| s.data), Some([2; 16]));
+    }
+}

@@ -1,0 +1,521 @@
+//! The manifest: every input a fingerprint key was computed from, kept compactly so a later
+//! run can say *why* a target has to be rebuilt. The key is the blake3 hash of the manifest's
+//! canonical encoding, so the two can never disagree.
+
+use std::collections::BTreeMap;
+
+use super::codec::{put_len, put_str, put_u32, DecodeError, Hash16, Reader, Sink};
+
+/// Bumped whenever what goes into a key, or how, changes; an old state then explains itself as
+/// "fingerprint format changed" and every target is rebuilt once.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The reason [`explain`]'s callers give when there is no previous record at all.
+pub const NO_PREVIOUS_BUILD: &str = "no previous build";
+
+/// What a target's key was computed from. Opaque on purpose: compare two with [`explain`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    pub(crate) format: u32,
+    pub(crate) dockerfile: Hash16,
+    pub(crate) target_stage: String,
+    pub(crate) platforms: Vec<String>,
+    pub(crate) args: BTreeMap<String, String>,
+    /// Sorted, so the order the caller listed them in does not matter.
+    pub(crate) bases: Vec<(String, String)>,
+    pub(crate) extra: BTreeMap<String, String>,
+    /// The main context (name "") first, then named contexts sorted by name.
+    pub(crate) sections: Vec<Section>,
+}
+
+/// The filtered files of one context directory, sorted by path bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Section {
+    /// "" for the main context, else the named context's name.
+    pub(crate) name: String,
+    /// How to show this directory's paths to a human (relative to the project where
+    /// possible). Not part of the key: moving the tree must not change it.
+    pub(crate) label: String,
+    /// All paths concatenated; one allocation instead of one per file.
+    paths: String,
+    /// End offset of each path in `paths`, and the file's record hash.
+    files: Vec<(u32, Hash16)>,
+}
+
+impl Section {
+    /// `items` in any order; duplicates are not expected (the walk never repeats a path).
+    pub(crate) fn new(name: String, label: String, mut items: Vec<(String, Hash16)>) -> Section {
+        items.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        let total: usize = items.iter().map(|(p, _)| p.len()).sum();
+        let mut paths = String::with_capacity(total);
+        let mut files = Vec::with_capacity(items.len());
+        for (p, h) in items {
+            paths.push_str(&p);
+            files.push((paths.len() as u32, h));
+        }
+        Section {
+            name,
+            label,
+            paths,
+            files,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &Hash16)> + '_ {
+        let mut start = 0usize;
+        self.files.iter().map(move |(end, h)| {
+            let end = *end as usize;
+            let p = &self.paths[start..end];
+            start = end;
+            (p, h)
+        })
+    }
+
+    fn display(&self, path: &str) -> String {
+        if self.label.is_empty() || self.label == "." {
+            path.to_string()
+        } else {
+            format!("{}/{}", self.label.trim_end_matches('/'), path)
+        }
+    }
+
+    fn title(&self) -> String {
+        if self.name.is_empty() {
+            "the build context".to_string()
+        } else {
+            format!("context {}", self.name)
+        }
+    }
+}
+
+impl Manifest {
+    /// The hex fingerprint key of these inputs.
+    pub fn key(&self) -> String {
+        let mut h = blake3::Hasher::new();
+        self.encode_into(&mut h, false);
+        h.finalize().to_hex().to_string()
+    }
+
+    /// Files (and directories and links) across all contexts.
+    pub fn file_count(&self) -> usize {
+        self.sections.iter().map(Section::len).sum()
+    }
+
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + self.file_count() * 40);
+        self.encode_into(&mut out, true);
+        out
+    }
+
+    /// Labels are written to files but left out of the key.
+    fn encode_into(&self, s: &mut impl Sink, with_labels: bool) {
+        put_u32(s, self.format);
+        s.put(&self.dockerfile);
+        put_str(s, &self.target_stage);
+        put_len(s, self.platforms.len() as u64);
+        for p in &self.platforms {
+            put_str(s, p);
+        }
+        put_pairs(s, self.args.iter());
+        put_pairs(s, self.bases.iter().map(|(a, b)| (a, b)));
+        put_pairs(s, self.extra.iter());
+        put_len(s, self.sections.len() as u64);
+        for sec in &self.sections {
+            put_str(s, &sec.name);
+            if with_labels {
+                put_str(s, &sec.label);
+            }
+            put_len(s, sec.files.len() as u64);
+            // Sorted paths share long prefixes; storing only the new suffix roughly halves
+            // the size of state files.
+            let mut prev = "";
+            for (path, h) in sec.iter() {
+                let shared = common_prefix(prev, path);
+                put_len(s, shared as u64);
+                put_str(s, &path[shared..]);
+                s.put(h);
+                prev = path;
+            }
+        }
+    }
+
+    pub(crate) fn decode(buf: &[u8]) -> Result<Manifest, DecodeError> {
+        let mut r = Reader::new(buf);
+        let format = r.u32()?;
+        if format != FORMAT_VERSION {
+            return Err(DecodeError("manifest from another fingerprint format"));
+        }
+        let dockerfile = r.array()?;
+        let target_stage = r.str()?.to_string();
+        let n = r.len()?;
+        let mut platforms = Vec::with_capacity(n.min(64));
+        for _ in 0..n {
+            platforms.push(r.str()?.to_string());
+        }
+        let args = read_pairs(&mut r)?.into_iter().collect();
+        let bases = read_pairs(&mut r)?;
+        let extra = read_pairs(&mut r)?.into_iter().collect();
+        let nsec = r.len()?;
+        let mut sections = Vec::with_capacity(nsec.min(64));
+        for _ in 0..nsec {
+            let name = r.str()?.to_string();
+            let label = r.str()?.to_string();
+            let nfiles = r.len()?;
+            let mut paths = String::new();
+            let mut files = Vec::with_capacity(nfiles);
+            let mut prev_start = 0usize;
+            for _ in 0..nfiles {
+                let shared = r.len()?;
+                let suffix = r.str()?;
+                let h = r.array()?;
+                let prev = &paths[prev_start..];
+                if shared > prev.len() || !prev.is_char_boundary(shared) {
+                    return Err(DecodeError("bad path prefix"));
+                }
+                let start = paths.len();
+                paths.extend_from_within(prev_start..prev_start + shared);
+                paths.push_str(suffix);
+                files.push((paths.len() as u32, h));
+                prev_start = start;
+            }
+            sections.push(Section {
+                name,
+                label,
+                paths,
+                files,
+            });
+        }
+        if !r.is_empty() {
+            return Err(DecodeError("trailing data"));
+        }
+        Ok(Manifest {
+            format,
+            dockerfile,
+            target_stage,
+            platforms,
+            args,
+            bases,
+            extra,
+            sections,
+        })
+    }
+}
+
+fn put_pairs<'a>(
+    s: &mut impl Sink,
+    pairs: impl ExactSizeIterator<Item = (&'a String, &'a String)>,
+) {
+    put_len(s, pairs.len() as u64);
+    for (k, v) in pairs {
+        put_str(s, k);
+        put_str(s, v);
+    }
+}
+
+fn read_pairs(r: &mut Reader<'_>) -> Result<Vec<(String, String)>, DecodeError> {
+    let n = r.len()?;
+    let mut out = Vec::with_capacity(n.min(1024));
+    for _ in 0..n {
+        out.push((r.str()?.to_string(), r.str()?.to_string()));
+    }
+    Ok(out)
+}
+
+fn common_prefix(a: &str, b: &str) -> usize {
+    let mut n = a
+        .as_bytes()
+        .iter()
+        .zip(b.as_bytes())
+        .take_while(|(x, y)| x == y)
+        .count();
+    while !b.is_char_boundary(n) {
+        n -= 1;
+    }
+    n
+}
+
+/// Human reasons why `new` differs from `old`, most fundamental first; empty when they are
+/// equivalent. Paths are shown under each context's label (`src/luamods/init.lua changed`).
+pub fn explain(old: &Manifest, new: &Manifest) -> Vec<String> {
+    let mut out = Vec::new();
+    if old.format != new.format {
+        out.push(format!(
+            "fingerprint format changed ({} → {})",
+            old.format, new.format
+        ));
+        return out;
+    }
+    if old.dockerfile != new.dockerfile {
+        out.push("Dockerfile changed".to_string());
+    }
+    if old.target_stage != new.target_stage {
+        out.push(format!(
+            "target stage changed ({} → {})",
+            shown(&old.target_stage),
+            shown(&new.target_stage)
+        ));
+    }
+    if old.platforms != new.platforms {
+        out.push(format!(
+            "platforms changed ({} → {})",
+            shown(&old.platforms.join(",")),
+            shown(&new.platforms.join(","))
+        ));
+    }
+    diff_maps(&mut out, "arg ", &old.args, &new.args);
+    let bases = |m: &Manifest| -> BTreeMap<String, String> {
+        let mut out: BTreeMap<String, String> = BTreeMap::new();
+        for (k, v) in &m.bases {
+            let slot = out.entry(k.clone()).or_default();
+            if !slot.is_empty() {
+                slot.push('\n');
+            }
+            slot.push_str(v);
+        }
+        out
+    };
+    diff_maps(&mut out, "base ", &bases(old), &bases(new));
+    diff_maps(&mut out, "", &old.extra, &new.extra);
+
+    for sec in &new.sections {
+        match old.sections.iter().find(|s| s.name == sec.name) {
+            None => out.push(format!("{} added", sec.title())),
+            Some(prev) => diff_files(&mut out, prev, sec),
+        }
+    }
+    for sec in &old.sections {
+        if !new.sections.iter().any(|s| s.name == sec.name) {
+            out.push(format!("{} removed", sec.title()));
+        }
+    }
+    if out.is_empty() && old.key() != new.key() {
+        // Cannot happen with this encoder; kept so a future field can never yield "no reason".
+        out.push("inputs changed".to_string());
+    }
+    out
+}
+
+fn shown(s: &str) -> &str {
+    if s.is_empty() {
+        "none"
+    } else {
+        s
+    }
+}
+
+fn diff_maps(
+    out: &mut Vec<String>,
+    what: &str,
+    old: &BTreeMap<String, String>,
+    new: &BTreeMap<String, String>,
+) {
+    for (k, v) in new {
+        match old.get(k) {
+            None => out.push(format!("{what}{k} added")),
+            Some(o) if o != v => out.push(format!("{what}{k} changed")),
+            Some(_) => {}
+        }
+    }
+    for k in old.keys() {
+        if !new.contains_key(k) {
+            out.push(format!("{what}{k} removed"));
+        }
+    }
+}
+
+fn diff_files(out: &mut Vec<String>, old: &Section, new: &Section) {
+    let (mut changed, mut added, mut removed) =
+        (Tally::default(), Tally::default(), Tally::default());
+    let mut a = old.iter().peekable();
+    let mut b = new.iter().peekable();
+    loop {
+        match (a.peek(), b.peek()) {
+            (None, None) => break,
+            (Some((pa, _)), None) => {
+                removed.note(old, pa);
+                a.next();
+            }
+            (None, Some((pb, _))) => {
+                added.note(new, pb);
+                b.next();
+            }
+            (Some((pa, ha)), Some((pb, hb))) => match pa.as_bytes().cmp(pb.as_bytes()) {
+                std::cmp::Ordering::Less => {
+                    removed.note(old, pa);
+                    a.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    added.note(new, pb);
+                    b.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    if ha != hb {
+                        changed.note(new, pb);
+                    }
+                    a.next();
+                    b.next();
+                }
+            },
+        }
+    }
+    changed.report(out, "changed");
+    added.report(out, "added");
+    removed.report(out, "removed");
+}
+
+#[derive(Default)]
+struct Tally {
+    count: usize,
+    example: Option<String>,
+}
+
+impl Tally {
+    fn note(&mut self, sec: &Section, path: &str) {
+        self.count += 1;
+        if self.example.is_none() {
+            self.example = Some(sec.display(path));
+        }
+    }
+
+    fn report(self, out: &mut Vec<String>, verb: &str) {
+        match (self.count, self.example) {
+            (0, _) | (_, None) => {}
+            (1, Some(p)) => out.push(format!("{p} {verb}")),
+            (n, Some(p)) => out.push(format!("{n} files {verb} (e.g. {p})")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn manifest(files: &[(&str, u8)]) -> Manifest {
+        let items = files
+            .iter()
+            .map(|(p, h)| (p.to_string(), [*h; 16]))
+            .collect();
+        Manifest {
+            format: FORMAT_VERSION,
+            dockerfile: [0; 16],
+            target_stage: String::new(),
+            platforms: vec![],
+            args: BTreeMap::new(),
+            bases: vec![],
+            extra: BTreeMap::new(),
+            sections: vec![Section::new(String::new(), "svc".into(), items)],
+        }
+    }
+
+    #[test]
+    fn encode_decode_round_trip_with_shared_prefixes_and_unicode() {
+        let mut m = manifest(&[
+            ("a", 1),
+            ("a/b/c.txt", 2),
+            ("a/b/d.txt", 3),
+            ("é/ü.txt", 4),
+            ("é/ü2.txt", 5),
+            ("z", 6),
+        ]);
+        m.args.insert("TAG".into(), "dev".into());
+        m.bases.push(("pybase".into(), "abc".into()));
+        m.extra.insert("labels".into(), "x=1".into());
+        m.platforms.push("linux/amd64".into());
+        m.target_stage = "final".into();
+        m.sections.push(Section::new(
+            "luamods".into(),
+            "src/luamods".into(),
+            vec![("init.lua".into(), [9; 16])],
+        ));
+        let bytes = m.encode();
+        let back = Manifest::decode(&bytes).unwrap();
+        assert_eq!(back, m);
+        assert_eq!(back.key(), m.key());
+        let paths: Vec<_> = back.sections[0]
+            .iter()
+            .map(|(p, _)| p.to_string())
+            .collect();
+        assert_eq!(paths[4], "é/ü.txt");
+        // Every truncation is an error, never a panic.
+        for cut in 0..bytes.len() {
+            assert!(Manifest::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn label_is_not_part_of_the_key() {
+        let a = manifest(&[("x", 1)]);
+        let mut b = a.clone();
+        b.sections[0].label = "/elsewhere/entirely".into();
+        assert_eq!(a.key(), b.key());
+        assert!(explain(&a, &b).is_empty());
+    }
+
+    #[test]
+    fn explain_words_file_changes_with_counts_and_examples() {
+        let old = manifest(&[("a.py", 1), ("b.py", 1), ("c.py", 1), ("gone.py", 1)]);
+        let new = manifest(&[
+            ("a.py", 2),
+            ("b.py", 1),
+            ("c.py", 1),
+            ("new1.py", 1),
+            ("new2.py", 1),
+            ("new3.py", 1),
+        ]);
+        assert_eq!(
+            explain(&old, &new),
+            vec![
+                "svc/a.py changed",
+                "3 files added (e.g. svc/new1.py)",
+                "svc/gone.py removed"
+            ]
+        );
+        assert!(explain(&new, &new).is_empty());
+    }
+
+    #[test]
+    fn explain_words_non_file_changes() {
+        let old = manifest(&[]);
+        let mut new = old.clone();
+        new.dockerfile = [1; 16];
+        new.target_stage = "final".into();
+        new.args.insert("TAG".into(), "v2".into());
+        new.bases.push(("pybase".into(), "sha256:2".into()));
+        new.extra.insert("no_cache".into(), "true".into());
+        new.sections
+            .push(Section::new("common".into(), "src/common".into(), vec![]));
+        let mut old2 = old.clone();
+        old2.args.insert("TAG".into(), "v1".into());
+        old2.args.insert("GONE".into(), "1".into());
+        old2.bases.push(("pybase".into(), "sha256:1".into()));
+        assert_eq!(
+            explain(&old2, &new),
+            vec![
+                "Dockerfile changed",
+                "target stage changed (none → final)",
+                "arg TAG changed",
+                "arg GONE removed",
+                "base pybase changed",
+                "no_cache added",
+                "context common added",
+            ]
+        );
+        let mut other_format = old.clone();
+        other_format.format = 0;
+        assert_eq!(
+            explain(&other_format, &new),
+            vec![format!("fingerprint format changed (0 → {FORMAT_VERSION})")]
+        );
+    }
+
+    #[test]
+    fn common_prefix_respects_char_boundaries() {
+        assert_eq!(common_prefix("aé", "aè"), 1);
+        assert_eq!(common_prefix("abc", "abd"), 2);
+        assert_eq!(common_prefix("", "x"), 0);
+    }
+}
