@@ -21,10 +21,9 @@ use std::path::{Path, PathBuf};
 use serde_yaml::{Mapping, Value};
 
 use super::interp::{interpolate, Dialect, InterpError};
-use super::toml_file::normalize;
 use super::{
-    invalid, option_invalid, suggest, valid_name, ContextSource, OptionList, Project, ProjectError,
-    SourceFile, Target,
+    invalid, normalize, option_invalid, suggest, valid_name, ContextSource, OptionList, Project,
+    ProjectError, SourceFile, Target,
 };
 
 const TOP_KEYS: &[&str] = &[
@@ -345,12 +344,13 @@ fn parse_dotenv(
         let body = trimmed
             .strip_prefix("export ")
             .map_or(trimmed, str::trim_start);
-        let Some((key, _)) = body.split_once('=') else {
-            return Err((
-                start_line,
-                format!("expected KEY=VALUE, found {:?}", body.trim()),
-            ));
+        // compose also accepts `KEY: value`; a bare `KEY` leaves the variable to the environment.
+        let Some(sep) = body.find(['=', ':']) else {
+            i = end + 1;
+            line += 1;
+            continue;
         };
+        let key = &body[..sep];
         let key = key.trim().to_string();
         if key.is_empty()
             || !key
@@ -359,8 +359,8 @@ fn parse_dotenv(
         {
             return Err((start_line, format!("{key:?} is not a valid variable name")));
         }
-        // Position of the value in `chars`: after the first '=' on this line.
-        let eq = i + raw.find('=').map_or(0, |b| raw[..b].chars().count()) + 1;
+        // Position of the value in `chars`: after the separator on this line.
+        let eq = i + raw.find(['=', ':']).map_or(0, |b| raw[..b].chars().count()) + 1;
         let mut j = eq;
         while j < end && (chars[j] == ' ' || chars[j] == '\t') {
             j += 1;

@@ -118,14 +118,34 @@ pub const DISCOVER_NAMES: &[&str] = &[
     "docker-compose.yml",
 ];
 
+/// Override files compose reads after the main file when no `-f` is given.
+const COMPOSE_OVERRIDES: &[&str] = &[
+    "compose.override.yaml",
+    "compose.override.yml",
+    "docker-compose.override.yaml",
+    "docker-compose.override.yml",
+];
+
 /// Finds the project file in `cwd`: `bk-build.toml`, else the first compose file name that
-/// exists (compose's own order).
+/// exists (compose's own order) followed by its override file when there is one, as
+/// `docker compose` does without `-f`.
 pub fn discover(cwd: &Path) -> Result<Vec<PathBuf>, ProjectError> {
     for name in DISCOVER_NAMES {
         let p = cwd.join(name);
-        if p.is_file() {
-            return Ok(vec![p]);
+        if !p.is_file() {
+            continue;
         }
+        let mut files = vec![p];
+        if *name != "bk-build.toml" {
+            if let Some(o) = COMPOSE_OVERRIDES
+                .iter()
+                .map(|o| cwd.join(o))
+                .find(|o| o.is_file())
+            {
+                files.push(o);
+            }
+        }
+        return Ok(files);
     }
     Err(ProjectError::NotFound {
         dir: cwd.to_path_buf(),
@@ -146,11 +166,14 @@ pub fn load(
     let mut sources = Vec::with_capacity(files.len());
     let mut kinds = Vec::with_capacity(files.len());
     for f in files {
-        let abs = std::path::absolute(f).map_err(|e| ProjectError::Read {
-            path: f.clone(),
-            source: e,
-            fix: "run bk-build from an existing directory".into(),
-        })?;
+        let abs =
+            std::path::absolute(f)
+                .map(|p| normalize(&p))
+                .map_err(|e| ProjectError::Read {
+                    path: f.clone(),
+                    source: e,
+                    fix: "run bk-build from an existing directory".into(),
+                })?;
         let text = std::fs::read_to_string(&abs).map_err(|e| ProjectError::Read {
             path: f.clone(),
             fix: if e.kind() == std::io::ErrorKind::NotFound {
@@ -415,6 +438,25 @@ impl OptionList {
             }
         }
     }
+}
+
+/// Removes `.` and resolves `..` lexically so paths in messages and JSON read cleanly
+/// (symlinks are left alone on purpose: the user's spelling is what they will recognise).
+fn normalize(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
 }
 
 /// A close spelling among `candidates`, for "did you mean" hints.

@@ -435,6 +435,14 @@ fn discover_prefers_bk_build_toml_then_compose_names() {
     );
     write(d.path(), "compose.yaml", "services: {}\n");
     assert_eq!(discover(d.path()).unwrap(), [d.path().join("compose.yaml")]);
+    write(d.path(), "compose.override.yml", "services: {}\n");
+    assert_eq!(
+        discover(d.path()).unwrap(),
+        [
+            d.path().join("compose.yaml"),
+            d.path().join("compose.override.yml")
+        ]
+    );
     write(d.path(), "bk-build.toml", "");
     assert_eq!(
         discover(d.path()).unwrap(),
@@ -685,7 +693,7 @@ secrets:
 fn dotenv_syntax() {
     let env = |k: &str| (k == "HOME").then(|| "/home/u".to_string());
     let vars = compose_dotenv(
-        "A=1\n  # c\nexport B = two words # comment\nC=\"x\\ny ${A}\"\nD='${A}'\nE=\"multi\nline\"\nF=$HOME/x\nG=\n",
+        "A=1\n  # c\nBARE\nexport B = two words # comment\nH: colon style\nC=\"x\\ny ${A}\"\nD='${A}'\nE=\"multi\nline\"\nF=$HOME/x\nG=\n",
         &env,
     );
     assert_eq!(vars["A"], "1");
@@ -695,6 +703,7 @@ fn dotenv_syntax() {
     assert_eq!(vars["E"], "multi\nline");
     assert_eq!(vars["F"], "/home/u/x");
     assert_eq!(vars["G"], "");
+    assert_eq!(vars["H"], "colon style");
 }
 
 fn compose_dotenv(text: &str, env: &dyn Fn(&str) -> Option<String>) -> BTreeMap<String, String> {
@@ -702,7 +711,7 @@ fn compose_dotenv(text: &str, env: &dyn Fn(&str) -> Option<String>) -> BTreeMap<
     skeleton(d.path());
     write(d.path(), ".env", text);
     let mut keys = String::new();
-    for k in ["A", "B", "C", "D", "E", "F", "G"] {
+    for k in ["A", "B", "C", "D", "E", "F", "G", "H"] {
         keys.push_str(&format!("        {k}: ${{{k}}}\n"));
     }
     let f = write(

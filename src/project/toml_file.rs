@@ -7,15 +7,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::interp::{interpolate, Dialect, InterpError};
 use super::{
-    invalid, option_invalid, suggest, valid_name, ContextSource, OptionList, Project, ProjectError,
-    SourceFile, Target,
+    invalid, normalize, option_invalid, suggest, valid_name, ContextSource, OptionList, Project,
+    ProjectError, SourceFile, Target,
 };
 
 const TOP_KEYS: &[&str] = &["vars", "defaults", "target", "group"];
@@ -656,25 +656,6 @@ impl<'a> Resolver<'a> {
 fn leaf(key: &str) -> &str {
     let k = key.rsplit('.').next().unwrap_or(key);
     k.split('[').next().unwrap_or(k)
-}
-
-/// Removes `.` and resolves `..` lexically so paths in messages and JSON read cleanly
-/// (symlinks are left alone on purpose: the user's spelling is what they will recognise).
-pub(super) fn normalize(p: &Path) -> PathBuf {
-    use std::path::Component;
-    let mut out = PathBuf::new();
-    for c in p.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                if !out.pop() {
-                    out.push("..");
-                }
-            }
-            other => out.push(other.as_os_str()),
-        }
-    }
-    out
 }
 
 /// A target key's value: the target's own, else the one from `[defaults]`.
