@@ -216,7 +216,7 @@ pub async fn connect(
         "no BuildKit daemon answered. Tried:\n{}\nStart one, then retry:\n  \
          - standalone: `buildkitd` (root) or `rootlesskit buildkitd` (rootless), or pass --addr unix:///path/to/buildkitd.sock\n  \
          - Docker Engine: start dockerd (or set DOCKER_HOST) and pass --addr docker://\n  \
-         - this project's test daemon: `scripts/bkenv-up.sh` then `source /tmp/bkenv/env.sh`",
+         - this project's test daemon: `bash scripts/bkenv/up.sh` then `source /tmp/bkenv/env.sh`",
         tried.join("\n")
     )))
 }
