@@ -173,7 +173,7 @@ impl Walker {
         };
         let root_path = walker.root.clone();
         let items = walker
-            .list_dir(&root_path, "", true)
+            .list_dir(&root_path, true)
             .map_err(|source| FsError::ReadDir {
                 path: root_path,
                 source,
@@ -218,9 +218,13 @@ impl Walker {
     }
 
     /// Lists a directory, sorted descending by name bytes (consumed with `pop`).
-    fn list_dir(&mut self, abs: &Path, _rel: &str, keep_handles: bool) -> io::Result<Vec<Item>> {
+    fn list_dir(&mut self, abs: &Path, keep_handles: bool) -> io::Result<Vec<Item>> {
         #[cfg(test)]
-        self.listed_dirs.push(_rel.to_owned());
+        self.listed_dirs.push(
+            abs.strip_prefix(&self.root)
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        );
         let mut items = Vec::new();
         for dent in std::fs::read_dir(abs)? {
             let dent = dent?;
@@ -282,8 +286,7 @@ impl Walker {
             // Only directories get here: look inside for re-included entries, without
             // emitting the directory unless one turns up.
             let abs = self.abs(&self.path);
-            let rel = self.path.clone();
-            match self.list_dir(&abs, &rel, keep_handles) {
+            match self.list_dir(&abs, keep_handles) {
                 Ok(items) => self.push_frame(items, depth, incl_rec, excl_rec, false),
                 // fsutil ignores unreadable directories it was not going to send.
                 Err(e) if vanished(&e) || e.kind() == io::ErrorKind::PermissionDenied => {}
@@ -315,14 +318,17 @@ impl Walker {
             self.out.push_back(entry);
             return Ok(());
         }
-        let rel = self.path.clone();
-        let listing = self.list_dir(&entry.abs_path, &rel, keep_handles);
-        let abs = entry.abs_path.clone();
+        let listing = self.list_dir(&entry.abs_path, keep_handles);
         self.out.push_back(entry);
         match listing {
             Ok(items) => self.push_frame(items, depth, incl_rec, excl_rec, true),
             Err(e) if vanished(&e) => {}
-            Err(source) => return Err(FsError::ReadDir { path: abs, source }),
+            Err(source) => {
+                return Err(FsError::ReadDir {
+                    path: self.abs(&self.path),
+                    source,
+                })
+            }
         }
         Ok(())
     }
@@ -409,14 +415,14 @@ impl Walker {
             abs_path,
             mode: go_file_mode(md),
             size: if ft.is_dir() { 0 } else { md.size() as i64 },
-            mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+            mtime_ns: unix_nanos(md.mtime(), md.mtime_nsec()),
             linkname,
             devmajor,
             devminor,
             xattrs,
             dev: md.dev(),
             ino: md.ino(),
-            ctime_ns: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
+            ctime_ns: unix_nanos(md.ctime(), md.ctime_nsec()),
         }))
     }
 
@@ -452,6 +458,12 @@ impl Iterator for Walker {
             }
         }
     }
+}
+
+/// Go's `Time.UnixNano`: wraps (instead of panicking) outside years 1678..2262, so a file
+/// with a bogus far-future mtime gets the same number BuildKit's client would send.
+fn unix_nanos(secs: i64, nanos: i64) -> i64 {
+    secs.wrapping_mul(1_000_000_000).wrapping_add(nanos)
 }
 
 /// The entry disappeared (or its parent stopped being a directory) while we walked.
@@ -544,6 +556,10 @@ mod tests {
         assert_eq!(f.mode, 0x1A4);
         assert_eq!(f.size, 1);
         assert_eq!(f.mtime_ns, 1_700_000_000_123_456_789);
+        assert_eq!(
+            unix_nanos(32_503_680_000, 5),
+            32_503_680_000i64.wrapping_mul(1_000_000_000) + 5
+        );
         assert_eq!(f.abs_path, std::fs::canonicalize(r).unwrap().join("f"));
         assert_eq!(by("big").size, 100_000);
         let l = by("l");
@@ -1022,6 +1038,77 @@ mod tests {
             let em = PatternMatcher::new(&excl).unwrap();
             let want = reference(r, im.as_ref(), Some(&em));
             assert_eq!(got, want, "include {incl:?} exclude {excl:?}");
+        }
+    }
+}
+
+/// Manual benchmark against the syscall floor (not run by default):
+/// `BK_FS_BENCH_DIR=/path/to/ctx cargo test --release --lib fs::walk::bench -- --ignored --nocapture`
+/// (patterns from `$BK_FS_BENCH_DIR/.dockerignore` if present).
+#[cfg(test)]
+mod bench {
+    use super::*;
+    use std::time::Instant;
+
+    /// The floor: list every directory and lstat every entry relative to it, nothing else.
+    fn floor(dir: &Path) -> usize {
+        let mut n = 0;
+        for d in std::fs::read_dir(dir).unwrap() {
+            let d = d.unwrap();
+            let md = d.metadata().unwrap();
+            n += 1;
+            if md.is_dir() {
+                n += floor(&d.path());
+            }
+        }
+        n
+    }
+
+    fn count_ok(w: Walker) -> usize {
+        w.fold(0, |n, e| {
+            e.unwrap();
+            n + 1
+        })
+    }
+
+    #[test]
+    #[ignore]
+    fn walk_vs_lstat_floor() {
+        let Ok(dir) = std::env::var("BK_FS_BENCH_DIR") else {
+            eprintln!("set BK_FS_BENCH_DIR");
+            return;
+        };
+        let dir = PathBuf::from(dir);
+        let ignore = std::fs::read_to_string(dir.join(".dockerignore")).unwrap_or_default();
+        let opts = WalkOptions {
+            exclude_patterns: crate::fs::parse_dockerignore(&ignore),
+            ..Default::default()
+        };
+        for round in 0..3 {
+            let t = Instant::now();
+            let n = floor(&dir);
+            let floor_t = t.elapsed();
+            let t = Instant::now();
+            let w = Walker::new(&dir, &WalkOptions::default()).unwrap();
+            let all = count_ok(w);
+            let all_t = t.elapsed();
+            let t = Instant::now();
+            let w = Walker::new(&dir, &WalkOptions::default())
+                .unwrap()
+                .with_xattrs(false);
+            let noxattr = count_ok(w);
+            let noxattr_t = t.elapsed();
+            let t = Instant::now();
+            let w = Walker::new(&dir, &opts).unwrap();
+            let filtered = count_ok(w);
+            let filtered_t = t.elapsed();
+            eprintln!(
+                "round {round}: floor {n} in {floor_t:?} | walker {all} in {all_t:?} ({:.2}x) | \
+                 no xattrs {noxattr} in {noxattr_t:?} ({:.2}x) | .dockerignore {filtered} in {filtered_t:?} ({:.2}x)",
+                all_t.as_secs_f64() / floor_t.as_secs_f64(),
+                noxattr_t.as_secs_f64() / floor_t.as_secs_f64(),
+                filtered_t.as_secs_f64() / floor_t.as_secs_f64(),
+            );
         }
     }
 }
