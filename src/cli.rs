@@ -59,6 +59,10 @@ pub struct DaemonArgs {
 pub enum Command {
     /// Build one image (like `docker buildx build`).
     Build(Box<BuildArgs>),
+    /// Build a project's targets (bk-build.toml or compose files), skipping unchanged ones.
+    Bake(BakeArgs),
+    /// Show what `bake` would build or skip, and why, without building.
+    Plan(PlanArgs),
     /// Show the daemon's version.
     Info,
     /// List the daemon's workers and platforms.
@@ -134,6 +138,42 @@ pub struct BuildArgs {
     /// Progress output: auto, tty, plain, rawjson, quiet.
     #[arg(long, default_value = "auto", env = "BUILDKIT_PROGRESS")]
     pub progress: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ProjectArgs {
+    /// Targets or groups to build (default: the `default` group, else every target).
+    pub targets: Vec<String>,
+    /// Project file(s): bk-build.toml or compose files; later files override earlier ones.
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct BakeArgs {
+    #[command(flatten)]
+    pub project: ProjectArgs,
+    /// Builds to run at once (default: the number of CPUs).
+    #[arg(short = 'j', long)]
+    pub jobs: Option<usize>,
+    /// Print the resolved project as JSON and exit.
+    #[arg(long)]
+    pub print: bool,
+    /// Write every target's result metadata as JSON to this file.
+    #[arg(long = "metadata-file", value_name = "FILE")]
+    pub metadata_file: Option<PathBuf>,
+    /// Progress output: auto, tty, plain, rawjson, quiet.
+    #[arg(long, default_value = "auto", env = "BUILDKIT_PROGRESS")]
+    pub progress: String,
+}
+
+#[derive(Args, Debug)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub project: ProjectArgs,
+    /// Output format: text or json.
+    #[arg(long, default_value = "text")]
+    pub format: String,
 }
 
 #[derive(Args, Debug)]
@@ -284,8 +324,132 @@ async fn run_build(daemon_args: &DaemonArgs, a: &BuildArgs) -> Result<BuildResul
     Ok(result)
 }
 
+fn load_project(a: &ProjectArgs) -> Result<crate::project::Project> {
+    let files = if a.files.is_empty() {
+        let cwd = std::env::current_dir().context("cannot read the current directory")?;
+        crate::project::discover(&cwd)?
+    } else {
+        a.files.clone()
+    };
+    let env = |k: &str| std::env::var(k).ok();
+    let project = crate::project::load(&files, &env)?;
+    for w in &project.warnings {
+        eprintln!("WARNING: {w}");
+    }
+    Ok(project)
+}
+
+/// Opens the project's state (taking its lock) and plans the run.
+async fn plan_project(
+    daemon_args: &DaemonArgs,
+    a: &ProjectArgs,
+) -> Result<(
+    crate::project::Project,
+    crate::fingerprint::StateStore,
+    crate::bake::BakePlan,
+    Option<Daemon>,
+)> {
+    let project = load_project(a)?;
+    let state = crate::fingerprint::StateStore::open(&project.root)?;
+    // The daemon is only needed to check images loaded into a Docker Engine; a plan that
+    // cannot reach it still works from the registry and the recorded state. Connecting costs
+    // a round trip or two, so a project that only pushes does not pay it to decide a no-op.
+    let loads_into_engine = project
+        .targets
+        .values()
+        .any(|t| t.load || (!t.push && t.outputs.is_empty() && !t.tags.is_empty()));
+    let daemon = if loads_into_engine {
+        daemon_args.connect().await.ok()
+    } else {
+        None
+    };
+    let plan = crate::bake::plan(&project, &a.targets, &state, daemon.as_ref()).await?;
+    Ok((project, state, plan, daemon))
+}
+
+fn print_plan(plan: &crate::bake::BakePlan, format: &str) -> Result<()> {
+    match format {
+        "json" => {
+            let v: Vec<&crate::bake::TargetPlan> = plan.ordered().collect();
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        "text" => {
+            let width = plan.ordered().map(|t| t.name.len()).max().unwrap_or(0);
+            for t in plan.ordered() {
+                let action = match t.action {
+                    crate::bake::Action::Build => "build",
+                    crate::bake::Action::Skip => "skip ",
+                };
+                println!("{:<width$}  {action}  {}", t.name, t.reasons.join("; "));
+            }
+        }
+        other => anyhow::bail!("--format {other}: use text or json"),
+    }
+    Ok(())
+}
+
+async fn run_bake(daemon_args: &DaemonArgs, a: &BakeArgs) -> Result<bool> {
+    if a.print {
+        let project = load_project(&a.project)?;
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&crate::project::to_json(&project))?
+        );
+        return Ok(true);
+    }
+    let mode: Mode = a.progress.parse()?;
+    let (project, state, plan, daemon) = plan_project(daemon_args, &a.project).await?;
+    let jobs = a.jobs.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    });
+    let all_skipped = plan
+        .ordered()
+        .all(|t| t.action == crate::bake::Action::Skip);
+    let daemon = match daemon {
+        Some(d) => Some(d),
+        None if all_skipped => None,
+        // Connect again to report the real error.
+        None => Some(daemon_args.connect().await?),
+    };
+    let (progress, task) = Progress::start(mode, Box::new(std::io::stderr()));
+    let results = match &daemon {
+        Some(d) => crate::bake::execute(d, &project, &plan, &state, jobs, &progress).await,
+        // Nothing to build: no daemon needed.
+        None => crate::bake::skipped_results(&plan),
+    };
+    drop(progress);
+    task.finish().await;
+    eprintln!(
+        "\n{}",
+        crate::progress::summary_table(&crate::bake::summary_rows(&results))
+    );
+    let mut ok = true;
+    for r in &results {
+        if let Some(e) = &r.error {
+            ok = false;
+            eprintln!("[{}] {}", r.name, e);
+        }
+    }
+    if let Some(m) = &a.metadata_file {
+        let doc = serde_json::to_vec_pretty(&crate::bake::metadata_json(&results))?;
+        write_atomic(m, &doc)?;
+    }
+    Ok(ok)
+}
+
 async fn run(cli: Cli) -> Result<()> {
     match &cli.command {
+        Command::Bake(a) => {
+            if !run_bake(&cli.daemon, a).await? {
+                anyhow::bail!("some targets failed (see above)");
+            }
+        }
+        Command::Plan(a) => {
+            let (_project, _state, plan, _daemon) = plan_project(&cli.daemon, &a.project).await?;
+            print_plan(&plan, &a.format)?;
+        }
         Command::Build(a) => {
             let r = run_build(&cli.daemon, a).await?;
             if let Some(d) = r.image_digest() {

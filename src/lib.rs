@@ -3,6 +3,7 @@
 //! The data flow, one module per step: [`project`] (config) → [`graph`] → [`fingerprint`] →
 //! [`build`] (session + solve, over [`transport`]) → [`progress`] → results.
 
+pub mod bake;
 pub mod build;
 pub mod cli;
 pub mod client;
@@ -13,5 +14,6 @@ pub mod options;
 pub mod progress;
 pub mod project;
 pub mod proto;
+pub mod registry;
 pub mod session;
 pub mod transport;
