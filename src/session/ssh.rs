@@ -166,10 +166,12 @@ impl Ssh for SshForwarder {
         .await
         {
             Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Err(Status::unavailable(format!(
+            Ok(Err(e)) => {
+                return Err(Status::unavailable(format!(
                 "cannot connect to ssh agent {} for --ssh {id}: {e}; is the agent still running?",
                 path.display()
-            ))),
+            )))
+            }
             Err(_) => {
                 return Err(Status::unavailable(format!(
                     "ssh agent {} for --ssh {id} did not accept a connection within {} s",
