@@ -157,6 +157,7 @@ pub async fn plan(
         scans.insert(name.clone(), s);
     }
     let external = resolve_external(&external).await;
+    let mut to_check: Vec<(String, TargetRecord)> = Vec::new();
 
     for name in &gplan.order {
         let t = &project.targets[name];
@@ -214,14 +215,16 @@ pub async fn plan(
                 }
                 (Action::Build, r, None)
             }
-            Some(prev) => match output_missing(t, prev, daemon).await {
-                Some(why) => (Action::Build, vec![why], None),
-                None => (
+            Some(prev) => {
+                // Provisional: whether the output still exists is checked below, for all
+                // such targets at once (registry round trips overlap).
+                to_check.push((name.clone(), prev.clone()));
+                (
                     Action::Skip,
                     vec!["unchanged".to_string()],
                     prev.image_digest.clone(),
-                ),
-            },
+                )
+            }
         };
         targets.insert(
             name.clone(),
@@ -234,6 +237,19 @@ pub async fn plan(
                 fp: Some(fp),
             },
         );
+    }
+    let checks = futures_util::future::join_all(
+        to_check
+            .iter()
+            .map(|(name, prev)| output_missing(&project.targets[name], prev, daemon)),
+    )
+    .await;
+    for ((name, _), missing) in to_check.iter().zip(checks) {
+        if let (Some(why), Some(tp)) = (missing, targets.get_mut(name)) {
+            tp.action = Action::Build;
+            tp.reasons = vec![why];
+            tp.digest = None;
+        }
     }
     state.save_stat_cache()?;
     Ok(BakePlan {
