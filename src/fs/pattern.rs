@@ -233,11 +233,24 @@ impl PatternMatcher {
     }
 }
 
-/// Does `p` match one of the parent directories of `path`?
+/// Does `p` match one of the parent directories of `path`? Like patternmatcher, the parent is
+/// Go's `filepath.Dir` (which cleans), split at each `/`.
 fn parent_matches(p: &Pattern, path: &str) -> bool {
-    path.match_indices('/')
-        .enumerate()
-        .any(|(n, (idx, _))| p.is_match(&path[..idx], n))
+    if !path.contains('/') {
+        return false;
+    }
+    let parent = go_dir(path);
+    if parent == "." {
+        return false;
+    }
+    let mut slashes = 0;
+    for (idx, _) in parent.match_indices('/') {
+        if p.is_match(&parent[..idx], slashes) {
+            return true;
+        }
+        slashes += 1;
+    }
+    p.is_match(&parent, slashes)
 }
 
 /// Builds one pattern: the match kind and regular expression patternmatcher would build for it.
@@ -282,7 +295,10 @@ fn compile(text: String, exception: bool) -> Result<Pattern, String> {
                 body.push_str("[^/]");
                 kind = Kind::Regexp;
             }
-            '.' | '+' | '(' | ')' | '|' | '{' | '}' | '$' => {
+            // patternmatcher means to escape `.+()|{}$`, but its bitmap drops every byte >= 64,
+            // so `|`, `{` and `}` reach the regular expression raw: `a*|b*` is an alternation
+            // and `x{2}` a repetition there, and therefore here too.
+            '.' | '+' | '(' | ')' | '$' => {
                 body.push('\\');
                 body.push(ch);
             }
@@ -326,18 +342,22 @@ fn compile(text: String, exception: bool) -> Result<Pattern, String> {
     if kind == Kind::Regexp {
         let atoms = parse_go_regex(&body)?;
         let mut full = String::with_capacity(body.len() + 8);
-        full.push('^');
         for a in &atoms {
             full.push_str(&a.text);
         }
         full.push('$');
         pattern.regex =
             Some(Regex::new(&full).map_err(|e| format!("bad regular expression: {e}"))?);
-        // Deeply nested prefix expressions can exceed the regex crate's nesting limit; then
-        // we simply lose the "skip this subtree" optimisation for this pattern.
-        pattern.prefix_regex = Regex::new(&prefix_regex_source(&atoms)).ok();
-        if can_fix_slashes {
-            pattern.fixed_slashes = Some(slashes);
+        // A top-level `|` makes the anchors apply to the first and last alternative only (the
+        // match may start or end anywhere): no shortcut is safe then.
+        // Same when the leading `^` itself got repeated (`{2}*` compiles to `^{2}...`).
+        if !atoms.iter().any(|a| a.kind == AtomKind::Alternation) && !atoms[0].quantified {
+            // Deeply nested prefix expressions can exceed the regex crate's nesting limit;
+            // then we simply lose the "skip this subtree" optimisation for this pattern.
+            pattern.prefix_regex = Regex::new(&prefix_regex_source(&atoms[1..])).ok();
+            if can_fix_slashes {
+                pattern.fixed_slashes = Some(slashes);
+            }
         }
     }
     Ok(pattern)
@@ -349,6 +369,7 @@ struct Atom {
     /// Rust `regex` syntax for this element, quantifier included.
     text: String,
     kind: AtomKind,
+    quantified: bool,
 }
 
 #[derive(PartialEq, Eq)]
@@ -356,17 +377,33 @@ enum AtomKind {
     Char,
     Group,
     Anchor,
+    /// A raw top-level `|` (see [`compile`]).
+    Alternation,
 }
 
-/// Splits the RE2-syntax body patternmatcher would compile into atoms, rewriting what the two
-/// dialects read differently. Inside `[...]` Go treats `[`, `&`, `~` as plain characters while
-/// the regex crate uses them for nested classes and set operations, so they are escaped.
+/// Splits `^` + the RE2-syntax body patternmatcher would compile into atoms, rewriting what the two
+/// dialects read differently: inside `[...]` Go treats `[`, `&`, `~` as plain characters while
+/// the regex crate uses them for nested classes and set operations; a `{` that does not form a
+/// valid repetition is a literal in Go but an error in the regex crate. Errors are the ones Go
+/// reports (repetition without operand, nested repetition, count over 1000).
 fn parse_go_regex(body: &str) -> Result<Vec<Atom>, String> {
     let chars: Vec<char> = body.chars().collect();
-    let mut atoms: Vec<Atom> = Vec::new();
+    // patternmatcher's own leading `^`: a repetition at the very start applies to it.
+    let mut atoms: Vec<Atom> = vec![Atom {
+        text: "^".into(),
+        kind: AtomKind::Anchor,
+        quantified: false,
+    }];
     let mut i = 0;
     while i < chars.len() {
         let c = chars[i];
+        if c == '{' {
+            if let Some((text, len)) = repetition(&chars[i..])? {
+                apply_quantifier(&mut atoms, &text)?;
+                i += len;
+                continue;
+            }
+        }
         match c {
             '\\' => {
                 let Some(&next) = chars.get(i + 1) else {
@@ -375,6 +412,7 @@ fn parse_go_regex(body: &str) -> Result<Vec<Atom>, String> {
                 atoms.push(Atom {
                     text: escape_for_rust(next),
                     kind: AtomKind::Char,
+                    quantified: false,
                 });
                 i += 2;
             }
@@ -383,6 +421,7 @@ fn parse_go_regex(body: &str) -> Result<Vec<Atom>, String> {
                 atoms.push(Atom {
                     text,
                     kind: AtomKind::Char,
+                    quantified: false,
                 });
                 i = end;
             }
@@ -394,6 +433,7 @@ fn parse_go_regex(body: &str) -> Result<Vec<Atom>, String> {
                 atoms.push(Atom {
                     text: chars[i..=i + close].iter().collect(),
                     kind: AtomKind::Group,
+                    quantified: false,
                 });
                 i += close + 1;
             }
@@ -401,20 +441,27 @@ fn parse_go_regex(body: &str) -> Result<Vec<Atom>, String> {
                 atoms.push(Atom {
                     text: c.to_string(),
                     kind: AtomKind::Anchor,
+                    quantified: false,
                 });
                 i += 1;
             }
             '*' | '?' | '+' => {
-                match atoms.last_mut() {
-                    Some(last) if last.kind != AtomKind::Anchor => last.text.push(c),
-                    _ => return Err("missing argument to repetition operator".into()),
-                }
+                apply_quantifier(&mut atoms, &c.to_string())?;
                 i += 1;
             }
-            ']' => {
+            '|' => {
                 atoms.push(Atom {
-                    text: "\\]".into(),
+                    text: "|".into(),
+                    kind: AtomKind::Alternation,
+                    quantified: false,
+                });
+                i += 1;
+            }
+            ']' | '{' | '}' => {
+                atoms.push(Atom {
+                    text: format!("\\{c}"),
                     kind: AtomKind::Char,
+                    quantified: false,
                 });
                 i += 1;
             }
@@ -422,6 +469,7 @@ fn parse_go_regex(body: &str) -> Result<Vec<Atom>, String> {
                 atoms.push(Atom {
                     text: ".".into(),
                     kind: AtomKind::Char,
+                    quantified: false,
                 });
                 i += 1;
             }
@@ -429,12 +477,54 @@ fn parse_go_regex(body: &str) -> Result<Vec<Atom>, String> {
                 atoms.push(Atom {
                     text: regex::escape(&c.to_string()),
                     kind: AtomKind::Char,
+                    quantified: false,
                 });
                 i += 1;
             }
         }
     }
     Ok(atoms)
+}
+
+/// Attaches a repetition operator to the previous atom, rejecting what Go's parser rejects
+/// (it accepts repeated anchors such as `^*`; so does the regex crate, with the same meaning).
+fn apply_quantifier(atoms: &mut [Atom], op: &str) -> Result<(), String> {
+    match atoms.last_mut() {
+        Some(last) if last.kind != AtomKind::Alternation => {
+            if last.quantified {
+                return Err(format!("invalid nested repetition operator {op:?}"));
+            }
+            last.text.push_str(op);
+            last.quantified = true;
+            Ok(())
+        }
+        _ => Err(format!("missing argument to repetition operator {op:?}")),
+    }
+}
+
+/// An RE2 counted repetition (`{n}`, `{n,}`, `{n,m}`) at the start of `chars`: its text and
+/// length; `None` when the braces are literal text.
+fn repetition(chars: &[char]) -> Result<Option<(String, usize)>, String> {
+    let close = match chars.iter().position(|c| *c == '}') {
+        Some(p) => p,
+        None => return Ok(None),
+    };
+    let inner: String = chars[1..close].iter().collect();
+    let (min, max) = match inner.split_once(',') {
+        Some((a, b)) => (a, Some(b)),
+        None => (inner.as_str(), None),
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(min) || max.is_some_and(|m| !m.is_empty() && !digits(m)) {
+        return Ok(None);
+    }
+    let count = |s: &str| s.parse::<u32>().unwrap_or(u32::MAX);
+    let lo = count(min);
+    let hi = max.filter(|m| !m.is_empty()).map(count);
+    if lo > 1000 || hi.is_some_and(|h| h > 1000 || h < lo) {
+        return Err(format!("invalid repeat count {{{inner}}}"));
+    }
+    Ok(Some((format!("{{{inner}}}"), close + 1)))
 }
 
 /// `\c` from the Go expression in Rust syntax: punctuation becomes a plain (escaped if needed)
@@ -1158,6 +1248,86 @@ mod tests {
         let m = pm(&["dir", "!dir/*.txt"]);
         assert!(m.may_reinclude_inside("dir"));
         assert!(!m.may_reinclude_inside("dir/sub"));
+    }
+
+    /// Golden vectors produced by the real moby/patternmatcher (see
+    /// `testdata/gen_patternmatcher_vectors.go.txt`): which lists Go rejects, and for each path
+    /// both `MatchesOrParentMatches` and the incremental form fsutil's walk uses.
+    #[test]
+    fn agrees_with_real_patternmatcher() {
+        let data = include_str!("testdata/patternmatcher_vectors.jsonl");
+        let (mut cases, mut checked) = (0, 0);
+        for (n, line) in data.lines().enumerate() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let pats: Vec<String> = v["p"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p.as_str().unwrap().to_owned())
+                .collect();
+            let bad = v["bad"].as_bool().unwrap_or(false);
+            let m = PatternMatcher::new(&pats);
+            if bad {
+                assert!(m.is_err(), "line {}: Go rejects {pats:?}", n + 1);
+                continue;
+            }
+            let m = m.unwrap_or_else(|e| panic!("line {}: Go accepts {pats:?}: {e}", n + 1));
+            cases += 1;
+            for pair in v["m"].as_array().unwrap() {
+                let path = pair[0].as_str().unwrap();
+                let bits = pair[1].as_str().unwrap().as_bytes();
+                assert_eq!(
+                    m.matches(path),
+                    bits[0] == b'1',
+                    "line {}: MatchesOrParentMatches({pats:?}, {path:?})",
+                    n + 1
+                );
+                assert_eq!(
+                    eval_walk(&m, path),
+                    bits[1] == b'1',
+                    "line {}: incremental match of {pats:?} against {path:?}",
+                    n + 1
+                );
+                // The subtree-skipping answers must never deny a real match below a directory.
+                for p in &m.patterns {
+                    if p.is_match(path, path.matches('/').count()) {
+                        for (idx, _) in path.match_indices('/') {
+                            assert!(
+                                p.may_match_below(&path[..=idx]),
+                                "line {}: {:?} matches {path:?} below {:?}",
+                                n + 1,
+                                p.text,
+                                &path[..idx]
+                            );
+                        }
+                    }
+                }
+                checked += 1;
+            }
+        }
+        assert!(
+            cases > 1000 && checked > 10_000,
+            "{cases} cases, {checked} paths"
+        );
+    }
+
+    #[test]
+    fn unescaped_alternation_and_braces_like_go() {
+        // `|` is a raw alternation in the regular expression patternmatcher builds.
+        let m = pm(&["a*|b*"]);
+        assert!(m.matches("zb"));
+        assert!(m.matches("ax/y/z"));
+        assert!(!m.matches("zz"));
+        // Without a wildcard the pattern is an exact string: `|` is just a character.
+        assert!(pm(&["a|b"]).matches("a|b"));
+        // `{n}` repeats; braces that are not a repetition are literal.
+        assert!(pm(&["*x{2}"]).matches("axx"));
+        assert!(!pm(&["*x{2}"]).matches("ax"));
+        assert!(pm(&["*.{js,ts}"]).matches("a.{js,ts}"));
+        assert!(!pm(&["*.{js,ts}"]).matches("a.js"));
+        for bad in ["*{2}", "*a{1001}", "*a{3,2}"] {
+            assert!(PatternMatcher::new(&[bad.to_owned()]).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
