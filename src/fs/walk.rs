@@ -283,8 +283,11 @@ impl Walker {
         let keep_handles = self.stack.len() < MAX_OPEN_LISTINGS;
 
         if filtered_out {
-            // Only directories get here: look inside for re-included entries, without
-            // emitting the directory unless one turns up.
+            if !item.is_dir {
+                return Ok(());
+            }
+            // Look inside for re-included entries, without emitting the directory unless
+            // one turns up.
             let abs = self.abs(&self.path);
             match self.list_dir(&abs, keep_handles) {
                 Ok(items) => self.push_frame(items, depth, incl_rec, excl_rec, false),
@@ -649,10 +652,16 @@ mod tests {
                 "keep/node_modules/x",
                 "dir/sub/deep/f",
                 "dir/keep.txt",
+                "dir/drop.txt",
                 "src/m.rs",
+                "top.txt",
             ],
         );
-        let mut w = Walker::new(r, &excludes(&["node_modules", "dir", "!dir/keep.txt"])).unwrap();
+        let mut w = Walker::new(
+            r,
+            &excludes(&["node_modules", "dir", "!dir/keep.txt", "top.txt"]),
+        )
+        .unwrap();
         let paths: Vec<String> = w.by_ref().map(|e| e.unwrap().rel_path).collect();
         assert_eq!(
             paths,
@@ -677,6 +686,13 @@ mod tests {
         let paths: Vec<String> = w.by_ref().map(|e| e.unwrap().rel_path).collect();
         assert_eq!(paths, s(&["src", "src/m.rs"]));
         assert_eq!(w.listed_dirs, s(&["", "src"]));
+    }
+
+    #[test]
+    fn walker_can_move_to_a_blocking_thread() {
+        fn assert_send<T: Send>() {}
+        assert_send::<Walker>();
+        assert_send::<PatternMatcher>();
     }
 
     #[test]
