@@ -71,6 +71,9 @@ pub enum Command {
     Du(DuArgs),
     /// Remove build cache.
     Prune(PruneArgs),
+    /// Benchmark support: time to lstat, and to blake3, every input file under DIR (JSON).
+    #[command(hide = true)]
+    BenchFloor { dir: PathBuf },
 }
 
 #[derive(Args, Debug, Default)]
@@ -455,6 +458,19 @@ async fn run(cli: Cli) -> Result<()> {
             if let Some(d) = r.image_digest() {
                 println!("{d}");
             }
+        }
+        Command::BenchFloor { dir } => {
+            let t = crate::fingerprint::bench_floor(dir)?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "lstat_s": t.lstat_all.as_secs_f64(),
+                    "hash_s": t.hash_all.as_secs_f64(),
+                    "entries": t.entries,
+                    "files": t.files,
+                    "bytes": t.bytes,
+                })
+            );
         }
         Command::Info => {
             let d = cli.daemon.connect().await?;
