@@ -206,7 +206,7 @@ fn resolve_names(project: &Project, names: &[String]) -> Result<BTreeSet<String>
                 .chain(project.groups.keys())
                 .map(String::as_str)
                 .collect();
-            let hint = closest(n, &known)
+            let hint = crate::project::suggest(n, known.iter().copied())
                 .map(|s| format!(" (did you mean `{s}`?)"))
                 .unwrap_or_default();
             return Err(GraphError::Unknown {
@@ -217,29 +217,6 @@ fn resolve_names(project: &Project, names: &[String]) -> Result<BTreeSet<String>
         }
     }
     Ok(out)
-}
-
-fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
-    let dist = |a: &str, b: &str| {
-        let b: Vec<char> = b.chars().collect();
-        let mut prev: Vec<usize> = (0..=b.len()).collect();
-        for (i, ca) in a.chars().enumerate() {
-            let mut cur = vec![i + 1; b.len() + 1];
-            for (j, cb) in b.iter().enumerate() {
-                cur[j + 1] = (prev[j] + usize::from(ca != *cb))
-                    .min(prev[j + 1] + 1)
-                    .min(cur[j] + 1);
-            }
-            prev = cur;
-        }
-        prev[b.len()]
-    };
-    candidates
-        .iter()
-        .map(|c| (dist(word, c), *c))
-        .filter(|(d, c)| *d <= 2.max(c.len() / 4))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c)
 }
 
 /// Canonical tag → (target, tag as written).
