@@ -287,15 +287,7 @@ async fn receive_dir(
             Ok(PacketType::PacketStat) => {
                 let Some(st) = p.stat else {
                     stats_done = true;
-                    if pending.is_empty() && !fin_sent {
-                        finish_dirs(&dirs);
-                        send(Packet {
-                            r#type: PacketType::PacketFin as i32,
-                            ..Default::default()
-                        })
-                        .await?;
-                        fin_sent = true;
-                    }
+                    maybe_finish(stats_done, &pending, &mut fin_sent, &dirs, &send).await?;
                     continue;
                 };
                 let this_id = id;
@@ -374,15 +366,7 @@ async fn receive_dir(
                         .map_err(|e| format!("writing {}: {e}", f.path.display()))?;
                         set_mtime(&f.path, f.mtime, true);
                     }
-                    if stats_done && pending.is_empty() && !fin_sent {
-                        finish_dirs(&dirs);
-                        send(Packet {
-                            r#type: PacketType::PacketFin as i32,
-                            ..Default::default()
-                        })
-                        .await?;
-                        fin_sent = true;
-                    }
+                    maybe_finish(stats_done, &pending, &mut fin_sent, &dirs, &send).await?;
                 }
             }
             Ok(PacketType::PacketFin) => break,
@@ -397,6 +381,31 @@ async fn receive_dir(
     }
     if !fin_sent {
         return Err("export stream ended before all files arrived".into());
+    }
+    Ok(())
+}
+
+/// Once every STAT arrived and every requested file is written: fix directory mtimes and
+/// tell the sender we are done (FIN), exactly once.
+async fn maybe_finish<F, Fut>(
+    stats_done: bool,
+    pending: &HashMap<u32, PendingFile>,
+    fin_sent: &mut bool,
+    dirs: &[(PathBuf, i64)],
+    send: &F,
+) -> Result<(), String>
+where
+    F: Fn(Packet) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    if stats_done && pending.is_empty() && !*fin_sent {
+        finish_dirs(dirs);
+        send(Packet {
+            r#type: PacketType::PacketFin as i32,
+            ..Default::default()
+        })
+        .await?;
+        *fin_sent = true;
     }
     Ok(())
 }
