@@ -15,7 +15,6 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
@@ -257,12 +256,8 @@ impl Session {
         }
         let tasks = std::mem::take(&mut self.tasks);
         let all = futures_util::future::join_all(tasks);
-        if tokio::time::timeout(std::time::Duration::from_secs(5), all)
-            .await
-            .is_err()
-        {
-            // The daemon did not close its side; dropping aborts our end.
-        }
+        // If the daemon does not close its side in time, Drop aborts ours.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), all).await;
         self.export_errors
             .lock()
             .map(|v| v.clone())
@@ -289,6 +284,3 @@ where
     tokio::spawn(producer(tx));
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
-
-/// Convenience for tests and callers that need the raw bytes type.
-pub type RawBytes = Bytes;
