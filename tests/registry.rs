@@ -62,8 +62,10 @@ fn missing_tag_and_missing_repository_are_none() {
     );
     let repo = unique("no-such-repo");
     assert_eq!(
-        rt.block_on(manifest_digest(&format!("localhost:5000/{repo}/img:latest")))
-            .unwrap(),
+        rt.block_on(manifest_digest(&format!(
+            "localhost:5000/{repo}/img:latest"
+        )))
+        .unwrap(),
         None
     );
 }
@@ -95,7 +97,10 @@ fn retag_makes_a_new_tag_for_the_same_manifest_without_a_build() {
     // By digest works too; a missing source is a clear NotFound.
     let third = format!("{repo}:third");
     let by_digest = format!("{repo}@{expected}");
-    assert_eq!(rt.block_on(tag_existing(&by_digest, &third)).unwrap(), expected);
+    assert_eq!(
+        rt.block_on(tag_existing(&by_digest, &third)).unwrap(),
+        expected
+    );
     let err = rt
         .block_on(tag_existing(&format!("{repo}:nope"), &third))
         .unwrap_err();
