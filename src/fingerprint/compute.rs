@@ -10,8 +10,8 @@ use std::sync::Mutex;
 use std::thread::Scope;
 
 use super::cache::{FileStat, StatCache};
-use super::codec::{prefix16, put_i64, put_str, put_u32, Hash16};
-use super::manifest::{Manifest, Section, FORMAT_VERSION};
+use super::codec::{prefix16, put_i64, Hash16};
+use super::manifest::{FileRec, Manifest, Section, FORMAT_VERSION};
 use super::FingerprintError;
 use crate::fs::stat::XattrReader;
 use crate::fs::{
@@ -164,7 +164,7 @@ fn section(
         .map_err(walk_err)?
         .with_xattrs(false);
 
-    let mut items: Vec<(String, Hash16)> = Vec::new();
+    let mut items: Vec<(String, FileRec)> = Vec::new();
     std::thread::scope(|scope| -> Result<(), FingerprintError> {
         let mut pool: Option<Pool> = None;
         for entry in walker {
@@ -176,7 +176,7 @@ fn section(
             }
             let stat = FileStat::from_entry(&e);
             if let Some(data) = cache.lookup(&e.abs_path, &stat) {
-                items.push((e.rel_path, file_record(e.mode, &data)));
+                items.push((e.rel_path, FileRec { mode: e.mode, data }));
                 continue;
             }
             let job = Job {
@@ -184,7 +184,13 @@ fn section(
                 path: e.abs_path,
                 stat,
             };
-            items.push((e.rel_path, [0; 16]));
+            items.push((
+                e.rel_path,
+                FileRec {
+                    mode: job.stat.mode,
+                    data: [0; 16],
+                },
+            ));
             let pool = pool.get_or_insert_with(|| Pool::start(scope, cache));
             pool.submit(job)?;
         }
@@ -192,7 +198,7 @@ fn section(
         let mut first_err = None;
         for done in pool.finish() {
             match done.result {
-                Ok(data) => items[done.idx].1 = file_record(done.mode, &data),
+                Ok(data) => items[done.idx].1.data = data,
                 Err(source) => {
                     first_err.get_or_insert(FingerprintError::Read {
                         target: input.target.clone(),
@@ -207,29 +213,20 @@ fn section(
     Ok(Section::new(name, label, items))
 }
 
-/// A regular file: its mode and the hash of its content and xattrs. Never its mtime, owner
-/// or path on disk: COPY results do not depend on them.
-fn file_record(mode: u32, data: &Hash16) -> Hash16 {
-    let mut h = blake3::Hasher::new();
-    put_str(&mut h, "file");
-    put_u32(&mut h, mode);
-    h.update(data);
-    prefix16(&h.finalize())
-}
-
-/// Directories contribute their mode, symlinks their target text, devices their numbers.
-fn other_record(e: &Entry) -> Hash16 {
-    let mut h = blake3::Hasher::new();
-    put_str(&mut h, "other");
-    put_u32(&mut h, e.mode);
-    if e.mode & MODE_SYMLINK != 0 {
-        put_str(&mut h, &e.linkname);
-    }
-    if e.mode & MODE_DEVICE != 0 {
+/// Directories contribute only their mode, symlinks their target text, devices their
+/// numbers. Never mtimes, owners or paths on disk: COPY results do not depend on them.
+fn other_record(e: &Entry) -> FileRec {
+    let data = if e.mode & MODE_SYMLINK != 0 {
+        prefix16(&blake3::hash(e.linkname.as_bytes()))
+    } else if e.mode & MODE_DEVICE != 0 {
+        let mut h = blake3::Hasher::new();
         put_i64(&mut h, e.devmajor);
         put_i64(&mut h, e.devminor);
-    }
-    prefix16(&h.finalize())
+        prefix16(&h.finalize())
+    } else {
+        [0; 16]
+    };
+    FileRec { mode: e.mode, data }
 }
 
 struct Job {
@@ -240,7 +237,6 @@ struct Job {
 
 struct Done {
     idx: usize,
-    mode: u32,
     path: PathBuf,
     result: io::Result<Hash16>,
 }
@@ -278,7 +274,6 @@ impl Pool {
                     let result = cache.hash_file(&job.path, &job.stat, &mut xattrs);
                     let done = Done {
                         idx: job.idx,
-                        mode: job.stat.mode,
                         path: job.path,
                         result,
                     };
@@ -400,7 +395,7 @@ mod tests {
                 fs::set_permissions(p.join("svc/app/main.py"), fs::Permissions::from_mode(0o755))
                     .unwrap()
             },
-            "svc/app/main.py changed",
+            "svc/app/main.py mode changed (0644 → 0755)",
         );
         step(
             &|| {

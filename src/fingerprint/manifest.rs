@@ -5,10 +5,11 @@
 use std::collections::BTreeMap;
 
 use super::codec::{put_len, put_str, put_u32, DecodeError, Hash16, Reader, Sink};
+use crate::fs::MODE_PERM;
 
 /// Bumped whenever what goes into a key, or how, changes; an old state then explains itself as
 /// "fingerprint format changed" and every target is rebuilt once.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// The reason [`explain`]'s callers give when there is no previous record at all.
 pub const NO_PREVIOUS_BUILD: &str = "no previous build";
@@ -28,6 +29,15 @@ pub struct Manifest {
     pub(crate) sections: Vec<Section>,
 }
 
+/// What one entry contributes: its Go mode bits (type and permissions) and a hash of its data
+/// (content and xattrs for a regular file, target for a symlink, numbers for a device, zeros
+/// for a directory). Kept apart so an explanation can tell a chmod from an edit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileRec {
+    pub(crate) mode: u32,
+    pub(crate) data: Hash16,
+}
+
 /// The filtered files of one context directory, sorted by path bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Section {
@@ -38,13 +48,13 @@ pub(crate) struct Section {
     pub(crate) label: String,
     /// All paths concatenated; one allocation instead of one per file.
     paths: String,
-    /// End offset of each path in `paths`, and the file's record hash.
-    files: Vec<(u32, Hash16)>,
+    /// End offset of each path in `paths`, and the entry's record.
+    files: Vec<(u32, FileRec)>,
 }
 
 impl Section {
     /// `items` in any order; duplicates are not expected (the walk never repeats a path).
-    pub(crate) fn new(name: String, label: String, mut items: Vec<(String, Hash16)>) -> Section {
+    pub(crate) fn new(name: String, label: String, mut items: Vec<(String, FileRec)>) -> Section {
         items.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
         let total: usize = items.iter().map(|(p, _)| p.len()).sum();
         let mut paths = String::with_capacity(total);
@@ -65,7 +75,7 @@ impl Section {
         self.files.len()
     }
 
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &Hash16)> + '_ {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &FileRec)> + '_ {
         let mut start = 0usize;
         self.files.iter().map(move |(end, h)| {
             let end = *end as usize;
@@ -137,7 +147,8 @@ impl Manifest {
                 let shared = common_prefix(prev, path);
                 put_len(s, shared as u64);
                 put_str(s, &path[shared..]);
-                s.put(h);
+                put_u32(s, h.mode);
+                s.put(&h.data);
                 prev = path;
             }
         }
@@ -171,7 +182,10 @@ impl Manifest {
             for _ in 0..nfiles {
                 let shared = r.len()?;
                 let suffix = r.str()?;
-                let h = r.array()?;
+                let h = FileRec {
+                    mode: r.u32()?,
+                    data: r.array()?,
+                };
                 let prev = &paths[prev_start..];
                 if shared > prev.len() || !prev.is_char_boundary(shared) {
                     return Err(DecodeError("bad path prefix"));
@@ -328,8 +342,10 @@ fn diff_maps(
 }
 
 fn diff_files(out: &mut Vec<String>, old: &Section, new: &Section) {
-    let (mut changed, mut added, mut removed) =
-        (Tally::default(), Tally::default(), Tally::default());
+    let mut changed = Tally::default();
+    let mut chmod = Tally::default();
+    let mut added = Tally::default();
+    let mut removed = Tally::default();
     let mut a = old.iter().peekable();
     let mut b = new.iter().peekable();
     loop {
@@ -353,8 +369,17 @@ fn diff_files(out: &mut Vec<String>, old: &Section, new: &Section) {
                     b.next();
                 }
                 std::cmp::Ordering::Equal => {
-                    if ha != hb {
+                    if ha.data != hb.data || (ha.mode ^ hb.mode) & !MODE_PERM != 0 {
                         changed.note(new, pb);
+                    } else if ha.mode != hb.mode {
+                        chmod.note(new, pb);
+                        chmod.detail.get_or_insert_with(|| {
+                            format!(
+                                "({:04o} → {:04o})",
+                                ha.mode & MODE_PERM,
+                                hb.mode & MODE_PERM
+                            )
+                        });
                     }
                     a.next();
                     b.next();
@@ -363,6 +388,7 @@ fn diff_files(out: &mut Vec<String>, old: &Section, new: &Section) {
         }
     }
     changed.report(out, "changed");
+    chmod.report(out, "mode changed");
     added.report(out, "added");
     removed.report(out, "removed");
 }
@@ -371,6 +397,8 @@ fn diff_files(out: &mut Vec<String>, old: &Section, new: &Section) {
 struct Tally {
     count: usize,
     example: Option<String>,
+    /// Shown after the verb when exactly one entry is affected.
+    detail: Option<String>,
 }
 
 impl Tally {
@@ -384,7 +412,10 @@ impl Tally {
     fn report(self, out: &mut Vec<String>, verb: &str) {
         match (self.count, self.example) {
             (0, _) | (_, None) => {}
-            (1, Some(p)) => out.push(format!("{p} {verb}")),
+            (1, Some(p)) => match self.detail {
+                Some(d) => out.push(format!("{p} {verb} {d}")),
+                None => out.push(format!("{p} {verb}")),
+            },
             (n, Some(p)) => out.push(format!("{n} files {verb} (e.g. {p})")),
         }
     }
@@ -397,7 +428,13 @@ mod tests {
     pub(crate) fn manifest(files: &[(&str, u8)]) -> Manifest {
         let items = files
             .iter()
-            .map(|(p, h)| (p.to_string(), [*h; 16]))
+            .map(|(p, h)| {
+                let rec = FileRec {
+                    mode: 0o644,
+                    data: [*h; 16],
+                };
+                (p.to_string(), rec)
+            })
             .collect();
         Manifest {
             format: FORMAT_VERSION,
@@ -429,7 +466,13 @@ mod tests {
         m.sections.push(Section::new(
             "luamods".into(),
             "src/luamods".into(),
-            vec![("init.lua".into(), [9; 16])],
+            vec![(
+                "init.lua".into(),
+                FileRec {
+                    mode: 0o755,
+                    data: [9; 16],
+                },
+            )],
         ));
         let bytes = m.encode();
         let back = Manifest::decode(&bytes).unwrap();
