@@ -81,10 +81,102 @@ const FILE_VERSION: u32 = 2;
 const RECORD_LEN: usize = 72;
 const RECORDS_PER_BLOCK: usize = 910;
 
-/// Paths are keyed by a 64-bit blake3 prefix of the absolute path: no path strings are kept in
-/// memory (~72 bytes per file instead of ~200), and a false hit would additionally need the
-/// same inode, device, size, mtime and ctime.
-type Map = HashMap<u64, Slot, BuildHasherDefault<KeyHasher>>;
+type Index = HashMap<u64, u32, BuildHasherDefault<KeyHasher>>;
+
+/// The remembered files, in the order they were last used. Paths are kept only as 64-bit keys
+/// (~80 bytes per file instead of ~200).
+///
+/// A no-op run looks files up in walk order, which is the order the table was saved in, so
+/// the next lookup is almost always at the position after the previous hit: checking that
+/// position first turns a cache-missing hash-table probe per file into a sequential scan, and
+/// the key index is only built when a guess fails.
+#[derive(Default)]
+struct Table {
+    keys: Vec<u64>,
+    slots: Vec<Slot>,
+    /// When each slot was last used in this process (0 = not yet); decides the saved order.
+    used: Vec<u32>,
+    clock: u32,
+    /// Position after the last hit: the guess for the next lookup.
+    next: usize,
+    index: Option<Index>,
+    hits: u64,
+    mispredicted: u64,
+}
+
+impl Table {
+    fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    fn push(&mut self, key: u64, slot: Slot) {
+        if let Some(index) = &mut self.index {
+            index.insert(key, self.keys.len() as u32);
+        }
+        self.keys.push(key);
+        self.slots.push(slot);
+        self.used.push(0);
+    }
+
+    fn position(&mut self, key: u64) -> Option<usize> {
+        if self.keys.get(self.next) == Some(&key) {
+            return Some(self.next);
+        }
+        if self.index.is_none() {
+            let mut index = Index::with_capacity_and_hasher(self.keys.len(), Default::default());
+            for (i, k) in self.keys.iter().enumerate() {
+                index.insert(*k, i as u32);
+            }
+            self.index = Some(index);
+        }
+        let i = *self.index.as_ref()?.get(&key)? as usize;
+        self.mispredicted += 1;
+        Some(i)
+    }
+
+    fn touch(&mut self, i: usize) {
+        self.clock = self.clock.saturating_add(1);
+        self.used[i] = self.clock;
+        self.next = i + 1;
+    }
+
+    fn get_mut(&mut self, key: u64) -> Option<&mut Slot> {
+        let i = self.position(key)?;
+        self.hits += 1;
+        self.touch(i);
+        Some(&mut self.slots[i])
+    }
+
+    fn upsert(&mut self, key: u64, slot: Slot) {
+        let i = match self.position(key) {
+            Some(i) => {
+                self.slots[i] = slot;
+                i
+            }
+            None => {
+                self.push(key, slot);
+                self.keys.len() - 1
+            }
+        };
+        self.touch(i);
+    }
+
+    /// True when this run's lookups mostly missed their guessed position: saving would put
+    /// the table in walk order again.
+    fn out_of_order(&self) -> bool {
+        self.mispredicted > 64 && self.mispredicted * 8 > self.hits
+    }
+
+    /// Slot positions in save order: by last use, unused ones last in their old order.
+    fn save_order(&self) -> Vec<u32> {
+        let mut order: Vec<u32> = (0..self.keys.len() as u32).collect();
+        order.sort_by_key(|&i| match self.used[i as usize] {
+            0 => u32::MAX,
+            t => t,
+        });
+        order
+    }
+}
 
 /// Keys are already uniformly distributed hashes; hashing them again would be wasted work.
 #[derive(Default)]
@@ -135,7 +227,7 @@ fn path_key(path: &Path) -> u64 {
 /// Absolute path → (lstat fields, hash of content and xattrs). Shareable between threads:
 /// targets can be fingerprinted concurrently against one cache.
 pub struct StatCache {
-    map: Mutex<Map>,
+    table: Mutex<Table>,
     dirty: std::sync::atomic::AtomicBool,
     hashes: AtomicU64,
     bytes_hashed: AtomicU64,
@@ -162,12 +254,12 @@ impl std::fmt::Debug for StatCache {
 impl StatCache {
     /// An empty cache (every file is read once).
     pub fn new() -> Self {
-        Self::with_map(Map::default())
+        Self::with_table(Table::default())
     }
 
-    fn with_map(map: Map) -> Self {
+    fn with_table(table: Table) -> Self {
         StatCache {
-            map: Mutex::new(map),
+            table: Mutex::new(table),
             dirty: false.into(),
             hashes: AtomicU64::new(0),
             bytes_hashed: AtomicU64::new(0),
@@ -200,10 +292,10 @@ impl StatCache {
         self.racy_window = Some(window);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Map> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
         // A panic while holding the lock cannot leave a half-updated slot (slots are Copy and
-        // written whole), so a poisoned map is still valid.
-        self.map
+        // written whole), so a poisoned table is still valid.
+        self.table
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -211,8 +303,8 @@ impl StatCache {
     /// The remembered data hash of `abs_path`, if its stat is unchanged.
     pub(crate) fn lookup(&self, abs_path: &Path, stat: &FileStat) -> Option<Hash16> {
         let key = path_key(abs_path);
-        let mut map = self.lock();
-        let slot = map.get_mut(&key)?;
+        let mut table = self.lock();
+        let slot = table.get_mut(key)?;
         if slot.stat != *stat {
             return None;
         }
@@ -271,7 +363,7 @@ impl StatCache {
                 day: self.today,
                 data,
             };
-            self.lock().insert(path_key(abs_path), slot);
+            self.lock().upsert(path_key(abs_path), slot);
             self.dirty.store(true, Ordering::Relaxed);
         }
         Ok(data)
@@ -289,8 +381,8 @@ impl StatCache {
     /// Loads a cache file. A missing file is an empty cache; an unreadable, corrupt or
     /// other-version file is an empty cache plus a warning (the cost is one full re-hash).
     pub(crate) fn load(path: &Path) -> (StatCache, Option<String>) {
-        match load_map(path) {
-            Ok(map) => (Self::with_map(map), None),
+        match load_table(path) {
+            Ok(table) => (Self::with_table(table), None),
             Err(LoadError::Missing) => (Self::new(), None),
             Err(LoadError::Invalid(why)) => (
                 Self::new(),
@@ -305,12 +397,16 @@ impl StatCache {
     /// Writes the cache atomically if anything changed since it was loaded; returns whether
     /// it wrote. Entries unused for a month are dropped here.
     pub(crate) fn save(&self, path: &Path) -> io::Result<bool> {
-        if !self.dirty.load(Ordering::Relaxed) {
+        let table = self.lock();
+        if !self.dirty.load(Ordering::Relaxed) && !table.out_of_order() {
             return Ok(false);
         }
-        let map = self.lock();
         let oldest = self.today.saturating_sub(PRUNE_AFTER_DAYS);
-        let live = map.values().filter(|s| s.day >= oldest).count();
+        let order = table.save_order();
+        let live = order
+            .iter()
+            .filter(|&&i| table.slots[i as usize].day >= oldest)
+            .count();
         write_atomic(path, |w| {
             let mut sum = blake3::Hasher::new();
             let mut header = Vec::with_capacity(16);
@@ -321,8 +417,12 @@ impl StatCache {
             w.write_all(&header)?;
             let mut block = Vec::with_capacity(RECORDS_PER_BLOCK * RECORD_LEN);
             let mut rec = [0u8; RECORD_LEN];
-            for (key, slot) in map.iter().filter(|(_, s)| s.day >= oldest) {
-                encode_record(*key, slot, &mut rec);
+            for &i in &order {
+                let slot = &table.slots[i as usize];
+                if slot.day < oldest {
+                    continue;
+                }
+                encode_record(table.keys[i as usize], slot, &mut rec);
                 block.extend_from_slice(&rec);
                 if block.len() == block.capacity() {
                     sum.update(&block);
@@ -416,7 +516,7 @@ enum LoadError {
 
 /// Streams the file through a small buffer (no second copy of a 14 MB file at 200k entries)
 /// and verifies the trailing checksum before trusting any of it.
-fn load_map(path: &Path) -> Result<Map, LoadError> {
+fn load_table(path: &Path) -> Result<Table, LoadError> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(LoadError::Missing),
@@ -448,7 +548,10 @@ fn load_map(path: &Path) -> Result<Map, LoadError> {
         return Err(invalid("file is truncated or has trailing data"));
     }
 
-    let mut map = Map::with_capacity_and_hasher(count as usize, Default::default());
+    let mut table = Table::default();
+    table.keys.reserve(count as usize);
+    table.slots.reserve(count as usize);
+    table.used.reserve(count as usize);
     // Whole blocks of records: hashing and copying 64 KiB at a time is several times faster
     // than record by record, and memory stays one block however big the cache is.
     let mut block = vec![0u8; RECORDS_PER_BLOCK * RECORD_LEN];
@@ -460,7 +563,7 @@ fn load_map(path: &Path) -> Result<Map, LoadError> {
         sum.update(buf);
         for rec in buf.chunks_exact(RECORD_LEN) {
             let (key, slot) = decode_record(rec).map_err(|e| invalid(e.0))?;
-            map.insert(key, slot);
+            table.push(key, slot);
         }
         left -= n;
     }
@@ -469,7 +572,7 @@ fn load_map(path: &Path) -> Result<Map, LoadError> {
     if sum.finalize().as_bytes() != &trailer {
         return Err(invalid("checksum mismatch (the file is corrupt)"));
     }
-    Ok(map)
+    Ok(table)
 }
 
 #[cfg(test)]
@@ -699,7 +802,7 @@ mod tests {
                 };
                 let mut data = [0u8; 16];
                 data[..8].copy_from_slice(&i.to_le_bytes());
-                map.insert(
+                map.upsert(
                     path_key(Path::new(&format!("/p/{i}"))),
                     Slot {
                         stat,
@@ -717,7 +820,8 @@ mod tests {
         );
         let (loaded, warning) = StatCache::load(&f);
         assert_eq!(warning, None);
-        assert_eq!(*loaded.lock(), *cache.lock());
+        let (a, b) = (loaded.lock(), cache.lock());
+        assert_eq!((&a.keys, &a.slots), (&b.keys, &b.slots));
     }
 
     #[test]
@@ -735,7 +839,7 @@ mod tests {
         };
         {
             let mut map = cache.lock();
-            map.insert(
+            map.upsert(
                 1,
                 Slot {
                     stat,
@@ -743,7 +847,7 @@ mod tests {
                     data: [1; 16],
                 },
             );
-            map.insert(
+            map.upsert(
                 2,
                 Slot {
                     stat,
@@ -756,6 +860,74 @@ mod tests {
         cache.save(&f).unwrap();
         let (loaded, _) = StatCache::load(&f);
         assert_eq!(loaded.len(), 1);
-        assert_eq!(loaded.lock().get(&2).map(|s| s.data), Some([2; 16]));
+        assert_eq!(loaded.lock().get_mut(2).map(|s| s.data), Some([2; 16]));
+    }
+
+    fn slot(n: u8) -> Slot {
+        Slot {
+            stat: FileStat {
+                size: n.into(),
+                mtime_ns: 1,
+                ctime_ns: 1,
+                ino: n.into(),
+                dev: 1,
+                mode: 0o644,
+            },
+            day: today(),
+            data: [n; 16],
+        }
+    }
+
+    #[test]
+    fn lookups_in_saved_order_need_no_index_and_save_follows_last_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("stat-cache");
+        let cache = settled_cache();
+        for k in 1..=300u64 {
+            cache.lock().upsert(k, slot(k as u8));
+        }
+        cache.dirty.store(true, Ordering::Relaxed);
+        cache.save(&f).unwrap();
+
+        // A no-op run in the same order: every guess is right, no index is ever built, and
+        // nothing needs saving.
+        let (loaded, _) = StatCache::load(&f);
+        for k in 1..=300u64 {
+            assert!(loaded.lock().get_mut(k).is_some());
+        }
+        {
+            let t = loaded.lock();
+            assert!(t.index.is_none());
+            assert_eq!((t.hits, t.mispredicted), (300, 0));
+        }
+        assert!(!loaded.save(&f).unwrap());
+
+        // A run in another order mispredicts, which alone is reason to save, in the new order.
+        let (loaded, _) = StatCache::load(&f);
+        for k in (1..=300u64).rev() {
+            assert!(loaded.lock().get_mut(k).is_some());
+        }
+        assert!(loaded.lock().get_mut(999).is_none());
+        assert!(loaded.save(&f).unwrap());
+        let (reordered, _) = StatCache::load(&f);
+        let keys = reordered.lock().keys.clone();
+        assert_eq!(keys, (1..=300u64).rev().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn unused_entries_keep_their_order_after_used_ones() {
+        let cache = settled_cache();
+        let mut t = cache.lock();
+        for k in 1..=5u64 {
+            t.push(k, slot(k as u8));
+        }
+        t.get_mut(4);
+        t.get_mut(2);
+        let order: Vec<u64> = t.save_order().iter().map(|&i| t.keys[i as usize]).collect();
+        assert_eq!(order, vec![4, 2, 1, 3, 5]);
+        // Updating an existing key replaces it in place.
+        t.upsert(3, slot(33));
+        assert_eq!(t.len(), 5);
+        assert_eq!(t.get_mut(3).map(|s| s.data), Some([33; 16]));
     }
 }
