@@ -459,3 +459,31 @@ fn ctrl_c_cancels_the_build_on_the_daemon() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
+
+#[test]
+fn cacheonly_output_builds_and_exports_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    write(
+        &ctx.join("Dockerfile"),
+        format!("FROM {}\nRUN echo cache-only\n", base_image()),
+    );
+    let md = tmp.path().join("md.json");
+    run_ok(
+        bk().args([
+            "build",
+            "--progress",
+            "plain",
+            "-o",
+            "type=cacheonly",
+            "--metadata-file",
+        ])
+        .arg(&md)
+        .arg(&ctx),
+    );
+    let m = metadata(&md);
+    assert!(m.get("containerimage.digest").is_none(), "{m}");
+    assert!(m["buildx.build.ref"]
+        .as_str()
+        .is_some_and(|r| !r.is_empty()));
+}

@@ -194,6 +194,11 @@ pub fn plan_request(
     let mut exports = BTreeMap::new();
     let is_docker = matches!(daemon, DaemonKind::DockerEngine { .. });
     for o in &spec.outputs {
+        if o.kind == OutputKind::CacheOnly {
+            // Like buildx: "keep the result in the build cache only" is the absence of an
+            // exporter (Docker Engine's BuildKit has no exporter of that name).
+            continue;
+        }
         let mut a = o.attrs.clone();
         let kind =
             match (o.kind, &o.dest) {
