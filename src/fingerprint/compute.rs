@@ -12,6 +12,7 @@ use std::thread::Scope;
 use super::cache::{FileStat, StatCache};
 use super::codec::{prefix16, put_i64, Hash16};
 use super::manifest::{FileRec, Manifest, Section, FORMAT_VERSION};
+use super::state::state_dir_exclude;
 use super::FingerprintError;
 use crate::fs::stat::XattrReader;
 use crate::fs::{
@@ -144,6 +145,9 @@ fn section(
     cache: &StatCache,
 ) -> Result<Section, FingerprintError> {
     let label = label_for(&input.project_dir, dir);
+    let mut excludes = excludes;
+    // Last, so no `!` exception in a .dockerignore can re-include it.
+    excludes.extend(state_dir_exclude(dir, &input.project_dir));
     if includes.is_some_and(|i| i.is_empty()) {
         // The Dockerfile reads nothing from this context; the walker would treat an empty
         // include list as "everything".
@@ -645,5 +649,42 @@ mod tests {
             err.contains("target svc") && err.contains("missing"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_state_directory_inside_a_context_never_counts() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path();
+        fs::write(p.join("Dockerfile"), "FROM scratch\nCOPY . /\n").unwrap();
+        // Even a .dockerignore that tries to re-include it.
+        fs::write(p.join(".dockerignore"), "!.bk-build\n").unwrap();
+        let inp = FingerprintInput {
+            target: "root".into(),
+            project_dir: p.to_path_buf(),
+            context_dir: p.to_path_buf(),
+            dockerfile: p.join("Dockerfile"),
+            ..Default::default()
+        };
+        let before = key(&inp);
+        let store =
+            crate::fingerprint::StateStore::open_with(p, Duration::ZERO, &mut |_| {}).unwrap();
+        store
+            .record(
+                "root",
+                &crate::fingerprint::TargetRecord {
+                    key: before.key.clone(),
+                    image_digest: None,
+                    tags: vec![],
+                    outputs: vec![],
+                    finished_unix: 0,
+                },
+                &before.manifest,
+            )
+            .unwrap();
+        let after = compute(&inp, store.stat_cache()).unwrap();
+        assert_eq!(after.key, before.key);
+        assert!(after.manifest.sections[0]
+            .iter()
+            .all(|(p, _)| !p.starts_with(".bk-build")));
     }
 }

@@ -30,7 +30,9 @@ pub use bench::{bench_floor, FloorTimes};
 pub use cache::StatCache;
 pub use compute::{compute, Fingerprint, FingerprintInput};
 pub use manifest::{explain, Manifest, FORMAT_VERSION, NO_PREVIOUS_BUILD};
-pub use state::{StateError, StateStore, TargetRecord, DEFAULT_LOCK_WAIT, STATE_DIR_NAME};
+pub use state::{
+    state_dir_exclude, StateError, StateStore, TargetRecord, DEFAULT_LOCK_WAIT, STATE_DIR_NAME,
+};
 
 /// Why a fingerprint could not be computed. Each names the target and the file to fix.
 #[derive(thiserror::Error, Debug)]

@@ -39,6 +39,30 @@ const RECORD_VERSION: u32 = 1;
 /// A record header is a few hundred bytes; anything claiming more is corrupt.
 const MAX_HEADER_LEN: u32 = 1 << 20;
 
+/// The exclude pattern that keeps bk-build's own state directory (`<project>/.bk-build`) out
+/// of a context that contains it, or `None` when it is outside. Its files change on every run;
+/// left in, they would change every such target's fingerprint and be sent to the daemon. File
+/// sync must use the same pattern so the fingerprint keeps matching what is sent.
+pub fn state_dir_exclude(context_dir: &Path, project_dir: &Path) -> Option<String> {
+    if project_dir.as_os_str().is_empty() {
+        return None;
+    }
+    let context = std::fs::canonicalize(context_dir).ok()?;
+    let state = std::fs::canonicalize(project_dir)
+        .ok()?
+        .join(STATE_DIR_NAME);
+    let rel = state.strip_prefix(&context).ok()?.to_str()?;
+    let mut pattern = String::with_capacity(rel.len() + 4);
+    for (i, c) in rel.chars().enumerate() {
+        // Pattern syntax characters in a directory name must match literally.
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') || (i == 0 && c == '!') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    Some(pattern)
+}
+
 /// What the last successful build of a target produced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TargetRecord {
@@ -659,5 +683,28 @@ mod tests {
         store.forget("a").unwrap();
         store.forget("a").unwrap();
         assert_eq!(store.get("a"), None);
+    }
+
+    #[test]
+    fn state_dir_is_excluded_only_from_contexts_that_contain_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        std::fs::create_dir_all(p.join("proj/svc")).unwrap();
+        std::fs::create_dir_all(p.join("weird[1]*")).unwrap();
+        let proj = p.join("proj");
+        assert_eq!(
+            state_dir_exclude(&proj, &proj).as_deref(),
+            Some(".bk-build")
+        );
+        assert_eq!(
+            state_dir_exclude(p, &proj).as_deref(),
+            Some("proj/.bk-build")
+        );
+        assert_eq!(state_dir_exclude(&proj.join("svc"), &proj), None);
+        assert_eq!(state_dir_exclude(&proj, Path::new("")), None);
+        assert_eq!(
+            state_dir_exclude(p, &p.join("weird[1]*")).as_deref(),
+            Some("weird\\[1\\]\\*/.bk-build")
+        );
     }
 }
