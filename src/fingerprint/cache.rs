@@ -34,6 +34,19 @@ pub(crate) struct FileStat {
 }
 
 impl FileStat {
+    /// A 64-bit digest of all fields; equal stats give equal digests, and a change of any
+    /// field passing unnoticed has a 2^-64 chance.
+    fn digest(&self) -> u64 {
+        mix64(&[
+            self.size as u64,
+            self.mtime_ns as u64,
+            self.ctime_ns as u64,
+            self.ino,
+            self.dev,
+            u64::from(self.mode),
+        ])
+    }
+
     pub(crate) fn from_entry(e: &Entry) -> Self {
         FileStat {
             size: e.size,
@@ -60,7 +73,9 @@ impl FileStat {
 /// One remembered file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Slot {
-    stat: FileStat,
+    /// [`FileStat::digest`] of the stat the data was read under. Eight bytes instead of 44:
+    /// at 200k files that is the difference between 9 and 15 MB of cache.
+    stat: u64,
     /// Days since the Unix epoch this entry was last used; entries unused for
     /// [`PRUNE_AFTER_DAYS`] are dropped so deleted files do not accumulate forever.
     day: u32,
@@ -76,10 +91,10 @@ const RACY_WINDOW_COARSE: Duration = Duration::from_secs(2);
 const PRUNE_AFTER_DAYS: u32 = 30;
 
 const MAGIC: &[u8; 4] = b"BKSC";
-const FILE_VERSION: u32 = 2;
-/// key (8) + size, mtime, ctime, ino, dev (5 × 8) + mode (4) + day (4) + data (16).
-const RECORD_LEN: usize = 72;
-const RECORDS_PER_BLOCK: usize = 910;
+const FILE_VERSION: u32 = 3;
+/// key (8) + stat digest (8) + day (4) + data (16).
+const RECORD_LEN: usize = 36;
+const RECORDS_PER_BLOCK: usize = 1820;
 
 type Index = HashMap<u64, u32, BuildHasherDefault<KeyHasher>>;
 
@@ -196,32 +211,47 @@ impl Hasher for KeyHasher {
     }
 }
 
-/// A fast, stable 64-bit hash of the absolute path (word-wise multiply-rotate, then a full
-/// avalanche so the identity [`KeyHasher`] gets well-spread keys). Not cryptographic and it
-/// needs not be: a colliding key is only trusted when inode and device also match, i.e. when
-/// it is the very same file, whose content is the same whatever its name.
+/// A fast, stable 64-bit hash of the absolute path. Not cryptographic and it need not be: a
+/// colliding key is only trusted when the stat digest (inode and device included) matches
+/// too, i.e. when it is the very same file, whose content is the same whatever its name.
 fn path_key(path: &Path) -> u64 {
-    const K: u64 = 0x517c_c1b7_2722_0a95;
     let bytes = path.as_os_str().as_encoded_bytes();
-    let mut h: u64 = bytes.len() as u64;
-    let mut words = bytes.chunks_exact(8);
-    for w in &mut words {
+    let mut m = Mixer::default();
+    m.word(bytes.len() as u64);
+    for chunk in bytes.chunks(8) {
         let mut b = [0u8; 8];
-        b.copy_from_slice(w);
-        h = (h.rotate_left(5) ^ u64::from_le_bytes(b)).wrapping_mul(K);
+        b[..chunk.len()].copy_from_slice(chunk);
+        m.word(u64::from_le_bytes(b));
     }
-    let rest = words.remainder();
-    if !rest.is_empty() {
-        let mut b = [0u8; 8];
-        b[..rest.len()].copy_from_slice(rest);
-        h = (h.rotate_left(5) ^ u64::from_le_bytes(b)).wrapping_mul(K);
+    m.finish()
+}
+
+fn mix64(words: &[u64]) -> u64 {
+    let mut m = Mixer::default();
+    for w in words {
+        m.word(*w);
     }
-    // MurmurHash3's fmix64 finalizer.
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^ (h >> 33)
+    m.finish()
+}
+
+/// Word-wise multiply-rotate, then MurmurHash3's fmix64 so every input bit reaches every
+/// output bit. Stable across versions and platforms: its results are persisted.
+#[derive(Default)]
+struct Mixer(u64);
+
+impl Mixer {
+    fn word(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+
+    fn finish(self) -> u64 {
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
+    }
 }
 
 /// Absolute path → (lstat fields, hash of content and xattrs). Shareable between threads:
@@ -305,7 +335,7 @@ impl StatCache {
         let key = path_key(abs_path);
         let mut table = self.lock();
         let slot = table.get_mut(key)?;
-        if slot.stat != *stat {
+        if slot.stat != stat.digest() {
             return None;
         }
         // Refreshing the day at most once a day keeps a no-op run from rewriting the file.
@@ -359,7 +389,7 @@ impl StatCache {
         let stable = after == *expected && count == expected.size as u64;
         if stable && !self.is_racy(expected, started) {
             let slot = Slot {
-                stat: *expected,
+                stat: expected.digest(),
                 day: self.today,
                 data,
             };
@@ -476,34 +506,16 @@ impl<R: Read> Read for CountingReader<R> {
 }
 
 fn encode_record(key: u64, slot: &Slot, out: &mut [u8; RECORD_LEN]) {
-    let s = &slot.stat;
-    let words = [
-        key,
-        s.size as u64,
-        s.mtime_ns as u64,
-        s.ctime_ns as u64,
-        s.ino,
-        s.dev,
-    ];
-    for (i, w) in words.iter().enumerate() {
-        out[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
-    }
-    out[48..52].copy_from_slice(&s.mode.to_le_bytes());
-    out[52..56].copy_from_slice(&slot.day.to_le_bytes());
-    out[56..72].copy_from_slice(&slot.data);
+    out[0..8].copy_from_slice(&key.to_le_bytes());
+    out[8..16].copy_from_slice(&slot.stat.to_le_bytes());
+    out[16..20].copy_from_slice(&slot.day.to_le_bytes());
+    out[20..36].copy_from_slice(&slot.data);
 }
 
 fn decode_record(rec: &[u8]) -> Result<(u64, Slot), super::codec::DecodeError> {
     let mut r = Reader::new(rec);
     let key = r.u64()?;
-    let stat = FileStat {
-        size: r.i64()?,
-        mtime_ns: r.i64()?,
-        ctime_ns: r.i64()?,
-        ino: r.u64()?,
-        dev: r.u64()?,
-        mode: r.u32()?,
-    };
+    let stat = r.u64()?;
     let day = r.u32()?;
     let data = r.array()?;
     Ok((key, Slot { stat, day, data }))
@@ -805,7 +817,7 @@ mod tests {
                 map.upsert(
                     path_key(Path::new(&format!("/p/{i}"))),
                     Slot {
-                        stat,
+                        stat: stat.digest(),
                         day: cache.today,
                         data,
                     },
@@ -842,7 +854,7 @@ mod tests {
             map.upsert(
                 1,
                 Slot {
-                    stat,
+                    stat: stat.digest(),
                     day: cache.today - PRUNE_AFTER_DAYS - 1,
                     data: [1; 16],
                 },
@@ -850,7 +862,7 @@ mod tests {
             map.upsert(
                 2,
                 Slot {
-                    stat,
+                    stat: stat.digest(),
                     day: cache.today,
                     data: [2; 16],
                 },
@@ -872,7 +884,8 @@ mod tests {
                 ino: n.into(),
                 dev: 1,
                 mode: 0o644,
-            },
+            }
+            .digest(),
             day: today(),
             data: [n; 16],
         }

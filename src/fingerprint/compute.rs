@@ -11,7 +11,7 @@ use std::thread::Scope;
 
 use super::cache::{FileStat, StatCache};
 use super::codec::{prefix16, put_i64, Hash16};
-use super::manifest::{FileRec, Manifest, Section, FORMAT_VERSION};
+use super::manifest::{FileRec, Manifest, Section, SectionBuilder, FORMAT_VERSION};
 use super::state::state_dir_exclude;
 use super::FingerprintError;
 use crate::fs::stat::XattrReader;
@@ -168,33 +168,29 @@ fn section(
         .map_err(walk_err)?
         .with_xattrs(false);
 
-    let mut items: Vec<(String, FileRec)> = Vec::new();
+    let mut items = SectionBuilder::default();
     std::thread::scope(|scope| -> Result<(), FingerprintError> {
         let mut pool: Option<Pool> = None;
         for entry in walker {
             let e = entry.map_err(walk_err)?;
             if !is_regular(e.mode) {
-                let rec = other_record(&e);
-                items.push((e.rel_path, rec));
+                items.push(&e.rel_path, other_record(&e));
                 continue;
             }
             let stat = FileStat::from_entry(&e);
             if let Some(data) = cache.lookup(&e.abs_path, &stat) {
-                items.push((e.rel_path, FileRec { mode: e.mode, data }));
+                items.push(&e.rel_path, FileRec { mode: e.mode, data });
                 continue;
             }
+            let rec = FileRec {
+                mode: e.mode,
+                data: [0; 16],
+            };
             let job = Job {
-                idx: items.len(),
+                idx: items.push(&e.rel_path, rec),
                 path: e.abs_path,
                 stat,
             };
-            items.push((
-                e.rel_path,
-                FileRec {
-                    mode: job.stat.mode,
-                    data: [0; 16],
-                },
-            ));
             let pool = pool.get_or_insert_with(|| Pool::start(scope, cache));
             pool.submit(job)?;
         }
@@ -202,7 +198,7 @@ fn section(
         let mut first_err = None;
         for done in pool.finish() {
             match done.result {
-                Ok(data) => items[done.idx].1.data = data,
+                Ok(data) => items.set_data(done.idx, data),
                 Err(source) => {
                     first_err.get_or_insert(FingerprintError::Read {
                         target: input.target.clone(),
@@ -214,7 +210,7 @@ fn section(
         }
         first_err.map_or(Ok(()), Err)
     })?;
-    Ok(Section::new(name, label, items))
+    Ok(items.finish(name, label))
 }
 
 /// Directories contribute only their mode, symlinks their target text, devices their

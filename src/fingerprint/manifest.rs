@@ -9,7 +9,7 @@ use crate::fs::MODE_PERM;
 
 /// Bumped whenever what goes into a key, or how, changes; an old state then explains itself as
 /// "fingerprint format changed" and every target is rebuilt once.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 /// The reason [`explain`]'s callers give when there is no previous record at all.
 pub const NO_PREVIOUS_BUILD: &str = "no previous build";
@@ -38,7 +38,7 @@ pub(crate) struct FileRec {
     pub(crate) data: Hash16,
 }
 
-/// The filtered files of one context directory, sorted by path bytes.
+/// The filtered files of one context directory, in walk order (see [`walk_cmp`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Section {
     /// "" for the main context, else the named context's name.
@@ -52,22 +52,73 @@ pub(crate) struct Section {
     files: Vec<(u32, FileRec)>,
 }
 
+/// fsutil's walk order: component by component, i.e. byte order with `/` below every other
+/// byte (`a`, `a/x`, `a-b`, `a.txt`). Using the walk's own order means no sort on the no-op
+/// path.
+pub(crate) fn walk_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    let key = |c: u8| if c == b'/' { 0 } else { c };
+    a.bytes().map(key).cmp(b.bytes().map(key))
+}
+
+/// Collects a section's entries as they are walked, without one allocation per path.
+#[derive(Default)]
+pub(crate) struct SectionBuilder {
+    paths: String,
+    files: Vec<(u32, FileRec)>,
+}
+
+impl SectionBuilder {
+    /// Appends an entry; returns its index for [`set_data`](Self::set_data).
+    pub(crate) fn push(&mut self, path: &str, rec: FileRec) -> usize {
+        self.paths.push_str(path);
+        self.files.push((self.paths.len() as u32, rec));
+        self.files.len() - 1
+    }
+
+    /// Fills in a data hash that was computed after the entry was pushed.
+    pub(crate) fn set_data(&mut self, idx: usize, data: Hash16) {
+        self.files[idx].1.data = data;
+    }
+
+    pub(crate) fn finish(self, name: String, label: String) -> Section {
+        let mut sec = Section {
+            name,
+            label,
+            paths: self.paths,
+            files: self.files,
+        };
+        let in_order = {
+            let mut it = sec.iter().map(|(p, _)| p);
+            let mut prev = it.next();
+            it.all(|p| {
+                let ok = prev.is_none_or(|q| walk_cmp(q, p).is_lt());
+                prev = Some(p);
+                ok
+            })
+        };
+        if !in_order {
+            // The walker always yields its order; this keeps keys canonical regardless.
+            let items: Vec<(String, FileRec)> =
+                sec.iter().map(|(p, r)| (p.to_string(), *r)).collect();
+            sec = Section::new(sec.name, sec.label, items);
+        }
+        sec
+    }
+}
+
 impl Section {
     /// `items` in any order; duplicates are not expected (the walk never repeats a path).
     pub(crate) fn new(name: String, label: String, mut items: Vec<(String, FileRec)>) -> Section {
-        items.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-        let total: usize = items.iter().map(|(p, _)| p.len()).sum();
-        let mut paths = String::with_capacity(total);
-        let mut files = Vec::with_capacity(items.len());
-        for (p, h) in items {
-            paths.push_str(&p);
-            files.push((paths.len() as u32, h));
+        items.sort_unstable_by(|a, b| walk_cmp(&a.0, &b.0));
+        let mut b = SectionBuilder::default();
+        for (p, r) in &items {
+            b.push(p, *r);
         }
         Section {
             name,
             label,
-            paths,
-            files,
+            paths: b.paths,
+            files: b.files,
         }
     }
 
@@ -359,7 +410,7 @@ fn diff_files(out: &mut Vec<String>, old: &Section, new: &Section) {
                 added.note(new, pb);
                 b.next();
             }
-            (Some((pa, ha)), Some((pb, hb))) => match pa.as_bytes().cmp(pb.as_bytes()) {
+            (Some((pa, ha)), Some((pb, hb))) => match walk_cmp(pa, pb) {
                 std::cmp::Ordering::Less => {
                     removed.note(old, pa);
                     a.next();
@@ -553,6 +604,25 @@ mod tests {
             explain(&other_format, &new),
             vec![format!("fingerprint format changed (0 → {FORMAT_VERSION})")]
         );
+    }
+
+    #[test]
+    fn walk_order_puts_children_before_siblings_with_higher_bytes() {
+        let mut v = vec!["a.txt", "a-b", "a/x", "a", "a/x/y", "b"];
+        v.sort_by(|x, y| walk_cmp(x, y));
+        assert_eq!(v, ["a", "a/x", "a/x/y", "a-b", "a.txt", "b"]);
+        // A builder fed out of order still yields the canonical section.
+        let rec = FileRec {
+            mode: 0,
+            data: [0; 16],
+        };
+        let mut b = SectionBuilder::default();
+        for p in ["b", "a-b", "a/x"] {
+            b.push(p, rec);
+        }
+        let s = b.finish(String::new(), String::new());
+        let got: Vec<&str> = s.iter().map(|(p, _)| p).collect();
+        assert_eq!(got, ["a/x", "a-b", "b"]);
     }
 
     #[test]
