@@ -106,10 +106,6 @@ impl<'a> Reader<'a> {
         Ok(u64::from_le_bytes(self.array()?))
     }
 
-    pub(crate) fn i64(&mut self) -> Result<i64, DecodeError> {
-        Ok(i64::from_le_bytes(self.array()?))
-    }
-
     pub(crate) fn len(&mut self) -> Result<usize, DecodeError> {
         let mut v: u64 = 0;
         for shift in (0..64).step_by(7) {

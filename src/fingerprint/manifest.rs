@@ -166,10 +166,35 @@ impl Manifest {
         self.sections.iter().map(Section::len).sum()
     }
 
+    #[cfg(test)]
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64 + self.file_count() * 40);
         self.encode_into(&mut out, true);
         out
+    }
+
+    /// Size of the stored encoding, so it can be length-prefixed and then streamed.
+    pub(crate) fn encoded_len(&self) -> u64 {
+        let mut n = Counter(0);
+        self.encode_into(&mut n, true);
+        n.0
+    }
+
+    /// Streams the stored encoding into `w` (no copy of it in memory, which at 200k files
+    /// would be ~8 MB) and returns its blake3 hash.
+    pub(crate) fn write_to(&self, w: &mut impl std::io::Write) -> std::io::Result<blake3::Hash> {
+        let mut sink = WriteSink {
+            w,
+            hash: blake3::Hasher::new(),
+            buf: Vec::with_capacity(64 * 1024),
+            err: None,
+        };
+        self.encode_into(&mut sink, true);
+        sink.flush();
+        match sink.err {
+            Some(e) => Err(e),
+            None => Ok(sink.hash.finalize()),
+        }
     }
 
     /// Labels are written to files but left out of the key.
@@ -267,6 +292,43 @@ impl Manifest {
             extra,
             sections,
         })
+    }
+}
+
+struct Counter(u64);
+
+impl Sink for Counter {
+    fn put(&mut self, bytes: &[u8]) {
+        self.0 += bytes.len() as u64;
+    }
+}
+
+/// Batches the encoder's many small pieces into 64 KiB writes and hashes them on the way.
+struct WriteSink<'a, W: std::io::Write> {
+    w: &'a mut W,
+    hash: blake3::Hasher,
+    buf: Vec<u8>,
+    err: Option<std::io::Error>,
+}
+
+impl<W: std::io::Write> WriteSink<'_, W> {
+    fn flush(&mut self) {
+        if self.err.is_none() {
+            self.hash.update(&self.buf);
+            if let Err(e) = self.w.write_all(&self.buf) {
+                self.err = Some(e);
+            }
+        }
+        self.buf.clear();
+    }
+}
+
+impl<W: std::io::Write> Sink for WriteSink<'_, W> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() >= 64 * 1024 {
+            self.flush();
+        }
     }
 }
 
@@ -538,6 +600,21 @@ mod tests {
         for cut in 0..bytes.len() {
             assert!(Manifest::decode(&bytes[..cut]).is_err(), "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn streamed_encoding_equals_the_buffered_one() {
+        let names: Vec<String> = (0..5000)
+            .map(|i| format!("dir{}/file{i}.txt", i % 13))
+            .collect();
+        let files: Vec<(&str, u8)> = names.iter().map(|n| (n.as_str(), 7)).collect();
+        let m = manifest(&files);
+        let mut streamed = Vec::new();
+        let sum = m.write_to(&mut streamed).unwrap();
+        assert!(streamed.len() > 64 * 1024, "exercise more than one batch");
+        assert_eq!(streamed, m.encode());
+        assert_eq!(m.encoded_len(), streamed.len() as u64);
+        assert_eq!(sum, blake3::hash(&streamed));
     }
 
     #[test]

@@ -229,16 +229,16 @@ impl StateStore {
             path: path.clone(),
             source: io::Error::other(e),
         })?;
-        let body = manifest.encode();
+        let body_len = manifest.encoded_len();
         write_atomic(&path, |w| {
             w.write_all(RECORD_MAGIC)?;
             w.write_all(&RECORD_VERSION.to_le_bytes())?;
             w.write_all(&(header.len() as u32).to_le_bytes())?;
             w.write_all(&header)?;
             w.write_all(blake3::hash(&header).as_bytes())?;
-            w.write_all(&(body.len() as u64).to_le_bytes())?;
-            w.write_all(&body)?;
-            w.write_all(blake3::hash(&body).as_bytes())
+            w.write_all(&body_len.to_le_bytes())?;
+            let sum = manifest.write_to(w)?;
+            w.write_all(sum.as_bytes())
         })
         .map_err(|source| StateError::Write { path, source })
     }
