@@ -5,7 +5,7 @@
 //!
 //! Owns the packet protocol; the walk order and pattern semantics belong to [`crate::fs`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -212,20 +212,17 @@ async fn send_dir(
         }
     });
 
-    let files: Arc<Mutex<HashMap<u32, PathBuf>>> = Arc::default();
+    let mut files = FileTable::default();
     let reads = Arc::new(tokio::sync::Semaphore::new(PARALLEL_READS));
     let bytes_sent = Arc::new(AtomicU64::new(0));
     let mut next_id: u32 = 0;
     let mut walking = true;
-    let mut readers = tokio::task::JoinSet::new();
     let result = loop {
         tokio::select! {
             entry = erx.recv(), if walking => match entry {
                 Some(Ok(e)) => {
                     if crate::fs::is_regular(e.mode) && e.linkname.is_empty() {
-                        if let Ok(mut f) = files.lock() {
-                            f.insert(next_id, e.abs_path.clone());
-                        }
+                        files.push(next_id, &e.rel_path);
                     }
                     next_id += 1;
                     report.entries += 1;
@@ -247,24 +244,27 @@ async fn send_dir(
                 Some(Err(s)) => break Err(format!("receive error: {}", s.message())),
                 Some(Ok(p)) => match PacketType::try_from(p.r#type) {
                     Ok(PacketType::PacketReq) => {
-                        let path = files.lock().ok().and_then(|mut f| f.remove(&p.id));
-                        let Some(path) = path else {
+                        let Some(rel) = files.get(p.id) else {
                             break Err(format!("invalid file id {}", p.id));
                         };
+                        let path = dir.path.join(rel);
                         report.files_requested += 1;
-                        let permit = reads.clone().acquire_owned().await;
+                        // At most PARALLEL_READS files in flight; readers are detached and
+                        // hold a permit, so waiting for all permits waits for all readers.
+                        let Ok(permit) = reads.clone().acquire_owned().await else {
+                            break Err("file readers stopped".into());
+                        };
                         let tx = tx.clone();
                         let counter = bytes_sent.clone();
                         let id = p.id;
-                        readers.spawn_blocking(move || {
+                        tokio::task::spawn_blocking(move || {
                             let _permit = permit;
                             send_file(id, &path, &tx, &counter);
                         });
                     }
                     Ok(PacketType::PacketFin) => {
-                        // All data arrived; wait for in-flight readers (none should remain),
-                        // answer FIN and end our side.
-                        while readers.join_next().await.is_some() {}
+                        // All data arrived (so no reader should remain); answer FIN, end our side.
+                        let _all = reads.acquire_many(PARALLEL_READS as u32).await;
                         let _ = tx.send(Ok(Packet { r#type: PacketType::PacketFin as i32, ..Default::default() })).await;
                         break Ok(());
                     }
@@ -278,8 +278,31 @@ async fn send_dir(
     };
     report.bytes_sent = bytes_sent.load(Ordering::Relaxed);
     walker.abort();
-    readers.abort_all();
     result
+}
+
+/// Relative paths of the requestable files by STAT id, packed into one string: ids only
+/// grow, so a lookup is a binary search, and 200k files cost a few MB instead of a map of
+/// path buffers.
+#[derive(Default)]
+struct FileTable {
+    ids: Vec<u32>,
+    ends: Vec<usize>,
+    arena: String,
+}
+
+impl FileTable {
+    fn push(&mut self, id: u32, rel: &str) {
+        self.arena.push_str(rel);
+        self.ids.push(id);
+        self.ends.push(self.arena.len());
+    }
+
+    fn get(&self, id: u32) -> Option<&str> {
+        let i = self.ids.binary_search(&id).ok()?;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        self.arena.get(start..self.ends[i])
+    }
 }
 
 /// Streams one file as DATA packets, then an empty DATA (EOF). An unreadable file is answered
@@ -297,14 +320,15 @@ fn send_file(
         ..Default::default()
     };
     if let Ok(mut f) = std::fs::File::open(path) {
+        // One reusable read buffer; each packet gets an exact-size copy, so small files do
+        // not pin a full chunk each while queued.
+        let mut buf = vec![0u8; DATA_CHUNK];
         loop {
-            let mut buf = vec![0u8; DATA_CHUNK];
             match f.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    buf.truncate(n);
                     counter.fetch_add(n as u64, Ordering::Relaxed);
-                    if tx.blocking_send(Ok(data(buf))).is_err() {
+                    if tx.blocking_send(Ok(data(buf[..n].to_vec()))).is_err() {
                         return;
                     }
                 }
@@ -317,6 +341,19 @@ fn send_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_table_finds_paths_by_id() {
+        let mut t = FileTable::default();
+        t.push(1, "a/x");
+        t.push(4, "b");
+        t.push(9, "ünï/c d");
+        assert_eq!(t.get(1), Some("a/x"));
+        assert_eq!(t.get(4), Some("b"));
+        assert_eq!(t.get(9), Some("ünï/c d"));
+        assert_eq!(t.get(0), None);
+        assert_eq!(t.get(5), None);
+    }
 
     #[test]
     fn decodes_encoded_metadata() {
