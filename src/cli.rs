@@ -367,6 +367,9 @@ async fn plan_project(
         None
     };
     let plan = crate::bake::plan(&project, &a.targets, &state, daemon.as_ref()).await?;
+    for w in state.take_warnings() {
+        eprintln!("WARNING: {w}");
+    }
     Ok((project, state, plan, daemon))
 }
 
