@@ -171,6 +171,18 @@ fn section(
     let mut items = SectionBuilder::default();
     std::thread::scope(|scope| -> Result<(), FingerprintError> {
         let mut pool: Option<Pool> = None;
+        let mut first_err: Option<FingerprintError> = None;
+        let apply =
+            |items: &mut SectionBuilder, first_err: &mut Option<_>, done: Done| match done.result {
+                Ok(data) => items.set_data(done.idx, data),
+                Err((path, source)) => {
+                    first_err.get_or_insert(FingerprintError::Read {
+                        target: input.target.clone(),
+                        path,
+                        source,
+                    });
+                }
+            };
         for entry in walker {
             let e = entry.map_err(walk_err)?;
             if !is_regular(e.mode) {
@@ -193,19 +205,15 @@ fn section(
             };
             let pool = pool.get_or_insert_with(|| Pool::start(scope, cache));
             pool.submit(job)?;
+            // Collect finished results as we go, so they never pile up (a cold 200k-file walk
+            // would otherwise hold every result until the end).
+            for done in pool.ready() {
+                apply(&mut items, &mut first_err, done);
+            }
         }
-        let Some(pool) = pool else { return Ok(()) };
-        let mut first_err = None;
-        for done in pool.finish() {
-            match done.result {
-                Ok(data) => items.set_data(done.idx, data),
-                Err(source) => {
-                    first_err.get_or_insert(FingerprintError::Read {
-                        target: input.target.clone(),
-                        path: done.path,
-                        source,
-                    });
-                }
+        if let Some(pool) = pool {
+            for done in pool.finish() {
+                apply(&mut items, &mut first_err, done);
             }
         }
         first_err.map_or(Ok(()), Err)
@@ -237,8 +245,8 @@ struct Job {
 
 struct Done {
     idx: usize,
-    path: PathBuf,
-    result: io::Result<Hash16>,
+    /// The path only comes back with an error: it is all an error message needs.
+    result: Result<Hash16, (PathBuf, io::Error)>,
 }
 
 /// A few hashing threads fed through a bounded queue, so memory stays flat however many
@@ -271,10 +279,11 @@ impl Pool {
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .recv();
                     let Ok(job) = next else { break };
-                    let result = cache.hash_file(&job.path, &job.stat, &mut xattrs);
+                    let result = cache
+                        .hash_file(&job.path, &job.stat, &mut xattrs)
+                        .map_err(|e| (job.path, e));
                     let done = Done {
                         idx: job.idx,
-                        path: job.path,
                         result,
                     };
                     if done_tx.send(done).is_err() {
@@ -293,7 +302,12 @@ impl Pool {
             .map_err(|_| FingerprintError::Internal("file hashing threads stopped"))
     }
 
-    /// Closes the queue and yields every result.
+    /// Results already finished, without waiting.
+    fn ready(&self) -> impl Iterator<Item = Done> + '_ {
+        self.done.try_iter()
+    }
+
+    /// Closes the queue and yields every remaining result.
     fn finish(self) -> impl Iterator<Item = Done> {
         drop(self.jobs);
         self.done.into_iter()
