@@ -6,8 +6,8 @@
 //! the plain-http rule for local registries and the bearer-token dance. It must not know about
 //! builds, targets or BuildKit; credentials come from [`crate::session::auth`].
 //!
-//! Transport: plain HTTP/1.1 via hyper. HTTPS registries are not supported yet and give
-//! [`RegistryError::TlsUnsupported`]; plain http is used for `localhost`, `*.localhost`,
+//! Transport: HTTP/1.1 via hyper; https (rustls, bundled web PKI roots) except plain http for
+//! `localhost`, `*.localhost`,
 //! `*.local`, loopback IPs, and hosts listed in `BK_BUILD_INSECURE_REGISTRIES`
 //! (comma-separated `host[:port]`), mirroring Docker's "insecure registry" rule.
 
@@ -41,9 +41,6 @@ const INSECURE_ENV: &str = "BK_BUILD_INSECURE_REGISTRIES";
 pub enum RegistryError {
     #[error("invalid image reference {reference:?}: {reason}")]
     InvalidReference { reference: String, reason: String },
-
-    #[error("registry {host} needs https, which bk-build cannot query yet; list it in {INSECURE_ENV} if it serves plain http")]
-    TlsUnsupported { host: String },
 
     #[error("cannot reach registry at {url}: {message} (is the registry running and the address right?)")]
     Connect { url: String, message: String },
@@ -435,11 +432,20 @@ struct Response {
     body: Bytes,
 }
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
+/// One client for http (local/insecure registries) and https (everything else, verified
+/// against the bundled Mozilla roots so it works the same on every machine).
 fn client() -> &'static HttpClient {
     static CLIENT: OnceLock<HttpClient> = OnceLock::new();
-    CLIENT.get_or_init(|| Client::builder(TokioExecutor::new()).build_http())
+    CLIENT.get_or_init(|| {
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .build();
+        Client::builder(TokioExecutor::new()).build(https)
+    })
 }
 
 /// One registry conversation: remembers the authorization it earned so a GET followed by a
@@ -456,11 +462,12 @@ struct Session {
 impl Session {
     fn new(r: &Reference) -> Result<Session, RegistryError> {
         let host = r.api_host().to_string();
-        if !is_plain_http(&host) {
-            return Err(RegistryError::TlsUnsupported { host });
-        }
         Ok(Session {
-            scheme: "http",
+            scheme: if is_plain_http(&host) {
+                "http"
+            } else {
+                "https"
+            },
             host,
             registry: r.registry.clone(),
             repository: r.repository.clone(),
@@ -583,10 +590,6 @@ impl Session {
             host: self.host.clone(),
             message: format!("bad token realm {realm}: {e}"),
         })?;
-        if token_url.scheme_str() != Some("http") {
-            let host = token_url.host().unwrap_or(realm).to_string();
-            return Err(RegistryError::TlsUnsupported { host });
-        }
         let mut req = Request::builder().method(Method::GET).uri(token_url);
         if let Some(c) = &creds {
             req = req.header(header::AUTHORIZATION, basic_auth(c)?);
@@ -854,10 +857,11 @@ mod tests {
         ] {
             assert!(!is_plain_http(h), "{h}");
         }
-        assert!(matches!(
-            Session::new(&parse("ghcr.io/o/r")),
-            Err(RegistryError::TlsUnsupported { .. })
-        ));
+        assert_eq!(Session::new(&parse("ghcr.io/o/r")).unwrap().scheme, "https");
+        assert_eq!(
+            Session::new(&parse("localhost:5000/o/r")).unwrap().scheme,
+            "http"
+        );
     }
 
     #[test]
