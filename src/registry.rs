@@ -6,10 +6,10 @@
 //! the plain-http rule for local registries and the bearer-token dance. It must not know about
 //! builds, targets or BuildKit; credentials come from [`crate::session::auth`].
 //!
-//! Transport: HTTP/1.1 via hyper; https (rustls, bundled web PKI roots) except plain http for
-//! `localhost`, `*.localhost`,
-//! `*.local`, loopback IPs, and hosts listed in `BK_BUILD_INSECURE_REGISTRIES`
-//! (comma-separated `host[:port]`), mirroring Docker's "insecure registry" rule.
+//! Transport: HTTP/1.1 via hyper; https (rustls, bundled web PKI roots), except plain http for
+//! `localhost`, `*.localhost`, `*.local`, loopback IPs, and hosts listed in
+//! `BK_BUILD_INSECURE_REGISTRIES` (comma-separated `host[:port]`), mirroring Docker's
+//! "insecure registry" rule.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -586,20 +586,47 @@ impl Session {
         } else {
             format!("{realm}?{}", query.finish())
         };
-        let token_url: Uri = url.parse().map_err(|e| RegistryError::Protocol {
+        let protocol = |e: String| RegistryError::Protocol {
             host: self.host.clone(),
-            message: format!("bad token realm {realm}: {e}"),
-        })?;
-        let mut req = Request::builder().method(Method::GET).uri(token_url);
-        if let Some(c) = &creds {
-            req = req.header(header::AUTHORIZATION, basic_auth(c)?);
-        }
-        let req = req
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| RegistryError::Protocol {
-                host: self.host.clone(),
-                message: e.to_string(),
-            })?;
+            message: e,
+        };
+        let (req, url) = match &creds {
+            // An identity token (empty user name) is an OAuth2 refresh token, which token
+            // services only accept as a POST form.
+            Some(c) if c.username.is_empty() => {
+                let mut form = form_urlencoded::Serializer::new(String::new());
+                form.append_pair("grant_type", "refresh_token");
+                form.append_pair("refresh_token", &c.secret);
+                form.append_pair("client_id", "bk-build");
+                if let Some(service) = challenge.param("service") {
+                    form.append_pair("service", service);
+                }
+                form.append_pair("scope", &scope);
+                let uri: Uri = realm
+                    .parse()
+                    .map_err(|e| protocol(format!("bad token realm {realm}: {e}")))?;
+                let req = Request::builder()
+                    .method(Method::POST)
+                    .uri(uri)
+                    .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                    .body(Full::new(Bytes::from(form.finish())))
+                    .map_err(|e| protocol(e.to_string()))?;
+                (req, realm.to_string())
+            }
+            _ => {
+                let uri: Uri = url
+                    .parse()
+                    .map_err(|e| protocol(format!("bad token realm {realm}: {e}")))?;
+                let mut req = Request::builder().method(Method::GET).uri(uri);
+                if let Some(c) = &creds {
+                    req = req.header(header::AUTHORIZATION, basic_auth(c)?);
+                }
+                let req = req
+                    .body(Full::new(Bytes::new()))
+                    .map_err(|e| protocol(e.to_string()))?;
+                (req, url)
+            }
+        };
         let resp = http_call(req, &url, false).await?;
         if resp.status != StatusCode::OK {
             let msg = format!(
@@ -989,6 +1016,7 @@ mod tests {
                         }
                         let body = buf[head_end..].to_vec();
                         let auth = header("authorization");
+                        let form = String::from_utf8_lossy(&body).into_owned();
                         log.lock().unwrap().push(Seen {
                             method: method.clone(),
                             path: path.clone(),
@@ -997,7 +1025,7 @@ mod tests {
                             body,
                         });
                         let (status, headers, body) =
-                            respond(&addr, &method, &path, auth.as_deref());
+                            respond(&addr, &method, &path, &form, auth.as_deref());
                         let mut out = format!(
                             "HTTP/1.1 {status}\r\nConnection: close\r\nContent-Length: {}\r\n",
                             body.len()
@@ -1022,8 +1050,26 @@ mod tests {
             addr: &str,
             method: &str,
             path: &str,
+            form: &str,
             auth: Option<&str>,
         ) -> (&'static str, Vec<(&'static str, String)>, String) {
+            if method == "POST" && path == "/token" {
+                let field = |name: &str| {
+                    form_urlencoded::parse(form.as_bytes())
+                        .find(|(k, _)| k == name)
+                        .map(|(_, v)| v.into_owned())
+                };
+                if field("grant_type").as_deref() != Some("refresh_token")
+                    || field("refresh_token").as_deref() != Some("idtok")
+                {
+                    return ("401 Unauthorized", vec![], String::new());
+                }
+                return (
+                    "200 OK",
+                    vec![],
+                    r#"{"access_token":"pull-token"}"#.to_string(),
+                );
+            }
             if let Some(q) = path.strip_prefix("/token?") {
                 let scopes: Vec<String> = form_urlencoded::parse(q.as_bytes())
                     .filter(|(k, _)| k == "scope")
@@ -1144,5 +1190,45 @@ mod tests {
         .await
         .unwrap_err();
         assert!(matches!(err, RegistryError::NotFound { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn identity_token_is_exchanged_with_an_oauth_post() {
+        let (addr, seen) = fake::start().await;
+        let r = Reference::parse(&format!("{addr}/acme/app:v1")).unwrap();
+        let mut s = Session::new(&r).unwrap();
+        s.credentials = Some(Some(RegistryCredentials {
+            username: String::new(),
+            secret: "idtok".into(),
+        }));
+        let accept = [(header::ACCEPT, MANIFEST_ACCEPT)];
+        let resp = s
+            .request(
+                Method::HEAD,
+                "/v2/acme/app/manifests/v1",
+                &accept,
+                Bytes::new(),
+                "pull",
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status, StatusCode::OK);
+        let post = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|s| s.method == "POST")
+            .cloned()
+            .expect("a token POST");
+        assert_eq!(post.path, "/token");
+        let form = String::from_utf8(post.body).unwrap();
+        for part in [
+            "grant_type=refresh_token",
+            "refresh_token=idtok",
+            "service=fake",
+            "scope=repository%3Aacme%2Fapp%3Apull",
+        ] {
+            assert!(form.contains(part), "{form}");
+        }
     }
 }
