@@ -165,7 +165,7 @@ pub async fn plan(
         let mut bases: Vec<(String, String)> = Vec::new();
         for e in &gplan.deps[name] {
             let dep = &targets[&e.dep];
-            bases.push((format!("target:{}", e.dep), dep.fingerprint.clone()));
+            bases.push((e.dep.clone(), dep.fingerprint.clone()));
         }
         for r in &s.base_refs {
             if let Some(d) = external.get(r) {
@@ -207,7 +207,16 @@ pub async fn plan(
                     .map(|d| format!("base {d} rebuilt"))
                     .collect();
                 match state.manifest(name) {
-                    Some(old) => r.extend(fingerprint::explain(&old, &fp.manifest)),
+                    // "base X changed" says the same as "base X rebuilt" above.
+                    Some(old) => r.extend(
+                        fingerprint::explain(&old, &fp.manifest)
+                            .into_iter()
+                            .filter(|l| {
+                                !dep_rebuilt
+                                    .iter()
+                                    .any(|d| *l == format!("base {d} changed"))
+                            }),
+                    ),
                     None => r.push("inputs changed".into()),
                 }
                 if r.is_empty() {
@@ -336,6 +345,8 @@ fn build_spec(
         tags: t.tags.clone(),
         push: t.push,
         load: t.load,
+        // The fingerprint never includes bk-build's state; the daemon must not get it either.
+        never_send: vec![project.root.join(fingerprint::STATE_DIR_NAME)],
         ..Default::default()
     };
     let pinned = |dep: &str| -> Result<String, BakeError> {

@@ -412,3 +412,36 @@ fn killing_a_run_keeps_finished_targets_and_rebuilds_the_rest() {
     assert_eq!(p["base"], "skip", "base finished and was recorded: {p:?}");
     assert_eq!(p["svc1"], "build", "svc1 did not finish: {p:?}");
 }
+
+#[test]
+fn the_state_directory_is_neither_sent_nor_fingerprinted() {
+    let r = project(
+        "[target.whole]\ncontext = \".\"\ndockerfile = \"whole.Dockerfile\"\ntags = [\"${REPO}/whole:dev\"]\n",
+    );
+    write(
+        &r.root.join("whole.Dockerfile"),
+        "FROM scratch\nCOPY . /all/\n",
+    );
+    write(&r.root.join(".dockerignore"), "bake-md.json\nprobe-*\n");
+    let (out, meta) = bake(&r, &["whole"]);
+    assert!(out.status.success());
+    assert_eq!(built(&meta), vec!["whole"]);
+    assert!(r.root.join(".bk-build").is_dir(), "state was written");
+    // The state changed during that run, yet the target is unchanged.
+    let p = plan(&r);
+    assert_eq!(p["whole"], "skip", "{p:?}");
+    let o = tempfile::tempdir().unwrap();
+    run_ok(
+        bk().args(["build", "--progress", "plain", "-o"])
+            .arg(format!("type=local,dest={}", o.path().display()))
+            .arg(write_probe(&r, "whole")),
+    );
+    assert!(
+        o.path().join("all/bk-build.toml").is_file(),
+        "the context was sent"
+    );
+    assert!(
+        !o.path().join("all/.bk-build").exists(),
+        "the state directory was sent"
+    );
+}

@@ -47,6 +47,8 @@ pub struct BuildSpec {
     pub cache_to: Vec<CacheSpec>,
     pub secrets: Vec<SecretSpec>,
     pub ssh: Vec<SshSpec>,
+    /// Directories never sent to the daemon even when inside a context (bake's state dir).
+    pub never_send: Vec<PathBuf>,
 }
 
 /// What a finished build produced.

@@ -37,6 +37,23 @@ fn cache_entry(c: &CacheSpec) -> CacheOptionsEntry {
     }
 }
 
+/// A directory to serve, minus the `never_send` directories that lie inside it.
+fn sync_dir(dir: &Path, never_send: &[PathBuf]) -> SyncDir {
+    let root = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let extra_excludes = never_send
+        .iter()
+        .filter_map(|n| {
+            let n = std::fs::canonicalize(n).ok()?;
+            let rel = n.strip_prefix(&root).ok()?.to_str()?;
+            (!rel.is_empty()).then(|| crate::fs::literal_pattern(rel))
+        })
+        .collect();
+    SyncDir {
+        path: dir.to_path_buf(),
+        extra_excludes,
+    }
+}
+
 /// Translates a spec for the given daemon. Validates local paths so that mistakes are
 /// reported before anything is sent.
 pub fn plan_request(
@@ -78,17 +95,10 @@ pub fn plan_request(
 
     let mut attrs: BTreeMap<String, String> = BTreeMap::new();
     let mut dirs: BTreeMap<String, SyncDir> = BTreeMap::new();
-    dirs.insert(
-        "context".into(),
-        SyncDir {
-            path: context.clone(),
-        },
-    );
+    dirs.insert("context".into(), sync_dir(context, &spec.never_send));
     dirs.insert(
         "dockerfile".into(),
-        SyncDir {
-            path: dockerfile_dir,
-        },
+        sync_dir(&dockerfile_dir, &spec.never_send),
     );
     attrs.insert("filename".into(), filename);
     if let Some(t) = &spec.target {
@@ -150,7 +160,7 @@ pub fn plan_request(
                     format!("sharedkey:localdir:{ln}"),
                     crate::session::shared_key(dir, node_id),
                 );
-                dirs.insert(ln.clone(), SyncDir { path: dir.clone() });
+                dirs.insert(ln.clone(), sync_dir(dir, &spec.never_send));
                 format!("local:{ln}")
             }
             ContextSource::DockerImage(r) => format!("docker-image://{r}"),

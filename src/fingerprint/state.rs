@@ -52,15 +52,7 @@ pub fn state_dir_exclude(context_dir: &Path, project_dir: &Path) -> Option<Strin
         .ok()?
         .join(STATE_DIR_NAME);
     let rel = state.strip_prefix(&context).ok()?.to_str()?;
-    let mut pattern = String::with_capacity(rel.len() + 4);
-    for (i, c) in rel.chars().enumerate() {
-        // Pattern syntax characters in a directory name must match literally.
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') || (i == 0 && c == '!') {
-            pattern.push('\\');
-        }
-        pattern.push(c);
-    }
-    Some(pattern)
+    Some(crate::fs::literal_pattern(rel))
 }
 
 /// What the last successful build of a target produced.

@@ -26,7 +26,7 @@ pub mod walk;
 use std::path::PathBuf;
 
 pub use dockerignore::parse_dockerignore;
-pub use pattern::PatternMatcher;
+pub use pattern::{literal_pattern, PatternMatcher};
 pub use stat::{
     go_file_mode, go_file_mode_from_unix, is_regular, MODE_APPEND, MODE_CHAR_DEVICE, MODE_DEVICE,
     MODE_DIR, MODE_EXCLUSIVE, MODE_IRREGULAR, MODE_NAMED_PIPE, MODE_PERM, MODE_SETGID, MODE_SETUID,

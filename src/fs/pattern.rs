@@ -874,6 +874,19 @@ fn decode_rune(s: &[u8]) -> (u32, usize) {
     }
 }
 
+/// A pattern that matches exactly the relative path `rel` (no wildcard meaning), for excluding
+/// one known directory, e.g. bk-build's own state directory inside a context.
+pub fn literal_pattern(rel: &str) -> String {
+    let mut pattern = String::with_capacity(rel.len() + 4);
+    for (i, c) in rel.chars().enumerate() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') || (i == 0 && c == '!') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -30,6 +30,9 @@ const PARALLEL_READS: usize = 4;
 #[derive(Debug, Clone)]
 pub struct SyncDir {
     pub path: PathBuf,
+    /// Patterns excluded on top of what the daemon asks (e.g. bk-build's own state directory),
+    /// appended last so no `!` exception of the daemon's can bring them back.
+    pub extra_excludes: Vec<String>,
 }
 
 /// What moved during a session, per local name (sums over repeated syncs of one name).
@@ -124,9 +127,11 @@ impl FileSync for FileSyncService {
             .get(&name)
             .ok_or_else(|| Status::not_found(format!("no access allowed to dir {name:?}")))?
             .clone();
+        let mut exclude_patterns = metadata_values(md, "exclude-patterns");
+        exclude_patterns.extend(dir.extra_excludes.iter().cloned());
         let opts = WalkOptions {
             include_patterns: metadata_values(md, "include-patterns"),
-            exclude_patterns: metadata_values(md, "exclude-patterns"),
+            exclude_patterns,
             follow_paths: metadata_values(md, "followpaths"),
         };
         let inbound = req.into_inner();
