@@ -346,6 +346,7 @@ fn load_project(a: &ProjectArgs) -> Result<crate::project::Project> {
 async fn plan_project(
     daemon_args: &DaemonArgs,
     a: &ProjectArgs,
+    lock_wait: Duration,
 ) -> Result<(
     crate::project::Project,
     crate::fingerprint::StateStore,
@@ -353,7 +354,9 @@ async fn plan_project(
     Option<Daemon>,
 )> {
     let project = load_project(a)?;
-    let state = crate::fingerprint::StateStore::open(&project.root)?;
+    let state = crate::fingerprint::StateStore::open_with(&project.root, lock_wait, &mut |msg| {
+        eprintln!("{msg}")
+    })?;
     // The daemon is only needed to check images loaded into a Docker Engine; a plan that
     // cannot reach it still works from the registry and the recorded state. Connecting costs
     // a round trip or two, so a project that only pushes does not pay it to decide a no-op.
@@ -404,7 +407,12 @@ async fn run_bake(daemon_args: &DaemonArgs, a: &BakeArgs) -> Result<bool> {
         return Ok(true);
     }
     let mode: Mode = a.progress.parse()?;
-    let (project, state, plan, daemon) = plan_project(daemon_args, &a.project).await?;
+    let (project, state, plan, daemon) = plan_project(
+        daemon_args,
+        &a.project,
+        crate::fingerprint::DEFAULT_LOCK_WAIT,
+    )
+    .await?;
     let jobs = a.jobs.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -453,7 +461,9 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Plan(a) => {
-            let (_project, _state, plan, _daemon) = plan_project(&cli.daemon, &a.project).await?;
+            // A plan is a question: don't wait long behind a running bake.
+            let (_project, _state, plan, _daemon) =
+                plan_project(&cli.daemon, &a.project, Duration::from_secs(5)).await?;
             print_plan(&plan, &a.format)?;
         }
         Command::Build(a) => {
