@@ -102,15 +102,31 @@ _XFER = re.compile(r"^(.*?)#(\d+) transferring ([^:\s]+):\s*([\d.]+)\s*([kKMG]i?
 
 
 def progress_bytes(text):
-    """Context bytes as the daemon reports them in `--progress=plain` output: the last
-    `transferring NAME: SIZE` value of each vertex (the counter grows while the transfer runs),
-    summed over vertices. BuildKit's file-sync receiver counts every byte it reads, file data
-    and per-file metadata alike, so this is the same measure for every session-based client
-    (buildx, bake, `docker build DIR`, bk-build). Includes the Dockerfile and .dockerignore
-    loads. Any text before `#N` (a per-target prefix) is part of the key."""
+    """Context bytes as the daemon reports them: the last value of every `transferring NAME:`
+    status, summed. BuildKit's file-sync receiver counts every byte it reads, file data and
+    per-file metadata alike, so this is the same measure for every session-based client
+    (buildx, bake, `docker build DIR`, bk-build); it includes the Dockerfile and .dockerignore
+    loads. Reads both `--progress=rawjson` lines (exact byte counts; used for the buildx
+    family) and `--progress=plain` lines (`#N transferring context: 12.3MB`, used for bk-build,
+    whose plain printer writes a final line per status). Text before the JSON or the `#N`
+    (a per-target prefix) is part of the key."""
     last = {}
-    for m in _XFER.finditer(text):
-        last[(m.group(1).strip(), m.group(2), m.group(3))] = float(m.group(4)) * _UNITS[m.group(5)]
+    for line in text.splitlines():
+        j = line.find('{"')
+        if j >= 0:
+            try:
+                doc = json.loads(line[j:])
+            except ValueError:
+                continue
+            for st in doc.get("statuses") or []:
+                if str(st.get("id", "")).startswith("transferring "):
+                    key = (line[:j].strip(), st.get("vertex"), st["id"])
+                    last[key] = max(last.get(key, 0), int(st.get("current") or 0))
+            continue
+        m = _XFER.match(line)
+        if m:
+            last[(m.group(1).strip(), m.group(2), m.group(3))] = \
+                float(m.group(4)) * _UNITS[m.group(5)]
     return int(sum(last.values())) if last else None
 
 
@@ -286,10 +302,10 @@ def write_makefile(mono, imgs):
         out.append("\t@mkdir -p $(S) $(LOG)")
         if n in SEED_TAR:
             up = "/".join([".."] * len(Path(ctx).parts))
-            out.append(f"\tcd {ctx} && {SEED_TAR[n]} | docker build --progress=plain {args}"
+            out.append(f"\tcd {ctx} && {SEED_TAR[n]} | docker build --progress=rawjson {args}"
                        f"-t $(REPO)/{n}:$(TAG) - > {up}/$(LOG)/{n}.log 2>&1")
         else:
-            out.append(f"\tdocker build --progress=plain {args}-t $(REPO)/{n}:$(TAG) {ctx} "
+            out.append(f"\tdocker build --progress=rawjson {args}-t $(REPO)/{n}:$(TAG) {ctx} "
                        f"> $(LOG)/{n}.log 2>&1")
         out.append("\t@touch $@")
         out.append("")
@@ -326,7 +342,7 @@ class Bake(MonoTool):
 
     def run(self, tag):
         lf = self.logs / f"bake-{tag}.log"
-        wall, rss, text = measure(["docker", "buildx", "bake", "--progress=plain", "-f",
+        wall, rss, text = measure(["docker", "buildx", "bake", "--progress=rawjson", "-f",
                                    "docker-bake.hcl"], self.mono, lf)
         return {"wall": wall, "rss": rss, "bytes": progress_bytes(text)}
 
@@ -392,7 +408,7 @@ class Buildx(CtxTool):
 
     def run(self, tag):
         lf = self.logs / f"{self.label}-buildx-{tag}.log"
-        wall, rss, text = measure(["docker", "buildx", "build", "--progress=plain", *self.out,
+        wall, rss, text = measure(["docker", "buildx", "build", "--progress=rawjson", *self.out,
                                    str(self.ctx)], self.ctx, lf)
         return {"wall": wall, "rss": rss, "bytes": progress_bytes(text)}
 
@@ -402,7 +418,7 @@ class TarBuild(CtxTool):
 
     def run(self, tag):
         lf = self.logs / f"{self.label}-tar-{tag}.log"
-        wall, rss, _ = measure("tar -c . | docker build --progress=plain "
+        wall, rss, _ = measure("tar -c . | docker build --progress=rawjson "
                                f"{shlex.join(self.out)} -", self.ctx, lf)
         return {"wall": wall, "rss": rss, "bytes": tar_size("tar -c .", self.ctx)}
 
@@ -843,11 +859,16 @@ METHOD = """
   the content really changes) or one file of the flat context gets a line appended.
 * **Wall time**: monotonic clock around the whole client command (including make's own
   `$(shell find ...)` prerequisite scan, buildx's plugin start-up, bk-build's fingerprinting).
-* **Context bytes**: bk-build: the `bytes_sent` of every directory in the `bk-build.sync` key of
-  its `--metadata-file`, summed. buildx/bake/`docker build DIR`: the last `transferring NAME: SIZE`
-  value of each vertex in `--progress=plain` output, summed (includes Dockerfile and
-  .dockerignore loads). Tar flows: the byte size of the tar stream (`tar ... | wc -c`, measured
-  in a separate untimed run; the stream is deterministic). Seed flow: the sum over the images make
+* **Context bytes**: what the daemon reports in its `transferring NAME:` progress statuses (its
+  file-sync receiver counts file data and per-file metadata alike), last value per status, summed
+  over the run (Dockerfile and .dockerignore loads included) — the same measure for every
+  session-based client. The buildx family (bake, `docker buildx build`, `docker build`) runs with
+  `--progress=rawjson`, which prints every status message with exact byte counts: its plain printer
+  drops some lines when many transfers run at once (bake cold totals varied 109–120 MB for the
+  same work). bk-build runs with `--progress plain` (its printer writes a final line per status;
+  the totals agree with its `--metadata-file` `bk-build.sync` counters, kept as `file_bytes` in
+  the raw samples). Tar flows: the byte size of the tar stream (`tar ... | wc -c`, measured in a
+  separate untimed run; the stream is deterministic). Seed flow: the sum over the images make
   actually rebuilt in that run.
 * **Client peak RSS**: GNU `time -v` "Maximum resident set size", i.e. the kernel's `ru_maxrss` for
   the command: the peak of the *largest single process* of its tree (the buildx plugin for bake and
