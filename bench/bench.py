@@ -170,6 +170,59 @@ def docker(*args, check=True):
     return run_quiet(["docker", *args], check=check)
 
 
+def _daemon_pids():
+    bk = Path(os.environ.get("BKENV", "/tmp/bkenv"))
+    pids = []
+    for f in (bk / "dockerd.pid", bk / "exec" / "containerd" / "containerd.pid"):
+        try:
+            pids.append(int(f.read_text().strip()))
+        except (OSError, ValueError):
+            pass
+    return pids
+
+
+def _quiet_sample(pids):
+    """(daemon CPU ticks, sectors written on whole disks) right now."""
+    ticks = 0
+    for pid in pids:
+        try:
+            f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(f[11]) + int(f[12])  # utime, stime
+        except (OSError, IndexError, ValueError):
+            pass
+    disks = set(os.listdir("/sys/block")) if os.path.isdir("/sys/block") else set()
+    sectors = 0
+    for line in Path("/proc/diskstats").read_text().splitlines():
+        f = line.split()
+        if len(f) > 9 and f[2] in disks and not f[2].startswith(("loop", "ram")):
+            sectors += int(f[9])
+    return ticks, sectors
+
+
+def settle(max_wait):
+    """Wait until the daemon has finished what the previous run left behind: a prune returns
+    before containerd has deleted the snapshots' files, and that deletion (tens of thousands of
+    files) otherwise lands in the next measurement — cold runs measured 3 s, 14 s, 25 s, 34 s in
+    a row without this. Quiet = dockerd + containerd under 10% of a core and under 4 MB/s written
+    to disk, for two 0.5 s windows in a row. Returns the seconds waited."""
+    pids = _daemon_pids()
+    hz = os.sysconf("SC_CLK_TCK")
+    t0 = time.monotonic()
+    prev, quiet = _quiet_sample(pids), 0
+    while time.monotonic() - t0 < max_wait:
+        time.sleep(0.5)
+        cur = _quiet_sample(pids)
+        cpu = (cur[0] - prev[0]) / hz / 0.5
+        wmb = (cur[1] - prev[1]) * 512 / 1e6 / 0.5
+        prev = cur
+        quiet = quiet + 1 if cpu < 0.10 and wmb < 4 else 0
+        if quiet >= 2:
+            break
+    else:
+        log(f"daemon still busy after {max_wait:.0f} s (other work on this machine?); measuring anyway")
+    return time.monotonic() - t0
+
+
 def prune_build_cache():
     docker("buildx", "prune", "-af")
 
@@ -490,11 +543,12 @@ def run_cases(tool, cases, runs, results, scenario, cold_runs=None):
                 tool.reset_cold()
             elif prep:
                 prep()
-            # Flush what earlier runs (and prune) left dirty: otherwise the kernel's writeback of
-            # the previous build's hundreds of MB lands in this measurement (cold runs were
-            # measured 3 s, 14 s, 26 s, 30 s in a row without it).
+            # Flush what earlier runs left dirty and let the daemon finish its deletions, so that
+            # neither lands in this measurement.
             os.sync()
+            waited = settle(120 if case == "cold" else 10)
             s = tool.run(f"{case}-{r}")
+            s["settle_s"] = round(waited, 1)
             s.setdefault("cpu", _last_cpu[0])
             samples.append(s)
             log(f"{scenario}/{tool.key}/{case} #{r + 1}: {s['wall']:.2f}s cpu={fmt_s(s['cpu'])} "
@@ -864,8 +918,11 @@ METHOD = """
 * **No-op / unchanged**: the build is repeated without any change, after one untimed warm-up run.
   **One file changed**: before each run, `touch-one.sh luamods|base` (monorepo; appends a line, so
   the content really changes) or one file of the flat context gets a line appended.
-* **Between runs** the harness calls `sync(2)` (untimed), so the kernel's writeback of the
-  previous build's data does not land in the next measurement.
+* **Between runs** (untimed) the harness calls `sync(2)` and waits until dockerd + containerd
+  are quiet (under 10% of a core and 4 MB/s of disk writes for 1 s; at most 120 s after a cold
+  reset, 10 s otherwise): a prune returns before containerd has deleted the snapshots' files, and
+  without the wait that deletion landed in the next cold run (20k-file cold syncs measured 3 s,
+  14 s, 25 s, 34 s in a row). The wait is kept per sample as `settle_s`.
 * **Wall time**: monotonic clock around the whole client command (including make's own
   `$(shell find ...)` prerequisite scan, buildx's plugin start-up, bk-build's fingerprinting).
 * **Context bytes**: what the daemon reports in its `transferring NAME:` progress statuses (its

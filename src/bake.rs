@@ -74,17 +74,19 @@ impl BakePlan {
 
 /// External image references a target reads, resolved to digests where a registry answers;
 /// a base built by this project contributes its fingerprint instead.
-async fn resolve_external(refs: &BTreeSet<String>) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    for r in refs {
-        let d = match crate::registry::manifest_digest(r).await {
+async fn resolve_external(refs: BTreeSet<String>) -> BTreeMap<String, String> {
+    let lookups = refs.into_iter().map(|r| async move {
+        let d = match crate::registry::manifest_digest(&r).await {
             Ok(Some(d)) => d,
             Ok(None) => "missing".to_string(),
             Err(_) => "unresolved".to_string(),
         };
-        out.insert(r.clone(), d);
-    }
-    out
+        (r, d)
+    });
+    futures_util::future::join_all(lookups)
+        .await
+        .into_iter()
+        .collect()
 }
 
 fn scan(t: &Target) -> Result<graph::DockerfileScan, BakeError> {
@@ -127,6 +129,35 @@ fn extra_inputs(t: &Target) -> BTreeMap<String, String> {
     m
 }
 
+fn fingerprint_input(
+    project: &Project,
+    name: &str,
+    scan: &graph::DockerfileScan,
+) -> FingerprintInput {
+    let t = &project.targets[name];
+    FingerprintInput {
+        target: name.to_string(),
+        project_dir: project.root.clone(),
+        context_dir: t.context.clone(),
+        dockerfile: t.dockerfile.clone(),
+        include_patterns: scan.copy_sources.clone(),
+        named_contexts: t
+            .contexts
+            .iter()
+            .filter_map(|(k, v)| match v {
+                ContextSource::Local(p) => Some((k.clone(), p.clone())),
+                _ => None,
+            })
+            .collect(),
+        args: t.args.clone(),
+        target_stage: t.target.clone(),
+        platforms: t.platforms.clone(),
+        // Added once known (`Fingerprint::with_bases`), so walks need not wait for them.
+        bases: Vec::new(),
+        extra: extra_inputs(t),
+    }
+}
+
 /// Computes fingerprints and build/skip decisions for `names` (empty: the default group).
 pub async fn plan(
     project: &Project,
@@ -135,13 +166,10 @@ pub async fn plan(
     daemon: Option<&Daemon>,
 ) -> Result<BakePlan, BakeError> {
     let gplan = graph::plan(project, names)?;
-    let mut targets: BTreeMap<String, TargetPlan> = BTreeMap::new();
-    // Scans and external refs first: one registry round of lookups for all targets.
     let mut scans = BTreeMap::new();
     let mut external = BTreeSet::new();
     for name in &gplan.order {
-        let t = &project.targets[name];
-        let s = scan(t)?;
+        let s = scan(&project.targets[name])?;
         let built_here: BTreeSet<&str> = gplan.deps[name]
             .iter()
             .filter_map(|e| match &e.via {
@@ -156,85 +184,59 @@ pub async fn plan(
         }
         scans.insert(name.clone(), s);
     }
-    let external = resolve_external(&external).await;
-    let mut to_check: Vec<(String, TargetRecord)> = Vec::new();
+    crate::timing::mark("dockerfiles scanned");
 
-    for name in &gplan.order {
-        let t = &project.targets[name];
+    // What other processes must answer runs while the files are walked: the registry digests
+    // of external bases, and whether each recorded output still exists. Checking a target
+    // whose inputs turn out to have changed wastes a cheap request; waiting for the walk
+    // first would add the daemon's answer time to every no-op run.
+    let resolving = tokio::spawn(resolve_external(external));
+    let engine = daemon.and_then(|d| match (&d.kind, &d.address) {
+        (DaemonKind::DockerEngine { .. }, crate::transport::Address::Docker(host)) => {
+            Some(host.clone())
+        }
+        _ => None,
+    });
+    let checks: Vec<_> = gplan
+        .order
+        .iter()
+        .filter_map(|name| {
+            let prev = state.get(name)?;
+            let (t, engine) = (project.targets[name].clone(), engine.clone());
+            let name = name.clone();
+            Some(async move {
+                let missing = output_missing(&t, &prev, engine.as_ref()).await;
+                (name, missing)
+            })
+        })
+        .collect();
+    let checking = tokio::spawn(futures_util::future::join_all(checks));
+
+    let inputs: Vec<FingerprintInput> = gplan
+        .order
+        .iter()
+        .map(|name| fingerprint_input(project, name, &scans[name]))
+        .collect();
+    let walked =
+        tokio::task::block_in_place(|| fingerprint::compute_many(&inputs, state.stat_cache()));
+    crate::timing::mark("files walked");
+    // A lookup task only fails by panicking; treat its answers as unknown rather than fail.
+    let external = resolving.await.unwrap_or_default();
+
+    let mut targets: BTreeMap<String, TargetPlan> = BTreeMap::new();
+    for (name, fp) in gplan.order.iter().zip(walked) {
         let s = &scans[name];
         let mut bases: Vec<(String, String)> = Vec::new();
         for e in &gplan.deps[name] {
-            let dep = &targets[&e.dep];
-            bases.push((e.dep.clone(), dep.fingerprint.clone()));
+            bases.push((e.dep.clone(), targets[&e.dep].fingerprint.clone()));
         }
         for r in &s.base_refs {
             if let Some(d) = external.get(r) {
                 bases.push((r.clone(), d.clone()));
             }
         }
-        let input = FingerprintInput {
-            target: name.clone(),
-            project_dir: project.root.clone(),
-            context_dir: t.context.clone(),
-            dockerfile: t.dockerfile.clone(),
-            include_patterns: s.copy_sources.clone(),
-            named_contexts: t
-                .contexts
-                .iter()
-                .filter_map(|(k, v)| match v {
-                    ContextSource::Local(p) => Some((k.clone(), p.clone())),
-                    _ => None,
-                })
-                .collect(),
-            args: t.args.clone(),
-            target_stage: t.target.clone(),
-            platforms: t.platforms.clone(),
-            bases,
-            extra: extra_inputs(t),
-        };
-        let fp = tokio::task::block_in_place(|| fingerprint::compute(&input, state.stat_cache()))?;
-        let previous = state.get(name);
-        let dep_rebuilt: Vec<&str> = gplan
-            .dependencies(name)
-            .into_iter()
-            .filter(|d| targets[*d].action == Action::Build)
-            .collect();
-        let (action, reasons, digest) = match &previous {
-            None => (Action::Build, vec!["no previous build".to_string()], None),
-            Some(prev) if prev.key != fp.key => {
-                let mut r: Vec<String> = dep_rebuilt
-                    .iter()
-                    .map(|d| format!("base {d} rebuilt"))
-                    .collect();
-                match state.manifest(name) {
-                    // "base X changed" says the same as "base X rebuilt" above.
-                    Some(old) => r.extend(
-                        fingerprint::explain(&old, &fp.manifest)
-                            .into_iter()
-                            .filter(|l| {
-                                !dep_rebuilt
-                                    .iter()
-                                    .any(|d| *l == format!("base {d} changed"))
-                            }),
-                    ),
-                    None => r.push("inputs changed".into()),
-                }
-                if r.is_empty() {
-                    r.push("inputs changed".into());
-                }
-                (Action::Build, r, None)
-            }
-            Some(prev) => {
-                // Provisional: whether the output still exists is checked below, for all
-                // such targets at once (registry round trips overlap).
-                to_check.push((name.clone(), prev.clone()));
-                (
-                    Action::Skip,
-                    vec!["unchanged".to_string()],
-                    prev.image_digest.clone(),
-                )
-            }
-        };
+        let fp = fp?.with_bases(bases);
+        let (action, reasons, digest) = decide(state, &gplan, &targets, name, &fp);
         targets.insert(
             name.clone(),
             TargetPlan {
@@ -247,31 +249,81 @@ pub async fn plan(
             },
         );
     }
-    let checks = futures_util::future::join_all(
-        to_check
-            .iter()
-            .map(|(name, prev)| output_missing(&project.targets[name], prev, daemon)),
-    )
-    .await;
-    for ((name, _), missing) in to_check.iter().zip(checks) {
-        if let (Some(why), Some(tp)) = (missing, targets.get_mut(name)) {
-            tp.action = Action::Build;
-            tp.reasons = vec![why];
-            tp.digest = None;
+    crate::timing::mark("fingerprints computed");
+
+    let checked = checking.await.map_err(|e| BakeError::Target {
+        target: gplan.order.join(", "),
+        message: format!("checking the previous outputs failed: {e}"),
+    })?;
+    for (name, missing) in checked {
+        match (missing, targets.get_mut(&name)) {
+            (Some(why), Some(tp)) if tp.action == Action::Skip => {
+                tp.action = Action::Build;
+                tp.reasons = vec![why];
+                tp.digest = None;
+            }
+            _ => {}
         }
     }
+    crate::timing::mark("outputs checked");
     state.save_stat_cache()?;
+    crate::timing::mark("stat cache saved");
     Ok(BakePlan {
         graph: gplan,
         targets,
     })
 }
 
+/// Build or skip from the fingerprint alone; a skip is provisional until the output check.
+fn decide(
+    state: &StateStore,
+    gplan: &graph::Plan,
+    decided: &BTreeMap<String, TargetPlan>,
+    name: &str,
+    fp: &Fingerprint,
+) -> (Action, Vec<String>, Option<String>) {
+    let dep_rebuilt: Vec<&str> = gplan
+        .dependencies(name)
+        .into_iter()
+        .filter(|d| decided[*d].action == Action::Build)
+        .collect();
+    match state.get(name) {
+        None => (Action::Build, vec!["no previous build".to_string()], None),
+        Some(prev) if prev.key != fp.key => {
+            let mut r: Vec<String> = dep_rebuilt
+                .iter()
+                .map(|d| format!("base {d} rebuilt"))
+                .collect();
+            match state.manifest(name) {
+                // "base X changed" says the same as "base X rebuilt" above.
+                Some(old) => r.extend(fingerprint::explain(&old, &fp.manifest).into_iter().filter(
+                    |l| {
+                        !dep_rebuilt
+                            .iter()
+                            .any(|d| *l == format!("base {d} changed"))
+                    },
+                )),
+                None => r.push("inputs changed".into()),
+            }
+            if r.is_empty() {
+                r.push("inputs changed".into());
+            }
+            (Action::Build, r, None)
+        }
+        Some(prev) => (
+            Action::Skip,
+            vec!["unchanged".to_string()],
+            prev.image_digest.clone(),
+        ),
+    }
+}
+
 /// `Some(reason)` when the last build's output is gone (so the target must be rebuilt).
+/// `engine` is the Docker Engine whose image store `load` writes to, if that is the daemon.
 async fn output_missing(
     t: &Target,
     prev: &TargetRecord,
-    daemon: Option<&Daemon>,
+    engine: Option<&crate::transport::DockerHost>,
 ) -> Option<String> {
     if t.push {
         for tag in &t.tags {
@@ -284,19 +336,20 @@ async fn output_missing(
         }
     }
     let loads = t.load || (!t.push && t.outputs.is_empty() && !t.tags.is_empty());
-    if loads {
-        if let Some(Daemon {
-            kind: DaemonKind::DockerEngine { .. },
-            address: crate::transport::Address::Docker(host),
-            ..
-        }) = daemon
-        {
-            for tag in &t.tags {
-                match crate::transport::docker_image_exists(host, tag).await {
-                    Ok(true) => {}
-                    Ok(false) => return Some(format!("image {tag} is not in the Docker Engine")),
-                    Err(e) => return Some(format!("cannot check image {tag}: {e}")),
+    if let (true, Some(host)) = (loads, engine) {
+        for tag in &t.tags {
+            match crate::transport::docker_image_id(host, tag).await {
+                Ok(Some(id)) => {
+                    if let Some(want) = prev.image_digest.as_deref() {
+                        if id != want {
+                            return Some(format!(
+                                "image {tag} in the Docker Engine is another image"
+                            ));
+                        }
+                    }
                 }
+                Ok(None) => return Some(format!("image {tag} is not in the Docker Engine")),
+                Err(e) => return Some(format!("cannot check image {tag}: {e}")),
             }
         }
     }

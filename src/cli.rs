@@ -354,6 +354,7 @@ async fn plan_project(
     Option<Daemon>,
 )> {
     let project = load_project(a)?;
+    crate::timing::mark("project loaded");
     let state = crate::fingerprint::StateStore::open_with(&project.root, lock_wait, &mut |msg| {
         eprintln!("{msg}")
     })?;
@@ -364,12 +365,15 @@ async fn plan_project(
         .targets
         .values()
         .any(|t| t.load || (!t.push && t.outputs.is_empty() && !t.tags.is_empty()));
+    crate::timing::mark("state opened");
     let daemon = if loads_into_engine {
         daemon_args.connect().await.ok()
     } else {
         None
     };
+    crate::timing::mark("daemon connected");
     let plan = crate::bake::plan(&project, &a.targets, &state, daemon.as_ref()).await?;
+    crate::timing::mark("planned");
     for w in state.take_warnings() {
         eprintln!("WARNING: {w}");
     }
@@ -557,6 +561,7 @@ async fn run(cli: Cli) -> Result<()> {
 
 /// Entry point for the binary: parse, run, map errors and Ctrl-C to exit codes.
 pub fn main() -> ExitCode {
+    crate::timing::start();
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

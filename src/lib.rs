@@ -16,4 +16,5 @@ pub mod project;
 pub mod proto;
 pub mod registry;
 pub mod session;
+pub mod timing;
 pub mod transport;

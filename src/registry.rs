@@ -561,10 +561,6 @@ impl Session {
         let realm = challenge
             .param("realm")
             .ok_or_else(|| self.unauthorized(action, "bearer challenge without realm"))?;
-        let mut query = form_urlencoded::Serializer::new(String::new());
-        if let Some(service) = challenge.param("service") {
-            query.append_pair("service", service);
-        }
         // Ask for what this request needs even if the challenge named less (some registries
         // omit the scope on the first 401).
         let scope = challenge
@@ -578,14 +574,7 @@ impl Session {
                 };
                 format!("repository:{}:{actions}", self.repository)
             });
-        for s in scope.split(' ').filter(|s| !s.is_empty()) {
-            query.append_pair("scope", s);
-        }
-        let url = if realm.contains('?') {
-            format!("{realm}&{}", query.finish())
-        } else {
-            format!("{realm}?{}", query.finish())
-        };
+        let url = url_with_query(realm, challenge.param("service"), &scope);
         let protocol = |e: String| RegistryError::Protocol {
             host: self.host.clone(),
             message: e,
@@ -788,6 +777,21 @@ fn error_message(body: &[u8]) -> String {
     } else {
         text.chars().take(200).collect()
     }
+}
+
+/// `realm` with `service` and each `scope` word as query parameters. A function of its own
+/// because the serializer is not `Sync`: built and dropped here, it never lives across an
+/// await, so the token request's future can move between threads.
+fn url_with_query(realm: &str, service: Option<&str>, scope: &str) -> String {
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    if let Some(service) = service {
+        query.append_pair("service", service);
+    }
+    for s in scope.split(' ').filter(|s| !s.is_empty()) {
+        query.append_pair("scope", s);
+    }
+    let sep = if realm.contains('?') { '&' } else { '?' };
+    format!("{realm}{sep}{}", query.finish())
 }
 
 #[cfg(test)]

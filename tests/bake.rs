@@ -445,3 +445,56 @@ fn the_state_directory_is_neither_sent_nor_fingerprinted() {
         "the state directory was sent"
     );
 }
+
+/// (action, reasons) of one target, from `bk-build plan --format json`.
+fn plan_of(r: &Repo, target: &str) -> (String, String) {
+    let out = run_ok(bk().current_dir(&r.root).args(["plan", "--format", "json"]));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let t = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == target)
+        .unwrap_or_else(|| panic!("{target} not in the plan: {v}"));
+    (
+        t["action"].as_str().unwrap().to_string(),
+        t["reasons"].to_string(),
+    )
+}
+
+#[test]
+fn a_loaded_image_that_was_removed_or_retagged_is_rebuilt() {
+    let r = project("[target.loaded]\ncontext = \"lone\"\npush = false\nload = true\n");
+    let tag = format!("{}/loaded:dev", r.repo);
+    let (out, meta) = bake(&r, &["loaded"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(built(&meta), vec!["loaded"]);
+    let id = String::from_utf8(
+        run_ok(docker().args(["image", "inspect", "--format", "{{.Id}}", &tag])).stdout,
+    )
+    .unwrap();
+    assert_eq!(
+        Some(id.trim()),
+        meta["loaded"]["containerimage.digest"].as_str(),
+        "the engine holds the recorded image"
+    );
+    assert_eq!(plan_of(&r, "loaded").0, "skip");
+
+    run_ok(docker().args(["image", "rm", &tag]));
+    let (action, why) = plan_of(&r, "loaded");
+    assert_eq!(action, "build");
+    assert!(why.contains("is not in the Docker Engine"), "{why}");
+    let (out, _) = bake(&r, &["loaded"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(plan_of(&r, "loaded").0, "skip");
+
+    // Same tag, another image: what a `docker pull` or a build by hand would leave.
+    run_ok(docker().args(["tag", &base_image(), &tag]));
+    let (action, why) = plan_of(&r, "loaded");
+    assert_eq!(action, "build");
+    assert!(why.contains("is another image"), "{why}");
+    let (out, meta) = bake(&r, &["loaded"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(built(&meta), vec!["loaded"]);
+    assert_eq!(plan_of(&r, "loaded").0, "skip");
+}

@@ -50,6 +50,18 @@ pub struct Fingerprint {
     pub manifest: Manifest,
 }
 
+impl Fingerprint {
+    /// Adds base images known only after the files were walked (a base target's own key, a
+    /// registry digest) and recomputes the key: equal to computing with them in
+    /// [`FingerprintInput::bases`] from the start, so walks need not wait for their bases.
+    pub fn with_bases(mut self, more: impl IntoIterator<Item = (String, String)>) -> Fingerprint {
+        self.manifest.bases.extend(more);
+        self.manifest.bases.sort();
+        self.key = self.manifest.key();
+        self
+    }
+}
+
 /// Computes the fingerprint of `input`, reading only files whose stat changed since `cache`
 /// last saw them. Safe to call for several targets at once with the same cache.
 pub fn compute(
@@ -97,6 +109,47 @@ pub fn compute(
         key: manifest.key(),
         manifest,
     })
+}
+
+/// [`compute`] for several targets at once, on up to one thread per CPU; results in the order
+/// of `inputs`. A no-op run is all `lstat`s, so spreading targets over cores is what brings it
+/// near the cost of one walk.
+pub fn compute_many(
+    inputs: &[FingerprintInput],
+    cache: &StatCache,
+) -> Vec<Result<Fingerprint, FingerprintError>> {
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .min(inputs.len());
+    if workers <= 1 {
+        return inputs.iter().map(|i| compute(i, cache)).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let slots: Vec<Mutex<Option<Result<Fingerprint, FingerprintError>>>> =
+        inputs.iter().map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(input) = inputs.get(i) else { break };
+                let r = compute(input, cache);
+                *slots[i]
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(r);
+            });
+        }
+    });
+    slots
+        .into_iter()
+        .map(|m| {
+            m.into_inner()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .unwrap_or(Err(FingerprintError::Internal(
+                    "a fingerprint thread stopped early",
+                )))
+        })
+        .collect()
 }
 
 /// BuildKit's precedence: `<Dockerfile name>.dockerignore` beside the Dockerfile wins over the
@@ -362,6 +415,38 @@ mod tests {
         let f = fs::File::options().write(true).open(p).unwrap();
         f.set_modified(SystemTime::now() - Duration::from_secs(secs_ago))
             .unwrap();
+    }
+
+    #[test]
+    fn bases_added_later_give_the_same_key_as_bases_given_up_front() {
+        let t = project();
+        let full = input(t.path());
+        let mut partial = full.clone();
+        let late = partial.bases.split_off(0);
+        let later = compute(&partial, &StatCache::new())
+            .unwrap()
+            .with_bases(late);
+        assert_eq!(later, key(&full));
+        assert_ne!(key(&partial).key, later.key);
+    }
+
+    #[test]
+    fn many_at_once_equals_one_by_one_in_input_order() {
+        let t = project();
+        let a = input(t.path());
+        let mut b = a.clone();
+        b.target = "other".into();
+        b.context_dir = t.path().join("shared");
+        b.named_contexts.clear();
+        let mut broken = a.clone();
+        broken.dockerfile = t.path().join("missing/Dockerfile");
+        let inputs = vec![a.clone(), b.clone(), broken, a.clone()];
+        let got = compute_many(&inputs, &StatCache::new());
+        assert_eq!(got.len(), 4);
+        assert_eq!(got[0].as_ref().unwrap(), &key(&a));
+        assert_eq!(got[1].as_ref().unwrap(), &key(&b));
+        assert!(matches!(got[2], Err(FingerprintError::Dockerfile { .. })));
+        assert_eq!(got[3].as_ref().unwrap(), &key(&a));
     }
 
     #[test]

@@ -28,7 +28,7 @@ use std::path::PathBuf;
 
 pub use bench::{bench_floor, FloorTimes};
 pub use cache::StatCache;
-pub use compute::{compute, Fingerprint, FingerprintInput};
+pub use compute::{compute, compute_many, Fingerprint, FingerprintInput};
 pub use manifest::{explain, Manifest, FORMAT_VERSION, NO_PREVIOUS_BUILD};
 pub use state::{
     state_dir_exclude, StateError, StateStore, TargetRecord, DEFAULT_LOCK_WAIT, STATE_DIR_NAME,

@@ -168,20 +168,43 @@ pub(crate) async fn api_version(host: &DockerHost) -> Result<String, String> {
     Ok(v)
 }
 
-/// Whether the engine's image store has `reference` (`GET /images/{name}/json`).
-pub async fn image_exists(host: &DockerHost, reference: &str) -> Result<bool, String> {
+/// The image ID `reference` names in the engine's image store, `None` if it has no such image.
+///
+/// Asks `GET /images/{name}/history`, whose newest entry carries the image ID: on the
+/// containerd image store `/images/{name}/json` also sums the size of every layer's snapshot,
+/// which made a check cost ~20 ms of engine time against ~5 ms for the history.
+pub async fn image_id(host: &DockerHost, reference: &str) -> Result<Option<String>, String> {
+    #[derive(serde::Deserialize)]
+    struct HistoryEntry {
+        #[serde(rename = "Id")]
+        id: String,
+    }
     // The name is a path segment: escape what would end it early.
     let name: String = form_urlencoded::byte_serialize(reference.as_bytes()).collect();
-    let req = http::Request::get(format!("/images/{name}/json"))
+    let req = http::Request::get(format!("/images/{name}/history"))
         .header(http::header::HOST, "api.moby.localhost")
         .body(Empty::new())
         .map_err(|e| e.to_string())?;
     let resp = http1_request(host, req).await?;
     let status = resp.status();
-    let _ = resp.into_body().collect().await;
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("reading {host}'s answer for image {reference}: {e}"))?
+        .to_bytes();
     match status {
-        http::StatusCode::OK => Ok(true),
-        http::StatusCode::NOT_FOUND => Ok(false),
+        http::StatusCode::OK => {
+            let entries: Vec<HistoryEntry> = serde_json::from_slice(&body).map_err(|e| {
+                format!("{host} answered image {reference}'s history with unexpected JSON: {e}")
+            })?;
+            entries
+                .into_iter()
+                .next()
+                .map(|e| Some(e.id))
+                .ok_or_else(|| format!("{host} answered an empty history for image {reference}"))
+        }
+        http::StatusCode::NOT_FOUND => Ok(None),
         s => Err(format!("{host} answered {s} for image {reference}")),
     }
 }
