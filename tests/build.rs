@@ -197,6 +197,55 @@ fn second_build_sends_only_the_changed_file() {
     assert_eq!(c["bytes_sent"], "version 2".len() as u64, "{third}");
 }
 
+/// Enough files that the sender's id → path table spills blocks to its temporary file
+/// (64 KiB of records); every file must still arrive intact, first sync and after a change.
+#[test]
+fn a_context_larger_than_the_in_memory_file_table_arrives_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY . /\n");
+    let long = "a-rather-long-directory-name-to-fill-blocks";
+    for i in 0..4000 {
+        write(
+            &ctx.join(format!("{long}-{}/file-{i:05}.txt", i / 250)),
+            format!("{i}\n"),
+        );
+    }
+    let md = tmp.path().join("md.json");
+    let export = |out: &Path| {
+        run_ok(
+            bk().args(["build", "--progress", "plain", "--metadata-file"])
+                .arg(&md)
+                .arg("-o")
+                .arg(format!("type=local,dest={}", out.display()))
+                .arg(&ctx),
+        );
+        metadata(&md)
+    };
+    let first = tmp.path().join("out1");
+    let m = export(&first);
+    assert!(
+        m["bk-build.sync"]["context"]["files_requested"]
+            .as_u64()
+            .unwrap()
+            >= 4000,
+        "{m}"
+    );
+    assert_same_tree(&ctx, &first);
+
+    // A change near the end: the request lands in a block read back from disk.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    write(&ctx.join(format!("{long}-15/file-03999.txt")), "changed\n");
+    write(
+        &ctx.join(format!("{long}-0/file-00001.txt")),
+        "changed too\n",
+    );
+    let second = tmp.path().join("out2");
+    let m = export(&second);
+    assert_eq!(m["bk-build.sync"]["context"]["files_requested"], 2, "{m}");
+    assert_same_tree(&ctx, &second);
+}
+
 #[test]
 fn push_digest_matches_registry_and_metadata_file() {
     let tmp = tempfile::tempdir().unwrap();

@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::filetable::FileTable;
 use crate::fs::{Entry, WalkOptions, Walker};
 use crate::proto::moby::filesync::v1::file_sync_server::FileSync;
 use crate::proto::{Packet, PacketType, Stat};
@@ -249,10 +250,11 @@ async fn send_dir(
                 Some(Err(s)) => break Err(format!("receive error: {}", s.message())),
                 Some(Ok(p)) => match PacketType::try_from(p.r#type) {
                     Ok(PacketType::PacketReq) => {
-                        let Some(rel) = files.get(p.id) else {
-                            break Err(format!("invalid file id {}", p.id));
+                        let path = match files.get(p.id) {
+                            Ok(Some(rel)) => dir.path.join(rel),
+                            Ok(None) => break Err(format!("invalid file id {}", p.id)),
+                            Err(e) => break Err(format!("looking up file id {}: {e}", p.id)),
                         };
-                        let path = dir.path.join(rel);
                         report.files_requested += 1;
                         // At most PARALLEL_READS files in flight; readers are detached and
                         // hold a permit, so waiting for all permits waits for all readers.
@@ -284,30 +286,6 @@ async fn send_dir(
     report.bytes_sent = bytes_sent.load(Ordering::Relaxed);
     walker.abort();
     result
-}
-
-/// Relative paths of the requestable files by STAT id, packed into one string: ids only
-/// grow, so a lookup is a binary search, and 200k files cost a few MB instead of a map of
-/// path buffers.
-#[derive(Default)]
-struct FileTable {
-    ids: Vec<u32>,
-    ends: Vec<usize>,
-    arena: String,
-}
-
-impl FileTable {
-    fn push(&mut self, id: u32, rel: &str) {
-        self.arena.push_str(rel);
-        self.ids.push(id);
-        self.ends.push(self.arena.len());
-    }
-
-    fn get(&self, id: u32) -> Option<&str> {
-        let i = self.ids.binary_search(&id).ok()?;
-        let start = if i == 0 { 0 } else { self.ends[i - 1] };
-        self.arena.get(start..self.ends[i])
-    }
 }
 
 /// Streams one file as DATA packets, then an empty DATA (EOF). An unreadable file is answered
@@ -346,19 +324,6 @@ fn send_file(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn file_table_finds_paths_by_id() {
-        let mut t = FileTable::default();
-        t.push(1, "a/x");
-        t.push(4, "b");
-        t.push(9, "ünï/c d");
-        assert_eq!(t.get(1), Some("a/x"));
-        assert_eq!(t.get(4), Some("b"));
-        assert_eq!(t.get(9), Some("ünï/c d"));
-        assert_eq!(t.get(0), None);
-        assert_eq!(t.get(5), None);
-    }
 
     #[test]
     fn decodes_encoded_metadata() {

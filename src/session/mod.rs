@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod filesend;
 pub mod filesync;
+mod filetable;
 pub mod secrets;
 pub mod ssh;
 
