@@ -444,6 +444,27 @@ class BkBake(MonoTool):
         return bk_sample(wall, rss, text, md)
 
 
+class BkBakeAll(BkBake):
+    """bk-build with every target allowed to build at once (`-j` = number of targets), which is
+    what bake does; cold only. Shows how much of the cold gap is the `-j` default (the daemon's
+    cores, per issue 3) rather than the work bk-build does."""
+    key = "bkj"
+    cases_only = ("cold",)
+
+    def __init__(self, mono, logs, jobs):
+        super().__init__(mono, logs)
+        self.jobs = jobs
+        self.name = f"bk-build bake -j {jobs}"
+
+    def run(self, tag):
+        lf = self.logs / f"bkj-bake-{tag}.log"
+        md = self.logs / f"bkj-bake-{tag}.json"
+        md.unlink(missing_ok=True)
+        wall, rss, text = measure([str(BK), "bake", "--progress", "plain", "-j", str(self.jobs),
+                                   "--metadata-file", str(md)], self.mono, lf)
+        return bk_sample(wall, rss, text, md)
+
+
 class CtxTool(Tool):
     """`out` is the output flags every tool of the scenario gets: ["-o", "type=cacheonly"]
     (build, export nothing) or ["-t", REF] (store the image in the engine)."""
@@ -523,37 +544,56 @@ def ctx_output_flags(ref):
 
 # ----------------------------------------------------------------------------- scenarios
 
-def run_cases(tool, cases, runs, results, scenario, cold_runs=None):
-    """For one tool: `runs` cold builds (reset before each), then `runs` builds of every other
-    case (its `prep` is applied before each run). The last cold build is the state the next
-    cases start from, so no separate warm-up is needed."""
-    ok, why = tool.available()
-    slot = results.setdefault(scenario, {}).setdefault(tool.key, {"name": tool.name})
-    slot["name"] = tool.name
-    if not ok:
-        slot["pending"] = why
-        log(f"{scenario}/{tool.name}: {why}")
-        return
-    slot.pop("pending", None)
-    slot["cases"] = {}
-    for case, prep in cases:
-        samples = []
-        for r in range((cold_runs or runs) if case == "cold" else runs):
-            if case == "cold":
-                tool.reset_cold()
-            elif prep:
-                prep()
-            # Flush what earlier runs left dirty and let the daemon finish its deletions, so that
-            # neither lands in this measurement.
-            os.sync()
-            waited = settle(120 if case == "cold" else 10)
-            s = tool.run(f"{case}-{r}")
-            s["settle_s"] = round(waited, 1)
-            s.setdefault("cpu", _last_cpu[0])
-            samples.append(s)
-            log(f"{scenario}/{tool.key}/{case} #{r + 1}: {s['wall']:.2f}s cpu={fmt_s(s['cpu'])} "
-                f"rss={fmt_mb(s['rss'])} bytes={fmt_bytes(s['bytes'])}")
-        slot["cases"][case] = samples
+def run_cases(tools, cases, runs, results, scenario, cold_runs=None):
+    """Cold builds first, interleaved across the tools (run 1 of every tool, then run 2, ...), so
+    drift in the daemon's state (cache GC, disk writeback) lands on every tool alike instead of on
+    whichever ran last. Then, tool by tool: one untimed warm-up build (so the engine holds this
+    tool's own images again), then `runs` builds of every other case, its `prep` applied before
+    each. A tool with `cases_only` runs just those cases."""
+    ready = []
+    for tool in tools:
+        ok, why = tool.available()
+        slot = results.setdefault(scenario, {}).setdefault(tool.key, {"name": tool.name})
+        slot["name"] = tool.name
+        if not ok:
+            slot["pending"] = why
+            log(f"{scenario}/{tool.name}: {why}")
+            continue
+        slot.pop("pending", None)
+        slot["cases"] = {}
+        ready.append((tool, slot))
+    wants = lambda tool, case: case in getattr(tool, "cases_only", (case,))
+
+    def sample(tool, slot, case, r, settle_max):
+        # Flush what earlier runs left dirty and let the daemon finish its deletions, so that
+        # neither lands in this measurement.
+        os.sync()
+        waited = settle(settle_max)
+        s = tool.run(f"{case}-{r}")
+        s["settle_s"] = round(waited, 1)
+        s.setdefault("cpu", _last_cpu[0])
+        slot["cases"].setdefault(case, []).append(s)
+        log(f"{scenario}/{tool.key}/{case} #{r + 1}: {s['wall']:.2f}s cpu={fmt_s(s['cpu'])} "
+            f"rss={fmt_mb(s['rss'])} bytes={fmt_bytes(s['bytes'])}")
+
+    if any(case == "cold" for case, _ in cases):
+        for r in range(cold_runs or runs):
+            for tool, slot in ready:
+                if wants(tool, "cold"):
+                    tool.reset_cold()
+                    sample(tool, slot, "cold", r, 120)
+    for tool, slot in ready:
+        rest = [(c, prep) for c, prep in cases if c != "cold" and wants(tool, c)]
+        if not rest:
+            continue
+        os.sync()
+        settle(10)
+        tool.run("warmup")
+        for case, prep in rest:
+            for r in range(runs):
+                if prep:
+                    prep()
+                sample(tool, slot, case, r, 10)
 
 
 def scenario_mono(cfg, results):
@@ -567,9 +607,9 @@ def scenario_mono(cfg, results):
     logs.mkdir(parents=True, exist_ok=True)
     touch = lambda which: lambda: run_quiet(["bash", str(GEN / "touch-one.sh"), which, str(mono)])
     cases = [("cold", None), ("noop", None), ("luamods", touch("luamods")), ("base", touch("base"))]
-    for tool in (BkBake(mono, logs), Bake(mono, logs), Seed(mono, logs)):
-        if tool.key in cfg.tools:
-            run_cases(tool, cases, cfg.runs, results, "mono")
+    tools = [BkBake(mono, logs), BkBakeAll(mono, logs, len(imgs)), Bake(mono, logs),
+             Seed(mono, logs)]
+    run_cases([t for t in tools if t.key in cfg.tools], cases, cfg.runs, results, "mono")
     results["mono_meta"] = {"scale": cfg.mono_scale, "images": len(imgs), "tree": str(mono)}
 
 
@@ -596,10 +636,10 @@ def scenario_ctx(cfg, results, scenario, nfiles, mb):
         # case (it adds nothing the 20k scenario does not show), so the full run stays bounded.
         cases = cases[:2]
         cold_runs = min(cfg.runs, cfg.scale_cold_runs)
-    for tool in (BkBuild(ctx, logs, scenario, out), Buildx(ctx, logs, scenario, out),
-                 TarBuild(ctx, logs, scenario, out)):
-        if tool.key in cfg.tools:
-            run_cases(tool, cases, cfg.runs, results, scenario, cold_runs)
+    tools = [BkBuild(ctx, logs, scenario, out), Buildx(ctx, logs, scenario, out),
+             TarBuild(ctx, logs, scenario, out)]
+    run_cases([t for t in tools if t.key in cfg.tools], cases, cfg.runs, results, scenario,
+              cold_runs)
     results[scenario + "_meta"] = {"files": nfiles, "mb": mb, "tree": str(ctx)}
 
 
@@ -874,7 +914,7 @@ def render_md(results, cfg, env, notes=None):
     L.append(f"## 1. Monorepo ({meta_m.get('images', 14)} images, generator scale "
              f"{meta_m.get('scale', 1)})\n")
     L.append(section_meta(results, "mono"))
-    L.append(scenario_tables(results, "mono", ["bk", "bake", "seed"],
+    L.append(scenario_tables(results, "mono", ["bk", "bkj", "bake", "seed"],
                              ["cold", "noop", "luamods", "base"]))
     L.append(f"## 2. Context sync (`COPY . /app`, {meta_c.get('files', 20000):,} files / "
              f"{meta_c.get('mb', 100)} MB)\n")
@@ -914,8 +954,13 @@ METHOD = """
   contexts, so everything is sent and every step runs) + the benchmark's images removed from the
   engine + the tool's own client state removed (`.seed/` sentinels; `.bk-build/`). The busybox base
   image stays in the local registry, the page cache stays warm: only what each tool controls is
-  reset. Each cold run is preceded by its own reset.
-* **No-op / unchanged**: the build is repeated without any change, after one untimed warm-up run.
+  reset. Each cold run is preceded by its own reset. Cold runs are interleaved across the tools
+  (run 1 of each tool, then run 2, ...), so slow drift of the daemon hits every tool alike.
+* **`bk-build bake -j N`** (N = number of images; cold only) lets every target build at once, as
+  bake does; bk-build's default `-j` is the daemon's core count (issue 3). It shows how much of
+  the cold figure is that bound rather than bk-build's own work.
+* **No-op / unchanged**: after the cold runs, each tool does one untimed warm-up build (so the
+  engine holds that tool's own images again), then the build is repeated without any change.
   **One file changed**: before each run, `touch-one.sh luamods|base` (monorepo; appends a line, so
   the content really changes) or one file of the flat context gets a line appended.
 * **Between runs** (untimed) the harness calls `sync(2)` and waits until dockerd + containerd
@@ -958,7 +1003,7 @@ METHOD = """
 
 
 def print_summary(results):
-    for sc, tools, cases in (("mono", ["bk", "bake", "seed"], ["cold", "noop", "luamods", "base"]),
+    for sc, tools, cases in (("mono", ["bk", "bkj", "bake", "seed"], ["cold", "noop", "luamods", "base"]),
                              ("ctx", ["bk", "buildx", "tar"], ["cold", "unchanged", "onefile"]),
                              ("scale", ["bk", "buildx", "tar"], ["cold", "unchanged"])):
         if sc in results:
@@ -979,8 +1024,9 @@ def main():
                     help="comma list of scenarios: mono, ctx, scale, floor")
     ap.add_argument("--scale-cold-runs", type=int, default=3,
                     help="cold runs in the 200k-file scenario (default 3; each is minutes of disk I/O)")
-    ap.add_argument("--tools", default="bk,bake,seed,buildx,tar",
-                    help="comma list of tools: bk, bake, seed, buildx, tar")
+    ap.add_argument("--tools", default="bk,bkj,bake,seed,buildx,tar",
+                    help="comma list of tools: bk, bkj (bk-build bake -j <targets>, cold only), "
+                         "bake, seed, buildx, tar")
     ap.add_argument("--merge", action="store_true",
                     help="keep earlier results for scenarios/tools not run now (results.json)")
     ap.add_argument("--md", default=None,
