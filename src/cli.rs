@@ -156,7 +156,8 @@ pub struct ProjectArgs {
 pub struct BakeArgs {
     #[command(flatten)]
     pub project: ProjectArgs,
-    /// Builds to run at once (default: the number of CPUs).
+    /// Builds to run at once (default: the daemon's CPU count; for buildkitd, which does not
+    /// report it, this machine's).
     #[arg(short = 'j', long)]
     pub jobs: Option<usize>,
     /// Print the resolved project as JSON and exit.
@@ -401,6 +402,24 @@ fn print_plan(plan: &crate::bake::BakePlan, format: &str) -> Result<()> {
     Ok(())
 }
 
+/// The default `-j`: the daemon's cores. A Docker Engine reports them; BuildKit does not,
+/// so for buildkitd (usually on this machine or one like it) the local count stands in.
+async fn daemon_cpus(d: &Daemon) -> usize {
+    let local = || {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    };
+    match (&d.kind, &d.address) {
+        (transport::DaemonKind::DockerEngine { .. }, transport::Address::Docker(host)) => {
+            transport::docker_engine_cpus(host)
+                .await
+                .unwrap_or_else(|_| local())
+        }
+        _ => local(),
+    }
+}
+
 async fn run_bake(daemon_args: &DaemonArgs, a: &BakeArgs) -> Result<bool> {
     if a.print {
         let project = load_project(&a.project)?;
@@ -417,11 +436,6 @@ async fn run_bake(daemon_args: &DaemonArgs, a: &BakeArgs) -> Result<bool> {
         crate::fingerprint::DEFAULT_LOCK_WAIT,
     )
     .await?;
-    let jobs = a.jobs.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-    });
     let all_skipped = plan
         .ordered()
         .all(|t| t.action == crate::bake::Action::Skip);
@@ -430,6 +444,11 @@ async fn run_bake(daemon_args: &DaemonArgs, a: &BakeArgs) -> Result<bool> {
         None if all_skipped => None,
         // Connect again to report the real error.
         None => Some(daemon_args.connect().await?),
+    };
+    let jobs = match (a.jobs, &daemon) {
+        (Some(j), _) => j.max(1),
+        (None, Some(d)) if !all_skipped => daemon_cpus(d).await,
+        (None, _) => 1,
     };
     let (progress, task) = Progress::start(mode, Box::new(std::io::stderr()));
     let results = match &daemon {

@@ -168,6 +168,33 @@ pub(crate) async fn api_version(host: &DockerHost) -> Result<String, String> {
     Ok(v)
 }
 
+/// How many CPUs the engine's host has (`GET /info`, `NCPU`).
+pub async fn engine_cpus(host: &DockerHost) -> Result<usize, String> {
+    #[derive(serde::Deserialize)]
+    struct Info {
+        #[serde(rename = "NCPU")]
+        ncpu: usize,
+    }
+    let req = http::Request::get("/info")
+        .header(http::header::HOST, "api.moby.localhost")
+        .body(Empty::new())
+        .map_err(|e| e.to_string())?;
+    let resp = http1_request(host, req).await?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("reading {host}'s /info: {e}"))?
+        .to_bytes();
+    if status != http::StatusCode::OK {
+        return Err(format!("{host} answered {status} for /info"));
+    }
+    let info: Info = serde_json::from_slice(&body)
+        .map_err(|e| format!("{host} answered /info without NCPU: {e}"))?;
+    Ok(info.ncpu.max(1))
+}
+
 /// The image ID `reference` names in the engine's image store, `None` if it has no such image.
 ///
 /// Asks `GET /images/{name}/history`, whose newest entry carries the image ID: on the
