@@ -104,19 +104,45 @@ type Index = HashMap<u64, u32, BuildHasherDefault<KeyHasher>>;
 /// A no-op run looks files up in walk order, which is the order the table was saved in, so
 /// the next lookup is almost always at the position after the previous hit: checking that
 /// position first turns a cache-missing hash-table probe per file into a sequential scan, and
-/// the key index is only built when a guess fails.
+/// the key index is only built when a guess fails. Each walk guesses with its own [`Cursor`],
+/// so walks running side by side do not break each other's sequences.
 #[derive(Default)]
 struct Table {
     keys: Vec<u64>,
     slots: Vec<Slot>,
-    /// When each slot was last used in this process (0 = not yet); decides the saved order.
-    used: Vec<u32>,
-    clock: u32,
-    /// Position after the last hit: the guess for the next lookup.
-    next: usize,
+    /// The [`Stamp`] of each slot's last use in this process (0 = not yet); decides the saved
+    /// order: walk by walk, each in its own order.
+    used: Vec<u64>,
+    /// Walks started so far (numbers the cursors).
+    walks: u32,
+    /// For callers without a cursor of their own (tests).
+    #[cfg(test)]
+    cursor: Cursor,
     index: Option<Index>,
     hits: u64,
     mispredicted: u64,
+}
+
+/// One walk's position in the table: where its next lookup is guessed to be, and the stamps
+/// its uses get. Made by [`StatCache::cursor`], one per walk.
+#[derive(Debug, Default)]
+pub(crate) struct Cursor {
+    walk: u32,
+    step: u32,
+    next: usize,
+}
+
+/// When a slot was used: (walk number, step within that walk), ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Stamp(u64);
+
+impl Cursor {
+    /// The next stamp of this walk; also what a file handed to another thread for hashing
+    /// carries, so it is saved in walk order too.
+    pub(crate) fn stamp(&mut self) -> Stamp {
+        self.step = self.step.saturating_add(1);
+        Stamp((u64::from(self.walk) << 32) | u64::from(self.step))
+    }
 }
 
 impl Table {
@@ -133,9 +159,9 @@ impl Table {
         self.used.push(0);
     }
 
-    fn position(&mut self, key: u64) -> Option<usize> {
-        if self.keys.get(self.next) == Some(&key) {
-            return Some(self.next);
+    fn position(&mut self, key: u64, guess: usize) -> Option<usize> {
+        if self.keys.get(guess) == Some(&key) {
+            return Some(guess);
         }
         if self.index.is_none() {
             let mut index = Index::with_capacity_and_hasher(self.keys.len(), Default::default());
@@ -149,21 +175,24 @@ impl Table {
         Some(i)
     }
 
-    fn touch(&mut self, i: usize) {
-        self.clock = self.clock.saturating_add(1);
-        self.used[i] = self.clock;
-        self.next = i + 1;
-    }
-
-    fn get_mut(&mut self, key: u64) -> Option<&mut Slot> {
-        let i = self.position(key)?;
+    fn find(&mut self, cursor: &mut Cursor, key: u64) -> Option<usize> {
+        let i = self.position(key, cursor.next)?;
         self.hits += 1;
-        self.touch(i);
-        Some(&mut self.slots[i])
+        self.used[i] = cursor.stamp().0;
+        cursor.next = i + 1;
+        Some(i)
     }
 
-    fn upsert(&mut self, key: u64, slot: Slot) {
-        let i = match self.position(key) {
+    #[cfg(test)]
+    fn get_mut(&mut self, key: u64) -> Option<&mut Slot> {
+        let mut cursor = std::mem::take(&mut self.cursor);
+        let i = self.find(&mut cursor, key);
+        self.cursor = cursor;
+        Some(&mut self.slots[i?])
+    }
+
+    fn upsert(&mut self, key: u64, slot: Slot, stamp: Stamp) {
+        let i = match self.position(key, usize::MAX) {
             Some(i) => {
                 self.slots[i] = slot;
                 i
@@ -173,7 +202,7 @@ impl Table {
                 self.keys.len() - 1
             }
         };
-        self.touch(i);
+        self.used[i] = stamp.0;
     }
 
     /// True when this run's lookups mostly missed their guessed position: saving would put
@@ -186,7 +215,7 @@ impl Table {
     fn save_order(&self) -> Vec<u32> {
         let mut order: Vec<u32> = (0..self.keys.len() as u32).collect();
         order.sort_by_key(|&i| match self.used[i as usize] {
-            0 => u32::MAX,
+            0 => u64::MAX,
             t => t,
         });
         order
@@ -330,11 +359,27 @@ impl StatCache {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// A cursor for one walk's lookups (see [`Table`]).
+    pub(crate) fn cursor(&self) -> Cursor {
+        let mut table = self.lock();
+        table.walks = table.walks.saturating_add(1);
+        Cursor {
+            walk: table.walks,
+            ..Cursor::default()
+        }
+    }
+
     /// The remembered data hash of `abs_path`, if its stat is unchanged.
-    pub(crate) fn lookup(&self, abs_path: &Path, stat: &FileStat) -> Option<Hash16> {
+    pub(crate) fn lookup(
+        &self,
+        cursor: &mut Cursor,
+        abs_path: &Path,
+        stat: &FileStat,
+    ) -> Option<Hash16> {
         let key = path_key(abs_path);
         let mut table = self.lock();
-        let slot = table.get_mut(key)?;
+        let i = table.find(cursor, key)?;
+        let slot = &mut table.slots[i];
         if slot.stat != stat.digest() {
             return None;
         }
@@ -347,11 +392,13 @@ impl StatCache {
     }
 
     /// Reads and hashes a regular file's content and xattrs, remembering the result when the
-    /// file was stable while being read and not racily recent. `expected` is the walk's lstat.
+    /// file was stable while being read and not racily recent. `expected` is the walk's lstat,
+    /// `stamp` where in its walk the file came.
     pub(crate) fn hash_file(
         &self,
         abs_path: &Path,
         expected: &FileStat,
+        stamp: Stamp,
         xattrs: &mut XattrReader,
     ) -> io::Result<Hash16> {
         let started = SystemTime::now();
@@ -393,7 +440,7 @@ impl StatCache {
                 day: self.today,
                 data,
             };
-            self.lock().upsert(path_key(abs_path), slot);
+            self.lock().upsert(path_key(abs_path), slot, stamp);
             self.dirty.store(true, Ordering::Relaxed);
         }
         Ok(data)
@@ -591,6 +638,16 @@ fn load_table(path: &Path) -> Result<Table, LoadError> {
 mod tests {
     use super::*;
 
+    impl StatCache {
+        /// A lookup as the first of its own walk.
+        fn lookup1(&self, p: &Path, st: &FileStat) -> Option<Hash16> {
+            self.lookup(&mut self.cursor(), p, st)
+        }
+        fn hash1(&self, p: &Path, st: &FileStat, xr: &mut XattrReader) -> io::Result<Hash16> {
+            self.hash_file(p, st, Stamp(1), xr)
+        }
+    }
+
     fn stat_of(p: &Path) -> FileStat {
         FileStat::from_metadata(&std::fs::symlink_metadata(p).unwrap())
     }
@@ -610,10 +667,10 @@ mod tests {
         let mut xr = XattrReader::default();
         let st = stat_of(&p);
 
-        let h = cache.hash_file(&p, &st, &mut xr).unwrap();
+        let h = cache.hash1(&p, &st, &mut xr).unwrap();
         assert_eq!(cache.hashes_performed(), 1);
         assert_eq!(cache.bytes_hashed(), 5);
-        assert_eq!(cache.lookup(&p, &st), Some(h));
+        assert_eq!(cache.lookup1(&p, &st), Some(h));
 
         // Each field on its own invalidates the entry.
         for change in [
@@ -626,10 +683,10 @@ mod tests {
         ] {
             let mut other = st;
             change(&mut other);
-            assert_eq!(cache.lookup(&p, &other), None);
+            assert_eq!(cache.lookup1(&p, &other), None);
         }
         // Another path with the same stat is not a hit either.
-        assert_eq!(cache.lookup(&dir.path().join("g"), &st), None);
+        assert_eq!(cache.lookup1(&dir.path().join("g"), &st), None);
     }
 
     #[test]
@@ -640,11 +697,9 @@ mod tests {
         let mut cache = StatCache::new();
         cache.set_racy_window(Duration::from_secs(3600));
         let st = stat_of(&p);
-        cache
-            .hash_file(&p, &st, &mut XattrReader::default())
-            .unwrap();
+        cache.hash1(&p, &st, &mut XattrReader::default()).unwrap();
         assert!(cache.is_empty());
-        assert_eq!(cache.lookup(&p, &st), None);
+        assert_eq!(cache.lookup1(&p, &st), None);
     }
 
     #[test]
@@ -685,7 +740,7 @@ mod tests {
         let mut stale = stat_of(&p);
         stale.size = 2; // as if the walk had seen an older version
         cache
-            .hash_file(&p, &stale, &mut XattrReader::default())
+            .hash1(&p, &stale, &mut XattrReader::default())
             .unwrap();
         assert!(cache.is_empty());
     }
@@ -700,7 +755,7 @@ mod tests {
         let st = stat_of(&target);
         let cache = settled_cache();
         assert!(cache
-            .hash_file(&link, &st, &mut XattrReader::default())
+            .hash1(&link, &st, &mut XattrReader::default())
             .is_err());
     }
 
@@ -711,11 +766,11 @@ mod tests {
         std::fs::write(&p, b"same").unwrap();
         let cache = settled_cache();
         let mut xr = XattrReader::default();
-        let before = cache.hash_file(&p, &stat_of(&p), &mut xr).unwrap();
+        let before = cache.hash1(&p, &stat_of(&p), &mut xr).unwrap();
         if xattr::set(&p, "user.bk", b"1").is_err() {
             return; // filesystem without user xattrs (tmpfs on old kernels)
         }
-        let after = cache.hash_file(&p, &stat_of(&p), &mut xr).unwrap();
+        let after = cache.hash1(&p, &stat_of(&p), &mut xr).unwrap();
         assert_ne!(before, after);
     }
 
@@ -730,7 +785,7 @@ mod tests {
             let p = dir.path().join(format!("f{i}"));
             std::fs::write(&p, format!("content {i}")).unwrap();
             let st = stat_of(&p);
-            expected.push((p.clone(), st, cache.hash_file(&p, &st, &mut xr).unwrap()));
+            expected.push((p.clone(), st, cache.hash1(&p, &st, &mut xr).unwrap()));
         }
         assert!(cache.save(&cache_file).unwrap());
         assert!(!cache.save(&cache_file).unwrap(), "nothing changed");
@@ -739,7 +794,7 @@ mod tests {
         assert_eq!(warning, None);
         assert_eq!(loaded.len(), 50);
         for (p, st, h) in &expected {
-            assert_eq!(loaded.lookup(p, st), Some(*h));
+            assert_eq!(loaded.lookup1(p, st), Some(*h));
         }
         assert_eq!(loaded.hashes_performed(), 0);
     }
@@ -752,7 +807,7 @@ mod tests {
         let p = dir.path().join("data");
         std::fs::write(&p, b"x").unwrap();
         cache
-            .hash_file(&p, &stat_of(&p), &mut XattrReader::default())
+            .hash1(&p, &stat_of(&p), &mut XattrReader::default())
             .unwrap();
         cache.save(&f).unwrap();
         let good = std::fs::read(&f).unwrap();
@@ -821,6 +876,7 @@ mod tests {
                         day: cache.today,
                         data,
                     },
+                    Stamp(i + 1),
                 );
             }
         }
@@ -858,6 +914,7 @@ mod tests {
                     day: cache.today - PRUNE_AFTER_DAYS - 1,
                     data: [1; 16],
                 },
+                Stamp(1),
             );
             map.upsert(
                 2,
@@ -866,6 +923,7 @@ mod tests {
                     day: cache.today,
                     data: [2; 16],
                 },
+                Stamp(2),
             );
         }
         cache.dirty.store(true, Ordering::Relaxed);
@@ -897,7 +955,7 @@ mod tests {
         let f = dir.path().join("stat-cache");
         let cache = settled_cache();
         for k in 1..=300u64 {
-            cache.lock().upsert(k, slot(k as u8));
+            cache.lock().upsert(k, slot(k as u8), Stamp(k));
         }
         cache.dirty.store(true, Ordering::Relaxed);
         cache.save(&f).unwrap();
@@ -939,8 +997,44 @@ mod tests {
         let order: Vec<u64> = t.save_order().iter().map(|&i| t.keys[i as usize]).collect();
         assert_eq!(order, vec![4, 2, 1, 3, 5]);
         // Updating an existing key replaces it in place.
-        t.upsert(3, slot(33));
+        t.upsert(3, slot(33), Stamp(99));
         assert_eq!(t.len(), 5);
         assert_eq!(t.get_mut(3).map(|s| s.data), Some([33; 16]));
+    }
+
+    #[test]
+    fn walks_side_by_side_keep_their_guesses_and_need_no_save() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("stat-cache");
+        let cache = settled_cache();
+        // Two walks of 200 files each, saved walk by walk.
+        for k in 1..=400u64 {
+            cache.lock().upsert(k, slot(k as u8), Stamp(k));
+        }
+        cache.dirty.store(true, Ordering::Relaxed);
+        cache.save(&f).unwrap();
+
+        // The same two walks, their lookups interleaved one by one (two threads): each
+        // cursor's guesses stay right after its first lookup, so the table is still in order.
+        let (loaded, _) = StatCache::load(&f);
+        let (mut a, mut b) = (loaded.cursor(), loaded.cursor());
+        for k in 1..=200u64 {
+            for (cursor, key) in [(&mut a, k), (&mut b, 200 + k)] {
+                let mut t = loaded.lock();
+                assert!(t.find(cursor, key).is_some(), "key {key}");
+            }
+        }
+        {
+            let t = loaded.lock();
+            assert_eq!(
+                (t.hits, t.mispredicted),
+                (400, 1),
+                "only b's first guess misses"
+            );
+        }
+        assert!(
+            !loaded.save(&f).unwrap(),
+            "nothing changed, nothing to save"
+        );
     }
 }

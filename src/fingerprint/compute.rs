@@ -9,7 +9,7 @@ use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Mutex;
 use std::thread::Scope;
 
-use super::cache::{FileStat, StatCache};
+use super::cache::{FileStat, Stamp, StatCache};
 use super::codec::{prefix16, put_i64, Hash16};
 use super::manifest::{FileRec, Manifest, Section, SectionBuilder, FORMAT_VERSION};
 use super::state::state_dir_exclude;
@@ -222,6 +222,7 @@ fn section(
         .with_xattrs(false);
 
     let mut items = SectionBuilder::default();
+    let mut cursor = cache.cursor();
     std::thread::scope(|scope| -> Result<(), FingerprintError> {
         let mut pool: Option<Pool> = None;
         let mut first_err: Option<FingerprintError> = None;
@@ -243,7 +244,7 @@ fn section(
                 continue;
             }
             let stat = FileStat::from_entry(&e);
-            if let Some(data) = cache.lookup(&e.abs_path, &stat) {
+            if let Some(data) = cache.lookup(&mut cursor, &e.abs_path, &stat) {
                 items.push(&e.rel_path, FileRec { mode: e.mode, data });
                 continue;
             }
@@ -255,6 +256,7 @@ fn section(
                 idx: items.push(&e.rel_path, rec),
                 path: e.abs_path,
                 stat,
+                stamp: cursor.stamp(),
             };
             let pool = pool.get_or_insert_with(|| Pool::start(scope, cache));
             pool.submit(job)?;
@@ -294,6 +296,7 @@ struct Job {
     idx: usize,
     path: PathBuf,
     stat: FileStat,
+    stamp: Stamp,
 }
 
 struct Done {
@@ -333,7 +336,7 @@ impl Pool {
                         .recv();
                     let Ok(job) = next else { break };
                     let result = cache
-                        .hash_file(&job.path, &job.stat, &mut xattrs)
+                        .hash_file(&job.path, &job.stat, job.stamp, &mut xattrs)
                         .map_err(|e| (job.path, e));
                     let done = Done {
                         idx: job.idx,
