@@ -219,8 +219,8 @@ async fn send_dir(
     });
 
     let mut files = FileTable::default();
-    let reads = Arc::new(tokio::sync::Semaphore::new(PARALLEL_READS));
     let bytes_sent = Arc::new(AtomicU64::new(0));
+    let mut readers: Option<Readers> = None;
     let mut next_id: u32 = 0;
     let mut walking = true;
     let result = loop {
@@ -256,22 +256,16 @@ async fn send_dir(
                             Err(e) => break Err(format!("looking up file id {}: {e}", p.id)),
                         };
                         report.files_requested += 1;
-                        // At most PARALLEL_READS files in flight; readers are detached and
-                        // hold a permit, so waiting for all permits waits for all readers.
-                        let Ok(permit) = reads.clone().acquire_owned().await else {
+                        let r = readers.get_or_insert_with(|| Readers::start(&tx, &bytes_sent));
+                        if r.queue.send((p.id, path)).await.is_err() {
                             break Err("file readers stopped".into());
-                        };
-                        let tx = tx.clone();
-                        let counter = bytes_sent.clone();
-                        let id = p.id;
-                        tokio::task::spawn_blocking(move || {
-                            let _permit = permit;
-                            send_file(id, &path, &tx, &counter);
-                        });
+                        }
                     }
                     Ok(PacketType::PacketFin) => {
                         // All data arrived (so no reader should remain); answer FIN, end our side.
-                        let _all = reads.acquire_many(PARALLEL_READS as u32).await;
+                        if let Some(r) = readers.take() {
+                            r.finish().await;
+                        }
                         let _ = tx.send(Ok(Packet { r#type: PacketType::PacketFin as i32, ..Default::default() })).await;
                         break Ok(());
                     }
@@ -286,6 +280,44 @@ async fn send_dir(
     report.bytes_sent = bytes_sent.load(Ordering::Relaxed);
     walker.abort();
     result
+}
+
+/// A fixed set of reader threads for one DiffCopy, fed through a bounded queue. A thread per
+/// request (`spawn_blocking` for each file) let the blocking pool grow to ~40 threads on a
+/// 200k-file sync, and client memory with it; a full queue also stops us reading further
+/// requests, so the daemon's flow control, not our memory, absorbs the backlog.
+struct Readers {
+    queue: mpsc::Sender<(u32, PathBuf)>,
+    threads: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Readers {
+    fn start(tx: &mpsc::Sender<Result<Packet, Status>>, counter: &Arc<AtomicU64>) -> Readers {
+        let (queue, rx) = mpsc::channel::<(u32, PathBuf)>(PARALLEL_READS * 4);
+        let rx = Arc::new(Mutex::new(rx));
+        let threads = (0..PARALLEL_READS)
+            .map(|_| {
+                let (rx, tx, counter) = (rx.clone(), tx.clone(), counter.clone());
+                tokio::task::spawn_blocking(move || loop {
+                    let next = rx
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .blocking_recv();
+                    let Some((id, path)) = next else { break };
+                    send_file(id, &path, &tx, &counter);
+                })
+            })
+            .collect();
+        Readers { queue, threads }
+    }
+
+    /// Closes the queue and waits until every queued file was sent.
+    async fn finish(self) {
+        drop(self.queue);
+        for t in self.threads {
+            let _ = t.await;
+        }
+    }
 }
 
 /// Streams one file as DATA packets, then an empty DATA (EOF). An unreadable file is answered
