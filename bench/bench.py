@@ -435,12 +435,14 @@ class BkBake(MonoTool):
         super().reset_cold()
         shutil.rmtree(self.mono / ".bk-build", ignore_errors=True)
 
+    extra = []
+
     def run(self, tag):
-        lf = self.logs / f"bk-bake-{tag}.log"
-        md = self.logs / f"bk-bake-{tag}.json"
+        lf = self.logs / f"{self.key}-bake-{tag}.log"
+        md = self.logs / f"{self.key}-bake-{tag}.json"
         md.unlink(missing_ok=True)
-        wall, rss, text = measure([str(BK), "bake", "--progress", "plain", "--metadata-file",
-                                   str(md)], self.mono, lf)
+        wall, rss, text = measure([str(BK), "bake", "--progress", "plain", *self.extra,
+                                   "--metadata-file", str(md)], self.mono, lf)
         return bk_sample(wall, rss, text, md)
 
 
@@ -453,16 +455,8 @@ class BkBakeAll(BkBake):
 
     def __init__(self, mono, logs, jobs):
         super().__init__(mono, logs)
-        self.jobs = jobs
+        self.extra = ["-j", str(jobs)]
         self.name = f"bk-build bake -j {jobs}"
-
-    def run(self, tag):
-        lf = self.logs / f"bkj-bake-{tag}.log"
-        md = self.logs / f"bkj-bake-{tag}.json"
-        md.unlink(missing_ok=True)
-        wall, rss, text = measure([str(BK), "bake", "--progress", "plain", "-j", str(self.jobs),
-                                   "--metadata-file", str(md)], self.mono, lf)
-        return bk_sample(wall, rss, text, md)
 
 
 class CtxTool(Tool):

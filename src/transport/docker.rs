@@ -168,14 +168,9 @@ pub(crate) async fn api_version(host: &DockerHost) -> Result<String, String> {
     Ok(v)
 }
 
-/// How many CPUs the engine's host has (`GET /info`, `NCPU`).
-pub async fn engine_cpus(host: &DockerHost) -> Result<usize, String> {
-    #[derive(serde::Deserialize)]
-    struct Info {
-        #[serde(rename = "NCPU")]
-        ncpu: usize,
-    }
-    let req = http::Request::get("/info")
+/// `GET path` on the engine: its status and whole (small) body.
+async fn get(host: &DockerHost, path: &str) -> Result<(http::StatusCode, Bytes), String> {
+    let req = http::Request::get(path)
         .header(http::header::HOST, "api.moby.localhost")
         .body(Empty::new())
         .map_err(|e| e.to_string())?;
@@ -185,8 +180,19 @@ pub async fn engine_cpus(host: &DockerHost) -> Result<usize, String> {
         .into_body()
         .collect()
         .await
-        .map_err(|e| format!("reading {host}'s /info: {e}"))?
+        .map_err(|e| format!("reading {host}'s answer to GET {path}: {e}"))?
         .to_bytes();
+    Ok((status, body))
+}
+
+/// How many CPUs the engine's host has (`GET /info`, `NCPU`).
+pub async fn engine_cpus(host: &DockerHost) -> Result<usize, String> {
+    #[derive(serde::Deserialize)]
+    struct Info {
+        #[serde(rename = "NCPU")]
+        ncpu: usize,
+    }
+    let (status, body) = get(host, "/info").await?;
     if status != http::StatusCode::OK {
         return Err(format!("{host} answered {status} for /info"));
     }
@@ -208,18 +214,7 @@ pub async fn image_id(host: &DockerHost, reference: &str) -> Result<Option<Strin
     }
     // The name is a path segment: escape what would end it early.
     let name: String = form_urlencoded::byte_serialize(reference.as_bytes()).collect();
-    let req = http::Request::get(format!("/images/{name}/history"))
-        .header(http::header::HOST, "api.moby.localhost")
-        .body(Empty::new())
-        .map_err(|e| e.to_string())?;
-    let resp = http1_request(host, req).await?;
-    let status = resp.status();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("reading {host}'s answer for image {reference}: {e}"))?
-        .to_bytes();
+    let (status, body) = get(host, &format!("/images/{name}/history")).await?;
     match status {
         http::StatusCode::OK => {
             let entries: Vec<HistoryEntry> = serde_json::from_slice(&body).map_err(|e| {
