@@ -43,7 +43,7 @@ pub struct SyncStats {
     total_bytes: AtomicU64,
 }
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct DirSyncReport {
     /// STAT packets sent (entries after filtering).
     pub entries: u64,
@@ -53,6 +53,22 @@ pub struct DirSyncReport {
     pub bytes_sent: u64,
     /// Number of DiffCopy calls for this name.
     pub syncs: u64,
+    /// The filters the daemon asked for, one per DiffCopy call, in arrival order. The
+    /// fingerprint is checked against these after a build (it must cover every file they
+    /// select), so they are kept exactly as received, before our own extra excludes.
+    pub requests: Vec<SyncRequest>,
+}
+
+/// The `include-patterns`, `exclude-patterns` and `followpaths` of one DiffCopy call
+/// (BuildKit `session/filesync/filesync.go`, `FSSync`).
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SyncRequest {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include_patterns: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude_patterns: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub follow_paths: Vec<String>,
 }
 
 impl SyncStats {
@@ -69,6 +85,7 @@ impl SyncStats {
             e.files_requested += r.files_requested;
             e.bytes_sent += r.bytes_sent;
             e.syncs += 1;
+            e.requests.extend(r.requests);
         }
     }
 }
@@ -128,18 +145,26 @@ impl FileSync for FileSyncService {
             .get(&name)
             .ok_or_else(|| Status::not_found(format!("no access allowed to dir {name:?}")))?
             .clone();
-        let mut exclude_patterns = metadata_values(md, "exclude-patterns");
+        let asked = SyncRequest {
+            include_patterns: metadata_values(md, "include-patterns"),
+            exclude_patterns: metadata_values(md, "exclude-patterns"),
+            follow_paths: metadata_values(md, "followpaths"),
+        };
+        let mut exclude_patterns = asked.exclude_patterns.clone();
         exclude_patterns.extend(dir.extra_excludes.iter().cloned());
         let opts = WalkOptions {
-            include_patterns: metadata_values(md, "include-patterns"),
+            include_patterns: asked.include_patterns.clone(),
             exclude_patterns,
-            follow_paths: metadata_values(md, "followpaths"),
+            follow_paths: asked.follow_paths.clone(),
         };
         let inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(64);
         let stats = self.stats.clone();
         tokio::spawn(async move {
-            let mut report = DirSyncReport::default();
+            let mut report = DirSyncReport {
+                requests: vec![asked],
+                ..Default::default()
+            };
             if let Err(msg) = send_dir(dir, opts, inbound, tx.clone(), &mut report).await {
                 let _ = tx
                     .send(Ok(Packet {
