@@ -1,22 +1,33 @@
-//! Running a project: decide per target whether to build or skip (graph + fingerprints +
-//! recorded state), then build what changed with bounded parallelism, each dependent on the
-//! exact image its base produced, recording every success as soon as it happens.
+//! Running a project: decide per target whether to build, re-tag or skip it (graph +
+//! fingerprints + what the local state and the registry already hold), then do it with
+//! bounded parallelism, each dependent on the exact image its base produced, recording every
+//! success as soon as it happens.
+//!
+//! The decision ("the skip rule") lives here. A target's key covers its content inputs only
+//! (files, Dockerfile, visible args, bases by digest, …; see [`crate::fingerprint`]). A result
+//! for that key is known from the local state or from the **registry ledger**: after a push,
+//! the image is also tagged `<repository>:bk-build-<key>` ([`fingerprint::ledger_tag`]), so a
+//! fresh CI runner can find it by content. With a known result, the wanted tags and outputs
+//! are checked: all present → `skip`; only tags missing → `retag` (a manifest copy, no layer
+//! upload, no daemon); anything else → `build`. Whatever is uncertain leads to `build`.
 //!
 //! This is the orchestration layer: it joins [`crate::project`], [`crate::graph`],
-//! [`crate::fingerprint`], [`crate::build`] and [`crate::progress`], and owns the skip rule.
-//! It does not parse files, walk directories or speak the protocol itself.
+//! [`crate::fingerprint`], [`crate::build`], [`crate::registry`] and [`crate::progress`]. It
+//! does not parse files, walk directories or speak the protocol itself.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::build::{BuildResult, BuildSpec};
-use crate::fingerprint::{self, Fingerprint, FingerprintInput, StateStore, TargetRecord};
+use crate::fingerprint::{
+    self, ContextRead, DaemonRead, Fingerprint, FingerprintInput, StateStore, TargetRecord,
+};
 use crate::graph::{self, Outcome, Via};
-use crate::options::{self, ContextSource, NamedContext, OutputDest};
+use crate::options::{self, ContextSource, NamedContext, OutputDest, OutputKind};
 use crate::progress::{Progress, SummaryRow, TargetOutcome};
 use crate::project::{Project, Target};
-use crate::transport::{Daemon, DaemonKind};
+use crate::transport::{Daemon, DaemonKind, DockerHost};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, thiserror::Error)]
@@ -38,25 +49,66 @@ fn terr(target: &str, message: impl Into<String>) -> BakeError {
     }
 }
 
+/// How a run decides.
+#[derive(Debug, Clone, Default)]
+pub struct BakeOptions {
+    /// Build these targets whatever their state (`bake --force`), and record the result.
+    pub force: BTreeSet<String>,
+    /// Look results up in, and record them to, the registry ledger (default on).
+    pub ledger: bool,
+}
+
 /// What a run will do with one target, and why.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct TargetPlan {
     pub name: String,
-    /// `build` or `skip`.
     pub action: Action,
     pub reasons: Vec<String>,
-    pub fingerprint: String,
-    /// The digest a skipped target still has (from the last build).
+    /// The key of the target's inputs; `None` while a base it builds on must be built first
+    /// (the base's new digest is one of the inputs).
+    pub fingerprint: Option<String>,
+    /// The image digest a skipped or re-tagged target has.
     pub digest: Option<String>,
+    /// Tags a `retag` adds (registry tags, then Docker Engine tags).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub retag: Vec<String>,
     #[serde(skip)]
-    fp: Option<Fingerprint>,
+    retag_registry: Vec<String>,
+    #[serde(skip)]
+    retag_engine: Vec<String>,
+    /// A registry reference holding `digest`, to copy re-tagged manifests from.
+    #[serde(skip)]
+    retag_from: Option<String>,
+    /// The result is already in the registry ledger (no need to write it again).
+    #[serde(skip)]
+    in_ledger: bool,
+    /// Content fingerprint without the digests of project bases (added once known).
+    #[serde(skip)]
+    content: Option<Fingerprint>,
+    /// The whole fingerprint, when every base's digest is known at planning time.
+    #[serde(skip)]
+    full: Option<Fingerprint>,
+    /// Project targets whose images this one builds on (they pin it by digest).
+    #[serde(skip)]
+    image_deps: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     Build,
+    Retag,
     Skip,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Build => "build",
+            Action::Retag => "retag",
+            Action::Skip => "skip",
+        }
+    }
 }
 
 /// The decisions for one run, in build order.
@@ -70,23 +122,6 @@ impl BakePlan {
     pub fn ordered(&self) -> impl Iterator<Item = &TargetPlan> {
         self.graph.order.iter().filter_map(|n| self.targets.get(n))
     }
-}
-
-/// External image references a target reads, resolved to digests where a registry answers;
-/// a base built by this project contributes its fingerprint instead.
-async fn resolve_external(refs: BTreeSet<String>) -> BTreeMap<String, String> {
-    let lookups = refs.into_iter().map(|r| async move {
-        let d = match crate::registry::manifest_digest(&r).await {
-            Ok(Some(d)) => d,
-            Ok(None) => "missing".to_string(),
-            Err(_) => "unresolved".to_string(),
-        };
-        (r, d)
-    });
-    futures_util::future::join_all(lookups)
-        .await
-        .into_iter()
-        .collect()
 }
 
 fn scan(t: &Target) -> Result<graph::DockerfileScan, BakeError> {
@@ -107,69 +142,248 @@ fn scan(t: &Target) -> Result<graph::DockerfileScan, BakeError> {
     ))
 }
 
-/// Everything that decides a target's result besides files, as sorted key/value pairs.
+/// The platform an unset `platforms` means in keys: this machine's, in BuildKit's spelling.
+/// A daemon that builds for another one is noticed after the build, and its result is not
+/// reused (see [`execute`]).
+pub fn host_platform() -> String {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
+        "loongarch64" => "loong64",
+        other => other,
+    };
+    format!("linux/{arch}")
+}
+
+/// Exporter attributes that shape the produced artifact (compression, media types, …); the
+/// destination, image names and push flag only say where it goes.
+fn artifact_outputs(t: &Target) -> Vec<String> {
+    t.outputs
+        .iter()
+        .map(|o| match options::parse_output(o) {
+            Ok(spec) => {
+                let mut parts = vec![format!("type={}", spec.kind.as_str())];
+                for (k, v) in &spec.attrs {
+                    if !matches!(k.as_str(), "name" | "push" | "dest") {
+                        parts.push(format!("{k}={v}"));
+                    }
+                }
+                parts.join(",")
+            }
+            Err(_) => o.clone(),
+        })
+        .collect()
+}
+
+/// Everything that decides a target's result besides files, args and bases.
 fn extra_inputs(t: &Target) -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
     for (k, v) in &t.labels {
         m.insert(format!("label:{k}"), v.clone());
     }
-    m.insert("tags".into(), t.tags.join(","));
-    m.insert("outputs".into(), t.outputs.join("\n"));
-    m.insert("push".into(), t.push.to_string());
-    m.insert("load".into(), t.load.to_string());
-    m.insert("no_cache".into(), t.no_cache.to_string());
+    for (i, o) in artifact_outputs(t).into_iter().enumerate() {
+        m.insert(format!("output:{i}"), o);
+    }
     for (k, v) in &t.contexts {
-        if !matches!(v, ContextSource::Local(_)) {
-            m.insert(
-                format!("context:{k}"),
-                crate::project::context_source_string(v),
-            );
+        match v {
+            // Hashed as files, or added as the base's digest.
+            ContextSource::Local(_) | ContextSource::Target(_) => {}
+            other => {
+                m.insert(
+                    format!("context:{k}"),
+                    crate::project::context_source_string(other),
+                );
+            }
         }
     }
     m
 }
 
-fn fingerprint_input(
-    project: &Project,
-    name: &str,
-    scan: &graph::DockerfileScan,
-) -> FingerprintInput {
-    let t = &project.targets[name];
-    FingerprintInput {
-        target: name.to_string(),
-        project_dir: project.root.clone(),
-        context_dir: t.context.clone(),
-        dockerfile: t.dockerfile.clone(),
-        include_patterns: scan.copy_sources.clone(),
-        named_contexts: t
-            .contexts
-            .iter()
-            .filter_map(|(k, v)| match v {
-                ContextSource::Local(p) => Some((k.clone(), p.clone())),
-                _ => None,
-            })
-            .collect(),
-        args: t.args.clone(),
-        target_stage: t.target.clone(),
-        platforms: t.platforms.clone(),
-        // Added once known (`Fingerprint::with_bases`), so walks need not wait for them.
-        bases: Vec::new(),
-        extra: extra_inputs(t),
+/// Why a target must be built whatever its inputs look like, if it must.
+fn always_build(t: &Target, forced: bool) -> Option<String> {
+    if forced {
+        return Some("forced (--force)".into());
     }
+    if t.no_cache {
+        return Some("no_cache is set".into());
+    }
+    for (k, v) in &t.contexts {
+        match v {
+            ContextSource::Remote(u) => {
+                return Some(format!(
+                    "context {k} ({u}) is fetched by the daemon; its content is not known before building"
+                ))
+            }
+            ContextSource::OciLayout(p) => {
+                return Some(format!(
+                    "context {k} (oci-layout://{p}) is not fingerprinted"
+                ))
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
-/// Computes fingerprints and build/skip decisions for `names` (empty: the default group).
+/// The registry repository a pushed target lives in (its first tag's), where its ledger
+/// entries go.
+fn home_repository(t: &Target) -> Option<String> {
+    if !t.push {
+        return None;
+    }
+    let r = crate::registry::Reference::parse(t.tags.first()?).ok()?;
+    Some(format!("{}/{}", r.registry, r.repository))
+}
+
+/// Whether plain `tags` are loaded into the Docker Engine (`load`, or tags with nowhere else
+/// to go, as with `docker buildx build -t`).
+fn loads(t: &Target) -> bool {
+    t.load || (!t.push && t.outputs.is_empty() && !t.tags.is_empty())
+}
+
+/// Where a target's result must be, checked against a known image digest.
+#[derive(Debug, Clone, Default)]
+struct Delivery {
+    /// Pushed tags that do not point at the digest (yet).
+    registry_missing: Vec<String>,
+    /// Pushed tags that already point at it.
+    registry_present: Vec<String>,
+    /// Engine tags that are not that image.
+    engine_missing: Vec<String>,
+    /// What makes anything short of a build impossible.
+    blockers: Vec<String>,
+}
+
+async fn check_delivery(
+    t: &Target,
+    digest: Option<&str>,
+    recorded_outputs: &[String],
+    engine: Option<&DockerHost>,
+) -> Delivery {
+    let mut d = Delivery::default();
+    if t.push {
+        match digest {
+            None => d
+                .blockers
+                .push("the last build recorded no image digest".into()),
+            Some(want) => {
+                let checks = t
+                    .tags
+                    .iter()
+                    .map(|tag| async move { (tag, crate::registry::manifest_digest(tag).await) });
+                for (tag, got) in futures_util::future::join_all(checks).await {
+                    match got {
+                        Ok(Some(g)) if g == want => d.registry_present.push(tag.clone()),
+                        Ok(_) => d.registry_missing.push(tag.clone()),
+                        Err(e) => d.blockers.push(format!("cannot check {tag}: {e}")),
+                    }
+                }
+            }
+        }
+    }
+    if loads(t) {
+        match (engine, digest) {
+            (Some(host), Some(want)) => {
+                for tag in &t.tags {
+                    match crate::transport::docker_image_id(host, tag).await {
+                        Ok(Some(id)) if id == want => {}
+                        Ok(_) => d.engine_missing.push(tag.clone()),
+                        Err(e) => d.blockers.push(format!("cannot check image {tag}: {e}")),
+                    }
+                }
+            }
+            (None, _) => d
+                .blockers
+                .push("the Docker Engine its images load into is not reachable".into()),
+            (_, None) => d
+                .blockers
+                .push("the last build recorded no image digest".into()),
+        }
+    }
+    for o in &t.outputs {
+        let Ok(spec) = options::parse_output(o) else {
+            d.blockers.push(format!("output {o} cannot be checked"));
+            continue;
+        };
+        if let Some(OutputDest::Path(p)) = &spec.dest {
+            if !recorded_outputs.contains(o) {
+                d.blockers.push(format!(
+                    "output {} was not written by that build",
+                    p.display()
+                ));
+            } else if !p.exists() {
+                d.blockers
+                    .push(format!("output {} is missing", p.display()));
+            }
+            continue;
+        }
+        let names: Vec<&str> = spec
+            .attrs
+            .get("name")
+            .map(|n| {
+                n.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        match spec.kind {
+            OutputKind::CacheOnly => {}
+            OutputKind::Image if spec.attrs.get("push").is_some_and(|v| v == "true") => {
+                for name in names {
+                    match (digest, crate::registry::manifest_digest(name).await) {
+                        (Some(want), Ok(Some(got))) if got == want => {}
+                        _ => d
+                            .blockers
+                            .push(format!("{name} is not in the registry as that image")),
+                    }
+                }
+            }
+            OutputKind::Image | OutputKind::Docker if !names.is_empty() => {
+                for name in names {
+                    let ok = match (engine, digest) {
+                        (Some(host), Some(want)) => {
+                            matches!(crate::transport::docker_image_id(host, name).await, Ok(Some(id)) if id == want)
+                        }
+                        _ => false,
+                    };
+                    if !ok {
+                        d.blockers
+                            .push(format!("image {name} is not in the Docker Engine"));
+                    }
+                }
+            }
+            _ => d.blockers.push(format!("output {o} cannot be checked")),
+        }
+    }
+    d
+}
+
+/// Per-target facts gathered before deciding.
+struct Facts {
+    scan: graph::DockerfileScan,
+    /// External references (not project targets) this build reads, with the registry digest
+    /// when the target pulls.
+    external: Vec<String>,
+}
+
+/// Computes fingerprints and build/retag/skip decisions for `names` (empty: the default
+/// group). `daemon` is only used to check images loaded into a Docker Engine.
 pub async fn plan(
     project: &Project,
     names: &[String],
     state: &StateStore,
     daemon: Option<&Daemon>,
+    opts: &BakeOptions,
 ) -> Result<BakePlan, BakeError> {
     let gplan = graph::plan(project, names)?;
-    let mut scans = BTreeMap::new();
-    let mut external = BTreeSet::new();
+    let mut facts: BTreeMap<String, Facts> = BTreeMap::new();
+    let mut to_resolve = BTreeSet::new();
     for name in &gplan.order {
-        let s = scan(&project.targets[name])?;
+        let t = &project.targets[name];
+        let s = scan(t)?;
         let built_here: BTreeSet<&str> = gplan.deps[name]
             .iter()
             .filter_map(|e| match &e.via {
@@ -177,95 +391,138 @@ pub async fn plan(
                 _ => None,
             })
             .collect();
-        for r in &s.base_refs {
-            if !built_here.contains(r.as_str()) {
-                external.insert(r.clone());
+        let mut external: Vec<String> = s
+            .base_refs
+            .iter()
+            .filter(|r| !built_here.contains(r.as_str()))
+            .cloned()
+            .collect();
+        for v in t.contexts.values() {
+            if let ContextSource::DockerImage(r) = v {
+                external.push(r.clone());
             }
         }
-        scans.insert(name.clone(), s);
+        if t.pull {
+            to_resolve.extend(external.iter().cloned());
+            if let Some(syntax) = &s.syntax {
+                to_resolve.insert(syntax.clone());
+            }
+        }
+        facts.insert(name.clone(), Facts { scan: s, external });
     }
     crate::timing::mark("dockerfiles scanned");
 
     // What other processes must answer runs while the files are walked: the registry digests
-    // of external bases, and whether each recorded output still exists. Checking a target
+    // of pulled bases, and whether each recorded result is still delivered. Checking a target
     // whose inputs turn out to have changed wastes a cheap request; waiting for the walk
-    // first would add the daemon's answer time to every no-op run.
-    let resolving = tokio::spawn(resolve_external(external));
+    // first would add the registry's answer time to every no-op run.
+    let resolving = tokio::spawn(resolve_digests(to_resolve));
     let engine = daemon.and_then(|d| match (&d.kind, &d.address) {
         (DaemonKind::DockerEngine { .. }, crate::transport::Address::Docker(host)) => {
             Some(host.clone())
         }
         _ => None,
     });
-    let checks: Vec<_> = gplan
+    let prechecks: Vec<_> = gplan
         .order
         .iter()
         .filter_map(|name| {
-            let prev = state.get(name)?;
+            let prev = state.get(name).filter(|r| r.uncovered.is_empty())?;
             let (t, engine) = (project.targets[name].clone(), engine.clone());
             let name = name.clone();
             Some(async move {
-                let missing = output_missing(&t, &prev, engine.as_ref()).await;
-                (name, missing)
+                let d = check_delivery(
+                    &t,
+                    prev.image_digest.as_deref(),
+                    &prev.outputs,
+                    engine.as_ref(),
+                )
+                .await;
+                (name, (prev.image_digest, d))
             })
         })
         .collect();
-    let checking = tokio::spawn(futures_util::future::join_all(checks));
+    let prechecking = tokio::spawn(futures_util::future::join_all(prechecks));
 
     let inputs: Vec<FingerprintInput> = gplan
         .order
         .iter()
-        .map(|name| fingerprint_input(project, name, &scans[name]))
+        .map(|name| fingerprint_input(project, &gplan, &facts, name))
         .collect();
     let walked =
         tokio::task::block_in_place(|| fingerprint::compute_many(&inputs, state.stat_cache()));
     crate::timing::mark("files walked");
     // A lookup task only fails by panicking; treat its answers as unknown rather than fail.
-    let external = resolving.await.unwrap_or_default();
+    let resolved = resolving.await.unwrap_or_default();
+    let prechecked: BTreeMap<String, (Option<String>, Delivery)> = prechecking
+        .await
+        .map(|v| v.into_iter().collect())
+        .unwrap_or_default();
 
-    let mut targets: BTreeMap<String, TargetPlan> = BTreeMap::new();
+    let mut content: BTreeMap<String, Fingerprint> = BTreeMap::new();
     for (name, fp) in gplan.order.iter().zip(walked) {
-        let s = &scans[name];
-        let mut bases: Vec<(String, String)> = Vec::new();
-        for e in &gplan.deps[name] {
-            bases.push((e.dep.clone(), targets[&e.dep].fingerprint.clone()));
-        }
-        for r in &s.base_refs {
-            if let Some(d) = external.get(r) {
-                bases.push((r.clone(), d.clone()));
+        let t = &project.targets[name];
+        let bases = facts[name].external.iter().map(|r| {
+            let pinned = if t.pull {
+                resolved
+                    .get(r)
+                    .cloned()
+                    .unwrap_or_else(|| "unresolved".into())
+            } else {
+                String::new()
+            };
+            (r.clone(), pinned)
+        });
+        let mut fp = fp?.with_bases(bases);
+        if t.pull {
+            if let Some(d) = facts[name]
+                .scan
+                .syntax
+                .as_ref()
+                .and_then(|s| resolved.get(s))
+            {
+                fp = fp.with_bases([("syntax".to_string(), d.clone())]);
             }
         }
-        let fp = fp?.with_bases(bases);
-        let (action, reasons, digest) = decide(state, &gplan, &targets, name, &fp);
-        targets.insert(
-            name.clone(),
-            TargetPlan {
-                name: name.clone(),
-                action,
-                reasons,
-                fingerprint: fp.key.clone(),
-                digest,
-                fp: Some(fp),
-            },
-        );
+        content.insert(name.clone(), fp);
     }
     crate::timing::mark("fingerprints computed");
 
-    let checked = checking.await.map_err(|e| BakeError::Target {
-        target: gplan.order.join(", "),
-        message: format!("checking the previous outputs failed: {e}"),
-    })?;
-    for (name, missing) in checked {
-        match (missing, targets.get_mut(&name)) {
-            (Some(why), Some(tp)) if tp.action == Action::Skip => {
-                tp.action = Action::Build;
-                tp.reasons = vec![why];
-                tp.digest = None;
-            }
-            _ => {}
+    // Decide in dependency waves: a target's key needs its bases' digests.
+    let ctx = DecideCtx {
+        project,
+        gplan: &gplan,
+        state,
+        engine: engine.as_ref(),
+        opts,
+    };
+    let mut targets: BTreeMap<String, TargetPlan> = BTreeMap::new();
+    let mut pending: Vec<String> = gplan.order.clone();
+    let mut prechecked = prechecked;
+    while !pending.is_empty() {
+        let (ready, rest): (Vec<String>, Vec<String>) = pending.into_iter().partition(|n| {
+            gplan
+                .dependencies(n)
+                .iter()
+                .all(|d| targets.contains_key(*d))
+        });
+        if ready.is_empty() {
+            return Err(terr(&rest.join(", "), "internal error: undecidable order"));
         }
+        let decisions = ready.into_iter().map(|name| {
+            let fp = content.remove(&name);
+            let pre = prechecked.remove(&name);
+            let ctx = &ctx;
+            let decided = &targets;
+            async move { ctx.decide(&name, fp, pre, decided).await }
+        });
+        let done = futures_util::future::join_all(decisions).await;
+        for tp in done {
+            targets.insert(tp.name.clone(), tp);
+        }
+        pending = rest;
     }
-    crate::timing::mark("outputs checked");
+    crate::timing::mark("decided");
     state.save_stat_cache()?;
     crate::timing::mark("stat cache saved");
     Ok(BakePlan {
@@ -274,95 +531,266 @@ pub async fn plan(
     })
 }
 
-/// Build or skip from the fingerprint alone; a skip is provisional until the output check.
-fn decide(
-    state: &StateStore,
-    gplan: &graph::Plan,
-    decided: &BTreeMap<String, TargetPlan>,
-    name: &str,
-    fp: &Fingerprint,
-) -> (Action, Vec<String>, Option<String>) {
-    let dep_rebuilt: Vec<&str> = gplan
-        .dependencies(name)
+async fn resolve_digests(refs: BTreeSet<String>) -> BTreeMap<String, String> {
+    let lookups = refs.into_iter().map(|r| async move {
+        let d = match crate::registry::manifest_digest(&r).await {
+            Ok(Some(d)) => d,
+            Ok(None) => "missing".to_string(),
+            Err(_) => "unresolved".to_string(),
+        };
+        (r, d)
+    });
+    futures_util::future::join_all(lookups)
+        .await
         .into_iter()
-        .filter(|d| decided[*d].action == Action::Build)
+        .collect()
+}
+
+/// Project targets whose images `name` builds on (not mere `depends_on` ordering).
+fn image_deps(gplan: &graph::Plan, name: &str) -> Vec<String> {
+    let set: BTreeSet<String> = gplan.deps[name]
+        .iter()
+        .filter(|e| !matches!(e.via, Via::DependsOn))
+        .map(|e| e.dep.clone())
         .collect();
-    match state.get(name) {
-        None => (Action::Build, vec!["no previous build".to_string()], None),
-        Some(prev) if prev.key != fp.key => {
-            let mut r: Vec<String> = dep_rebuilt
-                .iter()
-                .map(|d| format!("base {d} rebuilt"))
-                .collect();
-            match state.manifest(name) {
-                // "base X changed" says the same as "base X rebuilt" above.
-                Some(old) => r.extend(fingerprint::explain(&old, &fp.manifest).into_iter().filter(
-                    |l| {
-                        !dep_rebuilt
-                            .iter()
-                            .any(|d| *l == format!("base {d} changed"))
-                    },
-                )),
-                None => r.push("inputs changed".into()),
-            }
-            if r.is_empty() {
-                r.push("inputs changed".into());
-            }
-            (Action::Build, r, None)
-        }
-        Some(prev) => (
-            Action::Skip,
-            vec!["unchanged".to_string()],
-            prev.image_digest.clone(),
-        ),
+    set.into_iter().collect()
+}
+
+fn fingerprint_input(
+    project: &Project,
+    gplan: &graph::Plan,
+    facts: &BTreeMap<String, Facts>,
+    name: &str,
+) -> FingerprintInput {
+    let t = &project.targets[name];
+    let scan = &facts[name].scan;
+    // A base with ONBUILD triggers runs instructions this scan cannot see.
+    let onbuild_base = image_deps(gplan, name)
+        .iter()
+        .any(|d| facts.get(d).is_some_and(|f| f.scan.has_onbuild));
+    let args = t
+        .args
+        .iter()
+        .filter(|(k, _)| onbuild_base || !scan.hidden_args.contains(*k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    FingerprintInput {
+        target: name.to_string(),
+        project_dir: project.root.clone(),
+        context_dir: t.context.clone(),
+        dockerfile: t.dockerfile.clone(),
+        context_read: ContextRead::from_sources(scan.copy_sources.as_deref()),
+        named_contexts: t
+            .contexts
+            .iter()
+            .filter_map(|(k, v)| match v {
+                ContextSource::Local(p) => Some((k.clone(), p.clone())),
+                _ => None,
+            })
+            .collect(),
+        args,
+        target_stage: t.target.clone(),
+        platforms: if t.platforms.is_empty() {
+            vec![host_platform()]
+        } else {
+            t.platforms.clone()
+        },
+        // Added once known, so walks need not wait for them.
+        bases: Vec::new(),
+        extra: extra_inputs(t),
     }
 }
 
-/// `Some(reason)` when the last build's output is gone (so the target must be rebuilt).
-/// `engine` is the Docker Engine whose image store `load` writes to, if that is the daemon.
-async fn output_missing(
-    t: &Target,
-    prev: &TargetRecord,
-    engine: Option<&crate::transport::DockerHost>,
-) -> Option<String> {
-    if t.push {
-        for tag in &t.tags {
-            match crate::registry::manifest_digest(tag).await {
-                Ok(Some(d)) if prev.image_digest.as_deref() == Some(d.as_str()) => {}
-                Ok(Some(_)) => return Some(format!("{tag} in the registry is another image")),
-                Ok(None) => return Some(format!("{tag} is not in the registry")),
-                Err(e) => return Some(format!("cannot check {tag} in the registry: {e}")),
+/// Adds the digests of the project targets `name` builds on; `None` if one is not known
+/// (it is built in this run, or produced no image).
+fn with_image_deps(
+    content: &Fingerprint,
+    deps: &[String],
+    digest_of: impl Fn(&str) -> Option<String>,
+) -> Option<Fingerprint> {
+    let mut bases = Vec::with_capacity(deps.len());
+    for d in deps {
+        bases.push((format!("target:{d}"), digest_of(d)?));
+    }
+    Some(content.clone().with_bases(bases))
+}
+
+struct DecideCtx<'a> {
+    project: &'a Project,
+    gplan: &'a graph::Plan,
+    state: &'a StateStore,
+    engine: Option<&'a DockerHost>,
+    opts: &'a BakeOptions,
+}
+
+impl DecideCtx<'_> {
+    async fn decide(
+        &self,
+        name: &str,
+        content: Option<Fingerprint>,
+        prechecked: Option<(Option<String>, Delivery)>,
+        decided: &BTreeMap<String, TargetPlan>,
+    ) -> TargetPlan {
+        let t = &self.project.targets[name];
+        let deps = image_deps(self.gplan, name);
+        let mut tp = TargetPlan {
+            name: name.to_string(),
+            action: Action::Build,
+            reasons: Vec::new(),
+            fingerprint: None,
+            digest: None,
+            retag: Vec::new(),
+            retag_registry: Vec::new(),
+            retag_engine: Vec::new(),
+            retag_from: None,
+            in_ledger: false,
+            content,
+            full: None,
+            image_deps: deps.clone(),
+        };
+        let Some(content) = tp.content.clone() else {
+            tp.reasons.push("internal error: no fingerprint".into());
+            return tp;
+        };
+        let rebuilt: Vec<&str> = self
+            .gplan
+            .dependencies(name)
+            .into_iter()
+            .filter(|d| decided[*d].action == Action::Build)
+            .collect();
+        let fp = with_image_deps(&content, &deps, |d| decided[d].digest.clone());
+        tp.fingerprint = fp.as_ref().map(|f| f.key.clone());
+        tp.full = fp.clone();
+        if let Some(why) = always_build(t, self.opts.force.contains(name)) {
+            tp.reasons.push(why);
+            return tp;
+        }
+        if !rebuilt.is_empty() {
+            tp.reasons = rebuilt
+                .iter()
+                .map(|d| format!("base {d} rebuilt"))
+                .collect();
+            return tp;
+        }
+        let Some(fp) = fp else {
+            tp.reasons
+                .push("a base it builds on has no recorded image digest".into());
+            return tp;
+        };
+
+        // A known result for these inputs: the local record, else the registry ledger.
+        let prev = self.state.get(name);
+        let mut known: Option<(Option<String>, Delivery, String)> = None;
+        if let Some(p) = prev.as_ref().filter(|p| p.key == fp.key) {
+            if p.uncovered.is_empty() {
+                let delivery = match prechecked {
+                    Some((d, delivery)) if d == p.image_digest => delivery,
+                    _ => {
+                        check_delivery(t, p.image_digest.as_deref(), &p.outputs, self.engine).await
+                    }
+                };
+                known = Some((p.image_digest.clone(), delivery, "unchanged".into()));
             }
         }
-    }
-    let loads = t.load || (!t.push && t.outputs.is_empty() && !t.tags.is_empty());
-    if let (true, Some(host)) = (loads, engine) {
-        for tag in &t.tags {
-            match crate::transport::docker_image_id(host, tag).await {
-                Ok(Some(id)) => {
-                    if let Some(want) = prev.image_digest.as_deref() {
-                        if id != want {
-                            return Some(format!(
-                                "image {tag} in the Docker Engine is another image"
-                            ));
+        if known
+            .as_ref()
+            .is_none_or(|(_, d, _)| !d.blockers.is_empty())
+            && self.opts.ledger
+        {
+            if let Some(home) = home_repository(t) {
+                let entry = format!("{home}:{}", fingerprint::ledger_tag(&fp.key));
+                if let Ok(Some(d)) = crate::registry::manifest_digest(&entry).await {
+                    let delivery = check_delivery(t, Some(&d), &[], self.engine).await;
+                    tp.in_ledger = true;
+                    tp.retag_from = Some(entry.clone());
+                    known = Some((Some(d), delivery, format!("found in registry as {entry}")));
+                }
+            }
+        }
+        let Some((digest, delivery, found)) = known else {
+            tp.reasons = self.why_build(name, prev.as_ref(), &fp);
+            return tp;
+        };
+        if !delivery.blockers.is_empty() {
+            tp.reasons = delivery.blockers;
+            return tp;
+        }
+        // Tags to add: registry copies need a reference that holds the digest.
+        if !delivery.registry_missing.is_empty() && tp.retag_from.is_none() {
+            tp.retag_from = match (delivery.registry_present.first(), &digest) {
+                (Some(tag), _) => Some(tag.clone()),
+                (None, Some(d)) => match home_repository(t) {
+                    Some(home) => {
+                        let by_digest = format!("{home}@{d}");
+                        match crate::registry::manifest_digest(&by_digest).await {
+                            Ok(Some(_)) => Some(by_digest),
+                            _ => None,
                         }
                     }
-                }
-                Ok(None) => return Some(format!("image {tag} is not in the Docker Engine")),
-                Err(e) => return Some(format!("cannot check image {tag}: {e}")),
+                    None => None,
+                },
+                (None, None) => None,
+            };
+            if tp.retag_from.is_none() {
+                tp.reasons.push(format!(
+                    "image {} is no longer in the registry",
+                    digest.as_deref().unwrap_or("(unknown)")
+                ));
+                return tp;
             }
         }
-    }
-    for o in &t.outputs {
-        if let Ok(spec) = options::parse_output(o) {
-            if let Some(OutputDest::Path(p)) = &spec.dest {
-                if !p.exists() {
-                    return Some(format!("output {} is missing", p.display()));
-                }
-            }
+        if !delivery.engine_missing.is_empty() {
+            // Tagging inside the engine needs the image there; without it, build.
+            tp.reasons.push(format!(
+                "image {} is not in the Docker Engine",
+                delivery.engine_missing.join(", ")
+            ));
+            return tp;
         }
+        tp.digest = digest;
+        tp.retag_registry = delivery.registry_missing;
+        tp.retag_engine = delivery.engine_missing;
+        tp.retag = tp
+            .retag_registry
+            .iter()
+            .chain(&tp.retag_engine)
+            .cloned()
+            .collect();
+        tp.action = if tp.retag.is_empty() {
+            Action::Skip
+        } else {
+            Action::Retag
+        };
+        tp.reasons.push(found);
+        if tp.action == Action::Retag {
+            tp.reasons.push(format!("adds {}", tp.retag.join(", ")));
+        }
+        tp
     }
-    None
+
+    /// Why a target with no known result for its key must be built.
+    fn why_build(&self, name: &str, prev: Option<&TargetRecord>, fp: &Fingerprint) -> Vec<String> {
+        let mut r = Vec::new();
+        match prev {
+            None => r.push(fingerprint::NO_PREVIOUS_BUILD.to_string()),
+            Some(p) if !p.uncovered.is_empty() => r.push(format!(
+                "its last build read files its fingerprint did not cover ({})",
+                p.uncovered.join(", ")
+            )),
+            Some(p) if p.key == fp.key => {}
+            Some(_) => match self.state.manifest(name) {
+                Some(old) => r.extend(fingerprint::explain(&old, &fp.manifest)),
+                None => r.push("inputs changed".into()),
+            },
+        }
+        if r.is_empty() {
+            r.push("inputs changed".into());
+        }
+        if self.opts.ledger && home_repository(&self.project.targets[name]).is_some() {
+            r.push("not in the registry ledger".into());
+        }
+        r
+    }
 }
 
 /// The result of one target in a run.
@@ -479,15 +907,25 @@ async fn existing_cache_imports(spec: &mut BuildSpec) {
     spec.cache_from = kept;
 }
 
-/// Builds what the plan says, at most `jobs` at a time. Skipped targets still provide their
-/// recorded digest to dependents. Each success is recorded in `state` immediately.
+/// What happened to one target in [`execute`].
+enum Done {
+    Skipped,
+    Retagged,
+    Built(Box<BuildResult>, Vec<String>),
+}
+
+/// Does what the plan says, at most `jobs` targets at a time: skips, re-tags (registry only,
+/// no daemon needed) and builds (`daemon` required). Skipped and re-tagged targets provide
+/// their digest to dependents. Each success is recorded in `state` (and, for pushed images,
+/// in the registry ledger) immediately.
 pub async fn execute(
-    daemon: &Daemon,
+    daemon: Option<&Daemon>,
     project: &Project,
     plan: &BakePlan,
     state: &StateStore,
     jobs: usize,
     progress: &Progress,
+    opts: &BakeOptions,
 ) -> Vec<TargetResult> {
     let digests: Arc<Mutex<BTreeMap<String, String>>> = Arc::new(Mutex::new(
         plan.targets
@@ -495,14 +933,40 @@ pub async fn execute(
             .filter_map(|t| t.digest.clone().map(|d| (t.name.clone(), d)))
             .collect(),
     ));
+    let daemon_platform = tokio::sync::OnceCell::new();
     let outcomes = graph::run(&plan.graph, jobs, |name: String| {
         let digests = digests.clone();
+        let daemon_platform = &daemon_platform;
         async move {
             let tp = &plan.targets[&name];
-            if tp.action == Action::Skip {
-                progress.note(Some(&name), "skipped: inputs unchanged");
-                return Ok::<_, String>(None);
+            let t = &project.targets[&name];
+            match tp.action {
+                Action::Skip => {
+                    progress.note(Some(&name), &format!("skipped: {}", tp.reasons.join("; ")));
+                    if tp.in_ledger {
+                        // Found by content on this machine for the first time: remember it.
+                        record(state, progress, &name, tp, tp.digest.clone(), t);
+                    }
+                    return Ok::<_, String>(Done::Skipped);
+                }
+                Action::Retag => match retag(tp, progress, &name).await {
+                    Ok(()) => {
+                        record(state, progress, &name, tp, tp.digest.clone(), t);
+                        if !tp.in_ledger && opts.ledger {
+                            write_ledger(t, tp.fingerprint.as_deref(), tp.digest.as_deref(), progress, &name).await;
+                        }
+                        return Ok(Done::Retagged);
+                    }
+                    Err(e) if daemon.is_some() => {
+                        progress.note(Some(&name), &format!("re-tagging failed ({e}); building instead"));
+                    }
+                    Err(e) => return Err(e),
+                },
+                Action::Build => {}
             }
+            let Some(daemon) = daemon else {
+                return Err("no BuildKit daemon is reachable, and this target must be built".to_string());
+            };
             let snapshot = digests.lock().map(|d| d.clone()).unwrap_or_default();
             let mut spec =
                 build_spec(project, plan, &name, &snapshot).map_err(|e| e.to_string())?;
@@ -511,30 +975,64 @@ pub async fn execute(
             let r: BuildResult = crate::build::build(daemon, &spec, progress, Some(&name))
                 .await
                 .map_err(|e| e.to_string())?;
-            if let Some(d) = r.image_digest() {
+            let digest = r.image_digest().map(str::to_string);
+            if let Some(d) = &digest {
                 if let Ok(mut m) = digests.lock() {
-                    m.insert(name.clone(), d.to_string());
+                    m.insert(name.clone(), d.clone());
                 }
             }
-            if let Some(fp) = &tp.fp {
-                let rec = TargetRecord {
-                    key: fp.key.clone(),
-                    image_digest: r.image_digest().map(str::to_string),
-                    tags: spec.tags.clone(),
-                    outputs: project.targets[&name].outputs.clone(),
-                    finished_unix: SystemTime::now()
-                        .duration_since(UNIX_EPOCH)
-                        .map(|d| d.as_secs())
-                        .unwrap_or(0),
-                };
-                if let Err(e) = state.record(&name, &rec, &fp.manifest) {
-                    progress.note(
-                        Some(&name),
-                        &format!("warning: could not record state: {e}"),
-                    );
+            // The key of what was actually built: the bases exactly as pinned above.
+            let fp = tp.content.as_ref().and_then(|c| {
+                with_image_deps(c, &tp.image_deps, |d| snapshot.get(d).cloned())
+            });
+            let Some(fp) = fp else {
+                progress.note(Some(&name), "warning: not recorded (a base's digest is unknown)");
+                return Ok(Done::Built(Box::new(r), Vec::new()));
+            };
+            let dockerfile = spec.dockerfile.clone().unwrap_or_else(|| spec.context.join("Dockerfile"));
+            let mut uncovered = fp.uncovered(&daemon_reads(&spec, &r), &dockerfile);
+            if t.platforms.is_empty() {
+                let built_for = daemon_platform
+                    .get_or_init(|| async {
+                        crate::client::workers(daemon)
+                            .await
+                            .ok()
+                            .and_then(|w| w.into_iter().next())
+                            .and_then(|w| w.platforms.into_iter().next())
+                    })
+                    .await;
+                if let Some(p) = built_for.as_deref().filter(|p| !same_platform(p, &host_platform())) {
+                    // The key says "this machine's platform"; the image is another one.
+                    uncovered.push(format!(
+                        "the daemon builds for {p}, not {} (set platforms = [\"{p}\"] to reuse results)",
+                        host_platform()
+                    ));
                 }
             }
-            Ok(Some(r))
+            if !uncovered.is_empty() {
+                progress.note(
+                    Some(&name),
+                    &format!(
+                        "warning: this build read inputs its fingerprint did not cover ({}); it will not be reused, and the next run builds it again. Please report this.",
+                        uncovered.join(", ")
+                    ),
+                );
+            }
+            let rec = TargetRecord {
+                key: fp.key.clone(),
+                image_digest: digest.clone(),
+                tags: spec.tags.clone(),
+                outputs: t.outputs.clone(),
+                finished_unix: now_unix(),
+                uncovered: uncovered.clone(),
+            };
+            if let Err(e) = state.record(&name, &rec, &fp.manifest) {
+                progress.note(Some(&name), &format!("warning: could not record state: {e}"));
+            }
+            if uncovered.is_empty() && opts.ledger {
+                write_ledger(t, Some(&fp.key), digest.as_deref(), progress, &name).await;
+            }
+            Ok(Done::Built(Box::new(r), uncovered))
         }
     })
     .await;
@@ -544,74 +1042,162 @@ pub async fn execute(
         .iter()
         .map(|name| {
             let tp = &plan.targets[name];
+            let none = |outcome, error: Option<String>| TargetResult {
+                name: name.clone(),
+                outcome,
+                duration: None,
+                bytes_sent: None,
+                digest: None,
+                error,
+                metadata: None,
+            };
             match outcomes.get(name) {
-                Some(Outcome::Succeeded(Some(r))) => TargetResult {
-                    name: name.clone(),
-                    outcome: TargetOutcome::Built,
-                    duration: Some(r.duration),
-                    bytes_sent: Some(r.bytes_sent()),
-                    digest: r.image_digest().map(str::to_string),
-                    error: None,
-                    metadata: Some(r.metadata_json()),
-                },
-                Some(Outcome::Succeeded(None)) => TargetResult {
-                    name: name.clone(),
-                    outcome: TargetOutcome::Skipped,
-                    duration: None,
-                    bytes_sent: Some(0),
-                    digest: tp.digest.clone(),
-                    error: None,
-                    metadata: tp.digest.as_ref().map(|d| {
-                        serde_json::json!({ "containerimage.digest": d, "bk-build.skipped": true })
-                    }),
-                },
-                Some(Outcome::Failed(e)) => TargetResult {
-                    name: name.clone(),
-                    outcome: TargetOutcome::Failed,
-                    duration: None,
-                    bytes_sent: None,
-                    digest: None,
-                    error: Some(e.clone()),
-                    metadata: None,
-                },
-                Some(Outcome::NotStarted { because }) => TargetResult {
-                    name: name.clone(),
-                    outcome: TargetOutcome::NotStarted,
-                    duration: None,
-                    bytes_sent: None,
-                    digest: None,
-                    error: Some(format!("not started: {because} failed")),
-                    metadata: None,
-                },
-                None => TargetResult {
-                    name: name.clone(),
-                    outcome: TargetOutcome::NotStarted,
-                    duration: None,
-                    bytes_sent: None,
-                    digest: None,
-                    error: Some("not started".into()),
-                    metadata: None,
-                },
+                Some(Outcome::Succeeded(Done::Built(r, uncovered))) => {
+                    let mut metadata = r.metadata_json();
+                    if let (Some(m), false) = (metadata.as_object_mut(), uncovered.is_empty()) {
+                        m.insert("bk-build.uncovered".into(), serde_json::json!(uncovered));
+                    }
+                    TargetResult {
+                        name: name.clone(),
+                        outcome: TargetOutcome::Built,
+                        duration: Some(r.duration),
+                        bytes_sent: Some(r.bytes_sent()),
+                        digest: r.image_digest().map(str::to_string),
+                        error: None,
+                        metadata: Some(metadata),
+                    }
+                }
+                Some(Outcome::Succeeded(Done::Skipped)) => reused(tp, TargetOutcome::Skipped),
+                Some(Outcome::Succeeded(Done::Retagged)) => reused(tp, TargetOutcome::Retagged),
+                Some(Outcome::Failed(e)) => none(TargetOutcome::Failed, Some(e.clone())),
+                Some(Outcome::NotStarted { because }) => none(
+                    TargetOutcome::NotStarted,
+                    Some(format!("not started: {because} failed")),
+                ),
+                None => none(TargetOutcome::NotStarted, Some("not started".into())),
             }
         })
         .collect()
 }
 
-/// Results for a plan whose every target is skipped (no daemon contacted).
-pub fn skipped_results(plan: &BakePlan) -> Vec<TargetResult> {
-    plan.ordered()
-        .map(|tp| TargetResult {
-            name: tp.name.clone(),
-            outcome: TargetOutcome::Skipped,
-            duration: None,
-            bytes_sent: Some(0),
-            digest: tp.digest.clone(),
-            error: None,
-            metadata: tp.digest.as_ref().map(
-                |d| serde_json::json!({ "containerimage.digest": d, "bk-build.skipped": true }),
-            ),
-        })
-        .collect()
+/// A skipped or re-tagged target's row: the digest it already had.
+fn reused(tp: &TargetPlan, outcome: TargetOutcome) -> TargetResult {
+    TargetResult {
+        name: tp.name.clone(),
+        outcome,
+        duration: None,
+        bytes_sent: Some(0),
+        digest: tp.digest.clone(),
+        error: None,
+        metadata: Some(serde_json::json!({
+            "containerimage.digest": tp.digest,
+            "bk-build.action": tp.action.as_str(),
+            "bk-build.skipped": true,
+        })),
+    }
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `linux/arm64` and `linux/arm64/v8` name the same platform.
+fn same_platform(a: &str, b: &str) -> bool {
+    let norm = |p: &str| p.trim_end_matches("/v8").to_string();
+    norm(a) == norm(b)
+}
+
+/// The file-sync requests of a finished build, by the fingerprint section they concern.
+fn daemon_reads(spec: &BuildSpec, r: &BuildResult) -> Vec<DaemonRead> {
+    let mut by_local: BTreeMap<String, Option<String>> = BTreeMap::new();
+    by_local.insert("context".into(), Some(String::new()));
+    by_local.insert("dockerfile".into(), None);
+    for nc in &spec.contexts {
+        if matches!(nc.source, ContextSource::Local(_)) {
+            by_local.insert(crate::build::local_name(&nc.name), Some(nc.name.clone()));
+        }
+    }
+    let mut out = Vec::new();
+    for (local, report) in &r.sync {
+        for req in &report.requests {
+            out.push(DaemonRead {
+                local_name: local.clone(),
+                section: by_local.get(local).cloned().unwrap_or(Some(local.clone())),
+                include_patterns: req.include_patterns.clone(),
+                exclude_patterns: req.exclude_patterns.clone(),
+                follow_paths: req.follow_paths.clone(),
+            });
+        }
+    }
+    out
+}
+
+/// Copies the image to the tags the plan says are missing.
+async fn retag(tp: &TargetPlan, progress: &Progress, name: &str) -> Result<(), String> {
+    let from = tp
+        .retag_from
+        .as_deref()
+        .ok_or_else(|| "nothing to copy the image from".to_string())?;
+    for tag in &tp.retag_registry {
+        crate::registry::tag_existing(from, tag)
+            .await
+            .map_err(|e| e.to_string())?;
+        progress.note(Some(name), &format!("tagged {tag} (from {from})"));
+    }
+    if !tp.retag_engine.is_empty() {
+        return Err("tagging images in the Docker Engine is not supported yet".into());
+    }
+    Ok(())
+}
+
+/// Records a reused result in the local state, so the next run decides without the registry.
+fn record(
+    state: &StateStore,
+    progress: &Progress,
+    name: &str,
+    tp: &TargetPlan,
+    digest: Option<String>,
+    t: &Target,
+) {
+    let Some(full) = &tp.full else {
+        return;
+    };
+    let rec = TargetRecord {
+        key: full.key.clone(),
+        image_digest: digest,
+        tags: t.tags.clone(),
+        // Outputs are only reused when recorded by a build that wrote them.
+        outputs: Vec::new(),
+        finished_unix: now_unix(),
+        uncovered: Vec::new(),
+    };
+    if let Err(e) = state.record(name, &rec, &full.manifest) {
+        progress.note(Some(name), &format!("warning: could not record state: {e}"));
+    }
+}
+
+/// Writes the ledger entry `<repository>:bk-build-<key>` → the pushed image. Failures only
+/// warn: a missing entry means a later fresh runner builds instead of re-tagging.
+async fn write_ledger(
+    t: &Target,
+    key: Option<&str>,
+    digest: Option<&str>,
+    progress: &Progress,
+    name: &str,
+) {
+    let (Some(home), Some(key), Some(digest)) = (home_repository(t), key, digest) else {
+        return;
+    };
+    let entry = format!("{home}:{}", fingerprint::ledger_tag(key));
+    if let Err(e) = crate::registry::tag_existing(&format!("{home}@{digest}"), &entry).await {
+        progress.note(
+            Some(name),
+            &format!("warning: could not record the result in the registry ledger ({entry}): {e}"),
+        );
+    }
 }
 
 /// Rows for the end-of-run table.

@@ -150,6 +150,28 @@ pub struct ProjectArgs {
     /// Project file(s): bk-build.toml or compose files; later files override earlier ones.
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     pub files: Vec<PathBuf>,
+    /// Build the named targets (default: every requested target, not their dependencies)
+    /// even if their inputs are unchanged, and record the result.
+    #[arg(long)]
+    pub force: bool,
+    /// Neither look results up in nor record them to the registry ledger (the
+    /// `bk-build-<fingerprint>` tags that let a fresh checkout re-tag instead of rebuilding).
+    #[arg(long, env = "BK_BUILD_NO_LEDGER", value_parser = clap::builder::BoolishValueParser::new())]
+    pub no_ledger: bool,
+}
+
+impl ProjectArgs {
+    fn bake_options(&self, project: &crate::project::Project) -> Result<crate::bake::BakeOptions> {
+        let force = if self.force {
+            crate::graph::requested(project, &self.targets)?
+        } else {
+            Default::default()
+        };
+        Ok(crate::bake::BakeOptions {
+            force,
+            ledger: !self.no_ledger,
+        })
+    }
 }
 
 #[derive(Args, Debug)]
@@ -373,7 +395,8 @@ async fn plan_project(
         None
     };
     crate::timing::mark("daemon connected");
-    let plan = crate::bake::plan(&project, &a.targets, &state, daemon.as_ref()).await?;
+    let opts = a.bake_options(&project)?;
+    let plan = crate::bake::plan(&project, &a.targets, &state, daemon.as_ref(), &opts).await?;
     crate::timing::mark("planned");
     for w in state.take_warnings() {
         eprintln!("WARNING: {w}");
@@ -390,11 +413,12 @@ fn print_plan(plan: &crate::bake::BakePlan, format: &str) -> Result<()> {
         "text" => {
             let width = plan.ordered().map(|t| t.name.len()).max().unwrap_or(0);
             for t in plan.ordered() {
-                let action = match t.action {
-                    crate::bake::Action::Build => "build",
-                    crate::bake::Action::Skip => "skip ",
-                };
-                println!("{:<width$}  {action}  {}", t.name, t.reasons.join("; "));
+                println!(
+                    "{:<width$}  {:<5}  {}",
+                    t.name,
+                    t.action.as_str(),
+                    t.reasons.join("; ")
+                );
             }
         }
         other => anyhow::bail!("--format {other}: use text or json"),
@@ -436,26 +460,34 @@ async fn run_bake(daemon_args: &DaemonArgs, a: &BakeArgs) -> Result<bool> {
         crate::fingerprint::DEFAULT_LOCK_WAIT,
     )
     .await?;
-    let all_skipped = plan
+    let opts = a.project.bake_options(&project)?;
+    let must_build = plan
         .ordered()
-        .all(|t| t.action == crate::bake::Action::Skip);
+        .any(|t| t.action == crate::bake::Action::Build);
     let daemon = match daemon {
         Some(d) => Some(d),
-        None if all_skipped => None,
+        // Skips and re-tags need no daemon.
+        None if !must_build => None,
         // Connect again to report the real error.
         None => Some(daemon_args.connect().await?),
     };
     let jobs = match (a.jobs, &daemon) {
         (Some(j), _) => j.max(1),
-        (None, Some(d)) if !all_skipped => daemon_cpus(d).await,
-        (None, _) => 1,
+        (None, Some(d)) if must_build => daemon_cpus(d).await,
+        // Only registry requests: a few at a time.
+        (None, _) => 8,
     };
     let (progress, task) = Progress::start(mode, Box::new(std::io::stderr()));
-    let results = match &daemon {
-        Some(d) => crate::bake::execute(d, &project, &plan, &state, jobs, &progress).await,
-        // Nothing to build: no daemon needed.
-        None => crate::bake::skipped_results(&plan),
-    };
+    let results = crate::bake::execute(
+        daemon.as_ref(),
+        &project,
+        &plan,
+        &state,
+        jobs,
+        &progress,
+        &opts,
+    )
+    .await;
     drop(progress);
     task.finish().await;
     eprintln!(

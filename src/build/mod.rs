@@ -19,7 +19,7 @@ use crate::proto::control::{control_client::ControlClient, StatusRequest};
 use crate::session::{self, filesync::DirSyncReport, Session};
 use crate::transport::Daemon;
 
-pub use request::{plan_request, PlannedRequest};
+pub use request::{local_name, plan_request, PlannedRequest};
 
 /// Everything needed to build one image, as plain data.
 #[derive(Debug, Clone, Default)]

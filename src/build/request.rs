@@ -23,7 +23,7 @@ fn invalid(msg: impl Into<String>) -> BuildError {
 
 /// The local name a named context is served under (buildx's rule: never shadow the two
 /// built-in local names).
-fn local_name(name: &str) -> String {
+pub fn local_name(name: &str) -> String {
     match name {
         "context" | "dockerfile" => format!("_{name}"),
         n => n.to_string(),

@@ -1,6 +1,13 @@
-//! Computing a target's fingerprint: walk its contexts exactly as file sync would (same walker,
-//! same `.dockerignore` precedence), hash each entry's daemon-visible data, and combine it with
-//! the non-file inputs into a [`Manifest`] whose hash is the key.
+//! Computing fingerprints: for each target, the files BuildKit would read from each local
+//! directory — chosen exactly as the daemon's file-sync requests choose them (same walker,
+//! same `followpaths` and ignore patterns) — hashed with the stat cache, plus the non-file
+//! inputs, combined into a [`Manifest`] whose hash is the key.
+//!
+//! A directory read by several targets is walked and hashed once per run: requests with the
+//! same directory and ignore patterns form a group, the group is walked once with the union of
+//! its members' `followpaths`, and each member's own selection is cut from that listing in
+//! memory with fsutil's include rules ([`select`]), which gives exactly what a walk with the
+//! member's own request would give.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -11,13 +18,50 @@ use std::thread::Scope;
 
 use super::cache::{FileStat, Stamp, StatCache};
 use super::codec::{prefix16, put_i64, Hash16};
-use super::manifest::{FileRec, Manifest, Section, SectionBuilder, FORMAT_VERSION};
+use super::manifest::{FileRec, Filter, Manifest, Section, SectionBuilder, FORMAT_VERSION};
 use super::state::state_dir_exclude;
 use super::FingerprintError;
 use crate::fs::stat::XattrReader;
 use crate::fs::{
-    is_regular, parse_dockerignore, Entry, WalkOptions, Walker, MODE_DEVICE, MODE_SYMLINK,
+    follow_paths_includes, is_regular, parse_dockerignore, resolve_in_root, Entry, FsError,
+    PatternMatcher, WalkOptions, Walker, MODE_DEVICE, MODE_DIR, MODE_SYMLINK,
 };
+
+/// What a build reads from its main context: the `followpaths` the Dockerfile frontend puts
+/// on its "load build context" request (BuildKit `dockerfile2llb`: the sources of `COPY`,
+/// `ADD` and bind mounts in the stages the target needs).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ContextRead {
+    /// Every file the ignore rules let through: `COPY .`, a bind mount of the whole context,
+    /// or anything the Dockerfile scan was not sure about.
+    #[default]
+    Whole,
+    /// Only these context-relative paths (globs as written) and whatever symlinks along them
+    /// lead to inside the context.
+    Paths(Vec<String>),
+    /// Nothing: no instruction of the build reads the context.
+    Nothing,
+}
+
+impl ContextRead {
+    /// From a Dockerfile scan's `copy_sources` (`None` = not sure).
+    pub fn from_sources(sources: Option<&[String]>) -> ContextRead {
+        match sources {
+            None => ContextRead::Whole,
+            Some([]) => ContextRead::Nothing,
+            Some(paths) if paths.iter().any(|p| p == "." || p == "/") => ContextRead::Whole,
+            Some(paths) => ContextRead::Paths(paths.to_vec()),
+        }
+    }
+
+    fn reads(&self) -> Option<Vec<String>> {
+        match self {
+            ContextRead::Whole => None,
+            ContextRead::Paths(p) => Some(p.clone()),
+            ContextRead::Nothing => Some(Vec::new()),
+        }
+    }
+}
 
 /// Everything a target's build depends on, as plain data.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -28,17 +72,18 @@ pub struct FingerprintInput {
     pub project_dir: PathBuf,
     pub context_dir: PathBuf,
     pub dockerfile: PathBuf,
-    /// Paths the Dockerfile can read from the main context (its COPY/ADD sources), as
-    /// include patterns; `None` = the whole context, `Some(empty)` = nothing.
-    pub include_patterns: Option<Vec<String>>,
-    /// Named local contexts (`name`, directory); each applies its own `.dockerignore`.
+    /// What the build reads from `context_dir`.
+    pub context_read: ContextRead,
+    /// Named local contexts (`name`, directory); each applies its own `.dockerignore` and is
+    /// counted whole.
     pub named_contexts: Vec<(String, PathBuf)>,
+    /// Build args the Dockerfile can see (the caller leaves out the ones it cannot).
     pub args: BTreeMap<String, String>,
     pub target_stage: Option<String>,
     pub platforms: Vec<String>,
-    /// Images this target builds on: (reference or target name, digest or fingerprint key).
+    /// Images this target builds on: (reference or target name, digest or reference).
     pub bases: Vec<(String, String)>,
-    /// Anything else that changes the result (labels, no_cache, secrets ids, …).
+    /// Anything else that changes the result (labels, exporter options, …).
     pub extra: BTreeMap<String, String>,
 }
 
@@ -48,10 +93,23 @@ pub struct Fingerprint {
     /// Hex blake3; equal keys mean the daemon would receive identical inputs.
     pub key: String,
     pub manifest: Manifest,
+    /// Where each section's files come from, to check a finished build's file-sync requests
+    /// against ([`Fingerprint::uncovered`]). Not part of the key.
+    pub(crate) sources: Vec<SectionSource>,
+}
+
+/// One directory a fingerprint read, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SectionSource {
+    /// The section's name ("" = main context).
+    pub(crate) name: String,
+    pub(crate) dir: PathBuf,
+    /// Excluded on top of the ignore rules: bk-build's own state directory.
+    pub(crate) extra_excludes: Vec<String>,
 }
 
 impl Fingerprint {
-    /// Adds base images known only after the files were walked (a base target's own key, a
+    /// Adds base images known only after the files were walked (a base target's digest, a
     /// registry digest) and recomputes the key: equal to computing with them in
     /// [`FingerprintInput::bases`] from the start, so walks need not wait for their bases.
     pub fn with_bases(mut self, more: impl IntoIterator<Item = (String, String)>) -> Fingerprint {
@@ -63,41 +121,195 @@ impl Fingerprint {
 }
 
 /// Computes the fingerprint of `input`, reading only files whose stat changed since `cache`
-/// last saw them. Safe to call for several targets at once with the same cache.
+/// last saw them.
 pub fn compute(
     input: &FingerprintInput,
     cache: &StatCache,
 ) -> Result<Fingerprint, FingerprintError> {
-    let dockerfile =
-        std::fs::read(&input.dockerfile).map_err(|source| FingerprintError::Dockerfile {
-            target: input.target.clone(),
-            path: input.dockerfile.clone(),
-            source,
-        })?;
+    compute_many(std::slice::from_ref(input), cache)
+        .pop()
+        .unwrap_or(Err(FingerprintError::Internal("no fingerprint computed")))
+}
 
-    let mut sections = Vec::with_capacity(1 + input.named_contexts.len());
-    let excludes = context_excludes(input)?;
-    sections.push(section(
-        input,
-        String::new(),
-        &input.context_dir,
-        excludes,
-        input.include_patterns.as_deref(),
-        cache,
-    )?);
-    let mut named: Vec<&(String, PathBuf)> = input.named_contexts.iter().collect();
-    named.sort_by(|a, b| a.0.cmp(&b.0));
-    for (name, dir) in named {
-        // BuildKit applies a named local context's own root .dockerignore, nothing else.
-        let excludes = read_ignore_file(input, &dir.join(".dockerignore"))?.unwrap_or_default();
-        sections.push(section(input, name.clone(), dir, excludes, None, cache)?);
+/// One directory a target reads, before walking.
+struct Request {
+    input: usize,
+    name: String,
+    dir: PathBuf,
+    label: String,
+    ignore: Vec<String>,
+    /// `ignore` plus `extra`: what the walk excludes.
+    excludes: Vec<String>,
+    /// The state directory's pattern, when it lies inside `dir`.
+    extra: Vec<String>,
+    read: ContextRead,
+}
+
+/// Requests that share a directory and exclude patterns: walked once.
+struct Group {
+    dir: PathBuf,
+    excludes: Vec<String>,
+    /// The union of the members' reads.
+    read: ContextRead,
+    members: Vec<usize>,
+}
+
+/// A group's walk: its section (with the union's reads) and which entries are directories
+/// emitted only as parents of something selected.
+struct Listing {
+    section: Section,
+    parent_only: Vec<bool>,
+}
+
+/// [`compute`] for several targets at once; results in the order of `inputs`. Directories
+/// shared by several targets are walked once (see the module documentation), and different
+/// directories are walked on up to one thread per CPU: a no-op run is all `lstat`s, so
+/// spreading the walks over cores is what brings it near the cost of one walk.
+pub fn compute_many(
+    inputs: &[FingerprintInput],
+    cache: &StatCache,
+) -> Vec<Result<Fingerprint, FingerprintError>> {
+    let mut results: Vec<Option<Result<Fingerprint, FingerprintError>>> =
+        (0..inputs.len()).map(|_| None).collect();
+    let mut dockerfiles: Vec<Hash16> = vec![[0; 16]; inputs.len()];
+    let mut requests: Vec<Request> = Vec::new();
+    for (i, input) in inputs.iter().enumerate() {
+        match prepare(i, input) {
+            Ok((hash, reqs)) => {
+                dockerfiles[i] = hash;
+                requests.extend(reqs);
+            }
+            Err(e) => results[i] = Some(Err(e)),
+        }
     }
 
+    let mut groups: Vec<Group> = Vec::new();
+    let mut index: BTreeMap<(PathBuf, Vec<String>), usize> = BTreeMap::new();
+    for (r, req) in requests.iter().enumerate() {
+        if req.read == ContextRead::Nothing {
+            continue;
+        }
+        let dir = std::fs::canonicalize(&req.dir).unwrap_or_else(|_| req.dir.clone());
+        let g = *index
+            .entry((dir.clone(), req.excludes.clone()))
+            .or_insert_with(|| {
+                groups.push(Group {
+                    dir,
+                    excludes: req.excludes.clone(),
+                    read: ContextRead::Nothing,
+                    members: Vec::new(),
+                });
+                groups.len() - 1
+            });
+        let group = &mut groups[g];
+        group.read = union(&group.read, &req.read);
+        group.members.push(r);
+    }
+
+    let listings = walk_groups(&groups, cache);
+
+    // Each request's section, cut from its group's listing.
+    let mut sections: Vec<Option<Result<Section, FingerprintError>>> =
+        requests.iter().map(|_| None).collect();
+    for (group, listing) in groups.iter().zip(listings) {
+        let listing = match listing {
+            Ok(l) => l,
+            Err(e) => {
+                let message = e.to_string();
+                let mut first = Some(e);
+                for &r in &group.members {
+                    let target = inputs[requests[r].input].target.clone();
+                    let err = match first.take() {
+                        Some(FingerprintError::Walk { source, .. }) => {
+                            FingerprintError::Walk { target, source }
+                        }
+                        Some(FingerprintError::Read { path, source, .. }) => {
+                            FingerprintError::Read {
+                                target,
+                                path,
+                                source,
+                            }
+                        }
+                        _ => FingerprintError::Shared {
+                            target,
+                            message: message.clone(),
+                        },
+                    };
+                    sections[r] = Some(Err(err));
+                }
+                continue;
+            }
+        };
+        for &r in &group.members {
+            let req = &requests[r];
+            let section = if req.read == group.read {
+                Ok(listing.section.clone())
+            } else {
+                select(&listing, &group.dir, &req.read).map_err(|source| FingerprintError::Walk {
+                    target: inputs[req.input].target.clone(),
+                    source,
+                })
+            };
+            sections[r] = Some(section);
+        }
+    }
+
+    // Assemble: requests are in input order, main context first.
+    let mut per_input: Vec<Vec<(Request, Result<Section, FingerprintError>)>> =
+        (0..inputs.len()).map(|_| Vec::new()).collect();
+    for (req, sec) in requests.into_iter().zip(sections) {
+        let sec = sec.unwrap_or_else(|| Ok(Section::new(String::new(), String::new(), Vec::new())));
+        per_input[req.input].push((req, sec));
+    }
+    for (i, reqs) in per_input.into_iter().enumerate() {
+        if results[i].is_some() {
+            continue;
+        }
+        results[i] = Some(assemble(&inputs[i], dockerfiles[i], reqs));
+    }
+    results
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or(Err(FingerprintError::Internal(
+                "a fingerprint was not computed",
+            )))
+        })
+        .collect()
+}
+
+fn assemble(
+    input: &FingerprintInput,
+    dockerfile: Hash16,
+    reqs: Vec<(Request, Result<Section, FingerprintError>)>,
+) -> Result<Fingerprint, FingerprintError> {
+    let mut sections = Vec::with_capacity(reqs.len());
+    let mut sources = Vec::with_capacity(reqs.len());
+    for (req, sec) in reqs {
+        let mut sec = sec?;
+        sec.name = req.name.clone();
+        sec.label = req.label;
+        let reads = req.read.reads();
+        // A directory nothing reads contributes nothing, not even its ignore rules.
+        let ignore = if reads.as_ref().is_some_and(Vec::is_empty) {
+            Vec::new()
+        } else {
+            req.ignore
+        };
+        sections.push(sec.with_filter(Filter {
+            excludes: ignore,
+            reads,
+        }));
+        sources.push(SectionSource {
+            name: req.name,
+            dir: req.dir,
+            extra_excludes: req.extra,
+        });
+    }
     let mut bases = input.bases.clone();
     bases.sort();
     let manifest = Manifest {
         format: FORMAT_VERSION,
-        dockerfile: prefix16(&blake3::hash(&dockerfile)),
+        dockerfile,
         target_stage: input.target_stage.clone().unwrap_or_default(),
         platforms: input.platforms.clone(),
         args: input.args.clone(),
@@ -108,32 +320,151 @@ pub fn compute(
     Ok(Fingerprint {
         key: manifest.key(),
         manifest,
+        sources,
     })
 }
 
-/// [`compute`] for several targets at once, on up to one thread per CPU; results in the order
-/// of `inputs`. A no-op run is all `lstat`s, so spreading targets over cores is what brings it
-/// near the cost of one walk.
-pub fn compute_many(
-    inputs: &[FingerprintInput],
-    cache: &StatCache,
-) -> Vec<Result<Fingerprint, FingerprintError>> {
+/// Reads the Dockerfile and the ignore files of one input and lists the directories it reads.
+fn prepare(i: usize, input: &FingerprintInput) -> Result<(Hash16, Vec<Request>), FingerprintError> {
+    let dockerfile =
+        std::fs::read(&input.dockerfile).map_err(|source| FingerprintError::Dockerfile {
+            target: input.target.clone(),
+            path: input.dockerfile.clone(),
+            source,
+        })?;
+    let mut reqs = Vec::with_capacity(1 + input.named_contexts.len());
+    let ignore = context_ignore(input)?;
+    reqs.push(request(
+        i,
+        input,
+        String::new(),
+        &input.context_dir,
+        ignore,
+        input.context_read.clone(),
+    ));
+    let mut named: Vec<&(String, PathBuf)> = input.named_contexts.iter().collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, dir) in named {
+        // BuildKit applies a named local context's own root .dockerignore, nothing else.
+        let ignore = read_ignore_file(input, dir, ".dockerignore")?.unwrap_or_default();
+        reqs.push(request(
+            i,
+            input,
+            name.clone(),
+            dir,
+            ignore,
+            ContextRead::Whole,
+        ));
+    }
+    Ok((prefix16(&blake3::hash(&dockerfile)), reqs))
+}
+
+fn request(
+    i: usize,
+    input: &FingerprintInput,
+    name: String,
+    dir: &Path,
+    ignore: Vec<String>,
+    read: ContextRead,
+) -> Request {
+    let extra: Vec<String> = state_dir_exclude(dir, &input.project_dir)
+        .into_iter()
+        .collect();
+    let mut excludes = ignore.clone();
+    // Last, so no `!` exception in a .dockerignore can re-include it.
+    excludes.extend(extra.iter().cloned());
+    Request {
+        input: i,
+        name,
+        dir: dir.to_path_buf(),
+        label: label_for(&input.project_dir, dir),
+        ignore,
+        excludes,
+        extra,
+        read,
+    }
+}
+
+fn union(a: &ContextRead, b: &ContextRead) -> ContextRead {
+    match (a, b) {
+        (ContextRead::Whole, _) | (_, ContextRead::Whole) => ContextRead::Whole,
+        (ContextRead::Nothing, x) | (x, ContextRead::Nothing) => x.clone(),
+        (ContextRead::Paths(x), ContextRead::Paths(y)) => {
+            let mut all: Vec<String> = x.iter().chain(y).cloned().collect();
+            all.sort();
+            all.dedup();
+            ContextRead::Paths(all)
+        }
+    }
+}
+
+/// BuildKit's precedence: `<Dockerfile name>.dockerignore` beside the Dockerfile wins over the
+/// context's `.dockerignore`. Each is read the way the daemon reads it out of its synced copy:
+/// symlinks are followed only inside that directory.
+fn context_ignore(input: &FingerprintInput) -> Result<Vec<String>, FingerprintError> {
+    if let (Some(name), Some(dir)) = (input.dockerfile.file_name(), input.dockerfile.parent()) {
+        let mut specific = name.to_string_lossy().into_owned();
+        specific.push_str(".dockerignore");
+        if let Some(p) = read_ignore_file(input, dir, &specific)? {
+            return Ok(p);
+        }
+    }
+    Ok(read_ignore_file(input, &input.context_dir, ".dockerignore")?.unwrap_or_default())
+}
+
+fn read_ignore_file(
+    input: &FingerprintInput,
+    dir: &Path,
+    name: &str,
+) -> Result<Option<Vec<String>>, FingerprintError> {
+    let err = |path: PathBuf, source| FingerprintError::Dockerignore {
+        target: input.target.clone(),
+        path,
+        source,
+    };
+    let path = resolve_in_root(dir, name).map_err(|e| err(dir.join(name), e))?;
+    match std::fs::read(&path) {
+        Ok(bytes) => Ok(Some(parse_dockerignore(&String::from_utf8_lossy(&bytes)))),
+        // A directory or a dangling link reads as no file, as it does for the daemon.
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::IsADirectory
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => Ok(None),
+        Err(source) => Err(err(path, source)),
+    }
+}
+
+fn label_for(project_dir: &Path, dir: &Path) -> String {
+    let shown = match dir.strip_prefix(project_dir) {
+        Ok(rel) if !project_dir.as_os_str().is_empty() => rel,
+        _ => dir,
+    };
+    shown.to_string_lossy().into_owned()
+}
+
+/// Walks every group, on up to one thread per CPU; results in the order of `groups`.
+fn walk_groups(groups: &[Group], cache: &StatCache) -> Vec<Result<Listing, FingerprintError>> {
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2)
-        .min(inputs.len());
+        .min(groups.len());
     if workers <= 1 {
-        return inputs.iter().map(|i| compute(i, cache)).collect();
+        return groups.iter().map(|g| walk_group(g, cache)).collect();
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let slots: Vec<Mutex<Option<Result<Fingerprint, FingerprintError>>>> =
-        inputs.iter().map(|_| Mutex::new(None)).collect();
+    let slots: Vec<Mutex<Option<Result<Listing, FingerprintError>>>> =
+        groups.iter().map(|_| Mutex::new(None)).collect();
     std::thread::scope(|scope| {
         for _ in 0..workers {
             scope.spawn(|| loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(input) = inputs.get(i) else { break };
-                let r = compute(input, cache);
+                let Some(group) = groups.get(i) else { break };
+                let r = walk_group(group, cache);
                 *slots[i]
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(r);
@@ -152,76 +483,30 @@ pub fn compute_many(
         .collect()
 }
 
-/// BuildKit's precedence: `<Dockerfile name>.dockerignore` beside the Dockerfile wins over the
-/// context's `.dockerignore`.
-fn context_excludes(input: &FingerprintInput) -> Result<Vec<String>, FingerprintError> {
-    if let Some(name) = input.dockerfile.file_name() {
-        let mut specific = name.to_os_string();
-        specific.push(".dockerignore");
-        if let Some(p) = read_ignore_file(input, &input.dockerfile.with_file_name(specific))? {
-            return Ok(p);
-        }
-    }
-    Ok(read_ignore_file(input, &input.context_dir.join(".dockerignore"))?.unwrap_or_default())
-}
-
-fn read_ignore_file(
-    input: &FingerprintInput,
-    path: &Path,
-) -> Result<Option<Vec<String>>, FingerprintError> {
-    match std::fs::read(path) {
-        Ok(bytes) => Ok(Some(parse_dockerignore(&String::from_utf8_lossy(&bytes)))),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(FingerprintError::Dockerignore {
-            target: input.target.clone(),
-            path: path.to_path_buf(),
-            source,
-        }),
-    }
-}
-
-fn label_for(project_dir: &Path, dir: &Path) -> String {
-    let shown = match dir.strip_prefix(project_dir) {
-        Ok(rel) if !project_dir.as_os_str().is_empty() => rel,
-        _ => dir,
-    };
-    shown.to_string_lossy().into_owned()
-}
-
-/// Walks one context and returns its sorted file records.
-fn section(
-    input: &FingerprintInput,
-    name: String,
-    dir: &Path,
-    excludes: Vec<String>,
-    includes: Option<&[String]>,
-    cache: &StatCache,
-) -> Result<Section, FingerprintError> {
-    let label = label_for(&input.project_dir, dir);
-    let mut excludes = excludes;
-    // Last, so no `!` exception in a .dockerignore can re-include it.
-    excludes.extend(state_dir_exclude(dir, &input.project_dir));
-    if includes.is_some_and(|i| i.is_empty()) {
-        // The Dockerfile reads nothing from this context; the walker would treat an empty
-        // include list as "everything".
-        return Ok(Section::new(name, label, Vec::new()));
-    }
+/// Walks one group's directory with its exclude patterns and the union of its members'
+/// `followpaths`, hashing what the stat cache cannot vouch for.
+fn walk_group(group: &Group, cache: &StatCache) -> Result<Listing, FingerprintError> {
     let opts = WalkOptions {
-        include_patterns: includes.map(<[String]>::to_vec).unwrap_or_default(),
-        exclude_patterns: excludes,
-        follow_paths: Vec::new(),
+        include_patterns: Vec::new(),
+        exclude_patterns: group.excludes.clone(),
+        follow_paths: match &group.read {
+            ContextRead::Paths(p) => p.clone(),
+            _ => Vec::new(),
+        },
     };
+    // Errors get the target's name once the group's members are known.
     let walk_err = |source| FingerprintError::Walk {
-        target: input.target.clone(),
+        target: String::new(),
         source,
     };
     // xattrs are folded into the data hash on a cache miss instead (changing one changes the
     // ctime, so a hit proves they are unchanged): this saves a syscall per file on a no-op run.
-    let walker = Walker::new(dir, &opts)
+    let walker = Walker::new(&group.dir, &opts)
         .map_err(walk_err)?
         .with_xattrs(false);
 
     let mut items = SectionBuilder::default();
+    let mut parent_only = Vec::new();
     let mut cursor = cache.cursor();
     std::thread::scope(|scope| -> Result<(), FingerprintError> {
         let mut pool: Option<Pool> = None;
@@ -231,7 +516,7 @@ fn section(
                 Ok(data) => items.set_data(done.idx, data),
                 Err((path, source)) => {
                     first_err.get_or_insert(FingerprintError::Read {
-                        target: input.target.clone(),
+                        target: String::new(),
                         path,
                         source,
                     });
@@ -239,6 +524,7 @@ fn section(
             };
         for entry in walker {
             let e = entry.map_err(walk_err)?;
+            parent_only.push(e.parent_only);
             if !is_regular(e.mode) {
                 items.push(&e.rel_path, other_record(&e));
                 continue;
@@ -273,7 +559,71 @@ fn section(
         }
         first_err.map_or(Ok(()), Err)
     })?;
-    Ok(items.finish(name, label))
+    let (section, parent_only) = items.finish_with_flags(parent_only);
+    Ok(Listing {
+        section,
+        parent_only,
+    })
+}
+
+/// The part of a group's listing that one member's request selects: fsutil's include rule
+/// (`MatchesUsingParentResults` with the member's `followpaths` resolved into include
+/// patterns), with directories that are only parents emitted before their first selected
+/// child. Exclusions need no second look: the group's walk already applied the same ones.
+///
+/// Equal to walking the directory with the member's own request because the union's include
+/// patterns select a superset of the member's (followpath patterns have no `!` exceptions),
+/// so the listing holds every entry the member's walk would visit and emit.
+fn select(listing: &Listing, dir: &Path, read: &ContextRead) -> Result<Section, FsError> {
+    let includes = match read {
+        ContextRead::Nothing => return Ok(Section::new(String::new(), String::new(), Vec::new())),
+        ContextRead::Whole => None,
+        ContextRead::Paths(p) => follow_paths_includes(dir, p)?,
+    };
+    let Some(includes) = includes else {
+        return Ok(listing.section.clone());
+    };
+    let matcher = PatternMatcher::new(&includes)?;
+    struct Frame {
+        /// `path/`
+        prefix: String,
+        rec: FileRec,
+        incl: Vec<bool>,
+        emitted: bool,
+    }
+    let mut out = SectionBuilder::default();
+    let mut stack: Vec<Frame> = Vec::new();
+    for ((path, rec), &parent_only) in listing.section.iter().zip(&listing.parent_only) {
+        while stack.last().is_some_and(|f| !path.starts_with(&f.prefix)) {
+            stack.pop();
+        }
+        let is_dir = rec.mode & MODE_DIR != 0;
+        let slashes = path.bytes().filter(|b| *b == b'/').count();
+        let mut record = Vec::new();
+        let included = matcher.eval(
+            path,
+            slashes,
+            stack.last().map(|f| f.incl.as_slice()),
+            is_dir.then_some(&mut record),
+        );
+        let selected = included && !parent_only;
+        if selected {
+            for f in stack.iter_mut().filter(|f| !f.emitted) {
+                out.push(&f.prefix[..f.prefix.len() - 1], f.rec);
+                f.emitted = true;
+            }
+            out.push(path, *rec);
+        }
+        if is_dir {
+            stack.push(Frame {
+                prefix: format!("{path}/"),
+                rec: *rec,
+                incl: record,
+                emitted: selected,
+            });
+        }
+    }
+    Ok(out.finish(String::new(), String::new()))
 }
 
 /// Directories contribute only their mode, symlinks their target text, devices their
@@ -555,6 +905,7 @@ mod tests {
         assert_eq!(
             explain(&before.manifest, &with_specific.manifest),
             vec![
+                "ignore rules of the build context changed",
                 "2 files added (e.g. svc/Dockerfile.dockerignore)",
                 "svc/README.md removed"
             ]
@@ -579,7 +930,7 @@ mod tests {
         let t = project();
         let p = t.path();
         let mut inp = input(p);
-        inp.include_patterns = Some(vec!["app".into()]);
+        inp.context_read = ContextRead::Paths(vec!["app".into()]);
         let before = key(&inp);
         fs::write(p.join("svc/README.md"), "not copied by the Dockerfile\n").unwrap();
         assert_eq!(key(&inp).key, before.key);
@@ -590,7 +941,7 @@ mod tests {
             vec!["svc/app/pkg/util.py changed"]
         );
 
-        inp.include_patterns = Some(vec![]);
+        inp.context_read = ContextRead::Nothing;
         let nothing = key(&inp);
         assert_eq!(nothing.manifest.sections[0].len(), 0);
         fs::write(p.join("svc/app/main.py"), "anything\n").unwrap();
@@ -775,6 +1126,7 @@ mod tests {
                     tags: vec![],
                     outputs: vec![],
                     finished_unix: 0,
+                    uncovered: vec![],
                 },
                 &before.manifest,
             )

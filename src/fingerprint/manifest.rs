@@ -9,7 +9,7 @@ use crate::fs::MODE_PERM;
 
 /// Bumped whenever what goes into a key, or how, changes; an old state then explains itself as
 /// "fingerprint format changed" and every target is rebuilt once.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 
 /// The reason [`explain`]'s callers give when there is no previous record at all.
 pub const NO_PREVIOUS_BUILD: &str = "no previous build";
@@ -38,6 +38,17 @@ pub(crate) struct FileRec {
     pub(crate) data: Hash16,
 }
 
+/// Which files of a directory a build reads: the daemon's file-sync request for it. Part of
+/// the key, so a changed ignore rule or COPY source counts even when it happens to select the
+/// same files today.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct Filter {
+    /// The effective ignore patterns (`.dockerignore` or `<Dockerfile>.dockerignore`), parsed.
+    pub(crate) excludes: Vec<String>,
+    /// BuildKit `followpaths`; `None` = the whole directory, `Some(empty)` = nothing.
+    pub(crate) reads: Option<Vec<String>>,
+}
+
 /// The filtered files of one context directory, in walk order (see [`walk_cmp`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Section {
@@ -46,6 +57,7 @@ pub(crate) struct Section {
     /// How to show this directory's paths to a human (relative to the project where
     /// possible). Not part of the key: moving the tree must not change it.
     pub(crate) label: String,
+    pub(crate) filter: Filter,
     /// All paths concatenated; one allocation instead of one per file.
     paths: String,
     /// End offset of each path in `paths`, and the entry's record.
@@ -80,10 +92,48 @@ impl SectionBuilder {
         self.files[idx].1.data = data;
     }
 
+    /// [`finish`](Self::finish) for a section built with one flag per entry, keeping each
+    /// flag with its entry.
+    pub(crate) fn finish_with_flags(self, flags: Vec<bool>) -> (Section, Vec<bool>) {
+        let in_order = {
+            let mut start = 0usize;
+            let mut prev: Option<&str> = None;
+            self.files.iter().all(|(end, _)| {
+                let p = &self.paths[start..*end as usize];
+                start = *end as usize;
+                let ok = prev.is_none_or(|q| walk_cmp(q, p).is_lt());
+                prev = Some(p);
+                ok
+            })
+        };
+        if in_order || flags.len() != self.files.len() {
+            return (self.finish(String::new(), String::new()), flags);
+        }
+        let mut start = 0usize;
+        let mut items: Vec<(String, FileRec, bool)> = self
+            .files
+            .iter()
+            .zip(flags)
+            .map(|((end, rec), f)| {
+                let p = self.paths[start..*end as usize].to_string();
+                start = *end as usize;
+                (p, *rec, f)
+            })
+            .collect();
+        items.sort_unstable_by(|a, b| walk_cmp(&a.0, &b.0));
+        let flags = items.iter().map(|i| i.2).collect();
+        let mut b = SectionBuilder::default();
+        for (p, r, _) in &items {
+            b.push(p, *r);
+        }
+        (b.finish(String::new(), String::new()), flags)
+    }
+
     pub(crate) fn finish(self, name: String, label: String) -> Section {
         let mut sec = Section {
             name,
             label,
+            filter: Filter::default(),
             paths: self.paths,
             files: self.files,
         };
@@ -117,9 +167,15 @@ impl Section {
         Section {
             name,
             label,
+            filter: Filter::default(),
             paths: b.paths,
             files: b.files,
         }
+    }
+
+    pub(crate) fn with_filter(mut self, filter: Filter) -> Section {
+        self.filter = filter;
+        self
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -215,6 +271,20 @@ impl Manifest {
             if with_labels {
                 put_str(s, &sec.label);
             }
+            put_len(s, sec.filter.excludes.len() as u64);
+            for p in &sec.filter.excludes {
+                put_str(s, p);
+            }
+            match &sec.filter.reads {
+                None => put_u32(s, 0),
+                Some(paths) => {
+                    put_u32(s, 1);
+                    put_len(s, paths.len() as u64);
+                    for p in paths {
+                        put_str(s, p);
+                    }
+                }
+            }
             put_len(s, sec.files.len() as u64);
             // Sorted paths share long prefixes; storing only the new suffix roughly halves
             // the size of state files.
@@ -251,6 +321,22 @@ impl Manifest {
         for _ in 0..nsec {
             let name = r.str()?.to_string();
             let label = r.str()?.to_string();
+            let mut filter = Filter::default();
+            for _ in 0..r.len()? {
+                filter.excludes.push(r.str()?.to_string());
+            }
+            filter.reads = match r.u32()? {
+                0 => None,
+                1 => {
+                    let n = r.len()?;
+                    let mut paths = Vec::with_capacity(n.min(1024));
+                    for _ in 0..n {
+                        paths.push(r.str()?.to_string());
+                    }
+                    Some(paths)
+                }
+                _ => return Err(DecodeError("bad filter")),
+            };
             let nfiles = r.len()?;
             let mut paths = String::new();
             let mut files = Vec::with_capacity(nfiles);
@@ -275,6 +361,7 @@ impl Manifest {
             sections.push(Section {
                 name,
                 label,
+                filter,
                 paths,
                 files,
             });
@@ -411,7 +498,20 @@ pub fn explain(old: &Manifest, new: &Manifest) -> Vec<String> {
     for sec in &new.sections {
         match old.sections.iter().find(|s| s.name == sec.name) {
             None => out.push(format!("{} added", sec.title())),
-            Some(prev) => diff_files(&mut out, prev, sec),
+            Some(prev) => {
+                if prev.filter.excludes != sec.filter.excludes {
+                    out.push(format!("ignore rules of {} changed", sec.title()));
+                }
+                if prev.filter.reads != sec.filter.reads {
+                    out.push(format!(
+                        "paths the Dockerfile reads from {} changed ({} → {})",
+                        sec.title(),
+                        reads_shown(&prev.filter.reads),
+                        reads_shown(&sec.filter.reads)
+                    ));
+                }
+                diff_files(&mut out, prev, sec)
+            }
         }
     }
     for sec in &old.sections {
@@ -424,6 +524,14 @@ pub fn explain(old: &Manifest, new: &Manifest) -> Vec<String> {
         out.push("inputs changed".to_string());
     }
     out
+}
+
+fn reads_shown(r: &Option<Vec<String>>) -> String {
+    match r {
+        None => "all".to_string(),
+        Some(p) if p.is_empty() => "none".to_string(),
+        Some(p) => p.join(", "),
+    }
 }
 
 fn shown(s: &str) -> &str {

@@ -21,6 +21,7 @@ mod bench;
 mod cache;
 mod codec;
 mod compute;
+mod coverage;
 mod manifest;
 mod state;
 
@@ -28,11 +29,21 @@ use std::path::PathBuf;
 
 pub use bench::{bench_floor, FloorTimes};
 pub use cache::StatCache;
-pub use compute::{compute, compute_many, Fingerprint, FingerprintInput};
+pub use compute::{compute, compute_many, ContextRead, Fingerprint, FingerprintInput};
+pub use coverage::DaemonRead;
 pub use manifest::{explain, Manifest, FORMAT_VERSION, NO_PREVIOUS_BUILD};
 pub use state::{
     state_dir_exclude, StateError, StateStore, TargetRecord, DEFAULT_LOCK_WAIT, STATE_DIR_NAME,
 };
+
+/// The tag that records, in a pushed target's own repository, which image was built from the
+/// inputs with fingerprint `key`: `bk-build-<key>` (73 characters, a valid tag). The registry
+/// is the ledger: a runner that has never built the project computes the key from its
+/// checkout and asks for this tag. It points at the same manifest as the target's tags, so it
+/// costs no storage.
+pub fn ledger_tag(key: &str) -> String {
+    format!("bk-build-{key}")
+}
 
 /// Why a fingerprint could not be computed. Each names the target and the file to fix.
 #[derive(thiserror::Error, Debug)]
@@ -67,6 +78,11 @@ pub enum FingerprintError {
         #[source]
         source: std::io::Error,
     },
+
+    /// A directory several targets read could not be read; the first of them has the full
+    /// error, the others this copy of its message.
+    #[error("target {target}: {message}")]
+    Shared { target: String, message: String },
 
     #[error("internal error while fingerprinting: {0}")]
     Internal(&'static str),

@@ -67,6 +67,11 @@ pub struct TargetRecord {
     pub outputs: Vec<String>,
     /// When the build finished, in Unix seconds.
     pub finished_unix: u64,
+    /// Inputs the build read that its fingerprint did not cover (see
+    /// [`Fingerprint::uncovered`](super::Fingerprint::uncovered)); such a record is never
+    /// reused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub uncovered: Vec<String>,
 }
 
 /// Why the state directory could not be used.
@@ -489,6 +494,7 @@ mod tests {
             tags: vec!["localhost:5000/acme/t:dev".into()],
             outputs: vec![],
             finished_unix: 1_700_000_000,
+            uncovered: vec![],
         }
     }
 

@@ -149,6 +149,66 @@ impl Resolver<'_> {
     }
 }
 
+/// Where `rel` leads inside `root` when every symlink on the way is resolved *within* `root`:
+/// absolute link targets count from `root` and `..` stops at it, the way BuildKit reads a file
+/// (a Dockerfile, a `.dockerignore`) out of a synced directory (containerd `fs.RootPath`). The
+/// result need not exist. Errors other than "not found" along the way are returned; after 255
+/// links the lookup gives up with an error, like the kernel's `ELOOP`.
+pub fn resolve_in_root(root: &Path, rel: &str) -> io::Result<std::path::PathBuf> {
+    // Components still to resolve, last first; `resolved` never leaves the root.
+    let mut todo: Vec<String> = go_clean(rel)
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .rev()
+        .map(str::to_owned)
+        .collect();
+    let mut resolved: Vec<String> = Vec::new();
+    let mut links = 0;
+    while let Some(c) = todo.pop() {
+        if c == ".." {
+            resolved.pop();
+            continue;
+        }
+        let mut candidate = root.to_path_buf();
+        candidate.extend(resolved.iter());
+        candidate.push(&c);
+        let md = match std::fs::symlink_metadata(&candidate) {
+            Ok(md) => md,
+            Err(e) if not_found(&e) => {
+                resolved.push(c);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        if !md.file_type().is_symlink() {
+            resolved.push(c);
+            continue;
+        }
+        links += 1;
+        if links > MAX_DEPTH {
+            return Err(io::Error::other(format!(
+                "too many levels of symbolic links at {}",
+                candidate.display()
+            )));
+        }
+        let target = std::fs::read_link(&candidate)?;
+        let target = target.to_string_lossy();
+        if target.starts_with('/') {
+            resolved.clear();
+        }
+        todo.extend(
+            target
+                .split('/')
+                .filter(|c| !c.is_empty() && *c != ".")
+                .rev()
+                .map(str::to_owned),
+        );
+    }
+    let mut out = root.to_path_buf();
+    out.extend(resolved);
+    Ok(out)
+}
+
 /// fsutil `containsWildcards`: an unescaped `*`, `?` or `[`.
 fn contains_wildcards(name: &str) -> bool {
     let b = name.as_bytes();
@@ -232,6 +292,33 @@ mod tests {
         std::fs::write(r.join("two.txt"), "x").unwrap();
         let got = follow_links(r, &s(&["*.txt"])).unwrap().unwrap();
         assert_eq!(got, s(&["*.txt", "t/real.txt"]));
+    }
+
+    #[test]
+    fn resolve_in_root_never_leaves_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        std::fs::create_dir_all(r.join("conf/etc")).unwrap();
+        std::fs::write(r.join("conf/ignore"), "x").unwrap();
+        symlink("conf/ignore", r.join(".dockerignore")).unwrap();
+        symlink("/etc", r.join("abs")).unwrap();
+        symlink("../../../../conf", r.join("up")).unwrap();
+        symlink("loop", r.join("loop")).unwrap();
+        assert_eq!(
+            resolve_in_root(r, ".dockerignore").unwrap(),
+            r.join("conf/ignore")
+        );
+        // Absolute targets start again at the root, not at the machine's /.
+        assert_eq!(
+            resolve_in_root(r, "abs/passwd").unwrap(),
+            r.join("etc/passwd")
+        );
+        assert_eq!(
+            resolve_in_root(r, "up/ignore").unwrap(),
+            r.join("conf/ignore")
+        );
+        assert_eq!(resolve_in_root(r, "../x/./y").unwrap(), r.join("x/y"));
+        assert!(resolve_in_root(r, "loop").is_err());
     }
 
     #[test]

@@ -23,9 +23,10 @@ pub mod pattern;
 pub mod stat;
 pub mod walk;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub use dockerignore::parse_dockerignore;
+pub use follow::resolve_in_root;
 pub use pattern::{literal_pattern, PatternMatcher};
 pub use stat::{
     go_file_mode, go_file_mode_from_unix, is_regular, MODE_APPEND, MODE_CHAR_DEVICE, MODE_DEVICE,
@@ -80,4 +81,14 @@ pub enum FsError {
     /// Resolving a `followpaths` entry failed.
     #[error("cannot resolve followpath {path:?}: {reason} (check the symlinks along this path inside the context)")]
     FollowPath { path: String, reason: String },
+}
+
+/// The include patterns a walk with these `followpaths` (and no other include patterns) uses:
+/// the paths plus every symlink target met along them, inside `root` (fsutil `FollowLinks` +
+/// `dedupePaths`). `None` when one of them is the root itself, i.e. nothing is filtered.
+pub fn follow_paths_includes(
+    root: &Path,
+    paths: &[String],
+) -> Result<Option<Vec<String>>, FsError> {
+    follow::follow_links(root, paths)
 }

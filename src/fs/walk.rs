@@ -57,6 +57,9 @@ pub struct Entry {
     pub devminor: i64,
     /// Extended attributes except `com.apple.*`, not following links, sorted by name.
     pub xattrs: Vec<(String, Vec<u8>)>,
+    /// Emitted only because something inside it is sent: the directory itself is filtered out
+    /// (fsutil sends such parents so the receiver can place their children). Not on the wire.
+    pub parent_only: bool,
     /// For stat caches (git-index-like change detection); not sent on the wire.
     pub dev: u64,
     pub ino: u64,
@@ -368,7 +371,8 @@ impl Walker {
                 path: abs.clone(),
                 source,
             })?;
-            if let Some(entry) = self.make_entry(rel, abs, &md)? {
+            if let Some(mut entry) = self.make_entry(rel, abs, &md)? {
+                entry.parent_only = true;
                 self.out.push_back(entry);
             }
             self.stack[i].emitted = true;
@@ -423,6 +427,7 @@ impl Walker {
             devmajor,
             devminor,
             xattrs,
+            parent_only: false,
             dev: md.dev(),
             ino: md.ino(),
             ctime_ns: unix_nanos(md.ctime(), md.ctime_nsec()),

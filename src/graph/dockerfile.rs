@@ -42,6 +42,38 @@ pub struct DockerfileScan {
     /// (a variable whose value is unknown here, a `# syntax=` frontend that is not BuildKit's
     /// Dockerfile frontend).
     pub copy_sources: Option<Vec<String>>,
+    /// Build args (of [`ScanOptions::args`]) that cannot change the build except through the
+    /// image references in [`base_refs`](Self::base_refs): declared nowhere (BuildKit ignores
+    /// them), or declared only before the first `FROM` and used only to spell image names there.
+    /// Empty when the Dockerfile cannot be read with certainty. Never contains BuildKit's
+    /// special args ([`is_special_arg`]), which act without being declared.
+    ///
+    /// Known limit: an external base image's `ONBUILD ARG` trigger could read an arg this file
+    /// never declares; bases built by the project are checked through [`has_onbuild`].
+    ///
+    /// [`has_onbuild`]: Self::has_onbuild
+    pub hidden_args: BTreeSet<String>,
+    /// The file has an `ONBUILD` instruction: builds `FROM` its image run code this scan of
+    /// theirs cannot see, so their args must all count.
+    pub has_onbuild: bool,
+}
+
+/// Args BuildKit or the Dockerfile frontend act on without an `ARG` line: `BUILDKIT_*`
+/// frontend options, `SOURCE_DATE_EPOCH` (image timestamps), the proxy args (set in every
+/// `RUN`), and the platform args (BuildKit `frontend/dockerfile/docs/reference.md`, "Predefined
+/// ARGs" and "BuildKit built-in build args").
+pub fn is_special_arg(name: &str) -> bool {
+    const NAMED: &[&str] = &[
+        "SOURCE_DATE_EPOCH",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "FTP_PROXY",
+        "NO_PROXY",
+        "ALL_PROXY",
+    ];
+    name.starts_with("BUILDKIT_")
+        || NAMED.iter().any(|n| n.eq_ignore_ascii_case(name))
+        || PLATFORM_ARGS.contains(&name)
 }
 
 /// External images the last stage of `dockerfile_text` depends on, with `args` applied.
@@ -81,15 +113,33 @@ pub fn scan_dockerfile(text: &str, opts: &ScanOptions) -> DockerfileScan {
         let f = familiar(s);
         !(f.starts_with("docker/dockerfile") || f.starts_with("docker/dockerfile-upstream"))
     });
+    let has_onbuild = instructions.iter().any(|i| i.keyword == "ONBUILD");
     if foreign_frontend {
         return DockerfileScan {
             syntax: directives.syntax,
             base_refs: Vec::new(),
             copy_sources: None,
+            hidden_args: BTreeSet::new(),
+            has_onbuild,
         };
     }
     let named: BTreeSet<String> = opts.named_contexts.iter().map(|n| familiar(n)).collect();
-    let stages = Interpreter::new(directives.escape, opts, &named).run(&instructions);
+    let mut interp = Interpreter::new(directives.escape, opts, &named);
+    interp.run(&instructions);
+    let hidden_args = if interp.unsure_from {
+        BTreeSet::new()
+    } else {
+        opts.args
+            .keys()
+            .filter(|n| {
+                !is_special_arg(n)
+                    && !interp.stage_args.contains(*n)
+                    && !interp.seen_args.contains(*n)
+            })
+            .cloned()
+            .collect()
+    };
+    let stages = interp.stages;
 
     let target = match opts.target {
         Some(t) => stages
@@ -122,6 +172,8 @@ pub fn scan_dockerfile(text: &str, opts: &ScanOptions) -> DockerfileScan {
         syntax: directives.syntax,
         base_refs,
         copy_sources: (!unknowable).then(|| sources.into_iter().collect()),
+        hidden_args,
+        has_onbuild,
     }
 }
 
@@ -542,6 +594,14 @@ struct Interpreter<'a> {
     named: &'a BTreeSet<String>,
     globals: HashMap<String, Var>,
     stages: Vec<Stage>,
+    /// Names declared by an `ARG` inside any stage: visible to that stage's instructions.
+    stage_args: BTreeSet<String>,
+    /// Names a `FROM` line uses other than to spell an image reference (a stage name, a
+    /// named context, `--platform`): their value changes the build without changing
+    /// `base_refs`.
+    seen_args: BTreeSet<String>,
+    /// Some `FROM` could not be resolved, so no arg can be called invisible.
+    unsure_from: bool,
 }
 
 impl<'a> Interpreter<'a> {
@@ -552,10 +612,13 @@ impl<'a> Interpreter<'a> {
             named,
             globals: HashMap::new(),
             stages: Vec::new(),
+            stage_args: BTreeSet::new(),
+            seen_args: BTreeSet::new(),
+            unsure_from: false,
         }
     }
 
-    fn run(mut self, instructions: &[Instruction]) -> Vec<Stage> {
+    fn run(&mut self, instructions: &[Instruction]) {
         for ins in instructions {
             match ins.keyword.as_str() {
                 "FROM" => self.from(&ins.rest),
@@ -568,7 +631,6 @@ impl<'a> Interpreter<'a> {
                 _ => {}
             }
         }
-        self.stages
     }
 
     fn global_lookup(&self, name: &str) -> Var {
@@ -595,8 +657,20 @@ impl<'a> Interpreter<'a> {
     }
 
     fn from(&mut self, rest: &str) {
-        let (_flags, rest) = split_flags(rest);
-        let words = shell_words(rest, self.escape, &|n| self.global_lookup(n));
+        let (flags, rest) = split_flags(rest);
+        let used = std::cell::RefCell::new(BTreeSet::new());
+        let recording = |n: &str| {
+            used.borrow_mut().insert(n.to_string());
+            self.global_lookup(n)
+        };
+        for (_, value) in &flags {
+            shell_words(value, self.escape, &recording);
+        }
+        // Whatever `--platform` (or any flag) reads counts in full.
+        let flag_args = std::mem::take(&mut *used.borrow_mut());
+        let words = shell_words(rest, self.escape, &recording);
+        let image_args = used.into_inner();
+        self.seen_args.extend(flag_args);
         let mut stage = Stage::default();
         if let [_, as_kw, name, ..] = words.as_slice() {
             if as_kw.0.eq_ignore_ascii_case("as") {
@@ -607,11 +681,15 @@ impl<'a> Interpreter<'a> {
         match words.first() {
             Some((image, false)) => {
                 let lower = image.to_lowercase();
-                if let Some(idx) = self
+                let earlier_stage = self
                     .stages
                     .iter()
-                    .position(|s| s.name.as_deref() == Some(lower.as_str()))
-                {
+                    .position(|s| s.name.as_deref() == Some(lower.as_str()));
+                if earlier_stage.is_some() || self.named.contains(&familiar(image)) {
+                    // Which stage or named context is used is not visible in `base_refs`.
+                    self.seen_args.extend(image_args);
+                }
+                if let Some(idx) = earlier_stage {
                     stage.stage_deps.push(idx);
                     // ENV is inherited by a stage built on another; ARGs end with their stage.
                     stage.env = self.stages[idx].env.clone();
@@ -623,7 +701,10 @@ impl<'a> Interpreter<'a> {
                 }
             }
             // A base that depends on an unknown variable: the inputs cannot be known.
-            _ => stage.unknowable = true,
+            _ => {
+                stage.unknowable = true;
+                self.unsure_from = true;
+            }
         }
         self.stages.push(stage);
     }
@@ -642,6 +723,9 @@ impl<'a> Interpreter<'a> {
                 Some((n, d)) => (n.to_string(), Some(d.to_string())),
                 None => (word.clone(), None),
             };
+            if in_stage {
+                self.stage_args.insert(name.clone());
+            }
             let value = match (self.opts.args.get(&name), default) {
                 (Some(v), _) => Var::Known(v.clone()),
                 (None, Some(_)) if unknown => Var::Unknown,

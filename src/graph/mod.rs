@@ -174,6 +174,15 @@ pub fn plan(project: &Project, names_or_groups: &[String]) -> Result<Plan, Graph
     Ok(Plan { order, deps })
 }
 
+/// The targets `names_or_groups` name (groups expanded; empty: the `default` group, or every
+/// target when there is none), without the targets they depend on.
+pub fn requested(
+    project: &Project,
+    names_or_groups: &[String],
+) -> Result<BTreeSet<String>, GraphError> {
+    resolve_names(project, names_or_groups)
+}
+
 /// The targets to build for `names_or_groups`, dependencies included, in build order.
 pub fn select(project: &Project, names_or_groups: &[String]) -> Result<Vec<String>, GraphError> {
     plan(project, names_or_groups).map(|p| p.order)

@@ -12,6 +12,8 @@ pub enum TargetOutcome {
     Built,
     /// Unchanged since the last build, so no Solve was made.
     Skipped,
+    /// Its image was already built from the same inputs; only new tags were added to it.
+    Retagged,
     Failed,
     /// Never run, e.g. because something it depends on failed.
     NotStarted,
@@ -22,6 +24,7 @@ impl fmt::Display for TargetOutcome {
         f.write_str(match self {
             TargetOutcome::Built => "built",
             TargetOutcome::Skipped => "skipped",
+            TargetOutcome::Retagged => "retagged",
             TargetOutcome::Failed => "failed",
             TargetOutcome::NotStarted => "not started",
         })

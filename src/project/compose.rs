@@ -39,6 +39,7 @@ const BUILD_KEYS: &[&str] = &[
     "additional_contexts",
     "labels",
     "no_cache",
+    "pull",
     "target",
     "secrets",
     "tags",
@@ -52,7 +53,6 @@ const IGNORED_BUILD_KEYS: &[&str] = &[
     "isolation",
     "privileged",
     "network",
-    "pull",
     "shm_size",
     "ulimits",
     "entitlements",
@@ -870,6 +870,9 @@ impl Ctx<'_> {
                 let raw = self.secret(&source, &id, top_secrets, &k)?;
                 t.secrets.push(self.checked(OptionList::Secrets, &raw, &k)?);
             }
+        }
+        if let Some(v) = get("pull") {
+            t.pull = self.boolean(v, &format!("{bp}.pull"))?;
         }
         if let Some(v) = get("no_cache") {
             t.no_cache = self.boolean(v, &format!("{bp}.no_cache"))?;

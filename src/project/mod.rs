@@ -72,6 +72,9 @@ pub struct Target {
     pub push: bool,
     pub load: bool,
     pub no_cache: bool,
+    /// Always ask the registry for the newest image of each base tag (`--pull`); the
+    /// fingerprint then includes the digests the registry gives for them.
+    pub pull: bool,
     /// Explicit dependencies (target names).
     pub depends_on: Vec<String>,
 }
@@ -258,6 +261,7 @@ pub fn to_json(project: &Project) -> serde_json::Value {
                 "push": t.push,
                 "load": t.load,
                 "no_cache": t.no_cache,
+                "pull": t.pull,
                 "depends_on": strs(&t.depends_on),
             }),
         );

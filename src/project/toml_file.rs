@@ -36,6 +36,7 @@ const TARGET_KEYS: &[&str] = &[
     "push",
     "load",
     "no_cache",
+    "pull",
     "depends_on",
 ];
 /// Keys that only make sense per target: a shared context or a shared dependency list would
@@ -1058,6 +1059,7 @@ fn resolve_target(
         ("push", &mut t.push),
         ("load", &mut t.load),
         ("no_cache", &mut t.no_cache),
+        ("pull", &mut t.pull),
     ] {
         if let Some(s) = setting(key) {
             *out = r.boolean(s.val, &s.key)?;
