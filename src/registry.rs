@@ -1,23 +1,32 @@
 //! Asking a registry about images over the OCI distribution API: does a reference exist and
 //! what is its manifest digest (for skips and cache-from fallback), and re-tagging an existing
-//! manifest (so a fresh CI runner can reuse a build instead of repeating it).
+//! manifest (so a fresh CI runner can reuse a build instead of repeating it), also into
+//! another repository of the same registry, whose blobs it then mounts or streams across.
 //!
 //! It owns reference parsing (Docker's normalization: `busybox` → `docker.io/library/busybox`),
-//! the plain-http rule for local registries and the bearer-token dance. It must not know about
-//! builds, targets or BuildKit; credentials come from [`crate::session::auth`].
+//! the plain-http rule for local registries, the bearer-token dance (one token may cover
+//! several repositories), what an image manifest or index names, and moving blobs between
+//! repositories without holding one in memory. It must not know about builds, targets or
+//! BuildKit; credentials come from [`crate::session::auth`].
 //!
 //! Transport: HTTP/1.1 via hyper; https (rustls, bundled web PKI roots), except plain http for
 //! `localhost`, `*.localhost`, `*.local`, loopback IPs, and hosts listed in
 //! `BK_BUILD_INSECURE_REGISTRIES` (comma-separated `host[:port]`), mirroring Docker's
 //! "insecure registry" rule.
 
-use std::sync::OnceLock;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::{StreamExt as _, TryStreamExt as _};
 use http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -47,6 +56,9 @@ pub enum RegistryError {
 
     #[error("registry request {url} timed out after {} s (is the registry overloaded or unreachable?)", REQUEST_TIMEOUT.as_secs())]
     Timeout { url: String },
+
+    #[error("blob transfer {url} made no progress for {seconds} s (is the registry or its storage stuck?)")]
+    Stalled { url: String, seconds: u64 },
 
     #[error("registry {host} denied access to {repository}: {message} (run `docker login {host}` with an account allowed to {action} it)")]
     Unauthorized {
@@ -109,15 +121,7 @@ impl Reference {
         }
         let (rest, digest) = match reference.split_once('@') {
             Some((name, digest)) => {
-                let Some((algo, hex)) = digest.split_once(':') else {
-                    return Err(bad("the digest must look like sha256:<hex>"));
-                };
-                let ok_algo = !algo.is_empty()
-                    && algo.bytes().all(|b| {
-                        b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b)
-                    });
-                let ok_hex = hex.len() >= 32 && hex.bytes().all(|b| b.is_ascii_hexdigit());
-                if !ok_algo || !ok_hex {
+                if !valid_digest(digest) {
                     return Err(bad("the digest must look like sha256:<hex>"));
                 }
                 (name, Some(digest.to_string()))
@@ -254,9 +258,32 @@ pub async fn manifest_digest(reference: &str) -> Result<Option<String>, Registry
     }
 }
 
-/// Makes `new_reference` (same registry and repository, with a tag) point at the manifest
-/// `existing` resolves to, byte for byte, without pulling or pushing any layer. Returns the
-/// manifest digest.
+/// Makes `new_reference` (a tag in the same registry) point at the manifest `existing`
+/// resolves to, byte for byte and with the same media type, so its digest does not change;
+/// returns that digest. Nothing is rebuilt, and within one repository nothing but the manifest
+/// moves.
+///
+/// * Same repository: one manifest `GET`, one `PUT` under the new tag (OCI distribution-spec,
+///   "Pushing Manifests").
+/// * Another repository of the same registry: first every blob the manifest names (config and
+///   layers of an image manifest; for an index, each child manifest's blobs, then the child
+///   itself by digest) is made to exist in the target repository: left alone when `HEAD`
+///   finds it there ("Checking if content exists in the registry"), else mounted from the
+///   source ("Mounting a blob from another repository", `201 Created`), else, when the
+///   registry opens an upload session instead (`202 Accepted`), streamed from the source into
+///   that session ("Pushing a blob monolithically", the `PUT` of POST-then-PUT) chunk by
+///   chunk, never held whole in memory. Up to [`BLOB_CONCURRENCY`] blobs of one manifest move
+///   at once. Layers with a non-distributable (foreign) media type that carry `urls` are not
+///   copied: by definition they live elsewhere. The token asked for covers `pull` on the source
+///   and `pull,push` on the target repository.
+/// * Another registry: [`RegistryError::Retag`]; copying between registries is out of scope.
+///
+/// Errors: [`RegistryError::NotFound`] when `existing` (or a manifest its index names) does not
+/// exist; [`RegistryError::Retag`] for a target without a tag, another registry, a manifest type
+/// whose blobs cannot be known (only OCI and Docker v2 image manifests and indexes can be copied
+/// across repositories), a blob missing from the source, a failed blob stream, or a registry
+/// that stored a different digest; [`RegistryError::Unauthorized`] names the repository and the
+/// access that was missing; [`RegistryError::Stalled`] when a blob stream stops moving.
 pub async fn tag_existing(existing: &str, new_reference: &str) -> Result<String, RegistryError> {
     let from = Reference::parse(existing)?;
     let to = Reference::parse(new_reference)?;
@@ -265,30 +292,490 @@ pub async fn tag_existing(existing: &str, new_reference: &str) -> Result<String,
         to: new_reference.to_string(),
         reason: reason.to_string(),
     };
-    if from.registry != to.registry || from.repository != to.repository {
-        // Another repository would first need every blob mounted into it.
-        return Err(retag_err(
-            "both must be in the same registry and repository (push or build into the other one instead)",
-        ));
+    if from.registry != to.registry {
+        return Err(retag_err(&format!(
+            "they are in different registries ({} and {}) and copying images between registries \
+             is not supported (build or push into {} instead, or copy with `docker buildx \
+             imagetools create --tag {new_reference} {existing}`)",
+            from.registry, to.registry, to.registry
+        )));
     }
     let (Some(tag), None) = (&to.tag, &to.digest) else {
         return Err(retag_err("the new reference needs a tag and no digest"));
     };
 
     let mut s = Session::new(&from)?;
-    let get_path = format!("/v2/{}/manifests/{}", from.repository, from.manifest_ref());
-    let accept = [(header::ACCEPT, MANIFEST_ACCEPT)];
+    let copy = (from.repository != to.repository).then(|| RepoCopy {
+        from: &from.repository,
+        to: &to.repository,
+        existing,
+        new_reference,
+    });
+    if copy.is_some() {
+        // Everything the copy will need, asked for with the first token so one token serves
+        // the manifest GET, every mount and stream, and the final PUT.
+        s.scopes = vec![Access::pull(&from.repository), Access::push(&to.repository)];
+    }
+    let source = fetch_manifest(
+        &mut s,
+        &from.repository,
+        from.manifest_ref(),
+        None,
+        existing,
+    )
+    .await?;
+    let source_digest = source.digest.clone().or(from.digest.clone());
+    if let Some(c) = &copy {
+        copy_contents(&mut s, c, &source, &mut HashSet::new(), 0).await?;
+    }
+    let stored = put_manifest(&mut s, &to.repository, tag, &source).await?;
+    match (stored, source_digest) {
+        (Some(stored), Some(source)) if stored != source => Err(retag_err(&format!(
+            "the registry stored the manifest as {stored}, not {source}: it changed the bytes"
+        ))),
+        (Some(d), _) | (None, Some(d)) => Ok(d),
+        (None, None) => Err(RegistryError::Protocol {
+            host: to.registry.clone(),
+            message: format!("no Docker-Content-Digest after tagging {new_reference}"),
+        }),
+    }
+}
+
+/// How many blobs of one manifest are checked, mounted or streamed at once.
+pub const BLOB_CONCURRENCY: usize = 4;
+/// Indexes nest (an index of indexes); content addressing rules out cycles, this rules out
+/// absurd depth.
+const MAX_INDEX_DEPTH: usize = 4;
+/// Registries hand out blob storage (S3, CDN) by redirect.
+const MAX_REDIRECTS: usize = 5;
+/// A blob transfer fails when no byte moved for this long…
+const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// …or, once every byte is sent, when the registry takes this long to commit it (storage
+/// backends may copy a large blob server-side before answering).
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(300);
+
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// OCI image-spec "Non-distributable layers" (`…nondistributable.v1.tar`, `+gzip`, `+zstd`).
+const OCI_NONDISTRIBUTABLE_PREFIX: &str = "application/vnd.oci.image.layer.nondistributable.";
+/// Docker image manifest v2 schema 2 foreign layers (Windows base layers).
+const DOCKER_FOREIGN_LAYER: &str = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
+
+/// A manifest as the registry served it: the exact bytes and media type, so putting it
+/// elsewhere keeps its digest.
+#[derive(Debug, Clone)]
+struct Manifest {
+    media_type: String,
+    body: Bytes,
+    /// `Docker-Content-Digest`, when the registry sent it.
+    digest: Option<String>,
+}
+
+/// The two manifest shapes whose contents we know (OCI image-spec "Image Manifest" and "Image
+/// Index", and their Docker v2 schema 2 counterparts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ManifestKind {
+    /// Names a config blob and layer blobs.
+    Image,
+    /// Names other manifests (one per platform, attestations).
+    Index,
+}
+
+impl ManifestKind {
+    fn of(media_type: &str) -> Option<ManifestKind> {
+        match media_type {
+            OCI_MANIFEST | DOCKER_MANIFEST => Some(ManifestKind::Image),
+            OCI_INDEX | DOCKER_MANIFEST_LIST => Some(ManifestKind::Index),
+            _ => None,
+        }
+    }
+}
+
+/// An OCI content descriptor (image-spec "Descriptors"): the fields a copy needs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+struct Descriptor {
+    #[serde(rename = "mediaType", default)]
+    media_type: String,
+    digest: String,
+    size: u64,
+    #[serde(default)]
+    urls: Vec<String>,
+}
+
+/// What a manifest names that must exist in a repository before the manifest can be put there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Contents {
+    /// An image manifest's config, then its layers (foreign layers with `urls` left out).
+    Blobs(Vec<Descriptor>),
+    /// An index's child manifests.
+    Manifests(Vec<Descriptor>),
+}
+
+/// The blobs or child manifests a manifest of `media_type` names. Every digest is checked to
+/// look like one, as it goes into URL paths. The error is a reason for [`RegistryError::Retag`].
+fn contents(media_type: &str, body: &[u8]) -> Result<Contents, String> {
+    #[derive(serde::Deserialize)]
+    struct Raw {
+        config: Option<Descriptor>,
+        #[serde(default)]
+        layers: Vec<Descriptor>,
+        #[serde(default)]
+        manifests: Vec<Descriptor>,
+    }
+    let Some(kind) = ManifestKind::of(media_type) else {
+        return Err(format!(
+            "its manifest is a {media_type}, and only OCI or Docker v2 image manifests and \
+             indexes can be copied to another repository (tag it within its own repository, or \
+             push it again)"
+        ));
+    };
+    let raw: Raw = serde_json::from_slice(body)
+        .map_err(|e| format!("its {media_type} manifest does not parse: {e}"))?;
+    let (contents, named) = match kind {
+        ManifestKind::Image => {
+            let Some(config) = raw.config else {
+                return Err(format!("its {media_type} manifest has no config"));
+            };
+            let blobs: Vec<Descriptor> = std::iter::once(config)
+                .chain(raw.layers.into_iter().filter(|l| !is_foreign(l)))
+                .collect();
+            (Contents::Blobs(blobs.clone()), blobs)
+        }
+        ManifestKind::Index => (Contents::Manifests(raw.manifests.clone()), raw.manifests),
+    };
+    if let Some(bad) = named.iter().find(|d| !valid_digest(&d.digest)) {
+        return Err(format!(
+            "its manifest names {:?}, which is not a digest",
+            bad.digest
+        ));
+    }
+    Ok(contents)
+}
+
+/// A layer stored outside the registry (image-spec "Non-distributable layers"): its `urls`
+/// say where; registries need not hold it, so it is not copied.
+fn is_foreign(d: &Descriptor) -> bool {
+    !d.urls.is_empty()
+        && (d.media_type.starts_with(OCI_NONDISTRIBUTABLE_PREFIX)
+            || d.media_type == DOCKER_FOREIGN_LAYER)
+}
+
+/// `algorithm:hex` (image-spec "Digests"), with nothing that could change a URL path.
+fn valid_digest(digest: &str) -> bool {
+    let Some((algo, hex)) = digest.split_once(':') else {
+        return false;
+    };
+    let ok_algo = !algo.is_empty()
+        && algo
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b));
+    ok_algo && hex.len() >= 32 && hex.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// A copy between two repositories of one registry, and the names its errors give.
+struct RepoCopy<'a> {
+    from: &'a str,
+    to: &'a str,
+    existing: &'a str,
+    new_reference: &'a str,
+}
+
+impl RepoCopy<'_> {
+    fn err(&self, reason: String) -> RegistryError {
+        RegistryError::Retag {
+            from: self.existing.to_string(),
+            to: self.new_reference.to_string(),
+            reason,
+        }
+    }
+}
+
+/// Makes everything `m` names exist in `c.to`: for an image manifest its blobs; for an index
+/// each child manifest (skipped when the target has it already, as a registry accepts a
+/// manifest only once what it names is there), its contents first, then the child by digest.
+/// `seen` holds digests already handled by this copy (platforms often share layers).
+fn copy_contents<'a>(
+    s: &'a mut Session,
+    c: &'a RepoCopy<'a>,
+    m: &'a Manifest,
+    seen: &'a mut HashSet<String>,
+    depth: usize,
+) -> BoxFuture<'a, Result<(), RegistryError>> {
+    Box::pin(async move {
+        match contents(&m.media_type, &m.body).map_err(|r| c.err(r))? {
+            Contents::Blobs(blobs) => copy_blobs(s, c, blobs, seen).await,
+            Contents::Manifests(children) => {
+                if depth >= MAX_INDEX_DEPTH {
+                    return Err(c.err(format!(
+                        "its indexes nest deeper than {MAX_INDEX_DEPTH} levels"
+                    )));
+                }
+                for child in children {
+                    if !seen.insert(child.digest.clone()) {
+                        continue;
+                    }
+                    if manifest_exists(s, c.to, &child.digest).await? {
+                        continue;
+                    }
+                    let name = format!("{}@{}", c.existing, child.digest);
+                    let got =
+                        fetch_manifest(s, c.from, &child.digest, Some(&child.media_type), &name)
+                            .await?;
+                    if let Some(d) = got.digest.as_ref().filter(|d| **d != child.digest) {
+                        return Err(c.err(format!(
+                            "the registry served {d} when asked for child manifest {}",
+                            child.digest
+                        )));
+                    }
+                    copy_contents(s, c, &got, seen, depth + 1).await?;
+                    let stored = put_manifest(s, c.to, &child.digest, &got).await?;
+                    if let Some(d) = stored.filter(|d| *d != child.digest) {
+                        return Err(c.err(format!(
+                            "the registry stored child manifest {} as {d}",
+                            child.digest
+                        )));
+                    }
+                }
+                Ok(())
+            }
+        }
+    })
+}
+
+/// [`ensure_blob`] for each blob not yet in `seen`, [`BLOB_CONCURRENCY`] at a time, each on a
+/// clone of the session (which already holds the copy's token); the first error cancels the
+/// rest.
+async fn copy_blobs(
+    s: &Session,
+    c: &RepoCopy<'_>,
+    blobs: Vec<Descriptor>,
+    seen: &mut HashSet<String>,
+) -> Result<(), RegistryError> {
+    let todo: Vec<Descriptor> = blobs
+        .into_iter()
+        .filter(|d| seen.insert(d.digest.clone()))
+        .collect();
+    futures_util::stream::iter(todo)
+        .map(|d| {
+            let mut s = s.clone();
+            async move { ensure_blob(&mut s, c, &d).await }
+        })
+        .buffer_unordered(BLOB_CONCURRENCY)
+        .try_for_each(|()| async { Ok(()) })
+        .await
+}
+
+/// Makes blob `d` exist in `c.to`: there already (`HEAD` 200), else mounted from `c.from`
+/// (`POST …/blobs/uploads/?mount=<digest>&from=<repo>` answered `201 Created`), else streamed
+/// into the upload session the registry opened instead (`202 Accepted` with a `Location`).
+/// OCI distribution-spec "Mounting a blob from another repository".
+async fn ensure_blob(
+    s: &mut Session,
+    c: &RepoCopy<'_>,
+    d: &Descriptor,
+) -> Result<(), RegistryError> {
+    let path = format!("/v2/{}/blobs/{}", c.to, d.digest);
+    let head = s
+        .request_with(
+            Method::HEAD,
+            &path,
+            &[],
+            Bytes::new(),
+            &[Access::pull(c.to)],
+        )
+        .await?;
+    match head.status {
+        StatusCode::OK => return Ok(()),
+        StatusCode::NOT_FOUND => {}
+        _ => return Err(s.status_error(Method::HEAD, &path, &head)),
+    }
+    let query = form_urlencoded::Serializer::new(String::new())
+        .append_pair("mount", &d.digest)
+        .append_pair("from", c.from)
+        .finish();
+    let path = format!("/v2/{}/blobs/uploads/?{query}", c.to);
+    let needs = [Access::push(c.to), Access::pull(c.from)];
+    let resp = s
+        .request_with(Method::POST, &path, &[], Bytes::new(), &needs)
+        .await?;
+    match resp.status {
+        StatusCode::CREATED => Ok(()),
+        StatusCode::ACCEPTED => {
+            let location = resp
+                .headers
+                .get(header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| RegistryError::Protocol {
+                    host: s.registry.clone(),
+                    message: format!("no Location for the upload session opened by POST {path}"),
+                })?;
+            stream_blob(s, c, d, location).await
+        }
+        _ => Err(s.status_error(Method::POST, &path, &resp)),
+    }
+}
+
+/// Streams blob `d` from `c.from` into the upload session at `location` with one `PUT
+/// …?digest=<digest>` (OCI distribution-spec "Pushing a blob monolithically"): the source's
+/// response body is the request body, so memory stays flat whatever the blob's size, and the
+/// registry checks the digest. Fails with [`RegistryError::Stalled`] when nothing moves.
+async fn stream_blob(
+    s: &mut Session,
+    c: &RepoCopy<'_>,
+    d: &Descriptor,
+    location: &str,
+) -> Result<(), RegistryError> {
+    let upload = absolute_url(&s.url("/"), location).ok_or_else(|| RegistryError::Protocol {
+        host: s.registry.clone(),
+        message: format!("the upload Location {location:?} is neither a URL nor an absolute path"),
+    })?;
+    // Our token goes only where it came from; a storage URL elsewhere carries its own.
+    let same_origin = s.same_origin(&upload);
+    let upload = with_digest(&upload, &d.digest);
+    let shown = upload.split('?').next().unwrap_or(&upload).to_string();
+
+    let (src, src_url) = s.open_blob(c.from, &d.digest).await?;
+    match src.status() {
+        StatusCode::OK => {}
+        StatusCode::NOT_FOUND => {
+            return Err(c.err(format!(
+                "blob {} named by the manifest is missing from {}",
+                d.digest, c.from
+            )))
+        }
+        status => {
+            let resp = read_small(src, &src_url, false).await?;
+            return Err(RegistryError::Status {
+                method: "GET".into(),
+                url: src_url,
+                status: status.as_u16(),
+                message: error_message(&resp.body),
+            });
+        }
+    }
+    if let Some(len) = content_length(src.headers()).filter(|len| *len != d.size) {
+        return Err(RegistryError::Protocol {
+            host: s.registry.clone(),
+            message: format!(
+                "{src_url} is {len} bytes but the manifest says blob {} is {}",
+                d.digest, d.size
+            ),
+        });
+    }
+
+    let moved = Arc::new(AtomicU64::new(0));
+    let counter = moved.clone();
+    let body: Body = src
+        .into_body()
+        .map_frame(move |frame| {
+            if let Some(data) = frame.data_ref() {
+                counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+            frame
+        })
+        .map_err(|e| Box::new(e) as BoxError)
+        .boxed();
+    let size = d.size.to_string();
+    let headers = [
+        (header::CONTENT_TYPE, "application/octet-stream"),
+        (header::CONTENT_LENGTH, size.as_str()),
+    ];
+    let req = s.build(Method::PUT, &upload, &headers, body, same_origin)?;
+    let put = unless_stalled(&shown, &moved, d.size, client().request(req))
+        .await?
+        .map_err(|e| {
+            c.err(format!(
+                "streaming blob {} from {} into {} failed: {}",
+                d.digest,
+                c.from,
+                c.to,
+                error_chain(&e)
+            ))
+        })?;
+    let put = read_small(put, &shown, false).await?;
+    match put.status {
+        StatusCode::CREATED => Ok(()),
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+            Err(s.unauthorized(&[Access::push(c.to)], &error_message(&put.body)))
+        }
+        status => Err(RegistryError::Status {
+            method: "PUT".into(),
+            url: shown,
+            status: status.as_u16(),
+            message: error_message(&put.body),
+        }),
+    }
+}
+
+/// Runs `fut` (a transfer of `total` bytes whose progress `moved` counts) until done; fails
+/// when no byte moved for [`STALL_TIMEOUT`], or, once all were sent, when the answer takes
+/// longer than [`COMMIT_TIMEOUT`]. A long transfer is fine, a stuck one is not.
+async fn unless_stalled<T>(
+    url: &str,
+    moved: &AtomicU64,
+    total: u64,
+    fut: impl std::future::Future<Output = T>,
+) -> Result<T, RegistryError> {
+    const TICK: Duration = Duration::from_secs(1);
+    tokio::pin!(fut);
+    let mut last = moved.load(Ordering::Relaxed);
+    let mut since = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            out = &mut fut => return Ok(out),
+            _ = tokio::time::sleep(TICK) => {
+                let now = moved.load(Ordering::Relaxed);
+                if now != last {
+                    (last, since) = (now, tokio::time::Instant::now());
+                    continue;
+                }
+                let limit = if now >= total { COMMIT_TIMEOUT } else { STALL_TIMEOUT };
+                if since.elapsed() >= limit {
+                    return Err(RegistryError::Stalled {
+                        url: url.to_string(),
+                        seconds: limit.as_secs(),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// `GET /v2/<repo>/manifests/<reference>` (a tag or digest); `media_type`, if named by an
+/// index, is accepted besides ours. 404 is [`RegistryError::NotFound`] naming `name`.
+async fn fetch_manifest(
+    s: &mut Session,
+    repo: &str,
+    reference: &str,
+    media_type: Option<&str>,
+    name: &str,
+) -> Result<Manifest, RegistryError> {
+    let path = format!("/v2/{repo}/manifests/{reference}");
+    let accept = match media_type {
+        Some(t) if !t.is_empty() && !MANIFEST_ACCEPT.contains(t) => {
+            format!("{t}, {MANIFEST_ACCEPT}")
+        }
+        _ => MANIFEST_ACCEPT.to_string(),
+    };
     let got = s
-        .request(Method::GET, &get_path, &accept, Bytes::new(), "pull")
+        .request_with(
+            Method::GET,
+            &path,
+            &[(header::ACCEPT, accept.as_str())],
+            Bytes::new(),
+            &[Access::pull(repo)],
+        )
         .await?;
     match got.status {
         StatusCode::OK => {}
         StatusCode::NOT_FOUND => {
             return Err(RegistryError::NotFound {
-                reference: existing.to_string(),
+                reference: name.to_string(),
             })
         }
-        _ => return Err(s.status_error(Method::GET, &get_path, &got)),
+        _ => return Err(s.status_error(Method::GET, &path, &got)),
     }
     let media_type = got
         .headers
@@ -297,25 +784,99 @@ pub async fn tag_existing(existing: &str, new_reference: &str) -> Result<String,
         .map(|v| v.split(';').next().unwrap_or(v).trim().to_string())
         .filter(|v| !v.is_empty())
         .ok_or_else(|| RegistryError::Protocol {
-            host: from.registry.clone(),
-            message: format!("no Content-Type for the manifest of {existing}"),
+            host: s.registry.clone(),
+            message: format!("no Content-Type for the manifest of {name}"),
         })?;
-    let source_digest = content_digest(&got.headers).or(from.digest.clone());
+    Ok(Manifest {
+        media_type,
+        digest: content_digest(&got.headers),
+        body: got.body,
+    })
+}
 
-    let put_path = format!("/v2/{}/manifests/{tag}", to.repository);
-    let content_type = [(header::CONTENT_TYPE, media_type.as_str())];
+/// `PUT /v2/<repo>/manifests/<reference>` with `m`'s bytes and media type; the digest the
+/// registry says it stored, if it said.
+async fn put_manifest(
+    s: &mut Session,
+    repo: &str,
+    reference: &str,
+    m: &Manifest,
+) -> Result<Option<String>, RegistryError> {
+    let path = format!("/v2/{repo}/manifests/{reference}");
     let put = s
-        .request(Method::PUT, &put_path, &content_type, got.body, "push")
+        .request_with(
+            Method::PUT,
+            &path,
+            &[(header::CONTENT_TYPE, m.media_type.as_str())],
+            m.body.clone(),
+            &[Access::push(repo)],
+        )
         .await?;
     if put.status != StatusCode::CREATED && put.status != StatusCode::OK {
-        return Err(s.status_error(Method::PUT, &put_path, &put));
+        return Err(s.status_error(Method::PUT, &path, &put));
     }
-    content_digest(&put.headers)
-        .or(source_digest)
-        .ok_or_else(|| RegistryError::Protocol {
-            host: to.registry.clone(),
-            message: format!("no Docker-Content-Digest after tagging {new_reference}"),
-        })
+    Ok(content_digest(&put.headers))
+}
+
+/// Whether `repo` has manifest `digest` (`HEAD`).
+async fn manifest_exists(s: &mut Session, repo: &str, digest: &str) -> Result<bool, RegistryError> {
+    let path = format!("/v2/{repo}/manifests/{digest}");
+    let head = s
+        .request_with(
+            Method::HEAD,
+            &path,
+            &[(header::ACCEPT, MANIFEST_ACCEPT)],
+            Bytes::new(),
+            &[Access::pull(repo)],
+        )
+        .await?;
+    match head.status {
+        StatusCode::OK => Ok(true),
+        StatusCode::NOT_FOUND => Ok(false),
+        _ => Err(s.status_error(Method::HEAD, &path, &head)),
+    }
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Resolves a `Location` against `base` (a URL we requested): absolute URLs as they are,
+/// `//host/…` with `base`'s scheme, `/path` on `base`'s origin. Relative paths without a
+/// leading `/` are not used by registries and give `None`.
+fn absolute_url(base: &str, location: &str) -> Option<String> {
+    let location = location.trim();
+    let lower = location.to_ascii_lowercase();
+    if lower.starts_with("http://") || lower.starts_with("https://") {
+        return Some(location.to_string());
+    }
+    let (scheme, rest) = base.split_once("://")?;
+    if location.starts_with("//") {
+        return Some(format!("{scheme}:{location}"));
+    }
+    if location.starts_with('/') {
+        let authority = rest.split(['/', '?', '#']).next()?;
+        return Some(format!("{scheme}://{authority}{location}"));
+    }
+    None
+}
+
+/// `url` with the `digest` query parameter that completes an upload.
+fn with_digest(url: &str, digest: &str) -> String {
+    let query = form_urlencoded::Serializer::new(String::new())
+        .append_pair("digest", digest)
+        .finish();
+    let sep = if url.ends_with(['?', '&']) {
+        ""
+    } else if url.contains('?') {
+        "&"
+    } else {
+        "?"
+    };
+    format!("{url}{sep}{query}")
 }
 
 fn content_digest(headers: &HeaderMap) -> Option<String> {
@@ -426,13 +987,22 @@ fn parse_challenge(value: &str) -> Option<Challenge> {
     })
 }
 
+/// A whole (small) answer: manifests, token responses, error bodies.
 struct Response {
     status: StatusCode,
     headers: HeaderMap,
     body: Bytes,
 }
 
-type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// A request body: whole (manifests, token forms) or streamed (a blob on its way from one
+/// repository to another).
+type Body = BoxBody<Bytes, BoxError>;
+type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
+
+fn full(bytes: Bytes) -> Body {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
+}
 
 /// One client for http (local/insecure registries) and https (everything else, verified
 /// against the bundled Mozilla roots so it works the same on every machine).
@@ -448,15 +1018,99 @@ fn client() -> &'static HttpClient {
     })
 }
 
+/// Access a request needs to one repository; as a token scope `repository:<name>:pull` or,
+/// for `push`, `repository:<name>:pull,push` (distribution token spec, "Token Scope and
+/// Access").
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Access {
+    repository: String,
+    /// `pull` or `push`; also what [`RegistryError::Unauthorized`] tells the user to get.
+    action: &'static str,
+}
+
+impl Access {
+    fn pull(repository: &str) -> Access {
+        Access {
+            repository: repository.to_string(),
+            action: "pull",
+        }
+    }
+
+    fn push(repository: &str) -> Access {
+        Access {
+            repository: repository.to_string(),
+            action: "push",
+        }
+    }
+}
+
+/// The space-separated scopes to ask a token for: the challenge's, then each wanted access,
+/// merged per resource (`repository:a:pull` + `repository:a:pull,push` →
+/// `repository:a:pull,push`). Token services take each as its own `scope` parameter
+/// (distribution token spec, "Requesting a Token": `scope` may be given multiple times), so
+/// one token can read one repository and write another, as a cross-repository mount needs.
+fn token_scope(challenge: Option<&str>, wanted: &[Access]) -> String {
+    fn add(merged: &mut Vec<(String, Vec<String>)>, resource: &str, actions: &str) {
+        let i = match merged.iter().position(|(r, _)| r == resource) {
+            Some(i) => i,
+            None => {
+                merged.push((resource.to_string(), Vec::new()));
+                merged.len() - 1
+            }
+        };
+        for a in actions.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+            if !merged[i].1.iter().any(|have| have == a) {
+                merged[i].1.push(a.to_string());
+            }
+        }
+    }
+    let mut merged = Vec::new();
+    for word in challenge.unwrap_or("").split(' ').filter(|w| !w.is_empty()) {
+        match word.rsplit_once(':') {
+            Some((resource, actions)) => add(&mut merged, resource, actions),
+            None => add(&mut merged, word, ""),
+        }
+    }
+    for w in wanted {
+        let actions = if w.action == "push" {
+            "pull,push"
+        } else {
+            "pull"
+        };
+        add(
+            &mut merged,
+            &format!("repository:{}", w.repository),
+            actions,
+        );
+    }
+    merged
+        .into_iter()
+        .map(|(r, a)| {
+            if a.is_empty() {
+                r
+            } else {
+                format!("{r}:{}", a.join(","))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// One registry conversation: remembers the authorization it earned so a GET followed by a
-/// PUT does the token dance at most once per needed scope.
+/// PUT does the token dance at most once per needed scope. Cloned, it carries that
+/// authorization to concurrent blob copies.
+#[derive(Clone)]
 struct Session {
     scheme: &'static str,
     host: String,
     registry: String,
+    /// The repository [`Session::request`] addresses.
     repository: String,
     authorization: Option<HeaderValue>,
     credentials: Option<Option<RegistryCredentials>>,
+    /// Every access asked for so far; each new token asks for all of them, so a token earned
+    /// for one repository is not traded for one that lacks it.
+    scopes: Vec<Access>,
 }
 
 impl Session {
@@ -473,10 +1127,25 @@ impl Session {
             repository: r.repository.clone(),
             authorization: None,
             credentials: None,
+            scopes: Vec::new(),
         })
     }
 
-    /// Sends, and on a 401 authorizes per the challenge and sends once more.
+    fn url(&self, path: &str) -> String {
+        format!("{}://{}{}", self.scheme, self.host, path)
+    }
+
+    /// Whether `url` is on this session's registry (same scheme and host), where our
+    /// authorization may go.
+    fn same_origin(&self, url: &str) -> bool {
+        let origin = format!("{}://{}", self.scheme, self.host);
+        url.len() >= origin.len()
+            && url.is_char_boundary(origin.len())
+            && url[..origin.len()].eq_ignore_ascii_case(&origin)
+            && matches!(url.as_bytes().get(origin.len()), None | Some(b'/' | b'?'))
+    }
+
+    /// [`Session::request_with`] needing `action` on the session's repository.
     async fn request(
         &mut self,
         method: Method,
@@ -485,95 +1154,172 @@ impl Session {
         body: Bytes,
         action: &'static str,
     ) -> Result<Response, RegistryError> {
-        let url = format!("{}://{}{}", self.scheme, self.host, path);
+        let need = [Access {
+            repository: self.repository.clone(),
+            action,
+        }];
+        self.request_with(method, path, headers, body, &need).await
+    }
+
+    /// Sends, and on a 401 authorizes for `needs` (the first is the one named when access
+    /// is denied) and sends once more; reads the whole (small) answer.
+    async fn request_with(
+        &mut self,
+        method: Method,
+        path: &str,
+        headers: &[(header::HeaderName, &str)],
+        body: Bytes,
+        needs: &[Access],
+    ) -> Result<Response, RegistryError> {
+        let head = method == Method::HEAD;
+        let resp = self.open(method, path, headers, body, needs).await?;
+        read_small(resp, &self.url(path), head).await
+    }
+
+    /// [`Session::request_with`] without reading the answer's body, which may be a blob.
+    async fn open(
+        &mut self,
+        method: Method,
+        path: &str,
+        headers: &[(header::HeaderName, &str)],
+        body: Bytes,
+        needs: &[Access],
+    ) -> Result<http::Response<Incoming>, RegistryError> {
+        let url = self.url(path);
+        let head = method == Method::HEAD;
         let first = self
-            .send(method.clone(), &url, headers, body.clone())
+            .send(method.clone(), &url, headers, body.clone(), true)
             .await?;
-        if first.status != StatusCode::UNAUTHORIZED {
+        if first.status() != StatusCode::UNAUTHORIZED {
             return Ok(first);
         }
         let challenge = first
-            .headers
+            .headers()
             .get(header::WWW_AUTHENTICATE)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_challenge);
+        // Read the (small) 401 body so the connection goes back to the pool.
+        let _ = read_small(first, &url, head).await;
         let Some(challenge) = challenge else {
-            return Err(self.unauthorized(action, "no usable WWW-Authenticate challenge"));
+            return Err(self.unauthorized(needs, "no usable WWW-Authenticate challenge"));
         };
-        self.authorize(&challenge, action).await?;
-        let second = self.send(method, &url, headers, body).await?;
-        if second.status == StatusCode::UNAUTHORIZED || second.status == StatusCode::FORBIDDEN {
-            let msg = error_message(&second.body);
-            return Err(self.unauthorized(action, &msg));
+        self.authorize(&challenge, needs).await?;
+        let second = self.send(method, &url, headers, body, true).await?;
+        if second.status() == StatusCode::UNAUTHORIZED || second.status() == StatusCode::FORBIDDEN {
+            let resp = read_small(second, &url, head).await?;
+            return Err(self.unauthorized(needs, &error_message(&resp.body)));
         }
         Ok(second)
     }
 
+    /// `GET` blob `digest` of `repo` without reading it, following the redirects registries
+    /// use to hand out storage URLs (our authorization goes along only to our own origin).
+    /// Returns the answer and the URL that gave it.
+    async fn open_blob(
+        &mut self,
+        repo: &str,
+        digest: &str,
+    ) -> Result<(http::Response<Incoming>, String), RegistryError> {
+        let path = format!("/v2/{repo}/blobs/{digest}");
+        let mut url = self.url(&path);
+        let mut resp = self
+            .open(Method::GET, &path, &[], Bytes::new(), &[Access::pull(repo)])
+            .await?;
+        for _ in 0..MAX_REDIRECTS {
+            if !matches!(resp.status().as_u16(), 301 | 302 | 303 | 307 | 308) {
+                break;
+            }
+            let next = resp
+                .headers()
+                .get(header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|l| absolute_url(&url, l))
+                .ok_or_else(|| RegistryError::Protocol {
+                    host: self.registry.clone(),
+                    message: format!("{url} redirected without a usable Location"),
+                })?;
+            let _ = read_small(resp, &url, false).await;
+            let ours = self.same_origin(&next);
+            resp = self
+                .send(Method::GET, &next, &[], Bytes::new(), ours)
+                .await?;
+            url = next;
+        }
+        Ok((resp, url))
+    }
+
+    /// One request, waiting at most [`REQUEST_TIMEOUT`] for the answer's head.
     async fn send(
         &self,
         method: Method,
         url: &str,
         headers: &[(header::HeaderName, &str)],
         body: Bytes,
-    ) -> Result<Response, RegistryError> {
+        with_auth: bool,
+    ) -> Result<http::Response<Incoming>, RegistryError> {
+        let req = self.build(method, url, headers, full(body), with_auth)?;
+        within(url, http_open(req, url)).await
+    }
+
+    fn build(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(header::HeaderName, &str)],
+        body: Body,
+        with_auth: bool,
+    ) -> Result<Request<Body>, RegistryError> {
         let uri: Uri = url.parse().map_err(|e| RegistryError::Protocol {
             host: self.host.clone(),
             message: format!("bad URL {url}: {e}"),
         })?;
-        let mut builder = Request::builder().method(method.clone()).uri(uri).header(
+        let mut builder = Request::builder().method(method).uri(uri).header(
             header::USER_AGENT,
             concat!("bk-build/", env!("CARGO_PKG_VERSION")),
         );
         for (k, v) in headers {
             builder = builder.header(k, *v);
         }
-        if let Some(auth) = &self.authorization {
+        if let Some(auth) = self.authorization.as_ref().filter(|_| with_auth) {
             builder = builder.header(header::AUTHORIZATION, auth.clone());
         }
-        let req = builder
-            .body(Full::new(body))
-            .map_err(|e| RegistryError::Protocol {
-                host: self.host.clone(),
-                message: e.to_string(),
-            })?;
-        http_call(req, url, method == Method::HEAD).await
+        builder.body(body).map_err(|e| RegistryError::Protocol {
+            host: self.host.clone(),
+            message: e.to_string(),
+        })
     }
 
     async fn authorize(
         &mut self,
         challenge: &Challenge,
-        action: &'static str,
+        needs: &[Access],
     ) -> Result<(), RegistryError> {
         let creds = self.credentials().await?;
         if challenge.scheme.eq_ignore_ascii_case("basic") {
             let Some(c) = creds else {
-                return Err(self.unauthorized(action, "the registry requires a login"));
+                return Err(self.unauthorized(needs, "the registry requires a login"));
             };
             self.authorization = Some(basic_auth(&c)?);
             return Ok(());
         }
         if !challenge.scheme.eq_ignore_ascii_case("bearer") {
             return Err(self.unauthorized(
-                action,
+                needs,
                 &format!("unsupported authentication scheme {}", challenge.scheme),
             ));
         }
         let realm = challenge
             .param("realm")
-            .ok_or_else(|| self.unauthorized(action, "bearer challenge without realm"))?;
-        // Ask for what this request needs even if the challenge named less (some registries
-        // omit the scope on the first 401).
-        let scope = challenge
-            .param("scope")
-            .map(str::to_string)
-            .unwrap_or_else(|| {
-                let actions = if action == "push" {
-                    "pull,push"
-                } else {
-                    "pull"
-                };
-                format!("repository:{}:{actions}", self.repository)
-            });
+            .ok_or_else(|| self.unauthorized(needs, "bearer challenge without realm"))?;
+        // Ask for what the challenge names, what this request needs and what earlier requests
+        // needed (some registries omit the scope on the first 401, and a token replaces the
+        // one before it).
+        for n in needs {
+            if !self.scopes.contains(n) {
+                self.scopes.push(n.clone());
+            }
+        }
+        let scope = token_scope(challenge.param("scope"), &self.scopes);
         let url = url_with_query(realm, challenge.param("service"), &scope);
         let protocol = |e: String| RegistryError::Protocol {
             host: self.host.clone(),
@@ -598,7 +1344,7 @@ impl Session {
                     .method(Method::POST)
                     .uri(uri)
                     .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-                    .body(Full::new(Bytes::from(form.finish())))
+                    .body(full(Bytes::from(form.finish())))
                     .map_err(|e| protocol(e.to_string()))?;
                 (req, realm.to_string())
             }
@@ -611,7 +1357,7 @@ impl Session {
                     req = req.header(header::AUTHORIZATION, basic_auth(c)?);
                 }
                 let req = req
-                    .body(Full::new(Bytes::new()))
+                    .body(full(Bytes::new()))
                     .map_err(|e| protocol(e.to_string()))?;
                 (req, url)
             }
@@ -623,7 +1369,7 @@ impl Session {
                 resp.status.as_u16(),
                 error_message(&resp.body)
             );
-            return Err(self.unauthorized(action, &msg));
+            return Err(self.unauthorized(needs, &msg));
         }
         #[derive(serde::Deserialize)]
         struct TokenResponse {
@@ -668,12 +1414,27 @@ impl Session {
         Ok(c)
     }
 
-    fn unauthorized(&self, action: &'static str, message: &str) -> RegistryError {
+    /// Access denied for `needs`: names the first (the target of a write), and the others as
+    /// a hint.
+    fn unauthorized(&self, needs: &[Access], message: &str) -> RegistryError {
+        use std::fmt::Write as _;
+        let (repository, action) = needs.first().map_or_else(
+            || (self.repository.clone(), "pull"),
+            |a| (a.repository.clone(), a.action),
+        );
+        let mut message = message.to_string();
+        for also in needs.iter().skip(1) {
+            let _ = write!(
+                message,
+                "; the request also needs {} access to {}",
+                also.action, also.repository
+            );
+        }
         RegistryError::Unauthorized {
             host: self.registry.clone(),
-            repository: self.repository.clone(),
+            repository,
             action,
-            message: message.to_string(),
+            message,
         }
     }
 
@@ -700,43 +1461,65 @@ fn basic_auth(c: &RegistryCredentials) -> Result<HeaderValue, RegistryError> {
     Ok(v)
 }
 
-async fn http_call(
-    req: Request<Full<Bytes>>,
+/// One request, answered or failed; no timeout (callers choose one).
+async fn http_open(
+    req: Request<Body>,
     url: &str,
-    head: bool,
-) -> Result<Response, RegistryError> {
-    let call = async {
-        let resp = client()
-            .request(req)
-            .await
-            .map_err(|e| RegistryError::Connect {
-                url: url.to_string(),
-                message: error_chain(&e),
-            })?;
-        let (parts, body) = resp.into_parts();
-        let body = if head {
-            Bytes::new()
-        } else {
-            Limited::new(body, MAX_BODY)
-                .collect()
-                .await
-                .map_err(|e| RegistryError::Connect {
-                    url: url.to_string(),
-                    message: format!("reading the response: {e}"),
-                })?
-                .to_bytes()
-        };
-        Ok(Response {
-            status: parts.status,
-            headers: parts.headers,
-            body,
+) -> Result<http::Response<Incoming>, RegistryError> {
+    client()
+        .request(req)
+        .await
+        .map_err(|e| RegistryError::Connect {
+            url: url.to_string(),
+            message: error_chain(&e),
         })
-    };
-    tokio::time::timeout(REQUEST_TIMEOUT, call)
+}
+
+/// `fut`, or [`RegistryError::Timeout`] after [`REQUEST_TIMEOUT`].
+async fn within<T>(
+    url: &str,
+    fut: impl std::future::Future<Output = Result<T, RegistryError>>,
+) -> Result<T, RegistryError> {
+    tokio::time::timeout(REQUEST_TIMEOUT, fut)
         .await
         .map_err(|_| RegistryError::Timeout {
             url: url.to_string(),
         })?
+}
+
+/// Reads a whole answer of at most [`MAX_BODY`] bytes (none for `HEAD`).
+async fn read_small(
+    resp: http::Response<Incoming>,
+    url: &str,
+    head: bool,
+) -> Result<Response, RegistryError> {
+    let (parts, body) = resp.into_parts();
+    let body = if head {
+        Bytes::new()
+    } else {
+        within(url, async {
+            Limited::new(body, MAX_BODY)
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .map_err(|e| RegistryError::Connect {
+                    url: url.to_string(),
+                    message: format!("reading the response: {e}"),
+                })
+        })
+        .await?
+    };
+    Ok(Response {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
+}
+
+/// One request and its whole (small) answer, within [`REQUEST_TIMEOUT`] for each.
+async fn http_call(req: Request<Body>, url: &str, head: bool) -> Result<Response, RegistryError> {
+    let resp = within(url, http_open(req, url)).await?;
+    read_small(resp, url, head).await
 }
 
 /// hyper's top-level error says only "client error (Connect)"; the cause is in the chain.
@@ -928,14 +1711,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn retag_refuses_other_repositories_and_digest_targets() {
-        let err = tag_existing("localhost:5000/a:1", "localhost:5000/b:1")
+    async fn retag_refuses_other_registries_and_digest_targets() {
+        let err = tag_existing("localhost:5000/a:1", "ghcr.io/o/a:1")
             .await
             .unwrap_err();
-        assert!(
-            err.to_string().contains("same registry and repository"),
-            "{err}"
-        );
+        assert!(matches!(err, RegistryError::Retag { .. }), "{err}");
+        assert!(err.to_string().contains("different registries"), "{err}");
         let err = tag_existing("localhost:5000/a:1", &format!("localhost:5000/a@{D}"))
             .await
             .unwrap_err();
@@ -963,6 +1744,26 @@ mod tests {
 
         pub const DIGEST: &str =
             "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+        pub const IMAGE_DIGEST: &str =
+            "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+        pub const CONFIG: &str =
+            "sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
+        pub const LAYER: &str =
+            "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+        pub const FOREIGN: &str =
+            "sha256:ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff";
+
+        /// Larger than the 4 MiB a buffered answer may be: it can only pass as a stream.
+        pub fn big_blob() -> String {
+            "0123456789abcdef".repeat(5 << 16)
+        }
+
+        pub fn image_manifest() -> String {
+            format!(
+                r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{CONFIG}","size":2}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{LAYER}","size":{}}},{{"mediaType":"application/vnd.oci.image.layer.nondistributable.v1.tar+gzip","digest":"{FOREIGN}","size":9,"urls":["https://example.com/f"]}}]}}"#,
+                big_blob().len()
+            )
+        }
 
         #[derive(Debug, Clone)]
         pub struct Seen {
@@ -1086,15 +1887,12 @@ mod tests {
                 };
                 return ("200 OK", vec![], format!("{{\"token\":\"{token}\"}}"));
             }
-            let needed = if method == "PUT" {
-                "push-token"
-            } else {
-                "pull-token"
-            };
+            let writes = method == "PUT" || method == "POST";
+            let needed = if writes { "push-token" } else { "pull-token" };
             let granted = auth == Some(&format!("Bearer {needed}"))
                 || (needed == "pull-token" && auth == Some("Bearer push-token"));
             if !granted {
-                let actions = if method == "PUT" { "pull,push" } else { "pull" };
+                let actions = if writes { "pull,push" } else { "pull" };
                 let challenge = format!(
                     "Bearer realm=\"http://{addr}/token\",service=\"fake\",scope=\"repository:acme/app:{actions}\""
                 );
@@ -1107,7 +1905,47 @@ mod tests {
                 );
             }
             let manifest_type = "application/vnd.oci.image.manifest.v1+json";
+            let upload = "/v2/acme/copy/blobs/uploads/u1?_state=s1";
             match (method, path) {
+                // A cross-repository copy into acme/copy: the config mounts, the layer is
+                // refused (202) and must be streamed into the upload session.
+                ("HEAD" | "GET", "/v2/acme/app/manifests/img") => (
+                    "200 OK",
+                    vec![
+                        ("Docker-Content-Digest", IMAGE_DIGEST.to_string()),
+                        ("Content-Type", manifest_type.to_string()),
+                    ],
+                    image_manifest(),
+                ),
+                ("HEAD", p) if p.starts_with("/v2/acme/copy/blobs/") => {
+                    ("404 Not Found", vec![], String::new())
+                }
+                ("POST", p) if p.starts_with("/v2/acme/copy/blobs/uploads/?") => {
+                    if p.contains(&CONFIG.replace(':', "%3A")) {
+                        ("201 Created", vec![], String::new())
+                    } else {
+                        (
+                            "202 Accepted",
+                            vec![("Location", format!("http://{addr}{upload}"))],
+                            String::new(),
+                        )
+                    }
+                }
+                ("GET", p) if p == format!("/v2/acme/app/blobs/{LAYER}") => {
+                    ("200 OK", vec![], big_blob())
+                }
+                ("PUT", p) if p.starts_with(upload) => {
+                    if form == big_blob() {
+                        ("201 Created", vec![], String::new())
+                    } else {
+                        ("400 Bad Request", vec![], "wrong bytes".to_string())
+                    }
+                }
+                ("PUT", "/v2/acme/copy/manifests/v3") => (
+                    "201 Created",
+                    vec![("Docker-Content-Digest", IMAGE_DIGEST.to_string())],
+                    String::new(),
+                ),
                 ("HEAD" | "GET", "/v2/acme/app/manifests/v1") => (
                     "200 OK",
                     vec![
@@ -1194,6 +2032,251 @@ mod tests {
         .await
         .unwrap_err();
         assert!(matches!(err, RegistryError::NotFound { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn retag_into_another_repository_mounts_or_streams_each_blob_with_one_token() {
+        let (addr, seen) = fake::start().await;
+        let d = tag_existing(
+            &format!("{addr}/acme/app:img"),
+            &format!("{addr}/acme/copy:v3"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(d, fake::IMAGE_DIGEST);
+        let log = seen.lock().unwrap().clone();
+        let calls: Vec<String> = log
+            .iter()
+            .map(|s| format!("{} {}", s.method, s.path))
+            .collect();
+
+        // One token, asked for reading the source and writing the target.
+        let tokens: Vec<&fake::Seen> = log
+            .iter()
+            .filter(|s| s.path.starts_with("/token"))
+            .collect();
+        assert_eq!(tokens.len(), 1, "{calls:#?}");
+        assert!(
+            tokens[0]
+                .path
+                .contains("scope=repository%3Aacme%2Fapp%3Apull&")
+                && tokens[0]
+                    .path
+                    .contains("scope=repository%3Aacme%2Fcopy%3Apull%2Cpush"),
+            "{}",
+            tokens[0].path
+        );
+        // Both blobs were offered for mounting from acme/app; the foreign layer never.
+        let mounts: Vec<&String> = calls.iter().filter(|c| c.contains("mount=")).collect();
+        assert_eq!(mounts.len(), 2, "{calls:#?}");
+        assert!(
+            mounts.iter().all(|m| m.contains("from=acme%2Fapp")),
+            "{mounts:?}"
+        );
+        assert!(
+            !calls.iter().any(|c| c.contains(&fake::FOREIGN[7..])),
+            "{calls:#?}"
+        );
+        // The refused layer went into the upload session, whole and with its digest.
+        let put = log
+            .iter()
+            .find(|s| s.method == "PUT" && s.path.contains("/blobs/uploads/u1"))
+            .expect("a blob PUT");
+        assert!(
+            put.path
+                .ends_with(&format!("&digest={}", fake::LAYER.replace(':', "%3A"))),
+            "{}",
+            put.path
+        );
+        assert_eq!(put.body, fake::big_blob().as_bytes());
+        assert_eq!(put.authorization.as_deref(), Some("Bearer push-token"));
+        // The manifest last, byte for byte.
+        let last = log.last().expect("requests");
+        assert_eq!(
+            (last.method.as_str(), last.path.as_str()),
+            ("PUT", "/v2/acme/copy/manifests/v3")
+        );
+        assert_eq!(last.body, fake::image_manifest().as_bytes());
+    }
+
+    #[test]
+    fn manifest_kinds_by_media_type() {
+        for (t, kind) in [
+            (OCI_MANIFEST, Some(ManifestKind::Image)),
+            (DOCKER_MANIFEST, Some(ManifestKind::Image)),
+            (OCI_INDEX, Some(ManifestKind::Index)),
+            (DOCKER_MANIFEST_LIST, Some(ManifestKind::Index)),
+            (
+                "application/vnd.docker.distribution.manifest.v1+prettyjws",
+                None,
+            ),
+            ("application/json", None),
+        ] {
+            assert_eq!(ManifestKind::of(t), kind, "{t}");
+        }
+    }
+
+    fn desc(media_type: &str, digest: &str, urls: &[&str]) -> Descriptor {
+        Descriptor {
+            media_type: media_type.into(),
+            digest: digest.into(),
+            size: 7,
+            urls: urls.iter().map(|u| u.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn an_image_manifest_names_its_config_and_layers_but_not_foreign_ones() {
+        let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let body = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{DOCKER_MANIFEST}",
+              "config":{{"mediaType":"application/vnd.docker.container.image.v1+json","digest":"{}","size":7}},
+              "layers":[
+                {{"mediaType":"application/vnd.docker.image.rootfs.diff.tar.gzip","digest":"{}","size":7}},
+                {{"mediaType":"{DOCKER_FOREIGN_LAYER}","digest":"{}","size":7,"urls":["https://mcr.microsoft.com/l"]}},
+                {{"mediaType":"{DOCKER_FOREIGN_LAYER}","digest":"{}","size":7}},
+                {{"mediaType":"application/vnd.oci.image.layer.nondistributable.v1.tar+zstd","digest":"{}","size":7,"urls":["https://x/y"]}}
+              ]}}"#,
+            d('c'),
+            d('1'),
+            d('2'),
+            d('3'),
+            d('4')
+        );
+        let got = contents(DOCKER_MANIFEST, body.as_bytes()).unwrap();
+        assert_eq!(
+            got,
+            Contents::Blobs(vec![
+                desc(
+                    "application/vnd.docker.container.image.v1+json",
+                    &d('c'),
+                    &[]
+                ),
+                desc(
+                    "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                    &d('1'),
+                    &[]
+                ),
+                // Foreign but without URLs: only the registry has it, so it is copied.
+                desc(DOCKER_FOREIGN_LAYER, &d('3'), &[]),
+            ])
+        );
+        // The Content-Type decides, not the body's mediaType.
+        assert!(matches!(
+            contents(OCI_MANIFEST, body.as_bytes()),
+            Ok(Contents::Blobs(b)) if b.len() == 3
+        ));
+    }
+
+    #[test]
+    fn an_index_names_its_child_manifests() {
+        let body = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[
+                {{"mediaType":"{OCI_MANIFEST}","digest":"{D}","size":7,"platform":{{"os":"linux","architecture":"amd64"}}}},
+                {{"mediaType":"{OCI_MANIFEST}","digest":"sha256:{}","size":7,"annotations":{{"vnd.docker.reference.type":"attestation-manifest"}}}}
+            ]}}"#,
+            "e".repeat(64)
+        );
+        let want = Contents::Manifests(vec![
+            desc(OCI_MANIFEST, D, &[]),
+            desc(OCI_MANIFEST, &format!("sha256:{}", "e".repeat(64)), &[]),
+        ]);
+        assert_eq!(contents(OCI_INDEX, body.as_bytes()).unwrap(), want);
+        assert_eq!(
+            contents(DOCKER_MANIFEST_LIST, body.as_bytes()).unwrap(),
+            want
+        );
+        assert_eq!(
+            contents(OCI_INDEX, br#"{"schemaVersion":2}"#).unwrap(),
+            Contents::Manifests(vec![])
+        );
+    }
+
+    #[test]
+    fn unusable_manifests_are_reasons_not_panics() {
+        let schema1 = "application/vnd.docker.distribution.manifest.v1+prettyjws";
+        assert!(contents(schema1, b"{}")
+            .unwrap_err()
+            .contains("only OCI or Docker v2"));
+        assert!(contents(OCI_MANIFEST, b"not json")
+            .unwrap_err()
+            .contains("does not parse"));
+        let no_config = br#"{"schemaVersion":2,"layers":[]}"#;
+        assert!(contents(OCI_MANIFEST, no_config)
+            .unwrap_err()
+            .contains("no config"));
+        // A digest goes into a URL path: anything else is refused.
+        let sneaky = format!(
+            r#"{{"config":{{"digest":"{D}","size":1}},"layers":[{{"digest":"../../x?y=1","size":1}}]}}"#
+        );
+        assert!(contents(OCI_MANIFEST, sneaky.as_bytes())
+            .unwrap_err()
+            .contains("not a digest"));
+    }
+
+    #[test]
+    fn token_scope_merges_the_challenge_with_every_needed_access() {
+        let a = Access::pull("acme/a");
+        let b = Access::push("acme/b");
+        assert_eq!(
+            token_scope(None, std::slice::from_ref(&a)),
+            "repository:acme/a:pull"
+        );
+        assert_eq!(
+            token_scope(Some("repository:acme/b:pull"), &[a.clone(), b.clone()]),
+            "repository:acme/b:pull,push repository:acme/a:pull"
+        );
+        assert_eq!(
+            token_scope(
+                Some("repository:acme/b:push,pull repository:acme/a:pull"),
+                &[b, a]
+            ),
+            "repository:acme/b:push,pull repository:acme/a:pull"
+        );
+        assert_eq!(
+            token_scope(Some("registry:catalog:*"), &[]),
+            "registry:catalog:*"
+        );
+    }
+
+    #[test]
+    fn upload_locations_resolve_and_get_their_digest() {
+        let base = "http://127.0.0.1:5000/v2/a/blobs/uploads/?mount=x";
+        assert_eq!(
+            absolute_url(base, "/v2/a/blobs/uploads/u?_state=s").as_deref(),
+            Some("http://127.0.0.1:5000/v2/a/blobs/uploads/u?_state=s")
+        );
+        assert_eq!(
+            absolute_url(base, "https://s3.example/b?sig=1").as_deref(),
+            Some("https://s3.example/b?sig=1")
+        );
+        assert_eq!(
+            absolute_url("https://r.io/v2/x", "//cdn.r.io/b").as_deref(),
+            Some("https://cdn.r.io/b")
+        );
+        assert_eq!(absolute_url(base, "relative/u"), None);
+
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let enc = format!("sha256%3A{}", "a".repeat(64));
+        assert_eq!(
+            with_digest("http://r/u", &digest),
+            format!("http://r/u?digest={enc}")
+        );
+        assert_eq!(
+            with_digest("http://r/u?_state=s", &digest),
+            format!("http://r/u?_state=s&digest={enc}")
+        );
+        assert_eq!(
+            with_digest("http://r/u?", &digest),
+            format!("http://r/u?digest={enc}")
+        );
+
+        let s = Session::new(&parse("localhost:5000/a/b")).unwrap();
+        assert!(s.same_origin("http://localhost:5000/v2/a/b/blobs/uploads/u"));
+        assert!(s.same_origin("http://LOCALHOST:5000?x"));
+        assert!(!s.same_origin("http://localhost:50001/v2"));
+        assert!(!s.same_origin("https://localhost:5000/v2"));
+        assert!(!s.same_origin("http://s3.example/b"));
     }
 
     #[tokio::test]

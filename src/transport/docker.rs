@@ -231,6 +231,85 @@ pub async fn image_id(host: &DockerHost, reference: &str) -> Result<Option<Strin
     }
 }
 
+/// `POST path` with no body on the engine: its status and whole (small) body.
+async fn post(host: &DockerHost, path: &str) -> Result<(http::StatusCode, Bytes), String> {
+    let req = http::Request::post(path)
+        .header(http::header::HOST, "api.moby.localhost")
+        .header(http::header::CONTENT_LENGTH, "0")
+        .body(Empty::new())
+        .map_err(|e| e.to_string())?;
+    let resp = http1_request(host, req).await?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("reading {host}'s answer to POST {path}: {e}"))?
+        .to_bytes();
+    Ok((status, body))
+}
+
+/// Splits a tag reference into the engine's `repo` and `tag` query values:
+/// `localhost:5000/a/b:1` → (`localhost:5000/a/b`, `1`), `app` → (`app`, `latest`). A colon
+/// before the last `/` is a registry port, not a tag. Digests are refused: a tag is what gets
+/// made.
+fn split_tag_reference(target: &str) -> Result<(&str, &str), String> {
+    if target.contains('@') {
+        return Err(format!(
+            "cannot tag an image as {target}: the new name must be a tag (repo[:tag]), not a digest"
+        ));
+    }
+    let last_slash = target.rfind('/').map_or(0, |i| i + 1);
+    let (repo, tag) = match target[last_slash..].rfind(':') {
+        Some(i) => (&target[..last_slash + i], &target[last_slash + i + 1..]),
+        None => (target, "latest"),
+    };
+    if repo.is_empty() || repo.ends_with('/') || tag.is_empty() {
+        return Err(format!(
+            "cannot tag an image as {target:?}: expected [registry/]repository[:tag]"
+        ));
+    }
+    Ok((repo, tag))
+}
+
+/// Gives image `source` (an image ID `sha256:…`, or a reference the engine knows) the name
+/// `target` (`[registry/]repository[:tag]`, `latest` when untagged) in the engine's image
+/// store, like `docker tag`: `POST /images/{source}/tag?repo=…&tag=…` (Engine API "Tag an
+/// image"), answered 201. Nothing is pulled or pushed; an existing `target` is moved.
+///
+/// Errors (messages name the engine): `target` with a digest or without a repository; the
+/// engine lacking `source` (404: build it with `--load` or pull it first); any other refusal,
+/// with the engine's own message (e.g. an invalid name).
+pub async fn tag_image(host: &DockerHost, source: &str, target: &str) -> Result<(), String> {
+    let (repo, tag) = split_tag_reference(target)?;
+    // The source is a path segment: escape what would end it early.
+    let name: String = form_urlencoded::byte_serialize(source.as_bytes()).collect();
+    let query = form_urlencoded::Serializer::new(String::new())
+        .append_pair("repo", repo)
+        .append_pair("tag", tag)
+        .finish();
+    let (status, body) = post(host, &format!("/images/{name}/tag?{query}")).await?;
+    match status {
+        http::StatusCode::CREATED | http::StatusCode::OK => Ok(()),
+        http::StatusCode::NOT_FOUND => Err(format!(
+            "image {source} is not in {host}'s image store, so it cannot be tagged {target} \
+             (build it with --load, or pull it, first)"
+        )),
+        s => {
+            #[derive(serde::Deserialize)]
+            struct EngineError {
+                message: String,
+            }
+            let why = serde_json::from_slice::<EngineError>(&body)
+                .map(|e| e.message)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&body).trim().to_string());
+            Err(format!(
+                "{host} answered {s} when tagging image {source} as {target}: {why}"
+            ))
+        }
+    }
+}
+
 fn parse_api_version(v: &str) -> Option<(u32, u32)> {
     let (a, b) = v.split_once('.')?;
     Some((a.parse().ok()?, b.parse().ok()?))
@@ -310,6 +389,29 @@ mod tests {
         assert!(parse_api_version("1.51").unwrap() < NATIVE_GRPC_API);
         assert!(parse_api_version("2.0").unwrap() >= NATIVE_GRPC_API);
         assert!(parse_api_version("x").is_none());
+    }
+
+    #[test]
+    fn tag_references_split_into_repo_and_tag() {
+        for (target, want) in [
+            ("localhost:5000/a/b:1", ("localhost:5000/a/b", "1")),
+            ("localhost:5000/a/b", ("localhost:5000/a/b", "latest")),
+            ("app", ("app", "latest")),
+            ("app:v1.2", ("app", "v1.2")),
+            (
+                "docker.io/library/busybox:musl",
+                ("docker.io/library/busybox", "musl"),
+            ),
+        ] {
+            assert_eq!(split_tag_reference(target).unwrap(), want, "{target}");
+        }
+        let digest = "app@sha256:b62db74c6c27d77a9eb6514cfb68f6fa1e524de457443bbec0768941462b5cd3";
+        assert!(split_tag_reference(digest)
+            .unwrap_err()
+            .contains("not a digest"));
+        for bad in ["", ":1", "app:", "a/"] {
+            assert!(split_tag_reference(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

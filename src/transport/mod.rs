@@ -14,7 +14,10 @@ use std::time::Duration;
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri};
 
-pub use docker::{engine_cpus as docker_engine_cpus, image_id as docker_image_id, DockerHost};
+pub use docker::{
+    engine_cpus as docker_engine_cpus, image_id as docker_image_id, tag_image as docker_tag_image,
+    DockerHost,
+};
 
 /// Default time allowed to set up a connection (buildctl's `--timeout` default).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
