@@ -417,12 +417,7 @@ pub async fn plan(
     // whose inputs turn out to have changed wastes a cheap request; waiting for the walk
     // first would add the registry's answer time to every no-op run.
     let resolving = tokio::spawn(resolve_digests(to_resolve));
-    let engine = daemon.and_then(|d| match (&d.kind, &d.address) {
-        (DaemonKind::DockerEngine { .. }, crate::transport::Address::Docker(host)) => {
-            Some(host.clone())
-        }
-        _ => None,
-    });
+    let engine = daemon.and_then(engine_of);
     let prechecks: Vec<_> = gplan
         .order
         .iter()
@@ -529,6 +524,16 @@ pub async fn plan(
         graph: gplan,
         targets,
     })
+}
+
+/// The Docker Engine behind `daemon`, whose image store `load` writes to, if that is it.
+fn engine_of(daemon: &Daemon) -> Option<DockerHost> {
+    match (&daemon.kind, &daemon.address) {
+        (DaemonKind::DockerEngine { .. }, crate::transport::Address::Docker(host)) => {
+            Some(host.clone())
+        }
+        _ => None,
+    }
 }
 
 async fn resolve_digests(refs: BTreeSet<String>) -> BTreeMap<String, String> {
@@ -741,11 +746,20 @@ impl DecideCtx<'_> {
         }
         if !delivery.engine_missing.is_empty() {
             // Tagging inside the engine needs the image there; without it, build.
-            tp.reasons.push(format!(
-                "image {} is not in the Docker Engine",
-                delivery.engine_missing.join(", ")
-            ));
-            return tp;
+            let present = match (self.engine, digest.as_deref()) {
+                (Some(host), Some(d)) => matches!(
+                    crate::transport::docker_image_id(host, d).await,
+                    Ok(Some(id)) if id == d
+                ),
+                _ => false,
+            };
+            if !present {
+                tp.reasons.push(format!(
+                    "image {} is not in the Docker Engine",
+                    delivery.engine_missing.join(", ")
+                ));
+                return tp;
+            }
         }
         tp.digest = digest;
         tp.retag_registry = delivery.registry_missing;
@@ -934,9 +948,11 @@ pub async fn execute(
             .collect(),
     ));
     let daemon_platform = tokio::sync::OnceCell::new();
+    let engine = daemon.and_then(engine_of);
     let outcomes = graph::run(&plan.graph, jobs, |name: String| {
         let digests = digests.clone();
         let daemon_platform = &daemon_platform;
+        let engine = engine.clone();
         async move {
             let tp = &plan.targets[&name];
             let t = &project.targets[&name];
@@ -949,7 +965,7 @@ pub async fn execute(
                     }
                     return Ok::<_, String>(Done::Skipped);
                 }
-                Action::Retag => match retag(tp, progress, &name).await {
+                Action::Retag => match retag(tp, engine.as_ref(), progress, &name).await {
                     Ok(()) => {
                         record(state, progress, &name, tp, tp.digest.clone(), t);
                         if !tp.in_ledger && opts.ledger {
@@ -1136,19 +1152,30 @@ fn daemon_reads(spec: &BuildSpec, r: &BuildResult) -> Vec<DaemonRead> {
 }
 
 /// Copies the image to the tags the plan says are missing.
-async fn retag(tp: &TargetPlan, progress: &Progress, name: &str) -> Result<(), String> {
-    let from = tp
-        .retag_from
-        .as_deref()
-        .ok_or_else(|| "nothing to copy the image from".to_string())?;
+async fn retag(
+    tp: &TargetPlan,
+    engine: Option<&DockerHost>,
+    progress: &Progress,
+    name: &str,
+) -> Result<(), String> {
     for tag in &tp.retag_registry {
+        let from = tp
+            .retag_from
+            .as_deref()
+            .ok_or_else(|| "nothing to copy the image from".to_string())?;
         crate::registry::tag_existing(from, tag)
             .await
             .map_err(|e| e.to_string())?;
         progress.note(Some(name), &format!("tagged {tag} (from {from})"));
     }
     if !tp.retag_engine.is_empty() {
-        return Err("tagging images in the Docker Engine is not supported yet".into());
+        let (Some(host), Some(digest)) = (engine, tp.digest.as_deref()) else {
+            return Err("the Docker Engine is not reachable to tag the image in".into());
+        };
+        for tag in &tp.retag_engine {
+            crate::transport::docker_tag_image(host, digest, tag).await?;
+            progress.note(Some(name), &format!("tagged {tag} in the Docker Engine"));
+        }
     }
     Ok(())
 }

@@ -480,21 +480,55 @@ fn a_loaded_image_that_was_removed_or_retagged_is_rebuilt() {
     );
     assert_eq!(plan_of(&r, "loaded").0, "skip");
 
+    let engine_id = |tag: &str| {
+        let o = run(docker().args(["image", "inspect", "--format", "{{.Id}}", tag]));
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let recorded = meta["loaded"]["containerimage.digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Untagged: re-tagged if the engine still has the image (another tag keeps it: `lone`
+    // is the same image), else rebuilt — never skipped.
     run_ok(docker().args(["image", "rm", &tag]));
     let (action, why) = plan_of(&r, "loaded");
-    assert_eq!(action, "build");
-    assert!(why.contains("is not in the Docker Engine"), "{why}");
+    assert_ne!(action, "skip", "{why}");
     let (out, _) = bake(&r, &["loaded"]);
     assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(engine_id(&tag).as_deref(), Some(recorded.as_str()));
     assert_eq!(plan_of(&r, "loaded").0, "skip");
 
     // Same tag, another image: what a `docker pull` or a build by hand would leave.
     run_ok(docker().args(["tag", &base_image(), &tag]));
     let (action, why) = plan_of(&r, "loaded");
-    assert_eq!(action, "build");
-    assert!(why.contains("is another image"), "{why}");
-    let (out, meta) = bake(&r, &["loaded"]);
+    assert_ne!(action, "skip", "{why}");
+    let (out, _) = bake(&r, &["loaded"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(built(&meta), vec!["loaded"]);
+    assert_eq!(engine_id(&tag).as_deref(), Some(recorded.as_str()));
+
+    // Gone entirely (no other tag holds it): rebuilt.
+    let mut toml = std::fs::read_to_string(r.root.join("bk-build.toml")).unwrap();
+    toml.push_str("\n[target.alone]\ncontext = \"alone\"\npush = false\nload = true\n");
+    write(&r.root.join("bk-build.toml"), toml);
+    write(
+        &r.root.join("alone/Dockerfile"),
+        format!("FROM {}\nCOPY y /y\n", base_image()),
+    );
+    write(&r.root.join("alone/y"), unique("alone"));
+    let alone = format!("{}/alone:dev", r.repo);
+    let (out, meta) = bake(&r, &["alone"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(built(&meta), vec!["alone"]);
+    run_ok(docker().args(["image", "rm", &alone]));
+    let (action, why) = plan_of(&r, "alone");
+    assert_eq!(action, "build");
+    assert!(why.contains("is not in the Docker Engine"), "{why}");
+    let (out, meta) = bake(&r, &["alone"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(built(&meta), vec!["alone"]);
+    assert_eq!(plan_of(&r, "alone").0, "skip");
     assert_eq!(plan_of(&r, "loaded").0, "skip");
 }

@@ -149,9 +149,12 @@ struct Request {
 struct Group {
     dir: PathBuf,
     excludes: Vec<String>,
-    /// The union of the members' reads.
-    read: ContextRead,
-    members: Vec<usize>,
+    /// The union of the members' include patterns (`None` = everything).
+    includes: Option<Vec<String>>,
+    /// (request, its include patterns).
+    members: Vec<(usize, Option<Vec<String>>)>,
+    /// Some member reads less than the union (its selection is cut from the listing).
+    members_narrower: bool,
 }
 
 /// A group's walk: its section (with the union's reads) and which entries are directories
@@ -159,6 +162,35 @@ struct Group {
 struct Listing {
     section: Section,
     parent_only: Vec<bool>,
+    /// For each entry, the index just past its subtree (so a member's selection can skip a
+    /// directory it cannot select anything in without looking at what is below).
+    subtree_end: Vec<usize>,
+}
+
+/// Index just past each entry's subtree, for a section in walk (pre-)order.
+fn subtree_ends(section: &Section) -> Vec<usize> {
+    let n = section.len();
+    let mut end = vec![n; n];
+    // Open directories as (index, `path/`); an entry closes every one it is not inside.
+    let mut open: Vec<(usize, String)> = Vec::new();
+    for (i, (path, rec)) in section.iter().enumerate() {
+        while open
+            .last()
+            .is_some_and(|(_, p)| !path.starts_with(p.as_str()))
+        {
+            if let Some((j, _)) = open.pop() {
+                end[j] = i;
+            }
+        }
+        end[i] = i + 1;
+        if rec.mode & MODE_DIR != 0 {
+            open.push((i, format!("{path}/")));
+        }
+    }
+    for (j, _) in open {
+        end[j] = n;
+    }
+    end
 }
 
 /// [`compute`] for several targets at once; results in the order of `inputs`. Directories
@@ -183,42 +215,78 @@ pub fn compute_many(
         }
     }
 
+    // Group by directory and exclude patterns. Each member's `followpaths` are resolved into
+    // include patterns on their own first: fsutil's resolution is not monotone (a link already
+    // met through one path is not followed again for another), so resolving the union of the
+    // paths could select less than a member's own request does.
     let mut groups: Vec<Group> = Vec::new();
-    let mut index: BTreeMap<(PathBuf, Vec<String>), usize> = BTreeMap::new();
+    let mut index: BTreeMap<(PathBuf, Vec<String>, Option<usize>), usize> = BTreeMap::new();
+    let mut sections: Vec<Option<Result<Section, FingerprintError>>> =
+        requests.iter().map(|_| None).collect();
     for (r, req) in requests.iter().enumerate() {
-        if req.read == ContextRead::Nothing {
-            continue;
-        }
         let dir = std::fs::canonicalize(&req.dir).unwrap_or_else(|_| req.dir.clone());
+        let includes = match &req.read {
+            ContextRead::Nothing => {
+                sections[r] = Some(Ok(Section::new(String::new(), String::new(), Vec::new())));
+                continue;
+            }
+            ContextRead::Whole => None,
+            ContextRead::Paths(p) => match follow_paths_includes(&dir, p) {
+                Ok(i) => i,
+                Err(source) => {
+                    sections[r] = Some(Err(FingerprintError::Walk {
+                        target: inputs[req.input].target.clone(),
+                        source,
+                    }));
+                    continue;
+                }
+            },
+        };
+        // A pattern that starts with `!` is an exception: it could take away from another
+        // member's selection, so such a request is walked on its own.
+        let alone = includes
+            .as_ref()
+            .is_some_and(|i| i.iter().any(|p| p.starts_with('!')))
+            .then_some(r);
         let g = *index
-            .entry((dir.clone(), req.excludes.clone()))
+            .entry((dir.clone(), req.excludes.clone(), alone))
             .or_insert_with(|| {
                 groups.push(Group {
                     dir,
                     excludes: req.excludes.clone(),
-                    read: ContextRead::Nothing,
+                    includes: Some(Vec::new()),
                     members: Vec::new(),
+                    members_narrower: false,
                 });
                 groups.len() - 1
             });
         let group = &mut groups[g];
-        group.read = union(&group.read, &req.read);
-        group.members.push(r);
+        group.includes = match (group.includes.take(), &includes) {
+            (Some(mut all), Some(mine)) => {
+                all.extend(mine.iter().cloned());
+                all.sort();
+                all.dedup();
+                Some(all)
+            }
+            _ => None,
+        };
+        group.members.push((r, includes));
+    }
+    for g in &mut groups {
+        g.members_narrower = g.members.iter().any(|(_, i)| *i != g.includes);
     }
 
     let listings = walk_groups(&groups, cache);
 
     // Each request's section, cut from its group's listing.
-    let mut sections: Vec<Option<Result<Section, FingerprintError>>> =
-        requests.iter().map(|_| None).collect();
     for (group, listing) in groups.iter().zip(listings) {
         let listing = match listing {
             Ok(l) => l,
             Err(e) => {
                 let message = e.to_string();
                 let mut first = Some(e);
-                for &r in &group.members {
-                    let target = inputs[requests[r].input].target.clone();
+                for (r, _) in &group.members {
+                    let target = inputs[requests[*r].input].target.clone();
                     let err = match first.take() {
                         Some(FingerprintError::Walk { source, .. }) => {
                             FingerprintError::Walk { target, source }
@@ -235,22 +303,21 @@ pub fn compute_many(
                             message: message.clone(),
                         },
                     };
-                    sections[r] = Some(Err(err));
+                    sections[*r] = Some(Err(err));
                 }
                 continue;
             }
         };
-        for &r in &group.members {
-            let req = &requests[r];
-            let section = if req.read == group.read {
+        for (r, includes) in &group.members {
+            let section = if *includes == group.includes {
                 Ok(listing.section.clone())
             } else {
-                select(&listing, &group.dir, &req.read).map_err(|source| FingerprintError::Walk {
-                    target: inputs[req.input].target.clone(),
+                select(&listing, includes.as_deref()).map_err(|source| FingerprintError::Walk {
+                    target: inputs[requests[*r].input].target.clone(),
                     source,
                 })
             };
-            sections[r] = Some(section);
+            sections[*r] = Some(section);
         }
     }
 
@@ -385,19 +452,6 @@ fn request(
     }
 }
 
-fn union(a: &ContextRead, b: &ContextRead) -> ContextRead {
-    match (a, b) {
-        (ContextRead::Whole, _) | (_, ContextRead::Whole) => ContextRead::Whole,
-        (ContextRead::Nothing, x) | (x, ContextRead::Nothing) => x.clone(),
-        (ContextRead::Paths(x), ContextRead::Paths(y)) => {
-            let mut all: Vec<String> = x.iter().chain(y).cloned().collect();
-            all.sort();
-            all.dedup();
-            ContextRead::Paths(all)
-        }
-    }
-}
-
 /// BuildKit's precedence: `<Dockerfile name>.dockerignore` beside the Dockerfile wins over the
 /// context's `.dockerignore`. Each is read the way the daemon reads it out of its synced copy:
 /// symlinks are followed only inside that directory.
@@ -487,12 +541,11 @@ fn walk_groups(groups: &[Group], cache: &StatCache) -> Vec<Result<Listing, Finge
 /// `followpaths`, hashing what the stat cache cannot vouch for.
 fn walk_group(group: &Group, cache: &StatCache) -> Result<Listing, FingerprintError> {
     let opts = WalkOptions {
-        include_patterns: Vec::new(),
+        // `followpaths` already resolved (equal to walking with them: the walker resolves
+        // them into exactly these include patterns).
+        include_patterns: group.includes.clone().unwrap_or_default(),
         exclude_patterns: group.excludes.clone(),
-        follow_paths: match &group.read {
-            ContextRead::Paths(p) => p.clone(),
-            _ => Vec::new(),
-        },
+        follow_paths: Vec::new(),
     };
     // Errors get the target's name once the group's members are known.
     let walk_err = |source| FingerprintError::Walk {
@@ -560,9 +613,14 @@ fn walk_group(group: &Group, cache: &StatCache) -> Result<Listing, FingerprintEr
         first_err.map_or(Ok(()), Err)
     })?;
     let (section, parent_only) = items.finish_with_flags(parent_only);
+    let subtree_end = match group.members_narrower {
+        true => subtree_ends(&section),
+        false => Vec::new(),
+    };
     Ok(Listing {
         section,
         parent_only,
+        subtree_end,
     })
 }
 
@@ -571,15 +629,10 @@ fn walk_group(group: &Group, cache: &StatCache) -> Result<Listing, FingerprintEr
 /// patterns), with directories that are only parents emitted before their first selected
 /// child. Exclusions need no second look: the group's walk already applied the same ones.
 ///
-/// Equal to walking the directory with the member's own request because the union's include
-/// patterns select a superset of the member's (followpath patterns have no `!` exceptions),
-/// so the listing holds every entry the member's walk would visit and emit.
-fn select(listing: &Listing, dir: &Path, read: &ContextRead) -> Result<Section, FsError> {
-    let includes = match read {
-        ContextRead::Nothing => return Ok(Section::new(String::new(), String::new(), Vec::new())),
-        ContextRead::Whole => None,
-        ContextRead::Paths(p) => follow_paths_includes(dir, p)?,
-    };
+/// Equal to walking the directory with the member's own request because the group's include
+/// patterns are a superset of the member's, none of them an exception, so the listing holds
+/// every entry the member's walk would visit and emit.
+fn select(listing: &Listing, includes: Option<&[String]>) -> Result<Section, FsError> {
     let Some(includes) = includes else {
         return Ok(listing.section.clone());
     };
@@ -591,9 +644,13 @@ fn select(listing: &Listing, dir: &Path, read: &ContextRead) -> Result<Section, 
         incl: Vec<bool>,
         emitted: bool,
     }
+    let section = &listing.section;
     let mut out = SectionBuilder::default();
     let mut stack: Vec<Frame> = Vec::new();
-    for ((path, rec), &parent_only) in listing.section.iter().zip(&listing.parent_only) {
+    let mut i = 0;
+    while i < section.len() {
+        let (path, rec) = section.get(i);
+        let parent_only = listing.parent_only[i];
         while stack.last().is_some_and(|f| !path.starts_with(&f.prefix)) {
             stack.pop();
         }
@@ -615,6 +672,11 @@ fn select(listing: &Listing, dir: &Path, read: &ContextRead) -> Result<Section, 
             out.push(path, *rec);
         }
         if is_dir {
+            if !included && !matcher.may_match_inside(path) {
+                // The walker would not enter it: nothing below can be selected.
+                i = listing.subtree_end[i];
+                continue;
+            }
             stack.push(Frame {
                 prefix: format!("{path}/"),
                 rec: *rec,
@@ -622,6 +684,7 @@ fn select(listing: &Listing, dir: &Path, read: &ContextRead) -> Result<Section, 
                 emitted: selected,
             });
         }
+        i += 1;
     }
     Ok(out.finish(String::new(), String::new()))
 }
@@ -1136,5 +1199,181 @@ mod tests {
         assert!(after.manifest.sections[0]
             .iter()
             .all(|(p, _)| !p.starts_with(".bk-build")));
+    }
+
+    /// Sections of one directory as a direct walk with exactly this request gives them.
+    fn walked(dir: &Path, excludes: &[String], read: &ContextRead) -> Vec<(String, u32)> {
+        let follow_paths = match read {
+            ContextRead::Paths(p) => p.clone(),
+            ContextRead::Nothing => return Vec::new(),
+            ContextRead::Whole => Vec::new(),
+        };
+        let opts = WalkOptions {
+            include_patterns: Vec::new(),
+            exclude_patterns: excludes.to_vec(),
+            follow_paths,
+        };
+        Walker::new(dir, &opts)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (e.rel_path, e.mode)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn cut_from_a_shared_walk_equals_walking_alone_on_random_trees() {
+        use rand::{Rng, SeedableRng};
+        let seed = std::env::var("BK_SELECT_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0x5e1ec7u64);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let names = ["a", "b", "c.txt", "d.py", "lib", "src", "x-y", "z.log"];
+        for round in 0..60 {
+            let t = tempfile::tempdir().unwrap();
+            let root = t.path().join("ctx");
+            fs::create_dir(&root).unwrap();
+            let mut paths: Vec<String> = Vec::new();
+            for _ in 0..rng.gen_range(5..40) {
+                let depth = rng.gen_range(1..4);
+                let rel: Vec<&str> = (0..depth)
+                    .map(|_| names[rng.gen_range(0..names.len())])
+                    .collect();
+                let rel = rel.join("/");
+                let full = root.join(&rel);
+                if full.parent().is_some_and(|p| p.is_file() || p.is_symlink()) {
+                    continue;
+                }
+                if fs::create_dir_all(full.parent().unwrap()).is_err() || full.exists() {
+                    continue;
+                }
+                // Paths through links may not be creatable; such an entry is just left out.
+                let made = match rng.gen_range(0..6) {
+                    0 => fs::create_dir(&full),
+                    1 if !paths.is_empty() => {
+                        let target = &paths[rng.gen_range(0..paths.len())];
+                        let text = if rng.gen_bool(0.5) {
+                            format!("/{target}")
+                        } else {
+                            format!("{}{target}", "../".repeat(depth - 1))
+                        };
+                        symlink(text, &full)
+                    }
+                    _ => fs::write(&full, rel.as_bytes()),
+                };
+                if made.is_ok() {
+                    paths.push(rel);
+                }
+            }
+            let pool = [
+                "*.log",
+                "lib",
+                "!lib/keep",
+                "**/b",
+                "src/*",
+                "!src/a",
+                "x-y/c.txt",
+            ];
+            let excludes: Vec<String> = (0..rng.gen_range(0..3))
+                .map(|_| pool[rng.gen_range(0..pool.len())].to_string())
+                .collect();
+            let mut pick = |rng: &mut rand::rngs::StdRng| -> ContextRead {
+                let n = rng.gen_range(0..4);
+                if n == 0 {
+                    return ContextRead::Whole;
+                }
+                let mut v: Vec<String> = (0..n)
+                    .map(|_| match rng.gen_range(0..4) {
+                        0 if !paths.is_empty() => paths[rng.gen_range(0..paths.len())].clone(),
+                        1 => format!("{}/*", names[rng.gen_range(0..names.len())]),
+                        2 => "*.txt".to_string(),
+                        _ => names[rng.gen_range(0..names.len())].to_string(),
+                    })
+                    .collect();
+                v.sort();
+                v.dedup();
+                ContextRead::Paths(v)
+            };
+            let reads: Vec<ContextRead> = (0..3).map(|_| pick(&mut rng)).collect();
+            let inputs: Vec<FingerprintInput> = reads
+                .iter()
+                .enumerate()
+                .map(|(i, r)| FingerprintInput {
+                    target: format!("t{i}"),
+                    project_dir: t.path().to_path_buf(),
+                    context_dir: root.clone(),
+                    dockerfile: t.path().join("Dockerfile"),
+                    context_read: r.clone(),
+                    ..Default::default()
+                })
+                .collect();
+            fs::write(t.path().join("Dockerfile"), "FROM scratch\n").unwrap();
+            if !excludes.is_empty() {
+                fs::write(
+                    t.path().join("Dockerfile.dockerignore"),
+                    excludes.join("\n"),
+                )
+                .unwrap();
+            }
+            let got = compute_many(&inputs, &StatCache::new());
+            for (i, r) in reads.iter().enumerate() {
+                let fp = got[i].as_ref().unwrap();
+                let shared: Vec<(String, u32)> = fp.manifest.sections[0]
+                    .iter()
+                    .map(|(p, rec)| (p.to_string(), rec.mode))
+                    .collect();
+                assert_eq!(
+                    shared,
+                    walked(&root, &excludes, r),
+                    "seed {seed} round {round}: read {r:?} (all: {reads:?}) with excludes {excludes:?} over {:?}",
+                    walked(&root, &[], &ContextRead::Whole)
+                        .iter()
+                        .map(|(p, _)| {
+                            let l = std::fs::read_link(root.join(p)).ok();
+                            format!("{p}{}", l.map(|l| format!(" -> {}", l.display())).unwrap_or_default())
+                        })
+                        .collect::<Vec<_>>()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_directory_read_by_many_targets_is_walked_once() {
+        let t = project();
+        let p = t.path();
+        let mut inputs = Vec::new();
+        for (i, read) in [
+            ContextRead::Paths(vec!["app".into()]),
+            ContextRead::Paths(vec!["README.md".into(), "entry".into()]),
+            ContextRead::Whole,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut inp = input(p);
+            inp.target = format!("t{i}");
+            inp.context_read = read;
+            inputs.push(inp);
+        }
+        let cache = StatCache::new();
+        let got = compute_many(&inputs, &cache);
+        // svc: main.py, util.py, README.md, Dockerfile, .dockerignore; lua: init.lua.
+        assert_eq!(cache.hashes_performed(), 6, "every file hashed once");
+        let files = |i: usize| -> Vec<String> {
+            got[i].as_ref().unwrap().manifest.sections[0]
+                .iter()
+                .map(|(p, _)| p.to_string())
+                .collect()
+        };
+        assert_eq!(
+            files(0),
+            ["app", "app/main.py", "app/pkg", "app/pkg/util.py"]
+        );
+        // `entry` links to app/main.py: the link and what it reaches.
+        assert_eq!(files(1), ["README.md", "app", "app/main.py", "entry"]);
+        assert!(files(2).len() > files(0).len());
     }
 }

@@ -85,19 +85,17 @@ impl Fingerprint {
     }
 }
 
-/// The request is the scan's own prediction, or narrower: same ignore patterns, no include
-/// patterns, and `followpaths` within the predicted ones (or the whole directory predicted).
+/// The request is the scan's own prediction: same ignore patterns, no include patterns, and
+/// the same `followpaths` in the same order — or any, when the whole directory was hashed.
+/// (A subset of the predicted paths is not enough: fsutil resolves symlinks along them with
+/// shared state, so fewer paths can select a file more paths do not.)
 fn predicted(section: &Section, read: &DaemonRead) -> bool {
     if !read.include_patterns.is_empty() || read.exclude_patterns != section.filter.excludes {
         return false;
     }
     match &section.filter.reads {
         None => true,
-        Some(paths) => {
-            !read.follow_paths.is_empty()
-                && read.follow_paths.iter().all(|p| paths.contains(p))
-                && !read.follow_paths.iter().any(|p| p.starts_with('!'))
-        }
+        Some(paths) => !paths.is_empty() && read.follow_paths == *paths,
     }
 }
 

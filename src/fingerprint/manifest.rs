@@ -182,6 +182,17 @@ impl Section {
         self.files.len()
     }
 
+    /// The `i`-th entry in walk order.
+    pub(crate) fn get(&self, i: usize) -> (&str, &FileRec) {
+        let start = if i == 0 {
+            0
+        } else {
+            self.files[i - 1].0 as usize
+        };
+        let (end, rec) = &self.files[i];
+        (&self.paths[start..*end as usize], rec)
+    }
+
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &FileRec)> + '_ {
         let mut start = 0usize;
         self.files.iter().map(move |(end, h)| {
