@@ -636,7 +636,7 @@ fn select(listing: &Listing, includes: Option<&[String]>) -> Result<Section, FsE
     let Some(includes) = includes else {
         return Ok(listing.section.clone());
     };
-    let matcher = PatternMatcher::new(&includes)?;
+    let matcher = PatternMatcher::new(includes)?;
     struct Frame {
         /// `path/`
         prefix: String,
@@ -1279,7 +1279,7 @@ mod tests {
             let excludes: Vec<String> = (0..rng.gen_range(0..3))
                 .map(|_| pool[rng.gen_range(0..pool.len())].to_string())
                 .collect();
-            let mut pick = |rng: &mut rand::rngs::StdRng| -> ContextRead {
+            let pick = |rng: &mut rand::rngs::StdRng| -> ContextRead {
                 let n = rng.gen_range(0..4);
                 if n == 0 {
                     return ContextRead::Whole;
