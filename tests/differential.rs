@@ -232,6 +232,14 @@ const OUTSIDE: Form = Form {
     delete: "ctx/src/lib.c",
     ..WHOLE
 };
+/// The same, copying only `app/`: the ignore-file edits are not masked by the whole-context
+/// copy (`df/Dockerfile.dockerignore` ignores `app/sub/x.py`, the context's does not).
+const OUTSIDE_NARROW: Form = Form {
+    name: "Dockerfile outside the context + COPY app/ /app/",
+    dockerfile: "FROM scratch\nCOPY app/ /app/\n",
+    outside: true,
+    ..NARROW
+};
 
 /// Paths (context-relative) no random edit deletes or ignores: symlinks and their targets, the
 /// Dockerfile and the ignore files.
@@ -386,9 +394,11 @@ fn fnv1a(s: &str) -> u64 {
     })
 }
 
-/// `BK_DIFF_SEED`, or one derived from the time (printed, so a failure can be replayed).
+/// `BK_DIFF_SEED`, or one derived from the time (printed, so a failure can be replayed); one
+/// per test process, so every random test of a run replays with the same value.
 fn seed() -> u64 {
-    match std::env::var("BK_DIFF_SEED") {
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *SEED.get_or_init(|| match std::env::var("BK_DIFF_SEED") {
         Ok(s) => s
             .trim()
             .parse()
@@ -397,7 +407,7 @@ fn seed() -> u64 {
             let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
             (d.as_nanos() as u64) % 1_000_000_000_000
         }
-    }
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -615,7 +625,7 @@ impl Project {
         if self.form.outside {
             write(
                 &self.root.join("df/Dockerfile.dockerignore"),
-                "*.log\nnotes.md\ndrafts\nb.txt\n",
+                "*.log\nnotes.md\ndrafts\nb.txt\napp/sub/x.py\n",
             );
         }
     }
@@ -1250,7 +1260,7 @@ fn scripted_symlinks_and_globs() {
 fn scripted_narrow_heredoc_arg_named_context() {
     scripted_group(
         "scripted_narrow_heredoc_arg_named_context",
-        &[NARROW, HEREDOC_COPY, ARG_SRC, NAMED_LIB],
+        &[NARROW, HEREDOC_COPY, ARG_SRC, NAMED_LIB, OUTSIDE_NARROW],
     );
 }
 
