@@ -337,7 +337,11 @@ fn scripted(f: &Form) -> Vec<Edit> {
         Edit::EmptyDir(s(f.empty_dir)),
         Edit::IgnoreDrop(ign.clone(), s("notes.md")),
         Edit::IgnoreAdd(ign.clone(), s("!drafts/keep.txt")),
-        Edit::IgnoreAdd(ign, s(f.fewer)),
+        Edit::IgnoreAdd(ign.clone(), s(f.fewer)),
+        // Docker re-includes a file under an excluded directory (gitignore would not).
+        Edit::IgnoreAdd(ign, s("!app/sub/x.py")),
+        // Docker's `*.log` matches at the context root only (gitignore's at any depth).
+        Edit::Add(s("ctx/app/nested.log")),
         Edit::Content(s("ctx/real.txt")),
         Edit::Content(s("ctx/real/a")),
         Edit::Retarget(s("ctx/link.txt"), s("other.txt")),
@@ -997,6 +1001,30 @@ impl Project {
                 .filter(|(_, ft)| ft.is_dir())
                 .map(|(r, _)| format!("{r}/")),
         );
+        // Half the time, only paths under the directory of the form's focus file.
+        let focus = match self.form.file.strip_prefix(&format!("{pool}/")) {
+            Some(f) => f.rfind('/').map(|i| &f[..=i]).unwrap_or(""),
+            None => "",
+        };
+        let (files, dirs) = if !focus.is_empty() && rng.below(2) == 0 {
+            let f: Vec<&String> = files
+                .iter()
+                .copied()
+                .filter(|p| p.starts_with(focus))
+                .collect();
+            let d: Vec<String> = dirs
+                .iter()
+                .filter(|p| p.starts_with(focus))
+                .cloned()
+                .collect();
+            if f.is_empty() || d.is_empty() {
+                (files, dirs)
+            } else {
+                (f, d)
+            }
+        } else {
+            (files, dirs)
+        };
         let at = |rel: &str| format!("{pool}/{rel}");
         // Ignoring or deleting `rel` must not remove a kept path (or one of its ancestors).
         let removable = |rel: &str| {
@@ -1283,6 +1311,7 @@ fn random_edits_a() {
             GLOB_TXT,
             SYMLINK_DIR,
             ARG_SRC,
+            OUTSIDE_NARROW,
         ],
     );
 }
