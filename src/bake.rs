@@ -837,6 +837,7 @@ fn build_spec(
         labels: t.labels.clone(),
         platforms: t.platforms.clone(),
         no_cache: t.no_cache,
+        pull: t.pull,
         tags: t.tags.clone(),
         push: t.push,
         load: t.load,
@@ -1006,7 +1007,8 @@ pub async fn execute(
                 return Ok(Done::Built(Box::new(r), Vec::new()));
             };
             let dockerfile = spec.dockerfile.clone().unwrap_or_else(|| spec.context.join("Dockerfile"));
-            let mut uncovered = fp.uncovered(&daemon_reads(&spec, &r), &dockerfile);
+            let reads = daemon_reads(&spec, &r);
+            let mut uncovered = fp.uncovered(&reads, &dockerfile);
             if t.platforms.is_empty() {
                 let built_for = daemon_platform
                     .get_or_init(|| async {
@@ -1041,6 +1043,7 @@ pub async fn execute(
                 outputs: t.outputs.clone(),
                 finished_unix: now_unix(),
                 uncovered: uncovered.clone(),
+                daemon_reads: reads,
             };
             if let Err(e) = state.record(&name, &rec, &fp.manifest) {
                 progress.note(Some(&name), &format!("warning: could not record state: {e}"));
@@ -1200,6 +1203,7 @@ fn record(
         outputs: Vec::new(),
         finished_unix: now_unix(),
         uncovered: Vec::new(),
+        daemon_reads: Vec::new(),
     };
     if let Err(e) = state.record(name, &rec, &full.manifest) {
         progress.note(Some(name), &format!("warning: could not record state: {e}"));

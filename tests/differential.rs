@@ -720,15 +720,29 @@ impl Project {
     fn bake(&mut self) -> Result<Tree, String> {
         let _ = std::fs::remove_dir_all(&self.out);
         self.builds += 1;
+        let md = self.root.join("bake-metadata.json");
         let o = quiet(
             bk().current_dir(&self.root)
-                .args(["bake", "--progress", "quiet"]),
+                .args(["bake", "--progress", "quiet", "--metadata-file"])
+                .arg(&md),
         );
         if !o.status.success() {
             return Err(format!(
                 "bk-build bake failed (exit {:?}):\n    {}",
                 o.status.code(),
                 tail(&o.stderr, 8)
+            ));
+        }
+        // The daemon checks the scan: every file-sync request it made must have selected
+        // only files the fingerprint hashed.
+        let meta: serde_json::Value = std::fs::read(&md)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        if let Some(u) = meta["t"].get("bk-build.uncovered") {
+            return Err(format!(
+                "the daemon read inputs the fingerprint did not cover: {u}\n    requests: {}",
+                meta["t"]["bk-build.sync"]
             ));
         }
         if !self.out.exists() {

@@ -12,7 +12,9 @@ use support::*;
 /// `bk-build plan --format json` in `dir` with `env`: target → (action, reasons joined, digest).
 fn plan_in(dir: &Path, env: &[(&str, &str)], extra: &[&str]) -> BTreeMap<String, (String, String)> {
     let mut cmd = bk();
-    cmd.current_dir(dir).args(["plan", "--format", "json"]).args(extra);
+    cmd.current_dir(dir)
+        .args(["plan", "--format", "json"])
+        .args(extra);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -30,13 +32,20 @@ fn plan_in(dir: &Path, env: &[(&str, &str)], extra: &[&str]) -> BTreeMap<String,
                 .collect();
             (
                 t["name"].as_str().unwrap().to_string(),
-                (t["action"].as_str().unwrap().to_string(), reasons.join("; ")),
+                (
+                    t["action"].as_str().unwrap().to_string(),
+                    reasons.join("; "),
+                ),
             )
         })
         .collect()
 }
 
-fn bake_in(dir: &Path, env: &[(&str, &str)], extra: &[&str]) -> (std::process::Output, serde_json::Value) {
+fn bake_in(
+    dir: &Path,
+    env: &[(&str, &str)],
+    extra: &[&str],
+) -> (std::process::Output, serde_json::Value) {
     let md = dir.join("bake-md.json");
     let _ = std::fs::remove_file(&md);
     let mut cmd = bk();
@@ -105,8 +114,14 @@ fn a_fresh_runner_with_a_new_tag_retags_everything_without_a_daemon() {
     assert!(out.status.success(), "{}", stderr(&out));
     let mut digests = BTreeMap::new();
     for t in EXAMPLE_TARGETS {
-        let d = meta[t]["containerimage.digest"].as_str().unwrap().to_string();
-        assert_eq!(manifest_digest(&format!("{path_repo}/{t}"), "c1").as_deref(), Some(d.as_str()));
+        let d = meta[t]["containerimage.digest"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            manifest_digest(&format!("{path_repo}/{t}"), "c1").as_deref(),
+            Some(d.as_str())
+        );
         digests.insert(t, d);
     }
 
@@ -127,7 +142,10 @@ fn a_fresh_runner_with_a_new_tag_retags_everything_without_a_daemon() {
     let (out, meta) = bake_in(&second, &env2, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let err = stderr(&out);
-    assert!(!err.contains("load build definition"), "nothing may be built:\n{err}");
+    assert!(
+        !err.contains("load build definition"),
+        "nothing may be built:\n{err}"
+    );
     for t in EXAMPLE_TARGETS {
         assert_eq!(meta[t]["bk-build.action"], "retag", "{t}: {meta}");
         assert_eq!(
@@ -170,7 +188,11 @@ fn a_fresh_runner_with_a_new_tag_retags_everything_without_a_daemon() {
     }
     let (out, _) = bake_in(&fifth, &env2, &[]);
     assert!(!out.status.success(), "building without a daemon must fail");
-    assert!(stderr(&out).contains("no BuildKit daemon is reachable"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no BuildKit daemon is reachable"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// A one-target project: `FROM <base>` + `COPY app.txt`, pushed to `repo`.
@@ -181,7 +203,10 @@ fn single(dir: &Path, repo: &str, from: &str, extra: &str) {
             "[target.app]\ncontext = \"ctx\"\ntags = [\"{repo}/app:${{TAG:-v1}}\"]\npush = true\n{extra}\n"
         ),
     );
-    write(&dir.join("ctx/Dockerfile"), format!("FROM {from}\nCOPY app.txt /app.txt\n"));
+    write(
+        &dir.join("ctx/Dockerfile"),
+        format!("FROM {from}\nCOPY app.txt /app.txt\n"),
+    );
     write(&dir.join("ctx/app.txt"), "app v1\n");
 }
 
@@ -190,10 +215,24 @@ fn push_image(reference: &str, content: &str) -> String {
     let d = tempfile::tempdir().unwrap();
     write(&d.path().join("Dockerfile"), "FROM scratch\nCOPY f /f\n");
     write(&d.path().join("f"), content);
-    run_ok(docker()
-        .args(["buildx", "build", "--progress", "quiet", "--provenance=false", "--push", "-t", reference])
-        .arg(d.path()));
-    let (repo, tag) = reference.trim_start_matches("localhost:5000/").rsplit_once(':').unwrap();
+    run_ok(
+        docker()
+            .args([
+                "buildx",
+                "build",
+                "--progress",
+                "quiet",
+                "--provenance=false",
+                "--push",
+                "-t",
+                reference,
+            ])
+            .arg(d.path()),
+    );
+    let (repo, tag) = reference
+        .trim_start_matches("localhost:5000/")
+        .rsplit_once(':')
+        .unwrap();
     manifest_digest(repo, tag).expect("pushed")
 }
 
@@ -219,7 +258,10 @@ fn a_moved_base_tag_rebuilds_with_pull_and_not_without() {
     assert_eq!(action, "build", "{why}");
     assert!(why.contains(&format!("base {base} changed")), "{why}");
     let (action, why) = plan_in(cached.path(), &[], &[])["app"].clone();
-    assert_eq!(action, "skip", "without pull the base tag is not asked again: {why}");
+    assert_eq!(
+        action, "skip",
+        "without pull the base tag is not asked again: {why}"
+    );
 
     // The pulled target really builds on the new base.
     let (out, _) = bake_in(pulled.path(), &[], &[]);
@@ -227,11 +269,15 @@ fn a_moved_base_tag_rebuilds_with_pull_and_not_without() {
     let o = tempfile::tempdir().unwrap();
     let probe = pulled.path().join("probe");
     write(&probe.join("Dockerfile"), format!("FROM {repo}/p/app:v1\n"));
-    run_ok(bk()
-        .args(["build", "--progress", "quiet", "--pull", "-o"])
-        .arg(format!("type=local,dest={}", o.path().display()))
-        .arg(&probe));
-    assert_eq!(std::fs::read_to_string(o.path().join("f")).unwrap(), "ext v2\n");
+    run_ok(
+        bk().args(["build", "--progress", "quiet", "--pull", "-o"])
+            .arg(format!("type=local,dest={}", o.path().display()))
+            .arg(&probe),
+    );
+    assert_eq!(
+        std::fs::read_to_string(o.path().join("f")).unwrap(),
+        "ext v2\n"
+    );
     assert_eq!(plan_in(pulled.path(), &[], &[])["app"].0, "skip");
 }
 
@@ -268,7 +314,11 @@ fn a_dockerfile_outside_its_context_counts() {
 
     // Its ignore file too: once it is gone, the context's own `.dockerignore` applies.
     write(&p.join("ctx/.dockerignore"), "app.txt\n");
-    assert_eq!(plan_in(p, &[], &[])["app"].0, "skip", "overridden by the Dockerfile's ignore file");
+    assert_eq!(
+        plan_in(p, &[], &[])["app"].0,
+        "skip",
+        "overridden by the Dockerfile's ignore file"
+    );
     std::fs::remove_file(p.join("docker/app.Dockerfile.dockerignore")).unwrap();
     let (action, why) = plan_in(p, &[], &[])["app"].clone();
     assert_eq!(action, "build", "{why}");
@@ -282,11 +332,17 @@ fn an_image_deleted_from_the_registry_is_rebuilt() {
     single(d.path(), &repo, &base_image(), "");
     let (out, meta) = bake_in(d.path(), &[], &[]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let digest = meta["app"]["containerimage.digest"].as_str().unwrap().to_string();
+    let digest = meta["app"]["containerimage.digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert_eq!(plan_in(d.path(), &[], &[])["app"].0, "skip");
 
     // Deleting the manifest removes every tag on it, the ledger's included.
-    let path = format!("/v2/{}/app/manifests/{digest}", repo.trim_start_matches("localhost:5000/"));
+    let path = format!(
+        "/v2/{}/app/manifests/{digest}",
+        repo.trim_start_matches("localhost:5000/")
+    );
     let (status, _, _) = registry_request("DELETE", &path);
     assert_eq!(status, 202, "registry delete");
     let (action, why) = plan_in(d.path(), &[], &[])["app"].clone();
@@ -296,7 +352,11 @@ fn an_image_deleted_from_the_registry_is_rebuilt() {
     assert_eq!(meta["app"].get("bk-build.skipped"), None, "{meta}");
     let again = meta["app"]["containerimage.digest"].as_str().unwrap();
     assert_eq!(
-        manifest_digest(&format!("{}/app", repo.trim_start_matches("localhost:5000/")), "v1").as_deref(),
+        manifest_digest(
+            &format!("{}/app", repo.trim_start_matches("localhost:5000/")),
+            "v1"
+        )
+        .as_deref(),
         Some(again)
     );
     assert_eq!(plan_in(d.path(), &[], &[])["app"].0, "skip");
@@ -321,7 +381,10 @@ fn tags_are_not_inputs_even_across_repositories_and_force_rebuilds() {
     write(&p.join("ctx/app.txt"), "app v1\n");
     let (out, meta) = bake_in(p, &[("TAG", "t1")], &[]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let digest = meta["app"]["containerimage.digest"].as_str().unwrap().to_string();
+    let digest = meta["app"]["containerimage.digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     let (action, why) = plan_in(p, &[("TAG", "t2")], &[])["app"].clone();
     assert_eq!(action, "retag", "{why}");

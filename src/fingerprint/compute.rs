@@ -1190,6 +1190,7 @@ mod tests {
                     outputs: vec![],
                     finished_unix: 0,
                     uncovered: vec![],
+                    daemon_reads: vec![],
                 },
                 &before.manifest,
             )

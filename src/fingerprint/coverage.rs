@@ -11,7 +11,7 @@ use crate::fs::{WalkOptions, Walker};
 
 /// One file-sync request of a finished build (BuildKit `FSSync` metadata), attributed to the
 /// fingerprint section of the directory it read.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct DaemonRead {
     /// The session's name for the directory (`context`, `dockerfile`, a named context).
     pub local_name: String,
@@ -156,4 +156,75 @@ fn walk_check(section: &Section, source: &SectionSource, read: &DaemonRead) -> O
             }
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fingerprint::{compute, ContextRead, FingerprintInput, StatCache};
+    use std::fs;
+
+    fn setup() -> (tempfile::TempDir, FingerprintInput) {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path();
+        fs::create_dir_all(p.join("ctx/app")).unwrap();
+        fs::write(p.join("ctx/Dockerfile"), "FROM scratch\nCOPY app /app\n").unwrap();
+        fs::write(p.join("ctx/.dockerignore"), "*.log\n").unwrap();
+        fs::write(p.join("ctx/app/a.py"), "a").unwrap();
+        fs::write(p.join("ctx/other.txt"), "o").unwrap();
+        let input = FingerprintInput {
+            target: "t".into(),
+            project_dir: p.to_path_buf(),
+            context_dir: p.join("ctx"),
+            dockerfile: p.join("ctx/Dockerfile"),
+            context_read: ContextRead::Paths(vec!["app".into()]),
+            ..Default::default()
+        };
+        (t, input)
+    }
+
+    fn read(section: Option<&str>, exclude: &[&str], follow: &[&str]) -> DaemonRead {
+        DaemonRead {
+            local_name: section.map_or("dockerfile", |_| "context").into(),
+            section: section.map(str::to_string),
+            include_patterns: vec![],
+            exclude_patterns: exclude.iter().map(|s| s.to_string()).collect(),
+            follow_paths: follow.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn the_predicted_requests_are_covered_and_anything_wider_is_not() {
+        let (_t, input) = setup();
+        let fp = compute(&input, &StatCache::new()).unwrap();
+        let df = &input.dockerfile;
+        let ok = [
+            read(
+                None,
+                &[],
+                &["Dockerfile", "Dockerfile.dockerignore", "dockerfile"],
+            ),
+            read(Some(""), &[], &[".dockerignore"]),
+            read(Some(""), &["*.log"], &["app"]),
+            // Different, but selects nothing outside what was hashed.
+            read(Some(""), &["*.log"], &["app/a.py"]),
+        ];
+        assert!(
+            fp.uncovered(&ok, df).is_empty(),
+            "{:?}",
+            fp.uncovered(&ok, df)
+        );
+        // The whole context: other.txt was not hashed.
+        let wide = [read(Some(""), &["*.log"], &[])];
+        let got = fp.uncovered(&wide, df);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(got[0].contains("other.txt"), "{got:?}");
+        // Other ignore rules than the ones hashed: checked by walking, and caught.
+        fs::write(input.context_dir.join("app/debug.log"), "l").unwrap();
+        let got = fp.uncovered(&[read(Some(""), &[], &["app"])], df);
+        assert!(got.iter().any(|g| g.contains("app/debug.log")), "{got:?}");
+        // More than the Dockerfile from its directory, or a directory never hashed.
+        assert!(!fp.uncovered(&[read(None, &[], &["x"])], df).is_empty());
+        assert!(!fp.uncovered(&[read(Some("lib"), &[], &[])], df).is_empty());
+    }
 }

@@ -72,6 +72,10 @@ pub struct TargetRecord {
     /// reused.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub uncovered: Vec<String>,
+    /// The file-sync requests the daemon made in that build, per directory: what the
+    /// fingerprint was checked against (kept for `plan --format json` and bug reports).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub daemon_reads: Vec<super::DaemonRead>,
 }
 
 /// Why the state directory could not be used.
@@ -495,6 +499,7 @@ mod tests {
             outputs: vec![],
             finished_unix: 1_700_000_000,
             uncovered: vec![],
+            daemon_reads: vec![],
         }
     }
 

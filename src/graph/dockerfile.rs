@@ -1100,4 +1100,50 @@ mod tests {
         );
         assert!(dockerfile_base_refs("FROM ${TARGETARCH}/alpine\n", &args(&[])).is_empty());
     }
+
+    #[test]
+    fn args_that_only_spell_a_base_image_or_are_never_declared_are_hidden() {
+        let all = [
+            ("REPO", "r"),
+            ("TAG", "t"),
+            ("UNUSED", "x"),
+            ("BUILDKIT_INLINE_CACHE", "1"),
+            ("SOURCE_DATE_EPOCH", "0"),
+            ("http_proxy", "p"),
+        ];
+        let hidden = |df: &str| -> Vec<String> {
+            scan(df, &all, None, &[]).hidden_args.into_iter().collect()
+        };
+        // The seed's service: REPO/TAG only name the base image; UNUSED is declared nowhere.
+        assert_eq!(
+            hidden("ARG REPO\nARG TAG\nFROM ${REPO}/pybase:${TAG}\nCOPY app /app\n"),
+            ["REPO", "TAG", "UNUSED"]
+        );
+        // Re-declared inside a stage: visible to RUN.
+        assert_eq!(
+            hidden("ARG REPO\nARG TAG\nFROM ${REPO}/pybase:${TAG}\nARG TAG\nRUN echo $TAG\n"),
+            ["REPO", "UNUSED"]
+        );
+        // Choosing a stage, or a platform, is not visible in the base references.
+        assert_eq!(
+            hidden("ARG TAG\nFROM alpine AS t\nFROM busybox AS u\nFROM ${TAG}\n"),
+            ["REPO", "UNUSED"]
+        );
+        assert_eq!(
+            hidden("ARG REPO\nFROM --platform=${REPO} alpine\n"),
+            ["TAG", "UNUSED"]
+        );
+        // A named context chosen by an arg, likewise.
+        let named = scan("ARG TAG\nFROM ${TAG}\n", &all, None, &["t"]);
+        assert!(!named.hidden_args.contains("TAG"));
+        // Unsure: nothing is hidden.
+        assert!(scan("FROM ${TARGETARCH}/x\n", &all, None, &[])
+            .hidden_args
+            .is_empty());
+        assert!(scan("# syntax=example.com/f\nFROM a\n", &all, None, &[])
+            .hidden_args
+            .is_empty());
+        assert!(scan("FROM a\nONBUILD RUN true\n", &[], None, &[]).has_onbuild);
+        assert!(!scan("FROM a\nRUN onbuild\n", &[], None, &[]).has_onbuild);
+    }
 }
