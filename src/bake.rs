@@ -16,6 +16,8 @@
 //! does not parse files, walk directories or speak the protocol itself.
 
 use std::collections::{BTreeMap, BTreeSet};
+
+use futures_util::StreamExt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -922,6 +924,12 @@ async fn existing_cache_imports(spec: &mut BuildSpec) {
     spec.cache_from = kept;
 }
 
+/// A target that needed no build, after [`execute`]'s first phase.
+enum Reused {
+    Skipped,
+    Retagged,
+}
+
 /// What happened to one target in [`execute`].
 enum Done {
     Skipped,
@@ -950,36 +958,59 @@ pub async fn execute(
     ));
     let daemon_platform = tokio::sync::OnceCell::new();
     let engine = daemon.and_then(engine_of);
-    let outcomes = graph::run(&plan.graph, jobs, |name: String| {
-        let digests = digests.clone();
-        let daemon_platform = &daemon_platform;
-        let engine = engine.clone();
-        async move {
-            let tp = &plan.targets[&name];
-            let t = &project.targets[&name];
-            match tp.action {
-                Action::Skip => {
+
+    // Skips and re-tags first, all at once: none of them waits for anything built in this
+    // run (a target whose base is rebuilt is always built itself), so dependency order only
+    // matters for builds.
+    let reuse = plan
+        .ordered()
+        .filter(|tp| tp.action != Action::Build)
+        .map(|tp| {
+            let engine = engine.clone();
+            async move {
+                let name = tp.name.clone();
+                let t = &project.targets[&name];
+                let r = if tp.action == Action::Skip {
                     progress.note(Some(&name), &format!("skipped: {}", tp.reasons.join("; ")));
                     if tp.in_ledger {
                         // Found by content on this machine for the first time: remember it.
-                        record(state, progress, &name, tp, tp.digest.clone(), t);
+                        record(state, progress, &name, tp, t);
                     }
-                    return Ok::<_, String>(Done::Skipped);
-                }
-                Action::Retag => match retag(tp, engine.as_ref(), progress, &name).await {
-                    Ok(()) => {
-                        record(state, progress, &name, tp, tp.digest.clone(), t);
-                        if !tp.in_ledger && opts.ledger {
-                            write_ledger(t, tp.fingerprint.as_deref(), tp.digest.as_deref(), progress, &name).await;
+                    Ok(Reused::Skipped)
+                } else {
+                    match retag(tp, engine.as_ref(), progress, &name).await {
+                        Ok(()) => {
+                            record(state, progress, &name, tp, t);
+                            if !tp.in_ledger && opts.ledger {
+                                let (key, digest) =
+                                    (tp.fingerprint.as_deref(), tp.digest.as_deref());
+                                write_ledger(t, key, digest, progress, &name).await;
+                            }
+                            Ok(Reused::Retagged)
                         }
-                        return Ok(Done::Retagged);
+                        Err(e) => Err(format!("re-tagging failed: {e}")),
                     }
-                    Err(e) if daemon.is_some() => {
-                        progress.note(Some(&name), &format!("re-tagging failed ({e}); building instead"));
-                    }
-                    Err(e) => return Err(e),
-                },
-                Action::Build => {}
+                };
+                (name, r)
+            }
+        });
+    let first_phase: BTreeMap<String, Result<Reused, String>> = futures_util::stream::iter(reuse)
+        .buffer_unordered(jobs.max(16))
+        .collect()
+        .await;
+
+    let outcomes = graph::run(&plan.graph, jobs, |name: String| {
+        let digests = digests.clone();
+        let daemon_platform = &daemon_platform;
+        let first_phase = &first_phase;
+        async move {
+            let tp = &plan.targets[&name];
+            let t = &project.targets[&name];
+            match first_phase.get(&name) {
+                Some(Ok(Reused::Skipped)) => return Ok::<_, String>(Done::Skipped),
+                Some(Ok(Reused::Retagged)) => return Ok(Done::Retagged),
+                Some(Err(e)) => return Err(e.clone()),
+                None => {}
             }
             let Some(daemon) = daemon else {
                 return Err("no BuildKit daemon is reachable, and this target must be built".to_string());
@@ -1184,20 +1215,13 @@ async fn retag(
 }
 
 /// Records a reused result in the local state, so the next run decides without the registry.
-fn record(
-    state: &StateStore,
-    progress: &Progress,
-    name: &str,
-    tp: &TargetPlan,
-    digest: Option<String>,
-    t: &Target,
-) {
+fn record(state: &StateStore, progress: &Progress, name: &str, tp: &TargetPlan, t: &Target) {
     let Some(full) = &tp.full else {
         return;
     };
     let rec = TargetRecord {
         key: full.key.clone(),
-        image_digest: digest,
+        image_digest: tp.digest.clone(),
         tags: t.tags.clone(),
         // Outputs are only reused when recorded by a build that wrote them.
         outputs: Vec::new(),

@@ -474,8 +474,8 @@ async fn run_bake(daemon_args: &DaemonArgs, a: &BakeArgs) -> Result<bool> {
     let jobs = match (a.jobs, &daemon) {
         (Some(j), _) => j.max(1),
         (None, Some(d)) if must_build => daemon_cpus(d).await,
-        // Only registry requests: a few at a time.
-        (None, _) => 8,
+        // Only registry requests: many at a time.
+        (None, _) => 16,
     };
     let (progress, task) = Progress::start(mode, Box::new(std::io::stderr()));
     let results = crate::bake::execute(
@@ -488,6 +488,7 @@ async fn run_bake(daemon_args: &DaemonArgs, a: &BakeArgs) -> Result<bool> {
         &opts,
     )
     .await;
+    crate::timing::mark("executed");
     drop(progress);
     task.finish().await;
     eprintln!(

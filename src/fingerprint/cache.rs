@@ -70,6 +70,14 @@ impl FileStat {
     }
 }
 
+/// A hash to remember, from [`StatCache::hash_file_deferred`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pending {
+    key: u64,
+    slot: Slot,
+    stamp: Stamp,
+}
+
 /// One remembered file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Slot {
@@ -394,6 +402,7 @@ impl StatCache {
     /// Reads and hashes a regular file's content and xattrs, remembering the result when the
     /// file was stable while being read and not racily recent. `expected` is the walk's lstat,
     /// `stamp` where in its walk the file came.
+    #[cfg(test)]
     pub(crate) fn hash_file(
         &self,
         abs_path: &Path,
@@ -401,6 +410,21 @@ impl StatCache {
         stamp: Stamp,
         xattrs: &mut XattrReader,
     ) -> io::Result<Hash16> {
+        let (data, pending) = self.hash_file_deferred(abs_path, expected, stamp, xattrs)?;
+        self.remember(pending);
+        Ok(data)
+    }
+
+    /// [`hash_file`](Self::hash_file) without taking the table's lock: what is to be
+    /// remembered comes back, for [`remember`](Self::remember) to store with others at once
+    /// (one lock per batch of files instead of per file).
+    pub(crate) fn hash_file_deferred(
+        &self,
+        abs_path: &Path,
+        expected: &FileStat,
+        stamp: Stamp,
+        xattrs: &mut XattrReader,
+    ) -> io::Result<(Hash16, Option<Pending>)> {
         let started = SystemTime::now();
         // O_NOFOLLOW: the walk saw a regular file; if a symlink replaced it since, fail rather
         // than hash whatever it points to. O_NONBLOCK: same for a FIFO, which would hang.
@@ -434,16 +458,29 @@ impl StatCache {
         self.bytes_hashed.fetch_add(count, Ordering::Relaxed);
 
         let stable = after == *expected && count == expected.size as u64;
-        if stable && !self.is_racy(expected, started) {
-            let slot = Slot {
+        let pending = (stable && !self.is_racy(expected, started)).then(|| Pending {
+            key: path_key(abs_path),
+            slot: Slot {
                 stat: expected.digest(),
                 day: self.today,
                 data,
-            };
-            self.lock().upsert(path_key(abs_path), slot, stamp);
-            self.dirty.store(true, Ordering::Relaxed);
+            },
+            stamp,
+        });
+        Ok((data, pending))
+    }
+
+    /// Stores hashes [`hash_file_deferred`](Self::hash_file_deferred) computed.
+    pub(crate) fn remember(&self, pending: impl IntoIterator<Item = Pending>) {
+        let mut pending = pending.into_iter().peekable();
+        if pending.peek().is_none() {
+            return;
         }
-        Ok(data)
+        let mut table = self.lock();
+        for p in pending {
+            table.upsert(p.key, p.slot, p.stamp);
+        }
+        self.dirty.store(true, Ordering::Relaxed);
     }
 
     fn is_racy(&self, stat: &FileStat, read_started: SystemTime) -> bool {

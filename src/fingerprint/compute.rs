@@ -606,7 +606,7 @@ fn walk_group(group: &Group, cache: &StatCache) -> Result<Listing, FingerprintEr
             }
         }
         if let Some(pool) = pool {
-            for done in pool.finish() {
+            for done in pool.finish()? {
                 apply(&mut items, &mut first_err, done);
             }
         }
@@ -719,19 +719,27 @@ struct Done {
 }
 
 /// A few hashing threads fed through a bounded queue, so memory stays flat however many
-/// files miss the cache; started only when the first file misses.
+/// files miss the cache; started only when the first file misses. Files travel in batches
+/// (one channel message and one stat-cache lock per batch, not per file): on a cold walk of
+/// 20k small files the per-file hand-offs otherwise cost more than the hashing.
 struct Pool {
-    jobs: SyncSender<Job>,
-    done: Receiver<Done>,
+    jobs: SyncSender<Vec<Job>>,
+    done: Receiver<Vec<Done>>,
+    batch: Vec<Job>,
+    batch_bytes: i64,
 }
 
-const QUEUE_DEPTH: usize = 256;
+/// Batches in flight; with [`BATCH_FILES`] this bounds the queued paths to a few thousand.
+const QUEUE_DEPTH: usize = 32;
+const BATCH_FILES: usize = 64;
+/// A batch is also sent once it holds this much data, so large files spread over workers.
+const BATCH_BYTES: i64 = 4 << 20;
 const MAX_WORKERS: usize = 4;
 
 impl Pool {
     fn start<'scope>(scope: &'scope Scope<'scope, '_>, cache: &'scope StatCache) -> Pool {
-        let (jobs, job_rx) = mpsc::sync_channel::<Job>(QUEUE_DEPTH);
-        let (done_tx, done) = mpsc::channel::<Done>();
+        let (jobs, job_rx) = mpsc::sync_channel::<Vec<Job>>(QUEUE_DEPTH);
+        let (done_tx, done) = mpsc::channel::<Vec<Done>>();
         let job_rx = std::sync::Arc::new(Mutex::new(job_rx));
         let workers = std::thread::available_parallelism()
             .map(|n| n.get())
@@ -747,39 +755,68 @@ impl Pool {
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .recv();
-                    let Ok(job) = next else { break };
-                    let result = cache
-                        .hash_file(&job.path, &job.stat, job.stamp, &mut xattrs)
-                        .map_err(|e| (job.path, e));
-                    let done = Done {
-                        idx: job.idx,
-                        result,
-                    };
+                    let Ok(batch) = next else { break };
+                    let mut done = Vec::with_capacity(batch.len());
+                    let mut remember = Vec::with_capacity(batch.len());
+                    for job in batch {
+                        let result = cache
+                            .hash_file_deferred(&job.path, &job.stat, job.stamp, &mut xattrs)
+                            .map(|(data, pending)| {
+                                remember.extend(pending);
+                                data
+                            })
+                            .map_err(|e| (job.path, e));
+                        done.push(Done {
+                            idx: job.idx,
+                            result,
+                        });
+                    }
+                    cache.remember(remember);
                     if done_tx.send(done).is_err() {
                         break;
                     }
                 }
             });
         }
-        Pool { jobs, done }
+        Pool {
+            jobs,
+            done,
+            batch: Vec::with_capacity(BATCH_FILES),
+            batch_bytes: 0,
+        }
     }
 
-    fn submit(&self, job: Job) -> Result<(), FingerprintError> {
+    fn submit(&mut self, job: Job) -> Result<(), FingerprintError> {
+        self.batch_bytes += job.stat.size;
+        self.batch.push(job);
+        if self.batch.len() >= BATCH_FILES || self.batch_bytes >= BATCH_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), FingerprintError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_FILES));
+        self.batch_bytes = 0;
         // Workers only stop early if one panicked; the scope re-raises that panic on exit.
         self.jobs
-            .send(job)
+            .send(batch)
             .map_err(|_| FingerprintError::Internal("file hashing threads stopped"))
     }
 
     /// Results already finished, without waiting.
     fn ready(&self) -> impl Iterator<Item = Done> + '_ {
-        self.done.try_iter()
+        self.done.try_iter().flatten()
     }
 
     /// Closes the queue and yields every remaining result.
-    fn finish(self) -> impl Iterator<Item = Done> {
+    fn finish(mut self) -> Result<impl Iterator<Item = Done>, FingerprintError> {
+        self.flush()?;
         drop(self.jobs);
-        self.done.into_iter()
+        Ok(self.done.into_iter().flatten())
     }
 }
 
