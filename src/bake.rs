@@ -710,7 +710,8 @@ impl DecideCtx<'_> {
                     let delivery = check_delivery(t, Some(&d), &[], self.engine).await;
                     tp.in_ledger = true;
                     tp.retag_from = Some(entry.clone());
-                    known = Some((Some(d), delivery, format!("found in registry as {entry}")));
+                    let shown = format!("{home}:{}…", &fingerprint::ledger_tag(&fp.key)[..25]);
+                    known = Some((Some(d), delivery, format!("found in registry as {shown}")));
                 }
             }
         }
