@@ -20,6 +20,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -58,7 +59,7 @@ def run_quiet(cmd, cwd=None, check=True, **kw):
     return p.stdout
 
 
-def measure(cmd, cwd, logfile):
+def measure(cmd, cwd, logfile, env=None):
     """Run one timed command under GNU time. Returns (wall_s, peak_rss_bytes, output).
 
     Wall time is taken here (monotonic clock around the whole process). Peak RSS is GNU time's
@@ -67,7 +68,7 @@ def measure(cmd, cwd, logfile):
     recipes, bk-build), not a sum over concurrent processes."""
     tfile = str(logfile) + ".time"
     argv = [TIME, "-v", "-o", tfile] + (["bash", "-c", cmd] if isinstance(cmd, str) else list(cmd))
-    env = dict(os.environ, **TOOL_ENV)
+    env = dict(os.environ, **TOOL_ENV, **(env or {}))
     with open(logfile, "w") as out:
         t0 = time.perf_counter()
         p = subprocess.run(argv, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -287,10 +288,10 @@ def gen_ctx(path, nfiles, mb):
         f.write(".bkbench-params\n")
 
 
-def write_bake_file(mono, imgs):
+def write_bake_file(mono, imgs, repo=REPO):
     """docker-bake.hcl: one target per image; pybase reached through `target:pybase` the way
     bake's documentation recommends, shared folders as named contexts."""
-    out = [f'variable "REPO" {{ default = "{REPO}" }}', f'variable "TAG" {{ default = "{TAG}" }}',
+    out = [f'variable "REPO" {{ default = "{repo}" }}', f'variable "TAG" {{ default = "{TAG}" }}',
            'group "default" {',
            "  targets = [" + ", ".join(f'"{i["name"]}"' for i in imgs) + "]", "}"]
     for i in imgs:
@@ -328,6 +329,22 @@ def write_bk_toml(mono, imgs):
             out.append("contexts = { " + ", ".join(ctxs) + " }")
         out.append("")
     out += ["[group.default]", "targets = [" + ", ".join(f'"{i["name"]}"' for i in imgs) + "]"]
+    (mono / "bk-build.toml").write_text("\n".join(out) + "\n")
+
+
+def write_fresh_toml(mono, imgs, repo):
+    """bk-build.toml for the CI flow: every image pushed as `${REPO}/NAME:${TAG}` (TAG = the commit
+    in CI), pybase reached by its tag, which follows TAG (so a new commit is a new tag)."""
+    out = ["[vars]", f'REPO = "{repo}"', f'TAG = "{TAG}"', "", "[defaults]",
+           'tags = ["${REPO}/{name}:${TAG}"]', "push = true", ""]
+    for i in imgs:
+        out.append(f'[target.{i["name"]}]')
+        out.append(f'context = "{i["ctx"]}"')
+        if i["named"]:
+            out.append(f'contexts = {{ {i["named"][0]} = "{i["named"][1]}" }}')
+        if i["dep"]:
+            out.append('args = { REPO = "${REPO}", TAG = "${TAG}" }')
+        out.append("")
     (mono / "bk-build.toml").write_text("\n".join(out) + "\n")
 
 
@@ -457,6 +474,57 @@ class BkBakeAll(BkBake):
         super().__init__(mono, logs)
         self.extra = ["-j", str(jobs)]
         self.name = f"bk-build bake -j {jobs}"
+
+
+class FreshTool(Tool):
+    """A fresh CI runner: a checkout with no client state, every image already in the registry
+    from an earlier pipeline, a new commit = a new tag. Nothing is reset on the daemon (a CI
+    runner's remote BuildKit keeps its cache): only the client starts from nothing."""
+
+    def __init__(self, tree, logs):
+        self.tree, self.logs = tree, logs
+
+    def reset_cold(self):
+        pass
+
+    @staticmethod
+    def new_tag():
+        return f"c{time.time_ns():x}"
+
+
+class BkFresh(FreshTool):
+    key, name = "bk", "bk-build bake"
+
+    def available(self):
+        _, ok, note = bk_status()
+        return ok, note or "not available yet (`bk-build bake --help` fails)"
+
+    def run(self, tag):
+        shutil.rmtree(self.tree / ".bk-build", ignore_errors=True)
+        lf = self.logs / f"bk-fresh-{tag}.log"
+        md = self.logs / f"bk-fresh-{tag}.json"
+        md.unlink(missing_ok=True)
+        wall, rss, text = measure([str(BK), "bake", "--progress", "plain", "--metadata-file",
+                                   str(md)], self.tree, lf, {"TAG": self.new_tag()})
+        actions = {k: v.get("bk-build.action", "build")
+                   for k, v in json.loads(md.read_text()).items()}
+        if set(actions.values()) != {"retag"}:
+            raise BenchError(f"fresh runner: expected every target re-tagged, got {actions} ({lf})")
+        return bk_sample(wall, rss, text, md)
+
+
+class BakeFresh(FreshTool):
+    key, name = "bake", "docker buildx bake --push"
+
+    def run(self, tag):
+        lf = self.logs / f"bake-fresh-{tag}.log"
+        # A new runner has no buildx state either: a new build node id, so bake's contexts are
+        # not diffed against what an earlier runner sent.
+        with tempfile.TemporaryDirectory() as cfgdir:
+            wall, rss, text = measure(["docker", "buildx", "bake", "--push", "--progress=rawjson",
+                                       "-f", "docker-bake.hcl"], self.tree, lf,
+                                      {"TAG": self.new_tag(), "BUILDX_CONFIG": cfgdir})
+        return {"wall": wall, "rss": rss, "bytes": progress_bytes(text)}
 
 
 class CtxTool(Tool):
@@ -637,6 +705,26 @@ def scenario_ctx(cfg, results, scenario, nfiles, mb):
     results[scenario + "_meta"] = {"files": nfiles, "mb": mb, "tree": str(ctx)}
 
 
+def scenario_fresh(cfg, results):
+    """The CI flow of issue 8: the monorepo pushed once (untimed), then each run is a fresh
+    runner on a new commit: no `.bk-build/`, every image in the registry, a new TAG."""
+    tree = WORK / "fresh"
+    gen_monorepo(tree, cfg.mono_scale)
+    imgs = read_images(tree)
+    repo = f"{REGISTRY}/benchfresh"
+    write_fresh_toml(tree, imgs, repo)
+    write_bake_file(tree, imgs, repo)
+    logs = WORK / "logs" / "fresh"
+    logs.mkdir(parents=True, exist_ok=True)
+    log("fresh: the first pipeline (untimed): build and push every image")
+    shutil.rmtree(tree / ".bk-build", ignore_errors=True)
+    run_quiet([str(BK), "bake", "--progress", "quiet"], cwd=tree, env=dict(os.environ, TAG="seed"))
+    tools = [BkFresh(tree, logs), BakeFresh(tree, logs)]
+    run_cases([t for t in tools if t.key in cfg.tools], [("fresh", None)], cfg.runs, results,
+              "fresh")
+    results["fresh_meta"] = {"scale": cfg.mono_scale, "images": len(imgs), "tree": str(tree)}
+
+
 def scenario_floor(cfg, results):
     mono = WORK / "mono"
     gen_monorepo(mono, cfg.mono_scale)
@@ -717,6 +805,7 @@ def tool_cell(results, scenario, tool, case, field, fmt):
 
 
 CASE_LABEL = {"cold": "cold (cache pruned)", "noop": "no-op rebuild",
+              "fresh": "fresh runner, new tag",
               "luamods": "1 file changed in src/luamods", "base": "1 file changed in pybase",
               "unchanged": "unchanged", "onefile": "1 file changed"}
 
@@ -794,6 +883,12 @@ def targets(results):
     check("context sync cold ≤ buildx's wall", a, b, f"{fmt_s(a)} vs {fmt_s(b)} ({fmt_ratio(a, b)})")
     a, b = bk("ctx", "unchanged", "bytes"), comp("ctx", "buildx", "unchanged", "bytes")
     check("context sync unchanged: bytes sent ≤ buildx's", a, b, f"{fmt_bytes(a)} vs {fmt_bytes(b)}")
+    a, b = bk("fresh", "fresh", "wall"), comp("fresh", "bake", "fresh", "wall")
+    check("fresh runner (no .bk-build/, all in registry, new tag) ≤ 0.1× bake --push", a,
+          b * 0.1 if b else None, f"{fmt_s(a)} vs {fmt_s(b)} ({fmt_ratio(a, b)})")
+    blake = med(fl["hash_s"]) if fl else None
+    check("fresh runner ≤ 2× the blake3-all-bytes floor", a, 2 * blake if blake else None,
+          f"{fmt_s(a)} vs floor {fmt_s(blake)} ({fmt_ratio(a, blake)})")
     worst = lambda sc: max((x for x in (bk(sc, c, "rss") for c in ("cold", "unchanged"))
                             if x is not None), default=None)
     rss20, rss200 = worst("ctx"), worst("scale")
@@ -922,12 +1017,22 @@ def render_md(results, cfg, env, notes=None):
              "are minutes of daemon disk I/O, the same for every tool, so they run fewer times "
              "(`--scale-cold-runs`, default 3) and the one-file case is left to scenario 2.\n")
     L.append(scenario_tables(results, "scale", ["bk", "buildx", "tar"], ["cold", "unchanged"]))
-    L.append("## 4. The floor (monorepo inputs after .dockerignore, warm page cache)\n")
+    meta_f = results.get("fresh_meta", {})
+    L.append(f"## 4. Fresh CI runner ({meta_f.get('images', 14)} images, everything already in the "
+             "registry, no `.bk-build/`, a new tag)\n")
+    L.append(section_meta(results, "fresh"))
+    L.append("Each run: a new `TAG` (a new commit), no client state (bk-build: no `.bk-build/`; "
+             "buildx: a fresh `BUILDX_CONFIG`), the daemon's build cache kept as a CI runner's "
+             "remote BuildKit keeps it. bk-build must re-tag every image (the run fails "
+             "otherwise); bake rebuilds from cache and pushes.\n")
+    L.append(scenario_tables(results, "fresh", ["bk", "bake"], ["fresh"]))
+    L.append("## 5. The floor (monorepo inputs after .dockerignore, warm page cache)\n")
     L.append(section_meta(results, "floor"))
     L.append(floor_table(results))
     L.append(METHOD)
     L.append("<details><summary>Raw samples (seconds / bytes / RSS bytes)</summary>\n\n```json\n"
-             + json.dumps({k: v for k, v in results.items() if k in ("mono", "ctx", "scale", "floor")},
+             + json.dumps({k: v for k, v in results.items()
+                         if k in ("mono", "ctx", "scale", "fresh", "floor")},
                           indent=None, sort_keys=True)[:60000] + "\n```\n</details>\n")
     return "\n".join(L)
 
@@ -957,6 +1062,12 @@ METHOD = """
   engine holds that tool's own images again), then the build is repeated without any change.
   **One file changed**: before each run, `touch-one.sh luamods|base` (monorepo; appends a line, so
   the content really changes) or one file of the flat context gets a line appended.
+* **Fresh runner**: the same monorepo, pushed to `localhost:5000/benchfresh` once (untimed). Each
+  run gets a new `TAG` and no client state: bk-build without `.bk-build/` (it must find every
+  image through the registry ledger and re-tag it; the harness fails the run otherwise), bake
+  with a new empty `BUILDX_CONFIG` (so a new build node: its contexts are sent whole). The
+  daemon's build cache is kept, as a CI runner's remote BuildKit keeps it. Targets: ≤ 0.1× bake's
+  wall, and ≤ 2× the read + blake3 floor (all cores) of the same files.
 * **Between runs** (untimed) the harness calls `sync(2)` and waits until dockerd + containerd
   are quiet (under 10% of a core and 4 MB/s of disk writes for 1 s; at most 120 s after a cold
   reset, 10 s otherwise): a prune returns before containerd has deleted the snapshots' files, and
@@ -999,7 +1110,8 @@ METHOD = """
 def print_summary(results):
     for sc, tools, cases in (("mono", ["bk", "bkj", "bake", "seed"], ["cold", "noop", "luamods", "base"]),
                              ("ctx", ["bk", "buildx", "tar"], ["cold", "unchanged", "onefile"]),
-                             ("scale", ["bk", "buildx", "tar"], ["cold", "unchanged"])):
+                             ("scale", ["bk", "buildx", "tar"], ["cold", "unchanged"]),
+                             ("fresh", ["bk", "bake"], ["fresh"])):
         if sc in results:
             print(f"\n== {sc}\n")
             print(scenario_tables(results, sc, tools, cases))
@@ -1014,8 +1126,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller trees, 2 runs: a smoke test")
     ap.add_argument("--runs", type=int, help="runs per case (default 5, quick 2)")
-    ap.add_argument("--only", default="mono,ctx,scale,floor",
-                    help="comma list of scenarios: mono, ctx, scale, floor")
+    ap.add_argument("--only", default="mono,ctx,scale,fresh,floor",
+                    help="comma list of scenarios: mono, ctx, scale, fresh, floor")
     ap.add_argument("--scale-cold-runs", type=int, default=3,
                     help="cold runs in the 200k-file scenario (default 3; each is minutes of disk I/O)")
     ap.add_argument("--tools", default="bk,bkj,bake,seed,buildx,tar",
@@ -1072,10 +1184,12 @@ def main():
                 scenario_ctx(cfg, results, "ctx", ctx_files, ctx_mb)
             elif sc == "scale":
                 scenario_ctx(cfg, results, "scale", scale_files, ctx_mb)
+            elif sc == "fresh":
+                scenario_fresh(cfg, results)
             elif sc == "floor":
                 scenario_floor(cfg, results)
             else:
-                raise BenchError(f"unknown scenario {sc!r} (mono, ctx, scale, floor)")
+                raise BenchError(f"unknown scenario {sc!r} (mono, ctx, scale, fresh, floor)")
             results.setdefault("durations", {})[sc] = round(time.time() - t_sc)
             results.setdefault("bk_binary", {})[sc] = bk_binary_id()
             results.setdefault("dates", {})[sc] = datetime.datetime.now(

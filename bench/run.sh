@@ -2,7 +2,7 @@
 # run.sh - the one command behind BENCHMARKS.md: start the test daemon, build bk-build and the
 # floor tool, then run every scenario of issue 4 (bench/bench.py) and rewrite BENCHMARKS.md.
 #
-# usage: bash bench/run.sh [--quick] [--runs N] [--only mono,ctx,scale,floor]
+# usage: bash bench/run.sh [--quick] [--runs N] [--only mono,ctx,scale,fresh,floor]
 #                          [--tools bk,bake,seed,buildx,tar] [--merge] [--md FILE]
 #   --quick  smaller trees and 2 runs per case (smoke test; writes $BKBENCH_DIR/quick/BENCHMARKS.md)
 # Environment: BKBENCH_DIR (work trees, logs, raw results; default /tmp/bkbench),
