@@ -750,6 +750,7 @@ impl Pool {
             let done_tx = done_tx.clone();
             scope.spawn(move || {
                 let mut xattrs = XattrReader::default();
+                let mut buf = Vec::new();
                 loop {
                     let next = job_rx
                         .lock()
@@ -760,7 +761,13 @@ impl Pool {
                     let mut remember = Vec::with_capacity(batch.len());
                     for job in batch {
                         let result = cache
-                            .hash_file_deferred(&job.path, &job.stat, job.stamp, &mut xattrs)
+                            .hash_file_deferred(
+                                &job.path,
+                                &job.stat,
+                                job.stamp,
+                                &mut xattrs,
+                                &mut buf,
+                            )
                             .map(|(data, pending)| {
                                 remember.extend(pending);
                                 data
