@@ -366,8 +366,7 @@ async fn check_delivery(
 /// Per-target facts gathered before deciding.
 struct Facts {
     scan: graph::DockerfileScan,
-    /// External references (not project targets) this build reads, with the registry digest
-    /// when the target pulls.
+    /// External images (not project targets) this build reads, as referenced.
     external: Vec<String>,
 }
 
@@ -457,28 +456,41 @@ pub async fn plan(
         .unwrap_or_default();
 
     let mut content: BTreeMap<String, Fingerprint> = BTreeMap::new();
+    // Pulled bases the registry could not name a digest for: such a target is built, since
+    // what it would build on is unknown.
+    let mut unsure: BTreeMap<String, String> = BTreeMap::new();
     for (name, fp) in gplan.order.iter().zip(walked) {
         let t = &project.targets[name];
-        let bases = facts[name].external.iter().map(|r| {
-            let pinned = if t.pull {
-                resolved
-                    .get(r)
-                    .cloned()
-                    .unwrap_or_else(|| "unresolved".into())
-            } else {
-                String::new()
-            };
-            (r.clone(), pinned)
-        });
+        let bases: Vec<(String, String)> = facts[name]
+            .external
+            .iter()
+            .map(|r| {
+                let pinned = if t.pull {
+                    resolved.get(r).cloned().unwrap_or_default()
+                } else {
+                    String::new()
+                };
+                (r.clone(), pinned)
+            })
+            .collect();
+        if let Some((r, _)) = bases
+            .iter()
+            .find(|(_, d)| t.pull && !d.starts_with("sha256:"))
+        {
+            unsure.insert(
+                name.clone(),
+                format!("pull = true, and the registry gave no digest for {r}"),
+            );
+        }
         let mut fp = fp?.with_bases(bases);
-        if t.pull {
-            if let Some(d) = facts[name]
-                .scan
-                .syntax
-                .as_ref()
-                .and_then(|s| resolved.get(s))
-            {
-                fp = fp.with_bases([("syntax".to_string(), d.clone())]);
+        if let (true, Some(syntax)) = (t.pull, &facts[name].scan.syntax) {
+            match resolved.get(syntax).filter(|d| d.starts_with("sha256:")) {
+                Some(d) => fp = fp.with_bases([("syntax".to_string(), d.clone())]),
+                None => {
+                    unsure.entry(name.clone()).or_insert_with(|| {
+                        format!("pull = true, and the registry gave no digest for the frontend {syntax}")
+                    });
+                }
             }
         }
         content.insert(name.clone(), fp);
@@ -492,6 +504,7 @@ pub async fn plan(
         state,
         engine: engine.as_ref(),
         opts,
+        unsure,
     };
     let mut targets: BTreeMap<String, TargetPlan> = BTreeMap::new();
     let mut pending: Vec<String> = gplan.order.clone();
@@ -628,6 +641,8 @@ struct DecideCtx<'a> {
     state: &'a StateStore,
     engine: Option<&'a DockerHost>,
     opts: &'a BakeOptions,
+    /// Targets that are built because an input could not be known, and why.
+    unsure: BTreeMap<String, String>,
 }
 
 impl DecideCtx<'_> {
@@ -668,7 +683,9 @@ impl DecideCtx<'_> {
         let fp = with_image_deps(&content, &deps, |d| decided[d].digest.clone());
         tp.fingerprint = fp.as_ref().map(|f| f.key.clone());
         tp.full = fp.clone();
-        if let Some(why) = always_build(t, self.opts.force.contains(name)) {
+        if let Some(why) = always_build(t, self.opts.force.contains(name))
+            .or_else(|| self.unsure.get(name).cloned())
+        {
             tp.reasons.push(why);
             return tp;
         }
