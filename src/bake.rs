@@ -180,8 +180,24 @@ fn artifact_outputs(t: &Target) -> Vec<String> {
 }
 
 /// Everything that decides a target's result besides files, args and bases.
-fn extra_inputs(t: &Target) -> BTreeMap<String, String> {
+fn extra_inputs(t: &Target, scan: &graph::DockerfileScan) -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
+    // Which named contexts the build reads, by what they are rather than by the name the
+    // Dockerfile gives them (`"${REPO}/base:${TAG}" = "target:base"` keeps its meaning when
+    // TAG changes).
+    let mut used: Vec<String> = t
+        .contexts
+        .iter()
+        .filter(|(k, _)| scan.used_contexts.contains(&graph::familiar(k)))
+        .map(|(k, v)| match v {
+            ContextSource::Local(_) => format!("local {k}"),
+            other => crate::project::context_source_string(other),
+        })
+        .collect();
+    used.sort();
+    if !used.is_empty() {
+        m.insert("contexts used".into(), used.join(", "));
+    }
     for (k, v) in &t.labels {
         m.insert(format!("label:{k}"), v.clone());
     }
@@ -617,7 +633,7 @@ fn fingerprint_input(
         },
         // Added once known, so walks need not wait for them.
         bases: Vec::new(),
-        extra: extra_inputs(t),
+        extra: extra_inputs(t, scan),
     }
 }
 

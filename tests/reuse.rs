@@ -421,3 +421,58 @@ fn tags_are_not_inputs_even_across_repositories_and_force_rebuilds() {
     assert_eq!(meta["app"].get("bk-build.skipped"), None, "{meta}");
     assert_eq!(plan_in(p, &[("TAG", "t2")], &[])["app"].0, "skip");
 }
+
+#[test]
+fn a_base_named_by_a_tagged_context_key_is_retagged_with_its_dependent() {
+    // The pattern buildx's documentation recommends: the FROM reference mapped to the base
+    // target by a named context whose name follows the tag.
+    let repo = format!("localhost:5000/{}", unique("ctxkey"));
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    write(
+        &p.join("bk-build.toml"),
+        format!(
+            r#"[vars]
+REPO = "{repo}"
+
+[defaults]
+tags = ["${{REPO}}/{{name}}:${{TAG}}"]
+push = true
+
+[target.base]
+context = "base"
+
+[target.app]
+context = "app"
+args = {{ REPO = "${{REPO}}", TAG = "${{TAG}}" }}
+contexts = {{ "${{REPO}}/base:${{TAG}}" = "target:base" }}
+"#
+        ),
+    );
+    write(
+        &p.join("base/Dockerfile"),
+        format!("FROM {}\nCOPY b.txt /b.txt\n", base_image()),
+    );
+    write(&p.join("base/b.txt"), "base v1\n");
+    write(
+        &p.join("app/Dockerfile"),
+        "ARG REPO\nARG TAG\nFROM ${REPO}/base:${TAG}\nCOPY a.txt /a.txt\n",
+    );
+    write(&p.join("app/a.txt"), "app v1\n");
+    let (out, _) = bake_in(p, &[("TAG", "t1")], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let plan = plan_in(p, &[("TAG", "t2")], &[]);
+    for t in ["base", "app"] {
+        assert_eq!(plan[t].0, "retag", "{t}: {}", plan[t].1);
+    }
+    // The base changes: the app is rebuilt on it, whatever the context is called.
+    write(&p.join("base/b.txt"), "base v2\n");
+    let plan = plan_in(p, &[("TAG", "t2")], &[]);
+    assert_eq!(plan["base"].0, "build", "{}", plan["base"].1);
+    assert_eq!(plan["app"].0, "build", "{}", plan["app"].1);
+    assert!(
+        plan["app"].1.contains("base base rebuilt"),
+        "{}",
+        plan["app"].1
+    );
+}

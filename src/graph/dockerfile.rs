@@ -42,9 +42,15 @@ pub struct DockerfileScan {
     /// (a variable whose value is unknown here, a `# syntax=` frontend that is not BuildKit's
     /// Dockerfile frontend).
     pub copy_sources: Option<Vec<String>>,
+    /// Named contexts (of [`ScanOptions::named_contexts`], [`familiar`] form) the build reads,
+    /// by `FROM`, `COPY --from` or `RUN --mount=from=`, or as the stage they replace; every one
+    /// of them when the file cannot be read with certainty. Which one an arg selects is an
+    /// input even where the arg itself is hidden.
+    pub used_contexts: BTreeSet<String>,
     /// Build args (of [`ScanOptions::args`]) that cannot change the build except through the
     /// image references in [`base_refs`](Self::base_refs): declared nowhere (BuildKit ignores
-    /// them), or declared only before the first `FROM` and used only to spell image names there.
+    /// them), or declared only before the first `FROM` and used only to spell image names (or
+    /// the names of named contexts, see [`used_contexts`](Self::used_contexts)) there.
     /// Empty when the Dockerfile cannot be read with certainty. Never contains BuildKit's
     /// special args ([`is_special_arg`]), which act without being declared.
     ///
@@ -119,6 +125,7 @@ pub fn scan_dockerfile(text: &str, opts: &ScanOptions) -> DockerfileScan {
             syntax: directives.syntax,
             base_refs: Vec::new(),
             copy_sources: None,
+            used_contexts: opts.named_contexts.iter().map(|n| familiar(n)).collect(),
             hidden_args: BTreeSet::new(),
             has_onbuild,
         };
@@ -155,11 +162,14 @@ pub fn scan_dockerfile(text: &str, opts: &ScanOptions) -> DockerfileScan {
     let mut base_refs: Vec<String> = Vec::new();
     let mut sources = BTreeSet::new();
     let mut unknowable = false;
+    let mut used_contexts = BTreeSet::new();
     for i in reached {
         let s = &stages[i];
         if s.replaced {
+            used_contexts.extend(s.name.iter().cloned());
             continue;
         }
+        used_contexts.extend(s.contexts.iter().cloned());
         for r in &s.images {
             if !base_refs.contains(r) {
                 base_refs.push(r.clone());
@@ -172,6 +182,7 @@ pub fn scan_dockerfile(text: &str, opts: &ScanOptions) -> DockerfileScan {
         syntax: directives.syntax,
         base_refs,
         copy_sources: (!unknowable).then(|| sources.into_iter().collect()),
+        used_contexts,
         hidden_args,
         has_onbuild,
     }
@@ -578,6 +589,8 @@ struct Stage {
     replaced: bool,
     stage_deps: Vec<usize>,
     images: Vec<String>,
+    /// Named contexts it reads (by `FROM`, `COPY --from`, `RUN --mount=from`), familiar form.
+    contexts: Vec<String>,
     sources: Vec<String>,
     unknowable: bool,
     /// ENV wins over an ARG of the same name, as in BuildKit.
@@ -685,9 +698,12 @@ impl<'a> Interpreter<'a> {
                     .stages
                     .iter()
                     .position(|s| s.name.as_deref() == Some(lower.as_str()));
-                if earlier_stage.is_some() || self.named.contains(&familiar(image)) {
-                    // Which stage or named context is used is not visible in `base_refs`.
+                if earlier_stage.is_some() {
+                    // Which stage is used is not visible in `base_refs`.
                     self.seen_args.extend(image_args);
+                } else if self.named.contains(&familiar(image)) {
+                    // Which named context is used is (`used_contexts`).
+                    stage.contexts.push(familiar(image));
                 }
                 if let Some(idx) = earlier_stage {
                     stage.stage_deps.push(idx);
@@ -810,7 +826,7 @@ impl<'a> Interpreter<'a> {
         let stage = &mut self.stages[current];
         match idx {
             Some(i) => stage.stage_deps.push(i),
-            None if self.named.contains(&familiar(&name)) => {}
+            None if self.named.contains(&familiar(&name)) => stage.contexts.push(familiar(&name)),
             None => {
                 if !stage.images.contains(&name) {
                     stage.images.push(name);
@@ -1133,9 +1149,20 @@ mod tests {
             hidden("ARG REPO\nFROM --platform=${REPO} alpine\n"),
             ["TAG", "UNUSED"]
         );
-        // A named context chosen by an arg, likewise.
-        let named = scan("ARG TAG\nFROM ${TAG}\n", &all, None, &["t"]);
-        assert!(!named.hidden_args.contains("TAG"));
+        // A named context chosen by an arg: the arg is hidden, the choice is not.
+        let named = scan("ARG TAG\nFROM ${TAG}\n", &all, None, &["t", "u"]);
+        assert!(named.hidden_args.contains("TAG"));
+        assert_eq!(named.used_contexts.iter().collect::<Vec<_>>(), ["t"]);
+        let named = scan(
+            "FROM scratch AS lib\nFROM a\nCOPY --from=lib / /\nCOPY --from=other / /\n",
+            &[],
+            None,
+            &["lib", "other", "unused"],
+        );
+        assert_eq!(
+            named.used_contexts.iter().collect::<Vec<_>>(),
+            ["lib", "other"]
+        );
         // Unsure: nothing is hidden.
         assert!(scan("FROM ${TARGETARCH}/x\n", &all, None, &[])
             .hidden_args
