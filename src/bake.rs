@@ -58,6 +58,9 @@ pub struct BakeOptions {
     pub force: BTreeSet<String>,
     /// Look results up in, and record them to, the registry ledger (default on).
     pub ledger: bool,
+    /// The Docker Engine that builds (if the builder is one): a `FROM` without `pull` uses
+    /// the image of that name in its store when there is one, so that image's ID is an input.
+    pub engine_images: Option<DockerHost>,
 }
 
 /// What a run will do with one target, and why.
@@ -87,6 +90,12 @@ pub struct TargetPlan {
     /// Content fingerprint without the digests of project bases (added once known).
     #[serde(skip)]
     content: Option<Fingerprint>,
+    /// What `content` was computed from, to check it again after a build.
+    #[serde(skip)]
+    input: Option<FingerprintInput>,
+    /// External bases the building engine has its own image of: reference → image ID.
+    #[serde(skip)]
+    local_bases: BTreeMap<String, String>,
     /// The whole fingerprint, when every base's digest is known at planning time.
     #[serde(skip)]
     full: Option<Fingerprint>,
@@ -220,12 +229,23 @@ fn extra_inputs(t: &Target, scan: &graph::DockerfileScan) -> BTreeMap<String, St
 }
 
 /// Why a target must be built whatever its inputs look like, if it must.
-fn always_build(t: &Target, forced: bool) -> Option<String> {
+fn always_build(t: &Target, forced: bool, scan: &graph::DockerfileScan) -> Option<String> {
     if forced {
         return Some("forced (--force)".into());
     }
     if t.no_cache {
         return Some("no_cache is set".into());
+    }
+    if !scan.certain {
+        return Some(format!(
+            "{} has a FROM line whose stage could not be read with certainty (a heredoc or continuation?); it is always built",
+            t.dockerfile.display()
+        ));
+    }
+    if let Some(url) = scan.remote_sources.first() {
+        return Some(format!(
+            "ADD {url} is fetched by the daemon; without --checksum its content is not known before building"
+        ));
     }
     for (k, v) in &t.contexts {
         match v {
@@ -274,11 +294,30 @@ struct Delivery {
     blockers: Vec<String>,
 }
 
+/// What each pushed tag of `t` names in the registry now (errors as text).
+type TagDigests = Vec<(String, Result<Option<String>, String>)>;
+
+async fn pushed_tag_digests(t: &Target) -> TagDigests {
+    if !t.push {
+        return Vec::new();
+    }
+    let checks = t.tags.iter().map(|tag| async move {
+        let got = crate::registry::manifest_digest(tag)
+            .await
+            .map_err(|e| e.to_string());
+        (tag.clone(), got)
+    });
+    futures_util::future::join_all(checks).await
+}
+
+/// Checks `t`'s tags and outputs against the image `digest`. `pushed` are the registry
+/// answers for its pushed tags when already fetched (see [`pushed_tag_digests`]).
 async fn check_delivery(
     t: &Target,
     digest: Option<&str>,
-    recorded_outputs: &[String],
+    written: &BTreeMap<String, String>,
     engine: Option<&DockerHost>,
+    pushed: Option<TagDigests>,
 ) -> Delivery {
     let mut d = Delivery::default();
     if t.push {
@@ -287,14 +326,14 @@ async fn check_delivery(
                 .blockers
                 .push("the last build recorded no image digest".into()),
             Some(want) => {
-                let checks = t
-                    .tags
-                    .iter()
-                    .map(|tag| async move { (tag, crate::registry::manifest_digest(tag).await) });
-                for (tag, got) in futures_util::future::join_all(checks).await {
+                let pushed = match pushed {
+                    Some(p) => p,
+                    None => pushed_tag_digests(t).await,
+                };
+                for (tag, got) in pushed {
                     match got {
-                        Ok(Some(g)) if g == want => d.registry_present.push(tag.clone()),
-                        Ok(_) => d.registry_missing.push(tag.clone()),
+                        Ok(Some(g)) if g == want => d.registry_present.push(tag),
+                        Ok(_) => d.registry_missing.push(tag),
                         Err(e) => d.blockers.push(format!("cannot check {tag}: {e}")),
                     }
                 }
@@ -326,14 +365,22 @@ async fn check_delivery(
             continue;
         };
         if let Some(OutputDest::Path(p)) = &spec.dest {
-            if !recorded_outputs.contains(o) {
-                d.blockers.push(format!(
+            match (written.get(o), crate::fs::output_witness(p)) {
+                (None, _) => d.blockers.push(format!(
                     "output {} was not written by that build",
                     p.display()
-                ));
-            } else if !p.exists() {
-                d.blockers
-                    .push(format!("output {} is missing", p.display()));
+                )),
+                (Some(_), Ok(None)) => d
+                    .blockers
+                    .push(format!("output {} is missing", p.display())),
+                (Some(w), Ok(Some(now))) if *w != now => d.blockers.push(format!(
+                    "output {} changed since it was written",
+                    p.display()
+                )),
+                (Some(_), Ok(Some(_))) => {}
+                (Some(_), Err(e)) => d
+                    .blockers
+                    .push(format!("cannot check output {}: {e}", p.display())),
             }
             continue;
         }
@@ -398,6 +445,7 @@ pub async fn plan(
     let gplan = graph::plan(project, names)?;
     let mut facts: BTreeMap<String, Facts> = BTreeMap::new();
     let mut to_resolve = BTreeSet::new();
+    let mut to_find_locally = BTreeSet::new();
     for name in &gplan.order {
         let t = &project.targets[name];
         let s = scan(t)?;
@@ -424,6 +472,8 @@ pub async fn plan(
             if let Some(syntax) = &s.syntax {
                 to_resolve.insert(syntax.clone());
             }
+        } else {
+            to_find_locally.extend(external.iter().cloned());
         }
         facts.insert(name.clone(), Facts { scan: s, external });
     }
@@ -434,6 +484,7 @@ pub async fn plan(
     // whose inputs turn out to have changed wastes a cheap request; waiting for the walk
     // first would add the registry's answer time to every no-op run.
     let resolving = tokio::spawn(resolve_digests(to_resolve));
+    let finding = tokio::spawn(local_images(opts.engine_images.clone(), to_find_locally));
     let engine = daemon.and_then(engine_of);
     let prechecks: Vec<_> = gplan
         .order
@@ -446,8 +497,9 @@ pub async fn plan(
                 let d = check_delivery(
                     &t,
                     prev.image_digest.as_deref(),
-                    &prev.outputs,
+                    &prev.output_witness,
                     engine.as_ref(),
+                    None,
                 )
                 .await;
                 (name, (prev.image_digest, d))
@@ -459,13 +511,16 @@ pub async fn plan(
     let inputs: Vec<FingerprintInput> = gplan
         .order
         .iter()
-        .map(|name| fingerprint_input(project, &gplan, &facts, name))
+        .map(|name| fingerprint_input(project, &gplan, &facts, state, name))
         .collect();
     let walked =
         tokio::task::block_in_place(|| fingerprint::compute_many(&inputs, state.stat_cache()));
+    let mut inputs: BTreeMap<String, FingerprintInput> =
+        gplan.order.iter().cloned().zip(inputs).collect();
     crate::timing::mark("files walked");
     // A lookup task only fails by panicking; treat its answers as unknown rather than fail.
     let resolved = resolving.await.unwrap_or_default();
+    let local = finding.await.unwrap_or_default();
     let prechecked: BTreeMap<String, (Option<String>, Delivery)> = prechecking
         .await
         .map(|v| v.into_iter().collect())
@@ -475,12 +530,17 @@ pub async fn plan(
     // Pulled bases the registry could not name a digest for: such a target is built, since
     // what it would build on is unknown.
     let mut unsure: BTreeMap<String, String> = BTreeMap::new();
+    // External bases (without pull) the building engine has images of: the engine builds
+    // from those, so a result is reused only if it was built from the same ones.
+    let mut local_bases: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
     for (name, fp) in gplan.order.iter().zip(walked) {
         let t = &project.targets[name];
         let bases: Vec<(String, String)> = facts[name]
             .external
             .iter()
             .map(|r| {
+                // Without pull the reference counts (see `local_bases` for the engine's own
+                // images): keys stay the same on every machine, so the ledger works.
                 let pinned = if t.pull {
                     resolved.get(r).cloned().unwrap_or_default()
                 } else {
@@ -510,6 +570,16 @@ pub async fn plan(
             }
         }
         content.insert(name.clone(), fp);
+        if !t.pull {
+            let mine: BTreeMap<String, String> = facts[name]
+                .external
+                .iter()
+                .filter_map(|r| local.get(r).map(|id| (r.clone(), id.clone())))
+                .collect();
+            if !mine.is_empty() {
+                local_bases.insert(name.clone(), mine);
+            }
+        }
     }
     crate::timing::mark("fingerprints computed");
 
@@ -521,6 +591,8 @@ pub async fn plan(
         engine: engine.as_ref(),
         opts,
         unsure,
+        scans: facts.into_iter().map(|(k, f)| (k, f.scan)).collect(),
+        local_bases,
     };
     let mut targets: BTreeMap<String, TargetPlan> = BTreeMap::new();
     let mut pending: Vec<String> = gplan.order.clone();
@@ -537,10 +609,11 @@ pub async fn plan(
         }
         let decisions = ready.into_iter().map(|name| {
             let fp = content.remove(&name);
+            let input = inputs.remove(&name);
             let pre = prechecked.remove(&name);
             let ctx = &ctx;
             let decided = &targets;
-            async move { ctx.decide(&name, fp, pre, decided).await }
+            async move { ctx.decide(&name, fp, input, pre, decided).await }
         });
         let done = futures_util::future::join_all(decisions).await;
         for tp in done {
@@ -565,6 +638,30 @@ fn engine_of(daemon: &Daemon) -> Option<DockerHost> {
         }
         _ => None,
     }
+}
+
+/// The image IDs the engine's store has for `refs` (absent ones, and any that cannot be
+/// asked, are left out: BuildKit then resolves them in the registry).
+async fn local_images(
+    engine: Option<DockerHost>,
+    refs: BTreeSet<String>,
+) -> BTreeMap<String, String> {
+    let Some(engine) = engine else {
+        return BTreeMap::new();
+    };
+    let engine = &engine;
+    let lookups = refs.into_iter().map(|r| async move {
+        let id = crate::transport::docker_image_id(engine, &r)
+            .await
+            .ok()
+            .flatten();
+        id.map(|id| (r, id))
+    });
+    futures_util::future::join_all(lookups)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 async fn resolve_digests(refs: BTreeSet<String>) -> BTreeMap<String, String> {
@@ -596,6 +693,7 @@ fn fingerprint_input(
     project: &Project,
     gplan: &graph::Plan,
     facts: &BTreeMap<String, Facts>,
+    state: &StateStore,
     name: &str,
 ) -> FingerprintInput {
     let t = &project.targets[name];
@@ -615,7 +713,13 @@ fn fingerprint_input(
         project_dir: project.root.clone(),
         context_dir: t.context.clone(),
         dockerfile: t.dockerfile.clone(),
-        context_read: ContextRead::from_sources(scan.copy_sources.as_deref()),
+        // A base's ONBUILD instructions, or what the daemon read last time, can reach past
+        // the paths this Dockerfile names.
+        context_read: if onbuild_base || state.get(name).is_some_and(|r| r.whole_context) {
+            ContextRead::Whole
+        } else {
+            ContextRead::from_sources(scan.copy_sources.as_deref())
+        },
         named_contexts: t
             .contexts
             .iter()
@@ -659,6 +763,9 @@ struct DecideCtx<'a> {
     opts: &'a BakeOptions,
     /// Targets that are built because an input could not be known, and why.
     unsure: BTreeMap<String, String>,
+    scans: BTreeMap<String, graph::DockerfileScan>,
+    /// Per target: external base → the building engine's image ID for it.
+    local_bases: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 impl DecideCtx<'_> {
@@ -666,6 +773,7 @@ impl DecideCtx<'_> {
         &self,
         name: &str,
         content: Option<Fingerprint>,
+        input: Option<FingerprintInput>,
         prechecked: Option<(Option<String>, Delivery)>,
         decided: &BTreeMap<String, TargetPlan>,
     ) -> TargetPlan {
@@ -683,6 +791,8 @@ impl DecideCtx<'_> {
             retag_from: None,
             in_ledger: false,
             content,
+            input,
+            local_bases: self.local_bases.get(name).cloned().unwrap_or_default(),
             full: None,
             image_deps: deps.clone(),
         };
@@ -699,7 +809,7 @@ impl DecideCtx<'_> {
         let fp = with_image_deps(&content, &deps, |d| decided[d].digest.clone());
         tp.fingerprint = fp.as_ref().map(|f| f.key.clone());
         tp.full = fp.clone();
-        if let Some(why) = always_build(t, self.opts.force.contains(name))
+        if let Some(why) = always_build(t, self.opts.force.contains(name), &self.scans[name])
             .or_else(|| self.unsure.get(name).cloned())
         {
             tp.reasons.push(why);
@@ -721,57 +831,131 @@ impl DecideCtx<'_> {
         // A known result for these inputs: the local record, else the registry ledger.
         let prev = self.state.get(name);
         let mut known: Option<(Option<String>, Delivery, String)> = None;
-        if let Some(p) = prev.as_ref().filter(|p| p.key == fp.key) {
+        let engine_base_moved = prev.as_ref().and_then(|p| {
+            tp.local_bases
+                .iter()
+                .find(|(r, id)| p.local_bases.get(*r) != Some(*id))
+                .map(|(r, _)| format!("base {r} in the Docker Engine is another image"))
+        });
+        let mut ledger_said = None;
+        if let Some(p) = prev
+            .as_ref()
+            .filter(|p| p.key == fp.key && engine_base_moved.is_none())
+        {
             if p.uncovered.is_empty() {
                 let delivery = match prechecked {
                     Some((d, delivery)) if d == p.image_digest => delivery,
                     _ => {
-                        check_delivery(t, p.image_digest.as_deref(), &p.outputs, self.engine).await
+                        check_delivery(
+                            t,
+                            p.image_digest.as_deref(),
+                            &p.output_witness,
+                            self.engine,
+                            None,
+                        )
+                        .await
                     }
                 };
                 known = Some((p.image_digest.clone(), delivery, "unchanged".into()));
             }
         }
-        if known
+        // A ledger entry was built from the registry's images (CI builds on fresh engines);
+        // an engine whose own copy of a base is another image would build something else.
+        let mut engine_differs = None;
+        for (r, id) in &tp.local_bases {
+            if crate::registry::manifest_digest(r)
+                .await
+                .ok()
+                .flatten()
+                .as_ref()
+                != Some(id)
+            {
+                engine_differs = Some(format!(
+                    "the Docker Engine's own {r} is not the registry's, so results built elsewhere do not apply"
+                ));
+                break;
+            }
+        }
+        let unknown = known
             .as_ref()
-            .is_none_or(|(_, d, _)| !d.blockers.is_empty())
-            && self.opts.ledger
-        {
+            .is_none_or(|(_, d, _)| !d.blockers.is_empty());
+        if unknown && self.opts.ledger && engine_differs.is_none() {
             if let Some(home) = home_repository(t) {
                 let entry = format!("{home}:{}", fingerprint::ledger_tag(&fp.key));
-                if let Ok(Some(d)) = crate::registry::manifest_digest(&entry).await {
-                    let delivery = check_delivery(t, Some(&d), &[], self.engine).await;
-                    tp.in_ledger = true;
-                    tp.retag_from = Some(entry.clone());
-                    let shown = format!("{home}:{}…", &fingerprint::ledger_tag(&fp.key)[..25]);
-                    known = Some((Some(d), delivery, format!("found in registry as {shown}")));
+                // The wanted tags are asked at the same time: one round trip, not two.
+                let (found, pushed) = tokio::join!(
+                    crate::registry::manifest_digest(&entry),
+                    pushed_tag_digests(t)
+                );
+                match found {
+                    Ok(Some(d)) => {
+                        let delivery = check_delivery(
+                            t,
+                            Some(&d),
+                            &BTreeMap::new(),
+                            self.engine,
+                            Some(pushed),
+                        )
+                        .await;
+                        tp.in_ledger = true;
+                        tp.retag_from = Some(entry.clone());
+                        let shown = format!("{home}:{}…", &fingerprint::ledger_tag(&fp.key)[..25]);
+                        known = Some((Some(d), delivery, format!("found in registry as {shown}")));
+                    }
+                    Ok(None) => ledger_said = Some("not in the registry ledger".to_string()),
+                    Err(e) => {
+                        ledger_said = Some(format!("the registry ledger could not be read: {e}"))
+                    }
                 }
             }
         }
         let Some((digest, delivery, found)) = known else {
-            tp.reasons = self.why_build(name, prev.as_ref(), &fp);
+            tp.reasons = match (
+                &engine_base_moved,
+                prev.as_ref().filter(|p| p.key == fp.key),
+            ) {
+                (Some(why), Some(_)) => vec![why.clone()],
+                _ => self.why_build(name, prev.as_ref(), &fp),
+            };
+            tp.reasons.extend(engine_differs.or(ledger_said));
             return tp;
         };
         if !delivery.blockers.is_empty() {
             tp.reasons = delivery.blockers;
             return tp;
         }
-        // Tags to add: registry copies need a reference that holds the digest.
+        // Tags to add: registry copies need a reference that holds the digest — a wanted tag
+        // that has it, else where it was pushed before (the old repository, when the
+        // repository changed), else the target's repository by digest.
         if !delivery.registry_missing.is_empty() && tp.retag_from.is_none() {
-            tp.retag_from = match (delivery.registry_present.first(), &digest) {
-                (Some(tag), _) => Some(tag.clone()),
-                (None, Some(d)) => match home_repository(t) {
-                    Some(home) => {
-                        let by_digest = format!("{home}@{d}");
-                        match crate::registry::manifest_digest(&by_digest).await {
-                            Ok(Some(_)) => Some(by_digest),
-                            _ => None,
-                        }
+            tp.retag_from = delivery.registry_present.first().cloned();
+            if let (None, Some(d)) = (&tp.retag_from, &digest) {
+                // Manifests are copied within one registry only.
+                let registry = t
+                    .tags
+                    .first()
+                    .and_then(|tag| crate::registry::Reference::parse(tag).ok())
+                    .map(|r| r.registry);
+                let recorded = prev
+                    .iter()
+                    .filter(|p| p.image_digest.as_ref() == Some(d) && t.push)
+                    .flat_map(|p| p.tags.iter())
+                    .filter_map(|tag| crate::registry::Reference::parse(tag).ok())
+                    .filter(|r| Some(&r.registry) == registry.as_ref())
+                    .map(|r| format!("{}/{}@{d}", r.registry, r.repository));
+                let mut candidates: Vec<String> = home_repository(t)
+                    .map(|home| format!("{home}@{d}"))
+                    .into_iter()
+                    .chain(recorded)
+                    .collect();
+                candidates.dedup();
+                for c in candidates {
+                    if let Ok(Some(_)) = crate::registry::manifest_digest(&c).await {
+                        tp.retag_from = Some(c);
+                        break;
                     }
-                    None => None,
-                },
-                (None, None) => None,
-            };
+                }
+            }
             if tp.retag_from.is_none() {
                 tp.reasons.push(format!(
                     "image {} is no longer in the registry",
@@ -836,9 +1020,6 @@ impl DecideCtx<'_> {
         if r.is_empty() {
             r.push("inputs changed".into());
         }
-        if self.opts.ledger && home_repository(&self.project.targets[name]).is_some() {
-            r.push("not in the registry ledger".into());
-        }
         r
     }
 }
@@ -853,6 +1034,9 @@ pub struct TargetResult {
     pub digest: Option<String>,
     pub error: Option<String>,
     pub metadata: Option<serde_json::Value>,
+    /// Things the user must see whatever the progress mode (a result that will not be
+    /// reused, and why).
+    pub warnings: Vec<String>,
 }
 
 /// Turns a project target into a build spec, pinning bases built in this run by digest.
@@ -1074,6 +1258,21 @@ pub async fn execute(
             let dockerfile = spec.dockerfile.clone().unwrap_or_else(|| spec.context.join("Dockerfile"));
             let reads = daemon_reads(&spec, &r);
             let mut uncovered = fp.uncovered(&reads, &dockerfile);
+            let read_more = !uncovered.is_empty();
+            // The files as they are now must still be the ones planned with: an edit during
+            // the build may have reached the daemon.
+            if let (Some(input), Some(content)) = (&tp.input, &tp.content) {
+                match tokio::task::block_in_place(|| {
+                    fingerprint::recheck(input, content, state.stat_cache())
+                }) {
+                    Ok(why) if why.is_empty() => {}
+                    Ok(why) => uncovered.push(format!(
+                        "its inputs changed while it was being built ({})",
+                        why.join("; ")
+                    )),
+                    Err(e) => uncovered.push(format!("cannot read its inputs again: {e}")),
+                }
+            }
             if t.platforms.is_empty() {
                 let built_for = daemon_platform
                     .get_or_init(|| async {
@@ -1092,23 +1291,31 @@ pub async fn execute(
                     ));
                 }
             }
-            if !uncovered.is_empty() {
-                progress.note(
-                    Some(&name),
-                    &format!(
-                        "warning: this build read inputs its fingerprint did not cover ({}); it will not be reused, and the next run builds it again. Please report this.",
-                        uncovered.join(", ")
-                    ),
-                );
-            }
+            // What each written output looks like now, so that a later change to it (a
+            // `rm -rf dist/*`, an edited file) is noticed.
+            let output_witness = t
+                .outputs
+                .iter()
+                .filter_map(|o| {
+                    let spec = options::parse_output(o).ok()?;
+                    let Some(OutputDest::Path(p)) = spec.dest else {
+                        return None;
+                    };
+                    Some((o.clone(), crate::fs::output_witness(&p).ok()??))
+                })
+                .collect();
             let rec = TargetRecord {
                 key: fp.key.clone(),
                 image_digest: digest.clone(),
                 tags: spec.tags.clone(),
                 outputs: t.outputs.clone(),
+                output_witness,
                 finished_unix: now_unix(),
                 uncovered: uncovered.clone(),
                 daemon_reads: reads,
+                whole_context: read_more
+                    || tp.input.as_ref().is_some_and(|i| i.context_read == ContextRead::Whole),
+                local_bases: tp.local_bases.clone(),
             };
             if let Err(e) = state.record(&name, &rec, &fp.manifest) {
                 progress.note(Some(&name), &format!("warning: could not record state: {e}"));
@@ -1134,6 +1341,7 @@ pub async fn execute(
                 digest: None,
                 error,
                 metadata: None,
+                warnings: Vec::new(),
             };
             match outcomes.get(name) {
                 Some(Outcome::Succeeded(Done::Built(r, uncovered))) => {
@@ -1149,6 +1357,14 @@ pub async fn execute(
                         digest: r.image_digest().map(str::to_string),
                         error: None,
                         metadata: Some(metadata),
+                        warnings: if uncovered.is_empty() {
+                            Vec::new()
+                        } else {
+                            vec![format!(
+                                "this result will not be reused, and the next run builds it again: {}. (If no file was edited during the build, this is a bk-build bug: please report it.)",
+                                uncovered.join("; ")
+                            )]
+                        },
                     }
                 }
                 Some(Outcome::Succeeded(Done::Skipped)) => reused(tp, TargetOutcome::Skipped),
@@ -1178,6 +1394,7 @@ fn reused(tp: &TargetPlan, outcome: TargetOutcome) -> TargetResult {
             "bk-build.action": tp.action.as_str(),
             "bk-build.skipped": true,
         })),
+        warnings: Vec::new(),
     }
 }
 
@@ -1213,6 +1430,7 @@ fn daemon_reads(spec: &BuildSpec, r: &BuildResult) -> Vec<DaemonRead> {
                 include_patterns: req.include_patterns.clone(),
                 exclude_patterns: req.exclude_patterns.clone(),
                 follow_paths: req.follow_paths.clone(),
+                stat_digest: req.stat_digest.clone(),
             });
         }
     }
@@ -1259,9 +1477,15 @@ fn record(state: &StateStore, progress: &Progress, name: &str, tp: &TargetPlan, 
         tags: t.tags.clone(),
         // Outputs are only reused when recorded by a build that wrote them.
         outputs: Vec::new(),
+        output_witness: BTreeMap::new(),
         finished_unix: now_unix(),
         uncovered: Vec::new(),
         daemon_reads: Vec::new(),
+        whole_context: tp
+            .input
+            .as_ref()
+            .is_some_and(|i| i.context_read == ContextRead::Whole),
+        local_bases: tp.local_bases.clone(),
     };
     if let Err(e) = state.record(name, &rec, &full.manifest) {
         progress.note(Some(name), &format!("warning: could not record state: {e}"));

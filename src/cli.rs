@@ -170,6 +170,7 @@ impl ProjectArgs {
         Ok(crate::bake::BakeOptions {
             force,
             ledger: !self.no_ledger,
+            engine_images: None,
         })
     }
 }
@@ -395,7 +396,8 @@ async fn plan_project(
         None
     };
     crate::timing::mark("daemon connected");
-    let opts = a.bake_options(&project)?;
+    let mut opts = a.bake_options(&project)?;
+    opts.engine_images = transport::docker_engine_builder(daemon_args.addr.as_deref());
     let plan = crate::bake::plan(&project, &a.targets, &state, daemon.as_ref(), &opts).await?;
     crate::timing::mark("planned");
     for w in state.take_warnings() {
@@ -468,8 +470,14 @@ async fn run_bake(daemon_args: &DaemonArgs, a: &BakeArgs) -> Result<bool> {
         Some(d) => Some(d),
         // Skips and re-tags need no daemon.
         None if !must_build => None,
-        // Connect again to report the real error.
-        None => Some(daemon_args.connect().await?),
+        None => match daemon_args.connect().await {
+            Ok(d) => Some(d),
+            Err(e) => {
+                // Still do the skips and re-tags; the builds fail with this.
+                eprintln!("ERROR: {e:#}");
+                None
+            }
+        },
     };
     let jobs = match (a.jobs, &daemon) {
         (Some(j), _) => j.max(1),
@@ -497,11 +505,16 @@ async fn run_bake(daemon_args: &DaemonArgs, a: &BakeArgs) -> Result<bool> {
     );
     let mut ok = true;
     for r in &results {
+        for w in &r.warnings {
+            eprintln!("[{}] warning: {w}", r.name);
+        }
         if let Some(e) = &r.error {
             ok = false;
             eprintln!("[{}] {}", r.name, e);
         }
     }
+    // Builds may have hashed files again (see `fingerprint::recheck`).
+    state.save_stat_cache()?;
     if let Some(m) = &a.metadata_file {
         let doc = serde_json::to_vec_pretty(&crate::bake::metadata_json(&results))?;
         write_atomic(m, &doc)?;

@@ -476,3 +476,266 @@ contexts = {{ "${{REPO}}/base:${{TAG}}" = "target:base" }}
         plan["app"].1
     );
 }
+
+/// A one-target project exporting `type=local` to `out/` (and a tar to `out.tar`).
+fn local_project(dir: &Path, dockerfile: &str, args: &str) {
+    write(
+        &dir.join("bk-build.toml"),
+        format!(
+            "[target.t]\ncontext = \"ctx\"\nargs = {{ {args} }}\noutputs = [\"type=local,dest={}\", \"type=tar,dest={}\"]\n",
+            dir.join("out").display(),
+            dir.join("out.tar").display()
+        ),
+    );
+    write(&dir.join("ctx/Dockerfile"), dockerfile);
+}
+
+#[test]
+fn an_arg_after_a_heredoc_buildkit_reads_differently_still_counts() {
+    // BuildKit ends this heredoc at `END-OF-CONFIG`; an earlier reading took `END` as the
+    // terminator and missed the ARG below it.
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    local_project(
+        p,
+        &format!(
+            "FROM {} AS b\nCOPY <<END-OF-CONFIG /etc/app.conf\nlisten=8080\nEND-OF-CONFIG\nARG GREETING\nRUN echo \"$GREETING\" > /greeting\nFROM scratch\nCOPY --from=b /greeting /\n",
+            base_image()
+        ),
+        "GREETING = \"${GREETING}\"",
+    );
+    let (out, _) = bake_in(p, &[("GREETING", "hello")], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (action, why) = plan_in(p, &[("GREETING", "bye")], &[])["t"].clone();
+    assert_eq!(action, "build", "{why}");
+    assert!(why.contains("arg GREETING changed"), "{why}");
+    let (out, _) = bake_in(p, &[("GREETING", "bye")], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(p.join("out/greeting")).unwrap(),
+        "bye\n"
+    );
+}
+
+#[test]
+fn local_and_tar_outputs_are_rebuilt_when_changed_not_only_when_gone() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    local_project(p, "FROM scratch\nCOPY a.txt /a.txt\n", "");
+    write(&p.join("ctx/a.txt"), "a v1\n");
+    let (out, _) = bake_in(p, &[], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(plan_in(p, &[], &[])["t"].0, "skip");
+
+    // `rm -rf out/*`: the directory is there, its content is not.
+    std::fs::remove_file(p.join("out/a.txt")).unwrap();
+    let (action, why) = plan_in(p, &[], &[])["t"].clone();
+    assert_eq!(action, "build", "{why}");
+    let (out, _) = bake_in(p, &[], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(p.join("out/a.txt")).unwrap(),
+        "a v1\n"
+    );
+    assert_eq!(plan_in(p, &[], &[])["t"].0, "skip");
+
+    // An exported file edited by hand.
+    write(&p.join("out/a.txt"), "edited\n");
+    assert_eq!(plan_in(p, &[], &[])["t"].0, "build");
+    let (out, _) = bake_in(p, &[], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(p.join("out/a.txt")).unwrap(),
+        "a v1\n"
+    );
+
+    // A tar output overwritten.
+    write(&p.join("out.tar"), "junk");
+    let (action, why) = plan_in(p, &[], &[])["t"].clone();
+    assert_eq!(action, "build", "{why}");
+    assert!(why.contains("out.tar"), "{why}");
+}
+
+#[test]
+fn a_file_edited_while_the_run_builds_is_not_recorded_as_what_was_built() {
+    // `a_slow` (built first) keeps the single build slot busy; `b_fast`'s files are fingerprinted at the start
+    // but sent only after `slow` is done. An edit in between reaches the daemon.
+    let repo = format!("localhost:5000/{}", unique("race"));
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    write(
+        &p.join("bk-build.toml"),
+        format!(
+            "[defaults]\ntags = [\"{repo}/{{name}}:${{TAG}}\"]\npush = true\n\n[target.a_slow]\ncontext = \"slow\"\n\n[target.b_fast]\ncontext = \"fast\"\n"
+        ),
+    );
+    write(
+        &p.join("slow/Dockerfile"),
+        format!("FROM {}\nCOPY s /s\nRUN sleep 4\n", base_image()),
+    );
+    write(&p.join("slow/s"), unique("slow"));
+    write(&p.join("fast/Dockerfile"), "FROM scratch\nCOPY f /f\n");
+    write(&p.join("fast/f"), "ORIGINAL\n");
+    let child = bk()
+        .current_dir(p)
+        .env("TAG", "t1")
+        .args(["bake", "-j", "1", "--progress", "quiet", "a_slow", "b_fast"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    write(&p.join("fast/f"), "EDITED-DURING-BAKE\n");
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("changed while it was being built"), "{err}");
+    write(&p.join("fast/f"), "ORIGINAL\n");
+    let (action, why) = plan_in(p, &[("TAG", "t1")], &[])["b_fast"].clone();
+    assert_eq!(
+        action, "build",
+        "the image holds the edit, the files do not: {why}"
+    );
+    // Nor does a fresh checkout of the original files find it in the ledger.
+    let fresh = tempfile::tempdir().unwrap();
+    copy_tree(p, fresh.path());
+    let (action, why) = plan_in(fresh.path(), &[("TAG", "t2")], &[])["b_fast"].clone();
+    assert_eq!(action, "build", "{why}");
+}
+
+#[test]
+fn add_of_a_url_is_always_built() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    local_project(
+        p,
+        "FROM scratch\nADD http://127.0.0.1:9/nothing.txt /n.txt\n",
+        "",
+    );
+    let (action, why) = plan_in(p, &[], &[])["t"].clone();
+    assert_eq!(action, "build", "{why}");
+    assert!(why.contains("ADD http://127.0.0.1:9/nothing.txt"), "{why}");
+    // Pinned by a checksum: an input like any other.
+    local_project(
+        p,
+        "FROM scratch\nADD --checksum=sha256:24454f830cdb571e2c4ad15481119c43b3cafd48dd869a9b2945d1036d1dc68d http://127.0.0.1:9/x /x\n",
+        "",
+    );
+    let (_, why) = plan_in(p, &[], &[])["t"].clone();
+    assert!(!why.contains("ADD"), "{why}");
+}
+
+#[test]
+fn a_base_image_rebuilt_in_the_engine_rebuilds_what_is_built_on_it() {
+    // The local workflow: a base built into the engine (not pushed), an app FROM it.
+    let base = format!("{}:dev", unique("localbase"));
+    let b = tempfile::tempdir().unwrap();
+    write(&b.path().join("Dockerfile"), "FROM scratch\nCOPY v /v\n");
+    write(&b.path().join("v"), "v1\n");
+    run_ok(
+        docker()
+            .args([
+                "buildx",
+                "build",
+                "--load",
+                "--progress",
+                "quiet",
+                "-t",
+                &base,
+            ])
+            .arg(b.path()),
+    );
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    local_project(p, &format!("FROM {base}\nCOPY a.txt /a.txt\n"), "");
+    write(&p.join("ctx/a.txt"), "a\n");
+    let (out, _) = bake_in(p, &[], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(plan_in(p, &[], &[])["t"].0, "skip");
+
+    write(&b.path().join("v"), "v2\n");
+    run_ok(
+        docker()
+            .args([
+                "buildx",
+                "build",
+                "--load",
+                "--progress",
+                "quiet",
+                "-t",
+                &base,
+            ])
+            .arg(b.path()),
+    );
+    let (action, why) = plan_in(p, &[], &[])["t"].clone();
+    assert_eq!(action, "build", "{why}");
+    assert!(
+        why.contains("in the Docker Engine is another image"),
+        "{why}"
+    );
+    let (out, _) = bake_in(p, &[], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(p.join("out/v")).unwrap(), "v2\n");
+    let _ = run(docker().args(["image", "rm", &base]));
+}
+
+#[test]
+fn a_new_repository_reuses_the_image_from_the_old_one() {
+    let old = format!("localhost:5000/{}", unique("oldrepo"));
+    let new = format!("localhost:5000/{}", unique("newrepo"));
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    single(p, "${REPO}", &base_image(), "");
+    let (out, meta) = bake_in(p, &[("REPO", &old)], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let digest = meta["app"]["containerimage.digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (action, why) = plan_in(p, &[("REPO", &new)], &[])["app"].clone();
+    assert_eq!(action, "retag", "{why}");
+    let (out, _) = bake_in(p, &[("REPO", &new)], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let short = new.trim_start_matches("localhost:5000/");
+    assert_eq!(
+        manifest_digest(&format!("{short}/app"), "v1").as_deref(),
+        Some(digest.as_str())
+    );
+}
+
+#[test]
+fn onbuild_in_a_base_target_counts_the_whole_context_of_what_builds_on_it() {
+    let repo = format!("localhost:5000/{}", unique("onbuild"));
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    write(
+        &p.join("bk-build.toml"),
+        format!(
+            "[defaults]\ntags = [\"{repo}/{{name}}:v1\"]\npush = true\n\n[target.base]\ncontext = \"base\"\n\n[target.child]\ncontext = \"child\"\npush = false\ntags = []\noutputs = [\"type=local,dest={}\"]\n",
+            p.join("out").display()
+        ),
+    );
+    write(
+        &p.join("base/Dockerfile"),
+        format!("FROM {}\nONBUILD COPY onb.txt /onb.txt\n", base_image()),
+    );
+    write(
+        &p.join("child/Dockerfile"),
+        format!("FROM {repo}/base:v1\nCOPY app.txt /app.txt\n"),
+    );
+    write(&p.join("child/app.txt"), "app\n");
+    write(&p.join("child/onb.txt"), "onb v1\n");
+    let (out, meta) = bake_in(p, &[], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(meta["child"].get("bk-build.uncovered"), None, "{meta}");
+    assert_eq!(plan_in(p, &[], &[])["child"].0, "skip");
+    // The file only the base's ONBUILD copies.
+    write(&p.join("child/onb.txt"), "onb v2\n");
+    let (action, why) = plan_in(p, &[], &[])["child"].clone();
+    assert_eq!(action, "build", "{why}");
+    let (out, _) = bake_in(p, &[], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(p.join("out/onb.txt")).unwrap(),
+        "onb v2\n"
+    );
+}

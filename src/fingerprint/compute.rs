@@ -120,6 +120,26 @@ impl Fingerprint {
     }
 }
 
+/// Computes `input` again and says how its inputs differ from `planned` (computed from the
+/// same input, plus bases), e.g. because a file was edited while a build ran; empty when they
+/// are the same.
+pub fn recheck(
+    input: &FingerprintInput,
+    planned: &Fingerprint,
+    cache: &StatCache,
+) -> Result<Vec<String>, FingerprintError> {
+    let again = compute(input, cache)?.with_bases(planned.manifest.bases.iter().cloned());
+    Ok(if again.key == planned.key {
+        Vec::new()
+    } else {
+        let mut why = super::explain(&planned.manifest, &again.manifest);
+        if why.is_empty() {
+            why.push("inputs changed".into());
+        }
+        why
+    })
+}
+
 /// Computes the fingerprint of `input`, reading only files whose stat changed since `cache`
 /// last saw them.
 pub fn compute(
@@ -1232,9 +1252,12 @@ mod tests {
                     image_digest: None,
                     tags: vec![],
                     outputs: vec![],
+                    output_witness: Default::default(),
                     finished_unix: 0,
                     uncovered: vec![],
                     daemon_reads: vec![],
+                    whole_context: false,
+                    local_bases: Default::default(),
                 },
                 &before.manifest,
             )

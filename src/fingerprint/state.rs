@@ -65,6 +65,12 @@ pub struct TargetRecord {
     pub tags: Vec<String>,
     /// Export destinations (`type=local,dest=out`, …) whose existence a skip must check.
     pub outputs: Vec<String>,
+    /// For each output with a destination on disk, its [`output_witness`] right after it was
+    /// written.
+    ///
+    /// [`output_witness`]: crate::fs::output_witness
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub output_witness: std::collections::BTreeMap<String, String>,
     /// When the build finished, in Unix seconds.
     pub finished_unix: u64,
     /// Inputs the build read that its fingerprint did not cover (see
@@ -76,6 +82,14 @@ pub struct TargetRecord {
     /// fingerprint was checked against (kept for `plan --format json` and bug reports).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub daemon_reads: Vec<super::DaemonRead>,
+    /// The daemon once read more of this target's context than its Dockerfile shows (e.g. an
+    /// `ONBUILD COPY` in a base image), so the whole context counts from then on.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub whole_context: bool,
+    /// External bases the building Docker Engine had its own image of, and that image's ID:
+    /// the engine builds from those, so a changed one means another result.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub local_bases: std::collections::BTreeMap<String, String>,
 }
 
 /// Why the state directory could not be used.
@@ -497,9 +511,12 @@ mod tests {
             image_digest: Some("sha256:abc".into()),
             tags: vec!["localhost:5000/acme/t:dev".into()],
             outputs: vec![],
+            output_witness: Default::default(),
             finished_unix: 1_700_000_000,
             uncovered: vec![],
             daemon_reads: vec![],
+            whole_context: false,
+            local_bases: Default::default(),
         }
     }
 

@@ -33,7 +33,7 @@ pub use stat::{
     MODE_DIR, MODE_EXCLUSIVE, MODE_IRREGULAR, MODE_NAMED_PIPE, MODE_PERM, MODE_SETGID, MODE_SETUID,
     MODE_SOCKET, MODE_STICKY, MODE_SYMLINK, MODE_TEMPORARY, MODE_TYPE,
 };
-pub use walk::{Entry, WalkOptions, Walker};
+pub use walk::{Entry, StatDigest, WalkOptions, Walker};
 
 /// Everything that can go wrong while reading a build context from disk.
 #[derive(thiserror::Error, Debug)]
@@ -91,4 +91,38 @@ pub fn follow_paths_includes(
     paths: &[String],
 ) -> Result<Option<Vec<String>>, FsError> {
     follow::follow_links(root, paths)
+}
+
+/// A summary of what is at `path` now, to notice later whether anything there changed: for a
+/// directory, the [`StatDigest`] of a walk of everything in it; for anything else, its type,
+/// size, mtime, ctime and inode. `None` when nothing is there.
+pub fn output_witness(path: &Path) -> Result<Option<String>, FsError> {
+    use std::os::unix::fs::MetadataExt;
+    let md = match std::fs::symlink_metadata(path) {
+        Ok(md) => md,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(FsError::Stat {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    if !md.is_dir() {
+        return Ok(Some(format!(
+            "file:{}:{}:{}.{}:{}.{}:{}",
+            stat::go_file_mode(&md),
+            md.size(),
+            md.mtime(),
+            md.mtime_nsec(),
+            md.ctime(),
+            md.ctime_nsec(),
+            md.ino()
+        )));
+    }
+    let mut digest = StatDigest::default();
+    for entry in Walker::new(path, &WalkOptions::default())?.with_xattrs(false) {
+        digest.add(&entry?);
+    }
+    Ok(Some(format!("dir:{}", digest.finish())))
 }

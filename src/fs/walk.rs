@@ -66,6 +66,45 @@ pub struct Entry {
     pub ctime_ns: i64,
 }
 
+/// A digest of what a walk saw of each entry: path, type and permissions, size, mtime, ctime,
+/// inode, device, link target and device numbers. Two walks of the same request give the same
+/// digest exactly when no entry was added, removed, replaced or written in between (a write
+/// always moves the ctime), so comparing the digest file sync computed while sending with
+/// one computed later tells whether the daemon got what is on disk now.
+#[derive(Default)]
+pub struct StatDigest {
+    hash: blake3::Hasher,
+    entries: u64,
+}
+
+impl StatDigest {
+    pub fn add(&mut self, e: &Entry) {
+        let h = &mut self.hash;
+        h.update(&(e.rel_path.len() as u64).to_le_bytes());
+        h.update(e.rel_path.as_bytes());
+        for n in [
+            e.mode as i64,
+            e.size,
+            e.mtime_ns,
+            e.ctime_ns,
+            e.devmajor,
+            e.devminor,
+        ] {
+            h.update(&n.to_le_bytes());
+        }
+        h.update(&e.ino.to_le_bytes());
+        h.update(&e.dev.to_le_bytes());
+        h.update(&(e.linkname.len() as u64).to_le_bytes());
+        h.update(e.linkname.as_bytes());
+        self.entries += 1;
+    }
+
+    /// `<entries>:<hex>`.
+    pub fn finish(&self) -> String {
+        format!("{}:{}", self.entries, self.hash.finalize().to_hex())
+    }
+}
+
 /// The filters the daemon asks for (DiffCopy metadata), all optional.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WalkOptions {

@@ -62,6 +62,13 @@ pub struct DockerfileScan {
     /// The file has an `ONBUILD` instruction: builds `FROM` its image run code this scan of
     /// theirs cannot see, so their args must all count.
     pub has_onbuild: bool,
+    /// `ADD` sources the daemon fetches itself (URLs, git) without a `--checksum`: their
+    /// content is not known before building.
+    pub remote_sources: Vec<String>,
+    /// Whether the stages could be read with certainty. When not (a line that looks like a
+    /// `FROM` but was not read as one), the base images are unknown too, and a build must
+    /// not be reused.
+    pub certain: bool,
 }
 
 /// Args BuildKit or the Dockerfile frontend act on without an `ARG` line: `BUILDKIT_*`
@@ -114,34 +121,44 @@ pub fn dockerfile_copy_sources(
 
 /// Reads `text` for the build described by `opts`.
 pub fn scan_dockerfile(text: &str, opts: &ScanOptions) -> DockerfileScan {
-    let (directives, instructions) = split_instructions(text);
+    let (directives, instructions, lines) = split_instructions(text);
     let foreign_frontend = directives.syntax.as_deref().is_some_and(|s| {
         let f = familiar(s);
         !(f.starts_with("docker/dockerfile") || f.starts_with("docker/dockerfile-upstream"))
     });
     let has_onbuild = instructions.iter().any(|i| i.keyword == "ONBUILD");
+    let all_contexts = || opts.named_contexts.iter().map(|n| familiar(n)).collect();
     if foreign_frontend {
         return DockerfileScan {
             syntax: directives.syntax,
             base_refs: Vec::new(),
             copy_sources: None,
-            used_contexts: opts.named_contexts.iter().map(|n| familiar(n)).collect(),
+            used_contexts: all_contexts(),
             hidden_args: BTreeSet::new(),
             has_onbuild,
+            remote_sources: Vec::new(),
+            certain: false,
         };
     }
+    // A `FROM` line this reading did not take as an instruction (a heredoc or continuation
+    // read differently from BuildKit) means the stages themselves are unknown.
+    let certain = stray_from_lines(&instructions, &lines) == 0;
     let named: BTreeSet<String> = opts.named_contexts.iter().map(|n| familiar(n)).collect();
     let mut interp = Interpreter::new(directives.escape, opts, &named);
     interp.run(&instructions);
-    let hidden_args = if interp.unsure_from {
+    let hidden_args = if interp.unsure_from || !certain {
         BTreeSet::new()
     } else {
+        let spoken = lines_that_use_args(&instructions, lines.len());
         opts.args
             .keys()
             .filter(|n| {
                 !is_special_arg(n)
                     && !interp.stage_args.contains(*n)
                     && !interp.seen_args.contains(*n)
+                    // Belt and braces: a name written anywhere but in a global ARG or a FROM
+                    // counts, however this reading understood that line.
+                    && !spoken.iter().any(|&l| mentions(lines[l], n))
             })
             .cloned()
             .collect()
@@ -161,8 +178,9 @@ pub fn scan_dockerfile(text: &str, opts: &ScanOptions) -> DockerfileScan {
     };
     let mut base_refs: Vec<String> = Vec::new();
     let mut sources = BTreeSet::new();
-    let mut unknowable = false;
+    let mut unknowable = !certain;
     let mut used_contexts = BTreeSet::new();
+    let mut remote_sources = Vec::new();
     for i in reached {
         let s = &stages[i];
         if s.replaced {
@@ -176,16 +194,72 @@ pub fn scan_dockerfile(text: &str, opts: &ScanOptions) -> DockerfileScan {
             }
         }
         sources.extend(s.sources.iter().cloned());
+        remote_sources.extend(s.remote.iter().cloned());
         unknowable |= s.unknowable;
     }
     DockerfileScan {
         syntax: directives.syntax,
         base_refs,
         copy_sources: (!unknowable).then(|| sources.into_iter().collect()),
-        used_contexts,
+        used_contexts: if certain {
+            used_contexts
+        } else {
+            all_contexts()
+        },
         hidden_args,
         has_onbuild,
+        remote_sources,
+        certain,
     }
+}
+
+/// Raw lines that look like a `FROM` instruction but are not one of the parsed `FROM`s: any
+/// case outside heredoc bodies, upper case inside them (where `from x import y` is Python).
+fn stray_from_lines(instructions: &[Instruction], lines: &[&str]) -> usize {
+    let mut in_body = vec![false; lines.len()];
+    for ins in instructions {
+        if let Some(from) = ins.body_from {
+            in_body[from..ins.lines.end]
+                .iter_mut()
+                .for_each(|b| *b = true);
+        }
+    }
+    let looks_like_from = |l: usize| {
+        let w = lines[l].split_whitespace().next().unwrap_or("");
+        if in_body[l] {
+            w == "FROM"
+        } else {
+            w.eq_ignore_ascii_case("FROM")
+        }
+    };
+    let raw = (0..lines.len()).filter(|&l| looks_like_from(l)).count();
+    let parsed = instructions.iter().filter(|i| i.keyword == "FROM").count();
+    raw.saturating_sub(parsed)
+}
+
+/// Indices of the raw lines where a build arg's name makes it count: every line of every
+/// instruction except the global `ARG`s (before the first `FROM`) and the `FROM`s.
+fn lines_that_use_args(instructions: &[Instruction], n: usize) -> Vec<usize> {
+    let mut quiet = vec![true; n];
+    let mut seen_from = false;
+    for ins in instructions {
+        seen_from |= ins.keyword == "FROM";
+        let harmless = ins.keyword == "FROM" || (ins.keyword == "ARG" && !seen_from);
+        if !harmless {
+            quiet[ins.lines.clone()].iter_mut().for_each(|q| *q = false);
+        }
+    }
+    (0..n).filter(|&l| !quiet[l]).collect()
+}
+
+/// Whether `line` contains `name` as a whole identifier.
+fn mentions(line: &str, name: &str) -> bool {
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    line.match_indices(name).any(|(at, _)| {
+        let before = line[..at].chars().next_back();
+        let after = line[at + name.len()..].chars().next();
+        !before.is_some_and(ident) && !after.is_some_and(ident)
+    })
 }
 
 fn reachable(stages: &[Stage], from: usize) -> BTreeSet<usize> {
@@ -219,31 +293,65 @@ struct Directives {
 struct Instruction {
     keyword: String,
     rest: String,
+    /// The raw lines it came from, continuation lines and heredoc bodies included
+    /// (0-based, end exclusive).
+    lines: std::ops::Range<usize>,
+    /// Where its heredoc bodies start, if it has any (lines from there up to `lines.end`).
+    body_from: Option<usize>,
 }
 
-fn split_instructions(text: &str) -> (Directives, Vec<Instruction>) {
-    let lines: Vec<&str> = text.lines().collect();
+/// BuildKit's parser directives (`frontend/dockerfile/parser/directives.go`): only leading
+/// `# key=value` lines with a known key; the first other line — an unknown directive, a
+/// comment, a blank line, an instruction — ends them.
+fn directive(line: &str) -> Option<(String, String)> {
+    let body = line.trim_start().strip_prefix('#')?.trim_start();
+    let (k, v) = body.split_once('=')?;
+    let k = k.trim_end();
+    let mut chars = k.chars();
+    let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric());
+    let v = v.trim();
+    let k = k.to_ascii_lowercase();
+    (valid && !v.is_empty() && matches!(k.as_str(), "syntax" | "escape" | "check"))
+        .then(|| (k, v.to_string()))
+}
+
+/// BuildKit's line continuation (`parser.go`, `setEscapeToken`): the escape character at the
+/// end of the line (trailing blanks allowed), unless it is itself escaped. Returns the line
+/// without it, and whether the instruction goes on.
+fn continuation(line: &str, escape: char) -> (&str, bool) {
+    let t = line.trim_end_matches([' ', '\t']);
+    match t.strip_suffix(escape) {
+        Some(before) if before.is_empty() || !before.ends_with(escape) => (before, true),
+        _ => (line, false),
+    }
+}
+
+fn is_comment(line: &str) -> bool {
+    line.trim_start().starts_with('#')
+}
+
+/// Splits a Dockerfile into instructions the way BuildKit's parser does
+/// (`frontend/dockerfile/parser/parser.go`, `Parse`): a UTF-8 BOM is dropped, directives are
+/// read first, comment lines are skipped (also inside continuations, as are blank ones),
+/// and the heredoc bodies of `RUN`, `COPY` and `ADD` are consumed up to their exact
+/// terminator line.
+fn split_instructions(text: &str) -> (Directives, Vec<Instruction>, Vec<&str>) {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let lines: Vec<&str> = text
+        .split('\n')
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .collect();
     let mut d = Directives {
         syntax: None,
         escape: '\\',
     };
     let mut i = 0;
-    // Parser directives: only at the very top, before any blank line, comment or instruction.
-    while i < lines.len() {
-        let Some(body) = lines[i].trim().strip_prefix('#') else {
-            break;
-        };
-        let Some((k, v)) = body.split_once('=') else {
-            break;
-        };
-        let k = k.trim().to_ascii_lowercase();
-        if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphabetic()) {
-            break;
-        }
+    while let Some((k, v)) = lines.get(i).and_then(|l| directive(l)) {
         match k.as_str() {
-            "syntax" => d.syntax = Some(v.trim().to_string()),
+            "syntax" => d.syntax = Some(v),
             "escape" => {
-                if let Some(c @ ('`' | '\\')) = v.trim().chars().next() {
+                if let Some(c @ ('`' | '\\')) = v.chars().next().filter(|_| v.len() == 1) {
                     d.escape = c;
                 }
             }
@@ -253,40 +361,26 @@ fn split_instructions(text: &str) -> (Directives, Vec<Instruction>) {
     }
     let mut out = Vec::new();
     while i < lines.len() {
-        let first = lines[i];
+        let start = i;
+        let first = lines[i].trim_start();
         i += 1;
-        let t = first.trim_start();
-        if t.is_empty() || t.starts_with('#') {
+        if first.starts_with('#') {
             continue;
         }
-        let mut logical = String::new();
-        let mut cur = first;
-        loop {
-            let end = cur.trim_end();
-            match end.strip_suffix(d.escape) {
-                Some(body) => {
-                    logical.push_str(body);
-                    let mut next = None;
-                    while i < lines.len() {
-                        let n = lines[i];
-                        i += 1;
-                        let nt = n.trim_start();
-                        if nt.is_empty() || nt.starts_with('#') {
-                            continue;
-                        }
-                        next = Some(n);
-                        break;
-                    }
-                    match next {
-                        Some(n) => cur = n,
-                        None => break,
-                    }
-                }
-                None => {
-                    logical.push_str(end);
-                    break;
-                }
+        let (head, mut more) = continuation(first, d.escape);
+        if !more && head.is_empty() {
+            continue;
+        }
+        let mut logical = head.to_string();
+        while more && i < lines.len() {
+            let l = lines[i];
+            i += 1;
+            if is_comment(l) || l.trim_start().is_empty() {
+                continue;
             }
+            let (part, goes_on) = continuation(l, d.escape);
+            logical.push_str(part);
+            more = goes_on;
         }
         let logical = logical.trim();
         let (kw, rest) = logical
@@ -294,68 +388,123 @@ fn split_instructions(text: &str) -> (Directives, Vec<Instruction>) {
             .unwrap_or((logical, ""));
         let keyword = kw.to_ascii_uppercase();
         let rest = rest.trim().to_string();
-        if matches!(keyword.as_str(), "RUN" | "COPY" | "ADD") {
-            for (word, strip_tabs) in heredoc_markers(&rest) {
+        let mut body_from = None;
+        if can_have_heredocs(&keyword, &rest) && logical.contains("<<") {
+            body_from = Some(i);
+            for (name, chomp) in heredoc_names(logical) {
                 while i < lines.len() {
                     let l = lines[i];
                     i += 1;
-                    let l = if strip_tabs {
-                        l.trim_start_matches('\t')
-                    } else {
-                        l
-                    };
-                    if l.trim_end() == word {
+                    let l = if chomp { l.trim_start_matches('\t') } else { l };
+                    if l == name {
                         break;
                     }
                 }
             }
         }
-        out.push(Instruction { keyword, rest });
+        out.push(Instruction {
+            keyword,
+            rest,
+            lines: start..i,
+            body_from,
+        });
     }
-    (d, out)
+    (d, out, lines)
 }
 
-/// `<<EOF`, `<<-EOF`, `<<"EOF"`, `<<'EOF'` markers in order: (word, strip leading tabs).
-fn heredoc_markers(s: &str) -> Vec<(String, bool)> {
+/// `RUN`, `COPY` and `ADD` (also behind `ONBUILD`) in shell form may have heredocs.
+fn can_have_heredocs(keyword: &str, rest: &str) -> bool {
+    let (keyword, rest) = if keyword == "ONBUILD" {
+        let (k, r) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+        (k.to_ascii_uppercase(), r.trim())
+    } else {
+        (keyword.to_string(), rest)
+    };
+    if !matches!(keyword.as_str(), "RUN" | "COPY" | "ADD") {
+        return false;
+    }
+    let (_, args) = split_flags(rest);
+    let json = args.starts_with('[') && serde_json::from_str::<Vec<String>>(args).is_ok();
+    !json
+}
+
+/// The heredocs a line opens, in order: (terminator, strip leading tabs). BuildKit splits the
+/// line into words keeping quotes and escapes (`<<` takes the blanks after it into its word),
+/// and a word is a heredoc when it is `[digits]<<[-]WORD` with WORD one shell word without
+/// `<` (`parser.go`, `heredocsFromLine` and `reHeredoc`).
+fn heredoc_names(line: &str) -> Vec<(String, bool)> {
     let mut out = Vec::new();
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i + 2 < b.len() {
-        if &b[i..i + 2] != b"<<" {
-            i += 1;
+    for word in raw_words(line) {
+        let digits = word.bytes().take_while(u8::is_ascii_digit).count();
+        let Some(rest) = word[digits..].strip_prefix("<<") else {
+            continue;
+        };
+        let (chomp, rest) = match rest.strip_prefix('-') {
+            Some(r) => (true, r),
+            None => (false, rest),
+        };
+        if rest.contains('<') {
             continue;
         }
-        let mut j = i + 2;
-        let strip = b.get(j) == Some(&b'-');
-        if strip {
-            j += 1;
+        let words = shell_words(rest.trim_start(), '\\', &|n| Var::Known(format!("${n}")));
+        if let [(name, _)] = words.as_slice() {
+            out.push((name.clone(), chomp));
         }
-        let quote = match b.get(j) {
-            Some(q @ (b'"' | b'\'')) => {
-                j += 1;
-                Some(*q)
-            }
-            _ => None,
-        };
-        let start = j;
-        while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'_') {
-            j += 1;
-        }
-        let word = &s[start..j];
-        let valid_start = word
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
-        let closed = match quote {
-            Some(q) => b.get(j) == Some(&q),
-            None => true,
-        };
-        if valid_start && closed {
-            out.push((word.to_string(), strip));
-        }
-        i = j.max(i + 2);
     }
     out
+}
+
+/// Words split at unquoted blanks, quotes and escapes kept as written; `<<` followed by
+/// blanks stays one word with what follows (BuildKit's lexer, `processPossibleHeredoc`).
+fn raw_words(line: &str) -> Vec<String> {
+    let chars: Vec<char> = line.chars().collect();
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut quote: Option<char> = None;
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        match quote {
+            Some(q) => {
+                cur.push(c);
+                if c == q {
+                    quote = None;
+                } else if c == '\\' && q == '"' && i + 1 < chars.len() {
+                    cur.push(chars[i + 1]);
+                    i += 1;
+                }
+            }
+            None if c == '\\' && i + 1 < chars.len() => {
+                cur.push(c);
+                cur.push(chars[i + 1]);
+                i += 1;
+            }
+            None if c == '\'' || c == '"' => {
+                quote = Some(c);
+                cur.push(c);
+            }
+            None if c == '<' && chars.get(i + 1) == Some(&'<') => {
+                cur.push_str("<<");
+                i += 2;
+                while chars.get(i).is_some_and(|c| *c == ' ' || *c == '\t') {
+                    cur.push(chars[i]);
+                    i += 1;
+                }
+                continue;
+            }
+            None if c.is_whitespace() => {
+                if !cur.is_empty() {
+                    words.push(std::mem::take(&mut cur));
+                }
+            }
+            None => cur.push(c),
+        }
+        i += 1;
+    }
+    if !cur.is_empty() {
+        words.push(cur);
+    }
+    words
 }
 
 /// Leading `--flag=value` tokens, and what follows them.
@@ -591,6 +740,8 @@ struct Stage {
     images: Vec<String>,
     /// Named contexts it reads (by `FROM`, `COPY --from`, `RUN --mount=from`), familiar form.
     contexts: Vec<String>,
+    /// `ADD` sources fetched by the daemon without a pinned checksum.
+    remote: Vec<String>,
     sources: Vec<String>,
     unknowable: bool,
     /// ENV wins over an ARG of the same name, as in BuildKit.
@@ -866,7 +1017,11 @@ impl<'a> Interpreter<'a> {
                 continue; // heredoc: inline content, not a context file
             }
             if is_add && (src.contains("://") || src.starts_with("git@")) {
-                continue; // fetched by the daemon, not read from the context
+                // Fetched by the daemon, not read from the context; only a checksum pins it.
+                if !flags.iter().any(|(k, _)| k == "checksum") {
+                    stage.remote.push(src.clone());
+                }
+                continue;
             }
             if *unknown {
                 stage.unknowable = true;
@@ -1172,5 +1327,104 @@ mod tests {
             .is_empty());
         assert!(scan("FROM a\nONBUILD RUN true\n", &[], None, &[]).has_onbuild);
         assert!(!scan("FROM a\nRUN onbuild\n", &[], None, &[]).has_onbuild);
+    }
+
+    /// Dockerfiles that an earlier reading took differently from BuildKit (each one let a
+    /// changed build arg or base go unnoticed): the arg must count, the base must be seen.
+    #[test]
+    fn lines_are_read_as_buildkit_reads_them() {
+        let greeting = [("GREETING", "hello")];
+        let counts = |df: &str| {
+            !scan(df, &greeting, None, &[])
+                .hidden_args
+                .contains("GREETING")
+        };
+        let tail = "ARG GREETING\nRUN echo \"$GREETING\" > /greeting\nFROM scratch\nCOPY --from=b /greeting /\n";
+        // A heredoc word may contain `-` and `.`.
+        assert!(counts(&format!(
+            "FROM busybox AS b\nCOPY <<END-OF-CONFIG /etc/app.conf\nlisten=8080\nEND-OF-CONFIG\n{tail}"
+        )));
+        // `<<` inside a word is not a heredoc (only a word that starts with it is).
+        assert!(counts(&format!(
+            "FROM busybox AS b\nRUN echo $((1<<BITS)) > /bits || true\n{tail}"
+        )));
+        let s = scan(
+            "FROM busybox AS b\nRUN echo x<<EOF\nCOPY a.txt /a\nRUN echo hi\nFROM scratch\nCOPY --from=b /a /a\n",
+            &[],
+            None,
+            &[],
+        );
+        assert_eq!(s.copy_sources.unwrap(), ["a.txt"]);
+        // An escaped escape character at the end of a line does not continue it.
+        assert!(counts(&format!(
+            "FROM busybox AS b\nENV SHARE=\\\\\\\\server\\\\share\\\\\n{tail}"
+        )));
+        // A byte-order mark does not hide the escape directive.
+        let s = scan(
+            "\u{feff}# escape=`\nFROM busybox AS b\nWORKDIR /opt\\\nARG GREETING\nRUN echo \"$GREETING\"\n",
+            &greeting,
+            None,
+            &[],
+        );
+        assert!(!s.hidden_args.contains("GREETING"));
+        // An unknown directive ends the directives: the escape line after it is a comment.
+        assert!(counts(&format!(
+            "# foo=bar\n# escape=`\nFROM busybox AS b\nRUN echo one > /one # comment with backtick `\n{tail}"
+        )));
+        // A heredoc ends only at its exact terminator line.
+        let s = scan(
+            "ARG REPO\nARG TAG\nFROM ${REPO}/base:${TAG}\nCOPY <<EOF /notes.txt\nmentions the word\nEOF \nfrom the base image, then ends.\nEOF\nRUN cat /notes.txt\n",
+            &[("REPO", "r"), ("TAG", "t")],
+            None,
+            &[],
+        );
+        assert_eq!(s.base_refs, ["r/base:t"]);
+        assert!(s.certain);
+    }
+
+    #[test]
+    fn what_this_reading_may_have_missed_still_counts() {
+        // An arg named anywhere but in a global ARG or a FROM counts, however the line was
+        // read; comments outside instructions do not.
+        let a = [("TAG", "t")];
+        let s = scan(
+            "# TAG comes from CI\nARG TAG\nFROM base:${TAG}\nRUN <<EOF\necho $TAG\nEOF\n",
+            &a,
+            None,
+            &[],
+        );
+        assert!(!s.hidden_args.contains("TAG"));
+        let s = scan(
+            "# TAG comes from CI\nARG TAG\nFROM base:${TAG}\nRUN true\n",
+            &a,
+            None,
+            &[],
+        );
+        assert!(s.hidden_args.contains("TAG"));
+        // A FROM line inside what was read as a heredoc body: the stages are uncertain.
+        let s = scan(
+            "FROM a\nRUN cat > Dockerfile.inner <<EOF\nFROM b\nEOF\n",
+            &[],
+            None,
+            &[],
+        );
+        assert!(!s.certain);
+        assert_eq!(s.copy_sources, None);
+        // Python in a heredoc is not a FROM line.
+        let s = scan(
+            "FROM a\nRUN python3 - <<EOF\nfrom os import path\nEOF\n",
+            &[],
+            None,
+            &[],
+        );
+        assert!(s.certain);
+        // ADD of a URL: fetched by the daemon, unless a checksum pins it.
+        let s = scan(
+            "FROM scratch\nADD https://example.com/a.tgz /a\nADD --checksum=sha256:0123 https://example.com/b.tgz /b\n",
+            &[],
+            None,
+            &[],
+        );
+        assert_eq!(s.remote_sources, ["https://example.com/a.tgz"]);
     }
 }

@@ -69,6 +69,9 @@ pub struct SyncRequest {
     pub exclude_patterns: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub follow_paths: Vec<String>,
+    /// [`StatDigest`](crate::fs::StatDigest) of every entry sent, once all were sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stat_digest: Option<String>,
 }
 
 impl SyncStats {
@@ -149,6 +152,7 @@ impl FileSync for FileSyncService {
             include_patterns: metadata_values(md, "include-patterns"),
             exclude_patterns: metadata_values(md, "exclude-patterns"),
             follow_paths: metadata_values(md, "followpaths"),
+            stat_digest: None,
         };
         let mut exclude_patterns = asked.exclude_patterns.clone();
         exclude_patterns.extend(dir.extra_excludes.iter().cloned());
@@ -244,6 +248,7 @@ async fn send_dir(
     });
 
     let mut files = FileTable::default();
+    let mut sent = crate::fs::StatDigest::default();
     let bytes_sent = Arc::new(AtomicU64::new(0));
     let mut readers: Option<Readers> = None;
     let mut next_id: u32 = 0;
@@ -257,6 +262,7 @@ async fn send_dir(
                     }
                     next_id += 1;
                     report.entries += 1;
+                    sent.add(&e);
                     if tx.send(Ok(stat_packet(Some(to_stat(&e))))).await.is_err() {
                         break Ok(());
                     }
@@ -264,6 +270,9 @@ async fn send_dir(
                 Some(Err(msg)) => break Err(msg),
                 None => {
                     walking = false;
+                    if let Some(r) = report.requests.first_mut() {
+                        r.stat_digest = Some(sent.finish());
+                    }
                     // End of STATs: a STAT packet without a stat.
                     if tx.send(Ok(stat_packet(None))).await.is_err() {
                         break Ok(());

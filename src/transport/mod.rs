@@ -224,6 +224,28 @@ pub async fn connect(
     )))
 }
 
+/// The Docker Engine [`connect`] would build with, without connecting: `Some` when the
+/// daemon chosen by the same order (`addr`, `$BUILDKIT_HOST`, an existing buildkitd socket,
+/// then Docker) is a Docker Engine. Its image store is what a `FROM` without `--pull` uses.
+pub fn docker_engine_builder(addr: Option<&str>) -> Option<DockerHost> {
+    let chosen = match addr {
+        Some(a) => Address::parse(a).ok()?,
+        None => match std::env::var("BUILDKIT_HOST")
+            .ok()
+            .filter(|a| !a.is_empty())
+        {
+            Some(a) => Address::parse(&a).ok()?,
+            None => default_candidates()
+                .into_iter()
+                .find(|a| !matches!(a, Address::Unix(p) if !p.exists()))?,
+        },
+    };
+    match chosen {
+        Address::Docker(h) => Some(h),
+        _ => None,
+    }
+}
+
 fn default_candidates() -> Vec<Address> {
     let mut v = Vec::new();
     if let Ok(x) = std::env::var("XDG_RUNTIME_DIR") {
