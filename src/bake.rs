@@ -640,8 +640,10 @@ fn engine_of(daemon: &Daemon) -> Option<DockerHost> {
     }
 }
 
-/// The image IDs the engine's store has for `refs` (absent ones, and any that cannot be
-/// asked, are left out: BuildKit then resolves them in the registry).
+/// The image IDs the engine's store has for `refs`; absent ones are left out (BuildKit then
+/// resolves them in the registry). One the engine could not answer for is `?`, which matches
+/// nothing, so the target is built; an engine that answers none at all is taken as absent (no
+/// daemon this run: nothing is built from its store either).
 async fn local_images(
     engine: Option<DockerHost>,
     refs: BTreeSet<String>,
@@ -651,16 +653,22 @@ async fn local_images(
     };
     let engine = &engine;
     let lookups = refs.into_iter().map(|r| async move {
-        let id = crate::transport::docker_image_id(engine, &r)
-            .await
-            .ok()
-            .flatten();
-        id.map(|id| (r, id))
+        (
+            r.clone(),
+            crate::transport::docker_image_id(engine, &r).await,
+        )
     });
-    futures_util::future::join_all(lookups)
-        .await
+    let answers = futures_util::future::join_all(lookups).await;
+    if answers.iter().all(|(_, a)| a.is_err()) {
+        return BTreeMap::new();
+    }
+    answers
         .into_iter()
-        .flatten()
+        .filter_map(|(r, a)| match a {
+            Ok(Some(id)) => Some((r, id)),
+            Ok(None) => None,
+            Err(_) => Some((r, "?".to_string())),
+        })
         .collect()
 }
 

@@ -387,8 +387,10 @@ fn compose_files_build_the_same_images_as_the_toml() {
 #[test]
 fn killing_a_run_keeps_finished_targets_and_rebuilds_the_rest() {
     let r = project("");
-    // svc1 takes long enough to be killed while it runs.
-    write(&r.root.join("svc1/Dockerfile"), "ARG REPO\nARG TAG\nFROM ${REPO}/base:${TAG}\nCOPY app.txt /app.txt\nRUN sleep 20 && cat /base.txt /app.txt > /combined\n");
+    // svc1 takes long enough to be killed while it runs; the marker tells its RUN apart from
+    // any other `sleep` on the machine.
+    let marker = unique("killme");
+    write(&r.root.join("svc1/Dockerfile"), format!("ARG REPO\nARG TAG\nFROM ${{REPO}}/base:${{TAG}}\nCOPY app.txt /app.txt\nRUN sleep 20 && echo {marker} && cat /base.txt /app.txt > /combined\n"));
     let mut child = bk()
         .current_dir(&r.root)
         .args(["bake", "--progress", "plain", "-j", "1", "base", "svc1"])
@@ -398,7 +400,7 @@ fn killing_a_run_keeps_finished_targets_and_rebuilds_the_rest() {
     // Wait until svc1's RUN is executing (base has finished by then).
     let start = std::time::Instant::now();
     while !std::process::Command::new("pgrep")
-        .args(["-f", "sleep 20"])
+        .args(["-f", &marker])
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false)
