@@ -558,6 +558,11 @@ pub async fn plan(
                 format!("pull = true, and the registry gave no digest for {r}"),
             );
         }
+        if !t.pull {
+            if let Some(why) = alias_of_a_target(project, &facts[name].external) {
+                unsure.entry(name.clone()).or_insert(why);
+            }
+        }
         let mut fp = fp?.with_bases(bases);
         if let (true, Some(syntax)) = (t.pull, &facts[name].scan.syntax) {
             match resolved.get(syntax).filter(|d| d.starts_with("sha256:")) {
@@ -628,6 +633,32 @@ pub async fn plan(
         graph: gplan,
         targets,
     })
+}
+
+/// An external base that names a project target's tag under another registry name
+/// (`127.0.0.1:5000/x:1` for `localhost:5000/x:1`): not linked to that target, so a change to
+/// the target would go unnoticed. Such a target is built until the names agree.
+fn alias_of_a_target(project: &Project, external: &[String]) -> Option<String> {
+    use crate::registry::Reference;
+    let key = |r: &Reference| (r.repository.clone(), r.tag.clone());
+    for e in external {
+        let Ok(er) = Reference::parse(e) else {
+            continue;
+        };
+        for (dep, t) in &project.targets {
+            for tag in &t.tags {
+                let Ok(tr) = Reference::parse(tag) else {
+                    continue;
+                };
+                if key(&tr) == key(&er) && tr.registry != er.registry {
+                    return Some(format!(
+                        "its base {e} looks like target {dep}'s tag {tag} under another registry name, so it is not known to be built on {dep}; write the same name in both (or set pull = true)"
+                    ));
+                }
+            }
+        }
+    }
+    None
 }
 
 /// The Docker Engine behind `daemon`, whose image store `load` writes to, if that is it.

@@ -739,3 +739,38 @@ fn onbuild_in_a_base_target_counts_the_whole_context_of_what_builds_on_it() {
         "onb v2\n"
     );
 }
+
+#[test]
+fn a_base_named_by_another_spelling_of_a_target_tag_is_always_built() {
+    // 127.0.0.1:5000 and localhost:5000 are one registry here, two names to Docker: the app
+    // is not linked to the base target, so a change of the base would go unnoticed.
+    let repo = unique("alias");
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    write(
+        &p.join("bk-build.toml"),
+        format!(
+            "[target.base]\ncontext = \"base\"\ntags = [\"localhost:5000/{repo}/base:v1\"]\npush = true\n\n[target.app]\ncontext = \"app\"\ntags = [\"localhost:5000/{repo}/app:v1\"]\npush = true\ndepends_on = [\"base\"]\n"
+        ),
+    );
+    write(
+        &p.join("base/Dockerfile"),
+        format!("FROM {}\nCOPY b.txt /b.txt\n", base_image()),
+    );
+    write(&p.join("base/b.txt"), "b\n");
+    write(
+        &p.join("app/Dockerfile"),
+        format!("FROM 127.0.0.1:5000/{repo}/base:v1\nCOPY a.txt /a.txt\n"),
+    );
+    write(&p.join("app/a.txt"), "a\n");
+    let (out, _) = bake_in(p, &[], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let plan = plan_in(p, &[], &[]);
+    assert_eq!(plan["base"].0, "skip", "{}", plan["base"].1);
+    assert_eq!(plan["app"].0, "build", "{}", plan["app"].1);
+    assert!(
+        plan["app"].1.contains("under another registry name"),
+        "{}",
+        plan["app"].1
+    );
+}

@@ -293,10 +293,7 @@ impl StateStore {
         self.warnings
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(format!(
-                "ignoring build record {}: {why}; the target will be rebuilt",
-                path.display()
-            ));
+            .push(format!("ignoring build record {}: {why}", path.display()));
     }
 
     fn record_path(&self, target: &str) -> PathBuf {
