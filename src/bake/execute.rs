@@ -1,0 +1,497 @@
+//! Doing what a plan says: every skip and re-tag at once (registry and engine only), then the
+//! builds in dependency order, each pinned to the exact images its bases have; every result
+//! checked against its fingerprint and recorded (locally, and in the registry ledger) as soon as
+//! it is done.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+
+use super::deliver::home_repository;
+use super::plan::{engine_of, with_image_deps};
+use super::{
+    host_platform, terr, Action, BakeError, BakeOptions, BakePlan, TargetPlan, TargetResult,
+};
+use crate::build::{BuildResult, BuildSpec};
+use crate::fingerprint::{self, ContextRead, DaemonRead, StateStore, TargetRecord};
+use crate::graph::{self, Outcome, Via};
+use crate::options::{self, ContextSource, NamedContext, OutputDest};
+use crate::progress::{Progress, TargetOutcome};
+use crate::project::{Project, Target};
+use crate::transport::{Daemon, DockerHost};
+
+/// Turns a project target into a build spec, pinning bases built in this run by digest.
+fn build_spec(
+    project: &Project,
+    plan: &BakePlan,
+    name: &str,
+    digests: &BTreeMap<String, String>,
+) -> Result<BuildSpec, BakeError> {
+    let t = &project.targets[name];
+    let e = |m: String| terr(name, m);
+    let mut spec = BuildSpec {
+        name: name.to_string(),
+        context: t.context.clone(),
+        dockerfile: Some(t.dockerfile.clone()),
+        target: t.target.clone(),
+        build_args: t.args.clone(),
+        labels: t.labels.clone(),
+        platforms: t.platforms.clone(),
+        no_cache: t.no_cache,
+        pull: t.pull,
+        tags: t.tags.clone(),
+        push: t.push,
+        load: t.load,
+        // The fingerprint never includes bk-build's state; the daemon must not get it either.
+        never_send: vec![project.root.join(fingerprint::STATE_DIR_NAME)],
+        ..Default::default()
+    };
+    let pinned = |dep: &str| -> Result<String, BakeError> {
+        let dt = &project.targets[dep];
+        let tag = dt.tags.first().ok_or_else(|| {
+            e(format!(
+                "depends on `{dep}` as an image, but `{dep}` has no tags; give it tags and push = true (or load = true)"
+            ))
+        })?;
+        let digest = digests
+            .get(dep)
+            .ok_or_else(|| e(format!("no image digest recorded for `{dep}`")))?;
+        Ok(format!("{tag}@{digest}"))
+    };
+    for (k, v) in &t.contexts {
+        let source = match v {
+            ContextSource::Target(dep) => ContextSource::DockerImage(pinned(dep)?),
+            other => other.clone(),
+        };
+        // BuildKit looks named contexts up by the familiar form of the name.
+        spec.contexts.push(NamedContext {
+            name: graph::familiar(k),
+            source,
+        });
+    }
+    for edge in &plan.graph.deps[name] {
+        if let Via::BaseImage { context_key, .. } = &edge.via {
+            if !t
+                .contexts
+                .keys()
+                .any(|k| graph::familiar(k) == *context_key)
+            {
+                spec.contexts.push(NamedContext {
+                    name: context_key.clone(),
+                    source: ContextSource::DockerImage(pinned(&edge.dep)?),
+                });
+            }
+        }
+    }
+    for s in &t.outputs {
+        spec.outputs
+            .push(options::parse_output(s).map_err(|x| e(x.to_string()))?);
+    }
+    for s in &t.cache_from {
+        spec.cache_from
+            .extend(options::parse_cache_from(s).map_err(|x| e(x.to_string()))?);
+    }
+    for s in &t.cache_to {
+        spec.cache_to
+            .extend(options::parse_cache_to(s).map_err(|x| e(x.to_string()))?);
+    }
+    for s in &t.secrets {
+        spec.secrets
+            .push(options::parse_secret(s).map_err(|x| e(x.to_string()))?);
+    }
+    for s in &t.ssh {
+        spec.ssh
+            .push(options::parse_ssh(s).map_err(|x| e(x.to_string()))?);
+    }
+    Ok(spec)
+}
+
+/// Drops registry cache imports whose ref does not exist, so a list like "this commit,
+/// this branch, main" works without warnings (the seed flow's `docker manifest inspect`).
+async fn existing_cache_imports(spec: &mut BuildSpec) {
+    let mut kept = Vec::new();
+    for c in std::mem::take(&mut spec.cache_from) {
+        if c.kind == "registry" {
+            if let Some(r) = c.attrs.get("ref") {
+                if let Ok(None) = crate::registry::manifest_digest(r).await {
+                    continue;
+                }
+            }
+        }
+        kept.push(c);
+    }
+    spec.cache_from = kept;
+}
+
+/// A target that needed no build, after [`execute`]'s first phase.
+enum Reused {
+    Skipped,
+    Retagged,
+}
+
+/// What happened to one target in [`execute`].
+enum Done {
+    Skipped,
+    Retagged,
+    Built(Box<BuildResult>, Vec<String>),
+}
+
+/// Does what the plan says, at most `jobs` targets at a time: skips, re-tags (registry only,
+/// no daemon needed) and builds (`daemon` required). Skipped and re-tagged targets provide
+/// their digest to dependents. Each success is recorded in `state` (and, for pushed images,
+/// in the registry ledger) immediately.
+pub async fn execute(
+    daemon: Option<&Daemon>,
+    project: &Project,
+    plan: &BakePlan,
+    state: &StateStore,
+    jobs: usize,
+    progress: &Progress,
+    opts: &BakeOptions,
+) -> Vec<TargetResult> {
+    let digests: Arc<Mutex<BTreeMap<String, String>>> = Arc::new(Mutex::new(
+        plan.targets
+            .values()
+            .filter_map(|t| t.digest.clone().map(|d| (t.name.clone(), d)))
+            .collect(),
+    ));
+    let daemon_platform = tokio::sync::OnceCell::new();
+    let engine = daemon.and_then(engine_of);
+
+    // Skips and re-tags first, all at once: none of them waits for anything built in this
+    // run (a target whose base is rebuilt is always built itself), so dependency order only
+    // matters for builds.
+    let reuse = plan
+        .ordered()
+        .filter(|tp| tp.action != Action::Build)
+        .map(|tp| {
+            let engine = engine.clone();
+            async move {
+                let name = tp.name.clone();
+                let t = &project.targets[&name];
+                let r = if tp.action == Action::Skip {
+                    progress.note(Some(&name), &format!("skipped: {}", tp.reasons.join("; ")));
+                    if tp.in_ledger {
+                        // Found by content on this machine for the first time: remember it.
+                        record(state, progress, &name, tp, t);
+                    }
+                    Ok(Reused::Skipped)
+                } else {
+                    match retag(tp, engine.as_ref(), progress, &name).await {
+                        Ok(()) => {
+                            record(state, progress, &name, tp, t);
+                            if !tp.in_ledger && opts.ledger {
+                                let (key, digest) =
+                                    (tp.fingerprint.as_deref(), tp.digest.as_deref());
+                                write_ledger(t, key, digest, progress, &name).await;
+                            }
+                            Ok(Reused::Retagged)
+                        }
+                        Err(e) => Err(format!("re-tagging failed: {e}")),
+                    }
+                };
+                (name, r)
+            }
+        });
+    let first_phase: BTreeMap<String, Result<Reused, String>> = futures_util::stream::iter(reuse)
+        .buffer_unordered(jobs.max(16))
+        .collect()
+        .await;
+
+    let outcomes = graph::run(&plan.graph, jobs, |name: String| {
+        let digests = digests.clone();
+        let daemon_platform = &daemon_platform;
+        let first_phase = &first_phase;
+        async move {
+            let tp = &plan.targets[&name];
+            let t = &project.targets[&name];
+            match first_phase.get(&name) {
+                Some(Ok(Reused::Skipped)) => return Ok::<_, String>(Done::Skipped),
+                Some(Ok(Reused::Retagged)) => return Ok(Done::Retagged),
+                Some(Err(e)) => return Err(e.clone()),
+                None => {}
+            }
+            let Some(daemon) = daemon else {
+                return Err("no BuildKit daemon is reachable, and this target must be built".to_string());
+            };
+            let snapshot = digests.lock().map(|d| d.clone()).unwrap_or_default();
+            let mut spec =
+                build_spec(project, plan, &name, &snapshot).map_err(|e| e.to_string())?;
+            existing_cache_imports(&mut spec).await;
+            progress.note(Some(&name), &format!("building: {}", tp.reasons.join("; ")));
+            let r: BuildResult = crate::build::build(daemon, &spec, progress, Some(&name))
+                .await
+                .map_err(|e| e.to_string())?;
+            let digest = r.image_digest().map(str::to_string);
+            if let Some(d) = &digest {
+                if let Ok(mut m) = digests.lock() {
+                    m.insert(name.clone(), d.clone());
+                }
+            }
+            // The key of what was actually built: the bases exactly as pinned above.
+            let fp = tp.content.as_ref().and_then(|c| {
+                with_image_deps(c, &tp.image_deps, |d| snapshot.get(d).cloned())
+            });
+            let Some(fp) = fp else {
+                progress.note(Some(&name), "warning: not recorded (a base's digest is unknown)");
+                return Ok(Done::Built(Box::new(r), Vec::new()));
+            };
+            let dockerfile = spec.dockerfile.clone().unwrap_or_else(|| spec.context.join("Dockerfile"));
+            let reads = daemon_reads(&spec, &r);
+            let mut uncovered = fp.uncovered(&reads, &dockerfile);
+            let read_more = !uncovered.is_empty();
+            // The files as they are now must still be the ones planned with: an edit during
+            // the build may have reached the daemon.
+            if let (Some(input), Some(content)) = (&tp.input, &tp.content) {
+                match tokio::task::block_in_place(|| {
+                    fingerprint::recheck(input, content, state.stat_cache())
+                }) {
+                    Ok(why) if why.is_empty() => {}
+                    Ok(why) => uncovered.push(format!(
+                        "its inputs changed while it was being built ({})",
+                        why.join("; ")
+                    )),
+                    Err(e) => uncovered.push(format!("cannot read its inputs again: {e}")),
+                }
+            }
+            if t.platforms.is_empty() {
+                let built_for = daemon_platform
+                    .get_or_init(|| async {
+                        crate::client::workers(daemon)
+                            .await
+                            .ok()
+                            .and_then(|w| w.into_iter().next())
+                            .and_then(|w| w.platforms.into_iter().next())
+                    })
+                    .await;
+                if let Some(p) = built_for.as_deref().filter(|p| !same_platform(p, &host_platform())) {
+                    // The key says "this machine's platform"; the image is another one.
+                    uncovered.push(format!(
+                        "the daemon builds for {p}, not {} (set platforms = [\"{p}\"] to reuse results)",
+                        host_platform()
+                    ));
+                }
+            }
+            // What each written output looks like now, so that a later change to it (a
+            // `rm -rf dist/*`, an edited file) is noticed.
+            let output_witness = t
+                .outputs
+                .iter()
+                .filter_map(|o| {
+                    let spec = options::parse_output(o).ok()?;
+                    let Some(OutputDest::Path(p)) = spec.dest else {
+                        return None;
+                    };
+                    Some((o.clone(), crate::fs::output_witness(&p).ok()??))
+                })
+                .collect();
+            let rec = TargetRecord {
+                key: fp.key.clone(),
+                image_digest: digest.clone(),
+                tags: spec.tags.clone(),
+                outputs: t.outputs.clone(),
+                output_witness,
+                finished_unix: now_unix(),
+                uncovered: uncovered.clone(),
+                daemon_reads: reads,
+                whole_context: read_more
+                    || tp.input.as_ref().is_some_and(|i| i.context_read == ContextRead::Whole),
+                local_bases: tp.local_bases.clone(),
+            };
+            if let Err(e) = state.record(&name, &rec, &fp.manifest) {
+                progress.note(Some(&name), &format!("warning: could not record state: {e}"));
+            }
+            if uncovered.is_empty() && opts.ledger {
+                write_ledger(t, Some(&fp.key), digest.as_deref(), progress, &name).await;
+            }
+            Ok(Done::Built(Box::new(r), uncovered))
+        }
+    })
+    .await;
+
+    plan.graph
+        .order
+        .iter()
+        .map(|name| {
+            let tp = &plan.targets[name];
+            let none = |outcome, error: Option<String>| TargetResult {
+                name: name.clone(),
+                outcome,
+                duration: None,
+                bytes_sent: None,
+                digest: None,
+                error,
+                metadata: None,
+                warnings: Vec::new(),
+            };
+            match outcomes.get(name) {
+                Some(Outcome::Succeeded(Done::Built(r, uncovered))) => {
+                    let mut metadata = r.metadata_json();
+                    if let (Some(m), false) = (metadata.as_object_mut(), uncovered.is_empty()) {
+                        m.insert("bk-build.uncovered".into(), serde_json::json!(uncovered));
+                    }
+                    TargetResult {
+                        name: name.clone(),
+                        outcome: TargetOutcome::Built,
+                        duration: Some(r.duration),
+                        bytes_sent: Some(r.bytes_sent()),
+                        digest: r.image_digest().map(str::to_string),
+                        error: None,
+                        metadata: Some(metadata),
+                        warnings: if uncovered.is_empty() {
+                            Vec::new()
+                        } else {
+                            vec![format!(
+                                "this result will not be reused, and the next run builds it again: {}. (If no file was edited during the build, this is a bk-build bug: please report it.)",
+                                uncovered.join("; ")
+                            )]
+                        },
+                    }
+                }
+                Some(Outcome::Succeeded(Done::Skipped)) => reused(tp, TargetOutcome::Skipped),
+                Some(Outcome::Succeeded(Done::Retagged)) => reused(tp, TargetOutcome::Retagged),
+                Some(Outcome::Failed(e)) => none(TargetOutcome::Failed, Some(e.clone())),
+                Some(Outcome::NotStarted { because }) => none(
+                    TargetOutcome::NotStarted,
+                    Some(format!("not started: {because} failed")),
+                ),
+                None => none(TargetOutcome::NotStarted, Some("not started".into())),
+            }
+        })
+        .collect()
+}
+
+/// A skipped or re-tagged target's row: the digest it already had.
+fn reused(tp: &TargetPlan, outcome: TargetOutcome) -> TargetResult {
+    TargetResult {
+        name: tp.name.clone(),
+        outcome,
+        duration: None,
+        bytes_sent: Some(0),
+        digest: tp.digest.clone(),
+        error: None,
+        metadata: Some(serde_json::json!({
+            "containerimage.digest": tp.digest,
+            "bk-build.action": tp.action.as_str(),
+            "bk-build.skipped": true,
+        })),
+        warnings: Vec::new(),
+    }
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `linux/arm64` and `linux/arm64/v8` name the same platform.
+fn same_platform(a: &str, b: &str) -> bool {
+    let norm = |p: &str| p.trim_end_matches("/v8").to_string();
+    norm(a) == norm(b)
+}
+
+/// The file-sync requests of a finished build, by the fingerprint section they concern.
+fn daemon_reads(spec: &BuildSpec, r: &BuildResult) -> Vec<DaemonRead> {
+    let mut by_local: BTreeMap<String, Option<String>> = BTreeMap::new();
+    by_local.insert("context".into(), Some(String::new()));
+    by_local.insert("dockerfile".into(), None);
+    for nc in &spec.contexts {
+        if matches!(nc.source, ContextSource::Local(_)) {
+            by_local.insert(crate::build::local_name(&nc.name), Some(nc.name.clone()));
+        }
+    }
+    let mut out = Vec::new();
+    for (local, report) in &r.sync {
+        for req in &report.requests {
+            out.push(DaemonRead {
+                local_name: local.clone(),
+                section: by_local.get(local).cloned().unwrap_or(Some(local.clone())),
+                include_patterns: req.include_patterns.clone(),
+                exclude_patterns: req.exclude_patterns.clone(),
+                follow_paths: req.follow_paths.clone(),
+                stat_digest: req.stat_digest.clone(),
+            });
+        }
+    }
+    out
+}
+
+/// Copies the image to the tags the plan says are missing.
+async fn retag(
+    tp: &TargetPlan,
+    engine: Option<&DockerHost>,
+    progress: &Progress,
+    name: &str,
+) -> Result<(), String> {
+    for tag in &tp.retag_registry {
+        let from = tp
+            .retag_from
+            .as_deref()
+            .ok_or_else(|| "nothing to copy the image from".to_string())?;
+        crate::registry::tag_existing(from, tag)
+            .await
+            .map_err(|e| e.to_string())?;
+        progress.note(Some(name), &format!("tagged {tag} (from {from})"));
+    }
+    if !tp.retag_engine.is_empty() {
+        let (Some(host), Some(digest)) = (engine, tp.digest.as_deref()) else {
+            return Err("the Docker Engine is not reachable to tag the image in".into());
+        };
+        for tag in &tp.retag_engine {
+            crate::transport::docker_tag_image(host, digest, tag).await?;
+            progress.note(Some(name), &format!("tagged {tag} in the Docker Engine"));
+        }
+    }
+    Ok(())
+}
+
+/// Records a reused result in the local state, so the next run decides without the registry.
+fn record(state: &StateStore, progress: &Progress, name: &str, tp: &TargetPlan, t: &Target) {
+    let Some(full) = &tp.full else {
+        return;
+    };
+    let rec = TargetRecord {
+        key: full.key.clone(),
+        image_digest: tp.digest.clone(),
+        tags: t.tags.clone(),
+        // Outputs are only reused when recorded by a build that wrote them.
+        outputs: Vec::new(),
+        output_witness: BTreeMap::new(),
+        finished_unix: now_unix(),
+        uncovered: Vec::new(),
+        daemon_reads: Vec::new(),
+        whole_context: tp
+            .input
+            .as_ref()
+            .is_some_and(|i| i.context_read == ContextRead::Whole),
+        local_bases: tp.local_bases.clone(),
+    };
+    if let Err(e) = state.record(name, &rec, &full.manifest) {
+        progress.note(Some(name), &format!("warning: could not record state: {e}"));
+    }
+}
+
+/// Writes the ledger entry `<repository>:bk-build-<key>` → the pushed image. Failures only
+/// warn: a missing entry means a later fresh runner builds instead of re-tagging.
+async fn write_ledger(
+    t: &Target,
+    key: Option<&str>,
+    digest: Option<&str>,
+    progress: &Progress,
+    name: &str,
+) {
+    let (Some(home), Some(key), Some(digest)) = (home_repository(t), key, digest) else {
+        return;
+    };
+    let entry = format!("{home}:{}", fingerprint::ledger_tag(key));
+    if let Err(e) = crate::registry::tag_existing(&format!("{home}@{digest}"), &entry).await {
+        progress.note(
+            Some(name),
+            &format!("warning: could not record the result in the registry ledger ({entry}): {e}"),
+        );
+    }
+}

@@ -1,0 +1,194 @@
+//! Running a project: decide per target whether to build, re-tag or skip it (graph +
+//! fingerprints + what the local state and the registry already hold), then do it with
+//! bounded parallelism, each dependent on the exact image its base produced, recording every
+//! success as soon as it happens.
+//!
+//! The decision ("the skip rule") lives here. A target's key covers its content inputs only
+//! (files, Dockerfile, visible args, bases by digest, …; see [`crate::fingerprint`]). A result
+//! for that key is known from the local state or from the **registry ledger**: after a push,
+//! the image is also tagged `<repository>:bk-build-<key>` ([`fingerprint::ledger_tag`]), so a
+//! fresh CI runner can find it by content. With a known result, the wanted tags and outputs
+//! are checked: all present → `skip`; only tags missing → `retag` (a manifest copy, no layer
+//! upload, no daemon); anything else → `build`. Whatever is uncertain leads to `build`.
+//!
+//! This is the orchestration layer: it joins [`crate::project`], [`crate::graph`],
+//! [`crate::fingerprint`], [`crate::build`], [`crate::registry`] and [`crate::progress`]. It
+//! does not parse files, walk directories or speak the protocol itself.
+//!
+//! - [`plan`](plan()): inputs, fingerprints and the decision per target;
+//! - `deliver`: where a known result must be (tags, engine images, outputs), checked;
+//! - [`execute`]: skips and re-tags, then builds in dependency order, recording each result.
+
+mod deliver;
+mod execute;
+mod plan;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use crate::fingerprint::{self, Fingerprint, FingerprintInput};
+use crate::graph;
+use crate::progress::{SummaryRow, TargetOutcome};
+use crate::transport::DockerHost;
+
+pub use execute::execute;
+pub use plan::plan;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BakeError {
+    #[error(transparent)]
+    Graph(#[from] graph::GraphError),
+    #[error(transparent)]
+    Fingerprint(#[from] fingerprint::FingerprintError),
+    #[error(transparent)]
+    State(#[from] fingerprint::StateError),
+    #[error("target `{target}`: {message}")]
+    Target { target: String, message: String },
+}
+
+fn terr(target: &str, message: impl Into<String>) -> BakeError {
+    BakeError::Target {
+        target: target.to_string(),
+        message: message.into(),
+    }
+}
+
+/// How a run decides.
+#[derive(Debug, Clone, Default)]
+pub struct BakeOptions {
+    /// Build these targets whatever their state (`bake --force`), and record the result.
+    pub force: BTreeSet<String>,
+    /// Look results up in, and record them to, the registry ledger (default on).
+    pub ledger: bool,
+    /// The Docker Engine that builds (if the builder is one): a `FROM` without `pull` uses
+    /// the image of that name in its store when there is one, so a result is reused only if
+    /// it was built from that same image.
+    pub engine_images: Option<DockerHost>,
+}
+
+/// What a run will do with one target, and why.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TargetPlan {
+    pub name: String,
+    pub action: Action,
+    pub reasons: Vec<String>,
+    /// The key of the target's inputs; `None` while a base it builds on must be built first
+    /// (the base's new digest is one of the inputs).
+    pub fingerprint: Option<String>,
+    /// The image digest a skipped or re-tagged target has.
+    pub digest: Option<String>,
+    /// Tags a `retag` adds (registry tags, then Docker Engine tags).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub retag: Vec<String>,
+    #[serde(skip)]
+    retag_registry: Vec<String>,
+    #[serde(skip)]
+    retag_engine: Vec<String>,
+    /// A registry reference holding `digest`, to copy re-tagged manifests from.
+    #[serde(skip)]
+    retag_from: Option<String>,
+    /// The result is already in the registry ledger (no need to write it again).
+    #[serde(skip)]
+    in_ledger: bool,
+    /// Content fingerprint without the digests of project bases (added once known).
+    #[serde(skip)]
+    content: Option<Fingerprint>,
+    /// What `content` was computed from, to check it again after a build.
+    #[serde(skip)]
+    input: Option<FingerprintInput>,
+    /// External bases the building engine has its own image of: reference → image ID.
+    #[serde(skip)]
+    local_bases: BTreeMap<String, String>,
+    /// The whole fingerprint, when every base's digest is known at planning time.
+    #[serde(skip)]
+    full: Option<Fingerprint>,
+    /// Project targets whose images this one builds on (they pin it by digest).
+    #[serde(skip)]
+    image_deps: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Build,
+    Retag,
+    Skip,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Build => "build",
+            Action::Retag => "retag",
+            Action::Skip => "skip",
+        }
+    }
+}
+
+/// The decisions for one run, in build order.
+#[derive(Debug, Clone)]
+pub struct BakePlan {
+    pub graph: graph::Plan,
+    pub targets: BTreeMap<String, TargetPlan>,
+}
+
+impl BakePlan {
+    pub fn ordered(&self) -> impl Iterator<Item = &TargetPlan> {
+        self.graph.order.iter().filter_map(|n| self.targets.get(n))
+    }
+}
+
+/// The platform an unset `platforms` means in keys: this machine's, in BuildKit's spelling.
+/// A daemon that builds for another one is noticed after the build, and its result is not
+/// reused (see [`execute`]).
+pub fn host_platform() -> String {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
+        "loongarch64" => "loong64",
+        other => other,
+    };
+    format!("linux/{arch}")
+}
+
+/// The result of one target in a run.
+#[derive(Debug, Clone)]
+pub struct TargetResult {
+    pub name: String,
+    pub outcome: TargetOutcome,
+    pub duration: Option<Duration>,
+    pub bytes_sent: Option<u64>,
+    pub digest: Option<String>,
+    pub error: Option<String>,
+    pub metadata: Option<serde_json::Value>,
+    /// Things the user must see whatever the progress mode (a result that will not be
+    /// reused, and why).
+    pub warnings: Vec<String>,
+}
+
+/// Rows for the end-of-run table.
+pub fn summary_rows(results: &[TargetResult]) -> Vec<SummaryRow> {
+    results
+        .iter()
+        .map(|r| SummaryRow {
+            target: r.name.clone(),
+            outcome: r.outcome,
+            duration: r.duration,
+            bytes_sent: r.bytes_sent,
+            digest: r.digest.clone(),
+        })
+        .collect()
+}
+
+/// `--metadata-file` for a bake run: one object per target, like `docker buildx bake`.
+pub fn metadata_json(results: &[TargetResult]) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    for r in results {
+        if let Some(v) = &r.metadata {
+            m.insert(r.name.clone(), v.clone());
+        }
+    }
+    serde_json::Value::Object(m)
+}

@@ -1,0 +1,766 @@
+//! Planning: each target's inputs and fingerprint, then the decision (build, re-tag or skip)
+//! from what the local state and the registry ledger know, in dependency order.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::deliver::{check_delivery, home_repository, pushed_tag_digests, Delivery};
+use super::{host_platform, terr, Action, BakeError, BakeOptions, BakePlan, TargetPlan};
+use crate::fingerprint::{
+    self, ContextRead, Fingerprint, FingerprintInput, StateStore, TargetRecord,
+};
+use crate::graph::{self, Via};
+use crate::options::{self, ContextSource};
+use crate::project::{Project, Target};
+use crate::transport::{Daemon, DaemonKind, DockerHost};
+
+fn scan(t: &Target) -> Result<graph::DockerfileScan, BakeError> {
+    let text = std::fs::read_to_string(&t.dockerfile).map_err(|e| {
+        terr(
+            &t.name,
+            format!("cannot read Dockerfile {}: {e}", t.dockerfile.display()),
+        )
+    })?;
+    let named: BTreeSet<String> = t.contexts.keys().cloned().collect();
+    Ok(graph::scan_dockerfile(
+        &text,
+        &graph::ScanOptions {
+            args: &t.args,
+            target: t.target.as_deref(),
+            named_contexts: &named,
+        },
+    ))
+}
+
+/// Exporter attributes that shape the produced artifact (compression, media types, …); the
+/// destination, image names and push flag only say where it goes.
+fn artifact_outputs(t: &Target) -> Vec<String> {
+    t.outputs
+        .iter()
+        .map(|o| match options::parse_output(o) {
+            Ok(spec) => {
+                let mut parts = vec![format!("type={}", spec.kind.as_str())];
+                for (k, v) in &spec.attrs {
+                    if !matches!(k.as_str(), "name" | "push" | "dest") {
+                        parts.push(format!("{k}={v}"));
+                    }
+                }
+                parts.join(",")
+            }
+            Err(_) => o.clone(),
+        })
+        .collect()
+}
+
+/// Everything that decides a target's result besides files, args and bases.
+fn extra_inputs(t: &Target, scan: &graph::DockerfileScan) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    // Which named contexts the build reads, by what they are rather than by the name the
+    // Dockerfile gives them (`"${REPO}/base:${TAG}" = "target:base"` keeps its meaning when
+    // TAG changes).
+    let mut used: Vec<String> = t
+        .contexts
+        .iter()
+        .filter(|(k, _)| scan.used_contexts.contains(&graph::familiar(k)))
+        .map(|(k, v)| match v {
+            ContextSource::Local(_) => format!("local {k}"),
+            other => crate::project::context_source_string(other),
+        })
+        .collect();
+    used.sort();
+    if !used.is_empty() {
+        m.insert("contexts used".into(), used.join(", "));
+    }
+    for (k, v) in &t.labels {
+        m.insert(format!("label:{k}"), v.clone());
+    }
+    for (i, o) in artifact_outputs(t).into_iter().enumerate() {
+        m.insert(format!("output:{i}"), o);
+    }
+    for (k, v) in &t.contexts {
+        match v {
+            // Hashed as files, or added as the base's digest.
+            ContextSource::Local(_) | ContextSource::Target(_) => {}
+            other => {
+                m.insert(
+                    format!("context:{k}"),
+                    crate::project::context_source_string(other),
+                );
+            }
+        }
+    }
+    m
+}
+
+/// Why a target must be built whatever its inputs look like, if it must.
+fn always_build(t: &Target, forced: bool, scan: &graph::DockerfileScan) -> Option<String> {
+    if forced {
+        return Some("forced (--force)".into());
+    }
+    if t.no_cache {
+        return Some("no_cache is set".into());
+    }
+    if !scan.certain {
+        return Some(format!(
+            "{} has a FROM line whose stage could not be read with certainty (a heredoc or continuation?); it is always built",
+            t.dockerfile.display()
+        ));
+    }
+    if let Some(url) = scan.remote_sources.first() {
+        return Some(format!(
+            "ADD {url} is fetched by the daemon; without --checksum its content is not known before building"
+        ));
+    }
+    for (k, v) in &t.contexts {
+        match v {
+            ContextSource::Remote(u) => {
+                return Some(format!(
+                    "context {k} ({u}) is fetched by the daemon; its content is not known before building"
+                ))
+            }
+            ContextSource::OciLayout(p) => {
+                return Some(format!(
+                    "context {k} (oci-layout://{p}) is not fingerprinted"
+                ))
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Per-target facts gathered before deciding.
+struct Facts {
+    scan: graph::DockerfileScan,
+    /// External images (not project targets) this build reads, as referenced.
+    external: Vec<String>,
+}
+
+/// Computes fingerprints and build/retag/skip decisions for `names` (empty: the default
+/// group). `daemon` is only used to check images loaded into a Docker Engine.
+pub async fn plan(
+    project: &Project,
+    names: &[String],
+    state: &StateStore,
+    daemon: Option<&Daemon>,
+    opts: &BakeOptions,
+) -> Result<BakePlan, BakeError> {
+    let gplan = graph::plan(project, names)?;
+    let mut facts: BTreeMap<String, Facts> = BTreeMap::new();
+    let mut to_resolve = BTreeSet::new();
+    let mut to_find_locally = BTreeSet::new();
+    for name in &gplan.order {
+        let t = &project.targets[name];
+        let s = scan(t)?;
+        let built_here: BTreeSet<&str> = gplan.deps[name]
+            .iter()
+            .filter_map(|e| match &e.via {
+                Via::BaseImage { reference, .. } => Some(reference.as_str()),
+                _ => None,
+            })
+            .collect();
+        let mut external: Vec<String> = s
+            .base_refs
+            .iter()
+            .filter(|r| !built_here.contains(r.as_str()))
+            .cloned()
+            .collect();
+        for v in t.contexts.values() {
+            if let ContextSource::DockerImage(r) = v {
+                external.push(r.clone());
+            }
+        }
+        if t.pull {
+            to_resolve.extend(external.iter().cloned());
+            if let Some(syntax) = &s.syntax {
+                to_resolve.insert(syntax.clone());
+            }
+        } else {
+            to_find_locally.extend(external.iter().cloned());
+        }
+        facts.insert(name.clone(), Facts { scan: s, external });
+    }
+    crate::timing::mark("dockerfiles scanned");
+
+    // What other processes must answer runs while the files are walked: the registry digests
+    // of pulled bases, and whether each recorded result is still delivered. Checking a target
+    // whose inputs turn out to have changed wastes a cheap request; waiting for the walk
+    // first would add the registry's answer time to every no-op run.
+    let resolving = tokio::spawn(resolve_digests(to_resolve));
+    let finding = tokio::spawn(local_images(opts.engine_images.clone(), to_find_locally));
+    let engine = daemon.and_then(engine_of);
+    let prechecks: Vec<_> = gplan
+        .order
+        .iter()
+        .filter_map(|name| {
+            let prev = state.get(name).filter(|r| r.uncovered.is_empty())?;
+            let (t, engine) = (project.targets[name].clone(), engine.clone());
+            let name = name.clone();
+            Some(async move {
+                let d = check_delivery(
+                    &t,
+                    prev.image_digest.as_deref(),
+                    &prev.output_witness,
+                    engine.as_ref(),
+                    None,
+                )
+                .await;
+                (name, (prev.image_digest, d))
+            })
+        })
+        .collect();
+    let prechecking = tokio::spawn(futures_util::future::join_all(prechecks));
+
+    let inputs: Vec<FingerprintInput> = gplan
+        .order
+        .iter()
+        .map(|name| fingerprint_input(project, &gplan, &facts, state, name))
+        .collect();
+    let walked =
+        tokio::task::block_in_place(|| fingerprint::compute_many(&inputs, state.stat_cache()));
+    let mut inputs: BTreeMap<String, FingerprintInput> =
+        gplan.order.iter().cloned().zip(inputs).collect();
+    crate::timing::mark("files walked");
+    // A lookup task only fails by panicking; treat its answers as unknown rather than fail.
+    let resolved = resolving.await.unwrap_or_default();
+    let local = finding.await.unwrap_or_default();
+    let prechecked: BTreeMap<String, (Option<String>, Delivery)> = prechecking
+        .await
+        .map(|v| v.into_iter().collect())
+        .unwrap_or_default();
+
+    let mut content: BTreeMap<String, Fingerprint> = BTreeMap::new();
+    // Pulled bases the registry could not name a digest for: such a target is built, since
+    // what it would build on is unknown.
+    let mut unsure: BTreeMap<String, String> = BTreeMap::new();
+    // External bases (without pull) the building engine has images of: the engine builds
+    // from those, so a result is reused only if it was built from the same ones.
+    let mut local_bases: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for (name, fp) in gplan.order.iter().zip(walked) {
+        let t = &project.targets[name];
+        let bases: Vec<(String, String)> = facts[name]
+            .external
+            .iter()
+            .map(|r| {
+                // Without pull the reference counts (see `local_bases` for the engine's own
+                // images): keys stay the same on every machine, so the ledger works.
+                let pinned = if t.pull {
+                    resolved.get(r).cloned().unwrap_or_default()
+                } else {
+                    String::new()
+                };
+                (r.clone(), pinned)
+            })
+            .collect();
+        if let Some((r, _)) = bases
+            .iter()
+            .find(|(_, d)| t.pull && !d.starts_with("sha256:"))
+        {
+            unsure.insert(
+                name.clone(),
+                format!("pull = true, and the registry gave no digest for {r}"),
+            );
+        }
+        if !t.pull {
+            if let Some(why) = alias_of_a_target(project, &facts[name].external) {
+                unsure.entry(name.clone()).or_insert(why);
+            }
+        }
+        let mut fp = fp?.with_bases(bases);
+        if let (true, Some(syntax)) = (t.pull, &facts[name].scan.syntax) {
+            match resolved.get(syntax).filter(|d| d.starts_with("sha256:")) {
+                Some(d) => fp = fp.with_bases([("syntax".to_string(), d.clone())]),
+                None => {
+                    unsure.entry(name.clone()).or_insert_with(|| {
+                        format!("pull = true, and the registry gave no digest for the frontend {syntax}")
+                    });
+                }
+            }
+        }
+        content.insert(name.clone(), fp);
+        if !t.pull {
+            let mine: BTreeMap<String, String> = facts[name]
+                .external
+                .iter()
+                .filter_map(|r| local.get(r).map(|id| (r.clone(), id.clone())))
+                .collect();
+            if !mine.is_empty() {
+                local_bases.insert(name.clone(), mine);
+            }
+        }
+    }
+    crate::timing::mark("fingerprints computed");
+
+    // Decide in dependency waves: a target's key needs its bases' digests.
+    let ctx = DecideCtx {
+        project,
+        gplan: &gplan,
+        state,
+        engine: engine.as_ref(),
+        opts,
+        unsure,
+        scans: facts.into_iter().map(|(k, f)| (k, f.scan)).collect(),
+        local_bases,
+    };
+    let mut targets: BTreeMap<String, TargetPlan> = BTreeMap::new();
+    let mut pending: Vec<String> = gplan.order.clone();
+    let mut prechecked = prechecked;
+    while !pending.is_empty() {
+        let (ready, rest): (Vec<String>, Vec<String>) = pending.into_iter().partition(|n| {
+            gplan
+                .dependencies(n)
+                .iter()
+                .all(|d| targets.contains_key(*d))
+        });
+        if ready.is_empty() {
+            return Err(terr(&rest.join(", "), "internal error: undecidable order"));
+        }
+        let decisions = ready.into_iter().map(|name| {
+            let fp = content.remove(&name);
+            let input = inputs.remove(&name);
+            let pre = prechecked.remove(&name);
+            let ctx = &ctx;
+            let decided = &targets;
+            async move { ctx.decide(&name, fp, input, pre, decided).await }
+        });
+        let done = futures_util::future::join_all(decisions).await;
+        for tp in done {
+            targets.insert(tp.name.clone(), tp);
+        }
+        pending = rest;
+    }
+    crate::timing::mark("decided");
+    state.save_stat_cache()?;
+    crate::timing::mark("stat cache saved");
+    Ok(BakePlan {
+        graph: gplan,
+        targets,
+    })
+}
+
+/// An external base that names a project target's tag under another registry name
+/// (`127.0.0.1:5000/x:1` for `localhost:5000/x:1`): not linked to that target, so a change to
+/// the target would go unnoticed. Such a target is built until the names agree.
+fn alias_of_a_target(project: &Project, external: &[String]) -> Option<String> {
+    use crate::registry::Reference;
+    let key = |r: &Reference| (r.repository.clone(), r.tag.clone());
+    for e in external {
+        let Ok(er) = Reference::parse(e) else {
+            continue;
+        };
+        for (dep, t) in &project.targets {
+            for tag in &t.tags {
+                let Ok(tr) = Reference::parse(tag) else {
+                    continue;
+                };
+                if key(&tr) == key(&er) && tr.registry != er.registry {
+                    return Some(format!(
+                        "its base {e} looks like target {dep}'s tag {tag} under another registry name, so it is not known to be built on {dep}; write the same name in both (or set pull = true)"
+                    ));
+                }
+            }
+        }
+    }
+    None
+}
+
+/// The Docker Engine behind `daemon`, whose image store `load` writes to, if that is it.
+pub(super) fn engine_of(daemon: &Daemon) -> Option<DockerHost> {
+    match (&daemon.kind, &daemon.address) {
+        (DaemonKind::DockerEngine { .. }, crate::transport::Address::Docker(host)) => {
+            Some(host.clone())
+        }
+        _ => None,
+    }
+}
+
+/// The image IDs the engine's store has for `refs`; absent ones are left out (BuildKit then
+/// resolves them in the registry). One the engine could not answer for is `?`, which matches
+/// nothing, so the target is built; an engine that answers none at all is taken as absent (no
+/// daemon this run: nothing is built from its store either).
+async fn local_images(
+    engine: Option<DockerHost>,
+    refs: BTreeSet<String>,
+) -> BTreeMap<String, String> {
+    let Some(engine) = engine else {
+        return BTreeMap::new();
+    };
+    let engine = &engine;
+    let lookups = refs.into_iter().map(|r| async move {
+        (
+            r.clone(),
+            crate::transport::docker_image_id(engine, &r).await,
+        )
+    });
+    let answers = futures_util::future::join_all(lookups).await;
+    if answers.iter().all(|(_, a)| a.is_err()) {
+        return BTreeMap::new();
+    }
+    answers
+        .into_iter()
+        .filter_map(|(r, a)| match a {
+            Ok(Some(id)) => Some((r, id)),
+            Ok(None) => None,
+            Err(_) => Some((r, "?".to_string())),
+        })
+        .collect()
+}
+
+async fn resolve_digests(refs: BTreeSet<String>) -> BTreeMap<String, String> {
+    let lookups = refs.into_iter().map(|r| async move {
+        let d = match crate::registry::manifest_digest(&r).await {
+            Ok(Some(d)) => d,
+            Ok(None) => "missing".to_string(),
+            Err(_) => "unresolved".to_string(),
+        };
+        (r, d)
+    });
+    futures_util::future::join_all(lookups)
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// Project targets whose images `name` builds on (not mere `depends_on` ordering).
+fn image_deps(gplan: &graph::Plan, name: &str) -> Vec<String> {
+    let set: BTreeSet<String> = gplan.deps[name]
+        .iter()
+        .filter(|e| !matches!(e.via, Via::DependsOn))
+        .map(|e| e.dep.clone())
+        .collect();
+    set.into_iter().collect()
+}
+
+fn fingerprint_input(
+    project: &Project,
+    gplan: &graph::Plan,
+    facts: &BTreeMap<String, Facts>,
+    state: &StateStore,
+    name: &str,
+) -> FingerprintInput {
+    let t = &project.targets[name];
+    let scan = &facts[name].scan;
+    // A base with ONBUILD triggers runs instructions this scan cannot see.
+    let onbuild_base = image_deps(gplan, name)
+        .iter()
+        .any(|d| facts.get(d).is_some_and(|f| f.scan.has_onbuild));
+    let args = t
+        .args
+        .iter()
+        .filter(|(k, _)| onbuild_base || !scan.hidden_args.contains(*k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    FingerprintInput {
+        target: name.to_string(),
+        project_dir: project.root.clone(),
+        context_dir: t.context.clone(),
+        dockerfile: t.dockerfile.clone(),
+        // A base's ONBUILD instructions, or what the daemon read last time, can reach past
+        // the paths this Dockerfile names.
+        context_read: if onbuild_base || state.get(name).is_some_and(|r| r.whole_context) {
+            ContextRead::Whole
+        } else {
+            ContextRead::from_sources(scan.copy_sources.as_deref())
+        },
+        named_contexts: t
+            .contexts
+            .iter()
+            .filter_map(|(k, v)| match v {
+                ContextSource::Local(p) => Some((k.clone(), p.clone())),
+                _ => None,
+            })
+            .collect(),
+        args,
+        target_stage: t.target.clone(),
+        platforms: if t.platforms.is_empty() {
+            vec![host_platform()]
+        } else {
+            t.platforms.clone()
+        },
+        // Added once known, so walks need not wait for them.
+        bases: Vec::new(),
+        extra: extra_inputs(t, scan),
+    }
+}
+
+/// Adds the digests of the project targets `name` builds on; `None` if one is not known
+/// (it is built in this run, or produced no image).
+pub(super) fn with_image_deps(
+    content: &Fingerprint,
+    deps: &[String],
+    digest_of: impl Fn(&str) -> Option<String>,
+) -> Option<Fingerprint> {
+    let mut bases = Vec::with_capacity(deps.len());
+    for d in deps {
+        bases.push((format!("target:{d}"), digest_of(d)?));
+    }
+    Some(content.clone().with_bases(bases))
+}
+
+struct DecideCtx<'a> {
+    project: &'a Project,
+    gplan: &'a graph::Plan,
+    state: &'a StateStore,
+    engine: Option<&'a DockerHost>,
+    opts: &'a BakeOptions,
+    /// Targets that are built because an input could not be known, and why.
+    unsure: BTreeMap<String, String>,
+    scans: BTreeMap<String, graph::DockerfileScan>,
+    /// Per target: external base → the building engine's image ID for it.
+    local_bases: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+impl DecideCtx<'_> {
+    async fn decide(
+        &self,
+        name: &str,
+        content: Option<Fingerprint>,
+        input: Option<FingerprintInput>,
+        prechecked: Option<(Option<String>, Delivery)>,
+        decided: &BTreeMap<String, TargetPlan>,
+    ) -> TargetPlan {
+        let t = &self.project.targets[name];
+        let deps = image_deps(self.gplan, name);
+        let mut tp = TargetPlan {
+            name: name.to_string(),
+            action: Action::Build,
+            reasons: Vec::new(),
+            fingerprint: None,
+            digest: None,
+            retag: Vec::new(),
+            retag_registry: Vec::new(),
+            retag_engine: Vec::new(),
+            retag_from: None,
+            in_ledger: false,
+            content,
+            input,
+            local_bases: self.local_bases.get(name).cloned().unwrap_or_default(),
+            full: None,
+            image_deps: deps.clone(),
+        };
+        let Some(content) = tp.content.clone() else {
+            tp.reasons.push("internal error: no fingerprint".into());
+            return tp;
+        };
+        let rebuilt: Vec<&str> = self
+            .gplan
+            .dependencies(name)
+            .into_iter()
+            .filter(|d| decided[*d].action == Action::Build)
+            .collect();
+        let fp = with_image_deps(&content, &deps, |d| decided[d].digest.clone());
+        tp.fingerprint = fp.as_ref().map(|f| f.key.clone());
+        tp.full = fp.clone();
+        if let Some(why) = always_build(t, self.opts.force.contains(name), &self.scans[name])
+            .or_else(|| self.unsure.get(name).cloned())
+        {
+            tp.reasons.push(why);
+            return tp;
+        }
+        if !rebuilt.is_empty() {
+            tp.reasons = rebuilt
+                .iter()
+                .map(|d| format!("base {d} rebuilt"))
+                .collect();
+            return tp;
+        }
+        let Some(fp) = fp else {
+            tp.reasons
+                .push("a base it builds on has no recorded image digest".into());
+            return tp;
+        };
+
+        // A known result for these inputs: the local record, else the registry ledger.
+        let prev = self.state.get(name);
+        let mut known: Option<(Option<String>, Delivery, String)> = None;
+        let engine_base_moved = prev.as_ref().and_then(|p| {
+            tp.local_bases
+                .iter()
+                .find(|(r, id)| p.local_bases.get(*r) != Some(*id))
+                .map(|(r, _)| format!("base {r} in the Docker Engine is another image"))
+        });
+        let mut ledger_said = None;
+        if let Some(p) = prev
+            .as_ref()
+            .filter(|p| p.key == fp.key && engine_base_moved.is_none())
+        {
+            if p.uncovered.is_empty() {
+                let delivery = match prechecked {
+                    Some((d, delivery)) if d == p.image_digest => delivery,
+                    _ => {
+                        check_delivery(
+                            t,
+                            p.image_digest.as_deref(),
+                            &p.output_witness,
+                            self.engine,
+                            None,
+                        )
+                        .await
+                    }
+                };
+                known = Some((p.image_digest.clone(), delivery, "unchanged".into()));
+            }
+        }
+        // A ledger entry was built from the registry's images (CI builds on fresh engines);
+        // an engine whose own copy of a base is another image would build something else.
+        let mut engine_differs = None;
+        for (r, id) in &tp.local_bases {
+            if crate::registry::manifest_digest(r)
+                .await
+                .ok()
+                .flatten()
+                .as_ref()
+                != Some(id)
+            {
+                engine_differs = Some(format!(
+                    "the Docker Engine's own {r} is not the registry's, so results built elsewhere do not apply"
+                ));
+                break;
+            }
+        }
+        let unknown = known
+            .as_ref()
+            .is_none_or(|(_, d, _)| !d.blockers.is_empty());
+        if unknown && self.opts.ledger && engine_differs.is_none() {
+            if let Some(home) = home_repository(t) {
+                let entry = format!("{home}:{}", fingerprint::ledger_tag(&fp.key));
+                // The wanted tags are asked at the same time: one round trip, not two.
+                let (found, pushed) = tokio::join!(
+                    crate::registry::manifest_digest(&entry),
+                    pushed_tag_digests(t)
+                );
+                match found {
+                    Ok(Some(d)) => {
+                        let delivery = check_delivery(
+                            t,
+                            Some(&d),
+                            &BTreeMap::new(),
+                            self.engine,
+                            Some(pushed),
+                        )
+                        .await;
+                        tp.in_ledger = true;
+                        tp.retag_from = Some(entry.clone());
+                        let shown = format!("{home}:{}…", &fingerprint::ledger_tag(&fp.key)[..25]);
+                        known = Some((Some(d), delivery, format!("found in registry as {shown}")));
+                    }
+                    Ok(None) => ledger_said = Some("not in the registry ledger".to_string()),
+                    Err(e) => {
+                        ledger_said = Some(format!("the registry ledger could not be read: {e}"))
+                    }
+                }
+            }
+        }
+        let Some((digest, delivery, found)) = known else {
+            tp.reasons = match (
+                &engine_base_moved,
+                prev.as_ref().filter(|p| p.key == fp.key),
+            ) {
+                (Some(why), Some(_)) => vec![why.clone()],
+                _ => self.why_build(name, prev.as_ref(), &fp),
+            };
+            tp.reasons.extend(engine_differs.or(ledger_said));
+            return tp;
+        };
+        if !delivery.blockers.is_empty() {
+            tp.reasons = delivery.blockers;
+            return tp;
+        }
+        // Tags to add: registry copies need a reference that holds the digest — a wanted tag
+        // that has it, else where it was pushed before (the old repository, when the
+        // repository changed), else the target's repository by digest.
+        if !delivery.registry_missing.is_empty() && tp.retag_from.is_none() {
+            tp.retag_from = delivery.registry_present.first().cloned();
+            if let (None, Some(d)) = (&tp.retag_from, &digest) {
+                // Manifests are copied within one registry only.
+                let registry = t
+                    .tags
+                    .first()
+                    .and_then(|tag| crate::registry::Reference::parse(tag).ok())
+                    .map(|r| r.registry);
+                let recorded = prev
+                    .iter()
+                    .filter(|p| p.image_digest.as_ref() == Some(d) && t.push)
+                    .flat_map(|p| p.tags.iter())
+                    .filter_map(|tag| crate::registry::Reference::parse(tag).ok())
+                    .filter(|r| Some(&r.registry) == registry.as_ref())
+                    .map(|r| format!("{}/{}@{d}", r.registry, r.repository));
+                let mut candidates: Vec<String> = home_repository(t)
+                    .map(|home| format!("{home}@{d}"))
+                    .into_iter()
+                    .chain(recorded)
+                    .collect();
+                candidates.dedup();
+                for c in candidates {
+                    if let Ok(Some(_)) = crate::registry::manifest_digest(&c).await {
+                        tp.retag_from = Some(c);
+                        break;
+                    }
+                }
+            }
+            if tp.retag_from.is_none() {
+                tp.reasons.push(format!(
+                    "image {} is no longer in the registry",
+                    digest.as_deref().unwrap_or("(unknown)")
+                ));
+                return tp;
+            }
+        }
+        if !delivery.engine_missing.is_empty() {
+            // Tagging inside the engine needs the image there; without it, build.
+            let present = match (self.engine, digest.as_deref()) {
+                (Some(host), Some(d)) => matches!(
+                    crate::transport::docker_image_id(host, d).await,
+                    Ok(Some(id)) if id == d
+                ),
+                _ => false,
+            };
+            if !present {
+                tp.reasons.push(format!(
+                    "image {} is not in the Docker Engine",
+                    delivery.engine_missing.join(", ")
+                ));
+                return tp;
+            }
+        }
+        tp.digest = digest;
+        tp.retag_registry = delivery.registry_missing;
+        tp.retag_engine = delivery.engine_missing;
+        tp.retag = tp
+            .retag_registry
+            .iter()
+            .chain(&tp.retag_engine)
+            .cloned()
+            .collect();
+        tp.action = if tp.retag.is_empty() {
+            Action::Skip
+        } else {
+            Action::Retag
+        };
+        tp.reasons.push(found);
+        if tp.action == Action::Retag {
+            tp.reasons.push(format!("adds {}", tp.retag.join(", ")));
+        }
+        tp
+    }
+
+    /// Why a target with no known result for its key must be built.
+    fn why_build(&self, name: &str, prev: Option<&TargetRecord>, fp: &Fingerprint) -> Vec<String> {
+        let mut r = Vec::new();
+        match prev {
+            None => r.push(fingerprint::NO_PREVIOUS_BUILD.to_string()),
+            Some(p) if !p.uncovered.is_empty() => r.push(format!(
+                "its last build read files its fingerprint did not cover ({})",
+                p.uncovered.join(", ")
+            )),
+            Some(p) if p.key == fp.key => {}
+            Some(_) => match self.state.manifest(name) {
+                Some(old) => r.extend(fingerprint::explain(&old, &fp.manifest)),
+                None => r.push("inputs changed".into()),
+            },
+        }
+        if r.is_empty() {
+            r.push("inputs changed".into());
+        }
+        r
+    }
+}
