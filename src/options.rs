@@ -1053,6 +1053,31 @@ pub fn parse_shm_size(s: &str) -> Result<u64, OptionError> {
     Ok(bytes as u64)
 }
 
+/// This machine's platform in BuildKit's spelling (`linux/amd64`): what an unset `platforms`
+/// means in fingerprints. A daemon that builds for another one is noticed after the build,
+/// and its result is not reused (`bake::execute`).
+pub fn host_platform() -> String {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
+        "loongarch64" => "loong64",
+        other => other,
+    };
+    format!("linux/{arch}")
+}
+
+/// The single platform a build with these `platforms` is for, if it is one: the only entry,
+/// or this machine's when none is given.
+pub fn single_platform(platforms: &[String]) -> Option<String> {
+    match platforms {
+        [] => Some(host_platform()),
+        [one] => Some(one.clone()),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -774,3 +774,145 @@ fn a_base_named_by_another_spelling_of_a_target_tag_is_always_built() {
         plan["app"].1
     );
 }
+
+#[test]
+fn a_global_arg_that_feeds_another_counts() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    local_project(
+        p,
+        &format!(
+            "ARG VERSION=1.0\nARG IMAGE_VERSION=v${{VERSION}}\nFROM {} AS b\nARG IMAGE_VERSION\nRUN echo \"$IMAGE_VERSION\" > /version\nFROM scratch\nCOPY --from=b /version /version\n",
+            base_image()
+        ),
+        "VERSION = \"${VERSION}\"",
+    );
+    let (out, _) = bake_in(p, &[("VERSION", "1.0")], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (action, why) = plan_in(p, &[("VERSION", "2.0")], &[])["t"].clone();
+    assert_eq!(action, "build", "{why}");
+    let (out, _) = bake_in(p, &[("VERSION", "2.0")], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(p.join("out/version")).unwrap(),
+        "v2.0\n"
+    );
+}
+
+#[test]
+fn a_stage_picked_by_target_arch_follows_its_base_target() {
+    // The per-architecture stage pattern: which stage is built depends on TARGETARCH.
+    let repo = format!("localhost:5000/{}", unique("arch"));
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    write(
+        &p.join("bk-build.toml"),
+        format!(
+            "[target.base]\ncontext = \"base\"\ntags = [\"{repo}/base:dev\"]\npush = true\n\n[target.app]\ncontext = \"app\"\noutputs = [\"type=local,dest={}\"]\n",
+            p.join("out").display()
+        ),
+    );
+    write(
+        &p.join("base/Dockerfile"),
+        format!("FROM {}\nCOPY v /v\n", base_image()),
+    );
+    write(&p.join("base/v"), "v1\n");
+    write(
+        &p.join("app/Dockerfile"),
+        format!(
+            "FROM {repo}/base:dev AS build-amd64\nRUN cp /v /v2\nFROM {repo}/base:dev AS build-arm64\nRUN cp /v /v2\nFROM build-${{TARGETARCH}}\n"
+        ),
+    );
+    let (out, _) = bake_in(p, &[], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(plan_in(p, &[], &[])["app"].0, "skip");
+    write(&p.join("base/v"), "v3\n");
+    let plan = plan_in(p, &[], &[]);
+    assert_eq!(plan["app"].0, "build", "{}", plan["app"].1);
+    let (out, _) = bake_in(p, &[], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(p.join("out/v2")).unwrap(), "v3\n");
+
+    // A FROM that cannot be worked out at all: always built.
+    write(
+        &p.join("app/Dockerfile"),
+        format!("ARG TAG=dev-x\nFROM {repo}/base:${{TAG%-x}}\nRUN cp /v /v2\n"),
+    );
+    let (action, why) = plan_in(p, &[], &[])["app"].clone();
+    assert_eq!(action, "build", "{why}");
+    assert!(why.contains("could not be read with certainty"), "{why}");
+}
+
+#[test]
+fn outputs_through_a_symlink_into_the_project_or_shared_are_handled() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    // Through a symlink: the witness is of what the link leads to.
+    std::fs::create_dir_all(p.join("realout")).unwrap();
+    std::os::unix::fs::symlink("realout", p.join("outlink")).unwrap();
+    write(
+        &p.join("bk-build.toml"),
+        "[target.t]\ncontext = \"ctx\"\noutputs = [\"type=local,dest=outlink\"]\n",
+    );
+    write(&p.join("ctx/Dockerfile"), "FROM scratch\nCOPY f /f\n");
+    write(&p.join("ctx/f"), "f\n");
+    let (out, _) = bake_in(p, &[], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(plan_in(p, &[], &[])["t"].0, "skip");
+    write(&p.join("realout/f"), "tampered\n");
+    assert_eq!(plan_in(p, &[], &[])["t"].0, "build");
+
+    // Into the project itself (`dest=.`): bk-build's own state there does not count.
+    let d2 = tempfile::tempdir().unwrap();
+    let p2 = d2.path();
+    write(
+        &p2.join("bk-build.toml"),
+        "[target.t]\ncontext = \"ctx\"\noutputs = [\"type=local,dest=.\"]\n",
+    );
+    write(
+        &p2.join("ctx/Dockerfile"),
+        "FROM scratch\nCOPY f /generated.txt\n",
+    );
+    write(&p2.join("ctx/f"), "f\n");
+    let (out, _) = bake_in(p2, &[], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (action, why) = plan_in(p2, &[], &[])["t"].clone();
+    assert_eq!(action, "skip", "{why}");
+
+    // Two targets writing one directory: always built, with the reason.
+    let d3 = tempfile::tempdir().unwrap();
+    let p3 = d3.path();
+    write(
+        &p3.join("bk-build.toml"),
+        "[target.a]\ncontext = \"a\"\noutputs = [\"type=local,dest=out\"]\n\n[target.b]\ncontext = \"b\"\noutputs = [\"type=local,dest=out\"]\n",
+    );
+    for t in ["a", "b"] {
+        write(
+            &p3.join(format!("{t}/Dockerfile")),
+            "FROM scratch\nCOPY f /f\n",
+        );
+        write(&p3.join(format!("{t}/f")), t);
+    }
+    let (out, _) = bake_in(p3, &[], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let plan = plan_in(p3, &[], &[]);
+    for t in ["a", "b"] {
+        assert_eq!(plan[t].0, "build", "{}", plan[t].1);
+        assert!(plan[t].1.contains("also written by"), "{}", plan[t].1);
+    }
+}
+
+#[test]
+fn sql_in_a_heredoc_does_not_make_a_target_build_forever() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    local_project(
+        p,
+        "FROM scratch\nCOPY <<EOF /init.sql\nSELECT id, name\nFROM users\nWHERE id = 1;\nEOF\n",
+        "",
+    );
+    let (out, _) = bake_in(p, &[], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (action, why) = plan_in(p, &[], &[])["t"].clone();
+    assert_eq!(action, "skip", "{why}");
+}

@@ -56,6 +56,7 @@ pub(super) async fn pushed_tag_digests(t: &Target) -> TagDigests {
 /// answers for its pushed tags when already fetched (see [`pushed_tag_digests`]).
 pub(super) async fn check_delivery(
     t: &Target,
+    project_root: &std::path::Path,
     digest: Option<&str>,
     written: &BTreeMap<String, String>,
     engine: Option<&DockerHost>,
@@ -107,20 +108,23 @@ pub(super) async fn check_delivery(
             continue;
         };
         if let Some(OutputDest::Path(p)) = &spec.dest {
-            match (written.get(o), crate::fs::output_witness(p)) {
-                (None, _) => d.blockers.push(format!(
+            let Some(w) = written.get(o) else {
+                d.blockers.push(format!(
                     "output {} was not written by that build",
                     p.display()
-                )),
-                (Some(_), Ok(None)) => d
+                ));
+                continue;
+            };
+            match crate::fs::output_witness_again(p, &state_excludes(p, project_root), w) {
+                Ok(None) => d
                     .blockers
                     .push(format!("output {} is missing", p.display())),
-                (Some(w), Ok(Some(now))) if *w != now => d.blockers.push(format!(
+                Ok(Some(now)) if *w != now => d.blockers.push(format!(
                     "output {} changed since it was written",
                     p.display()
                 )),
-                (Some(_), Ok(Some(_))) => {}
-                (Some(_), Err(e)) => d
+                Ok(Some(_)) => {}
+                Err(e) => d
                     .blockers
                     .push(format!("cannot check output {}: {e}", p.display())),
             }
@@ -166,4 +170,15 @@ pub(super) async fn check_delivery(
         }
     }
     d
+}
+
+/// The state directory's exclude pattern when an output is written into the project
+/// (`dest=.`): bk-build rewrites it on every run, so it is never part of an output's witness.
+pub(super) fn state_excludes(
+    dest: &std::path::Path,
+    project_root: &std::path::Path,
+) -> Vec<String> {
+    crate::fingerprint::state_dir_exclude(dest, project_root)
+        .into_iter()
+        .collect()
 }

@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 
-use super::deliver::home_repository;
+use super::deliver::{home_repository, state_excludes};
 use super::plan::{engine_of, with_image_deps};
 use super::{
     host_platform, terr, Action, BakeError, BakeOptions, BakePlan, TargetPlan, TargetResult,
@@ -221,6 +221,16 @@ pub async fn execute(
                 build_spec(project, plan, &name, &snapshot).map_err(|e| e.to_string())?;
             existing_cache_imports(&mut spec).await;
             progress.note(Some(&name), &format!("building: {}", tp.reasons.join("; ")));
+            // Output directories as they were: what changes in them is what the export wrote.
+            let before: BTreeMap<std::path::PathBuf, BTreeMap<String, (u64, i64)>> =
+                output_dests(t)
+                    .into_iter()
+                    .filter(|(_, p)| p.is_dir())
+                    .map(|(_, p)| {
+                        let stamps = crate::fs::top_level_stamps(&p);
+                        (p, stamps)
+                    })
+                    .collect();
             let r: BuildResult = crate::build::build(daemon, &spec, progress, Some(&name))
                 .await
                 .map_err(|e| e.to_string())?;
@@ -242,6 +252,7 @@ pub async fn execute(
             let reads = daemon_reads(&spec, &r);
             let mut uncovered = fp.uncovered(&reads, &dockerfile);
             let read_more = !uncovered.is_empty();
+            uncovered.extend(unseen_bases(&tp.base_refs, r.loaded_images.as_deref()));
             // The files as they are now must still be the ones planned with: an edit during
             // the build may have reached the daemon.
             if let (Some(input), Some(content)) = (&tp.input, &tp.content) {
@@ -275,16 +286,19 @@ pub async fn execute(
                 }
             }
             // What each written output looks like now, so that a later change to it (a
-            // `rm -rf dist/*`, an edited file) is noticed.
-            let output_witness = t
-                .outputs
-                .iter()
-                .filter_map(|o| {
-                    let spec = options::parse_output(o).ok()?;
-                    let Some(OutputDest::Path(p)) = spec.dest else {
-                        return None;
-                    };
-                    Some((o.clone(), crate::fs::output_witness(&p).ok()??))
+            // `rm -rf dist/*`, an edited file) is noticed: in a directory, only the entries
+            // the export wrote (others there are not the build's, as for buildx).
+            let output_witness = output_dests(t)
+                .into_iter()
+                .filter_map(|(o, p)| {
+                    let written: Vec<String> = crate::fs::top_level_stamps(&p)
+                        .into_iter()
+                        .filter(|(n, stamp)| before.get(&p).and_then(|b| b.get(n)) != Some(stamp))
+                        .map(|(n, _)| n)
+                        .collect();
+                    let only = before.get(&p).map(|_| written.as_slice());
+                    let w = crate::fs::output_witness(&p, &state_excludes(&p, &project.root), only);
+                    Some((o, w.ok()??))
                 })
                 .collect();
             let rec = TargetRecord {
@@ -344,7 +358,7 @@ pub async fn execute(
                             Vec::new()
                         } else {
                             vec![format!(
-                                "this result will not be reused, and the next run builds it again: {}. (If no file was edited during the build, this is a bk-build bug: please report it.)",
+                                "this result will not be reused, and the next run builds it again: {}. (A file edited during the build, or an ONBUILD in a base image, explains this; if neither does, please report it as a bk-build bug.)",
                                 uncovered.join("; ")
                             )]
                         },
@@ -420,6 +434,43 @@ fn daemon_reads(spec: &BuildSpec, r: &BuildResult) -> Vec<DaemonRead> {
     out
 }
 
+/// A target's outputs written to a path on disk: (output as written, path).
+fn output_dests(t: &Target) -> Vec<(String, std::path::PathBuf)> {
+    t.outputs
+        .iter()
+        .filter_map(|o| match options::parse_output(o).ok()?.dest {
+            Some(OutputDest::Path(p)) => Some((o.clone(), p)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Base images the build started from that the Dockerfile scan did not name (the daemon
+/// checking the scan, as file sync does for files): such a result is not reused.
+fn unseen_bases(expected: &[String], loaded: Option<&[String]>) -> Vec<String> {
+    let Some(loaded) = loaded else {
+        return vec!["which base images it used is unknown (no build status)".into()];
+    };
+    let canonical = |r: &str| match crate::registry::Reference::parse(r) {
+        Ok(p) => {
+            let tag = match (&p.tag, &p.digest) {
+                (None, None) => ":latest".to_string(),
+                (Some(t), _) => format!(":{t}"),
+                (None, Some(_)) => String::new(),
+            };
+            let digest = p.digest.map(|d| format!("@{d}")).unwrap_or_default();
+            format!("{}/{}{tag}{digest}", p.registry, p.repository)
+        }
+        Err(_) => r.to_string(),
+    };
+    let known: std::collections::BTreeSet<String> = expected.iter().map(|r| canonical(r)).collect();
+    loaded
+        .iter()
+        .filter(|l| !known.contains(&canonical(l)))
+        .map(|l| format!("it started from {l}, which the Dockerfile scan did not see"))
+        .collect()
+}
+
 /// Copies the image to the tags the plan says are missing.
 async fn retag(
     tp: &TargetPlan,
@@ -493,5 +544,24 @@ async fn write_ledger(
             Some(name),
             &format!("warning: could not record the result in the registry ledger ({entry}): {e}"),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_images_the_scan_did_not_see_are_named() {
+        let expected = ["busybox".to_string(), "localhost:5000/x:1".to_string()];
+        let seen = |loaded: &[&str]| {
+            let loaded: Vec<String> = loaded.iter().map(|s| s.to_string()).collect();
+            unseen_bases(&expected, Some(&loaded))
+        };
+        assert!(seen(&["docker.io/library/busybox:latest", "localhost:5000/x:1"]).is_empty());
+        let got = seen(&["docker.io/library/alpine:3"]);
+        assert_eq!(got.len(), 1);
+        assert!(got[0].contains("alpine"), "{got:?}");
+        assert!(!unseen_bases(&expected, None).is_empty());
     }
 }

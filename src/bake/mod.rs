@@ -99,6 +99,10 @@ pub struct TargetPlan {
     /// External bases the building engine has its own image of: reference → image ID.
     #[serde(skip)]
     local_bases: BTreeMap<String, String>,
+    /// The images the Dockerfile scan says the build starts from (checked after a build
+    /// against the ones the frontend really resolved).
+    #[serde(skip)]
+    base_refs: Vec<String>,
     /// The whole fingerprint, when every base's digest is known at planning time.
     #[serde(skip)]
     full: Option<Fingerprint>,
@@ -138,20 +142,7 @@ impl BakePlan {
     }
 }
 
-/// The platform an unset `platforms` means in keys: this machine's, in BuildKit's spelling.
-/// A daemon that builds for another one is noticed after the build, and its result is not
-/// reused (see [`execute`]).
-pub fn host_platform() -> String {
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        "powerpc64" => "ppc64le",
-        "loongarch64" => "loong64",
-        other => other,
-    };
-    format!("linux/{arch}")
-}
+pub use crate::options::host_platform;
 
 /// The result of one target in a run.
 #[derive(Debug, Clone)]

@@ -21,12 +21,14 @@ fn scan(t: &Target) -> Result<graph::DockerfileScan, BakeError> {
         )
     })?;
     let named: BTreeSet<String> = t.contexts.keys().cloned().collect();
+    let platform = options::single_platform(&t.platforms);
     Ok(graph::scan_dockerfile(
         &text,
         &graph::ScanOptions {
             args: &t.args,
             target: t.target.as_deref(),
             named_contexts: &named,
+            platform: platform.as_deref(),
         },
     ))
 }
@@ -175,7 +177,9 @@ pub async fn plan(
                 to_resolve.insert(syntax.clone());
             }
         } else {
-            to_find_locally.extend(external.iter().cloned());
+            // Only a FROM (or COPY --from) uses the engine's own images; a docker-image://
+            // context is resolved in the registry.
+            to_find_locally.extend(external.iter().filter(|r| s.base_refs.contains(r)).cloned());
         }
         facts.insert(name.clone(), Facts { scan: s, external });
     }
@@ -194,10 +198,11 @@ pub async fn plan(
         .filter_map(|name| {
             let prev = state.get(name).filter(|r| r.uncovered.is_empty())?;
             let (t, engine) = (project.targets[name].clone(), engine.clone());
-            let name = name.clone();
+            let (name, root) = (name.clone(), project.root.clone());
             Some(async move {
                 let d = check_delivery(
                     &t,
+                    &root,
                     prev.image_digest.as_deref(),
                     &prev.output_witness,
                     engine.as_ref(),
@@ -231,7 +236,7 @@ pub async fn plan(
     let mut content: BTreeMap<String, Fingerprint> = BTreeMap::new();
     // Pulled bases the registry could not name a digest for: such a target is built, since
     // what it would build on is unknown.
-    let mut unsure: BTreeMap<String, String> = BTreeMap::new();
+    let mut unsure: BTreeMap<String, String> = shared_outputs(project, &gplan.order);
     // External bases (without pull) the building engine has images of: the engine builds
     // from those, so a result is reused only if it was built from the same ones.
     let mut local_bases: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
@@ -358,9 +363,66 @@ fn alias_of_a_target(project: &Project, external: &[String]) -> Option<String> {
                     ));
                 }
             }
+            // An image named only by an output's `name=`: not a tag, so not linked either.
+            for name in output_image_names(t) {
+                let Ok(nr) = Reference::parse(&name) else {
+                    continue;
+                };
+                if key(&nr) == key(&er) {
+                    return Some(format!(
+                        "its base {e} is target {dep}'s output image {name}, which is not one of {dep}'s tags, so it is not known to be built on {dep}; list it in {dep}'s tags (or set pull = true)"
+                    ));
+                }
+            }
         }
     }
     None
+}
+
+/// Image names given by `name=` in a target's outputs.
+fn output_image_names(t: &Target) -> Vec<String> {
+    t.outputs
+        .iter()
+        .filter_map(|o| options::parse_output(o).ok())
+        .filter_map(|spec| spec.attrs.get("name").cloned())
+        .flat_map(|n| {
+            n.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Targets whose output directory or file another target writes too: which one's result is
+/// there depends on which ran last, so such targets are always built.
+fn shared_outputs(project: &Project, order: &[String]) -> BTreeMap<String, String> {
+    let mut writers: BTreeMap<std::path::PathBuf, Vec<&str>> = BTreeMap::new();
+    for name in order {
+        for o in &project.targets[name].outputs {
+            if let Ok(spec) = options::parse_output(o) {
+                if let Some(options::OutputDest::Path(p)) = spec.dest {
+                    writers.entry(p).or_default().push(name);
+                }
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (dest, names) in writers.iter().filter(|(_, n)| n.len() > 1) {
+        for n in names {
+            let others: Vec<&str> = names.iter().filter(|o| *o != n).copied().collect();
+            out.insert(
+                n.to_string(),
+                format!(
+                    "its output {} is also written by {}, so what is there depends on which ran last; give each target its own dest",
+                    dest.display(),
+                    others.join(", ")
+                ),
+            );
+        }
+    }
+    out
 }
 
 /// The Docker Engine behind `daemon`, whose image store `load` writes to, if that is it.
@@ -534,6 +596,7 @@ impl DecideCtx<'_> {
             content,
             input,
             local_bases: self.local_bases.get(name).cloned().unwrap_or_default(),
+            base_refs: self.scans[name].base_refs.clone(),
             full: None,
             image_deps: deps.clone(),
         };
@@ -572,12 +635,29 @@ impl DecideCtx<'_> {
         // A known result for these inputs: the local record, else the registry ledger.
         let prev = self.state.get(name);
         let mut known: Option<(Option<String>, Delivery, String)> = None;
-        let engine_base_moved = prev.as_ref().and_then(|p| {
-            tp.local_bases
-                .iter()
-                .find(|(r, id)| p.local_bases.get(*r) != Some(*id))
-                .map(|(r, _)| format!("base {r} in the Docker Engine is another image"))
-        });
+        // The engine's own copy of a base must be the one the recorded result was built from;
+        // a copy it did not have then must be the registry's image, which the build then used.
+        let mut engine_base_moved = None;
+        if let Some(p) = prev.as_ref() {
+            for (r, id) in &tp.local_bases {
+                let same = match p.local_bases.get(r) {
+                    Some(then) => then == id,
+                    None => {
+                        crate::registry::manifest_digest(r)
+                            .await
+                            .ok()
+                            .flatten()
+                            .as_ref()
+                            == Some(id)
+                    }
+                };
+                if !same {
+                    engine_base_moved =
+                        Some(format!("base {r} in the Docker Engine is another image"));
+                    break;
+                }
+            }
+        }
         let mut ledger_said = None;
         if let Some(p) = prev
             .as_ref()
@@ -589,6 +669,7 @@ impl DecideCtx<'_> {
                     _ => {
                         check_delivery(
                             t,
+                            &self.project.root,
                             p.image_digest.as_deref(),
                             &p.output_witness,
                             self.engine,
@@ -632,6 +713,7 @@ impl DecideCtx<'_> {
                     Ok(Some(d)) => {
                         let delivery = check_delivery(
                             t,
+                            &self.project.root,
                             Some(&d),
                             &BTreeMap::new(),
                             self.engine,
@@ -738,7 +820,13 @@ impl DecideCtx<'_> {
         };
         tp.reasons.push(found);
         if tp.action == Action::Retag {
-            tp.reasons.push(format!("adds {}", tp.retag.join(", ")));
+            let mut adds: Vec<String> = tp.retag_registry.clone();
+            adds.extend(
+                tp.retag_engine
+                    .iter()
+                    .map(|t| format!("{t} (Docker Engine)")),
+            );
+            tp.reasons.push(format!("adds {}", adds.join(", ")));
         }
         tp
     }
@@ -749,8 +837,8 @@ impl DecideCtx<'_> {
         match prev {
             None => r.push(fingerprint::NO_PREVIOUS_BUILD.to_string()),
             Some(p) if !p.uncovered.is_empty() => r.push(format!(
-                "its last build read files its fingerprint did not cover ({})",
-                p.uncovered.join(", ")
+                "its last build is not reusable ({})",
+                p.uncovered.join("; ")
             )),
             Some(p) if p.key == fp.key => {}
             Some(_) => match self.state.manifest(name) {

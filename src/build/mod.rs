@@ -51,6 +51,10 @@ pub struct BuildSpec {
     pub never_send: Vec<PathBuf>,
 }
 
+/// The name of the Dockerfile frontend's step that resolves a base image (`FROM`, `COPY
+/// --from`), followed by the reference (BuildKit `dockerfile2llb`).
+const LOAD_METADATA: &str = "[internal] load metadata for ";
+
 /// What a finished build produced.
 #[derive(Debug, Clone, Default)]
 pub struct BuildResult {
@@ -61,6 +65,10 @@ pub struct BuildResult {
     pub duration: Duration,
     /// The Solve ref (`buildx.build.ref` in metadata files).
     pub build_ref: String,
+    /// Images the Dockerfile frontend resolved as bases (its `[internal] load metadata for
+    /// REF` steps), as it wrote them, sorted: what the build really started from. `None` when
+    /// the status stream did not come to its end.
+    pub loaded_images: Option<Vec<String>>,
 }
 
 impl BuildResult {
@@ -145,22 +153,32 @@ pub async fn build(
     let progress2 = progress.clone();
     let prefix2 = prefix.map(str::to_string);
     let status_task = tokio::spawn(async move {
+        let mut loaded = std::collections::BTreeSet::new();
         // The daemon waits a few seconds for the job to appear, so starting first is fine.
         let Ok(resp) = status_client
             .status(StatusRequest { r#ref: status_ref })
             .await
         else {
-            return;
+            return None;
         };
         let mut stream = resp.into_inner();
         while let Some(Ok(msg)) = stream.next().await {
+            for v in &msg.vertexes {
+                if let Some(r) = v.name.strip_prefix(LOAD_METADATA) {
+                    loaded.insert(r.trim().to_string());
+                }
+            }
             progress2.status(prefix2.as_deref(), msg);
         }
+        Some(loaded)
     });
 
     let solved = control.solve(req).await;
     // Status ends by itself after the job completes; don't wait on a stuck stream forever.
-    let _ = tokio::time::timeout(Duration::from_secs(5), status_task).await;
+    let loaded = match tokio::time::timeout(Duration::from_secs(5), status_task).await {
+        Ok(Ok(Some(l))) => Some(l.into_iter().collect()),
+        _ => None,
+    };
     let stats = session.stats.clone();
     let export_errors = session.close().await;
 
@@ -178,5 +196,6 @@ pub async fn build(
         sync: stats.snapshot(),
         duration: started.elapsed(),
         build_ref,
+        loaded_images: loaded,
     })
 }

@@ -94,19 +94,32 @@ pub fn follow_paths_includes(
 }
 
 /// A summary of what is at `path` now, to notice later whether anything there changed: for a
-/// directory, the [`StatDigest`] of a walk of everything in it; for anything else, its type,
-/// size, mtime, ctime and inode. `None` when nothing is there.
-pub fn output_witness(path: &Path) -> Result<Option<String>, FsError> {
+/// directory (also through a symlink, as exporters write through one), the [`StatDigest`] of
+/// a walk of the top-level entries `only` names (all when `None`) minus `excludes`; for
+/// anything else, its type, size, mtime, ctime and inode. `None` when nothing is there. The
+/// result records `only`, so [`output_witness_again`] can check the same entries later.
+pub fn output_witness(
+    path: &Path,
+    excludes: &[String],
+    only: Option<&[String]>,
+) -> Result<Option<String>, FsError> {
     use std::os::unix::fs::MetadataExt;
-    let md = match std::fs::symlink_metadata(path) {
+    let stat_err = |source| FsError::Stat {
+        path: path.to_path_buf(),
+        source,
+    };
+    let md = match std::fs::metadata(path) {
         Ok(md) => md,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(FsError::Stat {
-                path: path.to_path_buf(),
-                source,
-            })
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // A dangling link is as good as nothing; anything else lstat can see is a file.
+            match std::fs::symlink_metadata(path) {
+                Ok(md) if !md.file_type().is_symlink() => md,
+                Ok(_) => return Ok(None),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(stat_err(e)),
+            }
         }
+        Err(e) => return Err(stat_err(e)),
     };
     if !md.is_dir() {
         return Ok(Some(format!(
@@ -120,9 +133,55 @@ pub fn output_witness(path: &Path) -> Result<Option<String>, FsError> {
             md.ino()
         )));
     }
+    let opts = WalkOptions {
+        include_patterns: only
+            .map(|names| names.iter().map(|n| literal_pattern(n)).collect())
+            .unwrap_or_default(),
+        exclude_patterns: excludes.to_vec(),
+        ..Default::default()
+    };
     let mut digest = StatDigest::default();
-    for entry in Walker::new(path, &WalkOptions::default())?.with_xattrs(false) {
-        digest.add(&entry?);
+    if only.is_none_or(|n| !n.is_empty()) {
+        for entry in Walker::new(path, &opts)?.with_xattrs(false) {
+            digest.add(&entry?);
+        }
     }
-    Ok(Some(format!("dir:{}", digest.finish())))
+    let names = only.map(|n| n.join("/")).unwrap_or_else(|| "*".into());
+    Ok(Some(format!("dir\n{names}\n{}", digest.finish())))
+}
+
+/// [`output_witness`] of the same entries a recorded witness covered.
+pub fn output_witness_again(
+    path: &Path,
+    excludes: &[String],
+    recorded: &str,
+) -> Result<Option<String>, FsError> {
+    let mut parts = recorded.split('\n');
+    let only: Option<Vec<String>> = match (parts.next(), parts.next()) {
+        (Some("dir"), Some("*")) | (Some("dir"), None) => None,
+        (Some("dir"), Some("")) => Some(Vec::new()),
+        (Some("dir"), Some(names)) => Some(names.split('/').map(str::to_string).collect()),
+        _ => None,
+    };
+    output_witness(path, excludes, only.as_deref())
+}
+
+/// The entries directly in directory `path` with their inode and ctime (empty when it is not
+/// a directory): taken before and after an export, the names whose values changed are what
+/// the export wrote.
+pub fn top_level_stamps(path: &Path) -> std::collections::BTreeMap<String, (u64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(list) = std::fs::read_dir(path) else {
+        return Default::default();
+    };
+    list.filter_map(|e| {
+        let e = e.ok()?;
+        let name = e.file_name().into_string().ok()?;
+        let md = e.metadata().ok()?;
+        Some((
+            name,
+            (md.ino(), md.ctime() * 1_000_000_000 + md.ctime_nsec()),
+        ))
+    })
+    .collect()
 }

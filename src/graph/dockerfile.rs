@@ -25,6 +25,9 @@ pub struct ScanOptions<'a> {
     /// Named contexts given to the build, by name: a stage or image of that name is replaced
     /// and is not read from the Dockerfile's point of view.
     pub named_contexts: &'a BTreeSet<String>,
+    /// The one platform the build is for (`linux/arm64/v8`), when it is just one: BuildKit's
+    /// `TARGETPLATFORM`, `TARGETOS`, `TARGETARCH` and `TARGETVARIANT` then have known values.
+    pub platform: Option<&'a str>,
 }
 
 /// What a build of one Dockerfile reads from outside the Dockerfile.
@@ -97,6 +100,7 @@ pub fn dockerfile_base_refs(dockerfile_text: &str, args: &BTreeMap<String, Strin
             args,
             target: None,
             named_contexts: &BTreeSet::new(),
+            platform: None,
         },
     )
     .base_refs
@@ -114,6 +118,7 @@ pub fn dockerfile_copy_sources(
             args,
             target: None,
             named_contexts: &BTreeSet::new(),
+            platform: None,
         },
     )
     .copy_sources
@@ -140,16 +145,17 @@ pub fn scan_dockerfile(text: &str, opts: &ScanOptions) -> DockerfileScan {
             certain: false,
         };
     }
-    // A `FROM` line this reading did not take as an instruction (a heredoc or continuation
-    // read differently from BuildKit) means the stages themselves are unknown.
-    let certain = stray_from_lines(&instructions, &lines) == 0;
     let named: BTreeSet<String> = opts.named_contexts.iter().map(|n| familiar(n)).collect();
     let mut interp = Interpreter::new(directives.escape, opts, &named);
     interp.run(&instructions);
-    let hidden_args = if interp.unsure_from || !certain {
+    // A FROM whose image could not be worked out (a variable unknown here) could name any
+    // stage or image: then neither the stages nor the bases are known.
+    let certain = !interp.unsure_from;
+    let hidden_args = if !certain {
         BTreeSet::new()
     } else {
         let spoken = lines_that_use_args(&instructions, lines.len());
+        let defaults = global_arg_defaults(&instructions);
         opts.args
             .keys()
             .filter(|n| {
@@ -157,8 +163,10 @@ pub fn scan_dockerfile(text: &str, opts: &ScanOptions) -> DockerfileScan {
                     && !interp.stage_args.contains(*n)
                     && !interp.seen_args.contains(*n)
                     // Belt and braces: a name written anywhere but in a global ARG or a FROM
-                    // counts, however this reading understood that line.
+                    // counts, however this reading understood that line; so does one that
+                    // goes into another global ARG's default (`ARG V=v${VERSION}`).
                     && !spoken.iter().any(|&l| mentions(lines[l], n))
+                    && !defaults.iter().any(|d| mentions(d, n))
             })
             .cloned()
             .collect()
@@ -213,28 +221,15 @@ pub fn scan_dockerfile(text: &str, opts: &ScanOptions) -> DockerfileScan {
     }
 }
 
-/// Raw lines that look like a `FROM` instruction but are not one of the parsed `FROM`s: any
-/// case outside heredoc bodies, upper case inside them (where `from x import y` is Python).
-fn stray_from_lines(instructions: &[Instruction], lines: &[&str]) -> usize {
-    let mut in_body = vec![false; lines.len()];
-    for ins in instructions {
-        if let Some(from) = ins.body_from {
-            in_body[from..ins.lines.end]
-                .iter_mut()
-                .for_each(|b| *b = true);
-        }
-    }
-    let looks_like_from = |l: usize| {
-        let w = lines[l].split_whitespace().next().unwrap_or("");
-        if in_body[l] {
-            w == "FROM"
-        } else {
-            w.eq_ignore_ascii_case("FROM")
-        }
-    };
-    let raw = (0..lines.len()).filter(|&l| looks_like_from(l)).count();
-    let parsed = instructions.iter().filter(|i| i.keyword == "FROM").count();
-    raw.saturating_sub(parsed)
+/// The default values of the global `ARG`s (before the first `FROM`), as written.
+fn global_arg_defaults(instructions: &[Instruction]) -> Vec<String> {
+    instructions
+        .iter()
+        .take_while(|i| i.keyword != "FROM")
+        .filter(|i| i.keyword == "ARG")
+        .flat_map(|i| raw_words(&i.rest))
+        .filter_map(|w| w.split_once('=').map(|(_, v)| v.to_string()))
+        .collect()
 }
 
 /// Indices of the raw lines where a build arg's name makes it count: every line of every
@@ -296,8 +291,6 @@ struct Instruction {
     /// The raw lines it came from, continuation lines and heredoc bodies included
     /// (0-based, end exclusive).
     lines: std::ops::Range<usize>,
-    /// Where its heredoc bodies start, if it has any (lines from there up to `lines.end`).
-    body_from: Option<usize>,
 }
 
 /// BuildKit's parser directives (`frontend/dockerfile/parser/directives.go`): only leading
@@ -388,9 +381,7 @@ fn split_instructions(text: &str) -> (Directives, Vec<Instruction>, Vec<&str>) {
             .unwrap_or((logical, ""));
         let keyword = kw.to_ascii_uppercase();
         let rest = rest.trim().to_string();
-        let mut body_from = None;
         if can_have_heredocs(&keyword, &rest) && logical.contains("<<") {
-            body_from = Some(i);
             for (name, chomp) in heredoc_names(logical) {
                 while i < lines.len() {
                     let l = lines[i];
@@ -406,7 +397,6 @@ fn split_instructions(text: &str) -> (Directives, Vec<Instruction>, Vec<&str>) {
             keyword,
             rest,
             lines: start..i,
-            body_from,
         });
     }
     (d, out, lines)
@@ -512,10 +502,24 @@ fn split_flags(rest: &str) -> (Vec<(String, String)>, &str) {
     let mut flags = Vec::new();
     let mut r = rest.trim_start();
     while let Some(after) = r.strip_prefix("--") {
-        let end = after.find(char::is_whitespace).unwrap_or(after.len());
+        // A flag ends at the first blank outside quotes (`--exclude="a b"`).
+        let mut quote = None;
+        let end = after
+            .char_indices()
+            .find(|&(_, c)| {
+                match quote {
+                    Some(q) if c == q => quote = None,
+                    Some(_) => {}
+                    None if c == '"' || c == '\'' => quote = Some(c),
+                    None => return c.is_whitespace(),
+                }
+                false
+            })
+            .map_or(after.len(), |(i, _)| i);
         let tok = &after[..end];
         let (k, v) = tok.split_once('=').unwrap_or((tok, ""));
-        flags.push((k.to_ascii_lowercase(), v.to_string()));
+        let v = v.replace(['"', '\''], "");
+        flags.push((k.to_ascii_lowercase(), v));
         r = after[end..].trim_start();
     }
     (flags, r)
@@ -802,10 +806,31 @@ impl<'a> Interpreter<'a> {
             Some(v) => v.clone(),
             None if PLATFORM_ARGS.contains(&name) => match self.opts.args.get(name) {
                 Some(v) => Var::Known(v.clone()),
-                None => Var::Unknown,
+                None => self.platform_arg(name),
             },
             // BuildKit expands an undeclared variable in FROM to "".
             None => Var::Known(String::new()),
+        }
+    }
+
+    /// A platform arg's automatic value: known for the target platform when the build has
+    /// exactly one; the build platform is the daemon's, not known here.
+    fn platform_arg(&self, name: &str) -> Var {
+        let Some(p) = self.opts.platform else {
+            return Var::Unknown;
+        };
+        let mut parts = p.split('/');
+        let (os, arch, variant) = (parts.next(), parts.next(), parts.next());
+        let v = match name {
+            "TARGETPLATFORM" => Some(p),
+            "TARGETOS" => os,
+            "TARGETARCH" => arch,
+            "TARGETVARIANT" => Some(variant.unwrap_or("")),
+            _ => None,
+        };
+        match v {
+            Some(v) => Var::Known(v.to_string()),
+            None => Var::Unknown,
         }
     }
 
@@ -813,10 +838,17 @@ impl<'a> Interpreter<'a> {
         let Some(stage) = self.stages.last() else {
             return self.global_lookup(name);
         };
-        match stage.env.get(name).or_else(|| stage.args.get(name)) {
-            Some(v) => v.clone(),
-            None if stage.env_known => Var::Known(String::new()),
-            None => Var::Unknown,
+        // ENV wins over ARG, and a stage built on an image has that image's ENV, which is
+        // not known here: only the Dockerfile's own ENV, or a stage whose ENV is all known,
+        // gives a certain value.
+        match (stage.env.get(name), stage.env_known) {
+            (Some(v), _) => v.clone(),
+            (None, true) => stage
+                .args
+                .get(name)
+                .cloned()
+                .unwrap_or(Var::Known(String::new())),
+            (None, false) => Var::Unknown,
         }
     }
 
@@ -900,7 +932,7 @@ impl<'a> Interpreter<'a> {
                 (None, None) if in_stage && self.globals.contains_key(&name) => {
                     self.globals[&name].clone()
                 }
-                (None, None) if PLATFORM_ARGS.contains(&name.as_str()) => Var::Unknown,
+                (None, None) if PLATFORM_ARGS.contains(&name.as_str()) => self.platform_arg(&name),
                 (None, None) => Var::Known(String::new()),
             };
             match self.stages.last_mut() {
@@ -1120,6 +1152,7 @@ mod tests {
                 args: &args,
                 target,
                 named_contexts: &named,
+                platform: None,
             },
         )
     }
@@ -1225,8 +1258,11 @@ mod tests {
         // APP comes from the base image's ENV, which is not known here.
         let df = "FROM alpine\nCOPY $APP/x /x\n";
         assert_eq!(scan(df, &[], None, &[]).copy_sources, None);
-        // Declared in the Dockerfile: known (from the default, or the build arg).
+        // Declared in the Dockerfile: known (from the default, or the build arg) where no
+        // image ENV can shadow it.
         let df = "FROM alpine\nARG APP=web\nENV DIR=${APP}/static\nCOPY ${DIR} /x\n";
+        assert_eq!(scan(df, &[], None, &[]).copy_sources, None);
+        let df = "FROM scratch\nARG APP=web\nENV DIR=${APP}/static\nCOPY ${DIR} /x\n";
         assert_eq!(
             scan(df, &[], None, &[]).copy_sources.unwrap(),
             ["web/static"]
@@ -1401,23 +1437,51 @@ mod tests {
             &[],
         );
         assert!(s.hidden_args.contains("TAG"));
-        // A FROM line inside what was read as a heredoc body: the stages are uncertain.
+        // SQL in a heredoc is not a FROM line.
         let s = scan(
-            "FROM a\nRUN cat > Dockerfile.inner <<EOF\nFROM b\nEOF\n",
-            &[],
-            None,
-            &[],
-        );
-        assert!(!s.certain);
-        assert_eq!(s.copy_sources, None);
-        // Python in a heredoc is not a FROM line.
-        let s = scan(
-            "FROM a\nRUN python3 - <<EOF\nfrom os import path\nEOF\n",
+            "FROM a\nCOPY <<EOF /init.sql\nSELECT id\nFROM users\nEOF\n",
             &[],
             None,
             &[],
         );
         assert!(s.certain);
+        assert_eq!(s.base_refs, ["a"]);
+        // A FROM that cannot be worked out could be any stage or image.
+        let s = scan("ARG TAG\nFROM base:${TAG%-x}\n", &a, None, &[]);
+        assert!(!s.certain);
+        assert!(s.hidden_args.is_empty());
+        // An arg that feeds another global ARG's default counts.
+        let chain = [("VERSION", "1.0")];
+        let s = scan(
+            "ARG VERSION=1.0\nARG IMAGE_VERSION=v${VERSION}\nFROM busybox AS b\nARG IMAGE_VERSION\nRUN echo $IMAGE_VERSION\n",
+            &chain,
+            None,
+            &[],
+        );
+        assert!(!s.hidden_args.contains("VERSION"));
+        // ENV from a base image wins over an ARG of the same name, and is not known here.
+        let s = scan(
+            "FROM busybox\nARG DIR=a\nCOPY ${DIR}/f /f\n",
+            &[],
+            None,
+            &[],
+        );
+        assert_eq!(s.copy_sources, None);
+        let s = scan(
+            "FROM scratch\nARG DIR=a\nCOPY ${DIR}/f /f\n",
+            &[],
+            None,
+            &[],
+        );
+        assert_eq!(s.copy_sources.unwrap(), ["a/f"]);
+        // A quoted flag value with a blank.
+        let s = scan(
+            "FROM scratch\nCOPY --exclude=\"a b\" x /x\n",
+            &[],
+            None,
+            &[],
+        );
+        assert_eq!(s.copy_sources.unwrap(), ["x"]);
         // ADD of a URL: fetched by the daemon, unless a checksum pins it.
         let s = scan(
             "FROM scratch\nADD https://example.com/a.tgz /a\nADD --checksum=sha256:0123 https://example.com/b.tgz /b\n",
@@ -1426,5 +1490,27 @@ mod tests {
             &[],
         );
         assert_eq!(s.remote_sources, ["https://example.com/a.tgz"]);
+    }
+
+    #[test]
+    fn target_platform_args_are_known_for_a_single_platform() {
+        let df = "FROM base AS build-amd64\nCOPY a /a\nFROM base AS build-arm64\nCOPY b /b\nFROM build-${TARGETARCH}\n";
+        let named = BTreeSet::new();
+        let none = BTreeMap::new();
+        let with = |platform| {
+            scan_dockerfile(
+                df,
+                &ScanOptions {
+                    args: &none,
+                    target: None,
+                    named_contexts: &named,
+                    platform,
+                },
+            )
+        };
+        let arm = with(Some("linux/arm64"));
+        assert!(arm.certain);
+        assert_eq!(arm.copy_sources.unwrap(), ["b"]);
+        assert!(!with(None).certain, "several platforms: any stage");
     }
 }

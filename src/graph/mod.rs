@@ -282,12 +282,14 @@ fn edges_of(
         source: e,
     })?;
     let named: BTreeSet<String> = t.contexts.keys().cloned().collect();
+    let platform = crate::options::single_platform(&t.platforms);
     let scan = scan_dockerfile(
         &text,
         &ScanOptions {
             args: &t.args,
             target: t.target.as_deref(),
             named_contexts: &named,
+            platform: platform.as_deref(),
         },
     );
     for r in scan.base_refs {

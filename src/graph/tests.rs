@@ -258,6 +258,7 @@ fn example_monorepo_builds_pybase_before_its_services() {
             args: &o.args,
             target: None,
             named_contexts: &named,
+            platform: None,
         },
     );
     assert_eq!(scan.copy_sources.unwrap(), ["conf", "html"]);
