@@ -681,26 +681,24 @@ impl DecideCtx<'_> {
                 known = Some((p.image_digest.clone(), delivery, "unchanged".into()));
             }
         }
-        // A ledger entry was built from the registry's images (CI builds on fresh engines);
-        // an engine whose own copy of a base is another image would build something else.
-        let mut engine_differs = None;
-        for (r, id) in &tp.local_bases {
-            if crate::registry::manifest_digest(r)
-                .await
-                .ok()
-                .flatten()
-                .as_ref()
-                != Some(id)
-            {
-                engine_differs = Some(format!(
-                    "the Docker Engine's own {r} is not the registry's, so results built elsewhere do not apply"
-                ));
-                break;
-            }
-        }
         let unknown = known
             .as_ref()
             .is_none_or(|(_, d, _)| !d.blockers.is_empty());
+        let mut engine_differs = None;
+        if unknown && self.opts.ledger {
+            // A ledger entry was built from the registry's images (CI builds on fresh
+            // engines); an engine whose own copy of a base is another image would build
+            // something else.
+            for (r, id) in &tp.local_bases {
+                let registry = crate::registry::manifest_digest(r).await.ok().flatten();
+                if registry.as_ref() != Some(id) {
+                    engine_differs = Some(format!(
+                        "the Docker Engine's own {r} is not the registry's, so results built elsewhere do not apply"
+                    ));
+                    break;
+                }
+            }
+        }
         if unknown && self.opts.ledger && engine_differs.is_none() {
             if let Some(home) = home_repository(t) {
                 let entry = format!("{home}:{}", fingerprint::ledger_tag(&fp.key));
