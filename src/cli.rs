@@ -161,7 +161,11 @@ pub struct ProjectArgs {
 }
 
 impl ProjectArgs {
-    fn bake_options(&self, project: &crate::project::Project) -> Result<crate::bake::BakeOptions> {
+    fn bake_options(
+        &self,
+        project: &crate::project::Project,
+        daemon: &DaemonArgs,
+    ) -> Result<crate::bake::BakeOptions> {
         let force = if self.force {
             crate::graph::requested(project, &self.targets)?
         } else {
@@ -170,7 +174,7 @@ impl ProjectArgs {
         Ok(crate::bake::BakeOptions {
             force,
             ledger: !self.no_ledger,
-            engine_images: None,
+            engine_images: transport::docker_engine_builder(daemon.addr.as_deref()),
         })
     }
 }
@@ -375,35 +379,23 @@ async fn plan_project(
     crate::project::Project,
     crate::fingerprint::StateStore,
     crate::bake::BakePlan,
-    Option<Daemon>,
 )> {
     let project = load_project(a)?;
     crate::timing::mark("project loaded");
     let state = crate::fingerprint::StateStore::open_with(&project.root, lock_wait, &mut |msg| {
         eprintln!("{msg}")
     })?;
-    // The daemon is only needed to check images loaded into a Docker Engine; a plan that
-    // cannot reach it still works from the registry and the recorded state. Connecting costs
-    // a round trip or two, so a project that only pushes does not pay it to decide a no-op.
-    let loads_into_engine = project
-        .targets
-        .values()
-        .any(|t| t.load || (!t.push && t.outputs.is_empty() && !t.tags.is_empty()));
     crate::timing::mark("state opened");
-    let daemon = if loads_into_engine {
-        daemon_args.connect().await.ok()
-    } else {
-        None
-    };
-    crate::timing::mark("daemon connected");
-    let mut opts = a.bake_options(&project)?;
-    opts.engine_images = transport::docker_engine_builder(daemon_args.addr.as_deref());
-    let plan = crate::bake::plan(&project, &a.targets, &state, daemon.as_ref(), &opts).await?;
+    // Planning needs no BuildKit connection: images loaded into a Docker Engine are checked
+    // over its HTTP API, and a plan that cannot reach it still works from the registry and
+    // the recorded state.
+    let opts = a.bake_options(&project, daemon_args)?;
+    let plan = crate::bake::plan(&project, &a.targets, &state, &opts).await?;
     crate::timing::mark("planned");
     for w in state.take_warnings() {
         eprintln!("WARNING: {w}");
     }
-    Ok((project, state, plan, daemon))
+    Ok((project, state, plan))
 }
 
 fn print_plan(plan: &crate::bake::BakePlan, format: &str) -> Result<()> {
@@ -456,28 +448,28 @@ async fn run_bake(daemon_args: &DaemonArgs, a: &BakeArgs) -> Result<bool> {
         return Ok(true);
     }
     let mode: Mode = a.progress.parse()?;
-    let (project, state, plan, daemon) = plan_project(
+    let (project, state, plan) = plan_project(
         daemon_args,
         &a.project,
         crate::fingerprint::DEFAULT_LOCK_WAIT,
     )
     .await?;
-    let opts = a.project.bake_options(&project)?;
+    let opts = a.project.bake_options(&project, daemon_args)?;
     let must_build = plan
         .ordered()
         .any(|t| t.action == crate::bake::Action::Build);
-    let daemon = match daemon {
-        Some(d) => Some(d),
-        // Skips and re-tags need no daemon.
-        None if !must_build => None,
-        None => match daemon_args.connect().await {
+    // Skips and re-tags need no daemon.
+    let daemon = if must_build {
+        match daemon_args.connect().await {
             Ok(d) => Some(d),
             Err(e) => {
                 // Still do the skips and re-tags; the builds fail with this.
                 eprintln!("ERROR: {e:#}");
                 None
             }
-        },
+        }
+    } else {
+        None
     };
     let jobs = match (a.jobs, &daemon) {
         (Some(j), _) => j.max(1),
@@ -531,7 +523,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Plan(a) => {
             // A plan is a question: don't wait long behind a running bake.
-            let (_project, _state, plan, _daemon) =
+            let (_project, _state, plan) =
                 plan_project(&cli.daemon, &a.project, Duration::from_secs(5)).await?;
             print_plan(&plan, &a.format)?;
         }

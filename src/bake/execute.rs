@@ -158,7 +158,7 @@ pub async fn execute(
             .collect(),
     ));
     let daemon_platform = tokio::sync::OnceCell::new();
-    let engine = daemon.and_then(engine_of);
+    let engine = daemon.and_then(engine_of).or(opts.engine_images.clone());
 
     // Skips and re-tags first, all at once: none of them waits for anything built in this
     // run (a target whose base is rebuilt is always built itself), so dependency order only

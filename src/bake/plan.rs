@@ -143,7 +143,6 @@ pub async fn plan(
     project: &Project,
     names: &[String],
     state: &StateStore,
-    daemon: Option<&Daemon>,
     opts: &BakeOptions,
 ) -> Result<BakePlan, BakeError> {
     let gplan = graph::plan(project, names)?;
@@ -191,7 +190,7 @@ pub async fn plan(
     // first would add the registry's answer time to every no-op run.
     let resolving = tokio::spawn(resolve_digests(to_resolve));
     let finding = tokio::spawn(local_images(opts.engine_images.clone(), to_find_locally));
-    let engine = daemon.and_then(engine_of);
+    let engine = opts.engine_images.clone();
     let prechecks: Vec<_> = gplan
         .order
         .iter()
