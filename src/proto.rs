@@ -39,3 +39,13 @@ pub mod moby {
 
 pub use fsutil::types::{packet::PacketType, Packet, Stat};
 pub use moby::buildkit::v1 as control;
+
+pub mod containerd {
+    pub mod services {
+        pub mod images {
+            pub mod v1 {
+                tonic::include_proto!("containerd.services.images.v1");
+            }
+        }
+    }
+}

@@ -258,6 +258,77 @@ pub async fn manifest_digest(reference: &str) -> Result<Option<String>, Registry
     }
 }
 
+/// A manifest as a registry served it — exact bytes, media type and digest — kept so that
+/// putting it under another tag needs no second fetch (see [`put_manifest_as`]).
+#[derive(Debug, Clone)]
+pub struct StoredManifest {
+    /// Where it was read: registry and repository matter, the tag does not.
+    source: Reference,
+    manifest: Manifest,
+    /// `sha256:…`, from the registry's `Docker-Content-Digest`.
+    pub digest: String,
+}
+
+/// The manifest `reference` names, with its bytes, or `None` if the registry has no such
+/// manifest. One `GET`: as cheap as asking for the digest alone, and [`put_manifest_as`] can
+/// then re-tag it with a single `PUT`.
+///
+/// Errors: as [`manifest_digest`]; a registry that sends no `Docker-Content-Digest` is a
+/// [`RegistryError::Protocol`] (use [`manifest_digest`] there).
+pub async fn get_manifest(reference: &str) -> Result<Option<StoredManifest>, RegistryError> {
+    let r = Reference::parse(reference)?;
+    let mut s = Session::new(&r)?;
+    let manifest =
+        match fetch_manifest(&mut s, &r.repository, r.manifest_ref(), None, reference).await {
+            Ok(m) => m,
+            Err(RegistryError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+    let digest = manifest
+        .digest
+        .clone()
+        .or(r.digest.clone())
+        .ok_or_else(|| RegistryError::Protocol {
+            host: r.registry.clone(),
+            message: format!("no Docker-Content-Digest header for {reference}"),
+        })?;
+    Ok(Some(StoredManifest {
+        source: r,
+        manifest,
+        digest,
+    }))
+}
+
+/// Makes `new_reference` point at `m`: within `m`'s repository one `PUT` of the bytes already
+/// held; elsewhere as [`tag_existing`] from `m`'s repository by digest. Returns the digest the
+/// registry stored. Errors: as [`tag_existing`].
+pub async fn put_manifest_as(
+    m: &StoredManifest,
+    new_reference: &str,
+) -> Result<String, RegistryError> {
+    let to = Reference::parse(new_reference)?;
+    let source = format!("{}/{}@{}", m.source.registry, m.source.repository, m.digest);
+    let (Some(tag), None, true) = (
+        &to.tag,
+        &to.digest,
+        to.registry == m.source.registry && to.repository == m.source.repository,
+    ) else {
+        return tag_existing(&source, new_reference).await;
+    };
+    let mut s = Session::new(&to)?;
+    match put_manifest(&mut s, &to.repository, tag, &m.manifest).await? {
+        Some(stored) if stored != m.digest => Err(RegistryError::Retag {
+            from: source,
+            to: new_reference.to_string(),
+            reason: format!(
+                "the registry stored the manifest as {stored}, not {}: it changed the bytes",
+                m.digest
+            ),
+        }),
+        _ => Ok(m.digest.clone()),
+    }
+}
+
 /// Makes `new_reference` (a tag in the same registry) point at the manifest `existing`
 /// resolves to, byte for byte and with the same media type, so its digest does not change;
 /// returns that digest. Nothing is rebuilt, and within one repository nothing but the manifest

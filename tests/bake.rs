@@ -534,3 +534,107 @@ fn a_loaded_image_that_was_removed_or_retagged_is_rebuilt() {
     assert_eq!(plan_of(&r, "alone").0, "skip");
     assert_eq!(plan_of(&r, "loaded").0, "skip");
 }
+
+/// The engine's tags are read from its containerd image store when it has one (see
+/// `transport/engine_store.rs`); the answers must be the Engine API's, and cached facts about
+/// the engine that turn out wrong must never turn into a skip.
+#[test]
+fn engine_checks_through_containerd_stay_right_when_the_cached_facts_are_wrong() {
+    let mut extra = String::new();
+    for i in 1..=4 {
+        extra.push_str(&format!(
+            "[target.l{i}]\ncontext = \"l{i}\"\npush = false\nload = true\n\n"
+        ));
+    }
+    let r = project(&extra);
+    for i in 1..=4 {
+        write(
+            &r.root.join(format!("l{i}/Dockerfile")),
+            format!("FROM {}\nCOPY f /f\n", base_image()),
+        );
+        write(&r.root.join(format!("l{i}/f")), unique("loaded"));
+    }
+    let cache = tempfile::tempdir().unwrap();
+    let cache_file = cache.path().join("bk-build/engines.json");
+    let names = ["l1", "l2", "l3", "l4"];
+    let plan_loaded = || -> BTreeMap<String, String> {
+        let out = run_ok(
+            bk().current_dir(&r.root)
+                .env("XDG_CACHE_HOME", cache.path())
+                .args(["plan", "--format", "json", "l1", "l2", "l3", "l4"]),
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (
+                    t["name"].as_str().unwrap().to_string(),
+                    t["action"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let bake_loaded = || {
+        let out = run(bk()
+            .current_dir(&r.root)
+            .env("XDG_CACHE_HOME", cache.path())
+            .args(["bake", "--progress", "plain"])
+            .args(names));
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    let all = |action: &str| -> BTreeMap<String, String> {
+        names
+            .iter()
+            .map(|n| (n.to_string(), action.to_string()))
+            .collect()
+    };
+    bake_loaded();
+    assert_eq!(plan_loaded(), all("skip"));
+    let facts: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&cache_file).expect("engine facts cached")).unwrap();
+    assert!(
+        facts[0]["containerd"].is_string(),
+        "the test engine uses the containerd image store, so the fast path must be on: {facts}"
+    );
+
+    // Tags moved or removed behind bk-build's back: every one is seen, whichever path answers.
+    let tag = |n: &str| format!("{}/{n}:dev", r.repo);
+    run_ok(docker().args(["tag", &base_image(), &tag("l2")]));
+    run_ok(docker().args(["tag", &base_image(), &tag("l3")]));
+    run_ok(docker().args(["image", "rm", &tag("l4")]));
+    let p = plan_loaded();
+    assert_eq!(p["l1"], "skip");
+    for n in ["l2", "l3", "l4"] {
+        assert_ne!(p[n], "skip", "{n}: {p:?}");
+    }
+    bake_loaded();
+    assert_eq!(plan_loaded(), all("skip"));
+
+    // Wrong facts with the engine's identity: another namespace (a store without these
+    // images), then a socket that is not containerd at all. Nothing is skipped that should
+    // not be, and facts that disagree with the engine are dropped.
+    for wrong in ["namespace", "address"] {
+        let mut f = facts.clone();
+        match wrong {
+            "namespace" => f[0]["namespace"] = "bk-build-test-elsewhere".into(),
+            _ => f[0]["containerd"] = f[0]["socket"].clone(),
+        }
+        write(&cache_file, serde_json::to_string(&f).unwrap());
+        assert_eq!(plan_loaded(), all("skip"), "{wrong}");
+        let now: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&cache_file).unwrap()).unwrap();
+        assert_eq!(
+            now,
+            serde_json::json!([]),
+            "{wrong}: wrong facts are forgotten"
+        );
+
+        write(&cache_file, serde_json::to_string(&f).unwrap());
+        run_ok(docker().args(["tag", &base_image(), &tag("l1")]));
+        let p = plan_loaded();
+        assert_ne!(p["l1"], "skip", "{wrong}: {p:?}");
+        assert_eq!(p["l2"], "skip", "{wrong}: {p:?}");
+        bake_loaded();
+    }
+}

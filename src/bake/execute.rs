@@ -175,13 +175,13 @@ pub async fn execute(
                     progress.note(Some(&name), &format!("skipped: {}", tp.reasons.join("; ")));
                     if tp.in_ledger {
                         // Found by content on this machine for the first time: remember it.
-                        record(state, progress, &name, tp, t);
+                        tokio::task::block_in_place(|| record(state, progress, &name, tp, t));
                     }
                     Ok(Reused::Skipped)
                 } else {
                     match retag(tp, engine.as_ref(), progress, &name).await {
                         Ok(()) => {
-                            record(state, progress, &name, tp, t);
+                            tokio::task::block_in_place(|| record(state, progress, &name, tp, t));
                             if !tp.in_ledger && opts.ledger {
                                 let (key, digest) =
                                     (tp.fingerprint.as_deref(), tp.digest.as_deref());
@@ -483,9 +483,11 @@ async fn retag(
             .retag_from
             .as_deref()
             .ok_or_else(|| "nothing to copy the image from".to_string())?;
-        crate::registry::tag_existing(from, tag)
-            .await
-            .map_err(|e| e.to_string())?;
+        match &tp.retag_manifest {
+            Some(m) => crate::registry::put_manifest_as(m, tag).await,
+            None => crate::registry::tag_existing(from, tag).await,
+        }
+        .map_err(|e| e.to_string())?;
         progress.note(Some(name), &format!("tagged {tag} (from {from})"));
     }
     if !tp.retag_engine.is_empty() {

@@ -87,6 +87,10 @@ pub struct TargetPlan {
     /// A registry reference holding `digest`, to copy re-tagged manifests from.
     #[serde(skip)]
     retag_from: Option<String>,
+    /// The ledger entry's manifest, when that is the source: re-tagging within its repository
+    /// then needs only a `PUT`.
+    #[serde(skip)]
+    retag_manifest: Option<crate::registry::StoredManifest>,
     /// The result is already in the registry ledger (no need to write it again).
     #[serde(skip)]
     in_ledger: bool,

@@ -591,6 +591,7 @@ impl DecideCtx<'_> {
             retag_registry: Vec::new(),
             retag_engine: Vec::new(),
             retag_from: None,
+            retag_manifest: None,
             in_ledger: false,
             content,
             input,
@@ -702,12 +703,12 @@ impl DecideCtx<'_> {
             if let Some(home) = home_repository(t) {
                 let entry = format!("{home}:{}", fingerprint::ledger_tag(&fp.key));
                 // The wanted tags are asked at the same time: one round trip, not two.
-                let (found, pushed) = tokio::join!(
-                    crate::registry::manifest_digest(&entry),
-                    pushed_tag_digests(t)
-                );
+                let (found, pushed) =
+                    tokio::join!(crate::registry::get_manifest(&entry), pushed_tag_digests(t));
                 match found {
-                    Ok(Some(d)) => {
+                    Ok(Some(m)) => {
+                        let d = m.digest.clone();
+                        tp.retag_manifest = Some(m);
                         let delivery = check_delivery(
                             t,
                             &self.project.root,

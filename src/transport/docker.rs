@@ -201,6 +201,20 @@ pub async fn engine_cpus(host: &DockerHost) -> Result<usize, String> {
     Ok(info.ncpu.max(1))
 }
 
+/// `GET /info`, read for where the engine keeps its images: containerd's socket when it uses
+/// the containerd image store (`None` otherwise) and the namespace of its images.
+pub(super) async fn containerd_store(
+    host: &DockerHost,
+) -> Result<(Option<PathBuf>, String), String> {
+    let (status, body) = get(host, "/info").await?;
+    if status != http::StatusCode::OK {
+        return Err(format!("{host} answered {status} for /info"));
+    }
+    let info: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| format!("{host} answered /info with unexpected JSON: {e}"))?;
+    Ok(super::engine_store::containerd_from_info(&info))
+}
+
 /// The image ID `reference` names in the engine's image store, `None` if it has no such image.
 ///
 /// Asks `GET /images/{name}/history`, whose newest entry carries the image ID: on the

@@ -7,6 +7,7 @@
 //! know about builds, sessions or Dockerfiles.
 
 mod docker;
+mod engine_store;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -14,10 +15,8 @@ use std::time::Duration;
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri};
 
-pub use docker::{
-    engine_cpus as docker_engine_cpus, image_id as docker_image_id, tag_image as docker_tag_image,
-    DockerHost,
-};
+pub use docker::{engine_cpus as docker_engine_cpus, tag_image as docker_tag_image, DockerHost};
+pub use engine_store::image_id as docker_image_id;
 
 /// Default time allowed to set up a connection (buildctl's `--timeout` default).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
