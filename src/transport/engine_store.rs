@@ -135,6 +135,11 @@ async fn decide(
 /// The name the containerd image store files `reference` under (fully qualified, with a
 /// tag), or `None` for references it is not asked about (digests, unparseable names).
 fn containerd_name(reference: &str) -> Option<String> {
+    // Image IDs (`sha256:…`) and what the engine may take for an ID prefix are not names.
+    let hex = |s: &str| s.len() >= 12 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    if reference.starts_with("sha256:") || hex(reference) {
+        return None;
+    }
     let r = crate::registry::Reference::parse(reference).ok()?;
     if r.digest.is_some() {
         return None;
@@ -304,6 +309,7 @@ mod tests {
         );
         let d = format!("sha256:{}", "a".repeat(64));
         assert_eq!(containerd_name(&d), None);
+        assert_eq!(containerd_name("0123456789abcdef"), None);
         assert_eq!(containerd_name(&format!("app@{d}")), None);
     }
 
