@@ -53,7 +53,7 @@ pub fn bench_floor(root: &Path) -> Result<FloorTimes, FingerprintError> {
         {
             let e = e.map_err(walk_err)?;
             if seen.insert(e.abs_path.clone()) {
-                entries.push((e.abs_path, is_regular(e.mode)));
+                entries.push((e.abs_path, is_regular(e.mode) && !e.socket));
             }
         }
     }

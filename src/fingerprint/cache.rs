@@ -458,17 +458,7 @@ impl StatCache {
         let after = FileStat::from_metadata(&file.metadata()?);
         drop(file);
 
-        // Hash the content hash, not the content followed by xattrs, so the two parts can
-        // never be confused with each other.
-        let mut data = blake3::Hasher::new();
-        data.update(content.finalize().as_bytes());
-        let attrs = xattrs.read(abs_path);
-        put_len(&mut data, attrs.len() as u64);
-        for (name, value) in &attrs {
-            put_str(&mut data, name);
-            put_bytes(&mut data, value);
-        }
-        let data = prefix16(&data.finalize());
+        let data = file_data(&content.finalize(), abs_path, xattrs);
 
         self.hashes.fetch_add(1, Ordering::Relaxed);
         self.bytes_hashed.fetch_add(count, Ordering::Relaxed);
@@ -484,6 +474,13 @@ impl StatCache {
             stamp,
         });
         Ok((data, pending))
+    }
+
+    /// The data record of a unix socket: the daemon receives it as an empty regular file with
+    /// the socket's xattrs (fsutil's sender clears the socket bit; opening it fails, so the
+    /// requested content is empty). Never cached: there is nothing to read.
+    pub(crate) fn socket_data(abs_path: &Path, xattrs: &mut XattrReader) -> Hash16 {
+        file_data(&blake3::hash(b""), abs_path, xattrs)
     }
 
     /// Stores hashes [`hash_file_deferred`](Self::hash_file_deferred) computed.
@@ -672,6 +669,20 @@ fn load_table(path: &Path) -> Result<Table, LoadError> {
         return Err(invalid("checksum mismatch (the file is corrupt)"));
     }
     Ok(table)
+}
+
+/// A regular file's data record: its content hash, then its xattrs. The content hash, not
+/// the content, goes first, so the two parts can never be confused with each other.
+fn file_data(content: &blake3::Hash, abs_path: &Path, xattrs: &mut XattrReader) -> Hash16 {
+    let mut data = blake3::Hasher::new();
+    data.update(content.as_bytes());
+    let attrs = xattrs.read(abs_path);
+    put_len(&mut data, attrs.len() as u64);
+    for (name, value) in &attrs {
+        put_str(&mut data, name);
+        put_bytes(&mut data, value);
+    }
+    prefix16(&data.finalize())
 }
 
 #[cfg(test)]

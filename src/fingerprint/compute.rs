@@ -581,6 +581,7 @@ fn walk_group(group: &Group, cache: &StatCache) -> Result<Listing, FingerprintEr
     let mut items = SectionBuilder::default();
     let mut parent_only = Vec::new();
     let mut cursor = cache.cursor();
+    let mut socket_xattrs = XattrReader::default();
     std::thread::scope(|scope| -> Result<(), FingerprintError> {
         let mut pool: Option<Pool> = None;
         let mut first_err: Option<FingerprintError> = None;
@@ -600,6 +601,12 @@ fn walk_group(group: &Group, cache: &StatCache) -> Result<Listing, FingerprintEr
             parent_only.push(e.parent_only);
             if !is_regular(e.mode) {
                 items.push(&e.rel_path, other_record(&e));
+                continue;
+            }
+            if e.socket {
+                // Hashed as what the daemon receives: an empty regular file.
+                let data = StatCache::socket_data(&e.abs_path, &mut socket_xattrs);
+                items.push(&e.rel_path, FileRec { mode: e.mode, data });
                 continue;
             }
             let stat = FileStat::from_entry(&e);
@@ -895,6 +902,53 @@ mod tests {
         let f = fs::File::options().write(true).open(p).unwrap();
         f.set_modified(SystemTime::now() - Duration::from_secs(secs_ago))
             .unwrap();
+    }
+
+    #[test]
+    fn a_socket_counts_as_the_empty_file_the_daemon_receives() {
+        let t = project();
+        let inp = input(t.path());
+        let sock = t.path().join("svc/app/agent.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        fs::set_permissions(&sock, fs::Permissions::from_mode(0o640)).unwrap();
+        let with_socket = key(&inp);
+        drop(listener);
+        fs::remove_file(&sock).unwrap();
+        let without = key(&inp);
+        assert_ne!(
+            with_socket.key, without.key,
+            "the socket is sent, so it is an input"
+        );
+        fs::write(&sock, "").unwrap();
+        fs::set_permissions(&sock, fs::Permissions::from_mode(0o640)).unwrap();
+        assert_eq!(key(&inp).key, with_socket.key);
+        fs::write(&sock, "x").unwrap();
+        assert_ne!(key(&inp).key, with_socket.key);
+    }
+
+    #[test]
+    fn a_name_that_is_not_utf8_fails_the_fingerprint_naming_it_unless_ignored() {
+        use std::os::unix::ffi::OsStrExt;
+        let t = project();
+        let inp = input(t.path());
+        let bad = t
+            .path()
+            .join("svc/app")
+            .join(std::ffi::OsStr::from_bytes(b"x\xff.py"));
+        fs::write(&bad, "x").unwrap();
+        let err = compute(&inp, &StatCache::new()).unwrap_err().to_string();
+        assert!(
+            err.contains(r"x\xFF.py") && err.contains("not valid UTF-8"),
+            "{err}"
+        );
+        // In an ignored directory, it is not sent and so no error.
+        fs::remove_file(&bad).unwrap();
+        let ignored = t
+            .path()
+            .join("svc/node_modules")
+            .join(std::ffi::OsStr::from_bytes(b"x\xff"));
+        fs::write(ignored, "x").unwrap();
+        compute(&inp, &StatCache::new()).unwrap();
     }
 
     #[test]

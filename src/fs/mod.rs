@@ -74,6 +74,12 @@ pub enum FsError {
         source: std::io::Error,
     },
 
+    /// An entry that would be sent has a name (or a symlink target) that is not valid UTF-8:
+    /// the wire `Stat` carries paths as protobuf strings, which cannot hold it. `path` is shown
+    /// with the invalid bytes escaped.
+    #[error("cannot send {path:?}: its {what} is not valid UTF-8, which BuildKit's file sync cannot carry (rename it, or exclude it in .dockerignore)")]
+    NotUtf8 { path: PathBuf, what: &'static str },
+
     /// An include/exclude pattern is malformed.
     #[error("invalid pattern {pattern:?}: {reason} (fix or remove this line in .dockerignore, or the include/exclude pattern)")]
     BadPattern { pattern: String, reason: String },
@@ -142,7 +148,7 @@ pub fn output_witness(
     };
     let mut digest = StatDigest::default();
     if only.is_none_or(|n| !n.is_empty()) {
-        for entry in Walker::new(path, &opts)?.with_xattrs(false) {
+        for entry in Walker::new(path, &opts)?.with_xattrs(false).lossy_names() {
             digest.add(&entry?);
         }
     }

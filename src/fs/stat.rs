@@ -84,7 +84,7 @@ pub fn go_file_mode_from_unix(st_mode: u32) -> u32 {
 }
 
 /// Go `os.FileMode` bits of lstat metadata. Sockets keep [`MODE_SOCKET`] here; the walker
-/// does not emit them at all (see [`crate::fs::walk`]).
+/// clears it, as fsutil does (see [`crate::fs::walk`]).
 pub fn go_file_mode(md: &Metadata) -> u32 {
     go_file_mode_from_unix(md.mode())
 }

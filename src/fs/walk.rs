@@ -16,14 +16,18 @@
 //!   [`PatternMatcher::may_reinclude_inside`]), which changes speed, never the result.
 //!
 //! Stat data: `lstat` only (symlinks, including symlinks to directories, are sent as links and
-//! never followed). Deliberate differences from fsutil, all for entries BuildKit could not
-//! meaningfully receive anyway:
-//! - sockets are skipped (fsutil clears the socket bit and sends an empty regular file);
-//! - names and symlink targets that are not UTF-8 are skipped (they cannot be protobuf strings;
-//!   Go would fail the transfer) and counted in [`Walker::skipped`];
+//! never followed). FIFOs and block/char devices are entries like any other (type bits and
+//! device numbers). A unix socket is what fsutil makes of it: its socket bit cleared, i.e. an
+//! empty regular file with the socket's permissions ([`Entry::socket`] says so; its content is
+//! never read). Nothing that would be sent is ever left out silently:
+//! - a name or symlink target that is not valid UTF-8 ends the walk with
+//!   [`FsError::NotUtf8`] when the entry would be sent (protobuf strings cannot carry it;
+//!   `docker buildx build` fails too), and only then: an excluded one is no error. Such names
+//!   take part in pattern matching the way Go sees them (each invalid byte one U+FFFD);
 //! - hard links are sent as independent regular files (fsutil may send later links as
 //!   "hardlink to the first path"; the copied bytes are the same);
-//! - a file that vanishes between listing and lstat is skipped instead of ending its directory.
+//! - a file that vanishes between listing and lstat is skipped instead of ending its directory
+//!   (it is gone: there is nothing left to send).
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -34,7 +38,7 @@ use std::path::{Path, PathBuf};
 
 use super::follow::{dedupe_paths, follow_links};
 use super::pattern::PatternMatcher;
-use super::stat::{dev_major_minor, go_file_mode, XattrReader};
+use super::stat::{dev_major_minor, go_file_mode, XattrReader, MODE_SOCKET};
 use super::FsError;
 
 /// What the walk reports for one entry (plain data; the file-sync layer turns it into a wire
@@ -60,6 +64,10 @@ pub struct Entry {
     /// Emitted only because something inside it is sent: the directory itself is filtered out
     /// (fsutil sends such parents so the receiver can place their children). Not on the wire.
     pub parent_only: bool,
+    /// A unix socket on disk. `mode` has no socket bit (fsutil clears it), so the daemon gets
+    /// an empty regular file; readers must not open it (the daemon's request for its content
+    /// is answered with the empty file). Not on the wire.
+    pub socket: bool,
     /// For stat caches (git-index-like change detection); not sent on the wire.
     pub dev: u64,
     pub ino: u64,
@@ -115,7 +123,11 @@ pub struct WalkOptions {
 
 /// One listed child of a directory.
 struct Item {
+    /// The name as patterns see it: the real one, or for a name that is not UTF-8 Go's view of
+    /// it (each invalid byte one U+FFFD), which is what fsutil's patterns are matched against.
     name: String,
+    /// The name on disk when it is not UTF-8 (it can then only error if it is to be sent).
+    raw: Option<OsString>,
     /// From the directory listing's file type (no extra syscall); decides matching as in fsutil.
     is_dir: bool,
     /// Kept to lstat relative to the open directory (cheaper than a full path lookup).
@@ -135,6 +147,11 @@ struct Frame {
     excl: Vec<bool>,
     /// Whether this directory's own entry has been emitted (the root counts as emitted).
     emitted: bool,
+    /// This directory's absolute path (listed and lstat'ed through it: names on disk may not
+    /// be UTF-8, so it is not rebuilt from the relative path).
+    abs: PathBuf,
+    /// Its relative path has a name that is not UTF-8: it, and anything in it, cannot be sent.
+    not_utf8: bool,
 }
 
 /// Directories deeper than this do not keep their listing's directory handle open (each
@@ -153,7 +170,8 @@ pub struct Walker {
     path: String,
     out: VecDeque<Entry>,
     pending_err: Option<FsError>,
-    skipped: u64,
+    /// Names (and link targets) that are not UTF-8 are errors; see [`Walker::lossy_names`].
+    strict_names: bool,
     xattrs: Option<XattrReader>,
     #[cfg(test)]
     listed_dirs: Vec<String>,
@@ -208,7 +226,7 @@ impl Walker {
             path: String::new(),
             out: VecDeque::new(),
             pending_err: None,
-            skipped: 0,
+            strict_names: true,
             xattrs: Some(XattrReader::default()),
             #[cfg(test)]
             listed_dirs: Vec::new(),
@@ -227,6 +245,8 @@ impl Walker {
             incl: Vec::new(),
             excl: Vec::new(),
             emitted: true,
+            abs: walker.root.clone(),
+            not_utf8: false,
         });
         Ok(walker)
     }
@@ -238,25 +258,17 @@ impl Walker {
         self
     }
 
-    /// Entries skipped because their name or symlink target is not valid UTF-8.
-    pub fn skipped(&self) -> u64 {
-        self.skipped
+    /// For walks whose entries never go on the wire (a digest of an output directory, say):
+    /// a name or symlink target that is not UTF-8 is reported in Go's view of it (each invalid
+    /// byte one U+FFFD) instead of ending the walk with [`FsError::NotUtf8`].
+    pub fn lossy_names(mut self) -> Self {
+        self.strict_names = false;
+        self
     }
 
     /// The resolved context root every `abs_path` starts with.
     pub fn root(&self) -> &Path {
         &self.root
-    }
-
-    fn abs(&self, rel: &str) -> PathBuf {
-        let root = self.root.as_os_str();
-        let mut s = OsString::with_capacity(root.len() + 1 + rel.len());
-        s.push(root);
-        if !self.root.as_os_str().as_encoded_bytes().ends_with(b"/") {
-            s.push("/");
-        }
-        s.push(rel);
-        PathBuf::from(s)
     }
 
     /// Lists a directory, sorted descending by name bytes (consumed with `pop`).
@@ -270,12 +282,9 @@ impl Walker {
         let mut items = Vec::new();
         for dent in std::fs::read_dir(abs)? {
             let dent = dent?;
-            let name = match dent.file_name().into_string() {
-                Ok(name) => name,
-                Err(_) => {
-                    self.skipped += 1;
-                    continue;
-                }
+            let (name, raw) = match dent.file_name().into_string() {
+                Ok(name) => (name, None),
+                Err(raw) => (go_lossy(raw.as_encoded_bytes()), Some(raw)),
             };
             let is_dir = match dent.file_type() {
                 Ok(t) => t.is_dir(),
@@ -284,11 +293,12 @@ impl Walker {
             };
             items.push(Item {
                 name,
+                raw,
                 is_dir,
                 dent: keep_handles.then_some(dent),
             });
         }
-        items.sort_unstable_by(|a, b| b.name.as_bytes().cmp(a.name.as_bytes()));
+        items.sort_unstable_by(|a, b| b.disk_name().cmp(a.disk_name()));
         Ok(items)
     }
 
@@ -323,6 +333,11 @@ impl Walker {
             }
         }
         let keep_handles = self.stack.len() < MAX_OPEN_LISTINGS;
+        let abs = match &item.raw {
+            Some(raw) => self.stack[top].abs.join(raw),
+            None => self.stack[top].abs.join(&item.name),
+        };
+        let not_utf8 = self.strict_names && (self.stack[top].not_utf8 || item.raw.is_some());
 
         if filtered_out {
             if !item.is_dir {
@@ -330,17 +345,26 @@ impl Walker {
             }
             // Look inside for re-included entries, without emitting the directory unless
             // one turns up.
-            let abs = self.abs(&self.path);
             match self.list_dir(&abs, keep_handles) {
-                Ok(items) => self.push_frame(items, depth, incl_rec, excl_rec, false),
+                Ok(items) => {
+                    let frame = (abs, not_utf8, false);
+                    self.push_frame(items, depth, incl_rec, excl_rec, frame)
+                }
                 // fsutil ignores unreadable directories it was not going to send.
                 Err(e) if vanished(&e) || e.kind() == io::ErrorKind::PermissionDenied => {}
                 Err(source) => return Err(FsError::ReadDir { path: abs, source }),
             }
             return Ok(());
         }
+        if not_utf8 {
+            // It would be sent. Any directory above it that is not UTF-8 is named first.
+            self.emit_pending_parents()?;
+            return Err(FsError::NotUtf8 {
+                path: abs,
+                what: "name",
+            });
+        }
 
-        let abs = self.abs(&self.path);
         let md = match &item.dent {
             Some(d) => d.metadata(),
             None => std::fs::symlink_metadata(&abs),
@@ -351,9 +375,6 @@ impl Walker {
             Err(source) => return Err(FsError::Stat { path: abs, source }),
         };
         drop(item);
-        if md.file_type().is_socket() {
-            return Ok(());
-        }
         let rel = self.path.clone();
         let Some(entry) = self.make_entry(rel, abs, &md)? else {
             return Ok(());
@@ -364,28 +385,27 @@ impl Walker {
             return Ok(());
         }
         let listing = self.list_dir(&entry.abs_path, keep_handles);
+        let abs = entry.abs_path.clone();
         self.out.push_back(entry);
         match listing {
-            Ok(items) => self.push_frame(items, depth, incl_rec, excl_rec, true),
+            Ok(items) => self.push_frame(items, depth, incl_rec, excl_rec, (abs, false, true)),
             Err(e) if vanished(&e) => {}
-            Err(source) => {
-                return Err(FsError::ReadDir {
-                    path: self.abs(&self.path),
-                    source,
-                })
-            }
+            Err(source) => return Err(FsError::ReadDir { path: abs, source }),
         }
         Ok(())
     }
 
+    /// Enters the directory just visited; `dir` is its absolute path, whether its relative
+    /// path is not UTF-8, and whether its own entry was emitted.
     fn push_frame(
         &mut self,
         items: Vec<Item>,
         parent_depth: usize,
         incl: Vec<bool>,
         excl: Vec<bool>,
-        emitted: bool,
+        dir: (PathBuf, bool, bool),
     ) {
+        let (abs, not_utf8, emitted) = dir;
         self.path.push('/');
         self.stack.push(Frame {
             items,
@@ -394,18 +414,27 @@ impl Walker {
             incl,
             excl,
             emitted,
+            abs,
+            not_utf8,
         });
     }
 
     /// Emits, outermost first, the directories on the current path that were entered without
-    /// being emitted, with their real lstat.
+    /// being emitted, with their real lstat. A directory whose name is not UTF-8 cannot be:
+    /// that is the error.
     fn emit_pending_parents(&mut self) -> Result<(), FsError> {
         for i in 1..self.stack.len() {
             if self.stack[i].emitted {
                 continue;
             }
+            let abs = self.stack[i].abs.clone();
+            if self.stack[i].not_utf8 {
+                return Err(FsError::NotUtf8 {
+                    path: abs,
+                    what: "name",
+                });
+            }
             let rel = self.path[..self.stack[i].prefix_len - 1].to_owned();
-            let abs = self.abs(&rel);
             let md = std::fs::symlink_metadata(&abs).map_err(|source| FsError::Stat {
                 path: abs.clone(),
                 source,
@@ -441,9 +470,12 @@ impl Walker {
             };
             match target.into_os_string().into_string() {
                 Ok(t) => linkname = t,
+                Err(raw) if !self.strict_names => linkname = go_lossy(raw.as_encoded_bytes()),
                 Err(_) => {
-                    self.skipped += 1;
-                    return Ok(None);
+                    return Err(FsError::NotUtf8 {
+                        path: abs_path,
+                        what: "symlink target",
+                    })
                 }
             }
         }
@@ -456,10 +488,13 @@ impl Walker {
             Some(reader) => reader.read(&abs_path),
             None => Vec::new(),
         };
+        // fsutil clears the socket bit: the daemon gets an empty regular file.
+        let socket = ft.is_socket();
+        let mode = go_file_mode(md) & !MODE_SOCKET;
         Ok(Some(Entry {
             rel_path,
             abs_path,
-            mode: go_file_mode(md),
+            mode,
             size: if ft.is_dir() { 0 } else { md.size() as i64 },
             mtime_ns: unix_nanos(md.mtime(), md.mtime_nsec()),
             linkname,
@@ -467,6 +502,7 @@ impl Walker {
             devminor,
             xattrs,
             parent_only: false,
+            socket,
             dev: md.dev(),
             ino: md.ino(),
             ctime_ns: unix_nanos(md.ctime(), md.ctime_nsec()),
@@ -505,6 +541,29 @@ impl Iterator for Walker {
             }
         }
     }
+}
+
+impl Item {
+    /// The name's bytes on disk (the sort key: fsutil orders by raw name bytes).
+    fn disk_name(&self) -> &[u8] {
+        match &self.raw {
+            Some(raw) => raw.as_encoded_bytes(),
+            None => self.name.as_bytes(),
+        }
+    }
+}
+
+/// A name that is not UTF-8 as a Go string sees it when matched: every byte that is not part
+/// of a valid UTF-8 sequence decodes to its own U+FFFD (Go's `utf8.DecodeRune` width 1).
+fn go_lossy(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() + 8);
+    for chunk in bytes.utf8_chunks() {
+        s.push_str(chunk.valid());
+        for _ in chunk.invalid() {
+            s.push(char::REPLACEMENT_CHARACTER);
+        }
+    }
+    s
 }
 
 /// Go's `Time.UnixNano`: wraps (instead of panicking) outside years 1678..2262, so a file
@@ -874,18 +933,138 @@ mod tests {
     }
 
     #[test]
-    fn sockets_and_non_utf8_names_are_skipped() {
+    fn a_socket_is_an_empty_regular_file_like_fsutil_sends() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        make_tree(r, &["a"]);
+        let _sock = std::os::unix::net::UnixListener::bind(r.join("sock")).unwrap();
+        std::fs::set_permissions(r.join("sock"), std::fs::Permissions::from_mode(0o751)).unwrap();
+        let got: Vec<Entry> = Walker::new(r, &WalkOptions::default())
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(got.len(), 2);
+        let sock = &got[1];
+        assert_eq!(sock.rel_path, "sock");
+        assert_eq!(sock.mode, 0o751, "no type bits: a regular file on the wire");
+        assert!(crate::fs::is_regular(sock.mode));
+        assert!(sock.socket);
+        assert_eq!(sock.size, 0);
+        assert!(!got[0].socket);
+    }
+
+    #[test]
+    fn fifos_and_devices_are_sent_with_their_type() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        let c = std::ffi::CString::new(r.join("fifo").into_os_string().into_encoded_bytes());
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.unwrap().as_ptr(), 0o640) }, 0);
+        let got: Vec<Entry> = Walker::new(r, &WalkOptions::default())
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].mode, crate::fs::MODE_NAMED_PIPE | 0o640);
+        // Device nodes need CAP_MKNOD; check what can be checked.
+        let null = std::ffi::CString::new(r.join("null").into_os_string().into_encoded_bytes());
+        // SAFETY: a NUL-terminated path.
+        let made = unsafe {
+            libc::mknod(
+                null.unwrap().as_ptr(),
+                libc::S_IFCHR | 0o666,
+                libc::makedev(1, 3),
+            )
+        } == 0;
+        if made {
+            let got: Vec<Entry> = Walker::new(r, &WalkOptions::default())
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            let null = got.iter().find(|e| e.rel_path == "null").unwrap();
+            assert_eq!(
+                null.mode & !0o777,
+                crate::fs::MODE_DEVICE | crate::fs::MODE_CHAR_DEVICE
+            );
+            assert_eq!((null.devmajor, null.devminor), (1, 3));
+        }
+    }
+
+    #[test]
+    fn a_name_that_is_not_utf8_is_an_error_naming_it_when_it_would_be_sent() {
         use std::os::unix::ffi::OsStrExt;
         let dir = tempfile::tempdir().unwrap();
         let r = dir.path();
         make_tree(r, &["a", "z/"]);
-        let _sock = std::os::unix::net::UnixListener::bind(r.join("sock")).unwrap();
-        std::fs::write(r.join(std::ffi::OsStr::from_bytes(b"bad\xff")), "x").unwrap();
-        std::fs::write(r.join(std::ffi::OsStr::from_bytes(b"z/bad\xfe")), "x").unwrap();
-        let mut w = Walker::new(r, &WalkOptions::default()).unwrap();
-        let paths: Vec<String> = w.by_ref().map(|e| e.unwrap().rel_path).collect();
-        assert_eq!(paths, s(&["a", "z"]));
-        assert_eq!(w.skipped(), 2);
+        let bad = r.join(std::ffi::OsStr::from_bytes(b"z/bad\xfe"));
+        std::fs::write(&bad, "x").unwrap();
+        let got: Vec<Result<Entry, FsError>> =
+            Walker::new(r, &WalkOptions::default()).unwrap().collect();
+        // What comes before it is sent; then the error, naming the path, ends the walk.
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert_eq!(got[1].as_ref().unwrap().rel_path, "z");
+        let err = got[2].as_ref().unwrap_err();
+        assert!(
+            matches!(err, FsError::NotUtf8 { path, .. } if *path == std::fs::canonicalize(r).unwrap().join("z").join(std::ffi::OsStr::from_bytes(b"bad\xfe"))),
+            "{err}"
+        );
+        let text = err.to_string();
+        assert!(text.contains(r"z/bad\xFE"), "{text}");
+        assert!(text.contains("not valid UTF-8"), "{text}");
+
+        // Excluded, it is no error (Go matches the name with U+FFFD for the bad byte).
+        for pattern in ["z/bad*", "z/bad?", "**/bad\u{fffd}"] {
+            assert_eq!(walk(r, &excludes(&[pattern])), s(&["a", "z"]), "{pattern}");
+        }
+        assert_eq!(walk(r, &excludes(&["z"])), s(&["a"]));
+        // Not included, neither.
+        assert_eq!(walk(r, &includes(&["a"])), s(&["a"]));
+    }
+
+    #[test]
+    fn a_directory_that_is_not_utf8_is_entered_for_exceptions_and_named_if_one_matches() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        make_tree(r, &["a"]);
+        let bad = r.join(std::ffi::OsStr::from_bytes(b"d\xff"));
+        std::fs::create_dir(&bad).unwrap();
+        std::fs::write(bad.join("keep.go"), "x").unwrap();
+        std::fs::write(bad.join("other.txt"), "x").unwrap();
+        // Excluded with nothing re-included inside: fine.
+        assert_eq!(walk(r, &excludes(&["d*", "!**/*.rs"])), s(&["a"]));
+        // An exception matches inside: the directory would have to be sent.
+        let err = Walker::new(r, &excludes(&["d*", "!**/*.go"]))
+            .unwrap()
+            .find_map(Result::err)
+            .unwrap();
+        assert!(
+            matches!(&err, FsError::NotUtf8 { path, .. } if path.ends_with(std::ffi::OsStr::from_bytes(b"d\xff"))),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_symlink_target_that_is_not_utf8_is_an_error() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        symlink(std::ffi::OsStr::from_bytes(b"t\xff"), r.join("l")).unwrap();
+        let err = Walker::new(r, &WalkOptions::default())
+            .unwrap()
+            .find_map(Result::err)
+            .unwrap();
+        assert!(err.to_string().contains("symlink target"), "{err}");
+        assert_eq!(walk(r, &excludes(&["l"])), Vec::<String>::new());
+    }
+
+    #[test]
+    fn go_sees_each_invalid_byte_as_one_replacement_character() {
+        assert_eq!(go_lossy(b"ok"), "ok");
+        assert_eq!(go_lossy(b"a\xffb"), "a\u{fffd}b");
+        // A truncated 3-byte sequence is two invalid bytes to Go, not one.
+        assert_eq!(go_lossy(b"\xe2\x82x"), "\u{fffd}\u{fffd}x");
+        assert_eq!(go_lossy("é\u{fffd}".as_bytes()), "é\u{fffd}");
     }
 
     #[test]

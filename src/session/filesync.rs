@@ -354,8 +354,10 @@ impl Readers {
     }
 }
 
-/// Streams one file as DATA packets, then an empty DATA (EOF). An unreadable file is answered
-/// with just the EOF, as fsutil does; the daemon then sees a short file.
+/// Streams one file as DATA packets, then an empty DATA (EOF). A unix socket (which the walk
+/// sent as an empty regular file, as fsutil does) is answered with just the EOF. A file that
+/// cannot be read completely is an ERR for the whole transfer, never a silently short file
+/// (fsutil would send it empty); a read that stops because the daemon went away is not.
 fn send_file(
     id: u32,
     path: &std::path::Path,
@@ -368,23 +370,76 @@ fn send_file(
         data,
         ..Default::default()
     };
-    if let Ok(mut f) = std::fs::File::open(path) {
-        // One reusable read buffer; each packet gets an exact-size copy, so small files do
-        // not pin a full chunk each while queued.
-        let mut buf = vec![0u8; DATA_CHUNK];
-        loop {
-            match f.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    counter.fetch_add(n as u64, Ordering::Relaxed);
-                    if tx.blocking_send(Ok(data(buf[..n].to_vec()))).is_err() {
-                        return;
-                    }
+    let packet = match stream_file(path, tx, counter, &data) {
+        Ok(true) => data(Vec::new()),
+        Ok(false) => return,
+        Err(msg) => Packet {
+            r#type: PacketType::PacketErr as i32,
+            data: msg.into_bytes(),
+            ..Default::default()
+        },
+    };
+    let _ = tx.blocking_send(Ok(packet));
+}
+
+/// Sends the content of `path`: Ok(true) when it was all sent, Ok(false) when the stream
+/// closed, Err with the message for the daemon when it cannot be read.
+fn stream_file(
+    path: &std::path::Path,
+    tx: &mpsc::Sender<Result<Packet, Status>>,
+    counter: &AtomicU64,
+    data: &dyn Fn(Vec<u8>) -> Packet,
+) -> Result<bool, String> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let fail = |what: &str, e: std::io::Error| {
+        format!(
+            "cannot {what} {}: {e} (it changed or became unreadable during the transfer; fix it and build again)",
+            path.display()
+        )
+    };
+    // O_NONBLOCK: a FIFO put in the file's place since the walk must not hang the transfer
+    // (no effect on regular files). O_NOFOLLOW: nor may a symlink put there be followed.
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(path);
+    let mut f = match opened {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+            // A socket cannot be opened: what the daemon gets is the empty file it announced.
+            return match std::fs::symlink_metadata(path) {
+                Ok(md) if md.file_type().is_socket() => Ok(true),
+                _ => Err(fail("read", e)),
+            };
+        }
+        Err(e) => return Err(fail("read", e)),
+    };
+    match f.metadata() {
+        Ok(md) if md.is_file() => {}
+        Ok(_) => {
+            return Err(fail(
+                "read",
+                std::io::Error::other("it is no longer a regular file"),
+            ))
+        }
+        Err(e) => return Err(fail("read", e)),
+    }
+    // One reusable read buffer; each packet gets an exact-size copy, so small files do not
+    // pin a full chunk each while queued.
+    let mut buf = vec![0u8; DATA_CHUNK];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => return Ok(true),
+            Ok(n) => {
+                counter.fetch_add(n as u64, Ordering::Relaxed);
+                if tx.blocking_send(Ok(data(buf[..n].to_vec()))).is_err() {
+                    return Ok(false);
                 }
             }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(fail("read", e)),
         }
     }
-    let _ = tx.blocking_send(Ok(data(Vec::new())));
 }
 
 #[cfg(test)]

@@ -1,7 +1,10 @@
-//! The id → path table a file-sync sender keeps for the daemon's requests.
+//! The id → path table a file-sync sender keeps for the daemon's requests (and a receiver for
+//! the files it requested).
 //!
 //! The daemon asks for file contents by STAT index, while and after the STATs stream, so the
-//! sender must map every regular file's id back to its path until the exchange ends. Held in
+//! sender must map every regular file's id back to its path until the exchange ends; a
+//! receiver of an export likewise needs each requested file's path and metadata when its data
+//! arrives. Held in
 //! memory that table grows with the context (~6 MB at 200k files, the only part of the
 //! client's memory that did), so records are packed into blocks and every full block goes to
 //! an unlinked temporary file; memory keeps one small index entry per block, the block being
@@ -19,7 +22,8 @@ use std::os::unix::fs::FileExt;
 /// the rest of the client, large enough that a 200k-file context has ~100 blocks.
 const BLOCK_BYTES: usize = 64 * 1024;
 
-/// Each record is `id: u32 LE, len: u32 LE, path bytes`.
+/// Each record is `id: u32 LE, len: u32 LE, record bytes` (a path, or whatever the caller
+/// stores).
 const HEADER: usize = 8;
 
 /// Records with their offsets, sorted by id (ids only grow).
@@ -30,12 +34,12 @@ struct Block {
 }
 
 impl Block {
-    fn push(&mut self, id: u32, path: &str) {
+    fn push(&mut self, id: u32, record: &[u8]) {
         self.index.push((id, self.bytes.len() as u32));
         self.bytes.extend_from_slice(&id.to_le_bytes());
         self.bytes
-            .extend_from_slice(&(path.len() as u32).to_le_bytes());
-        self.bytes.extend_from_slice(path.as_bytes());
+            .extend_from_slice(&(record.len() as u32).to_le_bytes());
+        self.bytes.extend_from_slice(record);
     }
 
     /// Rebuilds the index of a block read back from disk; `None` if it is not well formed.
@@ -56,12 +60,12 @@ impl Block {
         self.index.first().map(|&(id, _)| id)
     }
 
-    fn get(&self, id: u32) -> Option<&str> {
+    fn get(&self, id: u32) -> Option<&[u8]> {
         let i = self.index.binary_search_by_key(&id, |&(id, _)| id).ok()?;
         let off = self.index[i].1 as usize;
         let len = u32::from_le_bytes(self.bytes.get(off + 4..off + HEADER)?.try_into().ok()?);
         let start = off + HEADER;
-        std::str::from_utf8(self.bytes.get(start..start + len as usize)?).ok()
+        self.bytes.get(start..start + len as usize)
     }
 }
 
@@ -82,7 +86,8 @@ enum Spill {
     Unavailable,
 }
 
-/// Relative paths of the requestable files by STAT id. Ids must be pushed in increasing order.
+/// Relative paths (or other records) of the requestable files by STAT id. Ids must be pushed
+/// in increasing order.
 pub(crate) struct FileTable {
     /// Full blocks in id order, with the first id of each.
     sealed: Vec<(u32, Stored)>,
@@ -111,8 +116,13 @@ impl FileTable {
     }
 
     pub(crate) fn push(&mut self, id: u32, rel: &str) {
+        self.push_record(id, rel.as_bytes());
+    }
+
+    /// Stores any record (at most 4 GiB) for `id`.
+    pub(crate) fn push_record(&mut self, id: u32, record: &[u8]) {
         debug_assert!(self.filling.index.last().is_none_or(|&(last, _)| last < id));
-        self.filling.push(id, rel);
+        self.filling.push(id, record);
         if self.filling.bytes.len() >= self.block_bytes {
             self.seal();
         }
@@ -151,6 +161,16 @@ impl FileTable {
 
     /// The path of file `id`, `Ok(None)` if no requestable file has that id.
     pub(crate) fn get(&mut self, id: u32) -> io::Result<Option<&str>> {
+        match self.get_record(id)? {
+            None => Ok(None),
+            Some(bytes) => std::str::from_utf8(bytes).map(Some).map_err(|_| {
+                io::Error::new(io::ErrorKind::InvalidData, "file table path is not UTF-8")
+            }),
+        }
+    }
+
+    /// The record stored for `id`, `Ok(None)` if there is none.
+    pub(crate) fn get_record(&mut self, id: u32) -> io::Result<Option<&[u8]>> {
         if self.filling.first_id().is_some_and(|first| first <= id) {
             return Ok(self.filling.get(id));
         }

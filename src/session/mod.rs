@@ -10,6 +10,7 @@ pub mod filesend;
 pub mod filesync;
 mod filetable;
 pub mod secrets;
+mod server;
 pub mod ssh;
 
 use std::collections::BTreeMap;
@@ -138,11 +139,8 @@ impl Session {
             .await;
 
         let mut methods: Vec<&'static str> = vec!["/grpc.health.v1.Health/Check"];
-        let mut router = tonic::transport::Server::builder()
-            // Modest per-stream windows keep one big file transfer from starving Health checks.
-            .initial_stream_window_size(Some(1 << 20))
-            .initial_connection_window_size(Some(8 << 20))
-            .add_service(health);
+        // Served by our own HTTP/2 server (see `server`), which sets the windows and limits.
+        let mut router = tonic::service::Routes::new(health);
 
         let filesync = filesync::FileSyncService::new(spec.dirs, stats.clone());
         methods.push("/moby.filesync.v1.FileSync/DiffCopy");
@@ -179,9 +177,8 @@ impl Session {
         // Our end of the tunnel: an in-memory pipe whose other half the gRPC server owns.
         let (tunnel, server_io) = tokio::io::duplex(256 << 10);
         let server_task = tokio::spawn(async move {
-            let incoming = futures_util::stream::iter([Ok::<_, std::io::Error>(server_io)]);
             // Ends when the daemon closes the connection; errors then are expected noise.
-            let _ = router.serve_with_incoming(incoming).await;
+            let _ = server::serve(server_io, router).await;
         });
 
         let (mut tunnel_rd, mut tunnel_wr) = tokio::io::split(tunnel);

@@ -161,10 +161,11 @@ pub fn manifest_digest(repo: &str, tag: &str) -> Option<String> {
 }
 
 /// Every entry under `root` as (relative path → description): type, mode, size and a content
-/// hash for files, target for symlinks. Two trees are equal iff these maps are.
+/// hash for files, target for symlinks, device numbers for devices; FIFOs and sockets are
+/// described, never opened. Two trees are equal iff these maps are.
 pub fn tree(root: &Path) -> BTreeMap<String, String> {
     use sha2::{Digest, Sha256};
-    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let mut out = BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
@@ -174,8 +175,24 @@ pub fn tree(root: &Path) -> BTreeMap<String, String> {
             let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
             let md = std::fs::symlink_metadata(&p).unwrap();
             let mode = md.mode() & 0o7777;
-            let desc = if md.file_type().is_symlink() {
+            let ft = md.file_type();
+            let dev = || {
+                let rdev = md.rdev();
+                // Linux's encoding of major:minor in st_rdev.
+                let major = ((rdev >> 32) & 0xffff_f000) | ((rdev >> 8) & 0xfff);
+                let minor = ((rdev >> 12) & 0xffff_ff00) | (rdev & 0xff);
+                format!("{major}:{minor}")
+            };
+            let desc = if ft.is_symlink() {
                 format!("link -> {}", std::fs::read_link(&p).unwrap().display())
+            } else if ft.is_fifo() {
+                format!("fifo {mode:o}")
+            } else if ft.is_socket() {
+                format!("socket {mode:o}")
+            } else if ft.is_char_device() {
+                format!("char {mode:o} {}", dev())
+            } else if ft.is_block_device() {
+                format!("block {mode:o} {}", dev())
             } else if md.is_dir() {
                 stack.push(p.clone());
                 format!("dir {mode:o}")
