@@ -798,7 +798,16 @@ mod tests {
                 assert_eq!(md.permissions().mode() & 0o7777, 0o666);
             }
             // Without CAP_MKNOD: an error that names the node and says why.
-            Err(e) => assert!(e.contains("null") && e.contains("needs root"), "{e}"),
+            Err(e) => {
+                assert!(e.contains("null") && e.contains("needs root"), "{e}");
+                return;
+            }
         }
+        let mut st = stat("loop9", crate::fs::MODE_DEVICE | 0o660);
+        (st.devmajor, st.devminor) = (7, 0x12345);
+        assert!(!r.create(1, st).unwrap());
+        let md = std::fs::symlink_metadata(root.join("loop9")).unwrap();
+        assert!(md.file_type().is_block_device());
+        assert_eq!(md.rdev(), libc::makedev(7, 0x12345));
     }
 }
