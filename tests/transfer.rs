@@ -76,6 +76,32 @@ fn twenty_thousand_small_files_go_up_and_come_back_every_time_like_buildx() {
     );
 }
 
+/// The daemon names every file a build reads from the context in the DiffCopy call's headers
+/// (`followpaths`). Our HTTP/2 server allowed 16 KiB of headers (hyper's default), so a
+/// Dockerfile with a few hundred COPY sources failed with "header list size to send violates
+/// the maximum size (16384 bytes) set by server"; buildx's session server allows grpc-go's
+/// 16 MiB.
+#[test]
+fn hundreds_of_copy_sources_build_like_buildx() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    let mut dockerfile = String::from("FROM scratch\n");
+    for i in 0..400 {
+        let name = format!("a-fairly-long-directory-name-number-{i:04}/and-a-file-inside-it.txt");
+        write(&ctx.join(&name), format!("{i}\n"));
+        dockerfile.push_str(&format!("COPY {name} /{name}\n"));
+    }
+    write(&ctx.join("Dockerfile"), dockerfile);
+    let theirs = tmp.path().join("theirs");
+    let o = buildx_export(&ctx, &theirs);
+    assert!(o.status.success(), "the oracle failed: {}", stderr(&o));
+    let ours = tmp.path().join("ours");
+    let o = bk_export(&ctx, &ours);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_same_tree(&ours, &theirs);
+    assert_eq!(tree(&ours).len(), 800);
+}
+
 /// FIFOs and device nodes are created in a local export as buildx creates them (they used to
 /// vanish), and a unix socket in the context arrives as the empty regular file buildx sends.
 #[test]

@@ -319,7 +319,8 @@ async fn send_dir(
 /// A fixed set of reader threads for one DiffCopy, fed through a bounded queue. A thread per
 /// request (`spawn_blocking` for each file) let the blocking pool grow to ~40 threads on a
 /// 200k-file sync, and client memory with it; a full queue also stops us reading further
-/// requests, so the daemon's flow control, not our memory, absorbs the backlog.
+/// requests, so the daemon's flow control, not our memory, absorbs the backlog (the session's
+/// HTTP/2 server tolerates any number of unread tiny REQ frames; see `session::server`).
 struct Readers {
     queue: mpsc::Sender<(u32, PathBuf)>,
     threads: Vec<tokio::task::JoinHandle<()>>,

@@ -78,9 +78,14 @@ async fn serve_stream(
     mut respond: h2::server::SendResponse<Bytes>,
 ) {
     let req = req.map(|recv| RecvBody { recv, done: false });
-    let resp = match routes.oneshot(req).await {
-        Ok(resp) => resp,
-        Err(never) => match never {},
+    // A call the daemon gives up on (its deadline passed, the build was cancelled) resets the
+    // stream: stop working on it.
+    let resp = tokio::select! {
+        resp = routes.oneshot(req) => match resp {
+            Ok(resp) => resp,
+            Err(never) => match never {},
+        },
+        _ = std::future::poll_fn(|cx| respond.poll_reset(cx)) => return,
     };
     let (parts, body) = resp.into_parts();
     let head = http::Response::from_parts(parts, ());
