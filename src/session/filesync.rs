@@ -447,6 +447,47 @@ fn stream_file(
 mod tests {
     use super::*;
 
+    /// What `send_file` puts on the stream for `path`.
+    fn sent(path: &std::path::Path) -> Vec<Packet> {
+        let (tx, mut rx) = mpsc::channel(64);
+        send_file(7, path, &tx, &AtomicU64::new(0));
+        drop(tx);
+        std::iter::from_fn(|| rx.try_recv().ok().map(Result::unwrap)).collect()
+    }
+
+    #[test]
+    fn a_file_is_sent_whole_a_socket_empty_and_anything_unreadable_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("f");
+        std::fs::write(&f, vec![1u8; DATA_CHUNK + 5]).unwrap();
+        let got = sent(&f);
+        let sizes: Vec<usize> = got.iter().map(|p| p.data.len()).collect();
+        assert_eq!(sizes, [DATA_CHUNK, 5, 0]);
+        assert!(got
+            .iter()
+            .all(|p| p.id == 7 && p.r#type == PacketType::PacketData as i32));
+
+        // The walk sent a socket as an empty regular file: its content is empty.
+        let sock = dir.path().join("s");
+        let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let got = sent(&sock);
+        assert_eq!(got.len(), 1);
+        assert!(got[0].data.is_empty() && got[0].r#type == PacketType::PacketData as i32);
+
+        // Gone, or replaced by a FIFO since the walk: an ERR naming it, not a short file.
+        let fifo = dir.path().join("p");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        for p in [dir.path().join("missing"), fifo] {
+            let got = sent(&p);
+            assert_eq!(got.len(), 1, "{p:?}");
+            assert_eq!(got[0].r#type, PacketType::PacketErr as i32);
+            let msg = String::from_utf8_lossy(&got[0].data);
+            assert!(msg.contains(&p.display().to_string()), "{msg}");
+        }
+    }
+
     #[test]
     fn decodes_encoded_metadata() {
         let mut md = tonic::metadata::MetadataMap::new();
