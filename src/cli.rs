@@ -31,11 +31,13 @@ pub struct Cli {
 
 #[derive(Args, Debug, Clone)]
 pub struct DaemonArgs {
-    /// BuildKit address: unix:///path, tcp://host:port, docker:// or docker-unix:///path.
+    /// BuildKit address: unix:///path, tcp://host:port, docker:// (the Docker Engine the docker
+    /// CLI would use: DOCKER_HOST, else the current docker context), docker://unix:///path,
+    /// docker://tcp://host:port, docker://ssh://[user@]host[:port].
     /// Default: $BUILDKIT_HOST, the rootless and rootful buildkitd sockets, then Docker.
     #[arg(long, global = true, env = "BUILDKIT_HOST")]
     pub addr: Option<String>,
-    /// CA certificate for tcp:// with TLS.
+    /// CA certificate for tcp:// with TLS (buildkitd, or a Docker Engine at docker://tcp://).
     #[arg(long, global = true, value_name = "FILE")]
     pub tlscacert: Option<PathBuf>,
     /// Client certificate for mutual TLS.
@@ -174,7 +176,7 @@ impl ProjectArgs {
         Ok(crate::bake::BakeOptions {
             force,
             ledger: !self.no_ledger,
-            engine_images: transport::docker_engine_builder(daemon.addr.as_deref()),
+            engine_images: transport::docker_engine_builder(daemon.addr.as_deref(), &daemon.tls()),
         })
     }
 }

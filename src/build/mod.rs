@@ -182,9 +182,18 @@ pub async fn build(
     let stats = session.stats.clone();
     let export_errors = session.close().await;
 
-    let resp = solved.map_err(|s| BuildError::Failed {
-        message: crate::progress::describe_build_error(&s),
-    })?;
+    let resp = match solved {
+        Ok(r) => r,
+        Err(s) => {
+            // A broken connection is not the daemon's answer: say what broke, and whether the
+            // daemon is still there, instead of "failed to solve: transport error".
+            let message = match crate::transport::explain_lost_connection(daemon, &s).await {
+                Some(lost) => format!("ERROR: build did not finish: {lost}"),
+                None => crate::progress::describe_build_error(&s),
+            };
+            return Err(BuildError::Failed { message });
+        }
+    };
     if let Some(e) = export_errors.into_iter().next() {
         return Err(BuildError::Export {
             what: "build output".into(),
