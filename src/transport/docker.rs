@@ -283,14 +283,19 @@ async fn send(
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(std::io::Error::other)?;
-    tokio::spawn(async move {
-        // Errors here surface on the request future; the task only drives the connection.
-        let _ = conn.with_upgrades().await;
-    });
-    sender
-        .send_request(req)
-        .await
-        .map_err(std::io::Error::other)
+    let driver = tokio::spawn(conn.with_upgrades());
+    match sender.send_request(req).await {
+        Ok(resp) => Ok(resp),
+        Err(e) => {
+            // When the connection fails first (a TLS alert after the handshake, ssh exiting),
+            // the request only learns "canceled"; the connection's own error says why.
+            let why = tokio::time::timeout(Duration::from_secs(2), driver).await;
+            match why {
+                Ok(Ok(Err(conn_err))) => Err(std::io::Error::other(conn_err)),
+                _ => Err(std::io::Error::other(e)),
+            }
+        }
+    }
 }
 
 /// One Engine API request with no body: status, headers and the whole (small) answer.

@@ -97,6 +97,18 @@ fn io_kind(e: &(dyn Error + 'static)) -> Option<std::io::ErrorKind> {
     kind
 }
 
+/// What ended an established connection, in a few words.
+pub(crate) fn cause(e: &(dyn Error + 'static)) -> String {
+    use std::io::ErrorKind as K;
+    match io_kind(e) {
+        Some(K::ConnectionReset) => "connection reset".into(),
+        Some(K::UnexpectedEof | K::BrokenPipe | K::ConnectionAborted) => {
+            "the connection was closed".into()
+        }
+        _ => super::error_chain(e),
+    }
+}
+
 /// Explains why talking to `peer` failed with `e`, with the fix.
 pub(crate) fn explain(peer: &Peer, e: &(dyn Error + 'static)) -> String {
     let detail = super::error_chain(e);
@@ -130,8 +142,8 @@ pub(crate) fn explain(peer: &Peer, e: &(dyn Error + 'static)) -> String {
     match io_kind(e) {
         Some(K::ConnectionRefused) => {
             let how = match peer.docker {
-                Some(_) => "is dockerd running and listening there (dockerd -H …)?",
-                None => "is buildkitd running and listening there (buildkitd --addr …)?",
+                Some(_) => "Is dockerd running and listening there (dockerd -H …)?",
+                None => "Is buildkitd running and listening there (buildkitd --addr …)?",
             };
             format!(
                 "cannot reach {}: connection refused, nothing listens there. {how} Check {}.",

@@ -243,7 +243,7 @@ pub async fn explain_lost_connection(daemon: &Daemon, status: &tonic::Status) ->
     if !is_connection_failure(status) {
         return None;
     }
-    let cause = error_chain(status);
+    let cause = explain::cause(status);
     let peer = daemon.peer();
     // The channel reconnects on the next call, through the same connector and TLS setup.
     Some(match probe(&daemon.channel, DEFAULT_CONNECT_TIMEOUT).await {
@@ -256,6 +256,7 @@ pub async fn explain_lost_connection(daemon: &Daemon, status: &tonic::Status) ->
                 ProbeFailure::Status(s) if is_connection_failure(&s) => explain::explain(&peer, &s),
                 other => other.to_string(),
             };
+            let now = now.trim_end_matches('.');
             format!(
                 "lost the connection to {} during the build ({cause}), and it does not answer any more ({now}). The daemon stopped or became unreachable: start it again (check {}), then rerun the build.",
                 peer.what,
@@ -310,13 +311,9 @@ pub async fn connect(
     }
     let mut tried = Vec::new();
     for candidate in default_candidates() {
-        let address = match candidate {
-            Ok(a) => a,
-            Err(e) => {
-                tried.push(format!("  Docker Engine: {e}"));
-                continue;
-            }
-        };
+        // A Docker configuration that cannot be used (a context that does not exist, TLS
+        // files missing) is the user's setting, not one more socket that was not there.
+        let address = candidate?;
         // A configured Docker Engine (DOCKER_HOST or a context) is the user's choice: its
         // error is the answer, not one line among the tried sockets.
         let chosen = matches!(&address, Address::Docker(h) if h.origin != DockerOrigin::Default);
@@ -550,7 +547,11 @@ async fn probe(channel: &Channel, timeout: Duration) -> Result<(), ProbeFailure>
 
 /// Flattens an error and its sources into one line (tonic's errors hide the useful part).
 pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
+    // tonic's Display of a status is its debug form; its message is the sentence.
+    let mut s = match e.downcast_ref::<tonic::Status>() {
+        Some(status) => status.message().to_string(),
+        None => e.to_string(),
+    };
     let mut cur = e.source();
     while let Some(c) = cur {
         let m = c.to_string();
