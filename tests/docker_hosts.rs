@@ -34,32 +34,37 @@ fn json(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 
-/// `bk-build build --push --load` through `aim` (which points bk-build at the TLS engine):
-/// the registry and the TLS engine hold the image, the primary engine does not.
+/// `bk-build build --push`, then `--load`, through `aim` (which points bk-build at the TLS
+/// engine): the registry and the TLS engine hold the image, the primary engine does not.
+/// (Two builds: `--push --load` together makes two exporters name the same image.)
 fn build_push_load(aim: &dyn Fn(&mut Command) -> &mut Command) {
     let tmp = tempfile::tempdir().unwrap();
     let ctx = tmp.path().join("ctx");
     let name = unique("dockerhost");
     context(&ctx, &name);
-    let tag = format!("localhost:5000/{name}/app:1");
-    let md = tmp.path().join("md.json");
-    run_ok(aim(&mut bk())
-        .args(["build", "--progress", "plain", "--push", "--load", "-t", &tag])
-        .arg("--metadata-file")
-        .arg(&md)
-        .arg(&ctx));
-    let digest = json(&md)["containerimage.digest"]
-        .as_str()
-        .expect("digest in metadata")
-        .to_string();
+    let build = |flag: &str, tag: &str| {
+        let md = tmp.path().join("md.json");
+        run_ok(aim(&mut bk())
+            .args(["build", "--progress", "plain", flag, "-t", tag])
+            .arg("--metadata-file")
+            .arg(&md)
+            .arg(&ctx));
+        json(&md)["containerimage.digest"]
+            .as_str()
+            .expect("digest in metadata")
+            .to_string()
+    };
+    let pushed = build("--push", &format!("localhost:5000/{name}/app:1"));
     assert_eq!(
         manifest_digest(&format!("{name}/app"), "1").as_deref(),
-        Some(digest.as_str()),
+        Some(pushed.as_str()),
         "pushed to the registry"
     );
+    let tag = format!("localhost:5000/{name}/loaded:1");
+    let loaded = build("--load", &tag);
     assert_eq!(
         engine_image(&mut docker_tls(), &tag).as_deref(),
-        Some(digest.as_str()),
+        Some(loaded.as_str()),
         "loaded into the TLS engine"
     );
     assert_eq!(
@@ -495,9 +500,11 @@ impl Drop for ThrowawayEngine {
     fn drop(&mut self) {
         let _ = self.dockerd.kill();
         let _ = self.dockerd.wait();
-        // What the engine started (containerd, shims, RUN containers) is identified by its
-        // directory: in its command line, or as its root file system.
+        // What the engine started is identified by its directory: containerd and shims by
+        // their command line, RUN containers (left running by a killed dockerd) by a mount
+        // namespace of their own whose mounts come from it.
         let dir = self.dir.to_string_lossy().into_owned();
+        let our_ns = std::fs::read_link("/proc/self/ns/mnt").unwrap_or_default();
         for _ in 0..3 {
             let mut killed = 0;
             for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
@@ -508,10 +515,12 @@ impl Drop for ThrowawayEngine {
                     continue;
                 }
                 let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-                let root = std::fs::read_link(entry.path().join("root")).unwrap_or_default();
-                if String::from_utf8_lossy(&cmdline).contains(&dir)
-                    || root.to_string_lossy().starts_with(&dir)
-                {
+                let own_ns = std::fs::read_link(entry.path().join("ns/mnt"))
+                    .is_ok_and(|ns| ns != our_ns);
+                let in_container = own_ns
+                    && std::fs::read_to_string(entry.path().join("mountinfo"))
+                        .is_ok_and(|m| m.contains(&dir));
+                if String::from_utf8_lossy(&cmdline).contains(&dir) || in_container {
                     let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
                     killed += 1;
                 }
