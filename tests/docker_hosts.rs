@@ -44,11 +44,13 @@ fn build_push_load(aim: &dyn Fn(&mut Command) -> &mut Command) {
     context(&ctx, &name);
     let build = |flag: &str, tag: &str| {
         let md = tmp.path().join("md.json");
-        run_ok(aim(&mut bk())
-            .args(["build", "--progress", "plain", flag, "-t", tag])
-            .arg("--metadata-file")
-            .arg(&md)
-            .arg(&ctx));
+        run_ok(
+            aim(&mut bk())
+                .args(["build", "--progress", "plain", flag, "-t", tag])
+                .arg("--metadata-file")
+                .arg(&md)
+                .arg(&ctx),
+        );
         json(&md)["containerimage.digest"]
             .as_str()
             .expect("digest in metadata")
@@ -269,7 +271,11 @@ fn fails_saying(cmd: &mut Command, needles: &[&str]) -> String {
     for n in needles {
         assert!(err.contains(n), "expected {n:?} in:\n{err}");
     }
-    for vague in ["Unknown error: transport error", "failed to solve: transport error", "panicked"] {
+    for vague in [
+        "Unknown error: transport error",
+        "failed to solve: transport error",
+        "panicked",
+    ] {
         assert!(!err.contains(vague), "vague or crashing error:\n{err}");
     }
     err
@@ -412,7 +418,9 @@ fn a_daemon_that_is_not_there_says_so() {
     // Over ssh: ssh's own words.
     let ssh = ssh_host(format!("ssh://root@127.0.0.1:{}", free_port()));
     fails_saying(
-        ssh(&mut bk()).args(["build", "--progress", "plain"]).arg(ctx.path()),
+        ssh(&mut bk())
+            .args(["build", "--progress", "plain"])
+            .arg(ctx.path()),
         &["ssh to ssh://root@127.0.0.1", "Connection refused"],
     );
     // A context that does not exist.
@@ -515,8 +523,8 @@ impl Drop for ThrowawayEngine {
                     continue;
                 }
                 let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-                let own_ns = std::fs::read_link(entry.path().join("ns/mnt"))
-                    .is_ok_and(|ns| ns != our_ns);
+                let own_ns =
+                    std::fs::read_link(entry.path().join("ns/mnt")).is_ok_and(|ns| ns != our_ns);
                 let in_container = own_ns
                     && std::fs::read_to_string(entry.path().join("mountinfo"))
                         .is_ok_and(|m| m.contains(&dir));

@@ -153,10 +153,8 @@ impl DockerHost {
     /// An engine named on the command line (`docker://HOST`), with TLS from the environment
     /// like `docker -H HOST` would use.
     pub fn parse(s: &str) -> Result<DockerHost, TransportError> {
-        let endpoint = super::docker_env::with_env_tls(
-            Endpoint::parse(s)?,
-            &super::docker_env::process_env,
-        )?;
+        let endpoint =
+            super::docker_env::with_env_tls(Endpoint::parse(s)?, &super::docker_env::process_env)?;
         Ok(DockerHost {
             endpoint,
             origin: Origin::Address,

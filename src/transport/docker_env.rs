@@ -304,7 +304,10 @@ mod tests {
             .to_string(),
         );
         for f in tls {
-            write(&cfg.join("contexts/tls").join(&id).join("docker").join(f), "x");
+            write(
+                &cfg.join("contexts/tls").join(&id).join("docker").join(f),
+                "x",
+            );
         }
     }
 
@@ -348,7 +351,10 @@ mod tests {
             Some((certs.join("cert.pem"), certs.join("key.pem")))
         );
         // Without DOCKER_TLS_VERIFY the same host is plain TCP.
-        let e = env_of(&[("DOCKER_CONFIG", c), ("DOCKER_HOST", "tcp://127.0.0.1:2375")]);
+        let e = env_of(&[
+            ("DOCKER_CONFIG", c),
+            ("DOCKER_HOST", "tcp://127.0.0.1:2375"),
+        ]);
         assert!(matches!(
             resolve(&e).unwrap().endpoint,
             Endpoint::Tcp { tls: None, .. }
@@ -360,7 +366,10 @@ mod tests {
             ("DOCKER_TLS_VERIFY", "1"),
         ]);
         let err = resolve(&e).unwrap_err().to_string();
-        assert!(err.contains(&cfg.join("ca.pem").display().to_string()), "{err}");
+        assert!(
+            err.contains(&cfg.join("ca.pem").display().to_string()),
+            "{err}"
+        );
         // TLS settings do not apply to sockets.
         let e = env_of(&[
             ("DOCKER_HOST", "unix:///x.sock"),
@@ -399,26 +408,50 @@ mod tests {
         let Endpoint::Tcp { tls: Some(t), .. } = &h.endpoint else {
             panic!("{h:?}")
         };
-        let tls_dir = cfg.join("contexts/tls").join(context_id("tls")).join("docker");
+        let tls_dir = cfg
+            .join("contexts/tls")
+            .join(context_id("tls"))
+            .join("docker");
         assert_eq!(t.ca, Some(tls_dir.join("ca.pem")));
         assert_eq!(
             t.identity,
             Some((tls_dir.join("cert.pem"), tls_dir.join("key.pem")))
         );
 
-        let h = resolve(&env_of(&[("DOCKER_CONFIG", c), ("DOCKER_CONTEXT", "plain")])).unwrap();
-        assert!(matches!(h.endpoint, Endpoint::Tcp { tls: None, port: 2375, .. }));
-        let h =
-            resolve(&env_of(&[("DOCKER_CONFIG", c), ("DOCKER_CONTEXT", "over-ssh")])).unwrap();
+        let h = resolve(&env_of(&[
+            ("DOCKER_CONFIG", c),
+            ("DOCKER_CONTEXT", "plain"),
+        ]))
+        .unwrap();
+        assert!(matches!(
+            h.endpoint,
+            Endpoint::Tcp {
+                tls: None,
+                port: 2375,
+                ..
+            }
+        ));
+        let h = resolve(&env_of(&[
+            ("DOCKER_CONFIG", c),
+            ("DOCKER_CONTEXT", "over-ssh"),
+        ]))
+        .unwrap();
         assert!(matches!(h.endpoint, Endpoint::Ssh(ref t) if t.port == Some(2222)));
         // `default` is the environment's engine, not a stored context.
-        let h = resolve(&env_of(&[("DOCKER_CONFIG", c), ("DOCKER_CONTEXT", "default")])).unwrap();
+        let h = resolve(&env_of(&[
+            ("DOCKER_CONFIG", c),
+            ("DOCKER_CONTEXT", "default"),
+        ]))
+        .unwrap();
         assert_eq!(h.endpoint, Endpoint::Unix(DEFAULT_SOCKET.into()));
 
         let err = resolve(&env_of(&[("DOCKER_CONFIG", c), ("DOCKER_CONTEXT", "nope")]))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("\"nope\"") && err.contains("not found"), "{err}");
+        assert!(
+            err.contains("\"nope\"") && err.contains("not found"),
+            "{err}"
+        );
 
         // HOME/.docker when DOCKER_CONFIG is unset.
         let home = tempfile::tempdir().unwrap();
@@ -432,7 +465,11 @@ mod tests {
 
         // No config at all: the default socket.
         let empty = tempfile::tempdir().unwrap();
-        let h = resolve(&env_of(&[("DOCKER_CONFIG", empty.path().to_str().unwrap())])).unwrap();
+        let h = resolve(&env_of(&[(
+            "DOCKER_CONFIG",
+            empty.path().to_str().unwrap(),
+        )]))
+        .unwrap();
         assert_eq!(h.endpoint, Endpoint::Unix(DEFAULT_SOCKET.into()));
         assert_eq!(h.origin, Origin::Default);
     }

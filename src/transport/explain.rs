@@ -272,9 +272,7 @@ fn explain_ssh(s: &SshFailure) -> String {
         "ssh could not log in: set up key-based login for that user and host (ssh-agent, or IdentityFile in ~/.ssh/config); bk-build runs ssh like the docker CLI and cannot answer a password prompt"
     } else if said.contains("Host key verification failed") {
         "ssh does not know the host's key: connect once with `ssh HOST` to check and accept it"
-    } else if said.contains("Cannot connect to the Docker daemon")
-        || said.contains("docker.sock")
-    {
+    } else if said.contains("Cannot connect to the Docker daemon") || said.contains("docker.sock") {
         "ssh logged in, but no Docker Engine answers on the remote host's socket: start dockerd there, or put the socket path in the URL (ssh://HOST/path/to/docker.sock)"
     } else {
         "check that `ssh HOST docker system dial-stdio` works from this shell"

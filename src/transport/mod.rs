@@ -364,7 +364,9 @@ fn default_candidates() -> Vec<Result<Address, TransportError>> {
             )));
         }
     }
-    v.push(Ok(Address::Unix(PathBuf::from("/run/buildkit/buildkitd.sock"))));
+    v.push(Ok(Address::Unix(PathBuf::from(
+        "/run/buildkit/buildkitd.sock",
+    ))));
     v.push(DockerHost::from_env().map(Address::Docker));
     v
 }
@@ -598,7 +600,9 @@ mod tests {
         let Address::Docker(h) = Address::parse("docker://tcp://h:2375").unwrap() else {
             panic!()
         };
-        assert!(matches!(h.endpoint, DockerEndpoint::Tcp { ref host, port: 2375, .. } if host == "h"));
+        assert!(
+            matches!(h.endpoint, DockerEndpoint::Tcp { ref host, port: 2375, .. } if host == "h")
+        );
         let Address::Docker(h) = Address::parse("docker://ssh://me@h:22").unwrap() else {
             panic!()
         };

@@ -219,7 +219,9 @@ pub(crate) async fn handshake(
 
 /// The rustls error somewhere in `e`'s chain (inside an `io::Error`, as tokio-rustls and
 /// hyper pass it on).
-pub(crate) fn rustls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+pub(crate) fn rustls_error<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a rustls::Error> {
     let mut cur = Some(e);
     while let Some(c) = cur {
         if let Some(r) = c.downcast_ref::<rustls::Error>() {

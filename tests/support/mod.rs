@@ -284,14 +284,41 @@ pub fn foreign_certs(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
     let p = |n: &str| dir.join(n).to_string_lossy().into_owned();
     openssl(&[
-        "req", "-x509", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-        "-nodes", "-days", "2", "-subj", "/CN=another CA", "-keyout", &p("ca-key.pem"), "-out",
-        &p("ca.pem"), "-addext", "basicConstraints=critical,CA:TRUE", "-addext",
+        "req",
+        "-x509",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=another CA",
+        "-keyout",
+        &p("ca-key.pem"),
+        "-out",
+        &p("ca.pem"),
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
         "keyUsage=critical,keyCertSign,cRLSign",
     ]);
     openssl(&[
-        "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-subj", "/CN=stranger", "-keyout", &p("key.pem"), "-out", &p("req.csr"),
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-subj",
+        "/CN=stranger",
+        "-keyout",
+        &p("key.pem"),
+        "-out",
+        &p("req.csr"),
     ]);
     std::fs::write(
         dir.join("ext.cnf"),
@@ -299,8 +326,21 @@ pub fn foreign_certs(dir: &Path) {
     )
     .unwrap();
     openssl(&[
-        "x509", "-req", "-in", &p("req.csr"), "-CA", &p("ca.pem"), "-CAkey", &p("ca-key.pem"),
-        "-CAcreateserial", "-days", "2", "-extfile", &p("ext.cnf"), "-out", &p("cert.pem"),
+        "x509",
+        "-req",
+        "-in",
+        &p("req.csr"),
+        "-CA",
+        &p("ca.pem"),
+        "-CAkey",
+        &p("ca-key.pem"),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        &p("ext.cnf"),
+        "-out",
+        &p("cert.pem"),
     ]);
 }
 
