@@ -70,8 +70,12 @@ impl<'a> Peer<'a> {
     }
 }
 
-/// Calls `f` on `e` and every cause under it, including the error inside each `io::Error`.
-fn for_each_cause<'a>(e: &'a (dyn Error + 'static), f: &mut dyn FnMut(&'a (dyn Error + 'static))) {
+/// Calls `f` on `e` and every cause under it, including the error inside each `io::Error`
+/// and the I/O error of an HTTP/2 connection (h2 does not give it as a source).
+pub(crate) fn for_each_cause<'a>(
+    e: &'a (dyn Error + 'static),
+    f: &mut dyn FnMut(&'a (dyn Error + 'static)),
+) {
     let mut cur = Some(e);
     while let Some(c) = cur {
         f(c);
@@ -79,6 +83,9 @@ fn for_each_cause<'a>(e: &'a (dyn Error + 'static), f: &mut dyn FnMut(&'a (dyn E
             if let Some(inner) = io.get_ref() {
                 for_each_cause(inner, f);
             }
+        }
+        if let Some(io) = c.downcast_ref::<h2::Error>().and_then(h2::Error::get_io) {
+            for_each_cause(io, f);
         }
         cur = c.source();
     }
@@ -132,7 +139,7 @@ pub(crate) fn explain(peer: &Peer, e: &(dyn Error + 'static)) -> String {
     let not_tls_hint = || {
         if peer.tcp && peer.tls.is_none() {
             format!(
-                " If it expects TLS (Docker's port 2376 usually does), {}.",
+                " If it expects TLS, {}.",
                 peer.enable_tls_fix()
             )
         } else {
@@ -224,7 +231,7 @@ fn explain_tls(peer: &Peer, r: &rustls::Error) -> String {
                 | AlertDescription::AccessDenied,
                 None,
             ) => format!(
-                "{what} requires a client certificate (mutual TLS) and {} has none ({a:?} from the daemon): {}",
+                "{what} requires a client certificate (mutual TLS), and none is set up (TLS settings from {}; {a:?} from the daemon): {}",
                 t.origin(),
                 t.identity_fix()
             ),

@@ -510,7 +510,7 @@ async fn tcp_channel(
                     async move {
                         let s = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
                         s.set_nodelay(true)?;
-                        let t = tls::handshake(s, config, name).await?;
+                        let t = tls::handshake_h2(s, config, name).await?;
                         Ok::<_, std::io::Error>(TokioIo::new(t))
                     }
                 }))

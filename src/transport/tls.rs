@@ -217,24 +217,97 @@ pub(crate) async fn handshake(
         .await
 }
 
-/// The rustls error somewhere in `e`'s chain (inside an `io::Error`, as tokio-rustls and
-/// hyper pass it on).
+/// The rustls error somewhere in `e`'s chain (inside an `io::Error`, as tokio-rustls, hyper
+/// and h2 pass it on).
 pub(crate) fn rustls_error<'a>(
     e: &'a (dyn std::error::Error + 'static),
 ) -> Option<&'a rustls::Error> {
-    let mut cur = Some(e);
-    while let Some(c) = cur {
-        if let Some(r) = c.downcast_ref::<rustls::Error>() {
-            return Some(r);
+    let mut found = None;
+    super::explain::for_each_cause(e, &mut |c| {
+        if found.is_none() {
+            found = c.downcast_ref::<rustls::Error>();
         }
-        if let Some(io) = c.downcast_ref::<std::io::Error>() {
-            if let Some(inner) = io.get_ref() {
-                if let Some(r) = rustls_error(inner) {
-                    return Some(r);
-                }
-            }
+    });
+    found
+}
+
+/// A TLS connection to an HTTP/2 server (buildkitd), after the server's first bytes arrived.
+///
+/// With TLS 1.3 the client finishes its handshake before the server has checked the client
+/// certificate; a server that rejects it sends an alert instead of its first HTTP/2 frames.
+/// Reading those first bytes here makes that alert an error of the connection attempt, with
+/// its cause, rather than a request the HTTP/2 layer only reports as "canceled". HTTP/2
+/// servers speak first (their SETTINGS frame), so this waits for nothing that would not
+/// come anyway; a server that did not agree on `h2` is not waited for.
+pub(crate) async fn handshake_h2(
+    tcp: tokio::net::TcpStream,
+    config: Arc<rustls::ClientConfig>,
+    name: ServerName<'static>,
+) -> std::io::Result<Prefixed<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>> {
+    use tokio::io::AsyncReadExt;
+    let mut tls = handshake(tcp, config, name).await?;
+    let mut first = Vec::new();
+    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+        let mut buf = vec![0u8; 16 << 10];
+        let n = tls.read(&mut buf).await?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the server closed the connection right after the TLS handshake",
+            ));
         }
-        cur = c.source();
+        buf.truncate(n);
+        first = buf;
     }
-    None
+    Ok(Prefixed {
+        first,
+        pos: 0,
+        inner: tls,
+    })
+}
+
+/// A stream that yields `first` before reading on from `inner`.
+pub(crate) struct Prefixed<S> {
+    first: Vec<u8>,
+    pos: usize,
+    inner: S,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Prefixed<S> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.pos < this.first.len() {
+            let n = buf.remaining().min(this.first.len() - this.pos);
+            buf.put_slice(&this.first[this.pos..this.pos + n]);
+            this.pos += n;
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
 }
