@@ -270,30 +270,53 @@ impl AsyncWrite for Stream {
     }
 }
 
-/// Sends `req` on a fresh connection: the response head with its body still to read (and
-/// the connection upgradable when the daemon answered 101). Errors keep their cause (TLS
-/// alerts, ssh's stderr, refused connections) for [`explain`].
+/// One HTTP/1.1 connection to the engine, kept open between requests.
+struct Http1Conn {
+    sender: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    /// Drives the connection; its error says why a request failed when the request itself
+    /// only learns "canceled".
+    driver: tokio::task::JoinHandle<hyper::Result<()>>,
+}
+
+impl Http1Conn {
+    async fn open(dialer: &Dialer) -> std::io::Result<Http1Conn> {
+        let stream = dialer.dial().await?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(std::io::Error::other)?;
+        let driver = tokio::spawn(conn.with_upgrades());
+        Ok(Http1Conn { sender, driver })
+    }
+
+    /// Sends `req`: the response head with its body still to read (and the connection
+    /// upgradable when the daemon answered 101). Errors keep their cause (TLS alerts, ssh's
+    /// stderr, refused connections) for [`explain`].
+    async fn send(
+        &mut self,
+        req: http::Request<Empty<Bytes>>,
+    ) -> std::io::Result<http::Response<hyper::body::Incoming>> {
+        match self.sender.send_request(req).await {
+            Ok(resp) => Ok(resp),
+            Err(e) => {
+                // When the connection fails first (a TLS alert after the handshake, ssh
+                // exiting), the request only learns "canceled"; the connection's own error
+                // says why.
+                let why = tokio::time::timeout(Duration::from_secs(2), &mut self.driver).await;
+                match why {
+                    Ok(Ok(Err(conn_err))) => Err(std::io::Error::other(conn_err)),
+                    _ => Err(std::io::Error::other(e)),
+                }
+            }
+        }
+    }
+}
+
+/// Sends `req` on a fresh connection (see [`Http1Conn::send`]).
 async fn send(
     dialer: &Dialer,
     req: http::Request<Empty<Bytes>>,
 ) -> std::io::Result<http::Response<hyper::body::Incoming>> {
-    let stream = dialer.dial().await?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(std::io::Error::other)?;
-    let driver = tokio::spawn(conn.with_upgrades());
-    match sender.send_request(req).await {
-        Ok(resp) => Ok(resp),
-        Err(e) => {
-            // When the connection fails first (a TLS alert after the handshake, ssh exiting),
-            // the request only learns "canceled"; the connection's own error says why.
-            let why = tokio::time::timeout(Duration::from_secs(2), driver).await;
-            match why {
-                Ok(Ok(Err(conn_err))) => Err(std::io::Error::other(conn_err)),
-                _ => Err(std::io::Error::other(e)),
-            }
-        }
-    }
+    Http1Conn::open(dialer).await?.send(req).await
 }
 
 /// One Engine API request with no body: status, headers and the whole (small) answer.
@@ -304,6 +327,19 @@ async fn request(
     path: &str,
 ) -> Result<(http::StatusCode, http::HeaderMap, Bytes), String> {
     let dialer = Dialer::new(host).map_err(|e| e.to_string())?;
+    let mut conn = Http1Conn::open(&dialer)
+        .await
+        .map_err(|e| explain::explain(&host.peer(), &e))?;
+    request_on(&mut conn, host, method, path).await
+}
+
+/// [`request`] on an open connection, which stays usable for another request.
+async fn request_on(
+    conn: &mut Http1Conn,
+    host: &DockerHost,
+    method: http::Method,
+    path: &str,
+) -> Result<(http::StatusCode, http::HeaderMap, Bytes), String> {
     let mut req = http::Request::builder()
         .method(method.clone())
         .uri(path)
@@ -312,7 +348,8 @@ async fn request(
         req = req.header(http::header::CONTENT_LENGTH, "0");
     }
     let req = req.body(Empty::new()).map_err(|e| e.to_string())?;
-    let resp = send(&dialer, req)
+    let resp = conn
+        .send(req)
         .await
         .map_err(|e| explain::explain(&host.peer(), &e))?;
     let (parts, body) = resp.into_parts();
@@ -334,9 +371,9 @@ async fn request(
     Ok((parts.status, parts.headers, body))
 }
 
-/// `GET /_ping` → the engine's API version (`Api-Version` header).
-pub(crate) async fn api_version(host: &DockerHost) -> Result<String, String> {
-    let (status, headers, _) = request(host, http::Method::GET, "/_ping").await?;
+/// `GET /_ping` on an open connection → the engine's API version (`Api-Version` header).
+async fn ping_on(conn: &mut Http1Conn, host: &DockerHost) -> Result<String, String> {
+    let (status, headers, _) = request_on(conn, host, http::Method::GET, "/_ping").await?;
     headers
         .get("api-version")
         .and_then(|v| v.to_str().ok())
@@ -490,15 +527,29 @@ fn parse_api_version(v: &str) -> Option<(u32, u32)> {
 /// `POST /grpc` + `Upgrade: h2c`; the returned IO is a blank socket ready for the h2 preface.
 /// hyper's upgrade keeps any bytes the daemon sent after the 101 head (its SETTINGS frame may
 /// arrive in the same read).
-async fn upgrade_grpc(dialer: Dialer) -> Result<hyper::upgrade::Upgraded, std::io::Error> {
-    let req = http::Request::post("/grpc")
-        .header(http::header::HOST, "api.moby.localhost")
-        .header(http::header::CONNECTION, "Upgrade")
-        .header(http::header::UPGRADE, "h2c")
-        .header(http::header::CONTENT_LENGTH, "0")
-        .body(Empty::new())
-        .map_err(std::io::Error::other)?;
-    let resp = send(&dialer, req).await?;
+/// `spare` is a connection that answered `/_ping` a moment ago: reusing it saves a TLS
+/// handshake or an ssh login; if it has gone meanwhile, a fresh one is used.
+async fn upgrade_grpc(
+    dialer: Dialer,
+    spare: Option<Http1Conn>,
+) -> Result<hyper::upgrade::Upgraded, std::io::Error> {
+    let req = || {
+        http::Request::post("/grpc")
+            .header(http::header::HOST, "api.moby.localhost")
+            .header(http::header::CONNECTION, "Upgrade")
+            .header(http::header::UPGRADE, "h2c")
+            .header(http::header::CONTENT_LENGTH, "0")
+            .body(Empty::new())
+            .map_err(std::io::Error::other)
+    };
+    let reused = match spare {
+        Some(mut c) if c.sender.is_ready() => c.send(req()?).await.ok(),
+        _ => None,
+    };
+    let resp = match reused {
+        Some(r) => r,
+        None => send(&dialer, req()?).await?,
+    };
     if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
         return Err(std::io::Error::other(format!(
             "POST /grpc on {} answered {} instead of 101 Switching Protocols (Docker 19.03+ is needed)",
@@ -532,7 +583,14 @@ pub(crate) async fn channel(
         }
     }
     let dialer = Dialer::new(host)?;
-    let version = tokio::time::timeout(timeout, api_version(host))
+    let pinged = async {
+        let mut conn = Http1Conn::open(&dialer)
+            .await
+            .map_err(|e| explain::explain(&host.peer(), &e))?;
+        let version = ping_on(&mut conn, host).await?;
+        Ok::<_, String>((version, conn))
+    };
+    let (version, conn) = tokio::time::timeout(timeout, pinged)
         .await
         .map_err(|_| {
             conn_err(format!(
@@ -559,9 +617,14 @@ pub(crate) async fn channel(
             return Ok((ch, version));
         }
     }
+    // The first upgrade reuses the pinged connection; reconnects dial afresh.
+    let spare = Arc::new(std::sync::Mutex::new(Some(conn)));
     let d = dialer.clone();
     let ch = ep
-        .connect_with_connector(tower::service_fn(move |_: Uri| upgrade_grpc(d.clone())))
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let spare = spare.lock().ok().and_then(|mut s| s.take());
+            upgrade_grpc(d.clone(), spare)
+        }))
         .await
         .map_err(|e| TransportError::Failed(explain::explain(&host.peer(), &e)))?;
     Ok((ch, version))
