@@ -115,9 +115,15 @@ fn mutual_tls_with_flags_or_a_directory_and_its_errors() {
     );
     // The certificate is for 127.0.0.1 and localhost, not another name.
     fails_saying(
-        bk().args(["--addr", &addr, "--tlsservername", "build.example", "--tlsdir"])
-            .arg(certs)
-            .arg("info"),
+        bk().args([
+            "--addr",
+            &addr,
+            "--tlsservername",
+            "build.example",
+            "--tlsdir",
+        ])
+        .arg(certs)
+        .arg("info"),
         &["not valid for that host name", "--tlsservername"],
     );
 }

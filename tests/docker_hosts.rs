@@ -260,6 +260,22 @@ fn ssh_docker_host_builds_pushes_loads_and_bakes() {
     let socket = tls_engine().socket;
     let with_path = format!("{host}{}", socket.trim_start_matches("unix://"));
     build_push_load(&ssh_host(with_path));
+    // A docker context whose endpoint is the ssh host.
+    let name = unique("sshctx");
+    let cfg = docker_config_with_context(&name, &format!("host={host}"));
+    let ssh = ssh_host(host.clone());
+    let out = run_ok(
+        ssh(&mut bk())
+            .env_remove("DOCKER_HOST")
+            .env("DOCKER_CONFIG", cfg.path())
+            .env("DOCKER_CONTEXT", &name)
+            .arg("info"),
+    );
+    let info = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        info.contains(&format!("docker ({host}, docker context {name:?})")),
+        "{info}"
+    );
 }
 
 /// Runs `cmd`, which must fail, with each of `needles` in its stderr and none of the

@@ -138,10 +138,7 @@ pub(crate) fn explain(peer: &Peer, e: &(dyn Error + 'static)) -> String {
     use std::io::ErrorKind as K;
     let not_tls_hint = || {
         if peer.tcp && peer.tls.is_none() {
-            format!(
-                " If it expects TLS, {}.",
-                peer.enable_tls_fix()
-            )
+            format!(" If it expects TLS, {}.", peer.enable_tls_fix())
         } else {
             String::new()
         }
@@ -303,4 +300,46 @@ pub(crate) fn plain_to_tls(peer: &Peer) -> String {
         peer.what,
         peer.enable_tls_fix()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tls_servers_refusal_of_plain_http_is_recognised() {
+        // Go's answer to plain HTTP on a TLS listener (dockerd --tlsverify).
+        let go = b"Client sent an HTTP request to an HTTPS server.\n";
+        assert!(is_https_refusal(http::StatusCode::BAD_REQUEST, go));
+        assert!(!is_https_refusal(http::StatusCode::OK, go));
+        assert!(!is_https_refusal(
+            http::StatusCode::BAD_REQUEST,
+            br#"{"message":"invalid reference format"}"#
+        ));
+    }
+
+    #[test]
+    fn causes_are_found_inside_io_errors() {
+        let alert = rustls::Error::AlertReceived(AlertDescription::CertificateRequired);
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, alert);
+        let outer = std::io::Error::other(io);
+        assert!(matches!(
+            tls::rustls_error(&outer),
+            Some(rustls::Error::AlertReceived(
+                AlertDescription::CertificateRequired
+            ))
+        ));
+        let refused =
+            std::io::Error::other(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert_eq!(
+            io_kind(&refused),
+            Some(std::io::ErrorKind::ConnectionRefused)
+        );
+        let peer = Peer::buildkitd("tcp://h:1".into(), true, None);
+        let msg = explain(&peer, &refused);
+        assert!(
+            msg.contains("connection refused") && msg.contains("--addr"),
+            "{msg}"
+        );
+    }
 }
