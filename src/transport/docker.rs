@@ -570,7 +570,7 @@ pub(crate) async fn channel(
     timeout: Duration,
 ) -> Result<(Channel, String), TransportError> {
     let conn_err = |why: String| TransportError::Connect {
-        addr: format!("the Docker Engine at {host}"),
+        addr: format!("docker ({host})"),
         why,
     };
     if let Endpoint::Unix(p) = &host.endpoint {

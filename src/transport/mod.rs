@@ -277,7 +277,7 @@ pub enum TransportError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot connect to {addr}: {why}")]
+    #[error("cannot connect to BuildKit at {addr}: {why}")]
     Connect { addr: String, why: String },
     /// The docker CLI configuration (config.json, contexts) names an engine that cannot be used.
     #[error("{0}")]
@@ -440,7 +440,7 @@ pub async fn connect_address(
             TransportError::Failed(explain::explain(&peer, &s))
         }
         f => TransportError::Connect {
-            addr: peer.what.clone(),
+            addr: address.to_string(),
             why: format!("no BuildKit Control service answered: {f}"),
         },
     })?;
