@@ -15,10 +15,29 @@ use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+/// At most the first 60 characters of `s`, quoted, for error messages: a 100 KB value is not
+/// echoed back in full.
+pub(crate) fn excerpt(s: &str) -> String {
+    const SHOWN: usize = 60;
+    match s.char_indices().nth(SHOWN) {
+        None => format!("{s:?}"),
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &s[..cut], s.len()),
+    }
+}
+
+/// `s` cut to 300 characters: reasons quote parts of the value, which may be huge.
+pub(crate) fn shorten(s: &str) -> String {
+    const SHOWN: usize = 300;
+    match s.char_indices().nth(SHOWN) {
+        None => s.to_string(),
+        Some((cut, _)) => format!("{}… ({} bytes in all)", &s[..cut], s.len()),
+    }
+}
+
 /// A malformed option string. Fields are public so the project-file loader can re-render the
 /// message with its own location (file, key) instead of a CLI flag.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid {flag} {input:?}: {reason}, e.g. {flag} {example}")]
+#[error("invalid {flag} {}: {}, e.g. {flag} {example}", excerpt(.input), shorten(.reason))]
 pub struct OptionError {
     /// The flag as the user typed it on the CLI, e.g. `--output`.
     pub flag: String,

@@ -49,6 +49,24 @@ pub struct BuildSpec {
     pub ssh: Vec<SshSpec>,
     /// Directories never sent to the daemon even when inside a context (bake's state dir).
     pub never_send: Vec<PathBuf>,
+    /// Where `load` (and `-o type=docker` without `dest`) puts the image when the daemon does
+    /// not load it itself: the Docker Engine at this address, through its API (`docker load`).
+    /// `None` with a Docker Engine daemon, whose `moby` exporter loads directly; required with
+    /// any other daemon kind for those outputs.
+    pub load_into: Option<crate::transport::DockerHost>,
+}
+
+impl BuildSpec {
+    /// Whether the image goes into a Docker Engine's image store (`load`, or `-o type=docker`
+    /// without `dest`; on a Docker Engine also plain tags with nowhere else to go, which its
+    /// own exporter handles): see [`BuildSpec::load_into`].
+    pub fn needs_load(&self) -> bool {
+        self.load
+            || self
+                .outputs
+                .iter()
+                .any(|o| o.kind == crate::options::OutputKind::Docker && o.dest.is_none())
+    }
 }
 
 /// The name of the Dockerfile frontend's step that resolves a base image (`FROM`, `COPY
@@ -138,6 +156,22 @@ pub async fn build(
     let planned = plan_request(spec, &daemon.kind, &session::node_id())?;
     let build_ref = session::random_id();
 
+    // Image loads through the Engine API: the engine must be there before anything is built,
+    // and reads the export while the daemon writes it.
+    let mut loads = Vec::new();
+    for (host, chunks) in planned.engine_loads {
+        crate::transport::docker_api_version(&host)
+            .await
+            .map_err(|e| {
+                BuildError::Invalid(format!(
+                    "cannot load the image: no Docker Engine answered at {host} ({e}); set DOCKER_HOST to the engine to load into, or use --push or -o type=docker,dest=image.tar"
+                ))
+            })?;
+        loads.push(tokio::spawn(async move {
+            crate::transport::docker_load_image(&host, chunks).await
+        }));
+    }
+
     let session_spec = planned.session;
     let session = Session::start(daemon.channel.clone(), session_spec).await?;
     let mut req = planned.request;
@@ -185,6 +219,17 @@ pub async fn build(
     let resp = solved.map_err(|s| BuildError::Failed {
         message: crate::progress::describe_build_error(&s),
     })?;
+    for load in loads {
+        let loaded = load
+            .await
+            .unwrap_or_else(|e| Err(format!("the image load stopped: {e}")));
+        if let Err(why) = loaded {
+            return Err(BuildError::Export {
+                what: "image into the Docker Engine".into(),
+                why,
+            });
+        }
+    }
     if let Some(e) = export_errors.into_iter().next() {
         return Err(BuildError::Export {
             what: "build output".into(),

@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 
 use crate::options::{CacheSpec, ContextSource, Network, OutputDest, OutputKind};
 use crate::proto::control::{CacheOptions, CacheOptionsEntry, Exporter, SolveRequest};
+use crate::session::StreamSink;
 use crate::session::{ExportTarget, SessionSpec, SyncDir};
-use crate::transport::DaemonKind;
+use crate::transport::{DaemonKind, DockerHost};
 
 use super::{BuildError, BuildSpec};
 
@@ -15,6 +16,8 @@ use super::{BuildError, BuildSpec};
 pub struct PlannedRequest {
     pub request: SolveRequest,
     pub session: SessionSpec,
+    /// Image loads through the Engine API: the engine, and the export's tar stream for it.
+    pub engine_loads: Vec<(DockerHost, tokio::sync::mpsc::Receiver<bytes::Bytes>)>,
 }
 
 fn invalid(msg: impl Into<String>) -> BuildError {
@@ -203,6 +206,15 @@ pub fn plan_request(
     let mut exporters = Vec::new();
     let mut exports = BTreeMap::new();
     let is_docker = matches!(daemon, DaemonKind::DockerEngine { .. });
+    let mut engine_loads = Vec::new();
+    // A `docker` exporter whose tarball streams into the Engine API of `host`.
+    let mut api_load =
+        |host: &DockerHost, exports: &mut BTreeMap<usize, ExportTarget>, at: usize| {
+            // 8 chunks: the engine reads as fast as it unpacks; the daemon waits beyond that.
+            let (sink, chunks) = StreamSink::new(8);
+            exports.insert(at, ExportTarget::Stream(sink));
+            engine_loads.push((host.clone(), chunks));
+        };
     for o in &spec.outputs {
         if o.kind == OutputKind::CacheOnly {
             // Like buildx: "keep the result in the build cache only" is the absence of an
@@ -213,10 +225,16 @@ pub fn plan_request(
         let kind =
             match (o.kind, &o.dest) {
                 // `type=docker` without a file: load into the engine.
-                (OutputKind::Docker, None) if is_docker => "moby",
-                (OutputKind::Docker, None) => return Err(invalid(
-                    "-o type=docker without dest= needs a Docker Engine daemon; add dest=image.tar",
-                )),
+                (OutputKind::Docker, None) => match &spec.load_into {
+                    Some(host) => {
+                        api_load(host, &mut exports, exporters.len());
+                        "docker"
+                    }
+                    None if is_docker => "moby",
+                    None => return Err(invalid(
+                        "-o type=docker without dest= loads into a Docker Engine, and none is known; set DOCKER_HOST, or add dest=image.tar",
+                    )),
+                },
                 (k, _) => k.as_str(),
             };
         if let Some(dest) = &o.dest {
@@ -271,17 +289,24 @@ pub fn plan_request(
             });
         }
         if spec.load || (is_docker && !spec.push && !spec.tags.is_empty()) {
-            if !is_docker {
-                return Err(invalid(
-                    "--load needs a Docker Engine daemon (--addr docker://); with buildkitd use -o type=docker,dest=image.tar or --push",
-                ));
-            }
             let mut a: std::collections::HashMap<String, String> = Default::default();
             if !names.is_empty() {
                 a.insert("name".into(), names.clone());
             }
+            let kind = match &spec.load_into {
+                Some(host) => {
+                    api_load(host, &mut exports, exporters.len());
+                    "docker"
+                }
+                None if is_docker => "moby",
+                None => {
+                    return Err(invalid(
+                        "--load loads into a Docker Engine, and none is known; set DOCKER_HOST (or use --push, or -o type=docker,dest=image.tar)",
+                    ))
+                }
+            };
             exporters.push(Exporter {
-                r#type: "moby".into(),
+                r#type: kind.into(),
                 attrs: a,
             });
         } else if !spec.push && !spec.tags.is_empty() {
@@ -326,7 +351,7 @@ pub fn plan_request(
         exporter_attrs_deprecated,
         exporters,
         cache: Some(CacheOptions {
-            exports: spec.cache_to.iter().map(cache_entry).collect(),
+            exports: cache_exports(spec).iter().map(cache_entry).collect(),
             imports: spec.cache_from.iter().map(cache_entry).collect(),
         }),
         entitlements,
@@ -341,5 +366,27 @@ pub fn plan_request(
         secrets,
         ssh,
     };
-    Ok(PlannedRequest { request, session })
+    Ok(PlannedRequest {
+        request,
+        session,
+        engine_loads,
+    })
+}
+
+/// The cache exports of `spec`: its `--cache-to`, plus an inline cache when the build arg
+/// `BUILDKIT_INLINE_CACHE` is true (Go `strconv.ParseBool`), as buildx does for that arg
+/// (buildx `build/build.go`); the Dockerfile frontend alone would not embed the cache.
+fn cache_exports(spec: &BuildSpec) -> Vec<CacheSpec> {
+    let mut out = spec.cache_to.clone();
+    let inline_wanted = spec
+        .build_args
+        .get("BUILDKIT_INLINE_CACHE")
+        .is_some_and(|v| matches!(v.as_str(), "1" | "t" | "T" | "true" | "TRUE" | "True"));
+    if inline_wanted && !out.iter().any(|c| c.kind == "inline") {
+        out.push(CacheSpec {
+            kind: "inline".into(),
+            attrs: Default::default(),
+        });
+    }
+    out
 }

@@ -245,6 +245,75 @@ pub async fn image_id(host: &DockerHost, reference: &str) -> Result<Option<Strin
     }
 }
 
+/// Loads a `docker` exporter tarball into the engine's image store as it arrives, like
+/// `docker load`: `POST /images/load?quiet=1` (Engine API "Import images"), the body streamed
+/// from `chunks` with chunked transfer encoding, never held whole. Ends when `chunks` ends.
+/// Returns the engine's "Loaded image…" lines.
+///
+/// Errors (messages name the engine): it cannot be reached; it refused the request; its
+/// progress stream reported an error (`errorDetail`, e.g. a truncated tarball).
+pub async fn load_image(
+    host: &DockerHost,
+    chunks: tokio::sync::mpsc::Receiver<Bytes>,
+) -> Result<Vec<String>, String> {
+    use futures_util::StreamExt;
+    let body = http_body_util::StreamBody::new(
+        tokio_stream::wrappers::ReceiverStream::new(chunks)
+            .map(|b| Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(b))),
+    );
+    let req = http::Request::post("/images/load?quiet=1")
+        .header(http::header::HOST, "api.moby.localhost")
+        .header(http::header::CONTENT_TYPE, "application/x-tar")
+        .body(body)
+        .map_err(|e| e.to_string())?;
+    let stream = dial(host)
+        .await
+        .map_err(|e| format!("cannot reach the Docker Engine at {host} to load the image: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| error_chain(&e))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("loading the image into {host}: {}", error_chain(&e)))?;
+    let status = resp.status();
+    let text = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("reading {host}'s answer to the image load: {e}"))?
+        .to_bytes();
+    let text = String::from_utf8_lossy(&text);
+    if !status.is_success() {
+        return Err(format!(
+            "{host} refused to load the image ({status}): {}",
+            text.trim()
+        ));
+    }
+    // A JSON message stream: {"stream":"Loaded image: …\n"} or {"errorDetail":{…},"error":…}.
+    let mut loaded = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = match serde_json::from_str(line) {
+            Ok(v) => v,
+            Err(_) => continue,
+        };
+        if let Some(e) = v["errorDetail"]["message"].as_str().or(v["error"].as_str()) {
+            return Err(format!("{host} could not load the image: {e}"));
+        }
+        if let Some(s) = v["stream"].as_str() {
+            loaded.extend(
+                s.lines()
+                    .map(|l| l.trim().to_string())
+                    .filter(|l| !l.is_empty()),
+            );
+        }
+    }
+    Ok(loaded)
+}
+
 /// `POST path` with no body on the engine: its status and whole (small) body.
 async fn post(host: &DockerHost, path: &str) -> Result<(http::StatusCode, Bytes), String> {
     let req = http::Request::post(path)

@@ -15,7 +15,11 @@ use std::time::Duration;
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri};
 
-pub use docker::{engine_cpus as docker_engine_cpus, tag_image as docker_tag_image, DockerHost};
+pub(crate) use docker::api_version as docker_api_version;
+pub use docker::{
+    engine_cpus as docker_engine_cpus, load_image as docker_load_image,
+    tag_image as docker_tag_image, DockerHost,
+};
 pub use engine_store::image_id as docker_image_id;
 
 /// Default time allowed to set up a connection (buildctl's `--timeout` default).
@@ -169,6 +173,27 @@ pub struct Daemon {
     pub channel: Channel,
     pub kind: DaemonKind,
     pub address: Address,
+}
+
+impl Daemon {
+    /// Where an image built on this daemon is loaded (`--load`), when the daemon does not load
+    /// it itself: `None` for a Docker Engine, whose `moby` exporter writes into its own image
+    /// store; the Docker Engine at `DOCKER_HOST` (the Engine API's `docker load`) for any
+    /// other daemon, as buildx does for its non-docker drivers.
+    ///
+    /// `BK_BUILD_LOAD_VIA_API=1` takes the Engine API path (to `DOCKER_HOST`) on a Docker
+    /// Engine daemon too: the same bytes a buildkitd run would send, to test that path where
+    /// only an engine runs.
+    ///
+    /// Errors: a `DOCKER_HOST` that cannot be parsed.
+    pub fn load_target(&self) -> Result<Option<DockerHost>, TransportError> {
+        let via_api =
+            std::env::var_os("BK_BUILD_LOAD_VIA_API").is_some_and(|v| !v.is_empty() && v != "0");
+        match (&self.kind, &self.address) {
+            (DaemonKind::DockerEngine { .. }, _) if !via_api => Ok(None),
+            _ => DockerHost::from_env().map(Some),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
