@@ -13,13 +13,15 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 
+use crate::digest::Digest;
 use crate::options::{AddHost, CacheSpec, NamedContext, Network, OutputSpec, SecretSpec, SshSpec};
 use crate::progress::Progress;
 use crate::proto::control::{control_client::ControlClient, StatusRequest};
+use crate::session::oci_layout::Descriptor;
 use crate::session::{self, filesync::DirSyncReport, Session};
 use crate::transport::Daemon;
 
-pub use request::{local_name, plan_request, PlannedRequest};
+pub use request::{local_name, plan_request, CacheIndexUpdate, PlannedRequest};
 
 /// Everything needed to build one image, as plain data.
 #[derive(Debug, Clone, Default)]
@@ -172,7 +174,11 @@ pub async fn build(
         }));
     }
 
+    for note in &planned.notes {
+        progress.note(prefix, note);
+    }
     let session_spec = planned.session;
+    let content = session_spec.content.clone();
     let session = Session::start(daemon.channel.clone(), session_spec).await?;
     let mut req = planned.request;
     req.r#ref = build_ref.clone();
@@ -236,11 +242,104 @@ pub async fn build(
             why: e,
         });
     }
+    let exporter_response: BTreeMap<String, String> =
+        resp.into_inner().exporter_response.into_iter().collect();
+    let reported = exporter_response
+        .get("cache.manifest")
+        .map(String::as_str)
+        .and_then(cache_manifest_descriptor);
+    for update in planned.cache_indexes {
+        let content = content.clone();
+        let reported = reported.clone();
+        let dir = update.dir.clone();
+        let notes = tokio::task::spawn_blocking(move || {
+            record_cache_export(&content, &update, reported.as_ref())
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r)
+        .map_err(|why| BuildError::Export {
+            what: format!("cache index {}", dir.join("index.json").display()),
+            why,
+        })?;
+        for n in notes {
+            progress.note(prefix, &n);
+        }
+    }
     Ok(BuildResult {
-        exporter_response: resp.into_inner().exporter_response.into_iter().collect(),
+        exporter_response,
         sync: stats.snapshot(),
         duration: started.elapsed(),
         build_ref,
         loaded_images: loaded,
     })
+}
+
+/// The `cache.manifest` exporter response: the JSON descriptor of the last cache export's
+/// manifest (BuildKit `cache/remotecache/export.go`; base64 in some daemons' responses).
+fn cache_manifest_descriptor(v: &str) -> Option<Descriptor> {
+    use base64::Engine;
+    let doc: serde_json::Value = serde_json::from_str(v).ok().or_else(|| {
+        let bytes = base64::engine::general_purpose::STANDARD.decode(v).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    })?;
+    Some(Descriptor {
+        media_type: doc.get("mediaType")?.as_str()?.to_string(),
+        digest: Digest::parse(doc.get("digest")?.as_str()?).ok()?,
+        size: doc.get("size")?.as_u64()?,
+    })
+}
+
+/// Tags the cache manifest the daemon wrote to one local cache directory, then applies
+/// `reset=true`. The daemon reports only the last cache export's manifest, so with several
+/// exports the others are found among the blobs each directory received. Returns notes for
+/// the user; `Err` when the export cannot be recorded.
+fn record_cache_export(
+    content: &session::ContentStores,
+    update: &CacheIndexUpdate,
+    reported: Option<&Descriptor>,
+) -> Result<Vec<String>, String> {
+    let dir = update.dir.display();
+    let received = content.received(&update.store_id);
+    let layout = content
+        .layout(&update.store_id)
+        .ok_or_else(|| format!("no session store for {dir}"))?;
+    if received.is_empty() {
+        // BuildKit skips a cache export with no layers ("skipping cache export for empty
+        // result"); the directory keeps what it had.
+        return Ok(vec![format!(
+            "cache export to {dir}: the daemon exported nothing (no layers to cache); index.json unchanged"
+        )]);
+    }
+    let manifest = match reported.filter(|d| received.contains(&d.digest)) {
+        Some(d) => d.clone(),
+        None => {
+            let mut found = None;
+            for d in received.iter().rev() {
+                if let Some(root) = layout.cache_root(d).map_err(|e| e.to_string())? {
+                    found = Some(root);
+                    break;
+                }
+            }
+            found.ok_or_else(|| {
+                format!("the daemon wrote {} blobs to {dir} but no cache manifest; index.json was not updated", received.len())
+            })?
+        }
+    };
+    layout
+        .tag(&manifest, &update.tag)
+        .map_err(|e| e.to_string())?;
+    let mut notes = Vec::new();
+    if update.reset {
+        match layout.remove_unreferenced() {
+            Ok((0, _)) => {}
+            Ok((n, bytes)) => notes.push(format!(
+                "cache export to {dir}: reset removed {n} unreferenced blobs ({})",
+                crate::progress::format_bytes(bytes as i64)
+            )),
+            // BuildKit's client only warns: the export itself succeeded.
+            Err(e) => notes.push(format!("warning: cache export to {dir}: reset failed: {e}")),
+        }
+    }
+    Ok(notes)
 }
