@@ -16,20 +16,32 @@ use serde_json::Value;
 use support::*;
 
 /// A Dockerfile whose RUN output differs on every execution: equal stamps mean the step came
-/// from a cache, not from running it.
+/// from a cache, not from running it. Every step's description carries `marker`, so
+/// [`forget`] can remove exactly this build's records.
 fn stamp_context(dir: &Path, marker: &str) {
-    write(
-        &dir.join("Dockerfile"),
-        format!(
-            "FROM {} AS a\nRUN echo {marker} && cat /proc/sys/kernel/random/uuid > /stamp\n\
-             FROM scratch\nCOPY --from=a /stamp /stamp\n",
-            base_image()
-        ),
-    );
+    write(&dir.join("Dockerfile"), stamp_dockerfile(marker, ""));
+}
+
+fn stamp_dockerfile(marker: &str, extra: &str) -> String {
+    format!(
+        "FROM {} AS a\nRUN echo {marker} && cat /proc/sys/kernel/random/uuid > /stamp\n\
+         FROM scratch\nCOPY --from=a /stamp /stamp-{marker}\n{extra}",
+        base_image()
+    )
 }
 
 fn stamp(out: &Path) -> String {
-    std::fs::read_to_string(out.join("stamp")).unwrap()
+    let f = std::fs::read_dir(out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("stamp-")
+        })
+        .unwrap_or_else(|| panic!("no stamp in {}", out.display()));
+    std::fs::read_to_string(f).unwrap()
 }
 
 /// Forgets this test's steps on the daemon: prunes only records whose description holds
@@ -47,9 +59,10 @@ fn forget(marker: &str) {
     }
     run_ok(bk().args(["prune", "--all", "--filter", &filter]));
     let du = run_ok(bk().args(["du", "-v", "--filter", &filter]));
+    let left = String::from_utf8_lossy(&du.stdout);
     assert!(
-        String::from_utf8_lossy(&du.stdout).contains("Records: 0"),
-        "records of {marker} survived the prune"
+        left.contains("Records: 0"),
+        "records of {marker} survived the prune:\n{left}"
     );
 }
 
@@ -126,45 +139,69 @@ fn assert_cache_manifest(layout: &Path, root: &Value) {
     );
 }
 
+/// Builds `ctx` with `tool` (bk-build, or `docker buildx`), exporting to `out`, plus `args`.
+fn build_with(mut tool: std::process::Command, ctx: &Path, out: &Path, args: &[String]) -> String {
+    let o = run_ok(
+        tool.args(["build", "--progress", "plain"])
+            .args(args)
+            .arg("-o")
+            .arg(format!("type=local,dest={}", out.display()))
+            .arg(ctx),
+    );
+    stderr(&o)
+}
+
+fn buildx() -> std::process::Command {
+    let mut c = docker();
+    c.arg("buildx");
+    c
+}
+
+/// Forgets `marker`'s steps, checks that a build without any cache import then really runs
+/// the step again (so an equal stamp afterwards can only come from an import), and forgets
+/// that build too.
+fn forget_and_check_the_step_reruns(ctx: &Path, out: &Path, marker: &str, stamp_before: &str) {
+    forget(marker);
+    build_with(bk(), ctx, out, &[]);
+    assert_ne!(
+        stamp(out),
+        stamp_before,
+        "the daemon still had the step after forgetting it: the import check would prove nothing"
+    );
+    forget(marker);
+}
+
 #[test]
-fn local_cache_export_is_an_oci_layout_like_buildx_and_each_tool_imports_the_other() {
+fn local_cache_export_is_an_oci_layout_like_buildx_and_buildx_imports_it() {
     let tmp = tempfile::tempdir().unwrap();
     let ctx = tmp.path().join("ctx");
     let marker = unique("bkcontent-export");
     stamp_context(&ctx, &marker);
+    let out = |n: &str| tmp.path().join(n);
     let ours = tmp.path().join("cache-bk");
     let theirs = tmp.path().join("cache-buildx");
+    let cache_to = |d: &Path| {
+        vec![
+            "--cache-to".to_string(),
+            format!("type=local,dest={},mode=max", d.display()),
+        ]
+    };
 
-    let out1 = tmp.path().join("out1");
-    run_ok(
-        bk().args(["build", "--progress", "plain", "--cache-to"])
-            .arg(format!("type=local,dest={},mode=max", ours.display()))
-            .arg("-o")
-            .arg(format!("type=local,dest={}", out1.display()))
-            .arg(&ctx),
-    );
-    let s1 = stamp(&out1);
-    // The same (now cached) build exported by the reference client.
-    run_ok(
-        docker()
-            .args(["buildx", "build", "--progress", "plain", "--cache-to"])
-            .arg(format!("type=local,dest={},mode=max", theirs.display()))
-            .arg("-o")
-            .arg(format!(
-                "type=local,dest={}",
-                tmp.path().join("out-bx").display()
-            ))
-            .arg(&ctx),
-    );
+    // The first build runs the step and exports its cache.
+    let first = tmp.path().join("cache-first");
+    build_with(bk(), &ctx, &out("out1"), &cache_to(&first));
+    let s1 = stamp(&out("out1"));
+    let (root, _) = check_layout(&first, "latest");
+    assert_cache_manifest(&first, &root);
 
+    // The same, now cached, build exported by both tools: the same cache, blob for blob.
+    build_with(bk(), &ctx, &out("out2"), &cache_to(&ours));
+    build_with(buildx(), &ctx, &out("out3"), &cache_to(&theirs));
     let (root_ours, blobs_ours) = check_layout(&ours, "latest");
     let (root_theirs, blobs_theirs) = check_layout(&theirs, "latest");
     assert_cache_manifest(&ours, &root_ours);
-    assert_cache_manifest(&theirs, &root_theirs);
-    // Same daemon, same cached steps: the same cache, blob for blob.
     assert_eq!(blobs_ours, blobs_theirs);
-    assert_eq!(root_ours["digest"], root_theirs["digest"]);
-    assert_eq!(root_ours["mediaType"], root_theirs["mediaType"]);
+    assert_eq!(root_ours, root_theirs);
     // Nothing else left behind: no temp files, no lock file.
     let names: BTreeSet<String> = std::fs::read_dir(&ours)
         .unwrap()
@@ -180,53 +217,53 @@ fn local_cache_export_is_an_oci_layout_like_buildx_and_each_tool_imports_the_oth
         assert_eq!(std::fs::read_dir(ours.join("ingest")).unwrap().count(), 0);
     }
 
-    // buildx imports what bk-build exported.
-    forget(&marker);
-    let out2 = tmp.path().join("out2");
-    run_ok(
-        docker()
-            .args(["buildx", "build", "--progress", "plain", "--cache-from"])
-            .arg(format!("type=local,src={}", ours.display()))
-            .arg("-o")
-            .arg(format!("type=local,dest={}", out2.display()))
-            .arg(&ctx),
-    );
+    // The reference client imports what bk-build exported.
+    forget_and_check_the_step_reruns(&ctx, &out("control"), &marker, &s1);
+    let args = [
+        "--cache-from".to_string(),
+        format!("type=local,src={}", first.display()),
+    ];
+    build_with(buildx(), &ctx, &out("out4"), &args);
     assert_eq!(
-        stamp(&out2),
+        stamp(&out("out4")),
         s1,
         "buildx could not use bk-build's cache export"
     );
-
-    // bk-build imports what buildx exported.
     forget(&marker);
-    let out3 = tmp.path().join("out3");
-    let o = run_ok(
-        bk().args(["build", "--progress", "plain", "--cache-from"])
-            .arg(format!("type=local,src={}", theirs.display()))
-            .arg("-o")
-            .arg(format!("type=local,dest={}", out3.display()))
-            .arg(&ctx),
-    );
+}
+
+#[test]
+fn local_cache_import_restores_a_forgotten_step_from_a_buildx_export() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    let marker = unique("bkcontent-import");
+    stamp_context(&ctx, &marker);
+    let out = |n: &str| tmp.path().join(n);
+    let theirs = tmp.path().join("cache-buildx");
+    let args = [
+        "--cache-to".to_string(),
+        format!("type=local,dest={},mode=max", theirs.display()),
+    ];
+    build_with(buildx(), &ctx, &out("out1"), &args);
+    let s1 = stamp(&out("out1"));
+
+    forget_and_check_the_step_reruns(&ctx, &out("control"), &marker, &s1);
+    let args = [
+        "--cache-from".to_string(),
+        format!("type=local,src={}", theirs.display()),
+    ];
+    let err = build_with(bk(), &ctx, &out("out2"), &args);
     assert_eq!(
-        stamp(&out3),
+        stamp(&out("out2")),
         s1,
-        "the RUN step ran again instead of coming from the cache"
+        "the RUN step ran again instead of coming from the imported cache"
     );
-    assert!(stderr(&o).contains("CACHED"), "{}", stderr(&o));
-
-    // Control: without the import the forgotten step really runs again.
+    assert!(
+        err.contains("importing cache manifest from local:"),
+        "{err}"
+    );
+    assert!(err.contains("CACHED"), "{err}");
     forget(&marker);
-    let out4 = tmp.path().join("out4");
-    run_ok(
-        bk().args(["build", "--progress", "plain", "-o"])
-            .arg(format!("type=local,dest={}", out4.display()))
-            .arg(&ctx),
-    );
-    assert_ne!(
-        stamp(&out4),
-        s1,
-        "the daemon still had the step: this test proves nothing"
-    );
 }
 
 #[test]
@@ -422,13 +459,10 @@ fn bake_targets_use_local_caches_and_oci_layout_contexts_with_paths_relative_to_
     let proj = tmp.path().join("proj");
     std::fs::create_dir_all(&proj).unwrap();
     std::fs::rename(&layout, proj.join("layout")).unwrap();
+    // Every step names the marker, so that forgetting them leaves no record behind.
     write(
         &proj.join("app/Dockerfile"),
-        format!(
-            "FROM {} AS a\nRUN echo {marker} && cat /proc/sys/kernel/random/uuid > /stamp\n\
-             FROM scratch\nCOPY --from=a /stamp /stamp\nCOPY --from=img /m /m\n",
-            base_image()
-        ),
+        stamp_dockerfile(&marker, &format!("COPY --from=img /m /m-{marker}\n")),
     );
     write(
         &proj.join("bk-build.toml"),
@@ -442,7 +476,7 @@ fn bake_targets_use_local_caches_and_oci_layout_contexts_with_paths_relative_to_
             .current_dir(&proj),
     );
     assert_eq!(
-        std::fs::read_to_string(proj.join("out/m")).unwrap(),
+        std::fs::read_to_string(proj.join(format!("out/m-{marker}"))).unwrap(),
         marker,
         "{}",
         stderr(&o)
