@@ -570,17 +570,10 @@ fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<(), LayoutError> {
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LayoutError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".bk-build-")
-        .tempfile_in(dir)
-        .map_err(io_err(dir))?;
+    // Mode 0666 less the umask, as for any file a tool writes.
+    let mut tmp = crate::fs::new_temp_file_in(dir).map_err(io_err(dir))?;
     tmp.write_all(bytes).map_err(io_err(tmp.path()))?;
     tmp.as_file().sync_all().map_err(io_err(tmp.path()))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o644))
-            .map_err(io_err(tmp.path()))?;
-    }
     tmp.persist(path).map_err(|e| io_err(path)(e.error))?;
     File::open(dir)
         .and_then(|d| d.sync_all())
