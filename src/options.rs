@@ -288,6 +288,22 @@ impl OutputSpec {
             .unwrap_or(false)
     }
 
+    /// For `type=oci|docker,tar=false`: the OCI image layout directory the daemon writes
+    /// into through the session (BuildKit's store output), instead of a tar stream.
+    pub fn layout_dir(&self) -> Option<&std::path::Path> {
+        let tarball = self
+            .attrs
+            .get("tar")
+            .and_then(|v| parse_bool(v))
+            .unwrap_or(true);
+        match (&self.kind, &self.dest) {
+            (OutputKind::Oci | OutputKind::Docker, Some(OutputDest::Path(p))) if !tarball => {
+                Some(p)
+            }
+            _ => None,
+        }
+    }
+
     /// Image names from the comma-separated `name` attribute.
     pub fn names(&self) -> Vec<String> {
         self.attrs
@@ -385,6 +401,25 @@ pub fn parse_output(s: &str) -> Result<OutputSpec, OptionError> {
         }
     }
 
+    let tarball = match (kind, attrs.get("tar")) {
+        (OutputKind::Oci | OutputKind::Docker, Some(v)) => parse_bool(v).ok_or_else(|| {
+            OptionError::new(
+                FLAG,
+                s,
+                format!("tar={v:?} is not a boolean"),
+                "type=oci,tar=false,dest=layout",
+            )
+        })?,
+        _ => true,
+    };
+    if !tarball && matches!(dest.as_deref(), None | Some("") | Some("-")) {
+        return Err(OptionError::new(
+            FLAG,
+            s,
+            "tar=false writes an OCI image layout directory; give it as dest=DIR",
+            "type=oci,tar=false,dest=layout",
+        ));
+    }
     let dest = match (kind, dest) {
         (OutputKind::Image | OutputKind::CacheOnly, Some(_)) => {
             return Err(OptionError::new(
@@ -1456,6 +1491,33 @@ mod tests {
             parse_cache_to("type=gha,scope=x").unwrap()[0].attrs,
             attrs(&[("scope", "x")])
         );
+    }
+
+    #[test]
+    fn oci_outputs_without_a_tarball_name_a_layout_directory() {
+        let o = parse_output("type=oci,tar=false,dest=layout").unwrap();
+        assert_eq!(o.layout_dir(), Some(std::path::Path::new("layout")));
+        assert_eq!(o.attrs["tar"], "false", "the daemon needs tar=false too");
+        let o = parse_output("type=docker,tar=false,dest=/l").unwrap();
+        assert_eq!(o.layout_dir(), Some(std::path::Path::new("/l")));
+        assert_eq!(
+            parse_output("type=oci,dest=i.tar").unwrap().layout_dir(),
+            None
+        );
+        assert_eq!(
+            parse_output("type=oci,tar=true,dest=i.tar")
+                .unwrap()
+                .layout_dir(),
+            None
+        );
+        for (bad, why) in [
+            ("type=oci,tar=false,dest=-", "dest=DIR"),
+            ("type=docker,tar=false", "dest=DIR"),
+            ("type=oci,tar=maybe,dest=x", "not a boolean"),
+        ] {
+            let e = parse_output(bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
     }
 
     #[test]

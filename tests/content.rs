@@ -499,3 +499,82 @@ fn bake_targets_use_local_caches_and_oci_layout_contexts_with_paths_relative_to_
     );
     forget(&marker);
 }
+
+#[test]
+fn oci_layout_output_without_tar_matches_buildx_and_serves_as_a_context() {
+    let tmp = tempfile::tempdir().unwrap();
+    let marker = unique("bkcontent-ocidir");
+    let src = tmp.path().join("src");
+    write(&src.join("Dockerfile"), "FROM scratch\nCOPY m /m\n");
+    write(&src.join("m"), &marker);
+    let ours = tmp.path().join("ours");
+    let theirs = tmp.path().join("theirs");
+    let export = |tool: std::process::Command, dest: &Path, name: &str| {
+        build_to(tool, &src, dest, name);
+    };
+    export(bk(), &ours, "example.com/app:v1");
+    export(buildx(), &theirs, "example.com/app:v1");
+    // The same index (as JSON; key order is free) and the same blobs.
+    assert_eq!(
+        json(&ours.join("index.json")),
+        json(&theirs.join("index.json"))
+    );
+    assert_eq!(
+        json(&ours.join("oci-layout")),
+        json(&theirs.join("oci-layout"))
+    );
+    assert_same_tree(&ours.join("blobs"), &theirs.join("blobs"));
+    let index = json(&ours.join("index.json"));
+    let entry = &index["manifests"][0];
+    assert_eq!(
+        entry["annotations"]["io.containerd.image.name"],
+        "example.com/app:v1"
+    );
+    assert_eq!(
+        entry["annotations"]["org.opencontainers.image.ref.name"],
+        "v1"
+    );
+
+    // A second name is added beside the first; the same name again replaces its entry.
+    write(&src.join("m"), format!("{marker}-2"));
+    export(bk(), &ours, "example.com/app:v2");
+    export(bk(), &ours, "example.com/app:v2");
+    let index = json(&ours.join("index.json"));
+    let names: Vec<&str> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            m["annotations"]["org.opencontainers.image.ref.name"]
+                .as_str()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(names, ["v1", "v2"]);
+
+    // What bk-build wrote is an image to build on, by tag.
+    let ctx = tmp.path().join("ctx");
+    write(&ctx.join("Dockerfile"), "FROM img\n");
+    for (tag, want) in [("v1", marker.clone()), ("v2", format!("{marker}-2"))] {
+        let out = tmp.path().join(format!("out-{tag}"));
+        let args = [
+            "--build-context".to_string(),
+            format!("img=oci-layout://{}:{tag}", ours.display()),
+        ];
+        build_with(bk(), &ctx, &out, &args);
+        assert_eq!(std::fs::read_to_string(out.join("m")).unwrap(), want);
+    }
+}
+
+/// Builds `ctx` into an OCI layout directory (`tar=false`) as image `name`, reproducibly.
+fn build_to(mut tool: std::process::Command, ctx: &Path, dest: &Path, name: &str) {
+    run_ok(
+        tool.args(["build", "--progress", "plain"])
+            .args(["--build-arg", "SOURCE_DATE_EPOCH=0", "-o"])
+            .arg(format!(
+                "type=oci,tar=false,dest={},name={name}",
+                dest.display()
+            ))
+            .arg(ctx),
+    );
+}

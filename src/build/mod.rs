@@ -266,6 +266,19 @@ pub async fn build(
             progress.note(prefix, &n);
         }
     }
+    if let Some((store_id, dir)) = planned.image_layout {
+        let content = content.clone();
+        let response = exporter_response.clone();
+        let index = dir.join("index.json");
+        tokio::task::spawn_blocking(move || record_image_layout(&content, &store_id, &response))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r)
+            .map_err(|why| BuildError::Export {
+                what: format!("image index {}", index.display()),
+                why,
+            })?;
+    }
     Ok(BuildResult {
         exporter_response,
         sync: stats.snapshot(),
@@ -342,4 +355,35 @@ fn record_cache_export(
         }
     }
     Ok(notes)
+}
+
+/// Names the image an `oci`/`docker` exporter with `tar=false` wrote into its layout, as
+/// BuildKit's client does: the descriptor from `containerimage.descriptor`, under each name of
+/// `image.name`, or the tag `latest` when it has none.
+fn record_image_layout(
+    content: &session::ContentStores,
+    store_id: &str,
+    response: &BTreeMap<String, String>,
+) -> Result<(), String> {
+    use base64::Engine;
+    use session::oci_layout::IndexName;
+    let layout = content
+        .layout(store_id)
+        .ok_or_else(|| "no session store for the layout".to_string())?;
+    let raw = response
+        .get("containerimage.descriptor")
+        .ok_or("the daemon reported no image descriptor; index.json was not updated")?;
+    let desc: serde_json::Value = base64::engine::general_purpose::STANDARD
+        .decode(raw)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or("the daemon's image descriptor is not base64 JSON; index.json was not updated")?;
+    let names: Vec<IndexName> = match response.get("image.name") {
+        Some(n) if !n.is_empty() => n
+            .split(',')
+            .map(|n| IndexName::Name(n.trim().to_string()))
+            .collect(),
+        _ => vec![IndexName::Tag("latest".into())],
+    };
+    layout.put(&desc, &names).map_err(|e| e.to_string())
 }

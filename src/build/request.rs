@@ -27,6 +27,9 @@ pub struct PlannedRequest {
     pub notes: Vec<String>,
     /// Local cache exports whose `index.json` the client updates after the build.
     pub cache_indexes: Vec<CacheIndexUpdate>,
+    /// `-o type=oci|docker,tar=false` outputs: the layout directory whose `index.json` the
+    /// client updates after the build, and the session store the daemon writes it through.
+    pub image_layout: Option<(String, PathBuf)>,
 }
 
 /// After a `--cache-to type=local` export: tag the cache manifest the daemon wrote in the
@@ -40,6 +43,10 @@ pub struct CacheIndexUpdate {
     /// `reset=true`: afterwards remove the blobs the index no longer references.
     pub reset: bool,
 }
+
+/// The session store an `oci`/`docker` exporter with `tar=false` writes to (BuildKit
+/// `exporter/oci`).
+const EXPORT_STORE_ID: &str = "export";
 
 fn invalid(msg: impl Into<String>) -> BuildError {
     BuildError::Invalid(msg.into())
@@ -398,6 +405,7 @@ pub fn plan_request(
     }
 
     // Exporters.
+    let mut image_layout = None;
     let mut exporters = Vec::new();
     let mut exports = BTreeMap::new();
     let is_docker = matches!(daemon, DaemonKind::DockerEngine { .. });
@@ -432,7 +440,31 @@ pub fn plan_request(
                 },
                 (k, _) => k.as_str(),
             };
-        if let Some(dest) = &o.dest {
+        if let Some(dir) = o.layout_dir() {
+            // The daemon writes the blobs through the session store BuildKit calls "export"
+            // (one per build); the client names the image in index.json afterwards.
+            let dir = client_dir(dir)?;
+            if dir.exists() && !dir.is_dir() {
+                return Err(invalid(format!(
+                    "-o type={},tar=false,dest={}: not a directory; tar=false writes an OCI layout directory",
+                    o.kind,
+                    dir.display()
+                )));
+            }
+            if image_layout.is_some() {
+                return Err(invalid(
+                    "only one -o type=oci|docker,tar=false output per build (BuildKit writes it through a single session store)",
+                ));
+            }
+            stores.insert(
+                EXPORT_STORE_ID.to_string(),
+                StoreSpec {
+                    dir: dir.clone(),
+                    writable: true,
+                },
+            );
+            image_layout = Some((EXPORT_STORE_ID.to_string(), dir));
+        } else if let Some(dest) = &o.dest {
             let target = match (o.kind, dest) {
                 (OutputKind::Local, OutputDest::Path(p)) => ExportTarget::LocalDir(p.clone()),
                 (OutputKind::Local, OutputDest::Stdout) => {
@@ -568,6 +600,7 @@ pub fn plan_request(
         engine_loads,
         notes,
         cache_indexes,
+        image_layout,
     })
 }
 
