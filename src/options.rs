@@ -498,7 +498,8 @@ pub struct LocalCacheDir {
     /// `digest=` (import only): import this cache manifest instead of looking `tag` up.
     pub digest: Option<Digest>,
     /// `reset=true` (export only): after the export, delete the blobs that `index.json` no
-    /// longer references, so the directory does not grow without bound.
+    /// longer references, so the directory does not grow without bound. Like BuildKit's, this
+    /// also deletes the blobs of another export to the same directory that is still running.
     pub reset: bool,
 }
 

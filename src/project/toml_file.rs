@@ -1024,8 +1024,8 @@ fn resolve_target(
                 }
                 ContextSource::Local(abs)
             }
-            // Checked when the target is built: the layout may be written by an earlier
-            // target of the same run.
+            // Checked when the target is built, not here: a target it depends on may write
+            // the layout in the same run.
             ContextSource::OciLayout(mut l) => {
                 l.path = normalize(&r.files[v.file].dir.join(&l.path));
                 ContextSource::OciLayout(l)
