@@ -110,8 +110,9 @@ fn names_or_none(names: &[String]) -> String {
 }
 
 /// The tag and digest an `oci-layout://` context uses, resolved from the layout's
-/// `index.json` as buildx does: the digest when given; else the entry tagged TAG (`latest`
-/// by default); else the layout's only entry.
+/// `index.json` as buildx does (`build/opt.go`): the digest when given; else the entry tagged
+/// TAG (`latest` by default); else, when no tag was given, the layout's only entry. Unlike
+/// buildx, a tag that was given but is not there is an error rather than the only entry.
 fn oci_layout_image(dir: &Path, r: &OciLayoutRef) -> Result<(Option<String>, Digest), String> {
     if !dir.is_dir() {
         return Err(format!(
