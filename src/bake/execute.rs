@@ -219,6 +219,9 @@ pub async fn execute(
             let snapshot = digests.lock().map(|d| d.clone()).unwrap_or_default();
             let mut spec =
                 build_spec(project, plan, &name, &snapshot).map_err(|e| e.to_string())?;
+            if spec.needs_load() {
+                spec.load_into = daemon.load_target().map_err(|e| e.to_string())?;
+            }
             existing_cache_imports(&mut spec).await;
             progress.note(Some(&name), &format!("building: {}", tp.reasons.join("; ")));
             // Output directories as they were: what changes in them is what the export wrote.

@@ -119,10 +119,8 @@ fn always_build(t: &Target, forced: bool, scan: &graph::DockerfileScan) -> Optio
                     "context {k} ({u}) is fetched by the daemon; its content is not known before building"
                 ))
             }
-            ContextSource::OciLayout(p) => {
-                return Some(format!(
-                    "context {k} (oci-layout://{p}) is not fingerprinted"
-                ))
+            ContextSource::OciLayout(r) => {
+                return Some(format!("context {k} ({r}) is not fingerprinted"))
             }
             _ => {}
         }

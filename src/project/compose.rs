@@ -777,6 +777,10 @@ impl Ctx<'_> {
                         }
                         ContextSource::Local(abs)
                     }
+                    ContextSource::OciLayout(mut l) => {
+                        l.path = self.abs(&l.path.to_string_lossy());
+                        ContextSource::OciLayout(l)
+                    }
                     other => other,
                 };
                 t.contexts.insert(k, src);

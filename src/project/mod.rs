@@ -285,7 +285,7 @@ pub fn context_source_string(source: &ContextSource) -> String {
         ContextSource::Local(p) => p.to_string_lossy().into_owned(),
         ContextSource::DockerImage(r) => format!("docker-image://{r}"),
         ContextSource::Target(t) => format!("target:{t}"),
-        ContextSource::OciLayout(r) => format!("oci-layout://{r}"),
+        ContextSource::OciLayout(r) => r.to_string(),
         ContextSource::Remote(u) => u.clone(),
     }
 }

@@ -371,6 +371,15 @@ async fn request_on(
     Ok((parts.status, parts.headers, body))
 }
 
+/// `GET /_ping` → the engine's API version (`Api-Version` header).
+pub(crate) async fn api_version(host: &DockerHost) -> Result<String, String> {
+    let dialer = Dialer::new(host).map_err(|e| e.to_string())?;
+    let mut conn = Http1Conn::open(&dialer)
+        .await
+        .map_err(|e| explain::explain(&host.peer(), &e))?;
+    ping_on(&mut conn, host).await
+}
+
 /// `GET /_ping` on an open connection → the engine's API version (`Api-Version` header).
 async fn ping_on(conn: &mut Http1Conn, host: &DockerHost) -> Result<String, String> {
     let (status, headers, _) = request_on(conn, host, http::Method::GET, "/_ping").await?;
@@ -450,6 +459,83 @@ pub async fn image_id(host: &DockerHost, reference: &str) -> Result<Option<Strin
         http::StatusCode::NOT_FOUND => Ok(None),
         s => Err(format!("{host} answered {s} for image {reference}")),
     }
+}
+
+/// Loads a `docker` exporter tarball into the engine's image store as it arrives, like
+/// `docker load`: `POST /images/load?quiet=1` (Engine API "Import images"), the body streamed
+/// from `chunks` with chunked transfer encoding, never held whole. Ends when `chunks` ends.
+/// Returns the engine's "Loaded image…" lines.
+///
+/// Errors (messages name the engine): it cannot be reached; it refused the request; its
+/// progress stream reported an error (`errorDetail`, e.g. a truncated tarball).
+pub async fn load_image(
+    host: &DockerHost,
+    chunks: tokio::sync::mpsc::Receiver<Bytes>,
+) -> Result<Vec<String>, String> {
+    use futures_util::StreamExt;
+    let body = http_body_util::StreamBody::new(
+        tokio_stream::wrappers::ReceiverStream::new(chunks)
+            .map(|b| Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(b))),
+    );
+    let req = http::Request::post("/images/load?quiet=1")
+        .header(http::header::HOST, "api.moby.localhost")
+        .header(http::header::CONTENT_TYPE, "application/x-tar")
+        .body(body)
+        .map_err(|e| e.to_string())?;
+    let explained = |e: &(dyn std::error::Error + 'static)| explain::explain(&host.peer(), e);
+    let dialer = Dialer::new(host).map_err(|e| e.to_string())?;
+    let stream = dialer
+        .dial()
+        .await
+        .map_err(|e| format!("cannot load the image: {}", explained(&e)))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("cannot load the image: {}", explained(&e)))?;
+    let mut driver = tokio::spawn(conn);
+    let resp = match sender.send_request(req).await {
+        Ok(r) => r,
+        Err(e) => {
+            // The connection's own error says more than the request's "canceled".
+            let why = match tokio::time::timeout(Duration::from_secs(2), &mut driver).await {
+                Ok(Ok(Err(conn_err))) => explained(&conn_err),
+                _ => explained(&e),
+            };
+            return Err(format!("loading the image into {host}: {why}"));
+        }
+    };
+    let status = resp.status();
+    let text = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("reading {host}'s answer to the image load: {e}"))?
+        .to_bytes();
+    let text = String::from_utf8_lossy(&text);
+    if !status.is_success() {
+        return Err(format!(
+            "{host} refused to load the image ({status}): {}",
+            text.trim()
+        ));
+    }
+    // A JSON message stream: {"stream":"Loaded image: …\n"} or {"errorDetail":{…},"error":…}.
+    let mut loaded = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = match serde_json::from_str(line) {
+            Ok(v) => v,
+            Err(_) => continue,
+        };
+        if let Some(e) = v["errorDetail"]["message"].as_str().or(v["error"].as_str()) {
+            return Err(format!("{host} could not load the image: {e}"));
+        }
+        if let Some(s) = v["stream"].as_str() {
+            loaded.extend(
+                s.lines()
+                    .map(|l| l.trim().to_string())
+                    .filter(|l| !l.is_empty()),
+            );
+        }
+    }
+    Ok(loaded)
 }
 
 /// `POST path` with no body on the engine: its status and whole (small) body.

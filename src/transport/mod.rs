@@ -25,9 +25,10 @@ use std::time::Duration;
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
 
+pub(crate) use docker::api_version as docker_api_version;
 pub use docker::{
-    engine_cpus as docker_engine_cpus, tag_image as docker_tag_image, DockerHost,
-    Endpoint as DockerEndpoint, Origin as DockerOrigin,
+    engine_cpus as docker_engine_cpus, load_image as docker_load_image,
+    tag_image as docker_tag_image, DockerHost, Endpoint as DockerEndpoint, Origin as DockerOrigin,
 };
 pub use engine_store::image_id as docker_image_id;
 pub use ssh::SshTarget;
@@ -264,6 +265,27 @@ pub async fn explain_lost_connection(daemon: &Daemon, status: &tonic::Status) ->
             )
         }
     })
+}
+
+impl Daemon {
+    /// Where an image built on this daemon is loaded (`--load`), when the daemon does not load
+    /// it itself: `None` for a Docker Engine, whose `moby` exporter writes into its own image
+    /// store; the Docker Engine at `DOCKER_HOST` (the Engine API's `docker load`) for any
+    /// other daemon, as buildx does for its non-docker drivers.
+    ///
+    /// `BK_BUILD_LOAD_VIA_API=1` takes the Engine API path (to `DOCKER_HOST`) on a Docker
+    /// Engine daemon too: the same bytes a buildkitd run would send, to test that path where
+    /// only an engine runs.
+    ///
+    /// Errors: a `DOCKER_HOST` that cannot be parsed.
+    pub fn load_target(&self) -> Result<Option<DockerHost>, TransportError> {
+        let via_api =
+            std::env::var_os("BK_BUILD_LOAD_VIA_API").is_some_and(|v| !v.is_empty() && v != "0");
+        match (&self.kind, &self.address) {
+            (DaemonKind::DockerEngine { .. }, _) if !via_api => Ok(None),
+            _ => DockerHost::from_env().map(Some),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
