@@ -621,3 +621,33 @@ fn a_daemon_that_dies_mid_build_is_reported_as_gone() {
     }
     assert!(!err.contains("failed to solve: transport error"), "{err}");
 }
+
+/// `--load` through the Engine API's image load (what a buildkitd daemon uses;
+/// `BK_BUILD_LOAD_VIA_API=1` takes that path on an engine too), over TLS and over ssh: the
+/// exported tarball streams into the engine the docker CLI would use.
+#[test]
+fn load_through_the_engine_api_over_tls_and_ssh() {
+    let via_ssh = ssh_host(env_var("BKENV_SSH_HOST"));
+    for (how, aim) in [
+        ("tls", &tls_env as &dyn Fn(&mut Command) -> &mut Command),
+        ("ssh", &via_ssh),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let ctx = tmp.path().join("ctx");
+        let name = unique(&format!("apiload-{how}"));
+        context(&ctx, &name);
+        let tag = format!("localhost:5000/{name}/app:1");
+        let out = run_ok(
+            aim(&mut bk())
+                .env("BK_BUILD_LOAD_VIA_API", "1")
+                .args(["build", "--progress", "plain", "--load", "-t", &tag])
+                .arg(&ctx),
+        );
+        assert!(
+            engine_image(&mut docker_tls(), &tag).is_some(),
+            "{how}: not loaded into the TLS engine: {}",
+            stderr(&out)
+        );
+        assert_eq!(engine_image(&mut docker(), &tag), None, "{how}");
+    }
+}
