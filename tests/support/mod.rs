@@ -216,7 +216,7 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
 pub fn env_var(key: &str) -> String {
     env().get(key).cloned().unwrap_or_else(|| {
         panic!(
-            "{key} is not in $BKENV/env.sh: rerun `bash scripts/bkenv/up.sh` (it starts the TLS engine and the sshd these tests use)"
+            "{key} is not in $BKENV/env.sh: rerun `bash scripts/bkenv/up.sh` without BKENV_NO_TLS/BKENV_NO_SSH (it starts the TLS engine and the sshd these tests use)"
         )
     })
 }
