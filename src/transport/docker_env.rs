@@ -453,6 +453,26 @@ mod tests {
             "{err}"
         );
 
+        // A context that skips verification is refused, not trusted blindly.
+        make_context(cfg, "insecure", "tcp://h:2376", &["cert.pem", "key.pem"]);
+        let meta = cfg
+            .join("contexts/meta")
+            .join(context_id("insecure"))
+            .join("meta.json");
+        let text = std::fs::read_to_string(&meta).unwrap();
+        std::fs::write(
+            &meta,
+            text.replace("\"SkipTLSVerify\":false", "\"SkipTLSVerify\":true"),
+        )
+        .unwrap();
+        let err = resolve(&env_of(&[
+            ("DOCKER_CONFIG", c),
+            ("DOCKER_CONTEXT", "insecure"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("SkipTLSVerify"), "{err}");
+
         // HOME/.docker when DOCKER_CONFIG is unset.
         let home = tempfile::tempdir().unwrap();
         make_context(&home.path().join(".docker"), "plain", "tcp://h:1", &[]);
