@@ -379,3 +379,29 @@ pub fn tcp_to_unix_proxy(socket: &Path) -> u16 {
     });
     port
 }
+
+/// Forgets this test's steps on the daemon: prunes only records whose description holds
+/// `marker` (after checking the filter selects nothing else).
+pub fn forget(marker: &str) {
+    let filter = format!("description~={marker}");
+    let du = run_ok(bk().args(["du", "-v", "--filter", &filter]));
+    assert!(
+        !String::from_utf8_lossy(&du.stdout).contains("Records: 0"),
+        "no build-cache record mentions {marker}: nothing to forget"
+    );
+    for line in String::from_utf8_lossy(&du.stdout).lines() {
+        if !line.starts_with("Records:") {
+            assert!(
+                line.contains(marker),
+                "the du filter selected a record that is not this test's: {line}"
+            );
+        }
+    }
+    run_ok(bk().args(["prune", "--all", "--filter", &filter]));
+    let du = run_ok(bk().args(["du", "-v", "--filter", &filter]));
+    let left = String::from_utf8_lossy(&du.stdout);
+    assert!(
+        left.contains("Records: 0"),
+        "records of {marker} survived the prune:\n{left}"
+    );
+}
