@@ -603,7 +603,7 @@ fn compose_unset_variables_warn_and_unknown_keys_fail() {
     let a = write(
         d.path(),
         "compose.yaml",
-        "services:\n  pybase:\n    image: r/pybase:${NOPE}\n    build:\n      context: src/py/base\n      network: host\n",
+        "services:\n  pybase:\n    image: r/pybase:${NOPE}\n    build:\n      context: src/py/base\n      isolation: hyperv\n",
     );
     let p = load_env(&[a], &[]).unwrap();
     assert_eq!(p.targets["pybase"].tags, ["r/pybase:"]);
@@ -614,7 +614,7 @@ fn compose_unset_variables_warn_and_unknown_keys_fail() {
     assert!(p
         .warnings
         .iter()
-        .any(|w| w.contains("services.pybase.build.network")));
+        .any(|w| w.contains("services.pybase.build.isolation")));
 
     let b = write(
         d.path(),
@@ -646,14 +646,16 @@ fn compose_errors_name_the_file_that_set_the_key() {
         "override.yaml",
         "services:\n  pybase:\n    build:\n      context: src/py/gone\n",
     );
-    let msg = load_env(&[a, b], &[]).unwrap_err().to_string();
+    // A missing context only makes that target unbuildable; the message says where it was set.
+    let p = load_env(&[a, b], &[]).unwrap();
+    let msg = p.targets["pybase"].unavailable.clone().unwrap();
     assert_mentions(
         &msg,
         &[
-            "override.yaml",
+            "override.yaml:4",
             "services.pybase.build.context",
             "does not exist",
-            "first file's directory",
+            "project directory",
         ],
     );
 }
