@@ -436,6 +436,7 @@ async fn plan_project(
     crate::bake::BakePlan,
 )> {
     let project = load_project(a)?;
+    crate::project::materialize(&project)?;
     crate::timing::mark("project loaded");
     let state = crate::fingerprint::StateStore::open_with(&project.root, lock_wait, &mut |msg| {
         eprintln!("{msg}")
@@ -471,6 +472,9 @@ fn print_plan(plan: &crate::bake::BakePlan, format: &str) -> Result<()> {
             }
         }
         other => anyhow::bail!("--format {other}: use text or json"),
+    }
+    for (name, why) in &plan.graph.unavailable {
+        eprintln!("ERROR: target `{name}` cannot be built: {why}");
     }
     Ok(())
 }
@@ -544,6 +548,21 @@ async fn run_bake(daemon_args: &DaemonArgs, a: &BakeArgs) -> Result<bool> {
     )
     .await;
     crate::timing::mark("executed");
+    let mut results = results;
+    // Targets that cannot be built (a context not checked out, …) fail on their own; the
+    // rest of the run went on without them.
+    for (name, why) in &plan.graph.unavailable {
+        results.push(crate::bake::TargetResult {
+            name: name.clone(),
+            outcome: crate::progress::TargetOutcome::Failed,
+            duration: None,
+            bytes_sent: None,
+            digest: None,
+            error: Some(format!("cannot be built: {why}")),
+            metadata: None,
+            warnings: Vec::new(),
+        });
+    }
     drop(progress);
     task.finish().await;
     eprintln!(
@@ -581,6 +600,9 @@ async fn run(cli: Cli) -> Result<()> {
             let (_project, _state, plan) =
                 plan_project(&cli.daemon, &a.project, Duration::from_secs(5)).await?;
             print_plan(&plan, &a.format)?;
+            if !plan.graph.unavailable.is_empty() {
+                anyhow::bail!("some targets cannot be built (see above)");
+            }
         }
         Command::Build(a) => {
             let r = run_build(&cli.daemon, a).await?;

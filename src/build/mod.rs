@@ -41,6 +41,14 @@ pub struct BuildSpec {
     pub contexts: Vec<NamedContext>,
     pub add_hosts: Vec<AddHost>,
     pub network: Network,
+    /// Size of `/dev/shm` in RUN steps, in bytes (`None`: the daemon's default).
+    pub shm_size: Option<u64>,
+    /// Resource limits of RUN steps.
+    pub ulimits: Vec<crate::options::Ulimit>,
+    /// Entitlements to ask for besides the ones `network` implies (`security.insecure`, …).
+    pub entitlements: Vec<String>,
+    /// Stages to build without cache (`no_cache` means all of them).
+    pub no_cache_filter: Vec<String>,
     pub tags: Vec<String>,
     pub push: bool,
     pub load: bool,
