@@ -117,7 +117,12 @@ fn size_bytes(s: &str) -> u64 {
         .unwrap_or(t.len());
     let (n, unit) = t.split_at(split);
     let n: f64 = n.parse().unwrap_or(0.0);
-    let mult = match unit.trim().to_ascii_lowercase().trim_end_matches("ib").trim_end_matches('b') {
+    let mult = match unit
+        .trim()
+        .to_ascii_lowercase()
+        .trim_end_matches("ib")
+        .trim_end_matches('b')
+    {
         "" => 1u64,
         "k" => 1 << 10,
         "m" => 1 << 20,
@@ -145,7 +150,12 @@ fn from_buildx(t: &Value, cwd: &Path) -> Shape {
     }
     m.insert("target".into(), t["target"].clone());
     for k in ["args", "labels"] {
-        m.insert(k.into(), t.get(k).cloned().unwrap_or(Value::Object(Default::default())));
+        m.insert(
+            k.into(),
+            t.get(k)
+                .cloned()
+                .unwrap_or(Value::Object(Default::default())),
+        );
     }
     let contexts: BTreeMap<String, String> = t
         .get("contexts")
@@ -165,7 +175,10 @@ fn from_buildx(t: &Value, cwd: &Path) -> Shape {
         })
         .unwrap_or_default();
     m.insert("contexts".into(), serde_json::to_value(contexts).unwrap());
-    m.insert("tags".into(), Value::Array(t["tags"].as_array().cloned().unwrap_or_default()));
+    m.insert(
+        "tags".into(),
+        Value::Array(t["tags"].as_array().cloned().unwrap_or_default()),
+    );
     let set = |v: Vec<String>| -> Value {
         let s: BTreeSet<String> = v.into_iter().collect();
         serde_json::to_value(s).unwrap()
@@ -203,7 +216,10 @@ fn from_buildx(t: &Value, cwd: &Path) -> Shape {
         .collect();
     m.insert("ssh".into(), serde_json::to_value(ssh).unwrap());
     for (ours, theirs) in [("pull", "pull"), ("no_cache", "no-cache")] {
-        m.insert(ours.into(), Value::Bool(t[theirs].as_bool().unwrap_or(false)));
+        m.insert(
+            ours.into(),
+            Value::Bool(t[theirs].as_bool().unwrap_or(false)),
+        );
     }
     m.insert("network".into(), t["network"].clone());
     let hosts: BTreeSet<String> = t
@@ -228,7 +244,10 @@ fn from_buildx(t: &Value, cwd: &Path) -> Shape {
     );
     m.insert("ulimits".into(), set(strings(&t["ulimits"])));
     m.insert("entitlements".into(), set(strings(&t["entitlements"])));
-    m.insert("no_cache_filter".into(), set(strings(&t["no-cache-filter"])));
+    m.insert(
+        "no_cache_filter".into(),
+        set(strings(&t["no-cache-filter"])),
+    );
     m
 }
 
@@ -349,9 +368,11 @@ fn bake_print_agrees_with_buildx_on_every_compose_case() {
         };
         let name = dir.file_name().unwrap().to_string_lossy().into_owned();
         let home = tempfile::tempdir().unwrap();
-        let _listener = case.spec.get("home_socket").and_then(Value::as_str).map(|s| {
-            std::os::unix::net::UnixListener::bind(home.path().join(s)).unwrap()
-        });
+        let _listener = case
+            .spec
+            .get("home_socket")
+            .and_then(Value::as_str)
+            .map(|s| std::os::unix::net::UnixListener::bind(home.path().join(s)).unwrap());
         let files = strings(&case.spec["files"]);
         let bk_files = match case.spec.get("bk_files") {
             Some(v) => strings(v),
@@ -365,7 +386,10 @@ fn bake_print_agrees_with_buildx_on_every_compose_case() {
         let theirs = case.run(bx, "buildx_env", &files, home.path());
         if let Some(d) = case.spec.get("differences").and_then(Value::as_object) {
             for (what, why) in d {
-                documented.push(format!("{name}: {what}: {}", why.as_str().unwrap_or_default()));
+                documented.push(format!(
+                    "{name}: {what}: {}",
+                    why.as_str().unwrap_or_default()
+                ));
             }
         }
         let bk_expect = case.spec.get("bk_expect").cloned().unwrap_or(Value::Null);
@@ -375,7 +399,9 @@ fn bake_print_agrees_with_buildx_on_every_compose_case() {
         let tn: BTreeSet<&String> = their_targets.keys().collect();
         let on: BTreeSet<&String> = our_targets.keys().collect();
         if tn != on {
-            failures.push(format!("{name}: targets differ: buildx {tn:?}, bk-build {on:?}"));
+            failures.push(format!(
+                "{name}: targets differ: buildx {tn:?}, bk-build {on:?}"
+            ));
             continue;
         }
         for (t, tv) in &their_targets {
@@ -386,18 +412,14 @@ fn bake_print_agrees_with_buildx_on_every_compose_case() {
                 let key = format!("{t}.{field}");
                 if let Some(expected) = bk_expect.get(&key) {
                     let got = if expected.is_array() {
-                        serde_json::to_value(
-                            strings(&oval).into_iter().collect::<BTreeSet<_>>(),
-                        )
-                        .unwrap()
+                        serde_json::to_value(strings(&oval).into_iter().collect::<BTreeSet<_>>())
+                            .unwrap()
                     } else {
                         oval.clone()
                     };
                     let want = if expected.is_array() {
-                        serde_json::to_value(
-                            strings(expected).into_iter().collect::<BTreeSet<_>>(),
-                        )
-                        .unwrap()
+                        serde_json::to_value(strings(expected).into_iter().collect::<BTreeSet<_>>())
+                            .unwrap()
                     } else {
                         expected.clone()
                     };
@@ -423,14 +445,18 @@ fn bake_print_agrees_with_buildx_on_every_compose_case() {
                     }
                     // SPEC_WINS[1]: bk-build also keeps `image:` before build.tags.
                     if !theirs_t.iter().all(|x| ours_t.contains(x)) {
-                        failures.push(format!("{name}: {key}: buildx {theirs_t:?} not all in bk-build {ours_t:?}"));
+                        failures.push(format!(
+                            "{name}: {key}: buildx {theirs_t:?} not all in bk-build {ours_t:?}"
+                        ));
                     }
                     continue;
                 }
                 let same = match (tval, &oval) {
                     (Value::Null, Value::Null) => true,
                     (Value::Null, Value::Array(a)) | (Value::Array(a), Value::Null) => a.is_empty(),
-                    (Value::Object(a), Value::Null) | (Value::Null, Value::Object(a)) => a.is_empty(),
+                    (Value::Object(a), Value::Null) | (Value::Null, Value::Object(a)) => {
+                        a.is_empty()
+                    }
                     (a, b) => a == b,
                 };
                 if !same {
@@ -439,10 +465,12 @@ fn bake_print_agrees_with_buildx_on_every_compose_case() {
             }
         }
         // Groups: buildx's default is every target; bk-build's only the active profiles'.
-        let their_default: BTreeSet<String> =
-            strings(&theirs["group"]["default"]["targets"]).into_iter().collect();
-        let our_default: BTreeSet<String> =
-            strings(&ours["group"]["default"]["targets"]).into_iter().collect();
+        let their_default: BTreeSet<String> = strings(&theirs["group"]["default"]["targets"])
+            .into_iter()
+            .collect();
+        let our_default: BTreeSet<String> = strings(&ours["group"]["default"]["targets"])
+            .into_iter()
+            .collect();
         let want_default = match case.spec.get("bk_default_group") {
             Some(v) => strings(v).into_iter().collect(),
             None => their_default,
@@ -460,5 +488,9 @@ fn bake_print_agrees_with_buildx_on_every_compose_case() {
     for d in &documented {
         eprintln!("  {d}");
     }
-    assert!(failures.is_empty(), "bk-build and buildx disagree:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "bk-build and buildx disagree:\n{}",
+        failures.join("\n")
+    );
 }

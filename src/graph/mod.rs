@@ -176,7 +176,11 @@ pub fn plan(project: &Project, names_or_groups: &[String]) -> Result<Plan, Graph
         if deps.contains_key(&name) || unavailable.contains_key(&name) {
             continue;
         }
-        if let Some(why) = project.targets.get(&name).and_then(|t| t.unavailable.clone()) {
+        if let Some(why) = project
+            .targets
+            .get(&name)
+            .and_then(|t| t.unavailable.clone())
+        {
             unavailable.insert(name, why);
             continue;
         }

@@ -548,6 +548,46 @@ impl Loader<'_> {
                 }
             }
         }
+        // Option strings that name local files (`dest=`, `src=`) start at this file's working
+        // directory too; make them absolute before the file is merged with others.
+        let lists: [(&[&str], &str, OptionList); 7] = [
+            (&[], "cache_from", OptionList::CacheFrom),
+            (&[], "cache_to", OptionList::CacheTo),
+            (&["x-bk-build"], "outputs", OptionList::Outputs),
+            (&["x-bake"], "output", OptionList::Outputs),
+            (&["x-bake"], "secret", OptionList::Secrets),
+            (&["x-bake"], "cache-from", OptionList::CacheFrom),
+            (&["x-bake"], "cache-to", OptionList::CacheTo),
+        ];
+        for (parent, field, list) in lists {
+            let holder = match parent.first() {
+                Some(p) => build.get_mut(p),
+                None => Some(&mut *build),
+            };
+            let Some(v) = holder.and_then(|h| h.get_mut(field)) else {
+                continue;
+            };
+            if let Value::Scalar(one, _) = &v.value {
+                // x-bake also takes one string of space-separated items.
+                let (line, src) = (v.line, v.src);
+                let items = one
+                    .split_whitespace()
+                    .map(|x| {
+                        let mut n = Node::string(x, line);
+                        n.set_src(src);
+                        n
+                    })
+                    .collect();
+                v.value = Value::Seq(items);
+            }
+            if let Value::Seq(items) = &mut v.value {
+                for item in items.iter_mut() {
+                    if let Value::Scalar(raw, _) = &mut item.value {
+                        *raw = list.absolutize(raw, workdir);
+                    }
+                }
+            }
+        }
         if let Some(c) = build.get_mut("context") {
             if let Some(p) = c.as_str().filter(|p| !is_remote(p)).map(str::to_string) {
                 c.value = Value::Scalar(
