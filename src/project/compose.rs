@@ -32,7 +32,8 @@
 //!
 //! bk-build specifics: `image:` is the first tag, then `build.tags` (the spec: tags are "in
 //! addition to" the image); without either, compose's default name `PROJECT-SERVICE` in lower
-//! case. `service:NAME` in `additional_contexts` refers to another service's image.
+//! case (compose adds that name also next to `build.tags`; bk-build does not, since with
+//! `push` it would go to Docker Hub). `service:NAME` in `additional_contexts` refers to another service's image.
 //! `build.x-bake` takes buildx's extension keys; `build.x-bk-build` may set `push`, `load`,
 //! `outputs` and `depends_on`. A service whose context or Dockerfile is missing loads as an
 //! [`Target::unavailable`] target, so it fails only when it is built. Compose's own
