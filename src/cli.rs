@@ -15,6 +15,41 @@ use crate::transport::{self, Daemon, TlsOptions};
 
 /// Exit status after Ctrl-C, like a shell's 128 + SIGINT.
 pub const EXIT_INTERRUPTED: u8 = 130;
+/// Exit status after SIGTERM (128 + 15), as a shell reports a terminated command.
+pub const EXIT_TERMINATED: u8 = 143;
+
+/// `eprintln!` that never panics: with standard error gone there is nowhere left to report to.
+macro_rules! eprintln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// `println!` that returns an error instead of panicking (use with `?`): a reader that closed
+/// the pipe (`| head -1`) ends the run quietly, any other failure (a full disk) is an error.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        write_stdout(format_args!($($arg)*))
+    };
+}
+
+/// Standard output was closed by its reader: not a failure, the run just ends (as `cat`, `rg`).
+#[derive(Debug, thiserror::Error)]
+#[error("standard output was closed")]
+struct StdoutClosed;
+
+fn write_stdout(line: std::fmt::Arguments<'_>) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_fmt(line)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush())
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::BrokenPipe => anyhow::Error::new(StdoutClosed),
+            _ => anyhow::Error::new(e).context("cannot write to standard output"),
+        })
+}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -31,11 +66,13 @@ pub struct Cli {
 
 #[derive(Args, Debug, Clone)]
 pub struct DaemonArgs {
-    /// BuildKit address: unix:///path, tcp://host:port, docker:// or docker-unix:///path.
+    /// BuildKit address: unix:///path, tcp://host:port, docker:// (the Docker Engine the docker
+    /// CLI would use: DOCKER_HOST, else the current docker context), docker://unix:///path,
+    /// docker://tcp://host:port, docker://ssh://[user@]host[:port].
     /// Default: $BUILDKIT_HOST, the rootless and rootful buildkitd sockets, then Docker.
     #[arg(long, global = true, env = "BUILDKIT_HOST")]
     pub addr: Option<String>,
-    /// CA certificate for tcp:// with TLS.
+    /// CA certificate for tcp:// with TLS (buildkitd, or a Docker Engine at docker://tcp://).
     #[arg(long, global = true, value_name = "FILE")]
     pub tlscacert: Option<PathBuf>,
     /// Client certificate for mutual TLS.
@@ -174,7 +211,7 @@ impl ProjectArgs {
         Ok(crate::bake::BakeOptions {
             force,
             ledger: !self.no_ledger,
-            engine_images: transport::docker_engine_builder(daemon.addr.as_deref()),
+            engine_images: transport::docker_engine_builder(daemon.addr.as_deref(), &daemon.tls()),
         })
     }
 }
@@ -219,7 +256,8 @@ pub struct DuArgs {
 
 #[derive(Args, Debug)]
 pub struct PruneArgs {
-    /// Remove all cache, not only unused and internal records.
+    /// Also remove internal and frontend records (synced contexts, the Dockerfile frontend's
+    /// own images), which are kept without it. Records in use are never removed.
     #[arg(short, long)]
     pub all: bool,
     /// Keep data newer than this many seconds.
@@ -278,6 +316,7 @@ pub fn build_spec(a: &BuildArgs) -> Result<BuildSpec> {
             spec.build_args.insert(k, v);
         }
     }
+    source_date_epoch(&mut spec.build_args);
     for s in &a.labels {
         let (k, v) = options::parse_label(s)?;
         spec.labels.insert(k, v);
@@ -318,7 +357,7 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+    let mut tmp = crate::fs::new_temp_file_in(dir)
         .with_context(|| format!("cannot create a file in {}", dir.display()))?;
     tmp.write_all(contents)
         .with_context(|| format!("cannot write {}", path.display()))?;
@@ -343,6 +382,10 @@ async fn run_build(daemon_args: &DaemonArgs, a: &BuildArgs) -> Result<BuildResul
         }
     }
     let daemon = daemon_args.connect().await?;
+    let mut spec = spec;
+    if spec.needs_load() {
+        spec.load_into = daemon.load_target()?;
+    }
     let (progress, task) = Progress::start(mode, Box::new(std::io::stderr()));
     let result = crate::build::build(&daemon, &spec, &progress, None).await;
     drop(progress);
@@ -355,6 +398,15 @@ async fn run_build(daemon_args: &DaemonArgs, a: &BuildArgs) -> Result<BuildResul
     Ok(result)
 }
 
+/// `SOURCE_DATE_EPOCH` from the environment becomes the build arg of that name unless one is
+/// given, as buildx does (its `build` and `bake` commands): BuildKit then clamps timestamps
+/// in the image to it (reproducible builds).
+fn source_date_epoch(args: &mut std::collections::BTreeMap<String, String>) {
+    if let Ok(v) = std::env::var("SOURCE_DATE_EPOCH") {
+        args.entry("SOURCE_DATE_EPOCH".to_string()).or_insert(v);
+    }
+}
+
 fn load_project(a: &ProjectArgs) -> Result<crate::project::Project> {
     let files = if a.files.is_empty() {
         let cwd = std::env::current_dir().context("cannot read the current directory")?;
@@ -363,7 +415,10 @@ fn load_project(a: &ProjectArgs) -> Result<crate::project::Project> {
         a.files.clone()
     };
     let env = |k: &str| std::env::var(k).ok();
-    let project = crate::project::load(&files, &env)?;
+    let mut project = crate::project::load(&files, &env)?;
+    for t in project.targets.values_mut() {
+        source_date_epoch(&mut t.args);
+    }
     for w in &project.warnings {
         eprintln!("WARNING: {w}");
     }
@@ -381,6 +436,7 @@ async fn plan_project(
     crate::bake::BakePlan,
 )> {
     let project = load_project(a)?;
+    crate::project::materialize(&project)?;
     crate::timing::mark("project loaded");
     let state = crate::fingerprint::StateStore::open_with(&project.root, lock_wait, &mut |msg| {
         eprintln!("{msg}")
@@ -402,20 +458,23 @@ fn print_plan(plan: &crate::bake::BakePlan, format: &str) -> Result<()> {
     match format {
         "json" => {
             let v: Vec<&crate::bake::TargetPlan> = plan.ordered().collect();
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            outln!("{}", serde_json::to_string_pretty(&v)?)?;
         }
         "text" => {
             let width = plan.ordered().map(|t| t.name.len()).max().unwrap_or(0);
             for t in plan.ordered() {
-                println!(
+                outln!(
                     "{:<width$}  {:<5}  {}",
                     t.name,
                     t.action.as_str(),
                     t.reasons.join("; ")
-                );
+                )?;
             }
         }
         other => anyhow::bail!("--format {other}: use text or json"),
+    }
+    for (name, why) in &plan.graph.unavailable {
+        eprintln!("ERROR: target `{name}` cannot be built: {why}");
     }
     Ok(())
 }
@@ -441,10 +500,10 @@ async fn daemon_cpus(d: &Daemon) -> usize {
 async fn run_bake(daemon_args: &DaemonArgs, a: &BakeArgs) -> Result<bool> {
     if a.print {
         let project = load_project(&a.project)?;
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&crate::project::to_json(&project))?
-        );
+        )?;
         return Ok(true);
     }
     let mode: Mode = a.progress.parse()?;
@@ -489,6 +548,21 @@ async fn run_bake(daemon_args: &DaemonArgs, a: &BakeArgs) -> Result<bool> {
     )
     .await;
     crate::timing::mark("executed");
+    let mut results = results;
+    // Targets that cannot be built (a context not checked out, …) fail on their own; the
+    // rest of the run went on without them.
+    for (name, why) in &plan.graph.unavailable {
+        results.push(crate::bake::TargetResult {
+            name: name.clone(),
+            outcome: crate::progress::TargetOutcome::Failed,
+            duration: None,
+            bytes_sent: None,
+            digest: None,
+            error: Some(format!("cannot be built: {why}")),
+            metadata: None,
+            warnings: Vec::new(),
+        });
+    }
     drop(progress);
     task.finish().await;
     eprintln!(
@@ -526,16 +600,19 @@ async fn run(cli: Cli) -> Result<()> {
             let (_project, _state, plan) =
                 plan_project(&cli.daemon, &a.project, Duration::from_secs(5)).await?;
             print_plan(&plan, &a.format)?;
+            if !plan.graph.unavailable.is_empty() {
+                anyhow::bail!("some targets cannot be built (see above)");
+            }
         }
         Command::Build(a) => {
             let r = run_build(&cli.daemon, a).await?;
             if let Some(d) = r.image_digest() {
-                println!("{d}");
+                outln!("{d}")?;
             }
         }
         Command::BenchFloor { dir } => {
             let t = crate::fingerprint::bench_floor(dir)?;
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({
                     "lstat_s": t.lstat_all.as_secs_f64(),
@@ -544,31 +621,31 @@ async fn run(cli: Cli) -> Result<()> {
                     "files": t.files,
                     "bytes": t.bytes,
                 })
-            );
+            )?;
         }
         Command::Info => {
             let d = cli.daemon.connect().await?;
-            println!("Address:  {}", d.address);
+            outln!("Address:  {}", d.address)?;
             if let transport::DaemonKind::DockerEngine { api_version } = &d.kind {
-                println!("Engine:   Docker Engine (API {api_version})");
+                outln!("Engine:   Docker Engine (API {api_version})")?;
             }
             match crate::client::info(&d).await? {
                 Some(i) => {
-                    println!("BuildKit: {} {} {}", i.package, i.version, i.revision);
+                    outln!("BuildKit: {} {} {}", i.package, i.version, i.revision)?;
                     if !i.dockerfile_version.is_empty() {
-                        println!("Dockerfile frontend: {}", i.dockerfile_version);
+                        outln!("Dockerfile frontend: {}", i.dockerfile_version)?;
                     }
                 }
-                None => println!("BuildKit: (version not reported: daemon older than v0.11)"),
+                None => outln!("BuildKit: (version not reported: daemon older than v0.11)")?,
             }
         }
         Command::Workers => {
             let d = cli.daemon.connect().await?;
             for w in crate::client::workers(&d).await? {
-                println!("ID:        {}", w.id);
-                println!("Platforms: {}", w.platforms.join(","));
+                outln!("ID:        {}", w.id)?;
+                outln!("Platforms: {}", w.platforms.join(","))?;
                 for (k, v) in &w.labels {
-                    println!("  {k}={v}");
+                    outln!("  {k}={v}")?;
                 }
             }
         }
@@ -578,20 +655,20 @@ async fn run(cli: Cli) -> Result<()> {
             let total: i64 = recs.iter().map(|r| r.size).sum();
             if a.verbose {
                 for r in &recs {
-                    println!(
+                    outln!(
                         "{:<28} {:>10} {:<6} {}",
                         r.id,
                         crate::progress::format_bytes(r.size),
                         if r.in_use { "in use" } else { "" },
                         r.description
-                    );
+                    )?;
                 }
             }
-            println!(
+            outln!(
                 "Records: {}  Total: {}",
                 recs.len(),
                 crate::progress::format_bytes(total)
-            );
+            )?;
         }
         Command::Prune(a) => {
             let d = cli.daemon.connect().await?;
@@ -606,17 +683,27 @@ async fn run(cli: Cli) -> Result<()> {
             };
             let recs = crate::client::prune(&d, &o).await?;
             let total: i64 = recs.iter().map(|r| r.size).sum();
-            println!(
+            outln!(
                 "Removed {} records, {} reclaimed",
                 recs.len(),
                 crate::progress::format_bytes(total)
-            );
+            )?;
         }
     }
     Ok(())
 }
 
-/// Entry point for the binary: parse, run, map errors and Ctrl-C to exit codes.
+/// Resolves when the process receives SIGTERM (never, if it cannot listen for it).
+async fn terminated() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut s) => {
+            s.recv().await;
+        }
+        Err(_) => std::future::pending().await,
+    }
+}
+
+/// Entry point for the binary: parse, run, map errors, Ctrl-C and SIGTERM to exit codes.
 pub fn main() -> ExitCode {
     crate::timing::start();
     let cli = Cli::parse();
@@ -634,6 +721,7 @@ pub fn main() -> ExitCode {
         tokio::select! {
             r = run(cli) => match r {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(e) if e.downcast_ref::<StdoutClosed>().is_some() => ExitCode::SUCCESS,
                 Err(e) => {
                     let msg = format_error(&e);
                     // Build failures already read "ERROR: failed to solve: …".
@@ -651,6 +739,12 @@ pub fn main() -> ExitCode {
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 eprintln!("interrupted: build canceled");
                 ExitCode::from(EXIT_INTERRUPTED)
+            }
+            _ = terminated() => {
+                // As Ctrl-C: `docker stop`, CI job timeouts and `kill` send SIGTERM.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                eprintln!("terminated (SIGTERM): build canceled");
+                ExitCode::from(EXIT_TERMINATED)
             }
         }
     });

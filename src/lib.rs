@@ -7,6 +7,7 @@ pub mod bake;
 pub mod build;
 pub mod cli;
 pub mod client;
+pub mod digest;
 pub mod fingerprint;
 pub mod fs;
 pub mod graph;

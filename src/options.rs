@@ -15,10 +15,31 @@ use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+use crate::digest::Digest;
+
+/// At most the first 60 characters of `s`, quoted, for error messages: a 100 KB value is not
+/// echoed back in full.
+pub(crate) fn excerpt(s: &str) -> String {
+    const SHOWN: usize = 60;
+    match s.char_indices().nth(SHOWN) {
+        None => format!("{s:?}"),
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &s[..cut], s.len()),
+    }
+}
+
+/// `s` cut to 300 characters: reasons quote parts of the value, which may be huge.
+pub(crate) fn shorten(s: &str) -> String {
+    const SHOWN: usize = 300;
+    match s.char_indices().nth(SHOWN) {
+        None => s.to_string(),
+        Some((cut, _)) => format!("{}… ({} bytes in all)", &s[..cut], s.len()),
+    }
+}
+
 /// A malformed option string. Fields are public so the project-file loader can re-render the
 /// message with its own location (file, key) instead of a CLI flag.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid {flag} {input:?}: {reason}, e.g. {flag} {example}")]
+#[error("invalid {flag} {}: {}, e.g. {flag} {example}", excerpt(.input), shorten(.reason))]
 pub struct OptionError {
     /// The flag as the user typed it on the CLI, e.g. `--output`.
     pub flag: String,
@@ -267,6 +288,22 @@ impl OutputSpec {
             .unwrap_or(false)
     }
 
+    /// For `type=oci|docker,tar=false`: the OCI image layout directory the daemon writes
+    /// into through the session (BuildKit's store output), instead of a tar stream.
+    pub fn layout_dir(&self) -> Option<&std::path::Path> {
+        let tarball = self
+            .attrs
+            .get("tar")
+            .and_then(|v| parse_bool(v))
+            .unwrap_or(true);
+        match (&self.kind, &self.dest) {
+            (OutputKind::Oci | OutputKind::Docker, Some(OutputDest::Path(p))) if !tarball => {
+                Some(p)
+            }
+            _ => None,
+        }
+    }
+
     /// Image names from the comma-separated `name` attribute.
     pub fn names(&self) -> Vec<String> {
         self.attrs
@@ -364,6 +401,25 @@ pub fn parse_output(s: &str) -> Result<OutputSpec, OptionError> {
         }
     }
 
+    let tarball = match (kind, attrs.get("tar")) {
+        (OutputKind::Oci | OutputKind::Docker, Some(v)) => parse_bool(v).ok_or_else(|| {
+            OptionError::new(
+                FLAG,
+                s,
+                format!("tar={v:?} is not a boolean"),
+                "type=oci,tar=false,dest=layout",
+            )
+        })?,
+        _ => true,
+    };
+    if !tarball && matches!(dest.as_deref(), None | Some("") | Some("-")) {
+        return Err(OptionError::new(
+            FLAG,
+            s,
+            "tar=false writes an OCI image layout directory; give it as dest=DIR",
+            "type=oci,tar=false,dest=layout",
+        ));
+    }
     let dest = match (kind, dest) {
         (OutputKind::Image | OutputKind::CacheOnly, Some(_)) => {
             return Err(OptionError::new(
@@ -423,7 +479,28 @@ pub fn parse_output(s: &str) -> Result<OutputSpec, OptionError> {
 pub struct CacheSpec {
     /// `registry`, `inline`, `local`, `gha`, `s3` or `azblob`.
     pub kind: String,
+    /// Attributes sent to the daemon as they are. For `type=local`, the client-side keys
+    /// (`src`/`dest`, `tag`, `digest`, `reset`) are not here but in [`CacheSpec::local`].
     pub attrs: BTreeMap<String, String>,
+    /// `type=local`: the client-side directory the daemon reads or writes through the session.
+    pub local: Option<LocalCacheDir>,
+}
+
+/// A `type=local` cache: an OCI image layout directory on the client (BuildKit README,
+/// "Local directory"). The daemon reaches it through the session's content store; the client
+/// picks the cache manifest to import from `index.json` and records the exported one there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalCacheDir {
+    /// `src=` (import) or `dest=` (export), as written (relative to the current directory).
+    pub dir: PathBuf,
+    /// `tag=`: the `index.json` entry to read or to write. Default `latest`.
+    pub tag: String,
+    /// `digest=` (import only): import this cache manifest instead of looking `tag` up.
+    pub digest: Option<Digest>,
+    /// `reset=true` (export only): after the export, delete the blobs that `index.json` no
+    /// longer references, so the directory does not grow without bound. Like BuildKit's, this
+    /// also deletes the blobs of another export to the same directory that is still running.
+    pub reset: bool,
 }
 
 const CACHE_TYPES: &[&str] = &["registry", "inline", "local", "gha", "s3", "azblob"];
@@ -471,6 +548,7 @@ fn parse_cache(s: &str, dir: CacheDir) -> Result<Vec<CacheSpec>, OptionError> {
                 Ok(CacheSpec {
                     kind: "registry".into(),
                     attrs: BTreeMap::from([("ref".to_string(), r.to_string())]),
+                    local: None,
                 })
             })
             .collect();
@@ -537,7 +615,74 @@ fn parse_cache(s: &str, dir: CacheDir) -> Result<Vec<CacheSpec>, OptionError> {
             }
         }
     }
-    Ok(vec![CacheSpec { kind, attrs }])
+    let local = if kind == "local" {
+        Some(local_cache_dir(flag, s, dir, &mut attrs)?)
+    } else {
+        None
+    };
+    Ok(vec![CacheSpec { kind, attrs, local }])
+}
+
+/// Takes the client-side keys of a `type=local` cache out of `attrs` (BuildKit's client reads
+/// the same keys: `src`, `dest`, `tag`, `digest`, `reset`).
+fn local_cache_dir(
+    flag: &str,
+    input: &str,
+    dir: CacheDir,
+    attrs: &mut BTreeMap<String, String>,
+) -> Result<LocalCacheDir, OptionError> {
+    let (path_key, example) = match dir {
+        CacheDir::Import => ("src", "type=local,src=/tmp/cache"),
+        CacheDir::Export => ("dest", "type=local,dest=/tmp/cache,mode=max"),
+    };
+    let bad = |reason: String, ex: &str| OptionError::new(flag, input, reason, ex);
+    // Presence was checked by the caller.
+    let path = attrs.remove(path_key).unwrap_or_default();
+    let tag = match attrs.remove("tag") {
+        None => "latest".to_string(),
+        Some(t) if t.trim().is_empty() => {
+            return Err(bad(
+                "tag= is empty (omit it for the default tag latest)".into(),
+                &format!("{example},tag=main"),
+            ))
+        }
+        Some(t) => t,
+    };
+    let digest = match (dir, attrs.remove("digest")) {
+        (_, None) => None,
+        (CacheDir::Import, Some(d)) => Some(Digest::parse(&d).map_err(|e| {
+            bad(
+                e.to_string(),
+                "type=local,src=/tmp/cache,digest=sha256:<64 hex digits>",
+            )
+        })?),
+        (CacheDir::Export, Some(_)) => return Err(bad(
+            "digest= only selects what --cache-from imports; an export's digest is its content's"
+                .into(),
+            example,
+        )),
+    };
+    let reset = match (dir, attrs.remove("reset")) {
+        (_, None) => false,
+        (CacheDir::Export, Some(v)) => parse_bool(&v).ok_or_else(|| {
+            bad(
+                format!("reset={v:?} is not a boolean"),
+                "type=local,dest=/tmp/cache,reset=true",
+            )
+        })?,
+        (CacheDir::Import, Some(_)) => {
+            return Err(bad(
+                "reset= belongs to --cache-to (it prunes the directory after an export)".into(),
+                example,
+            ))
+        }
+    };
+    Ok(LocalCacheDir {
+        dir: PathBuf::from(path),
+        tag,
+        digest,
+        reset,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -562,8 +707,8 @@ pub enum ContextSource {
     DockerImage(String),
     /// `target:NAME`: the result of another target of the project (bake only).
     Target(String),
-    /// `oci-layout://PATH[:TAG|@DIGEST]` (without the scheme).
-    OciLayout(String),
+    /// `oci-layout://PATH[:TAG][@DIGEST]`: an image in an OCI layout directory on the client.
+    OciLayout(OciLayoutRef),
     /// A git or HTTP(S) URL, passed to the daemon as it is.
     Remote(String),
 }
@@ -613,13 +758,104 @@ fn context_source(value: &str) -> Result<ContextSource, (String, &'static str)> 
     if value.starts_with("target:") {
         return rest("target:", "target:base").map(ContextSource::Target);
     }
-    if value.starts_with("oci-layout://") {
-        return rest("oci-layout://", "oci-layout://./layout:tag").map(ContextSource::OciLayout);
+    if let Some(r) = value.strip_prefix(OCI_LAYOUT_SCHEME) {
+        return OciLayoutRef::parse(r)
+            .map(ContextSource::OciLayout)
+            .map_err(|e| (e, "oci-layout://./layout:tag"));
     }
     if is_remote_url(value) {
         return Ok(ContextSource::Remote(value.to_string()));
     }
     Ok(ContextSource::Local(PathBuf::from(value)))
+}
+
+const OCI_LAYOUT_SCHEME: &str = "oci-layout://";
+
+/// `oci-layout://PATH[:TAG][@DIGEST]`: which image of an OCI image layout directory a named
+/// context uses. Parsed as buildx does (`util/ocilayout`): the last `@` starts a digest only
+/// when a digest follows it, the last `:` starts a tag only when a tag follows it, so paths
+/// may contain both characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OciLayoutRef {
+    /// The layout directory, as written (relative paths are relative to the current directory,
+    /// or in a project file to that file's directory).
+    pub path: PathBuf,
+    /// The `index.json` entry to use. With neither a tag nor a digest, `latest` is looked up
+    /// (and a layout holding a single image uses that image).
+    pub tag: Option<String>,
+    /// The exact manifest or index to use; wins over `tag`.
+    pub digest: Option<Digest>,
+}
+
+impl OciLayoutRef {
+    /// Parses what follows `oci-layout://`.
+    pub fn parse(s: &str) -> Result<OciLayoutRef, String> {
+        let mut path = s;
+        let mut digest = None;
+        if let Some(i) = path.rfind('@') {
+            let after = &path[i + 1..];
+            if looks_like_digest(after) {
+                digest = Some(Digest::parse(after).map_err(|e| e.to_string())?);
+                path = &path[..i];
+            }
+        }
+        let mut tag = None;
+        if let Some(i) = path.rfind(':') {
+            let after = &path[i + 1..];
+            if is_tag(after) {
+                tag = Some(after.to_string());
+                path = &path[..i];
+            }
+        }
+        if path.is_empty() {
+            return Err(format!(
+                "no layout directory in {:?}",
+                format!("{OCI_LAYOUT_SCHEME}{s}")
+            ));
+        }
+        Ok(OciLayoutRef {
+            path: PathBuf::from(path),
+            tag,
+            digest,
+        })
+    }
+}
+
+impl fmt::Display for OciLayoutRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{OCI_LAYOUT_SCHEME}{}", self.path.display())?;
+        if let Some(t) = &self.tag {
+            write!(f, ":{t}")?;
+        }
+        if let Some(d) = &self.digest {
+            write!(f, "@{d}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The shape of a digest in a reference (distribution/reference's `DigestRegexp`): an
+/// algorithm name, `:`, at least 32 hex digits. Whether the algorithm is one we support is
+/// [`Digest::parse`]'s business, so `@md5:…` is an error rather than part of the path.
+fn looks_like_digest(s: &str) -> bool {
+    let Some((alg, hex)) = s.split_once(':') else {
+        return false;
+    };
+    let alg_ok = alg.split(['-', '_', '+', '.']).all(|part| {
+        let mut b = part.bytes();
+        b.next().is_some_and(|c| c.is_ascii_alphabetic()) && b.all(|c| c.is_ascii_alphanumeric())
+    });
+    alg_ok && hex.len() >= 32 && hex.bytes().all(|c| c.is_ascii_hexdigit())
+}
+
+/// A reference tag (distribution/reference's `TagRegexp`: `[\w][\w.-]{0,127}`).
+fn is_tag(s: &str) -> bool {
+    let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 128
+        && word(b[0])
+        && b[1..].iter().all(|&c| word(c) || c == b'.' || c == b'-')
 }
 
 /// BuildKit's notion of a remote context: HTTP(S) URLs and the git forms it recognises.
@@ -1242,7 +1478,8 @@ mod tests {
             c,
             vec![CacheSpec {
                 kind: "registry".into(),
-                attrs: attrs(&[("ref", "r/a:cache"), ("mode", "max")])
+                attrs: attrs(&[("ref", "r/a:cache"), ("mode", "max")]),
+                local: None,
             }]
         );
         let c = parse_cache_from("r/a:cache,r/a:main").unwrap();
@@ -1252,13 +1489,123 @@ mod tests {
 
         assert_eq!(parse_cache_to("type=inline").unwrap()[0].kind, "inline");
         assert_eq!(
-            parse_cache_from("type=local,src=/c").unwrap()[0].attrs["src"],
-            "/c"
-        );
-        assert_eq!(
             parse_cache_to("type=gha,scope=x").unwrap()[0].attrs,
             attrs(&[("scope", "x")])
         );
+    }
+
+    #[test]
+    fn oci_outputs_without_a_tarball_name_a_layout_directory() {
+        let o = parse_output("type=oci,tar=false,dest=layout").unwrap();
+        assert_eq!(o.layout_dir(), Some(std::path::Path::new("layout")));
+        assert_eq!(o.attrs["tar"], "false", "the daemon needs tar=false too");
+        let o = parse_output("type=docker,tar=false,dest=/l").unwrap();
+        assert_eq!(o.layout_dir(), Some(std::path::Path::new("/l")));
+        assert_eq!(
+            parse_output("type=oci,dest=i.tar").unwrap().layout_dir(),
+            None
+        );
+        assert_eq!(
+            parse_output("type=oci,tar=true,dest=i.tar")
+                .unwrap()
+                .layout_dir(),
+            None
+        );
+        for (bad, why) in [
+            ("type=oci,tar=false,dest=-", "dest=DIR"),
+            ("type=docker,tar=false", "dest=DIR"),
+            ("type=oci,tar=maybe,dest=x", "not a boolean"),
+        ] {
+            let e = parse_output(bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn local_cache_keys_are_typed_and_kept_from_the_daemon_attrs() {
+        let c = &parse_cache_from("type=local,src=/c").unwrap()[0];
+        assert_eq!(c.kind, "local");
+        assert!(c.attrs.is_empty(), "{:?}", c.attrs);
+        assert_eq!(
+            c.local,
+            Some(LocalCacheDir {
+                dir: PathBuf::from("/c"),
+                tag: "latest".into(),
+                digest: None,
+                reset: false,
+            })
+        );
+        let d = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        let c = &parse_cache_from(&format!("type=local,src=c,tag=main,digest={d}")).unwrap()[0];
+        let l = c.local.as_ref().unwrap();
+        assert_eq!(
+            (l.tag.as_str(), l.digest.as_ref().map(|d| d.to_string())),
+            ("main", Some(d.to_string()))
+        );
+        let c =
+            &parse_cache_to("type=local,dest=out,mode=max,reset=true,compression=zstd").unwrap()[0];
+        assert_eq!(c.attrs, attrs(&[("mode", "max"), ("compression", "zstd")]));
+        let l = c.local.as_ref().unwrap();
+        assert_eq!(
+            (l.dir.as_path(), l.reset),
+            (std::path::Path::new("out"), true)
+        );
+
+        for (bad, why) in [
+            ("type=local,src=c,digest=sha256:abc", "invalid digest"),
+            ("type=local,src=c,tag=", "tag= is empty"),
+            ("type=local,src=c,reset=true", "belongs to --cache-to"),
+        ] {
+            let e = parse_cache_from(bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        for (bad, why) in [
+            ("type=local,dest=c,reset=yes", "not a boolean"),
+            (
+                &format!("type=local,dest=c,digest={d}"),
+                "digest= only selects",
+            ),
+        ] {
+            let e = parse_cache_to(bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn oci_layout_refs_split_like_buildx() {
+        let d = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        let p = |s: &str| OciLayoutRef::parse(s).unwrap();
+        let r = p("/path/to/layout");
+        assert_eq!(
+            (r.path, r.tag, r.digest),
+            (PathBuf::from("/path/to/layout"), None, None)
+        );
+        let r = p("/path/to/layout:1.3");
+        assert_eq!(
+            (r.path, r.tag),
+            (PathBuf::from("/path/to/layout"), Some("1.3".into()))
+        );
+        let r = p(&format!("/p/@/layout:v1@{d}"));
+        assert_eq!(r.path, PathBuf::from("/p/@/layout"));
+        assert_eq!(r.tag.as_deref(), Some("v1"));
+        assert_eq!(r.digest.as_ref().unwrap().to_string(), d);
+        // ':' and '@' that start no tag or digest belong to the path.
+        let r = p("/a:b/c@d/layout");
+        assert_eq!(
+            (r.path, r.tag, r.digest),
+            (PathBuf::from("/a:b/c@d/layout"), None, None)
+        );
+        assert_eq!(
+            p(&format!("rel:t@{d}")).to_string(),
+            format!("oci-layout://rel:t@{d}")
+        );
+        // A digest-shaped suffix with an unsupported algorithm is an error, not a path.
+        assert!(OciLayoutRef::parse("/l@md5:0123456789abcdef0123456789abcdef").is_err());
+        assert!(OciLayoutRef::parse(":tag").is_err());
+        let e = parse_build_context("x=oci-layout://")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no layout directory"), "{e}");
     }
 
     #[test]
@@ -1309,7 +1656,11 @@ mod tests {
         );
         assert_eq!(
             parse_build_context("x=oci-layout://./l:1").unwrap().source,
-            ContextSource::OciLayout("./l:1".into())
+            ContextSource::OciLayout(OciLayoutRef {
+                path: PathBuf::from("./l"),
+                tag: Some("1".into()),
+                digest: None
+            })
         );
         for url in [
             "https://e.com/a.tar",

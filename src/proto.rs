@@ -42,6 +42,11 @@ pub use moby::buildkit::v1 as control;
 
 pub mod containerd {
     pub mod services {
+        pub mod content {
+            pub mod v1 {
+                tonic::include_proto!("containerd.services.content.v1");
+            }
+        }
         pub mod images {
             pub mod v1 {
                 tonic::include_proto!("containerd.services.images.v1");

@@ -19,7 +19,9 @@ pub fn start() {
 /// Prints `label` with the milliseconds since [`start`], if timings are on.
 pub fn mark(label: &str) {
     if let Some(Some(t0)) = START.get() {
-        eprintln!(
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
             "[timing] {:8.2} ms  {label}",
             t0.elapsed().as_secs_f64() * 1e3
         );

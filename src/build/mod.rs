@@ -13,13 +13,15 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 
+use crate::digest::Digest;
 use crate::options::{AddHost, CacheSpec, NamedContext, Network, OutputSpec, SecretSpec, SshSpec};
 use crate::progress::Progress;
 use crate::proto::control::{control_client::ControlClient, StatusRequest};
+use crate::session::oci_layout::Descriptor;
 use crate::session::{self, filesync::DirSyncReport, Session};
 use crate::transport::Daemon;
 
-pub use request::{local_name, plan_request, PlannedRequest};
+pub use request::{local_name, plan_request, CacheIndexUpdate, PlannedRequest};
 
 /// Everything needed to build one image, as plain data.
 #[derive(Debug, Clone, Default)]
@@ -39,6 +41,14 @@ pub struct BuildSpec {
     pub contexts: Vec<NamedContext>,
     pub add_hosts: Vec<AddHost>,
     pub network: Network,
+    /// Size of `/dev/shm` in RUN steps, in bytes (`None`: the daemon's default).
+    pub shm_size: Option<u64>,
+    /// Resource limits of RUN steps.
+    pub ulimits: Vec<crate::options::Ulimit>,
+    /// Entitlements to ask for besides the ones `network` implies (`security.insecure`, …).
+    pub entitlements: Vec<String>,
+    /// Stages to build without cache (`no_cache` means all of them).
+    pub no_cache_filter: Vec<String>,
     pub tags: Vec<String>,
     pub push: bool,
     pub load: bool,
@@ -49,6 +59,24 @@ pub struct BuildSpec {
     pub ssh: Vec<SshSpec>,
     /// Directories never sent to the daemon even when inside a context (bake's state dir).
     pub never_send: Vec<PathBuf>,
+    /// Where `load` (and `-o type=docker` without `dest`) puts the image when the daemon does
+    /// not load it itself: the Docker Engine at this address, through its API (`docker load`).
+    /// `None` with a Docker Engine daemon, whose `moby` exporter loads directly; required with
+    /// any other daemon kind for those outputs.
+    pub load_into: Option<crate::transport::DockerHost>,
+}
+
+impl BuildSpec {
+    /// Whether the image goes into a Docker Engine's image store (`load`, or `-o type=docker`
+    /// without `dest`; on a Docker Engine also plain tags with nowhere else to go, which its
+    /// own exporter handles): see [`BuildSpec::load_into`].
+    pub fn needs_load(&self) -> bool {
+        self.load
+            || self
+                .outputs
+                .iter()
+                .any(|o| o.kind == crate::options::OutputKind::Docker && o.dest.is_none())
+    }
 }
 
 /// The name of the Dockerfile frontend's step that resolves a base image (`FROM`, `COPY
@@ -138,7 +166,27 @@ pub async fn build(
     let planned = plan_request(spec, &daemon.kind, &session::node_id())?;
     let build_ref = session::random_id();
 
+    // Image loads through the Engine API: the engine must be there before anything is built,
+    // and reads the export while the daemon writes it.
+    let mut loads = Vec::new();
+    for (host, chunks) in planned.engine_loads {
+        crate::transport::docker_api_version(&host)
+            .await
+            .map_err(|e| {
+                BuildError::Invalid(format!(
+                    "cannot load the image: no Docker Engine answered at {host} ({e}); set DOCKER_HOST to the engine to load into, or use --push or -o type=docker,dest=image.tar"
+                ))
+            })?;
+        loads.push(tokio::spawn(async move {
+            crate::transport::docker_load_image(&host, chunks).await
+        }));
+    }
+
+    for note in &planned.notes {
+        progress.note(prefix, note);
+    }
     let session_spec = planned.session;
+    let content = session_spec.content.clone();
     let session = Session::start(daemon.channel.clone(), session_spec).await?;
     let mut req = planned.request;
     req.r#ref = build_ref.clone();
@@ -182,20 +230,177 @@ pub async fn build(
     let stats = session.stats.clone();
     let export_errors = session.close().await;
 
-    let resp = solved.map_err(|s| BuildError::Failed {
-        message: crate::progress::describe_build_error(&s),
-    })?;
+    let resp = match solved {
+        Ok(r) => r,
+        Err(s) => {
+            // A broken connection is not the daemon's answer: say what broke, and whether the
+            // daemon is still there, instead of "failed to solve: transport error".
+            let message = match crate::transport::explain_lost_connection(daemon, &s).await {
+                Some(lost) => format!("ERROR: build did not finish: {lost}"),
+                None => crate::progress::describe_build_error(&s),
+            };
+            return Err(BuildError::Failed { message });
+        }
+    };
+    for load in loads {
+        let loaded = load
+            .await
+            .unwrap_or_else(|e| Err(format!("the image load stopped: {e}")));
+        if let Err(why) = loaded {
+            return Err(BuildError::Export {
+                what: "image into the Docker Engine".into(),
+                why,
+            });
+        }
+    }
     if let Some(e) = export_errors.into_iter().next() {
         return Err(BuildError::Export {
             what: "build output".into(),
             why: e,
         });
     }
+    let exporter_response: BTreeMap<String, String> =
+        resp.into_inner().exporter_response.into_iter().collect();
+    let reported = exporter_response
+        .get("cache.manifest")
+        .map(String::as_str)
+        .and_then(cache_manifest_descriptor);
+    for update in planned.cache_indexes {
+        let content = content.clone();
+        let reported = reported.clone();
+        let dir = update.dir.clone();
+        let notes = tokio::task::spawn_blocking(move || {
+            record_cache_export(&content, &update, reported.as_ref())
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r)
+        .map_err(|why| BuildError::Export {
+            what: format!("cache index {}", dir.join("index.json").display()),
+            why,
+        })?;
+        for n in notes {
+            progress.note(prefix, &n);
+        }
+    }
+    if let Some((store_id, dir)) = planned.image_layout {
+        let content = content.clone();
+        let response = exporter_response.clone();
+        let index = dir.join("index.json");
+        tokio::task::spawn_blocking(move || record_image_layout(&content, &store_id, &response))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r)
+            .map_err(|why| BuildError::Export {
+                what: format!("image index {}", index.display()),
+                why,
+            })?;
+    }
     Ok(BuildResult {
-        exporter_response: resp.into_inner().exporter_response.into_iter().collect(),
+        exporter_response,
         sync: stats.snapshot(),
         duration: started.elapsed(),
         build_ref,
         loaded_images: loaded,
     })
+}
+
+/// The `cache.manifest` exporter response: the JSON descriptor of the last cache export's
+/// manifest (BuildKit `cache/remotecache/export.go`; base64 in some daemons' responses).
+fn cache_manifest_descriptor(v: &str) -> Option<Descriptor> {
+    use base64::Engine;
+    let doc: serde_json::Value = serde_json::from_str(v).ok().or_else(|| {
+        let bytes = base64::engine::general_purpose::STANDARD.decode(v).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    })?;
+    Some(Descriptor {
+        media_type: doc.get("mediaType")?.as_str()?.to_string(),
+        digest: Digest::parse(doc.get("digest")?.as_str()?).ok()?,
+        size: doc.get("size")?.as_u64()?,
+    })
+}
+
+/// Tags the cache manifest the daemon wrote to one local cache directory, then applies
+/// `reset=true`. The daemon reports only the last cache export's manifest, so with several
+/// exports the others are found among the blobs each directory received. Returns notes for
+/// the user; `Err` when the export cannot be recorded.
+fn record_cache_export(
+    content: &session::ContentStores,
+    update: &CacheIndexUpdate,
+    reported: Option<&Descriptor>,
+) -> Result<Vec<String>, String> {
+    let dir = update.dir.display();
+    let received = content.received(&update.store_id);
+    let layout = content
+        .layout(&update.store_id)
+        .ok_or_else(|| format!("no session store for {dir}"))?;
+    if received.is_empty() {
+        // BuildKit skips a cache export with no layers ("skipping cache export for empty
+        // result"); the directory keeps what it had.
+        return Ok(vec![format!(
+            "cache export to {dir}: the daemon exported nothing (no layers to cache); index.json unchanged"
+        )]);
+    }
+    let manifest = match reported.filter(|d| received.contains(&d.digest)) {
+        Some(d) => d.clone(),
+        None => {
+            let mut found = None;
+            for d in received.iter().rev() {
+                if let Some(root) = layout.cache_root(d).map_err(|e| e.to_string())? {
+                    found = Some(root);
+                    break;
+                }
+            }
+            found.ok_or_else(|| {
+                format!("the daemon wrote {} blobs to {dir} but no cache manifest; index.json was not updated", received.len())
+            })?
+        }
+    };
+    layout
+        .tag(&manifest, &update.tag)
+        .map_err(|e| e.to_string())?;
+    let mut notes = Vec::new();
+    if update.reset {
+        match layout.remove_unreferenced() {
+            Ok((0, _)) => {}
+            Ok((n, bytes)) => notes.push(format!(
+                "cache export to {dir}: reset removed {n} unreferenced blobs ({})",
+                crate::progress::format_bytes(bytes as i64)
+            )),
+            // BuildKit's client only warns: the export itself succeeded.
+            Err(e) => notes.push(format!("warning: cache export to {dir}: reset failed: {e}")),
+        }
+    }
+    Ok(notes)
+}
+
+/// Names the image an `oci`/`docker` exporter with `tar=false` wrote into its layout, as
+/// BuildKit's client does: the descriptor from `containerimage.descriptor`, under each name of
+/// `image.name`, or the tag `latest` when it has none.
+fn record_image_layout(
+    content: &session::ContentStores,
+    store_id: &str,
+    response: &BTreeMap<String, String>,
+) -> Result<(), String> {
+    use base64::Engine;
+    use session::oci_layout::IndexName;
+    let layout = content
+        .layout(store_id)
+        .ok_or_else(|| "no session store for the layout".to_string())?;
+    let raw = response
+        .get("containerimage.descriptor")
+        .ok_or("the daemon reported no image descriptor; index.json was not updated")?;
+    let desc: serde_json::Value = base64::engine::general_purpose::STANDARD
+        .decode(raw)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or("the daemon's image descriptor is not base64 JSON; index.json was not updated")?;
+    let names: Vec<IndexName> = match response.get("image.name") {
+        Some(n) if !n.is_empty() => n
+            .split(',')
+            .map(|n| IndexName::Name(n.trim().to_string()))
+            .collect(),
+        _ => vec![IndexName::Tag("latest".into())],
+    };
+    layout.put(&desc, &names).map_err(|e| e.to_string())
 }

@@ -4,10 +4,16 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::options::{CacheSpec, ContextSource, Network, OutputDest, OutputKind};
+use crate::digest::Digest;
+use crate::options::{
+    CacheSpec, ContextSource, LocalCacheDir, Network, OciLayoutRef, OutputDest, OutputKind,
+};
 use crate::proto::control::{CacheOptions, CacheOptionsEntry, Exporter, SolveRequest};
-use crate::session::{ExportTarget, SessionSpec, SyncDir};
-use crate::transport::DaemonKind;
+use crate::session::content::{local_cache_key, local_store_id, oci_store_id};
+use crate::session::oci_layout::OciLayout;
+use crate::session::StreamSink;
+use crate::session::{ContentStores, ExportTarget, SessionSpec, StoreSpec, SyncDir};
+use crate::transport::{DaemonKind, DockerHost};
 
 use super::{BuildError, BuildSpec};
 
@@ -15,7 +21,32 @@ use super::{BuildError, BuildSpec};
 pub struct PlannedRequest {
     pub request: SolveRequest,
     pub session: SessionSpec,
+    /// Image loads through the Engine API: the engine, and the export's tar stream for it.
+    pub engine_loads: Vec<(DockerHost, tokio::sync::mpsc::Receiver<bytes::Bytes>)>,
+    /// Warnings to show before the build starts (e.g. a local cache import that is skipped).
+    pub notes: Vec<String>,
+    /// Local cache exports whose `index.json` the client updates after the build.
+    pub cache_indexes: Vec<CacheIndexUpdate>,
+    /// `-o type=oci|docker,tar=false` outputs: the layout directory whose `index.json` the
+    /// client updates after the build, and the session store the daemon writes it through.
+    pub image_layout: Option<(String, PathBuf)>,
 }
+
+/// After a `--cache-to type=local` export: tag the cache manifest the daemon wrote in the
+/// directory's `index.json` (BuildKit's client does the same; the daemon only writes blobs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheIndexUpdate {
+    /// The session content store the daemon wrote to.
+    pub store_id: String,
+    pub dir: PathBuf,
+    pub tag: String,
+    /// `reset=true`: afterwards remove the blobs the index no longer references.
+    pub reset: bool,
+}
+
+/// The session store an `oci`/`docker` exporter with `tar=false` writes to (BuildKit
+/// `exporter/oci`).
+const EXPORT_STORE_ID: &str = "export";
 
 fn invalid(msg: impl Into<String>) -> BuildError {
     BuildError::Invalid(msg.into())
@@ -27,6 +58,102 @@ pub fn local_name(name: &str) -> String {
     match name {
         "context" | "dockerfile" => format!("_{name}"),
         n => n.to_string(),
+    }
+}
+
+/// A client-side path as the daemon-facing key and the store sees it: absolute, and with
+/// symlinks resolved when it exists, so two spellings of one directory are one store.
+fn client_dir(p: &Path) -> Result<PathBuf, BuildError> {
+    std::fs::canonicalize(p)
+        .or_else(|_| std::path::absolute(p))
+        .map_err(|e| invalid(format!("{}: {e}", p.display())))
+}
+
+/// The cache manifest a `--cache-from type=local` entry imports: `digest=`, or the one its
+/// tag names in `index.json` (BuildKit `client/solve.go`). `Err` says why the import is
+/// skipped; like BuildKit's client, a cache that is not there yet is not an error.
+fn local_cache_import(dir: &Path, l: &LocalCacheDir) -> Result<Digest, String> {
+    let layout = OciLayout::new(dir);
+    let digest = match &l.digest {
+        Some(d) => d.clone(),
+        None => {
+            let index = layout
+                .read_index()
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "it has no index.json (nothing exported there yet?)".to_string())?;
+            index
+                .find(&l.tag)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| {
+                    format!(
+                        "its index.json has no entry tagged {:?} (it has: {})",
+                        l.tag,
+                        names_or_none(&index.names())
+                    )
+                })?
+                .digest
+        }
+    };
+    match layout.blob_metadata(&digest) {
+        Ok(Some(_)) => Ok(digest),
+        Ok(None) => Err(format!("it does not hold the cache manifest {digest}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn names_or_none(names: &[String]) -> String {
+    if names.is_empty() {
+        "no named entries".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// The tag and digest an `oci-layout://` context uses, resolved from the layout's
+/// `index.json` as buildx does (`build/opt.go`): the digest when given; else the entry tagged
+/// TAG (`latest` by default); else, when no tag was given, the layout's only entry. Unlike
+/// buildx, a tag that was given but is not there is an error rather than the only entry.
+fn oci_layout_image(dir: &Path, r: &OciLayoutRef) -> Result<(Option<String>, Digest), String> {
+    if !dir.is_dir() {
+        return Err(format!(
+            "{} {}; give the directory of an OCI image layout (e.g. made with -o type=oci,tar=false,dest=DIR)",
+            dir.display(),
+            if dir.exists() { "is not a directory" } else { "does not exist" }
+        ));
+    }
+    let layout = OciLayout::new(dir);
+    let (tag, digest) = match &r.digest {
+        Some(d) => (r.tag.clone(), d.clone()),
+        None => {
+            let tag = r.tag.clone().unwrap_or_else(|| "latest".to_string());
+            let index = layout
+                .read_index()
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| {
+                    format!(
+                        "{} has no index.json; is it an OCI image layout?",
+                        dir.display()
+                    )
+                })?;
+            let found = match index.find(&tag).map_err(|e| e.to_string())? {
+                Some(d) => Some(d),
+                None if r.tag.is_none() => index.single().map_err(|e| e.to_string())?,
+                None => None,
+            };
+            let d = found.ok_or_else(|| {
+                format!(
+                    "no image tagged {tag:?} in {}/index.json (it has: {}); add :TAG or @sha256:DIGEST",
+                    dir.display(),
+                    names_or_none(&index.names())
+                )
+            })?;
+            (Some(tag), d.digest)
+        }
+    };
+    match layout.blob_metadata(&digest) {
+        Ok(Some(_)) => Ok((tag, digest)),
+        Ok(None) => Err(format!("{} does not hold {digest}", dir.display())),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -116,6 +243,8 @@ pub fn plan_request(
     if spec.no_cache {
         // An empty value means "all stages"; "true" would name a stage.
         attrs.insert("no-cache".into(), String::new());
+    } else if !spec.no_cache_filter.is_empty() {
+        attrs.insert("no-cache".into(), spec.no_cache_filter.join(","));
     }
     let resolve_mode = if spec.pull {
         "pull"
@@ -134,6 +263,13 @@ pub fn plan_request(
             .collect();
         attrs.insert("add-hosts".into(), v.join(","));
     }
+    if let Some(bytes) = spec.shm_size.filter(|b| *b > 0) {
+        attrs.insert("shm-size".into(), bytes.to_string());
+    }
+    if !spec.ulimits.is_empty() {
+        let v: Vec<String> = spec.ulimits.iter().map(ToString::to_string).collect();
+        attrs.insert("ulimit".into(), v.join(","));
+    }
     let mut entitlements = Vec::new();
     match spec.network {
         Network::Default => {}
@@ -145,6 +281,78 @@ pub fn plan_request(
             entitlements.push("network.host".to_string());
         }
     }
+    for e in &spec.entitlements {
+        if !entitlements.contains(e) {
+            entitlements.push(e.clone());
+        }
+    }
+    // Session content stores, by store ID; cache exports first, so that a directory that is
+    // both imported from and exported to is one writable store.
+    let mut stores: BTreeMap<String, StoreSpec> = BTreeMap::new();
+    let mut notes = Vec::new();
+    let mut cache_indexes = Vec::new();
+    let mut cache_to = Vec::new();
+    for mut c in cache_exports(spec) {
+        if let Some(l) = &c.local {
+            let dir = client_dir(&l.dir)?;
+            if dir.exists() && !dir.is_dir() {
+                return Err(invalid(format!(
+                    "--cache-to type=local,dest={}: not a directory; dest= names the directory to export the cache to",
+                    l.dir.display()
+                )));
+            }
+            let key = local_cache_key(&dir);
+            let id = local_store_id(&key);
+            if stores.contains_key(&id) {
+                return Err(invalid(format!(
+                    "--cache-to type=local,dest={} is given twice; export each cache to its own directory",
+                    l.dir.display()
+                )));
+            }
+            stores.insert(
+                id.clone(),
+                StoreSpec {
+                    dir: dir.clone(),
+                    writable: true,
+                },
+            );
+            c.attrs.insert("dest".into(), key);
+            cache_indexes.push(CacheIndexUpdate {
+                store_id: id,
+                dir,
+                tag: l.tag.clone(),
+                reset: l.reset,
+            });
+        }
+        cache_to.push(c);
+    }
+    let mut cache_from = Vec::new();
+    for c in &spec.cache_from {
+        let mut c = c.clone();
+        if let Some(l) = &c.local {
+            let dir = client_dir(&l.dir)?;
+            match local_cache_import(&dir, l) {
+                Ok(digest) => {
+                    let key = local_cache_key(&dir);
+                    stores.entry(local_store_id(&key)).or_insert(StoreSpec {
+                        dir,
+                        writable: false,
+                    });
+                    c.attrs.insert("src".into(), key);
+                    c.attrs.insert("digest".into(), digest.to_string());
+                }
+                Err(why) => {
+                    notes.push(format!(
+                        "warning: --cache-from type=local,src={} skipped: {why}",
+                        l.dir.display()
+                    ));
+                    continue;
+                }
+            }
+        }
+        cache_from.push(c);
+    }
+
     for nc in &spec.contexts {
         let value = match &nc.source {
             ContextSource::Local(dir) => {
@@ -164,11 +372,24 @@ pub fn plan_request(
                 format!("local:{ln}")
             }
             ContextSource::DockerImage(r) => format!("docker-image://{r}"),
-            ContextSource::OciLayout(_) => {
-                return Err(invalid(format!(
-                    "--build-context {}: oci-layout:// contexts are not supported yet; push the layout to a registry and use docker-image://",
-                    nc.name
-                )))
+            ContextSource::OciLayout(r) => {
+                let dir = client_dir(&r.path)?;
+                let (tag, digest) = oci_layout_image(&dir, r)
+                    .map_err(|why| invalid(format!("--build-context {}={r}: {why}", nc.name)))?;
+                // The daemon finds the layout by this name in the session (buildx: a random
+                // ID); the frontend parses the value as a reference, so it must be one.
+                let name = crate::session::random_id();
+                stores.insert(
+                    oci_store_id(&name),
+                    StoreSpec {
+                        dir,
+                        writable: false,
+                    },
+                );
+                match tag {
+                    Some(t) => format!("oci-layout://{name}:{t}@{digest}"),
+                    None => format!("oci-layout://{name}@{digest}"),
+                }
             }
             ContextSource::Remote(u) => u.clone(),
             ContextSource::Target(t) => {
@@ -186,10 +407,9 @@ pub fn plan_request(
             "moby.buildkit.frontend.contexts+forward".into(),
         );
     }
-    if !spec.cache_from.is_empty() {
+    if !cache_from.is_empty() {
         // BuildKit's client passes imports both ways: the frontend reads this attribute.
-        let v: Vec<serde_json::Value> = spec
-            .cache_from
+        let v: Vec<serde_json::Value> = cache_from
             .iter()
             .map(|c| serde_json::json!({"Type": c.kind, "Attrs": c.attrs}))
             .collect();
@@ -200,9 +420,19 @@ pub fn plan_request(
     }
 
     // Exporters.
+    let mut image_layout = None;
     let mut exporters = Vec::new();
     let mut exports = BTreeMap::new();
     let is_docker = matches!(daemon, DaemonKind::DockerEngine { .. });
+    let mut engine_loads = Vec::new();
+    // A `docker` exporter whose tarball streams into the Engine API of `host`.
+    let mut api_load =
+        |host: &DockerHost, exports: &mut BTreeMap<usize, ExportTarget>, at: usize| {
+            // 8 chunks: the engine reads as fast as it unpacks; the daemon waits beyond that.
+            let (sink, chunks) = StreamSink::new(8);
+            exports.insert(at, ExportTarget::Stream(sink));
+            engine_loads.push((host.clone(), chunks));
+        };
     for o in &spec.outputs {
         if o.kind == OutputKind::CacheOnly {
             // Like buildx: "keep the result in the build cache only" is the absence of an
@@ -213,13 +443,43 @@ pub fn plan_request(
         let kind =
             match (o.kind, &o.dest) {
                 // `type=docker` without a file: load into the engine.
-                (OutputKind::Docker, None) if is_docker => "moby",
-                (OutputKind::Docker, None) => return Err(invalid(
-                    "-o type=docker without dest= needs a Docker Engine daemon; add dest=image.tar",
-                )),
+                (OutputKind::Docker, None) => match &spec.load_into {
+                    Some(host) => {
+                        api_load(host, &mut exports, exporters.len());
+                        "docker"
+                    }
+                    None if is_docker => "moby",
+                    None => return Err(invalid(
+                        "-o type=docker without dest= loads into a Docker Engine, and none is known; set DOCKER_HOST, or add dest=image.tar",
+                    )),
+                },
                 (k, _) => k.as_str(),
             };
-        if let Some(dest) = &o.dest {
+        if let Some(dir) = o.layout_dir() {
+            // The daemon writes the blobs through the session store BuildKit calls "export"
+            // (one per build); the client names the image in index.json afterwards.
+            let dir = client_dir(dir)?;
+            if dir.exists() && !dir.is_dir() {
+                return Err(invalid(format!(
+                    "-o type={},tar=false,dest={}: not a directory; tar=false writes an OCI layout directory",
+                    o.kind,
+                    dir.display()
+                )));
+            }
+            if image_layout.is_some() {
+                return Err(invalid(
+                    "only one -o type=oci|docker,tar=false output per build (BuildKit writes it through a single session store)",
+                ));
+            }
+            stores.insert(
+                EXPORT_STORE_ID.to_string(),
+                StoreSpec {
+                    dir: dir.clone(),
+                    writable: true,
+                },
+            );
+            image_layout = Some((EXPORT_STORE_ID.to_string(), dir));
+        } else if let Some(dest) = &o.dest {
             let target = match (o.kind, dest) {
                 (OutputKind::Local, OutputDest::Path(p)) => ExportTarget::LocalDir(p.clone()),
                 (OutputKind::Local, OutputDest::Stdout) => {
@@ -271,17 +531,24 @@ pub fn plan_request(
             });
         }
         if spec.load || (is_docker && !spec.push && !spec.tags.is_empty()) {
-            if !is_docker {
-                return Err(invalid(
-                    "--load needs a Docker Engine daemon (--addr docker://); with buildkitd use -o type=docker,dest=image.tar or --push",
-                ));
-            }
             let mut a: std::collections::HashMap<String, String> = Default::default();
             if !names.is_empty() {
                 a.insert("name".into(), names.clone());
             }
+            let kind = match &spec.load_into {
+                Some(host) => {
+                    api_load(host, &mut exports, exporters.len());
+                    "docker"
+                }
+                None if is_docker => "moby",
+                None => {
+                    return Err(invalid(
+                        "--load loads into a Docker Engine, and none is known; set DOCKER_HOST (or use --push, or -o type=docker,dest=image.tar)",
+                    ))
+                }
+            };
             exporters.push(Exporter {
-                r#type: "moby".into(),
+                r#type: kind.into(),
                 attrs: a,
             });
         } else if !spec.push && !spec.tags.is_empty() {
@@ -326,8 +593,8 @@ pub fn plan_request(
         exporter_attrs_deprecated,
         exporters,
         cache: Some(CacheOptions {
-            exports: spec.cache_to.iter().map(cache_entry).collect(),
-            imports: spec.cache_from.iter().map(cache_entry).collect(),
+            exports: cache_to.iter().map(cache_entry).collect(),
+            imports: cache_from.iter().map(cache_entry).collect(),
         }),
         entitlements,
         ..Default::default()
@@ -337,9 +604,36 @@ pub fn plan_request(
         shared_key: crate::session::shared_key(context, node_id),
         dirs,
         exports,
+        content: ContentStores::new(stores),
         auth: Some(crate::session::auth::AuthProvider::from_env()),
         secrets,
         ssh,
     };
-    Ok(PlannedRequest { request, session })
+    Ok(PlannedRequest {
+        request,
+        session,
+        engine_loads,
+        notes,
+        cache_indexes,
+        image_layout,
+    })
+}
+
+/// The cache exports of `spec`: its `--cache-to`, plus an inline cache when the build arg
+/// `BUILDKIT_INLINE_CACHE` is true (Go `strconv.ParseBool`), as buildx does for that arg
+/// (buildx `build/build.go`); the Dockerfile frontend alone would not embed the cache.
+fn cache_exports(spec: &BuildSpec) -> Vec<CacheSpec> {
+    let mut out = spec.cache_to.clone();
+    let inline_wanted = spec
+        .build_args
+        .get("BUILDKIT_INLINE_CACHE")
+        .is_some_and(|v| matches!(v.as_str(), "1" | "t" | "T" | "true" | "TRUE" | "True"));
+    if inline_wanted && !out.iter().any(|c| c.kind == "inline") {
+        out.push(CacheSpec {
+            kind: "inline".into(),
+            attrs: Default::default(),
+            local: None,
+        });
+    }
+    out
 }

@@ -36,6 +36,33 @@ pub(crate) fn write_atomic(
     result
 }
 
+/// Opens an existing state file for reading, refusing anything but a regular file: a FIFO
+/// (or a device) left in `.bk-build/` would otherwise block the open or the first read forever.
+pub(crate) fn open_regular(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // O_NONBLOCK: opening a FIFO must not wait for a writer (no effect on regular files).
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    ensure_regular(&file, path)?;
+    Ok(file)
+}
+
+/// Fails unless `file` (opened from `path`) is a regular file.
+pub(crate) fn ensure_regular(file: &File, path: &Path) -> io::Result<()> {
+    if file.metadata()?.is_file() {
+        return Ok(());
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!(
+            "{} is not a regular file (bk-build only keeps regular files there; remove it)",
+            path.display()
+        ),
+    ))
+}
+
 fn temp_path(path: &Path) -> io::Result<PathBuf> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| {

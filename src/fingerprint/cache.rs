@@ -5,7 +5,7 @@
 //! What it must not know: which target a file belongs to or how hashes are combined into a key.
 
 use std::collections::HashMap;
-use std::fs::{File, Metadata, OpenOptions};
+use std::fs::{Metadata, OpenOptions};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{self, BufReader, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -444,9 +444,30 @@ impl StatCache {
             buf.resize(READ_BUFFER, 0);
         }
         let mut count = 0u64;
-        loop {
-            match (&file).read(buf) {
-                Ok(0) => break,
+        // Up to the size the walk saw, then the file's stat: when that still shows this size,
+        // the end was reached without the extra read(2) that returns 0 (one syscall per file
+        // on a cold walk); when it does not, read on to the real end.
+        let mut to_eof = false;
+        let after = loop {
+            let want = if to_eof {
+                buf.len()
+            } else {
+                (expected.size as u64)
+                    .saturating_sub(count)
+                    .min(buf.len() as u64) as usize
+            };
+            if want == 0 {
+                let now = FileStat::from_metadata(&file.metadata()?);
+                if to_eof || now.size as u64 == count {
+                    break now;
+                }
+                to_eof = true;
+                continue;
+            }
+            match (&file).read(&mut buf[..want]) {
+                Ok(0) if to_eof => break FileStat::from_metadata(&file.metadata()?),
+                // Shorter than the walk saw: it shrank; the stat tells the rest.
+                Ok(0) => break FileStat::from_metadata(&file.metadata()?),
                 Ok(n) => {
                     content.update(&buf[..n]);
                     count += n as u64;
@@ -454,11 +475,17 @@ impl StatCache {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
-        }
-        let after = FileStat::from_metadata(&file.metadata()?);
+        };
+        #[cfg(target_os = "linux")]
+        let attrs = {
+            use std::os::fd::AsRawFd;
+            xattrs.read_fd(file.as_raw_fd())
+        };
+        #[cfg(not(target_os = "linux"))]
+        let attrs = xattrs.read(abs_path);
         drop(file);
 
-        let data = file_data(&content.finalize(), abs_path, xattrs);
+        let data = file_data(&content.finalize(), &attrs);
 
         self.hashes.fetch_add(1, Ordering::Relaxed);
         self.bytes_hashed.fetch_add(count, Ordering::Relaxed);
@@ -480,7 +507,8 @@ impl StatCache {
     /// the socket's xattrs (fsutil's sender clears the socket bit; opening it fails, so the
     /// requested content is empty). Never cached: there is nothing to read.
     pub(crate) fn socket_data(abs_path: &Path, xattrs: &mut XattrReader) -> Hash16 {
-        file_data(&blake3::hash(b""), abs_path, xattrs)
+        // By path: a socket cannot be opened to read them through a descriptor.
+        file_data(&blake3::hash(b""), &xattrs.read(abs_path))
     }
 
     /// Stores hashes [`hash_file_deferred`](Self::hash_file_deferred) computed.
@@ -613,7 +641,7 @@ enum LoadError {
 /// Streams the file through a small buffer (no second copy of a 14 MB file at 200k entries)
 /// and verifies the trailing checksum before trusting any of it.
 fn load_table(path: &Path) -> Result<Table, LoadError> {
-    let file = match File::open(path) {
+    let file = match super::atomic::open_regular(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(LoadError::Missing),
         Err(e) => return Err(LoadError::Invalid(format!("cannot read it: {e}"))),
@@ -673,12 +701,11 @@ fn load_table(path: &Path) -> Result<Table, LoadError> {
 
 /// A regular file's data record: its content hash, then its xattrs. The content hash, not
 /// the content, goes first, so the two parts can never be confused with each other.
-fn file_data(content: &blake3::Hash, abs_path: &Path, xattrs: &mut XattrReader) -> Hash16 {
+fn file_data(content: &blake3::Hash, attrs: &[(String, Vec<u8>)]) -> Hash16 {
     let mut data = blake3::Hasher::new();
     data.update(content.as_bytes());
-    let attrs = xattrs.read(abs_path);
     put_len(&mut data, attrs.len() as u64);
-    for (name, value) in &attrs {
+    for (name, value) in attrs {
         put_str(&mut data, name);
         put_bytes(&mut data, value);
     }

@@ -18,6 +18,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -25,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::atomic::{write_atomic, TEMP_MARKER};
+use super::atomic::{open_regular, write_atomic, TEMP_MARKER};
 use super::cache::StatCache;
 use super::manifest::Manifest;
 
@@ -146,7 +147,9 @@ impl StateStore {
     /// [`DEFAULT_LOCK_WAIT`] for another run and saying so once on stderr.
     pub fn open(project_dir: &Path) -> Result<StateStore, StateError> {
         Self::open_with(project_dir, DEFAULT_LOCK_WAIT, &mut |msg| {
-            eprintln!("{msg}")
+            use std::io::Write as _;
+            // Never panic over a closed stderr.
+            let _ = writeln!(std::io::stderr(), "{msg}");
         })
     }
 
@@ -189,7 +192,7 @@ impl StateStore {
     /// (the latter also leaves a warning, see [`take_warnings`](Self::take_warnings)).
     pub fn get(&self, target: &str) -> Option<TargetRecord> {
         let path = self.record_path(target);
-        let mut file = match File::open(&path) {
+        let mut file = match open_regular(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
             Err(e) => {
@@ -210,7 +213,7 @@ impl StateStore {
     /// lazily: a no-op run only needs [`get`](Self::get).
     pub fn manifest(&self, target: &str) -> Option<Manifest> {
         let path = self.record_path(target);
-        let mut file = File::open(&path).ok()?;
+        let mut file = open_regular(&path).ok()?;
         let result = read_header(&mut file, target).and_then(|rec| {
             let manifest = read_manifest(&mut file)?;
             if manifest.key() != rec.key {
@@ -396,8 +399,11 @@ fn acquire_lock(
         .write(true)
         .create(true)
         .truncate(false)
+        // A FIFO planted here must not block the open (see `open_regular`).
+        .custom_flags(libc::O_NONBLOCK)
         .open(path)
         .map_err(lock_err)?;
+    super::atomic::ensure_regular(&file, path).map_err(lock_err)?;
     let started = Instant::now();
     let mut announced = false;
     let mut pause = Duration::from_millis(20);

@@ -191,3 +191,14 @@ pub fn top_level_stamps(path: &Path) -> std::collections::BTreeMap<String, (u64,
     })
     .collect()
 }
+
+/// A temp file in `dir` for a result that is renamed into place when complete (tar exports,
+/// `--metadata-file`). Created with mode 0666 less the umask, like any file a tool writes:
+/// `tempfile`'s default 0600 would leave the final file unreadable to the group and others.
+pub fn new_temp_file_in(dir: &Path) -> std::io::Result<tempfile::NamedTempFile> {
+    use std::os::unix::fs::PermissionsExt;
+    tempfile::Builder::new()
+        .prefix(".bk-build-")
+        .permissions(std::fs::Permissions::from_mode(0o666))
+        .tempfile_in(dir)
+}

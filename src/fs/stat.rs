@@ -127,31 +127,53 @@ impl XattrReader {
         if bytes.contains(&0) {
             return Vec::new();
         }
-        self.cpath.clear();
-        self.cpath.extend_from_slice(bytes);
-        self.cpath.push(0);
+        let mut cpath = std::mem::take(&mut self.cpath);
+        cpath.clear();
+        cpath.extend_from_slice(bytes);
+        cpath.push(0);
+        let out = self.collect(
+            // SAFETY: `cpath` is NUL-terminated and outlives the call; the buffer and size
+            // come from `collect`, which passes a live buffer of that many writable bytes (or
+            // null and 0 to ask for the size).
+            |buf, len| unsafe { libc::llistxattr(cpath.as_ptr().cast(), buf, len) },
+            |name| lgetxattr(&cpath, name),
+        );
+        self.cpath = cpath;
+        out
+    }
+
+    /// As [`read`](Self::read), for an open file: no path lookup, and the attributes are
+    /// those of exactly the file that was read.
+    #[cfg(target_os = "linux")]
+    pub(crate) fn read_fd(&mut self, fd: std::os::fd::RawFd) -> Vec<(String, Vec<u8>)> {
+        self.collect(
+            // SAFETY: as in `read`; `fd` is open for the duration of the call.
+            |buf, len| unsafe { libc::flistxattr(fd, buf, len) },
+            |name| fgetxattr(fd, name),
+        )
+    }
+
+    /// The shared part of [`read`](Self::read) and [`read_fd`](Self::read_fd): `list` is
+    /// `listxattr(2)` on the file, `get` one value.
+    #[cfg(target_os = "linux")]
+    fn collect(
+        &mut self,
+        mut list: impl FnMut(*mut libc::c_char, usize) -> isize,
+        mut get: impl FnMut(&[u8]) -> Option<Vec<u8>>,
+    ) -> Vec<(String, Vec<u8>)> {
         if self.names.is_empty() {
             self.names.resize(1024, 0);
         }
         let len = loop {
-            // SAFETY: `cpath` is NUL-terminated and outlives the call; `names` is a live buffer
-            // of exactly `names.len()` writable bytes.
-            let n = unsafe {
-                libc::llistxattr(
-                    self.cpath.as_ptr().cast(),
-                    self.names.as_mut_ptr().cast(),
-                    self.names.len(),
-                )
-            };
+            let n = list(self.names.as_mut_ptr().cast(), self.names.len());
             if n >= 0 {
                 break n as usize;
             }
             if std::io::Error::last_os_error().raw_os_error() != Some(libc::ERANGE) {
                 return Vec::new();
             }
-            // SAFETY: as above; a null buffer with size 0 only asks for the needed size.
-            let need =
-                unsafe { libc::llistxattr(self.cpath.as_ptr().cast(), std::ptr::null_mut(), 0) };
+            // A null buffer with size 0 only asks for the needed size.
+            let need = list(std::ptr::null_mut(), 0);
             if need < 0 {
                 return Vec::new();
             }
@@ -168,7 +190,7 @@ impl XattrReader {
             if name_str.is_empty() || name_str.starts_with(APPLE_PREFIX) {
                 continue;
             }
-            if let Some(value) = lgetxattr(&self.cpath, name) {
+            if let Some(value) = get(name) {
                 out.push((name_str.to_owned(), value));
             }
         }
@@ -227,6 +249,44 @@ fn lgetxattr(cpath: &[u8], name: &[u8]) -> Option<Vec<u8>> {
         let got = unsafe {
             libc::lgetxattr(
                 cpath.as_ptr().cast(),
+                cname.as_ptr().cast(),
+                value.as_mut_ptr().cast(),
+                value.len(),
+            )
+        };
+        if got >= 0 {
+            value.truncate(got as usize);
+            return Some(value);
+        }
+        // ERANGE: the value grew between the two calls; ask again.
+        if std::io::Error::last_os_error().raw_os_error() != Some(libc::ERANGE) {
+            return None;
+        }
+    }
+    None
+}
+
+/// One xattr value of the open file `fd`; `None` when it vanished or cannot be read.
+#[cfg(target_os = "linux")]
+fn fgetxattr(fd: std::os::fd::RawFd, name: &[u8]) -> Option<Vec<u8>> {
+    let mut cname = Vec::with_capacity(name.len() + 1);
+    cname.extend_from_slice(name);
+    cname.push(0);
+    let mut value: Vec<u8> = Vec::new();
+    for _ in 0..4 {
+        // SAFETY: `cname` is NUL-terminated; null buffer + size 0 asks for the size.
+        let need = unsafe { libc::fgetxattr(fd, cname.as_ptr().cast(), std::ptr::null_mut(), 0) };
+        if need < 0 {
+            return None;
+        }
+        value.resize(need as usize, 0);
+        if need == 0 {
+            return Some(value);
+        }
+        // SAFETY: `value` has exactly `value.len()` writable bytes.
+        let got = unsafe {
+            libc::fgetxattr(
+                fd,
                 cname.as_ptr().cast(),
                 value.as_mut_ptr().cast(),
                 value.len(),

@@ -32,16 +32,64 @@ pub(crate) enum InterpError<E> {
     Lookup(E),
 }
 
+/// How deep `${A:-${B:-…}}` may nest. Real files nest two or three levels; the bound keeps
+/// the recursion off the end of the stack and the work linear in the input's size.
+pub(crate) const MAX_NESTING: usize = 32;
+/// The longest value interpolated, in bytes (1 MiB): far above any real tag, arg or path.
+pub(crate) const MAX_VALUE_LEN: usize = 1 << 20;
+
+use crate::options::excerpt;
+
 /// Expands `input`. `lookup(name)` returns `Ok(None)` for an unset variable. In the compose
 /// dialect the names of unset variables that were replaced by "" are appended to `undefined`.
+///
+/// Errors: [`InterpError::Syntax`] also for nesting deeper than [`MAX_NESTING`] and for input
+/// or results longer than [`MAX_VALUE_LEN`].
 pub(crate) fn interpolate<E>(
     input: &str,
     dialect: Dialect,
     lookup: &mut dyn FnMut(&str) -> Result<Option<String>, E>,
     undefined: &mut Vec<String>,
 ) -> Result<String, InterpError<E>> {
+    if input.len() > MAX_VALUE_LEN {
+        return Err(InterpError::Syntax {
+            message: format!(
+                "value of {} bytes is longer than the {MAX_VALUE_LEN} bytes allowed: {}",
+                input.len(),
+                excerpt(input)
+            ),
+        });
+    }
+    let out = interpolate_at(input, dialect, lookup, undefined, 0)?;
+    if out.len() > MAX_VALUE_LEN {
+        return Err(InterpError::Syntax {
+            message: format!(
+                "{} expands to {} bytes, more than the {MAX_VALUE_LEN} bytes allowed",
+                excerpt(input),
+                out.len()
+            ),
+        });
+    }
+    Ok(out)
+}
+
+fn interpolate_at<E>(
+    input: &str,
+    dialect: Dialect,
+    lookup: &mut dyn FnMut(&str) -> Result<Option<String>, E>,
+    undefined: &mut Vec<String>,
+    depth: usize,
+) -> Result<String, InterpError<E>> {
     if !input.contains('$') {
         return Ok(input.to_string());
+    }
+    if depth > MAX_NESTING {
+        return Err(InterpError::Syntax {
+            message: format!(
+                "`${{…}}` nested more than {MAX_NESTING} levels deep (at {})",
+                excerpt(input)
+            ),
+        });
     }
     let chars: Vec<char> = input.chars().collect();
     let mut out = String::with_capacity(input.len());
@@ -60,10 +108,10 @@ pub(crate) fn interpolate<E>(
             }
             Some('{') => {
                 let close = matching_brace(&chars, i + 2).ok_or_else(|| InterpError::Syntax {
-                    message: format!("unterminated `${{` in {input:?}"),
+                    message: format!("unterminated `${{` in {}", excerpt(input)),
                 })?;
                 let body: String = chars[i + 2..close].iter().collect();
-                out.push_str(&expand_braced(&body, dialect, lookup, undefined)?);
+                out.push_str(&expand_braced(&body, dialect, lookup, undefined, depth)?);
                 i = close + 1;
             }
             Some(n) if dialect == Dialect::Compose && is_name_start(*n) => {
@@ -120,6 +168,7 @@ fn expand_braced<E>(
     dialect: Dialect,
     lookup: &mut dyn FnMut(&str) -> Result<Option<String>, E>,
     undefined: &mut Vec<String>,
+    depth: usize,
 ) -> Result<String, InterpError<E>> {
     let name_len = body
         .char_indices()
@@ -128,7 +177,10 @@ fn expand_braced<E>(
     let name = &body[..name_len];
     if name.is_empty() {
         return Err(InterpError::Syntax {
-            message: format!("`${{{body}}}` does not start with a variable name"),
+            message: format!(
+                "`${{…}}` does not start with a variable name: {}",
+                excerpt(body)
+            ),
         });
     }
     let rest = &body[name_len..];
@@ -150,7 +202,8 @@ fn expand_braced<E>(
     } else {
         return Err(InterpError::Syntax {
             message: format!(
-                "`${{{body}}}`: unsupported operator after `{name}` (use `:-`, `-`, `:?`, `?`, `:+` or `+`)"
+                "{}: unsupported operator after `{name}` (use `:-`, `-`, `:?`, `?`, `:+` or `+`)",
+                excerpt(body)
             ),
         });
     };
@@ -166,16 +219,16 @@ fn expand_braced<E>(
             undefined.push(name.to_string());
             Ok(String::new())
         }
-        ":-" if !non_empty => interpolate(word, dialect, lookup, undefined),
-        "-" if !set => interpolate(word, dialect, lookup, undefined),
+        ":-" if !non_empty => interpolate_at(word, dialect, lookup, undefined, depth + 1),
+        "-" if !set => interpolate_at(word, dialect, lookup, undefined, depth + 1),
         ":?" | "?" if (op == ":?" && !non_empty) || (op == "?" && !set) => {
             Err(InterpError::Required {
                 var: name.to_string(),
-                message: interpolate(word, dialect, lookup, undefined)?,
+                message: interpolate_at(word, dialect, lookup, undefined, depth + 1)?,
             })
         }
         ":+" | "+" if (op == ":+" && non_empty) || (op == "+" && set) => {
-            interpolate(word, dialect, lookup, undefined)
+            interpolate_at(word, dialect, lookup, undefined, depth + 1)
         }
         ":+" | "+" => Ok(String::new()),
         _ => Ok(value),

@@ -1024,6 +1024,12 @@ fn resolve_target(
                 }
                 ContextSource::Local(abs)
             }
+            // Checked when the target is built, not here: a target it depends on may write
+            // the layout in the same run.
+            ContextSource::OciLayout(mut l) => {
+                l.path = normalize(&r.files[v.file].dir.join(&l.path));
+                ContextSource::OciLayout(l)
+            }
             other => other,
         };
         t.contexts.insert(k, src);

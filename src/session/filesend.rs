@@ -35,7 +35,42 @@ pub enum ExportTarget {
     Stdout,
     /// A directory tree (`local` exporter), merged into this directory.
     LocalDir(PathBuf),
+    /// A tar stream handed on chunk by chunk to whoever holds the receiving end (e.g. an
+    /// image load into a Docker Engine), which sees the end of the stream as the end.
+    Stream(StreamSink),
 }
+
+/// The sending end of an [`ExportTarget::Stream`]: used by the first export stream that
+/// arrives, then dropped, so the receiver sees the end as soon as the export ends.
+#[derive(Clone)]
+pub struct StreamSink(Arc<Mutex<Option<mpsc::Sender<Bytes>>>>);
+
+impl StreamSink {
+    /// A sink and the receiver its chunks arrive on; `depth` chunks (≤ 3 MiB each) may wait
+    /// unread before the export waits for the reader.
+    pub fn new(depth: usize) -> (StreamSink, mpsc::Receiver<Bytes>) {
+        let (tx, rx) = mpsc::channel(depth.max(1));
+        (StreamSink(Arc::new(Mutex::new(Some(tx)))), rx)
+    }
+
+    fn take(&self) -> Option<mpsc::Sender<Bytes>> {
+        self.0.lock().ok().and_then(|mut s| s.take())
+    }
+}
+
+impl std::fmt::Debug for StreamSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StreamSink")
+    }
+}
+
+impl PartialEq for StreamSink {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for StreamSink {}
 
 /// Raw message bytes in and out: decoding depends on the exporter, decided per stream.
 #[derive(Clone, Default)]
@@ -163,6 +198,10 @@ impl tonic::server::StreamingService<Bytes> for DiffCopy {
                     ExportTarget::LocalDir(dir) => receive_dir(dir, stream, &tx).await,
                     ExportTarget::TarFile(p) => receive_tar(Some(p), stream).await,
                     ExportTarget::Stdout => receive_tar(None, stream).await,
+                    ExportTarget::Stream(sink) => match sink.take() {
+                        Some(out) => receive_stream(stream, out).await,
+                        None => Err("the export was sent twice".to_string()),
+                    },
                 };
                 if let Err(e) = res {
                     if let Ok(mut v) = errors.lock() {
@@ -185,7 +224,7 @@ async fn receive_tar(dest: Option<&Path>, mut stream: Streaming<Bytes>) -> Resul
                 .parent()
                 .filter(|d| !d.as_os_str().is_empty())
                 .unwrap_or(Path::new("."));
-            let tmp = tempfile::NamedTempFile::new_in(dir)
+            let tmp = crate::fs::new_temp_file_in(dir)
                 .map_err(|e| format!("cannot create a file in {}: {e}", dir.display()))?;
             let w = tmp
                 .reopen()
@@ -207,6 +246,22 @@ async fn receive_tar(dest: Option<&Path>, mut stream: Streaming<Bytes>) -> Resul
     if let (Some(tmp), Some(p)) = (file, dest) {
         tmp.persist(p)
             .map_err(|e| format!("cannot move export into {}: {}", p.display(), e.error))?;
+    }
+    Ok(())
+}
+
+/// Hands the tar stream on to `out`, chunk by chunk; dropping `out` at the end ends it.
+async fn receive_stream(
+    mut stream: Streaming<Bytes>,
+    out: mpsc::Sender<Bytes>,
+) -> Result<(), String> {
+    while let Some(msg) = stream.next().await {
+        let raw = msg.map_err(|s| format!("export stream failed: {}", s.message()))?;
+        let m = crate::proto::moby::filesync::v1::BytesMessage::decode(raw)
+            .map_err(|e| format!("export stream: bad message: {e}"))?;
+        out.send(Bytes::from(m.data))
+            .await
+            .map_err(|_| "the export's reader stopped reading (see its error)".to_string())?;
     }
     Ok(())
 }

@@ -1,14 +1,17 @@
 //! The session: a `Control.Session` call that carries an HTTP/2 connection in the opposite
 //! direction, on which *we* are the gRPC server and the daemon calls back for files (FileSync),
-//! exported results (FileSend), registry credentials (Auth), secrets and SSH agents.
+//! exported results (FileSend), client-side OCI layouts (Content: local caches, `oci-layout://`
+//! contexts), registry credentials (Auth), secrets and SSH agents.
 //!
 //! This module owns the tunnel, the session headers and the assembly of services. It knows
 //! which directories and outputs it serves, but not what is being built or why.
 
 pub mod auth;
+pub mod content;
 pub mod filesend;
 pub mod filesync;
 mod filetable;
+pub mod oci_layout;
 pub mod secrets;
 mod server;
 pub mod ssh;
@@ -28,7 +31,8 @@ use crate::proto::moby::filesync::v1::auth_server::AuthServer;
 use crate::proto::moby::filesync::v1::file_sync_server::FileSyncServer;
 use crate::proto::moby::sshforward::v1::ssh_server::SshServer;
 
-pub use filesend::{ExportTarget, FileSendService};
+pub use content::{ContentStores, StoreSpec};
+pub use filesend::{ExportTarget, FileSendService, StreamSink};
 pub use filesync::{SyncDir, SyncRequest, SyncStats};
 
 /// gRPC limits: the daemon may send large messages; requests stay under old daemons' 4 MiB.
@@ -48,6 +52,8 @@ pub struct SessionSpec {
     pub dirs: BTreeMap<String, SyncDir>,
     /// Client-side exporter outputs, by exporter index in the SolveRequest.
     pub exports: BTreeMap<usize, ExportTarget>,
+    /// OCI layouts the daemon may read or write, by store ID.
+    pub content: ContentStores,
     pub auth: Option<auth::AuthProvider>,
     pub secrets: Option<secrets::SecretStore>,
     pub ssh: Option<ssh::SshForwarder>,
@@ -153,6 +159,10 @@ impl Session {
         if !spec.exports.is_empty() {
             methods.push("/moby.filesync.v1.FileSend/DiffCopy");
             router = router.add_service(FileSendService::new(spec.exports, export_errors.clone()));
+        }
+        if !spec.content.is_empty() {
+            methods.extend(content::METHODS);
+            router = router.add_service(spec.content.service());
         }
         if let Some(a) = spec.auth {
             methods.extend([

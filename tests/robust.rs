@@ -1,0 +1,647 @@
+//! Faults found by using bk-build the way people do (issue "Every fault found trying
+//! bk-build…"): closed pipes, full disks, signals, file modes, hostile state directories and
+//! project files, and the build args buildx gives special meaning. Real daemon and registry.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// A one-target project (`app`, loaded) in a temp dir.
+fn project(dockerfile: &str) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("p");
+    let repo = format!("localhost:5000/{}", unique("robust"));
+    write(
+        &root.join("bk-build.toml"),
+        format!("[target.app]\ncontext = \"app\"\ntags = [\"{repo}/app:dev\"]\npush = true\n"),
+    );
+    write(&root.join("app/Dockerfile"), dockerfile);
+    write(&root.join("app/a.txt"), unique("a"));
+    (tmp, root)
+}
+
+/// Runs `cmd` with its standard output a pipe whose reader is already gone, so the first
+/// write fails with EPIPE, as under `| head -1` once head has exited.
+fn with_closed_stdout(cmd: &mut Command) -> std::process::Output {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    cmd.stdout(Stdio::from(writer))
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap()
+}
+
+fn no_panic(o: &std::process::Output) {
+    let err = stderr(o);
+    assert!(!err.contains("panicked"), "panicked: {err}");
+    assert_ne!(o.status.code(), Some(101), "panic exit: {err}");
+    assert!(
+        o.status.code().is_some(),
+        "killed by a signal: {:?}",
+        o.status
+    );
+}
+
+#[test]
+fn a_closed_pipe_ends_the_output_quietly() {
+    let o = with_closed_stdout(bk().arg("info"));
+    no_panic(&o);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+
+    let (_t, root) = project(&format!("FROM {}\nCOPY a.txt /\n", base_image()));
+    for format in ["json", "text"] {
+        let o = with_closed_stdout(bk().current_dir(&root).args(["plan", "--format", format]));
+        no_panic(&o);
+        assert_eq!(o.status.code(), Some(0), "{format}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn a_full_disk_is_an_error_not_a_panic() {
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let o = bk()
+        .arg("info")
+        .stdout(Stdio::from(full))
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    no_panic(&o);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.contains("cannot write to standard output"), "{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+}
+
+#[test]
+fn sigterm_cancels_the_build_and_says_so() {
+    let (_t, root) = project(&format!(
+        "FROM {}\nRUN echo {} && sleep 60\n",
+        base_image(),
+        unique("slow")
+    ));
+    let mut child = bk()
+        .current_dir(&root)
+        .args(["bake", "--progress", "plain"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the RUN step runs (its echo shows in the plain progress).
+    let mut err = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match err.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    all.extend_from_slice(&buf[..n]);
+                    let _ = tx.send(String::from_utf8_lossy(&all).into_owned());
+                }
+            }
+        }
+    });
+    let started = Instant::now();
+    let mut seen = String::new();
+    while !seen.contains("sleep 60") {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "never started: {seen}"
+        );
+        if let Ok(s) = rx.recv_timeout(Duration::from_secs(1)) {
+            seen = s;
+        }
+    }
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    while let Ok(s) = rx.recv_timeout(Duration::from_millis(500)) {
+        seen = s;
+    }
+    assert_eq!(status.code(), Some(143), "{seen}");
+    assert!(seen.contains("terminated"), "{seen}");
+    assert!(
+        started.elapsed() < Duration::from_secs(55),
+        "the build ran on"
+    );
+}
+
+/// Mode bits of a file bk-build wrote with umask `mask`.
+fn mode_with_umask(mask: u32, args: &[&str], file: &Path, dir: &Path) -> u32 {
+    let _ = std::fs::remove_file(file);
+    let mut cmd = bk();
+    cmd.current_dir(dir).args(args);
+    // SAFETY: umask(2) is async-signal-safe; it runs in the forked child before exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::umask(mask as libc::mode_t);
+            Ok(())
+        });
+    }
+    let o = run(&mut cmd);
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::metadata(file).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn written_files_honour_the_umask() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY a.txt /\n");
+    write(&ctx.join("a.txt"), unique("umask"));
+    let tar = tmp.path().join("out.tar");
+    let md = tmp.path().join("md.json");
+    for (mask, want) in [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)] {
+        let tar_arg = format!("type=tar,dest={}", tar.display());
+        let md_arg = md.display().to_string();
+        let args = [
+            "build",
+            "--progress",
+            "quiet",
+            "-o",
+            &tar_arg,
+            "--metadata-file",
+            &md_arg,
+            "ctx",
+        ];
+        assert_eq!(
+            mode_with_umask(mask, &args, &tar, tmp.path()),
+            want,
+            "tar, umask {mask:o}"
+        );
+        assert_eq!(
+            std::fs::metadata(&md).unwrap().permissions().mode() & 0o777,
+            want,
+            "metadata file, umask {mask:o}"
+        );
+        let oci = tmp.path().join("out.oci.tar");
+        let oci_arg = format!("type=oci,dest={}", oci.display());
+        let args = ["build", "--progress", "quiet", "-o", &oci_arg, "ctx"];
+        assert_eq!(
+            mode_with_umask(mask, &args, &oci, tmp.path()),
+            want,
+            "oci, umask {mask:o}"
+        );
+    }
+}
+
+/// Runs `bk-build ARGS` in `dir`, killing it if it has not finished within two minutes
+/// (a hang is the fault under test).
+fn run_bounded(dir: &Path, args: &[&str]) -> std::process::Output {
+    let mut child = bk()
+        .current_dir(dir)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            panic!("bk-build {args:?} hung: {:?}", child.wait_with_output());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn mkfifo(p: &Path) {
+    let _ = std::fs::remove_file(p);
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(
+        unsafe { libc::mkfifo(c.as_ptr(), 0o644) },
+        0,
+        "mkfifo {}",
+        p.display()
+    );
+}
+
+#[test]
+fn fifos_in_the_state_directory_never_hang_a_run() {
+    let (_t, root) = project(&format!("FROM {}\nCOPY a.txt /\n", base_image()));
+    let o = run_bounded(&root, &["bake", "--progress", "plain"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let state = root.join(".bk-build");
+    let records: Vec<PathBuf> = std::fs::read_dir(state.join("state/targets"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(records.len(), 1, "{records:?}");
+
+    // A record or the stat cache that is a FIFO: unreadable state, so the target is planned
+    // from scratch (here: found unchanged in the registry ledger), with a warning.
+    for victim in [records[0].clone(), state.join("state/stat-cache")] {
+        mkfifo(&victim);
+        let o = run_bounded(&root, &["plan"]);
+        assert!(o.status.success(), "{}: {}", victim.display(), stderr(&o));
+        let o = run_bounded(&root, &["bake", "--progress", "plain"]);
+        assert!(o.status.success(), "{}: {}", victim.display(), stderr(&o));
+        let kind = std::fs::symlink_metadata(&victim).unwrap().file_type();
+        assert!(
+            kind.is_file(),
+            "{} was replaced by a good file",
+            victim.display()
+        );
+    }
+
+    // The lock file: a clear error, not a wait without end.
+    mkfifo(&state.join("lock"));
+    let o = run_bounded(&root, &["plan"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("not a regular file"), "{}", stderr(&o));
+}
+
+#[test]
+fn deeply_nested_variables_are_refused_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    for depth in [15_000usize, 40] {
+        let mut v = String::new();
+        for _ in 0..depth {
+            v.push_str("${A:-");
+        }
+        v.push('x');
+        for _ in 0..depth {
+            v.push('}');
+        }
+        write(
+            &tmp.path().join("bk-build.toml"),
+            format!("[target.app]\ncontext = \".\"\nargs = {{ X = \"{v}\" }}\n"),
+        );
+        write(&tmp.path().join("Dockerfile"), "FROM scratch\n");
+        let o = run_bounded(tmp.path(), &["plan"]);
+        no_panic(&o);
+        assert_eq!(o.status.code(), Some(1), "depth {depth}");
+        let err = stderr(&o);
+        assert!(err.contains("nested more than"), "depth {depth}: {err}");
+        assert!(err.contains("bk-build.toml"), "names the file: {err}");
+        assert!(
+            err.len() < 2000,
+            "the value is not echoed in full: {} bytes",
+            err.len()
+        );
+    }
+    // Within the bound it still works.
+    let mut v = String::new();
+    for _ in 0..10 {
+        v.push_str("${A:-");
+    }
+    v.push('x');
+    v.push_str(&"}".repeat(10));
+    write(
+        &tmp.path().join("bk-build.toml"),
+        format!("[target.app]\ncontext = \".\"\nargs = {{ X = \"{v}\" }}\ntags = [\"a:1\"]\n"),
+    );
+    let o = run_bounded(tmp.path(), &["bake", "--print"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("\"X\": \"x\""));
+}
+
+#[test]
+fn long_values_are_not_echoed_back_in_full() {
+    let tmp = tempfile::tempdir().unwrap();
+    let huge = "y".repeat(100_000);
+    let o = run(bk()
+        .current_dir(tmp.path())
+        .args(["build", "-o", &format!("type=bogus,{huge}")]));
+    no_panic(&o);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).len() < 2000,
+        "{} bytes of error",
+        stderr(&o).len()
+    );
+}
+
+/// The image config of `repo:tag` in the test registry, as JSON.
+fn image_config(repo: &str, tag: &str) -> serde_json::Value {
+    let (status, _, body) = registry_request("GET", &format!("/v2/{repo}/manifests/{tag}"));
+    assert_eq!(status, 200);
+    let mut m: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    if let Some(list) = m["manifests"].as_array() {
+        // An index (buildx adds a provenance attestation): the image is the entry that is not
+        // an attestation.
+        let image = list
+            .iter()
+            .find(|d| d["platform"]["os"] != "unknown")
+            .expect("an image in the index");
+        let digest = image["digest"].as_str().unwrap();
+        let (status, _, body) = registry_request("GET", &format!("/v2/{repo}/manifests/{digest}"));
+        assert_eq!(status, 200);
+        m = serde_json::from_slice(&body).unwrap();
+    }
+    let digest = m["config"]["digest"].as_str().expect("an image manifest");
+    let (status, _, body) = registry_request("GET", &format!("/v2/{repo}/blobs/{digest}"));
+    assert_eq!(status, 200);
+    serde_json::from_slice(&body).unwrap()
+}
+
+#[test]
+fn buildkit_inline_cache_arg_writes_an_inline_cache_like_buildx() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    write(
+        &ctx.join("Dockerfile"),
+        format!(
+            "FROM {}\nRUN echo {} > /x\n",
+            base_image(),
+            unique("inline")
+        ),
+    );
+    let repo = unique("inline");
+    let mine = format!("localhost:5000/{repo}:bk");
+    let theirs = format!("localhost:5000/{repo}:buildx");
+    run_ok(bk().current_dir(tmp.path()).args([
+        "build",
+        "--progress",
+        "quiet",
+        "--build-arg",
+        "BUILDKIT_INLINE_CACHE=1",
+        "--push",
+        "-t",
+        &mine,
+        "ctx",
+    ]));
+    run_ok(docker().current_dir(tmp.path()).args([
+        "buildx",
+        "build",
+        "--quiet",
+        "--build-arg",
+        "BUILDKIT_INLINE_CACHE=1",
+        "--push",
+        "-t",
+        &theirs,
+        "ctx",
+    ]));
+    const KEY: &str = "moby.buildkit.cache.v0";
+    assert!(
+        image_config(&repo, "buildx").get(KEY).is_some(),
+        "the oracle embeds it"
+    );
+    assert!(
+        image_config(&repo, "bk").get(KEY).is_some(),
+        "bk-build embeds it too"
+    );
+
+    // Without the arg, no inline cache (the arg is what asks for it).
+    run_ok(bk().current_dir(tmp.path()).args([
+        "build",
+        "--progress",
+        "quiet",
+        "--push",
+        "-t",
+        &mine,
+        "ctx",
+    ]));
+    assert!(image_config(&repo, "bk").get(KEY).is_none());
+}
+
+#[test]
+fn source_date_epoch_from_the_environment_reaches_the_build() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    write(
+        &ctx.join("Dockerfile"),
+        format!(
+            "FROM {}\nARG SOURCE_DATE_EPOCH\nRUN echo \"epoch=$SOURCE_DATE_EPOCH {}\" > /epoch\n",
+            base_image(),
+            unique("sde")
+        ),
+    );
+    let epoch = "1234567890";
+    let read = |dir: &Path| std::fs::read_to_string(dir.join("epoch")).unwrap();
+    let mine = tmp.path().join("bk");
+    let theirs = tmp.path().join("buildx");
+    run_ok(
+        bk().current_dir(tmp.path())
+            .env("SOURCE_DATE_EPOCH", epoch)
+            .args(["build", "--progress", "quiet", "-o"])
+            .arg(format!("type=local,dest={}", mine.display()))
+            .arg("ctx"),
+    );
+    run_ok(
+        docker()
+            .current_dir(tmp.path())
+            .env("SOURCE_DATE_EPOCH", epoch)
+            .args(["buildx", "build", "--quiet", "-o"])
+            .arg(format!("type=local,dest={}", theirs.display()))
+            .arg("ctx"),
+    );
+    assert!(
+        read(&mine).starts_with("epoch=1234567890 "),
+        "{}",
+        read(&mine)
+    );
+    assert_eq!(read(&mine), read(&theirs));
+
+    // An explicit --build-arg wins, as in buildx.
+    run_ok(
+        bk().current_dir(tmp.path())
+            .env("SOURCE_DATE_EPOCH", epoch)
+            .args([
+                "build",
+                "--progress",
+                "quiet",
+                "--build-arg",
+                "SOURCE_DATE_EPOCH=7",
+                "-o",
+            ])
+            .arg(format!("type=local,dest={}", mine.display()))
+            .arg("ctx"),
+    );
+    assert!(read(&mine).starts_with("epoch=7 "), "{}", read(&mine));
+
+    // bake: the same, and a new epoch is a new input.
+    write(
+        &tmp.path().join("bk-build.toml"),
+        format!(
+            "[target.t]\ncontext = \"ctx\"\noutputs = [\"type=local,dest={}\"]\n",
+            mine.display()
+        ),
+    );
+    let bake = |e: &str| {
+        run_ok(
+            bk().current_dir(tmp.path())
+                .env("SOURCE_DATE_EPOCH", e)
+                .args(["bake", "--progress", "quiet"]),
+        )
+    };
+    bake(epoch);
+    assert!(read(&mine).starts_with("epoch=1234567890 "));
+    bake("1700000000");
+    assert!(
+        read(&mine).starts_with("epoch=1700000000 "),
+        "{}",
+        read(&mine)
+    );
+}
+
+#[test]
+fn prune_all_help_says_what_buildkit_does() {
+    let o = run_ok(bk().args(["prune", "--help"]));
+    let help = String::from_utf8_lossy(&o.stdout);
+    let all = help
+        .lines()
+        .skip_while(|l| !l.contains("--all"))
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ");
+    // BuildKit's PruneRequest.all includes internal and frontend records, which a plain prune
+    // keeps (buildctl: "Include internal/frontend references").
+    assert!(all.contains("internal"), "{all}");
+    assert!(!all.contains("not only unused and internal"), "{all}");
+}
+
+/// A `.dockerignore` that is a symlink reaching outside the context: the daemon reads it
+/// inside its synced copy, where the link leads nowhere, so nothing is ignored. bk-build's
+/// fingerprint must see the same files (an edit of the "ignored" file changes the image).
+#[test]
+fn a_dockerignore_linked_outside_the_context_is_not_followed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let outside = tmp.path().join("outside-ignore");
+    write(&outside, "secret.txt\n");
+    let root = tmp.path().join("p");
+    let repo = format!("localhost:5000/{}", unique("ignlink"));
+    let out_bk = tmp.path().join("out-bk");
+    let out_bx = tmp.path().join("out-buildx");
+    write(
+        &root.join("bk-build.toml"),
+        format!(
+            "[target.app]\ncontext = \"app\"\ntags = [\"{repo}/app:dev\"]\noutputs = [\"type=local,dest={}\"]\n",
+            out_bk.display()
+        ),
+    );
+    write(&root.join("app/Dockerfile"), "FROM scratch\nCOPY . /\n");
+    write(&root.join("app/a.txt"), "a\n");
+    write(&root.join("app/secret.txt"), "v1\n");
+    let links = [
+        outside.display().to_string(),
+        "../../outside-ignore".to_string(),
+    ];
+    for link in links {
+        let _ = std::fs::remove_file(root.join("app/.dockerignore"));
+        std::os::unix::fs::symlink(&link, root.join("app/.dockerignore")).unwrap();
+        for v in ["v2", "v3"] {
+            write(&root.join("app/secret.txt"), format!("{v} {link}\n"));
+            let o = run(bk()
+                .current_dir(&root)
+                .args(["bake", "--progress", "plain"]));
+            assert!(o.status.success(), "{}", stderr(&o));
+            let _ = std::fs::remove_dir_all(&out_bx);
+            run_ok(
+                docker()
+                    .current_dir(&root)
+                    .args(["buildx", "build", "--quiet", "-o"])
+                    .arg(format!("type=local,dest={}", out_bx.display()))
+                    .arg("app"),
+            );
+            assert!(out_bx.join("secret.txt").is_file(), "the daemon sends it");
+            assert_same_tree(&out_bk, &out_bx);
+        }
+    }
+    let _ = std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o644));
+}
+
+fn engine_layers(image: &str) -> Option<String> {
+    let o = run(docker().args([
+        "image",
+        "inspect",
+        "--format",
+        "{{json .RootFS.Layers}}",
+        image,
+    ]));
+    o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+/// `--load` as a standalone buildkitd run does it: the `docker` exporter's tarball streamed into
+/// the Engine API (`docker load`), checked against `docker buildx build --load` on the same
+/// daemon. `BK_BUILD_LOAD_VIA_API` takes that path although the daemon here is an engine.
+#[test]
+fn load_through_the_engine_api_gives_the_same_image_as_buildx() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY . /data/\n");
+    for i in 0..50 {
+        write(
+            &ctx.join(format!("f{i}.txt")),
+            format!("{} {i}\n", unique("load")),
+        );
+    }
+    // A file larger than one export chunk, so the stream really streams.
+    write(&ctx.join("big.bin"), vec![7u8; 9 << 20]);
+    let name = unique("apiload");
+    let mine = format!("localhost:5000/{name}:bk");
+    let theirs = format!("localhost:5000/{name}:buildx");
+    let plain = format!("localhost:5000/{name}:plain");
+    run_ok(
+        docker()
+            .current_dir(tmp.path())
+            .args(["buildx", "build", "--quiet", "--load", "-t", &theirs, "ctx"]),
+    );
+    let o = run(bk()
+        .current_dir(tmp.path())
+        .env("BK_BUILD_LOAD_VIA_API", "1")
+        .args(["build", "--progress", "plain", "--load", "-t", &mine, "ctx"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("exporting to docker image format")
+            || stderr(&o).contains("sending tarball"),
+        "the docker exporter ran, not the engine's own: {}",
+        stderr(&o)
+    );
+    let want = engine_layers(&theirs).expect("buildx loaded its image");
+    assert_eq!(engine_layers(&mine).as_deref(), Some(want.as_str()));
+
+    // `-o type=docker` without dest means the same.
+    let out = format!("type=docker,name={plain}");
+    let o = run(bk()
+        .current_dir(tmp.path())
+        .env("BK_BUILD_LOAD_VIA_API", "1")
+        .args(["build", "--progress", "plain", "-o", &out, "ctx"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(engine_layers(&plain).as_deref(), Some(want.as_str()));
+
+    // No engine where DOCKER_HOST points: a clear error before anything is built, nothing
+    // loaded anywhere.
+    let addr = format!("docker://{}", env()["DOCKER_HOST"]);
+    let gone = format!("localhost:5000/{name}:gone");
+    let o = run(bk()
+        .current_dir(tmp.path())
+        .env("BK_BUILD_LOAD_VIA_API", "1")
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .args([
+            "--addr",
+            &addr,
+            "build",
+            "--progress",
+            "plain",
+            "--load",
+            "-t",
+            &gone,
+            "ctx",
+        ]));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("no Docker Engine answered at unix:///nonexistent/docker.sock"),
+        "{err}"
+    );
+    assert!(err.contains("DOCKER_HOST"), "says how to fix it: {err}");
+    assert!(engine_layers(&gone).is_none());
+}
