@@ -306,7 +306,10 @@ fn registry_cache_is_exported_and_hit_from_a_fresh_builder_state() {
     );
 
     // Fresh builder state for this build: its own cache records gone.
-    forget(&marker);
+    assert!(
+        forget(&marker) > 0,
+        "the RUN step's records were found and forgotten"
+    );
     let out2 = tmp.path().join("out2");
     let o = run_ok(
         bk().args(["build", "--progress", "plain", "--cache-from"])
@@ -331,7 +334,10 @@ fn registry_cache_is_exported_and_hit_from_a_fresh_builder_state() {
 fn secret_is_available_to_run_and_not_in_the_image() {
     let tmp = tempfile::tempdir().unwrap();
     let ctx = tmp.path().join("ctx");
-    write(&ctx.join("Dockerfile"), format!("FROM {} AS b\nRUN --mount=type=secret,id=tok cat /run/secrets/tok | rev > /seen && test ! -e /run/secrets/tok.copy\nFROM scratch\nCOPY --from=b /seen /seen\n", base_image()));
+    // Secrets are not part of BuildKit's cache keys: a marker in the step and in the file the
+    // COPY reads keeps another run's results (with another secret) from being reused here.
+    let marker = unique("secret");
+    write(&ctx.join("Dockerfile"), format!("FROM {} AS b\nRUN --mount=type=secret,id=tok echo {marker} > /marker && cat /run/secrets/tok | rev > /seen && test ! -e /run/secrets/tok.copy\nFROM scratch\nCOPY --from=b /seen /marker /\n", base_image()));
     let secret = tmp.path().join("tok.txt");
     write(&secret, "s3cr3t-value");
     let out = tmp.path().join("out");
