@@ -240,6 +240,10 @@ pub fn plan_request(
     if !spec.platforms.is_empty() {
         attrs.insert("platform".into(), spec.platforms.join(","));
     }
+    for (kind, value) in &spec.attests {
+        // BuildKit generates the attestation itself (llbsolver), whatever the frontend.
+        attrs.insert(format!("attest:{kind}"), value.clone());
+    }
     if spec.no_cache {
         // An empty value means "all stages"; "true" would name a stage.
         attrs.insert("no-cache".into(), String::new());
