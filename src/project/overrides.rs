@@ -36,7 +36,9 @@
 //!
 //! Where bk-build differs, on purpose:
 //! - `network` is a single value (buildx v0.29 lists it with the list keys and then reads no
-//!   value, printing `"network": ""`); `host` also asks for `network.host`.
+//!   value, printing `"network": ""`); `host` also asks for `network.host`. Likewise
+//!   `ulimits` and `no-cache-filter` are lists (buildx v0.29 reads them as single values and
+//!   then takes the empty list).
 //! - buildx applies one target's overrides in random (Go map) order; bk-build applies
 //!   `context` before `dockerfile`, and `output` before `push`/`load`, so `--set
 //!   '*.output=type=local,dest=out' --push` always means the same.
