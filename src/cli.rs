@@ -10,8 +10,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::build::{BuildResult, BuildSpec};
 use crate::options;
-use crate::project::overrides::{self, Override};
 use crate::progress::{Mode, Progress};
+use crate::project::overrides::{self, Override};
 use crate::transport::{self, Daemon, TlsOptions};
 
 /// Exit status after Ctrl-C, like a shell's 128 + SIGINT.
@@ -586,8 +586,8 @@ fn parse_list(input: &str) -> Result<(ListKind, &'static str)> {
     if !input.starts_with("type=") && !input.contains([',', '=']) {
         kind = input.to_string();
     } else {
-        let fields = options::csv_fields(input)
-            .map_err(|why| anyhow::anyhow!("--list {input}: {why}"))?;
+        let fields =
+            options::csv_fields(input).map_err(|why| anyhow::anyhow!("--list {input}: {why}"))?;
         for field in fields {
             let Some((k, v)) = field.split_once('=') else {
                 anyhow::bail!("--list {input}: field {field:?} is not KEY=VALUE\n  fix: write --list type=targets,format=json");
@@ -771,7 +771,9 @@ async fn run_bake(daemon_args: &DaemonArgs, a: &BakeArgs) -> Result<bool> {
             text: format!("*.call={c}"),
         };
         let func = overrides::call_function(c).map_err(|why| {
-            anyhow::anyhow!("--call {c}: {why}\n  fix: use build (the default), check, outline or targets")
+            anyhow::anyhow!(
+                "--call {c}: {why}\n  fix: use build (the default), check, outline or targets"
+            )
         })?;
         if let Some(name) = func {
             return Err(overrides::call_refused(&by, &name).into());
@@ -780,7 +782,10 @@ async fn run_bake(daemon_args: &DaemonArgs, a: &BakeArgs) -> Result<bool> {
     let mut granted = overrides::parse_allow(&a.allow)?;
     granted.extend(overrides::granted_by(&a.project.overrides()));
     if let Some(list) = &a.list {
-        anyhow::ensure!(!a.print, "--print and --list cannot be used together: pick one");
+        anyhow::ensure!(
+            !a.print,
+            "--print and --list cannot be used together: pick one"
+        );
         let (kind, format) = parse_list(list)?;
         let project = load_project(&a.project, false)?;
         return print_list(&project, kind, format).map(|()| true);
@@ -807,7 +812,10 @@ async fn run_bake(daemon_args: &DaemonArgs, a: &BakeArgs) -> Result<bool> {
             .iter()
             .map(|(t, e)| format!("target `{t}` asks for {e}"))
             .collect();
-        let mut flags: Vec<String> = missing.iter().map(|(_, e)| format!("--allow={e}")).collect();
+        let mut flags: Vec<String> = missing
+            .iter()
+            .map(|(_, e)| format!("--allow={e}"))
+            .collect();
         flags.sort();
         flags.dedup();
         anyhow::bail!(

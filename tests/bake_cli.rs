@@ -64,7 +64,10 @@ services:
         &dir.join("stamp/Dockerfile"),
         format!("FROM {base}\nRUN cat /proc/sys/kernel/random/uuid > /stamp.txt\n"),
     );
-    write(&dir.join("multi/Dockerfile"), "FROM scratch\nCOPY hello.txt /\n");
+    write(
+        &dir.join("multi/Dockerfile"),
+        "FROM scratch\nCOPY hello.txt /\n",
+    );
     write(&dir.join("multi/hello.txt"), "hello\n");
     write(&dir.join("other/Dockerfile"), format!("FROM {base}\n"));
     write(&dir.join("npmrc"), "token\n");
@@ -110,7 +113,11 @@ impl Env {
         let mut all = vec!["bake", "--progress", "plain"];
         all.extend_from_slice(args);
         let out = self.bk(&all);
-        assert!(out.status.success(), "bake {args:?} failed:\n{}", stderr(&out));
+        assert!(
+            out.status.success(),
+            "bake {args:?} failed:\n{}",
+            stderr(&out)
+        );
         out
     }
 
@@ -119,7 +126,11 @@ impl Env {
         let mut all = vec!["plan", target];
         all.extend_from_slice(args);
         let out = self.bk(&all);
-        assert!(out.status.success(), "plan {args:?} failed:\n{}", stderr(&out));
+        assert!(
+            out.status.success(),
+            "plan {args:?} failed:\n{}",
+            stderr(&out)
+        );
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         text.lines()
             .find(|l| l.split_whitespace().next() == Some(target))
@@ -143,7 +154,12 @@ impl Env {
 
 fn json_get(path: &str) -> Value {
     let (status, _, body) = registry_request("GET", path);
-    assert_eq!(status, 200, "GET {path}: {}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        status,
+        200,
+        "GET {path}: {}",
+        String::from_utf8_lossy(&body)
+    );
     serde_json::from_slice(&body).unwrap()
 }
 
@@ -232,7 +248,11 @@ fn no_cache_rebuilds_a_step_the_build_cache_holds() {
         "{line}"
     );
     e.bake(&["stamp", out, "--no-cache"]);
-    assert_ne!(e.read("out/stamp/stamp.txt"), first, "the step came from the cache");
+    assert_ne!(
+        e.read("out/stamp/stamp.txt"),
+        first,
+        "the step came from the cache"
+    );
 }
 
 #[test]
@@ -416,7 +436,12 @@ fn delivery(mut m: BTreeMap<String, String>, base: &Path) -> String {
 type Shape = BTreeMap<&'static str, Value>;
 
 fn set_of(v: impl IntoIterator<Item = String>) -> Value {
-    Value::from(v.into_iter().collect::<BTreeSet<String>>().into_iter().collect::<Vec<_>>())
+    Value::from(
+        v.into_iter()
+            .collect::<BTreeSet<String>>()
+            .into_iter()
+            .collect::<Vec<_>>(),
+    )
 }
 
 fn from_buildx(t: &Value, cwd: &Path) -> Shape {
@@ -425,7 +450,10 @@ fn from_buildx(t: &Value, cwd: &Path) -> Shape {
     m.insert("context", Value::from(context.clone()));
     m.insert(
         "dockerfile",
-        Value::from(abs(Path::new(&context), t["dockerfile"].as_str().unwrap_or("Dockerfile"))),
+        Value::from(abs(
+            Path::new(&context),
+            t["dockerfile"].as_str().unwrap_or("Dockerfile"),
+        )),
     );
     m.insert("target", t["target"].clone());
     for k in ["args", "labels"] {
@@ -446,7 +474,11 @@ fn from_buildx(t: &Value, cwd: &Path) -> Shape {
     m.insert("tags", Value::from(strs(&t["tags"])));
     m.insert(
         "platforms",
-        set_of(strs(&t["platforms"]).iter().flat_map(|p| p.split(',').map(str::to_string).collect::<Vec<_>>())),
+        set_of(
+            strs(&t["platforms"])
+                .iter()
+                .flat_map(|p| p.split(',').map(str::to_string).collect::<Vec<_>>()),
+        ),
     );
     let list = |k: &str, f: &dyn Fn(BTreeMap<String, String>) -> String| {
         set_of(t[k].as_array().into_iter().flatten().map(|o| f(obj_map(o))))
@@ -476,7 +508,11 @@ fn from_buildx(t: &Value, cwd: &Path) -> Shape {
     }
     m.insert(
         "extra_hosts",
-        set_of(obj_map(&t["extra-hosts"]).into_iter().map(|(h, ip)| format!("{h}={ip}"))),
+        set_of(
+            obj_map(&t["extra-hosts"])
+                .into_iter()
+                .map(|(h, ip)| format!("{h}={ip}")),
+        ),
     );
     m.insert("ulimits", set_of(strs(&t["ulimits"])));
     m.insert("entitlements", set_of(strs(&t["entitlements"])));
@@ -502,7 +538,11 @@ fn from_bk(t: &Value) -> Shape {
     }
     m.insert(
         "platforms",
-        set_of(strs(&t["platforms"]).iter().flat_map(|p| p.split(',').map(str::to_string).collect::<Vec<_>>())),
+        set_of(
+            strs(&t["platforms"])
+                .iter()
+                .flat_map(|p| p.split(',').map(str::to_string).collect::<Vec<_>>()),
+        ),
     );
     let mut outputs: Vec<String> = strs(&t["outputs"])
         .iter()
@@ -528,12 +568,20 @@ fn from_bk(t: &Value) -> Shape {
     m.insert("cache_to", cache("cache_to"));
     m.insert(
         "secrets",
-        set_of(strs(&t["secrets"]).iter().map(|s| format!("{:?}", csv_map(s)))),
+        set_of(
+            strs(&t["secrets"])
+                .iter()
+                .map(|s| format!("{:?}", csv_map(s))),
+        ),
     );
     m.insert("ssh", set_of(strs(&t["ssh"])));
     m.insert(
         "attest",
-        set_of(strs(&t["attest"]).iter().map(|a| format!("{:?}", csv_map(a)))),
+        set_of(
+            strs(&t["attest"])
+                .iter()
+                .map(|a| format!("{:?}", csv_map(a))),
+        ),
     );
     for k in ["pull", "no_cache"] {
         m.insert(k, t[k].clone());
@@ -570,12 +618,15 @@ fn normalize_attest(t: &mut Value) {
     }
 }
 
+/// A field where bk-build differs from buildx on purpose: (target, field, bk-build's value, why).
+type Difference = (&'static str, &'static str, Value, &'static str);
+
 #[test]
 fn print_shows_each_flag_as_buildx_does() {
     let e = Env::new("bakecli-print");
     let targets = ["app", "app-worker", "pushed", "multi"];
     // (flags, fields where bk-build differs on purpose: field → (bk-build's value, why)).
-    let cases: Vec<(Vec<&str>, Vec<(&str, &str, Value, &str)>)> = vec![
+    let cases: Vec<(Vec<&str>, Vec<Difference>)> = vec![
         (vec!["--set", "*.platform=linux/arm64"], vec![]),
         (vec!["--set", "app*.platform=linux/amd64,linux/arm64"], vec![]),
         (vec!["--set", "app*.args.FOO=bar", "--set", "app.args.FROM_ENV"], vec![]),
@@ -700,10 +751,16 @@ fn print_shows_each_flag_as_buildx_does() {
                     (a, b) => a == b,
                 };
                 if !same {
-                    failures.push(format!("{flags:?}: {t}.{field}: buildx {want}, bk-build {got}"));
+                    failures.push(format!(
+                        "{flags:?}: {t}.{field}: buildx {want}, bk-build {got}"
+                    ));
                 }
             }
         }
     }
-    assert!(failures.is_empty(), "bk-build and buildx disagree:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "bk-build and buildx disagree:\n{}",
+        failures.join("\n")
+    );
 }

@@ -471,20 +471,14 @@ pub fn apply(
 
 /// Checks list entries with the project-file parser for `list` (relative paths made absolute
 /// against `cwd`), dropping empty ones.
-fn checked(
-    s: &Slot,
-    list: Option<OptionList>,
-    cwd: &Path,
-) -> Result<Vec<String>, OverrideError> {
+fn checked(s: &Slot, list: Option<OptionList>, cwd: &Path) -> Result<Vec<String>, OverrideError> {
     let mut out = Vec::new();
     for (v, by) in &s.list {
         if v.is_empty() {
             continue;
         }
         let v = match list {
-            Some(l) => l
-                .check(v, cwd)
-                .map_err(|e| option_fail(by, s.key, e))?,
+            Some(l) => l.check(v, cwd).map_err(|e| option_fail(by, s.key, e))?,
             None => v.clone(),
         };
         out.push(v);
@@ -495,10 +489,7 @@ fn checked(
 fn option_fail(by: &Override, key: &str, e: options::OptionError) -> OverrideError {
     fail(
         by,
-        format!(
-            "{:?} is not a valid {key} value: {}",
-            e.input, e.reason
-        ),
+        format!("{:?} is not a valid {key} value: {}", e.input, e.reason),
         format!("write it like {:?}", e.example),
     )
 }
@@ -539,12 +530,18 @@ fn apply_slot(
     match s.key {
         "context" => {
             if v.is_empty() {
-                return Err(fail(by, "empty context", "give the build context directory"));
+                return Err(fail(
+                    by,
+                    "empty context",
+                    "give the build context directory",
+                ));
             }
             if options::is_remote_url(v) {
                 return Err(fail(
                     by,
-                    format!("remote build contexts ({v}) are not supported yet ({NOT_YET} adds them)"),
+                    format!(
+                        "remote build contexts ({v}) are not supported yet ({NOT_YET} adds them)"
+                    ),
                     "check the repository out and give its directory",
                 ));
             }
@@ -604,7 +601,8 @@ fn apply_slot(
                 t.contexts.remove(&name);
                 return Ok(());
             }
-            let src = options::parse_context_source(v).map_err(|e| option_fail(by, "contexts", e))?;
+            let src =
+                options::parse_context_source(v).map_err(|e| option_fail(by, "contexts", e))?;
             let src = match src {
                 ContextSource::Local(p) => {
                     let dir = normalize(&cwd.join(p));
@@ -673,7 +671,8 @@ fn apply_slot(
             }
         }
         "shm-size" => {
-            t.shm_size = Some(options::parse_shm_size(v).map_err(|e| option_fail(by, "shm-size", e))?);
+            t.shm_size =
+                Some(options::parse_shm_size(v).map_err(|e| option_fail(by, "shm-size", e))?);
         }
         "no-cache" => t.no_cache = boolean(s)?,
         "pull" => t.pull = boolean(s)?,
@@ -709,7 +708,11 @@ fn apply_slot(
             checked(s, Some(OptionList::Secrets), cwd)?,
             s.append,
         ),
-        "ssh" => merge_list(&mut t.ssh, checked(s, Some(OptionList::Ssh), cwd)?, s.append),
+        "ssh" => merge_list(
+            &mut t.ssh,
+            checked(s, Some(OptionList::Ssh), cwd)?,
+            s.append,
+        ),
         "no-cache-filter" => merge_list(&mut t.no_cache_filter, checked(s, None, cwd)?, s.append),
         "ulimits" => {
             let new = checked(s, None, cwd)?;
@@ -727,9 +730,7 @@ fn apply_slot(
                     continue;
                 }
                 let spec = options::parse_attest(a).map_err(|e| option_fail(by, "attest", e))?;
-                let same = |x: &String| {
-                    options::parse_attest(x).is_ok_and(|x| x.kind == spec.kind)
-                };
+                let same = |x: &String| options::parse_attest(x).is_ok_and(|x| x.kind == spec.kind);
                 match t.attest.iter().position(same) {
                     Some(i) => t.attest[i] = spec.to_string(),
                     None => t.attest.push(spec.to_string()),
@@ -739,7 +740,9 @@ fn apply_slot(
         "annotations" => {
             return Err(fail(
                 by,
-                format!("annotations are not supported by bk-build yet ({NOT_YET} adds --annotation)"),
+                format!(
+                    "annotations are not supported by bk-build yet ({NOT_YET} adds --annotation)"
+                ),
                 "remove the override; image annotations cannot be set yet",
             ))
         }
@@ -751,7 +754,11 @@ fn apply_slot(
         }
         other => {
             // KEYS and this match list the same keys.
-            return Err(fail(by, format!("internal error: key `{other}` has no handler"), "report this"));
+            return Err(fail(
+                by,
+                format!("internal error: key `{other}` has no handler"),
+                "report this",
+            ));
         }
     }
     Ok(())
@@ -823,9 +830,7 @@ fn set_exports(t: &mut Target, list: Vec<String>) {
     let plain = |raw: &String| -> Option<bool> {
         let spec = options::parse_output(raw).ok()?;
         match spec.kind {
-            options::OutputKind::Image
-                if spec.push() && spec.attrs.keys().all(|k| k == "push") =>
-            {
+            options::OutputKind::Image if spec.push() && spec.attrs.keys().all(|k| k == "push") => {
                 Some(true)
             }
             options::OutputKind::Docker if spec.dest.is_none() && spec.attrs.is_empty() => {
@@ -931,13 +936,11 @@ pub fn parse_allow(values: &[String]) -> Result<Vec<String>, OverrideError> {
     let mut out = Vec::new();
     for v in values {
         let key = v.split_once('=').map_or(v.as_str(), |(k, _)| k);
-        let ok = matches!(
-            v.as_str(),
-            "network.host" | "security.insecure" | "ssh"
-        ) || matches!(
-            key,
-            "device" | "fs" | "fs.read" | "fs.write" | "image" | "image.push" | "image.load"
-        ) && (key == "device" || v.contains('='));
+        let ok = matches!(v.as_str(), "network.host" | "security.insecure" | "ssh")
+            || matches!(
+                key,
+                "device" | "fs" | "fs.read" | "fs.write" | "image" | "image.push" | "image.load"
+            ) && (key == "device" || v.contains('='));
         if !ok {
             return Err(OverrideError {
                 shown: format!("--allow {v}"),
@@ -964,11 +967,15 @@ pub fn granted_by(overrides: &[Override]) -> Vec<String> {
 
 /// The privileges `targets` ask for that `granted` does not cover, as `(target,
 /// entitlement)`: buildx bake refuses to build then (outside a terminal; it asks on one).
-pub fn ungranted(project: &Project, targets: &[String], granted: &[String]) -> Vec<(String, String)> {
+pub fn ungranted(
+    project: &Project,
+    targets: &[String],
+    granted: &[String],
+) -> Vec<(String, String)> {
     let covers = |e: &str| {
-        granted.iter().any(|g| {
-            g == e || (g == "device" && (e == "device" || e.starts_with("device=")))
-        })
+        granted
+            .iter()
+            .any(|g| g == e || (g == "device" && (e == "device" || e.starts_with("device="))))
     };
     let mut out = Vec::new();
     for name in targets {

@@ -142,8 +142,11 @@ fn errors_name_the_argument_and_the_fix() {
 #[test]
 fn args_without_a_value_come_from_the_environment() {
     let mut f = Fixture::new();
-    f.set_env(&["app.args.FROM_ENV", "app.args.UNSET"], &[("FROM_ENV", "v")])
-        .unwrap();
+    f.set_env(
+        &["app.args.FROM_ENV", "app.args.UNSET"],
+        &[("FROM_ENV", "v")],
+    )
+    .unwrap();
     assert_eq!(f.t("app").args["FROM_ENV"], "v");
     assert!(!f.t("app").args.contains_key("UNSET"));
     // The pattern is still checked when the variable is unset, as in buildx.
@@ -159,7 +162,10 @@ fn lists_replace_append_and_drop_empty_entries() {
     assert_eq!(f.t("app").tags, ["r/a:2", "r/a:3", "r/a:4"]);
     // The last --set of a key decides between replacing and appending, as in buildx.
     f.set(&["web.tags=r/w:2", "web.tags+=r/w:3"]).unwrap();
-    assert_eq!(f.t("web").tags, ["localhost:5000/t/web:1", "r/w:2", "r/w:3"]);
+    assert_eq!(
+        f.t("web").tags,
+        ["localhost:5000/t/web:1", "r/w:2", "r/w:3"]
+    );
     f.set(&["app.cache-to=type=inline"]).unwrap();
     assert_eq!(f.t("app").cache_to, ["type=inline"]);
     f.set(&["*.cache-to="]).unwrap();
@@ -227,13 +233,20 @@ fn push_and_load_follow_buildx() {
     f.set(&["app.load=false"]).unwrap();
     assert!(f.t("app").load);
     // A target that writes files elsewhere is left alone by push and load.
-    f.set(&["web.output=type=local,dest=out", "web.push=true", "web.load=true"])
-        .unwrap();
+    f.set(&[
+        "web.output=type=local,dest=out",
+        "web.push=true",
+        "web.load=true",
+    ])
+    .unwrap();
     assert!(!f.t("web").push && !f.t("web").load);
     assert_eq!(f.t("web").outputs.len(), 1);
     // An image output with attributes keeps them and gains push=true.
-    f.set(&["app-worker.output=type=image,compression=zstd", "app-worker.push=true"])
-        .unwrap();
+    f.set(&[
+        "app-worker.output=type=image,compression=zstd",
+        "app-worker.push=true",
+    ])
+    .unwrap();
     assert_eq!(
         f.t("app-worker").outputs,
         ["type=image,compression=zstd,push=true"]
