@@ -9,6 +9,9 @@
 //! strings (`secrets`, `cache_to`, …) stay raw strings, checked with [`crate::options`] parsers
 //! only so a typo is reported at its key.
 //!
+//! Command-line overrides (`bake --set`, `--push`, …) are applied to a loaded project by
+//! [`overrides`], after every file, whatever its format.
+//!
 //! Format reference (bk-build.toml): top-level tables `[vars]` (defaults for `${VAR}`; the
 //! environment overrides them), `[defaults]` (target keys every target inherits unless it sets
 //! its own; `args`, `labels` and `contexts` are merged entry by entry), `[target.NAME]` and
