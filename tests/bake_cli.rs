@@ -152,6 +152,22 @@ impl Env {
     }
 }
 
+impl Drop for Env {
+    /// Removes the images this test's builds left in the engine (a pushed image stays there
+    /// too on a Docker Engine with the containerd image store).
+    fn drop(&mut self) {
+        let out = run(docker().args(["image", "ls", "--format", "{{.Repository}}:{{.Tag}}"]));
+        let mine: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains(&format!("/{}/", self.ns)))
+            .map(str::to_string)
+            .collect();
+        if !mine.is_empty() {
+            run(docker().args(["image", "rm"]).args(&mine));
+        }
+    }
+}
+
 fn json_get(path: &str) -> Value {
     let (status, _, body) = registry_request("GET", path);
     assert_eq!(
@@ -229,7 +245,6 @@ fn push_pushes_to_the_registry_and_load_loads_into_the_engine() {
             "{name} is not in the engine:\n{}",
             stderr(&inspect)
         );
-        run(docker().args(["image", "rm", &e.tag(name)]));
     }
 }
 
@@ -285,7 +300,6 @@ fn privileges_need_allow_and_unsupported_methods_are_refused() {
     );
     assert!(!msg.contains("RESULT"), "something ran:\n{msg}");
     e.bake(&["hostnet", "--allow=network.host"]);
-    run(docker().args(["image", "rm", &e.tag("hostnet")]));
 
     for args in [
         &["--call", "check"][..],
