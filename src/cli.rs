@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::build::{BuildResult, BuildSpec};
 use crate::options;
 use crate::progress::{Mode, Progress};
+use crate::project::overrides::{self, Override};
 use crate::transport::{self, Daemon, TlsOptions};
 
 /// Exit status after Ctrl-C, like a shell's 128 + SIGINT.
@@ -195,9 +196,78 @@ pub struct ProjectArgs {
     /// `bk-build-<fingerprint>` tags that let a fresh checkout re-tag instead of rebuilding).
     #[arg(long, env = "BK_BUILD_NO_LEDGER", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_ledger: bool,
+    /// Override a target's value, as `docker buildx bake --set`: TARGET.KEY=VALUE, where
+    /// TARGET is a name or a pattern ('*', 'app*'), KEY e.g. args.NAME, labels.NAME,
+    /// contexts.NAME, tags, platform, output, cache-from, cache-to, secrets, ssh, target,
+    /// dockerfile, context, pull, no-cache, push, load, attest; KEY+=VALUE appends to a list.
+    /// Applied after all project files.
+    #[arg(long = "set", value_name = "TARGET.KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Shorthand for --set='*.push=true': push every target's image (targets that only write
+    /// files elsewhere are left alone).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub push: Option<bool>,
+    /// Shorthand for --set='*.load=true': load every target's image into the Docker Engine.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub load: Option<bool>,
+    /// Do not use the build cache (--set='*.no-cache=true'): every target is built.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub no_cache: Option<bool>,
+    /// Always look for newer base images (--set='*.pull=true').
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub pull: Option<bool>,
+    /// Provenance attestation: true, false, or its options such as mode=max
+    /// (--set='*.attest=type=provenance,…').
+    #[arg(long, value_name = "VALUE")]
+    pub provenance: Option<String>,
+    /// SBOM attestation: true, false, or its options such as generator=IMAGE
+    /// (--set='*.attest=type=sbom,…').
+    #[arg(long, value_name = "VALUE")]
+    pub sbom: Option<String>,
+}
+
+/// buildx `CanonicalizeAttest`: `true`/`false` enable or disable the type, anything else is
+/// its options.
+fn canonical_attest(kind: &str, value: &str) -> Option<String> {
+    if value.is_empty() {
+        return None;
+    }
+    Some(match crate::options::parse_bool(value) {
+        Some(b) => format!("type={kind},disabled={}", !b),
+        None => format!("type={kind},{value}"),
+    })
 }
 
 impl ProjectArgs {
+    /// Every `--set`, then the flags that stand for one, in buildx's order.
+    fn overrides(&self) -> Vec<Override> {
+        let mut out: Vec<Override> = self.set.iter().map(|s| Override::set(s)).collect();
+        if self.push == Some(true) {
+            out.push(Override::shorthand("--push", "*.push=true"));
+        }
+        if self.load == Some(true) {
+            out.push(Override::shorthand("--load", "*.load=true"));
+        }
+        if let Some(b) = self.no_cache {
+            out.push(Override::shorthand(
+                "--no-cache",
+                &format!("*.no-cache={b}"),
+            ));
+        }
+        if let Some(b) = self.pull {
+            out.push(Override::shorthand("--pull", &format!("*.pull={b}")));
+        }
+        for (flag, kind, value) in [
+            ("--sbom", "sbom", &self.sbom),
+            ("--provenance", "provenance", &self.provenance),
+        ] {
+            if let Some(a) = value.as_deref().and_then(|v| canonical_attest(kind, v)) {
+                out.push(Override::shorthand(flag, &format!("*.attest={a}")));
+            }
+        }
+        out
+    }
+
     fn bake_options(
         &self,
         project: &crate::project::Project,
@@ -224,9 +294,24 @@ pub struct BakeArgs {
     /// report it, this machine's).
     #[arg(short = 'j', long)]
     pub jobs: Option<usize>,
-    /// Print the resolved project as JSON and exit.
+    /// Print the resolved project (with the overrides) as JSON and exit.
     #[arg(long)]
     pub print: bool,
+    /// List the project's targets and groups, or its variables, and exit: targets, variables,
+    /// or type=targets|variables[,format=table|json].
+    #[arg(long, value_name = "TYPE")]
+    pub list: Option<String>,
+    /// Grant a privilege targets ask for: network.host, security.insecure (without it, a
+    /// target that asks for one is refused, as in `docker buildx bake`); also accepted:
+    /// device[=NAME], ssh, fs[.read|.write]=PATH, image[.push|.load]=REF.
+    #[arg(long, value_name = "ENTITLEMENT")]
+    pub allow: Vec<String>,
+    /// What to evaluate: build (the default). check, outline and targets are not supported yet.
+    #[arg(long, value_name = "METHOD")]
+    pub call: Option<String>,
+    /// Shorthand for --call=check (not supported yet).
+    #[arg(long)]
+    pub check: bool,
     /// Write every target's result metadata as JSON to this file.
     #[arg(long = "metadata-file", value_name = "FILE")]
     pub metadata_file: Option<PathBuf>,
@@ -407,15 +492,22 @@ fn source_date_epoch(args: &mut std::collections::BTreeMap<String, String>) {
     }
 }
 
-fn load_project(a: &ProjectArgs) -> Result<crate::project::Project> {
+/// Loads the project files, then applies the command line's overrides (`--set` and the flags
+/// that stand for it) unless `with_overrides` is false (`--list`, which buildx answers from
+/// the files alone).
+fn load_project(a: &ProjectArgs, with_overrides: bool) -> Result<crate::project::Project> {
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
     let files = if a.files.is_empty() {
-        let cwd = std::env::current_dir().context("cannot read the current directory")?;
         crate::project::discover(&cwd)?
     } else {
         a.files.clone()
     };
     let env = |k: &str| std::env::var(k).ok();
     let mut project = crate::project::load(&files, &env)?;
+    if with_overrides {
+        overrides::apply(&mut project, &a.overrides(), &cwd, &env)?;
+    }
+    // After the overrides, as buildx does: `--set t.args.SOURCE_DATE_EPOCH=…` wins.
     for t in project.targets.values_mut() {
         source_date_epoch(&mut t.args);
     }
@@ -435,7 +527,7 @@ async fn plan_project(
     crate::fingerprint::StateStore,
     crate::bake::BakePlan,
 )> {
-    let project = load_project(a)?;
+    let project = load_project(a, true)?;
     crate::project::materialize(&project)?;
     crate::timing::mark("project loaded");
     let state = crate::fingerprint::StateStore::open_with(&project.root, lock_wait, &mut |msg| {
@@ -479,6 +571,175 @@ fn print_plan(plan: &crate::bake::BakePlan, format: &str) -> Result<()> {
     Ok(())
 }
 
+/// What `bake --list` lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ListKind {
+    Targets,
+    Variables,
+}
+
+/// Parses `--list` as buildx does (`commands/bake.go` `parseList`): `targets`, `variables`, or
+/// `type=…[,format=table|json]`.
+fn parse_list(input: &str) -> Result<(ListKind, &'static str)> {
+    let mut kind = String::new();
+    let mut format = "table".to_string();
+    if !input.starts_with("type=") && !input.contains([',', '=']) {
+        kind = input.to_string();
+    } else {
+        let fields =
+            options::csv_fields(input).map_err(|why| anyhow::anyhow!("--list {input}: {why}"))?;
+        for field in fields {
+            let Some((k, v)) = field.split_once('=') else {
+                anyhow::bail!("--list {input}: field {field:?} is not KEY=VALUE\n  fix: write --list type=targets,format=json");
+            };
+            match k.trim().to_ascii_lowercase().as_str() {
+                "type" => kind = v.to_string(),
+                "format" => format = v.to_string(),
+                other => anyhow::bail!(
+                    "--list {input}: unknown key {other:?}\n  fix: the keys are type and format"
+                ),
+            }
+        }
+    }
+    let kind = match kind.as_str() {
+        "targets" => ListKind::Targets,
+        "variables" => ListKind::Variables,
+        other => anyhow::bail!(
+            "--list {input}: unknown list type {other:?}\n  fix: use targets or variables"
+        ),
+    };
+    let format = match format.as_str() {
+        "table" => "table",
+        "json" => "json",
+        other => anyhow::bail!(
+            "--list {input}: unknown format {other:?}\n  fix: use format=table or format=json"
+        ),
+    };
+    Ok((kind, format))
+}
+
+/// Cells laid out as Go's `text/tabwriter` with buildx's settings (minimum width 1, tab width
+/// 8, padding 1, padded with tabs): every column but the last ends in tabs up to the next tab
+/// stop past its widest cell.
+fn tab_table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let mut widths = vec![0usize; cols.saturating_sub(1)];
+    for r in rows {
+        for (i, c) in r.iter().enumerate().take(widths.len()) {
+            widths[i] = widths[i].max(c.chars().count() + 1);
+        }
+    }
+    let mut out = String::new();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            out.push_str(c);
+            if let Some(w) = widths.get(i) {
+                let cell = w.div_ceil(8) * 8;
+                let pad = cell - c.chars().count();
+                out.push_str(&"\t".repeat(pad.div_ceil(8)));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// `bake --list`: the shapes of `docker buildx bake --list` (`printTargetList`, `printVars`).
+/// Targets and groups whose names start with `_` are private and left out, as in buildx.
+fn print_list(project: &crate::project::Project, kind: ListKind, format: &str) -> Result<()> {
+    let text = match kind {
+        ListKind::Targets => {
+            // (name, description, is a group), sorted by name.
+            let mut entries: Vec<(String, String, bool)> = project
+                .targets
+                .keys()
+                .map(|n| (n.clone(), String::new(), false))
+                .chain(project.groups.iter().map(|(n, members)| {
+                    let mut m = members.clone();
+                    m.sort();
+                    (n.clone(), m.join(", "), true)
+                }))
+                .filter(|(n, _, _)| !n.starts_with('_'))
+                .collect();
+            entries.sort();
+            if format == "json" {
+                #[derive(serde::Serialize)]
+                struct Entry<'a> {
+                    name: &'a str,
+                    #[serde(skip_serializing_if = "str::is_empty")]
+                    description: &'a str,
+                    #[serde(skip_serializing_if = "std::ops::Not::not")]
+                    group: bool,
+                }
+                json_list(
+                    entries
+                        .iter()
+                        .map(|(n, d, g)| Entry {
+                            name: n,
+                            description: d,
+                            group: *g,
+                        })
+                        .collect(),
+                )?
+            } else {
+                let mut rows = vec![vec!["TARGET".to_string(), "DESCRIPTION".to_string()]];
+                rows.extend(entries.into_iter().map(|(n, d, _)| vec![n, d]));
+                tab_table(&rows)
+            }
+        }
+        ListKind::Variables => {
+            let mut vars = project.variables.clone();
+            vars.sort_by(|a, b| a.name.cmp(&b.name));
+            if format == "json" {
+                // hclparser.Variable's fields, in its order.
+                #[derive(serde::Serialize)]
+                struct Entry<'a> {
+                    name: &'a str,
+                    #[serde(skip_serializing_if = "Option::is_none")]
+                    description: Option<&'a str>,
+                    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+                    type_name: Option<&'a str>,
+                    #[serde(skip_serializing_if = "Option::is_none")]
+                    value: Option<&'a str>,
+                }
+                json_list(
+                    vars.iter()
+                        .map(|v| Entry {
+                            name: &v.name,
+                            description: v.description.as_deref().filter(|d| !d.is_empty()),
+                            type_name: v.type_name.as_deref().filter(|t| !t.is_empty()),
+                            value: v.value.as_deref(),
+                        })
+                        .collect(),
+                )?
+            } else {
+                let mut rows = vec![["VARIABLE", "TYPE", "VALUE", "DESCRIPTION"]
+                    .map(String::from)
+                    .to_vec()];
+                rows.extend(vars.into_iter().map(|v| {
+                    vec![
+                        v.name,
+                        v.type_name.unwrap_or_default(),
+                        v.value.unwrap_or_else(|| "<null>".into()),
+                        v.description.unwrap_or_default(),
+                    ]
+                }));
+                tab_table(&rows)
+            }
+        }
+    };
+    outln!("{}", text.trim_end_matches('\n'))
+}
+
+/// A JSON list as buildx's encoder writes it (two-space indent; `null` when empty, as Go
+/// encodes a nil slice).
+fn json_list<T: serde::Serialize>(v: Vec<T>) -> Result<String> {
+    if v.is_empty() {
+        return Ok("null".into());
+    }
+    Ok(serde_json::to_string_pretty(&v)?)
+}
+
 /// The default `-j`: the daemon's cores. A Docker Engine reports them; BuildKit does not,
 /// so for buildkitd (usually on this machine or one like it) the local count stands in.
 async fn daemon_cpus(d: &Daemon) -> usize {
@@ -498,8 +759,39 @@ async fn daemon_cpus(d: &Daemon) -> usize {
 }
 
 async fn run_bake(daemon_args: &DaemonArgs, a: &BakeArgs) -> Result<bool> {
+    // Refused before anything is read or built: these would change what a run means.
+    let call = if a.check {
+        Some("check".to_string())
+    } else {
+        a.call.clone()
+    };
+    if let Some(c) = &call {
+        let by = Override {
+            shown: format!("--call {c}"),
+            text: format!("*.call={c}"),
+        };
+        let func = overrides::call_function(c).map_err(|why| {
+            anyhow::anyhow!(
+                "--call {c}: {why}\n  fix: use build (the default), check, outline or targets"
+            )
+        })?;
+        if let Some(name) = func {
+            return Err(overrides::call_refused(&by, &name).into());
+        }
+    }
+    let mut granted = overrides::parse_allow(&a.allow)?;
+    granted.extend(overrides::granted_by(&a.project.overrides()));
+    if let Some(list) = &a.list {
+        anyhow::ensure!(
+            !a.print,
+            "--print and --list cannot be used together: pick one"
+        );
+        let (kind, format) = parse_list(list)?;
+        let project = load_project(&a.project, false)?;
+        return print_list(&project, kind, format).map(|()| true);
+    }
     if a.print {
-        let project = load_project(&a.project)?;
+        let project = load_project(&a.project, true)?;
         outln!(
             "{}",
             serde_json::to_string_pretty(&crate::project::to_json(&project))?
@@ -513,6 +805,25 @@ async fn run_bake(daemon_args: &DaemonArgs, a: &BakeArgs) -> Result<bool> {
         crate::fingerprint::DEFAULT_LOCK_WAIT,
     )
     .await?;
+    // As buildx bake: privileges a target asks for must be granted with --allow.
+    let missing = overrides::ungranted(&project, &plan.graph.order, &granted);
+    if !missing.is_empty() {
+        let asks: Vec<String> = missing
+            .iter()
+            .map(|(t, e)| format!("target `{t}` asks for {e}"))
+            .collect();
+        let mut flags: Vec<String> = missing
+            .iter()
+            .map(|(_, e)| format!("--allow={e}"))
+            .collect();
+        flags.sort();
+        flags.dedup();
+        anyhow::bail!(
+            "additional privileges requested: {}\n  fix: grant them with {} (as docker buildx bake requires), or remove them from the targets",
+            asks.join(", "),
+            flags.join(" ")
+        );
+    }
     let opts = a.project.bake_options(&project, daemon_args)?;
     let must_build = plan
         .ordered()

@@ -2,9 +2,10 @@
 //!
 //! Owns the syntax of `--build-arg`, `--label`, `-o/--output`, `--cache-from`, `--cache-to`,
 //! `--build-context`, `--secret`, `--ssh`, `--add-host`, `--platform`, `--network`,
-//! `--progress`, `--ulimit` and `--shm-size`, shared by the CLI and the project file so both accept
-//! exactly the same strings. Every parser takes one `&str` (so it can be a clap `value_parser`) and
-//! reports an [`OptionError`] naming the flag, the bad input and a correct example.
+//! `--progress`, `--ulimit`, `--shm-size` and attestations (`--attest`), shared by the CLI and
+//! the project file so both accept exactly the same strings. Every parser takes one `&str` (so
+//! it can be a clap `value_parser`) and reports an [`OptionError`] naming the flag, the bad
+//! input and a correct example.
 //!
 //! This module must not know about gRPC, the session, the filesystem or the daemon: it never
 //! opens files or sockets. The only outside state it reads is the process environment, and only
@@ -69,7 +70,7 @@ impl OptionError {
 /// Splits one CSV record the way Go's `encoding/csv` does (buildx parses `--output`, `--cache-*`
 /// and `--secret` with it): a field may be wrapped in double quotes to contain commas, `""` inside
 /// quotes is a literal quote, and a quote inside an unquoted field is an error.
-fn csv_fields(s: &str) -> Result<Vec<String>, String> {
+pub(crate) fn csv_fields(s: &str) -> Result<Vec<String>, String> {
     let mut fields = Vec::new();
     let mut chars = s.chars().peekable();
     loop {
@@ -126,7 +127,11 @@ fn csv_fields(s: &str) -> Result<Vec<String>, String> {
 /// `key=value` fields of a CSV record, keys lower-cased like buildx does. A field without `=`
 /// directly after a `name=` field continues that comma-separated list, so the common
 /// `type=image,name=a,b` works without quoting.
-fn csv_attrs(flag: &str, input: &str, example: &str) -> Result<Vec<(String, String)>, OptionError> {
+pub(crate) fn csv_attrs(
+    flag: &str,
+    input: &str,
+    example: &str,
+) -> Result<Vec<(String, String)>, OptionError> {
     let fields = csv_fields(input).map_err(|r| OptionError::new(flag, input, r, example))?;
     let mut out: Vec<(String, String)> = Vec::with_capacity(fields.len());
     for field in fields {
@@ -162,7 +167,7 @@ fn csv_attrs(flag: &str, input: &str, example: &str) -> Result<Vec<(String, Stri
     Ok(out)
 }
 
-fn parse_bool(v: &str) -> Option<bool> {
+pub(crate) fn parse_bool(v: &str) -> Option<bool> {
     // Go's strconv.ParseBool, which buildx and BuildKit use for boolean attributes.
     match v {
         "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
@@ -859,7 +864,7 @@ fn is_tag(s: &str) -> bool {
 }
 
 /// BuildKit's notion of a remote context: HTTP(S) URLs and the git forms it recognises.
-fn is_remote_url(v: &str) -> bool {
+pub(crate) fn is_remote_url(v: &str) -> bool {
     [
         "http://",
         "https://",
@@ -1311,6 +1316,110 @@ pub fn single_platform(platforms: &[String]) -> Option<String> {
         [] => Some(host_platform()),
         [one] => Some(one.clone()),
         _ => None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// --attest (bake's `attest` key, --provenance, --sbom)
+// ---------------------------------------------------------------------------------------------
+
+/// One attestation request, as buildx's `--attest` / bake `attest` entry
+/// (`type=provenance,mode=max`, `type=sbom,generator=IMAGE`, `type=sbom,disabled=true`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttestSpec {
+    /// `provenance` or `sbom` (the daemon rejects other types).
+    pub kind: String,
+    /// `disabled=true`: ask for no attestation of this type.
+    pub disabled: bool,
+    /// The other fields, sent to BuildKit as the value of the `attest:TYPE` frontend attribute.
+    pub attrs: BTreeMap<String, String>,
+}
+
+/// Writes one CSV field, quoted when Go's `encoding/csv` would need it to read it back.
+fn csv_field(f: &str) -> String {
+    if f.contains([',', '"', '\r', '\n']) || f.starts_with(' ') {
+        format!("\"{}\"", f.replace('"', "\"\""))
+    } else {
+        f.to_string()
+    }
+}
+
+/// `key=value` pairs as one CSV record (the inverse of [`csv_attrs`]).
+pub(crate) fn csv_record<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    pairs
+        .into_iter()
+        .map(|(k, v)| csv_field(&format!("{k}={v}")))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl AttestSpec {
+    /// The value of BuildKit's `attest:TYPE` frontend attribute: the fields besides `type` and
+    /// `disabled` (BuildKit `frontend/attestations`).
+    pub fn frontend_value(&self) -> String {
+        csv_record(self.attrs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    }
+}
+
+impl fmt::Display for AttestSpec {
+    /// The canonical `type=…[,disabled=true],key=value…` form.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut pairs = vec![("type", self.kind.as_str())];
+        if self.disabled {
+            pairs.push(("disabled", "true"));
+        }
+        pairs.extend(self.attrs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        f.write_str(&csv_record(pairs))
+    }
+}
+
+/// Parses an attestation entry as buildx does (`util/buildflags/attests.go`): CSV
+/// `key=value` fields, `type` required, `disabled` a boolean.
+pub fn parse_attest(s: &str) -> Result<AttestSpec, OptionError> {
+    const FLAG: &str = "--attest";
+    const EXAMPLE: &str = "type=provenance,mode=max";
+    let mut kind = None;
+    let mut disabled = false;
+    let mut attrs = BTreeMap::new();
+    let fields = csv_fields(s).map_err(|r| OptionError::new(FLAG, s, r, EXAMPLE))?;
+    for field in fields {
+        let Some((k, v)) = field.split_once('=') else {
+            return Err(OptionError::new(
+                FLAG,
+                s,
+                format!("field {field:?} is not KEY=VALUE"),
+                EXAMPLE,
+            ));
+        };
+        match k.trim().to_ascii_lowercase().as_str() {
+            "type" => kind = Some(v.to_string()),
+            "disabled" => {
+                disabled = parse_bool(v).ok_or_else(|| {
+                    OptionError::new(
+                        FLAG,
+                        s,
+                        format!("disabled={v:?} is not a boolean"),
+                        "type=sbom,disabled=true",
+                    )
+                })?
+            }
+            _ => {
+                attrs.insert(k.to_string(), v.to_string());
+            }
+        }
+    }
+    match kind {
+        Some(kind) if !kind.is_empty() => Ok(AttestSpec {
+            kind,
+            disabled,
+            attrs,
+        }),
+        _ => Err(OptionError::new(
+            FLAG,
+            s,
+            "attestation type not specified (type=provenance or type=sbom)",
+            EXAMPLE,
+        )),
     }
 }
 

@@ -122,6 +122,12 @@ fn build_spec(
         spec.ssh
             .push(options::parse_ssh(s).map_err(|x| e(x.to_string()))?);
     }
+    for a in &t.attest {
+        let a = options::parse_attest(a).map_err(|x| e(x.to_string()))?;
+        if !a.disabled {
+            spec.attests.insert(a.kind.clone(), a.frontend_value());
+        }
+    }
     Ok(spec)
 }
 

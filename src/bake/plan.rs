@@ -95,6 +95,18 @@ fn extra_inputs(t: &Target, scan: &graph::DockerfileScan) -> BTreeMap<String, St
         e.sort();
         m.insert("entitlements".into(), e.join(","));
     }
+    // Attestations are part of the pushed image (its index gains attestation manifests).
+    for a in &t.attest {
+        match options::parse_attest(a) {
+            Ok(a) if a.disabled => {}
+            Ok(a) => {
+                m.insert(format!("attest:{}", a.kind), a.frontend_value());
+            }
+            Err(_) => {
+                m.insert(format!("attest:{a}"), String::new());
+            }
+        }
+    }
     for (i, o) in artifact_outputs(t).into_iter().enumerate() {
         m.insert(format!("output:{i}"), o);
     }

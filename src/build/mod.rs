@@ -49,6 +49,9 @@ pub struct BuildSpec {
     pub entitlements: Vec<String>,
     /// Stages to build without cache (`no_cache` means all of them).
     pub no_cache_filter: Vec<String>,
+    /// Attestations to generate: type (`provenance`, `sbom`) → the `attest:TYPE` frontend
+    /// attribute's value (`mode=max`, `generator=IMAGE`, or empty for the defaults).
+    pub attests: BTreeMap<String, String>,
     pub tags: Vec<String>,
     pub push: bool,
     pub load: bool,

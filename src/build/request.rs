@@ -240,6 +240,10 @@ pub fn plan_request(
     if !spec.platforms.is_empty() {
         attrs.insert("platform".into(), spec.platforms.join(","));
     }
+    for (kind, value) in &spec.attests {
+        // BuildKit generates the attestation itself (llbsolver), whatever the frontend.
+        attrs.insert(format!("attest:{kind}"), value.clone());
+    }
     if spec.no_cache {
         // An empty value means "all stages"; "true" would name a stage.
         attrs.insert("no-cache".into(), String::new());
@@ -516,47 +520,65 @@ pub fn plan_request(
     }
     if spec.outputs.is_empty() {
         let names = spec.tags.join(",");
-        if spec.push {
+        if spec.push && spec.load && is_docker && spec.load_into.is_none() {
+            // A Docker Engine's own exporter keeps the image and pushes it in one step, as
+            // buildx does on its docker driver: an `image` exporter beside it naming the same
+            // image fails with "already exists" in the engine's containerd image store.
             if spec.tags.is_empty() {
                 return Err(invalid("--push needs at least one -t/--tag"));
             }
             exporters.push(Exporter {
-                r#type: "image".into(),
+                r#type: "moby".into(),
                 attrs: [
-                    ("name".to_string(), names.clone()),
+                    ("name".to_string(), names),
                     ("push".to_string(), "true".to_string()),
                 ]
                 .into_iter()
                 .collect(),
             });
-        }
-        if spec.load || (is_docker && !spec.push && !spec.tags.is_empty()) {
-            let mut a: std::collections::HashMap<String, String> = Default::default();
-            if !names.is_empty() {
-                a.insert("name".into(), names.clone());
+        } else {
+            if spec.push {
+                if spec.tags.is_empty() {
+                    return Err(invalid("--push needs at least one -t/--tag"));
+                }
+                exporters.push(Exporter {
+                    r#type: "image".into(),
+                    attrs: [
+                        ("name".to_string(), names.clone()),
+                        ("push".to_string(), "true".to_string()),
+                    ]
+                    .into_iter()
+                    .collect(),
+                });
             }
-            let kind = match &spec.load_into {
-                Some(host) => {
-                    api_load(host, &mut exports, exporters.len());
-                    "docker"
+            if spec.load || (is_docker && !spec.push && !spec.tags.is_empty()) {
+                let mut a: std::collections::HashMap<String, String> = Default::default();
+                if !names.is_empty() {
+                    a.insert("name".into(), names.clone());
                 }
-                None if is_docker => "moby",
-                None => {
-                    return Err(invalid(
-                        "--load loads into a Docker Engine, and none is known; set DOCKER_HOST (or use --push, or -o type=docker,dest=image.tar)",
-                    ))
-                }
-            };
-            exporters.push(Exporter {
-                r#type: kind.into(),
-                attrs: a,
-            });
-        } else if !spec.push && !spec.tags.is_empty() {
-            // buildkitd: keep the image in the daemon's image store under these names.
-            exporters.push(Exporter {
-                r#type: "image".into(),
-                attrs: [("name".to_string(), names)].into_iter().collect(),
-            });
+                let kind = match &spec.load_into {
+                    Some(host) => {
+                        api_load(host, &mut exports, exporters.len());
+                        "docker"
+                    }
+                    None if is_docker => "moby",
+                    None => {
+                        return Err(invalid(
+                            "--load loads into a Docker Engine, and none is known; set DOCKER_HOST (or use --push, or -o type=docker,dest=image.tar)",
+                        ))
+                    }
+                };
+                exporters.push(Exporter {
+                    r#type: kind.into(),
+                    attrs: a,
+                });
+            } else if !spec.push && !spec.tags.is_empty() {
+                // buildkitd: keep the image in the daemon's image store under these names.
+                exporters.push(Exporter {
+                    r#type: "image".into(),
+                    attrs: [("name".to_string(), names)].into_iter().collect(),
+                });
+            }
         }
     } else if spec.push || spec.load {
         return Err(invalid(

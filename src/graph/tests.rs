@@ -21,6 +21,7 @@ impl Fixture {
             targets: BTreeMap::new(),
             groups: BTreeMap::new(),
             warnings: Vec::new(),
+            variables: Vec::new(),
         };
         Fixture { dir, project }
     }

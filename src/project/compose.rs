@@ -1396,6 +1396,7 @@ impl Loader<'_> {
             targets,
             groups,
             warnings: Vec::new(),
+            variables: Vec::new(),
         })
     }
 

@@ -9,6 +9,9 @@
 //! strings (`secrets`, `cache_to`, …) stay raw strings, checked with [`crate::options`] parsers
 //! only so a typo is reported at its key.
 //!
+//! Command-line overrides (`bake --set`, `--push`, …) are applied to a loaded project by
+//! [`overrides`], after every file, whatever its format.
+//!
 //! Format reference (bk-build.toml): top-level tables `[vars]` (defaults for `${VAR}`; the
 //! environment overrides them), `[defaults]` (target keys every target inherits unless it sets
 //! its own; `args`, `labels` and `contexts` are merged entry by entry), `[target.NAME]` and
@@ -21,6 +24,7 @@
 mod compose;
 mod dotenv;
 mod interp;
+pub mod overrides;
 mod toml_file;
 mod yaml;
 
@@ -31,7 +35,7 @@ pub use crate::options::ContextSource;
 use crate::options::OptionError;
 
 /// A loaded project: every target fully resolved (absolute paths, interpolated strings).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Project {
     /// Directory of the first project file.
     pub root: PathBuf,
@@ -44,6 +48,21 @@ pub struct Project {
     /// Things the user should see but that do not stop the load (compose: unset variables
     /// replaced by "", build keys bk-build ignores).
     pub warnings: Vec<String>,
+    /// The project's variables with the values the load used, sorted by name (`bake --list
+    /// variables`): bk-build.toml's `[vars]` (an environment variable of the same name wins).
+    /// Compose files have none.
+    pub variables: Vec<Variable>,
+}
+
+/// One project variable, as `docker buildx bake --list variables` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Variable {
+    pub name: String,
+    /// The value in effect; `None` when it has none (buildx prints `<null>`).
+    pub value: Option<String>,
+    /// A declared type (bake files' `type = …`), if any.
+    pub type_name: Option<String>,
+    pub description: Option<String>,
 }
 
 /// One image to build.
@@ -94,6 +113,9 @@ pub struct Target {
     pub entitlements: Vec<String>,
     /// Stages built without the build cache (`no-cache-filter`); the target is always built.
     pub no_cache_filter: Vec<String>,
+    /// Attestations to attach, each in the canonical form of [`crate::options::AttestSpec`]
+    /// (`type=provenance,mode=max`; `type=sbom,disabled=true` asks for none), one per type.
+    pub attest: Vec<String>,
     /// The Dockerfile's text when the project file holds it (compose `dockerfile_inline`).
     /// `dockerfile` then names the file [`materialize`] writes it to, under the project's
     /// state directory, so it is served and fingerprinted like any other Dockerfile.
@@ -378,6 +400,9 @@ pub fn to_json(project: &Project) -> serde_json::Value {
         }
         if !t.no_cache_filter.is_empty() {
             extra.insert("no_cache_filter".into(), strs(&t.no_cache_filter));
+        }
+        if !t.attest.is_empty() {
+            extra.insert("attest".into(), strs(&t.attest));
         }
         if let Some(d) = &t.dockerfile_inline {
             extra.insert("dockerfile_inline".into(), Value::String(d.clone()));

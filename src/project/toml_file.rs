@@ -879,12 +879,27 @@ pub(super) fn load(
         groups.insert(gname.clone(), list);
     }
 
+    // Every [vars] entry with the value targets saw (already resolved above; a git built-in
+    // that could not be computed leaves it without one).
+    let names: Vec<String> = r.vars.raw.keys().cloned().collect();
+    let variables = names
+        .into_iter()
+        .map(|name| {
+            let value = r.vars.get(&name).ok().flatten();
+            super::Variable {
+                name,
+                value,
+                ..Default::default()
+            }
+        })
+        .collect();
     Ok(Project {
         root: project_root,
         files: files.iter().map(|f| f.abs.clone()).collect(),
         targets: targets.into_iter().map(|(k, (t, _))| (k, t)).collect(),
         groups,
         warnings: Vec::new(),
+        variables,
     })
 }
 

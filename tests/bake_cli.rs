@@ -1,0 +1,780 @@
+//! `bk-build bake`'s buildx flags on the real daemon: `--set` (patterns, args, platform,
+//! output) changes what is built and what `plan` says; `--push` pushes, `--load` loads into the
+//! engine, `--no-cache` rebuilds a cached step, `--provenance` attaches an attestation, `--allow`
+//! grants what a target asks for, `--call` is refused until it works; `--list` and every flag's
+//! `--print` effect are compared with `docker buildx bake` on the same compose file.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::Output;
+
+use serde_json::Value;
+use support::*;
+
+/// A compose project buildx and bk-build both read: `app` (a build arg), `stamp` (a step whose
+/// result differs on every run), `multi` (no RUN step, so any platform builds), `pushed`
+/// (pushes by itself), `hostnet` (asks for the host network), `app-worker` (matched by `app*`).
+fn project(dir: &Path) {
+    let base = base_image();
+    write(
+        &dir.join("compose.yaml"),
+        r#"
+services:
+  app:
+    image: ${REG}/${NS}/app:1
+    build:
+      context: app
+      args: {GREETING: hello}
+  app-worker:
+    image: ${REG}/${NS}/app-worker:1
+    build:
+      context: app
+  stamp:
+    image: ${REG}/${NS}/stamp:1
+    build:
+      context: stamp
+  multi:
+    image: ${REG}/${NS}/multi:1
+    build:
+      context: multi
+  pushed:
+    image: ${REG}/${NS}/pushed:1
+    build:
+      context: multi
+      x-bake:
+        output: ["type=registry"]
+  hostnet:
+    image: ${REG}/${NS}/hostnet:1
+    build:
+      context: app
+      network: host
+"#,
+    );
+    write(
+        &dir.join("app/Dockerfile"),
+        format!("FROM {base}\nARG GREETING=none\nRUN echo \"$GREETING\" > /greeting.txt\n"),
+    );
+    write(
+        &dir.join("app/Dockerfile.alt"),
+        format!("FROM {base}\nRUN echo alt > /alt.txt\n"),
+    );
+    write(
+        &dir.join("stamp/Dockerfile"),
+        format!("FROM {base}\nRUN cat /proc/sys/kernel/random/uuid > /stamp.txt\n"),
+    );
+    write(
+        &dir.join("multi/Dockerfile"),
+        "FROM scratch\nCOPY hello.txt /\n",
+    );
+    write(&dir.join("multi/hello.txt"), "hello\n");
+    write(&dir.join("other/Dockerfile"), format!("FROM {base}\n"));
+    write(&dir.join("npmrc"), "token\n");
+}
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    dir: std::path::PathBuf,
+    ns: String,
+}
+
+impl Env {
+    fn new(prefix: &str) -> Env {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        project(&dir);
+        Env {
+            _tmp: tmp,
+            dir,
+            ns: unique(prefix),
+        }
+    }
+
+    fn cmd(&self, mut cmd: std::process::Command, args: &[&str]) -> Output {
+        cmd.current_dir(&self.dir)
+            .args(args)
+            .env("REG", registry())
+            .env("NS", &self.ns)
+            .env_remove("SOURCE_DATE_EPOCH");
+        for (k, _) in std::env::vars() {
+            if k.starts_with("COMPOSE_") {
+                cmd.env_remove(k);
+            }
+        }
+        run(&mut cmd)
+    }
+
+    fn bk(&self, args: &[&str]) -> Output {
+        self.cmd(bk(), args)
+    }
+
+    fn bake(&self, args: &[&str]) -> Output {
+        let mut all = vec!["bake", "--progress", "plain"];
+        all.extend_from_slice(args);
+        let out = self.bk(&all);
+        assert!(
+            out.status.success(),
+            "bake {args:?} failed:\n{}",
+            stderr(&out)
+        );
+        out
+    }
+
+    /// `plan ARGS`: the action and reasons of `target`.
+    fn plan(&self, target: &str, args: &[&str]) -> String {
+        let mut all = vec!["plan", target];
+        all.extend_from_slice(args);
+        let out = self.bk(&all);
+        assert!(
+            out.status.success(),
+            "plan {args:?} failed:\n{}",
+            stderr(&out)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .find(|l| l.split_whitespace().next() == Some(target))
+            .unwrap_or_else(|| panic!("no plan line for {target}:\n{text}"))
+            .to_string()
+    }
+
+    fn read(&self, rel: &str) -> String {
+        let p = self.dir.join(rel);
+        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    }
+
+    fn repo(&self, name: &str) -> String {
+        format!("{}/{name}", self.ns)
+    }
+
+    fn tag(&self, name: &str) -> String {
+        format!("{}/{}/{name}:1", registry(), self.ns)
+    }
+}
+
+impl Drop for Env {
+    /// Removes the images this test's builds left in the engine (a pushed image stays there
+    /// too on a Docker Engine with the containerd image store).
+    fn drop(&mut self) {
+        let out = run(docker().args(["image", "ls", "--format", "{{.Repository}}:{{.Tag}}"]));
+        let mine: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains(&format!("/{}/", self.ns)))
+            .map(str::to_string)
+            .collect();
+        if !mine.is_empty() {
+            run(docker().args(["image", "rm"]).args(&mine));
+        }
+    }
+}
+
+fn json_get(path: &str) -> Value {
+    let (status, _, body) = registry_request("GET", path);
+    assert_eq!(
+        status,
+        200,
+        "GET {path}: {}",
+        String::from_utf8_lossy(&body)
+    );
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// The image config of `repo:tag` in the registry (the image manifest's, for an index the
+/// first one that is not an attestation).
+fn image_config(repo: &str, tag: &str) -> Value {
+    let mut m = json_get(&format!("/v2/{repo}/manifests/{tag}"));
+    if let Some(list) = m["manifests"].as_array() {
+        let d = list
+            .iter()
+            .find(|d| d["annotations"]["vnd.docker.reference.type"].is_null())
+            .expect("an image manifest in the index")["digest"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        m = json_get(&format!("/v2/{repo}/manifests/{d}"));
+    }
+    let config = m["config"]["digest"].as_str().expect("config digest");
+    json_get(&format!("/v2/{repo}/blobs/{config}"))
+}
+
+#[test]
+fn set_args_and_platform_change_what_is_built_and_what_plan_says() {
+    let e = Env::new("bakecli-set");
+    let out = "--set=app.output=type=local,dest=out/app";
+    e.bake(&["app", out]);
+    assert_eq!(e.read("out/app/greeting.txt"), "hello\n");
+
+    // The override is an input: plan says build, and why.
+    let bye = "--set=app.args.GREETING=bye";
+    let line = e.plan("app", &[out, bye]);
+    assert!(
+        line.contains("build") && line.contains("arg GREETING changed"),
+        "{line}"
+    );
+    e.bake(&["app", out, bye]);
+    assert_eq!(e.read("out/app/greeting.txt"), "bye\n");
+    // The same overrides again: nothing to do.
+    assert!(e.plan("app", &[out, bye]).contains("skip"));
+
+    // `*.platform` on a pushed image: the registry gets an arm64 image.
+    e.bake(&["multi", "--push"]);
+    assert_eq!(image_config(&e.repo("multi"), "1")["architecture"], "amd64");
+    let arm = "--set=*.platform=linux/arm64";
+    let line = e.plan("multi", &["--push", arm]);
+    assert!(
+        line.contains("build") && line.contains("platforms changed"),
+        "{line}"
+    );
+    e.bake(&["multi", "--push", arm]);
+    assert_eq!(image_config(&e.repo("multi"), "1")["architecture"], "arm64");
+}
+
+#[test]
+fn push_pushes_to_the_registry_and_load_loads_into_the_engine() {
+    let e = Env::new("bakecli-push");
+    assert_eq!(manifest_digest(&e.repo("multi"), "1"), None);
+    // `pushed` pushes by itself; --load adds the engine. `multi` only loads by default;
+    // --push adds the registry.
+    e.bake(&["pushed", "multi", "--push", "--load"]);
+    for name in ["pushed", "multi"] {
+        let digest = manifest_digest(&e.repo(name), "1");
+        assert!(digest.is_some(), "{name} was not pushed");
+        let inspect = run(docker().args(["image", "inspect", &e.tag(name)]));
+        assert!(
+            inspect.status.success(),
+            "{name} is not in the engine:\n{}",
+            stderr(&inspect)
+        );
+    }
+}
+
+#[test]
+fn no_cache_rebuilds_a_step_the_build_cache_holds() {
+    let e = Env::new("bakecli-nocache");
+    let out = "--set=stamp.output=type=local,dest=out/stamp";
+    e.bake(&["stamp", out]);
+    let first = e.read("out/stamp/stamp.txt");
+    // Built again from BuildKit's cache: the step is cached.
+    e.bake(&["stamp", out, "--force"]);
+    assert_eq!(e.read("out/stamp/stamp.txt"), first);
+    let line = e.plan("stamp", &[out, "--no-cache"]);
+    assert!(
+        line.contains("build") && line.contains("no_cache"),
+        "{line}"
+    );
+    e.bake(&["stamp", out, "--no-cache"]);
+    assert_ne!(
+        e.read("out/stamp/stamp.txt"),
+        first,
+        "the step came from the cache"
+    );
+}
+
+#[test]
+fn provenance_attaches_an_attestation_to_the_pushed_image() {
+    let e = Env::new("bakecli-prov");
+    e.bake(&["multi", "--push", "--provenance=mode=min"]);
+    let index = json_get(&format!("/v2/{}/manifests/1", e.repo("multi")));
+    let kinds: Vec<&str> = index["manifests"]
+        .as_array()
+        .expect("an image index")
+        .iter()
+        .filter_map(|d| d["annotations"]["vnd.docker.reference.type"].as_str())
+        .collect();
+    assert_eq!(kinds, ["attestation-manifest"], "{index}");
+    // Attestations are an input: without them, the image must be built again.
+    let line = e.plan("multi", &["--push"]);
+    assert!(line.contains("build") && line.contains("attest"), "{line}");
+}
+
+#[test]
+fn privileges_need_allow_and_unsupported_methods_are_refused() {
+    let e = Env::new("bakecli-allow");
+    let refused = e.bk(&["bake", "hostnet", "--progress", "plain"]);
+    assert!(!refused.status.success());
+    let msg = stderr(&refused);
+    assert!(
+        msg.contains("target `hostnet` asks for network.host")
+            && msg.contains("--allow=network.host"),
+        "{msg}"
+    );
+    assert!(!msg.contains("RESULT"), "something ran:\n{msg}");
+    e.bake(&["hostnet", "--allow=network.host"]);
+
+    for args in [
+        &["--call", "check"][..],
+        &["--check"],
+        &["--call=outline,format=json"],
+        &["--set", "app.call=targets"],
+        &["--set", "app.annotations=index:a=b"],
+    ] {
+        let mut all = vec!["bake", "app"];
+        all.extend_from_slice(args);
+        let out = e.bk(&all);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(stderr(&out).contains("issue 11"), "{}", stderr(&out));
+    }
+}
+
+/// `--list` prints what buildx prints for the same compose file, byte for byte.
+#[test]
+fn list_prints_what_buildx_prints() {
+    let e = Env::new("bakecli-list");
+    for list in [
+        "targets",
+        "type=targets,format=json",
+        "variables",
+        "type=variables,format=json",
+    ] {
+        let ours = e.bk(&["bake", "--list", list]);
+        let theirs = e.cmd(docker(), &["buildx", "bake", "--list", list]);
+        assert!(ours.status.success() && theirs.status.success());
+        assert_eq!(
+            String::from_utf8_lossy(&ours.stdout),
+            String::from_utf8_lossy(&theirs.stdout),
+            "--list {list}"
+        );
+    }
+}
+
+/// bk-build.toml has no buildx counterpart: its groups and `[vars]` (with an
+/// environment override) in buildx's shapes.
+#[test]
+fn list_shows_toml_groups_and_vars() {
+    let d = tempfile::tempdir().unwrap();
+    write(
+        &d.path().join("bk-build.toml"),
+        r#"
+[vars]
+REPO = "localhost:5000/acme"
+TAG = "dev"
+
+[target.api]
+context = "app"
+[target.web-frontend]
+context = "app"
+
+[group.default]
+targets = ["web-frontend", "api"]
+"#,
+    );
+    write(&d.path().join("app/Dockerfile"), "FROM scratch\n");
+    let list = |args: &[&str]| {
+        let out = run_ok(bk().current_dir(d.path()).args(args).env("TAG", "v2"));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(
+        list(&["bake", "--list", "targets"]),
+        "TARGET\t\tDESCRIPTION\napi\t\t\ndefault\t\tapi, web-frontend\nweb-frontend\t\n"
+    );
+    assert_eq!(
+        list(&["bake", "--list", "variables"]),
+        "VARIABLE\tTYPE\tVALUE\t\t\tDESCRIPTION\nREPO\t\t\tlocalhost:5000/acme\t\nTAG\t\t\tv2\t\t\t\n"
+    );
+    let json: Value =
+        serde_json::from_str(&list(&["bake", "--list", "type=variables,format=json"])).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!([
+            {"name": "REPO", "value": "localhost:5000/acme"},
+            {"name": "TAG", "value": "v2"}
+        ])
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// --print against `docker buildx bake --print`
+// ---------------------------------------------------------------------------------------------
+
+fn csv_map(s: &str) -> BTreeMap<String, String> {
+    s.split(',')
+        .filter_map(|f| f.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn obj_map(v: &Value) -> BTreeMap<String, String> {
+    v.as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| {
+            let s = match v {
+                Value::String(s) => s.clone(),
+                Value::Array(a) => a
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(","),
+                other => other.to_string(),
+            };
+            (k.clone(), s)
+        })
+        .collect()
+}
+
+fn abs(base: &Path, p: &str) -> String {
+    let mut out = std::path::PathBuf::new();
+    for c in base.join(p).components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out.to_string_lossy().into_owned()
+}
+
+fn strs(v: &Value) -> Vec<String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|x| x.as_str().map(str::to_string))
+        .collect()
+}
+
+/// One output as a comparable map: `registry` is `image` with `push=true`.
+fn delivery(mut m: BTreeMap<String, String>, base: &Path) -> String {
+    if m.get("type").map(String::as_str) == Some("registry") {
+        m.insert("type".into(), "image".into());
+        m.insert("push".into(), "true".into());
+    }
+    if let Some(d) = m.get_mut("dest") {
+        *d = abs(base, d);
+    }
+    format!("{m:?}")
+}
+
+/// The fields `--set` can change, normalized: a field → a comparable value.
+type Shape = BTreeMap<&'static str, Value>;
+
+fn set_of(v: impl IntoIterator<Item = String>) -> Value {
+    Value::from(
+        v.into_iter()
+            .collect::<BTreeSet<String>>()
+            .into_iter()
+            .collect::<Vec<_>>(),
+    )
+}
+
+fn from_buildx(t: &Value, cwd: &Path) -> Shape {
+    let mut m = Shape::new();
+    let context = abs(cwd, t["context"].as_str().unwrap_or("."));
+    m.insert("context", Value::from(context.clone()));
+    m.insert(
+        "dockerfile",
+        Value::from(abs(
+            Path::new(&context),
+            t["dockerfile"].as_str().unwrap_or("Dockerfile"),
+        )),
+    );
+    m.insert("target", t["target"].clone());
+    for k in ["args", "labels"] {
+        m.insert(k, Value::from(format!("{:?}", obj_map(&t[k]))));
+    }
+    let contexts: BTreeMap<String, String> = obj_map(&t["contexts"])
+        .into_iter()
+        .map(|(k, v)| {
+            let v = if v.contains("://") || v.starts_with("target:") {
+                v
+            } else {
+                abs(cwd, &v)
+            };
+            (k, v)
+        })
+        .collect();
+    m.insert("contexts", Value::from(format!("{contexts:?}")));
+    m.insert("tags", Value::from(strs(&t["tags"])));
+    m.insert(
+        "platforms",
+        set_of(
+            strs(&t["platforms"])
+                .iter()
+                .flat_map(|p| p.split(',').map(str::to_string).collect::<Vec<_>>()),
+        ),
+    );
+    let list = |k: &str, f: &dyn Fn(BTreeMap<String, String>) -> String| {
+        set_of(t[k].as_array().into_iter().flatten().map(|o| f(obj_map(o))))
+    };
+    m.insert("outputs", list("output", &|o| delivery(o, cwd)));
+    let with_paths = |mut o: BTreeMap<String, String>| {
+        for k in ["src", "dest"] {
+            if let Some(p) = o.get_mut(k) {
+                *p = abs(cwd, p);
+            }
+        }
+        format!("{o:?}")
+    };
+    m.insert("cache_from", list("cache-from", &with_paths));
+    m.insert("cache_to", list("cache-to", &with_paths));
+    m.insert("secrets", list("secret", &with_paths));
+    m.insert(
+        "ssh",
+        list("ssh", &|o| match o.get("paths") {
+            Some(p) => format!("{}={p}", o["id"]),
+            None => o["id"].clone(),
+        }),
+    );
+    m.insert("attest", list("attest", &|o| format!("{o:?}")));
+    for (ours, theirs) in [("pull", "pull"), ("no_cache", "no-cache")] {
+        m.insert(ours, Value::Bool(t[theirs].as_bool().unwrap_or(false)));
+    }
+    m.insert(
+        "extra_hosts",
+        set_of(
+            obj_map(&t["extra-hosts"])
+                .into_iter()
+                .map(|(h, ip)| format!("{h}={ip}")),
+        ),
+    );
+    m.insert("ulimits", set_of(strs(&t["ulimits"])));
+    m.insert("entitlements", set_of(strs(&t["entitlements"])));
+    m.insert("no_cache_filter", set_of(strs(&t["no-cache-filter"])));
+    m.insert("network", t["network"].clone());
+    m.insert(
+        "shm_size",
+        t["shm-size"]
+            .as_str()
+            .map_or(Value::Null, |s| Value::from(s.to_string())),
+    );
+    m
+}
+
+fn from_bk(t: &Value) -> Shape {
+    let root = Path::new("/");
+    let mut m = Shape::new();
+    for k in ["context", "dockerfile", "target", "tags", "network"] {
+        m.insert(k, t[k].clone());
+    }
+    for k in ["args", "labels", "contexts"] {
+        m.insert(k, Value::from(format!("{:?}", obj_map(&t[k]))));
+    }
+    m.insert(
+        "platforms",
+        set_of(
+            strs(&t["platforms"])
+                .iter()
+                .flat_map(|p| p.split(',').map(str::to_string).collect::<Vec<_>>()),
+        ),
+    );
+    let mut outputs: Vec<String> = strs(&t["outputs"])
+        .iter()
+        .map(|o| delivery(csv_map(o), root))
+        .collect();
+    if t["push"] == true {
+        outputs.push(delivery(csv_map("type=image,push=true"), root));
+    }
+    if t["load"] == true {
+        outputs.push(delivery(csv_map("type=docker"), root));
+    }
+    m.insert("outputs", set_of(outputs));
+    let cache = |k: &str| {
+        set_of(strs(&t[k]).iter().map(|c| {
+            if c.contains('=') {
+                format!("{:?}", csv_map(c))
+            } else {
+                format!("{:?}", csv_map(&format!("type=registry,ref={c}")))
+            }
+        }))
+    };
+    m.insert("cache_from", cache("cache_from"));
+    m.insert("cache_to", cache("cache_to"));
+    m.insert(
+        "secrets",
+        set_of(
+            strs(&t["secrets"])
+                .iter()
+                .map(|s| format!("{:?}", csv_map(s))),
+        ),
+    );
+    m.insert("ssh", set_of(strs(&t["ssh"])));
+    m.insert(
+        "attest",
+        set_of(
+            strs(&t["attest"])
+                .iter()
+                .map(|a| format!("{:?}", csv_map(a))),
+        ),
+    );
+    for k in ["pull", "no_cache"] {
+        m.insert(k, t[k].clone());
+    }
+    for k in ["extra_hosts", "ulimits", "entitlements", "no_cache_filter"] {
+        m.insert(k, set_of(strs(&t[k])));
+    }
+    // buildx prints the size as given; these cases give it in bytes.
+    m.insert(
+        "shm_size",
+        t["shm_size"]
+            .as_u64()
+            .map_or(Value::Null, |n| Value::from(n.to_string())),
+    );
+    m
+}
+
+/// Attest entries as buildx prints them: `disabled` is a JSON boolean, left out when false.
+fn normalize_attest(t: &mut Value) {
+    if let Some(list) = t.get_mut("attest").and_then(Value::as_array_mut) {
+        for a in list {
+            if let Some(o) = a.as_object_mut() {
+                match o.get("disabled") {
+                    Some(Value::Bool(true)) => {
+                        o.insert("disabled".into(), Value::from("true"));
+                    }
+                    Some(_) => {
+                        o.remove("disabled");
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+}
+
+/// A field where bk-build differs from buildx on purpose: (target, field, bk-build's value, why).
+type Difference = (&'static str, &'static str, Value, &'static str);
+
+#[test]
+fn print_shows_each_flag_as_buildx_does() {
+    let e = Env::new("bakecli-print");
+    let targets = ["app", "app-worker", "pushed", "multi"];
+    // (flags, fields where bk-build differs on purpose: field → (bk-build's value, why)).
+    let cases: Vec<(Vec<&str>, Vec<Difference>)> = vec![
+        (vec!["--set", "*.platform=linux/arm64"], vec![]),
+        (vec!["--set", "app*.platform=linux/amd64,linux/arm64"], vec![]),
+        (vec!["--set", "app*.args.FOO=bar", "--set", "app.args.FROM_ENV"], vec![]),
+        (vec!["--set", "app.tags=r/x:1", "--set", "app.tags=r/x:2"], vec![]),
+        (vec!["--set", "app.tags+=r/x:3"], vec![]),
+        (vec!["--set", "a?p.labels.team=core", "--set", "multi.target=final"], vec![]),
+        (vec!["--push"], vec![]),
+        (vec!["--load"], vec![]),
+        (vec!["--push", "--load"], vec![]),
+        (vec!["--set", "pushed.push=false"], vec![]),
+        (vec!["--set", "app.output=type=local,dest=out", "--push", "--load"], vec![]),
+        (vec!["--set", "app.output=type=image,compression=zstd", "--push"], vec![]),
+        (vec!["--set", "multi.output+=type=tar,dest=out.tar"], vec![]),
+        (vec!["--no-cache", "--pull"], vec![]),
+        (vec!["--no-cache=false"], vec![]),
+        (
+            vec![
+                "--set", "*.cache-from=type=registry,ref=r/cache",
+                "--set", "app.cache-to=type=local,dest=cache",
+            ],
+            vec![],
+        ),
+        (vec!["--set", "app.secrets=id=npm,src=npmrc", "--set", "app.ssh=default"], vec![]),
+        (vec!["--provenance=mode=max", "--sbom=true"], vec![]),
+        (vec!["--set", "app.attest=type=sbom,generator=g", "--sbom=false"], vec![]),
+        (
+            vec!["--set", "app.context=other", "--set", "app-worker.dockerfile=Dockerfile.alt"],
+            vec![],
+        ),
+        (vec!["--set", "app.contexts.base=docker-image://alpine:3"], vec![]),
+        (
+            vec![
+                "--set", "app.extra-hosts.db=10.0.0.1",
+                "--set", "app.shm-size=1048576",
+                "--set", "app.ulimits=nofile=1024:2048",
+                "--set", "app.no-cache-filter=stage",
+                "--set", "app.entitlements=security.insecure",
+            ],
+            vec![
+                (
+                    "app",
+                    "ulimits",
+                    Value::from(vec!["nofile=1024:2048"]),
+                    "buildx v0.29 does not list ulimits with the list keys and loses the value",
+                ),
+                (
+                    "app",
+                    "no_cache_filter",
+                    Value::from(vec!["stage"]),
+                    "buildx v0.29 does not list no-cache-filter with the list keys and loses the value",
+                ),
+            ],
+        ),
+        (
+            vec!["--set", "app.network=host"],
+            vec![
+                (
+                    "app",
+                    "network",
+                    Value::from("host"),
+                    "buildx v0.29 reads `network` as a list key and loses the value",
+                ),
+                (
+                    "app",
+                    "entitlements",
+                    Value::from(vec!["network.host"]),
+                    "the host network asks for network.host, as compose's network: host does",
+                ),
+            ],
+        ),
+    ];
+    // buildx checks that the SSH agent socket is there.
+    let agent = e.dir.join("agent.sock");
+    let _agent = std::os::unix::net::UnixListener::bind(&agent).unwrap();
+    let mut failures = Vec::new();
+    for (flags, differences) in &cases {
+        let mut bk_args = vec!["bake", "--print"];
+        bk_args.extend(targets);
+        bk_args.extend(flags.iter().copied());
+        let mut ours = bk();
+        ours.env("FROM_ENV", "from-the-environment")
+            .env("SSH_AUTH_SOCK", &agent);
+        let ours = e.cmd(ours, &bk_args);
+        let mut bx_args = vec!["buildx", "bake", "--print"];
+        bx_args.extend(targets);
+        bx_args.extend(flags.iter().copied());
+        let mut bx = docker();
+        bx.env("FROM_ENV", "from-the-environment")
+            .env("SSH_AUTH_SOCK", &agent);
+        let theirs = e.cmd(bx, &bx_args);
+        assert!(
+            theirs.status.success(),
+            "buildx refused {flags:?}:\n{}",
+            stderr(&theirs)
+        );
+        assert!(
+            ours.status.success(),
+            "bk-build refused {flags:?}:\n{}",
+            stderr(&ours)
+        );
+        let ours: Value = serde_json::from_slice(&ours.stdout).unwrap();
+        let mut theirs: Value = serde_json::from_slice(&theirs.stdout).unwrap();
+        for t in targets {
+            normalize_attest(&mut theirs["target"][t]);
+            let b = from_buildx(&theirs["target"][t], &e.dir);
+            let o = from_bk(&ours["target"][t]);
+            for (field, want) in &b {
+                let got = &o[field];
+                if let Some((_, _, expected, _)) = differences
+                    .iter()
+                    .find(|(dt, df, _, _)| *dt == t && df == field)
+                {
+                    if got != expected {
+                        failures.push(format!(
+                            "{flags:?}: {t}.{field}: documented difference, expected {expected}, got {got}"
+                        ));
+                    }
+                    continue;
+                }
+                let same = match (want, got) {
+                    (Value::Null, Value::Array(a)) | (Value::Array(a), Value::Null) => a.is_empty(),
+                    (a, b) => a == b,
+                };
+                if !same {
+                    failures.push(format!(
+                        "{flags:?}: {t}.{field}: buildx {want}, bk-build {got}"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "bk-build and buildx disagree:\n{}",
+        failures.join("\n")
+    );
+}
