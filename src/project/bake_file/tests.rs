@@ -1,0 +1,1 @@
+//! Loading bake files: evaluation, merging, inheritance, errors.
