@@ -704,8 +704,9 @@ mod tests {
         assert_eq!(s(r#""%{ for x in L }[${x}]%{ endfor }""#), "[a][b]");
         assert_eq!(s(r#""%{ if N > 2 }big%{ else }small%{ endif }""#), "big");
         assert_eq!(s("\"a  ${~ \"b\" ~}  c\""), "abc");
-        assert_eq!(s("<<-EOT\n    x ${N}\n    EOT\n"), "x 3\n");
-        assert!(ev(r#""${null}""#).unwrap_err().contains("null"));
+        assert_eq!(s("<<-EOT\n    x ${N}\n    EOT"), "x 3\n");
+        assert!(ev(r#""x${null}""#).unwrap_err().contains("null"));
+        assert_eq!(ev(r#""${null}""#).unwrap(), Value::Null);
     }
 
     #[test]
