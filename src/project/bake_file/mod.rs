@@ -211,6 +211,9 @@ impl<'a> BlockDef<'a> {
 struct Fail {
     file: usize,
     at: Option<usize>,
+    /// The attribute's own offset, for errors inside an expression whose spans do not point
+    /// into the file (templates in JSON strings).
+    fallback: Option<usize>,
     key: String,
     problem: String,
     fix: String,
@@ -226,6 +229,7 @@ fn fail(
     Fail {
         file,
         at,
+        fallback: None,
         key: key.into(),
         problem: problem.into(),
         fix: fix.into(),
@@ -249,37 +253,99 @@ fn parse_doc(f: &SourceFile, syntax: Syntax, idx: usize) -> Result<Doc, Fail> {
             )
         }),
         Syntax::Json => {
-            // serde_json for the syntax check (its messages are the ones JSON users know), then
-            // the same text as an HCL expression: a JSON document is one, and its strings are
-            // then templates, which is what the HCL JSON spec says they are.
-            if let Err(e) = serde_json::from_str::<serde_json::Value>(&f.text) {
+            let v: serde_json::Value = serde_json::from_str(&f.text).map_err(|e| {
                 let at = f
                     .text
                     .split_inclusive('\n')
                     .take(e.line().saturating_sub(1))
                     .map(str::len)
                     .sum::<usize>();
-                return Err(fail(
+                fail(
                     idx,
                     Some(at),
                     "",
                     format!("not valid JSON: {e}"),
                     "correct the JSON syntax at that line",
-                ));
-            }
-            hcl_edit::parser::parse_expr(&f.text)
-                .map(Doc::Json)
-                .map_err(|e| {
-                    fail(
-                        idx,
-                        Some(e.location().offset()),
-                        "",
-                        format!("cannot read this JSON as a bake file: {}", e.message()),
-                        "write strings with the escapes \\n \\t \\\" \\\\ \\uXXXX only",
-                    )
-                })
+                )
+            })?;
+            json_to_expr(&v).map(Doc::Json).map_err(|(path, m)| {
+                let parts: Vec<&str> = path.iter().map(String::as_str).collect();
+                fail(
+                    idx,
+                    Some(json_offset(&f.text, &parts)),
+                    path.join("."),
+                    m,
+                    "write ${...} and %{...} as in HCL; a literal ${ is written $${",
+                )
+            })
         }
     }
+}
+
+/// A JSON value as an HCL expression, following the HCL JSON specification: every string is
+/// a template (so `"${TAG}"` interpolates). Errors carry the key path of the bad string.
+fn json_to_expr(v: &serde_json::Value) -> Result<Expression, (Vec<String>, String)> {
+    use serde_json::Value as J;
+    Ok(match v {
+        J::Null => Expression::null(),
+        J::Bool(b) => Expression::from(*b),
+        J::Number(n) => Expression::from(n.as_f64().unwrap_or(f64::NAN)),
+        J::String(s) => {
+            let t = hcl_edit::parser::parse_template(s)
+                .map_err(|e| (Vec::new(), format!("{s:?} is not a valid template: {}", e.message())))?;
+            let elements: Vec<hcl_edit::template::Element> = t.iter().cloned().collect();
+            Expression::from(hcl_edit::template::StringTemplate::from(elements))
+        }
+        J::Array(a) => {
+            let mut out = hcl_edit::expr::Array::new();
+            for (i, x) in a.iter().enumerate() {
+                out.push(json_to_expr(x).map_err(|(mut p, m)| {
+                    p.insert(0, i.to_string());
+                    (p, m)
+                })?);
+            }
+            Expression::from(out)
+        }
+        J::Object(o) => {
+            let mut out = hcl_edit::expr::Object::new();
+            for (k, x) in o {
+                let e = json_to_expr(x).map_err(|(mut p, m)| {
+                    p.insert(0, k.clone());
+                    (p, m)
+                })?;
+                out.insert(
+                    ObjectKey::from(Expression::from(k.as_str())),
+                    hcl_edit::expr::ObjectValue::new(e),
+                );
+            }
+            Expression::from(out)
+        }
+    })
+}
+
+/// Where the key `path` (`["target", "app", "tags"]`) is written in a JSON text: each key
+/// searched after the previous one. Good enough to name the line of an error.
+fn json_offset(text: &str, path: &[&str]) -> usize {
+    let mut pos = 0;
+    let mut found = 0;
+    for key in path {
+        let quoted = serde_json::to_string(key).unwrap_or_default();
+        let mut from = pos;
+        loop {
+            let Some(i) = text[from..].find(&quoted) else {
+                return found;
+            };
+            let at = from + i;
+            let rest = text[at + quoted.len()..].trim_start();
+            if rest.starts_with(':') {
+                found = at;
+                pos = at + quoted.len();
+                break;
+            }
+            from = at + quoted.len();
+        }
+    }
+    found
 }
 
 fn span_start(e: &impl Span) -> usize {
@@ -289,6 +355,7 @@ fn span_start(e: &impl Span) -> usize {
 /// Blocks and top-level attributes of one document.
 fn collect<'a>(
     doc: &'a Doc,
+    text: &str,
     file: usize,
     blocks: &mut Vec<BlockDef<'a>>,
     attrs: &mut Vec<Attr<'a>>,
@@ -321,13 +388,13 @@ fn collect<'a>(
                 let key = object_key(k);
                 match key.as_str() {
                     "target" | "group" | "variable" | "function" => {
-                        json_blocks(&key, v.expr(), file, blocks)?
+                        json_blocks(&key, v.expr(), text, file, blocks)?
                     }
                     _ => attrs.push(Attr {
+                        at: json_offset(text, &[&key]),
                         name: key,
                         expr: v.expr(),
                         file,
-                        at: span_start(k),
                     }),
                 }
             }
@@ -339,8 +406,21 @@ fn collect<'a>(
 fn object_key(k: &ObjectKey) -> String {
     match k {
         ObjectKey::Ident(i) => i.as_str().to_string(),
-        ObjectKey::Expression(Expression::String(s)) => s.value().clone(),
-        ObjectKey::Expression(e) => e.to_string().trim().trim_matches('"').to_string(),
+        ObjectKey::Expression(e) => literal_string(e)
+            .unwrap_or_else(|| e.to_string().trim().trim_matches('"').to_string()),
+    }
+}
+
+/// A string with no interpolation: a plain HCL string, or a JSON string (a template of
+/// literals only).
+fn literal_string(e: &Expression) -> Option<String> {
+    match e {
+        Expression::String(s) => Some(s.value().clone()),
+        Expression::StringTemplate(t) => t
+            .iter()
+            .map(|el| el.as_literal().map(|l| l.value().clone()))
+            .collect(),
+        _ => None,
     }
 }
 
@@ -395,13 +475,14 @@ fn hcl_block(b: &hcl_edit::structure::Block, file: usize) -> Result<BlockDef<'_>
 fn json_blocks<'a>(
     kind: &str,
     v: &'a Expression,
+    text: &str,
     file: usize,
     out: &mut Vec<BlockDef<'a>>,
 ) -> Result<(), Fail> {
     let Expression::Object(labels) = v else {
         return Err(fail(
             file,
-            Some(span_start(v)),
+            Some(json_offset(text, &[kind])),
             kind,
             format!("\"{kind}\" must be an object of {kind}s by name"),
             format!("write \"{kind}\": {{\"NAME\": {{...}}}}"),
@@ -414,7 +495,7 @@ fn json_blocks<'a>(
             e => vec![e],
         };
         for b in bodies {
-            out.push(json_body(kind, label.clone(), b, file)?);
+            out.push(json_body(kind, label.clone(), b, text, file)?);
         }
     }
     Ok(())
@@ -424,12 +505,20 @@ fn json_body<'a>(
     kind: &str,
     label: String,
     b: &'a Expression,
+    text: &str,
     file: usize,
 ) -> Result<BlockDef<'a>, Fail> {
+    let label_copy = label.clone();
+    let path: Vec<&str> = if kind == "validation" {
+        vec!["validation"]
+    } else {
+        vec![kind, label_copy.as_str()]
+    };
+    let block_at = json_offset(text, &path);
     let Expression::Object(o) = b else {
         return Err(fail(
             file,
-            Some(span_start(b)),
+            Some(block_at),
             format!("{kind}.{label}"),
             format!("a {kind} must be an object of attributes"),
             format!("write \"{label}\": {{\"ATTRIBUTE\": VALUE}}"),
@@ -441,10 +530,13 @@ fn json_body<'a>(
         attrs: Vec::new(),
         blocks: Vec::new(),
         file,
-        at: span_start(b),
+        at: block_at,
     };
     for (k, v) in o.iter() {
         let name = object_key(k);
+        let mut attr_path = path.clone();
+        attr_path.push(&name);
+        let at = json_offset(text, &attr_path);
         if kind == "variable" && name == "validation" {
             let items: Vec<&Expression> = match v.expr() {
                 Expression::Array(a) => a.iter().collect(),
@@ -452,7 +544,7 @@ fn json_body<'a>(
             };
             for item in items {
                 def.blocks
-                    .push(json_body("validation", String::new(), item, file)?);
+                    .push(json_body("validation", String::new(), item, text, file)?);
             }
             continue;
         }
@@ -460,7 +552,7 @@ fn json_body<'a>(
             name,
             expr: v.expr(),
             file,
-            at: span_start(k),
+            at,
         });
     }
     Ok(def)
@@ -475,6 +567,8 @@ struct FuncDef<'a> {
     variadic: Option<String>,
     result: &'a Expression,
     file: usize,
+    /// Offset of `result`.
+    at: usize,
 }
 
 /// One target a block produces (a block with a `matrix` produces several).
@@ -720,11 +814,11 @@ impl<'a> Host for Globals<'a> {
 /// `object({...})`, `any`; in JSON files written as a string.
 fn parse_type(e: &Expression) -> Result<Type, String> {
     let bad = |what: &str| format!("{what} is not a type (use string, number, bool, list(T), set(T), map(T), tuple([...]), object({{...}}) or any)");
+    if let Some(s) = literal_string(e) {
+        let inner = hcl_edit::parser::parse_expr(&s).map_err(|_| bad(&s))?;
+        return parse_type(&inner);
+    }
     match e {
-        Expression::String(s) => {
-            let inner = hcl_edit::parser::parse_expr(s.value()).map_err(|_| bad(s.value()))?;
-            parse_type(&inner)
-        }
         Expression::Variable(v) => match v.as_str() {
             "string" => Ok(Type::String),
             "number" => Ok(Type::Number),
@@ -1007,10 +1101,15 @@ pub(super) fn load(
     cwd: &Path,
 ) -> Result<Project, ProjectError> {
     let to_err = |f: Fail| -> ProjectError {
-        let src = &files[f.file].0;
+        let (src, syntax) = &files[f.file];
+        // Spans inside JSON strings are relative to the string: name the attribute's line.
+        let at = match (syntax, f.fallback) {
+            (Syntax::Json, Some(fb)) => Some(fb),
+            _ => f.at.or(f.fallback),
+        };
         ProjectError::Invalid {
             file: src.shown.clone(),
-            line: f.at.map(|o| line_of(&src.text, o)),
+            line: at.map(|o| line_of(&src.text, o)),
             key: f.key,
             problem: f.problem,
             fix: f.fix,
@@ -1039,14 +1138,22 @@ struct Loader<'a> {
     warnings: Vec<String>,
 }
 
-fn from_eval(e: EvalError, key: &str) -> Fail {
-    fail(
+/// An evaluation error of the attribute at `at` (file, offset) named `key`.
+fn from_eval(e: EvalError, key: &str, at: (usize, usize)) -> Fail {
+    let mut f = fail(
         e.file,
-        e.span.map(|s| s.start),
+        e.span.as_ref().map(|s| s.start),
         key,
         e.message,
         "correct the expression; `docker buildx bake --print` shows how buildx reads it",
-    )
+    );
+    if e.file == at.0 {
+        f.fallback = Some(at.1);
+    } else if e.span.is_none() {
+        f.file = at.0;
+        f.at = Some(at.1);
+    }
+    f
 }
 
 impl<'a> Loader<'a> {
@@ -1063,7 +1170,7 @@ impl<'a> Loader<'a> {
         let mut blocks = Vec::new();
         let mut attrs = Vec::new();
         for (i, d) in docs.iter().enumerate() {
-            collect(d, i, &mut blocks, &mut attrs)?;
+            collect(d, &self.files[i].0.text, i, &mut blocks, &mut attrs)?;
         }
 
         let mut builtins = BTreeMap::new();
@@ -1133,12 +1240,15 @@ impl<'a> Loader<'a> {
         // Every variable is evaluated (and validated), used or not, as buildx does.
         let names: Vec<String> = g.variables.keys().chain(g.attrs.keys()).cloned().collect();
         for n in &names {
-            let key = if g.attrs.contains_key(n) {
-                n.clone()
-            } else {
-                format!("variable.{n}")
+            let (key, at) = match (g.attrs.get(n), g.variables.get(n)) {
+                (Some(a), _) => (n.clone(), (a.file, a.at)),
+                (None, Some(b)) => (
+                    format!("variable.{n}"),
+                    b.attr("default").map_or((b.file, b.at), |d| (d.file, d.at)),
+                ),
+                (None, None) => continue,
             };
-            g.resolve(n).map_err(|e| from_eval(e, &key))?;
+            g.resolve(n).map_err(|e| from_eval(e, &key, at))?;
         }
         for (n, b) in &g.variables {
             for v in &b.blocks {
@@ -1231,7 +1341,7 @@ impl<'a> Loader<'a> {
                     Some(a) => {
                         let v = Evaluator::new(&g, a.file, Vec::new())
                             .eval(a.expr)
-                            .map_err(|e| from_eval(e, &format!("{key}.targets")))?;
+                            .map_err(|e| from_eval(e, &format!("{key}.targets"), (a.file, a.at)))?;
                         string_list(&v).map_err(|m| {
                             fail(a.file, Some(a.at), format!("{key}.targets"), m, "write targets = [\"NAME\", ...]")
                         })?
@@ -1347,7 +1457,7 @@ impl<'a> Loader<'a> {
             let sk = static_key(k);
             let v = Evaluator::new(g, a.file, locals.clone())
                 .eval(a.expr)
-                .map_err(|e| from_eval(e, &key))?;
+                .map_err(|e| from_eval(e, &key, (a.file, a.at)))?;
             let bad = |m: String, fix: &str| fail(a.file, Some(a.at), &key, m, fix);
             r.origins.insert(sk, Some((a.file, a.at)));
             if v == Value::Null {
@@ -1624,7 +1734,7 @@ fn expand<'a>(g: &Globals<'a>, b: &'a BlockDef<'a>) -> Result<Vec<Instance<'a>>,
     let mkey = format!("{key}.matrix");
     let v = Evaluator::new(g, m.file, Vec::new())
         .eval(m.expr)
-        .map_err(|e| from_eval(e, &mkey))?;
+        .map_err(|e| from_eval(e, &mkey, (m.file, m.at)))?;
     let Value::Object(axes) = v else {
         return Err(fail(m.file, Some(m.at), mkey, "matrix must be a map", "write matrix = { NAME = [\"a\", \"b\"] }"));
     };
@@ -1653,7 +1763,7 @@ fn expand<'a>(g: &Globals<'a>, b: &'a BlockDef<'a>) -> Result<Vec<Instance<'a>>,
             Some(n) => {
                 let v = Evaluator::new(g, n.file, locals.clone())
                     .eval(n.expr)
-                    .map_err(|e| from_eval(e, &format!("{key}.name")))?;
+                    .map_err(|e| from_eval(e, &format!("{key}.name"), (n.file, n.at)))?;
                 let s = v.to_str().map_err(|msg| fail(n.file, Some(n.at), format!("{key}.name"), msg, "name must be a string"))?;
                 if !valid_bake_name(&s) {
                     return Err(bad_name(n.file, n.at, &format!("{key}.name"), &s));
@@ -1678,15 +1788,14 @@ fn expand<'a>(g: &Globals<'a>, b: &'a BlockDef<'a>) -> Result<Vec<Instance<'a>>,
 fn function_def<'a>(b: &'a BlockDef<'a>, key: &str) -> Result<FuncDef<'a>, Fail> {
     let mut params = Vec::new();
     let mut variadic = None;
-    let mut result = None;
+    let mut result: Option<&Attr> = None;
     let names = |e: &Expression| -> Option<Vec<String>> {
         match e {
             Expression::Array(a) => a
                 .iter()
                 .map(|x| match x {
                     Expression::Variable(v) => Some(v.as_str().to_string()),
-                    Expression::String(s) => Some(s.value().clone()),
-                    _ => None,
+                    other => literal_string(other),
                 })
                 .collect(),
             _ => None,
@@ -1698,13 +1807,13 @@ fn function_def<'a>(b: &'a BlockDef<'a>, key: &str) -> Result<FuncDef<'a>, Fail>
                 params = names(a.expr).ok_or_else(|| fail(a.file, Some(a.at), format!("{key}.params"), "params must be a list of names", "write params = [a, b]"))?;
             }
             "variadic_params" => {
-                variadic = Some(match a.expr {
-                    Expression::Variable(v) => v.as_str().to_string(),
-                    Expression::String(s) => s.value().clone(),
+                variadic = Some(match (a.expr, literal_string(a.expr)) {
+                    (Expression::Variable(v), _) => v.as_str().to_string(),
+                    (_, Some(s)) => s,
                     _ => return Err(fail(a.file, Some(a.at), format!("{key}.variadic_params"), "variadic_params must be a name", "write variadic_params = rest")),
                 });
             }
-            "result" => result = Some(a.expr),
+            "result" => result = Some(a),
             _ => return Err(unknown_key(a, key, &["params", "variadic_params", "result"])),
         }
     }
@@ -1717,8 +1826,9 @@ fn function_def<'a>(b: &'a BlockDef<'a>, key: &str) -> Result<FuncDef<'a>, Fail>
     Ok(FuncDef {
         params,
         variadic,
-        result,
+        result: result.expr,
         file: b.file,
+        at: result.at,
     })
 }
 
@@ -1732,7 +1842,7 @@ fn check_function(g: &Globals, name: &str, f: &FuncDef) -> Result<(), Fail> {
     }
     match Evaluator::new(g, f.file, locals).eval(f.result) {
         Err(e) if e.message.starts_with("there is no variable") || e.message.starts_with("there is no function") => {
-            Err(from_eval(e, &format!("function.{name}.result")))
+            Err(from_eval(e, &format!("function.{name}.result"), (f.file, f.at)))
         }
         _ => Ok(()),
     }
@@ -1745,7 +1855,7 @@ fn validate(g: &Globals, name: &str, v: &BlockDef) -> Result<(), Fail> {
     };
     let ok = g
         .eval_global(cond.expr, cond.file)
-        .map_err(|e| from_eval(e, &key))?;
+        .map_err(|e| from_eval(e, &key, (cond.file, cond.at)))?;
     if ok == Value::Null {
         return Err(fail(cond.file, Some(cond.at), key, "the condition is null; it must be true or false", "correct the condition"));
     }
