@@ -1582,19 +1582,15 @@ impl<'a> Loader<'a> {
         if ctx_raw == "-" || crate::options::parse_context_source(&ctx_raw).is_ok_and(|s| matches!(s, ContextSource::Remote(_))) || ctx_raw.starts_with("git@") {
             return Err(fail(cf, ca, key("context"), format!("remote or stdin build context {ctx_raw:?} is not supported by bk-build"), "check the repository out and point context at the directory"));
         }
+        // Whether the context and the Dockerfile exist is checked when a target is built, not
+        // here: bake files commonly hold targets that only exist to be inherited from (no
+        // context of their own), and buildx does not check them either.
         t.context = normalize(&base.join(&ctx_raw));
-        if !t.context.is_dir() {
-            return Err(fail(cf, ca, key("context"), format!("context directory {} does not exist", t.context.display()), format!("bake paths are relative to the current directory ({}), not to the bake file; correct the path", base.display())));
-        }
         let df_raw = r.strings.get("dockerfile").cloned().filter(|s| !s.is_empty()).unwrap_or_else(|| "Dockerfile".into());
         t.dockerfile = match df_raw.strip_prefix("cwd://") {
             Some(p) => normalize(&base.join(p)),
             None => normalize(&t.context.join(&df_raw)),
         };
-        if !t.dockerfile.is_file() {
-            let (f, a) = if r.strings.contains_key("dockerfile") { at("dockerfile") } else { (cf, ca) };
-            return Err(fail(f, a, key("dockerfile"), format!("Dockerfile {} does not exist", t.dockerfile.display()), "dockerfile is relative to the context; correct the path or add the file"));
-        }
         t.target = r.strings.get("target").cloned().filter(|s| !s.is_empty());
         for (m, out) in [("args", &mut t.args), ("labels", &mut t.labels)] {
             if let Some(entries) = r.maps.get(m) {

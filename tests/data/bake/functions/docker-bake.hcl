@@ -40,7 +40,7 @@ target "app" {
     COALESCE    = coalesce(null, "first", "second")
     CONCAT      = length(concat(["a"], ["b", "c"]))
     CONTAINS    = contains(["a", "b"], "b")
-    LENGTH      = length("héllo")
+    LENGTH      = strlen("héllo")
     TRIMSUFFIX  = trimsuffix("app.tar.gz", ".gz")
     SUBSTR      = substr("hello world", 6, -1)
     ELEMENT     = element(["a", "b", "c"], 4)
