@@ -124,7 +124,10 @@ fn matrix_targets_build_on_a_target_context_and_rebuild_on_edits() {
         assert_eq!(read(&out.join("flavor.txt")), format!("{flavor} v1\n"));
         assert_eq!(read(&out.join("built-for")), format!("{flavor}\n"));
         assert_eq!(read(&out.join("base.txt")), "base v1\n");
-        assert!(out.join("bin/busybox").exists(), "the base image is under {flavor}'s files");
+        assert!(
+            out.join("bin/busybox").exists(),
+            "the base image is under {flavor}'s files"
+        );
     }
     let repo_path = r.repo.trim_start_matches("localhost:5000/");
     assert!(
@@ -147,10 +150,7 @@ fn matrix_targets_build_on_a_target_context_and_rebuild_on_edits() {
     assert_eq!(p["base"], "skip", "{p:?}");
     let o = bake(&r);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(
-        read(&r.root.join("out/alpine/flavor.txt")),
-        "alpine v2\n"
-    );
+    assert_eq!(read(&r.root.join("out/alpine/flavor.txt")), "alpine v2\n");
 
     // An edit of the base rebuilds it and every fork on it.
     write(&r.root.join("base/base.txt"), "base v2\n");

@@ -303,7 +303,9 @@ fn canon_buildx(t: &Value, cwd: &Path) -> Value {
     let o = t.as_object().expect("target object");
     let get = |k: &str| o.get(k);
     let context = abs(cwd, get("context").and_then(Value::as_str).unwrap_or("."));
-    let df = get("dockerfile").and_then(Value::as_str).unwrap_or("Dockerfile");
+    let df = get("dockerfile")
+        .and_then(Value::as_str)
+        .unwrap_or("Dockerfile");
     let dockerfile = match df.strip_prefix("cwd://") {
         Some(p) => abs(cwd, p),
         None if Path::new(df).is_absolute() => df.to_string(),
@@ -361,7 +363,9 @@ fn canon_buildx(t: &Value, cwd: &Path) -> Value {
                     e.as_object()
                         .map(|m| {
                             m.iter()
-                                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                                .map(|(k, v)| {
+                                    (k.clone(), v.as_str().unwrap_or_default().to_string())
+                                })
                                 .collect()
                         })
                         .unwrap_or_default()
@@ -370,7 +374,14 @@ fn canon_buildx(t: &Value, cwd: &Path) -> Value {
             _ => Vec::new(),
         }
     };
-    let cache = |k: &str| sorted(entries(k).into_iter().map(|m| entry_canon(cwd, m)).collect());
+    let cache = |k: &str| {
+        sorted(
+            entries(k)
+                .into_iter()
+                .map(|m| entry_canon(cwd, m))
+                .collect(),
+        )
+    };
     let (push, load, outputs) = outputs_canon(entries("output"), cwd);
     json!({
         "context": context,
@@ -401,7 +412,11 @@ fn canon_bk(t: &Value, cwd: &Path) -> Value {
         .map(|s| {
             let m = csv_map(s);
             let f = |k: &str| m.get(k).cloned().unwrap_or_default();
-            let mut src = if f("src").is_empty() { f("source") } else { f("src") };
+            let mut src = if f("src").is_empty() {
+                f("source")
+            } else {
+                f("src")
+            };
             let mut env = f("env");
             if f("type") == "env" && env.is_empty() {
                 env = std::mem::take(&mut src);
@@ -417,9 +432,12 @@ fn canon_bk(t: &Value, cwd: &Path) -> Value {
                     let m = if s.contains('=') {
                         csv_map(s)
                     } else {
-                        [("type".to_string(), "registry".to_string()), ("ref".to_string(), s.clone())]
-                            .into_iter()
-                            .collect()
+                        [
+                            ("type".to_string(), "registry".to_string()),
+                            ("ref".to_string(), s.clone()),
+                        ]
+                        .into_iter()
+                        .collect()
                     };
                     entry_canon(cwd, m)
                 })
@@ -430,9 +448,17 @@ fn canon_bk(t: &Value, cwd: &Path) -> Value {
         .iter()
         .map(|s| {
             if s == "-" {
-                [("type".to_string(), "tar".to_string()), ("dest".to_string(), "-".to_string())].into()
+                [
+                    ("type".to_string(), "tar".to_string()),
+                    ("dest".to_string(), "-".to_string()),
+                ]
+                .into()
             } else if !s.contains('=') {
-                [("type".to_string(), "local".to_string()), ("dest".to_string(), s.clone())].into()
+                [
+                    ("type".to_string(), "local".to_string()),
+                    ("dest".to_string(), s.clone()),
+                ]
+                .into()
             } else {
                 csv_map(s)
             }
@@ -462,8 +488,12 @@ fn canon_bk(t: &Value, cwd: &Path) -> Value {
 
 fn stdout_json(o: &std::process::Output, what: &str) -> Value {
     assert!(o.status.success(), "{what} failed:\n{}", stderr(o));
-    serde_json::from_slice(&o.stdout)
-        .unwrap_or_else(|e| panic!("{what} printed no JSON ({e}):\n{}", String::from_utf8_lossy(&o.stdout)))
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{what} printed no JSON ({e}):\n{}",
+            String::from_utf8_lossy(&o.stdout)
+        )
+    })
 }
 
 fn buildx_print(cwd: &Path, case: &Case, names: &[String]) -> Value {
@@ -477,7 +507,12 @@ fn buildx_print(cwd: &Path, case: &Case, names: &[String]) -> Value {
 }
 
 /// The targets a group name stands for, in bk-build's printed project.
-fn expand(groups: &Map<String, Value>, name: &str, seen: &mut BTreeSet<String>, out: &mut BTreeSet<String>) {
+fn expand(
+    groups: &Map<String, Value>,
+    name: &str,
+    seen: &mut BTreeSet<String>,
+    out: &mut BTreeSet<String>,
+) {
     match groups.get(name).and_then(|g| g.get("targets")) {
         Some(members) if seen.insert(name.to_string()) => {
             for m in strings(Some(members)) {
@@ -558,18 +593,31 @@ fn bake_print_agrees_with_buildx() {
         let bx_names: BTreeSet<String> = bx_targets.keys().cloned().collect();
         let bk_names: BTreeSet<String> = bk_targets.keys().cloned().collect();
         if bx_names != bk_names {
-            diffs.push(format!("{label}: targets: bk-build {bk_names:?}, buildx {bx_names:?}"));
+            diffs.push(format!(
+                "{label}: targets: bk-build {bk_names:?}, buildx {bx_names:?}"
+            ));
         }
-        compare_targets(&label, &cwd, &bk_targets, &bx_targets, &bk_names, &warnings, &mut diffs);
+        compare_targets(
+            &label,
+            &cwd,
+            &bk_targets,
+            &bx_targets,
+            &bk_names,
+            &warnings,
+            &mut diffs,
+        );
         for (g, members) in &bk_groups {
             if g == "default" {
                 continue;
             }
             let mine: BTreeSet<String> = strings(members.get("targets")).into_iter().collect();
-            let theirs: BTreeSet<String> =
-                strings(bx["group"][g.as_str()].get("targets")).into_iter().collect();
+            let theirs: BTreeSet<String> = strings(bx["group"][g.as_str()].get("targets"))
+                .into_iter()
+                .collect();
             if mine != theirs {
-                diffs.push(format!("{label}: group {g}: bk-build {mine:?}, buildx {theirs:?}"));
+                diffs.push(format!(
+                    "{label}: group {g}: bk-build {mine:?}, buildx {theirs:?}"
+                ));
             }
         }
 
@@ -587,22 +635,31 @@ fn bake_print_agrees_with_buildx() {
             let linked: BTreeSet<String> = theirs.difference(&mine).cloned().collect();
             for l in &linked {
                 let used = mine.iter().any(|m| {
-                    bk_targets[m]["contexts"]
-                        .as_object()
-                        .is_some_and(|c| c.values().any(|v| v.as_str() == Some(&format!("target:{l}"))))
+                    bk_targets[m]["contexts"].as_object().is_some_and(|c| {
+                        c.values()
+                            .any(|v| v.as_str() == Some(&format!("target:{l}")))
+                    })
                 });
                 if !used {
-                    diffs.push(format!("{label}: default: buildx builds {l}, bk-build does not"));
+                    diffs.push(format!(
+                        "{label}: default: buildx builds {l}, bk-build does not"
+                    ));
                 }
             }
             if !mine.is_subset(&theirs) {
-                diffs.push(format!("{label}: default: bk-build {mine:?}, buildx {theirs:?}"));
+                diffs.push(format!(
+                    "{label}: default: bk-build {mine:?}, buildx {theirs:?}"
+                ));
             }
         }
         compared += bk_names.len();
     }
     assert!(compared > 30, "too few targets compared: {compared}");
-    assert!(diffs.is_empty(), "bk-build and buildx disagree:\n  {}", diffs.join("\n  "));
+    assert!(
+        diffs.is_empty(),
+        "bk-build and buildx disagree:\n  {}",
+        diffs.join("\n  ")
+    );
 }
 
 /// The line an error message names for `file` (`file:LINE`), if any.
@@ -647,7 +704,9 @@ fn bad_bake_files_fail_in_both_and_name_the_line() {
         // the same line.
         if let Some(bx_line) = bx_line {
             if bk_line.abs_diff(bx_line) > 2 {
-                diffs.push(format!("{name}: bk-build names line {bk_line}, buildx line {bx_line}:\n{bk_err}"));
+                diffs.push(format!(
+                    "{name}: bk-build names line {bk_line}, buildx line {bx_line}:\n{bk_err}"
+                ));
             }
         }
     }

@@ -156,7 +156,11 @@ pub fn discover(cwd: &Path) -> Result<Vec<PathBuf>, ProjectError> {
         return Ok(vec![toml]);
     }
     let mut files = Vec::new();
-    if let Some(p) = COMPOSE_NAMES.iter().map(|n| cwd.join(n)).find(|p| p.is_file()) {
+    if let Some(p) = COMPOSE_NAMES
+        .iter()
+        .map(|n| cwd.join(n))
+        .find(|p| p.is_file())
+    {
         files.push(p);
         if let Some(o) = COMPOSE_OVERRIDES
             .iter()

@@ -45,8 +45,7 @@ pub(crate) trait Host {
     /// Names the host knows, for "did you mean" hints.
     fn variable_names(&self) -> Vec<String>;
     /// `KIND.NAME.ATTR` for block kinds (`target`, `group`); `None` when `kind` is not one.
-    fn block_attr(&self, kind: &str, name: &str, attr: &str)
-        -> Option<Result<Value, EvalError>>;
+    fn block_attr(&self, kind: &str, name: &str, attr: &str) -> Option<Result<Value, EvalError>>;
     fn function(&self, name: &str) -> Option<UserFunc<'_>>;
     fn function_names(&self) -> Vec<String>;
 }
@@ -148,12 +147,9 @@ impl<'h> Evaluator<'h> {
                         .map_err(|m| self.err(span, m)),
                 }
             }
-            Expression::BinaryOp(b) => self.binary(
-                &b.lhs_expr,
-                *b.operator.value(),
-                &b.rhs_expr,
-                span,
-            ),
+            Expression::BinaryOp(b) => {
+                self.binary(&b.lhs_expr, *b.operator.value(), &b.rhs_expr, span)
+            }
             Expression::ForExpr(f) => self.for_expr(f, span),
         }
     }
@@ -234,7 +230,10 @@ impl<'h> Evaluator<'h> {
                     Directive::If(d) => {
                         let cond = self.eval(&d.if_expr.cond_expr)?;
                         let b = cond.to_bool().map_err(|m| {
-                            self.err(d.if_expr.cond_expr.span(), format!("%{{if}} condition: {m}"))
+                            self.err(
+                                d.if_expr.cond_expr.span(),
+                                format!("%{{if}} condition: {m}"),
+                            )
                         })?;
                         let else_strip = d.else_expr.as_ref().map(|e| e.strip);
                         if b {
@@ -313,7 +312,10 @@ impl<'h> Evaluator<'h> {
                 .collect()),
             other => Err(self.err(
                 span,
-                format!("cannot iterate over a {}; a list or map is required", other.type_name()),
+                format!(
+                    "cannot iterate over a {}; a list or map is required",
+                    other.type_name()
+                ),
             )),
         }
     }
@@ -329,7 +331,8 @@ impl<'h> Evaluator<'h> {
             if let Some(kv) = &f.intro.key_var {
                 self.locals.push((kv.as_str().to_string(), k));
             }
-            self.locals.push((f.intro.value_var.as_str().to_string(), v));
+            self.locals
+                .push((f.intro.value_var.as_str().to_string(), v));
             let r = (|| -> Result<(), EvalError> {
                 if let Some(c) = &f.cond {
                     let keep = self
@@ -387,7 +390,10 @@ impl<'h> Evaluator<'h> {
             let kind = root.as_str();
             let is_local = self.locals.iter().any(|(n, _)| n == kind);
             if !is_local {
-                if let (Some(TraversalOperator::GetAttr(name)), Some(TraversalOperator::GetAttr(attr))) = (
+                if let (
+                    Some(TraversalOperator::GetAttr(name)),
+                    Some(TraversalOperator::GetAttr(attr)),
+                ) = (
                     ops.first().map(|o| o.value()),
                     ops.get(1).map(|o| o.value()),
                 ) {
@@ -482,17 +488,25 @@ impl<'h> Evaluator<'h> {
     fn index(&self, v: &Value, key: &Value, span: Option<Range<usize>>) -> R {
         match v {
             Value::List(l) => {
-                let n = key.to_number().map_err(|m| self.err(span.clone(), format!("index: {m}")))?;
+                let n = key
+                    .to_number()
+                    .map_err(|m| self.err(span.clone(), format!("index: {m}")))?;
                 if n.fract() != 0.0 || n < 0.0 || n as usize >= l.len() {
                     return Err(self.err(
                         span,
-                        format!("index {} is out of range for a list of {} elements", super::value::fmt_number(n), l.len()),
+                        format!(
+                            "index {} is out of range for a list of {} elements",
+                            super::value::fmt_number(n),
+                            l.len()
+                        ),
                     ));
                 }
                 Ok(l[n as usize].clone())
             }
             Value::Object(m) => {
-                let k = key.to_str().map_err(|e| self.err(span.clone(), format!("key: {e}")))?;
+                let k = key
+                    .to_str()
+                    .map_err(|e| self.err(span.clone(), format!("key: {e}")))?;
                 m.get(&k)
                     .cloned()
                     .ok_or_else(|| self.err(span, format!("the map has no element {k:?}")))
@@ -559,7 +573,10 @@ impl<'h> Evaluator<'h> {
 
     fn call(&mut self, f: &FuncCall, span: Option<Range<usize>>) -> R {
         if f.name.is_namespaced() {
-            return Err(self.err(span, "namespaced functions (a::b) do not exist in bake files"));
+            return Err(self.err(
+                span,
+                "namespaced functions (a::b) do not exist in bake files",
+            ));
         }
         let name = f.name.name.as_str();
         // try() and can() look at errors, so they evaluate their arguments themselves.
@@ -572,7 +589,9 @@ impl<'h> Evaluator<'h> {
                         Err(e) => last = Some(e),
                     }
                 }
-                return Err(last.unwrap_or_else(|| self.err(span, "try() needs at least one argument")));
+                return Err(
+                    last.unwrap_or_else(|| self.err(span, "try() needs at least one argument"))
+                );
             }
             "can" => {
                 if f.args.len() != 1 {
@@ -593,7 +612,10 @@ impl<'h> Evaluator<'h> {
                 Some(other) => {
                     return Err(self.err(
                         span,
-                        format!("the last argument before ... must be a list, found a {}", other.type_name()),
+                        format!(
+                            "the last argument before ... must be a list, found a {}",
+                            other.type_name()
+                        ),
                     ))
                 }
                 None => {}
@@ -606,7 +628,10 @@ impl<'h> Evaluator<'h> {
             return self.call_user(name, &uf, args, span);
         }
         if let Some(why) = funcs::unsupported(name) {
-            return Err(self.err(span, format!("function {name}() is not supported by bk-build: {why}")));
+            return Err(self.err(
+                span,
+                format!("function {name}() is not supported by bk-build: {why}"),
+            ));
         }
         let mut names: Vec<String> = funcs::NAMES.iter().map(|s| s.to_string()).collect();
         names.extend(self.host.function_names());
@@ -629,7 +654,11 @@ impl<'h> Evaluator<'h> {
                 span,
                 format!(
                     "function {name}() takes {}{} arguments, {} given",
-                    if uf.variadic.is_some() { "at least " } else { "" },
+                    if uf.variadic.is_some() {
+                        "at least "
+                    } else {
+                        ""
+                    },
                     n,
                     args.len()
                 ),
@@ -721,7 +750,13 @@ mod tests {
         );
         assert_eq!(
             ev("{for i, x in L : x => i}").unwrap(),
-            Value::Object([("a".into(), Value::Number(0.0)), ("b".into(), Value::Number(1.0))].into())
+            Value::Object(
+                [
+                    ("a".into(), Value::Number(0.0)),
+                    ("b".into(), Value::Number(1.0))
+                ]
+                .into()
+            )
         );
         assert_eq!(
             ev("[{a = 1}, {a = 2}][*].a").unwrap(),
@@ -740,5 +775,4 @@ mod tests {
         let e = ev("uper(\"x\")").unwrap_err();
         assert!(e.contains("did you mean upper()"), "{e}");
     }
-
 }

@@ -11,18 +11,97 @@ use super::value::{fmt_number, set_normalize, Value};
 
 /// Every function [`call`] knows, for "did you mean" hints.
 pub(crate) const NAMES: &[&str] = &[
-    "absolute", "add", "and", "base64decode", "base64encode", "basename", "can", "ceil", "chomp",
-    "chunklist", "coalesce", "coalescelist", "compact", "concat", "contains", "csvdecode",
-    "dirname", "distinct", "divide", "element", "equal", "flatten", "floor", "format",
-    "formatdate", "formatlist", "greaterthan", "greaterthanorequalto", "hasindex", "homedir",
-    "indent", "index", "indexof", "int", "join", "jsondecode", "jsonencode", "keys", "length",
-    "lessthan", "lessthanorequalto", "log", "lookup", "lower", "max", "merge", "min", "modulo",
-    "multiply", "negate", "not", "notequal", "or", "parseint", "pow", "range", "regex",
-    "regex_replace", "regexall", "replace", "reverse", "reverselist", "sanitize",
-    "sethaselement", "setintersection", "setproduct", "setsubtract", "setsymmetricdifference",
-    "setunion", "sha256", "sha512", "signum", "slice", "sort", "split", "strlen", "substr",
-    "subtract", "timeadd", "timestamp", "title", "trim", "trimprefix", "trimspace",
-    "trimsuffix", "try", "upper", "urlencode", "uuidv4", "values", "zipmap",
+    "absolute",
+    "add",
+    "and",
+    "base64decode",
+    "base64encode",
+    "basename",
+    "can",
+    "ceil",
+    "chomp",
+    "chunklist",
+    "coalesce",
+    "coalescelist",
+    "compact",
+    "concat",
+    "contains",
+    "csvdecode",
+    "dirname",
+    "distinct",
+    "divide",
+    "element",
+    "equal",
+    "flatten",
+    "floor",
+    "format",
+    "formatdate",
+    "formatlist",
+    "greaterthan",
+    "greaterthanorequalto",
+    "hasindex",
+    "homedir",
+    "indent",
+    "index",
+    "indexof",
+    "int",
+    "join",
+    "jsondecode",
+    "jsonencode",
+    "keys",
+    "length",
+    "lessthan",
+    "lessthanorequalto",
+    "log",
+    "lookup",
+    "lower",
+    "max",
+    "merge",
+    "min",
+    "modulo",
+    "multiply",
+    "negate",
+    "not",
+    "notequal",
+    "or",
+    "parseint",
+    "pow",
+    "range",
+    "regex",
+    "regex_replace",
+    "regexall",
+    "replace",
+    "reverse",
+    "reverselist",
+    "sanitize",
+    "sethaselement",
+    "setintersection",
+    "setproduct",
+    "setsubtract",
+    "setsymmetricdifference",
+    "setunion",
+    "sha256",
+    "sha512",
+    "signum",
+    "slice",
+    "sort",
+    "split",
+    "strlen",
+    "substr",
+    "subtract",
+    "timeadd",
+    "timestamp",
+    "title",
+    "trim",
+    "trimprefix",
+    "trimspace",
+    "trimsuffix",
+    "try",
+    "upper",
+    "urlencode",
+    "uuidv4",
+    "values",
+    "zipmap",
 ];
 
 /// Why a function buildx has is missing here, or `None` when buildx has no such function.
@@ -67,7 +146,15 @@ pub(crate) fn call(name: &str, a: Vec<Value>) -> Option<R> {
         "negate" => num1(&a).map(|n| Value::Number(-n)),
         "ceil" => num1(&a).map(|n| Value::Number(n.ceil())),
         "floor" => num1(&a).map(|n| Value::Number(n.floor())),
-        "signum" => num1(&a).map(|n| Value::Number(if n > 0.0 { 1.0 } else if n < 0.0 { -1.0 } else { 0.0 })),
+        "signum" => num1(&a).map(|n| {
+            Value::Number(if n > 0.0 {
+                1.0
+            } else if n < 0.0 {
+                -1.0
+            } else {
+                0.0
+            })
+        }),
         "int" => num1(&a).map(|n| Value::Number(n.trunc())),
         "log" => num2(&a).map(|(x, b)| Value::Number(x.ln() / b.ln())),
         "pow" => num2(&a).map(|(x, y)| Value::Number(x.powf(y))),
@@ -75,7 +162,9 @@ pub(crate) fn call(name: &str, a: Vec<Value>) -> Option<R> {
         "parseint" => parseint(&a),
         "and" => bool2(&a).map(|(x, y)| Value::Bool(x && y)),
         "or" => bool2(&a).map(|(x, y)| Value::Bool(x || y)),
-        "not" => arity(&a, 1).and_then(|_| a[0].to_bool()).map(|b| Value::Bool(!b)),
+        "not" => arity(&a, 1)
+            .and_then(|_| a[0].to_bool())
+            .map(|b| Value::Bool(!b)),
         "equal" => arity(&a, 2).map(|_| Value::Bool(a[0].equals(&a[1]))),
         "notequal" => arity(&a, 2).map(|_| Value::Bool(!a[0].equals(&a[1]))),
         "greaterthan" => num2(&a).map(|(x, y)| Value::Bool(x > y)),
@@ -108,7 +197,13 @@ pub(crate) fn call(name: &str, a: Vec<Value>) -> Option<R> {
         "sanitize" => str1(&a).map(|s| {
             Value::String(
                 s.chars()
-                    .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                            c
+                        } else {
+                            '_'
+                        }
+                    })
                     .collect(),
             )
         }),
@@ -167,9 +262,8 @@ pub(crate) fn call(name: &str, a: Vec<Value>) -> Option<R> {
             .map(|v| v.as_list().map(<[Value]>::to_vec))
             .collect::<Result<Vec<_>, _>>()
             .map(|ls| Value::List(ls.into_iter().flatten().collect())),
-        "contains" => arity(&a, 2).and_then(|_| {
-            Ok(Value::Bool(a[0].as_list()?.iter().any(|x| x.equals(&a[1]))))
-        }),
+        "contains" => arity(&a, 2)
+            .and_then(|_| Ok(Value::Bool(a[0].as_list()?.iter().any(|x| x.equals(&a[1]))))),
         "distinct" => list1(&a).map(|l| {
             let mut out: Vec<Value> = Vec::new();
             for x in l {
@@ -182,7 +276,9 @@ pub(crate) fn call(name: &str, a: Vec<Value>) -> Option<R> {
         "compact" => list1(&a).map(|l| {
             Value::List(
                 l.into_iter()
-                    .filter(|x| !matches!(x, Value::Null) && !matches!(x, Value::String(s) if s.is_empty()))
+                    .filter(|x| {
+                        !matches!(x, Value::Null) && !matches!(x, Value::String(s) if s.is_empty())
+                    })
                     .collect(),
             )
         }),
@@ -229,7 +325,9 @@ pub(crate) fn call(name: &str, a: Vec<Value>) -> Option<R> {
             }
             Value::Object(m) => {
                 let k = a[1].to_str()?;
-                m.get(&k).cloned().ok_or_else(|| format!("no element {k:?}"))
+                m.get(&k)
+                    .cloned()
+                    .ok_or_else(|| format!("no element {k:?}"))
             }
             other => Err(format!("cannot index a {}", other.type_name())),
         }),
@@ -275,7 +373,9 @@ pub(crate) fn call(name: &str, a: Vec<Value>) -> Option<R> {
                 return Ok(Value::List(vec![Value::List(l.to_vec())]));
             }
             Ok(Value::List(
-                l.chunks(n as usize).map(|c| Value::List(c.to_vec())).collect(),
+                l.chunks(n as usize)
+                    .map(|c| Value::List(c.to_vec()))
+                    .collect(),
             ))
         }),
         "coalesce" => a
@@ -293,9 +393,16 @@ pub(crate) fn call(name: &str, a: Vec<Value>) -> Option<R> {
         })(),
         "range" => range(&a),
         "keys" => arity(&a, 1).and_then(|_| {
-            Ok(Value::List(a[0].as_object()?.keys().cloned().map(Value::String).collect()))
+            Ok(Value::List(
+                a[0].as_object()?
+                    .keys()
+                    .cloned()
+                    .map(Value::String)
+                    .collect(),
+            ))
         }),
-        "values" => arity(&a, 1).and_then(|_| Ok(Value::List(a[0].as_object()?.values().cloned().collect()))),
+        "values" => arity(&a, 1)
+            .and_then(|_| Ok(Value::List(a[0].as_object()?.values().cloned().collect()))),
         "lookup" => {
             if a.len() != 2 && a.len() != 3 {
                 return Some(Err(format!("takes 2 or 3 arguments, {} given", a.len())));
@@ -334,8 +441,11 @@ pub(crate) fn call(name: &str, a: Vec<Value>) -> Option<R> {
                     .collect::<Result<_, _>>()?,
             ))
         }),
-        "sethaselement" => arity(&a, 2).and_then(|_| Ok(Value::Bool(a[0].as_list()?.iter().any(|x| x.equals(&a[1]))))),
-        "setunion" | "setintersection" | "setsubtract" | "setsymmetricdifference" => set_op(name, &a),
+        "sethaselement" => arity(&a, 2)
+            .and_then(|_| Ok(Value::Bool(a[0].as_list()?.iter().any(|x| x.equals(&a[1]))))),
+        "setunion" | "setintersection" | "setsubtract" | "setsymmetricdifference" => {
+            set_op(name, &a)
+        }
         "setproduct" => {
             let mut acc: Vec<Vec<Value>> = vec![Vec::new()];
             for v in &a {
@@ -450,7 +560,10 @@ fn parseint(a: &[Value]) -> R {
         None => (false, s.strip_prefix('+').unwrap_or(&s)),
     };
     if digits.is_empty() {
-        return Err(format!("cannot parse {s:?} as a base {} integer", fmt_number(base)));
+        return Err(format!(
+            "cannot parse {s:?} as a base {} integer",
+            fmt_number(base)
+        ));
     }
     let mut n: f64 = 0.0;
     for c in digits.chars() {
@@ -462,7 +575,10 @@ fn parseint(a: &[Value]) -> R {
             _ => u32::MAX,
         };
         if f64::from(d) >= base {
-            return Err(format!("cannot parse {s:?} as a base {} integer", fmt_number(base)));
+            return Err(format!(
+                "cannot parse {s:?} as a base {} integer",
+                fmt_number(base)
+            ));
         }
         n = n * base + f64::from(d);
     }
@@ -509,7 +625,9 @@ fn substr(a: &[Value]) -> R {
         return Ok(Value::str(""));
     }
     let end = if len < 0.0 { n } else { (off + len).min(n) };
-    Ok(Value::String(s[off as usize..end as usize].iter().collect()))
+    Ok(Value::String(
+        s[off as usize..end as usize].iter().collect(),
+    ))
 }
 
 fn indent(a: &[Value]) -> R {
@@ -555,7 +673,12 @@ fn regex_fn(a: &[Value], all: bool) -> R {
                     .iter()
                     .enumerate()
                     .filter_map(|(i, n)| {
-                        n.map(|n| (n.to_string(), Value::str(c.get(i + 1).map_or("", |m| m.as_str()))))
+                        n.map(|n| {
+                            (
+                                n.to_string(),
+                                Value::str(c.get(i + 1).map_or("", |m| m.as_str())),
+                            )
+                        })
                     })
                     .collect(),
             );
@@ -578,7 +701,9 @@ fn regex_fn(a: &[Value], all: bool) -> R {
 fn regex_replace(a: &[Value]) -> R {
     let (s, pattern, with) = str3(a)?;
     let re = compile(&pattern)?;
-    Ok(Value::String(re.replace_all(&s, with.as_str()).into_owned()))
+    Ok(Value::String(
+        re.replace_all(&s, with.as_str()).into_owned(),
+    ))
 }
 
 /// Go's `path.Clean`, which `basename`/`dirname` build on.
@@ -654,7 +779,14 @@ fn uuidv4() -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 fn range(a: &[Value]) -> R {
@@ -696,7 +828,11 @@ fn set_op(name: &str, a: &[Value]) -> R {
             .collect(),
         "setsubtract" => {
             arity(a, 2)?;
-            sets[0].iter().filter(|x| !has(sets[1], x)).cloned().collect()
+            sets[0]
+                .iter()
+                .filter(|x| !has(sets[1], x))
+                .cloned()
+                .collect()
         }
         _ => {
             let all: Vec<Value> = sets.iter().flat_map(|s| s.iter().cloned()).collect();
@@ -720,10 +856,18 @@ fn csvdecode(s: &str) -> R {
     for (i, l) in lines.enumerate() {
         let f = csv_fields(l)?;
         if f.len() != head.len() {
-            return Err(format!("line {}: {} fields, the header has {}", i + 2, f.len(), head.len()));
+            return Err(format!(
+                "line {}: {} fields, the header has {}",
+                i + 2,
+                f.len(),
+                head.len()
+            ));
         }
         rows.push(Value::Object(
-            head.iter().cloned().zip(f.into_iter().map(Value::String)).collect(),
+            head.iter()
+                .cloned()
+                .zip(f.into_iter().map(Value::String))
+                .collect(),
         ));
     }
     Ok(Value::List(rows))
@@ -784,7 +928,10 @@ fn formatlist(a: &[Value]) -> R {
         if let Value::List(l) = v {
             match n {
                 Some(m) if m != l.len() => {
-                    return Err(format!("all list arguments must have the same length ({m} and {})", l.len()))
+                    return Err(format!(
+                        "all list arguments must have the same length ({m} and {})",
+                        l.len()
+                    ))
                 }
                 _ => n = Some(l.len()),
             }
@@ -825,7 +972,8 @@ pub(crate) fn format(f: &str, args: &[Value]) -> Result<String, String> {
             i += 1;
             continue;
         }
-        let (mut plus, mut minus, mut sharp, mut zero, mut space) = (false, false, false, false, false);
+        let (mut plus, mut minus, mut sharp, mut zero, mut space) =
+            (false, false, false, false, false);
         while let Some(&fl) = chars.get(i) {
             match fl {
                 '+' => plus = true,
@@ -895,7 +1043,10 @@ pub(crate) fn format(f: &str, args: &[Value]) -> Result<String, String> {
         };
         let int = |n: f64| -> Result<i128, String> {
             if n.fract() != 0.0 {
-                Err(format!("%{verb} needs a whole number, found {}", fmt_number(n)))
+                Err(format!(
+                    "%{verb} needs a whole number, found {}",
+                    fmt_number(n)
+                ))
             } else {
                 Ok(n as i128)
             }
@@ -1074,13 +1225,26 @@ pub(crate) mod time {
     pub(crate) fn parse_rfc3339(s: &str) -> Result<Time, String> {
         let bad = || format!("{s:?} is not an RFC 3339 timestamp (like 2006-01-02T15:04:05Z)");
         let b = s.as_bytes();
-        if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') || b[13] != b':' || b[16] != b':' {
+        if b.len() < 20
+            || b[4] != b'-'
+            || b[7] != b'-'
+            || !matches!(b[10], b'T' | b't')
+            || b[13] != b':'
+            || b[16] != b':'
+        {
             return Err(bad());
         }
         let num = |r: std::ops::Range<usize>| -> Result<i64, String> {
             s.get(r).and_then(|x| x.parse().ok()).ok_or_else(bad)
         };
-        let (y, mo, d, h, mi, se) = (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?);
+        let (y, mo, d, h, mi, se) = (
+            num(0..4)?,
+            num(5..7)?,
+            num(8..10)?,
+            num(11..13)?,
+            num(14..16)?,
+            num(17..19)?,
+        );
         if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
             return Err(bad());
         }
@@ -1178,11 +1342,27 @@ pub(crate) mod time {
     }
 
     const MONTHS: [&str; 12] = [
-        "January", "February", "March", "April", "May", "June", "July", "August", "September",
-        "October", "November", "December",
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
     ];
     const DAYS: [&str; 7] = [
-        "Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday",
+        "Sunday",
+        "Monday",
+        "Tuesday",
+        "Wednesday",
+        "Thursday",
+        "Friday",
+        "Saturday",
     ];
 
     /// Terraform's `formatdate` specification language (`YYYY-MM-DD`, `hh:mm`, `'quoted'`).
@@ -1226,7 +1406,7 @@ pub(crate) mod time {
             while chars.get(i + n) == Some(&c) {
                 n += 1;
             }
-            let h12 = if p.h % 12 == 0 { 12 } else { p.h % 12 };
+            let h12 = if p.h.is_multiple_of(12) { 12 } else { p.h % 12 };
             let s = match (c, n) {
                 ('Y', 4) => format!("{:04}", p.y),
                 ('Y', 2) => format!("{:02}", p.y.rem_euclid(100)),
@@ -1321,7 +1501,9 @@ mod tests {
         Value::List(v)
     }
     fn c(name: &str, args: Vec<Value>) -> Value {
-        call(name, args).expect("known function").unwrap_or_else(|e| panic!("{name}: {e}"))
+        call(name, args)
+            .expect("known function")
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
     }
     fn e(name: &str, args: Vec<Value>) -> String {
         call(name, args).expect("known function").unwrap_err()
@@ -1332,8 +1514,14 @@ mod tests {
         assert_eq!(c("equal", vec![s("a"), s("a")]), Value::Bool(true));
         assert_eq!(c("notequal", vec![s(""), s("x")]), Value::Bool(true));
         assert_eq!(c("notequal", vec![n(1.0), s("1")]), Value::Bool(true));
-        assert_eq!(c("and", vec![Value::Bool(true), s("false")]), Value::Bool(false));
-        assert_eq!(c("or", vec![Value::Bool(false), Value::Bool(true)]), Value::Bool(true));
+        assert_eq!(
+            c("and", vec![Value::Bool(true), s("false")]),
+            Value::Bool(false)
+        );
+        assert_eq!(
+            c("or", vec![Value::Bool(false), Value::Bool(true)]),
+            Value::Bool(true)
+        );
         assert_eq!(c("not", vec![Value::Bool(true)]), Value::Bool(false));
         assert_eq!(c("greaterthan", vec![n(2.0), s("1")]), Value::Bool(true));
         assert!(e("and", vec![s("maybe"), Value::Bool(true)]).contains("not a bool"));
@@ -1345,8 +1533,17 @@ mod tests {
         assert_eq!(c("upper", vec![s("abc")]), s("ABC"));
         assert_eq!(c("title", vec![s("hello big world")]), s("Hello Big World"));
         assert_eq!(c("replace", vec![s("a.b.c"), s("."), s("-")]), s("a-b-c"));
-        assert_eq!(c("regex_replace", vec![s("v1.2.3"), s("^v([0-9]+).*$"), s("major-$1")]), s("major-1"));
-        assert_eq!(c("trimprefix", vec![s("refs/heads/main"), s("refs/heads/")]), s("main"));
+        assert_eq!(
+            c(
+                "regex_replace",
+                vec![s("v1.2.3"), s("^v([0-9]+).*$"), s("major-$1")]
+            ),
+            s("major-1")
+        );
+        assert_eq!(
+            c("trimprefix", vec![s("refs/heads/main"), s("refs/heads/")]),
+            s("main")
+        );
         assert_eq!(c("trimsuffix", vec![s("app.tar"), s(".tar")]), s("app"));
         assert_eq!(c("trim", vec![s("--x--"), s("-")]), s("x"));
         assert_eq!(c("trimspace", vec![s("  x \n")]), s("x"));
@@ -1356,7 +1553,13 @@ mod tests {
         assert_eq!(c("strlen", vec![s("héllo")]), n(5.0));
         assert_eq!(c("split", vec![s(","), s("a,b")]), l(vec![s("a"), s("b")]));
         assert_eq!(c("split", vec![s(","), s("")]), l(vec![s("")]));
-        assert_eq!(c("join", vec![s(","), l(vec![s("a"), n(1.0)]), l(vec![s("b")])]), s("a,1,b"));
+        assert_eq!(
+            c(
+                "join",
+                vec![s(","), l(vec![s("a"), n(1.0)]), l(vec![s("b")])]
+            ),
+            s("a,1,b")
+        );
         assert!(e("join", vec![s(","), l(vec![Value::Null])]).contains("null"));
         assert_eq!(c("indent", vec![n(2.0), s("a\nb")]), s("a\n  b"));
         assert_eq!(c("reverse", vec![s("abc")]), s("cba"));
@@ -1373,10 +1576,16 @@ mod tests {
         );
         assert_eq!(c("regex", vec![s("[0-9]+"), s("v12x")]), s("12"));
         assert_eq!(
-            c("regex", vec![s("(?P<maj>[0-9]+)\\.(?P<min>[0-9]+)"), s("1.2")]),
+            c(
+                "regex",
+                vec![s("(?P<maj>[0-9]+)\\.(?P<min>[0-9]+)"), s("1.2")]
+            ),
             Value::Object([("maj".into(), s("1")), ("min".into(), s("2"))].into())
         );
-        assert_eq!(c("regexall", vec![s("[a-z]"), s("a1b")]), l(vec![s("a"), s("b")]));
+        assert_eq!(
+            c("regexall", vec![s("[a-z]"), s("a1b")]),
+            l(vec![s("a"), s("b")])
+        );
         assert!(e("regex", vec![s("x"), s("y")]).contains("did not match"));
         assert_eq!(c("uuidv4", vec![]).to_str().unwrap().len(), 36);
     }
@@ -1385,9 +1594,18 @@ mod tests {
     fn format_verbs() {
         let f = |fmt: &str, args: Vec<Value>| format(fmt, &args).unwrap();
         assert_eq!(f("%s-%d", vec![s("a"), n(3.0)]), "a-3");
-        assert_eq!(f("%05d|%-4s|%4s", vec![n(42.0), s("ab"), s("ab")]), "00042|ab  |  ab");
-        assert_eq!(f("%.2f %t %q", vec![n(3.14159), Value::Bool(true), s("x\"y")]), "3.14 true \"x\\\"y\"");
-        assert_eq!(f("%x %X %o %b", vec![n(255.0), n(255.0), n(8.0), n(5.0)]), "ff FF 10 101");
+        assert_eq!(
+            f("%05d|%-4s|%4s", vec![n(42.0), s("ab"), s("ab")]),
+            "00042|ab  |  ab"
+        );
+        assert_eq!(
+            f("%.2f %t %q", vec![n(1.23456), Value::Bool(true), s("x\"y")]),
+            "1.23 true \"x\\\"y\""
+        );
+        assert_eq!(
+            f("%x %X %o %b", vec![n(255.0), n(255.0), n(8.0), n(5.0)]),
+            "ff FF 10 101"
+        );
         assert_eq!(f("%v %#v", vec![l(vec![s("a")]), s("b")]), "[\"a\"] \"b\"");
         assert_eq!(f("%[2]s %[1]s", vec![s("a"), s("b")]), "b a");
         assert_eq!(f("100%%", vec![]), "100%");
@@ -1396,7 +1614,10 @@ mod tests {
         assert!(format("%s", &[]).is_err());
         assert!(format("%s", &[s("a"), s("b")]).is_err());
         assert_eq!(
-            c("formatlist", vec![s("%s-%s"), l(vec![s("a"), s("b")]), s("x")]),
+            c(
+                "formatlist",
+                vec![s("%s-%s"), l(vec![s("a"), s("b")]), s("x")]
+            ),
             l(vec![s("a-x"), s("b-x")])
         );
     }
@@ -1406,21 +1627,36 @@ mod tests {
         let ab = l(vec![s("a"), s("b")]);
         assert_eq!(c("length", vec![ab.clone()]), n(2.0));
         assert!(e("length", vec![s("abc")]).contains("strlen"));
-        assert_eq!(c("concat", vec![ab.clone(), l(vec![s("c")])]), l(vec![s("a"), s("b"), s("c")]));
+        assert_eq!(
+            c("concat", vec![ab.clone(), l(vec![s("c")])]),
+            l(vec![s("a"), s("b"), s("c")])
+        );
         assert_eq!(c("contains", vec![ab.clone(), s("b")]), Value::Bool(true));
         assert_eq!(c("distinct", vec![l(vec![s("a"), s("a"), s("b")])]), ab);
-        assert_eq!(c("flatten", vec![l(vec![s("a"), l(vec![l(vec![s("b")])])])]), ab);
+        assert_eq!(
+            c("flatten", vec![l(vec![s("a"), l(vec![l(vec![s("b")])])])]),
+            ab
+        );
         assert_eq!(c("element", vec![ab.clone(), n(3.0)]), s("b"));
-        assert_eq!(c("compact", vec![l(vec![s("a"), s(""), Value::Null, s("b")])]), ab);
+        assert_eq!(
+            c("compact", vec![l(vec![s("a"), s(""), Value::Null, s("b")])]),
+            ab
+        );
         assert_eq!(c("coalesce", vec![Value::Null, s(""), s("x")]), s(""));
         assert!(e("coalesce", vec![Value::Null]).contains("no non-null"));
         assert_eq!(c("coalescelist", vec![l(vec![]), ab.clone()]), ab);
-        assert_eq!(c("slice", vec![ab.clone(), n(1.0), n(2.0)]), l(vec![s("b")]));
+        assert_eq!(
+            c("slice", vec![ab.clone(), n(1.0), n(2.0)]),
+            l(vec![s("b")])
+        );
         assert_eq!(c("sort", vec![l(vec![s("b"), s("a")])]), ab);
         assert_eq!(c("reverselist", vec![ab.clone()]), l(vec![s("b"), s("a")]));
         assert_eq!(c("indexof", vec![ab.clone(), s("b")]), n(1.0));
         assert_eq!(c("range", vec![n(3.0)]), l(vec![n(0.0), n(1.0), n(2.0)]));
-        assert_eq!(c("chunklist", vec![l(vec![s("a"), s("b"), s("c")]), n(2.0)]), l(vec![ab.clone(), l(vec![s("c")])]));
+        assert_eq!(
+            c("chunklist", vec![l(vec![s("a"), s("b"), s("c")]), n(2.0)]),
+            l(vec![ab.clone(), l(vec![s("c")])])
+        );
         let m = Value::Object([("x".into(), s("1")), ("y".into(), s("2"))].into());
         assert_eq!(c("keys", vec![m.clone()]), l(vec![s("x"), s("y")]));
         assert_eq!(c("values", vec![m.clone()]), l(vec![s("1"), s("2")]));
@@ -1428,18 +1664,38 @@ mod tests {
         assert_eq!(c("lookup", vec![m.clone(), s("x")]), s("1"));
         assert!(e("lookup", vec![m.clone(), s("z")]).contains("no element"));
         assert_eq!(
-            c("merge", vec![m.clone(), Value::Object([("x".into(), s("9"))].into())]),
+            c(
+                "merge",
+                vec![m.clone(), Value::Object([("x".into(), s("9"))].into())]
+            ),
             Value::Object([("x".into(), s("9")), ("y".into(), s("2"))].into())
         );
-        assert_eq!(c("zipmap", vec![ab.clone(), l(vec![n(1.0), n(2.0)])]), Value::Object([("a".into(), n(1.0)), ("b".into(), n(2.0))].into()));
+        assert_eq!(
+            c("zipmap", vec![ab.clone(), l(vec![n(1.0), n(2.0)])]),
+            Value::Object([("a".into(), n(1.0)), ("b".into(), n(2.0))].into())
+        );
         assert_eq!(c("setunion", vec![l(vec![s("b")]), ab.clone()]), ab);
-        assert_eq!(c("setsubtract", vec![ab.clone(), l(vec![s("a")])]), l(vec![s("b")]));
-        assert_eq!(c("setproduct", vec![ab.clone(), l(vec![n(1.0)])]), l(vec![l(vec![s("a"), n(1.0)]), l(vec![s("b"), n(1.0)])]));
-        assert_eq!(c("jsonencode", vec![m.clone()]), s("{\"x\":\"1\",\"y\":\"2\"}"));
-        assert_eq!(c("jsondecode", vec![s("{\"a\":[1,true]}")]), Value::Object([("a".into(), l(vec![n(1.0), Value::Bool(true)]))].into()));
+        assert_eq!(
+            c("setsubtract", vec![ab.clone(), l(vec![s("a")])]),
+            l(vec![s("b")])
+        );
+        assert_eq!(
+            c("setproduct", vec![ab.clone(), l(vec![n(1.0)])]),
+            l(vec![l(vec![s("a"), n(1.0)]), l(vec![s("b"), n(1.0)])])
+        );
+        assert_eq!(
+            c("jsonencode", vec![m.clone()]),
+            s("{\"x\":\"1\",\"y\":\"2\"}")
+        );
+        assert_eq!(
+            c("jsondecode", vec![s("{\"a\":[1,true]}")]),
+            Value::Object([("a".into(), l(vec![n(1.0), Value::Bool(true)]))].into())
+        );
         assert_eq!(
             c("csvdecode", vec![s("a,b\n1,\"x,y\"\n")]),
-            l(vec![Value::Object([("a".into(), s("1")), ("b".into(), s("x,y"))].into())])
+            l(vec![Value::Object(
+                [("a".into(), s("1")), ("b".into(), s("x,y"))].into()
+            )])
         );
     }
 
@@ -1458,13 +1714,29 @@ mod tests {
         let t = time::parse_rfc3339("2024-02-29T13:04:05Z").unwrap();
         assert_eq!(time::format_rfc3339(t), "2024-02-29T13:04:05Z");
         assert_eq!(
-            c("formatdate", vec![s("YYYY-MM-DD hh:mm:ss EEE MMM 'at' H AA ZZZ"), s("2024-02-29T13:04:05Z")]),
+            c(
+                "formatdate",
+                vec![
+                    s("YYYY-MM-DD hh:mm:ss EEE MMM 'at' H AA ZZZ"),
+                    s("2024-02-29T13:04:05Z")
+                ]
+            ),
             s("2024-02-29 13:04:05 Thu Feb at 1 PM UTC")
         );
-        assert_eq!(c("formatdate", vec![s("YYYYMMDD ZZZZZ"), s("2023-12-31T23:30:00-02:00")]), s("20231231 -02:00"));
-        assert_eq!(c("timeadd", vec![s("2024-02-28T23:00:00Z"), s("1h30m")]), s("2024-02-29T00:30:00Z"));
+        assert_eq!(
+            c(
+                "formatdate",
+                vec![s("YYYYMMDD ZZZZZ"), s("2023-12-31T23:30:00-02:00")]
+            ),
+            s("20231231 -02:00")
+        );
+        assert_eq!(
+            c("timeadd", vec![s("2024-02-28T23:00:00Z"), s("1h30m")]),
+            s("2024-02-29T00:30:00Z")
+        );
         assert!(e("formatdate", vec![s("YYYY"), s("yesterday")]).contains("RFC 3339"));
-        assert!(e("formatdate", vec![s("Q"), s("2024-02-29T13:04:05Z")]).contains("invalid date format"));
+        assert!(e("formatdate", vec![s("Q"), s("2024-02-29T13:04:05Z")])
+            .contains("invalid date format"));
         let now = c("timestamp", vec![]).to_str().unwrap();
         assert!(time::parse_rfc3339(&now).is_ok(), "{now}");
         assert!(now.ends_with('Z'));
@@ -1477,7 +1749,10 @@ mod tests {
         assert!(unsupported("nosuch").is_none());
         for name in NAMES {
             if !matches!(*name, "try" | "can") {
-                assert!(call(name, vec![]).is_some(), "{name} is listed but not implemented");
+                assert!(
+                    call(name, vec![]).is_some(),
+                    "{name} is listed but not implemented"
+                );
             }
         }
     }

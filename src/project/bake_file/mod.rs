@@ -71,7 +71,10 @@ impl Syntax {
         let body = hcl_edit::parser::parse_body(text).ok()?;
         let is_bake = body.iter().any(|s| match s {
             Structure::Block(b) => {
-                matches!(b.ident.as_str(), "target" | "group" | "variable" | "function")
+                matches!(
+                    b.ident.as_str(),
+                    "target" | "group" | "variable" | "function"
+                )
             }
             Structure::Attribute(_) => false,
         });
@@ -238,20 +241,26 @@ fn fail(
 
 fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
-    text.as_bytes()[..end].iter().filter(|b| **b == b'\n').count() + 1
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
 }
 
 fn parse_doc(f: &SourceFile, syntax: Syntax, idx: usize) -> Result<Doc, Fail> {
     match syntax {
-        Syntax::Hcl => hcl_edit::parser::parse_body(&f.text).map(Doc::Hcl).map_err(|e| {
-            fail(
+        Syntax::Hcl => hcl_edit::parser::parse_body(&f.text)
+            .map(Doc::Hcl)
+            .map_err(|e| {
+                fail(
                 idx,
                 Some(e.location().offset()),
                 "",
                 format!("not valid HCL: {}", e.message()),
                 "correct the HCL syntax at that line (attributes are NAME = VALUE, one per line)",
             )
-        }),
+            }),
         Syntax::Json => {
             let v: serde_json::Value = serde_json::from_str(&f.text).map_err(|e| {
                 let at = f
@@ -291,8 +300,12 @@ fn json_to_expr(v: &serde_json::Value) -> Result<Expression, (Vec<String>, Strin
         J::Bool(b) => Expression::from(*b),
         J::Number(n) => Expression::from(n.as_f64().unwrap_or(f64::NAN)),
         J::String(s) => {
-            let t = hcl_edit::parser::parse_template(s)
-                .map_err(|e| (Vec::new(), format!("{s:?} is not a valid template: {}", e.message())))?;
+            let t = hcl_edit::parser::parse_template(s).map_err(|e| {
+                (
+                    Vec::new(),
+                    format!("{s:?} is not a valid template: {}", e.message()),
+                )
+            })?;
             let elements: Vec<hcl_edit::template::Element> = t.iter().cloned().collect();
             Expression::from(hcl_edit::template::StringTemplate::from(elements))
         }
@@ -406,8 +419,9 @@ fn collect<'a>(
 fn object_key(k: &ObjectKey) -> String {
     match k {
         ObjectKey::Ident(i) => i.as_str().to_string(),
-        ObjectKey::Expression(e) => literal_string(e)
-            .unwrap_or_else(|| e.to_string().trim().trim_matches('"').to_string()),
+        ObjectKey::Expression(e) => {
+            literal_string(e).unwrap_or_else(|| e.to_string().trim().trim_matches('"').to_string())
+        }
     }
 }
 
@@ -444,7 +458,11 @@ fn hcl_block(b: &hcl_edit::structure::Block, file: usize) -> Result<BlockDef<'_>
                 file,
                 Some(at),
                 kind.clone(),
-                format!("a {kind} block takes {} label, found {}", if nested { "no" } else { "one" }, labels.len()),
+                format!(
+                    "a {kind} block takes {} label, found {}",
+                    if nested { "no" } else { "one" },
+                    labels.len()
+                ),
                 format!("write {kind} \"NAME\" {{ ... }}"),
             ))
         }
@@ -632,9 +650,7 @@ impl<'a> Globals<'a> {
         let r = self.compute(name);
         self.resolving.borrow_mut().pop();
         let v = r?;
-        self.values
-            .borrow_mut()
-            .insert(name.to_string(), v.clone());
+        self.values.borrow_mut().insert(name.to_string(), v.clone());
         Ok(Some(v))
     }
 
@@ -644,7 +660,10 @@ impl<'a> Globals<'a> {
         }
         let var = self.variables[name];
         let (ty, typed) = match var.attr("type") {
-            Some(t) => (parse_type(t.expr).map_err(|m| eval_err(t.file, t.at, m))?, true),
+            Some(t) => (
+                parse_type(t.expr).map_err(|m| eval_err(t.file, t.at, m))?,
+                true,
+            ),
             None => (Type::Any, false),
         };
         let default = var.attr("default");
@@ -678,7 +697,10 @@ impl<'a> Globals<'a> {
                 format!("environment variable {from}={raw:?} does not fit variable {name}: {m}"),
             )
         };
-        let csv_type = matches!(ty, Type::List(_) | Type::Set(_) | Type::Tuple(_) | Type::Map(_));
+        let csv_type = matches!(
+            ty,
+            Type::List(_) | Type::Set(_) | Type::Tuple(_) | Type::Map(_)
+        );
         if typed && json {
             let j: serde_json::Value =
                 serde_json::from_str(&raw).map_err(|e| bad(format!("not valid JSON: {e}")))?;
@@ -752,10 +774,7 @@ impl<'a> Host for Globals<'a> {
             }));
         };
         // The last block of that name wins, as in buildx's evaluation context.
-        let Some(idx) = list
-            .iter()
-            .rposition(|(k, i)| k == kind && i.name == name)
-        else {
+        let Some(idx) = list.iter().rposition(|(k, i)| k == kind && i.name == name) else {
             let names: Vec<&str> = list
                 .iter()
                 .filter(|(k, _)| k == kind)
@@ -813,7 +832,9 @@ impl<'a> Host for Globals<'a> {
 /// A type constraint expression: `string`, `list(string)`, `map(number)`, `tuple([...])`,
 /// `object({...})`, `any`; in JSON files written as a string.
 fn parse_type(e: &Expression) -> Result<Type, String> {
-    let bad = |what: &str| format!("{what} is not a type (use string, number, bool, list(T), set(T), map(T), tuple([...]), object({{...}}) or any)");
+    let bad = |what: &str| {
+        format!("{what} is not a type (use string, number, bool, list(T), set(T), map(T), tuple([...]), object({{...}}) or any)")
+    };
     if let Some(s) = literal_string(e) {
         let inner = hcl_edit::parser::parse_expr(&s).map_err(|_| bad(&s))?;
         return parse_type(&inner);
@@ -834,9 +855,11 @@ fn parse_type(e: &Expression) -> Result<Type, String> {
                 ("set", [t]) => Ok(Type::Set(Box::new(parse_type(t)?))),
                 ("map", [t]) => Ok(Type::Map(Box::new(parse_type(t)?))),
                 ("optional", [t]) => parse_type(t),
-                ("tuple", [Expression::Array(a)]) => {
-                    a.iter().map(parse_type).collect::<Result<_, _>>().map(Type::Tuple)
-                }
+                ("tuple", [Expression::Array(a)]) => a
+                    .iter()
+                    .map(parse_type)
+                    .collect::<Result<_, _>>()
+                    .map(Type::Tuple),
                 ("object", [Expression::Object(o)]) => o
                     .iter()
                     .map(|(k, v)| Ok((object_key(k), parse_type(v.expr())?)))
@@ -872,7 +895,10 @@ fn from_csv(raw: &str, ty: &Type) -> Result<Value, String> {
         if t.is_primitive() {
             Ok(())
         } else {
-            Err(format!("{} cannot be written as CSV; use the _JSON variable", ty.name()))
+            Err(format!(
+                "{} cannot be written as CSV; use the _JSON variable",
+                ty.name()
+            ))
         }
     };
     match ty {
@@ -886,7 +912,11 @@ fn from_csv(raw: &str, ty: &Type) -> Result<Value, String> {
         }
         Type::Tuple(ts) => {
             if ts.len() != fields.len() {
-                return Err(format!("{} values are required, {} given", ts.len(), fields.len()));
+                return Err(format!(
+                    "{} values are required, {} given",
+                    ts.len(),
+                    fields.len()
+                ));
             }
             ts.iter()
                 .zip(&fields)
@@ -1048,7 +1078,9 @@ fn raw_from_target(t: &Target) -> Raw {
         r.strings.insert("target", s.clone());
     }
     let some = |m: &BTreeMap<String, String>| -> BTreeMap<String, Option<String>> {
-        m.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect()
+        m.iter()
+            .map(|(k, v)| (k.clone(), Some(v.clone())))
+            .collect()
     };
     r.maps.insert("args", some(&t.args));
     r.maps.insert("labels", some(&t.labels));
@@ -1184,7 +1216,12 @@ impl<'a> Loader<'a> {
             match b.kind.as_str() {
                 "variable" => {
                     if reserved(&b.label) {
-                        self.warn(b.file, b.at, &format!("variable.{}", b.label), "this name is reserved and the variable is ignored, as buildx does");
+                        self.warn(
+                            b.file,
+                            b.at,
+                            &format!("variable.{}", b.label),
+                            "this name is reserved and the variable is ignored, as buildx does",
+                        );
                         continue;
                     }
                     for a in &b.attrs {
@@ -1289,7 +1326,13 @@ impl<'a> Loader<'a> {
                         match a.name.as_str() {
                             "targets" | "description" => {}
                             "matrix" | "name" => {
-                                return Err(fail(a.file, Some(a.at), format!("{key}.{}", a.name), format!("{} is not supported for groups", a.name), "put the matrix on the targets"))
+                                return Err(fail(
+                                    a.file,
+                                    Some(a.at),
+                                    format!("{key}.{}", a.name),
+                                    format!("{} is not supported for groups", a.name),
+                                    "put the matrix on the targets",
+                                ))
                             }
                             _ => return Err(unknown_key(a, &key, &["targets", "description"])),
                         }
@@ -1313,7 +1356,10 @@ impl<'a> Loader<'a> {
         let mut raws: BTreeMap<String, Raw> = BTreeMap::new();
         let mut groups: Vec<(String, Vec<String>, Origin)> = Vec::new();
         let compose_root = compose.as_ref().map(|p| p.root.clone());
-        let compose_warnings = compose.as_ref().map(|p| p.warnings.clone()).unwrap_or_default();
+        let compose_warnings = compose
+            .as_ref()
+            .map(|p| p.warnings.clone())
+            .unwrap_or_default();
         if let Some(p) = &compose {
             for (name, t) in &p.targets {
                 order.push(name.clone());
@@ -1343,11 +1389,23 @@ impl<'a> Loader<'a> {
                             .eval(a.expr)
                             .map_err(|e| from_eval(e, &format!("{key}.targets"), (a.file, a.at)))?;
                         string_list(&v).map_err(|m| {
-                            fail(a.file, Some(a.at), format!("{key}.targets"), m, "write targets = [\"NAME\", ...]")
+                            fail(
+                                a.file,
+                                Some(a.at),
+                                format!("{key}.targets"),
+                                m,
+                                "write targets = [\"NAME\", ...]",
+                            )
                         })?
                     }
                     None => {
-                        return Err(fail(block.file, Some(block.at), &key, "group has no `targets`", "add targets = [\"NAME\", ...]"))
+                        return Err(fail(
+                            block.file,
+                            Some(block.at),
+                            &key,
+                            "group has no `targets`",
+                            "add targets = [\"NAME\", ...]",
+                        ))
                     }
                 };
                 let at = block.attr("targets").map(|a| (a.file, a.at));
@@ -1379,7 +1437,7 @@ impl<'a> Loader<'a> {
         }
         let mut targets = BTreeMap::new();
         for name in &order {
-            let t = self.to_target(name, &resolved[name])?;
+            let t = self.typed_target(name, &resolved[name])?;
             targets.insert(name.clone(), t);
         }
 
@@ -1391,11 +1449,25 @@ impl<'a> Loader<'a> {
                     let key = format!("target.{name}.contexts.{cname}");
                     let (file, at) = origin_of(&resolved[name], "contexts");
                     if other == name {
-                        return Err(fail(file, at, key, format!("target {name} cannot use itself as a context"), "point it at another target, a directory or docker-image://REF"));
+                        return Err(fail(
+                            file,
+                            at,
+                            key,
+                            format!("target {name} cannot use itself as a context"),
+                            "point it at another target, a directory or docker-image://REF",
+                        ));
                     }
                     if !targets.contains_key(other) {
-                        let hint = suggest(other, target_names.iter().copied()).map(|s| format!("did you mean `{s}`? ")).unwrap_or_default();
-                        return Err(fail(file, at, key, format!("`target:{other}`: there is no target {other:?}"), format!("{hint}targets: {}", target_names.join(", "))));
+                        let hint = suggest(other, target_names.iter().copied())
+                            .map(|s| format!("did you mean `{s}`? "))
+                            .unwrap_or_default();
+                        return Err(fail(
+                            file,
+                            at,
+                            key,
+                            format!("`target:{other}`: there is no target {other:?}"),
+                            format!("{hint}targets: {}", target_names.join(", ")),
+                        ));
                     }
                 }
             }
@@ -1404,13 +1476,31 @@ impl<'a> Loader<'a> {
         for (gname, members, origin) in &groups {
             let (file, at) = origin.map_or((0, None), |(f, a)| (f, Some(a)));
             if targets.contains_key(gname) {
-                return Err(fail(file, at, format!("group.{gname}"), format!("`{gname}` is both a group and a target"), "rename the group or the target so a name means one thing"));
+                return Err(fail(
+                    file,
+                    at,
+                    format!("group.{gname}"),
+                    format!("`{gname}` is both a group and a target"),
+                    "rename the group or the target so a name means one thing",
+                ));
             }
             for m in members {
                 if !targets.contains_key(m) && !groups.iter().any(|(n, _, _)| n == m) {
-                    let known: Vec<&str> = target_names.iter().copied().chain(groups.iter().map(|(n, _, _)| n.as_str())).collect();
-                    let hint = suggest(m, known.iter().copied()).map(|s| format!("did you mean `{s}`? ")).unwrap_or_default();
-                    return Err(fail(file, at, format!("group.{gname}.targets"), format!("`{m}` is neither a target nor a group"), format!("{hint}define target \"{m}\" or remove it")));
+                    let known: Vec<&str> = target_names
+                        .iter()
+                        .copied()
+                        .chain(groups.iter().map(|(n, _, _)| n.as_str()))
+                        .collect();
+                    let hint = suggest(m, known.iter().copied())
+                        .map(|s| format!("did you mean `{s}`? "))
+                        .unwrap_or_default();
+                    return Err(fail(
+                        file,
+                        at,
+                        format!("group.{gname}.targets"),
+                        format!("`{m}` is neither a target nor a group"),
+                        format!("{hint}define target \"{m}\" or remove it"),
+                    ));
                 }
             }
             group_map.insert(gname.clone(), members.clone());
@@ -1443,7 +1533,13 @@ impl<'a> Loader<'a> {
     ) -> Result<Raw, Fail> {
         let mut r = Raw::default();
         if let Some(blk) = b.blocks.first() {
-            return Err(fail(blk.file, Some(blk.at), format!("target.{name}"), format!("blocks (`{}`) are not allowed in a target", blk.kind), "write attributes: NAME = VALUE"));
+            return Err(fail(
+                blk.file,
+                Some(blk.at),
+                format!("target.{name}"),
+                format!("blocks (`{}`) are not allowed in a target", blk.kind),
+                "write attributes: NAME = VALUE",
+            ));
         }
         for a in &b.attrs {
             let k = a.name.as_str();
@@ -1471,20 +1567,27 @@ impl<'a> Loader<'a> {
                 let b = v.to_bool().map_err(|m| bad(m, "write true or false"))?;
                 r.bools.insert(sk, b);
             } else if MAP_KEYS.contains(&k) {
-                let m = v.as_object().map_err(|m| bad(m, "write { NAME = \"value\" }"))?;
+                let m = v
+                    .as_object()
+                    .map_err(|m| bad(m, "write { NAME = \"value\" }"))?;
                 let mut out = BTreeMap::new();
                 for (mk, mv) in m {
                     let s = match mv {
                         Value::Null => None,
-                        other => Some(other.to_str().map_err(|m| bad(format!("{mk}: {m}"), "write { NAME = \"value\" }"))?),
+                        other => Some(other.to_str().map_err(|m| {
+                            bad(format!("{mk}: {m}"), "write { NAME = \"value\" }")
+                        })?),
                     };
                     out.insert(mk.clone(), s);
                 }
                 r.maps.insert(sk, out);
             } else if k == "inherits" {
-                r.inherits = string_list(&v).map_err(|m| bad(m, "write inherits = [\"NAME\", ...]"))?;
+                r.inherits =
+                    string_list(&v).map_err(|m| bad(m, "write inherits = [\"NAME\", ...]"))?;
             } else if LIST_KEYS.contains(&k) {
-                let items = v.as_list().map_err(|m| bad(m, "write a list: [\"...\", ...]"))?;
+                let items = v
+                    .as_list()
+                    .map_err(|m| bad(m, "write a list: [\"...\", ...]"))?;
                 let mut out = Vec::new();
                 for (i, item) in items.iter().enumerate() {
                     let s = match item {
@@ -1523,8 +1626,16 @@ impl<'a> Loader<'a> {
             }
             if !raws.contains_key(parent) {
                 let names: Vec<&str> = raws.keys().map(String::as_str).collect();
-                let hint = suggest(parent, names.iter().copied()).map(|s| format!("did you mean `{s}`? ")).unwrap_or_default();
-                return Err(fail(file, at, key, format!("there is no target {parent:?} to inherit from"), format!("{hint}targets: {}", names.join(", "))));
+                let hint = suggest(parent, names.iter().copied())
+                    .map(|s| format!("did you mean `{s}`? "))
+                    .unwrap_or_default();
+                return Err(fail(
+                    file,
+                    at,
+                    key,
+                    format!("there is no target {parent:?} to inherit from"),
+                    format!("{hint}targets: {}", names.join(", ")),
+                ));
             }
             let p = self.inherit(parent, raws, stack, done)?;
             done.insert(parent.clone(), p.clone());
@@ -1543,7 +1654,7 @@ impl<'a> Loader<'a> {
 
     /// The typed target: buildx's defaults and normalisation, paths resolved against the
     /// current directory, option strings checked, keys bk-build cannot honour reported.
-    fn to_target(&mut self, name: &str, r: &Raw) -> Result<Target, Fail> {
+    fn typed_target(&mut self, name: &str, r: &Raw) -> Result<Target, Fail> {
         let key = |k: &str| format!("target.{name}.{k}");
         let at = |k: &str| origin_of(r, k);
         let base = self.cwd.to_path_buf();
@@ -1569,24 +1680,58 @@ impl<'a> Loader<'a> {
         }
         if let Some(call) = r.strings.get("call").filter(|c| *c != "build") {
             let (f, a) = at("call");
-            return Err(fail(f, a, key("call"), format!("call = {call:?} is not supported by bk-build: it only builds"), "remove call, or run `docker buildx bake --call` for checks"));
+            return Err(fail(
+                f,
+                a,
+                key("call"),
+                format!("call = {call:?} is not supported by bk-build: it only builds"),
+                "remove call, or run `docker buildx bake --call` for checks",
+            ));
         }
         if r.strings.contains_key("dockerfile-inline") {
             let (f, a) = at("dockerfile-inline");
-            return Err(fail(f, a, key("dockerfile-inline"), "dockerfile-inline is not supported by bk-build yet", "move the Dockerfile into a file and set dockerfile = \"PATH\""));
+            return Err(fail(
+                f,
+                a,
+                key("dockerfile-inline"),
+                "dockerfile-inline is not supported by bk-build yet",
+                "move the Dockerfile into a file and set dockerfile = \"PATH\"",
+            ));
         }
 
         let (cf, ca) = at("context");
-        let ctx_raw = r.strings.get("context").cloned().unwrap_or_else(|| ".".into());
-        let ctx_raw = ctx_raw.strip_prefix("cwd://").unwrap_or(&ctx_raw).to_string();
-        if ctx_raw == "-" || crate::options::parse_context_source(&ctx_raw).is_ok_and(|s| matches!(s, ContextSource::Remote(_))) || ctx_raw.starts_with("git@") {
-            return Err(fail(cf, ca, key("context"), format!("remote or stdin build context {ctx_raw:?} is not supported by bk-build"), "check the repository out and point context at the directory"));
+        let ctx_raw = r
+            .strings
+            .get("context")
+            .cloned()
+            .unwrap_or_else(|| ".".into());
+        let ctx_raw = ctx_raw
+            .strip_prefix("cwd://")
+            .unwrap_or(&ctx_raw)
+            .to_string();
+        if ctx_raw == "-"
+            || crate::options::parse_context_source(&ctx_raw)
+                .is_ok_and(|s| matches!(s, ContextSource::Remote(_)))
+            || ctx_raw.starts_with("git@")
+        {
+            return Err(fail(
+                cf,
+                ca,
+                key("context"),
+                format!("remote or stdin build context {ctx_raw:?} is not supported by bk-build"),
+                "check the repository out and point context at the directory",
+            ));
         }
         // Whether the context and the Dockerfile exist is checked when a target is built, not
         // here: bake files commonly hold targets that only exist to be inherited from (no
         // context of their own), and buildx does not check them either.
         t.context = normalize(&base.join(&ctx_raw));
-        let df_raw = r.strings.get("dockerfile").cloned().filter(|s| !s.is_empty()).unwrap_or_else(|| "Dockerfile".into());
+        let df_raw = r
+            .strings
+            .get("dockerfile")
+            .cloned()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "Dockerfile".into());
         t.dockerfile = match df_raw.strip_prefix("cwd://") {
             Some(p) => normalize(&base.join(p)),
             None => normalize(&t.context.join(&df_raw)),
@@ -1604,10 +1749,13 @@ impl<'a> Loader<'a> {
         if let Some(entries) = r.maps.get("contexts") {
             let (f, a) = at("contexts");
             for (cname, v) in entries {
-                let Some(v) = v.as_ref().filter(|v| !v.is_empty()) else { continue };
+                let Some(v) = v.as_ref().filter(|v| !v.is_empty()) else {
+                    continue;
+                };
                 let ckey = format!("target.{name}.contexts.{cname}");
                 let raw = v.strip_prefix("cwd://").unwrap_or(v);
-                let src = crate::options::parse_context_source(raw).map_err(|e| self.option_fail(f, a, &ckey, e))?;
+                let src = crate::options::parse_context_source(raw)
+                    .map_err(|e| self.option_fail(f, a, &ckey, e))?;
                 let src = match src {
                     ContextSource::Local(p) => {
                         let abs = normalize(&base.join(p));
@@ -1644,7 +1792,9 @@ impl<'a> Loader<'a> {
         ] {
             let (f, a) = at(k);
             for s in list(k) {
-                let checked = check.check(&s, &base).map_err(|e| self.option_fail(f, a, &key(k), e))?;
+                let checked = check
+                    .check(&s, &base)
+                    .map_err(|e| self.option_fail(f, a, &key(k), e))?;
                 if !out.contains(&checked) {
                     out.push(checked);
                 }
@@ -1654,7 +1804,10 @@ impl<'a> Loader<'a> {
         let outputs = list("output");
         let mut specs = Vec::with_capacity(outputs.len());
         for s in &outputs {
-            specs.push(crate::options::parse_output(s).map_err(|e| self.option_fail(f, a, &key("output"), e))?);
+            specs.push(
+                crate::options::parse_output(s)
+                    .map_err(|e| self.option_fail(f, a, &key("output"), e))?,
+            );
         }
         // `type=registry` / `type=image,push=true` and `type=docker` alone are the target's
         // push and load, so the registry ledger and the Docker Engine checks apply to them as
@@ -1676,7 +1829,9 @@ impl<'a> Loader<'a> {
             }
         } else {
             for s in &outputs {
-                let checked = OptionList::Outputs.check(s, &base).map_err(|e| self.option_fail(f, a, &key("output"), e))?;
+                let checked = OptionList::Outputs
+                    .check(s, &base)
+                    .map_err(|e| self.option_fail(f, a, &key("output"), e))?;
                 t.outputs.push(checked);
             }
         }
@@ -1719,7 +1874,13 @@ fn expand<'a>(g: &Globals<'a>, b: &'a BlockDef<'a>) -> Result<Vec<Instance<'a>>,
     let name_attr = b.attr("name");
     let Some(m) = matrix else {
         if let Some(n) = name_attr {
-            return Err(fail(n.file, Some(n.at), format!("{key}.name"), "name requires matrix", "add a matrix, or rename the block itself"));
+            return Err(fail(
+                n.file,
+                Some(n.at),
+                format!("{key}.name"),
+                "name requires matrix",
+                "add a matrix, or rename the block itself",
+            ));
         }
         return Ok(vec![Instance {
             block: b,
@@ -1732,7 +1893,13 @@ fn expand<'a>(g: &Globals<'a>, b: &'a BlockDef<'a>) -> Result<Vec<Instance<'a>>,
         .eval(m.expr)
         .map_err(|e| from_eval(e, &mkey, (m.file, m.at)))?;
     let Value::Object(axes) = v else {
-        return Err(fail(m.file, Some(m.at), mkey, "matrix must be a map", "write matrix = { NAME = [\"a\", \"b\"] }"));
+        return Err(fail(
+            m.file,
+            Some(m.at),
+            mkey,
+            "matrix must be a map",
+            "write matrix = { NAME = [\"a\", \"b\"] }",
+        ));
     };
     // buildx's GetEvalContexts: each axis multiplies the combinations so far, the later
     // axis varying slowest.
@@ -1741,7 +1908,18 @@ fn expand<'a>(g: &Globals<'a>, b: &'a BlockDef<'a>) -> Result<Vec<Instance<'a>>,
         let vals: Vec<Value> = match values {
             Value::List(l) => l.clone(),
             Value::Object(o) => o.values().cloned().collect(),
-            other => return Err(fail(m.file, Some(m.at), format!("{mkey}.{axis}"), format!("matrix values must be a list, found a {}", other.type_name()), "write NAME = [\"a\", \"b\"]")),
+            other => {
+                return Err(fail(
+                    m.file,
+                    Some(m.at),
+                    format!("{mkey}.{axis}"),
+                    format!(
+                        "matrix values must be a list, found a {}",
+                        other.type_name()
+                    ),
+                    "write NAME = [\"a\", \"b\"]",
+                ))
+            }
         };
         let mut next = Vec::new();
         for val in &vals {
@@ -1760,7 +1938,15 @@ fn expand<'a>(g: &Globals<'a>, b: &'a BlockDef<'a>) -> Result<Vec<Instance<'a>>,
                 let v = Evaluator::new(g, n.file, locals.clone())
                     .eval(n.expr)
                     .map_err(|e| from_eval(e, &format!("{key}.name"), (n.file, n.at)))?;
-                let s = v.to_str().map_err(|msg| fail(n.file, Some(n.at), format!("{key}.name"), msg, "name must be a string"))?;
+                let s = v.to_str().map_err(|msg| {
+                    fail(
+                        n.file,
+                        Some(n.at),
+                        format!("{key}.name"),
+                        msg,
+                        "name must be a string",
+                    )
+                })?;
                 if !valid_bake_name(&s) {
                     return Err(bad_name(n.file, n.at, &format!("{key}.name"), &s));
                 }
@@ -1770,7 +1956,13 @@ fn expand<'a>(g: &Globals<'a>, b: &'a BlockDef<'a>) -> Result<Vec<Instance<'a>>,
         };
         if out.iter().any(|i| i.name == name) {
             let at = name_attr.map_or(m.at, |n| n.at);
-            return Err(fail(b.file, Some(at), format!("{key}.name"), format!("duplicate name {name:?}"), "give each matrix combination its own name, e.g. name = \"app-${VALUE}\""));
+            return Err(fail(
+                b.file,
+                Some(at),
+                format!("{key}.name"),
+                format!("duplicate name {name:?}"),
+                "give each matrix combination its own name, e.g. name = \"app-${VALUE}\"",
+            ));
         }
         out.push(Instance {
             block: b,
@@ -1800,24 +1992,58 @@ fn function_def<'a>(b: &'a BlockDef<'a>, key: &str) -> Result<FuncDef<'a>, Fail>
     for a in &b.attrs {
         match a.name.as_str() {
             "params" => {
-                params = names(a.expr).ok_or_else(|| fail(a.file, Some(a.at), format!("{key}.params"), "params must be a list of names", "write params = [a, b]"))?;
+                params = names(a.expr).ok_or_else(|| {
+                    fail(
+                        a.file,
+                        Some(a.at),
+                        format!("{key}.params"),
+                        "params must be a list of names",
+                        "write params = [a, b]",
+                    )
+                })?;
             }
             "variadic_params" => {
                 variadic = Some(match (a.expr, literal_string(a.expr)) {
                     (Expression::Variable(v), _) => v.as_str().to_string(),
                     (_, Some(s)) => s,
-                    _ => return Err(fail(a.file, Some(a.at), format!("{key}.variadic_params"), "variadic_params must be a name", "write variadic_params = rest")),
+                    _ => {
+                        return Err(fail(
+                            a.file,
+                            Some(a.at),
+                            format!("{key}.variadic_params"),
+                            "variadic_params must be a name",
+                            "write variadic_params = rest",
+                        ))
+                    }
                 });
             }
             "result" => result = Some(a),
-            _ => return Err(unknown_key(a, key, &["params", "variadic_params", "result"])),
+            _ => {
+                return Err(unknown_key(
+                    a,
+                    key,
+                    &["params", "variadic_params", "result"],
+                ))
+            }
         }
     }
     if b.attr("params").is_none() {
-        return Err(fail(b.file, Some(b.at), key, "a function needs params (an empty list is fine)", "add params = []"));
+        return Err(fail(
+            b.file,
+            Some(b.at),
+            key,
+            "a function needs params (an empty list is fine)",
+            "add params = []",
+        ));
     }
     let Some(result) = result else {
-        return Err(fail(b.file, Some(b.at), key, "a function needs a result", "add result = EXPRESSION"));
+        return Err(fail(
+            b.file,
+            Some(b.at),
+            key,
+            "a function needs a result",
+            "add result = EXPRESSION",
+        ));
     };
     Ok(FuncDef {
         params,
@@ -1832,13 +2058,21 @@ fn function_def<'a>(b: &'a BlockDef<'a>, key: &str) -> Result<FuncDef<'a>, Fail>
 /// with placeholder arguments just far enough to find unknown names, as buildx does when it
 /// loads the file.
 fn check_function(g: &Globals, name: &str, f: &FuncDef) -> Result<(), Fail> {
-    let mut locals: Vec<(String, Value)> = f.params.iter().map(|p| (p.clone(), Value::Null)).collect();
+    let mut locals: Vec<(String, Value)> =
+        f.params.iter().map(|p| (p.clone(), Value::Null)).collect();
     if let Some(v) = &f.variadic {
         locals.push((v.clone(), Value::List(Vec::new())));
     }
     match Evaluator::new(g, f.file, locals).eval(f.result) {
-        Err(e) if e.message.starts_with("there is no variable") || e.message.starts_with("there is no function") => {
-            Err(from_eval(e, &format!("function.{name}.result"), (f.file, f.at)))
+        Err(e)
+            if e.message.starts_with("there is no variable")
+                || e.message.starts_with("there is no function") =>
+        {
+            Err(from_eval(
+                e,
+                &format!("function.{name}.result"),
+                (f.file, f.at),
+            ))
         }
         _ => Ok(()),
     }
@@ -1847,15 +2081,35 @@ fn check_function(g: &Globals, name: &str, f: &FuncDef) -> Result<(), Fail> {
 fn validate(g: &Globals, name: &str, v: &BlockDef) -> Result<(), Fail> {
     let key = format!("variable.{name}.validation");
     let Some(cond) = v.attr("condition") else {
-        return Err(fail(v.file, Some(v.at), key, "validation needs a condition", "add condition = EXPRESSION"));
+        return Err(fail(
+            v.file,
+            Some(v.at),
+            key,
+            "validation needs a condition",
+            "add condition = EXPRESSION",
+        ));
     };
     let ok = g
         .eval_global(cond.expr, cond.file)
         .map_err(|e| from_eval(e, &key, (cond.file, cond.at)))?;
     if ok == Value::Null {
-        return Err(fail(cond.file, Some(cond.at), key, "the condition is null; it must be true or false", "correct the condition"));
+        return Err(fail(
+            cond.file,
+            Some(cond.at),
+            key,
+            "the condition is null; it must be true or false",
+            "correct the condition",
+        ));
     }
-    let ok = ok.to_bool().map_err(|m| fail(cond.file, Some(cond.at), &key, m, "the condition must be true or false"))?;
+    let ok = ok.to_bool().map_err(|m| {
+        fail(
+            cond.file,
+            Some(cond.at),
+            &key,
+            m,
+            "the condition must be true or false",
+        )
+    })?;
     if !ok {
         let msg = match v.attr("error_message") {
             Some(m) => g
@@ -1865,7 +2119,13 @@ fn validate(g: &Globals, name: &str, v: &BlockDef) -> Result<(), Fail> {
                 .unwrap_or_else(|| "This check failed, but has an invalid error message.".into()),
             None => "the validation failed".into(),
         };
-        return Err(fail(cond.file, Some(cond.at), key, format!("variable {name}: {msg}"), format!("set {name} to a value the validation accepts")));
+        return Err(fail(
+            cond.file,
+            Some(cond.at),
+            key,
+            format!("variable {name}: {msg}"),
+            format!("set {name} to a value the validation accepts"),
+        ));
     }
     Ok(())
 }

@@ -69,7 +69,13 @@ target "app" {
     assert!(!p.targets["app"].pull);
     let (_, p) = one(
         text,
-        &[("TAG", "v1"), ("PUSH", "true"), ("N", "10"), ("TAGS", "x,y"), ("REPO", "ignored")],
+        &[
+            ("TAG", "v1"),
+            ("PUSH", "true"),
+            ("N", "10"),
+            ("TAGS", "x,y"),
+            ("REPO", "ignored"),
+        ],
     )
     .unwrap();
     assert_eq!(
@@ -79,10 +85,16 @@ target "app" {
     assert!(p.targets["app"].pull);
     // Typed variables prefer NAME_JSON.
     let (_, p) = one(text, &[("TAGS", "x"), ("TAGS_JSON", r#"["j1","j2"]"#)]).unwrap();
-    assert_eq!(p.targets["app"].tags[..2], ["reg.example/dev:j1", "reg.example/dev:j2"]);
+    assert_eq!(
+        p.targets["app"].tags[..2],
+        ["reg.example/dev:j1", "reg.example/dev:j2"]
+    );
     // An override that does not fit the type names the variable and the environment.
     let e = err(text, &[("N", "many")]);
-    assert!(e.contains("N=\"many\"") && e.contains("not a number"), "{e}");
+    assert!(
+        e.contains("N=\"many\"") && e.contains("not a number"),
+        "{e}"
+    );
     assert!(e.contains("docker-bake.hcl:4"), "{e}");
 }
 
@@ -134,9 +146,15 @@ target "default" {
         "function \"f\" {\n  params = [x]\n  result = y\n}\ntarget \"default\" {}\n",
         &[],
     );
-    assert!(e.contains("docker-bake.hcl:3") && e.contains("\"y\""), "{e}");
+    assert!(
+        e.contains("docker-bake.hcl:3") && e.contains("\"y\""),
+        "{e}"
+    );
     let e = err("target \"default\" {\n  tags = [md5(\"x\")]\n}\n", &[]);
-    assert!(e.contains("not supported by bk-build") && e.contains(":2"), "{e}");
+    assert!(
+        e.contains("not supported by bk-build") && e.contains(":2"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -167,11 +185,21 @@ target "app" {
 "#;
     let (_, p) = one(text, &[]).unwrap();
     let t = &p.targets["app"];
-    let args: Vec<(&str, &str)> = t.args.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    assert_eq!(args, [("A", "extra"), ("B", "ci"), ("C", "extra"), ("D", "own")]);
+    let args: Vec<(&str, &str)> = t
+        .args
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        args,
+        [("A", "extra"), ("B", "ci"), ("C", "extra"), ("D", "own")]
+    );
     assert_eq!(t.tags, ["common"]);
     assert_eq!(t.platforms, ["linux/amd64"]);
-    assert_eq!(t.cache_from, ["type=registry,ref=r/c:1", "type=registry,ref=r/c:2"]);
+    assert_eq!(
+        t.cache_from,
+        ["type=registry,ref=r/c:1", "type=registry,ref=r/c:2"]
+    );
     assert_eq!(t.secrets, ["id=s,env=USER"]);
     assert!(t.context.ends_with("app"));
     let e = err(
@@ -179,7 +207,10 @@ target "app" {
         &[],
     );
     assert!(e.contains("inherits cycle"), "{e}");
-    let e = err("target \"a\" {\n  inherits = [\"bse\"]\n}\ntarget \"base\" {}\n", &[]);
+    let e = err(
+        "target \"a\" {\n  inherits = [\"bse\"]\n}\ntarget \"base\" {}\n",
+        &[],
+    );
     assert!(e.contains(":2") && e.contains("did you mean `base`"), "{e}");
 }
 
@@ -240,16 +271,31 @@ target "app" {
     assert_eq!(t.context, d.path().join("app"));
     assert_eq!(t.dockerfile, d.path().join("app/Dockerfile"));
     assert_eq!(t.contexts["base"], ContextSource::Target("base".into()));
-    assert_eq!(t.contexts["src"], ContextSource::Local(d.path().join("base")));
+    assert_eq!(
+        t.contexts["src"],
+        ContextSource::Local(d.path().join("base"))
+    );
     assert_eq!(
         t.secrets,
-        [format!("id=tok,src={}", d.path().join("app/Dockerfile").display())]
+        [format!(
+            "id=tok,src={}",
+            d.path().join("app/Dockerfile").display()
+        )]
     );
-    assert_eq!(t.outputs, [format!("type=local,dest={}", d.path().join("out").display())]);
+    assert_eq!(
+        t.outputs,
+        [format!(
+            "type=local,dest={}",
+            d.path().join("out").display()
+        )]
+    );
     // The state directory still goes next to the first file.
     assert_eq!(p.root, d.path().join("build"));
 
-    let e = err("target \"a\" {\n  contexts = { b = \"target:nope\" }\n}\n", &[]);
+    let e = err(
+        "target \"a\" {\n  contexts = { b = \"target:nope\" }\n}\n",
+        &[],
+    );
     assert!(e.contains(":2") && e.contains("target.a.contexts.b"), "{e}");
     // Targets that only exist to be inherited from have no context of their own: a missing
     // directory is an error when the target is built, not when the file is read.
@@ -266,7 +312,10 @@ fn plain_push_and_load_outputs_are_push_and_load() {
     .unwrap();
     assert!(p.targets["a"].push && p.targets["a"].outputs.is_empty());
     assert!(p.targets["b"].load);
-    assert_eq!(p.targets["c"].outputs, ["type=image,compression=zstd,push=true"]);
+    assert_eq!(
+        p.targets["c"].outputs,
+        ["type=image,compression=zstd,push=true"]
+    );
 }
 
 #[test]
@@ -285,9 +334,17 @@ fn override_files_merge_targets_and_replace_variables() {
     let files = crate::project::discover(d.path()).unwrap();
     assert_eq!(
         files,
-        [d.path().join("docker-bake.hcl"), d.path().join("docker-bake.override.json")]
+        [
+            d.path().join("docker-bake.hcl"),
+            d.path().join("docker-bake.override.json")
+        ]
     );
-    let p = load_with(d.path(), &["docker-bake.hcl", "docker-bake.override.json"], &[]).unwrap();
+    let p = load_with(
+        d.path(),
+        &["docker-bake.hcl", "docker-bake.override.json"],
+        &[],
+    )
+    .unwrap();
     let t = &p.targets["app"];
     assert_eq!(t.tags, ["y:b"]);
     assert_eq!(t.args.len(), 2);
@@ -329,10 +386,16 @@ fn unsupported_keys_warn_and_unknown_keys_fail() {
     assert!(p.warnings[0].contains("docker-bake.hcl:2: target.a.shm-size"));
     let e = err("target \"a\" {\n  tag = [\"x\"]\n}\n", &[]);
     assert!(e.contains(":2") && e.contains("did you mean `tags`"), "{e}");
-    let e = err("target \"a\" {\n  dockerfile-inline = \"FROM scratch\"\n}\n", &[]);
+    let e = err(
+        "target \"a\" {\n  dockerfile-inline = \"FROM scratch\"\n}\n",
+        &[],
+    );
     assert!(e.contains("dockerfile-inline"), "{e}");
     let e = err("target \"a\" {\n  tags = [\"${NOPE}\"]\n}\n", &[]);
-    assert!(e.contains("docker-bake.hcl:2: target.a.tags") && e.contains("NOPE"), "{e}");
+    assert!(
+        e.contains("docker-bake.hcl:2: target.a.tags") && e.contains("NOPE"),
+        "{e}"
+    );
     let e = err("target \"a\" {\n  tags = [\n", &[]);
     assert!(e.contains("not valid HCL"), "{e}");
     let e = err("target \"a.b\" {}\n", &[]);
@@ -365,7 +428,16 @@ fn json_files_use_templates_in_strings() {
     let p = load_with(d.path(), &["docker-bake.json"], &[("L", "z")]).unwrap();
     assert_eq!(p.targets["app"].tags, ["r/app:11", "z"]);
     assert!(p.targets["app"].no_cache);
-    write(d.path(), "bad.json", "{\n  \"target\": {\n    \"a\": {\"tags\": [\"x\",]}\n  }\n}\n");
-    let e = load_with(d.path(), &["bad.json"], &[]).unwrap_err().to_string();
-    assert!(e.contains("bad.json:3") && e.contains("not valid JSON"), "{e}");
+    write(
+        d.path(),
+        "bad.json",
+        "{\n  \"target\": {\n    \"a\": {\"tags\": [\"x\",]}\n  }\n}\n",
+    );
+    let e = load_with(d.path(), &["bad.json"], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("bad.json:3") && e.contains("not valid JSON"),
+        "{e}"
+    );
 }

@@ -69,7 +69,10 @@ impl Value {
         match self {
             Value::Number(n) => Ok(*n),
             Value::String(s) => parse_number(s).ok_or_else(|| format!("{s:?} is not a number")),
-            other => Err(format!("a {} where a number is required", other.type_name())),
+            other => Err(format!(
+                "a {} where a number is required",
+                other.type_name()
+            )),
         }
     }
 
@@ -121,7 +124,9 @@ impl Value {
             }
             Value::String(s) => J::String(s.clone()),
             Value::List(l) => J::Array(l.iter().map(Value::to_json).collect()),
-            Value::Object(m) => J::Object(m.iter().map(|(k, v)| (k.clone(), v.to_json())).collect()),
+            Value::Object(m) => {
+                J::Object(m.iter().map(|(k, v)| (k.clone(), v.to_json())).collect())
+            }
         }
     }
 
@@ -146,8 +151,7 @@ impl Value {
 pub(crate) fn parse_number(s: &str) -> Option<f64> {
     let t = s.trim();
     let ok = !t.is_empty()
-        && t.chars()
-            .all(|c| c.is_ascii_digit() || "+-.eE".contains(c))
+        && t.chars().all(|c| c.is_ascii_digit() || "+-.eE".contains(c))
         && t.chars().any(|c| c.is_ascii_digit());
     if !ok {
         return None;
@@ -213,7 +217,11 @@ impl Type {
             Type::Bool => v.to_bool().map(Value::Bool),
             Type::List(t) | Type::Set(t) => {
                 let Value::List(items) = v else {
-                    return Err(format!("a {} where a {} is required", v.type_name(), self.name()));
+                    return Err(format!(
+                        "a {} where a {} is required",
+                        v.type_name(),
+                        self.name()
+                    ));
                 };
                 let mut out = items
                     .into_iter()
@@ -227,7 +235,11 @@ impl Type {
             }
             Type::Map(t) => {
                 let Value::Object(m) = v else {
-                    return Err(format!("a {} where a {} is required", v.type_name(), self.name()));
+                    return Err(format!(
+                        "a {} where a {} is required",
+                        v.type_name(),
+                        self.name()
+                    ));
                 };
                 m.into_iter()
                     .map(|(k, x)| {
@@ -265,7 +277,10 @@ impl Type {
                     let x = m
                         .remove(k)
                         .ok_or_else(|| format!("attribute {k:?} is required"))?;
-                    out.insert(k.clone(), t.convert(x).map_err(|e| format!("attribute {k:?}: {e}"))?);
+                    out.insert(
+                        k.clone(),
+                        t.convert(x).map_err(|e| format!("attribute {k:?}: {e}"))?,
+                    );
                 }
                 Ok(Value::Object(out))
             }
@@ -307,8 +322,12 @@ mod tests {
         assert!(Value::Null.to_str().is_err());
         let set = Type::Set(Box::new(Type::String));
         assert_eq!(
-            set.convert(Value::List(vec![Value::str("b"), Value::str("a"), Value::str("b")]))
-                .unwrap(),
+            set.convert(Value::List(vec![
+                Value::str("b"),
+                Value::str("a"),
+                Value::str("b")
+            ]))
+            .unwrap(),
             Value::List(vec![Value::str("a"), Value::str("b")])
         );
         let list = Type::List(Box::new(Type::Number));
