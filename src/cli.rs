@@ -182,7 +182,9 @@ pub struct BuildArgs {
 pub struct ProjectArgs {
     /// Targets or groups to build (default: the `default` group, else every target).
     pub targets: Vec<String>,
-    /// Project file(s): bk-build.toml or compose files; later files override earlier ones.
+    /// Project file(s): bk-build.toml, or compose and bake files (docker-bake.hcl/.json);
+    /// later files override earlier ones. Default: bk-build.toml, else $BUILDX_BAKE_FILE, else
+    /// the compose and bake files found in the current directory.
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     pub files: Vec<PathBuf>,
     /// Build the named targets (default: every requested target, not their dependencies)
@@ -406,13 +408,17 @@ fn source_date_epoch(args: &mut std::collections::BTreeMap<String, String>) {
 }
 
 fn load_project(a: &ProjectArgs) -> Result<crate::project::Project> {
-    let files = if a.files.is_empty() {
-        let cwd = std::env::current_dir().context("cannot read the current directory")?;
-        crate::project::discover(&cwd)?
-    } else {
-        a.files.clone()
-    };
     let env = |k: &str| std::env::var(k).ok();
+    let files = if !a.files.is_empty() {
+        a.files.clone()
+    } else {
+        let cwd = std::env::current_dir().context("cannot read the current directory")?;
+        // bk-build's own file first; buildx's variable only stands in for buildx's discovery.
+        match crate::project::files_from_env(&env)? {
+            Some(files) if !cwd.join("bk-build.toml").is_file() => files,
+            _ => crate::project::discover(&cwd)?,
+        }
+    };
     let mut project = crate::project::load(&files, &env)?;
     for t in project.targets.values_mut() {
         source_date_epoch(&mut t.args);

@@ -184,6 +184,37 @@ pub fn discover(cwd: &Path) -> Result<Vec<PathBuf>, ProjectError> {
     Ok(files)
 }
 
+/// The project files named by `BUILDX_BAKE_FILE` (separated by `BUILDX_BAKE_FILE_SEPARATOR`,
+/// default `:`), which `docker buildx bake` reads when no `-f` is given; `None` when it is not
+/// set. A named file that does not exist is an error, as in buildx.
+pub fn files_from_env(
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<Vec<PathBuf>>, ProjectError> {
+    let Some(list) = env("BUILDX_BAKE_FILE") else {
+        return Ok(None);
+    };
+    let sep = env("BUILDX_BAKE_FILE_SEPARATOR")
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| ":".into());
+    let mut files = Vec::new();
+    for f in list
+        .split(sep.as_str())
+        .map(str::trim)
+        .filter(|f| !f.is_empty())
+    {
+        let p = PathBuf::from(f);
+        if f != "-" && !p.exists() {
+            return Err(ProjectError::Read {
+                path: p,
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+                fix: "correct BUILDX_BAKE_FILE (files separated by BUILDX_BAKE_FILE_SEPARATOR, default :), or unset it".into(),
+            });
+        }
+        files.push(p);
+    }
+    Ok(Some(files))
+}
+
 /// Loads and merges `files` (all bk-build.toml, or compose and bake files), in order. `env`
 /// looks up environment variables; it is a parameter so callers and tests control it.
 /// Relative paths in bake files are taken from the current directory.

@@ -441,3 +441,32 @@ fn json_files_use_templates_in_strings() {
         "{e}"
     );
 }
+
+#[test]
+fn buildx_bake_file_names_the_files() {
+    use crate::project::files_from_env;
+    let env = |vars: Vec<(&'static str, String)>| {
+        move |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone())
+    };
+    assert!(files_from_env(&env(vec![])).unwrap().is_none());
+    let d = tree();
+    let a = write(d.path(), "a.hcl", "");
+    let b = write(d.path(), "b.hcl", "");
+    let files = files_from_env(&env(vec![
+        (
+            "BUILDX_BAKE_FILE",
+            format!("{};{}", a.display(), b.display()),
+        ),
+        ("BUILDX_BAKE_FILE_SEPARATOR", ";".into()),
+    ]))
+    .unwrap()
+    .unwrap();
+    assert_eq!(files, [a, b]);
+    let e = files_from_env(&env(vec![(
+        "BUILDX_BAKE_FILE",
+        "/nonexistent/x.hcl".into(),
+    )]))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("BUILDX_BAKE_FILE"), "{e}");
+}
