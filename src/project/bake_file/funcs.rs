@@ -122,6 +122,12 @@ pub(crate) fn unsupported(name: &str) -> Option<&'static str> {
 
 type R = Result<Value, String>;
 
+/// Largest indentation, width or precision accepted: far beyond real use, small enough that
+/// a typo cannot exhaust memory.
+const MAX_PAD: f64 = 10_000.0;
+/// Largest list `range` and `setproduct` build, for the same reason.
+const MAX_ELEMENTS: usize = 100_000;
+
 /// Calls built-in `name`; `None` when there is no such built-in.
 pub(crate) fn call(name: &str, a: Vec<Value>) -> Option<R> {
     Some(match name {
@@ -246,6 +252,11 @@ pub(crate) fn call(name: &str, a: Vec<Value>) -> Option<R> {
         "timeadd" => str2(&a).and_then(|(ts, d)| {
             let t = time::parse_rfc3339(&ts)?;
             let secs = time::parse_duration(&d)?;
+            // Ten thousand years either way: far beyond any real use, and the date arithmetic
+            // stays in range.
+            if secs.abs() > 3.2e11 {
+                return Err(format!("{d:?} is too long a duration"));
+            }
             Ok(Value::String(time::format_rfc3339(t.add_seconds(secs))))
         }),
 
@@ -453,6 +464,9 @@ pub(crate) fn call(name: &str, a: Vec<Value>) -> Option<R> {
                     Ok(l) => l,
                     Err(e) => return Some(Err(e)),
                 };
+                if acc.len().saturating_mul(l.len()) > MAX_ELEMENTS {
+                    return Some(Err(format!("more than {MAX_ELEMENTS} combinations")));
+                }
                 acc = acc
                     .into_iter()
                     .flat_map(|p| {
@@ -634,6 +648,9 @@ fn indent(a: &[Value]) -> R {
     arity(a, 2)?;
     let n = a[0].to_number()?;
     let s = a[1].to_str()?;
+    if n > MAX_PAD {
+        return Err(format!("{} spaces is too much indentation", fmt_number(n)));
+    }
     let pad = " ".repeat(n.max(0.0) as usize);
     Ok(Value::String(s.replace('\n', &format!("\n{pad}"))))
 }
@@ -806,8 +823,8 @@ fn range(a: &[Value]) -> R {
     let mut out = Vec::new();
     let mut x = start;
     while (step > 0.0 && x < end) || (step < 0.0 && x > end) {
-        if out.len() >= 1024 {
-            return Err("more than 1024 elements".into());
+        if out.len() >= MAX_ELEMENTS {
+            return Err(format!("more than {MAX_ELEMENTS} elements"));
         }
         out.push(Value::Number(x));
         x += step;
@@ -1017,6 +1034,9 @@ pub(crate) fn format(f: &str, args: &[Value]) -> Result<String, String> {
                 i += 1;
             }
             prec = Some(chars[s..i].iter().collect::<String>().parse().unwrap_or(0));
+        }
+        if width.unwrap_or(0) as f64 > MAX_PAD || prec.unwrap_or(0) as f64 > MAX_PAD {
+            return Err("width or precision too large".into());
         }
         let Some(&verb) = chars.get(i) else {
             return Err("the format string ends in the middle of a verb".into());
@@ -1266,8 +1286,10 @@ pub(crate) mod time {
         let offset = match &s[i..] {
             "Z" | "z" => None,
             rest if rest.len() == 6 && (rest.starts_with('+') || rest.starts_with('-')) => {
-                let oh: i32 = rest[1..3].parse().map_err(|_| bad())?;
-                let om: i32 = rest[4..6].parse().map_err(|_| bad())?;
+                let part = |r: std::ops::Range<usize>| -> Result<i32, String> {
+                    rest.get(r).and_then(|x| x.parse().ok()).ok_or_else(bad)
+                };
+                let (oh, om) = (part(1..3)?, part(4..6)?);
                 let m = oh * 60 + om;
                 Some(if rest.starts_with('-') { -m } else { m })
             }

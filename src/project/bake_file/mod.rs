@@ -168,6 +168,10 @@ const LIST_KEYS: &[&str] = &[
 const OBJECT_LIST_KEYS: &[&str] = &["cache-from", "cache-to", "secret", "output", "attest"];
 const BOOL_KEYS: &[&str] = &["pull", "no-cache"];
 
+/// Most targets one `matrix` may make: far beyond real use, small enough that a typo cannot
+/// exhaust memory.
+const MAX_MATRIX: usize = 10_000;
+
 /// buildx's `validTargetNameChars`.
 fn valid_bake_name(name: &str) -> bool {
     !name.is_empty()
@@ -1177,7 +1181,7 @@ fn from_eval(e: EvalError, key: &str, at: (usize, usize)) -> Fail {
         e.span.as_ref().map(|s| s.start),
         key,
         e.message,
-        "correct the expression; `docker buildx bake --print` shows how buildx reads it",
+        "correct the expression at that line",
     );
     if e.file == at.0 {
         f.fallback = Some(at.1);
@@ -1921,6 +1925,15 @@ fn expand<'a>(g: &Globals<'a>, b: &'a BlockDef<'a>) -> Result<Vec<Instance<'a>>,
                 ))
             }
         };
+        if combos.len().saturating_mul(vals.len()) > MAX_MATRIX {
+            return Err(fail(
+                m.file,
+                Some(m.at),
+                mkey,
+                format!("the matrix makes more than {MAX_MATRIX} targets"),
+                "split the target, or use fewer values",
+            ));
+        }
         let mut next = Vec::new();
         for val in &vals {
             for c in &combos {
