@@ -7,6 +7,13 @@
 //! [`Host`], which owns the file's variables, user `function` blocks and the blocks an
 //! expression can reference (`target.NAME.ATTR`). Errors carry the byte span of the
 //! sub-expression at fault, so the loader can name the line.
+//!
+//! Parsing is `hcl-edit`'s (the parser of the maintained hcl-rs project, which keeps source
+//! spans). hcl-rs's own evaluator (`hcl::eval`) is not used: its functions are plain `fn`
+//! pointers, so user `function` blocks (a body and parameters known only at load) cannot be
+//! declared to it; it is strictly typed where cty converts (`"true"` as a condition, a number
+//! where a string is wanted, which bake files rely on); lazy, cycle-checked variable and
+//! block references are not its model; and its expressions carry no positions for errors.
 
 use std::collections::BTreeMap;
 use std::ops::Range;

@@ -1229,12 +1229,15 @@ impl<'a> Loader<'a> {
                         continue;
                     }
                     for a in &b.attrs {
+                        // buildx ignores other attributes of a variable (`sensitive`, ...):
+                        // said, not refused, so such files keep working.
                         if !["default", "type", "description"].contains(&a.name.as_str()) {
-                            return Err(unknown_key(
-                                a,
-                                &format!("variable.{}", b.label),
-                                &["default", "type", "description", "validation"],
-                            ));
+                            self.warn(
+                                a.file,
+                                a.at,
+                                &format!("variable.{}.{}", b.label, a.name),
+                                "unknown variable attribute; ignored (a variable has default, type, description and validation)",
+                            );
                         }
                     }
                     variables.insert(b.label.clone(), b);
