@@ -6,6 +6,8 @@
 //!
 //! - Paths: bk-build prints them absolute; buildx as written, relative to the current
 //!   directory (and `dockerfile` relative to the context). Both are resolved here.
+//! - buildx escapes `${` and `%{` in printed `args` and `labels` (`$${`, `%%{`) so its output
+//!   reads back as a bake file; bk-build prints the values.
 //! - Option strings: bk-build keeps `secret`, `ssh`, `cache-*` and `output` entries as CSV
 //!   strings; buildx prints them parsed. Both are parsed here.
 //! - Outputs that only push (`type=registry`, `type=image,push=true`) or only load
@@ -128,6 +130,22 @@ const CASES: &[Case] = &[
         env: &[],
     },
     Case {
+        dir: "expressions",
+        files: &[],
+        env: &[],
+    },
+    Case {
+        dir: "expressions",
+        files: &[],
+        env: &[
+            ("N", "7"),
+            ("FLAG", "false"),
+            ("MAP", "x:1,y:2"),
+            ("NUMS", "10,20,30"),
+            ("REGISTRY", "reg.local"),
+        ],
+    },
+    Case {
         dir: "ignored",
         files: &[],
         env: &[],
@@ -221,15 +239,25 @@ fn csv_map(s: &str) -> BTreeMap<String, String> {
 }
 
 fn str_map(v: Option<&Value>) -> Value {
+    str_map_with(v, |s| s.to_string())
+}
+
+fn str_map_with(v: Option<&Value>, f: impl Fn(&str) -> String) -> Value {
     let mut m = Map::new();
     if let Some(Value::Object(o)) = v {
         for (k, v) in o {
             if let Value::String(s) = v {
-                m.insert(k.clone(), Value::String(s.clone()));
+                m.insert(k.clone(), Value::String(f(s)));
             }
         }
     }
     Value::Object(m)
+}
+
+/// buildx's `--print` writes `${` and `%{` in args and labels as `$${` and `%%{`, so its
+/// output reads back as a bake file; the values themselves have single ones.
+fn unescape(s: &str) -> String {
+    s.replace("$${", "${").replace("%%{", "%{")
 }
 
 fn strings(v: Option<&Value>) -> Vec<String> {
@@ -387,8 +415,8 @@ fn canon_buildx(t: &Value, cwd: &Path) -> Value {
         "context": context,
         "dockerfile": dockerfile,
         "target": get("target").and_then(Value::as_str).filter(|s| !s.is_empty()),
-        "args": str_map(get("args")),
-        "labels": str_map(get("labels")),
+        "args": str_map_with(get("args"), unescape),
+        "labels": str_map_with(get("labels"), unescape),
         "contexts": contexts,
         "tags": strings(get("tags")),
         "platforms": strings(get("platforms")),

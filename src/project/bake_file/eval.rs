@@ -55,6 +55,8 @@ pub(crate) trait Host {
     fn block_attr(&self, kind: &str, name: &str, attr: &str) -> Option<Result<Value, EvalError>>;
     fn function(&self, name: &str) -> Option<UserFunc<'_>>;
     fn function_names(&self) -> Vec<String>;
+    /// The text of an HCL file, for `<<-` heredocs (see [`flush_heredoc`]); `None` for JSON.
+    fn source(&self, file: usize) -> Option<&str>;
 }
 
 /// Deepest nesting of user function calls; a deeper one is a recursion buildx rejects too.
@@ -122,8 +124,24 @@ impl<'h> Evaluator<'h> {
             }
             Expression::StringTemplate(t) => self.template_value(t, span),
             Expression::HeredocTemplate(h) => {
+                let flushed = span.as_ref().and_then(|sp| {
+                    let raw = self.host.source(self.file)?.get(sp.clone())?;
+                    flush_heredoc(raw)
+                });
                 let mut out = String::new();
-                self.template(&h.template, false, false, &mut out)?;
+                match flushed {
+                    Some(body) => {
+                        let t = hcl_edit::parser::parse_template(&body).map_err(|e| {
+                            self.err(span.clone(), format!("heredoc: {}", e.message()))
+                        })?;
+                        // Positions inside the re-read body are not the file's.
+                        self.template(&t, false, false, &mut out).map_err(|mut e| {
+                            e.span = span.clone();
+                            e
+                        })?;
+                    }
+                    None => self.template(&h.template, false, false, &mut out)?,
+                }
                 Ok(Value::String(out))
             }
             Expression::Parenthesis(p) => self.eval(p.inner()),
@@ -692,6 +710,45 @@ impl<'h> Evaluator<'h> {
     }
 }
 
+/// The body of a `<<-` heredoc (`raw` is its source, from `<<-` to the closing delimiter)
+/// with HCL's indentation removal ("flush" heredocs, hclsyntax `flushHeredocTemplateParts`):
+/// the smallest leading whitespace of its non-blank lines is removed from each of them,
+/// inside `%{for}`/`%{if}` bodies too; whitespace-only lines are left as they are. `None` for
+/// a `<<` heredoc. (hcl-edit's own dedent skips lines inside directives.)
+pub(crate) fn flush_heredoc(raw: &str) -> Option<String> {
+    let rest = raw.strip_prefix("<<-")?;
+    let body_start = rest.find('\n')? + 1;
+    let body = &rest[body_start..];
+    // The closing delimiter is on the last line.
+    let body = match body.trim_end_matches([' ', '\t']).rfind('\n') {
+        Some(i) => &body[..=i],
+        None => "",
+    };
+    let blank = |l: &str| l.trim().is_empty();
+    let indent = |l: &str| {
+        l.chars()
+            .take_while(|c| c.is_whitespace() && *c != '\n')
+            .count()
+    };
+    let min = body
+        .split_inclusive('\n')
+        .filter(|l| !blank(l))
+        .map(indent)
+        .min()
+        .unwrap_or(0);
+    Some(
+        body.split_inclusive('\n')
+            .map(|l| {
+                if blank(l) {
+                    l.to_string()
+                } else {
+                    l.chars().skip(min).collect()
+                }
+            })
+            .collect(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -716,6 +773,9 @@ mod tests {
         }
         fn function_names(&self) -> Vec<String> {
             Vec::new()
+        }
+        fn source(&self, _: usize) -> Option<&str> {
+            None
         }
     }
 
@@ -743,6 +803,16 @@ mod tests {
         assert_eq!(s("<<-EOT\n    x ${N}\n    EOT"), "x 3\n");
         assert!(ev(r#""x${null}""#).unwrap_err().contains("null"));
         assert_eq!(ev(r#""${null}""#).unwrap(), Value::Null);
+    }
+
+    #[test]
+    fn flush_heredocs_dedent_inside_directives() {
+        let raw = "<<-EOT\n      %{ for n in L }\n        [${n}]\n      %{ endfor }\n\n    EOT";
+        assert_eq!(
+            flush_heredoc(raw).unwrap(),
+            "%{ for n in L }\n  [${n}]\n%{ endfor }\n\n"
+        );
+        assert_eq!(flush_heredoc("<<EOT\n  x\nEOT"), None);
     }
 
     #[test]

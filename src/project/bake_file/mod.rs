@@ -602,6 +602,8 @@ struct Instance<'a> {
 
 struct Globals<'a> {
     env: &'a dyn Fn(&str) -> Option<String>,
+    /// Each file's text when it is HCL (heredocs are re-read from it).
+    sources: Vec<Option<&'a str>>,
     builtins: BTreeMap<&'static str, String>,
     variables: BTreeMap<String, &'a BlockDef<'a>>,
     attrs: BTreeMap<String, &'a Attr<'a>>,
@@ -830,6 +832,10 @@ impl<'a> Host for Globals<'a> {
 
     fn function_names(&self) -> Vec<String> {
         self.functions.keys().cloned().collect()
+    }
+
+    fn source(&self, file: usize) -> Option<&str> {
+        self.sources.get(file).copied().flatten()
     }
 }
 
@@ -1270,6 +1276,11 @@ impl<'a> Loader<'a> {
         }
         let g = Globals {
             env: self.env,
+            sources: self
+                .files
+                .iter()
+                .map(|(f, syntax)| (*syntax == Syntax::Hcl).then_some(f.text.as_str()))
+                .collect(),
             builtins,
             variables,
             attrs: top,
