@@ -470,3 +470,11 @@ fn buildx_bake_file_names_the_files() {
     .to_string();
     assert!(e.contains("BUILDX_BAKE_FILE"), "{e}");
 }
+
+#[test]
+fn an_attribute_set_twice_is_an_error() {
+    let e = err("target \"a\" {\n  tags = [\"x\"]\n  tags = [\"y\"]\n}\n", &[]);
+    assert!(e.contains(":3") && e.contains("redefined"), "{e}");
+    let e = err("A = 1\nA = 2\ntarget \"a\" {}\n", &[]);
+    assert!(e.contains(":2") && e.contains("redefined"), "{e}");
+}
