@@ -21,7 +21,8 @@ for t in make tar python3 cargo; do
   command -v "$t" >/dev/null || { echo "[bench] $t is required" >&2; exit 1; }
 done
 
-bash scripts/bkenv/up.sh >/dev/null
+# Only the primary engine: the TLS engine and sshd the tests use would only add noise.
+BKENV_NO_TLS=1 bash scripts/bkenv/up.sh >/dev/null
 # shellcheck disable=SC1091
 source "${BKENV:-/tmp/bkenv}/env.sh"
 

@@ -16,7 +16,8 @@ if ! "$BK" info >/dev/null 2>&1; then
   if [ ! -s "$BKENV/env.sh" ] || ! (source "$BKENV/env.sh" && "$BK" info >/dev/null 2>&1); then
     log "no BuildKit reachable: starting the local test daemon (scripts/bkenv/up.sh)"
     command -v ip >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null; }
-    bash scripts/bkenv/up.sh
+    # the example needs only the primary engine (not the TLS engine and sshd of the tests)
+    BKENV_NO_TLS=1 bash scripts/bkenv/up.sh
   fi
   # shellcheck disable=SC1091
   source "$BKENV/env.sh"

@@ -15,6 +15,9 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v python3 >/dev/null || need+=(python3)
 command -v git >/dev/null || need+=(git)
 command -v cc >/dev/null || need+=(gcc)
+command -v openssl >/dev/null || need+=(openssl)          # the TLS engine's certificates
+command -v ssh >/dev/null || need+=(openssh-client)       # DOCKER_HOST=ssh:// tests
+command -v unshare >/dev/null || need+=(util-linux)       # the test sshd's mount namespace
 if [ ${#need[@]} -gt 0 ]; then
   log "installing ${need[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null

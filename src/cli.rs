@@ -66,11 +66,13 @@ pub struct Cli {
 
 #[derive(Args, Debug, Clone)]
 pub struct DaemonArgs {
-    /// BuildKit address: unix:///path, tcp://host:port, docker:// or docker-unix:///path.
+    /// BuildKit address: unix:///path, tcp://host:port, docker:// (the Docker Engine the docker
+    /// CLI would use: DOCKER_HOST, else the current docker context), docker://unix:///path,
+    /// docker://tcp://host:port, docker://ssh://[user@]host[:port].
     /// Default: $BUILDKIT_HOST, the rootless and rootful buildkitd sockets, then Docker.
     #[arg(long, global = true, env = "BUILDKIT_HOST")]
     pub addr: Option<String>,
-    /// CA certificate for tcp:// with TLS.
+    /// CA certificate for tcp:// with TLS (buildkitd, or a Docker Engine at docker://tcp://).
     #[arg(long, global = true, value_name = "FILE")]
     pub tlscacert: Option<PathBuf>,
     /// Client certificate for mutual TLS.
@@ -211,7 +213,7 @@ impl ProjectArgs {
         Ok(crate::bake::BakeOptions {
             force,
             ledger: !self.no_ledger,
-            engine_images: transport::docker_engine_builder(daemon.addr.as_deref()),
+            engine_images: transport::docker_engine_builder(daemon.addr.as_deref(), &daemon.tls()),
         })
     }
 }
@@ -440,6 +442,7 @@ async fn plan_project(
     crate::bake::BakePlan,
 )> {
     let project = load_project(a)?;
+    crate::project::materialize(&project)?;
     crate::timing::mark("project loaded");
     let state = crate::fingerprint::StateStore::open_with(&project.root, lock_wait, &mut |msg| {
         eprintln!("{msg}")
@@ -475,6 +478,9 @@ fn print_plan(plan: &crate::bake::BakePlan, format: &str) -> Result<()> {
             }
         }
         other => anyhow::bail!("--format {other}: use text or json"),
+    }
+    for (name, why) in &plan.graph.unavailable {
+        eprintln!("ERROR: target `{name}` cannot be built: {why}");
     }
     Ok(())
 }
@@ -548,6 +554,21 @@ async fn run_bake(daemon_args: &DaemonArgs, a: &BakeArgs) -> Result<bool> {
     )
     .await;
     crate::timing::mark("executed");
+    let mut results = results;
+    // Targets that cannot be built (a context not checked out, …) fail on their own; the
+    // rest of the run went on without them.
+    for (name, why) in &plan.graph.unavailable {
+        results.push(crate::bake::TargetResult {
+            name: name.clone(),
+            outcome: crate::progress::TargetOutcome::Failed,
+            duration: None,
+            bytes_sent: None,
+            digest: None,
+            error: Some(format!("cannot be built: {why}")),
+            metadata: None,
+            warnings: Vec::new(),
+        });
+    }
     drop(progress);
     task.finish().await;
     eprintln!(
@@ -585,6 +606,9 @@ async fn run(cli: Cli) -> Result<()> {
             let (_project, _state, plan) =
                 plan_project(&cli.daemon, &a.project, Duration::from_secs(5)).await?;
             print_plan(&plan, &a.format)?;
+            if !plan.graph.unavailable.is_empty() {
+                anyhow::bail!("some targets cannot be built (see above)");
+            }
         }
         Command::Build(a) => {
             let r = run_build(&cli.daemon, a).await?;

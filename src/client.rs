@@ -17,10 +17,11 @@ pub struct ClientError {
     pub message: String,
 }
 
-fn err(call: &'static str) -> impl Fn(tonic::Status) -> ClientError {
+/// A failed call: the daemon's own message, or what broke the connection and what to change.
+fn err<'a>(d: &'a Daemon, call: &'static str) -> impl Fn(tonic::Status) -> ClientError + 'a {
     move |s| ClientError {
         call,
-        message: format!("{:?}: {}", s.code(), s.message()),
+        message: crate::transport::explain_status(d, &s),
     }
 }
 
@@ -48,7 +49,7 @@ pub async fn info(d: &Daemon) -> Result<Option<DaemonInfo>, ClientError> {
             dockerfile_version: v.dockerfile_version,
         })),
         Err(s) if s.code() == tonic::Code::Unimplemented => Ok(None),
-        Err(s) => Err(err("Info")(s)),
+        Err(s) => Err(err(d, "Info")(s)),
     }
 }
 
@@ -71,7 +72,7 @@ pub async fn workers(d: &Daemon) -> Result<Vec<WorkerInfo>, ClientError> {
     let r = control(d)
         .list_workers(ListWorkersRequest { filter: vec![] })
         .await
-        .map_err(err("ListWorkers"))?;
+        .map_err(err(d, "ListWorkers"))?;
     Ok(r.into_inner()
         .record
         .into_iter()
@@ -126,7 +127,7 @@ pub async fn disk_usage(d: &Daemon, filters: Vec<String>) -> Result<Vec<UsageEnt
             age_limit: 0,
         })
         .await
-        .map_err(err("DiskUsage"))?;
+        .map_err(err(d, "DiskUsage"))?;
     Ok(r.into_inner().record.into_iter().map(usage).collect())
 }
 
@@ -150,11 +151,11 @@ pub async fn prune(d: &Daemon, o: &PruneOptions) -> Result<Vec<UsageEntry>, Clie
             min_free_space: 0,
         })
         .await
-        .map_err(err("Prune"))?;
+        .map_err(err(d, "Prune"))?;
     let mut s = r.into_inner();
     let mut out = Vec::new();
     while let Some(rec) = s.next().await {
-        out.push(usage(rec.map_err(err("Prune"))?));
+        out.push(usage(rec.map_err(err(d, "Prune"))?));
     }
     Ok(out)
 }

@@ -44,28 +44,6 @@ fn stamp(out: &Path) -> String {
     std::fs::read_to_string(f).unwrap()
 }
 
-/// Forgets this test's steps on the daemon: prunes only records whose description holds
-/// `marker` (after checking the filter selects nothing else).
-fn forget(marker: &str) {
-    let filter = format!("description~={marker}");
-    let du = run_ok(bk().args(["du", "-v", "--filter", &filter]));
-    for line in String::from_utf8_lossy(&du.stdout).lines() {
-        if !line.starts_with("Records:") {
-            assert!(
-                line.contains(marker),
-                "the du filter selected a record that is not this test's: {line}"
-            );
-        }
-    }
-    run_ok(bk().args(["prune", "--all", "--filter", &filter]));
-    let du = run_ok(bk().args(["du", "-v", "--filter", &filter]));
-    let left = String::from_utf8_lossy(&du.stdout);
-    assert!(
-        left.contains("Records: 0"),
-        "records of {marker} survived the prune:\n{left}"
-    );
-}
-
 fn json(path: &Path) -> Value {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()))

@@ -916,3 +916,100 @@ fn sql_in_a_heredoc_does_not_make_a_target_build_forever() {
     let (action, why) = plan_in(p, &[], &[])["t"].clone();
     assert_eq!(action, "skip", "{why}");
 }
+
+/// The compose front end feeds the same fingerprints: a file read by a service of an included
+/// project, by a service extended from another file, an inline Dockerfile and a variable from
+/// the included project's `.env` each rebuild exactly the service that reads them.
+#[test]
+fn a_compose_service_rebuilds_when_a_file_or_value_it_reads_changes() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let base = base_image();
+    let out = |name: &str| format!("x-bk-build: {{outputs: [\"type=local,dest={name}\"]}}");
+    write(
+        &dir.join("compose.yaml"),
+        format!(
+            "include: [lib/compose.yaml]\nservices:\n  far:\n    extends: {{file: common/base.yaml, service: common}}\n    build:\n      {}\n  inline:\n    build:\n      context: app\n      dockerfile_inline: |\n        FROM {base}\n        COPY data.txt /\n      {}\n  plain:\n    build:\n      context: app\n      {}\n",
+            out("../out/far"),
+            out("out/inline"),
+            out("out/plain")
+        ),
+    );
+    write(
+        &dir.join("app/Dockerfile"),
+        format!("FROM {base}\nCOPY data.txt /\n"),
+    );
+    write(&dir.join("app/data.txt"), "app\n");
+    write(
+        &dir.join("common/base.yaml"),
+        "services:\n  common:\n    build:\n      context: ctx\n",
+    );
+    write(
+        &dir.join("common/ctx/Dockerfile"),
+        format!("FROM {base}\nCOPY data.txt /\n"),
+    );
+    write(&dir.join("common/ctx/data.txt"), "far\n");
+    write(
+        &dir.join("lib/compose.yaml"),
+        "services:\n  lib:\n    build:\n      context: .\n      args: {V: \"${LIBVAR}\"}\n      x-bk-build: {outputs: [\"type=local,dest=../out/lib\"]}\n",
+    );
+    write(&dir.join("lib/.env"), "LIBVAR=one\n");
+    write(
+        &dir.join("lib/Dockerfile"),
+        format!("FROM {base}\nARG V\nCOPY data.txt /\nRUN echo \"$V\" > /v.txt\n"),
+    );
+    write(&dir.join("lib/data.txt"), "lib\n");
+
+    let (o, _) = bake_in(dir, &[], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let all_skip = |p: &BTreeMap<String, (String, String)>, except: &str| {
+        for (t, (action, why)) in p {
+            let want = if t == except { "build" } else { "skip" };
+            assert_eq!(action, want, "{t}: {why} (changed: {except})");
+        }
+    };
+    all_skip(&plan_in(dir, &[], &[]), "");
+
+    let steps: [(&str, &str, &str); 5] = [
+        ("lib", "lib/data.txt", "lib changed\n"),
+        ("far", "common/ctx/data.txt", "far changed\n"),
+        ("plain", "app/data.txt", "app changed\n"),
+        ("lib", "lib/.env", "LIBVAR=two\n"),
+        ("inline", "compose.yaml", ""),
+    ];
+    for (target, file, content) in steps {
+        let path = dir.join(file);
+        if content.is_empty() {
+            // An edit of the inline Dockerfile's text.
+            let text = std::fs::read_to_string(&path).unwrap();
+            std::fs::write(
+                &path,
+                text.replace(
+                    "COPY data.txt /\n      x-bk",
+                    "COPY data.txt /copied.txt\n      x-bk",
+                ),
+            )
+            .unwrap();
+        } else {
+            std::fs::write(&path, content).unwrap();
+        }
+        let p = plan_in(dir, &[], &[]);
+        // `plain` and `inline` share app/data.txt: a change there rebuilds both.
+        if target == "plain" {
+            assert_eq!(p["plain"].0, "build", "{p:?}");
+            assert_eq!(p["inline"].0, "build", "{p:?}");
+            assert_eq!(p["lib"].0, "skip", "{p:?}");
+            assert_eq!(p["far"].0, "skip", "{p:?}");
+        } else {
+            all_skip(&p, target);
+        }
+        let (o, _) = bake_in(dir, &[], &[]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        all_skip(&plan_in(dir, &[], &[]), "");
+    }
+    assert_eq!(
+        std::fs::read_to_string(dir.join("out/lib/v.txt")).unwrap(),
+        "two\n"
+    );
+    assert!(dir.join("out/inline/copied.txt").is_file());
+}

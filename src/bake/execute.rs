@@ -46,8 +46,25 @@ fn build_spec(
         load: t.load,
         // The fingerprint never includes bk-build's state; the daemon must not get it either.
         never_send: vec![project.root.join(fingerprint::STATE_DIR_NAME)],
+        shm_size: t.shm_size,
+        entitlements: t.entitlements.clone(),
+        no_cache_filter: t.no_cache_filter.clone(),
         ..Default::default()
     };
+    if let Some(u) = &t.unavailable {
+        return Err(e(u.clone()));
+    }
+    if let Some(n) = &t.network {
+        spec.network = options::parse_network(n).map_err(|x| e(x.to_string()))?;
+    }
+    for h in &t.extra_hosts {
+        spec.add_hosts
+            .push(options::parse_add_host(h).map_err(|x| e(x.to_string()))?);
+    }
+    for u in &t.ulimits {
+        spec.ulimits
+            .push(options::parse_ulimit(u).map_err(|x| e(x.to_string()))?);
+    }
     let pinned = |dep: &str| -> Result<String, BakeError> {
         let dt = &project.targets[dep];
         let tag = dt.tags.first().ok_or_else(|| {

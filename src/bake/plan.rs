@@ -75,6 +75,26 @@ fn extra_inputs(t: &Target, scan: &graph::DockerfileScan) -> BTreeMap<String, St
     for (k, v) in &t.labels {
         m.insert(format!("label:{k}"), v.clone());
     }
+    // What RUN steps see: their network, hosts file, /dev/shm, limits and privileges.
+    if let Some(n) = t.network.as_deref().filter(|n| *n != "default") {
+        m.insert("network".into(), n.to_string());
+    }
+    if !t.extra_hosts.is_empty() {
+        let mut h = t.extra_hosts.clone();
+        h.sort();
+        m.insert("extra_hosts".into(), h.join(","));
+    }
+    if let Some(s) = t.shm_size {
+        m.insert("shm_size".into(), s.to_string());
+    }
+    if !t.ulimits.is_empty() {
+        m.insert("ulimits".into(), t.ulimits.join(","));
+    }
+    if !t.entitlements.is_empty() {
+        let mut e = t.entitlements.clone();
+        e.sort();
+        m.insert("entitlements".into(), e.join(","));
+    }
     for (i, o) in artifact_outputs(t).into_iter().enumerate() {
         m.insert(format!("output:{i}"), o);
     }
@@ -100,6 +120,12 @@ fn always_build(t: &Target, forced: bool, scan: &graph::DockerfileScan) -> Optio
     }
     if t.no_cache {
         return Some("no_cache is set".into());
+    }
+    if !t.no_cache_filter.is_empty() {
+        return Some(format!(
+            "no-cache-filter is set ({})",
+            t.no_cache_filter.join(", ")
+        ));
     }
     if !scan.certain {
         return Some(format!(

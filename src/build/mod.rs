@@ -41,6 +41,14 @@ pub struct BuildSpec {
     pub contexts: Vec<NamedContext>,
     pub add_hosts: Vec<AddHost>,
     pub network: Network,
+    /// Size of `/dev/shm` in RUN steps, in bytes (`None`: the daemon's default).
+    pub shm_size: Option<u64>,
+    /// Resource limits of RUN steps.
+    pub ulimits: Vec<crate::options::Ulimit>,
+    /// Entitlements to ask for besides the ones `network` implies (`security.insecure`, …).
+    pub entitlements: Vec<String>,
+    /// Stages to build without cache (`no_cache` means all of them).
+    pub no_cache_filter: Vec<String>,
     pub tags: Vec<String>,
     pub push: bool,
     pub load: bool,
@@ -222,9 +230,18 @@ pub async fn build(
     let stats = session.stats.clone();
     let export_errors = session.close().await;
 
-    let resp = solved.map_err(|s| BuildError::Failed {
-        message: crate::progress::describe_build_error(&s),
-    })?;
+    let resp = match solved {
+        Ok(r) => r,
+        Err(s) => {
+            // A broken connection is not the daemon's answer: say what broke, and whether the
+            // daemon is still there, instead of "failed to solve: transport error".
+            let message = match crate::transport::explain_lost_connection(daemon, &s).await {
+                Some(lost) => format!("ERROR: build did not finish: {lost}"),
+                None => crate::progress::describe_build_error(&s),
+            };
+            return Err(BuildError::Failed { message });
+        }
+    };
     for load in loads {
         let loaded = load
             .await

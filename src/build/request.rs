@@ -243,6 +243,8 @@ pub fn plan_request(
     if spec.no_cache {
         // An empty value means "all stages"; "true" would name a stage.
         attrs.insert("no-cache".into(), String::new());
+    } else if !spec.no_cache_filter.is_empty() {
+        attrs.insert("no-cache".into(), spec.no_cache_filter.join(","));
     }
     let resolve_mode = if spec.pull {
         "pull"
@@ -261,6 +263,13 @@ pub fn plan_request(
             .collect();
         attrs.insert("add-hosts".into(), v.join(","));
     }
+    if let Some(bytes) = spec.shm_size.filter(|b| *b > 0) {
+        attrs.insert("shm-size".into(), bytes.to_string());
+    }
+    if !spec.ulimits.is_empty() {
+        let v: Vec<String> = spec.ulimits.iter().map(ToString::to_string).collect();
+        attrs.insert("ulimit".into(), v.join(","));
+    }
     let mut entitlements = Vec::new();
     match spec.network {
         Network::Default => {}
@@ -270,6 +279,11 @@ pub fn plan_request(
         Network::Host => {
             attrs.insert("force-network-mode".into(), "host".into());
             entitlements.push("network.host".to_string());
+        }
+    }
+    for e in &spec.entitlements {
+        if !entitlements.contains(e) {
+            entitlements.push(e.clone());
         }
     }
     // Session content stores, by store ID; cache exports first, so that a directory that is

@@ -59,6 +59,10 @@ pub struct Plan {
     /// Target → its dependencies (only targets in `order`). Every target in `order` has an
     /// entry, possibly empty.
     pub deps: BTreeMap<String, Vec<Edge>>,
+    /// Targets of the run that cannot be built ([`crate::project::Target::unavailable`], or
+    /// a dependency that cannot be built), with the reason. They are not in `order`; the
+    /// rest of the run goes on without them.
+    pub unavailable: BTreeMap<String, String>,
 }
 
 impl Plan {
@@ -94,7 +98,11 @@ impl Plan {
             }
         }
         let order = topo_order(&deps)?;
-        Ok(Plan { order, deps })
+        Ok(Plan {
+            order,
+            deps,
+            unavailable: BTreeMap::new(),
+        })
     }
 
     /// The distinct targets `name` depends on, sorted.
@@ -160,18 +168,79 @@ fn explain(reasons: &[String]) -> String {
 pub fn plan(project: &Project, names_or_groups: &[String]) -> Result<Plan, GraphError> {
     let wanted = resolve_names(project, names_or_groups)?;
     let tags = tag_index(project);
+    let same = same_builds(project);
     let mut deps: BTreeMap<String, Vec<Edge>> = BTreeMap::new();
+    let mut unavailable: BTreeMap<String, String> = BTreeMap::new();
     let mut todo: Vec<String> = wanted.into_iter().collect();
     while let Some(name) = todo.pop() {
-        if deps.contains_key(&name) {
+        if deps.contains_key(&name) || unavailable.contains_key(&name) {
             continue;
         }
-        let edges = edges_of(project, &name, &tags)?;
+        if let Some(why) = project
+            .targets
+            .get(&name)
+            .and_then(|t| t.unavailable.clone())
+        {
+            unavailable.insert(name, why);
+            continue;
+        }
+        let edges = edges_of(project, &name, &tags, &same)?;
         todo.extend(edges.iter().map(|e| e.dep.clone()));
         deps.insert(name, edges);
     }
+    // What needs a target that cannot be built cannot be built either.
+    loop {
+        let blocked: Vec<(String, String)> = deps
+            .iter()
+            .filter_map(|(n, edges)| {
+                let e = edges.iter().find(|e| unavailable.contains_key(&e.dep))?;
+                Some((
+                    n.clone(),
+                    format!("needs `{}`, which cannot be built", e.dep),
+                ))
+            })
+            .collect();
+        if blocked.is_empty() {
+            break;
+        }
+        for (n, why) in blocked {
+            deps.remove(&n);
+            unavailable.insert(n, why);
+        }
+    }
     let order = topo_order(&deps)?;
-    Ok(Plan { order, deps })
+    Ok(Plan {
+        order,
+        deps,
+        unavailable,
+    })
+}
+
+/// Target → an earlier-named target with exactly the same build (everything but the name),
+/// for targets that share a tag: compose's "one image, run as web and as worker". Such a tag
+/// names one image, not an ambiguity, and the later target waits for the first so that the
+/// daemon builds it once and answers the second from its cache (buildx dedupes these too).
+fn same_builds(project: &Project) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let names: Vec<&String> = project.targets.keys().collect();
+    for (i, a) in names.iter().enumerate() {
+        if out.contains_key(*a) {
+            continue;
+        }
+        let ta = &project.targets[*a];
+        for b in &names[i + 1..] {
+            let tb = &project.targets[*b];
+            if out.contains_key(*b) || !ta.tags.iter().any(|t| tb.tags.contains(t)) {
+                continue;
+            }
+            let mut tb2 = tb.clone();
+            tb2.name = ta.name.clone();
+            if *ta == tb2 {
+                out.insert((*b).clone(), (*a).clone());
+            }
+        }
+    }
+    out
 }
 
 /// The targets `names_or_groups` name (groups expanded; empty: the `default` group, or every
@@ -248,6 +317,7 @@ fn edges_of(
     project: &Project,
     name: &str,
     tags: &BTreeMap<String, Vec<(String, String)>>,
+    same: &BTreeMap<String, String>,
 ) -> Result<Vec<Edge>, GraphError> {
     let Some(t) = project.targets.get(name) else {
         return Err(GraphError::Unknown {
@@ -262,6 +332,12 @@ fn edges_of(
         });
     };
     let mut edges = BTreeSet::new();
+    if let Some(first) = same.get(name) {
+        edges.insert(Edge {
+            dep: first.clone(),
+            via: Via::DependsOn,
+        });
+    }
     for d in &t.depends_on {
         edges.insert(Edge {
             dep: d.clone(),
@@ -296,12 +372,17 @@ fn edges_of(
         let Some(c) = reference::canonical(&r) else {
             continue;
         };
-        let owners: Vec<&(String, String)> = tags
-            .get(&c)
-            .into_iter()
-            .flatten()
-            .filter(|(owner, _)| owner != name)
-            .collect();
+        // Targets with the same build count once, as the first of them.
+        let mut owners: Vec<(String, String)> = Vec::new();
+        for (owner, tag) in tags.get(&c).into_iter().flatten() {
+            let owner = same.get(owner).unwrap_or(owner);
+            if owner != name
+                && same.get(name) != Some(owner)
+                && !owners.iter().any(|(o, _)| o == owner)
+            {
+                owners.push((owner.clone(), tag.clone()));
+            }
+        }
         match owners.as_slice() {
             [] => {}
             [(owner, tag)] => {

@@ -264,3 +264,56 @@ fn example_monorepo_builds_pybase_before_its_services() {
     assert_eq!(scan.copy_sources.unwrap(), ["conf", "html"]);
     assert_eq!(scan.base_refs, ["localhost:5000/busybox:latest"]);
 }
+
+#[test]
+fn identical_builds_sharing_a_tag_are_one_image_not_an_ambiguity() {
+    let mut f = Fixture::new();
+    f.target("web", "FROM scratch\n", |t| {
+        t.tags = vec!["shared-local".into()]
+    });
+    let web = f.project.targets["web"].clone();
+    let mut worker = web.clone();
+    worker.name = "worker".into();
+    f.project.targets.insert("worker".into(), worker);
+    f.target("third", "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\n", |t| {
+        t.args.insert("BASE_IMAGE".into(), "shared-local".into());
+        t.tags = vec!["third-local".into()];
+    });
+    for wanted in [names(&["third"]), Vec::new()] {
+        let p = plan(&f.project, &wanted).unwrap();
+        assert_eq!(p.dependencies("third"), ["web"], "{wanted:?}");
+        assert_eq!(p.order[0], "web");
+    }
+    // The second waits for the first, so the daemon builds the image once.
+    let p = plan(&f.project, &[]).unwrap();
+    assert_eq!(p.dependencies("worker"), ["web"]);
+
+    // Different builds behind one tag are still ambiguous.
+    f.project
+        .targets
+        .get_mut("worker")
+        .unwrap()
+        .args
+        .insert("X".into(), "1".into());
+    let msg = plan(&f.project, &names(&["third"]))
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("several targets (web, worker)"), "{msg}");
+}
+
+#[test]
+fn an_unbuildable_target_and_what_needs_it_leave_the_others_alone() {
+    let mut f = Fixture::new();
+    f.target("pybase", PYBASE, |t| {
+        t.unavailable = Some("context directory missing".into())
+    });
+    std::fs::remove_file(f.path().join("pybase/Dockerfile")).unwrap();
+    f.target("service_1", SERVICE, |_| {});
+    f.target("other", "FROM scratch\n", |_| {});
+    let p = plan(&f.project, &[]).unwrap();
+    assert_eq!(p.order, ["other"]);
+    assert_eq!(p.unavailable["pybase"], "context directory missing");
+    assert!(p.unavailable["service_1"].contains("needs `pybase`"));
+    let p = plan(&f.project, &names(&["other"])).unwrap();
+    assert!(p.unavailable.is_empty());
+}

@@ -23,8 +23,10 @@
 
 mod bake_file;
 mod compose;
+mod dotenv;
 mod interp;
 mod toml_file;
+mod yaml;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -81,6 +83,29 @@ pub struct Target {
     pub pull: bool,
     /// Explicit dependencies (target names).
     pub depends_on: Vec<String>,
+    /// Network of RUN steps: `default`, `none` or `host` (`host` also puts `network.host` in
+    /// `entitlements`, as buildx does). `None`: the daemon's default.
+    pub network: Option<String>,
+    /// `/etc/hosts` entries for RUN steps, each `HOST=IP` (checked with the `--add-host`
+    /// parser).
+    pub extra_hosts: Vec<String>,
+    /// Size of `/dev/shm` in RUN steps, in bytes.
+    pub shm_size: Option<u64>,
+    /// Resource limits of RUN steps, each `NAME=SOFT:HARD` (`-1`: unlimited).
+    pub ulimits: Vec<String>,
+    /// Privileges the build asks the daemon for (`network.host`, `security.insecure`); the
+    /// daemon must be configured to allow them.
+    pub entitlements: Vec<String>,
+    /// Stages built without the build cache (`no-cache-filter`); the target is always built.
+    pub no_cache_filter: Vec<String>,
+    /// The Dockerfile's text when the project file holds it (compose `dockerfile_inline`).
+    /// `dockerfile` then names the file [`materialize`] writes it to, under the project's
+    /// state directory, so it is served and fingerprinted like any other Dockerfile.
+    pub dockerfile_inline: Option<String>,
+    /// Why this target cannot be built (its context directory is missing, …), as a complete
+    /// message. Loading, `--print` and other targets are not affected: only planning or
+    /// building this target (or what needs it) fails, with this message.
+    pub unavailable: Option<String>,
 }
 
 /// Why a project could not be loaded. Every message says what is wrong, where, and how to fix
@@ -145,31 +170,48 @@ const COMPOSE_OVERRIDES: &[&str] = &[
     "docker-compose.override.yml",
 ];
 
-/// Finds the project files in `cwd`: `bk-build.toml` alone when it exists; else the first
-/// compose file name that exists (compose's own order) followed by its override file when
-/// there is one, as `docker compose` does without `-f`, then every bake file that exists in
-/// buildx's order (`docker-bake.json`, `docker-bake.hcl`, `docker-bake.override.json`,
+/// Finds the project files in `cwd`: `bk-build.toml` alone when it exists; else the compose
+/// files (those `COMPOSE_FILE` names, else the first compose file name that exists, in
+/// compose's own order, followed by its override file when there is one, as `docker compose`
+/// does without `-f`), then every bake file that exists in buildx's order
+/// (`docker-bake.json`, `docker-bake.hcl`, `docker-bake.override.json`,
 /// `docker-bake.override.hcl`), as `docker buildx bake` reads them all.
 pub fn discover(cwd: &Path) -> Result<Vec<PathBuf>, ProjectError> {
+    discover_with_env(cwd, &|k: &str| std::env::var(k).ok())
+}
+
+/// [`discover`] with the environment given: compose's `COMPOSE_FILE` (from `env`, else from
+/// `.env` in `cwd`) names the compose files, separated by `COMPOSE_PATH_SEPARATOR` (default
+/// `:`), as `docker compose` reads it without `-f`.
+pub fn discover_with_env(
+    cwd: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<PathBuf>, ProjectError> {
     let toml = cwd.join("bk-build.toml");
     if toml.is_file() {
         return Ok(vec![toml]);
     }
-    let mut files = Vec::new();
-    if let Some(p) = COMPOSE_NAMES
-        .iter()
-        .map(|n| cwd.join(n))
-        .find(|p| p.is_file())
-    {
-        files.push(p);
-        if let Some(o) = COMPOSE_OVERRIDES
-            .iter()
-            .map(|o| cwd.join(o))
-            .find(|o| o.is_file())
-        {
-            files.push(o);
+    let mut files = match compose::compose_file_env(cwd, env)? {
+        Some(files) => files,
+        None => {
+            let mut files = Vec::new();
+            if let Some(p) = COMPOSE_NAMES
+                .iter()
+                .map(|n| cwd.join(n))
+                .find(|p| p.is_file())
+            {
+                files.push(p);
+                if let Some(o) = COMPOSE_OVERRIDES
+                    .iter()
+                    .map(|o| cwd.join(o))
+                    .find(|o| o.is_file())
+                {
+                    files.push(o);
+                }
+            }
+            files
         }
-    }
+    };
     files.extend(
         bake_file::DEFAULT_FILES
             .iter()
@@ -238,7 +280,43 @@ pub fn load_in(
     };
     let mut sources = Vec::with_capacity(files.len());
     let mut kinds = Vec::with_capacity(files.len());
+    let mut stdin_used = false;
     for f in files {
+        if f.as_os_str() == "-" {
+            // `-f -`: the file comes from standard input; its directory is the current one.
+            if std::mem::replace(&mut stdin_used, true) {
+                return Err(ProjectError::Invalid {
+                    file: f.clone(),
+                    line: None,
+                    key: String::new(),
+                    problem: "standard input (-f -) is named twice".into(),
+                    fix: "pass -f - once".into(),
+                });
+            }
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map_err(|e| {
+                ProjectError::Read {
+                    path: f.clone(),
+                    source: e,
+                    fix: "pipe a UTF-8 compose or bake file into bk-build".into(),
+                }
+            })?;
+            let dir = std::env::current_dir().map_err(|e| ProjectError::Read {
+                path: f.clone(),
+                source: e,
+                fix: "run bk-build from an existing directory".into(),
+            })?;
+            kinds.push(
+                bake_file::Syntax::sniff(&text).map_or(FileKind::Compose, FileKind::Bake),
+            );
+            sources.push(SourceFile {
+                shown: f.clone(),
+                abs: f.clone(),
+                dir,
+                text,
+            });
+            continue;
+        }
         let abs =
             std::path::absolute(f)
                 .map(|p| normalize(&p))
@@ -312,6 +390,50 @@ pub fn load_in(
     }
 }
 
+/// Where a target's inline Dockerfile (compose `dockerfile_inline`) is written: under the
+/// project's state directory, named by its content, so equal texts share one file and a
+/// changed text is a new file (never a file rewritten under a running build).
+pub fn inline_dockerfile_path(root: &Path, text: &str) -> PathBuf {
+    let hash = blake3::hash(text.as_bytes()).to_hex();
+    root.join(crate::fingerprint::STATE_DIR_NAME)
+        .join("inline")
+        .join(&hash.as_str()[..32])
+        .join("Dockerfile")
+}
+
+/// Writes the inline Dockerfiles of `project`'s targets where their `dockerfile` says
+/// (atomically: a temporary file renamed into place), so that they are read, served and
+/// fingerprinted like any other Dockerfile. Files already there with the same content are
+/// left alone.
+pub fn materialize(project: &Project) -> Result<(), ProjectError> {
+    for t in project.targets.values() {
+        let Some(text) = &t.dockerfile_inline else {
+            continue;
+        };
+        if std::fs::read(&t.dockerfile).is_ok_and(|b| b == text.as_bytes()) {
+            continue;
+        }
+        let write = || -> std::io::Result<()> {
+            let dir = t.dockerfile.parent().unwrap_or(&project.root);
+            std::fs::create_dir_all(dir)?;
+            let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+            std::io::Write::write_all(&mut tmp, text.as_bytes())?;
+            tmp.as_file().sync_all()?;
+            tmp.persist(&t.dockerfile).map_err(|e| e.error)?;
+            Ok(())
+        };
+        write().map_err(|e| ProjectError::Read {
+            path: t.dockerfile.clone(),
+            source: e,
+            fix: format!(
+                "target `{}` has dockerfile_inline, which bk-build writes there: make the project directory writable",
+                t.name
+            ),
+        })?;
+    }
+    Ok(())
+}
+
 /// The resolved project as JSON, shaped like `docker buildx bake --print`
 /// (`{"group": {...}, "target": {...}}`) plus `root` and `files`.
 pub fn to_json(project: &Project) -> serde_json::Value {
@@ -332,29 +454,55 @@ pub fn to_json(project: &Project) -> serde_json::Value {
             .iter()
             .map(|(k, v)| (k.clone(), Value::String(context_source_string(v))))
             .collect();
-        targets.insert(
-            name.clone(),
-            json!({
-                "context": path(&t.context),
-                "dockerfile": path(&t.dockerfile),
-                "target": t.target,
-                "args": map(&t.args),
-                "labels": map(&t.labels),
-                "contexts": contexts,
-                "tags": strs(&t.tags),
-                "platforms": strs(&t.platforms),
-                "secrets": strs(&t.secrets),
-                "ssh": strs(&t.ssh),
-                "cache_from": strs(&t.cache_from),
-                "cache_to": strs(&t.cache_to),
-                "outputs": strs(&t.outputs),
-                "push": t.push,
-                "load": t.load,
-                "no_cache": t.no_cache,
-                "pull": t.pull,
-                "depends_on": strs(&t.depends_on),
-            }),
-        );
+        let mut extra = Map::new();
+        if let Some(n) = &t.network {
+            extra.insert("network".into(), Value::String(n.clone()));
+        }
+        if !t.extra_hosts.is_empty() {
+            extra.insert("extra_hosts".into(), strs(&t.extra_hosts));
+        }
+        if let Some(s) = t.shm_size {
+            extra.insert("shm_size".into(), json!(s));
+        }
+        if !t.ulimits.is_empty() {
+            extra.insert("ulimits".into(), strs(&t.ulimits));
+        }
+        if !t.entitlements.is_empty() {
+            extra.insert("entitlements".into(), strs(&t.entitlements));
+        }
+        if !t.no_cache_filter.is_empty() {
+            extra.insert("no_cache_filter".into(), strs(&t.no_cache_filter));
+        }
+        if let Some(d) = &t.dockerfile_inline {
+            extra.insert("dockerfile_inline".into(), Value::String(d.clone()));
+        }
+        if let Some(u) = &t.unavailable {
+            extra.insert("unavailable".into(), Value::String(u.clone()));
+        }
+        let mut target = json!({
+            "context": path(&t.context),
+            "dockerfile": path(&t.dockerfile),
+            "target": t.target,
+            "args": map(&t.args),
+            "labels": map(&t.labels),
+            "contexts": contexts,
+            "tags": strs(&t.tags),
+            "platforms": strs(&t.platforms),
+            "secrets": strs(&t.secrets),
+            "ssh": strs(&t.ssh),
+            "cache_from": strs(&t.cache_from),
+            "cache_to": strs(&t.cache_to),
+            "outputs": strs(&t.outputs),
+            "push": t.push,
+            "load": t.load,
+            "no_cache": t.no_cache,
+            "pull": t.pull,
+            "depends_on": strs(&t.depends_on),
+        });
+        if let Some(obj) = target.as_object_mut() {
+            obj.extend(extra);
+        }
+        targets.insert(name.clone(), target);
     }
     let groups: Map<String, Value> = project
         .groups
@@ -392,14 +540,18 @@ enum FileKind {
 }
 
 impl FileKind {
-    /// By extension; a file without a known one is a bake file when its content reads as one.
+    /// `.toml` is bk-build's format, `.hcl` and `.json` are bake files; a file with another
+    /// or no extension (or `-`, standard input) is a bake file when its content reads as one,
+    /// else compose YAML, as `docker compose -f` reads any file name.
     fn of(path: &Path, text: &str) -> Option<FileKind> {
         match path.extension().and_then(|e| e.to_str()) {
             Some("toml") => Some(FileKind::Toml),
             Some("yml" | "yaml") => Some(FileKind::Compose),
-            _ => bake_file::Syntax::of(path)
-                .or_else(|| bake_file::Syntax::sniff(text))
-                .map(FileKind::Bake),
+            _ => Some(
+                bake_file::Syntax::of(path)
+                    .or_else(|| bake_file::Syntax::sniff(text))
+                    .map_or(FileKind::Compose, FileKind::Bake),
+            ),
         }
     }
 

@@ -603,7 +603,7 @@ fn compose_unset_variables_warn_and_unknown_keys_fail() {
     let a = write(
         d.path(),
         "compose.yaml",
-        "services:\n  pybase:\n    image: r/pybase:${NOPE}\n    build:\n      context: src/py/base\n      network: host\n",
+        "services:\n  pybase:\n    image: r/pybase:${NOPE}\n    build:\n      context: src/py/base\n      isolation: hyperv\n",
     );
     let p = load_env(&[a], &[]).unwrap();
     assert_eq!(p.targets["pybase"].tags, ["r/pybase:"]);
@@ -614,7 +614,7 @@ fn compose_unset_variables_warn_and_unknown_keys_fail() {
     assert!(p
         .warnings
         .iter()
-        .any(|w| w.contains("services.pybase.build.network")));
+        .any(|w| w.contains("services.pybase.build.isolation")));
 
     let b = write(
         d.path(),
@@ -646,14 +646,16 @@ fn compose_errors_name_the_file_that_set_the_key() {
         "override.yaml",
         "services:\n  pybase:\n    build:\n      context: src/py/gone\n",
     );
-    let msg = load_env(&[a, b], &[]).unwrap_err().to_string();
+    // A missing context only makes that target unbuildable; the message says where it was set.
+    let p = load_env(&[a, b], &[]).unwrap();
+    let msg = p.targets["pybase"].unavailable.clone().unwrap();
     assert_mentions(
         &msg,
         &[
-            "override.yaml",
+            "override.yaml:4",
             "services.pybase.build.context",
             "does not exist",
-            "first file's directory",
+            "project directory",
         ],
     );
 }
@@ -792,4 +794,279 @@ fn example_toml_and_compose_describe_the_same_images() {
         toml.targets["service_2"].tags,
         ["localhost:5000/t1/service_2:ci"]
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// compose as the compose spec says (issue 10)
+// ---------------------------------------------------------------------------------------------
+
+/// A compose project in a temporary directory: `(path, text)` files, Dockerfiles for `ctxs`.
+fn compose_project(files: &[(&str, &str)], ctxs: &[&str]) -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    for (p, text) in files {
+        write(d.path(), p, text);
+    }
+    for c in ctxs {
+        write(d.path(), &format!("{c}/Dockerfile"), "FROM scratch\n");
+    }
+    d
+}
+
+fn load_in(d: &Path, files: &[&str], env: &[(&str, &str)]) -> Result<Project, ProjectError> {
+    let files: Vec<PathBuf> = files.iter().map(|f| d.join(f)).collect();
+    load_env(&files, env)
+}
+
+#[test]
+fn compose_merge_keys_merge_at_every_level() {
+    let d = compose_project(
+        &[(
+            "compose.yaml",
+            "x-a: &a {build: {context: app}}\nx-b: &b {<<: *a, image: reg/x}\nservices: {s: {<<: *b}}\n",
+        )],
+        &["app"],
+    );
+    let p = load_in(d.path(), &["compose.yaml"], &[]).unwrap();
+    let s = &p.targets["s"];
+    assert_eq!(s.context, d.path().join("app"));
+    assert_eq!(s.tags, ["reg/x"]);
+}
+
+#[test]
+fn compose_extends_in_the_same_file_and_from_another() {
+    let d = compose_project(
+        &[
+            (
+                "compose.yaml",
+                "services:\n  base:\n    build:\n      context: app\n      args: {A: '1', B: base}\n  child:\n    extends: base\n    build:\n      args: {B: child}\n  only:\n    extends: {service: base}\n  far:\n    extends: {file: sub/base.yaml, service: common}\n",
+            ),
+            (
+                "sub/base.yaml",
+                "services:\n  root:\n    build: {context: ctx, args: {R: root}}\n  common:\n    extends: root\n    build: {args: {C: common}}\n",
+            ),
+        ],
+        &["app", "sub/ctx"],
+    );
+    let p = load_in(d.path(), &["compose.yaml"], &[]).unwrap();
+    let child = &p.targets["child"];
+    assert_eq!(child.context, d.path().join("app"));
+    assert_eq!(child.args["A"], "1");
+    assert_eq!(child.args["B"], "child");
+    assert_eq!(p.targets["only"].args["B"], "base");
+    let far = &p.targets["far"];
+    assert_eq!(far.context, d.path().join("sub/ctx"));
+    assert_eq!(
+        (far.args["R"].as_str(), far.args["C"].as_str()),
+        ("root", "common")
+    );
+
+    let d = compose_project(
+        &[(
+            "compose.yaml",
+            "services:\n  a: {extends: b, build: app}\n  b: {extends: a}\n",
+        )],
+        &["app"],
+    );
+    let msg = load_in(d.path(), &["compose.yaml"], &[])
+        .unwrap_err()
+        .to_string();
+    assert_mentions(&msg, &["compose.yaml", "extends cycle"]);
+}
+
+#[test]
+fn compose_reset_and_override_tags_in_a_later_file() {
+    let d = compose_project(
+        &[
+            (
+                "compose.yaml",
+                "services:\n  app:\n    build:\n      context: app\n      args: {KEEP: '1', DROP: '2'}\n      labels: {a: '1'}\n      cache_from: [type=registry,ref=r/c]\n",
+            ),
+            (
+                "compose.override.yaml",
+                "services:\n  app:\n    build:\n      args:\n        DROP: !reset null\n      labels: !override {b: '2'}\n      cache_from: !reset []\n",
+            ),
+        ],
+        &["app"],
+    );
+    let files = discover(d.path()).unwrap();
+    assert_eq!(files.len(), 2);
+    let p = load_env(&files, &[]).unwrap();
+    let t = &p.targets["app"];
+    assert_eq!(t.args.keys().collect::<Vec<_>>(), ["KEEP"]);
+    assert_eq!(t.labels.keys().collect::<Vec<_>>(), ["b"]);
+    assert!(t.cache_from.is_empty());
+}
+
+#[test]
+fn compose_project_name_default_names_and_paths_from_home() {
+    let d = compose_project(
+        &[(
+            "compose.yaml",
+            "name: MyProj\nservices:\n  WebApp:\n    platform: ${DOCKER_PLATFORM:-}\n    build:\n      context: app\n      args: {P: $COMPOSE_PROJECT_NAME}\n      ssh: [id=~/agent.sock]\n",
+        )],
+        &["app"],
+    );
+    let p = load_in(d.path(), &["compose.yaml"], &[("HOME", "/home/u")]).unwrap();
+    let t = &p.targets["WebApp"];
+    assert_eq!(t.tags, ["myproj-webapp"]);
+    assert_eq!(t.args["P"], "myproj");
+    assert_eq!(t.ssh, ["id=/home/u/agent.sock"]);
+    assert!(t.platforms.is_empty());
+    // COMPOSE_PROJECT_NAME from .env wins over `name:`.
+    write(d.path(), ".env", "COMPOSE_PROJECT_NAME=FromDotenv\n");
+    let p = load_in(d.path(), &["compose.yaml"], &[]).unwrap();
+    assert_eq!(p.targets["WebApp"].tags, ["fromdotenv-webapp"]);
+    assert_eq!(p.targets["WebApp"].args["P"], "FromDotenv");
+}
+
+#[test]
+fn compose_file_env_files_and_profiles_come_from_compose_variables() {
+    let d = compose_project(
+        &[
+            ("base.yml", "services:\n  a: {build: app}\n  b: {build: app, profiles: [debug]}\n  c: {build: app, profiles: [tools]}\n"),
+            ("extra", "services:\n  a: {build: {args: {V: $V}}}\n"),
+            ("one.env", "V=one\nCOMPOSE_PROFILES=tools\n"),
+        ],
+        &["app"],
+    );
+    let env = |pairs: &'static [(&'static str, &'static str)]| {
+        move |k: &str| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    };
+    // COMPOSE_FILE: any file name, the path separator list, relative to the directory.
+    let files = discover_with_env(d.path(), &env(&[("COMPOSE_FILE", "base.yml:extra")])).unwrap();
+    assert_eq!(files, [d.path().join("base.yml"), d.path().join("extra")]);
+    write(
+        d.path(),
+        ".env",
+        "COMPOSE_FILE=base.yml;extra\nCOMPOSE_PATH_SEPARATOR=;\nV=dotenv\nCOMPOSE_PROFILES=debug\n",
+    );
+    assert_eq!(discover_with_env(d.path(), &env(&[])).unwrap(), files);
+
+    let p = load_env(&files, &[]).unwrap();
+    assert_eq!(p.targets["a"].args["V"], "dotenv");
+    assert_eq!(p.targets.len(), 3, "every service that builds is a target");
+    assert_eq!(p.groups["default"], ["a", "b"]);
+    let p = load_env(&files, &[("COMPOSE_PROFILES", "*")]).unwrap();
+    assert_eq!(p.groups["default"], ["a", "b", "c"]);
+
+    // COMPOSE_ENV_FILES replaces .env (relative to the current directory).
+    let one = d.path().join("one.env");
+    let p = load_env(&files, &[("COMPOSE_ENV_FILES", one.to_str().unwrap())]).unwrap();
+    assert_eq!(p.targets["a"].args["V"], "one");
+    assert_eq!(p.groups["default"], ["a", "c"]);
+}
+
+#[test]
+fn compose_include_short_and_long_form() {
+    let d = compose_project(
+        &[
+            (
+                "compose.yaml",
+                "include:\n  - lib/compose.yaml\n  - path: [svc/compose.yaml]\n    project_directory: svc\n    env_file: svc/custom.env\nservices:\n  app: {build: app}\n  lib: {build: {args: {MINE: '1'}}}\n",
+            ),
+            ("lib/compose.yaml", "services:\n  lib:\n    build:\n      args: {L: \"${LIBVAR:-none}\"}\n"),
+            ("lib/.env", "LIBVAR=lib\n"),
+            ("svc/compose.yaml", "services:\n  svc: {build: {context: src, args: {S: $SVCVAR}}}\n"),
+            ("svc/custom.env", "SVCVAR=custom\n"),
+        ],
+        &["app", "lib", "svc/src"],
+    );
+    let p = load_in(d.path(), &["compose.yaml"], &[]).unwrap();
+    let lib = &p.targets["lib"];
+    // The included project's default context is its own directory; the including file's
+    // definition of the same service is merged over it.
+    assert_eq!(lib.context, d.path().join("lib"));
+    assert_eq!(lib.args["L"], "lib");
+    assert_eq!(lib.args["MINE"], "1");
+    assert_eq!(p.targets["svc"].context, d.path().join("svc/src"));
+    assert_eq!(p.targets["svc"].args["S"], "custom");
+
+    write(d.path(), "lib/compose.yaml", "include: [../compose.yaml]\n");
+    let msg = load_in(d.path(), &["compose.yaml"], &[])
+        .unwrap_err()
+        .to_string();
+    assert_mentions(&msg, &["include cycle"]);
+}
+
+#[test]
+fn compose_missing_context_inline_dockerfile_and_build_keys() {
+    let d = compose_project(
+        &[(
+            "compose",
+            r#"services:
+  sub:
+    build: vendor/missing
+  inline:
+    build:
+      context: app
+      dockerfile_inline: "FROM scratch\n"
+  keys:
+    build:
+      context: app
+      network: host
+      extra_hosts: {db: 10.0.0.5, multi: [10.0.0.7, "::1"]}
+      shm_size: 64m
+      ulimits: {nofile: {soft: 10, hard: 20}, nproc: 5}
+      privileged: true
+      x-bake:
+        tags: "reg/a reg/b"
+        no-cache-filter: [final]
+  custom_net:
+    build:
+      context: app
+      network: mynet
+"#,
+        )],
+        &["app"],
+    );
+    let p = load_in(d.path(), &["compose"], &[]).unwrap();
+    let sub = p.targets["sub"].unavailable.clone().unwrap();
+    assert_mentions(
+        &sub,
+        &["compose:3", "services.sub.build.context", "does not exist"],
+    );
+    assert!(p.targets["inline"].unavailable.is_none());
+    assert!(p.targets["custom_net"]
+        .unavailable
+        .clone()
+        .unwrap()
+        .contains("mynet"));
+
+    let inline = &p.targets["inline"];
+    assert!(inline
+        .dockerfile
+        .starts_with(d.path().join(".bk-build/inline")));
+    assert!(!inline.dockerfile.exists(), "loading writes nothing");
+    materialize(&p).unwrap();
+    assert_eq!(
+        fs::read_to_string(&inline.dockerfile).unwrap(),
+        "FROM scratch\n"
+    );
+
+    let k = &p.targets["keys"];
+    assert_eq!(k.network.as_deref(), Some("host"));
+    assert_eq!(
+        k.extra_hosts,
+        ["db=10.0.0.5", "multi=10.0.0.7", "multi=::1"]
+    );
+    assert_eq!(k.shm_size, Some(64 << 20));
+    assert_eq!(k.ulimits, ["nofile=10:20", "nproc=5:5"]);
+    assert_eq!(k.entitlements, ["security.insecure", "network.host"]);
+    assert_eq!(k.tags, ["reg/a", "reg/b"]);
+    assert_eq!(k.no_cache_filter, ["final"]);
+
+    write(
+        d.path(),
+        "bad.yaml",
+        "services:\n  a:\n    build:\n      context: app\n      ulimits: {nofile: x}\n",
+    );
+    let msg = load_in(d.path(), &["bad.yaml"], &[])
+        .unwrap_err()
+        .to_string();
+    assert_mentions(&msg, &["bad.yaml:5", "services.a.build.ulimits.nofile"]);
 }

@@ -1,10 +1,17 @@
-//! Docker Engine's embedded BuildKit. Engines with API ≥ 1.53 serve gRPC natively on the API
-//! socket (HTTP/2 prior knowledge); older ones (19.03+) need `POST /grpc` with `Upgrade: h2c`,
-//! after which the hijacked socket carries a fresh h2c connection that *we* start with the
-//! client preface. Every reconnect performs a new upgrade.
+//! Docker Engine's embedded BuildKit, and the few Engine API calls bk-build makes (`/_ping`,
+//! `/info`, image history, tag). Engines with API ≥ 1.53 serve gRPC natively on the API
+//! socket (HTTP/2 prior knowledge); older ones (19.03+) need `POST /grpc` with `Upgrade:
+//! h2c`, after which the hijacked socket carries a fresh h2c connection that *we* start with
+//! the client preface. Every reconnect performs a new upgrade.
+//!
+//! The engine is reached the ways the docker CLI reaches it ([`super::docker_env`] decides
+//! which): a unix socket, `tcp://` (plain, or TLS with mutual authentication), or `ssh://`
+//! through the local ssh client ([`super::ssh`]). Every call here goes through [`dial`], so
+//! each works over each of them.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -14,55 +21,156 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::transport::{Channel, Uri};
 
-use super::{endpoint, error_chain, split_host_port, TransportError};
+use super::explain::{self, Peer};
+use super::ssh::{self, SshTarget};
+use super::tls::TlsFiles;
+use super::{endpoint, split_host_port, TransportError};
 
-/// The Docker API endpoint (`DOCKER_HOST`).
+/// Where a Docker Engine's API is: the address part of `DOCKER_HOST` or a context, with the
+/// TLS files for `tcp://`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DockerHost {
+pub enum Endpoint {
     Unix(PathBuf),
-    Tcp(String, u16),
+    /// `tcp://HOST:PORT`; TLS when `tls` is set.
+    Tcp {
+        host: String,
+        port: u16,
+        tls: Option<TlsFiles>,
+    },
+    /// `ssh://[USER@]HOST[:PORT][/SOCKET]`.
+    Ssh(SshTarget),
 }
 
-impl std::fmt::Display for DockerHost {
+impl std::fmt::Display for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            DockerHost::Unix(p) => write!(f, "unix://{}", p.display()),
-            DockerHost::Tcp(h, p) => write!(f, "tcp://{h}:{p}"),
+            Endpoint::Unix(p) => write!(f, "unix://{}", p.display()),
+            Endpoint::Tcp { host, port, .. } if host.contains(':') => {
+                write!(f, "tcp://[{host}]:{port}")
+            }
+            Endpoint::Tcp { host, port, .. } => write!(f, "tcp://{host}:{port}"),
+            Endpoint::Ssh(t) => t.fmt(f),
         }
     }
 }
 
-const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
 /// First API version whose socket routes HTTP/2 gRPC natively.
 const NATIVE_GRPC_API: (u32, u32) = (1, 53);
 
-impl DockerHost {
-    /// `$DOCKER_HOST`, else the default socket.
-    pub fn from_env() -> Result<DockerHost, TransportError> {
-        match std::env::var("DOCKER_HOST") {
-            Ok(h) if !h.is_empty() => DockerHost::parse(&h),
-            _ => Ok(DockerHost::Unix(PathBuf::from(DEFAULT_SOCKET))),
-        }
-    }
+/// Default port of `tcp://HOST` without one (the docker CLI's `opts.ParseTCPAddr`).
+const DEFAULT_TCP_PORT: u16 = 2375;
 
-    pub fn parse(s: &str) -> Result<DockerHost, TransportError> {
+impl Endpoint {
+    /// Parses `unix:///path`, `/path`, `tcp://HOST[:PORT]` or `ssh://[USER@]HOST[:PORT][/SOCKET]`
+    /// (TLS is added by the caller, from the environment, a context or flags).
+    pub fn parse(s: &str) -> Result<Endpoint, TransportError> {
         if let Some(p) = s.strip_prefix("unix://") {
             if p.is_empty() {
                 return Err(bad(s, "the socket path is empty"));
             }
-            return Ok(DockerHost::Unix(PathBuf::from(p)));
+            return Ok(Endpoint::Unix(PathBuf::from(p)));
         }
         if let Some(rest) = s.strip_prefix("tcp://") {
-            let (h, p) = split_host_port(rest).ok_or_else(|| bad(s, "expected tcp://HOST:PORT"))?;
-            return Ok(DockerHost::Tcp(h, p));
+            let rest = rest.trim_end_matches('/');
+            let (host, port) = match split_host_port(rest) {
+                Some(hp) => hp,
+                None if !rest.is_empty() && !rest.contains("://") && !rest.ends_with(':') => {
+                    // `tcp://HOST`: the docker CLI's default port.
+                    let h = rest.trim_start_matches('[').trim_end_matches(']');
+                    (h.to_string(), DEFAULT_TCP_PORT)
+                }
+                None => return Err(bad(s, "expected tcp://HOST:PORT")),
+            };
+            return Ok(Endpoint::Tcp {
+                host,
+                port,
+                tls: None,
+            });
+        }
+        if let Some(rest) = s.strip_prefix("ssh://") {
+            return SshTarget::parse(rest)
+                .map(Endpoint::Ssh)
+                .map_err(|why| bad(s, &why));
         }
         if s.starts_with('/') {
-            return Ok(DockerHost::Unix(PathBuf::from(s)));
+            return Ok(Endpoint::Unix(PathBuf::from(s)));
         }
         Err(bad(
             s,
-            "Docker host must be unix:///path/to/docker.sock or tcp://HOST:PORT (TLS Docker hosts are not supported)",
+            "a Docker host is unix:///path/to/docker.sock, tcp://HOST:PORT or ssh://[USER@]HOST[:PORT]",
         ))
+    }
+}
+
+/// Where a [`DockerHost`] came from: errors name the setting to change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// `--addr docker://…` (or `$BUILDKIT_HOST`).
+    Address,
+    /// `$DOCKER_HOST`.
+    DockerHostEnv,
+    /// A docker context (`$DOCKER_CONTEXT` or `currentContext` in the docker config).
+    Context(String),
+    /// No setting: the docker CLI's default.
+    Default,
+}
+
+impl Origin {
+    /// The setting, for messages ("check …").
+    pub(crate) fn setting(&self) -> String {
+        match self {
+            Origin::Address => "--addr (or BUILDKIT_HOST)".into(),
+            Origin::DockerHostEnv => "DOCKER_HOST".into(),
+            Origin::Context(n) => format!("docker context {n:?} (`docker context inspect {n}`)"),
+            Origin::Default => {
+                "the default Docker socket (set DOCKER_HOST or a docker context)".into()
+            }
+        }
+    }
+}
+
+/// A Docker Engine API endpoint and where it was configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DockerHost {
+    pub endpoint: Endpoint,
+    pub origin: Origin,
+}
+
+impl std::fmt::Display for DockerHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.endpoint.fmt(f)
+    }
+}
+
+impl DockerHost {
+    /// The engine the docker CLI would use here: `$DOCKER_HOST` (+ `DOCKER_TLS_VERIFY`,
+    /// `DOCKER_CERT_PATH`), else the current docker context, else the default socket. See
+    /// [`super::docker_env`] for the rules.
+    pub fn from_env() -> Result<DockerHost, TransportError> {
+        super::docker_env::resolve(&super::docker_env::process_env)
+    }
+
+    /// An engine named on the command line (`docker://HOST`), with TLS from the environment
+    /// like `docker -H HOST` would use.
+    pub fn parse(s: &str) -> Result<DockerHost, TransportError> {
+        let endpoint =
+            super::docker_env::with_env_tls(Endpoint::parse(s)?, &super::docker_env::process_env)?;
+        Ok(DockerHost {
+            endpoint,
+            origin: Origin::Address,
+        })
+    }
+
+    /// The unix socket, when the engine is reached through one.
+    pub fn unix_socket(&self) -> Option<&Path> {
+        match &self.endpoint {
+            Endpoint::Unix(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn peer(&self) -> Peer<'_> {
+        Peer::docker(self)
     }
 }
 
@@ -73,21 +181,67 @@ fn bad(addr: &str, why: &str) -> TransportError {
     }
 }
 
-/// A raw connection to the Docker API socket.
+/// A raw connection to the Docker API.
 enum Stream {
     Unix(tokio::net::UnixStream),
     Tcp(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
+    Ssh(Box<ssh::SshStream>),
 }
 
-async fn dial(host: &DockerHost) -> std::io::Result<Stream> {
-    match host {
-        DockerHost::Unix(p) => Ok(Stream::Unix(tokio::net::UnixStream::connect(p).await?)),
-        DockerHost::Tcp(h, p) => {
-            let s = tokio::net::TcpStream::connect((h.as_str(), *p)).await?;
-            s.set_nodelay(true)?;
-            Ok(Stream::Tcp(s))
+/// How to open connections to one engine: the TLS configuration is read once.
+#[derive(Clone)]
+pub(crate) struct Dialer {
+    host: DockerHost,
+    tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+}
+
+impl Dialer {
+    pub(crate) fn new(host: &DockerHost) -> Result<Dialer, TransportError> {
+        let tls = match &host.endpoint {
+            Endpoint::Tcp {
+                host: h,
+                tls: Some(files),
+                ..
+            } => Some((files.client_config(&[b"http/1.1"])?, files.server_name(h)?)),
+            _ => None,
+        };
+        Ok(Dialer {
+            host: host.clone(),
+            tls,
+        })
+    }
+
+    async fn dial(&self) -> std::io::Result<Stream> {
+        match &self.host.endpoint {
+            Endpoint::Unix(p) => Ok(Stream::Unix(tokio::net::UnixStream::connect(p).await?)),
+            Endpoint::Tcp { host, port, .. } => {
+                let s = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
+                s.set_nodelay(true)?;
+                match &self.tls {
+                    None => Ok(Stream::Tcp(s)),
+                    Some((cfg, name)) => Ok(Stream::Tls(Box::new(
+                        super::tls::handshake(s, cfg.clone(), name.clone()).await?,
+                    ))),
+                }
+            }
+            Endpoint::Ssh(t) => Ok(Stream::Ssh(Box::new(ssh::dial(t).await?))),
         }
     }
+}
+
+macro_rules! each_stream {
+    ($self:expr, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            Stream::Unix($s) => $e,
+            Stream::Tcp($s) => $e,
+            Stream::Tls($s) => $e,
+            Stream::Ssh($s) => $e,
+        }
+    };
 }
 
 impl AsyncRead for Stream {
@@ -96,10 +250,7 @@ impl AsyncRead for Stream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-        }
+        each_stream!(self, s => Pin::new(s).poll_read(cx, buf))
     }
 }
 
@@ -109,79 +260,144 @@ impl AsyncWrite for Stream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-        }
+        each_stream!(self, s => Pin::new(s).poll_write(cx, buf))
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
-        }
+        each_stream!(self, s => Pin::new(s).poll_flush(cx))
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+        each_stream!(self, s => Pin::new(s).poll_shutdown(cx))
+    }
+}
+
+/// One HTTP/1.1 connection to the engine, kept open between requests.
+struct Http1Conn {
+    sender: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    /// Drives the connection; its error says why a request failed when the request itself
+    /// only learns "canceled".
+    driver: tokio::task::JoinHandle<hyper::Result<()>>,
+}
+
+impl Http1Conn {
+    async fn open(dialer: &Dialer) -> std::io::Result<Http1Conn> {
+        let stream = dialer.dial().await?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(std::io::Error::other)?;
+        let driver = tokio::spawn(conn.with_upgrades());
+        Ok(Http1Conn { sender, driver })
+    }
+
+    /// Sends `req`: the response head with its body still to read (and the connection
+    /// upgradable when the daemon answered 101). Errors keep their cause (TLS alerts, ssh's
+    /// stderr, refused connections) for [`explain`].
+    async fn send(
+        &mut self,
+        req: http::Request<Empty<Bytes>>,
+    ) -> std::io::Result<http::Response<hyper::body::Incoming>> {
+        match self.sender.send_request(req).await {
+            Ok(resp) => Ok(resp),
+            Err(e) => {
+                // When the connection fails first (a TLS alert after the handshake, ssh
+                // exiting), the request only learns "canceled"; the connection's own error
+                // says why.
+                let why = tokio::time::timeout(Duration::from_secs(2), &mut self.driver).await;
+                match why {
+                    Ok(Ok(Err(conn_err))) => Err(std::io::Error::other(conn_err)),
+                    _ => Err(std::io::Error::other(e)),
+                }
+            }
         }
     }
 }
 
-/// One HTTP/1.1 request on a fresh connection; returns the response head and the connection
-/// (upgraded when the daemon answered 101).
-async fn http1_request(
-    host: &DockerHost,
+/// Sends `req` on a fresh connection (see [`Http1Conn::send`]).
+async fn send(
+    dialer: &Dialer,
     req: http::Request<Empty<Bytes>>,
-) -> Result<http::Response<hyper::body::Incoming>, String> {
-    let stream = dial(host).await.map_err(|e| e.to_string())?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+) -> std::io::Result<http::Response<hyper::body::Incoming>> {
+    Http1Conn::open(dialer).await?.send(req).await
+}
+
+/// One Engine API request with no body: status, headers and the whole (small) answer.
+/// Errors are sentences that say what went wrong and what to change.
+async fn request(
+    host: &DockerHost,
+    method: http::Method,
+    path: &str,
+) -> Result<(http::StatusCode, http::HeaderMap, Bytes), String> {
+    let dialer = Dialer::new(host).map_err(|e| e.to_string())?;
+    let mut conn = Http1Conn::open(&dialer)
         .await
-        .map_err(|e| error_chain(&e))?;
-    tokio::spawn(async move {
-        // Errors here surface on the request future; the task only drives the connection.
-        let _ = conn.with_upgrades().await;
-    });
-    sender.send_request(req).await.map_err(|e| error_chain(&e))
+        .map_err(|e| explain::explain(&host.peer(), &e))?;
+    request_on(&mut conn, host, method, path).await
+}
+
+/// [`request`] on an open connection, which stays usable for another request.
+async fn request_on(
+    conn: &mut Http1Conn,
+    host: &DockerHost,
+    method: http::Method,
+    path: &str,
+) -> Result<(http::StatusCode, http::HeaderMap, Bytes), String> {
+    let mut req = http::Request::builder()
+        .method(method.clone())
+        .uri(path)
+        .header(http::header::HOST, "api.moby.localhost");
+    if method == http::Method::POST {
+        req = req.header(http::header::CONTENT_LENGTH, "0");
+    }
+    let req = req.body(Empty::new()).map_err(|e| e.to_string())?;
+    let resp = conn
+        .send(req)
+        .await
+        .map_err(|e| explain::explain(&host.peer(), &e))?;
+    let (parts, body) = resp.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map_err(|e| {
+            format!(
+                "reading the answer to {method} {path}: {}",
+                explain::explain(&host.peer(), &e)
+            )
+        })?
+        .to_bytes();
+    if explain::is_https_refusal(parts.status, &body) {
+        if let Endpoint::Tcp { tls: None, .. } = host.endpoint {
+            return Err(explain::plain_to_tls(&host.peer()));
+        }
+    }
+    Ok((parts.status, parts.headers, body))
 }
 
 /// `GET /_ping` → the engine's API version (`Api-Version` header).
 pub(crate) async fn api_version(host: &DockerHost) -> Result<String, String> {
-    let req = http::Request::get("/_ping")
-        .header(http::header::HOST, "api.moby.localhost")
-        .body(Empty::new())
-        .map_err(|e| e.to_string())?;
-    let resp = http1_request(host, req).await?;
-    let v = resp
-        .headers()
+    let dialer = Dialer::new(host).map_err(|e| e.to_string())?;
+    let mut conn = Http1Conn::open(&dialer)
+        .await
+        .map_err(|e| explain::explain(&host.peer(), &e))?;
+    ping_on(&mut conn, host).await
+}
+
+/// `GET /_ping` on an open connection → the engine's API version (`Api-Version` header).
+async fn ping_on(conn: &mut Http1Conn, host: &DockerHost) -> Result<String, String> {
+    let (status, headers, _) = request_on(conn, host, http::Method::GET, "/_ping").await?;
+    headers
         .get("api-version")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
         .ok_or_else(|| {
             format!(
-                "{} answered /_ping without an Api-Version header: is it a Docker Engine?",
-                host
+                "{host} answered /_ping with {status} and no Api-Version header: it is not a Docker Engine API (check {})",
+                host.origin.setting()
             )
-        })?;
-    // Drain so the connection closes cleanly.
-    let _ = resp.into_body().collect().await;
-    Ok(v)
+        })
 }
 
 /// `GET path` on the engine: its status and whole (small) body.
 async fn get(host: &DockerHost, path: &str) -> Result<(http::StatusCode, Bytes), String> {
-    let req = http::Request::get(path)
-        .header(http::header::HOST, "api.moby.localhost")
-        .body(Empty::new())
-        .map_err(|e| e.to_string())?;
-    let resp = http1_request(host, req).await?;
-    let status = resp.status();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("reading {host}'s answer to GET {path}: {e}"))?
-        .to_bytes();
+    let (status, _, body) = request(host, http::Method::GET, path).await?;
     Ok((status, body))
 }
 
@@ -266,19 +482,27 @@ pub async fn load_image(
         .header(http::header::CONTENT_TYPE, "application/x-tar")
         .body(body)
         .map_err(|e| e.to_string())?;
-    let stream = dial(host)
+    let explained = |e: &(dyn std::error::Error + 'static)| explain::explain(&host.peer(), e);
+    let dialer = Dialer::new(host).map_err(|e| e.to_string())?;
+    let stream = dialer
+        .dial()
         .await
-        .map_err(|e| format!("cannot reach the Docker Engine at {host} to load the image: {e}"))?;
+        .map_err(|e| format!("cannot load the image: {}", explained(&e)))?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| error_chain(&e))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| format!("loading the image into {host}: {}", error_chain(&e)))?;
+        .map_err(|e| format!("cannot load the image: {}", explained(&e)))?;
+    let mut driver = tokio::spawn(conn);
+    let resp = match sender.send_request(req).await {
+        Ok(r) => r,
+        Err(e) => {
+            // The connection's own error says more than the request's "canceled".
+            let why = match tokio::time::timeout(Duration::from_secs(2), &mut driver).await {
+                Ok(Ok(Err(conn_err))) => explained(&conn_err),
+                _ => explained(&e),
+            };
+            return Err(format!("loading the image into {host}: {why}"));
+        }
+    };
     let status = resp.status();
     let text = resp
         .into_body()
@@ -316,19 +540,7 @@ pub async fn load_image(
 
 /// `POST path` with no body on the engine: its status and whole (small) body.
 async fn post(host: &DockerHost, path: &str) -> Result<(http::StatusCode, Bytes), String> {
-    let req = http::Request::post(path)
-        .header(http::header::HOST, "api.moby.localhost")
-        .header(http::header::CONTENT_LENGTH, "0")
-        .body(Empty::new())
-        .map_err(|e| e.to_string())?;
-    let resp = http1_request(host, req).await?;
-    let status = resp.status();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("reading {host}'s answer to POST {path}: {e}"))?
-        .to_bytes();
+    let (status, _, body) = request(host, http::Method::POST, path).await?;
     Ok((status, body))
 }
 
@@ -401,64 +613,106 @@ fn parse_api_version(v: &str) -> Option<(u32, u32)> {
 /// `POST /grpc` + `Upgrade: h2c`; the returned IO is a blank socket ready for the h2 preface.
 /// hyper's upgrade keeps any bytes the daemon sent after the 101 head (its SETTINGS frame may
 /// arrive in the same read).
-async fn upgrade_grpc(host: DockerHost) -> Result<hyper::upgrade::Upgraded, std::io::Error> {
-    let io_err = |m: String| std::io::Error::other(m);
-    let req = http::Request::post("/grpc")
-        .header(http::header::HOST, "api.moby.localhost")
-        .header(http::header::CONNECTION, "Upgrade")
-        .header(http::header::UPGRADE, "h2c")
-        .header(http::header::CONTENT_LENGTH, "0")
-        .body(Empty::new())
-        .map_err(|e| io_err(e.to_string()))?;
-    let resp = http1_request(&host, req).await.map_err(io_err)?;
+/// `spare` is a connection that answered `/_ping` a moment ago: reusing it saves a TLS
+/// handshake or an ssh login; if it has gone meanwhile, a fresh one is used.
+async fn upgrade_grpc(
+    dialer: Dialer,
+    spare: Option<Http1Conn>,
+) -> Result<hyper::upgrade::Upgraded, std::io::Error> {
+    let req = || {
+        http::Request::post("/grpc")
+            .header(http::header::HOST, "api.moby.localhost")
+            .header(http::header::CONNECTION, "Upgrade")
+            .header(http::header::UPGRADE, "h2c")
+            .header(http::header::CONTENT_LENGTH, "0")
+            .body(Empty::new())
+            .map_err(std::io::Error::other)
+    };
+    let reused = match spare {
+        Some(mut c) if c.sender.is_ready() => c.send(req()?).await.ok(),
+        _ => None,
+    };
+    let resp = match reused {
+        Some(r) => r,
+        None => send(&dialer, req()?).await?,
+    };
     if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
-        return Err(io_err(format!(
-            "POST /grpc on {host} answered {} instead of 101 Switching Protocols (Docker 19.03+ is needed)",
+        return Err(std::io::Error::other(format!(
+            "POST /grpc on {} answered {} instead of 101 Switching Protocols (Docker 19.03+ is needed)",
+            dialer.host,
             resp.status()
         )));
     }
     hyper::upgrade::on(resp)
         .await
-        .map_err(|e| io_err(error_chain(&e)))
+        .map_err(std::io::Error::other)
 }
 
 /// Builds a channel to the engine's BuildKit, choosing native gRPC or the `/grpc` upgrade.
+/// The engine must answer `/_ping` first: that is where a wrong address, TLS setting or
+/// ssh login shows, with the fix.
 pub(crate) async fn channel(
     host: &DockerHost,
     timeout: Duration,
 ) -> Result<(Channel, String), TransportError> {
     let conn_err = |why: String| TransportError::Connect {
-        addr: host.to_string(),
+        addr: format!("docker ({host})"),
         why,
     };
-    if let DockerHost::Unix(p) = host {
+    if let Endpoint::Unix(p) = &host.endpoint {
         if !p.exists() {
-            return Err(conn_err(format!("{} does not exist", p.display())));
+            return Err(conn_err(format!(
+                "{} does not exist: is dockerd running? (check {})",
+                p.display(),
+                host.origin.setting()
+            )));
         }
     }
-    let version = tokio::time::timeout(timeout, api_version(host))
+    let dialer = Dialer::new(host)?;
+    let pinged = async {
+        let mut conn = Http1Conn::open(&dialer)
+            .await
+            .map_err(|e| explain::explain(&host.peer(), &e))?;
+        let version = ping_on(&mut conn, host).await?;
+        Ok::<_, String>((version, conn))
+    };
+    let (version, conn) = tokio::time::timeout(timeout, pinged)
         .await
-        .map_err(|_| conn_err(format!("no answer to /_ping within {}s", timeout.as_secs())))?
-        .map_err(conn_err)?;
-    let native = parse_api_version(&version).is_some_and(|v| v >= NATIVE_GRPC_API);
+        .map_err(|_| {
+            conn_err(format!(
+                "no answer to /_ping within {}s (raise --timeout for a slow link; check {})",
+                timeout.as_secs(),
+                host.origin.setting()
+            ))
+        })?
+        .map_err(TransportError::Failed)?;
+    // Native gRPC needs HTTP/2 from the first byte; over TLS that would take ALPN, which the
+    // engine's TLS listener does not offer, so TLS always upgrades.
+    let tls = matches!(host.endpoint, Endpoint::Tcp { tls: Some(_), .. });
+    let native = !tls && parse_api_version(&version).is_some_and(|v| v >= NATIVE_GRPC_API);
     let ep = endpoint("http://api.moby.localhost", timeout);
     if native {
-        let h = host.clone();
+        let d = dialer.clone();
         let ch = ep
             .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let h = h.clone();
-                async move { dial(&h).await.map(TokioIo::new) }
+                let d = d.clone();
+                async move { d.dial().await.map(TokioIo::new) }
             }))
             .await;
         if let Ok(ch) = ch {
             return Ok((ch, version));
         }
     }
-    let h = host.clone();
+    // The first upgrade reuses the pinged connection; reconnects dial afresh.
+    let spare = Arc::new(std::sync::Mutex::new(Some(conn)));
+    let d = dialer.clone();
     let ch = ep
-        .connect_with_connector(tower::service_fn(move |_: Uri| upgrade_grpc(h.clone())))
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let spare = spare.lock().ok().and_then(|mut s| s.take());
+            upgrade_grpc(d.clone(), spare)
+        }))
         .await
-        .map_err(|e| conn_err(error_chain(&e)))?;
+        .map_err(|e| TransportError::Failed(explain::explain(&host.peer(), &e)))?;
     Ok((ch, version))
 }
 
@@ -500,9 +754,23 @@ mod tests {
     #[test]
     fn docker_host_parse() {
         assert_eq!(
-            DockerHost::parse("unix:///var/run/docker.sock").unwrap(),
-            DockerHost::Unix("/var/run/docker.sock".into())
+            Endpoint::parse("unix:///var/run/docker.sock").unwrap(),
+            Endpoint::Unix("/var/run/docker.sock".into())
         );
-        assert!(DockerHost::parse("ssh://x").is_err());
+        assert_eq!(
+            Endpoint::parse("tcp://10.1.2.3").unwrap(),
+            Endpoint::Tcp {
+                host: "10.1.2.3".into(),
+                port: 2375,
+                tls: None
+            }
+        );
+        assert!(matches!(
+            Endpoint::parse("ssh://me@x").unwrap(),
+            Endpoint::Ssh(SshTarget { ref host, .. }) if host == "x"
+        ));
+        for bad in ["ssh://me:pw@x", "http://x", "tcp://", "ssh://"] {
+            assert!(Endpoint::parse(bad).is_err(), "{bad}");
+        }
     }
 }

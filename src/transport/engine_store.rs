@@ -99,7 +99,7 @@ async fn decide(
     reference: &str,
     name: &str,
 ) -> (Store, Option<Result<Option<String>, String>>) {
-    let DockerHost::Unix(socket) = host else {
+    let Some(socket) = host.unix_socket() else {
         return (Store::EngineApi, None);
     };
     let Some(facts) = facts(host, socket).await else {

@@ -2,25 +2,37 @@
 //! mutual TLS, `docker://` / `docker-unix://` for Docker Engine's embedded BuildKit) into a tonic
 //! [`Channel`] that speaks HTTP/2 to BuildKit's gRPC server.
 //!
+//! A Docker Engine is found the way the docker CLI finds it (`DOCKER_HOST` with
+//! `DOCKER_TLS_VERIFY`/`DOCKER_CERT_PATH`, else the current docker context; see
+//! [`docker_env`]) and reached over a unix socket, TCP (plain or mutual TLS) or `ssh://`.
+//! TLS is one implementation for buildkitd and Docker ([`tls`]); failures are explained with
+//! the setting to change ([`explain`]).
+//!
 //! Everything above this module (Control calls, the session tunnel) is the same for every
-//! daemon; only this module knows sockets, TLS files and Docker's `/grpc` upgrade. It must not
-//! know about builds, sessions or Dockerfiles.
+//! daemon; only this module knows sockets, TLS files, ssh and Docker's `/grpc` upgrade. It
+//! must not know about builds, sessions or Dockerfiles.
 
 mod docker;
+pub mod docker_env;
 mod engine_store;
+mod explain;
+mod ssh;
+mod tls;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri};
+use tonic::transport::{Channel, Endpoint, Uri};
 
 pub(crate) use docker::api_version as docker_api_version;
 pub use docker::{
     engine_cpus as docker_engine_cpus, load_image as docker_load_image,
-    tag_image as docker_tag_image, DockerHost,
+    tag_image as docker_tag_image, DockerHost, Endpoint as DockerEndpoint, Origin as DockerOrigin,
 };
 pub use engine_store::image_id as docker_image_id;
+pub use ssh::SshTarget;
+pub use tls::{TlsFiles, TlsSource};
 
 /// Default time allowed to set up a connection (buildctl's `--timeout` default).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -41,14 +53,18 @@ impl std::fmt::Display for Address {
         match self {
             Address::Unix(p) => write!(f, "unix://{}", p.display()),
             Address::Tcp { host, port } => write!(f, "tcp://{host}:{port}"),
-            Address::Docker(h) => write!(f, "docker ({h})"),
+            Address::Docker(h) => match &h.origin {
+                DockerOrigin::Context(n) => write!(f, "docker ({h}, docker context {n:?})"),
+                _ => write!(f, "docker ({h})"),
+            },
         }
     }
 }
 
 impl Address {
-    /// Parses `unix:///path`, `tcp://host:port`, `docker://`, `docker://unix:///path`,
-    /// `docker-unix:///path` (and `docker://tcp://host:port`).
+    /// Parses `unix:///path`, `tcp://host:port`, `docker://` (the Docker Engine the docker
+    /// CLI would use), `docker://unix:///path`, `docker-unix:///path`,
+    /// `docker://tcp://host:port` and `docker://ssh://[user@]host[:port]`.
     pub fn parse(s: &str) -> Result<Address, TransportError> {
         let bad = |why: &str| TransportError::BadAddress {
             addr: s.to_string(),
@@ -64,7 +80,10 @@ impl Address {
             if rest.is_empty() {
                 return Err(bad("the socket path is empty"));
             }
-            return Ok(Address::Docker(DockerHost::Unix(PathBuf::from(rest))));
+            return Ok(Address::Docker(DockerHost {
+                endpoint: DockerEndpoint::Unix(PathBuf::from(rest)),
+                origin: DockerOrigin::Address,
+            }));
         }
         if let Some(rest) = s.strip_prefix("docker://") {
             if rest.is_empty() {
@@ -79,6 +98,11 @@ impl Address {
             let (host, port) =
                 split_host_port(rest).ok_or_else(|| bad("expected tcp://HOST:PORT"))?;
             return Ok(Address::Tcp { host, port });
+        }
+        if s.starts_with("ssh://") {
+            return Err(bad(
+                "ssh:// reaches a Docker Engine: write docker://ssh://[USER@]HOST[:PORT] (or set DOCKER_HOST and use docker://)",
+            ));
         }
         Err(bad(
             "unknown scheme; use unix:///run/buildkit/buildkitd.sock, tcp://HOST:PORT, or docker://",
@@ -111,8 +135,9 @@ impl TlsOptions {
         self.ca_cert.is_none() && self.cert.is_none() && self.key.is_none() && self.dir.is_none()
     }
 
-    /// Resolves `--tlsdir` into file paths: `ca.pem,cert.pem,key.pem` or `ca.crt,tls.crt,tls.key`.
-    fn resolved(&self) -> Result<(PathBuf, Option<(PathBuf, PathBuf)>), TransportError> {
+    /// Resolves `--tlsdir` into file paths (`ca.pem,cert.pem,key.pem` or
+    /// `ca.crt,tls.crt,tls.key`, explicit flags win) and checks that they go together.
+    fn resolved(&self) -> Result<TlsFiles, TransportError> {
         let mut ca = self.ca_cert.clone();
         let mut cert = self.cert.clone();
         let mut key = self.key.clone();
@@ -142,7 +167,7 @@ impl TlsOptions {
                     .into(),
             )
         })?;
-        let pair = match (cert, key) {
+        let identity = match (cert, key) {
             (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,
             (Some(_), None) => {
@@ -156,7 +181,12 @@ impl TlsOptions {
                 ))
             }
         };
-        Ok((ca, pair))
+        Ok(TlsFiles {
+            ca: Some(ca),
+            identity,
+            server_name: self.server_name.clone(),
+            source: TlsSource::Flags,
+        })
     }
 }
 
@@ -173,6 +203,68 @@ pub struct Daemon {
     pub channel: Channel,
     pub kind: DaemonKind,
     pub address: Address,
+    /// The TLS files of a `tcp://` buildkitd (a Docker Engine's are in its address).
+    tls: Option<TlsFiles>,
+}
+
+impl Daemon {
+    fn peer(&self) -> explain::Peer<'_> {
+        peer_of(&self.address, self.tls.as_ref())
+    }
+}
+
+fn peer_of<'a>(address: &'a Address, tls: Option<&'a TlsFiles>) -> explain::Peer<'a> {
+    match address {
+        Address::Docker(h) => h.peer(),
+        Address::Tcp { .. } => explain::Peer::buildkitd(address.to_string(), true, tls),
+        Address::Unix(_) => explain::Peer::buildkitd(address.to_string(), false, None),
+    }
+}
+
+/// Whether a failed call's status was made here, from a broken connection, rather than sent
+/// by the daemon: tonic keeps the cause of its own statuses as their source.
+pub fn is_connection_failure(status: &tonic::Status) -> bool {
+    std::error::Error::source(status).is_some()
+}
+
+/// Explains a failed call on `daemon`: the daemon's own message, or for a broken connection
+/// what broke and what to change.
+pub fn explain_status(daemon: &Daemon, status: &tonic::Status) -> String {
+    if is_connection_failure(status) {
+        explain::explain(&daemon.peer(), status)
+    } else {
+        format!("{:?}: {}", status.code(), status.message())
+    }
+}
+
+/// For a call on `daemon` that failed because the connection broke (`None` when the daemon
+/// itself answered with `status`): says so, and whether the daemon answers again now, so a
+/// daemon that died mid-build reads as that rather than as "transport error".
+pub async fn explain_lost_connection(daemon: &Daemon, status: &tonic::Status) -> Option<String> {
+    if !is_connection_failure(status) {
+        return None;
+    }
+    let cause = explain::cause(status);
+    let peer = daemon.peer();
+    // The channel reconnects on the next call, through the same connector and TLS setup.
+    Some(match probe(&daemon.channel, DEFAULT_CONNECT_TIMEOUT).await {
+        Ok(()) => format!(
+            "the connection to {} broke during the build ({cause}); the daemon answers again now, so it was restarted or the network dropped: run the build again",
+            peer.what
+        ),
+        Err(now) => {
+            let now = match now {
+                ProbeFailure::Status(s) if is_connection_failure(&s) => explain::explain(&peer, &s),
+                other => other.to_string(),
+            };
+            let now = now.trim_end_matches('.');
+            format!(
+                "lost the connection to {} during the build ({cause}), and it does not answer any more ({now}). The daemon stopped or became unreachable: start it again (check {}), then rerun the build.",
+                peer.what,
+                peer.setting()
+            )
+        }
+    })
 }
 
 impl Daemon {
@@ -202,21 +294,28 @@ pub enum TransportError {
     BadAddress { addr: String, why: String },
     #[error("TLS: {0}")]
     Tls(String),
-    #[error("cannot read {path}: {source} (check the --tls* flags)")]
+    #[error("cannot read TLS file {path}: {source}")]
     TlsFile {
         path: PathBuf,
         source: std::io::Error,
     },
     #[error("cannot connect to BuildKit at {addr}: {why}")]
     Connect { addr: String, why: String },
+    /// The docker CLI configuration (config.json, contexts) names an engine that cannot be used.
+    #[error("{0}")]
+    DockerConfig(String),
     #[error("{0}")]
     NoDaemon(String),
+    /// A failure already explained in full (what happened, what to change).
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// Connects to the daemon named by `addr` (already chosen by the caller), or discovers one.
 ///
 /// Discovery order when `addr` is `None`: `$BUILDKIT_HOST`, `$XDG_RUNTIME_DIR/buildkit/buildkitd.sock`,
-/// `/run/buildkit/buildkitd.sock`, then the Docker socket (`$DOCKER_HOST` or `/var/run/docker.sock`).
+/// `/run/buildkit/buildkitd.sock`, then the Docker Engine the docker CLI would use
+/// (`$DOCKER_HOST`, the current docker context, `/var/run/docker.sock`).
 pub async fn connect(
     addr: Option<&str>,
     tls: &TlsOptions,
@@ -233,16 +332,23 @@ pub async fn connect(
         }
     }
     let mut tried = Vec::new();
-    for address in default_candidates() {
+    for candidate in default_candidates() {
+        // A Docker configuration that cannot be used (a context that does not exist, TLS
+        // files missing) is the user's setting, not one more socket that was not there.
+        let address = candidate?;
+        // A configured Docker Engine (DOCKER_HOST or a context) is the user's choice: its
+        // error is the answer, not one line among the tried sockets.
+        let chosen = matches!(&address, Address::Docker(h) if h.origin != DockerOrigin::Default);
         match connect_address(address.clone(), tls, timeout).await {
             Ok(d) => return Ok(d),
+            Err(e) if chosen => return Err(e),
             Err(e) => tried.push(format!("  {address}: {e}")),
         }
     }
     Err(TransportError::NoDaemon(format!(
         "no BuildKit daemon answered. Tried:\n{}\nStart one, then retry:\n  \
          - standalone: `buildkitd` (root) or `rootlesskit buildkitd` (rootless), or pass --addr unix:///path/to/buildkitd.sock\n  \
-         - Docker Engine: start dockerd (or set DOCKER_HOST) and pass --addr docker://\n  \
+         - Docker Engine: start dockerd, or set DOCKER_HOST (tcp:// with DOCKER_TLS_VERIFY and DOCKER_CERT_PATH, ssh://) or a docker context, and pass --addr docker://\n  \
          - this project's test daemon: `bash scripts/bkenv/up.sh` then `source /tmp/bkenv/env.sh`",
         tried.join("\n")
     )))
@@ -251,7 +357,7 @@ pub async fn connect(
 /// The Docker Engine [`connect`] would build with, without connecting: `Some` when the
 /// daemon chosen by the same order (`addr`, `$BUILDKIT_HOST`, an existing buildkitd socket,
 /// then Docker) is a Docker Engine. Its image store is what a `FROM` without `--pull` uses.
-pub fn docker_engine_builder(addr: Option<&str>) -> Option<DockerHost> {
+pub fn docker_engine_builder(addr: Option<&str>, tls: &TlsOptions) -> Option<DockerHost> {
     let chosen = match addr {
         Some(a) => Address::parse(a).ok()?,
         None => match std::env::var("BUILDKIT_HOST")
@@ -261,27 +367,48 @@ pub fn docker_engine_builder(addr: Option<&str>) -> Option<DockerHost> {
             Some(a) => Address::parse(&a).ok()?,
             None => default_candidates()
                 .into_iter()
+                .filter_map(Result::ok)
                 .find(|a| !matches!(a, Address::Unix(p) if !p.exists()))?,
         },
     };
     match chosen {
-        Address::Docker(h) => Some(h),
+        Address::Docker(h) => with_tls_flags(h, tls).ok(),
         _ => None,
     }
 }
 
-fn default_candidates() -> Vec<Address> {
+fn default_candidates() -> Vec<Result<Address, TransportError>> {
     let mut v = Vec::new();
     if let Ok(x) = std::env::var("XDG_RUNTIME_DIR") {
         if !x.is_empty() {
-            v.push(Address::Unix(Path::new(&x).join("buildkit/buildkitd.sock")));
+            v.push(Ok(Address::Unix(
+                Path::new(&x).join("buildkit/buildkitd.sock"),
+            )));
         }
     }
-    v.push(Address::Unix(PathBuf::from("/run/buildkit/buildkitd.sock")));
-    if let Ok(h) = DockerHost::from_env() {
-        v.push(Address::Docker(h));
-    }
+    v.push(Ok(Address::Unix(PathBuf::from(
+        "/run/buildkit/buildkitd.sock",
+    ))));
+    v.push(DockerHost::from_env().map(Address::Docker));
     v
+}
+
+/// A Docker Engine on `tcp://` takes the `--tls*` flags like the docker CLI takes its own
+/// `--tlscacert/--tlscert/--tlskey`; they replace TLS settings from the environment or a
+/// context. Sockets and ssh have no TLS.
+fn with_tls_flags(mut host: DockerHost, tls: &TlsOptions) -> Result<DockerHost, TransportError> {
+    if tls.is_empty() {
+        return Ok(host);
+    }
+    match &mut host.endpoint {
+        DockerEndpoint::Tcp { tls: t, .. } => {
+            *t = Some(tls.resolved()?);
+            Ok(host)
+        }
+        other => Err(TransportError::Tls(format!(
+            "the --tls* flags apply to tcp:// daemons, and the Docker Engine at {other} is reached without TLS (drop the flags)"
+        ))),
+    }
 }
 
 /// Connects to one address and checks that a BuildKit Control service answers there.
@@ -294,7 +421,7 @@ pub async fn connect_address(
         addr: address.to_string(),
         why,
     };
-    let (channel, kind) = match &address {
+    let (channel, kind, address, tls_files) = match address.clone() {
         Address::Unix(path) => {
             if !tls.is_empty() {
                 return Err(TransportError::Tls(
@@ -307,30 +434,43 @@ pub async fn connect_address(
             let ch = unix_channel(path.clone(), timeout)
                 .await
                 .map_err(|e| conn_err(error_chain(&e)))?;
-            (ch, DaemonKind::Buildkitd)
+            (ch, DaemonKind::Buildkitd, address, None)
         }
         Address::Tcp { host, port } => {
-            let ch = tcp_channel(host, *port, tls, timeout).await?;
-            (ch, DaemonKind::Buildkitd)
+            let files = if tls.is_empty() {
+                None
+            } else {
+                Some(tls.resolved()?)
+            };
+            let ch = tcp_channel(&host, port, files.as_ref(), timeout).await?;
+            (ch, DaemonKind::Buildkitd, address, files)
         }
         Address::Docker(host) => {
-            if !tls.is_empty() {
-                return Err(TransportError::Tls(
-                    "TLS flags are for buildkitd on tcp://; for Docker Engine use its own socket"
-                        .into(),
-                ));
-            }
-            let (ch, api_version) = docker::channel(host, timeout).await?;
-            (ch, DaemonKind::DockerEngine { api_version })
+            let host = with_tls_flags(host, tls)?;
+            let (ch, api_version) = docker::channel(&host, timeout).await?;
+            (
+                ch,
+                DaemonKind::DockerEngine { api_version },
+                Address::Docker(host),
+                None,
+            )
         }
     };
-    probe(&channel, timeout)
-        .await
-        .map_err(|why| conn_err(format!("no BuildKit Control service answered: {why}")))?;
+    let peer = peer_of(&address, tls_files.as_ref());
+    probe(&channel, timeout).await.map_err(|f| match f {
+        ProbeFailure::Status(s) if is_connection_failure(&s) => {
+            TransportError::Failed(explain::explain(&peer, &s))
+        }
+        f => TransportError::Connect {
+            addr: address.to_string(),
+            why: format!("no BuildKit Control service answered: {f}"),
+        },
+    })?;
     Ok(Daemon {
         channel,
         kind,
         address,
+        tls: tls_files,
     })
 }
 
@@ -359,90 +499,83 @@ async fn unix_channel(
         .await
 }
 
+/// buildkitd on TCP: h2c, or HTTP/2 inside TLS (ALPN `h2`, which buildkitd requires since
+/// v0.17) with the same TLS code as Docker Engine's.
 async fn tcp_channel(
     host: &str,
     port: u16,
-    tls: &TlsOptions,
+    tls: Option<&TlsFiles>,
     timeout: Duration,
 ) -> Result<Channel, TransportError> {
     let addr = format!("tcp://{host}:{port}");
-    let conn_err = |why: String| TransportError::Connect {
-        addr: addr.clone(),
-        why,
-    };
-    if tls.is_empty() {
-        let ep = Endpoint::from_shared(format!("http://{host}:{port}"))
-            .map_err(|e| conn_err(e.to_string()))?
-            .connect_timeout(timeout)
-            .initial_stream_window_size(Some(4 << 20))
-            .initial_connection_window_size(Some(16 << 20))
-            .tcp_nodelay(true);
-        return ep.connect().await.map_err(|e| conn_err(error_chain(&e)));
-    }
-    let (ca, pair) = tls.resolved()?;
-    let read = |p: &PathBuf| {
-        std::fs::read(p).map_err(|source| TransportError::TlsFile {
-            path: p.clone(),
-            source,
-        })
-    };
-    let ca_pem = read(&ca)?;
-    if !looks_like_pem(&ca_pem) {
-        return Err(TransportError::Tls(format!(
-            "{} is not a PEM certificate (expected \"-----BEGIN CERTIFICATE-----\"); pass the daemon's CA with --tlscacert",
-            ca.display()
-        )));
-    }
-    let mut cfg = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca_pem))
-        .domain_name(tls.server_name.clone().unwrap_or_else(|| host.to_string()))
-        // buildkitd only advertises ALPN h2 since v0.17.
-        .assume_http2(true);
-    if let Some((cert, key)) = pair {
-        let c = read(&cert)?;
-        let k = read(&key)?;
-        if !looks_like_pem(&c) {
-            return Err(TransportError::Tls(format!(
-                "{} is not a PEM certificate; pass the client certificate with --tlscert",
-                cert.display()
-            )));
+    let peer = explain::Peer::buildkitd(addr.clone(), true, tls);
+    let host = host.to_string();
+    let ch = match tls {
+        None => {
+            endpoint("http://buildkitd.local", timeout)
+                .connect_with_connector(tower::service_fn(move |_: Uri| {
+                    let host = host.clone();
+                    async move {
+                        let s = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+                        s.set_nodelay(true)?;
+                        Ok::<_, std::io::Error>(TokioIo::new(s))
+                    }
+                }))
+                .await
         }
-        if !looks_like_pem(&k) {
-            return Err(TransportError::Tls(format!(
-                "{} is not a PEM private key; pass the client key with --tlskey",
-                key.display()
-            )));
+        Some(files) => {
+            let config = files.client_config(&[b"h2"])?;
+            let name = files.server_name(&host)?;
+            endpoint("http://buildkitd.local", timeout)
+                .connect_with_connector(tower::service_fn(move |_: Uri| {
+                    let (host, config, name) = (host.clone(), config.clone(), name.clone());
+                    async move {
+                        let s = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+                        s.set_nodelay(true)?;
+                        let t = tls::handshake_h2(s, config, name).await?;
+                        Ok::<_, std::io::Error>(TokioIo::new(t))
+                    }
+                }))
+                .await
         }
-        cfg = cfg.identity(Identity::from_pem(c, k));
-    }
-    let ep = Endpoint::from_shared(format!("https://{host}:{port}"))
-        .map_err(|e| conn_err(e.to_string()))?
-        .connect_timeout(timeout)
-        .initial_stream_window_size(Some(4 << 20))
-        .initial_connection_window_size(Some(16 << 20))
-        .tls_config(cfg)
-        .map_err(|e| TransportError::Tls(error_chain(&e)))?;
-    ep.connect().await.map_err(|e| conn_err(error_chain(&e)))
+    };
+    ch.map_err(|e| TransportError::Failed(explain::explain(&peer, &e)))
 }
 
-fn looks_like_pem(b: &[u8]) -> bool {
-    String::from_utf8_lossy(b).contains("-----BEGIN ")
+/// Why [`probe`] found no Control service.
+enum ProbeFailure {
+    Timeout(Duration),
+    Status(tonic::Status),
 }
 
-/// Calls `Control.Info`; `Unimplemented` (daemons older than v0.11) still proves a Control server.
-async fn probe(channel: &Channel, timeout: Duration) -> Result<(), String> {
+impl std::fmt::Display for ProbeFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProbeFailure::Timeout(t) => write!(f, "no answer within {}s", t.as_secs()),
+            ProbeFailure::Status(s) => write!(f, "{:?}: {}", s.code(), s.message()),
+        }
+    }
+}
+
+/// Calls `Control.Info`; `Unimplemented` (daemons older than v0.11) still proves a Control
+/// server.
+async fn probe(channel: &Channel, timeout: Duration) -> Result<(), ProbeFailure> {
     let mut c = crate::proto::control::control_client::ControlClient::new(channel.clone());
     match tokio::time::timeout(timeout, c.info(crate::proto::control::InfoRequest {})).await {
-        Err(_) => Err(format!("no answer within {}s", timeout.as_secs())),
+        Err(_) => Err(ProbeFailure::Timeout(timeout)),
         Ok(Ok(_)) => Ok(()),
         Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => Ok(()),
-        Ok(Err(s)) => Err(format!("{}: {}", s.code(), s.message())),
+        Ok(Err(s)) => Err(ProbeFailure::Status(s)),
     }
 }
 
 /// Flattens an error and its sources into one line (tonic's errors hide the useful part).
 pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
+    // tonic's Display of a status is its debug form; its message is the sentence.
+    let mut s = match e.downcast_ref::<tonic::Status>() {
+        Some(status) => status.message().to_string(),
+        None => e.to_string(),
+    };
     let mut cur = e.source();
     while let Some(c) = cur {
         let m = c.to_string();
@@ -472,18 +605,32 @@ mod tests {
                 port: 1234
             }
         );
+        let unix = |p: &str| {
+            Address::Docker(DockerHost {
+                endpoint: DockerEndpoint::Unix(p.into()),
+                origin: DockerOrigin::Address,
+            })
+        };
         assert_eq!(
             Address::parse("docker-unix:///tmp/d.sock").unwrap(),
-            Address::Docker(DockerHost::Unix("/tmp/d.sock".into()))
+            unix("/tmp/d.sock")
         );
         assert_eq!(
             Address::parse("docker://unix:///tmp/d.sock").unwrap(),
-            Address::Docker(DockerHost::Unix("/tmp/d.sock".into()))
+            unix("/tmp/d.sock")
         );
-        assert_eq!(
-            Address::parse("docker://tcp://h:2375").unwrap(),
-            Address::Docker(DockerHost::Tcp("h".into(), 2375))
+        let Address::Docker(h) = Address::parse("docker://tcp://h:2375").unwrap() else {
+            panic!()
+        };
+        assert!(
+            matches!(h.endpoint, DockerEndpoint::Tcp { ref host, port: 2375, .. } if host == "h")
         );
+        let Address::Docker(h) = Address::parse("docker://ssh://me@h:22").unwrap() else {
+            panic!()
+        };
+        assert_eq!(h.to_string(), "ssh://me@h:22");
+        let e = Address::parse("ssh://me@h").unwrap_err().to_string();
+        assert!(e.contains("docker://ssh://"), "{e}");
         for bad in ["http://x", "tcp://nohost", "unix://", "tcp://:12"] {
             let e = Address::parse(bad).unwrap_err().to_string();
             assert!(e.contains(bad), "{e}");

@@ -211,3 +211,197 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
     assert!(diffs.is_empty(), "trees differ:\n{}", diffs.join("\n"));
     assert!(!ta.is_empty(), "both trees are empty: nothing was compared");
 }
+
+/// A value `scripts/bkenv/up.sh` exports in env.sh; panics saying how to get it.
+pub fn env_var(key: &str) -> String {
+    env().get(key).cloned().unwrap_or_else(|| {
+        panic!(
+            "{key} is not in $BKENV/env.sh: rerun `bash scripts/bkenv/up.sh` without BKENV_NO_TLS/BKENV_NO_SSH (it starts the TLS engine and the sshd these tests use)"
+        )
+    })
+}
+
+/// The second engine of the test environment: mutual TLS on `host`, client files in
+/// `certs` (ca.pem, cert.pem, key.pem), also on a unix socket for the oracle.
+pub struct TlsEngine {
+    pub host: String,
+    pub certs: PathBuf,
+    pub ca_dir: PathBuf,
+    pub server_certs: PathBuf,
+    pub socket: String,
+}
+
+pub fn tls_engine() -> TlsEngine {
+    TlsEngine {
+        host: env_var("BKENV_TLS_HOST"),
+        certs: env_var("BKENV_TLS_CERTS").into(),
+        ca_dir: env_var("BKENV_TLS_CA").into(),
+        server_certs: env_var("BKENV_TLS_SERVER_CERTS").into(),
+        socket: env_var("BKENV_TLS_SOCKET"),
+    }
+}
+
+/// Sets the docker CLI's TLS variables on `cmd`: `DOCKER_HOST=host`, `DOCKER_TLS_VERIFY=1`,
+/// `DOCKER_CERT_PATH=certs`.
+pub fn with_docker_tls<'a>(cmd: &'a mut Command, host: &str, certs: &Path) -> &'a mut Command {
+    cmd.env("DOCKER_HOST", host)
+        .env("DOCKER_TLS_VERIFY", "1")
+        .env("DOCKER_CERT_PATH", certs)
+}
+
+/// bk-build aimed at the TLS engine the way a docker CLI user would aim it.
+pub fn bk_tls() -> Command {
+    let t = tls_engine();
+    let mut c = bk();
+    with_docker_tls(&mut c, &t.host, &t.certs);
+    c
+}
+
+/// The docker CLI on the TLS engine (the oracle for what landed there).
+pub fn docker_tls() -> Command {
+    let t = tls_engine();
+    let mut c = docker();
+    with_docker_tls(&mut c, &t.host, &t.certs);
+    c
+}
+
+/// Runs openssl; panics with its output if it fails.
+fn openssl(args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl (apt-get install -y openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Makes, in `dir`, a CA of its own (`ca.pem`, `ca-key.pem`) and a client certificate it
+/// signed (`cert.pem`, `key.pem`): valid TLS material that the test engine does not trust.
+pub fn foreign_certs(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let p = |n: &str| dir.join(n).to_string_lossy().into_owned();
+    openssl(&[
+        "req",
+        "-x509",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=another CA",
+        "-keyout",
+        &p("ca-key.pem"),
+        "-out",
+        &p("ca.pem"),
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    openssl(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-subj",
+        "/CN=stranger",
+        "-keyout",
+        &p("key.pem"),
+        "-out",
+        &p("req.csr"),
+    ]);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &p("req.csr"),
+        "-CA",
+        &p("ca.pem"),
+        "-CAkey",
+        &p("ca-key.pem"),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        &p("ext.cnf"),
+        "-out",
+        &p("cert.pem"),
+    ]);
+}
+
+/// A port on 127.0.0.1 that nothing listened on a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Forwards plain TCP on 127.0.0.1:`port` to a unix socket: the primary engine as a
+/// plain-text `tcp://` daemon. The threads live as long as the test process.
+pub fn tcp_to_unix_proxy(socket: &Path) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let socket = socket.to_path_buf();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(tcp) = conn else { continue };
+            let Ok(unix) = std::os::unix::net::UnixStream::connect(&socket) else {
+                continue;
+            };
+            let (mut t1, mut u1) = (tcp.try_clone().unwrap(), unix.try_clone().unwrap());
+            let (mut t2, mut u2) = (tcp, unix);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut t1, &mut u1);
+                let _ = u1.shutdown(std::net::Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut u2, &mut t2);
+                let _ = t2.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    port
+}
+
+/// Forgets this test's steps on the daemon: prunes only records whose description holds
+/// `marker` (after checking the filter selects nothing else).
+pub fn forget(marker: &str) {
+    let filter = format!("description~={marker}");
+    let du = run_ok(bk().args(["du", "-v", "--filter", &filter]));
+    assert!(
+        !String::from_utf8_lossy(&du.stdout).contains("Records: 0"),
+        "no build-cache record mentions {marker}: nothing to forget"
+    );
+    for line in String::from_utf8_lossy(&du.stdout).lines() {
+        if !line.starts_with("Records:") {
+            assert!(
+                line.contains(marker),
+                "the du filter selected a record that is not this test's: {line}"
+            );
+        }
+    }
+    run_ok(bk().args(["prune", "--all", "--filter", &filter]));
+    let du = run_ok(bk().args(["du", "-v", "--filter", &filter]));
+    let left = String::from_utf8_lossy(&du.stdout);
+    assert!(
+        left.contains("Records: 0"),
+        "records of {marker} survived the prune:\n{left}"
+    );
+}

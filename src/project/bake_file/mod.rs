@@ -18,10 +18,11 @@
 //!   output `dest`/`src`) are relative to the current directory, not to the file; `dockerfile`
 //!   is relative to the context.
 //!
-//! Where bk-build differs, it says so: keys bk-build cannot honour are warnings
-//! (`annotations`, `attest`, `network`, ...), `dockerfile-inline` and `call` other than `build`
-//! are errors, an `inherits` cycle is an error (buildx silently cuts it), a name used by both a
-//! group and a target is an error. The expression language lives in [`eval`] and [`funcs`].
+//! Where bk-build differs, it says so: `annotations` and `attest` are warnings (the target has
+//! no place for them); a missing context or Dockerfile, a remote context and `call` other
+//! than `build` make only that target unavailable (it fails when built, as compose services
+//! do); an `inherits` cycle is an error (buildx silently cuts it), and so is a name used by
+//! both a group and a target. The expression language lives in [`eval`] and [`funcs`].
 
 mod eval;
 mod funcs;
@@ -126,17 +127,8 @@ const TARGET_KEYS: &[&str] = &[
     "target",
     "ulimits",
 ];
-/// Target attributes that change nothing bk-build can do: reported, not silently dropped.
-const IGNORED_KEYS: &[&str] = &[
-    "annotations",
-    "attest",
-    "entitlements",
-    "extra-hosts",
-    "network",
-    "no-cache-filter",
-    "shm-size",
-    "ulimits",
-];
+/// Target attributes bk-build has no place for: reported, not silently dropped.
+const IGNORED_KEYS: &[&str] = &["annotations", "attest"];
 const STRING_KEYS: &[&str] = &[
     "context",
     "dockerfile",
@@ -980,6 +972,9 @@ struct Raw {
     origins: BTreeMap<&'static str, Origin>,
     /// Set for targets that came from a compose file: paths in it are already absolute.
     from_compose: bool,
+    /// A compose target's reason it cannot be built, while no bake block changes where its
+    /// context or Dockerfile is.
+    unavailable: Option<String>,
 }
 
 fn static_key(k: &str) -> &'static str {
@@ -1039,6 +1034,15 @@ impl Raw {
         }
         self.inherits.extend(o.inherits.iter().cloned());
         self.from_compose |= o.from_compose;
+        let moves = ["context", "dockerfile", "dockerfile-inline"]
+            .iter()
+            .any(|k| o.strings.contains_key(k));
+        if moves {
+            self.unavailable = None;
+        }
+        if o.unavailable.is_some() {
+            self.unavailable = o.unavailable.clone();
+        }
     }
 }
 
@@ -1127,6 +1131,35 @@ fn raw_from_target(t: &Target) -> Raw {
     if t.no_cache {
         r.bools.insert("no-cache", true);
     }
+    if let Some(n) = &t.network {
+        r.strings.insert("network", n.clone());
+    }
+    if let Some(n) = t.shm_size {
+        r.strings.insert("shm-size", n.to_string());
+    }
+    if let Some(d) = &t.dockerfile_inline {
+        r.strings.insert("dockerfile-inline", d.clone());
+    }
+    if !t.extra_hosts.is_empty() {
+        r.maps.insert(
+            "extra-hosts",
+            t.extra_hosts
+                .iter()
+                .filter_map(|h| h.split_once('='))
+                .map(|(h, ip)| (h.to_string(), Some(ip.to_string())))
+                .collect(),
+        );
+    }
+    for (k, v) in [
+        ("ulimits", &t.ulimits),
+        ("entitlements", &t.entitlements),
+        ("no-cache-filter", &t.no_cache_filter),
+    ] {
+        if !v.is_empty() {
+            r.lists.insert(k, v.clone());
+        }
+    }
+    r.unavailable = t.unavailable.clone();
     r
 }
 
@@ -1163,10 +1196,15 @@ pub(super) fn load(
         .map(|(i, (f, syntax))| parse_doc(f, *syntax, i))
         .collect::<Result<_, _>>()
         .map_err(to_err)?;
+    let root = compose
+        .as_ref()
+        .map(|p| p.root.clone())
+        .unwrap_or_else(|| files[0].0.dir.clone());
     Loader {
         files,
         env,
         cwd,
+        root,
         warnings: Vec::new(),
     }
     .run(compose, &docs)
@@ -1177,6 +1215,8 @@ struct Loader<'a> {
     files: &'a [(SourceFile, Syntax)],
     env: &'a dyn Fn(&str) -> Option<String>,
     cwd: &'a Path,
+    /// The project root (where inline Dockerfiles are written).
+    root: PathBuf,
     warnings: Vec<String>,
 }
 
@@ -1686,35 +1726,43 @@ impl<'a> Loader<'a> {
         }
 
         for k in IGNORED_KEYS {
-            let set = r.strings.contains_key(k)
-                || r.lists.get(k).is_some_and(|l| !l.is_empty())
-                || r.maps.get(k).is_some_and(|m| !m.is_empty());
-            if !set || (*k == "network" && r.strings.get(k).is_some_and(|v| v == "default")) {
-                continue;
-            }
-            if let (f, Some(a)) = at(k) {
-                self.warn(f, a, &key(k), "not supported by bk-build; ignored");
+            if r.lists.get(k).is_some_and(|l| !l.is_empty()) {
+                if let (f, Some(a)) = at(k) {
+                    self.warn(f, a, &key(k), "not supported by bk-build; ignored");
+                }
             }
         }
+        // Problems that only matter when this target is built (a context that is not there,
+        // a target that only exists to be inherited from): the first one is kept, and only
+        // planning or building this target fails with it, as with compose services.
+        let mut unavailable = r.unavailable.clone();
+        let defer = |u: &mut Option<String>, f: Fail| {
+            if u.is_none() {
+                let src = &self.files[f.file].0;
+                *u = Some(
+                    ProjectError::Invalid {
+                        file: src.shown.clone(),
+                        line: f.at.map(|o| line_of(&src.text, o)),
+                        key: f.key,
+                        problem: f.problem,
+                        fix: f.fix,
+                    }
+                    .to_string(),
+                );
+            }
+        };
         if let Some(call) = r.strings.get("call").filter(|c| *c != "build") {
             let (f, a) = at("call");
-            return Err(fail(
-                f,
-                a,
-                key("call"),
-                format!("call = {call:?} is not supported by bk-build: it only builds"),
-                "remove call, or run `docker buildx bake --call` for checks",
-            ));
-        }
-        if r.strings.contains_key("dockerfile-inline") {
-            let (f, a) = at("dockerfile-inline");
-            return Err(fail(
-                f,
-                a,
-                key("dockerfile-inline"),
-                "dockerfile-inline is not supported by bk-build yet",
-                "move the Dockerfile into a file and set dockerfile = \"PATH\"",
-            ));
+            defer(
+                &mut unavailable,
+                fail(
+                    f,
+                    a,
+                    key("call"),
+                    format!("call = {call:?} is not supported by bk-build: it only builds"),
+                    "remove call, or run `docker buildx bake --call` for checks",
+                ),
+            );
         }
 
         let (cf, ca) = at("context");
@@ -1727,33 +1775,67 @@ impl<'a> Loader<'a> {
             .strip_prefix("cwd://")
             .unwrap_or(&ctx_raw)
             .to_string();
+        t.context = normalize(&base.join(&ctx_raw));
         if ctx_raw == "-"
             || crate::options::parse_context_source(&ctx_raw)
                 .is_ok_and(|s| matches!(s, ContextSource::Remote(_)))
             || ctx_raw.starts_with("git@")
         {
-            return Err(fail(
-                cf,
-                ca,
-                key("context"),
-                format!("remote or stdin build context {ctx_raw:?} is not supported by bk-build"),
-                "check the repository out and point context at the directory",
-            ));
+            t.context = PathBuf::from(&ctx_raw);
+            defer(
+                &mut unavailable,
+                fail(
+                    cf,
+                    ca,
+                    key("context"),
+                    format!("remote or stdin build context {ctx_raw:?} is not supported by bk-build"),
+                    "check the repository out and point context at the directory",
+                ),
+            );
+        } else if !t.context.is_dir() {
+            defer(
+                &mut unavailable,
+                fail(
+                    cf,
+                    ca,
+                    key("context"),
+                    format!("context directory {} does not exist", t.context.display()),
+                    format!("bake paths are relative to the current directory ({}), not to the bake file; correct the path", base.display()),
+                ),
+            );
         }
-        // Whether the context and the Dockerfile exist is checked when a target is built, not
-        // here: bake files commonly hold targets that only exist to be inherited from (no
-        // context of their own), and buildx does not check them either.
-        t.context = normalize(&base.join(&ctx_raw));
-        let df_raw = r
-            .strings
-            .get("dockerfile")
-            .cloned()
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| "Dockerfile".into());
-        t.dockerfile = match df_raw.strip_prefix("cwd://") {
-            Some(p) => normalize(&base.join(p)),
-            None => normalize(&t.context.join(&df_raw)),
-        };
+        if let Some(text) = r.strings.get("dockerfile-inline") {
+            t.dockerfile = super::inline_dockerfile_path(&self.root, text);
+            t.dockerfile_inline = Some(text.clone());
+        } else {
+            let df_raw = r
+                .strings
+                .get("dockerfile")
+                .cloned()
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "Dockerfile".into());
+            t.dockerfile = match df_raw.strip_prefix("cwd://") {
+                Some(p) => normalize(&base.join(p)),
+                None => normalize(&t.context.join(&df_raw)),
+            };
+            if !t.dockerfile.is_file() {
+                let (f, a) = if r.strings.contains_key("dockerfile") {
+                    at("dockerfile")
+                } else {
+                    (cf, ca)
+                };
+                defer(
+                    &mut unavailable,
+                    fail(
+                        f,
+                        a,
+                        key("dockerfile"),
+                        format!("Dockerfile {} does not exist", t.dockerfile.display()),
+                        "dockerfile is relative to the context; correct the path or add the file",
+                    ),
+                );
+            }
+        }
         t.target = r.strings.get("target").cloned().filter(|s| !s.is_empty());
         for (m, out) in [("args", &mut t.args), ("labels", &mut t.labels)] {
             if let Some(entries) = r.maps.get(m) {
@@ -1778,7 +1860,7 @@ impl<'a> Loader<'a> {
                     ContextSource::Local(p) => {
                         let abs = normalize(&base.join(p));
                         if !abs.is_dir() {
-                            return Err(fail(f, a, ckey, format!("named context directory {} does not exist", abs.display()), format!("bake paths are relative to the current directory ({}); or use docker-image://REF or target:NAME", base.display())));
+                            defer(&mut unavailable, fail(f, a, ckey, format!("named context directory {} does not exist", abs.display()), format!("bake paths are relative to the current directory ({}); or use docker-image://REF or target:NAME", base.display())));
                         }
                         ContextSource::Local(abs)
                     }
@@ -1855,6 +1937,62 @@ impl<'a> Loader<'a> {
         }
         t.pull = r.bools.get("pull").copied().unwrap_or(false);
         t.no_cache = r.bools.get("no-cache").copied().unwrap_or(false);
+
+        // What RUN steps see and may do.
+        if let Some(n) = r.strings.get("network").filter(|n| !n.is_empty()) {
+            match n.as_str() {
+                "default" | "none" | "host" => t.network = Some(n.clone()),
+                other => {
+                    let (f, a) = at("network");
+                    defer(
+                        &mut unavailable,
+                        fail(
+                            f,
+                            a,
+                            key("network"),
+                            format!("network {other:?} is not supported by BuildKit (only default, none and host)"),
+                            "remove it, or use network = \"host\"",
+                        ),
+                    );
+                }
+            }
+        }
+        if let Some(hosts) = r.maps.get("extra-hosts") {
+            let (f, a) = at("extra-hosts");
+            for (host, ip) in hosts {
+                let Some(ip) = ip else { continue };
+                // buildx joins several addresses of one host with commas.
+                for ip in ip.split(',') {
+                    let h = crate::options::parse_add_host(&format!("{host}={ip}"))
+                        .map_err(|e| self.option_fail(f, a, &key("extra-hosts"), e))?;
+                    let s = format!("{}={}", h.host, h.ip);
+                    if !t.extra_hosts.contains(&s) {
+                        t.extra_hosts.push(s);
+                    }
+                }
+            }
+        }
+        if let Some(raw) = r.strings.get("shm-size") {
+            let (f, a) = at("shm-size");
+            let bytes = crate::options::parse_shm_size(raw)
+                .map_err(|e| self.option_fail(f, a, &key("shm-size"), e))?;
+            t.shm_size = (bytes > 0).then_some(bytes);
+        }
+        let (f, a) = at("ulimits");
+        for raw in list("ulimits") {
+            let u = crate::options::parse_ulimit(&raw)
+                .map_err(|e| self.option_fail(f, a, &key("ulimits"), e))?;
+            let s = u.to_string();
+            if !t.ulimits.contains(&s) {
+                t.ulimits.push(s);
+            }
+        }
+        t.entitlements = list("entitlements");
+        if t.network.as_deref() == Some("host") && !t.entitlements.iter().any(|e| e == "network.host") {
+            t.entitlements.push("network.host".to_string());
+        }
+        t.no_cache_filter = list("no-cache-filter");
+        t.unavailable = unavailable;
         Ok(t)
     }
 
