@@ -17,11 +17,13 @@
 //!   in buildx; groups are compared as sets.
 //! - bk-build prints every target and group; buildx only the requested ones, so buildx is
 //!   asked for all of them by name (and once more for the default group).
-//! - Keys bk-build cannot honour (`annotations`, `attest`, `shm-size`, ...) are not in its
-//!   target: each must be reported in a warning naming the target and key.
-//! - Differences not exercised here because bk-build refuses them with an error: an
-//!   `inherits` cycle (buildx silently drops the repeated target), `dockerfile-inline`, `call`
-//!   other than `build`, a name that is both a group and a target.
+//! - Keys bk-build cannot honour (`annotations`, `attest`) are not in its target: each must be
+//!   reported in a warning naming the target and key.
+//! - An inline Dockerfile is written to a file bk-build names; buildx prints the default
+//!   `dockerfile`. Only the text is compared.
+//! - Differences not exercised here because bk-build refuses them: an `inherits` cycle (buildx
+//!   silently drops the repeated target), `call` other than `build` (that target cannot be
+//!   built), a name that is both a group and a target.
 //!
 //! Each error case must fail in both tools, and bk-build must name a line: the attribute at
 //! fault, within two lines of the one buildx names (buildx often names the block's label).
@@ -146,7 +148,7 @@ const CASES: &[Case] = &[
         ],
     },
     Case {
-        dir: "ignored",
+        dir: "build-keys",
         files: &[],
         env: &[],
     },
@@ -162,16 +164,27 @@ const ERROR_CASES: &[&str] = &[
 ];
 
 /// Keys of a buildx target that bk-build's target has no place for.
-const IGNORED_KEYS: &[&str] = &[
-    "annotations",
-    "attest",
-    "entitlements",
-    "extra-hosts",
-    "network",
-    "no-cache-filter",
-    "shm-size",
-    "ulimits",
-];
+const IGNORED_KEYS: &[&str] = &["annotations", "attest"];
+
+/// docker's `MemBytes`: a number with an optional `b`, `k`, `m`, `g`, `t` (powers of 1024).
+fn mem_bytes(s: &str) -> Option<u64> {
+    let s = s.trim().to_ascii_lowercase();
+    let s = s.strip_suffix('b').unwrap_or(&s);
+    let (num, mult) = match s.chars().last()? {
+        'k' => (&s[..s.len() - 1], 1u64 << 10),
+        'm' => (&s[..s.len() - 1], 1 << 20),
+        'g' => (&s[..s.len() - 1], 1 << 30),
+        't' => (&s[..s.len() - 1], 1 << 40),
+        _ => (s, 1),
+    };
+    num.parse::<f64>().ok().map(|n| (n * mult as f64) as u64)
+}
+
+fn sorted_strings(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v.dedup();
+    v
+}
 
 fn data(dir: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -411,9 +424,28 @@ fn canon_buildx(t: &Value, cwd: &Path) -> Value {
         )
     };
     let (push, load, outputs) = outputs_canon(entries("output"), cwd);
+    let inline = get("dockerfile-inline")
+        .and_then(Value::as_str)
+        .map(unescape);
+    let mut hosts = Vec::new();
+    if let Some(Value::Object(m)) = get("extra-hosts") {
+        for (h, ips) in m {
+            for ip in ips.as_str().unwrap_or_default().split(',') {
+                hosts.push(format!("{h}={ip}"));
+            }
+        }
+    }
     json!({
         "context": context,
-        "dockerfile": dockerfile,
+        // An inline Dockerfile is written where bk-build chooses; buildx prints the default.
+        "dockerfile": if inline.is_some() { Value::Null } else { json!(dockerfile) },
+        "dockerfile_inline": inline,
+        "network": get("network").and_then(Value::as_str).filter(|n| !n.is_empty()),
+        "extra_hosts": sorted_strings(hosts),
+        "shm_size": get("shm-size").and_then(Value::as_str).and_then(mem_bytes).filter(|n| *n > 0),
+        "ulimits": sorted_strings(strings(get("ulimits"))),
+        "entitlements": sorted_strings(strings(get("entitlements"))),
+        "no_cache_filter": sorted_strings(strings(get("no-cache-filter"))),
         "target": get("target").and_then(Value::as_str).filter(|s| !s.is_empty()),
         "args": str_map_with(get("args"), unescape),
         "labels": str_map_with(get("labels"), unescape),
@@ -493,9 +525,17 @@ fn canon_bk(t: &Value, cwd: &Path) -> Value {
         })
         .collect();
     let (_, _, outputs) = outputs_canon(outputs, cwd);
+    let inline = get("dockerfile_inline").and_then(Value::as_str);
     json!({
         "context": get("context").cloned().unwrap_or(Value::Null),
-        "dockerfile": get("dockerfile").cloned().unwrap_or(Value::Null),
+        "dockerfile": if inline.is_some() { Value::Null } else { get("dockerfile").cloned().unwrap_or(Value::Null) },
+        "dockerfile_inline": inline,
+        "network": get("network").and_then(Value::as_str),
+        "extra_hosts": sorted_strings(strings(get("extra_hosts"))),
+        "shm_size": get("shm_size").and_then(Value::as_u64),
+        "ulimits": sorted_strings(strings(get("ulimits"))),
+        "entitlements": sorted_strings(strings(get("entitlements"))),
+        "no_cache_filter": sorted_strings(strings(get("no_cache_filter"))),
         "target": get("target").and_then(Value::as_str).filter(|s| !s.is_empty()),
         "args": str_map(get("args")),
         "labels": str_map(get("labels")),

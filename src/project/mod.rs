@@ -306,9 +306,7 @@ pub fn load_in(
                 source: e,
                 fix: "run bk-build from an existing directory".into(),
             })?;
-            kinds.push(
-                bake_file::Syntax::sniff(&text).map_or(FileKind::Compose, FileKind::Bake),
-            );
+            kinds.push(bake_file::Syntax::sniff(&text).map_or(FileKind::Compose, FileKind::Bake));
             sources.push(SourceFile {
                 shown: f.clone(),
                 abs: f.clone(),

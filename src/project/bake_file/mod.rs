@@ -1788,7 +1788,9 @@ impl<'a> Loader<'a> {
                     cf,
                     ca,
                     key("context"),
-                    format!("remote or stdin build context {ctx_raw:?} is not supported by bk-build"),
+                    format!(
+                        "remote or stdin build context {ctx_raw:?} is not supported by bk-build"
+                    ),
                     "check the repository out and point context at the directory",
                 ),
             );
@@ -1988,7 +1990,9 @@ impl<'a> Loader<'a> {
             }
         }
         t.entitlements = list("entitlements");
-        if t.network.as_deref() == Some("host") && !t.entitlements.iter().any(|e| e == "network.host") {
+        if t.network.as_deref() == Some("host")
+            && !t.entitlements.iter().any(|e| e == "network.host")
+        {
             t.entitlements.push("network.host".to_string());
         }
         t.no_cache_filter = list("no-cache-filter");

@@ -300,7 +300,14 @@ target "app" {
     // Targets that only exist to be inherited from have no context of their own: a missing
     // directory is an error when the target is built, not when the file is read.
     let (d, p) = one("target \"_abstract\" {\n  context = \"missing\"\n}\n", &[]).unwrap();
-    assert_eq!(p.targets["_abstract"].context, d.path().join("missing"));
+    let t = &p.targets["_abstract"];
+    assert_eq!(t.context, d.path().join("missing"));
+    let why = t.unavailable.as_deref().unwrap_or_default();
+    assert!(
+        why.contains("docker-bake.hcl:2: target._abstract.context")
+            && why.contains("current directory"),
+        "{why}"
+    );
 }
 
 #[test]
@@ -376,21 +383,46 @@ fn compose_services_and_bake_targets_combine() {
 }
 
 #[test]
+fn run_step_keys_and_inline_dockerfiles() {
+    let (d, p) = one(
+        "target \"a\" {\n  shm-size = \"1g\"\n  network = \"host\"\n  ulimits = [\"nofile=1024:2048\"]\n  extra-hosts = { db = \"10.0.0.2\" }\n  no-cache-filter = [\"deps\"]\n  dockerfile-inline = \"FROM scratch\\n\"\n}\n",
+        &[],
+    )
+    .unwrap();
+    let t = &p.targets["a"];
+    assert_eq!(t.shm_size, Some(1 << 30));
+    assert_eq!(t.network.as_deref(), Some("host"));
+    assert_eq!(t.entitlements, ["network.host"]);
+    assert_eq!(t.ulimits, ["nofile=1024:2048"]);
+    assert_eq!(t.extra_hosts, ["db=10.0.0.2"]);
+    assert_eq!(t.no_cache_filter, ["deps"]);
+    assert_eq!(t.dockerfile_inline.as_deref(), Some("FROM scratch\n"));
+    assert!(
+        t.dockerfile.starts_with(d.path().join(".bk-build")),
+        "{:?}",
+        t.dockerfile
+    );
+    assert!(t.unavailable.is_none(), "{:?}", t.unavailable);
+    let (_, p) = one(
+        "target \"a\" {\n  network = \"mynet\"\n  call = \"check\"\n}\n",
+        &[],
+    )
+    .unwrap();
+    let why = p.targets["a"].unavailable.clone().unwrap_or_default();
+    assert!(why.contains("docker-bake.hcl:3: target.a.call"), "{why}");
+}
+
+#[test]
 fn unsupported_keys_warn_and_unknown_keys_fail() {
     let (_, p) = one(
-        "target \"a\" {\n  shm-size = \"1g\"\n  description = \"d\"\n  network = \"default\"\n}\n",
+        "target \"a\" {\n  attest = [\"type=sbom\"]\n  description = \"d\"\n}\n",
         &[],
     )
     .unwrap();
     assert_eq!(p.warnings.len(), 1, "{:?}", p.warnings);
-    assert!(p.warnings[0].contains("docker-bake.hcl:2: target.a.shm-size"));
+    assert!(p.warnings[0].contains("docker-bake.hcl:2: target.a.attest"));
     let e = err("target \"a\" {\n  tag = [\"x\"]\n}\n", &[]);
     assert!(e.contains(":2") && e.contains("did you mean `tags`"), "{e}");
-    let e = err(
-        "target \"a\" {\n  dockerfile-inline = \"FROM scratch\"\n}\n",
-        &[],
-    );
-    assert!(e.contains("dockerfile-inline"), "{e}");
     let e = err("target \"a\" {\n  tags = [\"${NOPE}\"]\n}\n", &[]);
     assert!(
         e.contains("docker-bake.hcl:2: target.a.tags") && e.contains("NOPE"),
@@ -473,7 +505,10 @@ fn buildx_bake_file_names_the_files() {
 
 #[test]
 fn an_attribute_set_twice_is_an_error() {
-    let e = err("target \"a\" {\n  tags = [\"x\"]\n  tags = [\"y\"]\n}\n", &[]);
+    let e = err(
+        "target \"a\" {\n  tags = [\"x\"]\n  tags = [\"y\"]\n}\n",
+        &[],
+    );
     assert!(e.contains(":3") && e.contains("redefined"), "{e}");
     let e = err("A = 1\nA = 2\ntarget \"a\" {}\n", &[]);
     assert!(e.contains(":2") && e.contains("redefined"), "{e}");
