@@ -365,7 +365,7 @@ fn compose_services_and_bake_targets_combine() {
     write(
         d.path(),
         "compose.yaml",
-        "services:\n  web:\n    image: r/web\n    build:\n      context: app\n      args:\n        A: compose\n",
+        "services:\n  web:\n    image: r/web\n    build:\n      context: app\n      shm_size: 64m\n      network: host\n      args:\n        A: compose\n  inline:\n    build:\n      dockerfile_inline: \"FROM scratch\\n\"\n",
     );
     write(
         d.path(),
@@ -377,8 +377,15 @@ fn compose_services_and_bake_targets_combine() {
     assert_eq!(t.context, d.path().join("app"));
     assert_eq!(t.tags, ["r/web:bake"]);
     assert_eq!(t.args.len(), 2);
+    // What compose set and the bake file did not touch stays.
+    assert_eq!(t.shm_size, Some(64 << 20));
+    assert_eq!(t.network.as_deref(), Some("host"));
+    assert_eq!(
+        p.targets["inline"].dockerfile_inline.as_deref(),
+        Some("FROM scratch\n")
+    );
     // buildx's compose loader makes the default group: the services only.
-    assert_eq!(p.groups["default"], ["web"]);
+    assert_eq!(p.groups["default"], ["web", "inline"]);
     assert!(p.targets.contains_key("extra"));
 }
 
