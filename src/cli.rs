@@ -185,7 +185,9 @@ pub struct BuildArgs {
 pub struct ProjectArgs {
     /// Targets or groups to build (default: the `default` group, else every target).
     pub targets: Vec<String>,
-    /// Project file(s): bk-build.toml or compose files; later files override earlier ones.
+    /// Project file(s): bk-build.toml, or compose and bake files (docker-bake.hcl/.json);
+    /// later files override earlier ones. Default: bk-build.toml, else $BUILDX_BAKE_FILE, else
+    /// the compose and bake files found in the current directory.
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     pub files: Vec<PathBuf>,
     /// Build the named targets (default: every requested target, not their dependencies)
@@ -497,12 +499,16 @@ fn source_date_epoch(args: &mut std::collections::BTreeMap<String, String>) {
 /// the files alone).
 fn load_project(a: &ProjectArgs, with_overrides: bool) -> Result<crate::project::Project> {
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
-    let files = if a.files.is_empty() {
-        crate::project::discover(&cwd)?
-    } else {
-        a.files.clone()
-    };
     let env = |k: &str| std::env::var(k).ok();
+    let files = if !a.files.is_empty() {
+        a.files.clone()
+    } else {
+        // bk-build's own file first; buildx's variable only stands in for buildx's discovery.
+        match crate::project::files_from_env(&env)? {
+            Some(files) if !cwd.join("bk-build.toml").is_file() => files,
+            _ => crate::project::discover(&cwd)?,
+        }
+    };
     let mut project = crate::project::load(&files, &env)?;
     if with_overrides {
         overrides::apply(&mut project, &a.overrides(), &cwd, &env)?;

@@ -417,9 +417,19 @@ fn seed() -> u64 {
 // ---------------------------------------------------------------------------------------------
 // A project under test
 
+/// How the project under test is written: the same target in either file format.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ProjectFile {
+    Toml,
+    /// `docker-bake.hcl`, read as buildx reads it (paths relative to the current directory,
+    /// `dockerfile` relative to the context).
+    BakeHcl,
+}
+
 struct Project {
     tmp: tempfile::TempDir,
     root: PathBuf,
+    file: ProjectFile,
     /// bake's `type=local` dest (outside the project).
     out: PathBuf,
     form: Form,
@@ -516,12 +526,17 @@ fn walk(dir: &Path) -> Vec<(String, std::fs::FileType)> {
 
 impl Project {
     fn new(form: Form, seed: Option<u64>) -> Project {
+        Project::with_file(form, seed, ProjectFile::Toml)
+    }
+
+    fn with_file(form: Form, seed: Option<u64>, file: ProjectFile) -> Project {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("proj");
         let out = tmp.path().join("bake-out");
         let mut p = Project {
             tmp,
             root,
+            file,
             out,
             form,
             seed,
@@ -633,6 +648,22 @@ impl Project {
     }
 
     fn write_toml(&self) {
+        if self.file == ProjectFile::BakeHcl {
+            let mut t = String::from("target \"t\" {\n  context = \"ctx\"\n");
+            if self.form.outside {
+                t.push_str("  dockerfile = \"../df/Dockerfile\"\n");
+            }
+            t.push_str(&format!("  args = {{ SRC = \"{}\" }}\n", self.src_arg));
+            if self.form.lib {
+                t.push_str("  contexts = { lib = \"lib\" }\n");
+            }
+            t.push_str(&format!(
+                "  output = [\"type=local,dest={}\"]\n}}\n",
+                self.out.display()
+            ));
+            write(&self.root.join("docker-bake.hcl"), t);
+            return;
+        }
         let mut t = String::from("[target.t]\ncontext = \"ctx\"\n");
         if self.form.outside {
             t.push_str("dockerfile = \"df/Dockerfile\"\n");
@@ -1240,9 +1271,13 @@ impl Report {
 }
 
 fn scripted_group(group: &str, forms: &[Form]) {
+    scripted_group_in(group, forms, ProjectFile::Toml);
+}
+
+fn scripted_group_in(group: &str, forms: &[Form], file: ProjectFile) {
     let mut report = Report::new(group);
     for f in forms {
-        let mut p = Project::new(*f, None);
+        let mut p = Project::with_file(*f, None, file);
         for e in scripted(f) {
             p.step(e);
         }
@@ -1309,6 +1344,17 @@ fn scripted_run_multistage_outside_dockerfile() {
     scripted_group(
         "scripted_run_multistage_outside_dockerfile",
         &[RUN_BIND, HEREDOC_RUN, MULTI_STAGE, OUTSIDE],
+    );
+}
+
+/// The same decisions when the project is a bake file: an edit to a file the target reads
+/// (its context, a named context, an outside Dockerfile and its ignore file) must rebuild.
+#[test]
+fn scripted_bake_file_project() {
+    scripted_group_in(
+        "scripted_bake_file_project",
+        &[NAMED_LIB, OUTSIDE_NARROW, ARG_SRC],
+        ProjectFile::BakeHcl,
     );
 }
 

@@ -1,9 +1,12 @@
-//! Loading a project: `bk-build.toml` files or docker-compose files, merged, interpolated and
-//! validated into one plain [`Project`].
+//! Loading a project: `bk-build.toml` files, or docker-compose files and buildx bake files
+//! (`docker-bake.hcl`, `docker-bake.json`), merged, interpolated and validated into one plain
+//! [`Project`].
 //!
-//! This module owns the two file formats, their merge rules (later `-f` files win), variable
-//! interpolation, path resolution (bk-build.toml: relative to the file that sets the key;
-//! compose: relative to the first file's directory, as compose does) and every validation that
+//! This module owns the file formats, their merge rules (later `-f` files win; compose files
+//! before bake files, as buildx does), variable interpolation, path resolution (bk-build.toml:
+//! relative to the file that sets the key; compose: relative to the first file's directory, as
+//! compose does; bake files: relative to the current directory, as buildx does) and every
+//! validation that
 //! can be done from the files and the disk alone, with errors that name the file, the key path
 //! and the fix. It must not know about BuildKit, the network or the dependency graph: option
 //! strings (`secrets`, `cache_to`, …) stay raw strings, checked with [`crate::options`] parsers
@@ -21,6 +24,7 @@
 //! `GIT_BRANCH_SLUG` (the branch made tag-safe), computed with git in the project root only
 //! when used.
 
+mod bake_file;
 mod compose;
 mod dotenv;
 mod interp;
@@ -166,6 +170,18 @@ pub const DISCOVER_NAMES: &[&str] = &[
     "compose.yml",
     "docker-compose.yaml",
     "docker-compose.yml",
+    "docker-bake.json",
+    "docker-bake.hcl",
+    "docker-bake.override.json",
+    "docker-bake.override.hcl",
+];
+
+/// The compose file names [`discover`] looks for (the first that exists is used).
+const COMPOSE_NAMES: &[&str] = &[
+    "compose.yaml",
+    "compose.yml",
+    "docker-compose.yaml",
+    "docker-compose.yml",
 ];
 
 /// Override files compose reads after the main file when no `-f` is given.
@@ -176,52 +192,108 @@ const COMPOSE_OVERRIDES: &[&str] = &[
     "docker-compose.override.yml",
 ];
 
-/// Finds the project file in `cwd`: `bk-build.toml`, else the first compose file name that
-/// exists (compose's own order) followed by its override file when there is one, as
-/// `docker compose` does without `-f`.
+/// Finds the project files in `cwd`: `bk-build.toml` alone when it exists; else the compose
+/// files (those `COMPOSE_FILE` names, else the first compose file name that exists, in
+/// compose's own order, followed by its override file when there is one, as `docker compose`
+/// does without `-f`), then every bake file that exists in buildx's order
+/// (`docker-bake.json`, `docker-bake.hcl`, `docker-bake.override.json`,
+/// `docker-bake.override.hcl`), as `docker buildx bake` reads them all.
 pub fn discover(cwd: &Path) -> Result<Vec<PathBuf>, ProjectError> {
     discover_with_env(cwd, &|k: &str| std::env::var(k).ok())
 }
 
-/// [`discover`] with the environment given: when `cwd` has no `bk-build.toml`, compose's
-/// `COMPOSE_FILE` (from `env`, else from `.env` in `cwd`) names the files, separated by
-/// `COMPOSE_PATH_SEPARATOR` (default `:`), as `docker compose` reads it without `-f`.
+/// [`discover`] with the environment given: compose's `COMPOSE_FILE` (from `env`, else from
+/// `.env` in `cwd`) names the compose files, separated by `COMPOSE_PATH_SEPARATOR` (default
+/// `:`), as `docker compose` reads it without `-f`.
 pub fn discover_with_env(
     cwd: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Vec<PathBuf>, ProjectError> {
-    if !cwd.join("bk-build.toml").is_file() {
-        if let Some(files) = compose::compose_file_env(cwd, env)? {
-            return Ok(files);
-        }
+    let toml = cwd.join("bk-build.toml");
+    if toml.is_file() {
+        return Ok(vec![toml]);
     }
-    for name in DISCOVER_NAMES {
-        let p = cwd.join(name);
-        if !p.is_file() {
-            continue;
-        }
-        let mut files = vec![p];
-        if *name != "bk-build.toml" {
-            if let Some(o) = COMPOSE_OVERRIDES
+    let mut files = match compose::compose_file_env(cwd, env)? {
+        Some(files) => files,
+        None => {
+            let mut files = Vec::new();
+            if let Some(p) = COMPOSE_NAMES
                 .iter()
-                .map(|o| cwd.join(o))
-                .find(|o| o.is_file())
+                .map(|n| cwd.join(n))
+                .find(|p| p.is_file())
             {
-                files.push(o);
+                files.push(p);
+                if let Some(o) = COMPOSE_OVERRIDES
+                    .iter()
+                    .map(|o| cwd.join(o))
+                    .find(|o| o.is_file())
+                {
+                    files.push(o);
+                }
             }
+            files
         }
-        return Ok(files);
+    };
+    files.extend(
+        bake_file::DEFAULT_FILES
+            .iter()
+            .map(|n| cwd.join(n))
+            .filter(|p| p.is_file()),
+    );
+    if files.is_empty() {
+        return Err(ProjectError::NotFound {
+            dir: cwd.to_path_buf(),
+        });
     }
-    Err(ProjectError::NotFound {
-        dir: cwd.to_path_buf(),
-    })
+    Ok(files)
 }
 
-/// Loads and merges `files` (all bk-build.toml or all compose files), in order. `env` looks
-/// up environment variables; it is a parameter so callers and tests control it.
+/// The project files named by `BUILDX_BAKE_FILE` (separated by `BUILDX_BAKE_FILE_SEPARATOR`,
+/// default `:`), which `docker buildx bake` reads when no `-f` is given; `None` when it is not
+/// set. A named file that does not exist is an error, as in buildx.
+pub fn files_from_env(
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<Vec<PathBuf>>, ProjectError> {
+    let Some(list) = env("BUILDX_BAKE_FILE") else {
+        return Ok(None);
+    };
+    let sep = env("BUILDX_BAKE_FILE_SEPARATOR")
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| ":".into());
+    let mut files = Vec::new();
+    for f in list
+        .split(sep.as_str())
+        .map(str::trim)
+        .filter(|f| !f.is_empty())
+    {
+        let p = PathBuf::from(f);
+        if f != "-" && !p.exists() {
+            return Err(ProjectError::Read {
+                path: p,
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+                fix: "correct BUILDX_BAKE_FILE (files separated by BUILDX_BAKE_FILE_SEPARATOR, default :), or unset it".into(),
+            });
+        }
+        files.push(p);
+    }
+    Ok(Some(files))
+}
+
+/// Loads and merges `files` (all bk-build.toml, or compose and bake files), in order. `env`
+/// looks up environment variables; it is a parameter so callers and tests control it.
+/// Relative paths in bake files are taken from the current directory.
 pub fn load(
     files: &[PathBuf],
     env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Project, ProjectError> {
+    load_in(files, env, &bake_file::cwd())
+}
+
+/// [`load`] with the directory bake-file paths are relative to.
+pub fn load_in(
+    files: &[PathBuf],
+    env: &dyn Fn(&str) -> Option<String>,
+    cwd: &Path,
 ) -> Result<Project, ProjectError> {
     let Some(first) = files.first() else {
         return Err(ProjectError::NotFound {
@@ -248,7 +320,7 @@ pub fn load(
                 ProjectError::Read {
                     path: f.clone(),
                     source: e,
-                    fix: "pipe a UTF-8 compose file into bk-build".into(),
+                    fix: "pipe a UTF-8 compose or bake file into bk-build".into(),
                 }
             })?;
             let dir = std::env::current_dir().map_err(|e| ProjectError::Read {
@@ -256,7 +328,7 @@ pub fn load(
                 source: e,
                 fix: "run bk-build from an existing directory".into(),
             })?;
-            kinds.push(FileKind::Compose);
+            kinds.push(bake_file::Syntax::sniff(&text).map_or(FileKind::Compose, FileKind::Bake));
             sources.push(SourceFile {
                 shown: f.clone(),
                 abs: f.clone(),
@@ -282,12 +354,13 @@ pub fn load(
             },
             source: e,
         })?;
-        let kind = FileKind::of(f).ok_or_else(|| ProjectError::Invalid {
+        let kind = FileKind::of(f, &text).ok_or_else(|| ProjectError::Invalid {
             file: f.clone(),
             line: None,
             key: String::new(),
             problem: "unknown project file type".into(),
-            fix: "use a bk-build .toml file or a compose .yml/.yaml file".into(),
+            fix: "use a bk-build .toml file, a compose .yml/.yaml file or a bake .hcl/.json file"
+                .into(),
         })?;
         kinds.push(kind);
         let dir = abs.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -298,7 +371,8 @@ pub fn load(
             text,
         });
     }
-    if let Some(i) = kinds.iter().position(|k| *k != kinds[0]) {
+    let is_toml = |k: &FileKind| *k == FileKind::Toml;
+    if let Some(i) = kinds.iter().position(|k| is_toml(k) != is_toml(&kinds[0])) {
         return Err(ProjectError::Invalid {
             file: files[i].clone(),
             line: None,
@@ -309,12 +383,30 @@ pub fn load(
                 kinds[0].label(),
                 first.display()
             ),
-            fix: "pass only bk-build.toml files or only compose files with -f".into(),
+            fix: "pass only bk-build.toml files, or only compose and bake files, with -f".into(),
         });
     }
-    match kinds[0] {
-        FileKind::Toml => toml_file::load(&sources, env),
-        FileKind::Compose => compose::load(&sources, env),
+    if kinds[0] == FileKind::Toml {
+        return toml_file::load(&sources, env);
+    }
+    // buildx reads every compose file first, then the bake files on top, whatever the order
+    // of -f.
+    let mut compose_files = Vec::new();
+    let mut bake_files = Vec::new();
+    for (s, k) in sources.into_iter().zip(kinds) {
+        match k {
+            FileKind::Bake(syntax) => bake_files.push((s, syntax)),
+            _ => compose_files.push(s),
+        }
+    }
+    let compose = if compose_files.is_empty() {
+        None
+    } else {
+        Some(compose::load(&compose_files, env)?)
+    };
+    match (compose, bake_files.is_empty()) {
+        (Some(p), true) => Ok(p),
+        (compose, _) => bake_file::load(compose, &bake_files, env, cwd),
     }
 }
 
@@ -467,16 +559,22 @@ pub fn context_source_string(source: &ContextSource) -> String {
 enum FileKind {
     Toml,
     Compose,
+    Bake(bake_file::Syntax),
 }
 
 impl FileKind {
-    /// `.toml` is bk-build's format; anything else (`.yml`, `.yaml`, no or another
-    /// extension, `-` for standard input) is read as compose YAML, as `docker compose -f`
-    /// reads any file name.
-    fn of(path: &Path) -> Option<FileKind> {
+    /// `.toml` is bk-build's format, `.hcl` and `.json` are bake files; a file with another
+    /// or no extension (or `-`, standard input) is a bake file when its content reads as one,
+    /// else compose YAML, as `docker compose -f` reads any file name.
+    fn of(path: &Path, text: &str) -> Option<FileKind> {
         match path.extension().and_then(|e| e.to_str()) {
             Some("toml") => Some(FileKind::Toml),
-            _ => Some(FileKind::Compose),
+            Some("yml" | "yaml") => Some(FileKind::Compose),
+            _ => Some(
+                bake_file::Syntax::of(path)
+                    .or_else(|| bake_file::Syntax::sniff(text))
+                    .map_or(FileKind::Compose, FileKind::Bake),
+            ),
         }
     }
 
@@ -484,6 +582,7 @@ impl FileKind {
         match self {
             FileKind::Toml => "bk-build.toml",
             FileKind::Compose => "compose",
+            FileKind::Bake(_) => "bake",
         }
     }
 }

@@ -461,7 +461,7 @@ fn mixing_formats_is_rejected() {
         &[
             "compose.yml",
             "cannot merge",
-            "only bk-build.toml files or only compose files",
+            "only bk-build.toml files, or only compose and bake files",
         ],
     );
 }

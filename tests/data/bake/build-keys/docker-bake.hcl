@@ -1,0 +1,28 @@
+# Keys for what RUN steps see (network, hosts, /dev/shm, limits), inline Dockerfiles, and keys
+# bk-build has no place for (annotations, attest): those must be reported, never silently
+# dropped.
+group "default" {
+  targets = ["run", "inline"]
+}
+
+target "run" {
+  tags            = ["registry.example.com/run:1"]
+  network         = "host"
+  shm-size        = "128m"
+  ulimits         = ["nofile=1024:2048", "nproc=512:512"]
+  no-cache-filter = ["build"]
+  extra-hosts     = { "db.local" = "10.0.0.2", "cache.local" = "10.0.0.3" }
+  entitlements    = ["security.insecure"]
+  annotations     = ["index:org.opencontainers.image.title=x"]
+  attest          = ["type=sbom"]
+  description     = "documentation only"
+}
+
+target "inline" {
+  inherits          = ["run"]
+  tags              = ["registry.example.com/inline:1"]
+  dockerfile-inline = <<-EOT
+    FROM scratch
+    COPY Dockerfile /
+    EOT
+}

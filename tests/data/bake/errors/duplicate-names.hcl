@@ -1,0 +1,4 @@
+target "default" {
+  name   = "same"
+  matrix = { v = ["a", "b"] }
+}

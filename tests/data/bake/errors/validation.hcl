@@ -1,0 +1,8 @@
+variable "CHANNEL" {
+  default = "nightly"
+  validation {
+    condition     = CHANNEL == "stable"
+    error_message = "only stable"
+  }
+}
+target "default" {}
