@@ -440,6 +440,23 @@ pub fn build_spec(a: &BuildArgs) -> Result<BuildSpec> {
 /// an interrupted run never leaves a half-written file.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
     use std::io::Write;
+    let path = match crate::fs::OutputFile::at(path)
+        .with_context(|| format!("cannot write {}", path.display()))?
+    {
+        crate::fs::OutputFile::Replace(p) => p,
+        // A device or FIFO (`/dev/stdout`): written into, as buildx does.
+        crate::fs::OutputFile::WriteInto(p) => {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&p)
+                .with_context(|| format!("cannot write {}", p.display()))?;
+            f.write_all(contents)
+                .and_then(|()| f.flush())
+                .with_context(|| format!("cannot write {}", p.display()))?;
+            return Ok(());
+        }
+    };
+    let path = path.as_path();
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())

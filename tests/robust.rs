@@ -645,3 +645,93 @@ fn load_through_the_engine_api_gives_the_same_image_as_buildx() {
     assert!(err.contains("DOCKER_HOST"), "says how to fix it: {err}");
     assert!(engine_layers(&gone).is_none());
 }
+
+/// `dest=` and `--metadata-file` write *through* the path, as buildx does: a symlink's target
+/// is written and the link stays; a device or FIFO is written into, never replaced by a
+/// regular file; a directory is refused before anything is built.
+#[test]
+fn outputs_are_written_through_links_and_into_special_files() {
+    use std::os::unix::fs::FileTypeExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    write(&t.join("ctx/Dockerfile"), "FROM scratch\nCOPY a.txt /\n");
+    write(&t.join("ctx/a.txt"), unique("through"));
+    let build = |extra: &[&str]| {
+        run(bk()
+            .current_dir(t)
+            .args(["build", "--progress", "quiet"])
+            .args(extra)
+            .arg("ctx"))
+    };
+
+    // A symlink to a file elsewhere: the target gets the tarball, the link stays a link.
+    write(&t.join("real/target.tar"), "old");
+    std::os::unix::fs::symlink(t.join("real/target.tar"), t.join("link.tar")).unwrap();
+    std::os::unix::fs::symlink(t.join("real/md.json"), t.join("md-link.json")).unwrap();
+    let dest = format!("type=tar,dest={}", t.join("link.tar").display());
+    let md = t.join("md-link.json").display().to_string();
+    let o = build(&["-o", &dest, "--metadata-file", &md]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let link = std::fs::symlink_metadata(t.join("link.tar")).unwrap();
+    assert!(link.file_type().is_symlink(), "the link was replaced");
+    let tar = std::fs::read(t.join("real/target.tar")).unwrap();
+    assert!(
+        tar.len() > 512 && &tar[257..262] == b"ustar",
+        "the target holds the tarball"
+    );
+    assert!(std::fs::symlink_metadata(t.join("md-link.json"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(t.join("real/md.json")).unwrap()).unwrap();
+    assert!(meta.get("buildx.build.ref").is_some(), "{meta}");
+
+    // A device like /dev/full: the write fails as writing to it does, and it stays a device.
+    let full = t.join("full");
+    let c = std::ffi::CString::new(full.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path; makedev(1, 7) is /dev/full's device number.
+    let made = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 7)) };
+    assert_eq!(made, 0, "mknod (the tests run as root)");
+    let dest = format!("type=tar,dest={}", full.display());
+    let o = build(&["-o", &dest]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("No space left on device"),
+        "{}",
+        stderr(&o)
+    );
+    let md = full.display().to_string();
+    let o = build(&["--metadata-file", &md]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let ft = std::fs::symlink_metadata(&full).unwrap().file_type();
+    assert!(
+        ft.is_char_device(),
+        "the device was replaced by a regular file"
+    );
+
+    // A FIFO: its reader gets the tarball.
+    let fifo = t.join("fifo");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo).unwrap().len())
+    };
+    let dest = format!("type=tar,dest={}", fifo.display());
+    let o = build(&["-o", &dest]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(reader.join().unwrap() > 512, "the reader got the tarball");
+    assert!(std::fs::symlink_metadata(&fifo)
+        .unwrap()
+        .file_type()
+        .is_fifo());
+
+    // A directory: refused up front, naming it.
+    std::fs::create_dir(t.join("adir")).unwrap();
+    let dest = format!("type=tar,dest={}", t.join("adir").display());
+    let o = build(&["-o", &dest]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("is a directory"), "{}", stderr(&o));
+}

@@ -491,6 +491,12 @@ pub fn plan_request(
                 }
                 (_, OutputDest::Stdout) => ExportTarget::Stdout,
                 (_, OutputDest::Path(p)) => {
+                    if p.is_dir() {
+                        return Err(invalid(format!(
+                            "-o dest={}: that is a directory; name a file (or use type=local for a directory tree)",
+                            p.display()
+                        )));
+                    }
                     if let Some(parent) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
                         if !parent.is_dir() {
                             return Err(invalid(format!(

@@ -202,3 +202,60 @@ pub fn new_temp_file_in(dir: &Path) -> std::io::Result<tempfile::NamedTempFile> 
         .permissions(std::fs::Permissions::from_mode(0o666))
         .tempfile_in(dir)
 }
+
+/// How a result file named by the user (`dest=` of a tar export, `--metadata-file`) is written,
+/// decided from what the path names now. As buildx does, a path is written *through*: a
+/// symlink's target is written (the link stays), and a device, FIFO or socket is opened and
+/// written in place (never replaced by a regular file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputFile {
+    /// A regular file, or nothing yet: written to a temp file beside it, renamed over it when
+    /// complete, so an interrupted run leaves the previous file.
+    Replace(PathBuf),
+    /// Not a regular file (`/dev/stdout`, a FIFO, a device): opened for writing as it is.
+    WriteInto(PathBuf),
+}
+
+impl OutputFile {
+    /// Looks at `path` (following symlinks, also dangling ones: their target is created).
+    ///
+    /// Errors: `path` is a directory (`IsADirectory`); a symlink chain that cannot be resolved
+    /// (a loop); any other failure to stat it.
+    pub fn at(path: &Path) -> std::io::Result<OutputFile> {
+        let mut p = path.to_path_buf();
+        // Follow links one at a time so a dangling one still names the file to create.
+        for _ in 0..40 {
+            let md = match std::fs::symlink_metadata(&p) {
+                Ok(md) => md,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Ok(OutputFile::Replace(p))
+                }
+                Err(e) => return Err(e),
+            };
+            let ft = md.file_type();
+            if ft.is_symlink() {
+                let target = std::fs::read_link(&p)?;
+                p = match p.parent() {
+                    Some(dir) if target.is_relative() => dir.join(target),
+                    _ => target,
+                };
+                continue;
+            }
+            if ft.is_dir() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::IsADirectory,
+                    format!("{} is a directory; name a file", path.display()),
+                ));
+            }
+            return Ok(if ft.is_file() {
+                OutputFile::Replace(p)
+            } else {
+                OutputFile::WriteInto(p)
+            });
+        }
+        Err(std::io::Error::other(format!(
+            "{}: too many levels of symbolic links",
+            path.display()
+        )))
+    }
+}

@@ -218,8 +218,12 @@ impl tonic::server::StreamingService<Bytes> for DiffCopy {
 /// Writes the tar stream to `dest` (atomically: temp file in the same directory, renamed on
 /// success) or to stdout.
 async fn receive_tar(dest: Option<&Path>, mut stream: Streaming<Bytes>) -> Result<(), String> {
-    let (file, mut out): (Option<tempfile::NamedTempFile>, Box<dyn Write + Send>) = match dest {
-        Some(p) => {
+    let target = dest
+        .map(crate::fs::OutputFile::at)
+        .transpose()
+        .map_err(|e| format!("cannot write the export: {e}"))?;
+    let (file, mut out): (Option<tempfile::NamedTempFile>, Box<dyn Write + Send>) = match &target {
+        Some(crate::fs::OutputFile::Replace(p)) => {
             let dir = p
                 .parent()
                 .filter(|d| !d.as_os_str().is_empty())
@@ -230,6 +234,13 @@ async fn receive_tar(dest: Option<&Path>, mut stream: Streaming<Bytes>) -> Resul
                 .reopen()
                 .map_err(|e| format!("cannot write {}: {e}", p.display()))?;
             (Some(tmp), Box::new(std::io::BufWriter::new(w)))
+        }
+        Some(crate::fs::OutputFile::WriteInto(p)) => {
+            let w = std::fs::OpenOptions::new()
+                .write(true)
+                .open(p)
+                .map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+            (None, Box::new(std::io::BufWriter::new(w)))
         }
         None => (None, Box::new(std::io::stdout())),
     };
@@ -243,7 +254,7 @@ async fn receive_tar(dest: Option<&Path>, mut stream: Streaming<Bytes>) -> Resul
     }
     out.flush().map_err(|e| format!("writing export: {e}"))?;
     drop(out);
-    if let (Some(tmp), Some(p)) = (file, dest) {
+    if let (Some(tmp), Some(crate::fs::OutputFile::Replace(p))) = (file, &target) {
         tmp.persist(p)
             .map_err(|e| format!("cannot move export into {}: {}", p.display(), e.error))?;
     }
