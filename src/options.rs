@@ -37,6 +37,76 @@ pub(crate) fn shorten(s: &str) -> String {
     }
 }
 
+/// An option value parsed once, at the edge, together with the spelling it was written in.
+///
+/// The project loaders turn each option string of a project file (`outputs`, `cache_from`,
+/// `secrets`, …) into one of these, so a bad value fails at load with the file, line and key
+/// that hold it, and everything further in uses [`Spelled::value`] without parsing again. The
+/// spelling is what `--print`, `--set … +=` de-duplication and the fingerprint's reasons show;
+/// equality and ordering are by spelling (the value is a function of it).
+#[derive(Debug, Clone)]
+pub struct Spelled<T> {
+    raw: String,
+    value: T,
+}
+
+impl<T> Spelled<T> {
+    /// Parses `raw` with `parse` (one of this module's parsers).
+    ///
+    /// # Errors
+    /// `parse`'s error, unchanged.
+    pub fn parse(
+        raw: impl Into<String>,
+        parse: impl FnOnce(&str) -> Result<T, OptionError>,
+    ) -> Result<Self, OptionError> {
+        let raw = raw.into();
+        let value = parse(&raw)?;
+        Ok(Spelled { raw, value })
+    }
+
+    /// The string as written (client-side paths made absolute by the loader).
+    pub fn as_str(&self) -> &str {
+        &self.raw
+    }
+
+    /// The parsed value.
+    pub fn value(&self) -> &T {
+        &self.value
+    }
+}
+
+impl<T> PartialEq for Spelled<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.raw == other.raw
+    }
+}
+
+impl<T> Eq for Spelled<T> {}
+
+impl<T> PartialEq<str> for Spelled<T> {
+    fn eq(&self, other: &str) -> bool {
+        self.raw == other
+    }
+}
+
+impl<T> PartialEq<&str> for Spelled<T> {
+    fn eq(&self, other: &&str) -> bool {
+        self.raw == *other
+    }
+}
+
+impl<T> PartialEq<String> for Spelled<T> {
+    fn eq(&self, other: &String) -> bool {
+        &self.raw == other
+    }
+}
+
+impl<T> fmt::Display for Spelled<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.raw)
+    }
+}
+
 /// A malformed option string. Fields are public so the project-file loader can re-render the
 /// message with its own location (file, key) instead of a CLI flag.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -1057,6 +1127,13 @@ pub struct AddHost {
     pub ip: String,
 }
 
+impl fmt::Display for AddHost {
+    /// The `HOST=IP` form (`=` so IPv6 addresses need no brackets).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}", self.host, self.ip)
+    }
+}
+
 /// Parses `--add-host`. `=` is tried first so IPv6 addresses need no brackets (`db=::1`).
 pub fn parse_add_host(s: &str) -> Result<AddHost, OptionError> {
     const FLAG: &str = "--add-host";
@@ -1136,6 +1213,23 @@ pub enum Network {
     None,
     /// Needs the `network.host` entitlement.
     Host,
+}
+
+impl Network {
+    /// The value as `--network` takes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Network::Default => "default",
+            Network::None => "none",
+            Network::Host => "host",
+        }
+    }
+}
+
+impl fmt::Display for Network {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Parses `--network default|none|host`.

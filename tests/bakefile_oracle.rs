@@ -17,7 +17,7 @@
 //!   in buildx; groups are compared as sets.
 //! - bk-build prints every target and group; buildx only the requested ones, so buildx is
 //!   asked for all of them by name (and once more for the default group).
-//! - Keys bk-build cannot honour (`annotations`, `attest`) are not in its target: each must be
+//! - Keys bk-build cannot honour yet (`annotations`) are not in its target: each must be
 //!   reported in a warning naming the target and key.
 //! - An inline Dockerfile is written to a file bk-build names; buildx prints the default
 //!   `dockerfile`. Only the text is compared.
@@ -164,7 +164,7 @@ const ERROR_CASES: &[&str] = &[
 ];
 
 /// Keys of a buildx target that bk-build's target has no place for.
-const IGNORED_KEYS: &[&str] = &["annotations", "attest"];
+const IGNORED_KEYS: &[&str] = &["annotations"];
 
 /// docker's `MemBytes`: a number with an optional `b`, `k`, `m`, `g`, `t` (powers of 1024).
 fn mem_bytes(s: &str) -> Option<u64> {
@@ -405,7 +405,9 @@ fn canon_buildx(t: &Value, cwd: &Path) -> Value {
                         .map(|m| {
                             m.iter()
                                 .map(|(k, v)| {
-                                    (k.clone(), v.as_str().unwrap_or_default().to_string())
+                                    // `disabled: true` and other non-strings as CSV has them.
+                                    let v = v.as_str().map_or_else(|| v.to_string(), String::from);
+                                    (k.clone(), v)
                                 })
                                 .collect()
                         })
@@ -424,6 +426,7 @@ fn canon_buildx(t: &Value, cwd: &Path) -> Value {
         )
     };
     let (push, load, outputs) = outputs_canon(entries("output"), cwd);
+    let attest = sorted(entries("attest").into_iter().map(|m| json!(m)).collect());
     let inline = get("dockerfile-inline")
         .and_then(Value::as_str)
         .map(unescape);
@@ -457,6 +460,7 @@ fn canon_buildx(t: &Value, cwd: &Path) -> Value {
         "cache_from": cache("cache-from"),
         "cache_to": cache("cache-to"),
         "outputs": outputs,
+        "attest": attest,
         "push": push,
         "load": load,
         "pull": get("pull").and_then(Value::as_bool).unwrap_or(false),
@@ -525,6 +529,12 @@ fn canon_bk(t: &Value, cwd: &Path) -> Value {
         })
         .collect();
     let (_, _, outputs) = outputs_canon(outputs, cwd);
+    let attest = sorted(
+        strings(get("attest"))
+            .iter()
+            .map(|s| json!(csv_map(s)))
+            .collect(),
+    );
     let inline = get("dockerfile_inline").and_then(Value::as_str);
     json!({
         "context": get("context").cloned().unwrap_or(Value::Null),
@@ -547,6 +557,7 @@ fn canon_bk(t: &Value, cwd: &Path) -> Value {
         "cache_from": cache("cache_from"),
         "cache_to": cache("cache_to"),
         "outputs": outputs,
+        "attest": attest,
         "push": get("push").and_then(Value::as_bool).unwrap_or(false),
         "load": get("load").and_then(Value::as_bool).unwrap_or(false),
         "pull": get("pull").and_then(Value::as_bool).unwrap_or(false),

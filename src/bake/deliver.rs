@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::options::{self, OutputDest, OutputKind};
+use crate::options::{OutputDest, OutputKind};
 use crate::project::Target;
 use crate::transport::DockerHost;
 
@@ -103,12 +103,9 @@ pub(super) async fn check_delivery(
         }
     }
     for o in &t.outputs {
-        let Ok(spec) = options::parse_output(o) else {
-            d.blockers.push(format!("output {o} cannot be checked"));
-            continue;
-        };
+        let spec = o.value();
         if let Some(OutputDest::Path(p)) = &spec.dest {
-            let Some(w) = written.get(o) else {
+            let Some(w) = written.get(o.as_str()) else {
                 d.blockers.push(format!(
                     "output {} was not written by that build",
                     p.display()
@@ -130,20 +127,11 @@ pub(super) async fn check_delivery(
             }
             continue;
         }
-        let names: Vec<&str> = spec
-            .attrs
-            .get("name")
-            .map(|n| {
-                n.split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let names = spec.names();
         match spec.kind {
             OutputKind::CacheOnly => {}
             OutputKind::Image if spec.attrs.get("push").is_some_and(|v| v == "true") => {
-                for name in names {
+                for name in &names {
                     match (digest, crate::registry::manifest_digest(name).await) {
                         (Some(want), Ok(Some(got))) if got == want => {}
                         _ => d
@@ -156,7 +144,7 @@ pub(super) async fn check_delivery(
                 for name in names {
                     let ok = match (engine, digest) {
                         (Some(host), Some(want)) => {
-                            matches!(crate::transport::docker_image_id(host, name).await, Ok(Some(id)) if id == want)
+                            matches!(crate::transport::docker_image_id(host, &name).await, Ok(Some(id)) if id == want)
                         }
                         _ => false,
                     };

@@ -17,7 +17,7 @@ use super::{
 use crate::build::{BuildResult, BuildSpec};
 use crate::fingerprint::{self, ContextRead, DaemonRead, StateStore, TargetRecord};
 use crate::graph::{self, Outcome, Via};
-use crate::options::{self, ContextSource, NamedContext, OutputDest};
+use crate::options::{ContextSource, NamedContext, OutputDest};
 use crate::progress::{Progress, TargetOutcome};
 use crate::project::{Project, Target};
 use crate::transport::{Daemon, DockerHost};
@@ -54,17 +54,9 @@ fn build_spec(
     if let Some(u) = &t.unavailable {
         return Err(e(u.clone()));
     }
-    if let Some(n) = &t.network {
-        spec.network = options::parse_network(n).map_err(|x| e(x.to_string()))?;
-    }
-    for h in &t.extra_hosts {
-        spec.add_hosts
-            .push(options::parse_add_host(h).map_err(|x| e(x.to_string()))?);
-    }
-    for u in &t.ulimits {
-        spec.ulimits
-            .push(options::parse_ulimit(u).map_err(|x| e(x.to_string()))?);
-    }
+    spec.network = t.network.unwrap_or_default();
+    spec.add_hosts.clone_from(&t.extra_hosts);
+    spec.ulimits.clone_from(&t.ulimits);
     let pinned = |dep: &str| -> Result<String, BakeError> {
         let dt = &project.targets[dep];
         let tag = dt.tags.first().ok_or_else(|| {
@@ -102,31 +94,17 @@ fn build_spec(
             }
         }
     }
-    for s in &t.outputs {
-        spec.outputs
-            .push(options::parse_output(s).map_err(|x| e(x.to_string()))?);
-    }
-    for s in &t.cache_from {
-        spec.cache_from
-            .extend(options::parse_cache_from(s).map_err(|x| e(x.to_string()))?);
-    }
-    for s in &t.cache_to {
-        spec.cache_to
-            .extend(options::parse_cache_to(s).map_err(|x| e(x.to_string()))?);
-    }
-    for s in &t.secrets {
-        spec.secrets
-            .push(options::parse_secret(s).map_err(|x| e(x.to_string()))?);
-    }
-    for s in &t.ssh {
-        spec.ssh
-            .push(options::parse_ssh(s).map_err(|x| e(x.to_string()))?);
-    }
-    for a in &t.attest {
-        let a = options::parse_attest(a).map_err(|x| e(x.to_string()))?;
-        if !a.disabled {
-            spec.attests.insert(a.kind.clone(), a.frontend_value());
-        }
+    spec.outputs = t.outputs.iter().map(|o| o.value().clone()).collect();
+    spec.cache_from = t
+        .cache_from
+        .iter()
+        .flat_map(|c| c.value().clone())
+        .collect();
+    spec.cache_to = t.cache_to.iter().flat_map(|c| c.value().clone()).collect();
+    spec.secrets = t.secrets.iter().map(|s| s.value().clone()).collect();
+    spec.ssh = t.ssh.iter().map(|s| s.value().clone()).collect();
+    for a in t.attest.iter().filter(|a| !a.disabled) {
+        spec.attests.insert(a.kind.clone(), a.frontend_value());
     }
     Ok(spec)
 }
@@ -331,7 +309,7 @@ pub async fn execute(
                 key: fp.key.clone(),
                 image_digest: digest.clone(),
                 tags: spec.tags.clone(),
-                outputs: t.outputs.clone(),
+                outputs: t.outputs.iter().map(ToString::to_string).collect(),
                 output_witness,
                 finished_unix: now_unix(),
                 uncovered: uncovered.clone(),
@@ -464,8 +442,8 @@ fn daemon_reads(spec: &BuildSpec, r: &BuildResult) -> Vec<DaemonRead> {
 fn output_dests(t: &Target) -> Vec<(String, std::path::PathBuf)> {
     t.outputs
         .iter()
-        .filter_map(|o| match options::parse_output(o).ok()?.dest {
-            Some(OutputDest::Path(p)) => Some((o.clone(), p)),
+        .filter_map(|o| match &o.value().dest {
+            Some(OutputDest::Path(p)) => Some((o.to_string(), p.clone())),
             _ => None,
         })
         .collect()

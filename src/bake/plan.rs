@@ -38,17 +38,15 @@ fn scan(t: &Target) -> Result<graph::DockerfileScan, BakeError> {
 fn artifact_outputs(t: &Target) -> Vec<String> {
     t.outputs
         .iter()
-        .map(|o| match options::parse_output(o) {
-            Ok(spec) => {
-                let mut parts = vec![format!("type={}", spec.kind.as_str())];
-                for (k, v) in &spec.attrs {
-                    if !matches!(k.as_str(), "name" | "push" | "dest") {
-                        parts.push(format!("{k}={v}"));
-                    }
+        .map(|o| {
+            let spec = o.value();
+            let mut parts = vec![format!("type={}", spec.kind.as_str())];
+            for (k, v) in &spec.attrs {
+                if !matches!(k.as_str(), "name" | "push" | "dest") {
+                    parts.push(format!("{k}={v}"));
                 }
-                parts.join(",")
             }
-            Err(_) => o.clone(),
+            parts.join(",")
         })
         .collect()
 }
@@ -76,11 +74,11 @@ fn extra_inputs(t: &Target, scan: &graph::DockerfileScan) -> BTreeMap<String, St
         m.insert(format!("label:{k}"), v.clone());
     }
     // What RUN steps see: their network, hosts file, /dev/shm, limits and privileges.
-    if let Some(n) = t.network.as_deref().filter(|n| *n != "default") {
+    if let Some(n) = t.network.filter(|n| *n != options::Network::Default) {
         m.insert("network".into(), n.to_string());
     }
     if !t.extra_hosts.is_empty() {
-        let mut h = t.extra_hosts.clone();
+        let mut h: Vec<String> = t.extra_hosts.iter().map(ToString::to_string).collect();
         h.sort();
         m.insert("extra_hosts".into(), h.join(","));
     }
@@ -88,7 +86,8 @@ fn extra_inputs(t: &Target, scan: &graph::DockerfileScan) -> BTreeMap<String, St
         m.insert("shm_size".into(), s.to_string());
     }
     if !t.ulimits.is_empty() {
-        m.insert("ulimits".into(), t.ulimits.join(","));
+        let u: Vec<String> = t.ulimits.iter().map(ToString::to_string).collect();
+        m.insert("ulimits".into(), u.join(","));
     }
     if !t.entitlements.is_empty() {
         let mut e = t.entitlements.clone();
@@ -96,16 +95,8 @@ fn extra_inputs(t: &Target, scan: &graph::DockerfileScan) -> BTreeMap<String, St
         m.insert("entitlements".into(), e.join(","));
     }
     // Attestations are part of the pushed image (its index gains attestation manifests).
-    for a in &t.attest {
-        match options::parse_attest(a) {
-            Ok(a) if a.disabled => {}
-            Ok(a) => {
-                m.insert(format!("attest:{}", a.kind), a.frontend_value());
-            }
-            Err(_) => {
-                m.insert(format!("attest:{a}"), String::new());
-            }
-        }
+    for a in t.attest.iter().filter(|a| !a.disabled) {
+        m.insert(format!("attest:{}", a.kind), a.frontend_value());
     }
     for (i, o) in artifact_outputs(t).into_iter().enumerate() {
         m.insert(format!("output:{i}"), o);
@@ -416,18 +407,7 @@ fn alias_of_a_target(project: &Project, external: &[String]) -> Option<String> {
 
 /// Image names given by `name=` in a target's outputs.
 fn output_image_names(t: &Target) -> Vec<String> {
-    t.outputs
-        .iter()
-        .filter_map(|o| options::parse_output(o).ok())
-        .filter_map(|spec| spec.attrs.get("name").cloned())
-        .flat_map(|n| {
-            n.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-                .collect::<Vec<_>>()
-        })
-        .collect()
+    t.outputs.iter().flat_map(|o| o.value().names()).collect()
 }
 
 /// Targets whose output directory or file another target writes too: which one's result is
@@ -436,10 +416,8 @@ fn shared_outputs(project: &Project, order: &[String]) -> BTreeMap<String, Strin
     let mut writers: BTreeMap<std::path::PathBuf, Vec<&str>> = BTreeMap::new();
     for name in order {
         for o in &project.targets[name].outputs {
-            if let Ok(spec) = options::parse_output(o) {
-                if let Some(options::OutputDest::Path(p)) = spec.dest {
-                    writers.entry(p).or_default().push(name);
-                }
+            if let Some(options::OutputDest::Path(p)) = &o.value().dest {
+                writers.entry(p.clone()).or_default().push(name);
             }
         }
     }

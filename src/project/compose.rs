@@ -1275,14 +1275,14 @@ impl Loader<'_> {
         }
     }
 
-    fn checked(
+    /// Places an option parser's error at `node` and `key`.
+    fn checked<T>(
         &self,
-        list: OptionList,
-        raw: &str,
         node: &Node,
         key: &str,
-    ) -> Result<String, ProjectError> {
-        list.check(raw, &self.root).map_err(|e| {
+        parsed: Result<T, crate::options::OptionError>,
+    ) -> Result<T, ProjectError> {
+        parsed.map_err(|e| {
             let f = SourceFile {
                 shown: self.shown[node.src].clone(),
                 abs: PathBuf::new(),
@@ -1638,7 +1638,7 @@ impl Loader<'_> {
             if p.trim().is_empty() {
                 continue;
             }
-            let p = self.checked(OptionList::Platforms, &p, node, &key)?;
+            let p = self.checked(node, &key, OptionList::platform(&p))?;
             if !t.platforms.contains(&p) {
                 t.platforms.push(p);
             }
@@ -1663,7 +1663,7 @@ impl Loader<'_> {
                 );
             }
             for (r, k, node) in raw {
-                let c = self.checked(list, &r, node, &k)?;
+                let c = self.checked(node, &k, list.cache(&r, &self.root))?;
                 let out = if list == OptionList::CacheFrom {
                     &mut t.cache_from
                 } else {
@@ -1699,7 +1699,7 @@ impl Loader<'_> {
             );
         }
         for (raw, k, node) in ssh {
-            let s = self.checked(OptionList::Ssh, &raw, node, &k)?;
+            let s = self.checked(node, &k, OptionList::ssh(&raw, &self.root))?;
             if !t.ssh.contains(&s) {
                 t.ssh.push(s);
             }
@@ -1735,12 +1735,12 @@ impl Loader<'_> {
                 };
                 let raw = self.secret(&source, &id, top_secrets, item, &k)?;
                 t.secrets
-                    .push(self.checked(OptionList::Secrets, &raw, item, &k)?);
+                    .push(self.checked(item, &k, OptionList::secret(&raw, &self.root))?);
             }
         }
         if let Some(v) = xbake.and_then(|x| x.get("secret")) {
             for (raw, k) in self.strings(v, &format!("{bp}.x-bake.secret"), true)? {
-                let s = self.checked(OptionList::Secrets, &raw, v, &k)?;
+                let s = self.checked(v, &k, OptionList::secret(&raw, &self.root))?;
                 if !t.secrets.contains(&s) {
                     t.secrets.push(s);
                 }
@@ -1757,39 +1757,24 @@ impl Loader<'_> {
             let n = self.scalar(v, &key)?;
             match n.as_str() {
                 "" => {}
-                "default" | "none" | "host" => t.network = Some(n),
+                "default" | "none" | "host" => {
+                    t.network = Some(self.checked(v, &key, crate::options::parse_network(&n))?)
+                }
                 other => defer(&mut unavailable, self.err(v, &key, format!("network {other:?} is not supported by BuildKit (only default, none and host)"), "remove it, or use network: host")),
             }
         }
         if let Some(v) = get("extra_hosts") {
             for (raw, k) in self.strings(v, &format!("{bp}.extra_hosts"), false)? {
-                let h = crate::options::parse_add_host(&raw).map_err(|e| {
-                    let f = SourceFile {
-                        shown: self.shown[v.src].clone(),
-                        abs: PathBuf::new(),
-                        dir: PathBuf::new(),
-                        text: String::new(),
-                    };
-                    option_invalid(&f, Some(v.line), &k, e)
-                })?;
-                let s = format!("{}={}", h.host, h.ip);
-                if !t.extra_hosts.contains(&s) {
-                    t.extra_hosts.push(s);
+                let h = self.checked(v, &k, crate::options::parse_add_host(&raw))?;
+                if !t.extra_hosts.contains(&h) {
+                    t.extra_hosts.push(h);
                 }
             }
         }
         if let Some(v) = get("shm_size") {
             let key = format!("{bp}.shm_size");
             let raw = self.scalar(v, &key)?;
-            let bytes = crate::options::parse_shm_size(&raw).map_err(|e| {
-                let f = SourceFile {
-                    shown: self.shown[v.src].clone(),
-                    abs: PathBuf::new(),
-                    dir: PathBuf::new(),
-                    text: String::new(),
-                };
-                option_invalid(&f, Some(v.line), &key, e)
-            })?;
+            let bytes = self.checked(v, &key, crate::options::parse_shm_size(&raw))?;
             t.shm_size = (bytes > 0).then_some(bytes);
         }
         if let Some(v) = get("ulimits") {
@@ -1812,18 +1797,10 @@ impl Loader<'_> {
                     }
                     _ => format!("{}={}", k.name, self.scalar(val, &key)?),
                 };
-                let u = crate::options::parse_ulimit(&raw).map_err(|e| {
-                    let f = SourceFile {
-                        shown: self.shown[val.src].clone(),
-                        abs: PathBuf::new(),
-                        dir: PathBuf::new(),
-                        text: String::new(),
-                    };
-                    option_invalid(&f, Some(val.line), &key, e)
-                })?;
-                t.ulimits.push(u.to_string());
+                t.ulimits
+                    .push(self.checked(val, &key, crate::options::parse_ulimit(&raw))?);
             }
-            t.ulimits.sort();
+            t.ulimits.sort_by_cached_key(|u| u.to_string());
         }
         if let Some(v) = get("privileged") {
             if self.boolean(v, &format!("{bp}.privileged"))? {
@@ -1837,7 +1814,7 @@ impl Loader<'_> {
                 }
             }
         }
-        if t.network.as_deref() == Some("host")
+        if t.network == Some(crate::options::Network::Host)
             && !t.entitlements.iter().any(|e| e == "network.host")
         {
             t.entitlements.push("network.host".to_string());
@@ -1858,7 +1835,7 @@ impl Loader<'_> {
                     }
                     "output" => {
                         for (raw, kk) in self.strings(val, &key, true)? {
-                            let o = self.checked(OptionList::Outputs, &raw, val, &kk)?;
+                            let o = self.checked(val, &kk, OptionList::output(&raw, &self.root))?;
                             if !t.outputs.contains(&o) {
                                 t.outputs.push(o);
                             }
@@ -1889,7 +1866,7 @@ impl Loader<'_> {
                     "load" => t.load = self.boolean(val, &key)?,
                     "outputs" => {
                         for (raw, kk) in self.strings(val, &key, false)? {
-                            let o = self.checked(OptionList::Outputs, &raw, val, &kk)?;
+                            let o = self.checked(val, &kk, OptionList::output(&raw, &self.root))?;
                             if !t.outputs.contains(&o) {
                                 t.outputs.push(o);
                             }

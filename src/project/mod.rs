@@ -8,9 +8,10 @@
 //! compose does; bake files: relative to the current directory, as buildx does) and every
 //! validation that
 //! can be done from the files and the disk alone, with errors that name the file, the key path
-//! and the fix. It must not know about BuildKit, the network or the dependency graph: option
-//! strings (`secrets`, `cache_to`, …) stay raw strings, checked with [`crate::options`] parsers
-//! only so a typo is reported at its key.
+//! and the fix. Option strings (`secrets`, `outputs`, `cache_to`, …) are parsed here, once, with
+//! the [`crate::options`] parsers the CLI uses, into typed values that keep their spelling
+//! ([`Spelled`]); nothing further in parses them again. It must not know about BuildKit, the
+//! network or the dependency graph.
 //!
 //! Command-line overrides (`bake --set`, `--push`, …) are applied to a loaded project by
 //! [`overrides`], after every file, whatever its format.
@@ -36,7 +37,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub use crate::options::ContextSource;
-use crate::options::OptionError;
+use crate::options::{
+    AddHost, AttestSpec, CacheSpec, Network, OptionError, OutputSpec, SecretSpec, Spelled, SshSpec,
+    Ulimit,
+};
 
 /// A loaded project: every target fully resolved (absolute paths, interpolated strings).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -85,15 +89,19 @@ pub struct Target {
     /// directories are absolute.
     pub contexts: BTreeMap<String, ContextSource>,
     pub tags: Vec<String>,
+    /// Platforms as `--platform` takes them (`os/arch[/variant]` or `local`), each checked; an
+    /// entry may list several, comma-separated, as buildx keeps them.
     pub platforms: Vec<String>,
-    /// Raw `--secret` strings; relative `src=` paths are already made absolute.
-    pub secrets: Vec<String>,
-    /// Raw `--ssh` strings; relative socket/key paths are already made absolute.
-    pub ssh: Vec<String>,
-    pub cache_from: Vec<String>,
-    pub cache_to: Vec<String>,
-    /// Raw `--output` strings; relative `dest=` paths are already made absolute.
-    pub outputs: Vec<String>,
+    /// `--secret` entries; relative `src=` paths are made absolute before parsing.
+    pub secrets: Vec<Spelled<SecretSpec>>,
+    /// `--ssh` entries; relative socket/key paths are made absolute before parsing.
+    pub ssh: Vec<Spelled<SshSpec>>,
+    /// `--cache-from` entries (one string may name several registry refs).
+    pub cache_from: Vec<Spelled<Vec<CacheSpec>>>,
+    /// `--cache-to` entries; a local `dest=` is made absolute before parsing.
+    pub cache_to: Vec<Spelled<Vec<CacheSpec>>>,
+    /// `--output` entries; relative `dest=` paths are made absolute before parsing.
+    pub outputs: Vec<Spelled<OutputSpec>>,
     pub push: bool,
     pub load: bool,
     pub no_cache: bool,
@@ -102,24 +110,22 @@ pub struct Target {
     pub pull: bool,
     /// Explicit dependencies (target names).
     pub depends_on: Vec<String>,
-    /// Network of RUN steps: `default`, `none` or `host` (`host` also puts `network.host` in
-    /// `entitlements`, as buildx does). `None`: the daemon's default.
-    pub network: Option<String>,
-    /// `/etc/hosts` entries for RUN steps, each `HOST=IP` (checked with the `--add-host`
-    /// parser).
-    pub extra_hosts: Vec<String>,
+    /// Network of RUN steps (`host` also puts `network.host` in `entitlements`, as buildx
+    /// does). `None`: not set, the daemon's default.
+    pub network: Option<Network>,
+    /// `/etc/hosts` entries for RUN steps.
+    pub extra_hosts: Vec<AddHost>,
     /// Size of `/dev/shm` in RUN steps, in bytes.
     pub shm_size: Option<u64>,
-    /// Resource limits of RUN steps, each `NAME=SOFT:HARD` (`-1`: unlimited).
-    pub ulimits: Vec<String>,
+    /// Resource limits of RUN steps, sorted by their `NAME=SOFT:HARD` form.
+    pub ulimits: Vec<Ulimit>,
     /// Privileges the build asks the daemon for (`network.host`, `security.insecure`); the
     /// daemon must be configured to allow them.
     pub entitlements: Vec<String>,
     /// Stages built without the build cache (`no-cache-filter`); the target is always built.
     pub no_cache_filter: Vec<String>,
-    /// Attestations to attach, each in the canonical form of [`crate::options::AttestSpec`]
-    /// (`type=provenance,mode=max`; `type=sbom,disabled=true` asks for none), one per type.
-    pub attest: Vec<String>,
+    /// Attestations to attach, one per type (`type=sbom,disabled=true` asks for none).
+    pub attest: Vec<AttestSpec>,
     /// The Dockerfile's text when the project file holds it (compose `dockerfile_inline`).
     /// `dockerfile` then names the file [`materialize`] writes it to, under the project's
     /// state directory, so it is served and fingerprinted like any other Dockerfile.
@@ -460,6 +466,13 @@ pub fn to_json(project: &Project) -> serde_json::Value {
     use serde_json::{json, Map, Value};
     let path = |p: &Path| Value::String(p.to_string_lossy().into_owned());
     let strs = |v: &[String]| Value::Array(v.iter().cloned().map(Value::String).collect());
+    fn shown<T: std::fmt::Display>(v: &[T]) -> serde_json::Value {
+        serde_json::Value::Array(
+            v.iter()
+                .map(|x| serde_json::Value::String(x.to_string()))
+                .collect(),
+        )
+    }
     let map = |m: &BTreeMap<String, String>| {
         Value::Object(
             m.iter()
@@ -475,17 +488,17 @@ pub fn to_json(project: &Project) -> serde_json::Value {
             .map(|(k, v)| (k.clone(), Value::String(context_source_string(v))))
             .collect();
         let mut extra = Map::new();
-        if let Some(n) = &t.network {
-            extra.insert("network".into(), Value::String(n.clone()));
+        if let Some(n) = t.network {
+            extra.insert("network".into(), Value::String(n.to_string()));
         }
         if !t.extra_hosts.is_empty() {
-            extra.insert("extra_hosts".into(), strs(&t.extra_hosts));
+            extra.insert("extra_hosts".into(), shown(&t.extra_hosts));
         }
         if let Some(s) = t.shm_size {
             extra.insert("shm_size".into(), json!(s));
         }
         if !t.ulimits.is_empty() {
-            extra.insert("ulimits".into(), strs(&t.ulimits));
+            extra.insert("ulimits".into(), shown(&t.ulimits));
         }
         if !t.entitlements.is_empty() {
             extra.insert("entitlements".into(), strs(&t.entitlements));
@@ -494,7 +507,7 @@ pub fn to_json(project: &Project) -> serde_json::Value {
             extra.insert("no_cache_filter".into(), strs(&t.no_cache_filter));
         }
         if !t.attest.is_empty() {
-            extra.insert("attest".into(), strs(&t.attest));
+            extra.insert("attest".into(), shown(&t.attest));
         }
         if let Some(d) = &t.dockerfile_inline {
             extra.insert("dockerfile_inline".into(), Value::String(d.clone()));
@@ -511,11 +524,11 @@ pub fn to_json(project: &Project) -> serde_json::Value {
             "contexts": contexts,
             "tags": strs(&t.tags),
             "platforms": strs(&t.platforms),
-            "secrets": strs(&t.secrets),
-            "ssh": strs(&t.ssh),
-            "cache_from": strs(&t.cache_from),
-            "cache_to": strs(&t.cache_to),
-            "outputs": strs(&t.outputs),
+            "secrets": shown(&t.secrets),
+            "ssh": shown(&t.ssh),
+            "cache_from": shown(&t.cache_from),
+            "cache_to": shown(&t.cache_to),
+            "outputs": shown(&t.outputs),
             "push": t.push,
             "load": t.load,
             "no_cache": t.no_cache,
@@ -632,8 +645,9 @@ fn option_invalid(
     )
 }
 
-/// Which raw option list a string belongs to; selects the validator and the fields that hold
-/// client-side paths.
+/// Which option list a string belongs to; selects the parser and the fields that hold
+/// client-side paths (made absolute before parsing: the value is used far from the file that
+/// named it).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum OptionList {
     Secrets,
@@ -641,24 +655,44 @@ enum OptionList {
     CacheFrom,
     CacheTo,
     Outputs,
-    Platforms,
 }
 
 impl OptionList {
-    /// Checks `raw` with the CLI's parser (so the project file accepts exactly what the CLI
-    /// does) and returns it with relative client-side paths made absolute against `base`,
-    /// because the string is parsed again later, far from the file that named it.
-    fn check(self, raw: &str, base: &Path) -> Result<String, OptionError> {
-        use crate::options as o;
-        match self {
-            OptionList::Secrets => o::parse_secret(raw).map(|_| ()),
-            OptionList::Ssh => o::parse_ssh(raw).map(|_| ()),
-            OptionList::CacheFrom => o::parse_cache_from(raw).map(|_| ()),
-            OptionList::CacheTo => o::parse_cache_to(raw).map(|_| ()),
-            OptionList::Outputs => o::parse_output(raw).map(|_| ()),
-            OptionList::Platforms => o::parse_platforms(raw).map(|_| ()),
-        }?;
-        Ok(self.absolutize(raw, base))
+    /// Checks a `platforms` entry with the CLI's parser; the checked string is the value.
+    fn platform(raw: &str) -> Result<String, OptionError> {
+        crate::options::parse_platforms(raw).map(|_| raw.to_string())
+    }
+
+    /// Parses a `secrets` entry, its relative `src=` made absolute against `base`.
+    fn secret(raw: &str, base: &Path) -> Result<Spelled<SecretSpec>, OptionError> {
+        Spelled::parse(
+            Self::Secrets.absolutize(raw, base),
+            crate::options::parse_secret,
+        )
+    }
+
+    /// Parses an `ssh` entry, its relative socket/key paths made absolute against `base`.
+    fn ssh(raw: &str, base: &Path) -> Result<Spelled<SshSpec>, OptionError> {
+        Spelled::parse(Self::Ssh.absolutize(raw, base), crate::options::parse_ssh)
+    }
+
+    /// Parses a `cache_from` (`list` = `CacheFrom`) or `cache_to` entry, a local directory
+    /// made absolute against `base`.
+    fn cache(self, raw: &str, base: &Path) -> Result<Spelled<Vec<CacheSpec>>, OptionError> {
+        let parse = if self == Self::CacheFrom {
+            crate::options::parse_cache_from
+        } else {
+            crate::options::parse_cache_to
+        };
+        Spelled::parse(self.absolutize(raw, base), parse)
+    }
+
+    /// Parses an `outputs` entry, its relative `dest=` made absolute against `base`.
+    fn output(raw: &str, base: &Path) -> Result<Spelled<OutputSpec>, OptionError> {
+        Spelled::parse(
+            Self::Outputs.absolutize(raw, base),
+            crate::options::parse_output,
+        )
     }
 
     fn absolutize(self, raw: &str, base: &Path) -> String {
@@ -675,7 +709,6 @@ impl OptionList {
             }
         };
         match self {
-            OptionList::Platforms => raw.to_string(),
             OptionList::Ssh => match raw.split_once('=') {
                 Some((id, paths)) => {
                     let paths: Vec<String> = paths.split(',').map(abs).collect();
@@ -752,6 +785,12 @@ fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
         && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
+/// Values as their option strings, for tests that compare with what a file says.
+#[cfg(test)]
+pub(crate) fn spelled<T: std::fmt::Display>(v: &[T]) -> Vec<String> {
+    v.iter().map(ToString::to_string).collect()
 }
 
 #[cfg(test)]

@@ -478,8 +478,10 @@ fn checked(s: &Slot, list: Option<OptionList>, cwd: &Path) -> Result<Vec<String>
             continue;
         }
         let v = match list {
-            Some(l) => l.check(v, cwd).map_err(|e| option_fail(by, s.key, e))?,
-            None => v.clone(),
+            Some(OptionList::Outputs) => OptionList::output(v, cwd)
+                .map_err(|e| option_fail(by, s.key, e))?
+                .to_string(),
+            _ => v.clone(),
         };
         out.push(v);
     }
@@ -496,15 +498,28 @@ fn option_fail(by: &Override, key: &str, e: options::OptionError) -> OverrideErr
 
 /// Replaces `current` with `new`, or appends `new` to it, without duplicates or empty
 /// entries (buildx normalizes its lists the same way).
-fn merge_list(current: &mut Vec<String>, new: Vec<String>, append: bool) {
+fn merge_list<T: PartialEq>(current: &mut Vec<T>, new: Vec<T>, append: bool) {
     if !append {
         current.clear();
     }
     for v in new {
-        if !v.is_empty() && !current.contains(&v) {
+        if !current.contains(&v) {
             current.push(v);
         }
     }
+}
+
+/// Parses a slot's non-empty list entries with `parse`, errors placed at the override that
+/// gave the entry.
+fn parsed<T>(
+    s: &Slot,
+    parse: impl Fn(&str) -> Result<T, options::OptionError>,
+) -> Result<Vec<T>, OverrideError> {
+    s.list
+        .iter()
+        .filter(|(v, _)| !v.is_empty())
+        .map(|(v, by)| parse(v).map_err(|e| option_fail(by, s.key, e)))
+        .collect()
 }
 
 /// Go's `strconv.ParseBool`, for the boolean keys.
@@ -648,20 +663,19 @@ fn apply_slot(
         }
         "extra-hosts" => {
             let host = s.name.clone().unwrap_or_default();
-            t.extra_hosts
-                .retain(|h| h.split_once('=').map(|(n, _)| n) != Some(host.as_str()));
+            t.extra_hosts.retain(|h| h.host != host);
             for ip in v.split(',').map(str::trim).filter(|ip| !ip.is_empty()) {
-                let entry = format!("{host}={ip}");
-                options::parse_add_host(&entry).map_err(|e| option_fail(by, "extra-hosts", e))?;
+                let entry = options::parse_add_host(&format!("{host}={ip}"))
+                    .map_err(|e| option_fail(by, "extra-hosts", e))?;
                 t.extra_hosts.push(entry);
             }
         }
         "target" => t.target = (!v.is_empty()).then(|| v.to_string()),
         "network" => {
-            options::parse_network(v).map_err(|e| option_fail(by, "network", e))?;
-            let was_host = t.network.as_deref() == Some("host");
-            t.network = (!v.is_empty()).then(|| v.to_string());
-            if v == "host" {
+            let n = options::parse_network(v).map_err(|e| option_fail(by, "network", e))?;
+            let was_host = t.network == Some(options::Network::Host);
+            t.network = (!v.is_empty()).then_some(n);
+            if n == options::Network::Host {
                 if !t.entitlements.iter().any(|e| e == "network.host") {
                     t.entitlements.push("network.host".into());
                 }
@@ -676,10 +690,10 @@ fn apply_slot(
         }
         "no-cache" => t.no_cache = boolean(s)?,
         "pull" => t.pull = boolean(s)?,
-        "push" => set_push(t, boolean(s)?),
+        "push" => set_push(t, boolean(s)?).map_err(|e| option_fail(by, "push", e))?,
         "load" => {
             if boolean(s)? {
-                set_load(t);
+                set_load(t).map_err(|e| option_fail(by, "load", e))?;
             }
         }
         "call" => {
@@ -688,41 +702,29 @@ fn apply_slot(
             }
         }
         "tags" => merge_list(&mut t.tags, checked(s, None, cwd)?, s.append),
-        "platform" => merge_list(
-            &mut t.platforms,
-            checked(s, Some(OptionList::Platforms), cwd)?,
-            s.append,
-        ),
+        "platform" => merge_list(&mut t.platforms, parsed(s, OptionList::platform)?, s.append),
         "cache-from" => merge_list(
             &mut t.cache_from,
-            checked(s, Some(OptionList::CacheFrom), cwd)?,
+            parsed(s, |v| OptionList::CacheFrom.cache(v, cwd))?,
             s.append,
         ),
         "cache-to" => merge_list(
             &mut t.cache_to,
-            checked(s, Some(OptionList::CacheTo), cwd)?,
+            parsed(s, |v| OptionList::CacheTo.cache(v, cwd))?,
             s.append,
         ),
         "secrets" => merge_list(
             &mut t.secrets,
-            checked(s, Some(OptionList::Secrets), cwd)?,
+            parsed(s, |v| OptionList::secret(v, cwd))?,
             s.append,
         ),
         "ssh" => merge_list(
             &mut t.ssh,
-            checked(s, Some(OptionList::Ssh), cwd)?,
+            parsed(s, |v| OptionList::ssh(v, cwd))?,
             s.append,
         ),
         "no-cache-filter" => merge_list(&mut t.no_cache_filter, checked(s, None, cwd)?, s.append),
-        "ulimits" => {
-            let new = checked(s, None, cwd)?;
-            for (u, by) in &s.list {
-                if !u.is_empty() {
-                    options::parse_ulimit(u).map_err(|e| option_fail(by, "ulimits", e))?;
-                }
-            }
-            merge_list(&mut t.ulimits, new, s.append);
-        }
+        "ulimits" => merge_list(&mut t.ulimits, parsed(s, options::parse_ulimit)?, s.append),
         "entitlements" => merge_list(&mut t.entitlements, checked(s, None, cwd)?, true),
         "attest" => {
             for (a, by) in &s.list {
@@ -730,10 +732,9 @@ fn apply_slot(
                     continue;
                 }
                 let spec = options::parse_attest(a).map_err(|e| option_fail(by, "attest", e))?;
-                let same = |x: &String| options::parse_attest(x).is_ok_and(|x| x.kind == spec.kind);
-                match t.attest.iter().position(same) {
-                    Some(i) => t.attest[i] = spec.to_string(),
-                    None => t.attest.push(spec.to_string()),
+                match t.attest.iter().position(|x| x.kind == spec.kind) {
+                    Some(i) => t.attest[i] = spec,
+                    None => t.attest.push(spec),
                 }
             }
         }
@@ -750,7 +751,7 @@ fn apply_slot(
             let new = checked(s, Some(OptionList::Outputs), cwd)?;
             let mut list = if s.append { exports(t) } else { Vec::new() };
             merge_list(&mut list, new, true);
-            set_exports(t, list);
+            set_exports(t, list).map_err(|e| option_fail(by, "output", e))?;
         }
         other => {
             // KEYS and this match list the same keys.
@@ -814,7 +815,7 @@ const LOAD_OUTPUT: &str = "type=docker";
 
 /// A target's outputs as buildx has them: its own, plus its `push` and `load` as outputs.
 fn exports(t: &Target) -> Vec<String> {
-    let mut v = t.outputs.clone();
+    let mut v: Vec<String> = t.outputs.iter().map(ToString::to_string).collect();
     if t.push {
         v.push(PUSH_OUTPUT.into());
     }
@@ -826,7 +827,10 @@ fn exports(t: &Target) -> Vec<String> {
 
 /// Stores a buildx output list in the model: when every entry is a plain push or load, as the
 /// target's `push`/`load`; otherwise as outputs.
-fn set_exports(t: &mut Target, list: Vec<String>) {
+///
+/// # Errors
+/// An entry that is not a valid output (entries come checked; a rewritten one is parsed again).
+fn set_exports(t: &mut Target, list: Vec<String>) -> Result<(), options::OptionError> {
     let plain = |raw: &String| -> Option<bool> {
         let spec = options::parse_output(raw).ok()?;
         match spec.kind {
@@ -847,8 +851,12 @@ fn set_exports(t: &mut Target, list: Vec<String>) {
     } else {
         t.push = false;
         t.load = false;
-        t.outputs = list;
+        t.outputs = list
+            .into_iter()
+            .map(|raw| options::Spelled::parse(raw, options::parse_output))
+            .collect::<Result<_, _>>()?;
     }
+    Ok(())
 }
 
 /// The `type=` of an output as written (`registry` stays `registry`); the `-o DIR` / `-o -`
@@ -877,7 +885,7 @@ fn with_attr(raw: &str, key: &str, value: &str) -> String {
 }
 
 /// buildx `setPushOverride`.
-fn set_push(t: &mut Target, push: bool) {
+fn set_push(t: &mut Target, push: bool) -> Result<(), options::OptionError> {
     let mut list = exports(t);
     if push {
         let only_docker = list.iter().all(|o| output_type(o) == "docker");
@@ -900,22 +908,22 @@ fn set_push(t: &mut Target, push: bool) {
             }
         }
     }
-    set_exports(t, list);
+    set_exports(t, list)
 }
 
 /// buildx `setLoadOverride` for `load=true`.
-fn set_load(t: &mut Target) {
+fn set_load(t: &mut Target) -> Result<(), options::OptionError> {
     let mut list = exports(t);
     for o in &list {
         match output_type(o).as_str() {
-            "docker" if !options::parse_output(o).is_ok_and(|s| s.dest.is_some()) => return,
+            "docker" if !options::parse_output(o).is_ok_and(|s| s.dest.is_some()) => return Ok(()),
             "docker" | "image" | "registry" | "oci" => {}
             // Written only elsewhere (local, tar, cacheonly): left alone.
-            _ => return,
+            _ => return Ok(()),
         }
     }
     list.push(LOAD_OUTPUT.into());
-    set_exports(t, list);
+    set_exports(t, list)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1049,13 +1049,16 @@ fn compose_missing_context_inline_dockerfile_and_build_keys() {
     );
 
     let k = &p.targets["keys"];
-    assert_eq!(k.network.as_deref(), Some("host"));
+    assert_eq!(k.network, Some(crate::options::Network::Host));
     assert_eq!(
-        k.extra_hosts,
+        crate::project::spelled(&k.extra_hosts),
         ["db=10.0.0.5", "multi=10.0.0.7", "multi=::1"]
     );
     assert_eq!(k.shm_size, Some(64 << 20));
-    assert_eq!(k.ulimits, ["nofile=10:20", "nproc=5:5"]);
+    assert_eq!(
+        crate::project::spelled(&k.ulimits),
+        ["nofile=10:20", "nproc=5:5"]
+    );
     assert_eq!(k.entitlements, ["security.insecure", "network.host"]);
     assert_eq!(k.tags, ["reg/a", "reg/b"]);
     assert_eq!(k.no_cache_filter, ["final"]);
@@ -1069,4 +1072,91 @@ fn compose_missing_context_inline_dockerfile_and_build_keys() {
         .unwrap_err()
         .to_string();
     assert_mentions(&msg, &["bad.yaml:5", "services.a.build.ulimits.nofile"]);
+}
+
+/// Every option string is parsed at load, by every front end: a bad one fails there, naming
+/// the file, the line and the key (never later, when the target is built), and a good one is
+/// a typed value whose client-side paths are absolute.
+#[test]
+fn option_strings_are_parsed_at_load_by_every_front_end() {
+    // (key in bk-build.toml, in compose `build:`, in a bake target, a bad value)
+    let cases: &[(&str, &str, &str, &str)] = &[
+        (
+            "outputs",
+            "x-bk-build: {outputs: [BAD]}",
+            "output",
+            "type=nope",
+        ),
+        ("cache_from", "cache_from: [BAD]", "cache-from", "type=nope"),
+        (
+            "cache_to",
+            "cache_to: [BAD]",
+            "cache-to",
+            "type=registry,mode=bogus",
+        ),
+        ("secrets", "x-bake: {secret: [BAD]}", "secret", "src=only"),
+        ("ssh", "x-bake: {ssh: [BAD]}", "ssh", "a b=c"),
+        ("platforms", "platforms: [BAD]", "platforms", "linux"),
+    ];
+    for (toml_key, compose_line, bake_key, bad) in cases {
+        let d = tempfile::tempdir().unwrap();
+        skeleton(d.path());
+        let toml = write(
+            d.path(),
+            "bk-build.toml",
+            &format!("[target.a]\ncontext = \"src/py/base\"\n{toml_key} = [\"{bad}\"]\n"),
+        );
+        let compose = write(
+            d.path(),
+            "compose.yaml",
+            &format!(
+                "services:\n  a:\n    build:\n      context: src/py/base\n      {}\n",
+                compose_line.replace("BAD", &format!("\"{bad}\""))
+            ),
+        );
+        let bake = write(
+            d.path(),
+            "docker-bake.hcl",
+            &format!(
+                "target \"a\" {{\n  context = \"src/py/base\"\n  {bake_key} = [\"{bad}\"]\n}}\n"
+            ),
+        );
+        for (file, line) in [(&toml, 3), (&compose, 5), (&bake, 3)] {
+            let e = load_env(std::slice::from_ref(file), &[])
+                .unwrap_err()
+                .to_string();
+            let name = file.file_name().unwrap().to_string_lossy();
+            assert!(
+                e.contains(&format!("{name}:{line}")) && e.contains("is not a valid"),
+                "{name}, {toml_key}={bad}: {e}"
+            );
+        }
+    }
+
+    // Good values are typed, with paths made absolute against the naming file.
+    let d = tempfile::tempdir().unwrap();
+    skeleton(d.path());
+    let bake = write(
+        d.path(),
+        "docker-bake.hcl",
+        "target \"a\" {\n  context = \"src/py/base\"\n  output = [\"type=tar,dest=out.tar\"]\n  cache-to = [\"type=local,dest=cache\"]\n  secret = [\"id=s,src=s.txt\"]\n  network = \"none\"\n  ulimits = [\"nofile=1:2\"]\n}\n",
+    );
+    let p = load_env(&[bake], &[]).unwrap();
+    let t = &p.targets["a"];
+    let out = t.outputs[0].value();
+    assert_eq!(out.kind, crate::options::OutputKind::Tar);
+    assert!(
+        matches!(&out.dest, Some(crate::options::OutputDest::Path(p)) if p.is_absolute()),
+        "{out:?}"
+    );
+    let cache = &t.cache_to[0].value()[0];
+    assert!(
+        cache.local.as_ref().is_some_and(|l| l.dir.is_absolute()),
+        "{cache:?}"
+    );
+    assert!(
+        matches!(&t.secrets[0].value().source, crate::options::SecretSource::File(p) if p.is_absolute())
+    );
+    assert_eq!(t.network, Some(crate::options::Network::None));
+    assert_eq!(t.ulimits[0].soft, 1);
 }

@@ -1049,33 +1049,47 @@ fn resolve_target(
         };
         t.contexts.insert(k, src);
     }
-    let lists: [(&str, Option<OptionList>, &mut Vec<String>); 8] = [
-        ("tags", None, &mut t.tags),
-        ("platforms", Some(OptionList::Platforms), &mut t.platforms),
-        ("secrets", Some(OptionList::Secrets), &mut t.secrets),
-        ("ssh", Some(OptionList::Ssh), &mut t.ssh),
-        ("cache_from", Some(OptionList::CacheFrom), &mut t.cache_from),
-        ("cache_to", Some(OptionList::CacheTo), &mut t.cache_to),
-        ("outputs", Some(OptionList::Outputs), &mut t.outputs),
-        ("depends_on", None, &mut t.depends_on),
-    ];
-    for (key, check, out) in lists {
+    for (key, out) in [("tags", &mut t.tags), ("depends_on", &mut t.depends_on)] {
         let Some(s) = setting(key) else { continue };
         for (value, v, k) in r.strings(s.val, &s.key, n)? {
-            let value = match check {
-                Some(c) => c
-                    .check(&value, &r.files[v.file].dir)
-                    .map_err(|e| option_invalid(&r.files[v.file], Some(v.line), &k, e))?,
-                None if value.is_empty() => {
-                    return Err(r.err(&v, &k, "empty string", "remove it or give a value"))
-                }
-                None => value,
-            };
+            if value.is_empty() {
+                return Err(r.err(&v, &k, "empty string", "remove it or give a value"));
+            }
             if !out.contains(&value) {
                 out.push(value);
             }
         }
     }
+    // Option strings are parsed here, where a bad one can still be reported at its key.
+    macro_rules! options {
+        ($key:literal, $out:expr, |$raw:ident, $base:ident| $parse:expr) => {
+            if let Some(s) = setting($key) {
+                for ($raw, v, k) in r.strings(s.val, &s.key, n)? {
+                    let $base = &r.files[v.file].dir;
+                    let value = $parse
+                        .map_err(|e| option_invalid(&r.files[v.file], Some(v.line), &k, e))?;
+                    if !$out.contains(&value) {
+                        $out.push(value);
+                    }
+                }
+            }
+        };
+    }
+    options!("platforms", t.platforms, |raw, _base| OptionList::platform(
+        &raw
+    ));
+    options!("secrets", t.secrets, |raw, base| OptionList::secret(
+        &raw, base
+    ));
+    options!("ssh", t.ssh, |raw, base| OptionList::ssh(&raw, base));
+    options!("cache_from", t.cache_from, |raw, base| {
+        OptionList::CacheFrom.cache(&raw, base)
+    });
+    options!("cache_to", t.cache_to, |raw, base| OptionList::CacheTo
+        .cache(&raw, base));
+    options!("outputs", t.outputs, |raw, base| OptionList::output(
+        &raw, base
+    ));
     for (key, out) in [
         ("push", &mut t.push),
         ("load", &mut t.load),

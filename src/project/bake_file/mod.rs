@@ -128,7 +128,7 @@ const TARGET_KEYS: &[&str] = &[
     "ulimits",
 ];
 /// Target attributes bk-build has no place for: reported, not silently dropped.
-const IGNORED_KEYS: &[&str] = &["annotations", "attest"];
+const IGNORED_KEYS: &[&str] = &["annotations"];
 const STRING_KEYS: &[&str] = &[
     "context",
     "dockerfile",
@@ -1105,7 +1105,10 @@ fn raw_from_target(t: &Target) -> Raw {
             .map(|(k, v)| (k.clone(), Some(context_source_string(v))))
             .collect(),
     );
-    let mut outputs = t.outputs.clone();
+    fn shown<T: std::fmt::Display>(v: &[T]) -> Vec<String> {
+        v.iter().map(ToString::to_string).collect()
+    }
+    let mut outputs = shown(&t.outputs);
     if t.push {
         outputs.push("type=registry".into());
     }
@@ -1115,10 +1118,10 @@ fn raw_from_target(t: &Target) -> Raw {
     for (k, v) in [
         ("tags", &t.tags),
         ("platforms", &t.platforms),
-        ("secret", &t.secrets),
-        ("ssh", &t.ssh),
-        ("cache-from", &t.cache_from),
-        ("cache-to", &t.cache_to),
+        ("secret", &shown(&t.secrets)),
+        ("ssh", &shown(&t.ssh)),
+        ("cache-from", &shown(&t.cache_from)),
+        ("cache-to", &shown(&t.cache_to)),
         ("output", &outputs),
     ] {
         if !v.is_empty() {
@@ -1131,8 +1134,8 @@ fn raw_from_target(t: &Target) -> Raw {
     if t.no_cache {
         r.bools.insert("no-cache", true);
     }
-    if let Some(n) = &t.network {
-        r.strings.insert("network", n.clone());
+    if let Some(n) = t.network {
+        r.strings.insert("network", n.to_string());
     }
     if let Some(n) = t.shm_size {
         r.strings.insert("shm-size", n.to_string());
@@ -1145,13 +1148,13 @@ fn raw_from_target(t: &Target) -> Raw {
             "extra-hosts",
             t.extra_hosts
                 .iter()
-                .filter_map(|h| h.split_once('='))
-                .map(|(h, ip)| (h.to_string(), Some(ip.to_string())))
+                .map(|h| (h.host.clone(), Some(h.ip.clone())))
                 .collect(),
         );
     }
     for (k, v) in [
-        ("ulimits", &t.ulimits),
+        ("ulimits", &shown(&t.ulimits)),
+        ("attest", &shown(&t.attest)),
         ("entitlements", &t.entitlements),
         ("no-cache-filter", &t.no_cache_filter),
     ] {
@@ -1901,29 +1904,31 @@ impl<'a> Loader<'a> {
             out
         };
         t.tags = list("tags");
-        for (k, check, out) in [
-            ("platforms", OptionList::Platforms, &mut t.platforms),
-            ("secret", OptionList::Secrets, &mut t.secrets),
-            ("ssh", OptionList::Ssh, &mut t.ssh),
-            ("cache-from", OptionList::CacheFrom, &mut t.cache_from),
-            ("cache-to", OptionList::CacheTo, &mut t.cache_to),
-        ] {
-            let (f, a) = at(k);
-            for s in list(k) {
-                let checked = check
-                    .check(&s, &base)
-                    .map_err(|e| self.option_fail(f, a, &key(k), e))?;
-                if !out.contains(&checked) {
-                    out.push(checked);
+        // Option strings are parsed here, where a bad one can still be reported at its key.
+        macro_rules! options {
+            ($k:literal, $out:expr, |$s:ident| $parse:expr) => {
+                let (f, a) = at($k);
+                for $s in list($k) {
+                    let value = $parse.map_err(|e| self.option_fail(f, a, &key($k), e))?;
+                    if !$out.contains(&value) {
+                        $out.push(value);
+                    }
                 }
-            }
+            };
         }
+        options!("platforms", t.platforms, |s| OptionList::platform(&s));
+        options!("secret", t.secrets, |s| OptionList::secret(&s, &base));
+        options!("ssh", t.ssh, |s| OptionList::ssh(&s, &base));
+        options!("cache-from", t.cache_from, |s| OptionList::CacheFrom
+            .cache(&s, &base));
+        options!("cache-to", t.cache_to, |s| OptionList::CacheTo
+            .cache(&s, &base));
         let (f, a) = at("output");
         let outputs = list("output");
         let mut specs = Vec::with_capacity(outputs.len());
         for s in &outputs {
             specs.push(
-                crate::options::parse_output(s)
+                OptionList::output(s, &base)
                     .map_err(|e| self.option_fail(f, a, &key("output"), e))?,
             );
         }
@@ -1938,20 +1943,15 @@ impl<'a> Loader<'a> {
                 _ => None,
             }
         };
-        if !specs.is_empty() && specs.iter().all(|s| plain(s).is_some()) {
+        if !specs.is_empty() && specs.iter().all(|s| plain(s.value()).is_some()) {
             for s in &specs {
-                match plain(s) {
+                match plain(s.value()) {
                     Some(true) => t.push = true,
                     _ => t.load = true,
                 }
             }
         } else {
-            for s in &outputs {
-                let checked = OptionList::Outputs
-                    .check(s, &base)
-                    .map_err(|e| self.option_fail(f, a, &key("output"), e))?;
-                t.outputs.push(checked);
-            }
+            t.outputs = specs;
         }
         t.pull = r.bools.get("pull").copied().unwrap_or(false);
         t.no_cache = r.bools.get("no-cache").copied().unwrap_or(false);
@@ -1959,7 +1959,13 @@ impl<'a> Loader<'a> {
         // What RUN steps see and may do.
         if let Some(n) = r.strings.get("network").filter(|n| !n.is_empty()) {
             match n.as_str() {
-                "default" | "none" | "host" => t.network = Some(n.clone()),
+                "default" | "none" | "host" => {
+                    let (f, a) = at("network");
+                    t.network = Some(
+                        crate::options::parse_network(n)
+                            .map_err(|e| self.option_fail(f, a, &key("network"), e))?,
+                    );
+                }
                 other => {
                     let (f, a) = at("network");
                     defer(
@@ -1983,9 +1989,8 @@ impl<'a> Loader<'a> {
                 for ip in ip.split(',') {
                     let h = crate::options::parse_add_host(&format!("{host}={ip}"))
                         .map_err(|e| self.option_fail(f, a, &key("extra-hosts"), e))?;
-                    let s = format!("{}={}", h.host, h.ip);
-                    if !t.extra_hosts.contains(&s) {
-                        t.extra_hosts.push(s);
+                    if !t.extra_hosts.contains(&h) {
+                        t.extra_hosts.push(h);
                     }
                 }
             }
@@ -2000,18 +2005,27 @@ impl<'a> Loader<'a> {
         for raw in list("ulimits") {
             let u = crate::options::parse_ulimit(&raw)
                 .map_err(|e| self.option_fail(f, a, &key("ulimits"), e))?;
-            let s = u.to_string();
-            if !t.ulimits.contains(&s) {
-                t.ulimits.push(s);
+            if !t.ulimits.contains(&u) {
+                t.ulimits.push(u);
             }
         }
         t.entitlements = list("entitlements");
-        if t.network.as_deref() == Some("host")
+        if t.network == Some(crate::options::Network::Host)
             && !t.entitlements.iter().any(|e| e == "network.host")
         {
             t.entitlements.push("network.host".to_string());
         }
         t.no_cache_filter = list("no-cache-filter");
+        // One attestation per type; a later entry of a type replaces an earlier one (buildx).
+        let (f, a) = at("attest");
+        for raw in list("attest") {
+            let spec = crate::options::parse_attest(&raw)
+                .map_err(|e| self.option_fail(f, a, &key("attest"), e))?;
+            match t.attest.iter().position(|x| x.kind == spec.kind) {
+                Some(i) => t.attest[i] = spec,
+                None => t.attest.push(spec),
+            }
+        }
         t.unavailable = unavailable;
         Ok(t)
     }

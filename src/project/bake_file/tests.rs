@@ -379,7 +379,7 @@ fn compose_services_and_bake_targets_combine() {
     assert_eq!(t.args.len(), 2);
     // What compose set and the bake file did not touch stays.
     assert_eq!(t.shm_size, Some(64 << 20));
-    assert_eq!(t.network.as_deref(), Some("host"));
+    assert_eq!(t.network, Some(crate::options::Network::Host));
     assert_eq!(
         p.targets["inline"].dockerfile_inline.as_deref(),
         Some("FROM scratch\n")
@@ -398,10 +398,10 @@ fn run_step_keys_and_inline_dockerfiles() {
     .unwrap();
     let t = &p.targets["a"];
     assert_eq!(t.shm_size, Some(1 << 30));
-    assert_eq!(t.network.as_deref(), Some("host"));
+    assert_eq!(t.network, Some(crate::options::Network::Host));
     assert_eq!(t.entitlements, ["network.host"]);
-    assert_eq!(t.ulimits, ["nofile=1024:2048"]);
-    assert_eq!(t.extra_hosts, ["db=10.0.0.2"]);
+    assert_eq!(crate::project::spelled(&t.ulimits), ["nofile=1024:2048"]);
+    assert_eq!(crate::project::spelled(&t.extra_hosts), ["db=10.0.0.2"]);
     assert_eq!(t.no_cache_filter, ["deps"]);
     assert_eq!(t.dockerfile_inline.as_deref(), Some("FROM scratch\n"));
     assert!(
@@ -422,12 +422,19 @@ fn run_step_keys_and_inline_dockerfiles() {
 #[test]
 fn unsupported_keys_warn_and_unknown_keys_fail() {
     let (_, p) = one(
-        "target \"a\" {\n  attest = [\"type=sbom\"]\n  description = \"d\"\n}\n",
+        "target \"a\" {\n  annotations = [\"k=v\"]\n  description = \"d\"\n  attest = [\"type=sbom\", \"type=provenance,mode=min\", \"type=sbom,generator=g\"]\n}\n",
         &[],
     )
     .unwrap();
     assert_eq!(p.warnings.len(), 1, "{:?}", p.warnings);
-    assert!(p.warnings[0].contains("docker-bake.hcl:2: target.a.attest"));
+    assert!(p.warnings[0].contains("docker-bake.hcl:2: target.a.annotations"));
+    // Attestations are read, one per type, the later entry of a type winning.
+    assert_eq!(
+        crate::project::spelled(&p.targets["a"].attest),
+        ["type=sbom,generator=g", "type=provenance,mode=min"]
+    );
+    let e = err("target \"a\" {\n  attest = [\"mode=max\"]\n}\n", &[]);
+    assert!(e.contains("docker-bake.hcl:2: target.a.attest"), "{e}");
     let e = err("target \"a\" {\n  tag = [\"x\"]\n}\n", &[]);
     assert!(e.contains(":2") && e.contains("did you mean `tags`"), "{e}");
     let e = err("target \"a\" {\n  tags = [\"${NOPE}\"]\n}\n", &[]);

@@ -273,13 +273,19 @@ fn network_host_asks_for_its_entitlement_and_attest_keeps_one_per_type() {
     ])
     .unwrap();
     assert_eq!(
-        f.t("app").attest,
+        crate::project::spelled(&f.t("app").attest),
         ["type=sbom,disabled=true", "type=provenance,mode=max"]
     );
     f.set(&["app.extra-hosts.db=10.0.0.1,10.0.0.2"]).unwrap();
-    assert_eq!(f.t("app").extra_hosts, ["db=10.0.0.1", "db=10.0.0.2"]);
+    assert_eq!(
+        crate::project::spelled(&f.t("app").extra_hosts),
+        ["db=10.0.0.1", "db=10.0.0.2"]
+    );
     f.set(&["app.extra-hosts.db=10.0.0.3"]).unwrap();
-    assert_eq!(f.t("app").extra_hosts, ["db=10.0.0.3"]);
+    assert_eq!(
+        crate::project::spelled(&f.t("app").extra_hosts),
+        ["db=10.0.0.3"]
+    );
 }
 
 #[test]
