@@ -312,7 +312,11 @@ fn privileges_need_allow_and_unsupported_methods_are_refused() {
         all.extend_from_slice(args);
         let out = e.bk(&all);
         assert!(!out.status.success(), "{args:?} was accepted");
-        assert!(stderr(&out).contains("issue 11"), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("not supported yet"),
+            "{}",
+            stderr(&out)
+        );
     }
 }
 

@@ -60,9 +60,9 @@ use std::path::Path;
 use super::{normalize, suggest, OptionList, Project, Target};
 use crate::options::{self, ContextSource};
 
-/// The issue that adds what [`apply`] refuses today (attestation defaults, `--call`,
-/// `--annotation`, remote contexts).
-pub const NOT_YET: &str = "issue 11";
+/// Who adds what [`apply`] refuses today (attestation defaults, `--call`, `--annotation`,
+/// remote contexts), as error messages say it: users read them, not our issue tracker.
+pub const NOT_YET: &str = "a planned release";
 
 /// One override: the `TARGET.KEY=VALUE` text, and how the user gave it (for messages).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -741,9 +741,7 @@ fn apply_slot(
         "annotations" => {
             return Err(fail(
                 by,
-                format!(
-                    "annotations are not supported by bk-build yet ({NOT_YET} adds --annotation)"
-                ),
+                format!("annotations are not supported yet ({NOT_YET} adds --annotation)"),
                 "remove the override; image annotations cannot be set yet",
             ))
         }

@@ -797,7 +797,7 @@ fn example_toml_and_compose_describe_the_same_images() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// compose as the compose spec says (issue 10)
+// compose as the compose spec says
 // ---------------------------------------------------------------------------------------------
 
 /// A compose project in a temporary directory: `(path, text)` files, Dockerfiles for `ctxs`.
