@@ -136,7 +136,13 @@ impl XattrReader {
             // come from `collect`, which passes a live buffer of that many writable bytes (or
             // null and 0 to ask for the size).
             |buf, len| unsafe { libc::llistxattr(cpath.as_ptr().cast(), buf, len) },
-            |name| lgetxattr(&cpath, name),
+            // SAFETY: as for the list; `xattr_value` passes a NUL-terminated name and a live
+            // buffer of the given size (or null and 0).
+            |name| {
+                xattr_value(name, |cname, buf, len| unsafe {
+                    libc::lgetxattr(cpath.as_ptr().cast(), cname, buf, len)
+                })
+            },
         );
         self.cpath = cpath;
         out
@@ -149,7 +155,13 @@ impl XattrReader {
         self.collect(
             // SAFETY: as in `read`; `fd` is open for the duration of the call.
             |buf, len| unsafe { libc::flistxattr(fd, buf, len) },
-            |name| fgetxattr(fd, name),
+            // SAFETY: as for the list; `xattr_value` passes a NUL-terminated name and a live
+            // buffer of the given size (or null and 0).
+            |name| {
+                xattr_value(name, |cname, buf, len| unsafe {
+                    libc::fgetxattr(fd, cname, buf, len)
+                })
+            },
         )
     }
 
@@ -222,22 +234,22 @@ impl XattrReader {
 }
 
 /// One xattr value; `None` when it vanished or cannot be read.
+///
+/// `get` is `getxattr(2)` for `name` on one file (`lgetxattr` by path, `fgetxattr` by fd): it
+/// receives the NUL-terminated name and a buffer with its size in bytes, and is called with a
+/// null buffer and size 0 to ask for the value's size. The size is asked first and the read
+/// retried when the value grew in between (ERANGE), a few times at most.
 #[cfg(target_os = "linux")]
-fn lgetxattr(cpath: &[u8], name: &[u8]) -> Option<Vec<u8>> {
+fn xattr_value(
+    name: &[u8],
+    mut get: impl FnMut(*const libc::c_char, *mut libc::c_void, usize) -> isize,
+) -> Option<Vec<u8>> {
     let mut cname = Vec::with_capacity(name.len() + 1);
     cname.extend_from_slice(name);
     cname.push(0);
     let mut value: Vec<u8> = Vec::new();
     for _ in 0..4 {
-        // SAFETY: both strings are NUL-terminated; null buffer + size 0 asks for the size.
-        let need = unsafe {
-            libc::lgetxattr(
-                cpath.as_ptr().cast(),
-                cname.as_ptr().cast(),
-                std::ptr::null_mut(),
-                0,
-            )
-        };
+        let need = get(cname.as_ptr().cast(), std::ptr::null_mut(), 0);
         if need < 0 {
             return None;
         }
@@ -245,53 +257,11 @@ fn lgetxattr(cpath: &[u8], name: &[u8]) -> Option<Vec<u8>> {
         if need == 0 {
             return Some(value);
         }
-        // SAFETY: `value` has exactly `value.len()` writable bytes.
-        let got = unsafe {
-            libc::lgetxattr(
-                cpath.as_ptr().cast(),
-                cname.as_ptr().cast(),
-                value.as_mut_ptr().cast(),
-                value.len(),
-            )
-        };
-        if got >= 0 {
-            value.truncate(got as usize);
-            return Some(value);
-        }
-        // ERANGE: the value grew between the two calls; ask again.
-        if std::io::Error::last_os_error().raw_os_error() != Some(libc::ERANGE) {
-            return None;
-        }
-    }
-    None
-}
-
-/// One xattr value of the open file `fd`; `None` when it vanished or cannot be read.
-#[cfg(target_os = "linux")]
-fn fgetxattr(fd: std::os::fd::RawFd, name: &[u8]) -> Option<Vec<u8>> {
-    let mut cname = Vec::with_capacity(name.len() + 1);
-    cname.extend_from_slice(name);
-    cname.push(0);
-    let mut value: Vec<u8> = Vec::new();
-    for _ in 0..4 {
-        // SAFETY: `cname` is NUL-terminated; null buffer + size 0 asks for the size.
-        let need = unsafe { libc::fgetxattr(fd, cname.as_ptr().cast(), std::ptr::null_mut(), 0) };
-        if need < 0 {
-            return None;
-        }
-        value.resize(need as usize, 0);
-        if need == 0 {
-            return Some(value);
-        }
-        // SAFETY: `value` has exactly `value.len()` writable bytes.
-        let got = unsafe {
-            libc::fgetxattr(
-                fd,
-                cname.as_ptr().cast(),
-                value.as_mut_ptr().cast(),
-                value.len(),
-            )
-        };
+        let got = get(
+            cname.as_ptr().cast(),
+            value.as_mut_ptr().cast(),
+            value.len(),
+        );
         if got >= 0 {
             value.truncate(got as usize);
             return Some(value);
@@ -399,5 +369,28 @@ mod tests {
             );
         }
         assert!(r.read(&dir.path().join("missing")).is_empty());
+    }
+
+    /// The path and fd forms share the size-probe/read logic; both must see the same values,
+    /// including one larger than any buffer guess.
+    #[test]
+    fn xattrs_by_fd_match_xattrs_by_path() {
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("f");
+        std::fs::write(&f, b"x").unwrap();
+        let big = vec![b'v'; 3000];
+        if xattr::set(&f, "user.big", &big).is_err() {
+            return;
+        }
+        xattr::set(&f, "user.empty", b"").unwrap();
+        let want = vec![
+            ("user.big".to_owned(), big),
+            ("user.empty".to_owned(), Vec::new()),
+        ];
+        let mut r = XattrReader::default();
+        assert_eq!(r.read(&f), want);
+        let file = std::fs::File::open(&f).unwrap();
+        assert_eq!(r.read_fd(file.as_raw_fd()), want);
     }
 }
