@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use super::value::{fmt_number, set_normalize, Value};
+use crate::fs::pattern::{go_base, go_dir};
 
 /// Every function [`call`] knows, for "did you mean" hints.
 pub(crate) const NAMES: &[&str] = &[
@@ -213,8 +214,9 @@ pub(crate) fn call(name: &str, a: Vec<Value>) -> Option<R> {
                     .collect(),
             )
         }),
-        "basename" => str1(&a).map(|s| Value::String(basename(&s))),
-        "dirname" => str1(&a).map(|s| Value::String(dirname(&s))),
+        // Go's `path.Base`/`path.Dir`, which are `filepath`'s on Unix.
+        "basename" => str1(&a).map(|s| Value::String(go_base(&s).to_string())),
+        "dirname" => str1(&a).map(|s| Value::String(go_dir(&s))),
         "homedir" => arity(&a, 0).and_then(|_| {
             std::env::var("HOME")
                 .map(Value::String)
@@ -721,52 +723,6 @@ fn regex_replace(a: &[Value]) -> R {
     Ok(Value::String(
         re.replace_all(&s, with.as_str()).into_owned(),
     ))
-}
-
-/// Go's `path.Clean`, which `basename`/`dirname` build on.
-fn clean(p: &str) -> String {
-    if p.is_empty() {
-        return ".".into();
-    }
-    let rooted = p.starts_with('/');
-    let mut parts: Vec<&str> = Vec::new();
-    for seg in p.split('/') {
-        match seg {
-            "" | "." => {}
-            ".." => {
-                if parts.last().is_some_and(|l| *l != "..") {
-                    parts.pop();
-                } else if !rooted {
-                    parts.push("..");
-                }
-            }
-            s => parts.push(s),
-        }
-    }
-    let body = parts.join("/");
-    match (rooted, body.is_empty()) {
-        (true, _) => format!("/{body}"),
-        (false, true) => ".".into(),
-        (false, false) => body,
-    }
-}
-
-fn basename(p: &str) -> String {
-    if p.is_empty() {
-        return ".".into();
-    }
-    let t = p.trim_end_matches('/');
-    if t.is_empty() {
-        return "/".into();
-    }
-    t.rsplit('/').next().unwrap_or(t).to_string()
-}
-
-fn dirname(p: &str) -> String {
-    match p.rfind('/') {
-        Some(i) => clean(&p[..=i]),
-        None => ".".into(),
-    }
 }
 
 /// Go's `url.QueryEscape`.
@@ -1589,6 +1545,16 @@ mod tests {
         assert_eq!(c("basename", vec![s("/a/b/")]), s("b"));
         assert_eq!(c("dirname", vec![s("a/b/c")]), s("a/b"));
         assert_eq!(c("dirname", vec![s("c")]), s("."));
+        // Go's corner cases: empty, the root, repeated and trailing slashes, `..` cleaned.
+        assert_eq!(c("basename", vec![s("")]), s("."));
+        assert_eq!(c("basename", vec![s("///")]), s("/"));
+        assert_eq!(c("basename", vec![s("a/b.txt")]), s("b.txt"));
+        assert_eq!(c("dirname", vec![s("")]), s("."));
+        assert_eq!(c("dirname", vec![s("/")]), s("/"));
+        assert_eq!(c("dirname", vec![s("//a")]), s("/"));
+        assert_eq!(c("dirname", vec![s("a//b/./c/")]), s("a/b/c"));
+        assert_eq!(c("dirname", vec![s("a/../../b")]), s(".."));
+        assert_eq!(c("dirname", vec![s("/../b")]), s("/"));
         assert_eq!(c("urlencode", vec![s("a b&c~")]), s("a+b%26c~"));
         assert_eq!(c("base64encode", vec![s("hi")]), s("aGk="));
         assert_eq!(c("base64decode", vec![s("aGk=")]), s("hi"));
