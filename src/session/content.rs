@@ -19,7 +19,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use tokio::sync::mpsc;
@@ -189,6 +189,23 @@ impl Store {
                 self.layout.root().display()
             )))
         }
+    }
+
+    /// The writes in progress, locked.
+    fn lock_writes(&self) -> Result<MutexGuard<'_, HashMap<String, Arc<WriteState>>>, Status> {
+        self.writes
+            .lock()
+            .map_err(|_| Status::internal("content store state poisoned"))
+    }
+
+    /// Runs `f` on the write in progress for ref `r` (with the writes locked, so the write
+    /// cannot end meanwhile); NOT_FOUND when there is none.
+    fn with_write<T>(&self, r: &str, f: impl FnOnce(&WriteState) -> T) -> Result<T, Status> {
+        let writes = self.lock_writes()?;
+        let w = writes
+            .get(r)
+            .ok_or_else(|| Status::not_found(format!("no write in progress for ref {r:?}")))?;
+        Ok(f(w))
     }
 
     fn note_received(&self, d: &Digest) {
@@ -384,15 +401,9 @@ impl Content for ContentService {
         request: Request<api::StatusRequest>,
     ) -> Result<Response<api::StatusResponse>, Status> {
         let store = self.stores.select(request.metadata())?;
-        let r = &request.get_ref().r#ref;
-        let writes = store
-            .writes
-            .lock()
-            .map_err(|_| Status::internal("content store state poisoned"))?;
-        let w = writes
-            .get(r)
-            .ok_or_else(|| Status::not_found(format!("no write in progress for ref {r:?}")))?;
-        let status = w.status.lock().map(|s| s.clone()).unwrap_or_default();
+        let status = store.with_write(&request.get_ref().r#ref, |w| {
+            w.status.lock().map(|s| s.clone()).unwrap_or_default()
+        })?;
         Ok(Response::new(api::StatusResponse {
             status: Some(status),
         }))
@@ -408,10 +419,7 @@ impl Content for ContentService {
                 "status filters are not supported by this store",
             ));
         }
-        let writes = store
-            .writes
-            .lock()
-            .map_err(|_| Status::internal("content store state poisoned"))?;
+        let writes = store.lock_writes()?;
         let mut statuses: Vec<api::Status> = writes
             .values()
             .filter_map(|w| w.status.lock().ok().map(|s| s.clone()))
@@ -441,16 +449,10 @@ impl Content for ContentService {
     async fn abort(&self, request: Request<api::AbortRequest>) -> Result<Response<()>, Status> {
         let store = self.stores.select(request.metadata())?;
         store.writable()?;
-        let r = &request.get_ref().r#ref;
-        let writes = store
-            .writes
-            .lock()
-            .map_err(|_| Status::internal("content store state poisoned"))?;
-        let w = writes
-            .get(r)
-            .ok_or_else(|| Status::not_found(format!("no write in progress for ref {r:?}")))?;
         // The writing stream sees this at its next message, fails and removes its temp file.
-        w.aborted.store(true, Ordering::SeqCst);
+        store.with_write(&request.get_ref().r#ref, |w| {
+            w.aborted.store(true, Ordering::SeqCst)
+        })?;
         Ok(Response::new(()))
     }
 }
@@ -494,10 +496,7 @@ struct RefLock {
 
 impl RefLock {
     fn take(store: &Arc<Store>, r: &str, total: i64, expected: &str) -> Result<RefLock, Status> {
-        let mut writes = store
-            .writes
-            .lock()
-            .map_err(|_| Status::internal("content store state poisoned"))?;
+        let mut writes = store.lock_writes()?;
         if writes.contains_key(r) {
             // containerd's answer: the writer retries until the other write is done.
             return Err(Status::unavailable(format!(
@@ -789,6 +788,24 @@ mod tests {
         r
     }
 
+    /// The error an Info call for `digest` on store `id` gets.
+    async fn info_err(c: &mut ContentClient<Channel>, id: &str, digest: &str) -> Status {
+        let req = api::InfoRequest {
+            digest: digest.into(),
+        };
+        c.info(with_store(id, req)).await.unwrap_err()
+    }
+
+    /// What Status reports for ref `r` on store `local:c`.
+    async fn status_of(c: &mut ContentClient<Channel>, r: &str) -> Result<api::Status, Status> {
+        let req = api::StatusRequest { r#ref: r.into() };
+        let resp = c.status(with_store("local:c", req)).await?;
+        Ok(resp
+            .into_inner()
+            .status
+            .expect("a Status answer carries the status"))
+    }
+
     fn stores(dir: &Path, writable: bool) -> ContentStores {
         ContentStores::new(BTreeMap::from([
             (
@@ -925,18 +942,7 @@ mod tests {
             assert_eq!(r.offset, off);
         }
         // Mid-stream status, as `Status` reports it to another caller.
-        let st = c
-            .status(with_store(
-                "local:c",
-                api::StatusRequest {
-                    r#ref: "layer-1".into(),
-                },
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-            .status
-            .unwrap();
+        let st = status_of(&mut c, "layer-1").await.unwrap();
         assert_eq!((st.offset, st.expected.as_str()), (off, d.as_str()));
         let r = w.send(commit(off, data.len() as i64, &d)).await.unwrap();
         assert_eq!((r.digest.as_str(), r.offset), (d.as_str(), off));
@@ -1073,15 +1079,7 @@ mod tests {
         let e = w1.send(write(4, b"more")).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::Aborted);
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        let e = c
-            .status(with_store(
-                "local:c",
-                api::StatusRequest {
-                    r#ref: "same".into(),
-                },
-            ))
-            .await
-            .unwrap_err();
+        let e = status_of(&mut c, "same").await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::NotFound);
         assert_eq!(ingest_files(dir.path()), 0);
     }
@@ -1098,32 +1096,12 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
-        let e = c
-            .info(with_store(
-                "local:other",
-                api::InfoRequest { digest: d.clone() },
-            ))
-            .await
-            .unwrap_err();
+        let e = info_err(&mut c, "local:other", &d).await;
         assert_eq!(e.code(), tonic::Code::NotFound);
         assert!(e.message().contains("unknown store local:other"), "{e:?}");
-        let e = c
-            .info(with_store(
-                "local:c",
-                api::InfoRequest { digest: d.clone() },
-            ))
-            .await
-            .unwrap_err();
+        let e = info_err(&mut c, "local:c", &d).await;
         assert_eq!(e.code(), tonic::Code::NotFound);
-        let e = c
-            .info(with_store(
-                "local:c",
-                api::InfoRequest {
-                    digest: "sha256:../../x".into(),
-                },
-            ))
-            .await
-            .unwrap_err();
+        let e = info_err(&mut c, "local:c", "sha256:../../x").await;
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
 
         let e = match Writer::open(&mut c, "oci:ro").await {
