@@ -6,11 +6,11 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Output;
 
 use serde_json::Value;
+use support::bake_print::{canon_bk, canon_buildx};
 use support::*;
 
 /// A compose project buildx and bk-build both read: `app` (a build arg), `stamp` (a step whose
@@ -390,252 +390,6 @@ targets = ["web-frontend", "api"]
 // --print against `docker buildx bake --print`
 // ---------------------------------------------------------------------------------------------
 
-fn csv_map(s: &str) -> BTreeMap<String, String> {
-    s.split(',')
-        .filter_map(|f| f.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
-fn obj_map(v: &Value) -> BTreeMap<String, String> {
-    v.as_object()
-        .into_iter()
-        .flatten()
-        .map(|(k, v)| {
-            let s = match v {
-                Value::String(s) => s.clone(),
-                Value::Array(a) => a
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .collect::<Vec<_>>()
-                    .join(","),
-                other => other.to_string(),
-            };
-            (k.clone(), s)
-        })
-        .collect()
-}
-
-fn abs(base: &Path, p: &str) -> String {
-    let mut out = std::path::PathBuf::new();
-    for c in base.join(p).components() {
-        match c {
-            std::path::Component::CurDir => {}
-            std::path::Component::ParentDir => {
-                out.pop();
-            }
-            other => out.push(other.as_os_str()),
-        }
-    }
-    out.to_string_lossy().into_owned()
-}
-
-fn strs(v: &Value) -> Vec<String> {
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|x| x.as_str().map(str::to_string))
-        .collect()
-}
-
-/// One output as a comparable map: `registry` is `image` with `push=true`.
-fn delivery(mut m: BTreeMap<String, String>, base: &Path) -> String {
-    if m.get("type").map(String::as_str) == Some("registry") {
-        m.insert("type".into(), "image".into());
-        m.insert("push".into(), "true".into());
-    }
-    if let Some(d) = m.get_mut("dest") {
-        *d = abs(base, d);
-    }
-    format!("{m:?}")
-}
-
-/// The fields `--set` can change, normalized: a field → a comparable value.
-type Shape = BTreeMap<&'static str, Value>;
-
-fn set_of(v: impl IntoIterator<Item = String>) -> Value {
-    Value::from(
-        v.into_iter()
-            .collect::<BTreeSet<String>>()
-            .into_iter()
-            .collect::<Vec<_>>(),
-    )
-}
-
-fn from_buildx(t: &Value, cwd: &Path) -> Shape {
-    let mut m = Shape::new();
-    let context = abs(cwd, t["context"].as_str().unwrap_or("."));
-    m.insert("context", Value::from(context.clone()));
-    m.insert(
-        "dockerfile",
-        Value::from(abs(
-            Path::new(&context),
-            t["dockerfile"].as_str().unwrap_or("Dockerfile"),
-        )),
-    );
-    m.insert("target", t["target"].clone());
-    for k in ["args", "labels"] {
-        m.insert(k, Value::from(format!("{:?}", obj_map(&t[k]))));
-    }
-    let contexts: BTreeMap<String, String> = obj_map(&t["contexts"])
-        .into_iter()
-        .map(|(k, v)| {
-            let v = if v.contains("://") || v.starts_with("target:") {
-                v
-            } else {
-                abs(cwd, &v)
-            };
-            (k, v)
-        })
-        .collect();
-    m.insert("contexts", Value::from(format!("{contexts:?}")));
-    m.insert("tags", Value::from(strs(&t["tags"])));
-    m.insert(
-        "platforms",
-        set_of(
-            strs(&t["platforms"])
-                .iter()
-                .flat_map(|p| p.split(',').map(str::to_string).collect::<Vec<_>>()),
-        ),
-    );
-    let list = |k: &str, f: &dyn Fn(BTreeMap<String, String>) -> String| {
-        set_of(t[k].as_array().into_iter().flatten().map(|o| f(obj_map(o))))
-    };
-    m.insert("outputs", list("output", &|o| delivery(o, cwd)));
-    let with_paths = |mut o: BTreeMap<String, String>| {
-        for k in ["src", "dest"] {
-            if let Some(p) = o.get_mut(k) {
-                *p = abs(cwd, p);
-            }
-        }
-        format!("{o:?}")
-    };
-    m.insert("cache_from", list("cache-from", &with_paths));
-    m.insert("cache_to", list("cache-to", &with_paths));
-    m.insert("secrets", list("secret", &with_paths));
-    m.insert(
-        "ssh",
-        list("ssh", &|o| match o.get("paths") {
-            Some(p) => format!("{}={p}", o["id"]),
-            None => o["id"].clone(),
-        }),
-    );
-    m.insert("attest", list("attest", &|o| format!("{o:?}")));
-    for (ours, theirs) in [("pull", "pull"), ("no_cache", "no-cache")] {
-        m.insert(ours, Value::Bool(t[theirs].as_bool().unwrap_or(false)));
-    }
-    m.insert(
-        "extra_hosts",
-        set_of(
-            obj_map(&t["extra-hosts"])
-                .into_iter()
-                .map(|(h, ip)| format!("{h}={ip}")),
-        ),
-    );
-    m.insert("ulimits", set_of(strs(&t["ulimits"])));
-    m.insert("entitlements", set_of(strs(&t["entitlements"])));
-    m.insert("no_cache_filter", set_of(strs(&t["no-cache-filter"])));
-    m.insert("network", t["network"].clone());
-    m.insert(
-        "shm_size",
-        t["shm-size"]
-            .as_str()
-            .map_or(Value::Null, |s| Value::from(s.to_string())),
-    );
-    m
-}
-
-fn from_bk(t: &Value) -> Shape {
-    let root = Path::new("/");
-    let mut m = Shape::new();
-    for k in ["context", "dockerfile", "target", "tags", "network"] {
-        m.insert(k, t[k].clone());
-    }
-    for k in ["args", "labels", "contexts"] {
-        m.insert(k, Value::from(format!("{:?}", obj_map(&t[k]))));
-    }
-    m.insert(
-        "platforms",
-        set_of(
-            strs(&t["platforms"])
-                .iter()
-                .flat_map(|p| p.split(',').map(str::to_string).collect::<Vec<_>>()),
-        ),
-    );
-    let mut outputs: Vec<String> = strs(&t["outputs"])
-        .iter()
-        .map(|o| delivery(csv_map(o), root))
-        .collect();
-    if t["push"] == true {
-        outputs.push(delivery(csv_map("type=image,push=true"), root));
-    }
-    if t["load"] == true {
-        outputs.push(delivery(csv_map("type=docker"), root));
-    }
-    m.insert("outputs", set_of(outputs));
-    let cache = |k: &str| {
-        set_of(strs(&t[k]).iter().map(|c| {
-            if c.contains('=') {
-                format!("{:?}", csv_map(c))
-            } else {
-                format!("{:?}", csv_map(&format!("type=registry,ref={c}")))
-            }
-        }))
-    };
-    m.insert("cache_from", cache("cache_from"));
-    m.insert("cache_to", cache("cache_to"));
-    m.insert(
-        "secrets",
-        set_of(
-            strs(&t["secrets"])
-                .iter()
-                .map(|s| format!("{:?}", csv_map(s))),
-        ),
-    );
-    m.insert("ssh", set_of(strs(&t["ssh"])));
-    m.insert(
-        "attest",
-        set_of(
-            strs(&t["attest"])
-                .iter()
-                .map(|a| format!("{:?}", csv_map(a))),
-        ),
-    );
-    for k in ["pull", "no_cache"] {
-        m.insert(k, t[k].clone());
-    }
-    for k in ["extra_hosts", "ulimits", "entitlements", "no_cache_filter"] {
-        m.insert(k, set_of(strs(&t[k])));
-    }
-    // buildx prints the size as given; these cases give it in bytes.
-    m.insert(
-        "shm_size",
-        t["shm_size"]
-            .as_u64()
-            .map_or(Value::Null, |n| Value::from(n.to_string())),
-    );
-    m
-}
-
-/// Attest entries as buildx prints them: `disabled` is a JSON boolean, left out when false.
-fn normalize_attest(t: &mut Value) {
-    if let Some(list) = t.get_mut("attest").and_then(Value::as_array_mut) {
-        for a in list {
-            if let Some(o) = a.as_object_mut() {
-                match o.get("disabled") {
-                    Some(Value::Bool(true)) => {
-                        o.insert("disabled".into(), Value::from("true"));
-                    }
-                    Some(_) => {
-                        o.remove("disabled");
-                    }
-                    None => {}
-                }
-            }
-        }
-    }
-}
-
 /// A field where bk-build differs from buildx on purpose: (target, field, bk-build's value, why).
 type Difference = (&'static str, &'static str, Value, &'static str);
 
@@ -746,16 +500,15 @@ fn print_shows_each_flag_as_buildx_does() {
             stderr(&ours)
         );
         let ours: Value = serde_json::from_slice(&ours.stdout).unwrap();
-        let mut theirs: Value = serde_json::from_slice(&theirs.stdout).unwrap();
+        let theirs: Value = serde_json::from_slice(&theirs.stdout).unwrap();
         for t in targets {
-            normalize_attest(&mut theirs["target"][t]);
-            let b = from_buildx(&theirs["target"][t], &e.dir);
-            let o = from_bk(&ours["target"][t]);
+            let b = canon_buildx(&theirs["target"][t], &e.dir);
+            let o = canon_bk(&ours["target"][t]);
             for (field, want) in &b {
-                let got = &o[field];
+                let got = o.get(field).unwrap_or(&Value::Null);
                 if let Some((_, _, expected, _)) = differences
                     .iter()
-                    .find(|(dt, df, _, _)| *dt == t && df == field)
+                    .find(|(dt, df, _, _)| *dt == t && *df == field.as_str())
                 {
                     if got != expected {
                         failures.push(format!(

@@ -8,6 +8,8 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod bake_print;
+
 /// Environment variables from `$BKENV/env.sh` (DOCKER_HOST, DOCKER_CONFIG, PATH, …).
 pub fn env() -> BTreeMap<String, String> {
     let dir = std::env::var("BKENV").unwrap_or_else(|_| "/tmp/bkenv".into());
