@@ -183,7 +183,8 @@ pub struct BuildArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct ProjectArgs {
-    /// Targets or groups to build (default: the `default` group, else every target).
+    /// Targets or groups to build (default: the `default` group; without one, every target
+    /// of a bk-build.toml, while bake files need it, as in buildx).
     pub targets: Vec<String>,
     /// Project file(s): bk-build.toml, or compose and bake files (docker-bake.hcl/.json);
     /// later files override earlier ones. Default: bk-build.toml, else $BUILDX_BAKE_FILE, else
@@ -296,7 +297,8 @@ pub struct BakeArgs {
     /// report it, this machine's).
     #[arg(short = 'j', long)]
     pub jobs: Option<usize>,
-    /// Print the resolved project (with the overrides) as JSON and exit.
+    /// Print the requested targets (with the targets they use through `target:` contexts)
+    /// and their groups, resolved and with the overrides, as JSON, and exit.
     #[arg(long)]
     pub print: bool,
     /// List the project's targets and groups, or its variables, and exit: targets, variables,
@@ -815,9 +817,11 @@ async fn run_bake(daemon_args: &DaemonArgs, a: &BakeArgs) -> Result<bool> {
     }
     if a.print {
         let project = load_project(&a.project, true)?;
+        // Only what was asked for, as buildx prints it.
+        let shown = crate::graph::printed(&project, &a.project.targets)?;
         outln!(
             "{}",
-            serde_json::to_string_pretty(&crate::project::to_json(&project))?
+            serde_json::to_string_pretty(&crate::project::to_json(&shown))?
         )?;
         return Ok(true);
     }

@@ -11,8 +11,10 @@
 //!   the shape counts both as outputs.
 //! - A matrix block's group lists its targets in an order that depends on Go's map iteration
 //!   in buildx; groups are compared as sets.
-//! - bk-build prints every target and group; buildx only the requested ones, so buildx is
-//!   asked for all of them by name (and once more for the default group).
+//! - Both print only what is asked for (compared for no names, `*`, and each case's
+//!   `requests`). A target printed only because another uses it through `target:` has
+//!   `output = [cacheonly]` in buildx, which builds it inside the dependent; bk-build builds
+//!   and delivers it with its own outputs.
 //! - Keys bk-build cannot honour yet (`annotations`) are not in its target: each must be
 //!   reported in a warning naming the target and key.
 //! - Differences not exercised here because bk-build refuses them: an `inherits` cycle (buildx
@@ -24,10 +26,10 @@
 
 mod support;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 
 use support::bake_print::{canon_bk, canon_buildx, strings};
 use support::*;
@@ -37,6 +39,8 @@ struct Case {
     /// `-f` arguments; empty: each tool finds the files itself.
     files: &'static [&'static str],
     env: &'static [(&'static str, &'static str)],
+    /// Names to ask both for, besides none (the default) and `*` (everything).
+    requests: &'static [&'static [&'static str]],
 }
 
 const CASES: &[Case] = &[
@@ -44,6 +48,7 @@ const CASES: &[Case] = &[
         dir: "variables",
         files: &[],
         env: &[],
+        requests: &[],
     },
     Case {
         dir: "variables",
@@ -60,76 +65,91 @@ const CASES: &[Case] = &[
             ("IMAGE", "ignored: attributes are not variables"),
             ("REGISTRY", "reg.local:5000/x"),
         ],
+        requests: &[],
     },
     Case {
         dir: "inherits",
         files: &[],
         env: &[],
+        requests: &[],
     },
     Case {
         dir: "matrix",
         files: &[],
         env: &[],
+        requests: &[&["tools"], &["app-slim-py311"], &["app"]],
     },
     Case {
         dir: "matrix",
         files: &[],
         env: &[("VERSIONS", "3.13")],
+        requests: &[],
     },
     Case {
         dir: "functions",
         files: &[],
         env: &[],
+        requests: &[],
     },
     Case {
         dir: "functions",
         files: &[],
         env: &[("BRANCH", "release/2.0_final"), ("VERSION", "10.20.30")],
+        requests: &[],
     },
     Case {
         dir: "contexts",
         files: &["build/docker-bake.hcl"],
         env: &[],
+        requests: &[&["base"], &["web"]],
     },
     Case {
         dir: "json",
         files: &[],
         env: &[],
+        requests: &[],
     },
     Case {
         dir: "json",
         files: &["docker-bake.json"],
         env: &[("TAG", "1.0"), ("PLATFORMS", "linux/riscv64")],
+        requests: &[],
     },
     Case {
         dir: "override",
         files: &[],
         env: &[],
+        requests: &[],
     },
     Case {
         dir: "override",
         files: &["docker-bake.hcl", "docker-bake.override.json"],
         env: &[("TAG", "from-env")],
+        requests: &[],
     },
     Case {
         dir: "outputs",
         files: &[],
         env: &[],
+        requests: &[],
     },
     Case {
         dir: "compose_mix",
         files: &[],
         env: &[],
+        requests: &[],
     },
     Case {
         dir: "compose_mix",
         files: &["docker-bake.hcl", "compose.yaml"],
         env: &[],
+        requests: &[],
     },
     Case {
         dir: "expressions",
         files: &[],
         env: &[],
+        requests: &[],
     },
     Case {
         dir: "expressions",
@@ -141,11 +161,40 @@ const CASES: &[Case] = &[
             ("NUMS", "10,20,30"),
             ("REGISTRY", "reg.local"),
         ],
+        requests: &[],
     },
     Case {
         dir: "build-keys",
         files: &[],
         env: &[],
+        requests: &[],
+    },
+    Case {
+        dir: "select",
+        files: &[],
+        env: &[],
+        requests: &[
+            &["app"],
+            &["web"],
+            &["images"],
+            &["release"],
+            &["app", "web"],
+            &["release", "app"],
+            &["default", "tool"],
+            &["default", "release"],
+            &["all"],
+            &["tool", "all"],
+            &["app", "app", "images"],
+            &["w*"],
+            &["[at]*"],
+            &["_common"],
+        ],
+    },
+    Case {
+        dir: "select",
+        files: &["no-default.hcl"],
+        env: &[],
+        requests: &[&["app"], &["tool", "app"], &["a*"]],
     },
 ];
 
@@ -190,34 +239,15 @@ fn stdout_json(o: &std::process::Output, what: &str) -> Value {
     })
 }
 
-fn buildx_print(cwd: &Path, case: &Case, names: &[String]) -> Value {
-    let o = run(docker()
-        .current_dir(cwd)
-        .args(["buildx", "bake", "--print"])
-        .args(case.files.iter().flat_map(|f| ["-f", f]))
-        .args(names)
-        .envs(case.env.iter().copied()));
-    stdout_json(&o, "docker buildx bake --print")
-}
-
-/// The targets a group name stands for, in bk-build's printed project.
-fn expand(
-    groups: &Map<String, Value>,
-    name: &str,
-    seen: &mut BTreeSet<String>,
-    out: &mut BTreeSet<String>,
-) {
-    match groups.get(name).and_then(|g| g.get("targets")) {
-        Some(members) if seen.insert(name.to_string()) => {
-            for m in strings(members) {
-                expand(groups, &m, seen, out);
-            }
-        }
-        Some(_) => {}
-        None => {
-            out.insert(name.to_string());
-        }
-    }
+/// Whether `name` is only in `printed` because another printed target uses it through a
+/// `target:` context (buildx then prints it with `output = [cacheonly]`).
+fn linked(printed: &Map<String, Value>, name: &str) -> bool {
+    printed.values().any(|t| {
+        t["contexts"].as_object().is_some_and(|c| {
+            c.values()
+                .any(|v| v.as_str() == Some(&format!("target:{name}")))
+        })
+    })
 }
 
 fn compare_targets(
@@ -244,6 +274,12 @@ fn compare_targets(
             cb.remove(*k);
             cx.remove(*k);
         }
+        // A target only used through `target:`: buildx builds it as part of the dependent
+        // (cacheonly); bk-build builds and delivers it with its own outputs.
+        if x["output"] == json!([{"type": "cacheonly"}]) && linked(bk, name) {
+            cb.remove("outputs");
+            cx.remove("outputs");
+        }
         for (field, want) in &cx {
             let got = cb.get(field).unwrap_or(&Value::Null);
             if got != want {
@@ -262,103 +298,146 @@ fn compare_targets(
     }
 }
 
+/// Group → members, as a set (a matrix block's group lists its targets in an order that
+/// depends on Go's map iteration in buildx).
+fn group_sets(print: &Value) -> BTreeMap<String, BTreeSet<String>> {
+    print["group"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(g, v)| (g.clone(), strings(&v["targets"]).into_iter().collect()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 #[test]
 fn bake_print_agrees_with_buildx() {
     let mut diffs = Vec::new();
     let mut compared = 0;
+    let mut requests_run = 0;
     for case in CASES {
-        let label = format!("{} {:?} {:?}", case.dir, case.files, case.env);
         let tmp = tempfile::tempdir().unwrap();
         let cwd = tmp.path().join(case.dir);
         copy_dir(&data(case.dir), &cwd);
         // An agent socket for `ssh` entries: buildx checks it exists when printing.
         let _agent = std::os::unix::net::UnixListener::bind(cwd.join("agent.sock")).unwrap();
 
-        let o = run(bk()
-            .current_dir(&cwd)
-            .args(["bake", "--print"])
-            .args(case.files.iter().flat_map(|f| ["-f", f]))
-            .envs(case.env.iter().copied()));
-        let bk_json = stdout_json(&o, "bk-build bake --print");
-        let warnings = stderr(&o);
-        let bk_targets = bk_json["target"].as_object().cloned().unwrap_or_default();
-        let bk_groups = bk_json["group"].as_object().cloned().unwrap_or_default();
-
-        // Everything by name.
-        let mut names: Vec<String> = bk_targets.keys().cloned().collect();
-        names.extend(bk_groups.keys().filter(|g| *g != "default").cloned());
-        let bx = buildx_print(&cwd, case, &names);
-        let bx_targets = bx["target"].as_object().cloned().unwrap_or_default();
-        let bx_names: BTreeSet<String> = bx_targets.keys().cloned().collect();
-        let bk_names: BTreeSet<String> = bk_targets.keys().cloned().collect();
-        if bx_names != bk_names {
-            diffs.push(format!(
-                "{label}: targets: bk-build {bk_names:?}, buildx {bx_names:?}"
-            ));
-        }
-        compare_targets(
-            &label,
-            &cwd,
-            &bk_targets,
-            &bx_targets,
-            &bk_names,
-            &warnings,
-            &mut diffs,
-        );
-        for (g, members) in &bk_groups {
-            if g == "default" {
-                continue;
-            }
-            let mine: BTreeSet<String> = strings(&members["targets"]).into_iter().collect();
-            let theirs: BTreeSet<String> = strings(&bx["group"][g.as_str()]["targets"])
-                .into_iter()
-                .collect();
-            if mine != theirs {
-                diffs.push(format!(
-                    "{label}: group {g}: bk-build {mine:?}, buildx {theirs:?}"
-                ));
-            }
-        }
-
-        // The default: what each builds with no target named.
-        if bk_groups.contains_key("default") || bk_targets.contains_key("default") {
-            let bx = buildx_print(&cwd, case, &[]);
-            let theirs: BTreeSet<String> = bx["target"]
-                .as_object()
-                .map(|m| m.keys().cloned().collect())
-                .unwrap_or_default();
-            let mut mine = BTreeSet::new();
-            expand(&bk_groups, "default", &mut BTreeSet::new(), &mut mine);
-            // buildx also prints targets that requested ones use through `target:`
-            // contexts; bk-build builds those too, as dependencies.
-            let linked: BTreeSet<String> = theirs.difference(&mine).cloned().collect();
-            for l in &linked {
-                let used = mine.iter().any(|m| {
-                    bk_targets[m]["contexts"].as_object().is_some_and(|c| {
-                        c.values()
-                            .any(|v| v.as_str() == Some(&format!("target:{l}")))
-                    })
-                });
-                if !used {
+        // What each prints for no names (the default), for everything (`*`), and for the
+        // case's own requests: the same targets, the same groups, the same fields.
+        let everything: &[&str] = &["*"];
+        let requests = [&[][..], everything]
+            .into_iter()
+            .chain(case.requests.iter().copied());
+        for names in requests {
+            let label = format!("{} {:?} {:?} {names:?}", case.dir, case.files, case.env);
+            let o = run(bk()
+                .current_dir(&cwd)
+                .args(["bake", "--print"])
+                .args(case.files.iter().flat_map(|f| ["-f", f]))
+                .args(names)
+                .envs(case.env.iter().copied()));
+            let bx = run(docker()
+                .current_dir(&cwd)
+                .args(["buildx", "bake", "--print"])
+                .args(case.files.iter().flat_map(|f| ["-f", f]))
+                .args(names)
+                .envs(case.env.iter().copied()));
+            requests_run += 1;
+            // A request buildx refuses (no default group) must be refused, and only that.
+            match (o.status.success(), bx.status.success()) {
+                (true, true) => {}
+                (false, false) => continue,
+                (mine, theirs) => {
                     diffs.push(format!(
-                        "{label}: default: buildx builds {l}, bk-build does not"
+                        "{label}: bk-build succeeded: {mine}, buildx succeeded: {theirs}:\n{}\n{}",
+                        stderr(&o),
+                        stderr(&bx)
                     ));
+                    continue;
                 }
             }
-            if !mine.is_subset(&theirs) {
+            let bk_json = stdout_json(&o, "bk-build bake --print");
+            let warnings = stderr(&o);
+            let bk_targets = bk_json["target"].as_object().cloned().unwrap_or_default();
+            let bx = stdout_json(&bx, "docker buildx bake --print");
+            let bx_targets = bx["target"].as_object().cloned().unwrap_or_default();
+            let bx_names: BTreeSet<String> = bx_targets.keys().cloned().collect();
+            let bk_names: BTreeSet<String> = bk_targets.keys().cloned().collect();
+            if bx_names != bk_names {
                 diffs.push(format!(
-                    "{label}: default: bk-build {mine:?}, buildx {theirs:?}"
+                    "{label}: targets: bk-build {bk_names:?}, buildx {bx_names:?}"
                 ));
             }
+            compare_targets(
+                &label,
+                &cwd,
+                &bk_targets,
+                &bx_targets,
+                &bk_names.intersection(&bx_names).cloned().collect(),
+                &warnings,
+                &mut diffs,
+            );
+            let (mine, theirs) = (group_sets(&bk_json), group_sets(&bx));
+            if mine != theirs {
+                diffs.push(format!(
+                    "{label}: groups:\n      bk-build: {mine:?}\n      buildx:   {theirs:?}"
+                ));
+            }
+            compared += bk_names.len();
         }
-        compared += bk_names.len();
     }
-    assert!(compared > 30, "too few targets compared: {compared}");
+    assert!(compared > 60, "too few targets compared: {compared}");
+    assert!(requests_run > 40, "too few requests: {requests_run}");
     assert!(
         diffs.is_empty(),
         "bk-build and buildx disagree:\n  {}",
         diffs.join("\n  ")
     );
+}
+
+/// Naming no target needs a `default` group or target: without one, both fail, and both
+/// print (and bk-build builds) what is named.
+#[test]
+fn without_a_default_group_targets_must_be_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cwd = tmp.path().join("select");
+    copy_dir(&data("select"), &cwd);
+    let file = ["-f", "no-default.hcl"];
+    let bk_out = run(bk().current_dir(&cwd).args(["bake", "--print"]).args(file));
+    let bx_out = run(docker()
+        .current_dir(&cwd)
+        .args(["buildx", "bake", "--print"])
+        .args(file));
+    assert!(!bx_out.status.success(), "buildx printed a default");
+    assert_eq!(
+        bk_out.status.code(),
+        Some(1),
+        "bk-build must fail as buildx does:\n{}",
+        String::from_utf8_lossy(&bk_out.stdout)
+    );
+    let err = stderr(&bk_out);
+    assert!(
+        err.contains("no `default` group") && err.contains("one of: app, tool"),
+        "the error says what is missing and what could be named: {err}"
+    );
+    // `plan` (what `bake` builds) refuses the same way.
+    let plan = run(bk().current_dir(&cwd).args(["plan"]).args(file));
+    assert_eq!(plan.status.code(), Some(1), "{}", stderr(&plan));
+    assert!(
+        stderr(&plan).contains("no `default` group"),
+        "{}",
+        stderr(&plan)
+    );
+
+    let named = run(bk()
+        .current_dir(&cwd)
+        .args(["bake", "--print"])
+        .args(file)
+        .arg("tool"));
+    let got = stdout_json(&named, "bk-build bake --print tool");
+    let targets: Vec<&String> = got["target"].as_object().unwrap().keys().collect();
+    assert_eq!(targets, ["tool"]);
 }
 
 /// The line an error message names for `file` (`file:LINE`), if any.

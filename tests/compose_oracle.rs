@@ -8,7 +8,9 @@
 //! `case.json` keys: `files` (the `-f` files for buildx, and for bk-build unless `bk_files` is
 //! given; an empty `bk_files` means "discover"), `env`, `bk_env`, `buildx_env`, `stdin` (a
 //! file fed to both on standard input), `home_socket` (a Unix socket created in a temporary
-//! `$HOME`, as buildx checks SSH sockets), `bk_default_group`.
+//! `$HOME`, as buildx checks SSH sockets), `bk_default_group`, `requests` (lists of names to
+//! ask both for besides none: each prints only what it names, with the services those use
+//! through `service:` contexts).
 
 mod support;
 
@@ -92,6 +94,149 @@ impl Case {
     }
 }
 
+/// Whether a printed target is used by another one through a `target:` context.
+fn linked(targets: &serde_json::Map<String, Value>, name: &str) -> bool {
+    targets.values().any(|t| {
+        t["contexts"].as_object().is_some_and(|c| {
+            c.values()
+                .any(|v| v.as_str() == Some(&format!("target:{name}")))
+        })
+    })
+}
+
+/// Compares one `--print` of each tool: the same targets (for no names with a
+/// `bk_default_group`, those services and what they use through `target:`), each field (but
+/// for the documented differences), and the same groups.
+fn compare(
+    label: &str,
+    dir: &Path,
+    ours: &Value,
+    theirs: &Value,
+    spec: &Value,
+    bk_default: Option<Vec<String>>,
+    failures: &mut Vec<String>,
+) {
+    let bk_expect = spec.get("bk_expect").cloned().unwrap_or(Value::Null);
+    let their_targets = theirs["target"].as_object().cloned().unwrap_or_default();
+    let our_targets = ours["target"].as_object().cloned().unwrap_or_default();
+    let on: BTreeSet<String> = our_targets.keys().cloned().collect();
+    let want: BTreeSet<String> = match &bk_default {
+        // The spec's default (active profiles only), with the targets those use.
+        Some(d) => {
+            let mut want: BTreeSet<String> = d.iter().cloned().collect();
+            let mut todo: Vec<String> = want.iter().cloned().collect();
+            while let Some(t) = todo.pop() {
+                let contexts = their_targets
+                    .get(&t)
+                    .and_then(|x| x["contexts"].as_object().cloned());
+                for v in contexts.into_iter().flat_map(|c| c.into_values()) {
+                    if let Some(dep) = v.as_str().and_then(|v| v.strip_prefix("target:")) {
+                        if want.insert(dep.to_string()) {
+                            todo.push(dep.to_string());
+                        }
+                    }
+                }
+            }
+            want
+        }
+        None => their_targets.keys().cloned().collect(),
+    };
+    if want != on {
+        failures.push(format!(
+            "{label}: targets differ: expected {want:?} (buildx {:?}), bk-build {on:?}",
+            their_targets.keys().collect::<Vec<_>>()
+        ));
+        return;
+    }
+    for t in &on {
+        let tv = &their_targets[t];
+        let theirs_t = canon_buildx(tv, dir);
+        let ours_t = canon_bk(&our_targets[t]);
+        for (field, tval) in &theirs_t {
+            let oval = ours_t.get(field).cloned().unwrap_or(Value::Null);
+            let key = format!("{t}.{field}");
+            if let Some(expected) = bk_expect.get(&key) {
+                let got = if expected.is_array() {
+                    serde_json::to_value(strings(&oval).into_iter().collect::<BTreeSet<_>>())
+                        .unwrap()
+                } else {
+                    oval.clone()
+                };
+                let want = if expected.is_array() {
+                    serde_json::to_value(strings(expected).into_iter().collect::<BTreeSet<_>>())
+                        .unwrap()
+                } else {
+                    expected.clone()
+                };
+                if got != want {
+                    failures.push(format!(
+                        "{label}: {key}: documented difference, expected bk-build {want}, got {got}"
+                    ));
+                }
+                continue;
+            }
+            // A service only used through `service:` (`target:`): buildx builds it inside
+            // the dependent (cacheonly); bk-build builds and delivers it as itself.
+            if field == "outputs"
+                && tv["output"] == serde_json::json!([{"type": "cacheonly"}])
+                && linked(&our_targets, t)
+            {
+                continue;
+            }
+            if field == "tags" {
+                let theirs_tags = strings(tval);
+                let ours_tags = strings(&oval);
+                if theirs_tags.is_empty() {
+                    // SPEC_WINS[0]: compose's default image name.
+                    let ok = ours_tags.len() == 1
+                        && ours_tags[0].ends_with(&format!("-{}", t.to_lowercase()))
+                        && ours_tags[0] == ours_tags[0].to_lowercase();
+                    if !ok {
+                        failures.push(format!("{label}: {key}: expected compose's default name PROJECT-{}, got {ours_tags:?}", t.to_lowercase()));
+                    }
+                    continue;
+                }
+                // SPEC_WINS[1]: bk-build also keeps `image:` before build.tags.
+                if !theirs_tags.iter().all(|x| ours_tags.contains(x)) {
+                    failures.push(format!(
+                        "{label}: {key}: buildx {theirs_tags:?} not all in bk-build {ours_tags:?}"
+                    ));
+                }
+                continue;
+            }
+            let same = match (tval, &oval) {
+                (Value::Null, Value::Null) => true,
+                (Value::Null, Value::Array(a)) | (Value::Array(a), Value::Null) => a.is_empty(),
+                (Value::Object(a), Value::Null) | (Value::Null, Value::Object(a)) => a.is_empty(),
+                (a, b) => a == b,
+            };
+            if !same {
+                failures.push(format!("{label}: {key}: buildx {tval}, bk-build {oval}"));
+            }
+        }
+    }
+    // Groups as sets; the default group is the names asked for, or for no names the
+    // default services (SPEC_WINS[2]: only the active profiles').
+    let groups = |v: &Value| -> BTreeMap<String, BTreeSet<String>> {
+        v["group"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(g, m)| (g.clone(), strings(&m["targets"]).into_iter().collect()))
+            .collect()
+    };
+    let mut want_groups = groups(theirs);
+    if let Some(d) = bk_default {
+        want_groups.insert("default".into(), d.into_iter().collect());
+    }
+    let our_groups = groups(ours);
+    if our_groups != want_groups {
+        failures.push(format!(
+            "{label}: groups: expected {want_groups:?}, bk-build {our_groups:?}"
+        ));
+    }
+}
+
 #[test]
 fn bake_print_agrees_with_buildx_on_every_compose_case() {
     let mut cases: Vec<PathBuf> = std::fs::read_dir(data())
@@ -122,12 +267,6 @@ fn bake_print_agrees_with_buildx_on_every_compose_case() {
             Some(v) => strings(v),
             None => files.clone(),
         };
-        let mut bk = support::bk();
-        bk.args(["bake", "--print"]);
-        let ours = case.run(bk, "bk_env", &bk_files, home.path());
-        let mut bx = support::docker();
-        bx.args(["buildx", "bake", "--print"]);
-        let theirs = case.run(bx, "buildx_env", &files, home.path());
         if let Some(d) = case.spec.get("differences").and_then(Value::as_object) {
             for (what, why) in d {
                 documented.push(format!(
@@ -136,93 +275,44 @@ fn bake_print_agrees_with_buildx_on_every_compose_case() {
                 ));
             }
         }
-        let bk_expect = case.spec.get("bk_expect").cloned().unwrap_or(Value::Null);
-
-        let their_targets = theirs["target"].as_object().cloned().unwrap_or_default();
-        let our_targets = ours["target"].as_object().cloned().unwrap_or_default();
-        let tn: BTreeSet<&String> = their_targets.keys().collect();
-        let on: BTreeSet<&String> = our_targets.keys().collect();
-        if tn != on {
-            failures.push(format!(
-                "{name}: targets differ: buildx {tn:?}, bk-build {on:?}"
-            ));
-            continue;
-        }
-        for (t, tv) in &their_targets {
-            let theirs = canon_buildx(tv, &dir);
-            let ours = canon_bk(&our_targets[t]);
-            for (field, tval) in &theirs {
-                let oval = ours.get(field).cloned().unwrap_or(Value::Null);
-                let key = format!("{t}.{field}");
-                if let Some(expected) = bk_expect.get(&key) {
-                    let got = if expected.is_array() {
-                        serde_json::to_value(strings(&oval).into_iter().collect::<BTreeSet<_>>())
-                            .unwrap()
-                    } else {
-                        oval.clone()
-                    };
-                    let want = if expected.is_array() {
-                        serde_json::to_value(strings(expected).into_iter().collect::<BTreeSet<_>>())
-                            .unwrap()
-                    } else {
-                        expected.clone()
-                    };
-                    if got != want {
-                        failures.push(format!(
-                            "{name}: {key}: documented difference, expected bk-build {want}, got {got}"
-                        ));
-                    }
-                    continue;
-                }
-                if field == "tags" {
-                    let theirs_t = strings(tval);
-                    let ours_t = strings(&oval);
-                    if theirs_t.is_empty() {
-                        // SPEC_WINS[0]: compose's default image name.
-                        let ok = ours_t.len() == 1
-                            && ours_t[0].ends_with(&format!("-{}", t.to_lowercase()))
-                            && ours_t[0] == ours_t[0].to_lowercase();
-                        if !ok {
-                            failures.push(format!("{name}: {key}: expected compose's default name PROJECT-{}, got {ours_t:?}", t.to_lowercase()));
-                        }
-                        continue;
-                    }
-                    // SPEC_WINS[1]: bk-build also keeps `image:` before build.tags.
-                    if !theirs_t.iter().all(|x| ours_t.contains(x)) {
-                        failures.push(format!(
-                            "{name}: {key}: buildx {theirs_t:?} not all in bk-build {ours_t:?}"
-                        ));
-                    }
-                    continue;
-                }
-                let same = match (tval, &oval) {
-                    (Value::Null, Value::Null) => true,
-                    (Value::Null, Value::Array(a)) | (Value::Array(a), Value::Null) => a.is_empty(),
-                    (Value::Object(a), Value::Null) | (Value::Null, Value::Object(a)) => {
-                        a.is_empty()
-                    }
-                    (a, b) => a == b,
-                };
-                if !same {
-                    failures.push(format!("{name}: {key}: buildx {tval}, bk-build {oval}"));
-                }
-            }
-        }
-        // Groups: buildx's default is every target; bk-build's only the active profiles'.
-        let their_default: BTreeSet<String> = strings(&theirs["group"]["default"]["targets"])
-            .into_iter()
+        // No names (the default), then each of the case's `requests`.
+        let requests: Vec<Vec<String>> = std::iter::once(Vec::new())
+            .chain(
+                case.spec
+                    .get("requests")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .map(strings),
+            )
             .collect();
-        let our_default: BTreeSet<String> = strings(&ours["group"]["default"]["targets"])
-            .into_iter()
-            .collect();
-        let want_default = match case.spec.get("bk_default_group") {
-            Some(v) => strings(v).into_iter().collect(),
-            None => their_default,
-        };
-        if our_default != want_default {
-            failures.push(format!(
-                "{name}: group default: expected {want_default:?}, bk-build {our_default:?}"
-            ));
+        for names in requests {
+            let label = if names.is_empty() {
+                name.clone()
+            } else {
+                format!("{name} {names:?}")
+            };
+            let mut bk = support::bk();
+            bk.args(["bake", "--print"]).args(&names);
+            let ours = case.run(bk, "bk_env", &bk_files, home.path());
+            let mut bx = support::docker();
+            bx.args(["buildx", "bake", "--print"]).args(&names);
+            let theirs = case.run(bx, "buildx_env", &files, home.path());
+            // The default group's difference (profiles) is only in what no names means.
+            let bk_default = case
+                .spec
+                .get("bk_default_group")
+                .filter(|_| names.is_empty())
+                .map(strings);
+            compare(
+                &label,
+                &dir,
+                &ours,
+                &theirs,
+                &case.spec,
+                bk_default,
+                &mut failures,
+            );
         }
     }
     eprintln!("documented differences (the compose spec wins):");

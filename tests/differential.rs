@@ -649,7 +649,10 @@ impl Project {
 
     fn write_toml(&self) {
         if self.file == ProjectFile::BakeHcl {
-            let mut t = String::from("target \"t\" {\n  context = \"ctx\"\n");
+            // buildx builds the `default` group when no target is named.
+            let mut t = String::from(
+                "group \"default\" {\n  targets = [\"t\"]\n}\n\ntarget \"t\" {\n  context = \"ctx\"\n",
+            );
             if self.form.outside {
                 t.push_str("  dockerfile = \"../df/Dockerfile\"\n");
             }

@@ -137,6 +137,10 @@ pub enum GraphError {
         hint: String,
         known: String,
     },
+    #[error("no target named, and the project has no `default` group or target to build (as in buildx bake)\n  fix: name the targets or groups to build (one of: {known}), or add a group \"default\" {{ targets = [...] }}")]
+    NoDefault { known: String },
+    #[error("no target or group matches `{pattern}`\n  fix: use one of: {known}")]
+    NoMatch { pattern: String, known: String },
     #[error("dependency cycle: {}\n{}  fix: remove one of these dependencies (a target cannot be built before itself)", path.join(" -> "), explain(reasons))]
     Cycle {
         /// `a, b, c, a`: a needs b, b needs c, c needs a.
@@ -257,13 +261,51 @@ pub fn select(project: &Project, names_or_groups: &[String]) -> Result<Vec<Strin
     plan(project, names_or_groups).map(|p| p.order)
 }
 
-fn resolve_names(project: &Project, names: &[String]) -> Result<BTreeSet<String>, GraphError> {
-    let defaults = ["default".to_string()];
-    let names = if names.is_empty() {
-        &defaults[..]
-    } else {
-        names
+/// `names` with patterns (`*`, `?`, `[…]`, Go's `path.Match`) replaced by the groups and
+/// targets they match, as buildx reads the names given to `bake` (`matchNames`); no names
+/// means `default`. Without repeats, in the order given.
+fn expand_names(project: &Project, names: &[String]) -> Result<Vec<String>, GraphError> {
+    let mut out: Vec<String> = Vec::new();
+    let mut add = |n: &str| {
+        if !out.iter().any(|o| o == n) {
+            out.push(n.to_string());
+        }
     };
+    if names.is_empty() {
+        add("default");
+    }
+    for n in names {
+        if !n.contains(['*', '?', '[', ']']) {
+            add(n);
+            continue;
+        }
+        let matched: Vec<&String> = project
+            .groups
+            .keys()
+            .chain(project.targets.keys())
+            .filter(|c| crate::project::overrides::glob_match(n, c).unwrap_or(false))
+            .collect();
+        if matched.is_empty() {
+            let known: Vec<&str> = project
+                .targets
+                .keys()
+                .chain(project.groups.keys())
+                .map(String::as_str)
+                .collect();
+            return Err(GraphError::NoMatch {
+                pattern: n.clone(),
+                known: known.join(", "),
+            });
+        }
+        for m in matched {
+            add(m);
+        }
+    }
+    Ok(out)
+}
+
+fn resolve_names(project: &Project, names: &[String]) -> Result<BTreeSet<String>, GraphError> {
+    let names = expand_names(project, names)?;
     let mut out = BTreeSet::new();
     let mut seen_groups = BTreeSet::new();
     let mut todo: Vec<&String> = names.iter().rev().collect();
@@ -274,27 +316,120 @@ fn resolve_names(project: &Project, names: &[String]) -> Result<BTreeSet<String>
             if seen_groups.insert(n.clone()) {
                 todo.extend(members.iter().rev());
             }
-        } else if n == "default" {
-            // bake's rule: without a default group, everything is the default.
+        } else if n == "default" && !project.default_must_exist {
+            // bk-build.toml's rule: without a default group, everything is the default.
             out.extend(project.targets.keys().cloned());
         } else {
-            let known: Vec<&str> = project
-                .targets
-                .keys()
-                .chain(project.groups.keys())
-                .map(String::as_str)
-                .collect();
-            let hint = crate::project::suggest(n, known.iter().copied())
-                .map(|s| format!(" (did you mean `{s}`?)"))
-                .unwrap_or_default();
-            return Err(GraphError::Unknown {
-                name: n.clone(),
-                hint,
-                known: known.join(", "),
-            });
+            return Err(unknown(project, n));
         }
     }
     Ok(out)
+}
+
+/// The error for a name that is neither a target nor a group of `project`.
+fn unknown(project: &Project, name: &str) -> GraphError {
+    let known: Vec<&str> = project
+        .targets
+        .keys()
+        .chain(project.groups.keys())
+        .map(String::as_str)
+        .collect();
+    if name == "default" {
+        return GraphError::NoDefault {
+            known: known.join(", "),
+        };
+    }
+    let hint = crate::project::suggest(name, known.iter().copied())
+        .map(|s| format!(" (did you mean `{s}`?)"))
+        .unwrap_or_default();
+    GraphError::Unknown {
+        name: name.to_string(),
+        hint,
+        known: known.join(", "),
+    }
+}
+
+/// What `bake --print` shows for `names_or_groups`: the project cut down as `docker buildx
+/// bake --print` cuts it (buildx `bake.ReadTargets`).
+///
+/// - Names: as for a build (patterns match group and target names; none means `default`).
+/// - Targets: the named ones and the members of the named groups (nested groups expanded),
+///   plus every target they use through `target:` contexts, recursively. Not the targets they
+///   merely depend on (`depends_on`, a `FROM` of another target's tag): buildx knows no such
+///   links.
+/// - Groups: every group reached from the names, as defined; and `default`, which lists the
+///   names asked for (sorted, without repeats). When `default` is itself one of the groups
+///   reached, the other names asked for are added to its members, as buildx does.
+///
+/// Errors: a name (or group member) that is neither a target nor a group; no names and no
+/// `default` when [`Project::default_must_exist`].
+pub fn printed(project: &Project, names_or_groups: &[String]) -> Result<Project, GraphError> {
+    let names = expand_names(project, names_or_groups)?;
+    let mut targets: BTreeSet<String> = BTreeSet::new();
+    let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for n in &names {
+        if project.targets.contains_key(n) {
+            targets.insert(n.clone());
+        } else if project.groups.contains_key(n) {
+            let mut todo = vec![n.clone()];
+            while let Some(g) = todo.pop() {
+                if groups.contains_key(&g) {
+                    continue;
+                }
+                let members = project.groups[&g].clone();
+                for m in &members {
+                    if project.targets.contains_key(m) {
+                        targets.insert(m.clone());
+                    } else if project.groups.contains_key(m) {
+                        todo.push(m.clone());
+                    } else {
+                        return Err(unknown(project, m));
+                    }
+                }
+                groups.insert(g, members);
+            }
+        } else if n == "default" && !project.default_must_exist {
+            // bk-build.toml without a default group: every target, shown as that group.
+            targets.extend(project.targets.keys().cloned());
+            groups.insert("default".into(), project.targets.keys().cloned().collect());
+        } else {
+            return Err(unknown(project, n));
+        }
+    }
+    for n in &names {
+        // buildx checks for the group at each name, after adding the earlier ones.
+        if n == "default" && groups.contains_key("default") {
+            continue;
+        }
+        groups.entry("default".into()).or_default().push(n.clone());
+    }
+    if let Some(d) = groups.get_mut("default") {
+        d.sort();
+        d.dedup();
+    }
+    let mut todo: Vec<String> = targets.iter().cloned().collect();
+    while let Some(t) = todo.pop() {
+        for src in project.targets[&t].contexts.values() {
+            if let ContextSource::Target(d) = src {
+                if !project.targets.contains_key(d) {
+                    return Err(unknown(project, d));
+                }
+                if targets.insert(d.clone()) {
+                    todo.push(d.clone());
+                }
+            }
+        }
+    }
+    Ok(Project {
+        targets: project
+            .targets
+            .iter()
+            .filter(|(n, _)| targets.contains(*n))
+            .map(|(n, t)| (n.clone(), t.clone()))
+            .collect(),
+        groups,
+        ..project.clone()
+    })
 }
 
 /// Canonical tag → (target, tag as written).

@@ -20,6 +20,7 @@ impl Fixture {
             files: vec![dir.path().join("bk-build.toml")],
             targets: BTreeMap::new(),
             groups: BTreeMap::new(),
+            default_must_exist: false,
             warnings: Vec::new(),
             variables: Vec::new(),
         };
@@ -317,4 +318,55 @@ fn an_unbuildable_target_and_what_needs_it_leave_the_others_alone() {
     assert!(p.unavailable["service_1"].contains("needs `pybase`"));
     let p = plan(&f.project, &names(&["other"])).unwrap();
     assert!(p.unavailable.is_empty());
+}
+
+/// `bake --print`'s cut of the project: bk-build.toml without a default group shows every
+/// target as the default; bake files (`default_must_exist`) need one; a named target brings
+/// what it uses through `target:` but not its other dependencies.
+#[test]
+fn printed_keeps_what_was_asked_for() {
+    let mut f = Fixture::new();
+    f.target("pybase", PYBASE, |_| {});
+    f.target("tools", "FROM scratch\n", |_| {});
+    f.target("lib", "FROM scratch\n", |_| {});
+    f.target("service_1", SERVICE, |t| {
+        t.depends_on = vec!["tools".into()];
+        t.contexts
+            .insert("lib".into(), ContextSource::Target("lib".into()));
+    });
+    let all = printed(&f.project, &[]).unwrap();
+    assert_eq!(all.targets.len(), 4);
+    assert_eq!(
+        all.groups["default"],
+        ["lib", "pybase", "service_1", "tools"]
+    );
+
+    let one = printed(&f.project, &names(&["service_1"])).unwrap();
+    let shown: Vec<&String> = one.targets.keys().collect();
+    assert_eq!(shown, ["lib", "service_1"], "linked, not depended on");
+    assert_eq!(one.groups["default"], ["service_1"]);
+
+    f.project
+        .groups
+        .insert("svc".into(), names(&["service_1", "svc"]));
+    let g = printed(&f.project, &names(&["svc", "pybase", "pybase"])).unwrap();
+    assert_eq!(g.groups["default"], ["pybase", "svc"]);
+    assert_eq!(g.groups["svc"], ["service_1", "svc"]);
+    assert_eq!(g.targets.len(), 3);
+    let p = printed(&f.project, &names(&["p*", "x?"]));
+    assert!(matches!(p, Err(GraphError::NoMatch { .. })), "{p:?}");
+
+    f.project.default_must_exist = true;
+    assert!(matches!(
+        printed(&f.project, &[]),
+        Err(GraphError::NoDefault { .. })
+    ));
+    assert!(matches!(
+        plan(&f.project, &[]),
+        Err(GraphError::NoDefault { .. })
+    ));
+    assert_eq!(
+        printed(&f.project, &names(&["t*"])).unwrap().groups["default"],
+        ["tools"]
+    );
 }

@@ -1395,6 +1395,7 @@ impl Loader<'_> {
             files: Vec::new(),
             targets,
             groups,
+            default_must_exist: false,
             warnings: Vec::new(),
             variables: Vec::new(),
         })

@@ -51,8 +51,12 @@ pub struct Project {
     pub files: Vec<PathBuf>,
     pub targets: BTreeMap<String, Target>,
     /// Group name → member names (targets or other groups), as written. A project without a
-    /// `default` group builds all targets by default.
+    /// `default` group builds all targets by default, unless `default_must_exist`.
     pub groups: BTreeMap<String, Vec<String>>,
+    /// Naming no target means the `default` group or target, which must exist (bake files, as
+    /// in buildx: `failed to find target default`); when false, a project without one builds
+    /// every target by default (bk-build.toml).
+    pub default_must_exist: bool,
     /// Things the user should see but that do not stop the load (compose: unset variables
     /// replaced by "", build keys bk-build ignores).
     pub warnings: Vec<String>,

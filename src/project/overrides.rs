@@ -234,7 +234,7 @@ fn parse<'a>(o: &'a Override) -> Result<Parsed<'a>, OverrideError> {
 /// Go's `path.Match` (what buildx matches `--set` target patterns with): `*` any run of
 /// characters but `/`, `?` one such character, `[…]` a class (`^` negates, `a-z` ranges),
 /// `\` escapes. `Err` for a malformed pattern.
-fn glob_match(pattern: &str, name: &str) -> Result<bool, String> {
+pub fn glob_match(pattern: &str, name: &str) -> Result<bool, String> {
     fn class(p: &[char], c: char) -> Result<(bool, usize), String> {
         // p starts after '['; returns (matched, length of the class including ']').
         let mut i = 0;

@@ -898,6 +898,7 @@ pub(super) fn load(
         files: files.iter().map(|f| f.abs.clone()).collect(),
         targets: targets.into_iter().map(|(k, (t, _))| (k, t)).collect(),
         groups,
+        default_must_exist: false,
         warnings: Vec::new(),
         variables,
     })

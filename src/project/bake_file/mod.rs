@@ -1595,6 +1595,7 @@ impl<'a> Loader<'a> {
                 .collect(),
             targets,
             groups: group_map,
+            default_must_exist: true,
             warnings,
             variables,
         })
