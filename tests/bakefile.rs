@@ -175,3 +175,139 @@ fn matrix_targets_build_on_a_target_context_and_rebuild_on_edits() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(read(&r.root.join("out/extra/flavor.txt")), "extra v1\n");
 }
+
+/// `base` has no tags and `app` builds on it through `contexts = { base = "target:base" }`:
+/// buildx builds `base` inside `app`'s build; bk-build builds it first and hands `app` the
+/// exact image, by digest, through an OCI layout in its state directory. `app`'s files must be
+/// buildx's, `app` must be rebuilt when `base` changes, and nothing when nothing changed.
+#[test]
+fn an_untagged_target_context_is_handed_over_by_digest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("proj");
+    write(
+        &root.join("docker-bake.hcl"),
+        r#"variable "BASE_IMAGE" {}
+
+group "default" {
+  targets = ["app"]
+}
+
+target "base" {
+  context = "base"
+  args    = { BASE_IMAGE = BASE_IMAGE }
+}
+
+target "app" {
+  context  = "app"
+  contexts = { base = "target:base" }
+  output   = ["type=local,dest=out"]
+}
+"#,
+    );
+    write(
+        &root.join("base/Dockerfile"),
+        "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nCOPY base.txt /base.txt\n",
+    );
+    write(&root.join("base/base.txt"), "base v1\n");
+    write(
+        &root.join("app/Dockerfile"),
+        "FROM base\nCOPY app.txt /app.txt\nRUN cat /base.txt /app.txt > /both.txt\n",
+    );
+    write(&root.join("app/app.txt"), "app v1\n");
+    let env = [("BASE_IMAGE", base_image())];
+    let plan = || -> std::collections::BTreeMap<String, String> {
+        let out = run_ok(
+            bk().current_dir(&root)
+                .args(["plan", "--format", "json"])
+                .envs(env.clone()),
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                let reasons = t["reasons"].to_string();
+                let name = t["name"].as_str().unwrap().to_string();
+                (name, format!("{} {reasons}", t["action"].as_str().unwrap()))
+            })
+            .collect()
+    };
+    let md = root.join("md.json");
+    let bake = || {
+        let o = run(bk()
+            .current_dir(&root)
+            .args(["bake", "--progress", "plain", "--metadata-file"])
+            .arg(&md)
+            .envs(env.clone()));
+        assert!(o.status.success(), "bake failed:\n{}", stderr(&o));
+        let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&md).unwrap()).unwrap();
+        (stderr(&o), meta)
+    };
+    // buildx's files for the same bake file, in a fresh directory (inside the project: buildx
+    // asks for an entitlement to write outside it).
+    let oracle = |step: &str| {
+        let dest = root.join(format!("buildx-{step}"));
+        run_ok(
+            docker()
+                .current_dir(&root)
+                .args(["buildx", "bake", "--progress", "quiet", "--set"])
+                .arg(format!("app.output=type=local,dest={}", dest.display()))
+                .envs(env.clone()),
+        );
+        assert_same_tree(&dest, &root.join("out"));
+    };
+
+    let (log, meta) = bake();
+    assert_eq!(read(&root.join("out/both.txt")), "base v1\napp v1\n");
+    assert!(
+        root.join("out/bin/busybox").exists(),
+        "base's own base is under app"
+    );
+    oracle("1");
+    // app was given exactly the image base's build reported.
+    let base_digest = meta["base"]["containerimage.digest"]
+        .as_str()
+        .unwrap_or_else(|| panic!("base recorded no digest: {meta}"))
+        .to_string();
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("[app]") && l.contains(&format!("@{base_digest}"))),
+        "app's build did not load base by its digest {base_digest}:\n{log}"
+    );
+
+    // Nothing changed: both skip.
+    let p = plan();
+    assert!(p.values().all(|a| a.starts_with("skip")), "{p:?}");
+
+    // A change only app reads: base is reused from its layout, app rebuilt on it.
+    write(&root.join("app/app.txt"), "app v2\n");
+    let p = plan();
+    assert!(p["base"].starts_with("skip"), "{p:?}");
+    assert!(p["app"].starts_with("build"), "{p:?}");
+    bake();
+    assert_eq!(read(&root.join("out/both.txt")), "base v1\napp v2\n");
+    oracle("2");
+
+    // A change of base's input rebuilds base and app.
+    write(&root.join("base/base.txt"), "base v2\n");
+    let p = plan();
+    assert!(p.values().all(|a| a.starts_with("build")), "{p:?}");
+    let (_, meta) = bake();
+    assert_eq!(read(&root.join("out/both.txt")), "base v2\napp v2\n");
+    assert_ne!(meta["base"]["containerimage.digest"], base_digest.as_str());
+    oracle("3");
+    let p = plan();
+    assert!(p.values().all(|a| a.starts_with("skip")), "{p:?}");
+
+    // The layout is where app's base comes from: without it, base is built again.
+    std::fs::remove_dir_all(root.join(".bk-build/links/base")).unwrap();
+    let p = plan();
+    assert!(
+        p["base"].starts_with("build") && p["base"].contains("links/base"),
+        "{p:?}"
+    );
+    bake();
+    assert_eq!(read(&root.join("out/both.txt")), "base v2\napp v2\n");
+    let p = plan();
+    assert!(p.values().all(|a| a.starts_with("skip")), "{p:?}");
+}

@@ -10,6 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use futures_util::StreamExt;
 
 use super::deliver::{home_repository, state_excludes};
+use super::link::{add_link_output, finish_link_layout, link_context};
 use super::plan::{engine_of, with_image_deps};
 use super::{
     host_platform, terr, Action, BakeError, BakeOptions, BakePlan, TargetPlan, TargetResult,
@@ -71,7 +72,10 @@ fn build_spec(
     };
     for (k, v) in &t.contexts {
         let source = match v {
-            ContextSource::Target(dep) => ContextSource::DockerImage(pinned(dep)?),
+            ContextSource::Target(dep) => match link_context(project, dep, digests) {
+                Some(linked) => linked.map_err(e)?,
+                None => ContextSource::DockerImage(pinned(dep)?),
+            },
             other => other.clone(),
         };
         // BuildKit looks named contexts up by the familiar form of the name.
@@ -95,6 +99,7 @@ fn build_spec(
         }
     }
     spec.outputs = t.outputs.iter().map(|o| o.value().clone()).collect();
+    add_link_output(project, name, &mut spec).map_err(e)?;
     spec.cache_from = t
         .cache_from
         .iter()
@@ -239,6 +244,12 @@ pub async fn execute(
                 .await
                 .map_err(|e| e.to_string())?;
             let digest = r.image_digest().map(str::to_string);
+            let linked = tokio::task::block_in_place(|| {
+                finish_link_layout(project, &name, digest.as_deref())
+            })?;
+            if let Some(w) = linked {
+                progress.note(Some(&name), &w);
+            }
             if let Some(d) = &digest {
                 if let Ok(mut m) = digests.lock() {
                     m.insert(name.clone(), d.clone());

@@ -17,10 +17,12 @@
 //!
 //! - [`plan`](plan()): inputs, fingerprints and the decision per target;
 //! - `deliver`: where a known result must be (tags, engine images, outputs), checked;
+//! - `link`: how a target without tags reaches the targets that use it through `target:`;
 //! - [`execute`]: skips and re-tags, then builds in dependency order, recording each result.
 
 mod deliver;
 mod execute;
+mod link;
 mod plan;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::deliver::{check_delivery, home_repository, pushed_tag_digests, Delivery};
+use super::link::link_layout_missing;
 use super::{host_platform, terr, Action, BakeError, BakeOptions, BakePlan, TargetPlan};
 use crate::fingerprint::{
     self, ContextRead, Fingerprint, FingerprintInput, StateStore, TargetRecord,
@@ -757,6 +758,10 @@ impl DecideCtx<'_> {
         };
         if !delivery.blockers.is_empty() {
             tp.reasons = delivery.blockers;
+            return tp;
+        }
+        if let Some(why) = link_layout_missing(self.project, name, digest.as_deref()) {
+            tp.reasons.push(why);
             return tp;
         }
         // Tags to add: registry copies need a reference that holds the digest — a wanted tag

@@ -33,7 +33,8 @@ pub use compute::{compute, compute_many, recheck, ContextRead, Fingerprint, Fing
 pub use coverage::DaemonRead;
 pub use manifest::{explain, Manifest, FORMAT_VERSION, NO_PREVIOUS_BUILD};
 pub use state::{
-    state_dir_exclude, StateError, StateStore, TargetRecord, DEFAULT_LOCK_WAIT, STATE_DIR_NAME,
+    link_layout_dir, state_dir_exclude, StateError, StateStore, TargetRecord, DEFAULT_LOCK_WAIT,
+    STATE_DIR_NAME,
 };
 
 /// The tag that records, in a pushed target's own repository, which image was built from the

@@ -6,6 +6,8 @@
 //! .bk-build/lock                   flock'ed while a run has the store open; holds its pid
 //! .bk-build/state/stat-cache       see StatCache
 //! .bk-build/state/targets/<t>.rec  record header + manifest of target <t>'s last success
+//! .bk-build/links/<t>/             OCI layout: the image of untagged target <t> for the
+//!                                  targets that use it through `target:` (link_layout_dir)
 //! ```
 //!
 //! Concurrency policy: a second run *waits* for the lock, announcing once who holds it, and
@@ -54,6 +56,16 @@ pub fn state_dir_exclude(context_dir: &Path, project_dir: &Path) -> Option<Strin
         .join(STATE_DIR_NAME);
     let rel = state.strip_prefix(&context).ok()?.to_str()?;
     Some(crate::fs::literal_pattern(rel))
+}
+
+/// The OCI image layout through which a target without tags hands its image to the targets
+/// that use it as a `target:` context (`<project>/.bk-build/links/<target>/`). Written by that
+/// target's builds and read by its dependents' only while a run holds the state lock.
+pub fn link_layout_dir(project_dir: &Path, target: &str) -> PathBuf {
+    project_dir
+        .join(STATE_DIR_NAME)
+        .join("links")
+        .join(file_name_for(target))
 }
 
 /// What the last successful build of a target produced.
