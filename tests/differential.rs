@@ -1,7 +1,9 @@
 //! Differential test of `bk-build bake`'s skip decisions, with `docker buildx build` on the same
 //! daemon as the oracle.
 //!
-//! For each Dockerfile form, one project is built once, then edited step by step (edits
+//! For each Dockerfile form, one project (a `bk-build.toml`; in `scripted_bake_file_project` a
+//! `docker-bake.hcl`, in `scripted_compose_project` a `compose.yaml` whose service builds on
+//! another service) is built once, then edited step by step (edits
 //! accumulate). After every edit buildx builds the project into a fresh directory and its tree
 //! is compared with buildx's previous tree; `bk-build plan` must say `build` whenever that tree
 //! changed (and `bake` must then export exactly buildx's tree), and must say `skip` after an
@@ -424,12 +426,36 @@ enum ProjectFile {
     /// `docker-bake.hcl`, read as buildx reads it (paths relative to the current directory,
     /// `dockerfile` relative to the context).
     BakeHcl,
+    /// `compose.yaml`: service `t` with a `build:` block (args, additional contexts, the
+    /// output in `x-bake`) built on a second service `base` through `service:base`, whose
+    /// files the form's Dockerfile copies (`COPY --from=base`). buildx bake on the same file
+    /// is the oracle, and the base's own edits are added to the script.
+    Compose,
+}
+
+/// The Dockerfile of the compose project's `base` service, and what `t` appends to use it.
+const BASE_DOCKERFILE: &str = "FROM scratch\nCOPY . /base/\n";
+const USE_BASE: &str = "COPY --from=base /base /base\n";
+
+/// Edits of the compose project's `base` service: every one but the touch and the ignored
+/// file changes `t`'s files (through the base), so `t` must be rebuilt on the new base.
+fn base_edits() -> Vec<Edit> {
+    vec![
+        Edit::Content("base/base.txt".into()),
+        Edit::Touch,
+        Edit::Ignored("base/ignored.log".into()),
+        Edit::Add("base/new.txt".into()),
+        Edit::Chmod("base/base.txt".into(), true),
+        Edit::Delete("base/new.txt".into()),
+    ]
 }
 
 struct Project {
     tmp: tempfile::TempDir,
     root: PathBuf,
     file: ProjectFile,
+    /// A name no other test uses (the compose project's name).
+    name: String,
     /// bake's `type=local` dest (outside the project).
     out: PathBuf,
     form: Form,
@@ -537,6 +563,7 @@ impl Project {
             tmp,
             root,
             file,
+            name: unique("diff"),
             out,
             form,
             seed,
@@ -635,10 +662,16 @@ impl Project {
             write(&l.join(p), s);
         }
 
-        write(
-            &self.root.join(self.form.dockerfile_path()),
-            self.form.dockerfile.replace("{BASE}", &base_image()),
-        );
+        let mut dockerfile = self.form.dockerfile.replace("{BASE}", &base_image());
+        if self.file == ProjectFile::Compose {
+            dockerfile.push_str(USE_BASE);
+            let b = self.root.join("base");
+            write(&b.join("Dockerfile"), BASE_DOCKERFILE);
+            write(&b.join(".dockerignore"), "*.log\n");
+            write(&b.join("base.txt"), "base v1\n");
+            write(&b.join("ignored.log"), "log v1\n");
+        }
+        write(&self.root.join(self.form.dockerfile_path()), dockerfile);
         if self.form.outside {
             write(
                 &self.root.join("df/Dockerfile.dockerignore"),
@@ -648,6 +681,28 @@ impl Project {
     }
 
     fn write_toml(&self) {
+        if self.file == ProjectFile::Compose {
+            // A project name of its own: the default image names (`NAME-base`) go into the
+            // shared Docker Engine.
+            let mut c = format!(
+                "name: {}\nservices:\n  base:\n    build: base\n  t:\n    build:\n      context: ctx\n",
+                self.name
+            );
+            if self.form.outside {
+                c.push_str("      dockerfile: ../df/Dockerfile\n");
+            }
+            c.push_str(&format!("      args:\n        SRC: {}\n", self.src_arg));
+            c.push_str("      additional_contexts:\n        base: service:base\n");
+            if self.form.lib {
+                c.push_str("        lib: ./lib\n");
+            }
+            c.push_str(&format!(
+                "      x-bake:\n        output:\n          - type=local,dest={}\n",
+                self.out.display()
+            ));
+            write(&self.root.join("compose.yaml"), c);
+            return;
+        }
         if self.file == ProjectFile::BakeHcl {
             // buildx builds the `default` group when no target is named.
             let mut t = String::from(
@@ -682,21 +737,39 @@ impl Project {
         write(&self.root.join("bk-build.toml"), t);
     }
 
-    /// `docker buildx build` of the current project into a fresh directory.
+    /// `docker buildx build` of the current project into a fresh directory (for a compose
+    /// project, `docker buildx bake` of its compose file, which builds `base` inside `t`).
     fn oracle(&self) -> Result<Tree, String> {
         let dest = self.tmp.path().join(format!("buildx-{}", self.step));
         let mut c = docker();
-        c.args(["buildx", "build", "--progress", "quiet", "-f"])
-            .arg(self.root.join(self.form.dockerfile_path()))
-            .arg("--build-arg")
-            .arg(format!("SRC={}", self.src_arg));
-        if self.form.lib {
-            c.arg("--build-context")
-                .arg(format!("lib={}", self.root.join("lib").display()));
+        if self.file == ProjectFile::Compose {
+            c.current_dir(&self.root)
+                // Writing outside the current directory needs an entitlement in bake.
+                .env("BUILDX_BAKE_ENTITLEMENTS_FS", "0")
+                .args([
+                    "buildx",
+                    "bake",
+                    "--progress",
+                    "quiet",
+                    "-f",
+                    "compose.yaml",
+                ])
+                .arg("--set")
+                .arg(format!("t.output=type=local,dest={}", dest.display()))
+                .arg("t");
+        } else {
+            c.args(["buildx", "build", "--progress", "quiet", "-f"])
+                .arg(self.root.join(self.form.dockerfile_path()))
+                .arg("--build-arg")
+                .arg(format!("SRC={}", self.src_arg));
+            if self.form.lib {
+                c.arg("--build-context")
+                    .arg(format!("lib={}", self.root.join("lib").display()));
+            }
+            c.arg("-o")
+                .arg(format!("type=local,dest={}", dest.display()))
+                .arg(self.root.join("ctx"));
         }
-        c.arg("-o")
-            .arg(format!("type=local,dest={}", dest.display()))
-            .arg(self.root.join("ctx"));
         let o = quiet(&mut c);
         let t = if !o.status.success() {
             Err(format!(
@@ -773,11 +846,13 @@ impl Project {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
-        if let Some(u) = meta["t"].get("bk-build.uncovered") {
-            return Err(format!(
-                "the daemon read inputs the fingerprint did not cover: {u}\n    requests: {}",
-                meta["t"]["bk-build.sync"]
-            ));
+        for (name, m) in meta.as_object().into_iter().flatten() {
+            if let Some(u) = m.get("bk-build.uncovered") {
+                return Err(format!(
+                    "the daemon read inputs the fingerprint of {name} did not cover: {u}\n    requests: {}",
+                    m["bk-build.sync"]
+                ));
+            }
         }
         if !self.out.exists() {
             return Err(format!(
@@ -1281,7 +1356,11 @@ fn scripted_group_in(group: &str, forms: &[Form], file: ProjectFile) {
     let mut report = Report::new(group);
     for f in forms {
         let mut p = Project::with_file(*f, None, file);
-        for e in scripted(f) {
+        let mut edits = scripted(f);
+        if file == ProjectFile::Compose {
+            edits.extend(base_edits());
+        }
+        for e in edits {
             p.step(e);
         }
         report.add(p);
@@ -1358,6 +1437,18 @@ fn scripted_bake_file_project() {
         "scripted_bake_file_project",
         &[NAMED_LIB, OUTSIDE_NARROW, ARG_SRC],
         ProjectFile::BakeHcl,
+    );
+}
+
+/// The same for a compose project whose service builds on another service's image
+/// (`additional_contexts: {base: "service:base"}`): an edit of either service's inputs must
+/// rebuild `t`, and a touch or an ignored file must not.
+#[test]
+fn scripted_compose_project() {
+    scripted_group_in(
+        "scripted_compose_project",
+        &[NAMED_LIB, OUTSIDE_NARROW, ARG_SRC],
+        ProjectFile::Compose,
     );
 }
 
