@@ -231,106 +231,14 @@ fn parse<'a>(o: &'a Override) -> Result<Parsed<'a>, OverrideError> {
     })
 }
 
-/// Go's `path.Match` (what buildx matches `--set` target patterns with): `*` any run of
-/// characters but `/`, `?` one such character, `[…]` a class (`^` negates, `a-z` ranges),
-/// `\` escapes. `Err` for a malformed pattern.
+/// Go's `path.Match` (what buildx matches `--set` target patterns and requested names with):
+/// `*` any run of characters but `/`, `?` one such character, `[…]` a class (`^` negates,
+/// `a-z` ranges), `\` escapes. On Unix it is `filepath.Match`, which [`crate::fs`] already
+/// implements for `.dockerignore`. `Err` for a malformed pattern.
 pub fn glob_match(pattern: &str, name: &str) -> Result<bool, String> {
-    fn class(p: &[char], c: char) -> Result<(bool, usize), String> {
-        // p starts after '['; returns (matched, length of the class including ']').
-        let mut i = 0;
-        let negate = p.first() == Some(&'^');
-        if negate {
-            i += 1;
-        }
-        let mut matched = false;
-        let mut first = true;
-        loop {
-            let Some(&ch) = p.get(i) else {
-                return Err("a [ without its ]".into());
-            };
-            if ch == ']' && !first {
-                return Ok((matched != negate, i + 1));
-            }
-            first = false;
-            let lo = if ch == '\\' {
-                i += 1;
-                *p.get(i).ok_or("a \\ at the end")?
-            } else {
-                ch
-            };
-            i += 1;
-            let mut hi = lo;
-            if p.get(i) == Some(&'-') && p.get(i + 1).is_some_and(|c| *c != ']') {
-                i += 1;
-                hi = if p[i] == '\\' {
-                    i += 1;
-                    *p.get(i).ok_or("a \\ at the end")?
-                } else {
-                    p[i]
-                };
-                i += 1;
-            }
-            if lo <= c && c <= hi {
-                matched = true;
-            }
-        }
-    }
-    fn go(p: &[char], n: &[char]) -> Result<bool, String> {
-        let Some(&first) = p.first() else {
-            return Ok(n.is_empty());
-        };
-        match first {
-            '*' => {
-                // Check the rest of the pattern once, so a malformed tail is an error even
-                // when nothing is left to match.
-                let rest = &p[1..];
-                for k in 0..=n.len() {
-                    if k > 0 && n[k - 1] == '/' {
-                        break;
-                    }
-                    if go(rest, &n[k..])? {
-                        return Ok(true);
-                    }
-                }
-                if n.is_empty() {
-                    return go(rest, n);
-                }
-                Ok(false)
-            }
-            '?' => match n.first() {
-                Some(c) if *c != '/' => go(&p[1..], &n[1..]),
-                _ => Ok(false),
-            },
-            '[' => {
-                let Some(&c) = n.first() else {
-                    class(&p[1..], ' ')?;
-                    return Ok(false);
-                };
-                let (m, len) = class(&p[1..], c)?;
-                if m && c != '/' {
-                    go(&p[1 + len..], &n[1..])
-                } else {
-                    Ok(false)
-                }
-            }
-            '\\' => {
-                let Some(&lit) = p.get(1) else {
-                    return Err("a \\ at the end".into());
-                };
-                match n.first() {
-                    Some(c) if *c == lit => go(&p[2..], &n[1..]),
-                    _ => Ok(false),
-                }
-            }
-            lit => match n.first() {
-                Some(c) if *c == lit => go(&p[1..], &n[1..]),
-                _ => Ok(false),
-            },
-        }
-    }
-    let p: Vec<char> = pattern.chars().collect();
-    let n: Vec<char> = name.chars().collect();
-    go(&p, &n)
+    crate::fs::pattern::go_match(pattern, name).map_err(|_| {
+        "a malformed pattern (an unclosed [, a \\ at the end, or a bad range)".to_string()
+    })
 }
 
 /// The targets `pattern` names (buildx `expandTargets`).
