@@ -229,6 +229,28 @@ fn set_args_and_platform_change_what_is_built_and_what_plan_says() {
     assert_eq!(image_config(&e.repo("multi"), "1")["architecture"], "arm64");
 }
 
+/// An inline cache export writes the cache records into the image config, so adding or
+/// removing it changes the pushed image: it must never be skipped as unchanged.
+#[test]
+fn an_inline_cache_export_is_an_input() {
+    let e = Env::new("bakecli-inline");
+    let cache_key = "moby.buildkit.cache.v0";
+    e.bake(&["multi", "--push"]);
+    assert!(image_config(&e.repo("multi"), "1").get(cache_key).is_none());
+
+    let inline = "--set=multi.cache-to=type=inline";
+    let line = e.plan("multi", &["--push", inline]);
+    assert!(line.contains("build"), "{line}");
+    e.bake(&["multi", "--push", inline]);
+    assert!(
+        image_config(&e.repo("multi"), "1")[cache_key].is_string(),
+        "no inline cache in the pushed image config"
+    );
+    assert!(e.plan("multi", &["--push", inline]).contains("skip"));
+    // Taking it away changes the image again.
+    assert!(e.plan("multi", &["--push"]).contains("build"));
+}
+
 #[test]
 fn push_pushes_to_the_registry_and_load_loads_into_the_engine() {
     let e = Env::new("bakecli-push");

@@ -95,6 +95,16 @@ fn extra_inputs(t: &Target, scan: &graph::DockerfileScan) -> BTreeMap<String, St
         e.sort();
         m.insert("entitlements".into(), e.join(","));
     }
+    // An inline cache export writes the cache records into the image config
+    // (`moby.buildkit.cache.v0`), so it changes the image; other cache exports only write
+    // elsewhere (a cache-only run does not re-export them: README, "Build, re-tag or skip").
+    if t.cache_to
+        .iter()
+        .flat_map(|c| c.value())
+        .any(|c| c.kind == "inline")
+    {
+        m.insert("cache-to".into(), "inline".into());
+    }
     // Attestations are part of the pushed image (its index gains attestation manifests).
     for a in t.attest.iter().filter(|a| !a.disabled) {
         m.insert(format!("attest:{}", a.kind), a.frontend_value());
