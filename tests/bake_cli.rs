@@ -363,6 +363,54 @@ fn list_prints_what_buildx_prints() {
     }
 }
 
+/// Variables of a bake file: value in effect, declared type (`list of string`) and
+/// description, in buildx's table and JSON.
+#[test]
+fn list_variables_of_a_bake_file_match_buildx() {
+    let d = tempfile::tempdir().unwrap();
+    write(
+        &d.path().join("docker-bake.hcl"),
+        r#"
+variable "FLAVORS" {
+  type        = list(string)
+  default     = ["min", "full"]
+  description = "image flavors"
+}
+variable "N" {
+  type    = number
+  default = 2
+}
+variable "PUSH" { default = false }
+variable "TAG" { description = "the tag" }
+variable "RAW" {}
+target "default" {
+  context = "."
+}
+"#,
+    );
+    write(&d.path().join("Dockerfile"), "FROM scratch\n");
+    for list in ["variables", "type=variables,format=json"] {
+        let go = |mut c: std::process::Command| {
+            c.current_dir(d.path())
+                .env("N", "3")
+                .env_remove("TAG")
+                .args(["bake", "--list", list]);
+            run(&mut c)
+        };
+        let ours = go(bk());
+        let mut buildx = docker();
+        buildx.arg("buildx");
+        let theirs = go(buildx);
+        assert!(ours.status.success(), "{}", stderr(&ours));
+        assert!(theirs.status.success(), "{}", stderr(&theirs));
+        assert_eq!(
+            String::from_utf8_lossy(&ours.stdout),
+            String::from_utf8_lossy(&theirs.stdout),
+            "--list {list}"
+        );
+    }
+}
+
 /// bk-build.toml has no buildx counterpart: its groups and `[vars]` (with an
 /// environment override) in buildx's shapes.
 #[test]

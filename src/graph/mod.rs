@@ -139,6 +139,10 @@ pub enum GraphError {
     },
     #[error("no target named, and the project has no `default` group or target to build (as in buildx bake)\n  fix: name the targets or groups to build (one of: {known}), or add a group \"default\" {{ targets = [...] }}")]
     NoDefault { known: String },
+    /// A group named (directly or through another group) that the project could not expand;
+    /// the message names the file, line and key.
+    #[error("{0}")]
+    BrokenGroup(String),
     #[error("no target or group matches `{pattern}`\n  fix: use one of: {known}")]
     NoMatch { pattern: String, known: String },
     #[error("dependency cycle: {}\n{}  fix: remove one of these dependencies (a target cannot be built before itself)", path.join(" -> "), explain(reasons))]
@@ -313,6 +317,9 @@ fn resolve_names(project: &Project, names: &[String]) -> Result<BTreeSet<String>
         if project.targets.contains_key(n) {
             out.insert(n.clone());
         } else if let Some(members) = project.groups.get(n) {
+            if let Some(problem) = project.group_problems.get(n) {
+                return Err(GraphError::BrokenGroup(problem.clone()));
+            }
             if seen_groups.insert(n.clone()) {
                 todo.extend(members.iter().rev());
             }
@@ -375,6 +382,9 @@ pub fn printed(project: &Project, names_or_groups: &[String]) -> Result<Project,
             while let Some(g) = todo.pop() {
                 if groups.contains_key(&g) {
                     continue;
+                }
+                if let Some(problem) = project.group_problems.get(&g) {
+                    return Err(GraphError::BrokenGroup(problem.clone()));
                 }
                 let members = project.groups[&g].clone();
                 for m in &members {

@@ -21,6 +21,7 @@ impl Fixture {
             targets: BTreeMap::new(),
             groups: BTreeMap::new(),
             default_must_exist: false,
+            group_problems: BTreeMap::new(),
             warnings: Vec::new(),
             variables: Vec::new(),
         };

@@ -1396,6 +1396,7 @@ impl Loader<'_> {
             targets,
             groups,
             default_must_exist: false,
+            group_problems: BTreeMap::new(),
             warnings: Vec::new(),
             variables: Vec::new(),
         })

@@ -57,6 +57,10 @@ pub struct Project {
     /// in buildx: `failed to find target default`); when false, a project without one builds
     /// every target by default (bk-build.toml).
     pub default_must_exist: bool,
+    /// Groups that cannot be expanded (a bake-file group naming a target a matrix no longer
+    /// makes), with the complete message: as in buildx, only naming such a group (or a group
+    /// that contains it) fails, not loading the file.
+    pub group_problems: BTreeMap<String, String>,
     /// Things the user should see but that do not stop the load (compose: unset variables
     /// replaced by "", build keys bk-build ignores).
     pub warnings: Vec<String>,

@@ -899,6 +899,7 @@ pub(super) fn load(
         targets: targets.into_iter().map(|(k, (t, _))| (k, t)).collect(),
         groups,
         default_must_exist: false,
+        group_problems: BTreeMap::new(),
         warnings: Vec::new(),
         variables,
     })

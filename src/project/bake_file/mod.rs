@@ -882,7 +882,9 @@ fn convert_primitive(raw: &str, ty: &Type) -> Result<Value, String> {
             "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(Value::Bool(false)),
             _ => Err(format!("{raw:?} is not a bool")),
         },
+        // buildx converts with Go's strconv, which takes no surrounding spaces.
         Type::Number => value::parse_number(raw)
+            .filter(|_| raw.trim() == raw)
             .map(Value::Number)
             .ok_or_else(|| format!("{raw:?} is not a number")),
         _ => Ok(Value::str(raw)),
@@ -892,6 +894,14 @@ fn convert_primitive(raw: &str, ty: &Type) -> Result<Value, String> {
 /// buildx's `valueFromCSV`: lists, sets and tuples of primitives from `a,b,c`; maps from
 /// `k1:v1,k2:v2`.
 fn from_csv(raw: &str, ty: &Type) -> Result<Value, String> {
+    // An empty value holds no CSV record (buildx: "failed to convert variable … from CSV"),
+    // not one empty item: a CI job passing an unset variable must not build a `svc-` target.
+    if raw.is_empty() {
+        return Err(format!(
+            "an empty value is not a {}; unset the variable to use its default, or write the value as JSON in the _JSON variable (e.g. [])",
+            ty.name()
+        ));
+    }
     let fields = funcs::csv_fields(raw)?;
     let prim = |t: &Type| -> Result<(), String> {
         if t.is_primitive() {
@@ -1242,6 +1252,19 @@ fn from_eval(e: EvalError, key: &str, at: (usize, usize)) -> Fail {
 }
 
 impl<'a> Loader<'a> {
+    /// `f` as the complete message a deferred problem carries (file, line, key, fix).
+    fn rendered(&self, f: Fail) -> String {
+        let src = &self.files[f.file].0;
+        ProjectError::Invalid {
+            file: src.shown.clone(),
+            line: f.at.map(|o| line_of(&src.text, o)),
+            key: f.key,
+            problem: f.problem,
+            fix: f.fix,
+        }
+        .to_string()
+    }
+
     fn warn(&mut self, file: usize, at: usize, key: &str, what: &str) {
         let src = &self.files[file].0;
         self.warnings.push(format!(
@@ -1356,19 +1379,26 @@ impl<'a> Loader<'a> {
                 validate(&g, n, v)?;
             }
         }
-        // For `bake --list variables`: each variable's value in effect (its type and
-        // description are not shown yet).
+        // For `bake --list variables`: each variable's value in effect, declared type (as cty
+        // names it: `list of string`) and description.
         let mut variables: Vec<super::Variable> = Vec::new();
-        for n in g.variables.keys() {
-            let value = g
-                .resolve(n)
-                .ok()
-                .flatten()
-                .map(|v| v.to_str().unwrap_or_else(|_| v.to_json().to_string()));
+        for (n, b) in &g.variables {
+            let shown = |v: Value| v.to_str().unwrap_or_else(|_| v.to_json().to_string());
+            let value = g.resolve(n).ok().flatten().map(shown);
+            let type_name = b
+                .attr("type")
+                .and_then(|t| parse_type(t.expr).ok())
+                .map(|t| t.name());
+            let description = b
+                .attr("description")
+                .and_then(|d| g.eval_global(d.expr, d.file).ok())
+                .filter(|v| *v != Value::Null)
+                .map(shown);
             variables.push(super::Variable {
                 name: n.clone(),
                 value,
-                ..Default::default()
+                type_name,
+                description,
             });
         }
         // Function bodies are checked for unknown names only when called; buildx checks
@@ -1549,6 +1579,7 @@ impl<'a> Loader<'a> {
             }
         }
         let mut group_map: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut group_problems: BTreeMap<String, String> = BTreeMap::new();
         for (gname, members, origin) in &groups {
             let (file, at) = origin.map_or((0, None), |(f, a)| (f, Some(a)));
             if targets.contains_key(gname) {
@@ -1561,6 +1592,9 @@ impl<'a> Loader<'a> {
                 ));
             }
             for m in members {
+                if group_problems.contains_key(gname) {
+                    break;
+                }
                 if !targets.contains_key(m) && !groups.iter().any(|(n, _, _)| n == m) {
                     let known: Vec<&str> = target_names
                         .iter()
@@ -1570,13 +1604,14 @@ impl<'a> Loader<'a> {
                     let hint = suggest(m, known.iter().copied())
                         .map(|s| format!("did you mean `{s}`? "))
                         .unwrap_or_default();
-                    return Err(fail(
+                    let problem = fail(
                         file,
                         at,
                         format!("group.{gname}.targets"),
                         format!("`{m}` is neither a target nor a group"),
                         format!("{hint}define target \"{m}\" or remove it"),
-                    ));
+                    );
+                    group_problems.insert(gname.clone(), self.rendered(problem));
                 }
             }
             group_map.insert(gname.clone(), members.clone());
@@ -1596,6 +1631,7 @@ impl<'a> Loader<'a> {
             targets,
             groups: group_map,
             default_must_exist: true,
+            group_problems,
             warnings,
             variables,
         })
@@ -1758,17 +1794,7 @@ impl<'a> Loader<'a> {
         let mut unavailable = r.unavailable.clone();
         let defer = |u: &mut Option<String>, f: Fail| {
             if u.is_none() {
-                let src = &self.files[f.file].0;
-                *u = Some(
-                    ProjectError::Invalid {
-                        file: src.shown.clone(),
-                        line: f.at.map(|o| line_of(&src.text, o)),
-                        key: f.key,
-                        problem: f.problem,
-                        fix: f.fix,
-                    }
-                    .to_string(),
-                );
+                *u = Some(self.rendered(f));
             }
         };
         if let Some(call) = r.strings.get("call").filter(|c| *c != "build") {

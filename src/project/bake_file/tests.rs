@@ -96,6 +96,12 @@ target "app" {
         "{e}"
     );
     assert!(e.contains("docker-bake.hcl:4"), "{e}");
+    // As strictly as buildx: no spaces around a number, no empty list (an unset CI
+    // variable passed as "" must not make a one-item list of "").
+    let e = err(text, &[("N", " 4")]);
+    assert!(e.contains("not a number"), "{e}");
+    let e = err(text, &[("TAGS", "")]);
+    assert!(e.contains("TAGS=\"\"") && e.contains("empty value"), "{e}");
 }
 
 #[test]
@@ -526,4 +532,31 @@ fn an_attribute_set_twice_is_an_error() {
     assert!(e.contains(":3") && e.contains("redefined"), "{e}");
     let e = err("A = 1\nA = 2\ntarget \"a\" {}\n", &[]);
     assert!(e.contains(":2") && e.contains("redefined"), "{e}");
+}
+
+/// A group naming a target that is not there (a matrix variable set to other values) fails
+/// only when that group is asked for, as in buildx; the error still names file, line and key.
+#[test]
+fn a_group_with_a_missing_member_fails_only_when_named() {
+    let text = "variable \"FLAVORS\" {\n  type = list(string)\n  default = [\"min\"]\n}\ngroup \"default\" {\n  targets = [\"a\"]\n}\ntarget \"a\" {}\ntarget \"api\" {\n  name = \"api-${f}\"\n  matrix = { f = FLAVORS }\n}\ngroup \"apis\" {\n  targets = [\"api-min\"]\n}\n";
+    let (_d, p) = one(text, &[("FLAVORS", "x,y")]).unwrap();
+    assert_eq!(crate::graph::select(&p, &[]).unwrap(), ["a"]);
+    assert!(crate::graph::select(&p, &["api-x".into()]).is_ok());
+    let e = crate::graph::select(&p, &["apis".into()])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("docker-bake.hcl:14: group.apis.targets") && e.contains("api-min"),
+        "{e}"
+    );
+    let e = crate::graph::printed(&p, &["apis".into()])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("group.apis.targets"), "{e}");
+    // With the default list the group is whole again.
+    let (_d, p) = one(text, &[]).unwrap();
+    assert_eq!(
+        crate::graph::select(&p, &["apis".into()]).unwrap(),
+        ["api-min"]
+    );
 }
