@@ -825,8 +825,9 @@ impl DecideCtx<'_> {
             };
             if !present {
                 tp.reasons.push(format!(
-                    "image {} is not in the Docker Engine",
-                    delivery.engine_missing.join(", ")
+                    "{} in the Docker Engine does not name the image built last ({}), and that image is no longer there",
+                    delivery.engine_missing.join(", "),
+                    digest.as_deref().unwrap_or("unknown")
                 ));
                 return tp;
             }

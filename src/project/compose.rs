@@ -674,7 +674,7 @@ impl Loader<'_> {
                     &inc,
                     "include",
                     format!("expected a list, found {}", type_name(&inc)),
-                    "write include:\\n  - path/to/compose.yaml",
+                    "write include: [path/to/compose.yaml]",
                 ))
             }
         };
@@ -971,13 +971,13 @@ impl Loader<'_> {
         stack.push(me);
         let base = match &base_file {
             Some(f) => {
-                let text = std::fs::read_to_string(f).map_err(|e| ProjectError::Read {
-                    path: f.clone(),
-                    fix: format!(
-                        "{}: {ek}.file: paths are relative to the file that names them",
-                        self.shown[ext.src].display()
-                    ),
-                    source: e,
+                let text = std::fs::read_to_string(f).map_err(|e| {
+                    self.err(
+                        ext,
+                        &format!("{ek}.file"),
+                        format!("cannot read {}: {e}", f.display()),
+                        "paths are relative to the file that names them; name a compose file that exists",
+                    )
                 })?;
                 let src = self.add_file(f, f);
                 let own = Scope {
@@ -1232,7 +1232,7 @@ impl Loader<'_> {
                     v,
                     key,
                     format!("expected a list, found {}", type_name(v)),
-                    format!("write {}:\\n  - \"...\"", leaf(key)),
+                    format!("write {}: [\"...\"]", leaf(key)),
                 ))
             }
         };
@@ -1253,7 +1253,7 @@ impl Loader<'_> {
                 v,
                 key,
                 format!("expected a mapping, found {}", type_name(v)),
-                format!("write {}:\\n  KEY: value", leaf(key)),
+                format!("write {}: {{KEY: value}}", leaf(key)),
             )),
         }
     }
@@ -1713,7 +1713,7 @@ impl Loader<'_> {
                     v,
                     &key,
                     format!("expected a list, found {}", type_name(v)),
-                    "write secrets:\\n  - NAME",
+                    "write secrets: [NAME]",
                 ));
             };
             for (i, item) in items.iter().enumerate() {
@@ -1914,7 +1914,7 @@ impl Loader<'_> {
                 at,
                 key,
                 format!("secret `{source}` is not defined in the top-level secrets"),
-                format!("add secrets:\\n  {source}:\\n    file: ./path  (or environment: VAR)"),
+                format!("add a top-level secrets: {{{source}: {{file: ./path}}}} (or {{environment: VAR}})"),
             ));
         };
         let dk = format!("secrets.{source}");

@@ -695,7 +695,9 @@ pub fn call_function(v: &str) -> Result<Option<String>, String> {
     Ok(match name.as_deref() {
         None | Some("build") => None,
         Some("lint") => Some("check".to_string()),
-        Some(n) => Some(n.to_string()),
+        Some(n @ ("check" | "outline" | "targets")) => Some(n.to_string()),
+        // buildx: `invalid call ...` for anything its frontend does not answer.
+        Some(n) => return Err(format!("{n:?} is not a method bake can call")),
     })
 }
 

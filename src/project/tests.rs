@@ -871,6 +871,24 @@ fn compose_extends_in_the_same_file_and_from_another() {
         .unwrap_err()
         .to_string();
     assert_mentions(&msg, &["compose.yaml", "extends cycle"]);
+
+    // A missing extends file: the error names where it is named (file, line, key), not the
+    // missing file alone.
+    let d = compose_project(
+        &[(
+            "compose.yaml",
+            "services:\n  a:\n    build: app\n    extends: {file: nope.yaml, service: b}\n",
+        )],
+        &["app"],
+    );
+    let msg = load_in(d.path(), &["compose.yaml"], &[])
+        .unwrap_err()
+        .to_string();
+    let first = msg.lines().next().unwrap_or_default();
+    assert_mentions(
+        first,
+        &["compose.yaml:4", "services.a.extends.file", "nope.yaml"],
+    );
 }
 
 #[test]

@@ -323,4 +323,5 @@ fn call_function_reads_buildx_syntax() {
     );
     assert!(call_function("check,ignorestatus=maybe").is_err());
     assert!(call_function("check,outline").is_err());
+    assert!(call_function("nope").is_err_and(|e| e.contains("not a method")));
 }
