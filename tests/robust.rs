@@ -62,6 +62,51 @@ fn a_closed_pipe_ends_the_output_quietly() {
     }
 }
 
+/// `-o -` (the export as a tar on standard output) into a reader that stops early ends the
+/// way every other command's output does: quietly, exit 0, no broken-pipe error.
+#[test]
+fn a_tar_export_into_a_closed_pipe_ends_quietly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    // The tar of busybox is far larger than a pipe's buffer: the reader leaves mid-export.
+    write(
+        &ctx.join("Dockerfile"),
+        format!("FROM {}\nCOPY a.txt /\n", base_image()),
+    );
+    write(&ctx.join("a.txt"), unique("tar-to-pipe"));
+    let args = ["build", "--progress", "plain", "-o", "-", "ctx"];
+    let quiet = |o: &std::process::Output, how: &str| {
+        no_panic(o);
+        let err = stderr(o);
+        assert_eq!(o.status.code(), Some(0), "{how}: {err}");
+        for noise in ["roken pipe", "ERROR", "error"] {
+            assert!(!err.contains(noise), "{how}: {noise:?} in:\n{err}");
+        }
+        // The build itself ran to its end.
+        assert!(err.contains("exporting to client tarball"), "{how}: {err}");
+    };
+
+    // The reader is gone before the first byte.
+    let o = with_closed_stdout(bk().current_dir(tmp.path()).args(args));
+    quiet(&o, "closed before");
+
+    // `| head -c 100`: the reader takes 100 bytes, then exits.
+    let mut child = bk()
+        .current_dir(tmp.path())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut head = [0u8; 100];
+    std::io::Read::read_exact(&mut out, &mut head).unwrap();
+    drop(out);
+    let o = child.wait_with_output().unwrap();
+    assert_ne!(head, [0u8; 100], "the export started");
+    quiet(&o, "head -c 100");
+}
+
 #[test]
 fn a_full_disk_is_an_error_not_a_panic() {
     let full = std::fs::OpenOptions::new()

@@ -216,7 +216,7 @@ impl tonic::server::StreamingService<Bytes> for DiffCopy {
 }
 
 /// Writes the tar stream to `dest` (atomically: temp file in the same directory, renamed on
-/// success) or to stdout.
+/// success) or to stdout; stdout closed by its reader ends the output quietly (see [`discard`]).
 async fn receive_tar(dest: Option<&Path>, mut stream: Streaming<Bytes>) -> Result<(), String> {
     let target = dest
         .map(crate::fs::OutputFile::at)
@@ -244,21 +244,40 @@ async fn receive_tar(dest: Option<&Path>, mut stream: Streaming<Bytes>) -> Resul
         }
         None => (None, Box::new(std::io::stdout())),
     };
+    let to_stdout = target.is_none();
     while let Some(msg) = stream.next().await {
         let raw = msg.map_err(|s| format!("export stream failed: {}", s.message()))?;
         let m = crate::proto::moby::filesync::v1::BytesMessage::decode(raw)
             .map_err(|e| format!("export stream: bad message: {e}"))?;
         // Blocking write of one ≤3 MiB chunk: acceptable on the session task.
-        out.write_all(&m.data)
-            .map_err(|e| format!("writing export: {e}"))?;
+        match out.write_all(&m.data) {
+            Ok(()) => {}
+            Err(e) if to_stdout && e.kind() == std::io::ErrorKind::BrokenPipe => {
+                discard(stream).await;
+                return Ok(());
+            }
+            Err(e) => return Err(format!("writing export: {e}")),
+        }
     }
-    out.flush().map_err(|e| format!("writing export: {e}"))?;
+    match out.flush() {
+        Err(e) if to_stdout && e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        r => r.map_err(|e| format!("writing export: {e}"))?,
+    }
     drop(out);
     if let (Some(tmp), Some(crate::fs::OutputFile::Replace(p))) = (file, &target) {
         tmp.persist(p)
             .map_err(|e| format!("cannot move export into {}: {}", p.display(), e.error))?;
     }
     Ok(())
+}
+
+/// The rest of an export whose reader is gone: standard output was closed by its reader
+/// (`bk-build build -o - | head -c 100`). As for every other command's output, that ends the
+/// output quietly rather than failing the build: the export is read to its end and dropped,
+/// so the daemon finishes the build and its other outputs (`--push`, `--metadata-file`), and
+/// nothing reports a broken pipe.
+async fn discard(mut stream: Streaming<Bytes>) {
+    while let Some(Ok(_)) = stream.next().await {}
 }
 
 /// Hands the tar stream on to `out`, chunk by chunk; dropping `out` at the end ends it.
