@@ -473,8 +473,13 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
     Ok(())
 }
 
-async fn run_build(daemon_args: &DaemonArgs, a: &BuildArgs) -> Result<BuildResult> {
+/// Runs `bk-build build`; also says whether an export went to standard output.
+async fn run_build(daemon_args: &DaemonArgs, a: &BuildArgs) -> Result<(BuildResult, bool)> {
     let spec = build_spec(a)?;
+    let stdout_export = spec
+        .outputs
+        .iter()
+        .any(|o| o.dest == Some(options::OutputDest::Stdout));
     let mode: Mode = a.progress.parse()?;
     if let Some(m) = &a.metadata_file {
         // Fail before building when the metadata file cannot be written.
@@ -501,7 +506,7 @@ async fn run_build(daemon_args: &DaemonArgs, a: &BuildArgs) -> Result<BuildResul
         let doc = serde_json::to_vec_pretty(&result.metadata_json())?;
         write_atomic(m, &doc)?;
     }
-    Ok(result)
+    Ok((result, stdout_export))
 }
 
 /// `SOURCE_DATE_EPOCH` from the environment becomes the build arg of that name unless one is
@@ -943,8 +948,10 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Build(a) => {
-            let r = run_build(&cli.daemon, a).await?;
-            if let Some(d) = r.image_digest() {
+            let (r, stdout_export) = run_build(&cli.daemon, a).await?;
+            // Standard output that carries the export (`-o -`, `dest=-`) gets nothing else:
+            // a digest after the tarball would corrupt it (buildx prints none there either).
+            if let Some(d) = r.image_digest().filter(|_| !stdout_export) {
                 outln!("{d}")?;
             }
         }

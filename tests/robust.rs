@@ -107,6 +107,39 @@ fn a_tar_export_into_a_closed_pipe_ends_quietly() {
     quiet(&o, "head -c 100");
 }
 
+/// An image tarball on standard output (`-o type=oci,dest=-`) is all that goes there: the
+/// digest bk-build prints otherwise would land after the end of the archive.
+#[test]
+fn an_export_to_stdout_is_not_followed_by_the_digest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY a.txt /\n");
+    write(&ctx.join("a.txt"), unique("oci-to-stdout"));
+    for kind in ["oci", "docker"] {
+        let out = format!("type={kind},dest=-");
+        let o = run_ok(bk().current_dir(tmp.path()).args([
+            "build",
+            "--progress",
+            "quiet",
+            "-o",
+            &out,
+            "ctx",
+        ]));
+        let tar = &o.stdout;
+        // A tar ends with two zero blocks, and its length is a whole number of blocks.
+        assert!(
+            tar.len() >= 1024 && tar.len().is_multiple_of(512),
+            "{kind}: {} bytes",
+            tar.len()
+        );
+        assert!(
+            tar[tar.len() - 1024..].iter().all(|&b| b == 0),
+            "{kind}: something follows the archive: {:?}",
+            String::from_utf8_lossy(&tar[tar.len() - 100..])
+        );
+    }
+}
+
 #[test]
 fn a_full_disk_is_an_error_not_a_panic() {
     let full = std::fs::OpenOptions::new()
