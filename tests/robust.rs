@@ -488,6 +488,93 @@ fn buildkit_inline_cache_arg_writes_an_inline_cache_like_buildx() {
     assert!(image_config(&repo, "bk").get(KEY).is_none());
 }
 
+/// The records of the inline cache embedded in `repo:tag`'s image config.
+fn inline_cache_records(repo: &str, tag: &str) -> Vec<serde_json::Value> {
+    use base64::Engine;
+    let config = image_config(repo, tag);
+    let encoded = config["moby.buildkit.cache.v0"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{repo}:{tag} has no inline cache: {config}"));
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .unwrap();
+    serde_json::from_slice(&raw).unwrap()
+}
+
+/// Differential: with `--build-arg BUILDKIT_INLINE_CACHE=1 --push`, bk-build and buildx push
+/// the same image for the same context on the same daemon: the same manifest digest, so the
+/// same config and inline cache records.
+///
+/// Two things differ that do not come from the client, and the test controls both:
+/// - buildx adds a provenance attestation by default (an index around the image), which
+///   `bk-build build` does not make; the oracle runs with `--provenance=false`.
+/// - The inline cache of the build that *runs* a step on top of the base image holds one root
+///   record more (a record with neither layers nor links) than that of a build finding every
+///   step cached; buildx's own two builds of one context differ the same way. Which tool sees
+///   it depends on which builds first, so a warm-up build runs every step before the two
+///   builds compared.
+#[test]
+fn inline_cache_images_are_the_ones_buildx_pushes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    write(
+        &ctx.join("Dockerfile"),
+        format!(
+            "FROM {}\nRUN echo {} > /x\nWORKDIR /app\nCOPY . .\nRUN ls -la > /list\n",
+            base_image(),
+            unique("inline-diff")
+        ),
+    );
+    write(&ctx.join("a.txt"), unique("a"));
+    write(&ctx.join("ignored.txt"), "not sent");
+    write(&ctx.join(".dockerignore"), "ignored.txt\n");
+    let repo = unique("inline-diff");
+    let push = |tool: &str, tag: &str| {
+        let image = format!("localhost:5000/{repo}:{tag}");
+        let args = [
+            "--build-arg",
+            "BUILDKIT_INLINE_CACHE=1",
+            "--push",
+            "-t",
+            &image,
+            "ctx",
+        ];
+        if tool == "buildx" {
+            run_ok(
+                docker()
+                    .current_dir(tmp.path())
+                    .args(["buildx", "build", "--quiet", "--provenance=false"])
+                    .args(args),
+            );
+        } else {
+            run_ok(
+                bk().current_dir(tmp.path())
+                    .args(["build", "--progress", "quiet"])
+                    .args(args),
+            );
+        }
+        manifest_digest(&repo, tag).expect("pushed")
+    };
+    push("bk-build", "warm-up");
+    let theirs = push("buildx", "buildx");
+    let mine = push("bk-build", "bk");
+    assert_eq!(
+        inline_cache_records(&repo, "bk"),
+        inline_cache_records(&repo, "buildx"),
+        "inline cache records"
+    );
+    assert_eq!(image_config(&repo, "bk"), image_config(&repo, "buildx"));
+    assert_eq!(mine, theirs, "manifest digest");
+    // The records carry the layers (it is a cache, not just the key).
+    assert!(
+        inline_cache_records(&repo, "bk")
+            .iter()
+            .any(|r| r.get("layers").is_some()),
+        "{:?}",
+        inline_cache_records(&repo, "bk")
+    );
+}
+
 #[test]
 fn source_date_epoch_from_the_environment_reaches_the_build() {
     let tmp = tempfile::tempdir().unwrap();
