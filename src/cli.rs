@@ -1082,19 +1082,50 @@ pub fn main() -> ExitCode {
                 // Dropping the build future resets the Solve call (the daemon cancels the
                 // job) and closes the session; give the connection a moment to send that.
                 tokio::time::sleep(Duration::from_millis(300)).await;
-                eprintln!("interrupted: build canceled");
+                report_cancellation("interrupted").await;
                 ExitCode::from(EXIT_INTERRUPTED)
             }
             _ = terminated() => {
                 // As Ctrl-C: `docker stop`, CI job timeouts and `kill` send SIGTERM.
                 tokio::time::sleep(Duration::from_millis(300)).await;
-                eprintln!("terminated (SIGTERM): build canceled");
+                report_cancellation("terminated (SIGTERM)").await;
                 ExitCode::from(EXIT_TERMINATED)
             }
         }
     });
     rt.shutdown_timeout(Duration::from_secs(1));
     code
+}
+
+/// How long a canceled run waits for a Docker Engine that already received a whole image to
+/// say whether it loaded it.
+const CANCELED_LOAD_WAIT: Duration = Duration::from_secs(60);
+
+/// Says what a canceled run leaves behind: "build canceled", unless an image load into a
+/// Docker Engine was past the point of no return (the engine had the whole image). Then the
+/// engine's answer is awaited and reported, so the message never says "canceled" about an
+/// image that was loaded.
+async fn report_cancellation(how: &str) {
+    let engines = crate::build::settling_loads();
+    if engines.is_empty() {
+        eprintln!("{how}: build canceled");
+        return;
+    }
+    eprintln!(
+        "{how}: waiting for the Docker Engine at {} to finish loading the image it already received",
+        engines.join(", ")
+    );
+    let outcomes = crate::build::settle_canceled_loads(CANCELED_LOAD_WAIT).await;
+    let loaded = outcomes
+        .iter()
+        .any(|o| matches!(o, crate::build::CanceledLoad::Loaded { .. }));
+    let said: Vec<String> = outcomes.iter().map(ToString::to_string).collect();
+    let rest = if loaded {
+        "anything else still running was canceled"
+    } else {
+        "build canceled"
+    };
+    eprintln!("{how}: {}; {rest}", said.join("; "));
 }
 
 fn format_error(e: &anyhow::Error) -> String {

@@ -215,6 +215,83 @@ fn sigterm_cancels_the_build_and_says_so() {
     );
 }
 
+/// Whether the primary engine has an image tagged `tag`.
+fn engine_has(tag: &str) -> bool {
+    docker()
+        .args(["image", "inspect", "--format", "{{.Id}}", tag])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// SIGTERM while `--load` goes through the Engine API (`docker load`, what a buildkitd daemon
+/// uses; `BK_BUILD_LOAD_VIA_API=1` takes that path on an engine too), right after the daemon
+/// sent the whole image: what bk-build says must be what happened in the engine. The layer
+/// (60,000 empty files) is small to send and slow to unpack, so the signal lands while the
+/// engine is still loading.
+#[test]
+fn sigterm_during_an_image_load_reports_what_the_engine_did() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    write(
+        &ctx.join("Dockerfile"),
+        format!(
+            "FROM {}\nRUN mkdir /m && cd /m && seq 1 60000 | xargs touch && echo {} > /id\n",
+            base_image(),
+            unique("load-term")
+        ),
+    );
+    let tag = format!("{}:1", unique("load-term"));
+    let mut child = bk()
+        .current_dir(tmp.path())
+        .env("BK_BUILD_LOAD_VIA_API", "1")
+        .args(["build", "--progress", "plain", "--load", "-t", &tag, "ctx"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap()));
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        // The daemon has sent the whole tarball.
+        let sent = line.contains("sending tarball") && line.ends_with("done");
+        seen.push(line);
+        if sent {
+            // SAFETY: plain kill(2) on our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            break;
+        }
+    }
+    seen.extend(lines.map_while(Result::ok));
+    let status = child.wait().unwrap();
+    let err = seen.join("\n");
+    assert_eq!(status.code(), Some(143), "{err}");
+    let said_loaded = err.contains("the image was loaded into the Docker Engine");
+    if said_loaded {
+        assert!(engine_has(&tag), "said loaded, but it is not there:\n{err}");
+        assert!(err.contains(&tag), "names the image:\n{err}");
+        assert!(!err.contains("build canceled"), "{err}");
+    } else {
+        assert!(err.contains("build canceled"), "{err}");
+        // An engine that had the whole image finishes loading it after the client is gone:
+        // give it the time to show a load that was said to be canceled.
+        let mut appeared = false;
+        for _ in 0..40 {
+            appeared = engine_has(&tag);
+            if appeared {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let _ = docker().args(["rmi", "-f", &tag]).output();
+        assert!(
+            !appeared,
+            "said canceled, but the engine loaded {tag}:\n{err}"
+        );
+    }
+    let _ = docker().args(["rmi", "-f", &tag]).output();
+}
+
 /// Mode bits of a file bk-build wrote with umask `mask`.
 fn mode_with_umask(mask: u32, args: &[&str], file: &Path, dir: &Path) -> u32 {
     let _ = std::fs::remove_file(file);

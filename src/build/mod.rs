@@ -5,6 +5,7 @@
 //! This module knows BuildKit's frontend attributes and exporters. It does not know about
 //! project files, graphs, or how progress is drawn.
 
+mod load;
 mod request;
 
 use std::collections::BTreeMap;
@@ -21,6 +22,7 @@ use crate::session::oci_layout::Descriptor;
 use crate::session::{self, filesync::DirSyncReport, Session};
 use crate::transport::Daemon;
 
+pub use load::{settle_canceled_loads, settling_loads, CanceledLoad};
 pub use request::{local_name, plan_request, CacheIndexUpdate, PlannedRequest};
 
 /// Everything needed to build one image, as plain data.
@@ -81,6 +83,10 @@ impl BuildSpec {
                 .any(|o| o.kind == crate::options::OutputKind::Docker && o.dest.is_none())
     }
 }
+
+/// How long a failed build waits for an engine that already received the whole image to say
+/// whether it loaded it (a large image takes a while to unpack).
+const LOAD_ANSWER_WAIT: Duration = Duration::from_secs(60);
 
 /// The name of the Dockerfile frontend's step that resolves a base image (`FROM`, `COPY
 /// --from`), followed by the reference (BuildKit `dockerfile2llb`).
@@ -171,18 +177,18 @@ pub async fn build(
 
     // Image loads through the Engine API: the engine must be there before anything is built,
     // and reads the export while the daemon writes it.
-    let mut loads = Vec::new();
-    for (host, chunks) in planned.engine_loads {
-        crate::transport::docker_api_version(&host)
+    for (host, _) in &planned.engine_loads {
+        crate::transport::docker_api_version(host)
             .await
             .map_err(|e| {
                 BuildError::Invalid(format!(
                     "cannot load the image: no Docker Engine answered at {host} ({e}); set DOCKER_HOST to the engine to load into, or use --push or -o type=docker,dest=image.tar"
                 ))
             })?;
-        loads.push(tokio::spawn(async move {
-            crate::transport::docker_load_image(&host, chunks).await
-        }));
+    }
+    let mut loads = load::EngineLoads::new();
+    for (host, chunks) in planned.engine_loads {
+        loads.start(host, chunks);
     }
 
     for note in &planned.notes {
@@ -238,24 +244,31 @@ pub async fn build(
         Err(s) => {
             // A broken connection is not the daemon's answer: say what broke, and whether the
             // daemon is still there, instead of "failed to solve: transport error".
-            let message = match crate::transport::explain_lost_connection(daemon, &s).await {
+            let mut message = match crate::transport::explain_lost_connection(daemon, &s).await {
                 Some(lost) => format!("ERROR: build did not finish: {lost}"),
                 None => crate::progress::describe_build_error(&s),
             };
+            // The export may have reached the engine before the build failed.
+            for loaded in loads.after_failure(LOAD_ANSWER_WAIT).await {
+                message.push_str(&format!("\nnote: {loaded}"));
+            }
             return Err(BuildError::Failed { message });
         }
     };
-    for load in loads {
-        let loaded = load
-            .await
-            .unwrap_or_else(|e| Err(format!("the image load stopped: {e}")));
-        if let Err(why) = loaded {
-            return Err(BuildError::Export {
-                what: "image into the Docker Engine".into(),
-                why,
-            });
-        }
+    let engines = loads.engines();
+    if !engines.is_empty() {
+        progress.note(
+            prefix,
+            &format!(
+                "loading the image into the Docker Engine at {}",
+                engines.join(", ")
+            ),
+        );
     }
+    loads.finish().await.map_err(|why| BuildError::Export {
+        what: "image into the Docker Engine".into(),
+        why,
+    })?;
     if let Some(e) = export_errors.into_iter().next() {
         return Err(BuildError::Export {
             what: "build output".into(),

@@ -22,7 +22,10 @@ pub struct PlannedRequest {
     pub request: SolveRequest,
     pub session: SessionSpec,
     /// Image loads through the Engine API: the engine, and the export's tar stream for it.
-    pub engine_loads: Vec<(DockerHost, tokio::sync::mpsc::Receiver<bytes::Bytes>)>,
+    pub engine_loads: Vec<(
+        DockerHost,
+        tokio::sync::mpsc::Receiver<crate::session::StreamChunk>,
+    )>,
     /// Warnings to show before the build starts (e.g. a local cache import that is skipped).
     pub notes: Vec<String>,
     /// Local cache exports whose `index.json` the client updates after the build.

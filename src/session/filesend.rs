@@ -40,20 +40,31 @@ pub enum ExportTarget {
     Stream(StreamSink),
 }
 
+/// One message on an [`ExportTarget::Stream`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamChunk {
+    /// The next bytes of the export (≤ 3 MiB).
+    Data(Bytes),
+    /// The export ended complete; nothing follows. A channel that closes without it carried
+    /// an export that broke off (the daemon failed it, the session ended), which a reader must
+    /// treat as a failure, never as a short but whole export.
+    End,
+}
+
 /// The sending end of an [`ExportTarget::Stream`]: used by the first export stream that
 /// arrives, then dropped, so the receiver sees the end as soon as the export ends.
 #[derive(Clone)]
-pub struct StreamSink(Arc<Mutex<Option<mpsc::Sender<Bytes>>>>);
+pub struct StreamSink(Arc<Mutex<Option<mpsc::Sender<StreamChunk>>>>);
 
 impl StreamSink {
     /// A sink and the receiver its chunks arrive on; `depth` chunks (≤ 3 MiB each) may wait
     /// unread before the export waits for the reader.
-    pub fn new(depth: usize) -> (StreamSink, mpsc::Receiver<Bytes>) {
+    pub fn new(depth: usize) -> (StreamSink, mpsc::Receiver<StreamChunk>) {
         let (tx, rx) = mpsc::channel(depth.max(1));
         (StreamSink(Arc::new(Mutex::new(Some(tx)))), rx)
     }
 
-    fn take(&self) -> Option<mpsc::Sender<Bytes>> {
+    fn take(&self) -> Option<mpsc::Sender<StreamChunk>> {
         self.0.lock().ok().and_then(|mut s| s.take())
     }
 }
@@ -280,20 +291,22 @@ async fn discard(mut stream: Streaming<Bytes>) {
     while let Some(Ok(_)) = stream.next().await {}
 }
 
-/// Hands the tar stream on to `out`, chunk by chunk; dropping `out` at the end ends it.
+/// Hands the tar stream on to `out`, chunk by chunk, then [`StreamChunk::End`] when it ended
+/// complete; on a failure `out` is dropped without it.
 async fn receive_stream(
     mut stream: Streaming<Bytes>,
-    out: mpsc::Sender<Bytes>,
+    out: mpsc::Sender<StreamChunk>,
 ) -> Result<(), String> {
+    let stopped = |_| "the export's reader stopped reading (see its error)".to_string();
     while let Some(msg) = stream.next().await {
         let raw = msg.map_err(|s| format!("export stream failed: {}", s.message()))?;
         let m = crate::proto::moby::filesync::v1::BytesMessage::decode(raw)
             .map_err(|e| format!("export stream: bad message: {e}"))?;
-        out.send(Bytes::from(m.data))
+        out.send(StreamChunk::Data(Bytes::from(m.data)))
             .await
-            .map_err(|_| "the export's reader stopped reading (see its error)".to_string())?;
+            .map_err(stopped)?;
     }
-    Ok(())
+    out.send(StreamChunk::End).await.map_err(stopped)
 }
 
 /// Resolves a daemon-supplied relative path under `root`, refusing anything that escapes it.

@@ -32,7 +32,7 @@ use crate::proto::moby::filesync::v1::file_sync_server::FileSyncServer;
 use crate::proto::moby::sshforward::v1::ssh_server::SshServer;
 
 pub use content::{ContentStores, StoreSpec};
-pub use filesend::{ExportTarget, FileSendService, StreamSink};
+pub use filesend::{ExportTarget, FileSendService, StreamChunk, StreamSink};
 pub use filesync::{SyncDir, SyncRequest, SyncStats};
 
 /// gRPC limits: the daemon may send large messages; requests stay under old daemons' 4 MiB.

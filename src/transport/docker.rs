@@ -463,20 +463,19 @@ pub async fn image_id(host: &DockerHost, reference: &str) -> Result<Option<Strin
 
 /// Loads a `docker` exporter tarball into the engine's image store as it arrives, like
 /// `docker load`: `POST /images/load?quiet=1` (Engine API "Import images"), the body streamed
-/// from `chunks` with chunked transfer encoding, never held whole. Ends when `chunks` ends.
-/// Returns the engine's "Loaded image…" lines.
+/// from `body` with chunked transfer encoding, never held whole. The body ends when `body`
+/// does; an error from `body` breaks the request off (the engine then loads nothing), so a
+/// tarball that was cut short is never loaded as if it were whole. Returns the engine's
+/// "Loaded image…" lines. Dropping the future drops the connection with it.
 ///
 /// Errors (messages name the engine): it cannot be reached; it refused the request; its
 /// progress stream reported an error (`errorDetail`, e.g. a truncated tarball).
-pub async fn load_image(
-    host: &DockerHost,
-    chunks: tokio::sync::mpsc::Receiver<Bytes>,
-) -> Result<Vec<String>, String> {
+pub async fn load_image<S>(host: &DockerHost, body: S) -> Result<Vec<String>, String>
+where
+    S: futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+{
     use futures_util::StreamExt;
-    let body = http_body_util::StreamBody::new(
-        tokio_stream::wrappers::ReceiverStream::new(chunks)
-            .map(|b| Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(b))),
-    );
+    let body = http_body_util::StreamBody::new(body.map(|b| b.map(hyper::body::Frame::data)));
     let req = http::Request::post("/images/load?quiet=1")
         .header(http::header::HOST, "api.moby.localhost")
         .header(http::header::CONTENT_TYPE, "application/x-tar")
@@ -491,25 +490,35 @@ pub async fn load_image(
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| format!("cannot load the image: {}", explained(&e)))?;
-    let mut driver = tokio::spawn(conn);
-    let resp = match sender.send_request(req).await {
-        Ok(r) => r,
+    // The connection is driven here, not in a task of its own, so that dropping this future
+    // (a build that is canceled) also ends the request.
+    let mut conn = std::pin::pin!(conn);
+    let exchange = async {
+        let resp = sender.send_request(req).await?;
+        let status = resp.status();
+        let text = resp.into_body().collect().await?.to_bytes();
+        Ok::<_, hyper::Error>((status, text))
+    };
+    let mut exchange = std::pin::pin!(exchange);
+    let answered = tokio::select! {
+        r = &mut exchange => r,
+        c = &mut conn => match c {
+            Err(e) => Err(e),
+            // The engine closed the connection: what it answered before is still to be read.
+            Ok(()) => exchange.await,
+        },
+    };
+    let (status, text) = match answered {
+        Ok(a) => a,
         Err(e) => {
             // The connection's own error says more than the request's "canceled".
-            let why = match tokio::time::timeout(Duration::from_secs(2), &mut driver).await {
-                Ok(Ok(Err(conn_err))) => explained(&conn_err),
+            let why = match tokio::time::timeout(Duration::from_secs(2), &mut conn).await {
+                Ok(Err(conn_err)) => explained(&conn_err),
                 _ => explained(&e),
             };
             return Err(format!("loading the image into {host}: {why}"));
         }
     };
-    let status = resp.status();
-    let text = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("reading {host}'s answer to the image load: {e}"))?
-        .to_bytes();
     let text = String::from_utf8_lossy(&text);
     if !status.is_success() {
         return Err(format!(
