@@ -270,29 +270,43 @@ fn missing_local_cache_is_skipped_with_a_warning_like_buildx() {
         "FROM scratch\nCOPY Dockerfile /d\n",
     );
     let missing = tmp.path().join("no-cache-here");
-    let o = run_ok(
-        bk().args(["build", "--progress", "plain", "--cache-from"])
-            .arg(format!("type=local,src={}", missing.display()))
-            .arg("-o")
-            .arg(format!(
-                "type=local,dest={}",
-                tmp.path().join("out").display()
-            ))
-            .arg(&ctx),
-    );
-    assert!(stderr(&o).contains("skipped"), "{}", stderr(&o));
-    assert!(!missing.exists(), "an import must not create the directory");
-    run_ok(
-        docker()
-            .args(["buildx", "build", "--progress", "plain", "--cache-from"])
-            .arg(format!("type=local,src={}", missing.display()))
-            .arg("-o")
-            .arg(format!(
-                "type=local,dest={}",
-                tmp.path().join("out-bx").display()
-            ))
-            .arg(&ctx),
-    );
+    // The warning shows in quiet mode too: buildx prints its client-side warnings whatever
+    // the progress mode.
+    for mode in ["plain", "quiet"] {
+        let o = run_ok(
+            bk().args(["build", "--progress", mode, "--cache-from"])
+                .arg(format!("type=local,src={}", missing.display()))
+                .arg("-o")
+                .arg(format!(
+                    "type=local,dest={}",
+                    tmp.path().join("out").display()
+                ))
+                .arg(&ctx),
+        );
+        let err = stderr(&o);
+        assert!(
+            err.contains("warning: --cache-from type=local"),
+            "{mode}: {err}"
+        );
+        assert!(err.contains("skipped"), "{mode}: {err}");
+        assert!(!missing.exists(), "an import must not create the directory");
+        let o = run_ok(
+            docker()
+                .args(["buildx", "build", "--progress", mode, "--cache-from"])
+                .arg(format!("type=local,src={}", missing.display()))
+                .arg("-o")
+                .arg(format!(
+                    "type=local,dest={}",
+                    tmp.path().join("out-bx").display()
+                ))
+                .arg(&ctx),
+        );
+        assert!(
+            stderr(&o).contains("WARNING: local cache import at"),
+            "the oracle warns in {mode} mode too: {}",
+            stderr(&o)
+        );
+    }
 }
 
 #[test]

@@ -260,7 +260,7 @@ pub async fn execute(
                 with_image_deps(c, &tp.image_deps, |d| snapshot.get(d).cloned())
             });
             let Some(fp) = fp else {
-                progress.note(Some(&name), "warning: not recorded (a base's digest is unknown)");
+                progress.warning(Some(&name), "not recorded (a base's digest is unknown)");
                 return Ok(Done::Built(Box::new(r), Vec::new()));
             };
             let dockerfile = spec.dockerfile.clone().unwrap_or_else(|| spec.context.join("Dockerfile"));
@@ -330,7 +330,7 @@ pub async fn execute(
                 local_bases: tp.local_bases.clone(),
             };
             if let Err(e) = state.record(&name, &rec, &fp.manifest) {
-                progress.note(Some(&name), &format!("warning: could not record state: {e}"));
+                progress.warning(Some(&name), &format!("could not record state: {e}"));
             }
             if uncovered.is_empty() && opts.ledger {
                 write_ledger(t, Some(&fp.key), digest.as_deref(), progress, &name).await;
@@ -539,7 +539,7 @@ fn record(state: &StateStore, progress: &Progress, name: &str, tp: &TargetPlan, 
         local_bases: tp.local_bases.clone(),
     };
     if let Err(e) = state.record(name, &rec, &full.manifest) {
-        progress.note(Some(name), &format!("warning: could not record state: {e}"));
+        progress.warning(Some(name), &format!("could not record state: {e}"));
     }
 }
 
@@ -557,9 +557,9 @@ async fn write_ledger(
     };
     let entry = format!("{home}:{}", fingerprint::ledger_tag(key));
     if let Err(e) = crate::registry::tag_existing(&format!("{home}@{digest}"), &entry).await {
-        progress.note(
+        progress.warning(
             Some(name),
-            &format!("warning: could not record the result in the registry ledger ({entry}): {e}"),
+            &format!("could not record the result in the registry ledger ({entry}): {e}"),
         );
     }
 }

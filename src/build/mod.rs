@@ -191,8 +191,8 @@ pub async fn build(
         loads.start(host, chunks);
     }
 
-    for note in &planned.notes {
-        progress.note(prefix, note);
+    for warning in &planned.warnings {
+        progress.warning(prefix, warning);
     }
     let session_spec = planned.session;
     let content = session_spec.content.clone();
@@ -296,7 +296,10 @@ pub async fn build(
             why,
         })?;
         for n in notes {
-            progress.note(prefix, &n);
+            match n {
+                Notice::Note(text) => progress.note(prefix, &text),
+                Notice::Warning(text) => progress.warning(prefix, &text),
+            }
         }
     }
     if let Some((store_id, dir)) = planned.image_layout {
@@ -336,15 +339,22 @@ fn cache_manifest_descriptor(v: &str) -> Option<Descriptor> {
     })
 }
 
+/// Something to tell the user after the build, shown by [`Progress`].
+enum Notice {
+    Note(String),
+    /// Shown in every progress mode, also `quiet`.
+    Warning(String),
+}
+
 /// Tags the cache manifest the daemon wrote to one local cache directory, then applies
 /// `reset=true`. The daemon reports only the last cache export's manifest, so with several
-/// exports the others are found among the blobs each directory received. Returns notes for
+/// exports the others are found among the blobs each directory received. Returns notices for
 /// the user; `Err` when the export cannot be recorded.
 fn record_cache_export(
     content: &session::ContentStores,
     update: &CacheIndexUpdate,
     reported: Option<&Descriptor>,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<Notice>, String> {
     let dir = update.dir.display();
     let received = content.received(&update.store_id);
     let layout = content
@@ -353,9 +363,9 @@ fn record_cache_export(
     if received.is_empty() {
         // BuildKit skips a cache export with no layers ("skipping cache export for empty
         // result"); the directory keeps what it had.
-        return Ok(vec![format!(
+        return Ok(vec![Notice::Note(format!(
             "cache export to {dir}: the daemon exported nothing (no layers to cache); index.json unchanged"
-        )]);
+        ))]);
     }
     let manifest = match reported.filter(|d| received.contains(&d.digest)) {
         Some(d) => d.clone(),
@@ -379,12 +389,14 @@ fn record_cache_export(
     if update.reset {
         match layout.remove_unreferenced() {
             Ok((0, _)) => {}
-            Ok((n, bytes)) => notes.push(format!(
+            Ok((n, bytes)) => notes.push(Notice::Note(format!(
                 "cache export to {dir}: reset removed {n} unreferenced blobs ({})",
                 crate::progress::format_bytes(bytes as i64)
-            )),
+            ))),
             // BuildKit's client only warns: the export itself succeeded.
-            Err(e) => notes.push(format!("warning: cache export to {dir}: reset failed: {e}")),
+            Err(e) => notes.push(Notice::Warning(format!(
+                "cache export to {dir}: reset failed: {e}"
+            ))),
         }
     }
     Ok(notes)

@@ -26,8 +26,9 @@ pub struct PlannedRequest {
         DockerHost,
         tokio::sync::mpsc::Receiver<crate::session::StreamChunk>,
     )>,
-    /// Warnings to show before the build starts (e.g. a local cache import that is skipped).
-    pub notes: Vec<String>,
+    /// Warnings to show before the build starts (e.g. a local cache import that is skipped),
+    /// without the `warning:` that [`crate::progress::Progress::warning`] puts before them.
+    pub warnings: Vec<String>,
     /// Local cache exports whose `index.json` the client updates after the build.
     pub cache_indexes: Vec<CacheIndexUpdate>,
     /// `-o type=oci|docker,tar=false` outputs: the layout directory whose `index.json` the
@@ -296,7 +297,7 @@ pub fn plan_request(
     // Session content stores, by store ID; cache exports first, so that a directory that is
     // both imported from and exported to is one writable store.
     let mut stores: BTreeMap<String, StoreSpec> = BTreeMap::new();
-    let mut notes = Vec::new();
+    let mut warnings = Vec::new();
     let mut cache_indexes = Vec::new();
     let mut cache_to = Vec::new();
     for mut c in cache_exports(spec) {
@@ -349,8 +350,8 @@ pub fn plan_request(
                     c.attrs.insert("digest".into(), digest.to_string());
                 }
                 Err(why) => {
-                    notes.push(format!(
-                        "warning: --cache-from type=local,src={} skipped: {why}",
+                    warnings.push(format!(
+                        "--cache-from type=local,src={} skipped: {why}",
                         l.dir.display()
                     ));
                     continue;
@@ -644,7 +645,7 @@ pub fn plan_request(
         request,
         session,
         engine_loads,
-        notes,
+        warnings,
         cache_indexes,
         image_layout,
     })

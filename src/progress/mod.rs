@@ -139,6 +139,7 @@ pub struct TargetReport {
 enum Event {
     Status(Option<String>, Box<StatusResponse>),
     Note(Option<String>, String),
+    Warning(Option<String>, String),
     Finish,
 }
 
@@ -230,6 +231,15 @@ impl Progress {
             .tx
             .send(Event::Note(target.map(str::to_string), text.to_string()));
     }
+
+    /// A warning of bk-build's own (e.g. a `--cache-from` that is skipped), shown as a note
+    /// `warning: TEXT` in every mode, also `Quiet`: buildx prints its client-side warnings
+    /// whatever the progress mode (they are log lines, not progress).
+    pub fn warning(&self, target: Option<&str>, text: &str) {
+        let _ = self
+            .tx
+            .send(Event::Warning(target.map(str::to_string), text.to_string()));
+    }
 }
 
 impl ProgressTask {
@@ -308,6 +318,7 @@ impl Printer {
                 Some(Event::Finish) => break,
                 Some(Event::Status(target, msg)) => self.on_status(target, &msg),
                 Some(Event::Note(target, text)) => self.on_note(target, text),
+                Some(Event::Warning(target, text)) => self.on_warning(target, text),
             }
         }
         self.finish()
@@ -374,6 +385,17 @@ impl Printer {
                 self.redraw(false);
             }
             Mode::Quiet => {}
+        }
+    }
+
+    fn on_warning(&mut self, target: Option<String>, text: String) {
+        let text = format!("warning: {text}");
+        if self.mode == Mode::Quiet {
+            let ti = self.target(target);
+            let name = self.targets[ti].name.clone();
+            self.write_lines(name.as_deref(), &[text]);
+        } else {
+            self.on_note(target, text);
         }
     }
 
@@ -657,6 +679,32 @@ mod tests {
         assert_eq!(report.targets.len(), 3);
         assert_eq!(report.vertices_total, 2);
         assert_eq!(report.targets[0].target.as_deref(), Some("api"));
+    }
+
+    #[tokio::test]
+    async fn warnings_show_in_every_mode_notes_not_in_quiet() {
+        for mode in [Mode::Quiet, Mode::Plain] {
+            let (p, task, buf) = start(mode);
+            p.note(None, "building: inputs changed");
+            p.warning(
+                Some("web"),
+                "--cache-from type=local,src=c skipped: no index.json",
+            );
+            drop(p);
+            task.finish().await;
+            let text = buf.text();
+            assert!(
+                text.contains(
+                    "[web] warning: --cache-from type=local,src=c skipped: no index.json\n"
+                ),
+                "{mode}: {text:?}"
+            );
+            assert_eq!(
+                text.contains("building:"),
+                mode != Mode::Quiet,
+                "{mode}: {text:?}"
+            );
+        }
     }
 
     #[tokio::test]
