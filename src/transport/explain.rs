@@ -254,7 +254,7 @@ fn explain_tls(peer: &Peer, r: &rustls::Error) -> String {
         | rustls::Error::InappropriateMessage { .. }
         | rustls::Error::InappropriateHandshakeMessage { .. } => format!(
             "{what} does not speak TLS (it answered something else: {r}), but {} asks for TLS: {}",
-            t.origin(),
+            t.requested_by(),
             t.disable_fix()
         ),
         _ => format!("TLS with {what} failed ({r}); TLS settings from {}", t.origin()),

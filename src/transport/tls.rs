@@ -91,6 +91,18 @@ impl TlsFiles {
         }
     }
 
+    /// What asks for TLS, for messages: the setting to change to connect without it.
+    pub(crate) fn requested_by(&self) -> String {
+        match &self.source {
+            TlsSource::Flags => "the --tls* flags".into(),
+            // Only DOCKER_TLS_VERIFY turns TLS on; DOCKER_CERT_PATH just says where the files are.
+            TlsSource::DockerEnv { .. } => "DOCKER_TLS_VERIFY".into(),
+            TlsSource::DockerContext { name, .. } => {
+                format!("docker context {name:?} (it has TLS files)")
+            }
+        }
+    }
+
     /// Where these settings came from, for messages.
     pub(crate) fn origin(&self) -> String {
         match &self.source {
