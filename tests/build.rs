@@ -443,11 +443,34 @@ fn bad_inputs_give_clear_errors() {
         &run(bk().args(["build", "-o", "type=local"]).arg(&ctx)),
         &["--output", "dest"],
     );
+    // A socket that is not there: said so, with how to start a daemon there or where else
+    // to point.
     assert_clean_error(
         &run(bk()
             .args(["--addr", "unix:///nonexistent/buildkitd.sock", "build"])
             .arg(&ctx)),
-        &["/nonexistent/buildkitd.sock", "does not exist"],
+        &[
+            "no socket at /nonexistent/buildkitd.sock",
+            "directory /nonexistent does not exist",
+            "buildkitd --addr unix:///nonexistent/buildkitd.sock",
+            "point --addr (or BUILDKIT_HOST) at a running daemon",
+            "docker://",
+        ],
+    );
+    let sock = format!("unix://{}", tmp.path().join("missing.sock").display());
+    assert_clean_error(
+        &run(bk().args(["--addr", &format!("docker://{sock}"), "info"])),
+        &[
+            "the Docker Engine",
+            "no socket at",
+            &format!("dockerd -H {sock}"),
+        ],
+    );
+    assert_clean_error(
+        &run(bk()
+            .env("DOCKER_HOST", &sock)
+            .args(["--addr", "docker://", "info"])),
+        &["no socket at", "point DOCKER_HOST at"],
     );
     assert_clean_error(
         &run(bk().args(["--addr", "tcp://127.0.0.1:9", "info"])),

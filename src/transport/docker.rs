@@ -669,6 +669,12 @@ pub(crate) async fn channel(
         why,
     };
     if let Endpoint::Unix(p) = &host.endpoint {
+        if !p.exists() && host.origin != Origin::Default {
+            return Err(TransportError::Failed(explain::missing_socket(
+                &host.peer(),
+                p,
+            )));
+        }
         if !p.exists() {
             return Err(conn_err(format!(
                 "{} does not exist: is dockerd running? (check {})",

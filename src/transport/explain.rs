@@ -185,6 +185,34 @@ pub(crate) fn explain(peer: &Peer, e: &(dyn Error + 'static)) -> String {
     }
 }
 
+/// `peer` was to be reached on the unix socket `path`, which does not exist: no daemon
+/// listens there. Says how to start one there, or where else to point.
+pub(crate) fn missing_socket(peer: &Peer, path: &std::path::Path) -> String {
+    let url = format!("unix://{}", path.display());
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() && !d.is_dir() => {
+            format!(" (its directory {} does not exist either)", d.display())
+        }
+        _ => String::new(),
+    };
+    let (start, elsewhere) = match peer.docker {
+        Some(_) => (
+            format!("start dockerd with that socket (`dockerd -H {url}`, or `systemctl start docker` for the default /var/run/docker.sock)"),
+            "the socket of a running Docker Engine (`docker context ls` lists the ones the docker CLI knows)",
+        ),
+        None => (
+            format!("start buildkitd on it (`buildkitd --addr {url}`; rootless: `rootlesskit buildkitd`)"),
+            "a running daemon: unix:///run/buildkit/buildkitd.sock for a rootful buildkitd, $XDG_RUNTIME_DIR/buildkit/buildkitd.sock for a rootless one, docker:// for the Docker Engine",
+        ),
+    };
+    format!(
+        "cannot reach {}: there is no socket at {}{dir}, so no daemon listens there. Either {start}, or point {} at {elsewhere}.",
+        peer.what,
+        path.display(),
+        peer.setting()
+    )
+}
+
 fn explain_tls(peer: &Peer, r: &rustls::Error) -> String {
     let what = &peer.what;
     let Some(t) = peer.tls else {

@@ -339,7 +339,7 @@ pub async fn connect(
         // A configured Docker Engine (DOCKER_HOST or a context) is the user's choice: its
         // error is the answer, not one line among the tried sockets.
         let chosen = matches!(&address, Address::Docker(h) if h.origin != DockerOrigin::Default);
-        match connect_address(address.clone(), tls, timeout).await {
+        match connect_one(address.clone(), tls, timeout, chosen).await {
             Ok(d) => return Ok(d),
             Err(e) if chosen => return Err(e),
             Err(e) => tried.push(format!("  {address}: {e}")),
@@ -417,6 +417,18 @@ pub async fn connect_address(
     tls: &TlsOptions,
     timeout: Duration,
 ) -> Result<Daemon, TransportError> {
+    connect_one(address, tls, timeout, true).await
+}
+
+/// [`connect_address`]; `chosen` when the user named the address (flag, environment, docker
+/// context), so that a missing socket is explained with the fix rather than listed as one of
+/// the places discovery looked.
+async fn connect_one(
+    address: Address,
+    tls: &TlsOptions,
+    timeout: Duration,
+    chosen: bool,
+) -> Result<Daemon, TransportError> {
     let conn_err = |why: String| TransportError::Connect {
         addr: address.to_string(),
         why,
@@ -429,6 +441,12 @@ pub async fn connect_address(
                 ));
             }
             if !path.exists() {
+                if chosen {
+                    let peer = peer_of(&address, None);
+                    return Err(TransportError::Failed(explain::missing_socket(
+                        &peer, &path,
+                    )));
+                }
                 return Err(conn_err(format!("{} does not exist", path.display())));
             }
             let ch = unix_channel(path.clone(), timeout)
