@@ -547,6 +547,46 @@ fn load_project(a: &ProjectArgs, with_overrides: bool) -> Result<crate::project:
     Ok(project)
 }
 
+/// A project that defines no targets has nothing to plan or build: an error naming its files
+/// and how to add one (buildx fails alike: "couldn't find a bake definition").
+fn ensure_targets(project: &crate::project::Project) -> Result<()> {
+    if !project.targets.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<String> = project
+        .files
+        .iter()
+        .map(|f| {
+            if f.as_os_str() == "-" {
+                "standard input".to_string()
+            } else {
+                f.display().to_string()
+            }
+        })
+        .collect();
+    let ext = |f: &&PathBuf| {
+        f.extension()
+            .map(|e| e.to_string_lossy().to_ascii_lowercase())
+            .unwrap_or_default()
+    };
+    let mut fixes = Vec::new();
+    let kinds: Vec<String> = project.files.iter().map(|f| ext(&f)).collect();
+    if kinds.iter().any(|k| k == "toml") {
+        fixes.push("in bk-build.toml, a table per image: [target.app] with context = \"app\" (see examples/monorepo)");
+    }
+    if kinds.iter().any(|k| k == "yml" || k == "yaml") {
+        fixes.push("in a compose file, a service with a build: section (services with only image: are pulled, not built)");
+    }
+    if kinds.iter().any(|k| k == "hcl" || k == "json") || fixes.is_empty() {
+        fixes.push("in a bake file, a block target \"app\" { context = \"app\" }");
+    }
+    anyhow::bail!(
+        "{}: no targets: the project defines nothing to build\n  fix: add one: {}",
+        names.join(", "),
+        fixes.join("; or ")
+    )
+}
+
 /// Opens the project's state (taking its lock) and plans the run.
 async fn plan_project(
     daemon_args: &DaemonArgs,
@@ -558,6 +598,7 @@ async fn plan_project(
     crate::bake::BakePlan,
 )> {
     let project = load_project(a, true)?;
+    ensure_targets(&project)?;
     crate::project::materialize(&project)?;
     crate::timing::mark("project loaded");
     let state = crate::fingerprint::StateStore::open_with(&project.root, lock_wait, &mut |msg| {
@@ -822,6 +863,7 @@ async fn run_bake(daemon_args: &DaemonArgs, a: &BakeArgs) -> Result<bool> {
     }
     if a.print {
         let project = load_project(&a.project, true)?;
+        ensure_targets(&project)?;
         // Only what was asked for, as buildx prints it.
         let shown = crate::graph::printed(&project, &a.project.targets)?;
         outln!(

@@ -466,6 +466,36 @@ fn deeply_nested_variables_are_refused_clearly() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("\"X\": \"x\""));
 }
 
+/// A project file that defines no targets (empty, only variables, only `image:` services) is
+/// an error naming the file and saying how to add a target, never a run that silently plans
+/// and builds nothing (buildx: "couldn't find a bake definition").
+#[test]
+fn a_project_without_targets_is_an_error_with_the_fix() {
+    let cases = [
+        ("bk-build.toml", "", "[target.app]"),
+        ("bk-build.toml", "[vars]\nTAG = \"1\"\n", "[target.app]"),
+        ("docker-bake.hcl", "", "target \"app\""),
+        (
+            "compose.yaml",
+            "services:\n  web:\n    image: nginx\n",
+            "build: section",
+        ),
+    ];
+    for (file, text, fix) in cases {
+        let tmp = tempfile::tempdir().unwrap();
+        write(&tmp.path().join(file), text);
+        for args in [&["plan"][..], &["bake"], &["bake", "--print"]] {
+            let o = run_bounded(tmp.path(), args);
+            no_panic(&o);
+            let err = stderr(&o);
+            assert_eq!(o.status.code(), Some(1), "{file} {args:?}: {err}");
+            assert!(err.contains("no targets"), "{file} {args:?}: {err}");
+            assert!(err.contains(file), "names the file: {err}");
+            assert!(err.contains(fix), "{file} {args:?}: says how: {err}");
+        }
+    }
+}
+
 #[test]
 fn long_values_are_not_echoed_back_in_full() {
     let tmp = tempfile::tempdir().unwrap();
