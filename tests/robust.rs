@@ -351,6 +351,91 @@ fn written_files_honour_the_umask() {
     }
 }
 
+/// Modes of what a build created under `root`, by path (blob names folded into `<blob>`;
+/// below a `local` export's destination only the destination itself, whose contents have
+/// the image's modes).
+fn created_modes(root: &Path) -> std::collections::BTreeMap<String, String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            let md = std::fs::symlink_metadata(&p).unwrap();
+            let mut rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            if let Some(i) = rel.find("blobs/sha256/") {
+                rel.replace_range(i + "blobs/sha256/".len().., "<blob>");
+            }
+            let kind = if md.is_dir() { "dir" } else { "file" };
+            out.insert(rel, format!("{kind} {:o}", md.mode() & 0o7777));
+            if md.is_dir() && !p.ends_with("local/out") {
+                stack.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// With umask 000, what bk-build creates for client-side outputs gets buildx's modes: OCI
+/// layouts (`--cache-to type=local`, `-o type=oci,tar=false`) and their parents 0755,
+/// `index.json` and `oci-layout` 0644, blobs 0444, `ingest/` 0777 (containerd's), a `local`
+/// export's destination 0700. Differential with `docker buildx build` on the same daemon.
+#[test]
+fn created_directories_have_buildxs_modes_whatever_the_umask() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    write(
+        &ctx.join("Dockerfile"),
+        format!("FROM {}\nRUN echo {} > /x\n", base_image(), unique("modes")),
+    );
+    let run_umask_0 = |mut cmd: Command| {
+        // SAFETY: umask(2) is async-signal-safe; it runs in the forked child before exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::umask(0);
+                Ok(())
+            });
+        }
+        run_ok(cmd.current_dir(tmp.path()));
+    };
+    let build = |tool: &dyn Fn() -> Command, root: &Path| {
+        let dest = |what: &str| root.join(what).join("out").display().to_string();
+        let mut cmd = tool();
+        cmd.arg("--cache-to")
+            .arg(format!("type=local,dest={}", dest("cache")))
+            .arg("-o")
+            .arg(format!("type=oci,tar=false,dest={}", dest("oci")))
+            .arg("ctx");
+        run_umask_0(cmd);
+        let mut cmd = tool();
+        cmd.arg("-o")
+            .arg(format!("type=local,dest={}", dest("local")))
+            .arg("ctx");
+        run_umask_0(cmd);
+    };
+    let mine = tmp.path().join("bk");
+    let theirs = tmp.path().join("bx");
+    build(
+        &|| {
+            let mut c = bk();
+            c.args(["build", "--progress", "quiet"]);
+            c
+        },
+        &mine,
+    );
+    build(
+        &|| {
+            let mut c = docker();
+            c.args(["buildx", "build", "--quiet", "--provenance=false"]);
+            c
+        },
+        &theirs,
+    );
+    let want = created_modes(&theirs);
+    assert!(want.contains_key("oci/out/index.json"), "{want:?}");
+    assert_eq!(created_modes(&mine), want);
+}
+
 /// Runs `bk-build ARGS` in `dir`, killing it if it has not finished within two minutes
 /// (a hang is the fault under test).
 fn run_bounded(dir: &Path, args: &[&str]) -> std::process::Output {

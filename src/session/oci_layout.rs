@@ -12,6 +12,7 @@
 use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -290,7 +291,13 @@ impl OciLayout {
     /// BuildKit's local stores use too). It is deleted when dropped uncommitted.
     pub fn new_ingest(&self) -> Result<tempfile::NamedTempFile, LayoutError> {
         let dir = self.root.join("ingest");
-        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        create_dirs(&self.root)?;
+        // 0777 less the umask, as containerd's local store makes it (`ensureIngestRoot`).
+        if let Err(e) = fs::DirBuilder::new().mode(0o777).create(&dir) {
+            if e.kind() != io::ErrorKind::AlreadyExists {
+                return Err(io_err(&dir)(e));
+            }
+        }
         tempfile::Builder::new()
             .prefix("bk-build-")
             .tempfile_in(&dir)
@@ -312,7 +319,7 @@ impl OciLayout {
             .map_err(io_err(&tmp_path))?;
         let target = self.blob_path(digest);
         if let Some(dir) = target.parent() {
-            fs::create_dir_all(dir).map_err(io_err(dir))?;
+            create_dirs(dir)?;
         }
         match tmp.persist_noclobber(&target) {
             Ok(_) => Ok(Committed::Stored),
@@ -566,12 +573,29 @@ fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<(), LayoutError> {
     write_atomic(path, bytes)
 }
 
-/// Replaces `path` with `bytes`: temp file beside it, fsync, rename, fsync the directory.
+/// Creates `dir` and any parents missing, mode 0755 (less the umask), as BuildKit's client
+/// and containerd's local store create a layout, its parents and `blobs/<algorithm>`
+/// (`os.MkdirAll(dir, 0755)`): never writable by the group or others, whatever the umask.
+fn create_dirs(dir: &Path) -> Result<(), LayoutError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+        .map_err(io_err(dir))
+}
+
+/// Replaces `path` with `bytes`: temp file beside it, fsync, rename, fsync the directory. The
+/// file gets mode 0644 (less the umask), as BuildKit's client writes `index.json` and
+/// `oci-layout`.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LayoutError> {
+    use std::os::unix::fs::PermissionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(io_err(dir))?;
-    // Mode 0666 less the umask, as for any file a tool writes.
-    let mut tmp = crate::fs::new_temp_file_in(dir).map_err(io_err(dir))?;
+    create_dirs(dir)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".bk-build-")
+        .permissions(fs::Permissions::from_mode(0o644))
+        .tempfile_in(dir)
+        .map_err(io_err(dir))?;
     tmp.write_all(bytes).map_err(io_err(tmp.path()))?;
     tmp.as_file().sync_all().map_err(io_err(tmp.path()))?;
     tmp.persist(path).map_err(|e| io_err(path)(e.error))?;
@@ -593,7 +617,7 @@ impl IndexLock {
     fn acquire(root: &Path) -> Result<IndexLock, LayoutError> {
         use std::os::fd::AsRawFd;
         use std::os::unix::fs::MetadataExt;
-        fs::create_dir_all(root).map_err(io_err(root))?;
+        create_dirs(root)?;
         let path = root.join("index.json.lock");
         let deadline = std::time::Instant::now() + LOCK_WAIT;
         loop {
