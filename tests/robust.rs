@@ -292,6 +292,94 @@ fn sigterm_during_an_image_load_reports_what_the_engine_did() {
     let _ = docker().args(["rmi", "-f", &tag]).output();
 }
 
+/// The network to the daemon stalls for 40 s in the middle of a `local` export, longer than
+/// the daemon's session health check allows (30 s): the daemon drops the session (until
+/// BuildKit v0.30 without ending its stream, so its export and bk-build's receiver waited on
+/// each other for ever). Once the network moves again, bk-build must see that the daemon no
+/// longer checks the session and fail the build saying so, not hang.
+#[test]
+fn a_session_the_daemon_dropped_mid_export_fails_the_build() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY big.bin /\n");
+    // 64 MiB that do not compress, the same in every run (the daemon keeps one copy): the
+    // export takes seconds, so the stall lands in the middle of it.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let big: Vec<u8> = (0..(64usize << 20) / 8)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect();
+    write(&ctx.join("big.bin"), &big);
+    drop(big);
+    let socket = PathBuf::from(env()["DOCKER_HOST"].trim_start_matches("unix://"));
+    let (port, frozen) = stalling_proxy(&socket);
+    let out = tmp.path().join("out");
+    let mut child = bk()
+        .current_dir(tmp.path())
+        .env("DOCKER_HOST", format!("tcp://127.0.0.1:{port}"))
+        .args(["--addr", "docker://", "build", "--progress", "plain", "-o"])
+        .arg(format!("type=local,dest={}", out.display()))
+        .arg("ctx")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(err)) {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    while let Ok(line) = rx.recv() {
+        let exporting = line.contains("copying files");
+        seen.push(line);
+        if exporting {
+            break;
+        }
+    }
+    assert!(
+        seen.iter().any(|l| l.contains("copying files")),
+        "the export never started:\n{}",
+        seen.join("\n")
+    );
+    frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+    std::thread::sleep(Duration::from_secs(40));
+    frozen.store(false, std::sync::atomic::Ordering::SeqCst);
+    // Before, the build never ended: give it far more than the detection needs.
+    let thawed = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if thawed.elapsed() > Duration::from_secs(180) {
+            let _ = child.kill();
+            let _ = child.wait();
+            seen.extend(rx.try_iter());
+            panic!("the build hung after the stall:\n{}", seen.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    seen.extend(rx.iter());
+    let err = seen.join("\n");
+    assert_eq!(status.code(), Some(1), "{err}");
+    for n in [
+        "session with the daemon was lost",
+        "stopped checking the session's health",
+        "run the build again",
+    ] {
+        assert!(err.contains(n), "expected {n:?} in:\n{err}");
+    }
+}
+
 /// Mode bits of a file bk-build wrote with umask `mask`.
 fn mode_with_umask(mask: u32, args: &[&str], file: &Path, dir: &Path) -> u32 {
     let _ = std::fs::remove_file(file);

@@ -230,7 +230,13 @@ pub async fn build(
         Some(loaded)
     });
 
-    let solved = control.solve(req).await;
+    // The daemon's answer, unless the session is lost first: then the build cannot finish
+    // (what the daemon still needs from this client would never come), so the Solve call is
+    // dropped, which cancels the build on the daemon, rather than waited for without end.
+    let solved = tokio::select! {
+        r = control.solve(req) => Ok(r),
+        why = session.lost() => Err(why),
+    };
     // Status ends by itself after the job completes; don't wait on a stuck stream forever.
     let loaded = match tokio::time::timeout(Duration::from_secs(5), status_task).await {
         Ok(Ok(Some(l))) => Some(l.into_iter().collect()),
@@ -239,15 +245,23 @@ pub async fn build(
     let stats = session.stats.clone();
     let export_errors = session.close().await;
 
-    let resp = match solved {
-        Ok(r) => r,
-        Err(s) => {
-            // A broken connection is not the daemon's answer: say what broke, and whether the
-            // daemon is still there, instead of "failed to solve: transport error".
-            let mut message = match crate::transport::explain_lost_connection(daemon, &s).await {
+    let answered = match solved {
+        Ok(Ok(resp)) => Ok(resp),
+        // A broken connection is not the daemon's answer: say what broke, and whether the
+        // daemon is still there, instead of "failed to solve: transport error".
+        Ok(Err(s)) => Err(
+            match crate::transport::explain_lost_connection(daemon, &s).await {
                 Some(lost) => format!("ERROR: build did not finish: {lost}"),
                 None => crate::progress::describe_build_error(&s),
-            };
+            },
+        ),
+        Err(why) => Err(format!(
+            "ERROR: build did not finish: the session with the daemon was lost during the build: {why}. The daemon could no longer ask this client for anything the build needs (files, outputs, credentials), so the build was canceled. A daemon drops a session whose health checks fail, e.g. when the connection stalled for half a minute or more: check the network to the daemon, then run the build again."
+        )),
+    };
+    let resp = match answered {
+        Ok(resp) => resp,
+        Err(mut message) => {
             // The export may have reached the engine before the build failed.
             for loaded in loads.after_failure(LOAD_ANSWER_WAIT).await {
                 message.push_str(&format!("\nnote: {loaded}"));

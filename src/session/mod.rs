@@ -19,6 +19,7 @@ pub mod ssh;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -65,7 +66,75 @@ pub struct Session {
     pub stats: Arc<SyncStats>,
     close_tx: Option<tokio::sync::oneshot::Sender<()>>,
     tasks: Vec<JoinHandle<()>>,
+    /// Watches the daemon's health checks; stopped by [`Session::close`].
+    watchdog: JoinHandle<()>,
+    /// Why the daemon no longer serves this session, once it does not (see [`Session::lost`]).
+    lost: tokio::sync::watch::Receiver<Option<String>>,
     export_errors: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+/// How often BuildKit checks a session's health while it holds it (`session/grpc.go`
+/// `monitorHealth`): every 5 s, each check allowed 30 s (15 s, and two failures, in later
+/// versions). When checks fail it drops the session, and until BuildKit v0.30 it did so
+/// without ending the session's stream, leaving calls in flight on it (an export) waiting for
+/// ever. The checks stopping is then the only sign.
+const DAEMON_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+/// The silence after which the daemon is taken to have dropped the session: a daemon that
+/// still holds it checks at least every [`DAEMON_HEALTH_INTERVAL`] plus one check's timeout,
+/// so well within this.
+const HEALTH_SILENCE: Duration = Duration::from_secs(60);
+
+/// When the daemon last checked this session's health.
+#[derive(Default)]
+struct HealthWatch {
+    last: std::sync::Mutex<Option<Instant>>,
+}
+
+impl HealthWatch {
+    fn checked(&self) {
+        if let Ok(mut last) = self.last.lock() {
+            *last = Some(Instant::now());
+        }
+    }
+
+    /// How long the daemon has not checked, once that is longer than [`HEALTH_SILENCE`].
+    /// `None` before the first check: a daemon that never checks is not judged by it.
+    fn silence(&self) -> Option<Duration> {
+        let silent = (*self.last.lock().ok()?)?.elapsed();
+        (silent > HEALTH_SILENCE).then_some(silent)
+    }
+}
+
+/// The `grpc.health.v1.Health` service, noting every check in a [`HealthWatch`].
+#[derive(Clone)]
+struct WatchedHealth<S> {
+    inner: S,
+    watch: Arc<HealthWatch>,
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for WatchedHealth<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> tower::Service<http::Request<B>> for WatchedHealth<S>
+where
+    S: tower::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        self.watch.checked();
+        self.inner.call(req)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +214,11 @@ impl Session {
             .await;
 
         let mut methods: Vec<&'static str> = vec!["/grpc.health.v1.Health/Check"];
+        let health_watch = Arc::new(HealthWatch::default());
+        let health = WatchedHealth {
+            inner: health,
+            watch: health_watch.clone(),
+        };
         // Served by our own HTTP/2 server (see `server`), which sets the windows and limits.
         let mut router = tonic::service::Routes::new(health);
 
@@ -237,14 +311,57 @@ impl Session {
             .await
             .map_err(|s| SessionError::Open(format!("{}: {}", s.code(), s.message())))?;
         let mut inbound = resp.into_inner();
-        // Daemon bytes → our gRPC server.
+        let (lost_tx, lost) = tokio::sync::watch::channel(None::<String>);
+        let lost_tx = Arc::new(lost_tx);
+        // The first reason is kept: later ones follow from it.
+        let report_lost = |tx: &tokio::sync::watch::Sender<Option<String>>, why: String| {
+            tx.send_if_modified(|v| {
+                let first = v.is_none();
+                if first {
+                    *v = Some(why);
+                }
+                first
+            });
+        };
+        // Daemon bytes → our gRPC server. Until close(), the daemon never ends the stream: if
+        // it does, it dropped the session.
+        let lost_in = lost_tx.clone();
         let pump_in = tokio::spawn(async move {
-            while let Some(Ok(msg)) = inbound.next().await {
-                if tunnel_wr.write_all(&msg.data).await.is_err() {
+            let why = loop {
+                match inbound.next().await {
+                    Some(Ok(msg)) => {
+                        if tunnel_wr.write_all(&msg.data).await.is_err() {
+                            break "the session's tunnel inside bk-build closed".to_string();
+                        }
+                    }
+                    Some(Err(status)) => {
+                        break format!(
+                            "the session's stream from the daemon failed ({}: {})",
+                            status.code(),
+                            status.message()
+                        )
+                    }
+                    None => break "the daemon ended the session".to_string(),
+                }
+            };
+            report_lost(&lost_in, why);
+            let _ = tunnel_wr.shutdown().await;
+        });
+        let watchdog = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(DAEMON_HEALTH_INTERVAL).await;
+                if let Some(silent) = health_watch.silence() {
+                    report_lost(
+                        &lost_tx,
+                        format!(
+                            "the daemon stopped checking the session's health {} s ago (it checks every {} s while it holds a session, and stops when it drops it)",
+                            silent.as_secs(),
+                            DAEMON_HEALTH_INTERVAL.as_secs()
+                        ),
+                    );
                     break;
                 }
             }
-            let _ = tunnel_wr.shutdown().await;
         });
 
         Ok(Session {
@@ -252,13 +369,35 @@ impl Session {
             stats,
             close_tx: Some(close_tx),
             tasks: vec![server_task, pump_in],
+            watchdog,
+            lost,
             export_errors,
         })
+    }
+
+    /// Resolves, with the reason, when the daemon no longer serves this session before
+    /// [`Session::close`]: it ended the session's stream, or it stopped checking the session's
+    /// health (it dropped the session without ending the stream). The build it belongs to
+    /// cannot finish then: whatever the daemon still needs from this client (an export's
+    /// files, credentials) would never come, and calls in flight would wait for ever.
+    pub async fn lost(&self) -> String {
+        let mut rx = self.lost.clone();
+        let why = rx
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|w| w.clone());
+        match why {
+            Some(why) => why,
+            // Every watcher ended without a reason: nothing more will be reported.
+            None => std::future::pending().await,
+        }
     }
 
     /// Half-closes the tunnel (the daemon removes the session) and waits briefly for it to end.
     /// Returns errors from client-side exports (e.g. a local output that could not be written).
     pub async fn close(mut self) -> Vec<String> {
+        self.watchdog.abort();
         if let Some(tx) = self.close_tx.take() {
             let _ = tx.send(());
         }
@@ -275,6 +414,7 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
+        self.watchdog.abort();
         for t in &self.tasks {
             t.abort();
         }

@@ -399,6 +399,62 @@ pub fn tcp_to_unix_proxy(socket: &Path) -> u16 {
     port
 }
 
+/// [`tcp_to_unix_proxy`] that can stall: while the returned flag is set, nothing it has read
+/// is passed on in either direction, and nothing is closed (a network that stops moving, not
+/// one that breaks). Clearing the flag lets everything through again.
+pub fn stalling_proxy(socket: &Path) -> (u16, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let socket = socket.to_path_buf();
+    let frozen = std::sync::Arc::new(AtomicBool::new(false));
+    let flag = frozen.clone();
+    fn pump(
+        mut from: impl Read,
+        mut to: impl Write,
+        frozen: std::sync::Arc<AtomicBool>,
+        done: impl FnOnce(),
+    ) {
+        let mut buf = vec![0u8; 64 << 10];
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            while frozen.load(Ordering::SeqCst) {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            if to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        done();
+    }
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(tcp) = conn else { continue };
+            let Ok(unix) = std::os::unix::net::UnixStream::connect(&socket) else {
+                continue;
+            };
+            let (t1, u1) = (tcp.try_clone().unwrap(), unix.try_clone().unwrap());
+            let (t2, u2) = (tcp, unix);
+            let (f1, f2) = (flag.clone(), flag.clone());
+            std::thread::spawn(move || {
+                let u = u1.try_clone().unwrap();
+                pump(t1, u1, f1, move || {
+                    let _ = u.shutdown(std::net::Shutdown::Write);
+                })
+            });
+            std::thread::spawn(move || {
+                let t = t2.try_clone().unwrap();
+                pump(u2, t2, f2, move || {
+                    let _ = t.shutdown(std::net::Shutdown::Write);
+                })
+            });
+        }
+    });
+    (port, frozen)
+}
+
 /// Forgets this test's steps on the daemon: prunes only records whose description holds
 /// `marker` (after checking the filter selects nothing else); returns how many there were.
 pub fn forget(marker: &str) -> usize {
