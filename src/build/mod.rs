@@ -162,6 +162,9 @@ pub enum BuildError {
     Export { what: String, why: String },
 }
 
+/// How long a build whose session was lost still waits for the daemon's answer to Solve.
+const SOLVE_ANSWER_GRACE: Duration = Duration::from_secs(2);
+
 /// Runs one build on `daemon`, streaming progress to `progress` (prefixed with `prefix` when
 /// several builds share the display). Dropping the returned future cancels the build on the
 /// daemon (the Solve call is reset, and the session closes).
@@ -233,9 +236,19 @@ pub async fn build(
     // The daemon's answer, unless the session is lost first: then the build cannot finish
     // (what the daemon still needs from this client would never come), so the Solve call is
     // dropped, which cancels the build on the daemon, rather than waited for without end.
+    let solve = control.solve(req);
+    tokio::pin!(solve);
     let solved = tokio::select! {
-        r = control.solve(req) => Ok(r),
-        why = session.lost() => Err(why),
+        biased;
+        r = &mut solve => Ok(r),
+        why = session.lost() => {
+            // The answer may already be on its way (a daemon that lets go of the session as
+            // the build ends): a finished build is never reported as lost.
+            match tokio::time::timeout(SOLVE_ANSWER_GRACE, &mut solve).await {
+                Ok(r) => Ok(r),
+                Err(_) => Err(why),
+            }
+        }
     };
     // Status ends by itself after the job completes; don't wait on a stuck stream forever.
     let loaded = match tokio::time::timeout(Duration::from_secs(5), status_task).await {
