@@ -278,6 +278,10 @@ fn ssh_docker_host_builds_pushes_loads_and_bakes() {
     );
 }
 
+/// `--timeout` for the TLS failure cases: a rejected certificate is answered at once, but a
+/// machine busy with the rest of the suite once took over the default 5 s to say so.
+const SLOW_MACHINE: &str = "60";
+
 /// Runs `cmd`, which must fail, with each of `needles` in its stderr and none of the
 /// messages that say nothing.
 fn fails_saying(cmd: &mut Command, needles: &[&str]) -> String {
@@ -352,7 +356,7 @@ fn tls_without_a_client_certificate_says_which_files_to_add() {
     let ctx = any_context();
     fails_saying(
         with_docker_tls(&mut bk(), &t.host, dir.path())
-            .args(["build", "--progress", "plain"])
+            .args(["--timeout", SLOW_MACHINE, "build", "--progress", "plain"])
             .arg(ctx.path()),
         &[
             "requires a client certificate",
@@ -376,7 +380,7 @@ fn certificates_from_another_ca_are_named_with_the_fix() {
     );
     fails_saying(
         with_docker_tls(&mut bk(), &t.host, dir.path())
-            .args(["build", "--progress", "plain"])
+            .args(["--timeout", SLOW_MACHINE, "build", "--progress", "plain"])
             .arg(ctx.path()),
         &[
             "refused the client certificate",
@@ -392,7 +396,7 @@ fn certificates_from_another_ca_are_named_with_the_fix() {
     );
     fails_saying(
         with_docker_tls(&mut bk(), &t.host, dir.path())
-            .args(["build", "--progress", "plain"])
+            .args(["--timeout", SLOW_MACHINE, "build", "--progress", "plain"])
             .arg(ctx.path()),
         &[
             "did not sign",
