@@ -290,15 +290,9 @@ fn expand_names(project: &Project, names: &[String]) -> Result<Vec<String>, Grap
             .filter(|c| crate::project::overrides::glob_match(n, c).unwrap_or(false))
             .collect();
         if matched.is_empty() {
-            let known: Vec<&str> = project
-                .targets
-                .keys()
-                .chain(project.groups.keys())
-                .map(String::as_str)
-                .collect();
             return Err(GraphError::NoMatch {
                 pattern: n.clone(),
-                known: known.join(", "),
+                known: known_names(project),
             });
         }
         for m in matched {
@@ -331,6 +325,17 @@ fn resolve_names(project: &Project, names: &[String]) -> Result<BTreeSet<String>
         }
     }
     Ok(out)
+}
+
+/// Every target and group name of `project`, for "use one of" hints.
+fn known_names(project: &Project) -> String {
+    let known: Vec<&str> = project
+        .targets
+        .keys()
+        .chain(project.groups.keys())
+        .map(String::as_str)
+        .collect();
+    known.join(", ")
 }
 
 /// The error for a name that is neither a target nor a group of `project`.
