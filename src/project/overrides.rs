@@ -852,17 +852,18 @@ pub fn parse_allow(values: &[String]) -> Result<Vec<String>, OverrideError> {
     let mut out = Vec::new();
     for v in values {
         let key = v.split_once('=').map_or(v.as_str(), |(k, _)| k);
-        let ok = matches!(v.as_str(), "network.host" | "security.insecure" | "ssh")
+        // bake's own grants; the rest are BuildKit's, checked as `build --allow` checks them.
+        let bake_only = v == "ssh"
             || matches!(
                 key,
-                "device" | "fs" | "fs.read" | "fs.write" | "image" | "image.push" | "image.load"
-            ) && (key == "device" || v.contains('='));
-        if !ok {
-            return Err(OverrideError {
+                "fs" | "fs.read" | "fs.write" | "image" | "image.push" | "image.load"
+            ) && v.contains('=');
+        if !bake_only {
+            options::parse_entitlement(v).map_err(|e| OverrideError {
                 shown: format!("--allow {v}"),
-                problem: format!("unknown entitlement {key:?}"),
+                problem: e.reason,
                 fix: "use network.host, security.insecure, device[=NAME], ssh, fs=PATH, fs.read=PATH, fs.write=PATH, image=REF, image.push=REF or image.load=REF".into(),
-            });
+            })?;
         }
         out.push(v.clone());
     }
