@@ -1784,6 +1784,92 @@ pub fn parse_attest(s: &str) -> Result<AttestSpec, OptionError> {
 mod tests {
     use super::*;
 
+    fn annotation_attrs(s: &str) -> Vec<(String, String)> {
+        parse_annotation(s)
+            .unwrap()
+            .into_iter()
+            .map(|a| (a.exporter_attr(), a.value))
+            .collect()
+    }
+
+    #[test]
+    fn annotations_follow_buildx_and_buildkit_keys() {
+        let kv = |k: &str, v: &str| (k.to_string(), v.to_string());
+        assert_eq!(annotation_attrs("a.b=c=d"), [kv("annotation.a.b", "c=d")]);
+        assert_eq!(annotation_attrs("k="), [kv("annotation.k", "")]);
+        assert_eq!(
+            annotation_attrs("index,manifest-descriptor:k=v"),
+            [
+                kv("annotation-index.k", "v"),
+                kv("annotation-manifest-descriptor.k", "v")
+            ]
+        );
+        assert_eq!(
+            annotation_attrs("manifest[linux/arm64],index-descriptor:k=v"),
+            [
+                kv("annotation-manifest[linux/arm64].k", "v"),
+                kv("annotation-index-descriptor.k", "v")
+            ]
+        );
+        // Platforms are normalized as containerd writes them.
+        for (given, want) in [
+            ("linux/x86_64", "linux/amd64"),
+            ("linux/aarch64", "linux/arm64"),
+            ("linux/arm64/v8", "linux/arm64/v8"),
+            ("linux/arm", "linux/arm"),
+            ("linux/arm/7", "linux/arm/v7"),
+            ("linux/armhf", "linux/arm"),
+            ("linux/armel", "linux/arm/v6"),
+            ("Linux/AMD64", "linux/amd64"),
+            ("arm64", "linux/arm64"),
+            ("windows/amd64", "windows/amd64"),
+        ] {
+            assert_eq!(
+                annotation_attrs(&format!("manifest[{given}]:k=v"))[0].0,
+                format!("annotation-manifest[{want}].k"),
+                "{given}"
+            );
+        }
+        assert_eq!(
+            annotation_attrs("manifest[linux]:k=v")[0].0,
+            format!("annotation-manifest[{}].k", host_platform())
+        );
+        for bad in [
+            "novalue",
+            "=v",
+            "a b=c",
+            "bogus:k=v",
+            ":k=v",
+            "manifest[]:k=v",
+            "manifest[linux/amd64:k=v",
+            "manifest[nope]:k=v",
+            "manifest[a/b/c/d]:k=v",
+            "index[linux/amd64]:k=v",
+            "index,:k=v",
+            "manifest:=v",
+        ] {
+            let e = parse_annotation(bad).unwrap_err();
+            assert_eq!(e.flag, "--annotation", "{bad}");
+        }
+    }
+
+    #[test]
+    fn entitlements_are_buildkits() {
+        for ok in [
+            "network.host",
+            "security.insecure",
+            "device",
+            "device=nvidia.com/gpu=all",
+            "device=gpu0,alias=gpu",
+        ] {
+            assert_eq!(parse_entitlement(ok).unwrap(), ok);
+        }
+        for bad in ["ssh", "network", "device=", "device=x,size=1", "fs=/x", ""] {
+            let e = parse_entitlement(bad).unwrap_err();
+            assert!(e.to_string().contains("--allow"), "{e}");
+        }
+    }
+
     fn attrs(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
             .iter()
