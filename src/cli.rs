@@ -191,7 +191,8 @@ pub struct BuildArgs {
     /// Secret to expose: id=ID,src=PATH or id=ID,env=VAR.
     #[arg(long = "secret")]
     pub secrets: Vec<String>,
-    /// SSH agent socket or keys to expose: default or ID=PATH.
+    /// SSH agent socket or private key files to expose: default (= $SSH_AUTH_SOCK), ID=SOCKET
+    /// or ID=KEYFILE[,KEYFILE…].
     #[arg(long = "ssh")]
     pub ssh: Vec<String>,
     /// Write the build result metadata (digest, image name, …) as JSON to this file.

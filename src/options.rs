@@ -1073,7 +1073,7 @@ pub fn parse_secret(s: &str) -> Result<SecretSpec, OptionError> {
 pub struct SshSpec {
     /// Agent ID that `RUN --mount=type=ssh,id=ID` asks for (`default` when omitted there).
     pub id: String,
-    /// Agent socket(s); empty means `$SSH_AUTH_SOCK`.
+    /// An agent socket, or private key files; empty means `$SSH_AUTH_SOCK`.
     pub paths: Vec<PathBuf>,
 }
 
