@@ -441,7 +441,7 @@ pub fn build_spec(a: &BuildArgs) -> Result<BuildSpec> {
     }
     // buildx: "--no-cache and --no-cache-filter cannot currently be used together".
     anyhow::ensure!(
-        !(a.no_cache && !a.no_cache_filter.is_empty()),
+        !a.no_cache || a.no_cache_filter.is_empty(),
         "--no-cache and --no-cache-filter cannot be used together\n  fix: --no-cache already builds every stage without cache; drop one of them"
     );
     for s in &a.ulimits {
@@ -461,7 +461,8 @@ pub fn build_spec(a: &BuildArgs) -> Result<BuildSpec> {
     }
     for s in &a.annotations {
         for an in options::parse_annotation(s)? {
-            spec.annotations.retain(|x| x.exporter_attr() != an.exporter_attr());
+            spec.annotations
+                .retain(|x| x.exporter_attr() != an.exporter_attr());
             spec.annotations.push(an);
         }
     }
@@ -619,8 +620,10 @@ async fn run_build(daemon_args: &DaemonArgs, a: &BuildArgs) -> Result<(BuildResu
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => {
-                return Err(anyhow::Error::new(e)
-                    .context(format!("--iidfile {}: cannot remove the old file", f.display())))
+                return Err(anyhow::Error::new(e).context(format!(
+                    "--iidfile {}: cannot remove the old file",
+                    f.display()
+                )))
             }
         }
     }

@@ -1503,15 +1503,20 @@ pub fn parse_annotation(s: &str) -> Result<Vec<Annotation>, OptionError> {
         };
         let platform = match platform {
             None => None,
-            Some(_) if matches!(kind, AnnotationKind::Index | AnnotationKind::IndexDescriptor) => {
+            Some(_)
+                if matches!(
+                    kind,
+                    AnnotationKind::Index | AnnotationKind::IndexDescriptor
+                ) =>
+            {
                 return Err(err(format!(
                     "{name} annotations belong to the whole index, not to a platform; remove [{}]",
                     platform.unwrap_or_default()
                 )))
             }
-            Some(p) => Some(
-                normalize_platform(p).map_err(|why| err(format!("platform {p:?}: {why}")))?,
-            ),
+            Some(p) => {
+                Some(normalize_platform(p).map_err(|why| err(format!("platform {p:?}: {why}")))?)
+            }
         };
         out.push(Annotation {
             kind,
@@ -1525,14 +1530,51 @@ pub fn parse_annotation(s: &str) -> Result<Vec<Annotation>, OptionError> {
 
 /// Operating systems containerd's `platforms.Parse` knows (a lone word is tried as one first).
 const KNOWN_OS: &[&str] = &[
-    "aix", "android", "darwin", "dragonfly", "freebsd", "hurd", "illumos", "ios", "js", "linux",
-    "nacl", "netbsd", "openbsd", "plan9", "solaris", "wasip1", "windows", "zos",
+    "aix",
+    "android",
+    "darwin",
+    "dragonfly",
+    "freebsd",
+    "hurd",
+    "illumos",
+    "ios",
+    "js",
+    "linux",
+    "nacl",
+    "netbsd",
+    "openbsd",
+    "plan9",
+    "solaris",
+    "wasip1",
+    "windows",
+    "zos",
 ];
 /// Architectures containerd's `platforms.Parse` knows.
 const KNOWN_ARCH: &[&str] = &[
-    "386", "amd64", "amd64p32", "arm", "armbe", "arm64", "arm64be", "loong64", "mips",
-    "mipsle", "mips64", "mips64le", "mips64p32", "mips64p32le", "ppc", "ppc64", "ppc64le",
-    "riscv", "riscv64", "s390", "s390x", "sparc", "sparc64", "wasm",
+    "386",
+    "amd64",
+    "amd64p32",
+    "arm",
+    "armbe",
+    "arm64",
+    "arm64be",
+    "loong64",
+    "mips",
+    "mipsle",
+    "mips64",
+    "mips64le",
+    "mips64p32",
+    "mips64p32le",
+    "ppc",
+    "ppc64",
+    "ppc64le",
+    "riscv",
+    "riscv64",
+    "s390",
+    "s390x",
+    "sparc",
+    "sparc64",
+    "wasm",
 ];
 
 /// A platform specifier normalized as containerd's `platforms.Parse` then `Format` do it
@@ -1542,20 +1584,27 @@ fn normalize_platform(spec: &str) -> Result<String, String> {
     let parts: Vec<String> = spec.split('/').map(str::to_ascii_lowercase).collect();
     let ok = |p: &str| {
         !p.is_empty()
-            && p
-                .chars()
+            && p.chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
     };
     if parts.len() > 3 || !parts.iter().all(|p| ok(p)) {
         return Err("expected OS/ARCH[/VARIANT]".into());
     }
-    let os = |o: &str| if o == "macos" { "darwin".to_string() } else { o.to_string() };
+    let os = |o: &str| {
+        if o == "macos" {
+            "darwin".to_string()
+        } else {
+            o.to_string()
+        }
+    };
     // containerd `normalizeArch`.
     let arch = |a: &str, v: &str| -> (String, String) {
         let v = v.to_string();
         match a {
             "i386" => ("386".into(), String::new()),
-            "x86_64" | "x86-64" | "amd64" => ("amd64".into(), if v == "v1" { String::new() } else { v }),
+            "x86_64" | "x86-64" | "amd64" => {
+                ("amd64".into(), if v == "v1" { String::new() } else { v })
+            }
             "aarch64" | "arm64" => (
                 "arm64".into(),
                 match v.as_str() {
@@ -1625,7 +1674,12 @@ pub fn parse_entitlement(s: &str) -> Result<String, OptionError> {
         Some(("device", cfg)) => {
             let fields = csv_fields(cfg).map_err(|r| OptionError::new(FLAG, s, r, EXAMPLE))?;
             if fields.first().is_none_or(|n| n.is_empty()) {
-                return Err(OptionError::new(FLAG, s, "no device name after device=", "device=nvidia.com/gpu=all"));
+                return Err(OptionError::new(
+                    FLAG,
+                    s,
+                    "no device name after device=",
+                    "device=nvidia.com/gpu=all",
+                ));
             }
             for f in &fields[1..] {
                 match f.split_once('=') {

@@ -125,7 +125,11 @@ fn run_steps_get_the_ulimit_shm_size_and_cgroup_parent_given() {
         assert_eq!(read(&o.join("nofile")), "1024\n", "{tool}");
         assert_eq!(read(&o.join("nofile-hard")), "2048\n", "{tool}");
         assert_eq!(read(&o.join("nproc")), "300\n", "{tool}");
-        assert_eq!(read(&o.join("shm")), format!("size={}k\n", 96 * 1024), "{tool}");
+        assert_eq!(
+            read(&o.join("shm")),
+            format!("size={}k\n", 96 * 1024),
+            "{tool}"
+        );
     }
     let mine = read(&out("bk").join("cgroup"));
     let theirs = read(&out("bx").join("cgroup"));
@@ -150,10 +154,12 @@ fn no_cache_filter_runs_only_the_named_stage_again() {
         ),
     );
     let build = |dest: &str, extra: &[&str]| {
-        run_ok(in_dir(&mut bk(), tmp.path())
-            .args(["build", "--progress", "plain", "-o", dest])
-            .args(extra)
-            .arg("."));
+        run_ok(
+            in_dir(&mut bk(), tmp.path())
+                .args(["build", "--progress", "plain", "-o", dest])
+                .args(extra)
+                .arg("."),
+        );
     };
     build("one", &[]);
     build("two", &["--no-cache-filter", "a"]);
@@ -249,7 +255,11 @@ fn allow_grants_entitlements_as_buildx_does() {
     }
     let o = run(in_dir(&mut bk(), tmp.path()).args(["build", "--allow", "ssh", "."]));
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("invalid --allow \"ssh\""), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("invalid --allow \"ssh\""),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -312,9 +322,18 @@ fn iidfile_and_quiet_give_buildx_image_id() {
 
     // --progress none: nothing at all; --quiet with another progress mode: refused.
     let o = run_ok(in_dir(&mut bk(), tmp.path()).args([
-        "build", "--progress", "none", "-t", &tag, "--push", ".",
+        "build",
+        "--progress",
+        "none",
+        "-t",
+        &tag,
+        "--push",
+        ".",
     ]));
-    assert!(o.stdout.is_empty() && o.stderr.is_empty(), "printed something");
+    assert!(
+        o.stdout.is_empty() && o.stderr.is_empty(),
+        "printed something"
+    );
     let o = run(in_dir(&mut bk(), tmp.path()).args(["build", "-q", "--progress", "plain", "."]));
     assert!(!o.status.success());
     assert!(
@@ -396,7 +415,11 @@ fn annotations_reach_the_pushed_index_and_manifests_as_with_buildx() {
     // A key the daemon would not take for an annotation is an error, not a silent drop.
     let o = run(in_dir(&mut bk(), tmp.path()).args(["build", "--annotation", "a b=c", "."]));
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("invalid --annotation"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("invalid --annotation"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 /// `ssh-add` and `ssh-keygen` of this machine with the shared libraries they load and the
@@ -448,7 +471,10 @@ fn ssh_key_files_are_listed_and_sign_in_run_steps() {
     let ed = tmp.path().join("id_ed25519");
     let rsa = tmp.path().join("id_rsa");
     keygen(&ed, &["-t", "ed25519", "-N", "", "-C", "ed-key"]);
-    keygen(&rsa, &["-t", "rsa", "-b", "2048", "-N", "", "-C", "rsa-key"]);
+    keygen(
+        &rsa,
+        &["-t", "rsa", "-b", "2048", "-N", "", "-C", "rsa-key"],
+    );
     std::fs::copy(rsa.with_extension("pub"), ctx.join("signer.pub")).unwrap();
     let id = unique("ssh");
     write(&ctx.join("data.txt"), &id);

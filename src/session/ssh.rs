@@ -111,12 +111,12 @@ impl SshForwarder {
                 }
             }
             let agent = match sockets.as_slice() {
-                [] => Agent::Keys(Arc::new(
-                    KeyAgent::load(&paths).map_err(|source| SshError::Key {
+                [] => Agent::Keys(Arc::new(KeyAgent::load(&paths).map_err(|source| {
+                    SshError::Key {
                         id: id.clone(),
                         source,
-                    })?,
-                )),
+                    }
+                })?)),
                 [one] if paths.len() == 1 => Agent::Socket(one.clone()),
                 [first, ..] => {
                     return Err(SshError::SocketAndMore {
@@ -605,8 +605,8 @@ mod tests {
         assert!(matches!(e, SshError::Key { .. }), "{e}");
         assert!(e.to_string().starts_with("--ssh gh="), "{e}");
         // One socket, or only key files.
-        let e = SshForwarder::with_auth_sock(&[spec("gh", vec![key, sock.clone()])], None)
-            .unwrap_err();
+        let e =
+            SshForwarder::with_auth_sock(&[spec("gh", vec![key, sock.clone()])], None).unwrap_err();
         assert!(matches!(e, SshError::SocketAndMore { .. }), "{e}");
 
         let e = SshForwarder::with_auth_sock(&[spec("gh", vec![dir.path().join("nope")])], None)

@@ -74,7 +74,11 @@ impl std::fmt::Debug for KeyAgent {
         f.debug_struct("KeyAgent")
             .field(
                 "keys",
-                &self.keys.iter().map(|k| k.comment.as_str()).collect::<Vec<_>>(),
+                &self
+                    .keys
+                    .iter()
+                    .map(|k| k.comment.as_str())
+                    .collect::<Vec<_>>(),
             )
             .finish()
     }
@@ -207,9 +211,15 @@ fn parse_key(path: &Path, text: &[u8]) -> Result<PrivateKey, KeyFileError> {
         ("-----BEGIN EC PRIVATE KEY-----", "PEM (SEC1) EC"),
         ("-----BEGIN DSA PRIVATE KEY-----", "PEM DSA"),
         ("-----BEGIN PRIVATE KEY-----", "PEM (PKCS#8)"),
-        ("-----BEGIN ENCRYPTED PRIVATE KEY-----", "PEM (encrypted PKCS#8)"),
+        (
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----",
+            "PEM (encrypted PKCS#8)",
+        ),
     ];
-    if let Some((_, kind)) = pem_kinds.iter().find(|(h, _)| head.trim_start().starts_with(h)) {
+    if let Some((_, kind)) = pem_kinds
+        .iter()
+        .find(|(h, _)| head.trim_start().starts_with(h))
+    {
         return Err(KeyFileError::Pem {
             path: path.to_path_buf(),
             kind,
@@ -349,11 +359,9 @@ mod tests {
             assert_eq!(got_alg, alg.as_bytes());
             let bytes = take_string(&mut sig).unwrap();
             let public = ssh_key::PublicKey::from_bytes(blob).unwrap();
-            let signature = ssh_key::Signature::new(
-                ssh_key::Algorithm::new(alg).unwrap(),
-                bytes.to_vec(),
-            )
-            .unwrap();
+            let signature =
+                ssh_key::Signature::new(ssh_key::Algorithm::new(alg).unwrap(), bytes.to_vec())
+                    .unwrap();
             rsa::signature::Verifier::verify(&public, b"data to sign", &signature)
                 .unwrap_or_else(|e| panic!("{alg}: {e}"));
         }
@@ -364,13 +372,22 @@ mod tests {
         put_string(&mut payload, &blobs[2]);
         put_string(&mut payload, b"x");
         put_u32(&mut payload, 0);
-        assert_eq!(agent.answer(&request(SSH_AGENTC_SIGN_REQUEST, &payload)), failure);
+        assert_eq!(
+            agent.answer(&request(SSH_AGENTC_SIGN_REQUEST, &payload)),
+            failure
+        );
         let mut payload = Vec::new();
         put_string(&mut payload, b"not a key");
         put_string(&mut payload, b"x");
-        assert_eq!(agent.answer(&request(SSH_AGENTC_SIGN_REQUEST, &payload)), failure);
+        assert_eq!(
+            agent.answer(&request(SSH_AGENTC_SIGN_REQUEST, &payload)),
+            failure
+        );
         assert_eq!(agent.answer(&request(17, b"add a key")), failure);
-        assert_eq!(agent.answer(&request(SSH_AGENTC_SIGN_REQUEST, &[0, 0, 9])), failure);
+        assert_eq!(
+            agent.answer(&request(SSH_AGENTC_SIGN_REQUEST, &[0, 0, 9])),
+            failure
+        );
         assert_eq!(agent.answer(&[0, 0]), failure);
     }
 
@@ -385,8 +402,12 @@ mod tests {
         assert!(matches!(e, KeyFileError::Encrypted { .. }), "{e}");
         assert!(e.to_string().contains("ssh-add"), "{e}");
 
-        let pem = keygen(dir.path(), "pem", &["-t", "rsa", "-b", "2048", "-m", "PEM", "-N", ""])
-            .unwrap();
+        let pem = keygen(
+            dir.path(),
+            "pem",
+            &["-t", "rsa", "-b", "2048", "-m", "PEM", "-N", ""],
+        )
+        .unwrap();
         let e = KeyAgent::load(&[pem]).unwrap_err();
         assert!(e.to_string().contains("PEM (PKCS#1) RSA"), "{e}");
 

@@ -1941,10 +1941,9 @@ impl<'a> Loader<'a> {
             .cache(&s, &base));
         options!("cache-to", t.cache_to, |s| OptionList::CacheTo
             .cache(&s, &base));
-        options!("annotations", t.annotations, |s| crate::options::Spelled::parse(
-            s,
-            crate::options::parse_annotation
-        ));
+        options!("annotations", t.annotations, |s| {
+            crate::options::Spelled::parse(s, crate::options::parse_annotation)
+        });
         let (f, a) = at("output");
         let outputs = list("output");
         let mut specs = Vec::with_capacity(outputs.len());

@@ -326,7 +326,11 @@ fn allow_grants_what_targets_ask_for() {
     assert!(parse_allow(&["network".into()]).is_err());
     assert!(parse_allow(&["fs.read".into()]).is_err());
     assert!(parse_allow(&["device=".into()]).is_err());
-    parse_allow(&["device".into(), "device=nvidia.com/gpu=all,alias=gpu".into()]).unwrap();
+    parse_allow(&[
+        "device".into(),
+        "device=nvidia.com/gpu=all,alias=gpu".into(),
+    ])
+    .unwrap();
     assert_eq!(
         granted_by(&[Override::set("*.entitlements=security.insecure")]),
         ["security.insecure"]
