@@ -2,10 +2,10 @@
 //!
 //! Owns the syntax of `--build-arg`, `--label`, `-o/--output`, `--cache-from`, `--cache-to`,
 //! `--build-context`, `--secret`, `--ssh`, `--add-host`, `--platform`, `--network`,
-//! `--progress`, `--ulimit`, `--shm-size` and attestations (`--attest`), shared by the CLI and
-//! the project file so both accept exactly the same strings. Every parser takes one `&str` (so
-//! it can be a clap `value_parser`) and reports an [`OptionError`] naming the flag, the bad
-//! input and a correct example.
+//! `--progress`, `--ulimit`, `--shm-size`, `--annotation`, `--allow` (entitlements) and
+//! attestations (`--attest`), shared by the CLI and the project file so both accept exactly
+//! the same strings. Every parser takes one `&str` (so it can be a clap `value_parser`) and
+//! reports an [`OptionError`] naming the flag, the bad input and a correct example.
 //!
 //! This module must not know about gRPC, the session, the filesystem or the daemon: it never
 //! opens files or sockets. The only outside state it reads is the process environment, and only
