@@ -137,6 +137,9 @@ pub struct BuildArgs {
     /// Do not use cache.
     #[arg(long)]
     pub no_cache: bool,
+    /// Do not use cache for this stage (repeat for several); not with --no-cache.
+    #[arg(long = "no-cache-filter", value_name = "STAGE")]
+    pub no_cache_filter: Vec<String>,
     /// Always look for newer base images.
     #[arg(long)]
     pub pull: bool,
@@ -149,9 +152,27 @@ pub struct BuildArgs {
     /// Network mode for RUN steps: default, none, host.
     #[arg(long, default_value = "default")]
     pub network: String,
+    /// Resource limit of RUN steps, NAME=SOFT[:HARD] (e.g. nofile=1024:2048).
+    #[arg(long = "ulimit", value_name = "NAME=SOFT[:HARD]")]
+    pub ulimits: Vec<String>,
+    /// Size of /dev/shm in RUN steps, e.g. 128m or 1g.
+    #[arg(long = "shm-size", value_name = "SIZE")]
+    pub shm_size: Option<String>,
+    /// Parent cgroup of RUN steps.
+    #[arg(long = "cgroup-parent", value_name = "CGROUP")]
+    pub cgroup_parent: Option<String>,
+    /// Grant the build a privilege: network.host (RUN --network=host), security.insecure
+    /// (RUN --security=insecure), device[=NAME]; the daemon must allow it too.
+    #[arg(long, value_name = "ENTITLEMENT")]
+    pub allow: Vec<String>,
     /// Image name, e.g. localhost:5000/app:1.
     #[arg(short = 't', long = "tag")]
     pub tags: Vec<String>,
+    /// Image annotation, TYPES:KEY=VALUE or KEY=VALUE: TYPES is a comma list of manifest,
+    /// manifest-descriptor (each may name a platform: manifest[linux/arm64]), index and
+    /// index-descriptor; without TYPES, the manifest.
+    #[arg(long = "annotation", value_name = "KEY=VALUE")]
+    pub annotations: Vec<String>,
     /// Push the image (shorthand for --output=type=image,push=true).
     #[arg(long)]
     pub push: bool,
@@ -170,14 +191,23 @@ pub struct BuildArgs {
     /// Secret to expose: id=ID,src=PATH or id=ID,env=VAR.
     #[arg(long = "secret")]
     pub secrets: Vec<String>,
-    /// SSH agent socket or keys to expose: default or ID=PATH.
+    /// SSH agent socket or private key files to expose: default (= $SSH_AUTH_SOCK), ID=SOCKET
+    /// or ID=KEYFILE[,KEYFILE…].
     #[arg(long = "ssh")]
     pub ssh: Vec<String>,
     /// Write the build result metadata (digest, image name, …) as JSON to this file.
     #[arg(long = "metadata-file", value_name = "FILE")]
     pub metadata_file: Option<PathBuf>,
-    /// Progress output: auto, tty, plain, rawjson, quiet.
-    #[arg(long, default_value = "auto", env = "BUILDKIT_PROGRESS")]
+    /// Write the image ID to this file: the image config's digest, or the manifest's (or
+    /// index's) when the daemon reports no config digest, as buildx writes it.
+    #[arg(long, value_name = "FILE")]
+    pub iidfile: Option<PathBuf>,
+    /// Show no progress and print the image ID (as --iidfile writes it) when done.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Progress output: auto, tty, plain, rawjson, quiet (= --quiet), none (nothing, and no
+    /// image ID on standard output). With auto, $BUILDKIT_PROGRESS decides when set.
+    #[arg(long, default_value = "auto")]
     pub progress: String,
 }
 
@@ -319,7 +349,8 @@ pub struct BakeArgs {
     /// Write every target's result metadata as JSON to this file.
     #[arg(long = "metadata-file", value_name = "FILE")]
     pub metadata_file: Option<PathBuf>,
-    /// Progress output: auto, tty, plain, rawjson, quiet.
+    /// Progress output: auto, tty, plain, rawjson, quiet, none (no progress and no summary
+    /// table; failures are still reported).
     #[arg(long, default_value = "auto", env = "BUILDKIT_PROGRESS")]
     pub progress: String,
 }
@@ -398,8 +429,43 @@ pub fn build_spec(a: &BuildArgs) -> Result<BuildSpec> {
         tags: a.tags.clone(),
         push: a.push,
         load: a.load,
+        cgroup_parent: a.cgroup_parent.clone().filter(|c| !c.is_empty()),
         ..Default::default()
     };
+    for s in &a.no_cache_filter {
+        anyhow::ensure!(
+            !s.is_empty(),
+            "--no-cache-filter: empty stage name\n  fix: name a stage of the Dockerfile, or use --no-cache for all of them"
+        );
+        spec.no_cache_filter.push(s.clone());
+    }
+    // buildx: "--no-cache and --no-cache-filter cannot currently be used together".
+    anyhow::ensure!(
+        !a.no_cache || a.no_cache_filter.is_empty(),
+        "--no-cache and --no-cache-filter cannot be used together\n  fix: --no-cache already builds every stage without cache; drop one of them"
+    );
+    for s in &a.ulimits {
+        let u = options::parse_ulimit(s)?;
+        // One limit per name, the last one given winning (buildx keeps them in a map).
+        spec.ulimits.retain(|x| x.name != u.name);
+        spec.ulimits.push(u);
+    }
+    if let Some(s) = &a.shm_size {
+        spec.shm_size = Some(options::parse_shm_size(s)?).filter(|b| *b > 0);
+    }
+    for s in &a.allow {
+        let e = options::parse_entitlement(s)?;
+        if !spec.entitlements.contains(&e) {
+            spec.entitlements.push(e);
+        }
+    }
+    for s in &a.annotations {
+        for an in options::parse_annotation(s)? {
+            spec.annotations
+                .retain(|x| x.exporter_attr() != an.exporter_attr());
+            spec.annotations.push(an);
+        }
+    }
     for s in &a.build_args {
         if let Some((k, v)) = options::parse_build_arg(s)? {
             spec.build_args.insert(k, v);
@@ -473,23 +539,92 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Runs `bk-build build`; also says whether an export went to standard output.
-async fn run_build(daemon_args: &DaemonArgs, a: &BuildArgs) -> Result<(BuildResult, bool)> {
+/// What `bk-build build` prints on standard output when it is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Printed {
+    /// The image's digest (`containerimage.digest`), bk-build's default.
+    Digest,
+    /// The image ID, as buildx's `--quiet` prints it.
+    ImageId,
+    /// Nothing: the export itself goes to standard output, or `--progress none`.
+    Nothing,
+}
+
+/// The display mode and what is printed at the end, from `--progress`, `--quiet` and
+/// `$BUILDKIT_PROGRESS`, as buildx decides them (`toDisplayMode`, and its printer, which reads
+/// the variable only when the flag says `auto`): `quiet` is `--quiet`, `none` shows nothing
+/// and prints no image ID.
+fn build_progress(a: &BuildArgs) -> Result<(Mode, Printed)> {
+    let given: Mode = a
+        .progress
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--progress: {e}"))?;
+    if a.quiet || given == Mode::Quiet {
+        anyhow::ensure!(
+            matches!(given, Mode::Auto | Mode::Quiet),
+            "--progress {} and --quiet cannot be used together\n  fix: drop one of them",
+            a.progress
+        );
+        return Ok((Mode::Quiet, Printed::ImageId));
+    }
+    let mode = match (given, std::env::var("BUILDKIT_PROGRESS")) {
+        (Mode::Auto, Ok(v)) if !v.is_empty() => v
+            .parse()
+            .map_err(|e| anyhow::anyhow!("BUILDKIT_PROGRESS: {e}"))?,
+        _ => given,
+    };
+    let printed = if mode == Mode::None {
+        Printed::Nothing
+    } else {
+        Printed::Digest
+    };
+    Ok((mode, printed))
+}
+
+/// Runs `bk-build build`; also says what to print on standard output afterwards.
+async fn run_build(daemon_args: &DaemonArgs, a: &BuildArgs) -> Result<(BuildResult, Printed)> {
     let spec = build_spec(a)?;
     let stdout_export = spec
         .outputs
         .iter()
         .any(|o| o.dest == Some(options::OutputDest::Stdout));
-    let mode: Mode = a.progress.parse()?;
-    if let Some(m) = &a.metadata_file {
-        // Fail before building when the metadata file cannot be written.
-        if let Some(dir) = m.parent().filter(|d| !d.as_os_str().is_empty()) {
+    let (mode, printed) = build_progress(a)?;
+    // Standard output that carries the export (`-o -`, `dest=-`) gets nothing else: a digest
+    // after the tarball would corrupt it.
+    let printed = if stdout_export {
+        Printed::Nothing
+    } else {
+        printed
+    };
+    for (flag, file) in [
+        ("--metadata-file", &a.metadata_file),
+        ("--iidfile", &a.iidfile),
+    ] {
+        // Fail before building when the file cannot be written.
+        if let Some(dir) = file
+            .as_deref()
+            .and_then(Path::parent)
+            .filter(|d| !d.as_os_str().is_empty())
+        {
             anyhow::ensure!(
                 dir.is_dir(),
-                "--metadata-file {}: directory {} does not exist",
-                m.display(),
+                "{flag} {}: directory {} does not exist",
+                file.as_deref().unwrap_or(dir).display(),
                 dir.display()
             );
+        }
+    }
+    if let Some(f) = &a.iidfile {
+        // As buildx: a failed build leaves no stale ID behind for a script to pick up.
+        match std::fs::remove_file(f) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "--iidfile {}: cannot remove the old file",
+                    f.display()
+                )))
+            }
         }
     }
     let daemon = daemon_args.connect().await?;
@@ -502,11 +637,14 @@ async fn run_build(daemon_args: &DaemonArgs, a: &BuildArgs) -> Result<(BuildResu
     drop(progress);
     task.finish().await;
     let result = result?;
+    if let Some(f) = &a.iidfile {
+        write_atomic(f, result.image_id().unwrap_or_default().as_bytes())?;
+    }
     if let Some(m) = &a.metadata_file {
         let doc = serde_json::to_vec_pretty(&result.metadata_json())?;
         write_atomic(m, &doc)?;
     }
-    Ok((result, stdout_export))
+    Ok((result, printed))
 }
 
 /// `SOURCE_DATE_EPOCH` from the environment becomes the build arg of that name unless one is
@@ -950,10 +1088,13 @@ async fn run_bake(daemon_args: &DaemonArgs, a: &BakeArgs) -> Result<bool> {
     }
     drop(progress);
     task.finish().await;
-    eprintln!(
-        "\n{}",
-        crate::progress::summary_table(&crate::bake::summary_rows(&results))
-    );
+    // `none` shows nothing but what went wrong (buildx documents it for bake as for build).
+    if mode != Mode::None {
+        eprintln!(
+            "\n{}",
+            crate::progress::summary_table(&crate::bake::summary_rows(&results))
+        );
+    }
     let mut ok = true;
     for r in &results {
         for w in &r.warnings {
@@ -990,10 +1131,13 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Build(a) => {
-            let (r, stdout_export) = run_build(&cli.daemon, a).await?;
-            // Standard output that carries the export (`-o -`, `dest=-`) gets nothing else:
-            // a digest after the tarball would corrupt it (buildx prints none there either).
-            if let Some(d) = r.image_digest().filter(|_| !stdout_export) {
+            let (r, printed) = run_build(&cli.daemon, a).await?;
+            let shown = match printed {
+                Printed::Digest => r.image_digest(),
+                Printed::ImageId => r.image_id(),
+                Printed::Nothing => None,
+            };
+            if let Some(d) = shown {
                 outln!("{d}")?;
             }
         }

@@ -328,7 +328,6 @@ fn privileges_need_allow_and_unsupported_methods_are_refused() {
         &["--check"],
         &["--call=outline,format=json"],
         &["--set", "app.call=targets"],
-        &["--set", "app.annotations=index:a=b"],
     ] {
         let mut all = vec!["bake", "app"];
         all.extend_from_slice(args);
@@ -499,6 +498,13 @@ fn print_shows_each_flag_as_buildx_does() {
             vec![],
         ),
         (vec!["--set", "app.contexts.base=docker-image://alpine:3"], vec![]),
+        (
+            vec![
+                "--set", "app.annotations=index,manifest[linux/amd64]:org.example.a=1",
+                "--set", "app.annotations=org.example.b=2",
+            ],
+            vec![],
+        ),
         (
             vec![
                 "--set", "app.extra-hosts.db=10.0.0.1",

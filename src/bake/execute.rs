@@ -58,6 +58,7 @@ fn build_spec(
     spec.network = t.network.unwrap_or_default();
     spec.add_hosts.clone_from(&t.extra_hosts);
     spec.ulimits.clone_from(&t.ulimits);
+    spec.annotations = crate::project::annotations(t);
     let pinned = |dep: &str| -> Result<String, BakeError> {
         let dt = &project.targets[dep];
         let tag = dt.tags.first().ok_or_else(|| {

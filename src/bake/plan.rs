@@ -105,6 +105,10 @@ fn extra_inputs(t: &Target, scan: &graph::DockerfileScan) -> BTreeMap<String, St
     {
         m.insert("cache-to".into(), "inline".into());
     }
+    // Annotations are written into the image's manifests and index.
+    for a in crate::project::annotations(t) {
+        m.insert(a.exporter_attr(), a.value);
+    }
     // Attestations are part of the pushed image (its index gains attestation manifests).
     for a in t.attest.iter().filter(|a| !a.disabled) {
         m.insert(format!("attest:{}", a.kind), a.frontend_value());

@@ -51,6 +51,11 @@ pub struct BuildSpec {
     pub entitlements: Vec<String>,
     /// Stages to build without cache (`no_cache` means all of them).
     pub no_cache_filter: Vec<String>,
+    /// The parent cgroup of RUN steps (`--cgroup-parent`; `None`: the daemon's default).
+    pub cgroup_parent: Option<String>,
+    /// Image annotations, given to every exporter; a later one with the same exporter
+    /// attribute replaces an earlier one (buildx keeps them in a map).
+    pub annotations: Vec<crate::options::Annotation>,
     /// Attestations to generate: type (`provenance`, `sbom`) → the `attest:TYPE` frontend
     /// attribute's value (`mode=max`, `generator=IMAGE`, or empty for the defaults).
     pub attests: BTreeMap<String, String>,
@@ -113,6 +118,15 @@ impl BuildResult {
         self.exporter_response
             .get("containerimage.digest")
             .map(String::as_str)
+    }
+    /// The image ID as buildx reports it (`--iidfile`, `--quiet`): the image config's digest
+    /// (`containerimage.config.digest`), else the image's (a multi-platform index, for which
+    /// the daemon reports no config digest); `None` when nothing was exported as an image.
+    pub fn image_id(&self) -> Option<&str> {
+        self.exporter_response
+            .get("containerimage.config.digest")
+            .map(String::as_str)
+            .or_else(|| self.image_digest())
     }
     pub fn bytes_sent(&self) -> u64 {
         self.sync.values().map(|r| r.bytes_sent).sum()

@@ -278,6 +278,9 @@ pub fn plan_request(
         let v: Vec<String> = spec.ulimits.iter().map(ToString::to_string).collect();
         attrs.insert("ulimit".into(), v.join(","));
     }
+    if let Some(c) = spec.cgroup_parent.as_ref().filter(|c| !c.is_empty()) {
+        attrs.insert("cgroup-parent".into(), c.clone());
+    }
     let mut entitlements = Vec::new();
     match spec.network {
         Network::Default => {}
@@ -594,6 +597,14 @@ pub fn plan_request(
         return Err(invalid(
             "--push/--load cannot be combined with -o/--output; add push=true to the image output instead",
         ));
+    }
+
+    // As buildx: every exporter gets the annotations; the image ones write them, the others
+    // ignore them.
+    for e in &mut exporters {
+        for a in &spec.annotations {
+            e.attrs.insert(a.exporter_attr(), a.value.clone());
+        }
     }
 
     let (exporter_deprecated, exporter_attrs_deprecated) = exporters

@@ -51,10 +51,13 @@ pub enum Mode {
     Plain,
     RawJson,
     Quiet,
+    /// Shown as `Quiet`; for `build`, also no image ID at the end (buildx's `none`, added
+    /// because its `quiet` prints one).
+    None,
 }
 
 impl Mode {
-    const CHOICES: &'static str = "auto, tty, plain, rawjson, quiet";
+    const CHOICES: &'static str = "auto, tty, plain, rawjson, quiet, none";
 
     /// `Auto` decided for this process's stderr; other modes are returned unchanged.
     pub fn resolve(self) -> Mode {
@@ -80,6 +83,7 @@ impl fmt::Display for Mode {
             Mode::Plain => "plain",
             Mode::RawJson => "rawjson",
             Mode::Quiet => "quiet",
+            Mode::None => "none",
         })
     }
 }
@@ -101,6 +105,7 @@ impl FromStr for Mode {
             "plain" => Ok(Mode::Plain),
             "rawjson" => Ok(Mode::RawJson),
             "quiet" => Ok(Mode::Quiet),
+            "none" => Ok(Mode::None),
             _ => Err(ParseModeError {
                 given: s.to_string(),
             }),
@@ -364,7 +369,7 @@ impl Printer {
                 self.dirty = true;
                 self.redraw(false);
             }
-            Mode::Quiet => {}
+            Mode::Quiet | Mode::None => {}
         }
     }
 
@@ -384,13 +389,13 @@ impl Printer {
                 self.dirty = true;
                 self.redraw(false);
             }
-            Mode::Quiet => {}
+            Mode::Quiet | Mode::None => {}
         }
     }
 
     fn on_warning(&mut self, target: Option<String>, text: String) {
         let text = format!("warning: {text}");
-        if self.mode == Mode::Quiet {
+        if matches!(self.mode, Mode::Quiet | Mode::None) {
             let ti = self.target(target);
             let name = self.targets[ti].name.clone();
             self.write_lines(name.as_deref(), &[text]);
@@ -600,7 +605,7 @@ mod tests {
         let err = "fancy".parse::<Mode>().unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown progress mode \"fancy\": use one of auto, tty, plain, rawjson, quiet"
+            "unknown progress mode \"fancy\": use one of auto, tty, plain, rawjson, quiet, none"
         );
         for m in [
             Mode::Auto,
@@ -608,6 +613,7 @@ mod tests {
             Mode::Plain,
             Mode::RawJson,
             Mode::Quiet,
+            Mode::None,
         ] {
             assert_eq!(m.to_string().parse::<Mode>(), Ok(m));
         }

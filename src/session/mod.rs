@@ -15,6 +15,7 @@ pub mod oci_layout;
 pub mod secrets;
 mod server;
 pub mod ssh;
+pub mod ssh_keys;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
