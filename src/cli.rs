@@ -179,7 +179,40 @@ pub struct BuildArgs {
     /// Progress output: auto, tty, plain, rawjson, quiet.
     #[arg(long, default_value = "auto", env = "BUILDKIT_PROGRESS")]
     pub progress: String,
+    /// What to evaluate: build (the default), check (lint the Dockerfile), outline (its build
+    /// args, secrets, ssh) or targets (its stages); options format=json, ignorestatus=true.
+    #[arg(long, value_name = "METHOD")]
+    pub call: Option<String>,
+    /// Shorthand for --call=check.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub check: Option<bool>,
 }
+
+/// `--call` and `--check` as one value: `None` for an ordinary build. `--check` together with
+/// a `--call` of another method is refused (buildx lets the later flag win).
+fn call_flags(call: Option<&str>, check: Option<bool>) -> Result<Option<options::CallFunc>> {
+    let from_call = match call {
+        Some(c) => options::parse_call(c)?,
+        None => None,
+    };
+    if check != Some(true) {
+        return Ok(from_call);
+    }
+    match from_call {
+        None if call.is_none() => Ok(options::parse_call("check")?),
+        Some(c) if c.name == "lint" => Ok(Some(c)),
+        _ => anyhow::bail!(
+            "--check asks for --call=check, and --call {} asks for another method\n  fix: give only one of them",
+            call.unwrap_or_default()
+        ),
+    }
+}
+
+/// The run ends with this exit status and nothing more to print (`--call check` found
+/// warnings: buildx exits with the answer's status code).
+#[derive(Debug, thiserror::Error)]
+#[error("exit status {0}")]
+struct ExitStatus(u8);
 
 #[derive(Args, Debug, Clone)]
 pub struct ProjectArgs {
@@ -310,12 +343,13 @@ pub struct BakeArgs {
     /// device[=NAME], ssh, fs[.read|.write]=PATH, image[.push|.load]=REF.
     #[arg(long, value_name = "ENTITLEMENT")]
     pub allow: Vec<String>,
-    /// What to evaluate: build (the default). check, outline and targets are not supported yet.
+    /// What to evaluate for every target: build (the default), check (lint its Dockerfile),
+    /// outline or targets; options format=json, ignorestatus=true. Nothing is built.
     #[arg(long, value_name = "METHOD")]
     pub call: Option<String>,
-    /// Shorthand for --call=check (not supported yet).
-    #[arg(long)]
-    pub check: bool,
+    /// Shorthand for --call=check.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub check: Option<bool>,
     /// Write every target's result metadata as JSON to this file.
     #[arg(long = "metadata-file", value_name = "FILE")]
     pub metadata_file: Option<PathBuf>,
@@ -507,6 +541,112 @@ async fn run_build(daemon_args: &DaemonArgs, a: &BuildArgs) -> Result<(BuildResu
         write_atomic(m, &doc)?;
     }
     Ok((result, stdout_export))
+}
+
+/// Runs `bk-build build --call METHOD`: the frontend evaluates the Dockerfile, and its answer
+/// is printed on standard output as buildx prints it. Fails with the check's build error, or
+/// ends with the answer's exit status (1 when a check found warnings).
+async fn run_build_call(
+    daemon_args: &DaemonArgs,
+    a: &BuildArgs,
+    call: &options::CallFunc,
+) -> Result<()> {
+    // Nothing is built, so there is nothing to deliver: asking for both is a mistake.
+    let mut delivered = Vec::new();
+    if a.push {
+        delivered.push("--push");
+    }
+    if a.load {
+        delivered.push("--load");
+    }
+    if !a.outputs.is_empty() {
+        delivered.push("--output");
+    }
+    if !a.cache_to.is_empty() {
+        delivered.push("--cache-to");
+    }
+    if !delivered.is_empty() {
+        anyhow::bail!(
+            "--call {} evaluates the Dockerfile without building it, so there is nothing for {} to deliver\n  fix: run the check and the build as two commands",
+            call.shown_name(),
+            delivered.join(", ")
+        );
+    }
+    let mut spec = build_spec(a)?;
+    spec.call = Some(call.name.clone());
+    let mode: Mode = a.progress.parse()?;
+    let daemon = daemon_args.connect().await?;
+    let (progress, task) = Progress::start(mode, Box::new(std::io::stderr()));
+    let result = crate::build::build(&daemon, &spec, &progress, None).await;
+    drop(progress);
+    task.finish().await;
+    let result = result?;
+    if let Some(m) = &a.metadata_file {
+        let doc = serde_json::to_vec_pretty(&result.metadata_json())?;
+        write_atomic(m, &doc)?;
+    }
+    let shown = dockerfile_shown(&a.context, a.file.as_deref());
+    let report = crate::progress::call_report(call, &result.exporter_response, Some(&shown))
+        .map_err(anyhow::Error::msg)?;
+    write_stdout_raw(&report.text)?;
+    if let Some(e) = report.error {
+        // Already shaped like buildx's message: no chain to add.
+        return Err(anyhow::Error::msg(e.trim_end_matches('\n').to_string() + "\n"));
+    }
+    match u8::try_from(report.status) {
+        Ok(0) => Ok(()),
+        Ok(n) => Err(ExitStatus(n).into()),
+        Err(_) => Err(ExitStatus(1).into()),
+    }
+}
+
+/// The Dockerfile's name as buildx shows it in check results (`build/opt.go`
+/// `dockerfileSrcName`): `-f` as given, `stdin` for `-f -`, else CONTEXT/Dockerfile cleaned
+/// the way Go's `filepath.Join` cleans it.
+fn dockerfile_shown(context: &Path, file: Option<&Path>) -> String {
+    match file {
+        Some(f) if f.as_os_str() == "-" => "stdin".to_string(),
+        Some(f) => f.display().to_string(),
+        None => go_clean(&format!("{}/Dockerfile", context.display())),
+    }
+}
+
+/// A slash path cleaned lexically, as Go's `path/filepath.Clean` does: repeated slashes and
+/// `.` elements go, `..` removes the element before it.
+fn go_clean(p: &str) -> String {
+    let rooted = p.starts_with('/');
+    let mut parts: Vec<&str> = Vec::new();
+    for part in p.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => match parts.last() {
+                Some(&last) if last != ".." => {
+                    parts.pop();
+                }
+                _ if rooted => {}
+                _ => parts.push(".."),
+            },
+            other => parts.push(other),
+        }
+    }
+    let joined = parts.join("/");
+    match (rooted, joined.is_empty()) {
+        (true, _) => format!("/{joined}"),
+        (false, true) => ".".to_string(),
+        (false, false) => joined,
+    }
+}
+
+/// Writes `text` to standard output as it is (it carries its own newlines).
+fn write_stdout_raw(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::BrokenPipe => anyhow::Error::new(StdoutClosed),
+            _ => anyhow::Error::new(e).context("cannot write to standard output"),
+        })
 }
 
 /// `SOURCE_DATE_EPOCH` from the environment becomes the build arg of that name unless one is
@@ -829,27 +969,103 @@ async fn daemon_cpus(d: &Daemon) -> usize {
     }
 }
 
-async fn run_bake(daemon_args: &DaemonArgs, a: &BakeArgs) -> Result<bool> {
-    // Refused before anything is read or built: these would change what a run means.
-    let call = if a.check {
-        Some("check".to_string())
-    } else {
-        a.call.clone()
+/// As buildx bake: privileges the targets ask for must be granted with `--allow`.
+fn ensure_granted(
+    project: &crate::project::Project,
+    targets: &[String],
+    granted: &[String],
+) -> Result<()> {
+    let missing = overrides::ungranted(project, targets, granted);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let asks: Vec<String> = missing
+        .iter()
+        .map(|(t, e)| format!("target `{t}` asks for {e}"))
+        .collect();
+    let mut flags: Vec<String> = missing
+        .iter()
+        .map(|(_, e)| format!("--allow={e}"))
+        .collect();
+    flags.sort();
+    flags.dedup();
+    anyhow::bail!(
+        "additional privileges requested: {}\n  fix: grant them with {} (as docker buildx bake requires), or remove them from the targets",
+        asks.join(", "),
+        flags.join(" ")
+    );
+}
+
+/// `bake --call METHOD`: every requested target (and those they use through `target:`) is
+/// evaluated by the frontend, nothing is built or recorded, and the answers are printed on
+/// standard output grouped as `docker buildx bake --call` prints them.
+async fn run_bake_call(
+    daemon_args: &DaemonArgs,
+    a: &BakeArgs,
+    call: &options::CallFunc,
+    granted: &[String],
+    mode: Mode,
+) -> Result<bool> {
+    let project = load_project(&a.project, true)?;
+    ensure_targets(&project)?;
+    crate::project::materialize(&project)?;
+    let shown = crate::graph::printed(&project, &a.project.targets)?;
+    let names: Vec<String> = shown.targets.keys().cloned().collect();
+    ensure_granted(&project, &names, granted)?;
+    let daemon = daemon_args.connect().await?;
+    let jobs = match a.jobs {
+        Some(j) => j.max(1),
+        None => daemon_cpus(&daemon).await,
     };
-    if let Some(c) = &call {
-        let by = Override {
-            shown: format!("--call {c}"),
-            text: format!("*.call={c}"),
-        };
-        let func = overrides::call_function(c).map_err(|why| {
-            anyhow::anyhow!(
-                "--call {c}: {why}\n  fix: use build (the default), check, outline or targets"
-            )
-        })?;
-        if let Some(name) = func {
-            return Err(overrides::call_refused(&by, &name).into());
+    let (progress, task) = Progress::start(mode, Box::new(std::io::stderr()));
+    let answers =
+        crate::bake::call(&daemon, &project, &names, &call.name, jobs, &progress).await;
+    drop(progress);
+    task.finish().await;
+    let answers = answers?;
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let mut responses = std::collections::BTreeMap::new();
+    let mut dockerfiles = std::collections::BTreeMap::new();
+    let mut metadata = serde_json::Map::new();
+    let mut failed = false;
+    for (name, answer) in answers {
+        match answer {
+            Ok(r) => {
+                metadata.insert(name.clone(), r.metadata_json());
+                responses.insert(name.clone(), r.exporter_response);
+            }
+            Err(e) => {
+                failed = true;
+                eprintln!("[{name}] {e}");
+            }
+        }
+        if let Some(t) = project.targets.get(&name) {
+            // buildx shows the Dockerfile as CONTEXT/DOCKERFILE from the current directory.
+            let df = t.dockerfile.strip_prefix(&cwd).unwrap_or(&t.dockerfile);
+            dockerfiles.insert(name, df.display().to_string());
         }
     }
+    if let Some(m) = &a.metadata_file {
+        let doc = serde_json::to_vec_pretty(&serde_json::Value::Object(metadata))?;
+        write_atomic(m, &doc)?;
+    }
+    let printed = crate::project::to_json(&shown);
+    let (text, status) =
+        crate::progress::bake_call_report(call, &responses, &dockerfiles, &printed);
+    write_stdout_raw(&text)?;
+    if failed {
+        return Ok(false);
+    }
+    match u8::try_from(status) {
+        Ok(0) => Ok(true),
+        Ok(n) => Err(ExitStatus(n).into()),
+        Err(_) => Err(ExitStatus(1).into()),
+    }
+}
+
+async fn run_bake(daemon_args: &DaemonArgs, a: &BakeArgs) -> Result<bool> {
+    // Parsed before anything is read or built.
+    let call = call_flags(a.call.as_deref(), a.check)?;
     let mut granted = overrides::parse_allow(&a.allow)?;
     granted.extend(overrides::granted_by(&a.project.overrides()));
     if let Some(list) = &a.list {
@@ -873,31 +1089,16 @@ async fn run_bake(daemon_args: &DaemonArgs, a: &BakeArgs) -> Result<bool> {
         return Ok(true);
     }
     let mode: Mode = a.progress.parse()?;
+    if let Some(call) = &call {
+        return run_bake_call(daemon_args, a, call, &granted, mode).await;
+    }
     let (project, state, plan) = plan_project(
         daemon_args,
         &a.project,
         crate::fingerprint::DEFAULT_LOCK_WAIT,
     )
     .await?;
-    // As buildx bake: privileges a target asks for must be granted with --allow.
-    let missing = overrides::ungranted(&project, &plan.graph.order, &granted);
-    if !missing.is_empty() {
-        let asks: Vec<String> = missing
-            .iter()
-            .map(|(t, e)| format!("target `{t}` asks for {e}"))
-            .collect();
-        let mut flags: Vec<String> = missing
-            .iter()
-            .map(|(_, e)| format!("--allow={e}"))
-            .collect();
-        flags.sort();
-        flags.dedup();
-        anyhow::bail!(
-            "additional privileges requested: {}\n  fix: grant them with {} (as docker buildx bake requires), or remove them from the targets",
-            asks.join(", "),
-            flags.join(" ")
-        );
-    }
+    ensure_granted(&project, &plan.graph.order, &granted)?;
     let opts = a.project.bake_options(&project, daemon_args)?;
     let must_build = plan
         .ordered()
@@ -990,6 +1191,9 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Build(a) => {
+            if let Some(call) = call_flags(a.call.as_deref(), a.check)? {
+                return run_build_call(&cli.daemon, a, &call).await;
+            }
             let (r, stdout_export) = run_build(&cli.daemon, a).await?;
             // Standard output that carries the export (`-o -`, `dest=-`) gets nothing else:
             // a digest after the tarball would corrupt it (buildx prints none there either).
@@ -1109,6 +1313,9 @@ pub fn main() -> ExitCode {
             r = run(cli) => match r {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) if e.downcast_ref::<StdoutClosed>().is_some() => ExitCode::SUCCESS,
+                Err(e) if e.downcast_ref::<ExitStatus>().is_some() => {
+                    ExitCode::from(e.downcast_ref::<ExitStatus>().map_or(1, |s| s.0))
+                }
                 Err(e) => {
                     let msg = format_error(&e);
                     // Build failures already read "ERROR: failed to solve: …".

@@ -5,6 +5,7 @@
 //! This module knows BuildKit's frontend attributes and exporters. It does not know about
 //! project files, graphs, or how progress is drawn.
 
+mod gateway;
 mod load;
 mod request;
 
@@ -69,6 +70,10 @@ pub struct BuildSpec {
     /// `None` with a Docker Engine daemon, whose `moby` exporter loads directly; required with
     /// any other daemon kind for those outputs.
     pub load_into: Option<crate::transport::DockerHost>,
+    /// Evaluate this frontend subrequest instead of building (`lint`, `outline`, `targets`:
+    /// buildx's `--call`): nothing is built or exported, and the answer arrives in the
+    /// result's `result.json`, `result.txt`, `result.statuscode` and `version`.
+    pub call: Option<String>,
 }
 
 impl BuildSpec {
@@ -133,6 +138,9 @@ impl BuildResult {
                         .or_else(|| serde_json::from_str(v).ok())
                         .unwrap_or_else(|| serde_json::Value::String(v.clone()))
                 }
+                // A subrequest's answer (`--call`), which buildx writes as the object it is.
+                "result.json" => serde_json::from_str(v)
+                    .unwrap_or_else(|_| serde_json::Value::String(v.clone())),
                 _ => serde_json::Value::String(v.clone()),
             };
             m.insert(k.clone(), val);
@@ -175,7 +183,30 @@ pub async fn build(
     prefix: Option<&str>,
 ) -> Result<BuildResult, BuildError> {
     let started = Instant::now();
-    let planned = plan_request(spec, &daemon.kind, &session::node_id())?;
+    // A subrequest builds nothing, so there is nothing to export, push, load or cache.
+    let call_spec;
+    let spec = match &spec.call {
+        Some(_) => {
+            call_spec = BuildSpec {
+                outputs: Vec::new(),
+                push: false,
+                load: false,
+                tags: Vec::new(),
+                cache_to: Vec::new(),
+                load_into: None,
+                ..spec.clone()
+            };
+            &call_spec
+        }
+        None => spec,
+    };
+    let mut planned = plan_request(spec, &daemon.kind, &session::node_id())?;
+    if spec.call.is_some() {
+        // `BUILDKIT_INLINE_CACHE` would still ask for an inline cache export.
+        if let Some(c) = planned.request.cache.as_mut() {
+            c.exports.clear();
+        }
+    }
     let build_ref = session::random_id();
 
     // Image loads through the Engine API: the engine must be there before anything is built,
@@ -236,7 +267,16 @@ pub async fn build(
     // The daemon's answer, unless the session is lost first: then the build cannot finish
     // (what the daemon still needs from this client would never come), so the Solve call is
     // dropped, which cancels the build on the daemon, rather than waited for without end.
-    let solve = control.solve(req);
+    let channel = daemon.channel.clone();
+    let solve = async {
+        match spec.call.as_deref() {
+            Some(name) => gateway::call(channel, req, name).await,
+            None => control
+                .solve(req)
+                .await
+                .map(|r| r.into_inner().exporter_response.into_iter().collect()),
+        }
+    };
     tokio::pin!(solve);
     let solved = tokio::select! {
         biased;
@@ -302,8 +342,7 @@ pub async fn build(
             why: e,
         });
     }
-    let exporter_response: BTreeMap<String, String> =
-        resp.into_inner().exporter_response.into_iter().collect();
+    let exporter_response: BTreeMap<String, String> = resp;
     let reported = exporter_response
         .get("cache.manifest")
         .map(String::as_str)
