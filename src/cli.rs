@@ -526,8 +526,9 @@ async fn run_build(daemon_args: &DaemonArgs, a: &BuildArgs) -> Result<(BuildResu
             );
         }
     }
-    let daemon = daemon_args.connect().await?;
     let mut spec = spec;
+    let _inputs = read_inputs(a, &mut spec)?;
+    let daemon = daemon_args.connect().await?;
     if spec.needs_load() {
         spec.load_into = daemon.load_target()?;
     }
@@ -575,6 +576,7 @@ async fn run_build_call(
     let mut spec = build_spec(a)?;
     spec.call = Some(call.name.clone());
     let mode: Mode = a.progress.parse()?;
+    let inputs = read_inputs(a, &mut spec)?;
     let daemon = daemon_args.connect().await?;
     let (progress, task) = Progress::start(mode, Box::new(std::io::stderr()));
     let result = crate::build::build(&daemon, &spec, &progress, None).await;
@@ -585,13 +587,14 @@ async fn run_build_call(
         let doc = serde_json::to_vec_pretty(&result.metadata_json())?;
         write_atomic(m, &doc)?;
     }
-    let shown = dockerfile_shown(&a.context, a.file.as_deref());
-    let report = crate::progress::call_report(call, &result.exporter_response, Some(&shown))
+    let report = crate::progress::call_report(call, &result.exporter_response, Some(&inputs.shown))
         .map_err(anyhow::Error::msg)?;
     write_stdout_raw(&report.text)?;
     if let Some(e) = report.error {
         // Already shaped like buildx's message: no chain to add.
-        return Err(anyhow::Error::msg(e.trim_end_matches('\n').to_string() + "\n"));
+        return Err(anyhow::Error::msg(
+            e.trim_end_matches('\n').to_string() + "\n",
+        ));
     }
     match u8::try_from(report.status) {
         Ok(0) => Ok(()),
@@ -600,15 +603,127 @@ async fn run_build_call(
     }
 }
 
-/// The Dockerfile's name as buildx shows it in check results (`build/opt.go`
-/// `dockerfileSrcName`): `-f` as given, `stdin` for `-f -`, else CONTEXT/Dockerfile cleaned
-/// the way Go's `filepath.Join` cleans it.
-fn dockerfile_shown(context: &Path, file: Option<&Path>) -> String {
-    match file {
-        Some(f) if f.as_os_str() == "-" => "stdin".to_string(),
-        Some(f) => f.display().to_string(),
-        None => go_clean(&format!("{}/Dockerfile", context.display())),
+/// What a build read from standard input or the context argument, kept while it runs.
+struct Inputs {
+    /// A Dockerfile read from standard input and the empty context beside it: deleted when
+    /// the build is over.
+    _temp: Vec<tempfile::TempDir>,
+    /// The Dockerfile's name as buildx shows it in check results (`build/opt.go`
+    /// `dockerfileSrcName`): `-f` as given, `stdin` when it came from standard input, else
+    /// CONTEXT/Dockerfile cleaned the way Go's `filepath.Join` cleans it.
+    shown: String,
+}
+
+/// Applies the context and `-f` forms `docker buildx build` reads beyond a directory
+/// (`build/opt.go` `loadInputs`): a context of `-` is a tar archive on standard input
+/// (streamed to the daemon as it pulls it) or, when the first bytes are not an archive, a
+/// Dockerfile with an empty context; `-f -` reads the Dockerfile from standard input; a Git or
+/// HTTP(S) URL context is fetched by the daemon, with `-f` a path inside it (or a local file,
+/// when absolute or `-`). A local directory of the same name wins over a URL, as in buildx.
+fn read_inputs(a: &BuildArgs, spec: &mut BuildSpec) -> Result<Inputs> {
+    let file = a.file.as_deref();
+    let file_stdin = file.is_some_and(|f| f.as_os_str() == "-");
+    let mut inputs = Inputs {
+        _temp: Vec::new(),
+        shown: match file {
+            Some(_) if file_stdin => "stdin".to_string(),
+            Some(f) => f.display().to_string(),
+            None => go_clean(&format!("{}/Dockerfile", a.context.display())),
+        },
+    };
+    let context = a.context.to_string_lossy().into_owned();
+    if context == "-" {
+        anyhow::ensure!(
+            !file_stdin,
+            "standard input cannot be both the build context (CONTEXT -) and the Dockerfile (-f -)\n  fix: pipe one of them, and pass the other as a path"
+        );
+        let mut stdin = std::io::stdin();
+        let head = read_head(&mut stdin, crate::build::ARCHIVE_PEEK)
+            .context("cannot read the build context from standard input")?;
+        anyhow::ensure!(
+            !head.is_empty(),
+            "standard input is empty, but CONTEXT - reads the build context from it\n  fix: pipe a tar archive of the context (tar -C dir -c . | bk-build build -) or a Dockerfile (bk-build build - < Dockerfile)"
+        );
+        if crate::build::is_archive(&head) {
+            spec.context_input = crate::build::ContextInput::Upload {
+                upload: crate::session::upload::Upload::new(head, stdin),
+                filename: file.map(|f| f.to_string_lossy().into_owned()),
+            };
+            spec.dockerfile = None;
+        } else {
+            anyhow::ensure!(
+                file.is_none(),
+                "standard input holds a Dockerfile (it is no tar archive), and -f names another one\n  fix: pipe a tar archive of the context, or leave out -f"
+            );
+            let (dir, dockerfile) = stdin_dockerfile(&head, &mut stdin)?;
+            let empty = temp_dir("bk-build-empty-context")?;
+            spec.context = empty.path().to_path_buf();
+            spec.dockerfile = Some(dockerfile);
+            inputs._temp.extend([dir, empty]);
+            inputs.shown = "stdin".to_string();
+        }
+        return Ok(inputs);
     }
+    let remote = !a.context.is_dir() && options::is_remote_url(&context);
+    if file_stdin {
+        let (dir, dockerfile) = stdin_dockerfile(&[], &mut std::io::stdin())?;
+        spec.dockerfile = Some(dockerfile);
+        inputs._temp.push(dir);
+    }
+    if remote {
+        let filename = match file {
+            Some(f) if !file_stdin && !f.is_absolute() => {
+                // A path inside the fetched context, not on this machine.
+                spec.dockerfile = None;
+                Some(f.to_string_lossy().into_owned())
+            }
+            _ => None,
+        };
+        spec.context_input = crate::build::ContextInput::Url {
+            url: context,
+            filename,
+        };
+    }
+    Ok(inputs)
+}
+
+/// Up to `n` bytes from the start of `r` (fewer only at its end).
+fn read_head(r: &mut impl std::io::Read, n: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut head = Vec::with_capacity(n);
+    r.take(n as u64).read_to_end(&mut head)?;
+    Ok(head)
+}
+
+/// A new temporary directory (the system's), named for what it holds.
+fn temp_dir(prefix: &str) -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .context("cannot create a temporary directory")
+}
+
+/// Writes `head` and the rest of `r` (standard input) to `Dockerfile` in a new temporary
+/// directory, streaming; returns the directory and the file.
+fn stdin_dockerfile(
+    head: &[u8],
+    r: &mut impl std::io::Read,
+) -> Result<(tempfile::TempDir, PathBuf)> {
+    use std::io::Write;
+    let dir = temp_dir("bk-build-dockerfile")?;
+    let path = dir.path().join("Dockerfile");
+    let mut f =
+        std::fs::File::create(&path).with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(head)
+        .and_then(|()| std::io::copy(r, &mut f).map(drop))
+        .and_then(|()| f.flush())
+        .with_context(|| {
+            format!(
+                "cannot copy the Dockerfile from standard input to {}",
+                path.display()
+            )
+        })?;
+    Ok((dir, path))
 }
 
 /// A slash path cleaned lexically, as Go's `path/filepath.Clean` does: repeated slashes and
@@ -1018,8 +1133,7 @@ async fn run_bake_call(
         None => daemon_cpus(&daemon).await,
     };
     let (progress, task) = Progress::start(mode, Box::new(std::io::stderr()));
-    let answers =
-        crate::bake::call(&daemon, &project, &names, &call.name, jobs, &progress).await;
+    let answers = crate::bake::call(&daemon, &project, &names, &call.name, jobs, &progress).await;
     drop(progress);
     task.finish().await;
     let answers = answers?;

@@ -2111,14 +2111,26 @@ mod tests {
         assert_eq!(parse_call("build").unwrap(), None);
         assert_eq!(parse_call("").unwrap(), None);
         let c = parse_call("check").unwrap().unwrap();
-        assert_eq!((c.name.as_str(), c.json, c.ignore_status), ("lint", false, false));
+        assert_eq!(
+            (c.name.as_str(), c.json, c.ignore_status),
+            ("lint", false, false)
+        );
         assert_eq!(c.shown_name(), "check");
         let c = parse_call("outline,format=json,ignorestatus=true")
             .unwrap()
             .unwrap();
-        assert_eq!((c.name.as_str(), c.json, c.ignore_status), ("outline", true, true));
+        assert_eq!(
+            (c.name.as_str(), c.json, c.ignore_status),
+            ("outline", true, true)
+        );
         assert_eq!(parse_call("lint").unwrap().unwrap().name, "lint");
-        for bad in ["nope", "check,outline", "check,format=yaml", "check,x=1", "check,ignorestatus=maybe"] {
+        for bad in [
+            "nope",
+            "check,outline",
+            "check,format=yaml",
+            "check,x=1",
+            "check,ignorestatus=maybe",
+        ] {
             let e = parse_call(bad).unwrap_err().to_string();
             assert!(e.contains("--call") && e.contains("e.g."), "{bad}: {e}");
         }

@@ -5,6 +5,7 @@
 //! This module knows BuildKit's frontend attributes and exporters. It does not know about
 //! project files, graphs, or how progress is drawn.
 
+mod context;
 mod gateway;
 mod load;
 mod request;
@@ -23,6 +24,7 @@ use crate::session::oci_layout::Descriptor;
 use crate::session::{self, filesync::DirSyncReport, Session};
 use crate::transport::Daemon;
 
+pub use context::{is_archive, ContextInput, ARCHIVE_PEEK};
 pub use load::{settle_canceled_loads, settling_loads, CanceledLoad};
 pub use request::{local_name, plan_request, CacheIndexUpdate, PlannedRequest};
 
@@ -31,8 +33,11 @@ pub use request::{local_name, plan_request, CacheIndexUpdate, PlannedRequest};
 pub struct BuildSpec {
     /// Shown as the progress prefix in multi-target runs and as the session name.
     pub name: String,
-    /// The build context directory.
+    /// The build context directory (unless `context_input` says otherwise).
     pub context: PathBuf,
+    /// Where the context comes from when not from the directory `context`: a URL the
+    /// daemon fetches, or an archive from standard input.
+    pub context_input: ContextInput,
     /// The Dockerfile (default `<context>/Dockerfile`).
     pub dockerfile: Option<PathBuf>,
     pub target: Option<String>,
@@ -139,8 +144,9 @@ impl BuildResult {
                         .unwrap_or_else(|| serde_json::Value::String(v.clone()))
                 }
                 // A subrequest's answer (`--call`), which buildx writes as the object it is.
-                "result.json" => serde_json::from_str(v)
-                    .unwrap_or_else(|_| serde_json::Value::String(v.clone())),
+                "result.json" => {
+                    serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.clone()))
+                }
                 _ => serde_json::Value::String(v.clone()),
             };
             m.insert(k.clone(), val);

@@ -443,8 +443,12 @@ mod tests {
             serde_json::json!([warning("UndefinedVar", 4), warning("FromAsCasing", 1)]),
             None,
         );
-        let out = call_report(&check(false, false), &response(&r, "1"), Some("app/Dockerfile"))
-            .unwrap();
+        let out = call_report(
+            &check(false, false),
+            &response(&r, "1"),
+            Some("app/Dockerfile"),
+        )
+        .unwrap();
         let want = "Check complete, 2 warnings have been found!\n\
             \nWARNING: FromAsCasing - https://docs.docker.com/go/dockerfile/rule/FromAsCasing/\n\
             detail of FromAsCasing\n\
@@ -465,10 +469,13 @@ mod tests {
             --------------------\n";
         assert_eq!(out.text, want);
         assert_eq!((out.status, out.error), (1, None));
-        let ignored =
-            call_report(&check(false, true), &response(&r, "1"), None).unwrap();
+        let ignored = call_report(&check(false, true), &response(&r, "1"), None).unwrap();
         assert_eq!(ignored.status, 0);
-        assert!(ignored.text.contains("\nDockerfile:1\n"), "{}", ignored.text);
+        assert!(
+            ignored.text.contains("\nDockerfile:1\n"),
+            "{}",
+            ignored.text
+        );
     }
 
     #[test]
@@ -489,10 +496,16 @@ mod tests {
         });
         let r = lint(serde_json::json!([warning("FromAsCasing", 1)]), Some(e));
         let out = call_report(&check(false, false), &response(&r, "1"), None).unwrap();
-        assert!(out.text.ends_with("--------------------\n\n"), "{}", out.text);
+        assert!(
+            out.text.ends_with("--------------------\n\n"),
+            "{}",
+            out.text
+        );
         let err = out.error.unwrap();
         assert!(
-            err.starts_with("dockerfile parse error on line 2: unknown instruction: BOGUS\nDockerfile:2\n"),
+            err.starts_with(
+                "dockerfile parse error on line 2: unknown instruction: BOGUS\nDockerfile:2\n"
+            ),
             "{err}"
         );
         assert!(err.contains("   2 | >>> ENV A=$UNDEF\n"), "{err}");
