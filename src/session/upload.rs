@@ -26,11 +26,14 @@ const CHUNK: usize = 256 << 10;
 /// Messages read ahead of the daemon: at most this many chunks are held in memory.
 const QUEUE: usize = 4;
 
+/// What an upload sends: the bytes already read, then the rest of the reader.
+type Source = (Vec<u8>, Box<dyn Read + Send>);
+
 /// Bytes the daemon may pull once: what was already read from the reader (`head`, e.g. to
 /// tell an archive from a Dockerfile), then the rest of the reader. Cloning shares the one
 /// stream.
 #[derive(Clone)]
-pub struct Upload(Arc<Mutex<Option<(Vec<u8>, Box<dyn Read + Send>)>>>);
+pub struct Upload(Arc<Mutex<Option<Source>>>);
 
 impl Upload {
     /// An upload of `head` followed by everything `rest` yields.
@@ -38,7 +41,7 @@ impl Upload {
         Upload(Arc::new(Mutex::new(Some((head, Box::new(rest))))))
     }
 
-    fn take(&self) -> Option<(Vec<u8>, Box<dyn Read + Send>)> {
+    fn take(&self) -> Option<Source> {
         self.0.lock().ok().and_then(|mut s| s.take())
     }
 
