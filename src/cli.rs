@@ -116,10 +116,12 @@ pub enum Command {
 
 #[derive(Args, Debug, Default)]
 pub struct BuildArgs {
-    /// Build context directory.
+    /// Build context: a directory, `-` (a tar archive, or a Dockerfile, on standard input),
+    /// or a Git or HTTP(S) URL the daemon fetches (https://host/repo.git#REF:SUBDIR).
     #[arg(default_value = ".")]
     pub context: PathBuf,
-    /// Dockerfile path (default: CONTEXT/Dockerfile).
+    /// Dockerfile path (default: CONTEXT/Dockerfile); `-` reads it from standard input. With
+    /// a URL or archive context, a relative path is inside that context.
     #[arg(short = 'f', long = "file", value_name = "PATH")]
     pub file: Option<PathBuf>,
     /// Stage to build.

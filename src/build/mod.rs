@@ -1,6 +1,8 @@
 //! One image: a [`BuildSpec`] (plain data, from the CLI or from a project target) becomes a
 //! `Solve` request for the Dockerfile frontend plus the session that serves its directories,
 //! secrets and client-side outputs; the Status stream is forwarded to [`crate::progress`].
+//! With [`BuildSpec::call`] the frontend answers a subrequest instead (`--call check`), over
+//! the gateway API (`gateway`); a context may also be a URL or an upload ([`ContextInput`]).
 //!
 //! This module knows BuildKit's frontend attributes and exporters. It does not know about
 //! project files, graphs, or how progress is drawn.

@@ -709,7 +709,7 @@ pub fn call_refused(by: &Override, name: &str) -> OverrideError {
     fail(
         by,
         format!(
-            "setting one target's method (call = {name}) is not supported yet; `bake --call {name}` evaluates every requested target"
+            "setting one target's method (call = {name}) is not supported yet ({NOT_YET} adds it); `bake --call {name}` evaluates every requested target"
         ),
         "use bake --call (or --check) instead of --set TARGET.call",
     )
