@@ -116,10 +116,12 @@ pub enum Command {
 
 #[derive(Args, Debug, Default)]
 pub struct BuildArgs {
-    /// Build context directory.
+    /// Build context: a directory, `-` (a tar archive, or a Dockerfile, on standard input),
+    /// or a Git or HTTP(S) URL the daemon fetches (https://host/repo.git#REF:SUBDIR).
     #[arg(default_value = ".")]
     pub context: PathBuf,
-    /// Dockerfile path (default: CONTEXT/Dockerfile).
+    /// Dockerfile path (default: CONTEXT/Dockerfile); `-` reads it from standard input. With
+    /// a URL or archive context, a relative path is inside that context.
     #[arg(short = 'f', long = "file", value_name = "PATH")]
     pub file: Option<PathBuf>,
     /// Stage to build.
@@ -209,7 +211,40 @@ pub struct BuildArgs {
     /// image ID on standard output). With auto, $BUILDKIT_PROGRESS decides when set.
     #[arg(long, default_value = "auto")]
     pub progress: String,
+    /// What to evaluate: build (the default), check (lint the Dockerfile), outline (its build
+    /// args, secrets, ssh) or targets (its stages); options format=json, ignorestatus=true.
+    #[arg(long, value_name = "METHOD")]
+    pub call: Option<String>,
+    /// Shorthand for --call=check.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub check: Option<bool>,
 }
+
+/// `--call` and `--check` as one value: `None` for an ordinary build. `--check` together with
+/// a `--call` of another method is refused (buildx lets the later flag win).
+fn call_flags(call: Option<&str>, check: Option<bool>) -> Result<Option<options::CallFunc>> {
+    let from_call = match call {
+        Some(c) => options::parse_call(c)?,
+        None => None,
+    };
+    if check != Some(true) {
+        return Ok(from_call);
+    }
+    match from_call {
+        None if call.is_none() => Ok(options::parse_call("check")?),
+        Some(c) if c.name == "lint" => Ok(Some(c)),
+        _ => anyhow::bail!(
+            "--check asks for --call=check, and --call {} asks for another method\n  fix: give only one of them",
+            call.unwrap_or_default()
+        ),
+    }
+}
+
+/// The run ends with this exit status and nothing more to print (`--call check` found
+/// warnings: buildx exits with the answer's status code).
+#[derive(Debug, thiserror::Error)]
+#[error("exit status {0}")]
+struct ExitStatus(u8);
 
 #[derive(Args, Debug, Clone)]
 pub struct ProjectArgs {
@@ -340,12 +375,13 @@ pub struct BakeArgs {
     /// device[=NAME], ssh, fs[.read|.write]=PATH, image[.push|.load]=REF.
     #[arg(long, value_name = "ENTITLEMENT")]
     pub allow: Vec<String>,
-    /// What to evaluate: build (the default). check, outline and targets are not supported yet.
+    /// What to evaluate for every target: build (the default), check (lint its Dockerfile),
+    /// outline or targets; options format=json, ignorestatus=true. Nothing is built.
     #[arg(long, value_name = "METHOD")]
     pub call: Option<String>,
-    /// Shorthand for --call=check (not supported yet).
-    #[arg(long)]
-    pub check: bool,
+    /// Shorthand for --call=check.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub check: Option<bool>,
     /// Write every target's result metadata as JSON to this file.
     #[arg(long = "metadata-file", value_name = "FILE")]
     pub metadata_file: Option<PathBuf>,
@@ -627,8 +663,9 @@ async fn run_build(daemon_args: &DaemonArgs, a: &BuildArgs) -> Result<(BuildResu
             }
         }
     }
-    let daemon = daemon_args.connect().await?;
     let mut spec = spec;
+    let _inputs = read_inputs(a, &mut spec)?;
+    let daemon = daemon_args.connect().await?;
     if spec.needs_load() {
         spec.load_into = daemon.load_target()?;
     }
@@ -645,6 +682,226 @@ async fn run_build(daemon_args: &DaemonArgs, a: &BuildArgs) -> Result<(BuildResu
         write_atomic(m, &doc)?;
     }
     Ok((result, printed))
+}
+
+/// Runs `bk-build build --call METHOD`: the frontend evaluates the Dockerfile, and its answer
+/// is printed on standard output as buildx prints it. Fails with the check's build error, or
+/// ends with the answer's exit status (1 when a check found warnings).
+async fn run_build_call(
+    daemon_args: &DaemonArgs,
+    a: &BuildArgs,
+    call: &options::CallFunc,
+) -> Result<()> {
+    // Nothing is built, so there is nothing to deliver: asking for both is a mistake.
+    let mut delivered = Vec::new();
+    if a.push {
+        delivered.push("--push");
+    }
+    if a.load {
+        delivered.push("--load");
+    }
+    if !a.outputs.is_empty() {
+        delivered.push("--output");
+    }
+    if !a.cache_to.is_empty() {
+        delivered.push("--cache-to");
+    }
+    if !delivered.is_empty() {
+        anyhow::bail!(
+            "--call {} evaluates the Dockerfile without building it, so there is nothing for {} to deliver\n  fix: run the check and the build as two commands",
+            call.shown_name(),
+            delivered.join(", ")
+        );
+    }
+    let mut spec = build_spec(a)?;
+    spec.call = Some(call.name.clone());
+    let mode: Mode = a.progress.parse()?;
+    let inputs = read_inputs(a, &mut spec)?;
+    let daemon = daemon_args.connect().await?;
+    let (progress, task) = Progress::start(mode, Box::new(std::io::stderr()));
+    let result = crate::build::build(&daemon, &spec, &progress, None).await;
+    drop(progress);
+    task.finish().await;
+    let result = result?;
+    if let Some(m) = &a.metadata_file {
+        let doc = serde_json::to_vec_pretty(&result.metadata_json())?;
+        write_atomic(m, &doc)?;
+    }
+    let report = crate::progress::call_report(call, &result.exporter_response, Some(&inputs.shown))
+        .map_err(anyhow::Error::msg)?;
+    write_stdout_raw(&report.text)?;
+    if let Some(e) = report.error {
+        // Already shaped like buildx's message: no chain to add.
+        return Err(anyhow::Error::msg(
+            e.trim_end_matches('\n').to_string() + "\n",
+        ));
+    }
+    match u8::try_from(report.status) {
+        Ok(0) => Ok(()),
+        Ok(n) => Err(ExitStatus(n).into()),
+        Err(_) => Err(ExitStatus(1).into()),
+    }
+}
+
+/// What a build read from standard input or the context argument, kept while it runs.
+struct Inputs {
+    /// A Dockerfile read from standard input and the empty context beside it: deleted when
+    /// the build is over.
+    _temp: Vec<tempfile::TempDir>,
+    /// The Dockerfile's name as buildx shows it in check results (`build/opt.go`
+    /// `dockerfileSrcName`): `-f` as given, `stdin` when it came from standard input, else
+    /// CONTEXT/Dockerfile cleaned the way Go's `filepath.Join` cleans it.
+    shown: String,
+}
+
+/// Applies the context and `-f` forms `docker buildx build` reads beyond a directory
+/// (`build/opt.go` `loadInputs`): a context of `-` is a tar archive on standard input
+/// (streamed to the daemon as it pulls it) or, when the first bytes are not an archive, a
+/// Dockerfile with an empty context; `-f -` reads the Dockerfile from standard input; a Git or
+/// HTTP(S) URL context is fetched by the daemon, with `-f` a path inside it (or a local file,
+/// when absolute or `-`). A local directory of the same name wins over a URL, as in buildx.
+fn read_inputs(a: &BuildArgs, spec: &mut BuildSpec) -> Result<Inputs> {
+    let file = a.file.as_deref();
+    let file_stdin = file.is_some_and(|f| f.as_os_str() == "-");
+    let mut inputs = Inputs {
+        _temp: Vec::new(),
+        shown: match file {
+            Some(_) if file_stdin => "stdin".to_string(),
+            Some(f) => f.display().to_string(),
+            None => go_clean(&format!("{}/Dockerfile", a.context.display())),
+        },
+    };
+    let context = a.context.to_string_lossy().into_owned();
+    if context == "-" {
+        anyhow::ensure!(
+            !file_stdin,
+            "standard input cannot be both the build context (CONTEXT -) and the Dockerfile (-f -)\n  fix: pipe one of them, and pass the other as a path"
+        );
+        let mut stdin = std::io::stdin();
+        let head = read_head(&mut stdin, crate::build::ARCHIVE_PEEK)
+            .context("cannot read the build context from standard input")?;
+        anyhow::ensure!(
+            !head.is_empty(),
+            "standard input is empty, but CONTEXT - reads the build context from it\n  fix: pipe a tar archive of the context (tar -C dir -c . | bk-build build -) or a Dockerfile (bk-build build - < Dockerfile)"
+        );
+        if crate::build::is_archive(&head) {
+            spec.context_input = crate::build::ContextInput::Upload {
+                upload: crate::session::upload::Upload::new(head, stdin),
+                filename: file.map(|f| f.to_string_lossy().into_owned()),
+            };
+            spec.dockerfile = None;
+        } else {
+            anyhow::ensure!(
+                file.is_none(),
+                "standard input holds a Dockerfile (it is no tar archive), and -f names another one\n  fix: pipe a tar archive of the context, or leave out -f"
+            );
+            let (dir, dockerfile) = stdin_dockerfile(&head, &mut stdin)?;
+            let empty = temp_dir("bk-build-empty-context")?;
+            spec.context = empty.path().to_path_buf();
+            spec.dockerfile = Some(dockerfile);
+            inputs._temp.extend([dir, empty]);
+            inputs.shown = "stdin".to_string();
+        }
+        return Ok(inputs);
+    }
+    let remote = !a.context.is_dir() && options::is_remote_url(&context);
+    if file_stdin {
+        let (dir, dockerfile) = stdin_dockerfile(&[], &mut std::io::stdin())?;
+        spec.dockerfile = Some(dockerfile);
+        inputs._temp.push(dir);
+    }
+    if remote {
+        let filename = match file {
+            Some(f) if !file_stdin && !f.is_absolute() => {
+                // A path inside the fetched context, not on this machine.
+                spec.dockerfile = None;
+                Some(f.to_string_lossy().into_owned())
+            }
+            _ => None,
+        };
+        spec.context_input = crate::build::ContextInput::Url {
+            url: context,
+            filename,
+        };
+    }
+    Ok(inputs)
+}
+
+/// Up to `n` bytes from the start of `r` (fewer only at its end).
+fn read_head(r: &mut impl std::io::Read, n: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut head = Vec::with_capacity(n);
+    r.take(n as u64).read_to_end(&mut head)?;
+    Ok(head)
+}
+
+/// A new temporary directory (the system's), named for what it holds.
+fn temp_dir(prefix: &str) -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .context("cannot create a temporary directory")
+}
+
+/// Writes `head` and the rest of `r` (standard input) to `Dockerfile` in a new temporary
+/// directory, streaming; returns the directory and the file.
+fn stdin_dockerfile(
+    head: &[u8],
+    r: &mut impl std::io::Read,
+) -> Result<(tempfile::TempDir, PathBuf)> {
+    use std::io::Write;
+    let dir = temp_dir("bk-build-dockerfile")?;
+    let path = dir.path().join("Dockerfile");
+    let mut f =
+        std::fs::File::create(&path).with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(head)
+        .and_then(|()| std::io::copy(r, &mut f).map(drop))
+        .and_then(|()| f.flush())
+        .with_context(|| {
+            format!(
+                "cannot copy the Dockerfile from standard input to {}",
+                path.display()
+            )
+        })?;
+    Ok((dir, path))
+}
+
+/// A slash path cleaned lexically, as Go's `path/filepath.Clean` does: repeated slashes and
+/// `.` elements go, `..` removes the element before it.
+fn go_clean(p: &str) -> String {
+    let rooted = p.starts_with('/');
+    let mut parts: Vec<&str> = Vec::new();
+    for part in p.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => match parts.last() {
+                Some(&last) if last != ".." => {
+                    parts.pop();
+                }
+                _ if rooted => {}
+                _ => parts.push(".."),
+            },
+            other => parts.push(other),
+        }
+    }
+    let joined = parts.join("/");
+    match (rooted, joined.is_empty()) {
+        (true, _) => format!("/{joined}"),
+        (false, true) => ".".to_string(),
+        (false, false) => joined,
+    }
+}
+
+/// Writes `text` to standard output as it is (it carries its own newlines).
+fn write_stdout_raw(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::BrokenPipe => anyhow::Error::new(StdoutClosed),
+            _ => anyhow::Error::new(e).context("cannot write to standard output"),
+        })
 }
 
 /// `SOURCE_DATE_EPOCH` from the environment becomes the build arg of that name unless one is
@@ -967,27 +1224,102 @@ async fn daemon_cpus(d: &Daemon) -> usize {
     }
 }
 
-async fn run_bake(daemon_args: &DaemonArgs, a: &BakeArgs) -> Result<bool> {
-    // Refused before anything is read or built: these would change what a run means.
-    let call = if a.check {
-        Some("check".to_string())
-    } else {
-        a.call.clone()
+/// As buildx bake: privileges the targets ask for must be granted with `--allow`.
+fn ensure_granted(
+    project: &crate::project::Project,
+    targets: &[String],
+    granted: &[String],
+) -> Result<()> {
+    let missing = overrides::ungranted(project, targets, granted);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let asks: Vec<String> = missing
+        .iter()
+        .map(|(t, e)| format!("target `{t}` asks for {e}"))
+        .collect();
+    let mut flags: Vec<String> = missing
+        .iter()
+        .map(|(_, e)| format!("--allow={e}"))
+        .collect();
+    flags.sort();
+    flags.dedup();
+    anyhow::bail!(
+        "additional privileges requested: {}\n  fix: grant them with {} (as docker buildx bake requires), or remove them from the targets",
+        asks.join(", "),
+        flags.join(" ")
+    );
+}
+
+/// `bake --call METHOD`: every requested target (and those they use through `target:`) is
+/// evaluated by the frontend, nothing is built or recorded, and the answers are printed on
+/// standard output grouped as `docker buildx bake --call` prints them.
+async fn run_bake_call(
+    daemon_args: &DaemonArgs,
+    a: &BakeArgs,
+    call: &options::CallFunc,
+    granted: &[String],
+    mode: Mode,
+) -> Result<bool> {
+    let project = load_project(&a.project, true)?;
+    ensure_targets(&project)?;
+    crate::project::materialize(&project)?;
+    let shown = crate::graph::printed(&project, &a.project.targets)?;
+    let names: Vec<String> = shown.targets.keys().cloned().collect();
+    ensure_granted(&project, &names, granted)?;
+    let daemon = daemon_args.connect().await?;
+    let jobs = match a.jobs {
+        Some(j) => j.max(1),
+        None => daemon_cpus(&daemon).await,
     };
-    if let Some(c) = &call {
-        let by = Override {
-            shown: format!("--call {c}"),
-            text: format!("*.call={c}"),
-        };
-        let func = overrides::call_function(c).map_err(|why| {
-            anyhow::anyhow!(
-                "--call {c}: {why}\n  fix: use build (the default), check, outline or targets"
-            )
-        })?;
-        if let Some(name) = func {
-            return Err(overrides::call_refused(&by, &name).into());
+    let (progress, task) = Progress::start(mode, Box::new(std::io::stderr()));
+    let answers = crate::bake::call(&daemon, &project, &names, &call.name, jobs, &progress).await;
+    drop(progress);
+    task.finish().await;
+    let answers = answers?;
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let mut responses = std::collections::BTreeMap::new();
+    let mut dockerfiles = std::collections::BTreeMap::new();
+    let mut metadata = serde_json::Map::new();
+    let mut failed = false;
+    for (name, answer) in answers {
+        match answer {
+            Ok(r) => {
+                metadata.insert(name.clone(), r.metadata_json());
+                responses.insert(name.clone(), r.exporter_response);
+            }
+            Err(e) => {
+                failed = true;
+                eprintln!("[{name}] {e}");
+            }
+        }
+        if let Some(t) = project.targets.get(&name) {
+            // buildx shows the Dockerfile as CONTEXT/DOCKERFILE from the current directory.
+            let df = t.dockerfile.strip_prefix(&cwd).unwrap_or(&t.dockerfile);
+            dockerfiles.insert(name, df.display().to_string());
         }
     }
+    if let Some(m) = &a.metadata_file {
+        let doc = serde_json::to_vec_pretty(&serde_json::Value::Object(metadata))?;
+        write_atomic(m, &doc)?;
+    }
+    let printed = crate::project::to_json(&shown);
+    let (text, status) =
+        crate::progress::bake_call_report(call, &responses, &dockerfiles, &printed);
+    write_stdout_raw(&text)?;
+    if failed {
+        return Ok(false);
+    }
+    match u8::try_from(status) {
+        Ok(0) => Ok(true),
+        Ok(n) => Err(ExitStatus(n).into()),
+        Err(_) => Err(ExitStatus(1).into()),
+    }
+}
+
+async fn run_bake(daemon_args: &DaemonArgs, a: &BakeArgs) -> Result<bool> {
+    // Parsed before anything is read or built.
+    let call = call_flags(a.call.as_deref(), a.check)?;
     let mut granted = overrides::parse_allow(&a.allow)?;
     granted.extend(overrides::granted_by(&a.project.overrides()));
     if let Some(list) = &a.list {
@@ -1011,31 +1343,16 @@ async fn run_bake(daemon_args: &DaemonArgs, a: &BakeArgs) -> Result<bool> {
         return Ok(true);
     }
     let mode: Mode = a.progress.parse()?;
+    if let Some(call) = &call {
+        return run_bake_call(daemon_args, a, call, &granted, mode).await;
+    }
     let (project, state, plan) = plan_project(
         daemon_args,
         &a.project,
         crate::fingerprint::DEFAULT_LOCK_WAIT,
     )
     .await?;
-    // As buildx bake: privileges a target asks for must be granted with --allow.
-    let missing = overrides::ungranted(&project, &plan.graph.order, &granted);
-    if !missing.is_empty() {
-        let asks: Vec<String> = missing
-            .iter()
-            .map(|(t, e)| format!("target `{t}` asks for {e}"))
-            .collect();
-        let mut flags: Vec<String> = missing
-            .iter()
-            .map(|(_, e)| format!("--allow={e}"))
-            .collect();
-        flags.sort();
-        flags.dedup();
-        anyhow::bail!(
-            "additional privileges requested: {}\n  fix: grant them with {} (as docker buildx bake requires), or remove them from the targets",
-            asks.join(", "),
-            flags.join(" ")
-        );
-    }
+    ensure_granted(&project, &plan.graph.order, &granted)?;
     let opts = a.project.bake_options(&project, daemon_args)?;
     let must_build = plan
         .ordered()
@@ -1131,6 +1448,9 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Build(a) => {
+            if let Some(call) = call_flags(a.call.as_deref(), a.check)? {
+                return run_build_call(&cli.daemon, a, &call).await;
+            }
             let (r, printed) = run_build(&cli.daemon, a).await?;
             let shown = match printed {
                 Printed::Digest => r.image_digest(),
@@ -1253,6 +1573,9 @@ pub fn main() -> ExitCode {
             r = run(cli) => match r {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) if e.downcast_ref::<StdoutClosed>().is_some() => ExitCode::SUCCESS,
+                Err(e) if e.downcast_ref::<ExitStatus>().is_some() => {
+                    ExitCode::from(e.downcast_ref::<ExitStatus>().map_or(1, |s| s.0))
+                }
                 Err(e) => {
                     let msg = format_error(&e);
                     // Build failures already read "ERROR: failed to solve: …".

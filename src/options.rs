@@ -1834,6 +1834,83 @@ pub fn parse_attest(s: &str) -> Result<AttestSpec, OptionError> {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// --call, --check
+// ---------------------------------------------------------------------------------------------
+
+/// What `--call` asks the Dockerfile frontend for instead of a build (buildx `ParseCallFunc`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallFunc {
+    /// The frontend subrequest, as BuildKit names it after `frontend.`: `lint` (buildx's
+    /// `check`), `outline` or `targets`.
+    pub name: String,
+    /// `format=json`: print the frontend's JSON answer instead of text.
+    pub json: bool,
+    /// `ignorestatus=true`: exit 0 even when the answer carries a failing status (lint
+    /// warnings).
+    pub ignore_status: bool,
+}
+
+impl CallFunc {
+    /// The name buildx shows (`check` for the `lint` subrequest).
+    pub fn shown_name(&self) -> &str {
+        match self.name.as_str() {
+            "lint" => "check",
+            n => n,
+        }
+    }
+}
+
+/// Parses `--call NAME[,format=json|text][,ignorestatus=BOOL]`. `None` for `build` (the
+/// default: an ordinary build). `check` and `lint` are the same subrequest, as in buildx.
+/// Unlike buildx, which passes any name to the frontend and accepts any format, only the
+/// methods the Dockerfile frontend documents and the two formats are accepted.
+pub fn parse_call(s: &str) -> Result<Option<CallFunc>, OptionError> {
+    const FLAG: &str = "--call";
+    const EXAMPLE: &str = "check,format=json";
+    let fail = |why: String| OptionError::new(FLAG, s, why, EXAMPLE);
+    let mut name: Option<String> = None;
+    let mut json = false;
+    let mut ignore_status = false;
+    for field in csv_fields(s).map_err(fail)? {
+        match field.split_once('=') {
+            Some(("format", f)) => {
+                json = match f {
+                    "json" => true,
+                    "text" | "" => false,
+                    other => return Err(fail(format!("format={other:?}: use json or text"))),
+                }
+            }
+            Some(("ignorestatus", b)) => {
+                ignore_status = parse_bool(b)
+                    .ok_or_else(|| fail(format!("ignorestatus={b:?} is not a boolean")))?;
+            }
+            Some(_) => {
+                return Err(fail(format!(
+                    "unknown field {field:?}; the fields are format= and ignorestatus="
+                )))
+            }
+            None if name.is_some() => return Err(fail(format!("{s:?} names two methods"))),
+            None => name = Some(field),
+        }
+    }
+    let name = match name.as_deref() {
+        None | Some("") | Some("build") => return Ok(None),
+        Some("check" | "lint") => "lint",
+        Some(n @ ("outline" | "targets")) => n,
+        Some(n) => {
+            return Err(fail(format!(
+                "{n:?} is not a method: use build (the default), check, outline or targets"
+            )))
+        }
+    };
+    Ok(Some(CallFunc {
+        name: name.to_string(),
+        json,
+        ignore_status,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2430,5 +2507,35 @@ mod tests {
         assert_eq!(parse_shm_size("1.5k").unwrap(), 1536);
         assert!(parse_shm_size("lots").is_err());
         assert!(parse_shm_size("5q").is_err());
+    }
+
+    #[test]
+    fn call_methods_parse_as_buildx_names_them() {
+        assert_eq!(parse_call("build").unwrap(), None);
+        assert_eq!(parse_call("").unwrap(), None);
+        let c = parse_call("check").unwrap().unwrap();
+        assert_eq!(
+            (c.name.as_str(), c.json, c.ignore_status),
+            ("lint", false, false)
+        );
+        assert_eq!(c.shown_name(), "check");
+        let c = parse_call("outline,format=json,ignorestatus=true")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (c.name.as_str(), c.json, c.ignore_status),
+            ("outline", true, true)
+        );
+        assert_eq!(parse_call("lint").unwrap().unwrap().name, "lint");
+        for bad in [
+            "nope",
+            "check,outline",
+            "check,format=yaml",
+            "check,x=1",
+            "check,ignorestatus=maybe",
+        ] {
+            let e = parse_call(bad).unwrap_err().to_string();
+            assert!(e.contains("--call") && e.contains("e.g."), "{bad}: {e}");
+        }
     }
 }

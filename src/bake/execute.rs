@@ -23,12 +23,23 @@ use crate::progress::{Progress, TargetOutcome};
 use crate::project::{Project, Target};
 use crate::transport::{Daemon, DockerHost};
 
-/// Turns a project target into a build spec, pinning bases built in this run by digest.
-fn build_spec(
+/// How a target's spec names the project targets it builds on.
+#[derive(Clone, Copy)]
+pub(super) enum Bases<'a> {
+    /// By the exact image each produced (in this run, or a reused result): `TAG@DIGEST`, or
+    /// a tagless one's link layout by digest.
+    Pinned(&'a BTreeMap<String, String>),
+    /// By tag only, as `docker buildx bake` names them: whatever the tag holds now. For
+    /// `--call`, which evaluates targets without building their bases first.
+    Tagged,
+}
+
+/// Turns a project target into a build spec, naming the bases it builds on as `bases` says.
+pub(super) fn build_spec(
     project: &Project,
     plan: &BakePlan,
     name: &str,
-    digests: &BTreeMap<String, String>,
+    bases: Bases<'_>,
 ) -> Result<BuildSpec, BakeError> {
     let t = &project.targets[name];
     let e = |m: String| terr(name, m);
@@ -66,14 +77,21 @@ fn build_spec(
                 "depends on `{dep}` as an image, but `{dep}` has no tags; give it tags and push = true (or load = true)"
             ))
         })?;
+        let Bases::Pinned(digests) = bases else {
+            return Ok(tag.clone());
+        };
         let digest = digests
             .get(dep)
             .ok_or_else(|| e(format!("no image digest recorded for `{dep}`")))?;
         Ok(format!("{tag}@{digest}"))
     };
     for (k, v) in &t.contexts {
+        let linked = |dep: &str| match bases {
+            Bases::Pinned(digests) => link_context(project, dep, digests),
+            Bases::Tagged => None,
+        };
         let source = match v {
-            ContextSource::Target(dep) => match link_context(project, dep, digests) {
+            ContextSource::Target(dep) => match linked(dep) {
                 Some(linked) => linked.map_err(e)?,
                 None => ContextSource::DockerImage(pinned(dep)?),
             },
@@ -225,7 +243,7 @@ pub async fn execute(
             };
             let snapshot = digests.lock().map(|d| d.clone()).unwrap_or_default();
             let mut spec =
-                build_spec(project, plan, &name, &snapshot).map_err(|e| e.to_string())?;
+                build_spec(project, plan, &name, Bases::Pinned(&snapshot)).map_err(|e| e.to_string())?;
             if spec.needs_load() {
                 spec.load_into = daemon.load_target().map_err(|e| e.to_string())?;
             }

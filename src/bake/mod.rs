@@ -18,8 +18,10 @@
 //! - [`plan`](plan()): inputs, fingerprints and the decision per target;
 //! - `deliver`: where a known result must be (tags, engine images, outputs), checked;
 //! - `link`: how a target without tags reaches the targets that use it through `target:`;
-//! - [`execute`]: skips and re-tags, then builds in dependency order, recording each result.
+//! - [`execute`]: skips and re-tags, then builds in dependency order, recording each result;
+//! - [`call`](call()): `--call`, every target evaluated by the frontend, nothing built.
 
+mod call;
 mod deliver;
 mod execute;
 mod link;
@@ -33,6 +35,7 @@ use crate::graph;
 use crate::progress::{SummaryRow, TargetOutcome};
 use crate::transport::DockerHost;
 
+pub use call::call;
 pub use execute::execute;
 pub use plan::plan;
 

@@ -1,10 +1,14 @@
 //! One image: a [`BuildSpec`] (plain data, from the CLI or from a project target) becomes a
 //! `Solve` request for the Dockerfile frontend plus the session that serves its directories,
 //! secrets and client-side outputs; the Status stream is forwarded to [`crate::progress`].
+//! With [`BuildSpec::call`] the frontend answers a subrequest instead (`--call check`), over
+//! the gateway API (`gateway`); a context may also be a URL or an upload ([`ContextInput`]).
 //!
 //! This module knows BuildKit's frontend attributes and exporters. It does not know about
 //! project files, graphs, or how progress is drawn.
 
+mod context;
+mod gateway;
 mod load;
 mod request;
 
@@ -22,6 +26,7 @@ use crate::session::oci_layout::Descriptor;
 use crate::session::{self, filesync::DirSyncReport, Session};
 use crate::transport::Daemon;
 
+pub use context::{is_archive, ContextInput, ARCHIVE_PEEK};
 pub use load::{settle_canceled_loads, settling_loads, CanceledLoad};
 pub use request::{local_name, plan_request, CacheIndexUpdate, PlannedRequest};
 
@@ -30,8 +35,11 @@ pub use request::{local_name, plan_request, CacheIndexUpdate, PlannedRequest};
 pub struct BuildSpec {
     /// Shown as the progress prefix in multi-target runs and as the session name.
     pub name: String,
-    /// The build context directory.
+    /// The build context directory (unless `context_input` says otherwise).
     pub context: PathBuf,
+    /// Where the context comes from when not from the directory `context`: a URL the
+    /// daemon fetches, or an archive from standard input.
+    pub context_input: ContextInput,
     /// The Dockerfile (default `<context>/Dockerfile`).
     pub dockerfile: Option<PathBuf>,
     pub target: Option<String>,
@@ -74,6 +82,10 @@ pub struct BuildSpec {
     /// `None` with a Docker Engine daemon, whose `moby` exporter loads directly; required with
     /// any other daemon kind for those outputs.
     pub load_into: Option<crate::transport::DockerHost>,
+    /// Evaluate this frontend subrequest instead of building (`lint`, `outline`, `targets`:
+    /// buildx's `--call`): nothing is built or exported, and the answer arrives in the
+    /// result's `result.json`, `result.txt`, `result.statuscode` and `version`.
+    pub call: Option<String>,
 }
 
 impl BuildSpec {
@@ -147,6 +159,10 @@ impl BuildResult {
                         .or_else(|| serde_json::from_str(v).ok())
                         .unwrap_or_else(|| serde_json::Value::String(v.clone()))
                 }
+                // A subrequest's answer (`--call`), which buildx writes as the object it is.
+                "result.json" => {
+                    serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.clone()))
+                }
                 _ => serde_json::Value::String(v.clone()),
             };
             m.insert(k.clone(), val);
@@ -189,7 +205,30 @@ pub async fn build(
     prefix: Option<&str>,
 ) -> Result<BuildResult, BuildError> {
     let started = Instant::now();
-    let planned = plan_request(spec, &daemon.kind, &session::node_id())?;
+    // A subrequest builds nothing, so there is nothing to export, push, load or cache.
+    let call_spec;
+    let spec = match &spec.call {
+        Some(_) => {
+            call_spec = BuildSpec {
+                outputs: Vec::new(),
+                push: false,
+                load: false,
+                tags: Vec::new(),
+                cache_to: Vec::new(),
+                load_into: None,
+                ..spec.clone()
+            };
+            &call_spec
+        }
+        None => spec,
+    };
+    let mut planned = plan_request(spec, &daemon.kind, &session::node_id())?;
+    if spec.call.is_some() {
+        // `BUILDKIT_INLINE_CACHE` would still ask for an inline cache export.
+        if let Some(c) = planned.request.cache.as_mut() {
+            c.exports.clear();
+        }
+    }
     let build_ref = session::random_id();
 
     // Image loads through the Engine API: the engine must be there before anything is built,
@@ -250,7 +289,16 @@ pub async fn build(
     // The daemon's answer, unless the session is lost first: then the build cannot finish
     // (what the daemon still needs from this client would never come), so the Solve call is
     // dropped, which cancels the build on the daemon, rather than waited for without end.
-    let solve = control.solve(req);
+    let channel = daemon.channel.clone();
+    let solve = async {
+        match spec.call.as_deref() {
+            Some(name) => gateway::call(channel, req, name).await,
+            None => control
+                .solve(req)
+                .await
+                .map(|r| r.into_inner().exporter_response.into_iter().collect()),
+        }
+    };
     tokio::pin!(solve);
     let solved = tokio::select! {
         biased;
@@ -316,8 +364,7 @@ pub async fn build(
             why: e,
         });
     }
-    let exporter_response: BTreeMap<String, String> =
-        resp.into_inner().exporter_response.into_iter().collect();
+    let exporter_response: BTreeMap<String, String> = resp;
     let reported = exporter_response
         .get("cache.manifest")
         .map(String::as_str)

@@ -9,8 +9,9 @@
 //!
 //! Layout: `trace` folds messages into per-build state; `plain`, `tty` and `json` render it;
 //! `error` explains a failed Solve ([`describe_build_error`]); `summary` draws the multi-target
-//! table ([`summary_table`]).
+//! table ([`summary_table`]); `call` shows the frontend's answer to `--call` ([`call_report`]).
 
+mod call;
 mod error;
 mod json;
 mod plain;
@@ -28,6 +29,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::proto::control::StatusResponse;
 
+pub use call::{bake_call_report, call_report, CallReport};
 pub use error::describe_build_error;
 pub use summary::{summary_table, SummaryRow, TargetOutcome};
 pub use units::{format_bytes, format_duration};

@@ -701,14 +701,15 @@ pub fn call_function(v: &str) -> Result<Option<String>, String> {
 
 const CALL_FIX: &str = "use --call build (the default), check, outline or targets";
 
-/// The error for a `--call` other than `build`.
+/// The error for a `--set TARGET.call=` other than `build`: one target's method cannot be
+/// changed yet; `--call` changes every target's.
 pub fn call_refused(by: &Override, name: &str) -> OverrideError {
     fail(
         by,
         format!(
-            "--call {name} is not supported yet: the Dockerfile frontend answers check, outline and targets through BuildKit's gateway API, which bk-build does not speak yet ({NOT_YET} adds --call and --check)"
+            "setting one target's method (call = {name}) is not supported yet ({NOT_YET} adds it); `bake --call {name}` evaluates every requested target"
         ),
-        "leave --call out to build; lint with `docker buildx bake --call check` until then",
+        "use bake --call (or --check) instead of --set TARGET.call",
     )
 }
 
