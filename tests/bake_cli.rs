@@ -325,9 +325,7 @@ fn privileges_need_allow_and_unsupported_overrides_are_refused() {
     assert!(!msg.contains("RESULT"), "something ran:\n{msg}");
     e.bake(&["hostnet", "--allow=network.host"]);
 
-    for args in [
-        &["--set", "app.call=targets"][..],
-    ] {
+    for args in [&["--set", "app.call=targets"][..]] {
         let mut all = vec!["bake", "app"];
         all.extend_from_slice(args);
         let out = e.bk(&all);
