@@ -85,7 +85,7 @@ pub struct GcPolicy {
     pub filters: Vec<String>,
     /// Records unused for longer than this (nanoseconds) are removed; 0: no age limit.
     pub keep_duration_ns: i64,
-    /// Bytes of cache always kept (`keepBytes` before BuildKit v0.17).
+    /// Bytes of cache always kept (`keepBytes` before BuildKit v0.17, the same field).
     pub reserved_space: i64,
     pub max_used_space: i64,
     pub min_free_space: i64,
@@ -127,11 +127,7 @@ pub async fn workers(d: &Daemon) -> Result<Vec<WorkerInfo>, ClientError> {
                     all: g.all,
                     filters: g.filters.clone(),
                     keep_duration_ns: g.keep_duration,
-                    reserved_space: if g.reserved_space != 0 {
-                        g.reserved_space
-                    } else {
-                        g.keep_bytes
-                    },
+                    reserved_space: g.reserved_space,
                     max_used_space: g.max_used_space,
                     min_free_space: g.min_free_space,
                 })

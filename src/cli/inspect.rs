@@ -4,14 +4,14 @@
 //! (`client.Info`, `client.WorkerInfo`, `client.UsageInfo`), which is what
 //! `buildctl debug info`, `buildctl debug workers` and `buildctl du` print with
 //! `--format '{{json .}}'`: sizes in bytes, durations in nanoseconds, times in RFC 3339 (UTC),
-//! a missing time as `null`. `info` adds bk-build's own `address` and, for a Docker Engine,
-//! `dockerApiVersion`. Field names are part of bk-build's interface and only ever added to.
+//! a missing time as `null`. `info` adds bk-build's own `address` (in `--addr` form, e.g.
+//! `docker://unix:///var/run/docker.sock`) and, for a Docker Engine, `dockerApiVersion`. Field names are part of bk-build's interface and only ever added to.
 
 use anyhow::Result;
 use serde::Serialize;
 
 use crate::client::{DaemonInfo, GcPolicy, UsageEntry, WorkerInfo};
-use crate::transport::{Daemon, DaemonKind};
+use crate::transport::{Address, Daemon, DaemonKind};
 
 /// `--format` of `info`, `workers` and `du`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -49,7 +49,7 @@ impl<'a> From<&'a DaemonInfo> for VersionJson<'a> {
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct InfoJson<'a> {
-    /// How bk-build reached the daemon (as `info` prints it).
+    /// The daemon's address as `--addr` takes it.
     address: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     docker_api_version: Option<&'a str>,
@@ -80,7 +80,10 @@ pub fn info_text(d: &Daemon, info: Option<&DaemonInfo>) -> String {
 
 pub fn info_json(d: &Daemon, info: Option<&DaemonInfo>) -> Result<String> {
     let v = InfoJson {
-        address: d.address.to_string(),
+        address: match &d.address {
+            Address::Docker(h) => format!("docker://{h}"),
+            other => other.to_string(),
+        },
         docker_api_version: match &d.kind {
             DaemonKind::DockerEngine { api_version } => Some(api_version),
             DaemonKind::Buildkitd => None,
