@@ -8,6 +8,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::PathBuf;
 use std::time::SystemTime;
 
 /// Bytes of one block kept in memory before it moves to a temporary file.
@@ -17,15 +18,18 @@ pub(crate) const SPOOL_MEMORY: usize = 1 << 20;
 #[derive(Debug)]
 pub(crate) struct Spool {
     limit: usize,
+    /// Where the temporary file goes (`None`: the system's temporary directory).
+    dir: Option<PathBuf>,
     mem: Vec<u8>,
     file: Option<File>,
     len: u64,
 }
 
 impl Spool {
-    pub fn new(limit: usize) -> Spool {
+    pub fn new(limit: usize, dir: Option<PathBuf>) -> Spool {
         Spool {
             limit,
+            dir,
             mem: Vec::new(),
             file: None,
             len: 0,
@@ -37,7 +41,10 @@ impl Spool {
     /// these bytes itself.
     pub fn push(&mut self, bytes: &[u8]) -> io::Result<()> {
         if self.file.is_none() && self.mem.len() + bytes.len() > self.limit {
-            let mut f = tempfile::tempfile()?;
+            let mut f = match &self.dir {
+                Some(d) => tempfile::tempfile_in(d)?,
+                None => tempfile::tempfile()?,
+            };
             f.write_all(&self.mem)?;
             self.mem = Vec::new();
             self.file = Some(f);
@@ -104,7 +111,7 @@ mod tests {
 
     #[test]
     fn small_blocks_stay_in_memory_and_come_out_in_order() {
-        let mut s = Spool::new(100);
+        let mut s = Spool::new(100, None);
         s.push(b"one\n").unwrap();
         s.push(b"two\n").unwrap();
         assert!(!s.spilled());
@@ -117,7 +124,7 @@ mod tests {
 
     #[test]
     fn large_blocks_move_to_a_file_and_lose_nothing() {
-        let mut s = Spool::new(10);
+        let mut s = Spool::new(10, None);
         let mut want = Vec::new();
         for i in 0..1000 {
             let line = format!("line {i}\n");

@@ -194,8 +194,10 @@ struct Env {
     log_lines: usize,
     /// The CI system whose sections plain output uses.
     ci: Option<CiSystem>,
-    /// Bytes of a held block kept in memory (see `block`).
+    /// Bytes of a held block kept in memory (see `block`), and where the rest goes (`None`:
+    /// the system's temporary directory).
     spool_limit: usize,
+    spool_dir: Option<std::path::PathBuf>,
     heartbeat: Duration,
 }
 
@@ -215,6 +217,7 @@ impl Env {
             log_lines,
             ci: CiSystem::detect(|k| std::env::var(k).ok()),
             spool_limit: block::SPOOL_MEMORY,
+            spool_dir: None,
             heartbeat: HEARTBEAT,
         }
     }
@@ -540,10 +543,10 @@ impl Printer {
         let text = prefixed(name.as_deref(), lines);
         if self.plain() && name.is_some() && !self.targets[ti].live {
             let now = (self.env.now)();
-            let limit = self.env.spool_limit;
+            let (limit, dir) = (self.env.spool_limit, self.env.spool_dir.clone());
             let block = self.targets[ti].block.get_or_insert_with(|| Block {
                 started: now,
-                spool: Spool::new(limit),
+                spool: Spool::new(limit, dir),
             });
             let Err(e) = block.spool.push(text.as_bytes()) else {
                 return;
@@ -837,6 +840,7 @@ mod tests {
             log_lines: tty::DEFAULT_LOG_LINES,
             ci: None,
             spool_limit: block::SPOOL_MEMORY,
+            spool_dir: None,
             heartbeat: HEARTBEAT,
         }
     }
@@ -959,6 +963,35 @@ mod tests {
             assert_eq!(report.vertices_total, 2);
             assert_eq!(report.targets[0].target.as_deref(), Some("api"));
         }
+    }
+
+    #[tokio::test]
+    async fn a_block_that_cannot_be_held_is_written_whole_and_then_live() {
+        let (p, task, buf) = start_in(
+            Mode::Plain,
+            Env {
+                ci: Some(CiSystem::GitHubActions),
+                spool_limit: 40,
+                spool_dir: Some("/nonexistent/bk-build-spool".into()),
+                ..test_env()
+            },
+        );
+        interleaved(&p);
+        p.target_done("web", TargetOutcome::Built, None);
+        task.finish().await;
+        let text = buf.text();
+        let web: Vec<&str> = text.lines().filter(|l| l.starts_with("[web] #")).collect();
+        assert_eq!(web, WEB.lines().collect::<Vec<_>>(), "{text}");
+        let api: Vec<&str> = text.lines().filter(|l| l.starts_with("[api] #")).collect();
+        assert_eq!(api, API.lines().collect::<Vec<_>>(), "{text}");
+        assert!(
+            text.contains("::group::api: log so far\n[api] #1 [1/1] RUN build-api\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("[api] (bk-build: cannot hold this target's log back any longer"),
+            "{text}"
+        );
     }
 
     #[tokio::test]
