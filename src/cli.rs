@@ -1166,12 +1166,14 @@ pub fn main() -> ExitCode {
                 // Dropping the build future resets the Solve call (the daemon cancels the
                 // job) and closes the session; give the connection a moment to send that.
                 tokio::time::sleep(Duration::from_millis(300)).await;
+                crate::progress::finish_interrupted(PROGRESS_END_WAIT);
                 report_cancellation("interrupted").await;
                 ExitCode::from(EXIT_INTERRUPTED)
             }
             _ = terminated() => {
                 // As Ctrl-C: `docker stop`, CI job timeouts and `kill` send SIGTERM.
                 tokio::time::sleep(Duration::from_millis(300)).await;
+                crate::progress::finish_interrupted(PROGRESS_END_WAIT);
                 report_cancellation("terminated (SIGTERM)").await;
                 ExitCode::from(EXIT_TERMINATED)
             }
@@ -1180,6 +1182,10 @@ pub fn main() -> ExitCode {
     rt.shutdown_timeout(Duration::from_secs(1));
     code
 }
+
+/// How long an interrupted run waits for its progress output (held blocks of unfinished
+/// targets) to be written.
+const PROGRESS_END_WAIT: Duration = Duration::from_secs(2);
 
 /// How long a canceled run waits for a Docker Engine that already received a whole image to
 /// say whether it loaded it.

@@ -158,7 +158,39 @@ enum Event {
     Note(Option<String>, String),
     Warning(Option<String>, String),
     Done(String, TargetOutcome, Option<String>),
-    Finish,
+    /// The end of the run; `true` when it was interrupted (a signal), not finished.
+    Finish(bool),
+}
+
+/// A printer that has not finished, so that an interrupted run can still end it.
+struct Running {
+    id: u64,
+    tx: mpsc::Sender<Event>,
+    /// Says (or hangs up) once the printer has written everything.
+    ended: mpsc::Receiver<()>,
+}
+
+/// Every printer started and not finished yet (see [`finish_interrupted`]).
+static RUNNING: std::sync::Mutex<Vec<Running>> = std::sync::Mutex::new(Vec::new());
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Ends every printer still running, for a run stopped by a signal: each writes what it holds
+/// (in plain output the held blocks of unfinished targets, titled `TARGET: interrupted`), as
+/// at a normal end. Waits at most `wait` for them.
+pub fn finish_interrupted(wait: Duration) {
+    let running = match RUNNING.lock() {
+        Ok(mut r) => std::mem::take(&mut *r),
+        Err(_) => return,
+    };
+    for r in &running {
+        let _ = r.tx.send(Event::Finish(true));
+    }
+    let deadline = Instant::now() + wait;
+    for r in running {
+        let _ = r
+            .ended
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()));
+    }
 }
 
 /// Where builds send their progress. Cheap to clone; sending never blocks and is a no-op once
@@ -178,6 +210,7 @@ impl fmt::Debug for Progress {
 pub struct ProgressTask {
     tx: mpsc::Sender<Event>,
     done: tokio::sync::oneshot::Receiver<ProgressReport>,
+    id: u64,
 }
 
 impl fmt::Debug for ProgressTask {
@@ -234,6 +267,7 @@ impl Progress {
     fn start_with(mode: Mode, out: Box<dyn Write + Send>, env: Env) -> (Progress, ProgressTask) {
         let (tx, rx) = mpsc::channel();
         let (done_tx, done) = tokio::sync::oneshot::channel();
+        let (ended_tx, ended) = mpsc::channel();
         let printer = Printer::new(mode, out, env);
         // If the thread cannot be started the builds still run; they just show no progress
         // and `finish` returns an empty report.
@@ -242,8 +276,17 @@ impl Progress {
             .spawn(move || {
                 let report = printer.run(rx);
                 let _ = done_tx.send(report);
+                let _ = ended_tx.send(());
             });
-        (Progress { tx: tx.clone() }, ProgressTask { tx, done })
+        let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut r) = RUNNING.lock() {
+            r.push(Running {
+                id,
+                tx: tx.clone(),
+                ended,
+            });
+        }
+        (Progress { tx: tx.clone() }, ProgressTask { tx, done, id })
     }
 
     /// One Status message of a build. `target` is `None` for a single `bk-build build` and the
@@ -288,7 +331,10 @@ impl ProgressTask {
     /// failing steps' last output), flushes, and returns the totals. Messages sent afterwards
     /// are dropped.
     pub async fn finish(self) -> ProgressReport {
-        let _ = self.tx.send(Event::Finish);
+        if let Ok(mut r) = RUNNING.lock() {
+            r.retain(|r| r.id != self.id);
+        }
+        let _ = self.tx.send(Event::Finish(false));
         self.done.await.unwrap_or_default()
     }
 }
@@ -327,6 +373,8 @@ struct Printer {
     section_ids: HashSet<String>,
     /// The open CI section of the unnamed build (`bk-build build`): its ID.
     single_section: Option<String>,
+    /// The run was stopped by a signal (the titles of blocks written at the end say so).
+    interrupted: bool,
 }
 
 fn unix_secs(t: SystemTime) -> u64 {
@@ -359,6 +407,7 @@ impl Printer {
             last_write: Instant::now(),
             section_ids: HashSet::new(),
             single_section: None,
+            interrupted: false,
         }
     }
 
@@ -390,7 +439,10 @@ impl Printer {
                     self.redraw(true);
                     self.heartbeat();
                 }
-                Some(Event::Finish) => break,
+                Some(Event::Finish(interrupted)) => {
+                    self.interrupted = interrupted;
+                    break;
+                }
                 Some(Event::Status(target, msg)) => self.on_status(target, &msg),
                 Some(Event::Note(target, text)) => self.on_note(target, text),
                 Some(Event::Warning(target, text)) => self.on_warning(target, text),
@@ -696,7 +748,10 @@ impl Printer {
         }
         // Targets nobody said were done (a run that ended early): their blocks as they are.
         for ti in 0..self.targets.len() {
-            let title = self.targets[ti].name.clone().unwrap_or_default();
+            let mut title = self.targets[ti].name.clone().unwrap_or_default();
+            if self.interrupted {
+                title.push_str(": interrupted");
+            }
             self.flush_block(ti, &title, false);
         }
         self.close_single_section();
