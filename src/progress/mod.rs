@@ -11,7 +11,9 @@
 //! (`block`) and written as one block when the caller says the target is done
 //! ([`Progress::target_done`]), like `make --output-sync`, with a short heartbeat line while
 //! blocks are held and nothing was written for a while. In GitHub Actions and GitLab CI (`ci`)
-//! each block, and the single build of `bk-build build`, becomes a collapsible section.
+//! each block, and the single build of `bk-build build`, becomes a collapsible section. A step
+//! BuildKit shares between builds (identical vertices are solved once) reaches every sharing
+//! build's Status stream, so it shows in each of their blocks: a block is complete on its own.
 //!
 //! Layout: `trace` folds messages into per-build state; `plain`, `tty` and `json` render it;
 //! `error` explains a failed Solve ([`describe_build_error`]); `summary` draws the multi-target
