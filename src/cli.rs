@@ -14,6 +14,9 @@ use crate::progress::{Mode, Progress};
 use crate::project::overrides::{self, Override};
 use crate::transport::{self, Daemon, TlsOptions};
 
+mod inspect;
+mod reference;
+
 /// Exit status after Ctrl-C, like a shell's 128 + SIGINT.
 pub const EXIT_INTERRUPTED: u8 = 130;
 /// Exit status after SIGTERM (128 + 15), as a shell reports a terminated command.
@@ -46,10 +49,23 @@ fn write_stdout(line: std::fmt::Arguments<'_>) -> Result<()> {
     out.write_fmt(line)
         .and_then(|()| out.write_all(b"\n"))
         .and_then(|()| out.flush())
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::BrokenPipe => anyhow::Error::new(StdoutClosed),
-            _ => anyhow::Error::new(e).context("cannot write to standard output"),
-        })
+        .map_err(stdout_error)
+}
+
+/// Bytes to standard output as they are (a script, a manual page), with `outln!`'s errors.
+fn write_stdout_bytes(bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes)
+        .and_then(|()| out.flush())
+        .map_err(stdout_error)
+}
+
+fn stdout_error(e: std::io::Error) -> anyhow::Error {
+    match e.kind() {
+        std::io::ErrorKind::BrokenPipe => anyhow::Error::new(StdoutClosed),
+        _ => anyhow::Error::new(e).context("cannot write to standard output"),
+    }
 }
 
 #[derive(Parser, Debug)]
@@ -102,13 +118,17 @@ pub enum Command {
     /// Show what `bake` would build or skip, and why, without building.
     Plan(PlanArgs),
     /// Show the daemon's version.
-    Info,
+    Info(FormatArgs),
     /// List the daemon's workers and platforms.
-    Workers,
+    Workers(FormatArgs),
     /// Show build cache disk usage.
     Du(DuArgs),
     /// Remove build cache.
     Prune(PruneArgs),
+    /// Print a shell completion script, e.g. `source <(bk-build completion bash)`.
+    Completion(CompletionArgs),
+    /// Print a manual page (roff): `bk-build man | man -l -`, `bk-build man bake > bk-build-bake.1`.
+    Man(ManArgs),
     /// Benchmark support: time to lstat, and to blake3, every input file under DIR (JSON).
     #[command(hide = true)]
     BenchFloor { dir: PathBuf },
@@ -401,10 +421,36 @@ pub struct PlanArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct FormatArgs {
+    /// Output format: text, or json (BuildKit's field names, as `buildctl … --format '{{json .}}'`).
+    #[arg(long, value_enum, default_value_t = inspect::Format::Text)]
+    pub format: inspect::Format,
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Args, Debug)]
+pub struct ManArgs {
+    /// A command whose page to print (the page `bk-build-COMMAND`); without it, the page of
+    /// bk-build itself.
+    #[arg(value_name = "COMMAND")]
+    pub command: Option<String>,
+}
+
+#[derive(Args, Debug)]
 pub struct DuArgs {
     /// Show every record.
     #[arg(short, long)]
     pub verbose: bool,
+    /// Output format: text, or json (every record, with BuildKit's field names; --verbose is
+    /// then not needed).
+    #[arg(long, value_enum, default_value_t = inspect::Format::Text)]
+    pub format: inspect::Format,
     /// Filter, e.g. type=regular.
     #[arg(long)]
     pub filter: Vec<String>,
@@ -1405,12 +1451,21 @@ async fn run_bake(daemon_args: &DaemonArgs, a: &BakeArgs) -> Result<bool> {
     }
     drop(progress);
     task.finish().await;
+    let rows = crate::bake::summary_rows(&results, &plan);
+    // As `docker buildx bake --progress quiet`: no table; errors and warnings still follow.
     // `none` shows nothing but what went wrong (buildx documents it for bake as for build).
-    if mode != Mode::None {
-        eprintln!(
-            "\n{}",
-            crate::progress::summary_table(&crate::bake::summary_rows(&results))
-        );
+    if !matches!(mode, Mode::Quiet | Mode::None) {
+        eprintln!("\n{}", crate::progress::summary_table(&rows));
+    }
+    // GitHub Actions shows this file on the run's summary page.
+    if let Some(path) = std::env::var_os("GITHUB_STEP_SUMMARY").filter(|p| !p.is_empty()) {
+        let md = crate::progress::summary_markdown("bk-build bake", &rows);
+        if let Err(e) = crate::progress::append_step_summary(Path::new(&path), &md) {
+            eprintln!(
+                "warning: cannot append the run's summary to GITHUB_STEP_SUMMARY={}: {e}",
+                Path::new(&path).display()
+            );
+        }
     }
     let mut ok = true;
     for r in &results {
@@ -1474,53 +1529,38 @@ async fn run(cli: Cli) -> Result<()> {
                 })
             )?;
         }
-        Command::Info => {
+        Command::Info(a) => {
             let d = cli.daemon.connect().await?;
-            outln!("Address:  {}", d.address)?;
-            if let transport::DaemonKind::DockerEngine { api_version } = &d.kind {
-                outln!("Engine:   Docker Engine (API {api_version})")?;
-            }
-            match crate::client::info(&d).await? {
-                Some(i) => {
-                    outln!("BuildKit: {} {} {}", i.package, i.version, i.revision)?;
-                    if !i.dockerfile_version.is_empty() {
-                        outln!("Dockerfile frontend: {}", i.dockerfile_version)?;
-                    }
+            let info = crate::client::info(&d).await?;
+            match a.format {
+                inspect::Format::Text => {
+                    write_stdout_bytes(inspect::info_text(&d, info.as_ref()).as_bytes())?
                 }
-                None => outln!("BuildKit: (version not reported: daemon older than v0.11)")?,
+                inspect::Format::Json => outln!("{}", inspect::info_json(&d, info.as_ref())?)?,
             }
         }
-        Command::Workers => {
+        Command::Workers(a) => {
             let d = cli.daemon.connect().await?;
-            for w in crate::client::workers(&d).await? {
-                outln!("ID:        {}", w.id)?;
-                outln!("Platforms: {}", w.platforms.join(","))?;
-                for (k, v) in &w.labels {
-                    outln!("  {k}={v}")?;
+            let workers = crate::client::workers(&d).await?;
+            match a.format {
+                inspect::Format::Text => {
+                    write_stdout_bytes(inspect::workers_text(&workers).as_bytes())?
                 }
+                inspect::Format::Json => outln!("{}", inspect::workers_json(&workers)?)?,
             }
         }
         Command::Du(a) => {
             let d = cli.daemon.connect().await?;
             let recs = crate::client::disk_usage(&d, a.filter.clone()).await?;
-            let total: i64 = recs.iter().map(|r| r.size).sum();
-            if a.verbose {
-                for r in &recs {
-                    outln!(
-                        "{:<28} {:>10} {:<6} {}",
-                        r.id,
-                        crate::progress::format_bytes(r.size),
-                        if r.in_use { "in use" } else { "" },
-                        r.description
-                    )?;
+            match a.format {
+                inspect::Format::Text => {
+                    write_stdout_bytes(inspect::du_text(&recs, a.verbose).as_bytes())?
                 }
+                inspect::Format::Json => outln!("{}", inspect::du_json(&recs)?)?,
             }
-            outln!(
-                "Records: {}  Total: {}",
-                recs.len(),
-                crate::progress::format_bytes(total)
-            )?;
         }
+        Command::Completion(a) => write_stdout_bytes(&reference::completion(a.shell))?,
+        Command::Man(a) => write_stdout_bytes(&reference::man_page(a.command.as_deref())?)?,
         Command::Prune(a) => {
             let d = cli.daemon.connect().await?;
             let o = crate::client::PruneOptions {
@@ -1591,12 +1631,14 @@ pub fn main() -> ExitCode {
                 // Dropping the build future resets the Solve call (the daemon cancels the
                 // job) and closes the session; give the connection a moment to send that.
                 tokio::time::sleep(Duration::from_millis(300)).await;
+                crate::progress::finish_interrupted(PROGRESS_END_WAIT);
                 report_cancellation("interrupted").await;
                 ExitCode::from(EXIT_INTERRUPTED)
             }
             _ = terminated() => {
                 // As Ctrl-C: `docker stop`, CI job timeouts and `kill` send SIGTERM.
                 tokio::time::sleep(Duration::from_millis(300)).await;
+                crate::progress::finish_interrupted(PROGRESS_END_WAIT);
                 report_cancellation("terminated (SIGTERM)").await;
                 ExitCode::from(EXIT_TERMINATED)
             }
@@ -1605,6 +1647,10 @@ pub fn main() -> ExitCode {
     rt.shutdown_timeout(Duration::from_secs(1));
     code
 }
+
+/// How long an interrupted run waits for its progress output (held blocks of unfinished
+/// targets) to be written.
+const PROGRESS_END_WAIT: Duration = Duration::from_secs(2);
 
 /// How long a canceled run waits for a Docker Engine that already received a whole image to
 /// say whether it loaded it.

@@ -2,6 +2,7 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::Path;
 
@@ -1082,4 +1083,205 @@ fn git_url_context_exports_what_buildx_exports() {
             "{name}"
         );
     }
+}
+fn stdout_json(o: &std::process::Output) -> serde_json::Value {
+    assert!(o.status.success(), "{}", stderr(o));
+    serde_json::from_slice(&o.stdout).expect("JSON on stdout")
+}
+
+/// `info`, `workers` and `du` with `--format json` speak BuildKit's field names, and say what
+/// `docker buildx` says about the same daemon.
+#[test]
+fn info_workers_and_du_print_json_that_agrees_with_buildx() {
+    let node =
+        stdout_json(&run(docker().args(["buildx", "ls", "--format", "json"])))["Nodes"][0].clone();
+
+    let info = stdout_json(&run(bk().args(["info", "--format", "json"])));
+    assert!(
+        info["address"].as_str().unwrap().starts_with("docker://"),
+        "{info}"
+    );
+    assert!(
+        !info["dockerApiVersion"].as_str().unwrap().is_empty(),
+        "{info}"
+    );
+    assert_eq!(
+        info["buildkitVersion"]["package"],
+        "github.com/moby/buildkit"
+    );
+    assert_eq!(
+        info["buildkitVersion"]["version"], node["Version"],
+        "{info}"
+    );
+
+    let workers = stdout_json(&run(bk().args(["workers", "--format", "json"])));
+    let w = &workers[0];
+    assert_eq!(w["id"], node["IDs"][0], "{w}");
+    assert_eq!(w["labels"], node["Labels"]);
+    assert_eq!(w["gcPolicy"], node["GCPolicy"], "same names, same units");
+    let platforms: Vec<String> = w["platforms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let mut s = format!(
+                "{}/{}",
+                p["os"].as_str().unwrap(),
+                p["architecture"].as_str().unwrap()
+            );
+            if let Some(v) = p["variant"].as_str() {
+                s.push('/');
+                s.push_str(v);
+            }
+            s
+        })
+        .collect();
+    assert_eq!(serde_json::json!(platforms), node["Platforms"]);
+
+    // Cache records: those of one build of our own (a filter keeps the daemon's work small
+    // and the answer independent of other tests) are the same ones, said the same way.
+    let marker = unique("du-probe");
+    let tmp = tempfile::tempdir().unwrap();
+    write(
+        &tmp.path().join("Dockerfile"),
+        format!("FROM {}\nRUN echo {marker} > /marker\n", base_image()),
+    );
+    run_ok(bk().args(["build", "--progress", "quiet"]).arg(tmp.path()));
+    let filter = format!("description~={marker}");
+    let ours = stdout_json(&run(
+        bk().args(["du", "--format", "json", "--filter", &filter])
+    ));
+    let theirs = run_ok(docker().args(["buildx", "du", "--format", "json", "--filter", &filter]));
+    let theirs: BTreeMap<String, serde_json::Value> = String::from_utf8_lossy(&theirs.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|r| (r["ID"].as_str().unwrap().to_string(), r))
+        .collect();
+    let ours = ours.as_array().unwrap();
+    assert!(!ours.is_empty(), "the build left no cache record");
+    let ids: Vec<&str> = ours.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, theirs.keys().map(String::as_str).collect::<Vec<_>>());
+    for r in ours {
+        let t = &theirs[r["id"].as_str().unwrap()];
+        assert!(r["size"].as_i64().is_some(), "size in bytes: {r}");
+        assert!(r["createdAt"].as_str().unwrap().ends_with('Z'), "{r}");
+        assert!(r["description"].as_str().unwrap().contains(&marker), "{r}");
+        assert_eq!(r["description"], t["Description"], "{r} {t}");
+        assert_eq!(r["recordType"], t["Type"], "{r} {t}");
+        assert_eq!(r["shared"], t["Shared"], "{r} {t}");
+        assert_eq!(r["mutable"], t["Mutable"], "{r} {t}");
+        assert_eq!(r["parents"], t["Parents"], "{r} {t}");
+        assert_eq!(r["usageCount"], t["UsageCount"], "{r} {t}");
+    }
+
+    let bad = run(bk().args(["du", "--format", "yaml"]));
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        stderr(&bad).contains("possible values: text, json"),
+        "{}",
+        stderr(&bad)
+    );
+}
+
+fn on_path(tool: &str) -> bool {
+    std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// `completion` scripts parse in their shells and complete a subcommand's flags; `man` pages
+/// render.
+#[test]
+fn completion_scripts_work_and_man_pages_render() {
+    let tmp = tempfile::tempdir().unwrap();
+    let script = |shell: &str| {
+        let o = run_ok(bk().args(["completion", shell]));
+        let path = tmp.path().join(format!("bk-build.{shell}"));
+        std::fs::write(&path, &o.stdout).unwrap();
+        (String::from_utf8(o.stdout).unwrap(), path)
+    };
+    // bash: parses, and `bk-build bake --pro<TAB>` offers bake's flags.
+    let (text, bash) = script("bash");
+    assert!(text.contains("--metadata-file") && text.contains("completion"));
+    run_ok(std::process::Command::new("bash").arg("-n").arg(&bash));
+    let probe = format!(
+        "source {}\nfn=$(complete -p bk-build | sed 's/.*-F \\([^ ]*\\).*/\\1/')\n\
+         COMP_WORDS=(bk-build bake --pro); COMP_CWORD=2\n$fn bk-build --pro bake\n\
+         echo \"${{COMPREPLY[*]}}\"\n\
+         COMP_WORDS=(bk-build du --format ''); COMP_CWORD=3\n$fn bk-build '' --format\n\
+         echo \"${{COMPREPLY[*]}}\"\n",
+        bash.display()
+    );
+    let o = run_ok(std::process::Command::new("bash").args(["-c", &probe]));
+    let replies = String::from_utf8(o.stdout).unwrap();
+    let lines: Vec<&str> = replies.lines().collect();
+    assert!(lines[0].split(' ').any(|w| w == "--progress"), "{replies}");
+    assert!(
+        lines[0].split(' ').any(|w| w == "--provenance"),
+        "{replies}"
+    );
+    assert_eq!(lines[1], "text json", "{replies}");
+    if on_path("zsh") {
+        let (text, zsh) = script("zsh");
+        assert!(text.contains("#compdef bk-build") && text.contains("metadata-file"));
+        run_ok(std::process::Command::new("zsh").arg("-n").arg(&zsh));
+    }
+    if on_path("fish") {
+        let (_, fish) = script("fish");
+        run_ok(std::process::Command::new("fish").arg("-n").arg(&fish));
+        let o = run_ok(std::process::Command::new("fish").arg("-c").arg(format!(
+            "source {}; complete -C 'bk-build bake --pro'",
+            fish.display()
+        )));
+        assert!(String::from_utf8_lossy(&o.stdout).contains("--progress"));
+    }
+    for shell in ["elvish", "powershell"] {
+        assert!(script(shell).0.contains("metadata-file"), "{shell}");
+    }
+
+    // Manual pages: bk-build(1) and one per command, roff that man renders without warnings.
+    for (args, name, needles) in [
+        (
+            vec!["man"],
+            "bk-build",
+            vec!["SYNOPSIS", "bake", "completion", "BUILDKIT_HOST"],
+        ),
+        (
+            vec!["man", "bake"],
+            "bk-build-bake",
+            vec!["SYNOPSIS", "--progress", "--set"],
+        ),
+    ] {
+        let o = run_ok(bk().args(&args));
+        let roff = String::from_utf8(o.stdout).unwrap();
+        assert!(roff.contains(&format!(".TH {name} 1")), "{roff}");
+        assert!(
+            roff.contains(".SH NAME") && roff.contains(".SH OPTIONS"),
+            "{roff}"
+        );
+        if on_path("man") {
+            let page = tmp.path().join(format!("{name}.1"));
+            std::fs::write(&page, &roff).unwrap();
+            let o = run_ok(
+                std::process::Command::new("man")
+                    .env("MANPAGER", "cat")
+                    .env("MANWIDTH", "100")
+                    .args(["--warnings", "-l"])
+                    .arg(&page),
+            );
+            let shown = String::from_utf8_lossy(&o.stdout);
+            assert!(stderr(&o).trim().is_empty(), "man warns: {}", stderr(&o));
+            for n in &needles {
+                assert!(shown.contains(n), "{name}: no {n} in\n{shown}");
+            }
+        }
+    }
+    let o = run(bk().args(["man", "bench-floor"]));
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("no command \"bench-floor\""),
+        "{}",
+        stderr(&o)
+    );
 }

@@ -229,7 +229,8 @@ pub async fn execute(
         let digests = digests.clone();
         let daemon_platform = &daemon_platform;
         let first_phase = &first_phase;
-        async move {
+        let done_name = name.clone();
+        let work = async move {
             let tp = &plan.targets[&name];
             let t = &project.targets[&name];
             match first_phase.get(&name) {
@@ -355,6 +356,18 @@ pub async fn execute(
                 write_ledger(t, Some(&fp.key), digest.as_deref(), progress, &name).await;
             }
             Ok(Done::Built(Box::new(r), uncovered))
+        };
+        async move {
+            let r = work.await;
+            // Nothing more is sent for this target: plain output writes its block now.
+            let (outcome, error) = match &r {
+                Ok(Done::Skipped) => (TargetOutcome::Skipped, None),
+                Ok(Done::Retagged) => (TargetOutcome::Retagged, None),
+                Ok(Done::Built(..)) => (TargetOutcome::Built, None),
+                Err(e) => (TargetOutcome::Failed, Some(e.as_str())),
+            };
+            progress.target_done(&done_name, outcome, error);
+            r
         }
     })
     .await;

@@ -168,16 +168,23 @@ pub struct TargetResult {
     pub warnings: Vec<String>,
 }
 
-/// Rows for the end-of-run table.
-pub fn summary_rows(results: &[TargetResult]) -> Vec<SummaryRow> {
+/// Rows for the end-of-run table and the CI job summary: each result with what the plan
+/// decided for it and why.
+pub fn summary_rows(results: &[TargetResult], plan: &BakePlan) -> Vec<SummaryRow> {
     results
         .iter()
-        .map(|r| SummaryRow {
-            target: r.name.clone(),
-            outcome: r.outcome,
-            duration: r.duration,
-            bytes_sent: r.bytes_sent,
-            digest: r.digest.clone(),
+        .map(|r| {
+            let tp = plan.targets.get(&r.name);
+            SummaryRow {
+                target: r.name.clone(),
+                outcome: r.outcome,
+                duration: r.duration,
+                bytes_sent: r.bytes_sent,
+                digest: r.digest.clone(),
+                action: tp.map(|t| t.action.as_str().to_string()),
+                reason: tp.map(|t| t.reasons.join("; ")),
+                error: r.error.clone(),
+            }
         })
         .collect()
 }

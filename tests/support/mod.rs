@@ -63,6 +63,10 @@ fn with_env(cmd: &mut Command) -> &mut Command {
     }
     // The docker daemon under test, never a user's BUILDKIT_HOST.
     cmd.env_remove("BUILDKIT_HOST");
+    // The same output whether the suite runs in GitHub Actions, GitLab CI or elsewhere.
+    for ci in ["GITHUB_ACTIONS", "GITLAB_CI", "GITHUB_STEP_SUMMARY"] {
+        cmd.env_remove(ci);
+    }
     cmd
 }
 
