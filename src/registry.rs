@@ -16,7 +16,7 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -1077,16 +1077,29 @@ fn full(bytes: Bytes) -> Body {
 
 /// One client for http (local/insecure registries) and https (everything else, verified
 /// against the bundled Mozilla roots so it works the same on every machine).
-fn client() -> &'static HttpClient {
-    static CLIENT: OnceLock<HttpClient> = OnceLock::new();
-    CLIENT.get_or_init(|| {
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .build();
-        Client::builder(TokioExecutor::new()).build(https)
-    })
+///
+/// One per tokio runtime: a pooled connection is driven by a task spawned on the runtime
+/// that opened it, so a connection kept past that runtime's end fails its next request
+/// with "dispatch task is gone". A caller that runs registry calls on a second runtime
+/// (a library user, a test) gets a fresh client and pool; the common case, one runtime
+/// per process, builds the client once.
+fn client() -> HttpClient {
+    static CLIENT: Mutex<Option<(tokio::runtime::Id, HttpClient)>> = Mutex::new(None);
+    let runtime = tokio::runtime::Handle::current().id();
+    let mut slot = CLIENT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some((id, client)) = slot.as_ref() {
+        if *id == runtime {
+            return client.clone();
+        }
+    }
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .build();
+    let client = Client::builder(TokioExecutor::new()).build(https);
+    *slot = Some((runtime, client.clone()));
+    client
 }
 
 /// Access a request needs to one repository; as a token scope `repository:<name>:pull` or,
