@@ -179,6 +179,19 @@ pub struct BuildArgs {
     /// Progress output: auto, tty, plain, rawjson, quiet.
     #[arg(long, default_value = "auto", env = "BUILDKIT_PROGRESS")]
     pub progress: String,
+    /// Attestation to attach, e.g. type=provenance,mode=max or type=sbom,generator=IMAGE
+    /// (the first of a type counts). A minimal provenance is attached unless one is given
+    /// or BUILDX_NO_DEFAULT_ATTESTATIONS is set.
+    #[arg(long = "attest", value_name = "TYPE=…,KEY=VALUE")]
+    pub attests: Vec<String>,
+    /// Provenance attestation: true, false, or its options such as mode=max
+    /// (--attest=type=provenance,…).
+    #[arg(long, value_name = "VALUE")]
+    pub provenance: Option<String>,
+    /// SBOM attestation: true, false, or its options such as generator=IMAGE
+    /// (--attest=type=sbom,…).
+    #[arg(long, value_name = "VALUE")]
+    pub sbom: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -285,6 +298,8 @@ impl ProjectArgs {
             force,
             ledger: !self.no_ledger,
             engine_images: transport::docker_engine_builder(daemon.addr.as_deref(), &daemon.tls()),
+            default_provenance: default_provenance()?,
+            metadata_provenance: options::MetadataProvenance::Disabled,
         })
     }
 }
@@ -435,7 +450,44 @@ pub fn build_spec(a: &BuildArgs) -> Result<BuildSpec> {
     for s in &a.ssh {
         spec.ssh.push(options::parse_ssh(s)?);
     }
+    // buildx's order: every --attest, then --provenance, then --sbom (the first of a type
+    // counts).
+    for s in &a.attests {
+        spec.attests.push(options::parse_attest(s)?);
+    }
+    for (flag, kind, value, example) in [
+        ("--provenance", "provenance", &a.provenance, "mode=max"),
+        ("--sbom", "sbom", &a.sbom, "generator=IMAGE"),
+    ] {
+        let Some(v) = value.as_deref() else { continue };
+        if let Some(canonical) = canonical_attest(kind, v) {
+            // Errors name the flag and value as typed.
+            let spec_of = options::parse_attest(&canonical).map_err(|e| options::OptionError {
+                flag: flag.into(),
+                input: v.into(),
+                example: example.into(),
+                ..e
+            })?;
+            spec.attests.push(spec_of);
+        }
+    }
+    spec.default_provenance = default_provenance()?;
+    if a.metadata_file.is_some() {
+        spec.metadata_provenance = metadata_provenance();
+    }
     Ok(spec)
+}
+
+/// Whether builds get buildx's default provenance: yes unless `BUILDX_NO_DEFAULT_ATTESTATIONS`
+/// is true.
+fn default_provenance() -> Result<bool> {
+    let v = std::env::var("BUILDX_NO_DEFAULT_ATTESTATIONS").ok();
+    Ok(!options::parse_no_default_attestations(v.as_deref()).map_err(anyhow::Error::msg)?)
+}
+
+/// How much provenance a metadata file gets (`BUILDX_METADATA_PROVENANCE`).
+fn metadata_provenance() -> options::MetadataProvenance {
+    options::parse_metadata_provenance(std::env::var("BUILDX_METADATA_PROVENANCE").ok().as_deref())
 }
 
 /// Writes `contents` to `path` atomically (temp file in the same directory, then rename), so
@@ -898,7 +950,10 @@ async fn run_bake(daemon_args: &DaemonArgs, a: &BakeArgs) -> Result<bool> {
             flags.join(" ")
         );
     }
-    let opts = a.project.bake_options(&project, daemon_args)?;
+    let mut opts = a.project.bake_options(&project, daemon_args)?;
+    if a.metadata_file.is_some() {
+        opts.metadata_provenance = metadata_provenance();
+    }
     let must_build = plan
         .ordered()
         .any(|t| t.action == crate::bake::Action::Build);

@@ -29,6 +29,7 @@ fn build_spec(
     plan: &BakePlan,
     name: &str,
     digests: &BTreeMap<String, String>,
+    opts: &BakeOptions,
 ) -> Result<BuildSpec, BakeError> {
     let t = &project.targets[name];
     let e = |m: String| terr(name, m);
@@ -50,6 +51,9 @@ fn build_spec(
         shm_size: t.shm_size,
         entitlements: t.entitlements.clone(),
         no_cache_filter: t.no_cache_filter.clone(),
+        attests: t.attest.clone(),
+        default_provenance: opts.default_provenance,
+        metadata_provenance: opts.metadata_provenance,
         ..Default::default()
     };
     if let Some(u) = &t.unavailable {
@@ -108,9 +112,6 @@ fn build_spec(
     spec.cache_to = t.cache_to.iter().flat_map(|c| c.value().clone()).collect();
     spec.secrets = t.secrets.iter().map(|s| s.value().clone()).collect();
     spec.ssh = t.ssh.iter().map(|s| s.value().clone()).collect();
-    for a in t.attest.iter().filter(|a| !a.disabled) {
-        spec.attests.insert(a.kind.clone(), a.frontend_value());
-    }
     Ok(spec)
 }
 
@@ -224,7 +225,7 @@ pub async fn execute(
             };
             let snapshot = digests.lock().map(|d| d.clone()).unwrap_or_default();
             let mut spec =
-                build_spec(project, plan, &name, &snapshot).map_err(|e| e.to_string())?;
+                build_spec(project, plan, &name, &snapshot, opts).map_err(|e| e.to_string())?;
             if spec.needs_load() {
                 spec.load_into = daemon.load_target().map_err(|e| e.to_string())?;
             }

@@ -53,7 +53,12 @@ fn artifact_outputs(t: &Target) -> Vec<String> {
 }
 
 /// Everything that decides a target's result besides files, args and bases.
-fn extra_inputs(t: &Target, scan: &graph::DockerfileScan) -> BTreeMap<String, String> {
+/// `default_provenance`: whether builds get buildx's default provenance.
+fn extra_inputs(
+    t: &Target,
+    scan: &graph::DockerfileScan,
+    default_provenance: bool,
+) -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
     // Which named contexts the build reads, by what they are rather than by the name the
     // Dockerfile gives them (`"${REPO}/base:${TAG}" = "target:base"` keeps its meaning when
@@ -105,9 +110,11 @@ fn extra_inputs(t: &Target, scan: &graph::DockerfileScan) -> BTreeMap<String, St
     {
         m.insert("cache-to".into(), "inline".into());
     }
-    // Attestations are part of the pushed image (its index gains attestation manifests).
-    for a in t.attest.iter().filter(|a| !a.disabled) {
-        m.insert(format!("attest:{}", a.kind), a.frontend_value());
+    // Attestations are part of the pushed image (its index gains attestation manifests),
+    // the default provenance too. Whether the daemon can attach them is not known here: a
+    // daemon that cannot gets the same request and makes a bare image.
+    for (kind, value) in crate::build::attest::frontend_attrs(&t.attest, default_provenance) {
+        m.insert(format!("attest:{kind}"), value);
     }
     for (i, o) in artifact_outputs(t).into_iter().enumerate() {
         m.insert(format!("output:{i}"), o);
@@ -255,7 +262,7 @@ pub async fn plan(
     let inputs: Vec<FingerprintInput> = gplan
         .order
         .iter()
-        .map(|name| fingerprint_input(project, &gplan, &facts, state, name))
+        .map(|name| fingerprint_input(project, &gplan, &facts, state, name, opts))
         .collect();
     let walked =
         tokio::task::block_in_place(|| fingerprint::compute_many(&inputs, state.stat_cache()));
@@ -522,6 +529,7 @@ fn fingerprint_input(
     facts: &BTreeMap<String, Facts>,
     state: &StateStore,
     name: &str,
+    opts: &BakeOptions,
 ) -> FingerprintInput {
     let t = &project.targets[name];
     let scan = &facts[name].scan;
@@ -564,7 +572,7 @@ fn fingerprint_input(
         },
         // Added once known, so walks need not wait for them.
         bases: Vec::new(),
-        extra: extra_inputs(t, scan),
+        extra: extra_inputs(t, scan, opts.default_provenance),
     }
 }
 
