@@ -652,6 +652,14 @@ impl DecideCtx<'_> {
             tp.reasons.push(why);
             return tp;
         }
+        if let Some(first) = self.gplan.same_as.get(name) {
+            if decided[first].action == Action::Build {
+                tp.reasons.push(format!(
+                    "the same build as {first}, which is built: it gets {first}'s image"
+                ));
+                return tp;
+            }
+        }
         if !rebuilt.is_empty() {
             tp.reasons = rebuilt
                 .iter()

@@ -313,7 +313,9 @@ fn slsa1_to_slsa02(p: &serde_json::Value) -> serde_json::Value {
         }),
     );
     copy_present(&mut out, "buildConfig", &internal["buildConfig"]);
-    if let Value::Object(meta) = &run["metadata"] {
+    // Indexing a `Value` (not its map) gives `Null` for a missing key, never a panic.
+    let meta = &run["metadata"];
+    if meta.is_object() {
         let mut m = Map::new();
         copy_present(&mut m, "buildInvocationID", &meta["invocationID"]);
         copy_present(&mut m, "buildStartedOn", &meta["startedOn"]);
@@ -495,6 +497,15 @@ mod tests {
             metadata_predicate(v1, Some(SLSA_V1), MetadataProvenance::Min),
             min
         );
+        // Whatever the daemon sends, the conversion does not panic.
+        for odd in [
+            serde_json::json!({}),
+            serde_json::json!("text"),
+            serde_json::json!({"runDetails": {"metadata": {}}, "buildDefinition": []}),
+        ] {
+            let p = metadata_predicate(odd, Some(SLSA_V1), MetadataProvenance::Max);
+            assert_eq!(p["buildType"], BUILD_TYPE_SLSA02);
+        }
         // A v0.2 predicate keeps its shape.
         assert_eq!(
             metadata_predicate(want.clone(), Some("https://slsa.dev/provenance/v0.2"), MetadataProvenance::Min),
