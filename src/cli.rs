@@ -242,18 +242,6 @@ pub struct ProjectArgs {
     pub sbom: Option<String>,
 }
 
-/// buildx `CanonicalizeAttest`: `true`/`false` enable or disable the type, anything else is
-/// its options.
-fn canonical_attest(kind: &str, value: &str) -> Option<String> {
-    if value.is_empty() {
-        return None;
-    }
-    Some(match crate::options::parse_bool(value) {
-        Some(b) => format!("type={kind},disabled={}", !b),
-        None => format!("type={kind},{value}"),
-    })
-}
-
 impl ProjectArgs {
     /// Every `--set`, then the flags that stand for one, in buildx's order.
     fn overrides(&self) -> Vec<Override> {
@@ -277,7 +265,7 @@ impl ProjectArgs {
             ("--sbom", "sbom", &self.sbom),
             ("--provenance", "provenance", &self.provenance),
         ] {
-            if let Some(a) = value.as_deref().and_then(|v| canonical_attest(kind, v)) {
+            if let Some(a) = value.as_deref().and_then(|v| options::canonical_attest(kind, v)) {
                 out.push(Override::shorthand(flag, &format!("*.attest={a}")));
             }
         }
@@ -460,7 +448,7 @@ pub fn build_spec(a: &BuildArgs) -> Result<BuildSpec> {
         ("--sbom", "sbom", &a.sbom, "generator=IMAGE"),
     ] {
         let Some(v) = value.as_deref() else { continue };
-        if let Some(canonical) = canonical_attest(kind, v) {
+        if let Some(canonical) = options::canonical_attest(kind, v) {
             // Errors name the flag and value as typed.
             let spec_of = options::parse_attest(&canonical).map_err(|e| options::OptionError {
                 flag: flag.into(),

@@ -1467,6 +1467,19 @@ impl fmt::Display for AttestSpec {
     }
 }
 
+/// A shorthand's value (`--provenance VALUE`, `--sbom VALUE`, compose's `build.provenance`) as
+/// an `--attest` entry, as buildx's `CanonicalizeAttest`: `true`/`false` (Go booleans) enable
+/// or disable the type, anything else is its options; empty is no entry.
+pub fn canonical_attest(kind: &str, value: &str) -> Option<String> {
+    if value.is_empty() {
+        return None;
+    }
+    Some(match parse_bool(value) {
+        Some(b) => format!("type={kind},disabled={}", !b),
+        None => format!("type={kind},{value}"),
+    })
+}
+
 /// Parses an attestation entry as buildx does (`util/buildflags/attests.go`): CSV
 /// `key=value` fields, `type` required, `disabled` a boolean.
 pub fn parse_attest(s: &str) -> Result<AttestSpec, OptionError> {
