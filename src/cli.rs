@@ -265,7 +265,10 @@ impl ProjectArgs {
             ("--sbom", "sbom", &self.sbom),
             ("--provenance", "provenance", &self.provenance),
         ] {
-            if let Some(a) = value.as_deref().and_then(|v| options::canonical_attest(kind, v)) {
+            if let Some(a) = value
+                .as_deref()
+                .and_then(|v| options::canonical_attest(kind, v))
+            {
                 out.push(Override::shorthand(flag, &format!("*.attest={a}")));
             }
         }

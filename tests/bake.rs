@@ -491,7 +491,9 @@ fn a_loaded_image_that_was_removed_or_retagged_is_rebuilt() {
     // What the engine holds after a run must be what the run recorded. A rebuild is a new
     // image, even from the build cache: its provenance attestation names the new build.
     let delivered = |meta: &serde_json::Value| {
-        let d = meta["loaded"]["containerimage.digest"].as_str().map(str::to_string);
+        let d = meta["loaded"]["containerimage.digest"]
+            .as_str()
+            .map(str::to_string);
         assert!(d.is_some(), "{meta}");
         d
     };

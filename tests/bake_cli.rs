@@ -324,7 +324,13 @@ fn attestations_are_attached_like_buildx_and_are_an_input() {
     let types = |a: &Attested| -> Vec<String> {
         a.predicate_types()
             .iter()
-            .map(|t| if t.starts_with(slsa) { slsa.to_string() } else { t.clone() })
+            .map(|t| {
+                if t.starts_with(slsa) {
+                    slsa.to_string()
+                } else {
+                    t.clone()
+                }
+            })
             .collect()
     };
 
@@ -373,7 +379,12 @@ fn attestations_are_attached_like_buildx_and_are_an_input() {
     assert_eq!(mine, buildx(&["multi", "--push", &sbom]).0);
     assert_eq!(types(&mine), [slsa, SPDX], "{mine:?}");
     let scan = statements(&e.repo("multi"), "1", SPDX);
-    assert!(scan[0]["predicate"]["files"].to_string().contains("hello.txt"), "{scan:?}");
+    assert!(
+        scan[0]["predicate"]["files"]
+            .to_string()
+            .contains("hello.txt"),
+        "{scan:?}"
+    );
 }
 
 #[test]

@@ -658,7 +658,8 @@ fn attestations_have_the_shape_buildx_gives_them() {
     let max = provenance("bk-max");
     let definition = |p: &serde_json::Value| {
         // SLSA v0.2 has it at the top, v1 among the internal parameters.
-        !p["buildConfig"].is_null() || !p["buildDefinition"]["internalParameters"]["buildConfig"].is_null()
+        !p["buildConfig"].is_null()
+            || !p["buildDefinition"]["internalParameters"]["buildConfig"].is_null()
     };
     assert!(!definition(&min), "{min}");
     assert!(definition(&max), "{max}");
@@ -686,9 +687,15 @@ fn metadata_file_has_the_build_provenance_like_buildx() {
         }
         let image = format!("localhost:5000/{repo}:{name}");
         run_ok(
-            cmd.args(["--provenance=false", "--push", "-t", &image, "--metadata-file"])
-                .arg(&md)
-                .arg(&ctx),
+            cmd.args([
+                "--provenance=false",
+                "--push",
+                "-t",
+                &image,
+                "--metadata-file",
+            ])
+            .arg(&md)
+            .arg(&ctx),
         );
         metadata(&md)
     };
@@ -707,12 +714,17 @@ fn metadata_file_has_the_build_provenance_like_buildx() {
     let mine = metadata_of(bk_build(), None, "bk-min");
     assert!(theirs[key].is_object(), "{theirs}");
     assert_eq!(mine[key], theirs[key], "minimal provenance");
-    assert!(mine[key]["materials"].to_string().contains("busybox"), "{mine}");
+    assert!(
+        mine[key]["materials"].to_string().contains("busybox"),
+        "{mine}"
+    );
 
     let theirs = metadata_of(buildx(), Some("max"), "bx-max");
     let mine = metadata_of(bk_build(), Some("max"), "bk-max");
     let keys = |v: &serde_json::Value| -> Vec<String> {
-        v.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default()
+        v.as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default()
     };
     assert_eq!(keys(&mine[key]), keys(&theirs[key]), "{mine}");
     assert_eq!(keys(&mine[key]["metadata"]), keys(&theirs[key]["metadata"]));

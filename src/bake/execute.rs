@@ -439,7 +439,10 @@ fn adopt(
 ) -> Done {
     let snapshot = digests.lock().map(|d| d.clone()).unwrap_or_default();
     let Some(digest) = snapshot.get(first).cloned() else {
-        progress.note(Some(name), &format!("the same build as {first}, which made no image"));
+        progress.note(
+            Some(name),
+            &format!("the same build as {first}, which made no image"),
+        );
         return Done::SameAs;
     };
     if let Ok(mut m) = digests.lock() {
@@ -454,8 +457,7 @@ fn adopt(
         (Some(fp), Some(rec))
             if rec.key == fp.key && rec.image_digest.as_deref() == Some(digest.as_str()) =>
         {
-            if let Err(e) = tokio::task::block_in_place(|| state.record(name, &rec, &fp.manifest))
-            {
+            if let Err(e) = tokio::task::block_in_place(|| state.record(name, &rec, &fp.manifest)) {
                 progress.warning(Some(name), &format!("could not record state: {e}"));
             }
         }

@@ -34,7 +34,10 @@ pub const DEFAULT_PROVENANCE: &str = "mode=min,inline-only=true";
 /// The `attest:TYPE` frontend attributes for `entries`, by type (`provenance`, `sbom`): the
 /// first entry of a type decides (buildx `Attests.ToMap`), a `disabled` one asks for none.
 /// Without any provenance entry, `default_provenance` adds [`DEFAULT_PROVENANCE`].
-pub fn frontend_attrs(entries: &[AttestSpec], default_provenance: bool) -> BTreeMap<String, String> {
+pub fn frontend_attrs(
+    entries: &[AttestSpec],
+    default_provenance: bool,
+) -> BTreeMap<String, String> {
     let mut decided: BTreeMap<&str, Option<String>> = BTreeMap::new();
     for a in entries {
         decided
@@ -149,7 +152,10 @@ pub(super) async fn record_provenance(
     for (key, d) in wanted {
         let bytes = read_blob(daemon, &d).await?;
         let predicate: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
-            format!("the build record's provenance {} is not JSON: {e}", d.digest)
+            format!(
+                "the build record's provenance {} is not JSON: {e}",
+                d.digest
+            )
         })?;
         let kind = d.annotations.get(PREDICATE_TYPE).map(String::as_str);
         out.push((key, metadata_predicate(predicate, kind, detail)));
@@ -349,7 +355,11 @@ fn slsa1_to_slsa02(p: &serde_json::Value) -> serde_json::Value {
 }
 
 /// Copies `v` under `key` unless it is absent or empty (Go's `omitempty`).
-fn copy_present(into: &mut serde_json::Map<String, serde_json::Value>, key: &str, v: &serde_json::Value) {
+fn copy_present(
+    into: &mut serde_json::Map<String, serde_json::Value>,
+    key: &str,
+    v: &serde_json::Value,
+) {
     use serde_json::Value;
     let empty = match v {
         Value::Null => true,
@@ -394,7 +404,10 @@ mod tests {
         let sbom = attests(&["type=sbom,generator=img"]);
         assert_eq!(
             frontend_attrs(&sbom, true),
-            attrs(&[("provenance", DEFAULT_PROVENANCE), ("sbom", "generator=img")])
+            attrs(&[
+                ("provenance", DEFAULT_PROVENANCE),
+                ("sbom", "generator=img")
+            ])
         );
         let max = attests(&["type=provenance,mode=max"]);
         assert_eq!(
@@ -414,7 +427,10 @@ mod tests {
             "type=sbom,disabled=true",
             "type=sbom",
         ]);
-        assert_eq!(frontend_attrs(&a, true), attrs(&[("provenance", "mode=max")]));
+        assert_eq!(
+            frontend_attrs(&a, true),
+            attrs(&[("provenance", "mode=max")])
+        );
     }
 
     #[test]
@@ -508,7 +524,11 @@ mod tests {
         }
         // A v0.2 predicate keeps its shape.
         assert_eq!(
-            metadata_predicate(want.clone(), Some("https://slsa.dev/provenance/v0.2"), MetadataProvenance::Min),
+            metadata_predicate(
+                want.clone(),
+                Some("https://slsa.dev/provenance/v0.2"),
+                MetadataProvenance::Min
+            ),
             min
         );
     }

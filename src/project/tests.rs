@@ -621,7 +621,10 @@ fn compose_provenance_and_sbom_are_attestations_as_buildx_reads_them() {
         "services:\n  pybase:\n    build:\n      context: src/py/base\n      provenance: mode\n",
     );
     let msg = load_env(&[b], &[]).unwrap_err().to_string();
-    assert_mentions(&msg, &["bad.yaml:5", "services.pybase.build.provenance", "mode"]);
+    assert_mentions(
+        &msg,
+        &["bad.yaml:5", "services.pybase.build.provenance", "mode"],
+    );
 }
 
 #[test]
