@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # run.sh - the one command behind BENCHMARKS.md: start the test daemon, build bk-build and the
-# floor tool, then run every scenario of issue 4 (bench/bench.py) and rewrite BENCHMARKS.md.
+# floor tool, then run every scenario (bench/bench.py; workloads from bench/workload.py) and
+# rewrite BENCHMARKS.md.
 #
 # usage: bash bench/run.sh [--quick] [--runs N] [--only mono,ctx,scale,fresh,floor]
-#                          [--tools bk,bake,seed,buildx,tar] [--merge] [--md FILE]
+#                          [--tools bk,bkj,bake,seed,buildx,tar] [--merge] [--md FILE]
 #   --quick  smaller trees and 2 runs per case (smoke test; writes $BKBENCH_DIR/quick/BENCHMARKS.md)
-# Environment: BKBENCH_DIR (work trees, logs, raw results; default /tmp/bkbench),
-#              BKBENCH_GEN (workload generator; default ../shared/bench next to this checkout).
-# Full run: ~30-40 min on 2 cores. Needs root (the test daemon), GNU time, make, tar, python3.
+# Environment: BKBENCH_DIR (generated trees, logs, raw results; default /tmp/bkbench).
+# Full run: ~45 min on 2 cores. Needs root (the test daemon), GNU time, make, tar, python3 >= 3.9.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ "${1:-}" = -h ] || [ "${1:-}" = --help ] && { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0; }
+[ "${1:-}" = -h ] || [ "${1:-}" = --help ] && { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0; }
 
 if [ ! -x /usr/bin/time ]; then
   echo "[bench] installing GNU time (peak RSS)" >&2

@@ -8,7 +8,10 @@ cd "$(dirname "$0")/.."
 log() { printf '[example] %s\n' "$*" >&2; }
 
 if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then export PATH=$HOME/.cargo/bin:$PATH; fi
-cargo build --release --locked -q
+# Not -q: a first build compiles ~200 crates, and a silent wait of minutes looks like a hang.
+# Cargo shows a progress bar on a terminal and one line per crate otherwise.
+[ -x target/release/bk-build ] || log "compiling bk-build (release; the first time takes a few minutes)"
+cargo build --release --locked
 BK=$PWD/target/release/bk-build
 
 if ! "$BK" info >/dev/null 2>&1; then

@@ -14,6 +14,9 @@ use crate::progress::{Mode, Progress};
 use crate::project::overrides::{self, Override};
 use crate::transport::{self, Daemon, TlsOptions};
 
+mod inspect;
+mod reference;
+
 /// Exit status after Ctrl-C, like a shell's 128 + SIGINT.
 pub const EXIT_INTERRUPTED: u8 = 130;
 /// Exit status after SIGTERM (128 + 15), as a shell reports a terminated command.
@@ -46,10 +49,23 @@ fn write_stdout(line: std::fmt::Arguments<'_>) -> Result<()> {
     out.write_fmt(line)
         .and_then(|()| out.write_all(b"\n"))
         .and_then(|()| out.flush())
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::BrokenPipe => anyhow::Error::new(StdoutClosed),
-            _ => anyhow::Error::new(e).context("cannot write to standard output"),
-        })
+        .map_err(stdout_error)
+}
+
+/// Bytes to standard output as they are (a script, a manual page), with `outln!`'s errors.
+fn write_stdout_bytes(bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes)
+        .and_then(|()| out.flush())
+        .map_err(stdout_error)
+}
+
+fn stdout_error(e: std::io::Error) -> anyhow::Error {
+    match e.kind() {
+        std::io::ErrorKind::BrokenPipe => anyhow::Error::new(StdoutClosed),
+        _ => anyhow::Error::new(e).context("cannot write to standard output"),
+    }
 }
 
 #[derive(Parser, Debug)]
@@ -102,13 +118,17 @@ pub enum Command {
     /// Show what `bake` would build or skip, and why, without building.
     Plan(PlanArgs),
     /// Show the daemon's version.
-    Info,
+    Info(FormatArgs),
     /// List the daemon's workers and platforms.
-    Workers,
+    Workers(FormatArgs),
     /// Show build cache disk usage.
     Du(DuArgs),
     /// Remove build cache.
     Prune(PruneArgs),
+    /// Print a shell completion script, e.g. `source <(bk-build completion bash)`.
+    Completion(CompletionArgs),
+    /// Print a manual page (roff): `bk-build man | man -l -`, `bk-build man bake > bk-build-bake.1`.
+    Man(ManArgs),
     /// Benchmark support: time to lstat, and to blake3, every input file under DIR (JSON).
     #[command(hide = true)]
     BenchFloor { dir: PathBuf },
@@ -116,10 +136,12 @@ pub enum Command {
 
 #[derive(Args, Debug, Default)]
 pub struct BuildArgs {
-    /// Build context directory.
+    /// Build context: a directory, `-` (a tar archive, or a Dockerfile, on standard input),
+    /// or a Git or HTTP(S) URL the daemon fetches (https://host/repo.git#REF:SUBDIR).
     #[arg(default_value = ".")]
     pub context: PathBuf,
-    /// Dockerfile path (default: CONTEXT/Dockerfile).
+    /// Dockerfile path (default: CONTEXT/Dockerfile); `-` reads it from standard input. With
+    /// a URL or archive context, a relative path is inside that context.
     #[arg(short = 'f', long = "file", value_name = "PATH")]
     pub file: Option<PathBuf>,
     /// Stage to build.
@@ -137,6 +159,9 @@ pub struct BuildArgs {
     /// Do not use cache.
     #[arg(long)]
     pub no_cache: bool,
+    /// Do not use cache for this stage (repeat for several); not with --no-cache.
+    #[arg(long = "no-cache-filter", value_name = "STAGE")]
+    pub no_cache_filter: Vec<String>,
     /// Always look for newer base images.
     #[arg(long)]
     pub pull: bool,
@@ -149,9 +174,27 @@ pub struct BuildArgs {
     /// Network mode for RUN steps: default, none, host.
     #[arg(long, default_value = "default")]
     pub network: String,
+    /// Resource limit of RUN steps, NAME=SOFT[:HARD] (e.g. nofile=1024:2048).
+    #[arg(long = "ulimit", value_name = "NAME=SOFT[:HARD]")]
+    pub ulimits: Vec<String>,
+    /// Size of /dev/shm in RUN steps, e.g. 128m or 1g.
+    #[arg(long = "shm-size", value_name = "SIZE")]
+    pub shm_size: Option<String>,
+    /// Parent cgroup of RUN steps.
+    #[arg(long = "cgroup-parent", value_name = "CGROUP")]
+    pub cgroup_parent: Option<String>,
+    /// Grant the build a privilege: network.host (RUN --network=host), security.insecure
+    /// (RUN --security=insecure), device[=NAME]; the daemon must allow it too.
+    #[arg(long, value_name = "ENTITLEMENT")]
+    pub allow: Vec<String>,
     /// Image name, e.g. localhost:5000/app:1.
     #[arg(short = 't', long = "tag")]
     pub tags: Vec<String>,
+    /// Image annotation, TYPES:KEY=VALUE or KEY=VALUE: TYPES is a comma list of manifest,
+    /// manifest-descriptor (each may name a platform: manifest[linux/arm64]), index and
+    /// index-descriptor; without TYPES, the manifest.
+    #[arg(long = "annotation", value_name = "KEY=VALUE")]
+    pub annotations: Vec<String>,
     /// Push the image (shorthand for --output=type=image,push=true).
     #[arg(long)]
     pub push: bool,
@@ -170,15 +213,31 @@ pub struct BuildArgs {
     /// Secret to expose: id=ID,src=PATH or id=ID,env=VAR.
     #[arg(long = "secret")]
     pub secrets: Vec<String>,
-    /// SSH agent socket or keys to expose: default or ID=PATH.
+    /// SSH agent socket or private key files to expose: default (= $SSH_AUTH_SOCK), ID=SOCKET
+    /// or ID=KEYFILE[,KEYFILE…].
     #[arg(long = "ssh")]
     pub ssh: Vec<String>,
     /// Write the build result metadata (digest, image name, …) as JSON to this file.
     #[arg(long = "metadata-file", value_name = "FILE")]
     pub metadata_file: Option<PathBuf>,
-    /// Progress output: auto, tty, plain, rawjson, quiet.
-    #[arg(long, default_value = "auto", env = "BUILDKIT_PROGRESS")]
+    /// Write the image ID to this file: the image config's digest, or the manifest's (or
+    /// index's) when the daemon reports no config digest, as buildx writes it.
+    #[arg(long, value_name = "FILE")]
+    pub iidfile: Option<PathBuf>,
+    /// Show no progress and print the image ID (as --iidfile writes it) when done.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Progress output: auto, tty, plain, rawjson, quiet (= --quiet), none (nothing, and no
+    /// image ID on standard output). With auto, $BUILDKIT_PROGRESS decides when set.
+    #[arg(long, default_value = "auto")]
     pub progress: String,
+    /// What to evaluate: build (the default), check (lint the Dockerfile), outline (its build
+    /// args, secrets, ssh) or targets (its stages); options format=json, ignorestatus=true.
+    #[arg(long, value_name = "METHOD")]
+    pub call: Option<String>,
+    /// Shorthand for --call=check.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub check: Option<bool>,
     /// Attestation to attach, e.g. type=provenance,mode=max or type=sbom,generator=IMAGE
     /// (the first of a type counts). A minimal provenance is attached unless one is given
     /// or BUILDX_NO_DEFAULT_ATTESTATIONS is set.
@@ -193,6 +252,32 @@ pub struct BuildArgs {
     #[arg(long, value_name = "VALUE")]
     pub sbom: Option<String>,
 }
+
+/// `--call` and `--check` as one value: `None` for an ordinary build. `--check` together with
+/// a `--call` of another method is refused (buildx lets the later flag win).
+fn call_flags(call: Option<&str>, check: Option<bool>) -> Result<Option<options::CallFunc>> {
+    let from_call = match call {
+        Some(c) => options::parse_call(c)?,
+        None => None,
+    };
+    if check != Some(true) {
+        return Ok(from_call);
+    }
+    match from_call {
+        None if call.is_none() => Ok(options::parse_call("check")?),
+        Some(c) if c.name == "lint" => Ok(Some(c)),
+        _ => anyhow::bail!(
+            "--check asks for --call=check, and --call {} asks for another method\n  fix: give only one of them",
+            call.unwrap_or_default()
+        ),
+    }
+}
+
+/// The run ends with this exit status and nothing more to print (`--call check` found
+/// warnings: buildx exits with the answer's status code).
+#[derive(Debug, thiserror::Error)]
+#[error("exit status {0}")]
+struct ExitStatus(u8);
 
 #[derive(Args, Debug, Clone)]
 pub struct ProjectArgs {
@@ -316,16 +401,18 @@ pub struct BakeArgs {
     /// device[=NAME], ssh, fs[.read|.write]=PATH, image[.push|.load]=REF.
     #[arg(long, value_name = "ENTITLEMENT")]
     pub allow: Vec<String>,
-    /// What to evaluate: build (the default). check, outline and targets are not supported yet.
+    /// What to evaluate for every target: build (the default), check (lint its Dockerfile),
+    /// outline or targets; options format=json, ignorestatus=true. Nothing is built.
     #[arg(long, value_name = "METHOD")]
     pub call: Option<String>,
-    /// Shorthand for --call=check (not supported yet).
-    #[arg(long)]
-    pub check: bool,
+    /// Shorthand for --call=check.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub check: Option<bool>,
     /// Write every target's result metadata as JSON to this file.
     #[arg(long = "metadata-file", value_name = "FILE")]
     pub metadata_file: Option<PathBuf>,
-    /// Progress output: auto, tty, plain, rawjson, quiet.
+    /// Progress output: auto, tty, plain, rawjson, quiet, none (no progress and no summary
+    /// table; failures are still reported).
     #[arg(long, default_value = "auto", env = "BUILDKIT_PROGRESS")]
     pub progress: String,
 }
@@ -340,10 +427,36 @@ pub struct PlanArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct FormatArgs {
+    /// Output format: text, or json (BuildKit's field names, as `buildctl … --format '{{json .}}'`).
+    #[arg(long, value_enum, default_value_t = inspect::Format::Text)]
+    pub format: inspect::Format,
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Args, Debug)]
+pub struct ManArgs {
+    /// A command whose page to print (the page `bk-build-COMMAND`); without it, the page of
+    /// bk-build itself.
+    #[arg(value_name = "COMMAND")]
+    pub command: Option<String>,
+}
+
+#[derive(Args, Debug)]
 pub struct DuArgs {
     /// Show every record.
     #[arg(short, long)]
     pub verbose: bool,
+    /// Output format: text, or json (every record, with BuildKit's field names; --verbose is
+    /// then not needed).
+    #[arg(long, value_enum, default_value_t = inspect::Format::Text)]
+    pub format: inspect::Format,
     /// Filter, e.g. type=regular.
     #[arg(long)]
     pub filter: Vec<String>,
@@ -404,8 +517,43 @@ pub fn build_spec(a: &BuildArgs) -> Result<BuildSpec> {
         tags: a.tags.clone(),
         push: a.push,
         load: a.load,
+        cgroup_parent: a.cgroup_parent.clone().filter(|c| !c.is_empty()),
         ..Default::default()
     };
+    for s in &a.no_cache_filter {
+        anyhow::ensure!(
+            !s.is_empty(),
+            "--no-cache-filter: empty stage name\n  fix: name a stage of the Dockerfile, or use --no-cache for all of them"
+        );
+        spec.no_cache_filter.push(s.clone());
+    }
+    // buildx: "--no-cache and --no-cache-filter cannot currently be used together".
+    anyhow::ensure!(
+        !a.no_cache || a.no_cache_filter.is_empty(),
+        "--no-cache and --no-cache-filter cannot be used together\n  fix: --no-cache already builds every stage without cache; drop one of them"
+    );
+    for s in &a.ulimits {
+        let u = options::parse_ulimit(s)?;
+        // One limit per name, the last one given winning (buildx keeps them in a map).
+        spec.ulimits.retain(|x| x.name != u.name);
+        spec.ulimits.push(u);
+    }
+    if let Some(s) = &a.shm_size {
+        spec.shm_size = Some(options::parse_shm_size(s)?).filter(|b| *b > 0);
+    }
+    for s in &a.allow {
+        let e = options::parse_entitlement(s)?;
+        if !spec.entitlements.contains(&e) {
+            spec.entitlements.push(e);
+        }
+    }
+    for s in &a.annotations {
+        for an in options::parse_annotation(s)? {
+            spec.annotations
+                .retain(|x| x.exporter_attr() != an.exporter_attr());
+            spec.annotations.push(an);
+        }
+    }
     for s in &a.build_args {
         if let Some((k, v)) = options::parse_build_arg(s)? {
             spec.build_args.insert(k, v);
@@ -516,30 +664,149 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Runs `bk-build build`; also says whether an export went to standard output.
-async fn run_build(daemon_args: &DaemonArgs, a: &BuildArgs) -> Result<(BuildResult, bool)> {
+/// What `bk-build build` prints on standard output when it is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Printed {
+    /// The image's digest (`containerimage.digest`), bk-build's default.
+    Digest,
+    /// The image ID, as buildx's `--quiet` prints it.
+    ImageId,
+    /// Nothing: the export itself goes to standard output, or `--progress none`.
+    Nothing,
+}
+
+/// The display mode and what is printed at the end, from `--progress`, `--quiet` and
+/// `$BUILDKIT_PROGRESS`, as buildx decides them (`toDisplayMode`, and its printer, which reads
+/// the variable only when the flag says `auto`): `quiet` is `--quiet`, `none` shows nothing
+/// and prints no image ID.
+fn build_progress(a: &BuildArgs) -> Result<(Mode, Printed)> {
+    let given: Mode = a
+        .progress
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--progress: {e}"))?;
+    if a.quiet || given == Mode::Quiet {
+        anyhow::ensure!(
+            matches!(given, Mode::Auto | Mode::Quiet),
+            "--progress {} and --quiet cannot be used together\n  fix: drop one of them",
+            a.progress
+        );
+        return Ok((Mode::Quiet, Printed::ImageId));
+    }
+    let mode = match (given, std::env::var("BUILDKIT_PROGRESS")) {
+        (Mode::Auto, Ok(v)) if !v.is_empty() => v
+            .parse()
+            .map_err(|e| anyhow::anyhow!("BUILDKIT_PROGRESS: {e}"))?,
+        _ => given,
+    };
+    let printed = if mode == Mode::None {
+        Printed::Nothing
+    } else {
+        Printed::Digest
+    };
+    Ok((mode, printed))
+}
+
+/// Runs `bk-build build`; also says what to print on standard output afterwards.
+async fn run_build(daemon_args: &DaemonArgs, a: &BuildArgs) -> Result<(BuildResult, Printed)> {
     let spec = build_spec(a)?;
     let stdout_export = spec
         .outputs
         .iter()
         .any(|o| o.dest == Some(options::OutputDest::Stdout));
-    let mode: Mode = a.progress.parse()?;
-    if let Some(m) = &a.metadata_file {
-        // Fail before building when the metadata file cannot be written.
-        if let Some(dir) = m.parent().filter(|d| !d.as_os_str().is_empty()) {
+    let (mode, printed) = build_progress(a)?;
+    // Standard output that carries the export (`-o -`, `dest=-`) gets nothing else: a digest
+    // after the tarball would corrupt it.
+    let printed = if stdout_export {
+        Printed::Nothing
+    } else {
+        printed
+    };
+    for (flag, file) in [
+        ("--metadata-file", &a.metadata_file),
+        ("--iidfile", &a.iidfile),
+    ] {
+        // Fail before building when the file cannot be written.
+        if let Some(dir) = file
+            .as_deref()
+            .and_then(Path::parent)
+            .filter(|d| !d.as_os_str().is_empty())
+        {
             anyhow::ensure!(
                 dir.is_dir(),
-                "--metadata-file {}: directory {} does not exist",
-                m.display(),
+                "{flag} {}: directory {} does not exist",
+                file.as_deref().unwrap_or(dir).display(),
                 dir.display()
             );
         }
     }
-    let daemon = daemon_args.connect().await?;
+    if let Some(f) = &a.iidfile {
+        // As buildx: a failed build leaves no stale ID behind for a script to pick up.
+        match std::fs::remove_file(f) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "--iidfile {}: cannot remove the old file",
+                    f.display()
+                )))
+            }
+        }
+    }
     let mut spec = spec;
+    let _inputs = read_inputs(a, &mut spec)?;
+    let daemon = daemon_args.connect().await?;
     if spec.needs_load() {
         spec.load_into = daemon.load_target()?;
     }
+    let (progress, task) = Progress::start(mode, Box::new(std::io::stderr()));
+    let result = crate::build::build(&daemon, &spec, &progress, None).await;
+    drop(progress);
+    task.finish().await;
+    let result = result?;
+    if let Some(f) = &a.iidfile {
+        write_atomic(f, result.image_id().unwrap_or_default().as_bytes())?;
+    }
+    if let Some(m) = &a.metadata_file {
+        let doc = serde_json::to_vec_pretty(&result.metadata_json())?;
+        write_atomic(m, &doc)?;
+    }
+    Ok((result, printed))
+}
+
+/// Runs `bk-build build --call METHOD`: the frontend evaluates the Dockerfile, and its answer
+/// is printed on standard output as buildx prints it. Fails with the check's build error, or
+/// ends with the answer's exit status (1 when a check found warnings).
+async fn run_build_call(
+    daemon_args: &DaemonArgs,
+    a: &BuildArgs,
+    call: &options::CallFunc,
+) -> Result<()> {
+    // Nothing is built, so there is nothing to deliver: asking for both is a mistake.
+    let mut delivered = Vec::new();
+    if a.push {
+        delivered.push("--push");
+    }
+    if a.load {
+        delivered.push("--load");
+    }
+    if !a.outputs.is_empty() {
+        delivered.push("--output");
+    }
+    if !a.cache_to.is_empty() {
+        delivered.push("--cache-to");
+    }
+    if !delivered.is_empty() {
+        anyhow::bail!(
+            "--call {} evaluates the Dockerfile without building it, so there is nothing for {} to deliver\n  fix: run the check and the build as two commands",
+            call.shown_name(),
+            delivered.join(", ")
+        );
+    }
+    let mut spec = build_spec(a)?;
+    spec.call = Some(call.name.clone());
+    let mode: Mode = a.progress.parse()?;
+    let inputs = read_inputs(a, &mut spec)?;
+    let daemon = daemon_args.connect().await?;
     let (progress, task) = Progress::start(mode, Box::new(std::io::stderr()));
     let result = crate::build::build(&daemon, &spec, &progress, None).await;
     drop(progress);
@@ -549,7 +816,181 @@ async fn run_build(daemon_args: &DaemonArgs, a: &BuildArgs) -> Result<(BuildResu
         let doc = serde_json::to_vec_pretty(&result.metadata_json())?;
         write_atomic(m, &doc)?;
     }
-    Ok((result, stdout_export))
+    let report = crate::progress::call_report(call, &result.exporter_response, Some(&inputs.shown))
+        .map_err(anyhow::Error::msg)?;
+    write_stdout_raw(&report.text)?;
+    if let Some(e) = report.error {
+        // Already shaped like buildx's message: no chain to add.
+        return Err(anyhow::Error::msg(
+            e.trim_end_matches('\n').to_string() + "\n",
+        ));
+    }
+    match u8::try_from(report.status) {
+        Ok(0) => Ok(()),
+        Ok(n) => Err(ExitStatus(n).into()),
+        Err(_) => Err(ExitStatus(1).into()),
+    }
+}
+
+/// What a build read from standard input or the context argument, kept while it runs.
+struct Inputs {
+    /// A Dockerfile read from standard input and the empty context beside it: deleted when
+    /// the build is over.
+    _temp: Vec<tempfile::TempDir>,
+    /// The Dockerfile's name as buildx shows it in check results (`build/opt.go`
+    /// `dockerfileSrcName`): `-f` as given, `stdin` when it came from standard input, else
+    /// CONTEXT/Dockerfile cleaned the way Go's `filepath.Join` cleans it.
+    shown: String,
+}
+
+/// Applies the context and `-f` forms `docker buildx build` reads beyond a directory
+/// (`build/opt.go` `loadInputs`): a context of `-` is a tar archive on standard input
+/// (streamed to the daemon as it pulls it) or, when the first bytes are not an archive, a
+/// Dockerfile with an empty context; `-f -` reads the Dockerfile from standard input; a Git or
+/// HTTP(S) URL context is fetched by the daemon, with `-f` a path inside it (or a local file,
+/// when absolute or `-`). A local directory of the same name wins over a URL, as in buildx.
+fn read_inputs(a: &BuildArgs, spec: &mut BuildSpec) -> Result<Inputs> {
+    let file = a.file.as_deref();
+    let file_stdin = file.is_some_and(|f| f.as_os_str() == "-");
+    let mut inputs = Inputs {
+        _temp: Vec::new(),
+        shown: match file {
+            Some(_) if file_stdin => "stdin".to_string(),
+            Some(f) => f.display().to_string(),
+            None => go_clean(&format!("{}/Dockerfile", a.context.display())),
+        },
+    };
+    let context = a.context.to_string_lossy().into_owned();
+    if context == "-" {
+        anyhow::ensure!(
+            !file_stdin,
+            "standard input cannot be both the build context (CONTEXT -) and the Dockerfile (-f -)\n  fix: pipe one of them, and pass the other as a path"
+        );
+        let mut stdin = std::io::stdin();
+        let head = read_head(&mut stdin, crate::build::ARCHIVE_PEEK)
+            .context("cannot read the build context from standard input")?;
+        anyhow::ensure!(
+            !head.is_empty(),
+            "standard input is empty, but CONTEXT - reads the build context from it\n  fix: pipe a tar archive of the context (tar -C dir -c . | bk-build build -) or a Dockerfile (bk-build build - < Dockerfile)"
+        );
+        if crate::build::is_archive(&head) {
+            spec.context_input = crate::build::ContextInput::Upload {
+                upload: crate::session::upload::Upload::new(head, stdin),
+                filename: file.map(|f| f.to_string_lossy().into_owned()),
+            };
+            spec.dockerfile = None;
+        } else {
+            anyhow::ensure!(
+                file.is_none(),
+                "standard input holds a Dockerfile (it is no tar archive), and -f names another one\n  fix: pipe a tar archive of the context, or leave out -f"
+            );
+            let (dir, dockerfile) = stdin_dockerfile(&head, &mut stdin)?;
+            let empty = temp_dir("bk-build-empty-context")?;
+            spec.context = empty.path().to_path_buf();
+            spec.dockerfile = Some(dockerfile);
+            inputs._temp.extend([dir, empty]);
+            inputs.shown = "stdin".to_string();
+        }
+        return Ok(inputs);
+    }
+    let remote = !a.context.is_dir() && options::is_remote_url(&context);
+    if file_stdin {
+        let (dir, dockerfile) = stdin_dockerfile(&[], &mut std::io::stdin())?;
+        spec.dockerfile = Some(dockerfile);
+        inputs._temp.push(dir);
+    }
+    if remote {
+        let filename = match file {
+            Some(f) if !file_stdin && !f.is_absolute() => {
+                // A path inside the fetched context, not on this machine.
+                spec.dockerfile = None;
+                Some(f.to_string_lossy().into_owned())
+            }
+            _ => None,
+        };
+        spec.context_input = crate::build::ContextInput::Url {
+            url: context,
+            filename,
+        };
+    }
+    Ok(inputs)
+}
+
+/// Up to `n` bytes from the start of `r` (fewer only at its end).
+fn read_head(r: &mut impl std::io::Read, n: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut head = Vec::with_capacity(n);
+    r.take(n as u64).read_to_end(&mut head)?;
+    Ok(head)
+}
+
+/// A new temporary directory (the system's), named for what it holds.
+fn temp_dir(prefix: &str) -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .context("cannot create a temporary directory")
+}
+
+/// Writes `head` and the rest of `r` (standard input) to `Dockerfile` in a new temporary
+/// directory, streaming; returns the directory and the file.
+fn stdin_dockerfile(
+    head: &[u8],
+    r: &mut impl std::io::Read,
+) -> Result<(tempfile::TempDir, PathBuf)> {
+    use std::io::Write;
+    let dir = temp_dir("bk-build-dockerfile")?;
+    let path = dir.path().join("Dockerfile");
+    let mut f =
+        std::fs::File::create(&path).with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(head)
+        .and_then(|()| std::io::copy(r, &mut f).map(drop))
+        .and_then(|()| f.flush())
+        .with_context(|| {
+            format!(
+                "cannot copy the Dockerfile from standard input to {}",
+                path.display()
+            )
+        })?;
+    Ok((dir, path))
+}
+
+/// A slash path cleaned lexically, as Go's `path/filepath.Clean` does: repeated slashes and
+/// `.` elements go, `..` removes the element before it.
+fn go_clean(p: &str) -> String {
+    let rooted = p.starts_with('/');
+    let mut parts: Vec<&str> = Vec::new();
+    for part in p.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => match parts.last() {
+                Some(&last) if last != ".." => {
+                    parts.pop();
+                }
+                _ if rooted => {}
+                _ => parts.push(".."),
+            },
+            other => parts.push(other),
+        }
+    }
+    let joined = parts.join("/");
+    match (rooted, joined.is_empty()) {
+        (true, _) => format!("/{joined}"),
+        (false, true) => ".".to_string(),
+        (false, false) => joined,
+    }
+}
+
+/// Writes `text` to standard output as it is (it carries its own newlines).
+fn write_stdout_raw(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::BrokenPipe => anyhow::Error::new(StdoutClosed),
+            _ => anyhow::Error::new(e).context("cannot write to standard output"),
+        })
 }
 
 /// `SOURCE_DATE_EPOCH` from the environment becomes the build arg of that name unless one is
@@ -872,27 +1313,102 @@ async fn daemon_cpus(d: &Daemon) -> usize {
     }
 }
 
-async fn run_bake(daemon_args: &DaemonArgs, a: &BakeArgs) -> Result<bool> {
-    // Refused before anything is read or built: these would change what a run means.
-    let call = if a.check {
-        Some("check".to_string())
-    } else {
-        a.call.clone()
+/// As buildx bake: privileges the targets ask for must be granted with `--allow`.
+fn ensure_granted(
+    project: &crate::project::Project,
+    targets: &[String],
+    granted: &[String],
+) -> Result<()> {
+    let missing = overrides::ungranted(project, targets, granted);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let asks: Vec<String> = missing
+        .iter()
+        .map(|(t, e)| format!("target `{t}` asks for {e}"))
+        .collect();
+    let mut flags: Vec<String> = missing
+        .iter()
+        .map(|(_, e)| format!("--allow={e}"))
+        .collect();
+    flags.sort();
+    flags.dedup();
+    anyhow::bail!(
+        "additional privileges requested: {}\n  fix: grant them with {} (as docker buildx bake requires), or remove them from the targets",
+        asks.join(", "),
+        flags.join(" ")
+    );
+}
+
+/// `bake --call METHOD`: every requested target (and those they use through `target:`) is
+/// evaluated by the frontend, nothing is built or recorded, and the answers are printed on
+/// standard output grouped as `docker buildx bake --call` prints them.
+async fn run_bake_call(
+    daemon_args: &DaemonArgs,
+    a: &BakeArgs,
+    call: &options::CallFunc,
+    granted: &[String],
+    mode: Mode,
+) -> Result<bool> {
+    let project = load_project(&a.project, true)?;
+    ensure_targets(&project)?;
+    crate::project::materialize(&project)?;
+    let shown = crate::graph::printed(&project, &a.project.targets)?;
+    let names: Vec<String> = shown.targets.keys().cloned().collect();
+    ensure_granted(&project, &names, granted)?;
+    let daemon = daemon_args.connect().await?;
+    let jobs = match a.jobs {
+        Some(j) => j.max(1),
+        None => daemon_cpus(&daemon).await,
     };
-    if let Some(c) = &call {
-        let by = Override {
-            shown: format!("--call {c}"),
-            text: format!("*.call={c}"),
-        };
-        let func = overrides::call_function(c).map_err(|why| {
-            anyhow::anyhow!(
-                "--call {c}: {why}\n  fix: use build (the default), check, outline or targets"
-            )
-        })?;
-        if let Some(name) = func {
-            return Err(overrides::call_refused(&by, &name).into());
+    let (progress, task) = Progress::start(mode, Box::new(std::io::stderr()));
+    let answers = crate::bake::call(&daemon, &project, &names, &call.name, jobs, &progress).await;
+    drop(progress);
+    task.finish().await;
+    let answers = answers?;
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let mut responses = std::collections::BTreeMap::new();
+    let mut dockerfiles = std::collections::BTreeMap::new();
+    let mut metadata = serde_json::Map::new();
+    let mut failed = false;
+    for (name, answer) in answers {
+        match answer {
+            Ok(r) => {
+                metadata.insert(name.clone(), r.metadata_json());
+                responses.insert(name.clone(), r.exporter_response);
+            }
+            Err(e) => {
+                failed = true;
+                eprintln!("[{name}] {e}");
+            }
+        }
+        if let Some(t) = project.targets.get(&name) {
+            // buildx shows the Dockerfile as CONTEXT/DOCKERFILE from the current directory.
+            let df = t.dockerfile.strip_prefix(&cwd).unwrap_or(&t.dockerfile);
+            dockerfiles.insert(name, df.display().to_string());
         }
     }
+    if let Some(m) = &a.metadata_file {
+        let doc = serde_json::to_vec_pretty(&serde_json::Value::Object(metadata))?;
+        write_atomic(m, &doc)?;
+    }
+    let printed = crate::project::to_json(&shown);
+    let (text, status) =
+        crate::progress::bake_call_report(call, &responses, &dockerfiles, &printed);
+    write_stdout_raw(&text)?;
+    if failed {
+        return Ok(false);
+    }
+    match u8::try_from(status) {
+        Ok(0) => Ok(true),
+        Ok(n) => Err(ExitStatus(n).into()),
+        Err(_) => Err(ExitStatus(1).into()),
+    }
+}
+
+async fn run_bake(daemon_args: &DaemonArgs, a: &BakeArgs) -> Result<bool> {
+    // Parsed before anything is read or built.
+    let call = call_flags(a.call.as_deref(), a.check)?;
     let mut granted = overrides::parse_allow(&a.allow)?;
     granted.extend(overrides::granted_by(&a.project.overrides()));
     if let Some(list) = &a.list {
@@ -916,31 +1432,16 @@ async fn run_bake(daemon_args: &DaemonArgs, a: &BakeArgs) -> Result<bool> {
         return Ok(true);
     }
     let mode: Mode = a.progress.parse()?;
+    if let Some(call) = &call {
+        return run_bake_call(daemon_args, a, call, &granted, mode).await;
+    }
     let (project, state, plan) = plan_project(
         daemon_args,
         &a.project,
         crate::fingerprint::DEFAULT_LOCK_WAIT,
     )
     .await?;
-    // As buildx bake: privileges a target asks for must be granted with --allow.
-    let missing = overrides::ungranted(&project, &plan.graph.order, &granted);
-    if !missing.is_empty() {
-        let asks: Vec<String> = missing
-            .iter()
-            .map(|(t, e)| format!("target `{t}` asks for {e}"))
-            .collect();
-        let mut flags: Vec<String> = missing
-            .iter()
-            .map(|(_, e)| format!("--allow={e}"))
-            .collect();
-        flags.sort();
-        flags.dedup();
-        anyhow::bail!(
-            "additional privileges requested: {}\n  fix: grant them with {} (as docker buildx bake requires), or remove them from the targets",
-            asks.join(", "),
-            flags.join(" ")
-        );
-    }
+    ensure_granted(&project, &plan.graph.order, &granted)?;
     let mut opts = a.project.bake_options(&project, daemon_args)?;
     if a.metadata_file.is_some() {
         opts.metadata_provenance = metadata_provenance();
@@ -996,10 +1497,22 @@ async fn run_bake(daemon_args: &DaemonArgs, a: &BakeArgs) -> Result<bool> {
     }
     drop(progress);
     task.finish().await;
-    eprintln!(
-        "\n{}",
-        crate::progress::summary_table(&crate::bake::summary_rows(&results))
-    );
+    let rows = crate::bake::summary_rows(&results, &plan);
+    // As `docker buildx bake --progress quiet`: no table; errors and warnings still follow.
+    // `none` shows nothing but what went wrong (buildx documents it for bake as for build).
+    if !matches!(mode, Mode::Quiet | Mode::None) {
+        eprintln!("\n{}", crate::progress::summary_table(&rows));
+    }
+    // GitHub Actions shows this file on the run's summary page.
+    if let Some(path) = std::env::var_os("GITHUB_STEP_SUMMARY").filter(|p| !p.is_empty()) {
+        let md = crate::progress::summary_markdown("bk-build bake", &rows);
+        if let Err(e) = crate::progress::append_step_summary(Path::new(&path), &md) {
+            eprintln!(
+                "warning: cannot append the run's summary to GITHUB_STEP_SUMMARY={}: {e}",
+                Path::new(&path).display()
+            );
+        }
+    }
     let mut ok = true;
     for r in &results {
         for w in &r.warnings {
@@ -1036,10 +1549,16 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Build(a) => {
-            let (r, stdout_export) = run_build(&cli.daemon, a).await?;
-            // Standard output that carries the export (`-o -`, `dest=-`) gets nothing else:
-            // a digest after the tarball would corrupt it (buildx prints none there either).
-            if let Some(d) = r.image_digest().filter(|_| !stdout_export) {
+            if let Some(call) = call_flags(a.call.as_deref(), a.check)? {
+                return run_build_call(&cli.daemon, a, &call).await;
+            }
+            let (r, printed) = run_build(&cli.daemon, a).await?;
+            let shown = match printed {
+                Printed::Digest => r.image_digest(),
+                Printed::ImageId => r.image_id(),
+                Printed::Nothing => None,
+            };
+            if let Some(d) = shown {
                 outln!("{d}")?;
             }
         }
@@ -1056,53 +1575,38 @@ async fn run(cli: Cli) -> Result<()> {
                 })
             )?;
         }
-        Command::Info => {
+        Command::Info(a) => {
             let d = cli.daemon.connect().await?;
-            outln!("Address:  {}", d.address)?;
-            if let transport::DaemonKind::DockerEngine { api_version } = &d.kind {
-                outln!("Engine:   Docker Engine (API {api_version})")?;
-            }
-            match crate::client::info(&d).await? {
-                Some(i) => {
-                    outln!("BuildKit: {} {} {}", i.package, i.version, i.revision)?;
-                    if !i.dockerfile_version.is_empty() {
-                        outln!("Dockerfile frontend: {}", i.dockerfile_version)?;
-                    }
+            let info = crate::client::info(&d).await?;
+            match a.format {
+                inspect::Format::Text => {
+                    write_stdout_bytes(inspect::info_text(&d, info.as_ref()).as_bytes())?
                 }
-                None => outln!("BuildKit: (version not reported: daemon older than v0.11)")?,
+                inspect::Format::Json => outln!("{}", inspect::info_json(&d, info.as_ref())?)?,
             }
         }
-        Command::Workers => {
+        Command::Workers(a) => {
             let d = cli.daemon.connect().await?;
-            for w in crate::client::workers(&d).await? {
-                outln!("ID:        {}", w.id)?;
-                outln!("Platforms: {}", w.platforms.join(","))?;
-                for (k, v) in &w.labels {
-                    outln!("  {k}={v}")?;
+            let workers = crate::client::workers(&d).await?;
+            match a.format {
+                inspect::Format::Text => {
+                    write_stdout_bytes(inspect::workers_text(&workers).as_bytes())?
                 }
+                inspect::Format::Json => outln!("{}", inspect::workers_json(&workers)?)?,
             }
         }
         Command::Du(a) => {
             let d = cli.daemon.connect().await?;
             let recs = crate::client::disk_usage(&d, a.filter.clone()).await?;
-            let total: i64 = recs.iter().map(|r| r.size).sum();
-            if a.verbose {
-                for r in &recs {
-                    outln!(
-                        "{:<28} {:>10} {:<6} {}",
-                        r.id,
-                        crate::progress::format_bytes(r.size),
-                        if r.in_use { "in use" } else { "" },
-                        r.description
-                    )?;
+            match a.format {
+                inspect::Format::Text => {
+                    write_stdout_bytes(inspect::du_text(&recs, a.verbose).as_bytes())?
                 }
+                inspect::Format::Json => outln!("{}", inspect::du_json(&recs)?)?,
             }
-            outln!(
-                "Records: {}  Total: {}",
-                recs.len(),
-                crate::progress::format_bytes(total)
-            )?;
         }
+        Command::Completion(a) => write_stdout_bytes(&reference::completion(a.shell))?,
+        Command::Man(a) => write_stdout_bytes(&reference::man_page(a.command.as_deref())?)?,
         Command::Prune(a) => {
             let d = cli.daemon.connect().await?;
             let o = crate::client::PruneOptions {
@@ -1155,6 +1659,9 @@ pub fn main() -> ExitCode {
             r = run(cli) => match r {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) if e.downcast_ref::<StdoutClosed>().is_some() => ExitCode::SUCCESS,
+                Err(e) if e.downcast_ref::<ExitStatus>().is_some() => {
+                    ExitCode::from(e.downcast_ref::<ExitStatus>().map_or(1, |s| s.0))
+                }
                 Err(e) => {
                     let msg = format_error(&e);
                     // Build failures already read "ERROR: failed to solve: …".
@@ -1170,12 +1677,14 @@ pub fn main() -> ExitCode {
                 // Dropping the build future resets the Solve call (the daemon cancels the
                 // job) and closes the session; give the connection a moment to send that.
                 tokio::time::sleep(Duration::from_millis(300)).await;
+                crate::progress::finish_interrupted(PROGRESS_END_WAIT);
                 report_cancellation("interrupted").await;
                 ExitCode::from(EXIT_INTERRUPTED)
             }
             _ = terminated() => {
                 // As Ctrl-C: `docker stop`, CI job timeouts and `kill` send SIGTERM.
                 tokio::time::sleep(Duration::from_millis(300)).await;
+                crate::progress::finish_interrupted(PROGRESS_END_WAIT);
                 report_cancellation("terminated (SIGTERM)").await;
                 ExitCode::from(EXIT_TERMINATED)
             }
@@ -1184,6 +1693,10 @@ pub fn main() -> ExitCode {
     rt.shutdown_timeout(Duration::from_secs(1));
     code
 }
+
+/// How long an interrupted run waits for its progress output (held blocks of unfinished
+/// targets) to be written.
+const PROGRESS_END_WAIT: Duration = Duration::from_secs(2);
 
 /// How long a canceled run waits for a Docker Engine that already received a whole image to
 /// say whether it loaded it.

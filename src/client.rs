@@ -56,8 +56,39 @@ pub async fn info(d: &Daemon) -> Result<Option<DaemonInfo>, ClientError> {
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct WorkerInfo {
     pub id: String,
+    /// `os/architecture[/variant]`, e.g. `linux/arm64/v8`.
     pub platforms: Vec<String>,
+    /// The same platforms as the daemon sent them.
+    pub platform_specs: Vec<PlatformSpec>,
     pub labels: std::collections::BTreeMap<String, String>,
+    /// The worker's garbage-collection rules, in order.
+    pub gc_policy: Vec<GcPolicy>,
+    /// `None` when the daemon does not say (before BuildKit v0.11).
+    pub buildkit_version: Option<DaemonInfo>,
+}
+
+/// A platform as BuildKit describes it (the OCI image spec's fields).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PlatformSpec {
+    pub os: String,
+    pub architecture: String,
+    pub variant: String,
+    pub os_version: String,
+    pub os_features: Vec<String>,
+}
+
+/// One garbage-collection rule of a worker (BuildKit's `GCPolicy`).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct GcPolicy {
+    /// Applies to every record, also internal and frontend ones.
+    pub all: bool,
+    pub filters: Vec<String>,
+    /// Records unused for longer than this (nanoseconds) are removed; 0: no age limit.
+    pub keep_duration_ns: i64,
+    /// Bytes of cache always kept (`keepBytes` before BuildKit v0.17, the same field).
+    pub reserved_space: i64,
+    pub max_used_space: i64,
+    pub min_free_space: i64,
 }
 
 impl WorkerInfo {
@@ -78,6 +109,35 @@ pub async fn workers(d: &Daemon) -> Result<Vec<WorkerInfo>, ClientError> {
         .into_iter()
         .map(|w| WorkerInfo {
             id: w.id,
+            platform_specs: w
+                .platforms
+                .iter()
+                .map(|p| PlatformSpec {
+                    os: p.os.clone(),
+                    architecture: p.architecture.clone(),
+                    variant: p.variant.clone(),
+                    os_version: p.os_version.clone(),
+                    os_features: p.os_features.clone(),
+                })
+                .collect(),
+            gc_policy: w
+                .gc_policy
+                .iter()
+                .map(|g| GcPolicy {
+                    all: g.all,
+                    filters: g.filters.clone(),
+                    keep_duration_ns: g.keep_duration,
+                    reserved_space: g.reserved_space,
+                    max_used_space: g.max_used_space,
+                    min_free_space: g.min_free_space,
+                })
+                .collect(),
+            buildkit_version: w.buildkit_version.map(|v| DaemonInfo {
+                package: v.package,
+                version: v.version,
+                revision: v.revision,
+                dockerfile_version: v.dockerfile_version,
+            }),
             platforms: w
                 .platforms
                 .iter()
@@ -95,7 +155,7 @@ pub async fn workers(d: &Daemon) -> Result<Vec<WorkerInfo>, ClientError> {
         .collect())
 }
 
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default)]
 pub struct UsageEntry {
     pub id: String,
     pub size: i64,
@@ -105,10 +165,23 @@ pub struct UsageEntry {
     pub record_type: String,
     pub description: String,
     pub usage_count: i64,
+    /// Records this one is built on (older daemons report at most one, as `Parent`).
+    pub parents: Vec<String>,
+    pub created_at: Option<prost_types::Timestamp>,
+    /// `None` when never used since it was made.
+    pub last_used_at: Option<prost_types::Timestamp>,
 }
 
 fn usage(r: UsageRecord) -> UsageEntry {
+    let parents = if r.parents.is_empty() && !r.parent.is_empty() {
+        vec![r.parent.clone()]
+    } else {
+        r.parents.clone()
+    };
     UsageEntry {
+        parents,
+        created_at: r.created_at,
+        last_used_at: r.last_used_at,
         id: r.id,
         size: r.size,
         in_use: r.in_use,

@@ -2,10 +2,10 @@
 //!
 //! Owns the syntax of `--build-arg`, `--label`, `-o/--output`, `--cache-from`, `--cache-to`,
 //! `--build-context`, `--secret`, `--ssh`, `--add-host`, `--platform`, `--network`,
-//! `--progress`, `--ulimit`, `--shm-size` and attestations (`--attest`), shared by the CLI and
-//! the project file so both accept exactly the same strings. Every parser takes one `&str` (so
-//! it can be a clap `value_parser`) and reports an [`OptionError`] naming the flag, the bad
-//! input and a correct example.
+//! `--progress`, `--ulimit`, `--shm-size`, `--annotation`, `--allow` (entitlements) and
+//! attestations (`--attest`), shared by the CLI and the project file so both accept exactly
+//! the same strings. Every parser takes one `&str` (so it can be a clap `value_parser`) and
+//! reports an [`OptionError`] naming the flag, the bad input and a correct example.
 //!
 //! This module must not know about gRPC, the session, the filesystem or the daemon: it never
 //! opens files or sockets. The only outside state it reads is the process environment, and only
@@ -1073,7 +1073,7 @@ pub fn parse_secret(s: &str) -> Result<SecretSpec, OptionError> {
 pub struct SshSpec {
     /// Agent ID that `RUN --mount=type=ssh,id=ID` asks for (`default` when omitted there).
     pub id: String,
-    /// Agent socket(s); empty means `$SSH_AUTH_SOCK`.
+    /// An agent socket, or private key files; empty means `$SSH_AUTH_SOCK`.
     pub paths: Vec<PathBuf>,
 }
 
@@ -1388,6 +1388,323 @@ pub fn parse_shm_size(s: &str) -> Result<u64, OptionError> {
     Ok(bytes as u64)
 }
 
+// ---------------------------------------------------------------------------------------------
+// --annotation, --allow
+// ---------------------------------------------------------------------------------------------
+
+/// Which descriptor or document of the exported image an annotation is written to (BuildKit
+/// `exptypes`: the `annotation*` exporter attributes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum AnnotationKind {
+    /// No type given: the image manifest (BuildKit reads `annotation.KEY` as a manifest one).
+    Default,
+    /// The image manifest of each platform, or of the one named.
+    Manifest,
+    /// The descriptor of each platform's manifest in the index.
+    ManifestDescriptor,
+    /// The image index (multi-platform images, or images with attestations).
+    Index,
+    /// The descriptor of the index (in an OCI layout's `index.json`).
+    IndexDescriptor,
+}
+
+impl AnnotationKind {
+    /// The type as `--annotation` and BuildKit spell it (`manifest-descriptor`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AnnotationKind::Default => "",
+            AnnotationKind::Manifest => "manifest",
+            AnnotationKind::ManifestDescriptor => "manifest-descriptor",
+            AnnotationKind::Index => "index",
+            AnnotationKind::IndexDescriptor => "index-descriptor",
+        }
+    }
+}
+
+/// One image annotation, as `--annotation [TYPE[\[PLATFORM\]],…:]KEY=VALUE` gives it (buildx
+/// `ParseAnnotations`); one flag with several types gives one per type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Annotation {
+    pub kind: AnnotationKind,
+    /// Only for `manifest` and `manifest-descriptor`: the platform whose manifest gets it,
+    /// normalized as containerd's `platforms.Parse` + `FormatAll` write it (`linux/arm64`).
+    pub platform: Option<String>,
+    pub key: String,
+    pub value: String,
+}
+
+impl Annotation {
+    /// The image exporter attribute that carries it (BuildKit `AnnotationKey.String`):
+    /// `annotation.KEY`, `annotation-manifest[linux/amd64].KEY`, `annotation-index.KEY`, ….
+    pub fn exporter_attr(&self) -> String {
+        let mut prefix = String::from("annotation");
+        if self.kind != AnnotationKind::Default {
+            prefix.push('-');
+            prefix.push_str(self.kind.as_str());
+        }
+        if let Some(p) = &self.platform {
+            prefix.push_str(&format!("[{p}]"));
+        }
+        format!("{prefix}.{}", self.key)
+    }
+}
+
+/// Parses `--annotation` (and a bake target's `annotations` entry) as buildx does
+/// (`util/buildflags/export.go` `ParseAnnotations`): `KEY=VALUE`, or `TYPES:KEY=VALUE` where
+/// TYPES is a comma-separated list of `manifest`, `manifest-descriptor`, `index`,
+/// `index-descriptor`, the manifest ones optionally with `[PLATFORM]`.
+///
+/// Stricter than buildx where buildx would let the annotation vanish without a word: an empty
+/// key or one with whitespace (the daemon does not take it for an annotation at all) and a
+/// platform on an `index` type (buildx drops the platform) are errors.
+pub fn parse_annotation(s: &str) -> Result<Vec<Annotation>, OptionError> {
+    const FLAG: &str = "--annotation";
+    const EXAMPLE: &str = "\"index,manifest:org.opencontainers.image.title=app\"";
+    let err = |why: String| OptionError::new(FLAG, s, why, EXAMPLE);
+    let Some((k, value)) = s.split_once('=') else {
+        return Err(err("expected KEY=VALUE".into()));
+    };
+    let (types, key) = match k.split_once(':') {
+        Some((t, key)) => (Some(t), key),
+        None => (None, k),
+    };
+    if key.is_empty() || key.chars().any(char::is_whitespace) {
+        return Err(err(format!(
+            "annotation key {key:?} is empty or contains whitespace"
+        )));
+    }
+    let Some(types) = types else {
+        return Ok(vec![Annotation {
+            kind: AnnotationKind::Default,
+            platform: None,
+            key: key.to_string(),
+            value: value.to_string(),
+        }]);
+    };
+    let mut out = Vec::new();
+    for t in types.split(',') {
+        let (name, platform) = match t.split_once('[') {
+            Some((n, rest)) => match rest.strip_suffix(']') {
+                Some(p) if !p.is_empty() && !p.contains(['[', ']']) => (n, Some(p)),
+                _ => return Err(err(format!("type {t:?}: expected TYPE or TYPE[PLATFORM]"))),
+            },
+            None => (t, None),
+        };
+        let kind = match name {
+            "manifest" => AnnotationKind::Manifest,
+            "manifest-descriptor" => AnnotationKind::ManifestDescriptor,
+            "index" => AnnotationKind::Index,
+            "index-descriptor" => AnnotationKind::IndexDescriptor,
+            other => {
+                return Err(err(format!(
+                    "unknown annotation type {other:?} (expected manifest, manifest-descriptor, index or index-descriptor)"
+                )))
+            }
+        };
+        let platform = match platform {
+            None => None,
+            Some(_)
+                if matches!(
+                    kind,
+                    AnnotationKind::Index | AnnotationKind::IndexDescriptor
+                ) =>
+            {
+                return Err(err(format!(
+                    "{name} annotations belong to the whole index, not to a platform; remove [{}]",
+                    platform.unwrap_or_default()
+                )))
+            }
+            Some(p) => {
+                Some(normalize_platform(p).map_err(|why| err(format!("platform {p:?}: {why}")))?)
+            }
+        };
+        out.push(Annotation {
+            kind,
+            platform,
+            key: key.to_string(),
+            value: value.to_string(),
+        });
+    }
+    Ok(out)
+}
+
+/// Operating systems containerd's `platforms.Parse` knows (a lone word is tried as one first).
+const KNOWN_OS: &[&str] = &[
+    "aix",
+    "android",
+    "darwin",
+    "dragonfly",
+    "freebsd",
+    "hurd",
+    "illumos",
+    "ios",
+    "js",
+    "linux",
+    "nacl",
+    "netbsd",
+    "openbsd",
+    "plan9",
+    "solaris",
+    "wasip1",
+    "windows",
+    "zos",
+];
+/// Architectures containerd's `platforms.Parse` knows.
+const KNOWN_ARCH: &[&str] = &[
+    "386",
+    "amd64",
+    "amd64p32",
+    "arm",
+    "armbe",
+    "arm64",
+    "arm64be",
+    "loong64",
+    "mips",
+    "mipsle",
+    "mips64",
+    "mips64le",
+    "mips64p32",
+    "mips64p32le",
+    "ppc",
+    "ppc64",
+    "ppc64le",
+    "riscv",
+    "riscv64",
+    "s390",
+    "s390x",
+    "sparc",
+    "sparc64",
+    "wasm",
+];
+
+/// A platform specifier normalized as containerd's `platforms.Parse` then `Format` do it
+/// (`x86_64` → `amd64`, `arm` → `arm/v7`, `arm64/v8` kept, a lone OS or architecture completed
+/// with this machine's), so an annotation names the platform the way the daemon will match it.
+fn normalize_platform(spec: &str) -> Result<String, String> {
+    let parts: Vec<String> = spec.split('/').map(str::to_ascii_lowercase).collect();
+    let ok = |p: &str| {
+        !p.is_empty()
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    };
+    if parts.len() > 3 || !parts.iter().all(|p| ok(p)) {
+        return Err("expected OS/ARCH[/VARIANT]".into());
+    }
+    let os = |o: &str| {
+        if o == "macos" {
+            "darwin".to_string()
+        } else {
+            o.to_string()
+        }
+    };
+    // containerd `normalizeArch`.
+    let arch = |a: &str, v: &str| -> (String, String) {
+        let v = v.to_string();
+        match a {
+            "i386" => ("386".into(), String::new()),
+            "x86_64" | "x86-64" | "amd64" => {
+                ("amd64".into(), if v == "v1" { String::new() } else { v })
+            }
+            "aarch64" | "arm64" => (
+                "arm64".into(),
+                match v.as_str() {
+                    "8" | "v8" | "v8.0" => String::new(),
+                    "9" | "9.0" | "v9.0" => "v9".into(),
+                    _ => v,
+                },
+            ),
+            "armhf" => ("arm".into(), "v7".into()),
+            "armel" => ("arm".into(), "v6".into()),
+            "arm" => (
+                "arm".into(),
+                match v.as_str() {
+                    "" | "7" => "v7".into(),
+                    "5" | "6" | "8" => format!("v{v}"),
+                    _ => v,
+                },
+            ),
+            other => (other.to_string(), v),
+        }
+    };
+    let host = host_platform();
+    let host_arch = host.split('/').nth(1).unwrap_or("amd64").to_string();
+    let (o, a, v) = match parts.as_slice() {
+        [one] if KNOWN_OS.contains(&os(one).as_str()) => (os(one), host_arch, String::new()),
+        [one] => {
+            let (a, mut v) = arch(one, "");
+            if a == "arm" && v == "v7" {
+                v.clear();
+            }
+            if !KNOWN_ARCH.contains(&a.as_str()) {
+                return Err("unknown operating system or architecture".into());
+            }
+            ("linux".to_string(), a, v)
+        }
+        [o, a] => {
+            let (a, mut v) = arch(a, "");
+            if a == "arm" && v == "v7" {
+                v.clear();
+            }
+            (os(o), a, v)
+        }
+        [o, a, v] => {
+            let (a, mut v) = arch(a, v);
+            if a == "arm64" && v.is_empty() {
+                v = "v8".into();
+            }
+            (os(o), a, v)
+        }
+        _ => return Err("expected OS/ARCH[/VARIANT]".into()),
+    };
+    Ok([o, a, v]
+        .into_iter()
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join("/"))
+}
+
+/// Parses an entitlement BuildKit grants a build (`--allow`, bake `entitlements`), as its
+/// `entitlements.Parse` does: `network.host`, `security.insecure`, `device`, or
+/// `device=NAME[,alias=ALIAS]`. Returned as given: it is sent to the daemon as it is.
+pub fn parse_entitlement(s: &str) -> Result<String, OptionError> {
+    const FLAG: &str = "--allow";
+    const EXAMPLE: &str = "network.host";
+    match s.split_once('=') {
+        None if matches!(s, "network.host" | "security.insecure" | "device") => Ok(s.to_string()),
+        Some(("device", cfg)) => {
+            let fields = csv_fields(cfg).map_err(|r| OptionError::new(FLAG, s, r, EXAMPLE))?;
+            if fields.first().is_none_or(|n| n.is_empty()) {
+                return Err(OptionError::new(
+                    FLAG,
+                    s,
+                    "no device name after device=",
+                    "device=nvidia.com/gpu=all",
+                ));
+            }
+            for f in &fields[1..] {
+                match f.split_once('=') {
+                    Some(("alias", _)) => {}
+                    _ => {
+                        return Err(OptionError::new(
+                            FLAG,
+                            s,
+                            format!("unknown device field {f:?} (only alias=NAME)"),
+                            "device=nvidia.com/gpu=all",
+                        ))
+                    }
+                }
+            }
+            Ok(s.to_string())
+        }
+        _ => Err(OptionError::new(
+            FLAG,
+            s,
+            "unknown entitlement (expected network.host, security.insecure, device or device=NAME)",
+            EXAMPLE,
+        )),
+    }
+}
+
 /// This machine's platform in BuildKit's spelling (`linux/amd64`): what an unset `platforms`
 /// means in fingerprints. A daemon that builds for another one is noticed after the build,
 /// and its result is not reused (`bake::execute`).
@@ -1568,9 +1885,172 @@ pub fn parse_metadata_provenance(value: Option<&str>) -> MetadataProvenance {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// --call, --check
+// ---------------------------------------------------------------------------------------------
+
+/// What `--call` asks the Dockerfile frontend for instead of a build (buildx `ParseCallFunc`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallFunc {
+    /// The frontend subrequest, as BuildKit names it after `frontend.`: `lint` (buildx's
+    /// `check`), `outline` or `targets`.
+    pub name: String,
+    /// `format=json`: print the frontend's JSON answer instead of text.
+    pub json: bool,
+    /// `ignorestatus=true`: exit 0 even when the answer carries a failing status (lint
+    /// warnings).
+    pub ignore_status: bool,
+}
+
+impl CallFunc {
+    /// The name buildx shows (`check` for the `lint` subrequest).
+    pub fn shown_name(&self) -> &str {
+        match self.name.as_str() {
+            "lint" => "check",
+            n => n,
+        }
+    }
+}
+
+/// Parses `--call NAME[,format=json|text][,ignorestatus=BOOL]`. `None` for `build` (the
+/// default: an ordinary build). `check` and `lint` are the same subrequest, as in buildx.
+/// Unlike buildx, which passes any name to the frontend and accepts any format, only the
+/// methods the Dockerfile frontend documents and the two formats are accepted.
+pub fn parse_call(s: &str) -> Result<Option<CallFunc>, OptionError> {
+    const FLAG: &str = "--call";
+    const EXAMPLE: &str = "check,format=json";
+    let fail = |why: String| OptionError::new(FLAG, s, why, EXAMPLE);
+    let mut name: Option<String> = None;
+    let mut json = false;
+    let mut ignore_status = false;
+    for field in csv_fields(s).map_err(fail)? {
+        match field.split_once('=') {
+            Some(("format", f)) => {
+                json = match f {
+                    "json" => true,
+                    "text" | "" => false,
+                    other => return Err(fail(format!("format={other:?}: use json or text"))),
+                }
+            }
+            Some(("ignorestatus", b)) => {
+                ignore_status = parse_bool(b)
+                    .ok_or_else(|| fail(format!("ignorestatus={b:?} is not a boolean")))?;
+            }
+            Some(_) => {
+                return Err(fail(format!(
+                    "unknown field {field:?}; the fields are format= and ignorestatus="
+                )))
+            }
+            None if name.is_some() => return Err(fail(format!("{s:?} names two methods"))),
+            None => name = Some(field),
+        }
+    }
+    let name = match name.as_deref() {
+        None | Some("") | Some("build") => return Ok(None),
+        Some("check" | "lint") => "lint",
+        Some(n @ ("outline" | "targets")) => n,
+        Some(n) => {
+            return Err(fail(format!(
+                "{n:?} is not a method: use build (the default), check, outline or targets"
+            )))
+        }
+    };
+    Ok(Some(CallFunc {
+        name: name.to_string(),
+        json,
+        ignore_status,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn annotation_attrs(s: &str) -> Vec<(String, String)> {
+        parse_annotation(s)
+            .unwrap()
+            .into_iter()
+            .map(|a| (a.exporter_attr(), a.value))
+            .collect()
+    }
+
+    #[test]
+    fn annotations_follow_buildx_and_buildkit_keys() {
+        let kv = |k: &str, v: &str| (k.to_string(), v.to_string());
+        assert_eq!(annotation_attrs("a.b=c=d"), [kv("annotation.a.b", "c=d")]);
+        assert_eq!(annotation_attrs("k="), [kv("annotation.k", "")]);
+        assert_eq!(
+            annotation_attrs("index,manifest-descriptor:k=v"),
+            [
+                kv("annotation-index.k", "v"),
+                kv("annotation-manifest-descriptor.k", "v")
+            ]
+        );
+        assert_eq!(
+            annotation_attrs("manifest[linux/arm64],index-descriptor:k=v"),
+            [
+                kv("annotation-manifest[linux/arm64].k", "v"),
+                kv("annotation-index-descriptor.k", "v")
+            ]
+        );
+        // Platforms are normalized as containerd writes them.
+        for (given, want) in [
+            ("linux/x86_64", "linux/amd64"),
+            ("linux/aarch64", "linux/arm64"),
+            ("linux/arm64/v8", "linux/arm64/v8"),
+            ("linux/arm", "linux/arm"),
+            ("linux/arm/7", "linux/arm/v7"),
+            ("linux/armhf", "linux/arm"),
+            ("linux/armel", "linux/arm/v6"),
+            ("Linux/AMD64", "linux/amd64"),
+            ("arm64", "linux/arm64"),
+            ("windows/amd64", "windows/amd64"),
+        ] {
+            assert_eq!(
+                annotation_attrs(&format!("manifest[{given}]:k=v"))[0].0,
+                format!("annotation-manifest[{want}].k"),
+                "{given}"
+            );
+        }
+        assert_eq!(
+            annotation_attrs("manifest[linux]:k=v")[0].0,
+            format!("annotation-manifest[{}].k", host_platform())
+        );
+        for bad in [
+            "novalue",
+            "=v",
+            "a b=c",
+            "bogus:k=v",
+            ":k=v",
+            "manifest[]:k=v",
+            "manifest[linux/amd64:k=v",
+            "manifest[nope]:k=v",
+            "manifest[a/b/c/d]:k=v",
+            "index[linux/amd64]:k=v",
+            "index,:k=v",
+            "manifest:=v",
+        ] {
+            let e = parse_annotation(bad).unwrap_err();
+            assert_eq!(e.flag, "--annotation", "{bad}");
+        }
+    }
+
+    #[test]
+    fn entitlements_are_buildkits() {
+        for ok in [
+            "network.host",
+            "security.insecure",
+            "device",
+            "device=nvidia.com/gpu=all",
+            "device=gpu0,alias=gpu",
+        ] {
+            assert_eq!(parse_entitlement(ok).unwrap(), ok);
+        }
+        for bad in ["ssh", "network", "device=", "device=x,size=1", "fs=/x", ""] {
+            let e = parse_entitlement(bad).unwrap_err();
+            assert!(e.to_string().contains("--allow"), "{e}");
+        }
+    }
 
     fn attrs(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
@@ -2078,5 +2558,35 @@ mod tests {
         assert_eq!(parse_shm_size("1.5k").unwrap(), 1536);
         assert!(parse_shm_size("lots").is_err());
         assert!(parse_shm_size("5q").is_err());
+    }
+
+    #[test]
+    fn call_methods_parse_as_buildx_names_them() {
+        assert_eq!(parse_call("build").unwrap(), None);
+        assert_eq!(parse_call("").unwrap(), None);
+        let c = parse_call("check").unwrap().unwrap();
+        assert_eq!(
+            (c.name.as_str(), c.json, c.ignore_status),
+            ("lint", false, false)
+        );
+        assert_eq!(c.shown_name(), "check");
+        let c = parse_call("outline,format=json,ignorestatus=true")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (c.name.as_str(), c.json, c.ignore_status),
+            ("outline", true, true)
+        );
+        assert_eq!(parse_call("lint").unwrap().unwrap().name, "lint");
+        for bad in [
+            "nope",
+            "check,outline",
+            "check,format=yaml",
+            "check,x=1",
+            "check,ignorestatus=maybe",
+        ] {
+            let e = parse_call(bad).unwrap_err().to_string();
+            assert!(e.contains("--call") && e.contains("e.g."), "{bad}: {e}");
+        }
     }
 }

@@ -18,6 +18,9 @@ pub mod moby {
             pub mod types {
                 tonic::include_proto!("moby.buildkit.v1.types");
             }
+            pub mod frontend {
+                tonic::include_proto!("moby.buildkit.v1.frontend");
+            }
         }
         pub mod secrets {
             pub mod v1 {
@@ -33,6 +36,11 @@ pub mod moby {
     pub mod sshforward {
         pub mod v1 {
             tonic::include_proto!("moby.sshforward.v1");
+        }
+    }
+    pub mod upload {
+        pub mod v1 {
+            tonic::include_proto!("moby.upload.v1");
         }
     }
 }

@@ -644,3 +644,231 @@ fn engine_checks_through_containerd_stay_right_when_the_cached_facts_are_wrong()
         bake_loaded();
     }
 }
+
+/// Three independent targets whose RUN steps print a line every 0.2 s, so their output
+/// interleaves when they build at once: `a` and `b` push, `bad` fails after its lines.
+fn ci_project() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("ci");
+    let repo = format!("localhost:5000/{}", unique("ciout"));
+    write(
+        &root.join("bk-build.toml"),
+        format!(
+            "[defaults]\ntags = [\"{repo}/{{name}}:dev\"]\npush = true\n\n\
+             [target.a]\ncontext = \"a\"\n[target.b]\ncontext = \"b\"\n[target.bad]\ncontext = \"bad\"\n"
+        ),
+    );
+    let base = base_image();
+    for (t, tail) in [("a", ""), ("b", ""), ("bad", "; exit 3")] {
+        write(
+            &root.join(t).join("Dockerfile"),
+            format!(
+                "FROM {base}\nRUN for i in 1 2 3 4; do echo {t}-line-$i-{repo}; sleep 0.2; done{tail}\n"
+            ),
+        );
+    }
+    (tmp, root)
+}
+
+/// The lines of each section of a CI log (before the run's table), checking on the way
+/// that sections neither nest nor stay open, and that every line of target `t` is inside
+/// the one section titled `t: …`. Returns target → (title, lines).
+fn sections(
+    log: &str,
+    mut open: impl FnMut(&str) -> Option<String>,
+    mut close: impl FnMut(&str) -> bool,
+) -> BTreeMap<String, (String, Vec<String>)> {
+    let mut out: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
+    let mut current: Option<String> = None;
+    for line in log.lines().take_while(|l| !l.starts_with("TARGET ")) {
+        if let Some(title) = open(line) {
+            assert!(
+                current.is_none(),
+                "a section opens inside another: {line:?}\n{log}"
+            );
+            let target = title.split(':').next().unwrap().to_string();
+            assert!(
+                out.insert(target.clone(), (title, Vec::new())).is_none(),
+                "target {target} has two sections: its lines are not together\n{log}"
+            );
+            current = Some(target);
+        } else if close(line) {
+            assert!(
+                current.take().is_some(),
+                "a section ends that never opened\n{log}"
+            );
+        } else if let Some(t) = line
+            .strip_prefix('[')
+            .and_then(|l| l.split_once("] "))
+            .filter(|(t, _)| *t != "+")
+        {
+            assert_eq!(
+                current.as_deref(),
+                Some(t.0),
+                "line of {} outside its section: {line:?}\n{log}",
+                t.0
+            );
+            out.get_mut(t.0).unwrap().1.push(line.to_string());
+        }
+    }
+    assert!(current.is_none(), "a section is never closed\n{log}");
+    out
+}
+
+/// The Markdown table rows of a step summary, by target: [action, result, digest].
+fn summary_rows(md: &str) -> BTreeMap<String, Vec<String>> {
+    md.lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| Target") && !l.starts_with("| ---"))
+        .map(|l| {
+            let cells: Vec<String> = l
+                .trim_matches('|')
+                .split(" | ")
+                .map(|c| c.trim().trim_matches('`').to_string())
+                .collect();
+            (cells[0].clone(), cells[1..4].to_vec())
+        })
+        .collect()
+}
+
+#[test]
+fn ci_logs_keep_each_targets_lines_in_its_own_section_and_summarize_the_run() {
+    let (_tmp, root) = ci_project();
+    let summary = root.join("step-summary.md");
+    write(&summary, "earlier step\n");
+    let md = root.join("md.json");
+    let ci_bake = |var: &str| {
+        run(bk()
+            .current_dir(&root)
+            .env(var, "true")
+            .env("GITHUB_STEP_SUMMARY", &summary)
+            .args(["bake", "--progress", "plain", "-j", "3", "--metadata-file"])
+            .arg(&md))
+    };
+
+    // GitHub Actions: one `::group::` per target, in one piece, with its failure inside.
+    let out = ci_bake("GITHUB_ACTIONS");
+    assert!(!out.status.success());
+    let log = stderr(&out);
+    let groups = sections(
+        &log,
+        |l| l.strip_prefix("::group::").map(str::to_string),
+        |l| l == "::endgroup::",
+    );
+    let titles: Vec<&str> = groups.values().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(titles, ["a: built", "b: built", "bad: failed"], "{log}");
+    for (t, (_, lines)) in &groups {
+        let body = lines.join("\n");
+        for i in 1..=4 {
+            assert!(body.contains(&format!("{t}-line-{i}")), "{t}: {body}");
+        }
+        // A step every target shares (BuildKit runs it once) is shown in each block.
+        assert!(body.contains("FROM localhost:5000/busybox"), "{t}: {body}");
+    }
+    let bad = groups["bad"].1.join("\n");
+    for needle in [
+        "bad-line-3",
+        "exit code: 3",
+        "ERROR: failed to solve",
+        "Dockerfile:2",
+    ] {
+        assert!(
+            bad.contains(needle),
+            "bad's section lacks {needle:?}: {bad}"
+        );
+    }
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&md).unwrap()).unwrap();
+    let digest = |t: &str| {
+        meta[t]["containerimage.digest"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let first = std::fs::read_to_string(&summary).unwrap();
+    assert!(
+        first.starts_with("earlier step\n### bk-build bake\n"),
+        "{first}"
+    );
+    let rows = summary_rows(&first);
+    assert_eq!(rows.len(), 3, "{first}");
+    assert_eq!(rows["a"], ["build", "built", &digest("a")]);
+    assert_eq!(rows["b"], ["build", "built", &digest("b")]);
+    assert_eq!(rows["bad"], ["build", "failed", "-"]);
+    assert!(
+        first.contains("<details><summary>bad: failed</summary>"),
+        "{first}"
+    );
+
+    // GitLab, after `b` changed: `a` is skipped, `b` built, `bad` fails again. Sections are
+    // timed, named from the safe character set, and folded unless they failed.
+    let a_digest = digest("a");
+    let b_file = root.join("b/Dockerfile");
+    let changed = std::fs::read_to_string(&b_file)
+        .unwrap()
+        .replace("b-line", "b2-line");
+    write(&b_file, changed);
+    let out = ci_bake("GITLAB_CI");
+    assert!(!out.status.success());
+    let log = stderr(&out);
+    let mut ends: BTreeMap<String, u64> = BTreeMap::new();
+    let mut starts: BTreeMap<String, (u64, bool)> = BTreeMap::new();
+    let parsed = sections(
+        &log,
+        |l| {
+            let rest = l.strip_prefix("\x1b[0Ksection_start:")?;
+            let (ts, rest) = rest.split_once(':')?;
+            let (name, title) = rest.split_once("\r\x1b[0K")?;
+            let (name, folded) = match name.strip_suffix("[collapsed=true]") {
+                Some(n) => (n, true),
+                None => (name, false),
+            };
+            assert!(
+                name.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)),
+                "section name {name:?}"
+            );
+            starts.insert(name.to_string(), (ts.parse().unwrap(), folded));
+            Some(title.to_string())
+        },
+        |l| {
+            let Some(rest) = l.strip_prefix("\x1b[0Ksection_end:") else {
+                return false;
+            };
+            let (ts, name) = rest.split_once(':').unwrap();
+            let name = name.strip_suffix("\r\x1b[0K").expect("end marker");
+            ends.insert(name.to_string(), ts.parse().unwrap());
+            true
+        },
+    );
+    let titles: Vec<&str> = parsed.values().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(titles, ["a: skipped", "b: built", "bad: failed"], "{log}");
+    assert_eq!(
+        starts.keys().collect::<Vec<_>>(),
+        ends.keys().collect::<Vec<_>>()
+    );
+    for (name, (start, folded)) in &starts {
+        assert!(ends[name] >= *start, "{name} ends before it starts");
+        assert_eq!(*folded, !name.ends_with("bad"), "{name}");
+    }
+    let b = parsed["b"].1.join("\n");
+    assert!(b.contains("b2-line-4"), "{b}");
+    assert!(parsed["bad"].1.join("\n").contains("exit code: 3"));
+    let both = std::fs::read_to_string(&summary).unwrap();
+    assert!(
+        both.starts_with(&first),
+        "the summary file was not appended to"
+    );
+    let rows = summary_rows(&both[first.len()..]);
+    assert_eq!(rows["a"], ["skip", "skipped", &a_digest]);
+    assert_eq!(rows["b"][..2], ["build", "built"]);
+    assert_eq!(rows["bad"], ["build", "failed", "-"]);
+
+    // `--progress quiet`, as `docker buildx bake`: no table, but the error is still said.
+    let out = run(bk()
+        .current_dir(&root)
+        .args(["bake", "--progress", "quiet"]));
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(!err.contains("TARGET"), "quiet printed the table: {err}");
+    assert!(!err.contains("b2-line"), "quiet printed progress: {err}");
+    assert!(err.contains("exit code: 3"), "{err}");
+}

@@ -1,11 +1,13 @@
 //! `bk-build bake`'s buildx flags on the real daemon: `--set` (patterns, args, platform,
 //! output) changes what is built and what `plan` says; `--push` pushes, `--load` loads into the
 //! engine, `--no-cache` rebuilds a cached step, attestations are attached like buildx's, `--allow`
-//! grants what a target asks for, `--call` is refused until it works; `--list` and every flag's
-//! `--print` effect are compared with `docker buildx bake` on the same compose file.
+//! grants what a target asks for; `--call` and `--check` evaluate every target as buildx does;
+//! `--list` and every flag's `--print` effect are compared with `docker buildx bake` on the
+//! same compose file.
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Output;
 
@@ -388,7 +390,7 @@ fn attestations_are_attached_like_buildx_and_are_an_input() {
 }
 
 #[test]
-fn privileges_need_allow_and_unsupported_methods_are_refused() {
+fn privileges_need_allow_and_unsupported_overrides_are_refused() {
     let e = Env::new("bakecli-allow");
     let refused = e.bk(&["bake", "hostnet", "--progress", "plain"]);
     assert!(!refused.status.success());
@@ -401,23 +403,14 @@ fn privileges_need_allow_and_unsupported_methods_are_refused() {
     assert!(!msg.contains("RESULT"), "something ran:\n{msg}");
     e.bake(&["hostnet", "--allow=network.host"]);
 
-    for args in [
-        &["--call", "check"][..],
-        &["--check"],
-        &["--call=outline,format=json"],
-        &["--set", "app.call=targets"],
-        &["--set", "app.annotations=index:a=b"],
-    ] {
-        let mut all = vec!["bake", "app"];
-        all.extend_from_slice(args);
-        let out = e.bk(&all);
-        assert!(!out.status.success(), "{args:?} was accepted");
-        assert!(
-            stderr(&out).contains("not supported yet"),
-            "{}",
-            stderr(&out)
-        );
-    }
+    // A target's own `call` is not supported; `--call` on the command line is.
+    let out = e.bk(&["bake", "app", "--set", "app.call=targets"]);
+    assert!(!out.status.success(), "--set app.call=targets was accepted");
+    assert!(
+        stderr(&out).contains("not supported yet"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// `--list` prints what buildx prints for the same compose file, byte for byte.
@@ -579,6 +572,13 @@ fn print_shows_each_flag_as_buildx_does() {
         (vec!["--set", "app.contexts.base=docker-image://alpine:3"], vec![]),
         (
             vec![
+                "--set", "app.annotations=index,manifest[linux/amd64]:org.example.a=1",
+                "--set", "app.annotations=org.example.b=2",
+            ],
+            vec![],
+        ),
+        (
+            vec![
                 "--set", "app.extra-hosts.db=10.0.0.1",
                 "--set", "app.shm-size=1048576",
                 "--set", "app.ulimits=nofile=1024:2048",
@@ -681,5 +681,119 @@ fn print_shows_each_flag_as_buildx_does() {
         failures.is_empty(),
         "bk-build and buildx disagree:\n{}",
         failures.join("\n")
+    );
+}
+
+/// A bake file whose targets the frontend evaluates: `lint` has lint warnings, `clean` none
+/// (and build args for `outline`).
+fn call_project(dir: &Path) {
+    let base = base_image();
+    write(
+        &dir.join("docker-bake.hcl"),
+        r#"
+group "default" {
+  targets = ["lint", "clean"]
+}
+target "lint" {
+  context = "lint"
+}
+target "clean" {
+  context = "clean"
+  args = { COLOR = "blue" }
+}
+"#,
+    );
+    write(
+        &dir.join("lint/Dockerfile"),
+        format!("FROM {base} as base\nENV A=$UNDEFINED\nFROM base\nCMD echo hi\n"),
+    );
+    write(
+        &dir.join("clean/Dockerfile"),
+        format!("FROM {base}\nARG COLOR=red\nARG SIZE\nRUN true\n"),
+    );
+}
+
+/// The part of a `--call …,format=json` document that is the same from run to run and
+/// between the two tools: per target, the answer (without the LLB definitions inside the
+/// lint sources, which hold the session's random ID). The `build` definitions are `--print`'s,
+/// compared elsewhere.
+fn answers(doc: &str, method: &str) -> BTreeMap<String, Value> {
+    let v: Value = serde_json::from_str(doc).unwrap_or_else(|e| panic!("not JSON ({e}):\n{doc}"));
+    let mut out = BTreeMap::new();
+    for (name, t) in v["target"].as_object().expect("a target object") {
+        let mut answer = t[method].clone();
+        if let Some(sources) = answer.get_mut("sources").and_then(|s| s.as_array_mut()) {
+            for s in sources {
+                if let Some(o) = s.as_object_mut() {
+                    o.remove("definition");
+                }
+            }
+        }
+        out.insert(name.clone(), answer);
+    }
+    out
+}
+
+/// `bake --call check|outline|targets` and `--check` evaluate every requested target without
+/// building it: the text report, grouped per target as buildx groups it, and the exit status
+/// (1 when a check found warnings, 0 with `ignorestatus=true`) are `docker buildx bake`'s on
+/// the same bake file, and the JSON form carries buildx's answers per target.
+#[test]
+fn call_evaluates_every_target_as_buildx_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    call_project(dir);
+    let in_dir = |mut cmd: std::process::Command, args: &[&str]| {
+        let out = run(cmd.current_dir(dir).args(args));
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            out.status.code(),
+        )
+    };
+    for args in [
+        &["--call", "check"][..],
+        &["--check", "lint"],
+        &["--call", "check,ignorestatus=true"],
+        &["--call", "outline"],
+        &["--call", "targets", "clean"],
+    ] {
+        let mut all = vec!["bake", "--progress", "plain"];
+        all.extend_from_slice(args);
+        let ours = in_dir(bk(), &all);
+        let mut all = vec!["buildx", "bake", "--progress", "plain"];
+        all.extend_from_slice(args);
+        let theirs = in_dir(docker(), &all);
+        assert_eq!(ours, theirs, "{args:?}: output or exit status differs");
+    }
+    for (call, method) in [
+        ("check,format=json", "check"),
+        ("outline,format=json", "outline"),
+    ] {
+        let ours = in_dir(bk(), &["bake", "--progress", "plain", "--call", call]);
+        let theirs = in_dir(
+            docker(),
+            &["buildx", "bake", "--progress", "plain", "--call", call],
+        );
+        assert_eq!(ours.1, theirs.1, "{call}: exit status differs");
+        assert_eq!(
+            answers(&ours.0, method),
+            answers(&theirs.0, method),
+            "{call}"
+        );
+    }
+    // The comparison saw real answers, and nothing was built.
+    let (text, status) = in_dir(bk(), &["bake", "--progress", "plain", "--check"]);
+    assert_eq!(status, Some(1));
+    assert!(
+        text.starts_with("clean\n\nCheck complete, no warnings found.\n\nlint\n\nCheck complete, 3 warnings have been found!\n"),
+        "{text}"
+    );
+    let out = run(bk()
+        .current_dir(dir)
+        .args(["bake", "--progress", "plain", "--check"]));
+    assert!(
+        !stderr(&out).contains("RESULT"),
+        "a summary of builds:\n{}",
+        stderr(&out)
     );
 }

@@ -311,3 +311,96 @@ target "app" {
     let p = plan();
     assert!(p.values().all(|a| a.starts_with("skip")), "{p:?}");
 }
+
+/// The annotations of the multi-platform image at `repo:tag`: the index's, and each
+/// descriptor's and manifest's by platform.
+fn pushed_annotations(
+    repo: &str,
+    tag: &str,
+) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let get = |path: String| -> serde_json::Value {
+        let (status, _, body) = registry_request("GET", &path);
+        assert_eq!(status, 200, "GET {path}");
+        serde_json::from_slice(&body).unwrap()
+    };
+    let index = get(format!("/v2/{repo}/manifests/{tag}"));
+    let mut out = std::collections::BTreeMap::new();
+    out.insert("index".to_string(), index["annotations"].clone());
+    for d in index["manifests"].as_array().expect("an image index") {
+        let arch = d["platform"]["architecture"].as_str().unwrap_or_default();
+        out.insert(format!("descriptor {arch}"), d["annotations"].clone());
+        let m = get(format!(
+            "/v2/{repo}/manifests/{}",
+            d["digest"].as_str().unwrap()
+        ));
+        out.insert(format!("manifest {arch}"), m["annotations"].clone());
+    }
+    out
+}
+
+/// A bake file's `annotations` reach the pushed index and manifests as with `docker buildx
+/// bake`, are part of the fingerprint, and `--progress none` prints nothing.
+#[test]
+fn annotations_reach_the_pushed_image_as_with_buildx_bake() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("proj");
+    let repo = unique("bakefile-annotations");
+    write(
+        &root.join("docker-bake.hcl"),
+        r#"variable "REPO" {}
+variable "TAG" {
+  default = "bk"
+}
+
+group "default" {
+  targets = ["img"]
+}
+
+target "img" {
+  context     = "img"
+  platforms   = ["linux/amd64", "linux/arm64"]
+  tags        = ["${REPO}:${TAG}"]
+  annotations = ["index,manifest:org.example.k=v", "manifest[linux/arm64]:org.example.arm=a"]
+  output      = ["type=registry"]
+}
+"#,
+    );
+    write(&root.join("img/Dockerfile"), "FROM scratch\nCOPY a /a\n");
+    write(&root.join("img/a"), &repo);
+    let env = [
+        ("REPO", format!("localhost:5000/{repo}")),
+        ("BUILDX_NO_DEFAULT_ATTESTATIONS", "1".to_string()),
+    ];
+    let o = run(bk()
+        .current_dir(&root)
+        .args(["bake", "--progress", "none"])
+        .envs(env.clone()));
+    assert!(o.status.success(), "bake failed:\n{}", stderr(&o));
+    assert!(
+        o.stderr.is_empty() && o.stdout.is_empty(),
+        "--progress none printed something"
+    );
+    run_ok(
+        docker()
+            .current_dir(&root)
+            .args(["buildx", "bake", "--progress", "quiet"])
+            .envs(env.clone())
+            .env("TAG", "bx"),
+    );
+    let mine = pushed_annotations(&repo, "bk");
+    assert_eq!(mine["index"]["org.example.k"], "v", "{mine:?}");
+    assert_eq!(mine["manifest arm64"]["org.example.arm"], "a", "{mine:?}");
+    assert_eq!(mine, pushed_annotations(&repo, "bx"));
+
+    // Another annotation is another image: the target is built again.
+    let out = run_ok(
+        bk().current_dir(&root)
+            .args(["plan", "--set", "img.annotations=org.example.new=1"])
+            .envs(env.clone()),
+    );
+    let line = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        line.contains("build") && line.contains("annotation.org.example.new"),
+        "{line}"
+    );
+}

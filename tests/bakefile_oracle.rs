@@ -15,8 +15,6 @@
 //!   `requests`). A target printed only because another uses it through `target:` has
 //!   `output = [cacheonly]` in buildx, which builds it inside the dependent; bk-build builds
 //!   and delivers it with its own outputs.
-//! - Keys bk-build cannot honour yet (`annotations`) are not in its target: each must be
-//!   reported in a warning naming the target and key.
 //! - Differences not exercised here because bk-build refuses them: an `inherits` cycle (buildx
 //!   silently drops the repeated target), `call` other than `build` (that target cannot be
 //!   built), a name that is both a group and a target.
@@ -207,9 +205,6 @@ const ERROR_CASES: &[&str] = &[
     "bad-syntax.hcl",
 ];
 
-/// Keys of a buildx target that bk-build's target has no place for.
-const IGNORED_KEYS: &[&str] = &["annotations"];
-
 fn data(dir: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/data/bake")
@@ -256,7 +251,6 @@ fn compare_targets(
     bk: &Map<String, Value>,
     bx: &Map<String, Value>,
     names: &BTreeSet<String>,
-    warnings: &str,
     diffs: &mut Vec<String>,
 ) {
     for name in names {
@@ -269,11 +263,6 @@ fn compare_targets(
             continue;
         };
         let (mut cb, mut cx) = (canon_bk(b), canon_buildx(x, cwd));
-        // Checked below: bk-build warns about these instead.
-        for k in IGNORED_KEYS {
-            cb.remove(*k);
-            cx.remove(*k);
-        }
         // A target only used through `target:`: buildx builds it as part of the dependent
         // (cacheonly); bk-build builds and delivers it with its own outputs.
         if x["output"] == json!([{"type": "cacheonly"}]) && linked(bk, name) {
@@ -285,13 +274,6 @@ fn compare_targets(
             if got != want {
                 diffs.push(format!(
                     "{label}: target {name}: {field}:\n      bk-build: {got}\n      buildx:   {want}"
-                ));
-            }
-        }
-        for k in IGNORED_KEYS {
-            if x.get(*k).is_some() && !warnings.contains(&format!("target.{name}.{k}")) {
-                diffs.push(format!(
-                    "{label}: target {name}: buildx has `{k}`, and bk-build dropped it without a warning"
                 ));
             }
         }
@@ -358,7 +340,6 @@ fn bake_print_agrees_with_buildx() {
                 }
             }
             let bk_json = stdout_json(&o, "bk-build bake --print");
-            let warnings = stderr(&o);
             let bk_targets = bk_json["target"].as_object().cloned().unwrap_or_default();
             let bx = stdout_json(&bx, "docker buildx bake --print");
             let bx_targets = bx["target"].as_object().cloned().unwrap_or_default();
@@ -375,7 +356,6 @@ fn bake_print_agrees_with_buildx() {
                 &bk_targets,
                 &bx_targets,
                 &bk_names.intersection(&bx_names).cloned().collect(),
-                &warnings,
                 &mut diffs,
             );
             let (mine, theirs) = (group_sets(&bk_json), group_sets(&bx));

@@ -2,6 +2,7 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::Path;
 
@@ -584,6 +585,722 @@ fn cacheonly_output_builds_and_exports_nothing() {
     assert!(m["buildx.build.ref"]
         .as_str()
         .is_some_and(|r| !r.is_empty()));
+}
+
+// ---------------------------------------------------------------------------------------------
+// --call, --check
+
+/// Dockerfiles for the `--call` tests: `warn` has lint warnings (`as` casing, an undefined
+/// variable, MAINTAINER, shell-form CMD), `clean` none (and build args, a secret and ssh for
+/// `outline`), `broken` an unknown instruction the check cannot get past.
+fn lint_project(root: &Path) {
+    let base = base_image();
+    write(
+        &root.join("warn/Dockerfile"),
+        format!(
+            "FROM {base} as base\nARG USED=1\nENV A=$UNDEFINED\nFROM base AS two\nMAINTAINER me\nCMD echo hi\n"
+        ),
+    );
+    write(
+        &root.join("clean/Dockerfile"),
+        format!(
+            "ARG BASE={base}\nFROM $BASE AS build\n# The version to stamp.\nARG VERSION=1.0\nRUN --mount=type=secret,id=tok,required=true true\nRUN --mount=type=ssh true\nFROM build AS final\nARG COLOR\n"
+        ),
+    );
+    write(
+        &root.join("broken/Dockerfile"),
+        format!("FROM {base}\nBOGUS x\n"),
+    );
+}
+
+/// Runs `cmd ARGS` in `dir`: (standard output, exit status, standard error).
+fn call_in(dir: &Path, mut cmd: std::process::Command, args: &[&str]) -> (String, i32, String) {
+    let out = run(cmd.current_dir(dir).args(args));
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        out.status.code().unwrap_or(-1),
+        stderr(&out),
+    )
+}
+
+/// From the line that starts with `ERROR:` to the end: the part of standard error that is
+/// the check's error rather than progress.
+fn error_part(stderr: &str) -> &str {
+    stderr.find("ERROR:").map_or("", |i| &stderr[i..])
+}
+
+/// `--call check` and `--check` lint as `docker buildx build --call check` does on the same
+/// daemon: the same report on standard output (warnings in buildx's order, with excerpts
+/// under the Dockerfile's name as the user gave it), exit status 1 with warnings and 0 with
+/// `ignorestatus=true` or none, and a Dockerfile the check cannot get past fails with buildx's
+/// error text and excerpt.
+#[test]
+fn call_check_reports_what_buildx_reports() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    lint_project(dir);
+    let cases: &[&[&str]] = &[
+        &["--call", "check", "warn"],
+        &["--check", "warn"],
+        &["--call=check,ignorestatus=true", "warn"],
+        &["--call", "check", "-f", "warn/Dockerfile", "."],
+        &["--check", "clean"],
+        &["--check", "broken"],
+    ];
+    for args in cases {
+        let mut all = vec!["build", "--progress", "plain"];
+        all.extend_from_slice(args);
+        let ours = call_in(dir, bk(), &all);
+        let mut all = vec!["buildx", "build", "--progress", "plain"];
+        all.extend_from_slice(args);
+        let theirs = call_in(dir, docker(), &all);
+        assert_eq!(ours.0, theirs.0, "{args:?}: standard output differs");
+        assert_eq!(ours.1, theirs.1, "{args:?}: exit status differs");
+        assert_eq!(
+            error_part(&ours.2),
+            error_part(&theirs.2),
+            "{args:?}: the error differs"
+        );
+    }
+    // The comparison saw real reports.
+    let warned = call_in(dir, bk(), &["build", "--check", "warn"]);
+    for rule in [
+        "FromAsCasing",
+        "UndefinedVar",
+        "MaintainerDeprecated",
+        "JSONArgsRecommended",
+    ] {
+        assert!(
+            warned.0.contains(&format!("WARNING: {rule} - ")),
+            "{}",
+            warned.0
+        );
+    }
+    assert!(warned
+        .0
+        .starts_with("Check complete, 4 warnings have been found!\n"));
+    assert!(warned.0.contains("\nwarn/Dockerfile:1\n"), "{}", warned.0);
+    assert_eq!(warned.1, 1);
+    let broken = call_in(dir, bk(), &["build", "--check", "broken"]);
+    assert!(
+        error_part(&broken.2)
+            .starts_with("ERROR: dockerfile parse error on line 2: unknown instruction: BOGUS\nbroken/Dockerfile:2\n"),
+        "{}",
+        broken.2
+    );
+    // A check builds nothing, so asking to deliver its result is refused up front.
+    let refused = call_in(
+        dir,
+        bk(),
+        &["build", "--check", "--push", "-t", "x", "clean"],
+    );
+    assert_eq!(refused.1, 1);
+    assert!(
+        refused.2.contains("nothing for --push to deliver"),
+        "{}",
+        refused.2
+    );
+}
+
+/// The answer's JSON without what differs from run to run: the LLB definition inside each
+/// source holds the session's random ID.
+fn stable_json(text: &str) -> serde_json::Value {
+    let mut v: serde_json::Value =
+        serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}):\n{text}"));
+    if let Some(sources) = v.get_mut("sources").and_then(|s| s.as_array_mut()) {
+        for s in sources {
+            if let Some(o) = s.as_object_mut() {
+                o.remove("definition");
+            }
+        }
+    }
+    v
+}
+
+/// `--call outline` and `--call targets`, as text and as `format=json`, and check's JSON,
+/// print what `docker buildx build` prints for the same Dockerfile.
+#[test]
+fn call_outline_targets_and_json_match_buildx() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    lint_project(dir);
+    let cases: &[&[&str]] = &[
+        &["--call", "outline", "clean"],
+        &["--call", "outline", "--target", "build", "clean"],
+        &["--call", "targets", "clean"],
+        &["--call", "outline,format=json", "clean"],
+        &["--call", "targets,format=json", "warn"],
+        &["--call", "check,format=json", "warn"],
+    ];
+    for args in cases {
+        let mut all = vec!["build", "--progress", "quiet"];
+        all.extend_from_slice(args);
+        let ours = call_in(dir, bk(), &all);
+        let mut all = vec!["buildx", "build", "--progress", "plain"];
+        all.extend_from_slice(args);
+        let theirs = call_in(dir, docker(), &all);
+        assert_eq!(ours.1, theirs.1, "{args:?}: exit status differs");
+        if args.iter().any(|a| a.ends_with("format=json")) {
+            assert_eq!(stable_json(&ours.0), stable_json(&theirs.0), "{args:?}");
+        } else {
+            assert_eq!(ours.0, theirs.0, "{args:?}: standard output differs");
+        }
+    }
+    let outline = call_in(dir, bk(), &["build", "--call", "outline", "clean"]);
+    assert!(
+        outline.0.contains("VERSION") && outline.0.contains("tok      true"),
+        "{}",
+        outline.0
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Contexts from standard input and from Git
+
+/// Runs `cmd` with `input` on its standard input.
+fn run_with_stdin(cmd: &mut std::process::Command, input: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        // A command that fails early stops reading: not this helper's failure.
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    eprintln!(
+        "$ {cmd:?} < (standard input)\n-- exit {:?}\n-- stdout:\n{}\n-- stderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
+    out
+}
+
+/// `tar ARGS -C dir .` as bytes (what a user pipes into `build -`).
+fn tar_of(dir: &Path, args: &[&str]) -> Vec<u8> {
+    let out = std::process::Command::new("tar")
+        .args(args)
+        .arg("-C")
+        .arg(dir)
+        .arg(".")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "tar failed: {}", stderr(&out));
+    out.stdout
+}
+
+/// A context of `-` reads standard input as `docker buildx build -` does: a tar archive
+/// (plain or gzip) is the context, with `-f` a path inside it; anything else is a Dockerfile
+/// with an empty context; and `-f -` reads the Dockerfile beside a local context. Each export
+/// is the tree buildx exports from the same bytes.
+#[test]
+fn stdin_contexts_export_what_buildx_exports() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = base_image();
+    let ctx = tmp.path().join("ctx");
+    write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY . /\n");
+    write(
+        &ctx.join("alt/Other.dockerfile"),
+        "FROM scratch\nCOPY sub /from-alt/\n",
+    );
+    write(&ctx.join("sub/a.txt"), "a\n");
+    write(&ctx.join(".dockerignore"), "ignored.txt\n");
+    write(&ctx.join("ignored.txt"), "never sent\n");
+    std::fs::set_permissions(
+        ctx.join("sub/a.txt"),
+        std::fs::Permissions::from_mode(0o640),
+    )
+    .unwrap();
+    symlink("sub/a.txt", ctx.join("link")).unwrap();
+    let plain = tar_of(&ctx, &["-c"]);
+    let gzip = tar_of(&ctx, &["-cz"]);
+    let dockerfile =
+        format!("FROM {base} AS b\nRUN echo from-stdin > /out.txt\nFROM scratch\nCOPY --from=b /out.txt /\n");
+    let beside = "FROM scratch\nCOPY sub /beside/\n";
+
+    let cases: Vec<(&str, Vec<&str>, &[u8], &str)> = vec![
+        ("tar", vec!["-"], &plain, "link"),
+        ("gzip", vec!["-"], &gzip, "sub/a.txt"),
+        (
+            "tar-f",
+            vec!["-f", "alt/Other.dockerfile", "-"],
+            &plain,
+            "from-alt/a.txt",
+        ),
+        ("dockerfile", vec!["-"], dockerfile.as_bytes(), "out.txt"),
+        (
+            "f-stdin",
+            vec!["-f", "-", "ctx"],
+            beside.as_bytes(),
+            "beside/a.txt",
+        ),
+    ];
+    for (name, args, input, expect) in cases {
+        let ours = tmp.path().join(format!("ours-{name}"));
+        let theirs = tmp.path().join(format!("theirs-{name}"));
+        let out = run_with_stdin(
+            bk().current_dir(tmp.path())
+                .args(["build", "--progress", "plain", "-o"])
+                .arg(format!("type=local,dest={}", ours.display()))
+                .args(&args),
+            input,
+        );
+        assert!(out.status.success(), "{name}: bk-build failed");
+        let out = run_with_stdin(
+            docker()
+                .current_dir(tmp.path())
+                .args(["buildx", "build", "--progress", "plain", "-o"])
+                .arg(format!("type=local,dest={}", theirs.display()))
+                .args(&args),
+            input,
+        );
+        assert!(out.status.success(), "{name}: buildx failed");
+        assert_same_tree(&ours, &theirs);
+        assert!(
+            tree(&ours).contains_key(expect),
+            "{name}: {expect} missing: {:?}",
+            tree(&ours)
+        );
+    }
+
+    // Mistakes buildx also refuses, before anything is sent.
+    for (args, input, needle) in [
+        (
+            vec!["-f", "-", "-"],
+            dockerfile.as_bytes(),
+            "both the build context",
+        ),
+        (
+            vec!["-f", "ctx/Dockerfile", "-"],
+            dockerfile.as_bytes(),
+            "-f names another",
+        ),
+        (vec!["-"], &b""[..], "standard input is empty"),
+    ] {
+        let out = run_with_stdin(bk().current_dir(tmp.path()).arg("build").args(&args), input);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
+    }
+}
+
+/// A tar archive on standard input is streamed to the daemon as it pulls it, never held
+/// whole: bk-build's peak memory while sending a 160 MiB archive stays far below its size.
+#[test]
+// The child is reaped with wait4 (which also gives its peak memory), not Child::wait.
+#[allow(clippy::zombie_processes)]
+fn a_large_stdin_archive_streams_in_flat_memory() {
+    use std::io::Write;
+    use std::process::Stdio;
+    const SIZE: u64 = 160 << 20;
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("out");
+    let mut child = bk()
+        .args(["build", "--progress", "plain", "-o"])
+        .arg(format!("type=local,dest={}", dest.display()))
+        .arg("-")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut archive = tar::Builder::new(&mut stdin);
+        for (name, data) in [
+            ("Dockerfile", &b"FROM scratch\nCOPY small.txt /\n"[..]),
+            ("small.txt", b"small\n"),
+        ] {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            archive.append_data(&mut h, name, data)?;
+        }
+        let mut h = tar::Header::new_gnu();
+        h.set_size(SIZE);
+        h.set_mode(0o644);
+        h.set_cksum();
+        archive.append_data(
+            &mut h,
+            "big.bin",
+            std::io::Read::take(std::io::repeat(7), SIZE),
+        )?;
+        archive.finish()?;
+        drop(archive);
+        stdin.flush()
+    });
+    // The child's own peak resident size, from the kernel, when it has exited.
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(waited, pid, "wait4 failed");
+    writer
+        .join()
+        .unwrap()
+        .expect("the archive was not read to its end");
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "bk-build failed:\n{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dest.join("small.txt")).unwrap(),
+        "small\n"
+    );
+    let peak = usage.ru_maxrss as u64 * 1024;
+    eprintln!("bk-build's peak resident size: {} MiB", peak >> 20);
+    assert!(
+        peak < SIZE / 2,
+        "bk-build peaked at {} MiB while sending a {} MiB archive",
+        peak >> 20,
+        SIZE >> 20
+    );
+}
+
+/// A static file server for a directory (HTTP/1.1 GET, one connection per request): enough
+/// for git's dumb HTTP protocol. Returns its port; it runs until the test process ends.
+fn serve_dir(root: &Path) -> u16 {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let root = root.to_path_buf();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let root = root.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(&conn);
+                let mut request = String::new();
+                if reader.read_line(&mut request).is_err() {
+                    return;
+                }
+                loop {
+                    let mut line = String::new();
+                    match reader.read_line(&mut line) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) if line == "\r\n" || line == "\n" => break,
+                        Ok(_) => {}
+                    }
+                }
+                let path = request.split_whitespace().nth(1).unwrap_or("/");
+                let path = path.split('?').next().unwrap_or("/");
+                let file = root.join(path.trim_start_matches('/'));
+                let body = (!path.contains(".."))
+                    .then(|| std::fs::read(&file).ok())
+                    .flatten();
+                let mut conn = &conn;
+                let _ = match body {
+                    Some(b) => conn
+                        .write_all(
+                            format!(
+                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                                b.len()
+                            )
+                            .as_bytes(),
+                        )
+                        .and_then(|()| conn.write_all(&b)),
+                    None => conn.write_all(
+                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    ),
+                };
+            });
+        }
+    });
+    port
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    run_ok(
+        std::process::Command::new("git")
+            .current_dir(dir)
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args),
+    );
+}
+
+/// A Git URL context is passed to the daemon, which fetches it itself, as buildx passes it:
+/// `http://HOST/repo.git#REF:SUBDIR` builds that directory of that branch, and `-f` names a
+/// Dockerfile inside the repository. Each export matches `docker buildx build` of the same
+/// URL. The repository is served over git's dumb HTTP protocol from this machine, on
+/// 127.0.0.1, which dockerd's BuildKit reaches (it fetches from the host's network).
+#[test]
+fn git_url_context_exports_what_buildx_exports() {
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path().join("work");
+    write(&work.join("app/Dockerfile"), "FROM scratch\nCOPY . /ctx/\n");
+    write(&work.join("app/a.txt"), "on main\n");
+    write(&work.join("top.txt"), "top\n");
+    write(
+        &work.join("docker/Release.dockerfile"),
+        "FROM scratch\nCOPY app/a.txt top.txt /release/\n",
+    );
+    git(&work, &["init", "-q", "-b", "main"]);
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-qm", "main"]);
+    git(&work, &["checkout", "-q", "-b", "feature"]);
+    write(&work.join("app/a.txt"), "on feature\n");
+    git(&work, &["commit", "-qam", "feature"]);
+    git(&work, &["checkout", "-q", "main"]);
+    let served = tmp.path().join("srv");
+    std::fs::create_dir_all(&served).unwrap();
+    git(
+        tmp.path(),
+        &["clone", "-q", "--bare", "work", "srv/repo.git"],
+    );
+    git(&served.join("repo.git"), &["update-server-info"]);
+    let url = format!("http://127.0.0.1:{}/repo.git", serve_dir(&served));
+
+    let cases: Vec<(&str, Vec<String>, &str, &str)> = vec![
+        (
+            "subdir",
+            vec![format!("{url}#main:app")],
+            "ctx/a.txt",
+            "on main\n",
+        ),
+        (
+            "branch",
+            vec![format!("{url}#feature:app")],
+            "ctx/a.txt",
+            "on feature\n",
+        ),
+        (
+            "file",
+            vec!["-f".into(), "docker/Release.dockerfile".into(), url.clone()],
+            "release/top.txt",
+            "top\n",
+        ),
+    ];
+    for (name, args, file, content) in cases {
+        let ours = tmp.path().join(format!("ours-{name}"));
+        let theirs = tmp.path().join(format!("theirs-{name}"));
+        run_ok(
+            bk().args(["build", "--progress", "plain", "-o"])
+                .arg(format!("type=local,dest={}", ours.display()))
+                .args(&args),
+        );
+        run_ok(
+            docker()
+                .args(["buildx", "build", "--progress", "plain", "-o"])
+                .arg(format!("type=local,dest={}", theirs.display()))
+                .args(&args),
+        );
+        assert_same_tree(&ours, &theirs);
+        assert_eq!(
+            std::fs::read_to_string(ours.join(file)).unwrap(),
+            content,
+            "{name}"
+        );
+    }
+}
+fn stdout_json(o: &std::process::Output) -> serde_json::Value {
+    assert!(o.status.success(), "{}", stderr(o));
+    serde_json::from_slice(&o.stdout).expect("JSON on stdout")
+}
+
+/// `info`, `workers` and `du` with `--format json` speak BuildKit's field names, and say what
+/// `docker buildx` says about the same daemon.
+#[test]
+fn info_workers_and_du_print_json_that_agrees_with_buildx() {
+    let node =
+        stdout_json(&run(docker().args(["buildx", "ls", "--format", "json"])))["Nodes"][0].clone();
+
+    let info = stdout_json(&run(bk().args(["info", "--format", "json"])));
+    assert!(
+        info["address"].as_str().unwrap().starts_with("docker://"),
+        "{info}"
+    );
+    assert!(
+        !info["dockerApiVersion"].as_str().unwrap().is_empty(),
+        "{info}"
+    );
+    assert_eq!(
+        info["buildkitVersion"]["package"],
+        "github.com/moby/buildkit"
+    );
+    assert_eq!(
+        info["buildkitVersion"]["version"], node["Version"],
+        "{info}"
+    );
+
+    let workers = stdout_json(&run(bk().args(["workers", "--format", "json"])));
+    let w = &workers[0];
+    assert_eq!(w["id"], node["IDs"][0], "{w}");
+    assert_eq!(w["labels"], node["Labels"]);
+    assert_eq!(w["gcPolicy"], node["GCPolicy"], "same names, same units");
+    let platforms: Vec<String> = w["platforms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let mut s = format!(
+                "{}/{}",
+                p["os"].as_str().unwrap(),
+                p["architecture"].as_str().unwrap()
+            );
+            if let Some(v) = p["variant"].as_str() {
+                s.push('/');
+                s.push_str(v);
+            }
+            s
+        })
+        .collect();
+    assert_eq!(serde_json::json!(platforms), node["Platforms"]);
+
+    // Cache records: those of one build of our own (a filter keeps the daemon's work small
+    // and the answer independent of other tests) are the same ones, said the same way.
+    let marker = unique("du-probe");
+    let tmp = tempfile::tempdir().unwrap();
+    write(
+        &tmp.path().join("Dockerfile"),
+        format!("FROM {}\nRUN echo {marker} > /marker\n", base_image()),
+    );
+    run_ok(bk().args(["build", "--progress", "quiet"]).arg(tmp.path()));
+    let filter = format!("description~={marker}");
+    let ours = stdout_json(&run(
+        bk().args(["du", "--format", "json", "--filter", &filter])
+    ));
+    let theirs = run_ok(docker().args(["buildx", "du", "--format", "json", "--filter", &filter]));
+    let theirs: BTreeMap<String, serde_json::Value> = String::from_utf8_lossy(&theirs.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|r| (r["ID"].as_str().unwrap().to_string(), r))
+        .collect();
+    let ours = ours.as_array().unwrap();
+    assert!(!ours.is_empty(), "the build left no cache record");
+    let ids: Vec<&str> = ours.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, theirs.keys().map(String::as_str).collect::<Vec<_>>());
+    for r in ours {
+        let t = &theirs[r["id"].as_str().unwrap()];
+        assert!(r["size"].as_i64().is_some(), "size in bytes: {r}");
+        assert!(r["createdAt"].as_str().unwrap().ends_with('Z'), "{r}");
+        assert!(r["description"].as_str().unwrap().contains(&marker), "{r}");
+        assert_eq!(r["description"], t["Description"], "{r} {t}");
+        assert_eq!(r["recordType"], t["Type"], "{r} {t}");
+        assert_eq!(r["shared"], t["Shared"], "{r} {t}");
+        assert_eq!(r["mutable"], t["Mutable"], "{r} {t}");
+        assert_eq!(r["parents"], t["Parents"], "{r} {t}");
+        assert_eq!(r["usageCount"], t["UsageCount"], "{r} {t}");
+    }
+
+    let bad = run(bk().args(["du", "--format", "yaml"]));
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        stderr(&bad).contains("possible values: text, json"),
+        "{}",
+        stderr(&bad)
+    );
+}
+
+fn on_path(tool: &str) -> bool {
+    std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// `completion` scripts parse in their shells and complete a subcommand's flags; `man` pages
+/// render.
+#[test]
+fn completion_scripts_work_and_man_pages_render() {
+    let tmp = tempfile::tempdir().unwrap();
+    let script = |shell: &str| {
+        let o = run_ok(bk().args(["completion", shell]));
+        let path = tmp.path().join(format!("bk-build.{shell}"));
+        std::fs::write(&path, &o.stdout).unwrap();
+        (String::from_utf8(o.stdout).unwrap(), path)
+    };
+    // bash: parses, and `bk-build bake --pro<TAB>` offers bake's flags.
+    let (text, bash) = script("bash");
+    assert!(text.contains("--metadata-file") && text.contains("completion"));
+    run_ok(std::process::Command::new("bash").arg("-n").arg(&bash));
+    let probe = format!(
+        "source {}\nfn=$(complete -p bk-build | sed 's/.*-F \\([^ ]*\\).*/\\1/')\n\
+         COMP_WORDS=(bk-build bake --pro); COMP_CWORD=2\n$fn bk-build --pro bake\n\
+         echo \"${{COMPREPLY[*]}}\"\n\
+         COMP_WORDS=(bk-build du --format ''); COMP_CWORD=3\n$fn bk-build '' --format\n\
+         echo \"${{COMPREPLY[*]}}\"\n",
+        bash.display()
+    );
+    let o = run_ok(std::process::Command::new("bash").args(["-c", &probe]));
+    let replies = String::from_utf8(o.stdout).unwrap();
+    let lines: Vec<&str> = replies.lines().collect();
+    assert!(lines[0].split(' ').any(|w| w == "--progress"), "{replies}");
+    assert!(
+        lines[0].split(' ').any(|w| w == "--provenance"),
+        "{replies}"
+    );
+    assert_eq!(lines[1], "text json", "{replies}");
+    if on_path("zsh") {
+        let (text, zsh) = script("zsh");
+        assert!(text.contains("#compdef bk-build") && text.contains("metadata-file"));
+        run_ok(std::process::Command::new("zsh").arg("-n").arg(&zsh));
+    }
+    if on_path("fish") {
+        let (_, fish) = script("fish");
+        run_ok(std::process::Command::new("fish").arg("-n").arg(&fish));
+        let o = run_ok(std::process::Command::new("fish").arg("-c").arg(format!(
+            "source {}; complete -C 'bk-build bake --pro'",
+            fish.display()
+        )));
+        assert!(String::from_utf8_lossy(&o.stdout).contains("--progress"));
+    }
+    for shell in ["elvish", "powershell"] {
+        assert!(script(shell).0.contains("metadata-file"), "{shell}");
+    }
+
+    // Manual pages: bk-build(1) and one per command, roff that man renders without warnings.
+    for (args, name, needles) in [
+        (
+            vec!["man"],
+            "bk-build",
+            vec!["SYNOPSIS", "bake", "completion", "BUILDKIT_HOST"],
+        ),
+        (
+            vec!["man", "bake"],
+            "bk-build-bake",
+            vec!["SYNOPSIS", "--progress", "--set"],
+        ),
+    ] {
+        let o = run_ok(bk().args(&args));
+        let roff = String::from_utf8(o.stdout).unwrap();
+        assert!(roff.contains(&format!(".TH {name} 1")), "{roff}");
+        assert!(
+            roff.contains(".SH NAME") && roff.contains(".SH OPTIONS"),
+            "{roff}"
+        );
+        if on_path("man") {
+            let page = tmp.path().join(format!("{name}.1"));
+            std::fs::write(&page, &roff).unwrap();
+            let o = run_ok(
+                std::process::Command::new("man")
+                    .env("MANPAGER", "cat")
+                    .env("MANWIDTH", "100")
+                    .args(["--warnings", "-l"])
+                    .arg(&page),
+            );
+            let shown = String::from_utf8_lossy(&o.stdout);
+            assert!(stderr(&o).trim().is_empty(), "man warns: {}", stderr(&o));
+            for n in &needles {
+                assert!(shown.contains(n), "{name}: no {n} in\n{shown}");
+            }
+        }
+    }
+    let o = run(bk().args(["man", "bench-floor"]));
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("no command \"bench-floor\""),
+        "{}",
+        stderr(&o)
+    );
 }
 
 /// A context whose image holds a file named after the test, so an SBOM can be checked for it.

@@ -161,10 +161,12 @@ fn a_full_disk_is_an_error_not_a_panic() {
 
 #[test]
 fn sigterm_cancels_the_build_and_says_so() {
+    // The marker tells this RUN apart from any other `sleep` on the machine (after the
+    // sleep, so that the shell that names it lives as long as the step).
+    let marker = unique("slow");
     let (_t, root) = project(&format!(
-        "FROM {}\nRUN echo {} && sleep 60\n",
+        "FROM {}\nRUN sleep 60 && echo {marker}\n",
         base_image(),
-        unique("slow")
     ));
     let mut child = bk()
         .current_dir(&root)
@@ -173,42 +175,39 @@ fn sigterm_cancels_the_build_and_says_so() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until the RUN step runs (its echo shows in the plain progress).
     let mut err = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
+    let reader = std::thread::spawn(move || {
         use std::io::Read;
         let mut all = Vec::new();
-        let mut buf = [0u8; 4096];
-        loop {
-            match err.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    all.extend_from_slice(&buf[..n]);
-                    let _ = tx.send(String::from_utf8_lossy(&all).into_owned());
-                }
-            }
-        }
+        let _ = err.read_to_end(&mut all);
+        String::from_utf8_lossy(&all).into_owned()
     });
+    // Wait until the RUN step runs. Its progress is held back until the target is done
+    // (plain output keeps each target's lines together), so look for its process.
     let started = Instant::now();
-    let mut seen = String::new();
-    while !seen.contains("sleep 60") {
+    while !Command::new("pgrep")
+        .args(["-f", &marker])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
         assert!(
             started.elapsed() < Duration::from_secs(120),
-            "never started: {seen}"
+            "never started"
         );
-        if let Ok(s) = rx.recv_timeout(Duration::from_secs(1)) {
-            seen = s;
-        }
+        std::thread::sleep(Duration::from_millis(200));
     }
     // SAFETY: plain kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
-    while let Ok(s) = rx.recv_timeout(Duration::from_millis(500)) {
-        seen = s;
-    }
+    let seen = reader.join().unwrap();
     assert_eq!(status.code(), Some(143), "{seen}");
     assert!(seen.contains("terminated"), "{seen}");
+    // What the target printed so far is not lost with the interrupted run.
+    assert!(
+        seen.contains("[app] #") && seen.contains(&format!("RUN sleep 60 && echo {marker}")),
+        "the held progress of the interrupted target was not written: {seen}"
+    );
+    assert!(seen.find(&marker) < seen.find("terminated"), "{seen}");
     assert!(
         started.elapsed() < Duration::from_secs(55),
         "the build ran on"

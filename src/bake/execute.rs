@@ -23,12 +23,23 @@ use crate::progress::{Progress, TargetOutcome};
 use crate::project::{Project, Target};
 use crate::transport::{Daemon, DockerHost};
 
-/// Turns a project target into a build spec, pinning bases built in this run by digest.
-fn build_spec(
+/// How a target's spec names the project targets it builds on.
+#[derive(Clone, Copy)]
+pub(super) enum Bases<'a> {
+    /// By the exact image each produced (in this run, or a reused result): `TAG@DIGEST`, or
+    /// a tagless one's link layout by digest.
+    Pinned(&'a BTreeMap<String, String>),
+    /// By tag only, as `docker buildx bake` names them: whatever the tag holds now. For
+    /// `--call`, which evaluates targets without building their bases first.
+    Tagged,
+}
+
+/// Turns a project target into a build spec, naming the bases it builds on as `bases` says.
+pub(super) fn build_spec(
     project: &Project,
     plan: &BakePlan,
     name: &str,
-    digests: &BTreeMap<String, String>,
+    bases: Bases<'_>,
     opts: &BakeOptions,
 ) -> Result<BuildSpec, BakeError> {
     let t = &project.targets[name];
@@ -62,6 +73,7 @@ fn build_spec(
     spec.network = t.network.unwrap_or_default();
     spec.add_hosts.clone_from(&t.extra_hosts);
     spec.ulimits.clone_from(&t.ulimits);
+    spec.annotations = crate::project::annotations(t);
     let pinned = |dep: &str| -> Result<String, BakeError> {
         let dt = &project.targets[dep];
         let tag = dt.tags.first().ok_or_else(|| {
@@ -69,14 +81,21 @@ fn build_spec(
                 "depends on `{dep}` as an image, but `{dep}` has no tags; give it tags and push = true (or load = true)"
             ))
         })?;
+        let Bases::Pinned(digests) = bases else {
+            return Ok(tag.clone());
+        };
         let digest = digests
             .get(dep)
             .ok_or_else(|| e(format!("no image digest recorded for `{dep}`")))?;
         Ok(format!("{tag}@{digest}"))
     };
     for (k, v) in &t.contexts {
+        let linked = |dep: &str| match bases {
+            Bases::Pinned(digests) => link_context(project, dep, digests),
+            Bases::Tagged => None,
+        };
         let source = match v {
-            ContextSource::Target(dep) => match link_context(project, dep, digests) {
+            ContextSource::Target(dep) => match linked(dep) {
                 Some(linked) => linked.map_err(e)?,
                 None => ContextSource::DockerImage(pinned(dep)?),
             },
@@ -213,7 +232,8 @@ pub async fn execute(
         let digests = digests.clone();
         let daemon_platform = &daemon_platform;
         let first_phase = &first_phase;
-        async move {
+        let done_name = name.clone();
+        let work = async move {
             let tp = &plan.targets[&name];
             let t = &project.targets[&name];
             match first_phase.get(&name) {
@@ -230,7 +250,7 @@ pub async fn execute(
             };
             let snapshot = digests.lock().map(|d| d.clone()).unwrap_or_default();
             let mut spec =
-                build_spec(project, plan, &name, &snapshot, opts).map_err(|e| e.to_string())?;
+                build_spec(project, plan, &name, Bases::Pinned(&snapshot), opts).map_err(|e| e.to_string())?;
             if spec.needs_load() {
                 spec.load_into = daemon.load_target().map_err(|e| e.to_string())?;
             }
@@ -342,6 +362,18 @@ pub async fn execute(
                 write_ledger(t, Some(&fp.key), digest.as_deref(), progress, &name).await;
             }
             Ok(Done::Built(Box::new(r), uncovered))
+        };
+        async move {
+            let r = work.await;
+            // Nothing more is sent for this target: plain output writes its block now.
+            let (outcome, error) = match &r {
+                Ok(Done::Skipped) => (TargetOutcome::Skipped, None),
+                Ok(Done::Retagged) => (TargetOutcome::Retagged, None),
+                Ok(Done::Built(..) | Done::SameAs) => (TargetOutcome::Built, None),
+                Err(e) => (TargetOutcome::Failed, Some(e.as_str())),
+            };
+            progress.target_done(&done_name, outcome, error);
+            r
         }
     })
     .await;

@@ -18,8 +18,10 @@
 //! - [`plan`](plan()): inputs, fingerprints and the decision per target;
 //! - `deliver`: where a known result must be (tags, engine images, outputs), checked;
 //! - `link`: how a target without tags reaches the targets that use it through `target:`;
-//! - [`execute`]: skips and re-tags, then builds in dependency order, recording each result.
+//! - [`execute`]: skips and re-tags, then builds in dependency order, recording each result;
+//! - [`call`](call()): `--call`, every target evaluated by the frontend, nothing built.
 
+mod call;
 mod deliver;
 mod execute;
 mod link;
@@ -33,6 +35,7 @@ use crate::graph;
 use crate::progress::{SummaryRow, TargetOutcome};
 use crate::transport::DockerHost;
 
+pub use call::call;
 pub use execute::execute;
 pub use plan::plan;
 
@@ -171,16 +174,23 @@ pub struct TargetResult {
     pub warnings: Vec<String>,
 }
 
-/// Rows for the end-of-run table.
-pub fn summary_rows(results: &[TargetResult]) -> Vec<SummaryRow> {
+/// Rows for the end-of-run table and the CI job summary: each result with what the plan
+/// decided for it and why.
+pub fn summary_rows(results: &[TargetResult], plan: &BakePlan) -> Vec<SummaryRow> {
     results
         .iter()
-        .map(|r| SummaryRow {
-            target: r.name.clone(),
-            outcome: r.outcome,
-            duration: r.duration,
-            bytes_sent: r.bytes_sent,
-            digest: r.digest.clone(),
+        .map(|r| {
+            let tp = plan.targets.get(&r.name);
+            SummaryRow {
+                target: r.name.clone(),
+                outcome: r.outcome,
+                duration: r.duration,
+                bytes_sent: r.bytes_sent,
+                digest: r.digest.clone(),
+                action: tp.map(|t| t.action.as_str().to_string()),
+                reason: tp.map(|t| t.reasons.join("; ")),
+                error: r.error.clone(),
+            }
         })
         .collect()
 }

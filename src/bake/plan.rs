@@ -110,6 +110,10 @@ fn extra_inputs(
     {
         m.insert("cache-to".into(), "inline".into());
     }
+    // Annotations are written into the image's manifests and index.
+    for a in crate::project::annotations(t) {
+        m.insert(a.exporter_attr(), a.value);
+    }
     // Attestations are part of the pushed image (its index gains attestation manifests),
     // the default provenance too. Whether the daemon can attach them is not known here: a
     // daemon that cannot gets the same request and makes a bare image.

@@ -1,11 +1,15 @@
 //! One image: a [`BuildSpec`] (plain data, from the CLI or from a project target) becomes a
 //! `Solve` request for the Dockerfile frontend plus the session that serves its directories,
 //! secrets and client-side outputs; the Status stream is forwarded to [`crate::progress`].
+//! With [`BuildSpec::call`] the frontend answers a subrequest instead (`--call check`), over
+//! the gateway API (`gateway`); a context may also be a URL or an upload ([`ContextInput`]).
 //!
 //! This module knows BuildKit's frontend attributes and exporters. It does not know about
 //! project files, graphs, or how progress is drawn.
 
 pub mod attest;
+mod context;
+mod gateway;
 mod load;
 mod request;
 
@@ -26,6 +30,7 @@ use crate::session::oci_layout::Descriptor;
 use crate::session::{self, filesync::DirSyncReport, Session};
 use crate::transport::Daemon;
 
+pub use context::{is_archive, ContextInput, ARCHIVE_PEEK};
 pub use load::{settle_canceled_loads, settling_loads, CanceledLoad};
 pub use request::{local_name, plan_request, CacheIndexUpdate, PlannedRequest};
 
@@ -34,8 +39,11 @@ pub use request::{local_name, plan_request, CacheIndexUpdate, PlannedRequest};
 pub struct BuildSpec {
     /// Shown as the progress prefix in multi-target runs and as the session name.
     pub name: String,
-    /// The build context directory.
+    /// The build context directory (unless `context_input` says otherwise).
     pub context: PathBuf,
+    /// Where the context comes from when not from the directory `context`: a URL the
+    /// daemon fetches, or an archive from standard input.
+    pub context_input: ContextInput,
     /// The Dockerfile (default `<context>/Dockerfile`).
     pub dockerfile: Option<PathBuf>,
     pub target: Option<String>,
@@ -55,6 +63,11 @@ pub struct BuildSpec {
     pub entitlements: Vec<String>,
     /// Stages to build without cache (`no_cache` means all of them).
     pub no_cache_filter: Vec<String>,
+    /// The parent cgroup of RUN steps (`--cgroup-parent`; `None`: the daemon's default).
+    pub cgroup_parent: Option<String>,
+    /// Image annotations, given to every exporter; a later one with the same exporter
+    /// attribute replaces an earlier one (buildx keeps them in a map).
+    pub annotations: Vec<crate::options::Annotation>,
     /// Attestations asked for (`--attest`, `--provenance`, `--sbom`, bake's `attest`); the first
     /// entry of a type decides, a `disabled` one asks for none of its type (see
     /// [`attest::frontend_attrs`]).
@@ -81,6 +94,10 @@ pub struct BuildSpec {
     /// `None` with a Docker Engine daemon, whose `moby` exporter loads directly; required with
     /// any other daemon kind for those outputs.
     pub load_into: Option<crate::transport::DockerHost>,
+    /// Evaluate this frontend subrequest instead of building (`lint`, `outline`, `targets`:
+    /// buildx's `--call`): nothing is built or exported, and the answer arrives in the
+    /// result's `result.json`, `result.txt`, `result.statuscode` and `version`.
+    pub call: Option<String>,
 }
 
 impl BuildSpec {
@@ -129,6 +146,15 @@ impl BuildResult {
             .get("containerimage.digest")
             .map(String::as_str)
     }
+    /// The image ID as buildx reports it (`--iidfile`, `--quiet`): the image config's digest
+    /// (`containerimage.config.digest`), else the image's (a multi-platform index, for which
+    /// the daemon reports no config digest); `None` when nothing was exported as an image.
+    pub fn image_id(&self) -> Option<&str> {
+        self.exporter_response
+            .get("containerimage.config.digest")
+            .map(String::as_str)
+            .or_else(|| self.image_digest())
+    }
     pub fn bytes_sent(&self) -> u64 {
         self.sync.values().map(|r| r.bytes_sent).sum()
     }
@@ -147,6 +173,10 @@ impl BuildResult {
                         .and_then(|b| serde_json::from_slice(&b).ok())
                         .or_else(|| serde_json::from_str(v).ok())
                         .unwrap_or_else(|| serde_json::Value::String(v.clone()))
+                }
+                // A subrequest's answer (`--call`), which buildx writes as the object it is.
+                "result.json" => {
+                    serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.clone()))
                 }
                 _ => serde_json::Value::String(v.clone()),
             };
@@ -193,11 +223,38 @@ pub async fn build(
     prefix: Option<&str>,
 ) -> Result<BuildResult, BuildError> {
     let started = Instant::now();
-    let attests = attest::frontend_attrs(&spec.attests, spec.default_provenance);
+    // A subrequest builds nothing, so there is nothing to export, push, load or cache.
+    let call_spec;
+    let spec = match &spec.call {
+        Some(_) => {
+            call_spec = BuildSpec {
+                outputs: Vec::new(),
+                push: false,
+                load: false,
+                tags: Vec::new(),
+                cache_to: Vec::new(),
+                load_into: None,
+                ..spec.clone()
+            };
+            &call_spec
+        }
+        None => spec,
+    };
+    // A subrequest makes no image to attest (buildx reads no provenance for it either).
+    let attests = match spec.call {
+        Some(_) => BTreeMap::new(),
+        None => attest::frontend_attrs(&spec.attests, spec.default_provenance),
+    };
     let attests = attest::for_daemon(daemon, attests, &spec.attests)
         .await
         .map_err(BuildError::Invalid)?;
-    let planned = plan_request(spec, &daemon.kind, &session::node_id(), &attests)?;
+    let mut planned = plan_request(spec, &daemon.kind, &session::node_id(), &attests)?;
+    if spec.call.is_some() {
+        // `BUILDKIT_INLINE_CACHE` would still ask for an inline cache export.
+        if let Some(c) = planned.request.cache.as_mut() {
+            c.exports.clear();
+        }
+    }
     let build_ref = session::random_id();
 
     // Image loads through the Engine API: the engine must be there before anything is built,
@@ -258,7 +315,16 @@ pub async fn build(
     // The daemon's answer, unless the session is lost first: then the build cannot finish
     // (what the daemon still needs from this client would never come), so the Solve call is
     // dropped, which cancels the build on the daemon, rather than waited for without end.
-    let solve = control.solve(req);
+    let channel = daemon.channel.clone();
+    let solve = async {
+        match spec.call.as_deref() {
+            Some(name) => gateway::call(channel, req, name).await,
+            None => control
+                .solve(req)
+                .await
+                .map(|r| r.into_inner().exporter_response.into_iter().collect()),
+        }
+    };
     tokio::pin!(solve);
     let solved = tokio::select! {
         biased;
@@ -324,8 +390,7 @@ pub async fn build(
             why: e,
         });
     }
-    let exporter_response: BTreeMap<String, String> =
-        resp.into_inner().exporter_response.into_iter().collect();
+    let exporter_response: BTreeMap<String, String> = resp;
     let reported = exporter_response
         .get("cache.manifest")
         .map(String::as_str)
@@ -364,7 +429,11 @@ pub async fn build(
                 why,
             })?;
     }
-    let provenance = attest::record_provenance(daemon, &build_ref, spec.metadata_provenance)
+    let detail = match spec.call {
+        Some(_) => MetadataProvenance::Disabled,
+        None => spec.metadata_provenance,
+    };
+    let provenance = attest::record_provenance(daemon, &build_ref, detail)
         .await
         .map_err(|why| BuildError::Export {
             what: "provenance for the metadata file".into(),

@@ -11,11 +11,12 @@ use crate::options::{
 use crate::proto::control::{CacheOptions, CacheOptionsEntry, Exporter, SolveRequest};
 use crate::session::content::{local_cache_key, local_store_id, oci_store_id};
 use crate::session::oci_layout::OciLayout;
+use crate::session::upload::Upload;
 use crate::session::StreamSink;
 use crate::session::{ContentStores, ExportTarget, SessionSpec, StoreSpec, SyncDir};
 use crate::transport::{DaemonKind, DockerHost};
 
-use super::{BuildError, BuildSpec};
+use super::{BuildError, BuildSpec, ContextInput};
 
 /// A request ready to send, and the session that must serve it.
 pub struct PlannedRequest {
@@ -195,45 +196,76 @@ pub fn plan_request(
     attests: &BTreeMap<String, String>,
 ) -> Result<PlannedRequest, BuildError> {
     let context = &spec.context;
-    if !context.is_dir() {
-        return Err(invalid(format!(
-            "build context {} {}; pass an existing directory as CONTEXT",
-            context.display(),
-            if context.exists() {
-                "is not a directory"
-            } else {
-                "does not exist"
-            }
-        )));
-    }
-    let dockerfile = spec
-        .dockerfile
-        .clone()
-        .unwrap_or_else(|| context.join("Dockerfile"));
-    if !dockerfile.is_file() {
-        return Err(invalid(format!(
-            "Dockerfile {} not found; create it or pass its path with -f/--file",
-            dockerfile.display()
-        )));
-    }
-    let dockerfile_dir = dockerfile
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
-    let filename = dockerfile
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .ok_or_else(|| invalid(format!("-f {}: not a file name", dockerfile.display())))?;
-
     let mut attrs: BTreeMap<String, String> = BTreeMap::new();
     let mut dirs: BTreeMap<String, SyncDir> = BTreeMap::new();
-    dirs.insert("context".into(), sync_dir(context, &spec.never_send));
-    dirs.insert(
-        "dockerfile".into(),
-        sync_dir(&dockerfile_dir, &spec.never_send),
-    );
-    attrs.insert("filename".into(), filename);
+    let mut uploads = BTreeMap::new();
+    // A context the daemon fetches (a URL, or an upload from this client) is the frontend's
+    // `context` attribute; the Dockerfile then comes from inside it unless a local one is
+    // given, which `dockerfilekey` makes the frontend prefer (buildx `build/opt.go`).
+    let (fetched, in_context_file) = match &spec.context_input {
+        ContextInput::Dir => (None, None),
+        ContextInput::Url { url, filename } => (Some(url.clone()), filename.clone()),
+        ContextInput::Upload { upload, filename } => {
+            let id = crate::session::random_id();
+            uploads.insert(id.clone(), upload.clone());
+            (Some(Upload::url(&id)), filename.clone())
+        }
+    };
+    let local_dockerfile = match (&fetched, &spec.dockerfile) {
+        (None, given) => {
+            if !context.is_dir() {
+                return Err(invalid(format!(
+                    "build context {} {}; pass an existing directory as CONTEXT",
+                    context.display(),
+                    if context.exists() {
+                        "is not a directory"
+                    } else {
+                        "does not exist"
+                    }
+                )));
+            }
+            dirs.insert("context".into(), sync_dir(context, &spec.never_send));
+            Some(given.clone().unwrap_or_else(|| context.join("Dockerfile")))
+        }
+        (Some(_), Some(local)) => {
+            attrs.insert("dockerfilekey".into(), "dockerfile".into());
+            Some(local.clone())
+        }
+        (Some(_), None) => None,
+    };
+    if let Some(ctx) = fetched {
+        attrs.insert("context".into(), ctx);
+    }
+    match local_dockerfile {
+        Some(dockerfile) => {
+            if !dockerfile.is_file() {
+                return Err(invalid(format!(
+                    "Dockerfile {} not found; create it or pass its path with -f/--file",
+                    dockerfile.display()
+                )));
+            }
+            let dockerfile_dir = dockerfile
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from("."));
+            let filename = dockerfile
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .ok_or_else(|| invalid(format!("-f {}: not a file name", dockerfile.display())))?;
+            dirs.insert(
+                "dockerfile".into(),
+                sync_dir(&dockerfile_dir, &spec.never_send),
+            );
+            attrs.insert("filename".into(), filename);
+        }
+        None => {
+            attrs.insert(
+                "filename".into(),
+                in_context_file.unwrap_or_else(|| "Dockerfile".into()),
+            );
+        }
+    }
     if let Some(t) = &spec.target {
         attrs.insert("target".into(), t.clone());
     }
@@ -279,6 +311,9 @@ pub fn plan_request(
     if !spec.ulimits.is_empty() {
         let v: Vec<String> = spec.ulimits.iter().map(ToString::to_string).collect();
         attrs.insert("ulimit".into(), v.join(","));
+    }
+    if let Some(c) = spec.cgroup_parent.as_ref().filter(|c| !c.is_empty()) {
+        attrs.insert("cgroup-parent".into(), c.clone());
     }
     let mut entitlements = Vec::new();
     match spec.network {
@@ -598,6 +633,14 @@ pub fn plan_request(
         ));
     }
 
+    // As buildx: every exporter gets the annotations; the image ones write them, the others
+    // ignore them.
+    for e in &mut exporters {
+        for a in &spec.annotations {
+            e.attrs.insert(a.exporter_attr(), a.value.clone());
+        }
+    }
+
     let (exporter_deprecated, exporter_attrs_deprecated) = exporters
         .first()
         .map(|e| (e.r#type.clone(), e.attrs.clone()))
@@ -642,6 +685,7 @@ pub fn plan_request(
         auth: Some(crate::session::auth::AuthProvider::from_env()),
         secrets,
         ssh,
+        uploads,
     };
     Ok(PlannedRequest {
         request,

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, SyncSender};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::thread::Scope;
 
 use super::cache::{FileStat, Stamp, StatCache};
@@ -382,10 +382,10 @@ fn assemble(
         } else {
             req.ignore
         };
-        sections.push(sec.with_filter(Filter {
+        sections.push(Arc::new(sec.with_filter(Filter {
             excludes: ignore,
             reads,
-        }));
+        })));
         sources.push(SectionSource {
             name: req.name,
             dir: req.dir,
@@ -640,6 +640,9 @@ fn walk_group(group: &Group, cache: &StatCache) -> Result<Listing, FingerprintEr
         first_err.map_or(Ok(()), Err)
     })?;
     let (section, parent_only) = items.finish_with_flags(parent_only);
+    // On this walking thread rather than later on the planner's: members that read the whole
+    // directory get clones of this section, digest included.
+    section.entries_digest();
     let subtree_end = match group.members_narrower {
         true => subtree_ends(&section),
         false => Vec::new(),

@@ -80,7 +80,7 @@ impl Fingerprint {
                 continue;
             };
             let must_be_in = (!definition_only(&[".dockerignore"]) && !predicted(section, read))
-                .then_some(section);
+                .then_some(section.as_ref());
             out.extend(walk_check(
                 &source.dir,
                 &source.extra_excludes,

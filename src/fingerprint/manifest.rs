@@ -3,13 +3,14 @@
 //! canonical encoding, so the two can never disagree.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
 
 use super::codec::{put_len, put_str, put_u32, DecodeError, Hash16, Reader, Sink};
 use crate::fs::MODE_PERM;
 
 /// Bumped whenever what goes into a key, or how, changes; an old state then explains itself as
 /// "fingerprint format changed" and every target is rebuilt once.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 
 /// The reason [`explain`]'s callers give when there is no previous record at all.
 pub const NO_PREVIOUS_BUILD: &str = "no previous build";
@@ -25,8 +26,10 @@ pub struct Manifest {
     /// Sorted, so the order the caller listed them in does not matter.
     pub(crate) bases: Vec<(String, String)>,
     pub(crate) extra: BTreeMap<String, String>,
-    /// The main context (name "") first, then named contexts sorted by name.
-    pub(crate) sections: Vec<Section>,
+    /// The main context (name "") first, then named contexts sorted by name. Shared: a
+    /// fingerprint is copied while planning (bases added, the plan keeps both), and a section
+    /// can hold every file of a large context.
+    pub(crate) sections: Vec<Arc<Section>>,
 }
 
 /// What one entry contributes: its Go mode bits (type and permissions) and a hash of its data
@@ -50,7 +53,7 @@ pub(crate) struct Filter {
 }
 
 /// The filtered files of one context directory, in walk order (see [`walk_cmp`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(crate) struct Section {
     /// "" for the main context, else the named context's name.
     pub(crate) name: String,
@@ -62,7 +65,25 @@ pub(crate) struct Section {
     paths: String,
     /// End offset of each path in `paths`, and the entry's record.
     files: Vec<(u32, FileRec)>,
+    /// blake3 of the entries' encoding, computed on first use: the key stands on it instead
+    /// of the entries themselves, so adding bases to a fingerprint (twice per target per run)
+    /// rehashes a few names rather than every file of the context.
+    entries_digest: OnceLock<[u8; 32]>,
 }
+
+impl PartialEq for Section {
+    fn eq(&self, other: &Section) -> bool {
+        // The cached digest follows from the entries; whether it was computed yet is not
+        // part of what a section is.
+        self.name == other.name
+            && self.label == other.label
+            && self.filter == other.filter
+            && self.paths == other.paths
+            && self.files == other.files
+    }
+}
+
+impl Eq for Section {}
 
 /// fsutil's walk order: component by component, i.e. byte order with `/` below every other
 /// byte (`a`, `a/x`, `a-b`, `a.txt`). Using the walk's own order means no sort on the no-op
@@ -136,6 +157,7 @@ impl SectionBuilder {
             filter: Filter::default(),
             paths: self.paths,
             files: self.files,
+            entries_digest: OnceLock::new(),
         };
         let in_order = {
             let mut it = sec.iter().map(|(p, _)| p);
@@ -170,6 +192,7 @@ impl Section {
             filter: Filter::default(),
             paths: b.paths,
             files: b.files,
+            entries_digest: OnceLock::new(),
         }
     }
 
@@ -203,6 +226,34 @@ impl Section {
         })
     }
 
+    /// The entries as stored: sorted paths share long prefixes, so only each new suffix is
+    /// written (roughly halves the size of state files).
+    fn encode_entries(&self, s: &mut impl Sink) {
+        let mut prev = "";
+        for (path, h) in self.iter() {
+            let shared = common_prefix(prev, path);
+            put_len(s, shared as u64);
+            put_str(s, &path[shared..]);
+            put_u32(s, h.mode);
+            s.put(&h.data);
+            prev = path;
+        }
+    }
+
+    /// blake3 of [`encode_entries`](Self::encode_entries), computed once per section. The
+    /// encoder's pieces are a few bytes each; they are batched so blake3 sees whole chunks.
+    pub(crate) fn entries_digest(&self) -> &[u8; 32] {
+        self.entries_digest.get_or_init(|| {
+            let mut sink = HashSink {
+                hash: blake3::Hasher::new(),
+                buf: Vec::with_capacity(HASH_BATCH),
+            };
+            self.encode_entries(&mut sink);
+            sink.hash.update(&sink.buf);
+            *sink.hash.finalize().as_bytes()
+        })
+    }
+
     fn display(&self, path: &str) -> String {
         if self.label.is_empty() || self.label == "." {
             path.to_string()
@@ -230,7 +281,7 @@ impl Manifest {
 
     /// Files (and directories and links) across all contexts.
     pub fn file_count(&self) -> usize {
-        self.sections.iter().map(Section::len).sum()
+        self.sections.iter().map(|s| s.len()).sum()
     }
 
     #[cfg(test)]
@@ -297,16 +348,10 @@ impl Manifest {
                 }
             }
             put_len(s, sec.files.len() as u64);
-            // Sorted paths share long prefixes; storing only the new suffix roughly halves
-            // the size of state files.
-            let mut prev = "";
-            for (path, h) in sec.iter() {
-                let shared = common_prefix(prev, path);
-                put_len(s, shared as u64);
-                put_str(s, &path[shared..]);
-                put_u32(s, h.mode);
-                s.put(&h.data);
-                prev = path;
+            if with_labels {
+                sec.encode_entries(s);
+            } else {
+                s.put(sec.entries_digest());
             }
         }
     }
@@ -369,13 +414,14 @@ impl Manifest {
                 files.push((paths.len() as u32, h));
                 prev_start = start;
             }
-            sections.push(Section {
+            sections.push(Arc::new(Section {
                 name,
                 label,
                 filter,
                 paths,
                 files,
-            });
+                entries_digest: OnceLock::new(),
+            }));
         }
         if !r.is_empty() {
             return Err(DecodeError("trailing data"));
@@ -394,6 +440,30 @@ impl Manifest {
 }
 
 struct Counter(u64);
+
+/// Bytes collected before each `blake3::Hasher::update` in [`HashSink`].
+const HASH_BATCH: usize = 16 * 1024;
+
+/// Hashes the encoder's small pieces in batches: one `update` per piece costs more than
+/// hashing the bytes themselves.
+struct HashSink {
+    hash: blake3::Hasher,
+    buf: Vec<u8>,
+}
+
+impl Sink for HashSink {
+    fn put(&mut self, bytes: &[u8]) {
+        if self.buf.len() + bytes.len() > HASH_BATCH {
+            self.hash.update(&self.buf);
+            self.buf.clear();
+        }
+        if bytes.len() >= HASH_BATCH {
+            self.hash.update(bytes);
+        } else {
+            self.buf.extend_from_slice(bytes);
+        }
+    }
+}
 
 impl Sink for Counter {
     fn put(&mut self, bytes: &[u8]) {
@@ -676,7 +746,7 @@ mod tests {
             args: BTreeMap::new(),
             bases: vec![],
             extra: BTreeMap::new(),
-            sections: vec![Section::new(String::new(), "svc".into(), items)],
+            sections: vec![Arc::new(Section::new(String::new(), "svc".into(), items))],
         }
     }
 
@@ -695,7 +765,7 @@ mod tests {
         m.extra.insert("labels".into(), "x=1".into());
         m.platforms.push("linux/amd64".into());
         m.target_stage = "final".into();
-        m.sections.push(Section::new(
+        m.sections.push(Arc::new(Section::new(
             "luamods".into(),
             "src/luamods".into(),
             vec![(
@@ -705,7 +775,7 @@ mod tests {
                     data: [9; 16],
                 },
             )],
-        ));
+        )));
         let bytes = m.encode();
         let back = Manifest::decode(&bytes).unwrap();
         assert_eq!(back, m);
@@ -740,7 +810,7 @@ mod tests {
     fn label_is_not_part_of_the_key() {
         let a = manifest(&[("x", 1)]);
         let mut b = a.clone();
-        b.sections[0].label = "/elsewhere/entirely".into();
+        Arc::make_mut(&mut b.sections[0]).label = "/elsewhere/entirely".into();
         assert_eq!(a.key(), b.key());
         assert!(explain(&a, &b).is_empty());
     }
@@ -776,8 +846,11 @@ mod tests {
         new.args.insert("TAG".into(), "v2".into());
         new.bases.push(("pybase".into(), "sha256:2".into()));
         new.extra.insert("no_cache".into(), "true".into());
-        new.sections
-            .push(Section::new("common".into(), "src/common".into(), vec![]));
+        new.sections.push(Arc::new(Section::new(
+            "common".into(),
+            "src/common".into(),
+            vec![],
+        )));
         let mut old2 = old.clone();
         old2.args.insert("TAG".into(), "v1".into());
         old2.args.insert("GONE".into(), "1".into());

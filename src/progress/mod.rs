@@ -7,10 +7,22 @@
 //! This module knows the Status protocol and terminals; it must not know how builds are
 //! started, scheduled or skipped — callers tell it with [`Progress::note`].
 //!
+//! Plain output of a multi-target run keeps each target's lines together: they are held back
+//! (`block`) and written as one block when the caller says the target is done
+//! ([`Progress::target_done`]), like `make --output-sync`, with a short heartbeat line while
+//! blocks are held and nothing was written for a while. In GitHub Actions and GitLab CI (`ci`)
+//! each block, and the single build of `bk-build build`, becomes a collapsible section. A step
+//! BuildKit shares between builds (identical vertices are solved once) reaches every sharing
+//! build's Status stream, so it shows in each of their blocks: a block is complete on its own.
+//!
 //! Layout: `trace` folds messages into per-build state; `plain`, `tty` and `json` render it;
 //! `error` explains a failed Solve ([`describe_build_error`]); `summary` draws the multi-target
-//! table ([`summary_table`]).
+//! table ([`summary_table`]) and its Markdown form ([`summary_markdown`]); `call` shows the
+//! frontend's answer to `--call` ([`call_report`]).
 
+mod block;
+mod call;
+mod ci;
 mod error;
 mod json;
 mod plain;
@@ -19,7 +31,7 @@ mod trace;
 mod tty;
 mod units;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io::{IsTerminal, Write};
 use std::str::FromStr;
@@ -28,10 +40,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::proto::control::StatusResponse;
 
+pub use call::{bake_call_report, call_report, CallReport};
+pub use ci::{append_step_summary, CiSystem};
 pub use error::describe_build_error;
-pub use summary::{summary_table, SummaryRow, TargetOutcome};
+pub use summary::{summary_markdown, summary_table, SummaryRow, TargetOutcome};
 pub use units::{format_bytes, format_duration};
 
+use block::{Block, Spool};
 use plain::PlainPrinter;
 use trace::{Nanos, Trace};
 use tty::{FrameSpec, TargetView, TtyWriter};
@@ -40,6 +55,13 @@ use tty::{FrameSpec, TargetView, TtyWriter};
 const TTY_TICK: Duration = Duration::from_millis(150);
 /// The least time between two redraws caused by incoming messages.
 const TTY_MIN_REDRAW: Duration = Duration::from_millis(100);
+/// How often plain output checks whether a heartbeat is due.
+const PLAIN_TICK: Duration = Duration::from_secs(1);
+/// Plain output held back in blocks prints a heartbeat line after this long without output,
+/// so a CI log (and a CI job's no-output timeout) sees that the run is alive.
+const HEARTBEAT: Duration = Duration::from_secs(30);
+/// Longest step name a heartbeat line shows.
+const HEARTBEAT_STEP_CHARS: usize = 60;
 
 /// How progress is shown (`--progress`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -51,10 +73,13 @@ pub enum Mode {
     Plain,
     RawJson,
     Quiet,
+    /// Shown as `Quiet`; for `build`, also no image ID at the end (buildx's `none`, added
+    /// because its `quiet` prints one).
+    None,
 }
 
 impl Mode {
-    const CHOICES: &'static str = "auto, tty, plain, rawjson, quiet";
+    const CHOICES: &'static str = "auto, tty, plain, rawjson, quiet, none";
 
     /// `Auto` decided for this process's stderr; other modes are returned unchanged.
     pub fn resolve(self) -> Mode {
@@ -80,6 +105,7 @@ impl fmt::Display for Mode {
             Mode::Plain => "plain",
             Mode::RawJson => "rawjson",
             Mode::Quiet => "quiet",
+            Mode::None => "none",
         })
     }
 }
@@ -101,6 +127,7 @@ impl FromStr for Mode {
             "plain" => Ok(Mode::Plain),
             "rawjson" => Ok(Mode::RawJson),
             "quiet" => Ok(Mode::Quiet),
+            "none" => Ok(Mode::None),
             _ => Err(ParseModeError {
                 given: s.to_string(),
             }),
@@ -140,7 +167,40 @@ enum Event {
     Status(Option<String>, Box<StatusResponse>),
     Note(Option<String>, String),
     Warning(Option<String>, String),
-    Finish,
+    Done(String, TargetOutcome, Option<String>),
+    /// The end of the run; `true` when it was interrupted (a signal), not finished.
+    Finish(bool),
+}
+
+/// A printer that has not finished, so that an interrupted run can still end it.
+struct Running {
+    id: u64,
+    tx: mpsc::Sender<Event>,
+    /// Says (or hangs up) once the printer has written everything.
+    ended: mpsc::Receiver<()>,
+}
+
+/// Every printer started and not finished yet (see [`finish_interrupted`]).
+static RUNNING: std::sync::Mutex<Vec<Running>> = std::sync::Mutex::new(Vec::new());
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Ends every printer still running, for a run stopped by a signal: each writes what it holds
+/// (in plain output the held blocks of unfinished targets, titled `TARGET: interrupted`), as
+/// at a normal end. Waits at most `wait` for them.
+pub fn finish_interrupted(wait: Duration) {
+    let running = match RUNNING.lock() {
+        Ok(mut r) => std::mem::take(&mut *r),
+        Err(_) => return,
+    };
+    for r in &running {
+        let _ = r.tx.send(Event::Finish(true));
+    }
+    let deadline = Instant::now() + wait;
+    for r in running {
+        let _ = r
+            .ended
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()));
+    }
 }
 
 /// Where builds send their progress. Cheap to clone; sending never blocks and is a no-op once
@@ -160,6 +220,7 @@ impl fmt::Debug for Progress {
 pub struct ProgressTask {
     tx: mpsc::Sender<Event>,
     done: tokio::sync::oneshot::Receiver<ProgressReport>,
+    id: u64,
 }
 
 impl fmt::Debug for ProgressTask {
@@ -174,6 +235,13 @@ struct Env {
     size: Box<dyn Fn() -> (usize, usize) + Send>,
     color: bool,
     log_lines: usize,
+    /// The CI system whose sections plain output uses.
+    ci: Option<CiSystem>,
+    /// Bytes of a held block kept in memory (see `block`), and where the rest goes (`None`:
+    /// the system's temporary directory).
+    spool_limit: usize,
+    spool_dir: Option<std::path::PathBuf>,
+    heartbeat: Duration,
 }
 
 impl Env {
@@ -190,6 +258,10 @@ impl Env {
             }),
             color: console::colors_enabled_stderr() && std::env::var_os("NO_COLOR").is_none(),
             log_lines,
+            ci: CiSystem::detect(|k| std::env::var(k).ok()),
+            spool_limit: block::SPOOL_MEMORY,
+            spool_dir: None,
+            heartbeat: HEARTBEAT,
         }
     }
 }
@@ -205,6 +277,7 @@ impl Progress {
     fn start_with(mode: Mode, out: Box<dyn Write + Send>, env: Env) -> (Progress, ProgressTask) {
         let (tx, rx) = mpsc::channel();
         let (done_tx, done) = tokio::sync::oneshot::channel();
+        let (ended_tx, ended) = mpsc::channel();
         let printer = Printer::new(mode, out, env);
         // If the thread cannot be started the builds still run; they just show no progress
         // and `finish` returns an empty report.
@@ -213,8 +286,17 @@ impl Progress {
             .spawn(move || {
                 let report = printer.run(rx);
                 let _ = done_tx.send(report);
+                let _ = ended_tx.send(());
             });
-        (Progress { tx: tx.clone() }, ProgressTask { tx, done })
+        let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut r) = RUNNING.lock() {
+            r.push(Running {
+                id,
+                tx: tx.clone(),
+                ended,
+            });
+        }
+        (Progress { tx: tx.clone() }, ProgressTask { tx, done, id })
     }
 
     /// One Status message of a build. `target` is `None` for a single `bk-build build` and the
@@ -240,6 +322,18 @@ impl Progress {
             .tx
             .send(Event::Warning(target.map(str::to_string), text.to_string()));
     }
+
+    /// Says that `target` is finished and nothing more will be sent for it: in plain output
+    /// its held lines are written now as one block (a collapsible section in CI, titled
+    /// `TARGET: OUTCOME`, folded unless it failed), ending with the failing steps' output and
+    /// `error`, the target's error as the run reports it.
+    pub fn target_done(&self, target: &str, outcome: TargetOutcome, error: Option<&str>) {
+        let _ = self.tx.send(Event::Done(
+            target.to_string(),
+            outcome,
+            error.map(str::to_string),
+        ));
+    }
 }
 
 impl ProgressTask {
@@ -247,7 +341,10 @@ impl ProgressTask {
     /// failing steps' last output), flushes, and returns the totals. Messages sent afterwards
     /// are dropped.
     pub async fn finish(self) -> ProgressReport {
-        let _ = self.tx.send(Event::Finish);
+        if let Ok(mut r) = RUNNING.lock() {
+            r.retain(|r| r.id != self.id);
+        }
+        let _ = self.tx.send(Event::Finish(false));
         self.done.await.unwrap_or_default()
     }
 }
@@ -259,6 +356,12 @@ struct TargetState {
     notes: Vec<String>,
     /// Our clock minus the daemon's, measured when the first step started.
     skew: Option<Nanos>,
+    /// Plain output of a named target, held until it is done.
+    block: Option<Block>,
+    /// Holding failed (no temporary file): this target's lines are written as they come.
+    live: bool,
+    /// The failing steps' output was already shown (in the target's block).
+    errors_shown: bool,
 }
 
 struct Printer {
@@ -273,6 +376,19 @@ struct Printer {
     first_local: Option<Nanos>,
     last_draw: Option<Instant>,
     dirty: bool,
+    /// When the printer started, for the heartbeat's elapsed time.
+    started: SystemTime,
+    last_write: Instant,
+    /// CI section IDs used so far (GitLab pairs start and end by ID, so each is used once).
+    section_ids: HashSet<String>,
+    /// The open CI section of the unnamed build (`bk-build build`): its ID.
+    single_section: Option<String>,
+    /// The run was stopped by a signal (the titles of blocks written at the end say so).
+    interrupted: bool,
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 fn system_nanos(t: SystemTime) -> Nanos {
@@ -285,6 +401,7 @@ fn system_nanos(t: SystemTime) -> Nanos {
 impl Printer {
     fn new(mode: Mode, out: Box<dyn Write + Send>, env: Env) -> Printer {
         let color = env.color;
+        let started = (env.now)();
         Printer {
             mode,
             out,
@@ -296,13 +413,27 @@ impl Printer {
             first_local: None,
             last_draw: None,
             dirty: false,
+            started,
+            last_write: Instant::now(),
+            section_ids: HashSet::new(),
+            single_section: None,
+            interrupted: false,
         }
+    }
+
+    fn plain(&self) -> bool {
+        matches!(self.mode, Mode::Plain | Mode::Auto)
     }
 
     fn run(mut self, rx: mpsc::Receiver<Event>) -> ProgressReport {
         loop {
-            let event = if self.mode == Mode::Tty {
-                match rx.recv_timeout(TTY_TICK) {
+            let tick = match self.mode {
+                Mode::Tty => Some(TTY_TICK),
+                Mode::Plain | Mode::Auto => Some(PLAIN_TICK),
+                _ => None,
+            };
+            let event = if let Some(tick) = tick {
+                match rx.recv_timeout(tick) {
                     Ok(e) => Some(e),
                     Err(mpsc::RecvTimeoutError::Timeout) => None,
                     Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -314,11 +445,18 @@ impl Printer {
                 }
             };
             match event {
-                None => self.redraw(true),
-                Some(Event::Finish) => break,
+                None => {
+                    self.redraw(true);
+                    self.heartbeat();
+                }
+                Some(Event::Finish(interrupted)) => {
+                    self.interrupted = interrupted;
+                    break;
+                }
                 Some(Event::Status(target, msg)) => self.on_status(target, &msg),
                 Some(Event::Note(target, text)) => self.on_note(target, text),
                 Some(Event::Warning(target, text)) => self.on_warning(target, text),
+                Some(Event::Done(target, outcome, error)) => self.on_done(target, outcome, error),
             }
         }
         self.finish()
@@ -334,6 +472,9 @@ impl Printer {
             plain: PlainPrinter::default(),
             notes: Vec::new(),
             skew: None,
+            block: None,
+            live: false,
+            errors_shown: false,
         });
         self.index.insert(name, self.targets.len() - 1);
         self.targets.len() - 1
@@ -353,8 +494,7 @@ impl Printer {
             Mode::Plain | Mode::Auto => {
                 let t = &mut self.targets[ti];
                 let lines = t.plain.render(&t.trace, &updates);
-                let name = t.name.clone();
-                self.write_lines(name.as_deref(), &lines);
+                self.emit(ti, &lines);
             }
             Mode::RawJson => {
                 let line = json::status_line(self.targets[ti].name.as_deref(), msg);
@@ -364,17 +504,14 @@ impl Printer {
                 self.dirty = true;
                 self.redraw(false);
             }
-            Mode::Quiet => {}
+            Mode::Quiet | Mode::None => {}
         }
     }
 
     fn on_note(&mut self, target: Option<String>, text: String) {
         let ti = self.target(target);
         match self.mode {
-            Mode::Plain | Mode::Auto => {
-                let name = self.targets[ti].name.clone();
-                self.write_lines(name.as_deref(), &[text]);
-            }
+            Mode::Plain | Mode::Auto => self.emit(ti, &[text]),
             Mode::RawJson => {
                 let line = json::note_line(self.targets[ti].name.as_deref(), &text);
                 self.write_raw(&line);
@@ -384,13 +521,13 @@ impl Printer {
                 self.dirty = true;
                 self.redraw(false);
             }
-            Mode::Quiet => {}
+            Mode::Quiet | Mode::None => {}
         }
     }
 
     fn on_warning(&mut self, target: Option<String>, text: String) {
         let text = format!("warning: {text}");
-        if self.mode == Mode::Quiet {
+        if matches!(self.mode, Mode::Quiet | Mode::None) {
             let ti = self.target(target);
             let name = self.targets[ti].name.clone();
             self.write_lines(name.as_deref(), &[text]);
@@ -440,14 +577,168 @@ impl Printer {
         tty::render_frame(&views, &spec)
     }
 
+    /// A target is done: its pending lines, the failing steps' output and its error go into
+    /// its block, which is written now.
+    fn on_done(&mut self, target: String, outcome: TargetOutcome, error: Option<String>) {
+        if !self.plain() {
+            return;
+        }
+        let ti = self.target(Some(target.clone()));
+        let t = &mut self.targets[ti];
+        let updates = t.trace.flush_all();
+        let mut lines = t.plain.render(&t.trace, &updates);
+        lines.extend(plain::error_logs(&t.trace));
+        t.errors_shown = true;
+        lines.extend(error);
+        self.emit(ti, &lines);
+        let title = format!("{target}: {outcome}");
+        self.flush_block(ti, &title, outcome != TargetOutcome::Failed);
+    }
+
+    /// Plain (and tty end-of-run) lines of one target: held in its block when the target has
+    /// a name and output is plain, else written now (inside the single build's CI section).
+    fn emit(&mut self, ti: usize, lines: &[String]) {
+        if lines.is_empty() {
+            return;
+        }
+        let name = self.targets[ti].name.clone();
+        let text = prefixed(name.as_deref(), lines);
+        if self.plain() && name.is_some() && !self.targets[ti].live {
+            let now = (self.env.now)();
+            let (limit, dir) = (self.env.spool_limit, self.env.spool_dir.clone());
+            let block = self.targets[ti].block.get_or_insert_with(|| Block {
+                started: now,
+                spool: Spool::new(limit, dir),
+            });
+            let Err(e) = block.spool.push(text.as_bytes()) else {
+                return;
+            };
+            // Nothing may be lost: what is held goes out now with these lines, and the rest of
+            // this target's output follows as it comes.
+            self.targets[ti].live = true;
+            let mut text = text;
+            text.push_str(&prefixed(
+                name.as_deref(),
+                &[format!(
+                    "(bk-build: cannot hold this target's log back any longer: no temporary file ({e}); the rest of it follows as it comes, between other targets' lines)"
+                )],
+            ));
+            let title = format!("{}: log so far", name.unwrap_or_default());
+            self.flush_block_with(ti, &title, false, text.as_bytes());
+            return;
+        }
+        if self.plain() && name.is_none() {
+            self.open_single_section();
+        }
+        self.write_raw_bytes(text.as_bytes());
+    }
+
+    /// Writes a target's held block (if it has one) inside a CI section.
+    fn flush_block(&mut self, ti: usize, title: &str, collapsed: bool) {
+        self.flush_block_with(ti, title, collapsed, &[]);
+    }
+
+    fn flush_block_with(&mut self, ti: usize, title: &str, collapsed: bool, extra: &[u8]) {
+        let Some(mut block) = self.targets[ti].block.take() else {
+            self.write_raw_bytes(extra);
+            return;
+        };
+        let name = self.targets[ti].name.clone().unwrap_or_default();
+        let ci = self.env.ci;
+        let id = self.section_id(&name);
+        if let Some(ci) = ci {
+            let start = ci.start(&id, title, unix_secs(block.started), collapsed);
+            self.write_raw_bytes(start.as_bytes());
+        }
+        if self.out_ok && block.spool.drain_into(&mut *self.out).is_err() {
+            self.out_ok = false;
+        }
+        self.write_raw_bytes(extra);
+        if let Some(ci) = ci {
+            let end = ci.end(&id, unix_secs((self.env.now)()));
+            self.write_raw_bytes(end.as_bytes());
+        }
+    }
+
+    /// A CI section ID for a target, unique in this run.
+    fn section_id(&mut self, name: &str) -> String {
+        let base = ci::gitlab_section_name(&format!("bk-build.{name}"));
+        let mut id = base.clone();
+        let mut n = 1;
+        while !self.section_ids.insert(id.clone()) {
+            n += 1;
+            id = format!("{base}.{n}");
+        }
+        id
+    }
+
+    /// In CI, the unnamed build's output (`bk-build build`) is one section, streamed live.
+    fn open_single_section(&mut self) {
+        let Some(ci) = self.env.ci else {
+            return;
+        };
+        if self.single_section.is_some() {
+            return;
+        }
+        let id = self.section_id("build");
+        let start = ci.start(&id, "bk-build build", unix_secs((self.env.now)()), true);
+        self.single_section = Some(id);
+        self.write_raw_bytes(start.as_bytes());
+    }
+
+    fn close_single_section(&mut self) {
+        if let (Some(ci), Some(id)) = (self.env.ci, self.single_section.take()) {
+            let end = ci.end(&id, unix_secs((self.env.now)()));
+            self.write_raw_bytes(end.as_bytes());
+        }
+    }
+
+    /// While blocks are held and nothing was written for a while: one line saying what runs.
+    fn heartbeat(&mut self) {
+        if !self.plain() || self.last_write.elapsed() < self.env.heartbeat {
+            return;
+        }
+        if let Some(line) = self.heartbeat_line() {
+            self.write_raw(&line);
+        }
+    }
+
+    /// `[+] 1m30s: waiting for api ([2/3] RUN make), web`: the targets whose blocks are held,
+    /// each with its most recently started step that is still running.
+    fn heartbeat_line(&self) -> Option<String> {
+        let held: Vec<String> = self
+            .targets
+            .iter()
+            .filter(|t| t.block.is_some())
+            .filter_map(|t| {
+                let name = t.name.as_deref()?;
+                Some(match t.trace.running_step() {
+                    Some(step) => format!("{name} ({})", shorten(step, HEARTBEAT_STEP_CHARS)),
+                    None => name.to_string(),
+                })
+            })
+            .collect();
+        if held.is_empty() {
+            return None;
+        }
+        let elapsed = (self.env.now)()
+            .duration_since(self.started)
+            .unwrap_or_default();
+        Some(format!(
+            "[+] {}: waiting for {}",
+            format_duration(elapsed),
+            held.join(", ")
+        ))
+    }
+
     fn finish(mut self) -> ProgressReport {
+        let plain = self.plain();
         for ti in 0..self.targets.len() {
             let t = &mut self.targets[ti];
             let updates = t.trace.flush_all();
-            if matches!(self.mode, Mode::Plain | Mode::Auto) {
+            if plain {
                 let lines = t.plain.render(&t.trace, &updates);
-                let name = t.name.clone();
-                self.write_lines(name.as_deref(), &lines);
+                self.emit(ti, &lines);
             }
         }
         if self.mode == Mode::Tty && !self.targets.is_empty() {
@@ -458,11 +749,22 @@ impl Printer {
         }
         if matches!(self.mode, Mode::Plain | Mode::Auto | Mode::Tty) {
             for ti in 0..self.targets.len() {
+                if self.targets[ti].errors_shown {
+                    continue;
+                }
                 let lines = plain::error_logs(&self.targets[ti].trace);
-                let name = self.targets[ti].name.clone();
-                self.write_lines(name.as_deref(), &lines);
+                self.emit(ti, &lines);
             }
         }
+        // Targets nobody said were done (a run that ended early): their blocks as they are.
+        for ti in 0..self.targets.len() {
+            let mut title = self.targets[ti].name.clone().unwrap_or_default();
+            if self.interrupted {
+                title.push_str(": interrupted");
+            }
+            self.flush_block(ti, &title, false);
+        }
+        self.close_single_section();
         if self.out_ok {
             let _ = self.out.flush();
         }
@@ -515,18 +817,8 @@ impl Printer {
         if lines.is_empty() {
             return;
         }
-        let prefix = target.map(|n| format!("[{n}] ")).unwrap_or_default();
-        let mut buf = String::new();
-        for line in lines {
-            for part in line.split('\n') {
-                if !part.is_empty() {
-                    buf.push_str(&prefix);
-                    buf.push_str(part);
-                }
-                buf.push('\n');
-            }
-        }
-        self.write_raw_bytes(buf.as_bytes());
+        let text = prefixed(target, lines);
+        self.write_raw_bytes(text.as_bytes());
     }
 
     fn write_raw(&mut self, line: &str) {
@@ -537,7 +829,7 @@ impl Printer {
     }
 
     fn write_raw_bytes(&mut self, bytes: &[u8]) {
-        if !self.out_ok {
+        if !self.out_ok || bytes.is_empty() {
             return;
         }
         // Flushed each time: stderr users expect to see progress as it happens.
@@ -549,7 +841,35 @@ impl Printer {
         {
             self.out_ok = false;
         }
+        self.last_write = Instant::now();
     }
+}
+
+/// `s` cut to `max` characters, with `…` when cut.
+fn shorten(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+/// Lines as written: each prefixed `[target] ` when there is a target, text containing
+/// newlines split into several prefixed lines, empty lines left empty.
+fn prefixed(target: Option<&str>, lines: &[String]) -> String {
+    let prefix = target.map(|n| format!("[{n}] ")).unwrap_or_default();
+    let mut buf = String::new();
+    for line in lines {
+        for part in line.split('\n') {
+            if !part.is_empty() {
+                buf.push_str(&prefix);
+                buf.push_str(part);
+            }
+            buf.push('\n');
+        }
+    }
+    buf
 }
 
 #[cfg(test)]
@@ -583,6 +903,10 @@ mod tests {
             size: Box::new(|| (60, 20)),
             color: false,
             log_lines: tty::DEFAULT_LOG_LINES,
+            ci: None,
+            spool_limit: block::SPOOL_MEMORY,
+            spool_dir: None,
+            heartbeat: HEARTBEAT,
         }
     }
 
@@ -600,7 +924,7 @@ mod tests {
         let err = "fancy".parse::<Mode>().unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown progress mode \"fancy\": use one of auto, tty, plain, rawjson, quiet"
+            "unknown progress mode \"fancy\": use one of auto, tty, plain, rawjson, quiet, none"
         );
         for m in [
             Mode::Auto,
@@ -608,77 +932,264 @@ mod tests {
             Mode::Plain,
             Mode::RawJson,
             Mode::Quiet,
+            Mode::None,
         ] {
             assert_eq!(m.to_string().parse::<Mode>(), Ok(m));
         }
         assert_eq!(Mode::Plain.resolve(), Mode::Plain);
     }
 
-    #[tokio::test]
-    async fn two_targets_interleave_only_at_line_boundaries() {
-        let (p, task, buf) = start(Mode::Plain);
-        let a = p.clone();
-        let b = p.clone();
-        a.status(
-            Some("api"),
+    fn start_in(mode: Mode, env: Env) -> (Progress, ProgressTask, Buf) {
+        let buf = Buf::default();
+        let (p, t) = Progress::start_with(mode, Box::new(buf.clone()), env);
+        (p, t, buf)
+    }
+
+    /// Two builds whose messages interleave, and a target with only a note.
+    fn interleaved(p: &Progress) {
+        let run = |t: &str, done: Option<i64>| {
             msg(
-                vec![vtx("x", "[1/1] RUN build-api", Some(0), None)],
+                vec![vtx("x", &format!("[1/1] RUN build-{t}"), Some(0), done)],
                 vec![],
                 vec![],
-            ),
-        );
-        b.status(
-            Some("web"),
-            msg(
-                vec![vtx("x", "[1/1] RUN build-web", Some(0), None)],
-                vec![],
-                vec![],
-            ),
-        );
-        a.status(
+            )
+        };
+        p.status(Some("api"), run("api", None));
+        p.status(Some("web"), run("web", None));
+        p.status(
             Some("api"),
             msg(vec![], vec![], vec![log("x", 100, "compiling ap")]),
         );
-        b.status(
+        p.status(
             Some("web"),
             msg(vec![], vec![], vec![log("x", 150, "bundling\nminify")]),
         );
-        a.status(
+        p.status(
             Some("api"),
             msg(vec![], vec![], vec![log("x", 200, "i.rs\n")]),
         );
         p.note(Some("base"), "skip base (unchanged)");
-        b.status(
-            Some("web"),
+        p.status(Some("web"), run("web", Some(900)));
+        p.status(Some("api"), run("api", Some(1000)));
+    }
+
+    /// A build whose step fails with output.
+    fn failing(p: &Progress) {
+        p.status(
+            Some("bad"),
             msg(
-                vec![vtx("x", "[1/1] RUN build-web", Some(0), Some(900))],
+                vec![crate::proto::control::Vertex {
+                    error: "exit code: 3".into(),
+                    ..vtx("f", "[1/1] RUN false", Some(0), Some(20))
+                }],
                 vec![],
-                vec![],
+                vec![log("f", 10, "oops\n")],
             ),
         );
-        a.status(
-            Some("api"),
-            msg(
-                vec![vtx("x", "[1/1] RUN build-api", Some(0), Some(1000))],
-                vec![],
-                vec![],
-            ),
+    }
+
+    const WEB: &str = "[web] #1 [1/1] RUN build-web\n\
+                       [web] #1 0.150 bundling\n\
+                       [web] #1 0.150 minify\n\
+                       [web] #1 DONE 0.9s\n";
+    const API: &str = "[api] #1 [1/1] RUN build-api\n\
+                       [api] #1 0.100 compiling api.rs\n\
+                       [api] #1 DONE 1.0s\n";
+    const BAD: &str = "[bad] #1 [1/1] RUN false\n\
+                       [bad] #1 0.010 oops\n\
+                       [bad] #1 ERROR: exit code: 3\n\
+                       [bad] ------\n\
+                       [bad]  > [1/1] RUN false:\n\
+                       [bad] 0.010 oops\n\
+                       [bad] ------\n\
+                       [bad] ERROR: failed to solve: exit code: 3\n\
+                       [bad] Dockerfile:2\n";
+
+    #[tokio::test]
+    async fn each_targets_lines_come_out_together_when_it_is_done() {
+        for limit in [block::SPOOL_MEMORY, 16] {
+            let (p, task, buf) = start_in(
+                Mode::Plain,
+                Env {
+                    spool_limit: limit,
+                    ..test_env()
+                },
+            );
+            interleaved(&p);
+            p.target_done("web", TargetOutcome::Built, None);
+            p.target_done("base", TargetOutcome::Skipped, None);
+            // `api` is never said to be done: the end of the run writes its block.
+            let report = task.finish().await;
+            assert_eq!(
+                buf.text(),
+                format!("{WEB}[base] skip base (unchanged)\n{API}"),
+                "spool limit {limit}"
+            );
+            assert_eq!(report.targets.len(), 3);
+            assert_eq!(report.vertices_total, 2);
+            assert_eq!(report.targets[0].target.as_deref(), Some("api"));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_block_that_cannot_be_held_is_written_whole_and_then_live() {
+        let (p, task, buf) = start_in(
+            Mode::Plain,
+            Env {
+                ci: Some(CiSystem::GitHubActions),
+                spool_limit: 40,
+                spool_dir: Some("/nonexistent/bk-build-spool".into()),
+                ..test_env()
+            },
         );
-        let report = task.finish().await;
+        interleaved(&p);
+        p.target_done("web", TargetOutcome::Built, None);
+        task.finish().await;
+        let text = buf.text();
+        let web: Vec<&str> = text.lines().filter(|l| l.starts_with("[web] #")).collect();
+        assert_eq!(web, WEB.lines().collect::<Vec<_>>(), "{text}");
+        let api: Vec<&str> = text.lines().filter(|l| l.starts_with("[api] #")).collect();
+        assert_eq!(api, API.lines().collect::<Vec<_>>(), "{text}");
+        assert!(
+            text.contains("::group::api: log so far\n[api] #1 [1/1] RUN build-api\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("[api] (bk-build: cannot hold this target's log back any longer"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn github_actions_gets_one_group_per_target_with_its_error_inside() {
+        let (p, task, buf) = start_in(
+            Mode::Plain,
+            Env {
+                ci: Some(CiSystem::GitHubActions),
+                ..test_env()
+            },
+        );
+        interleaved(&p);
+        failing(&p);
+        p.target_done("web", TargetOutcome::Built, None);
+        p.target_done(
+            "bad",
+            TargetOutcome::Failed,
+            Some("ERROR: failed to solve: exit code: 3\nDockerfile:2"),
+        );
+        task.finish().await;
         assert_eq!(
             buf.text(),
-            "[api] #1 [1/1] RUN build-api\n\
-             [web] #1 [1/1] RUN build-web\n\
-             [web] #1 0.150 bundling\n\
-             [api] #1 0.100 compiling api.rs\n\
-             [base] skip base (unchanged)\n\
-             [web] #1 0.150 minify\n\
-             [web] #1 DONE 0.9s\n\
-             [api] #1 DONE 1.0s\n"
+            format!(
+                "::group::web: built\n{WEB}::endgroup::\n\
+                 ::group::bad: failed\n{BAD}::endgroup::\n\
+                 ::group::api\n{API}::endgroup::\n\
+                 ::group::base\n[base] skip base (unchanged)\n::endgroup::\n"
+            )
         );
-        assert_eq!(report.targets.len(), 3);
-        assert_eq!(report.vertices_total, 2);
-        assert_eq!(report.targets[0].target.as_deref(), Some("api"));
+    }
+
+    #[tokio::test]
+    async fn gitlab_sections_are_timed_named_once_and_folded_unless_failed() {
+        let (p, task, buf) = start_in(
+            Mode::Plain,
+            Env {
+                ci: Some(CiSystem::GitLab),
+                ..test_env()
+            },
+        );
+        failing(&p);
+        p.note(Some("web"), "first");
+        p.target_done("web", TargetOutcome::Skipped, None);
+        // A target that reports again after its block gets a section of its own.
+        p.note(Some("web"), "late");
+        p.target_done("web", TargetOutcome::Skipped, None);
+        p.target_done(
+            "bad",
+            TargetOutcome::Failed,
+            Some("ERROR: failed to solve: exit code: 3\nDockerfile:2"),
+        );
+        task.finish().await;
+        let (start, end) = (
+            "\x1b[0Ksection_start:1700000010:",
+            "\x1b[0Ksection_end:1700000010:",
+        );
+        assert_eq!(
+            buf.text(),
+            format!(
+                "{start}bk-build.web[collapsed=true]\r\x1b[0Kweb: skipped\n[web] first\n{end}bk-build.web\r\x1b[0K\n\
+                 {start}bk-build.web.2[collapsed=true]\r\x1b[0Kweb: skipped\n[web] late\n{end}bk-build.web.2\r\x1b[0K\n\
+                 {start}bk-build.bad\r\x1b[0Kbad: failed\n{BAD}{end}bk-build.bad\r\x1b[0K\n"
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn a_single_build_in_ci_is_one_live_section() {
+        let (p, task, buf) = start_in(
+            Mode::Plain,
+            Env {
+                ci: Some(CiSystem::GitHubActions),
+                ..test_env()
+            },
+        );
+        p.status(
+            None,
+            msg(vec![vtx("a", "A", Some(0), Some(100))], vec![], vec![]),
+        );
+        task.finish().await;
+        assert_eq!(
+            buf.text(),
+            "::group::bk-build build\n#1 A\n#1 DONE 0.1s\n::endgroup::\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn quiet_and_tty_runs_write_no_blocks() {
+        let (p, task, buf) = start_in(
+            Mode::Quiet,
+            Env {
+                ci: Some(CiSystem::GitHubActions),
+                ..test_env()
+            },
+        );
+        interleaved(&p);
+        p.target_done("web", TargetOutcome::Built, None);
+        task.finish().await;
+        assert_eq!(buf.text(), "");
+    }
+
+    #[test]
+    fn the_heartbeat_names_held_targets_and_their_running_step() {
+        let mut printer = Printer::new(Mode::Plain, Box::new(Buf::default()), test_env());
+        assert_eq!(printer.heartbeat_line(), None);
+        printer.on_status(
+            Some("api".into()),
+            &msg(
+                vec![
+                    vtx("a", "[1/2] FROM busybox", Some(0), Some(10)),
+                    vtx(
+                        "b",
+                        &format!("[2/2] RUN {}", "x".repeat(80)),
+                        Some(20),
+                        None,
+                    ),
+                ],
+                vec![],
+                vec![],
+            ),
+        );
+        printer.on_note(Some("base".into()), "waiting for nothing".into());
+        assert_eq!(
+            printer.heartbeat_line().as_deref(),
+            Some(
+                format!(
+                    "[+] 0.0s: waiting for api ([2/2] RUN {}…), base",
+                    "x".repeat(49)
+                )
+                .as_str()
+            )
+        );
     }
 
     #[tokio::test]

@@ -493,6 +493,16 @@ impl Trace {
             .count()
     }
 
+    /// The name of the step that started last and is still running, if any.
+    pub fn running_step(&self) -> Option<&str> {
+        self.nodes
+            .iter()
+            .filter(|n| n.visible() && !n.is_completed())
+            .filter_map(|n| n.latest_start().map(|s| (s, n.name.as_str())))
+            .max_by_key(|(s, _)| *s)
+            .map(|(_, name)| name)
+    }
+
     /// Earliest start of anything, on the daemon's clock.
     pub fn first_start(&self) -> Option<Nanos> {
         self.nodes

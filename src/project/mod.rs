@@ -134,6 +134,9 @@ pub struct Target {
     pub no_cache_filter: Vec<String>,
     /// Attestations to attach, one per type (`type=sbom,disabled=true` asks for none).
     pub attest: Vec<AttestSpec>,
+    /// Image annotations (`--annotation` entries, each possibly of several types), in order:
+    /// a later one for the same place replaces an earlier one.
+    pub annotations: Vec<Spelled<Vec<crate::options::Annotation>>>,
     /// The Dockerfile's text when the project file holds it (compose `dockerfile_inline`).
     /// `dockerfile` then names the file [`materialize`] writes it to, under the project's
     /// state directory, so it is served and fingerprinted like any other Dockerfile.
@@ -468,6 +471,17 @@ pub fn materialize(project: &Project) -> Result<(), ProjectError> {
     Ok(())
 }
 
+/// The annotations `t` gives its image, one per exporter attribute: a later entry for the same
+/// place replaces an earlier one, as buildx's map of them does.
+pub fn annotations(t: &Target) -> Vec<crate::options::Annotation> {
+    let mut out: Vec<crate::options::Annotation> = Vec::new();
+    for a in t.annotations.iter().flat_map(|s| s.value()) {
+        out.retain(|x| x.exporter_attr() != a.exporter_attr());
+        out.push(a.clone());
+    }
+    out
+}
+
 /// The resolved project as JSON, shaped like `docker buildx bake --print`
 /// (`{"group": {...}, "target": {...}}`) plus `root` and `files`.
 pub fn to_json(project: &Project) -> serde_json::Value {
@@ -516,6 +530,9 @@ pub fn to_json(project: &Project) -> serde_json::Value {
         }
         if !t.attest.is_empty() {
             extra.insert("attest".into(), shown(&t.attest));
+        }
+        if !t.annotations.is_empty() {
+            extra.insert("annotations".into(), shown(&t.annotations));
         }
         if let Some(d) = &t.dockerfile_inline {
             extra.insert("dockerfile_inline".into(), Value::String(d.clone()));

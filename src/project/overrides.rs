@@ -20,8 +20,8 @@
 //!   `no-cache-filter`, `ulimits`. All `--set`s of one key for one target make one list, which
 //!   replaces the target's; with `KEY+=VALUE` it is appended instead (the last `--set` of the
 //!   key decides which, as in buildx). Empty entries are dropped, so `--set '*.cache-to='`
-//!   clears a list. `attest` (one entry per type, a later one replacing an earlier one) and
-//!   `entitlements` are always added to.
+//!   clears a list. `attest` (one entry per type, a later one replacing an earlier one),
+//!   `annotations` and `entitlements` are always added to.
 //! - `push=true` keeps or turns on pushing: `image` outputs get `push=true`, and a target with
 //!   no outputs or only `docker` ones gets an `image,push=true` output; a target that writes
 //!   only elsewhere (`local`, `tar`, …) is left alone. `push=false` removes `registry` outputs
@@ -46,8 +46,7 @@
 //!   building the inline one.
 //! - A `context` override moves a Dockerfile that was inside the old context to the same place
 //!   in the new one (in buildx the Dockerfile is always relative to the context).
-//! - `annotations`, and `call` other than `build`, are refused until the build path supports
-//!   them (see [`NOT_YET`]).
+//! - `call` other than `build` is refused until the build path supports it (see [`NOT_YET`]).
 //! - An overridden inherited parent does not reach its children: by the time overrides apply,
 //!   bake-file `inherits` are already merged (buildx overrides a parent before merging it).
 //!
@@ -60,8 +59,8 @@ use std::path::Path;
 use super::{normalize, suggest, OptionList, Project, Target};
 use crate::options::{self, ContextSource};
 
-/// Who adds what [`apply`] refuses today (attestation defaults, `--call`, `--annotation`,
-/// remote contexts), as error messages say it: users read them, not our issue tracker.
+/// Who adds what [`apply`] refuses today (attestation defaults, `--call`, remote contexts), as
+/// error messages say it: users read them, not our issue tracker.
 pub const NOT_YET: &str = "a planned release";
 
 /// One override: the `TARGET.KEY=VALUE` text, and how the user gave it (for messages).
@@ -646,13 +645,12 @@ fn apply_slot(
                 }
             }
         }
-        "annotations" => {
-            return Err(fail(
-                by,
-                format!("annotations are not supported yet ({NOT_YET} adds --annotation)"),
-                "remove the override; image annotations cannot be set yet",
-            ))
-        }
+        // Always added to, as in buildx.
+        "annotations" => merge_list(
+            &mut t.annotations,
+            parsed(s, |v| options::Spelled::parse(v, options::parse_annotation))?,
+            true,
+        ),
         "output" => {
             let new = checked(s, Some(OptionList::Outputs), cwd)?;
             let mut list = if s.append { exports(t) } else { Vec::new() };
@@ -703,14 +701,15 @@ pub fn call_function(v: &str) -> Result<Option<String>, String> {
 
 const CALL_FIX: &str = "use --call build (the default), check, outline or targets";
 
-/// The error for a `--call` other than `build`.
+/// The error for a `--set TARGET.call=` other than `build`: one target's method cannot be
+/// changed yet; `--call` changes every target's.
 pub fn call_refused(by: &Override, name: &str) -> OverrideError {
     fail(
         by,
         format!(
-            "--call {name} is not supported yet: the Dockerfile frontend answers check, outline and targets through BuildKit's gateway API, which bk-build does not speak yet ({NOT_YET} adds --call and --check)"
+            "setting one target's method (call = {name}) is not supported yet ({NOT_YET} adds it); `bake --call {name}` evaluates every requested target"
         ),
-        "leave --call out to build; lint with `docker buildx bake --call check` until then",
+        "use bake --call (or --check) instead of --set TARGET.call",
     )
 }
 
@@ -852,17 +851,18 @@ pub fn parse_allow(values: &[String]) -> Result<Vec<String>, OverrideError> {
     let mut out = Vec::new();
     for v in values {
         let key = v.split_once('=').map_or(v.as_str(), |(k, _)| k);
-        let ok = matches!(v.as_str(), "network.host" | "security.insecure" | "ssh")
+        // bake's own grants; the rest are BuildKit's, checked as `build --allow` checks them.
+        let bake_only = v == "ssh"
             || matches!(
                 key,
-                "device" | "fs" | "fs.read" | "fs.write" | "image" | "image.push" | "image.load"
-            ) && (key == "device" || v.contains('='));
-        if !ok {
-            return Err(OverrideError {
+                "fs" | "fs.read" | "fs.write" | "image" | "image.push" | "image.load"
+            ) && v.contains('=');
+        if !bake_only {
+            options::parse_entitlement(v).map_err(|e| OverrideError {
                 shown: format!("--allow {v}"),
-                problem: format!("unknown entitlement {key:?}"),
+                problem: e.reason,
                 fix: "use network.host, security.insecure, device[=NAME], ssh, fs=PATH, fs.read=PATH, fs.write=PATH, image=REF, image.push=REF or image.load=REF".into(),
-            });
+            })?;
         }
         out.push(v.clone());
     }

@@ -1,7 +1,8 @@
 //! The session: a `Control.Session` call that carries an HTTP/2 connection in the opposite
 //! direction, on which *we* are the gRPC server and the daemon calls back for files (FileSync),
 //! exported results (FileSend), client-side OCI layouts (Content: local caches, `oci-layout://`
-//! contexts), registry credentials (Auth), secrets and SSH agents.
+//! contexts), registry credentials (Auth), secrets, SSH agents and uploads (a tar context on
+//! standard input).
 //!
 //! This module owns the tunnel, the session headers and the assembly of services. It knows
 //! which directories and outputs it serves, but not what is being built or why.
@@ -15,6 +16,8 @@ pub mod oci_layout;
 pub mod secrets;
 mod server;
 pub mod ssh;
+pub mod ssh_keys;
+pub mod upload;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -58,6 +61,9 @@ pub struct SessionSpec {
     pub auth: Option<auth::AuthProvider>,
     pub secrets: Option<secrets::SecretStore>,
     pub ssh: Option<ssh::SshForwarder>,
+    /// Streams the daemon pulls through the upload service, by ID (a tar context on
+    /// standard input).
+    pub uploads: BTreeMap<String, upload::Upload>,
 }
 
 /// A running session. Dropping it without [`Session::close`] aborts the tunnel.
@@ -251,6 +257,10 @@ impl Session {
             methods.push("/moby.buildkit.secrets.v1.Secrets/GetSecret");
             router =
                 router.add_service(SecretsServer::new(s).max_decoding_message_size(MAX_DECODE));
+        }
+        if !spec.uploads.is_empty() {
+            methods.push("/moby.upload.v1.Upload/Pull");
+            router = router.add_service(upload::UploadService::new(spec.uploads).into_server());
         }
         if let Some(s) = spec.ssh {
             methods.push("/moby.sshforward.v1.SSH/CheckAgent");

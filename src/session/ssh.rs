@@ -1,17 +1,18 @@
 //! SSH agent forwarding for `RUN --mount=type=ssh` (`/moby.sshforward.v1.SSH/*`).
 //!
-//! Owns the mapping from `--ssh` IDs to local agent sockets and the byte pump between a
-//! `ForwardAgent` stream and a fresh connection to the agent. Like BuildKit, the forwarded agent
-//! is read-only: only "list identities" and "sign" requests reach it; requests that would add,
-//! remove or lock keys (or protocol extensions) are answered with a failure, so a build step
-//! cannot change the user's agent. Must not know about the tunnel or the build.
-//!
-//! Only agent sockets are supported; private key files given as `--ssh ID=KEYFILE` are refused
-//! at construction with instructions to load them into an agent instead.
+//! Owns the mapping from `--ssh` IDs to what answers for them, and the pump between a
+//! `ForwardAgent` stream and that answerer: a fresh connection to a local agent socket
+//! (`--ssh ID=SOCKET`, `--ssh default` for `$SSH_AUTH_SOCK`), or the in-process agent over
+//! private key files (`--ssh ID=KEYFILE[,KEYFILE…]`, [`super::ssh_keys`]), as BuildKit's client
+//! does (`sshprovider`: one socket, or any number of key files, never both). Like BuildKit, the
+//! forwarded agent is read-only: only "list identities" and "sign" requests reach it; requests
+//! that would add, remove or lock keys (or protocol extensions) are answered with a failure, so
+//! a build step cannot change the user's agent. Must not know about the tunnel or the build.
 
 use std::collections::HashMap;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
@@ -20,6 +21,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::ssh_keys::{KeyAgent, KeyFileError};
 use crate::options::SshSpec;
 use crate::proto::moby::sshforward::v1::{
     ssh_server::Ssh, BytesMessage, CheckAgentRequest, CheckAgentResponse,
@@ -46,20 +48,33 @@ pub enum SshError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("--ssh {id}={}: key files not supported yet: start ssh-agent and ssh-add the key, then pass --ssh {id}=$SSH_AUTH_SOCK", path.display())]
-    KeyFile { id: String, path: PathBuf },
-    #[error("--ssh {id}={}: not a socket; pass the path of a running ssh-agent's socket", path.display())]
+    #[error("--ssh {id}={source}")]
+    Key {
+        id: String,
+        #[source]
+        source: KeyFileError,
+    },
+    #[error("--ssh {id}={}: neither an agent socket nor a private key file; pass the socket of a running ssh-agent or a key file", path.display())]
     NotSocket { id: String, path: PathBuf },
-    #[error("--ssh {id}: only one agent socket per ID is supported, got {count} paths")]
-    TooManyPaths { id: String, count: usize },
+    #[error("--ssh {id}: an agent socket ({}) cannot be combined with other paths; give one socket, or only key files", socket.display())]
+    SocketAndMore { id: String, socket: PathBuf },
     #[error("--ssh {id} is given more than once; each ID must be unique")]
     Duplicate { id: String },
 }
 
-/// Serves the SSH service from a fixed map of agent IDs to sockets.
+/// What answers agent requests for one `--ssh` ID.
+#[derive(Debug)]
+enum Agent {
+    /// A running agent's socket, connected to anew for each forwarded connection.
+    Socket(PathBuf),
+    /// Private key files, served in this process.
+    Keys(Arc<KeyAgent>),
+}
+
+/// Serves the SSH service from a fixed map of agent IDs to agents.
 #[derive(Debug)]
 pub struct SshForwarder {
-    agents: HashMap<String, PathBuf>,
+    agents: HashMap<String, Agent>,
 }
 
 impl SshForwarder {
@@ -80,29 +95,45 @@ impl SshForwarder {
             } else {
                 spec.id.clone()
             };
-            let path = match spec.paths.as_slice() {
-                [] => auth_sock
-                    .clone()
-                    .ok_or_else(|| SshError::NoAuthSock { id: id.clone() })?,
-                [p] => p.clone(),
-                more => {
-                    return Err(SshError::TooManyPaths {
-                        id,
-                        count: more.len(),
-                    })
-                }
-            };
-            check_socket(&id, &path)?;
             if agents.contains_key(&id) {
                 return Err(SshError::Duplicate { id });
             }
-            agents.insert(id, path);
+            let paths = match spec.paths.as_slice() {
+                [] => vec![auth_sock
+                    .clone()
+                    .ok_or_else(|| SshError::NoAuthSock { id: id.clone() })?],
+                some => some.to_vec(),
+            };
+            let mut sockets = Vec::new();
+            for p in &paths {
+                if is_socket(&id, p)? {
+                    sockets.push(p.clone());
+                }
+            }
+            let agent = match sockets.as_slice() {
+                [] => Agent::Keys(Arc::new(KeyAgent::load(&paths).map_err(|source| {
+                    SshError::Key {
+                        id: id.clone(),
+                        source,
+                    }
+                })?)),
+                [one] if paths.len() == 1 => Agent::Socket(one.clone()),
+                [first, ..] => {
+                    return Err(SshError::SocketAndMore {
+                        id,
+                        socket: first.clone(),
+                    })
+                }
+            };
+            agents.insert(id, agent);
         }
         Ok(SshForwarder { agents })
     }
 }
 
-fn check_socket(id: &str, path: &Path) -> Result<(), SshError> {
+/// Whether `path` is a socket (`false`: a regular file, to be read as a key), as BuildKit's
+/// client tells them apart (following symlinks).
+fn is_socket(id: &str, path: &Path) -> Result<bool, SshError> {
     let meta = std::fs::metadata(path).map_err(|source| SshError::Missing {
         id: id.to_string(),
         path: path.to_path_buf(),
@@ -110,12 +141,9 @@ fn check_socket(id: &str, path: &Path) -> Result<(), SshError> {
     })?;
     let ft = meta.file_type();
     if ft.is_socket() {
-        Ok(())
+        Ok(true)
     } else if ft.is_file() {
-        Err(SshError::KeyFile {
-            id: id.to_string(),
-            path: path.to_path_buf(),
-        })
+        Ok(false)
     } else {
         Err(SshError::NotSocket {
             id: id.to_string(),
@@ -158,7 +186,18 @@ impl Ssh for SshForwarder {
             .filter(|v| !v.is_empty())
             .unwrap_or(DEFAULT_ID)
             .to_string();
-        let path = self.agents.get(&id).ok_or_else(|| unknown_id(&id))?;
+        let path = match self.agents.get(&id).ok_or_else(|| unknown_id(&id))? {
+            Agent::Socket(path) => path,
+            Agent::Keys(keys) => {
+                let (tx, rx) = mpsc::channel(16);
+                tokio::spawn(proxy(
+                    request.into_inner(),
+                    Answerer::<tokio::net::UnixStream>::Keys(keys.clone()),
+                    tx,
+                ));
+                return Ok(Response::new(ReceiverStream::new(rx)));
+            }
+        };
         let agent = match tokio::time::timeout(
             CONNECT_TIMEOUT,
             tokio::net::UnixStream::connect(path),
@@ -181,8 +220,31 @@ impl Ssh for SshForwarder {
             }
         };
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(proxy(request.into_inner(), agent, tx));
+        tokio::spawn(proxy(request.into_inner(), Answerer::Agent(agent), tx));
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Who answers the requests of one forwarded connection.
+enum Answerer<A> {
+    /// A connection to a running agent.
+    Agent(A),
+    /// The keys of an `--ssh ID=KEYFILE`.
+    Keys(Arc<KeyAgent>),
+}
+
+impl<A: AsyncRead + AsyncWrite + Unpin> Answerer<A> {
+    async fn answer(&mut self, request: Vec<u8>) -> std::io::Result<Vec<u8>> {
+        match self {
+            Answerer::Agent(agent) => exchange(agent, &request).await,
+            // An RSA signature takes milliseconds: off the async threads.
+            Answerer::Keys(keys) => {
+                let keys = keys.clone();
+                tokio::task::spawn_blocking(move || keys.answer(&request))
+                    .await
+                    .map_err(std::io::Error::other)
+            }
+        }
     }
 }
 
@@ -190,8 +252,11 @@ impl Ssh for SshForwarder {
 /// protocol is strict request/response (the agent never speaks first), so handling one framed
 /// request at a time is exact and lets us filter by message type. Ends when either side closes
 /// or the daemon stops reading; dropping `tx` ends the response stream.
-async fn proxy<S, A>(mut inbound: S, mut agent: A, tx: mpsc::Sender<Result<BytesMessage, Status>>)
-where
+async fn proxy<S, A>(
+    mut inbound: S,
+    mut agent: Answerer<A>,
+    tx: mpsc::Sender<Result<BytesMessage, Status>>,
+) where
     S: Stream<Item = Result<BytesMessage, Status>> + Unpin,
     A: AsyncRead + AsyncWrite + Unpin,
 {
@@ -221,7 +286,7 @@ where
             Some(&SSH_AGENTC_REQUEST_IDENTITIES) | Some(&SSH_AGENTC_SIGN_REQUEST)
         );
         let reply = if allowed {
-            match exchange(&mut agent, &request).await {
+            match agent.answer(request).await {
                 Ok(r) => r,
                 Err(e) => {
                     let _ = tx
@@ -438,6 +503,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn key_files_are_served_in_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("id");
+        let made = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "k1", "-f"])
+            .arg(&key)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !made {
+            eprintln!("ssh-keygen not found; skipped");
+            return;
+        }
+        let fwd = forwarder("k", &key);
+        let (tx, req) = streaming_request(Some("k"));
+        let mut out = fwd.forward_agent(req).await.unwrap().into_inner();
+        send(&tx, &agent_msg(SSH_AGENTC_REQUEST_IDENTITIES, &[])).await;
+        let mut reply = collect_n(&mut out, 5).await;
+        let len = u32::from_be_bytes([reply[0], reply[1], reply[2], reply[3]]) as usize;
+        reply.extend(collect_n(&mut out, 4 + len - reply.len()).await);
+        assert_eq!(reply[4], 12, "an identities answer");
+        assert_eq!(&reply[5..9], &[0, 0, 0, 1], "one key");
+        assert!(reply.ends_with(b"k1"), "with its comment");
+        // Read-only like a forwarded agent: adding a key fails.
+        send(&tx, &agent_msg(17, b"key material")).await;
+        assert_eq!(
+            collect_n(&mut out, 5).await,
+            vec![0, 0, 0, 1, SSH_AGENT_FAILURE]
+        );
+    }
+
+    #[tokio::test]
     async fn oversized_request_is_rejected() {
         let dir = tempfile::tempdir().unwrap();
         let (sock, _) = echo_agent(dir.path());
@@ -498,18 +594,20 @@ mod tests {
         // `--ssh default` uses SSH_AUTH_SOCK.
         let f =
             SshForwarder::with_auth_sock(&[spec("default", vec![])], Some(sock.clone())).unwrap();
-        assert_eq!(f.agents["default"], sock);
+        assert!(matches!(&f.agents["default"], Agent::Socket(p) if *p == sock));
         let e = SshForwarder::with_auth_sock(&[spec("default", vec![])], None).unwrap_err();
         assert!(e.to_string().contains("SSH_AUTH_SOCK is not set"), "{e}");
 
+        // A regular file is a key file: read when the forwarder is made, errors named.
         let key = dir.path().join("id_ed25519");
         std::fs::write(&key, "-----BEGIN OPENSSH PRIVATE KEY-----\n").unwrap();
-        let e = SshForwarder::with_auth_sock(&[spec("gh", vec![key])], None).unwrap_err();
-        assert!(
-            e.to_string()
-                .contains("key files not supported yet: start ssh-agent and ssh-add the key"),
-            "{e}"
-        );
+        let e = SshForwarder::with_auth_sock(&[spec("gh", vec![key.clone()])], None).unwrap_err();
+        assert!(matches!(e, SshError::Key { .. }), "{e}");
+        assert!(e.to_string().starts_with("--ssh gh="), "{e}");
+        // One socket, or only key files.
+        let e =
+            SshForwarder::with_auth_sock(&[spec("gh", vec![key, sock.clone()])], None).unwrap_err();
+        assert!(matches!(e, SshError::SocketAndMore { .. }), "{e}");
 
         let e = SshForwarder::with_auth_sock(&[spec("gh", vec![dir.path().join("nope")])], None)
             .unwrap_err();
@@ -519,7 +617,7 @@ mod tests {
         assert!(matches!(e, SshError::NotSocket { .. }), "{e}");
         let e = SshForwarder::with_auth_sock(&[spec("gh", vec![sock.clone(), sock.clone()])], None)
             .unwrap_err();
-        assert!(matches!(e, SshError::TooManyPaths { .. }), "{e}");
+        assert!(matches!(e, SshError::SocketAndMore { .. }), "{e}");
         let e = SshForwarder::with_auth_sock(
             &[spec("a", vec![sock.clone()]), spec("a", vec![sock.clone()])],
             None,

@@ -17,7 +17,8 @@
 //! - Delivery: bk-build's `push`/`load` are outputs (`type=image,push=true`, `type=docker`),
 //!   and buildx's `type=registry` is `type=image,push=true`; `outputs` holds them all as a set.
 //! - Sets: cache entries (buildx's de-duplication reorders them), outputs, attestations, extra
-//!   hosts, ulimits, entitlements and no-cache filters are compared sorted and de-duplicated.
+//!   hosts, ulimits, entitlements, no-cache filters and annotations are compared sorted and
+//!   de-duplicated.
 //!   Tags, platforms (a `,`-separated entry counts as several), secrets and SSH entries keep
 //!   their order.
 //! - Sizes: buildx prints `shm-size` as written (`64m`), bk-build in bytes.
@@ -328,6 +329,7 @@ pub fn canon_buildx(t: &Value, cwd: &Path) -> Shape {
         "ulimits": sorted_strings(strings(get("ulimits"))),
         "entitlements": sorted_strings(strings(get("entitlements"))),
         "no_cache_filter": sorted_strings(strings(get("no-cache-filter"))),
+        "annotations": sorted_strings(strings(get("annotations"))),
     });
     match shape {
         Value::Object(m) => m,
@@ -410,6 +412,7 @@ pub fn canon_bk(t: &Value) -> Shape {
         "ulimits": sorted_strings(strings(get("ulimits"))),
         "entitlements": sorted_strings(strings(get("entitlements"))),
         "no_cache_filter": sorted_strings(strings(get("no_cache_filter"))),
+        "annotations": sorted_strings(strings(get("annotations"))),
     });
     match shape {
         Value::Object(m) => m,

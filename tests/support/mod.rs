@@ -67,6 +67,10 @@ fn with_env(cmd: &mut Command) -> &mut Command {
     // Attestations as both tools make them by default; tests that change this say so.
     cmd.env_remove("BUILDX_NO_DEFAULT_ATTESTATIONS");
     cmd.env_remove("BUILDX_METADATA_PROVENANCE");
+    // The same output whether the suite runs in GitHub Actions, GitLab CI or elsewhere.
+    for ci in ["GITHUB_ACTIONS", "GITLAB_CI", "GITHUB_STEP_SUMMARY"] {
+        cmd.env_remove(ci);
+    }
     cmd
 }
 

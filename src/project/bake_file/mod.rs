@@ -18,8 +18,7 @@
 //!   output `dest`/`src`) are relative to the current directory, not to the file; `dockerfile`
 //!   is relative to the context.
 //!
-//! Where bk-build differs, it says so: `annotations` and `attest` are warnings (the target has
-//! no place for them); a missing context or Dockerfile, a remote context and `call` other
+//! Where bk-build differs, it says so: a missing context or Dockerfile, a remote context and `call` other
 //! than `build` make only that target unavailable (it fails when built, as compose services
 //! do); an `inherits` cycle is an error (buildx silently cuts it), and so is a name used by
 //! both a group and a target. The expression language lives in [`eval`] and [`funcs`].
@@ -127,8 +126,6 @@ const TARGET_KEYS: &[&str] = &[
     "target",
     "ulimits",
 ];
-/// Target attributes bk-build has no place for: reported, not silently dropped.
-const IGNORED_KEYS: &[&str] = &["annotations"];
 const STRING_KEYS: &[&str] = &[
     "context",
     "dockerfile",
@@ -1165,6 +1162,7 @@ fn raw_from_target(t: &Target) -> Raw {
     for (k, v) in [
         ("ulimits", &shown(&t.ulimits)),
         ("attest", &shown(&t.attest)),
+        ("annotations", &shown(&t.annotations)),
         ("entitlements", &t.entitlements),
         ("no-cache-filter", &t.no_cache_filter),
     ] {
@@ -1781,13 +1779,6 @@ impl<'a> Loader<'a> {
             return Err(bad_name(f, a.unwrap_or(0), &format!("target.{name}"), name));
         }
 
-        for k in IGNORED_KEYS {
-            if r.lists.get(k).is_some_and(|l| !l.is_empty()) {
-                if let (f, Some(a)) = at(k) {
-                    self.warn(f, a, &key(k), "not supported by bk-build; ignored");
-                }
-            }
-        }
         // Problems that only matter when this target is built (a context that is not there,
         // a target that only exists to be inherited from): the first one is kept, and only
         // planning or building this target fails with it, as with compose services.
@@ -1950,6 +1941,9 @@ impl<'a> Loader<'a> {
             .cache(&s, &base));
         options!("cache-to", t.cache_to, |s| OptionList::CacheTo
             .cache(&s, &base));
+        options!("annotations", t.annotations, |s| {
+            crate::options::Spelled::parse(s, crate::options::parse_annotation)
+        });
         let (f, a) = at("output");
         let outputs = list("output");
         let mut specs = Vec::with_capacity(outputs.len());

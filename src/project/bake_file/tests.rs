@@ -426,14 +426,19 @@ fn run_step_keys_and_inline_dockerfiles() {
 }
 
 #[test]
-fn unsupported_keys_warn_and_unknown_keys_fail() {
+fn annotations_and_attestations_are_read_and_unknown_keys_fail() {
     let (_, p) = one(
-        "target \"a\" {\n  annotations = [\"k=v\"]\n  description = \"d\"\n  attest = [\"type=sbom\", \"type=provenance,mode=min\", \"type=sbom,generator=g\"]\n}\n",
+        "target \"a\" {\n  annotations = [\"k=v\", \"index:i=1\"]\n  description = \"d\"\n  attest = [\"type=sbom\", \"type=provenance,mode=min\", \"type=sbom,generator=g\"]\n}\n",
         &[],
     )
     .unwrap();
-    assert_eq!(p.warnings.len(), 1, "{:?}", p.warnings);
-    assert!(p.warnings[0].contains("docker-bake.hcl:2: target.a.annotations"));
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    assert_eq!(
+        crate::project::spelled(&p.targets["a"].annotations),
+        ["k=v", "index:i=1"]
+    );
+    let e = err("target \"a\" {\n  annotations = [\"k\"]\n}\n", &[]);
+    assert!(e.contains("docker-bake.hcl:2: target.a.annotations"), "{e}");
     // Attestations are read, one per type, the later entry of a type winning.
     assert_eq!(
         crate::project::spelled(&p.targets["a"].attest),

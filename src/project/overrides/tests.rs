@@ -128,8 +128,8 @@ fn errors_name_the_argument_and_the_fix() {
     assert!(e.problem.contains("unknown type"), "{e}");
     let e = f.set(&["app.target+=x"]).unwrap_err();
     assert!(e.problem.contains("appends to lists"), "{e}");
-    let e = f.set(&["app.annotations=a=b"]).unwrap_err();
-    assert!(e.problem.contains(NOT_YET), "{e}");
+    let e = f.set(&["app.annotations=bogus:a=b"]).unwrap_err();
+    assert!(e.problem.contains("unknown annotation type"), "{e}");
     let e = f.set(&["app.call=check"]).unwrap_err();
     assert!(e.problem.contains(NOT_YET), "{e}");
     f.set(&["app.call=build"]).unwrap();
@@ -286,6 +286,26 @@ fn network_host_asks_for_its_entitlement_and_attest_keeps_one_per_type() {
         crate::project::spelled(&f.t("app").extra_hosts),
         ["db=10.0.0.3"]
     );
+    // Annotations are always added to (buildx appends them), later ones winning per place.
+    f.set(&["app.annotations=a=1", "app.annotations=index,manifest:b=2"])
+        .unwrap();
+    f.set(&["app.annotations=a=3"]).unwrap();
+    assert_eq!(
+        crate::project::spelled(&f.t("app").annotations),
+        ["a=1", "index,manifest:b=2", "a=3"]
+    );
+    let attrs: Vec<(String, String)> = crate::project::annotations(f.t("app"))
+        .into_iter()
+        .map(|a| (a.exporter_attr(), a.value))
+        .collect();
+    assert_eq!(
+        attrs,
+        [
+            ("annotation-index.b".to_string(), "2".to_string()),
+            ("annotation-manifest.b".to_string(), "2".to_string()),
+            ("annotation.a".to_string(), "3".to_string()),
+        ]
+    );
 }
 
 #[test]
@@ -305,6 +325,12 @@ fn allow_grants_what_targets_ask_for() {
     assert_eq!(ungranted(&f.project, &all[..1], &granted), []);
     assert!(parse_allow(&["network".into()]).is_err());
     assert!(parse_allow(&["fs.read".into()]).is_err());
+    assert!(parse_allow(&["device=".into()]).is_err());
+    parse_allow(&[
+        "device".into(),
+        "device=nvidia.com/gpu=all,alias=gpu".into(),
+    ])
+    .unwrap();
     assert_eq!(
         granted_by(&[Override::set("*.entitlements=security.insecure")]),
         ["security.insecure"]

@@ -1,6 +1,6 @@
 # Keys for what RUN steps see (network, hosts, /dev/shm, limits), inline Dockerfiles,
-# attestations (one per type; an inheriting target adds to its parent's), and keys bk-build has
-# no place for yet (annotations): those must be reported, never silently dropped.
+# attestations (one per type; an inheriting target adds to its parent's) and annotations (an
+# inheriting target adds to its parent's).
 group "default" {
   targets = ["run", "inline"]
 }
@@ -21,6 +21,7 @@ target "run" {
 target "inline" {
   inherits          = ["run"]
   tags              = ["registry.example.com/inline:1"]
+  annotations       = ["manifest[linux/amd64],manifest-descriptor:org.example.k=v"]
   attest            = ["type=provenance,mode=max", "type=sbom,disabled=true"]
   dockerfile-inline = <<-EOT
     FROM scratch
