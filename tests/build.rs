@@ -1321,6 +1321,7 @@ fn attestations_have_the_shape_buildx_gives_them() {
     let tmp = tempfile::tempdir().unwrap();
     let ctx = tmp.path().join("ctx");
     let repo = unique("attest-shape");
+    let _cleanup = EngineImages(repo.clone());
     marked_context(&ctx, &repo);
     let generator = sbom_generator();
     let sbom = format!("--sbom=generator={generator}");
@@ -1396,6 +1397,7 @@ fn metadata_file_has_the_build_provenance_like_buildx() {
     let tmp = tempfile::tempdir().unwrap();
     let ctx = tmp.path().join("ctx");
     let repo = unique("attest-meta");
+    let _cleanup = support::attest::EngineImages(repo.clone());
     marked_context(&ctx, &repo);
     let metadata_of = |mut cmd: std::process::Command, mode: Option<&str>, name: &str| {
         let md = tmp.path().join(format!("{name}.json"));

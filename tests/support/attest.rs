@@ -194,3 +194,22 @@ pub fn sbom_generator() -> String {
         })
         .clone()
 }
+
+/// Removes, when dropped, the images of repository `localhost:5000/NAME` that the builds of a
+/// test left in the engine (a pushed image stays there too on the containerd image store).
+pub struct EngineImages(pub String);
+
+impl Drop for EngineImages {
+    fn drop(&mut self) {
+        let out = run(docker().args(["image", "ls", "--format", "{{.Repository}}:{{.Tag}}"]));
+        let repo = format!("localhost:5000/{}:", self.0);
+        let mine: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with(&repo))
+            .map(str::to_string)
+            .collect();
+        if !mine.is_empty() {
+            run(docker().args(["image", "rm"]).args(&mine));
+        }
+    }
+}
