@@ -238,6 +238,19 @@ pub struct BuildArgs {
     /// Shorthand for --call=check.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     pub check: Option<bool>,
+    /// Attestation to attach, e.g. type=provenance,mode=max or type=sbom,generator=IMAGE
+    /// (the first of a type counts). A minimal provenance is attached unless one is given
+    /// or BUILDX_NO_DEFAULT_ATTESTATIONS is set.
+    #[arg(long = "attest", value_name = "TYPE=…,KEY=VALUE")]
+    pub attests: Vec<String>,
+    /// Provenance attestation: true, false, or its options such as mode=max
+    /// (--attest=type=provenance,…).
+    #[arg(long, value_name = "VALUE")]
+    pub provenance: Option<String>,
+    /// SBOM attestation: true, false, or its options such as generator=IMAGE
+    /// (--attest=type=sbom,…).
+    #[arg(long, value_name = "VALUE")]
+    pub sbom: Option<String>,
 }
 
 /// `--call` and `--check` as one value: `None` for an ordinary build. `--check` together with
@@ -314,18 +327,6 @@ pub struct ProjectArgs {
     pub sbom: Option<String>,
 }
 
-/// buildx `CanonicalizeAttest`: `true`/`false` enable or disable the type, anything else is
-/// its options.
-fn canonical_attest(kind: &str, value: &str) -> Option<String> {
-    if value.is_empty() {
-        return None;
-    }
-    Some(match crate::options::parse_bool(value) {
-        Some(b) => format!("type={kind},disabled={}", !b),
-        None => format!("type={kind},{value}"),
-    })
-}
-
 impl ProjectArgs {
     /// Every `--set`, then the flags that stand for one, in buildx's order.
     fn overrides(&self) -> Vec<Override> {
@@ -349,7 +350,10 @@ impl ProjectArgs {
             ("--sbom", "sbom", &self.sbom),
             ("--provenance", "provenance", &self.provenance),
         ] {
-            if let Some(a) = value.as_deref().and_then(|v| canonical_attest(kind, v)) {
+            if let Some(a) = value
+                .as_deref()
+                .and_then(|v| options::canonical_attest(kind, v))
+            {
                 out.push(Override::shorthand(flag, &format!("*.attest={a}")));
             }
         }
@@ -370,6 +374,8 @@ impl ProjectArgs {
             force,
             ledger: !self.no_ledger,
             engine_images: transport::docker_engine_builder(daemon.addr.as_deref(), &daemon.tls()),
+            default_provenance: default_provenance()?,
+            metadata_provenance: options::MetadataProvenance::Disabled,
         })
     }
 }
@@ -583,7 +589,44 @@ pub fn build_spec(a: &BuildArgs) -> Result<BuildSpec> {
     for s in &a.ssh {
         spec.ssh.push(options::parse_ssh(s)?);
     }
+    // buildx's order: every --attest, then --provenance, then --sbom (the first of a type
+    // counts).
+    for s in &a.attests {
+        spec.attests.push(options::parse_attest(s)?);
+    }
+    for (flag, kind, value, example) in [
+        ("--provenance", "provenance", &a.provenance, "mode=max"),
+        ("--sbom", "sbom", &a.sbom, "generator=IMAGE"),
+    ] {
+        let Some(v) = value.as_deref() else { continue };
+        if let Some(canonical) = options::canonical_attest(kind, v) {
+            // Errors name the flag and value as typed.
+            let spec_of = options::parse_attest(&canonical).map_err(|e| options::OptionError {
+                flag: flag.into(),
+                input: v.into(),
+                example: example.into(),
+                ..e
+            })?;
+            spec.attests.push(spec_of);
+        }
+    }
+    spec.default_provenance = default_provenance()?;
+    if a.metadata_file.is_some() {
+        spec.metadata_provenance = metadata_provenance();
+    }
     Ok(spec)
+}
+
+/// Whether builds get buildx's default provenance: yes unless `BUILDX_NO_DEFAULT_ATTESTATIONS`
+/// is true.
+fn default_provenance() -> Result<bool> {
+    let v = std::env::var("BUILDX_NO_DEFAULT_ATTESTATIONS").ok();
+    Ok(!options::parse_no_default_attestations(v.as_deref()).map_err(anyhow::Error::msg)?)
+}
+
+/// How much provenance a metadata file gets (`BUILDX_METADATA_PROVENANCE`).
+fn metadata_provenance() -> options::MetadataProvenance {
+    options::parse_metadata_provenance(std::env::var("BUILDX_METADATA_PROVENANCE").ok().as_deref())
 }
 
 /// Writes `contents` to `path` atomically (temp file in the same directory, then rename), so
@@ -1399,7 +1442,10 @@ async fn run_bake(daemon_args: &DaemonArgs, a: &BakeArgs) -> Result<bool> {
     )
     .await?;
     ensure_granted(&project, &plan.graph.order, &granted)?;
-    let opts = a.project.bake_options(&project, daemon_args)?;
+    let mut opts = a.project.bake_options(&project, daemon_args)?;
+    if a.metadata_file.is_some() {
+        opts.metadata_provenance = metadata_provenance();
+    }
     let must_build = plan
         .ordered()
         .any(|t| t.action == crate::bake::Action::Build);

@@ -1784,6 +1784,19 @@ impl fmt::Display for AttestSpec {
     }
 }
 
+/// A shorthand's value (`--provenance VALUE`, `--sbom VALUE`, compose's `build.provenance`) as
+/// an `--attest` entry, as buildx's `CanonicalizeAttest`: `true`/`false` (Go booleans) enable
+/// or disable the type, anything else is its options; empty is no entry.
+pub fn canonical_attest(kind: &str, value: &str) -> Option<String> {
+    if value.is_empty() {
+        return None;
+    }
+    Some(match parse_bool(value) {
+        Some(b) => format!("type={kind},disabled={}", !b),
+        None => format!("type={kind},{value}"),
+    })
+}
+
 /// Parses an attestation entry as buildx does (`util/buildflags/attests.go`): CSV
 /// `key=value` fields, `type` required, `disabled` a boolean.
 pub fn parse_attest(s: &str) -> Result<AttestSpec, OptionError> {
@@ -1831,6 +1844,44 @@ pub fn parse_attest(s: &str) -> Result<AttestSpec, OptionError> {
             "attestation type not specified (type=provenance or type=sbom)",
             EXAMPLE,
         )),
+    }
+}
+
+/// `BUILDX_NO_DEFAULT_ATTESTATIONS` (the environment's value, if set): whether builds go without
+/// buildx's default provenance. A boolean as Go's `strconv.ParseBool` reads it; anything else,
+/// the empty string included, is an error, as in buildx (`build/opt.go`).
+pub fn parse_no_default_attestations(value: Option<&str>) -> Result<bool, String> {
+    match value {
+        None => Ok(false),
+        Some(v) => parse_bool(v).ok_or_else(|| {
+            format!(
+                "invalid BUILDX_NO_DEFAULT_ATTESTATIONS={v:?}: not a boolean\n  fix: set it to 1 (no default provenance attestation) or 0, or unset it"
+            )
+        }),
+    }
+}
+
+/// How much of a build's provenance a metadata file gets as `buildx.build.provenance`
+/// (buildx `util/confutil/metadata.go`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MetadataProvenance {
+    /// None: the key is left out (also what a build without a metadata file asks for).
+    #[default]
+    Disabled,
+    /// The SLSA predicate without its `buildConfig` and `metadata` (the default).
+    Min,
+    /// The whole predicate.
+    Max,
+}
+
+/// `BUILDX_METADATA_PROVENANCE` as buildx reads it: `min`, `max`, `disabled`; a false boolean
+/// also disables; anything else, or unset, is `min`.
+pub fn parse_metadata_provenance(value: Option<&str>) -> MetadataProvenance {
+    match value.unwrap_or_default() {
+        "max" => MetadataProvenance::Max,
+        "disabled" => MetadataProvenance::Disabled,
+        v if parse_bool(v) == Some(false) => MetadataProvenance::Disabled,
+        _ => MetadataProvenance::Min,
     }
 }
 

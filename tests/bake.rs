@@ -488,28 +488,34 @@ fn a_loaded_image_that_was_removed_or_retagged_is_rebuilt() {
             .success()
             .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
     };
-    let recorded = meta["loaded"]["containerimage.digest"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    // What the engine holds after a run must be what the run recorded. A rebuild is a new
+    // image, even from the build cache: its provenance attestation names the new build.
+    let delivered = |meta: &serde_json::Value| {
+        let d = meta["loaded"]["containerimage.digest"]
+            .as_str()
+            .map(str::to_string);
+        assert!(d.is_some(), "{meta}");
+        d
+    };
 
-    // Untagged: re-tagged if the engine still has the image (another tag keeps it: `lone`
-    // is the same image), else rebuilt — never skipped.
+    // Untagged: re-tagged if the engine still has the image, else rebuilt — never skipped.
     run_ok(docker().args(["image", "rm", &tag]));
     let (action, why) = plan_of(&r, "loaded");
     assert_ne!(action, "skip", "{why}");
-    let (out, _) = bake(&r, &["loaded"]);
+    let (out, meta) = bake(&r, &["loaded"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(engine_id(&tag).as_deref(), Some(recorded.as_str()));
+    assert_eq!(engine_id(&tag), delivered(&meta));
     assert_eq!(plan_of(&r, "loaded").0, "skip");
 
     // Same tag, another image: what a `docker pull` or a build by hand would leave.
     run_ok(docker().args(["tag", &base_image(), &tag]));
+    let foreign = engine_id(&tag);
     let (action, why) = plan_of(&r, "loaded");
     assert_ne!(action, "skip", "{why}");
-    let (out, _) = bake(&r, &["loaded"]);
+    let (out, meta) = bake(&r, &["loaded"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(engine_id(&tag).as_deref(), Some(recorded.as_str()));
+    assert_eq!(engine_id(&tag), delivered(&meta));
+    assert_ne!(engine_id(&tag), foreign);
 
     // Gone entirely (no other tag holds it): rebuilt.
     let mut toml = std::fs::read_to_string(r.root.join("bk-build.toml")).unwrap();

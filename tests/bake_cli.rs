@@ -1,6 +1,6 @@
 //! `bk-build bake`'s buildx flags on the real daemon: `--set` (patterns, args, platform,
 //! output) changes what is built and what `plan` says; `--push` pushes, `--load` loads into the
-//! engine, `--no-cache` rebuilds a cached step, `--provenance` attaches an attestation, `--allow`
+//! engine, `--no-cache` rebuilds a cached step, attestations are attached like buildx's, `--allow`
 //! grants what a target asks for; `--call` and `--check` evaluate every target as buildx does;
 //! `--list` and every flag's `--print` effect are compared with `docker buildx bake` on the
 //! same compose file.
@@ -294,21 +294,99 @@ fn no_cache_rebuilds_a_step_the_build_cache_holds() {
     );
 }
 
+/// Differential with `docker buildx bake --push` on the same compose file: the images have the
+/// same shape (attestation manifests and their predicate types), with the default provenance
+/// and with an SBOM; the metadata file has the build's provenance; and what is attached is an
+/// input: asking for other attestations builds again, asking for the same ones (however
+/// spelled) does not.
 #[test]
-fn provenance_attaches_an_attestation_to_the_pushed_image() {
-    let e = Env::new("bakecli-prov");
-    e.bake(&["multi", "--push", "--provenance=mode=min"]);
-    let index = json_get(&format!("/v2/{}/manifests/1", e.repo("multi")));
-    let kinds: Vec<&str> = index["manifests"]
-        .as_array()
-        .expect("an image index")
-        .iter()
-        .filter_map(|d| d["annotations"]["vnd.docker.reference.type"].as_str())
-        .collect();
-    assert_eq!(kinds, ["attestation-manifest"], "{index}");
-    // Attestations are an input: without them, the image must be built again.
-    let line = e.plan("multi", &["--push"]);
+fn attestations_are_attached_like_buildx_and_are_an_input() {
+    use support::attest::*;
+    let e = Env::new("bakecli-attest");
+    let slsa = "https://slsa.dev/provenance/";
+    // buildx's image and metadata file, pushed under the test's namespace (so that `Env`
+    // removes it from the engine too).
+    let runs = std::cell::Cell::new(0);
+    let buildx = |args: &[&str]| {
+        runs.set(runs.get() + 1);
+        let ns = format!("{}/buildx{}", e.ns, runs.get());
+        let md = e.dir.join(format!("buildx{}.json", runs.get()));
+        let mut cmd = docker();
+        cmd.current_dir(&e.dir)
+            .args(["buildx", "bake", "--progress", "quiet", "--metadata-file"])
+            .arg(&md)
+            .args(args)
+            .env("REG", registry())
+            .env("NS", &ns)
+            .env_remove("SOURCE_DATE_EPOCH");
+        run_ok(&mut cmd);
+        let meta: Value = serde_json::from_slice(&std::fs::read(&md).unwrap()).unwrap();
+        (attested(&format!("{ns}/multi"), "1"), meta)
+    };
+    let types = |a: &Attested| -> Vec<String> {
+        a.predicate_types()
+            .iter()
+            .map(|t| {
+                if t.starts_with(slsa) {
+                    slsa.to_string()
+                } else {
+                    t.clone()
+                }
+            })
+            .collect()
+    };
+
+    // By default: a minimal provenance, as buildx attaches it.
+    let md = e.dir.join("md.json");
+    let md_arg = md.to_str().unwrap();
+    e.bake(&["multi", "--push", "--metadata-file", md_arg]);
+    let mine = attested(&e.repo("multi"), "1");
+    let (theirs, their_meta) = buildx(&["multi", "--push"]);
+    assert_eq!(mine, theirs);
+    assert_eq!(types(&mine), [slsa], "{mine:?}");
+    let meta: Value = serde_json::from_slice(&std::fs::read(&md).unwrap()).unwrap();
+    let key = "buildx.build.provenance";
+    assert!(meta["multi"][key]["invocation"].is_object(), "{meta}");
+    assert_eq!(meta["multi"][key], their_meta["multi"][key]);
+
+    // Attestations are an input: turning provenance off builds again, by the flag or by the
+    // environment, and both ask for the same image.
+    let plan_env = |env: &[(&str, &str)], args: &[&str]| {
+        let mut cmd = bk();
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut all = vec!["plan", "multi"];
+        all.extend_from_slice(args);
+        let out = e.cmd(cmd, &all);
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(plan_env(&[], &["--push"]).contains("skip"));
+    let line = e.plan("multi", &["--push", "--provenance=false"]);
     assert!(line.contains("build") && line.contains("attest"), "{line}");
+    let off = [("BUILDX_NO_DEFAULT_ATTESTATIONS", "1")];
+    assert!(plan_env(&off, &["--push"]).contains("build"));
+    e.bake(&["multi", "--push", "--provenance=false"]);
+    let bare = attested(&e.repo("multi"), "1");
+    assert!(bare.attestations.is_empty(), "{bare:?}");
+    assert!(plan_env(&off, &["--push"]).contains("skip"));
+    let line = e.plan("multi", &["--push", "--provenance=mode=max"]);
+    assert!(line.contains("build") && line.contains("attest"), "{line}");
+
+    // An SBOM from a generator image, beside the default provenance.
+    let sbom = format!("--sbom=generator={}", sbom_generator());
+    e.bake(&["multi", "--push", &sbom]);
+    let mine = attested(&e.repo("multi"), "1");
+    assert_eq!(mine, buildx(&["multi", "--push", &sbom]).0);
+    assert_eq!(types(&mine), [slsa, SPDX], "{mine:?}");
+    let scan = statements(&e.repo("multi"), "1", SPDX);
+    assert!(
+        scan[0]["predicate"]["files"]
+            .to_string()
+            .contains("hello.txt"),
+        "{scan:?}"
+    );
 }
 
 #[test]

@@ -444,6 +444,23 @@ fn bad_inputs_give_clear_errors() {
         &run(bk().args(["build", "-o", "type=local"]).arg(&ctx)),
         &["--output", "dest"],
     );
+    // Attestations: a type is required, shorthands are named as typed, and the environment's
+    // switch must be a boolean.
+    assert_clean_error(
+        &run(bk().args(["build", "--attest", "mode=max"]).arg(&ctx)),
+        &["--attest", "mode=max", "type=provenance"],
+    );
+    assert_clean_error(
+        &run(bk().args(["build", "--provenance=mode"]).arg(&ctx)),
+        &["--provenance", "\"mode\"", "mode=max"],
+    );
+    assert_clean_error(
+        &run(bk()
+            .env("BUILDX_NO_DEFAULT_ATTESTATIONS", "yes")
+            .arg("build")
+            .arg(&ctx)),
+        &["BUILDX_NO_DEFAULT_ATTESTATIONS=\"yes\"", "set it to 1"],
+    );
     // A socket that is not there: said so, with how to start a daemon there or where else
     // to point.
     assert_clean_error(
@@ -1284,4 +1301,157 @@ fn completion_scripts_work_and_man_pages_render() {
         "{}",
         stderr(&o)
     );
+}
+
+/// A context whose image holds a file named after the test, so an SBOM can be checked for it.
+fn marked_context(dir: &Path, marker: &str) {
+    write(
+        &dir.join("Dockerfile"),
+        format!("FROM {}\nRUN echo {marker} > /{marker}\n", base_image()),
+    );
+}
+
+/// Differential: for each way of asking for attestations, `bk-build build --push` and `docker
+/// buildx build --push` of the same context on the same daemon push images of the same shape
+/// (index or single manifest, attestation manifests and their predicate types). Digests are
+/// not compared: a provenance records when and under which build ID it was made.
+#[test]
+fn attestations_have_the_shape_buildx_gives_them() {
+    use support::attest::*;
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    let repo = unique("attest-shape");
+    let _cleanup = EngineImages(repo.clone());
+    marked_context(&ctx, &repo);
+    let generator = sbom_generator();
+    let sbom = format!("--sbom=generator={generator}");
+    let slsa = "https://slsa.dev/provenance/";
+    type Case<'a> = (&'a str, Vec<&'a str>, Option<&'a str>, Vec<&'a str>);
+    let cases: Vec<Case> = vec![
+        // name, flags, BUILDX_NO_DEFAULT_ATTESTATIONS, expected predicate types (prefixes)
+        ("default", vec![], None, vec![slsa]),
+        ("max", vec!["--provenance=mode=max"], None, vec![slsa]),
+        ("off", vec!["--provenance=false"], None, vec![]),
+        ("env-off", vec![], Some("1"), vec![]),
+        ("env-on", vec![], Some("false"), vec![slsa]),
+        ("sbom", vec![sbom.as_str()], None, vec![slsa, SPDX]),
+        // Every --attest comes before --provenance, and the first of a type counts.
+        (
+            "first",
+            vec!["--provenance=false", "--attest", "type=provenance,mode=max"],
+            None,
+            vec![slsa],
+        ),
+    ];
+    for (name, flags, no_default, expected) in &cases {
+        let push = |mut cmd: std::process::Command, tag: &str| {
+            if let Some(v) = no_default {
+                cmd.env("BUILDX_NO_DEFAULT_ATTESTATIONS", v);
+            }
+            let image = format!("localhost:5000/{repo}:{tag}");
+            run_ok(cmd.args(flags).args(["--push", "-t", &image]).arg(&ctx));
+            attested(&repo, tag)
+        };
+        let mut bx = docker();
+        bx.args(["buildx", "build", "--quiet"]);
+        let theirs = push(bx, &format!("bx-{name}"));
+        let mut b = bk();
+        b.args(["build", "--progress", "quiet"]);
+        let mine = push(b, &format!("bk-{name}"));
+        assert_eq!(mine, theirs, "{name}: bk-build {mine:?}, buildx {theirs:?}");
+        let types = mine.predicate_types();
+        assert_eq!(types.len(), expected.len(), "{name}: {types:?}");
+        for (t, want) in types.iter().zip(expected) {
+            assert!(t.starts_with(want), "{name}: {types:?}");
+        }
+    }
+
+    // What the predicates say: mode=min leaves out the build's definition, mode=max has it.
+    let provenance = |tag: &str| {
+        let s = statements(&repo, tag, slsa);
+        assert_eq!(s.len(), 1, "{tag}: {s:?}");
+        s[0]["predicate"].clone()
+    };
+    let min = provenance("bk-default");
+    let max = provenance("bk-max");
+    let definition = |p: &serde_json::Value| {
+        // SLSA v0.2 has it at the top, v1 among the internal parameters.
+        !p["buildConfig"].is_null()
+            || !p["buildDefinition"]["internalParameters"]["buildConfig"].is_null()
+    };
+    assert!(!definition(&min), "{min}");
+    assert!(definition(&max), "{max}");
+    // The SBOM generator scanned the built image.
+    let sboms = statements(&repo, "bk-sbom", SPDX);
+    assert_eq!(sboms.len(), 1, "{sboms:?}");
+    let files = sboms[0]["predicate"]["files"].to_string();
+    assert!(files.contains(&repo), "{files}");
+}
+
+/// `--metadata-file` gains `buildx.build.provenance`: the same predicate buildx writes for
+/// the same build (minimal by default), the whole one with `BUILDX_METADATA_PROVENANCE=max`,
+/// none with `disabled`; also when the image carries no provenance, since it comes from the
+/// daemon's record of the build.
+#[test]
+fn metadata_file_has_the_build_provenance_like_buildx() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    let repo = unique("attest-meta");
+    let _cleanup = support::attest::EngineImages(repo.clone());
+    marked_context(&ctx, &repo);
+    let metadata_of = |mut cmd: std::process::Command, mode: Option<&str>, name: &str| {
+        let md = tmp.path().join(format!("{name}.json"));
+        if let Some(m) = mode {
+            cmd.env("BUILDX_METADATA_PROVENANCE", m);
+        }
+        let image = format!("localhost:5000/{repo}:{name}");
+        run_ok(
+            cmd.args([
+                "--provenance=false",
+                "--push",
+                "-t",
+                &image,
+                "--metadata-file",
+            ])
+            .arg(&md)
+            .arg(&ctx),
+        );
+        metadata(&md)
+    };
+    let buildx = || {
+        let mut c = docker();
+        c.args(["buildx", "build", "--quiet"]);
+        c
+    };
+    let bk_build = || {
+        let mut c = bk();
+        c.args(["build", "--progress", "quiet"]);
+        c
+    };
+    let key = "buildx.build.provenance";
+    let theirs = metadata_of(buildx(), None, "bx-min");
+    let mine = metadata_of(bk_build(), None, "bk-min");
+    assert!(theirs[key].is_object(), "{theirs}");
+    assert_eq!(mine[key], theirs[key], "minimal provenance");
+    assert!(
+        mine[key]["materials"].to_string().contains("busybox"),
+        "{mine}"
+    );
+
+    let theirs = metadata_of(buildx(), Some("max"), "bx-max");
+    let mine = metadata_of(bk_build(), Some("max"), "bk-max");
+    let keys = |v: &serde_json::Value| -> Vec<String> {
+        v.as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(keys(&mine[key]), keys(&theirs[key]), "{mine}");
+    assert_eq!(keys(&mine[key]["metadata"]), keys(&theirs[key]["metadata"]));
+    assert!(mine[key]["buildConfig"].is_object(), "{mine}");
+    assert_eq!(mine[key]["materials"], theirs[key]["materials"]);
+    assert_eq!(mine[key]["invocation"], theirs[key]["invocation"]);
+
+    let mine = metadata_of(bk_build(), Some("disabled"), "bk-off");
+    assert!(mine.get(key).is_none(), "{mine}");
+    assert!(mine["containerimage.digest"].is_string(), "{mine}");
 }

@@ -700,6 +700,15 @@ fn a_new_repository_reuses_the_image_from_the_old_one() {
         manifest_digest(&format!("{short}/app"), "v1").as_deref(),
         Some(digest.as_str())
     );
+    // The whole index came along: the image and its provenance attestation, with every blob
+    // (`attested` checks the attestation's layers are in the new repository).
+    let copied = support::attest::attested(&format!("{short}/app"), "v1");
+    let old_short = old.trim_start_matches("localhost:5000/");
+    assert_eq!(
+        copied,
+        support::attest::attested(&format!("{old_short}/app"), "v1")
+    );
+    assert_eq!(copied.attestations.len(), 1, "{copied:?}");
 }
 
 #[test]

@@ -40,7 +40,14 @@ pub async fn call(
             answers.insert(name.clone(), Err(format!("cannot be evaluated: {why}")));
             continue;
         }
-        match build_spec(project, &plan, name, Bases::Tagged) {
+        match build_spec(
+            project,
+            &plan,
+            name,
+            Bases::Tagged,
+            // A subrequest makes no image: nothing to attest.
+            &super::BakeOptions::default(),
+        ) {
             Ok(mut spec) => {
                 spec.call = Some(method.to_string());
                 specs.push(spec);

@@ -40,6 +40,7 @@ pub(super) fn build_spec(
     plan: &BakePlan,
     name: &str,
     bases: Bases<'_>,
+    opts: &BakeOptions,
 ) -> Result<BuildSpec, BakeError> {
     let t = &project.targets[name];
     let e = |m: String| terr(name, m);
@@ -61,6 +62,9 @@ pub(super) fn build_spec(
         shm_size: t.shm_size,
         entitlements: t.entitlements.clone(),
         no_cache_filter: t.no_cache_filter.clone(),
+        attests: t.attest.clone(),
+        default_provenance: opts.default_provenance,
+        metadata_provenance: opts.metadata_provenance,
         ..Default::default()
     };
     if let Some(u) = &t.unavailable {
@@ -127,9 +131,6 @@ pub(super) fn build_spec(
     spec.cache_to = t.cache_to.iter().flat_map(|c| c.value().clone()).collect();
     spec.secrets = t.secrets.iter().map(|s| s.value().clone()).collect();
     spec.ssh = t.ssh.iter().map(|s| s.value().clone()).collect();
-    for a in t.attest.iter().filter(|a| !a.disabled) {
-        spec.attests.insert(a.kind.clone(), a.frontend_value());
-    }
     Ok(spec)
 }
 
@@ -161,6 +162,8 @@ enum Done {
     Skipped,
     Retagged,
     Built(Box<BuildResult>, Vec<String>),
+    /// Delivered the image of the target it is the same build as ([`graph::Plan::same_as`]).
+    SameAs,
 }
 
 /// Does what the plan says, at most `jobs` targets at a time: skips, re-tags (registry only,
@@ -239,12 +242,15 @@ pub async fn execute(
                 Some(Err(e)) => return Err(e.clone()),
                 None => {}
             }
+            if let Some(first) = plan.graph.same_as.get(&name) {
+                return Ok(adopt(state, progress, &name, first, tp, &digests));
+            }
             let Some(daemon) = daemon else {
                 return Err("no BuildKit daemon is reachable, and this target must be built".to_string());
             };
             let snapshot = digests.lock().map(|d| d.clone()).unwrap_or_default();
             let mut spec =
-                build_spec(project, plan, &name, Bases::Pinned(&snapshot)).map_err(|e| e.to_string())?;
+                build_spec(project, plan, &name, Bases::Pinned(&snapshot), opts).map_err(|e| e.to_string())?;
             if spec.needs_load() {
                 spec.load_into = daemon.load_target().map_err(|e| e.to_string())?;
             }
@@ -363,7 +369,7 @@ pub async fn execute(
             let (outcome, error) = match &r {
                 Ok(Done::Skipped) => (TargetOutcome::Skipped, None),
                 Ok(Done::Retagged) => (TargetOutcome::Retagged, None),
-                Ok(Done::Built(..)) => (TargetOutcome::Built, None),
+                Ok(Done::Built(..) | Done::SameAs) => (TargetOutcome::Built, None),
                 Err(e) => (TargetOutcome::Failed, Some(e.as_str())),
             };
             progress.target_done(&done_name, outcome, error);
@@ -372,7 +378,8 @@ pub async fn execute(
     })
     .await;
 
-    plan.graph
+    let mut results: Vec<TargetResult> = plan
+        .graph
         .order
         .iter()
         .map(|name| {
@@ -413,6 +420,8 @@ pub async fn execute(
                 }
                 Some(Outcome::Succeeded(Done::Skipped)) => reused(tp, TargetOutcome::Skipped),
                 Some(Outcome::Succeeded(Done::Retagged)) => reused(tp, TargetOutcome::Retagged),
+                // Filled in below, from the first target's result.
+                Some(Outcome::Succeeded(Done::SameAs)) => none(TargetOutcome::NotStarted, None),
                 Some(Outcome::Failed(e)) => none(TargetOutcome::Failed, Some(e.clone())),
                 Some(Outcome::NotStarted { because }) => none(
                     TargetOutcome::NotStarted,
@@ -421,7 +430,79 @@ pub async fn execute(
                 None => none(TargetOutcome::NotStarted, Some("not started".into())),
             }
         })
-        .collect()
+        .collect();
+    // A target that delivered another's image reports that target's result (the same image,
+    // the same metadata), under its own name.
+    for (dup, first) in &plan.graph.same_as {
+        let Some(Outcome::Succeeded(Done::SameAs)) = outcomes.get(dup) else {
+            continue;
+        };
+        let Some(theirs) = results.iter().find(|r| r.name == *first).cloned() else {
+            continue;
+        };
+        if let Some(mine) = results.iter_mut().find(|r| r.name == *dup) {
+            let mut metadata = theirs.metadata;
+            if let Some(m) = metadata.as_mut().and_then(|m| m.as_object_mut()) {
+                m.insert("bk-build.same_as".into(), serde_json::json!(first));
+            }
+            *mine = TargetResult {
+                name: dup.clone(),
+                duration: None,
+                bytes_sent: Some(0),
+                metadata,
+                warnings: Vec::new(),
+                ..theirs
+            };
+        }
+    }
+    results
+}
+
+/// A target whose build is exactly `first`'s ([`graph::Plan::same_as`]), which has finished:
+/// its image is this target's result (the same tags and outputs, already delivered), recorded
+/// under this target's name rather than built a second time.
+fn adopt(
+    state: &StateStore,
+    progress: &Progress,
+    name: &str,
+    first: &str,
+    tp: &TargetPlan,
+    digests: &Mutex<BTreeMap<String, String>>,
+) -> Done {
+    let snapshot = digests.lock().map(|d| d.clone()).unwrap_or_default();
+    let Some(digest) = snapshot.get(first).cloned() else {
+        progress.note(
+            Some(name),
+            &format!("the same build as {first}, which made no image"),
+        );
+        return Done::SameAs;
+    };
+    if let Ok(mut m) = digests.lock() {
+        m.insert(name.to_string(), digest.clone());
+    }
+    let fp = tp
+        .content
+        .as_ref()
+        .and_then(|c| with_image_deps(c, &tp.image_deps, |d| snapshot.get(d).cloned()));
+    let theirs = tokio::task::block_in_place(|| state.get(first));
+    match (fp, theirs) {
+        (Some(fp), Some(rec))
+            if rec.key == fp.key && rec.image_digest.as_deref() == Some(digest.as_str()) =>
+        {
+            if let Err(e) = tokio::task::block_in_place(|| state.record(name, &rec, &fp.manifest)) {
+                progress.warning(Some(name), &format!("could not record state: {e}"));
+            }
+        }
+        _ => progress.warning(
+            Some(name),
+            &format!("not recorded ({first}'s result was not recorded for these inputs)"),
+        ),
+    }
+    progress.note(
+        Some(name),
+        &format!("the same build as {first}: delivered with its image {digest}"),
+    );
+    Done::SameAs
 }
 
 /// A skipped or re-tagged target's row: the digest it already had.

@@ -69,6 +69,12 @@ pub struct BakeOptions {
     /// the image of that name in its store when there is one, so a result is reused only if
     /// it was built from that same image.
     pub engine_images: Option<DockerHost>,
+    /// Builds get buildx's default provenance unless a target says otherwise (off with
+    /// `BUILDX_NO_DEFAULT_ATTESTATIONS`); part of every fingerprint.
+    pub default_provenance: bool,
+    /// How much provenance built targets' metadata carries (`Disabled` without a metadata
+    /// file).
+    pub metadata_provenance: crate::options::MetadataProvenance,
 }
 
 /// What a run will do with one target, and why.

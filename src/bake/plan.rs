@@ -53,7 +53,12 @@ fn artifact_outputs(t: &Target) -> Vec<String> {
 }
 
 /// Everything that decides a target's result besides files, args and bases.
-fn extra_inputs(t: &Target, scan: &graph::DockerfileScan) -> BTreeMap<String, String> {
+/// `default_provenance`: whether builds get buildx's default provenance.
+fn extra_inputs(
+    t: &Target,
+    scan: &graph::DockerfileScan,
+    default_provenance: bool,
+) -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
     // Which named contexts the build reads, by what they are rather than by the name the
     // Dockerfile gives them (`"${REPO}/base:${TAG}" = "target:base"` keeps its meaning when
@@ -109,9 +114,11 @@ fn extra_inputs(t: &Target, scan: &graph::DockerfileScan) -> BTreeMap<String, St
     for a in crate::project::annotations(t) {
         m.insert(a.exporter_attr(), a.value);
     }
-    // Attestations are part of the pushed image (its index gains attestation manifests).
-    for a in t.attest.iter().filter(|a| !a.disabled) {
-        m.insert(format!("attest:{}", a.kind), a.frontend_value());
+    // Attestations are part of the pushed image (its index gains attestation manifests),
+    // the default provenance too. Whether the daemon can attach them is not known here: a
+    // daemon that cannot gets the same request and makes a bare image.
+    for (kind, value) in crate::build::attest::frontend_attrs(&t.attest, default_provenance) {
+        m.insert(format!("attest:{kind}"), value);
     }
     for (i, o) in artifact_outputs(t).into_iter().enumerate() {
         m.insert(format!("output:{i}"), o);
@@ -259,7 +266,7 @@ pub async fn plan(
     let inputs: Vec<FingerprintInput> = gplan
         .order
         .iter()
-        .map(|name| fingerprint_input(project, &gplan, &facts, state, name))
+        .map(|name| fingerprint_input(project, &gplan, &facts, state, name, opts))
         .collect();
     let walked =
         tokio::task::block_in_place(|| fingerprint::compute_many(&inputs, state.stat_cache()));
@@ -526,6 +533,7 @@ fn fingerprint_input(
     facts: &BTreeMap<String, Facts>,
     state: &StateStore,
     name: &str,
+    opts: &BakeOptions,
 ) -> FingerprintInput {
     let t = &project.targets[name];
     let scan = &facts[name].scan;
@@ -568,7 +576,7 @@ fn fingerprint_input(
         },
         // Added once known, so walks need not wait for them.
         bases: Vec::new(),
-        extra: extra_inputs(t, scan),
+        extra: extra_inputs(t, scan, opts.default_provenance),
     }
 }
 
@@ -647,6 +655,14 @@ impl DecideCtx<'_> {
         {
             tp.reasons.push(why);
             return tp;
+        }
+        if let Some(first) = self.gplan.same_as.get(name) {
+            if decided[first].action == Action::Build {
+                tp.reasons.push(format!(
+                    "the same build as {first}, which is built: it gets {first}'s image"
+                ));
+                return tp;
+            }
         }
         if !rebuilt.is_empty() {
             tp.reasons = rebuilt

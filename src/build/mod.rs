@@ -7,6 +7,7 @@
 //! This module knows BuildKit's frontend attributes and exporters. It does not know about
 //! project files, graphs, or how progress is drawn.
 
+pub mod attest;
 mod context;
 mod gateway;
 mod load;
@@ -19,7 +20,10 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 
 use crate::digest::Digest;
-use crate::options::{AddHost, CacheSpec, NamedContext, Network, OutputSpec, SecretSpec, SshSpec};
+use crate::options::{
+    AddHost, AttestSpec, CacheSpec, MetadataProvenance, NamedContext, Network, OutputSpec,
+    SecretSpec, SshSpec,
+};
 use crate::progress::Progress;
 use crate::proto::control::{control_client::ControlClient, StatusRequest};
 use crate::session::oci_layout::Descriptor;
@@ -64,9 +68,17 @@ pub struct BuildSpec {
     /// Image annotations, given to every exporter; a later one with the same exporter
     /// attribute replaces an earlier one (buildx keeps them in a map).
     pub annotations: Vec<crate::options::Annotation>,
-    /// Attestations to generate: type (`provenance`, `sbom`) → the `attest:TYPE` frontend
-    /// attribute's value (`mode=max`, `generator=IMAGE`, or empty for the defaults).
-    pub attests: BTreeMap<String, String>,
+    /// Attestations asked for (`--attest`, `--provenance`, `--sbom`, bake's `attest`); the first
+    /// entry of a type decides, a `disabled` one asks for none of its type (see
+    /// [`attest::frontend_attrs`]).
+    pub attests: Vec<AttestSpec>,
+    /// Attach buildx's default provenance ([`attest::DEFAULT_PROVENANCE`]) unless `attests` has
+    /// a provenance entry; `false` with `BUILDX_NO_DEFAULT_ATTESTATIONS`. Dropped on a daemon
+    /// that cannot attach attestations, as buildx does.
+    pub default_provenance: bool,
+    /// For a metadata file: how much of the build's provenance to read back from the daemon
+    /// into [`BuildResult::provenance`] (`Disabled`: nothing is read).
+    pub metadata_provenance: MetadataProvenance,
     pub tags: Vec<String>,
     pub push: bool,
     pub load: bool,
@@ -123,6 +135,9 @@ pub struct BuildResult {
     /// REF` steps), as it wrote them, sorted: what the build really started from. `None` when
     /// the status stream did not come to its end.
     pub loaded_images: Option<Vec<String>>,
+    /// The build's provenance for the metadata file: `buildx.build.provenance[/PLATFORM]` →
+    /// the SLSA predicate (see [`BuildSpec::metadata_provenance`]).
+    pub provenance: Vec<(String, serde_json::Value)>,
 }
 
 impl BuildResult {
@@ -175,6 +190,9 @@ impl BuildResult {
             "buildx.build.ref".into(),
             serde_json::Value::String(self.build_ref.clone()),
         );
+        for (k, v) in &self.provenance {
+            m.insert(k.clone(), v.clone());
+        }
         serde_json::Value::Object(m)
     }
 }
@@ -222,7 +240,15 @@ pub async fn build(
         }
         None => spec,
     };
-    let mut planned = plan_request(spec, &daemon.kind, &session::node_id())?;
+    // A subrequest makes no image to attest (buildx reads no provenance for it either).
+    let attests = match spec.call {
+        Some(_) => BTreeMap::new(),
+        None => attest::frontend_attrs(&spec.attests, spec.default_provenance),
+    };
+    let attests = attest::for_daemon(daemon, attests, &spec.attests)
+        .await
+        .map_err(BuildError::Invalid)?;
+    let mut planned = plan_request(spec, &daemon.kind, &session::node_id(), &attests)?;
     if spec.call.is_some() {
         // `BUILDKIT_INLINE_CACHE` would still ask for an inline cache export.
         if let Some(c) = planned.request.cache.as_mut() {
@@ -403,12 +429,23 @@ pub async fn build(
                 why,
             })?;
     }
+    let detail = match spec.call {
+        Some(_) => MetadataProvenance::Disabled,
+        None => spec.metadata_provenance,
+    };
+    let provenance = attest::record_provenance(daemon, &build_ref, detail)
+        .await
+        .map_err(|why| BuildError::Export {
+            what: "provenance for the metadata file".into(),
+            why,
+        })?;
     Ok(BuildResult {
         exporter_response,
         sync: stats.snapshot(),
         duration: started.elapsed(),
         build_ref,
         loaded_images: loaded,
+        provenance,
     })
 }
 

@@ -187,11 +187,13 @@ fn sync_dir(dir: &Path, never_send: &[PathBuf]) -> SyncDir {
 }
 
 /// Translates a spec for the given daemon. Validates local paths so that mistakes are
-/// reported before anything is sent.
+/// reported before anything is sent. `attests` are the `attest:TYPE` attributes to send, by type (see
+/// [`super::attest::frontend_attrs`]).
 pub fn plan_request(
     spec: &BuildSpec,
     daemon: &DaemonKind,
     node_id: &str,
+    attests: &BTreeMap<String, String>,
 ) -> Result<PlannedRequest, BuildError> {
     let context = &spec.context;
     let mut attrs: BTreeMap<String, String> = BTreeMap::new();
@@ -276,7 +278,7 @@ pub fn plan_request(
     if !spec.platforms.is_empty() {
         attrs.insert("platform".into(), spec.platforms.join(","));
     }
-    for (kind, value) in &spec.attests {
+    for (kind, value) in attests {
         // BuildKit generates the attestation itself (llbsolver), whatever the frontend.
         attrs.insert(format!("attest:{kind}"), value.clone());
     }

@@ -63,6 +63,12 @@ pub struct Plan {
     /// a dependency that cannot be built), with the reason. They are not in `order`; the
     /// rest of the run goes on without them.
     pub unavailable: BTreeMap<String, String>,
+    /// Targets of `order` whose build is exactly an earlier target's (everything but the
+    /// name, sharing a tag: compose's "one image, run as web and as worker") → that target,
+    /// which they depend on. They deliver the image that target built rather than build it
+    /// again: a second build of the same inputs is another image (its provenance names
+    /// another build), and the shared tag would then change hands on every run.
+    pub same_as: BTreeMap<String, String>,
 }
 
 impl Plan {
@@ -102,6 +108,7 @@ impl Plan {
             order,
             deps,
             unavailable: BTreeMap::new(),
+            same_as: BTreeMap::new(),
         })
     }
 
@@ -217,17 +224,22 @@ pub fn plan(project: &Project, names_or_groups: &[String]) -> Result<Plan, Graph
         }
     }
     let order = topo_order(&deps)?;
+    let same_as = same
+        .into_iter()
+        .filter(|(dup, first)| deps.contains_key(dup) && deps.contains_key(first))
+        .collect();
     Ok(Plan {
         order,
         deps,
         unavailable,
+        same_as,
     })
 }
 
 /// Target → an earlier-named target with exactly the same build (everything but the name),
 /// for targets that share a tag: compose's "one image, run as web and as worker". Such a tag
-/// names one image, not an ambiguity, and the later target waits for the first so that the
-/// daemon builds it once and answers the second from its cache (buildx dedupes these too).
+/// names one image, not an ambiguity: the later target waits for the first and delivers the
+/// image the first built ([`Plan::same_as`]).
 fn same_builds(project: &Project) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     let names: Vec<&String> = project.targets.keys().collect();

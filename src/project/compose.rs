@@ -75,12 +75,14 @@ const BUILD_KEYS: &[&str] = &[
     "ulimits",
     "privileged",
     "entitlements",
+    "provenance",
+    "sbom",
     "x-bake",
     "x-bk-build",
 ];
-/// Valid compose build keys that change nothing bk-build can honour (Windows isolation,
-/// attestations); they are reported as warnings rather than silently dropped.
-const IGNORED_BUILD_KEYS: &[&str] = &["isolation", "provenance", "sbom"];
+/// Valid compose build keys that change nothing bk-build can honour (Windows isolation); they
+/// are reported as warnings rather than silently dropped.
+const IGNORED_BUILD_KEYS: &[&str] = &["isolation"];
 /// Build keys whose list form `KEY=VALUE` is really a mapping, merged key by key.
 const MAP_LIKE: &[&str] = &["args", "labels", "additional_contexts"];
 const EXTENSION_KEYS: &[&str] = &["push", "load", "outputs", "depends_on"];
@@ -1674,6 +1676,17 @@ impl Loader<'_> {
                 if !out.contains(&c) {
                     out.push(c);
                 }
+            }
+        }
+        // Attestations, as buildx reads them (`bake/compose.go`): `true`, `false` or options,
+        // the SBOM's entry first.
+        for kind in ["sbom", "provenance"] {
+            let Some(v) = get(kind) else { continue };
+            let key = format!("{bp}.{kind}");
+            let raw = self.scalar(v, &key)?;
+            if let Some(entry) = crate::options::canonical_attest(kind, &raw) {
+                t.attest
+                    .push(self.checked(v, &key, crate::options::parse_attest(&entry))?);
             }
         }
         let mut ssh = Vec::new();

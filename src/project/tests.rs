@@ -597,6 +597,37 @@ fn compose_environment_beats_dotenv_and_required_vars_fail() {
 }
 
 #[test]
+fn compose_provenance_and_sbom_are_attestations_as_buildx_reads_them() {
+    let d = tempfile::tempdir().unwrap();
+    skeleton(d.path());
+    let a = write(
+        d.path(),
+        "compose.yaml",
+        "services:\n  pybase:\n    build:\n      context: src/py/base\n      provenance: mode=max\n      sbom: true\n  off:\n    build:\n      context: src/py/base\n      provenance: false\n",
+    );
+    let p = load_env(&[a], &[]).unwrap();
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    assert_eq!(
+        spelled(&p.targets["pybase"].attest),
+        ["type=sbom", "type=provenance,mode=max"]
+    );
+    assert_eq!(
+        spelled(&p.targets["off"].attest),
+        ["type=provenance,disabled=true"]
+    );
+    let b = write(
+        d.path(),
+        "bad.yaml",
+        "services:\n  pybase:\n    build:\n      context: src/py/base\n      provenance: mode\n",
+    );
+    let msg = load_env(&[b], &[]).unwrap_err().to_string();
+    assert_mentions(
+        &msg,
+        &["bad.yaml:5", "services.pybase.build.provenance", "mode"],
+    );
+}
+
+#[test]
 fn compose_unset_variables_warn_and_unknown_keys_fail() {
     let d = tempfile::tempdir().unwrap();
     skeleton(d.path());

@@ -8,6 +8,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod attest;
 pub mod bake_print;
 
 /// Environment variables from `$BKENV/env.sh` (DOCKER_HOST, DOCKER_CONFIG, PATH, …).
@@ -63,6 +64,9 @@ fn with_env(cmd: &mut Command) -> &mut Command {
     }
     // The docker daemon under test, never a user's BUILDKIT_HOST.
     cmd.env_remove("BUILDKIT_HOST");
+    // Attestations as both tools make them by default; tests that change this say so.
+    cmd.env_remove("BUILDX_NO_DEFAULT_ATTESTATIONS");
+    cmd.env_remove("BUILDX_METADATA_PROVENANCE");
     // The same output whether the suite runs in GitHub Actions, GitLab CI or elsewhere.
     for ci in ["GITHUB_ACTIONS", "GITLAB_CI", "GITHUB_STEP_SUMMARY"] {
         cmd.env_remove(ci);
