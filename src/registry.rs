@@ -1086,7 +1086,9 @@ fn full(bytes: Bytes) -> Body {
 fn client() -> HttpClient {
     static CLIENT: Mutex<Option<(tokio::runtime::Id, HttpClient)>> = Mutex::new(None);
     let runtime = tokio::runtime::Handle::current().id();
-    let mut slot = CLIENT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut slot = CLIENT
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     if let Some((id, client)) = slot.as_ref() {
         if *id == runtime {
             return client.clone();
