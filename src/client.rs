@@ -56,9 +56,9 @@ pub async fn info(d: &Daemon) -> Result<Option<DaemonInfo>, ClientError> {
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct WorkerInfo {
     pub id: String,
-    /// `os/architecture[/variant]`, e.g. `linux/arm64/v8`.
+    /// `os/architecture[/variant]`, e.g. `linux/arm64/v8`; each once, in the daemon's order.
     pub platforms: Vec<String>,
-    /// The same platforms as the daemon sent them.
+    /// The same platforms with the fields the daemon sent.
     pub platform_specs: Vec<PlatformSpec>,
     pub labels: std::collections::BTreeMap<String, String>,
     /// The worker's garbage-collection rules, in order.
@@ -107,38 +107,11 @@ pub async fn workers(d: &Daemon) -> Result<Vec<WorkerInfo>, ClientError> {
     Ok(r.into_inner()
         .record
         .into_iter()
-        .map(|w| WorkerInfo {
-            id: w.id,
-            platform_specs: w
-                .platforms
-                .iter()
-                .map(|p| PlatformSpec {
-                    os: p.os.clone(),
-                    architecture: p.architecture.clone(),
-                    variant: p.variant.clone(),
-                    os_version: p.os_version.clone(),
-                    os_features: p.os_features.clone(),
-                })
-                .collect(),
-            gc_policy: w
-                .gc_policy
-                .iter()
-                .map(|g| GcPolicy {
-                    all: g.all,
-                    filters: g.filters.clone(),
-                    keep_duration_ns: g.keep_duration,
-                    reserved_space: g.reserved_space,
-                    max_used_space: g.max_used_space,
-                    min_free_space: g.min_free_space,
-                })
-                .collect(),
-            buildkit_version: w.buildkit_version.map(|v| DaemonInfo {
-                package: v.package,
-                version: v.version,
-                revision: v.revision,
-                dockerfile_version: v.dockerfile_version,
-            }),
-            platforms: w
+        .map(|w| {
+            // Some daemons list a platform more than once (Docker Engine's worker repeats
+            // the amd64 variants); buildx shows each once, in the daemon's order.
+            let mut seen = std::collections::HashSet::new();
+            let (platforms, platform_specs): (Vec<String>, Vec<PlatformSpec>) = w
                 .platforms
                 .iter()
                 .map(|p| {
@@ -147,10 +120,41 @@ pub async fn workers(d: &Daemon) -> Result<Vec<WorkerInfo>, ClientError> {
                         s.push('/');
                         s.push_str(&p.variant);
                     }
-                    s
+                    let spec = PlatformSpec {
+                        os: p.os.clone(),
+                        architecture: p.architecture.clone(),
+                        variant: p.variant.clone(),
+                        os_version: p.os_version.clone(),
+                        os_features: p.os_features.clone(),
+                    };
+                    (s, spec)
                 })
-                .collect(),
-            labels: w.labels.into_iter().collect(),
+                .filter(|(s, spec)| seen.insert((s.clone(), spec.os_version.clone())))
+                .unzip();
+            WorkerInfo {
+                id: w.id,
+                platforms,
+                platform_specs,
+                gc_policy: w
+                    .gc_policy
+                    .iter()
+                    .map(|g| GcPolicy {
+                        all: g.all,
+                        filters: g.filters.clone(),
+                        keep_duration_ns: g.keep_duration,
+                        reserved_space: g.reserved_space,
+                        max_used_space: g.max_used_space,
+                        min_free_space: g.min_free_space,
+                    })
+                    .collect(),
+                buildkit_version: w.buildkit_version.map(|v| DaemonInfo {
+                    package: v.package,
+                    version: v.version,
+                    revision: v.revision,
+                    dockerfile_version: v.dockerfile_version,
+                }),
+                labels: w.labels.into_iter().collect(),
+            }
         })
         .collect())
 }
