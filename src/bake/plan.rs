@@ -268,119 +268,37 @@ pub async fn plan(
         .iter()
         .map(|name| fingerprint_input(project, &gplan, &facts, state, name, opts))
         .collect();
-    let walked =
-        tokio::task::block_in_place(|| fingerprint::compute_many(&inputs, state.stat_cache()));
-    let mut inputs: BTreeMap<String, FingerprintInput> =
-        gplan.order.iter().cloned().zip(inputs).collect();
-    crate::timing::mark("files walked");
-    // A lookup task only fails by panicking; treat its answers as unknown rather than fail.
-    let resolved = resolving.await.unwrap_or_default();
-    let local = finding.await.unwrap_or_default();
-    let prechecked: BTreeMap<String, (Option<String>, Delivery)> = prechecking
-        .await
-        .map(|v| v.into_iter().collect())
-        .unwrap_or_default();
-
-    let mut content: BTreeMap<String, Fingerprint> = BTreeMap::new();
-    // Pulled bases the registry could not name a digest for: such a target is built, since
-    // what it would build on is unknown.
-    let mut unsure: BTreeMap<String, String> = shared_outputs(project, &gplan.order);
-    // External bases (without pull) the building engine has images of: the engine builds
-    // from those, so a result is reused only if it was built from the same ones.
-    let mut local_bases: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
-    for (name, fp) in gplan.order.iter().zip(walked) {
-        let t = &project.targets[name];
-        let bases: Vec<(String, String)> = facts[name]
-            .external
-            .iter()
-            .map(|r| {
-                // Without pull the reference counts (see `local_bases` for the engine's own
-                // images): keys stay the same on every machine, so the ledger works.
-                let pinned = if t.pull {
-                    resolved.get(r).cloned().unwrap_or_default()
-                } else {
-                    String::new()
-                };
-                (r.clone(), pinned)
-            })
-            .collect();
-        if let Some((r, _)) = bases
-            .iter()
-            .find(|(_, d)| t.pull && !d.starts_with("sha256:"))
-        {
-            unsure.insert(
-                name.clone(),
-                format!("pull = true, and the registry gave no digest for {r}"),
-            );
-        }
-        if !t.pull {
-            if let Some(why) = alias_of_a_target(project, &facts[name].external) {
-                unsure.entry(name.clone()).or_insert(why);
-            }
-        }
-        let mut fp = fp?.with_bases(bases);
-        if let (true, Some(syntax)) = (t.pull, &facts[name].scan.syntax) {
-            match resolved.get(syntax).filter(|d| d.starts_with("sha256:")) {
-                Some(d) => fp = fp.with_bases([("syntax".to_string(), d.clone())]),
-                None => {
-                    unsure.entry(name.clone()).or_insert_with(|| {
-                        format!("pull = true, and the registry gave no digest for the frontend {syntax}")
-                    });
-                }
-            }
-        }
-        content.insert(name.clone(), fp);
-        if !t.pull {
-            let mine: BTreeMap<String, String> = facts[name]
-                .external
-                .iter()
-                .filter_map(|r| local.get(r).map(|id| (r.clone(), id.clone())))
-                .collect();
-            if !mine.is_empty() {
-                local_bases.insert(name.clone(), mine);
-            }
-        }
-    }
-    crate::timing::mark("fingerprints computed");
-
-    // Decide in dependency waves: a target's key needs its bases' digests.
     let ctx = DecideCtx {
         project,
         gplan: &gplan,
         state,
         engine: engine.as_ref(),
         opts,
-        unsure,
-        scans: facts.into_iter().map(|(k, f)| (k, f.scan)).collect(),
-        local_bases,
+        facts: &facts,
     };
-    let mut targets: BTreeMap<String, TargetPlan> = BTreeMap::new();
-    let mut pending: Vec<String> = gplan.order.clone();
-    let mut prechecked = prechecked;
-    while !pending.is_empty() {
-        let (ready, rest): (Vec<String>, Vec<String>) = pending.into_iter().partition(|n| {
-            gplan
-                .dependencies(n)
-                .iter()
-                .all(|d| targets.contains_key(*d))
-        });
-        if ready.is_empty() {
-            return Err(terr(&rest.join(", "), "internal error: undecidable order"));
-        }
-        let decisions = ready.into_iter().map(|name| {
-            let fp = content.remove(&name);
-            let input = inputs.remove(&name);
-            let pre = prechecked.remove(&name);
-            let ctx = &ctx;
-            let decided = &targets;
-            async move { ctx.decide(&name, fp, input, pre, decided).await }
-        });
-        let done = futures_util::future::join_all(decisions).await;
-        for tp in done {
-            targets.insert(tp.name.clone(), tp);
-        }
-        pending = rest;
-    }
+    let lookups = Lookups {
+        resolving,
+        finding,
+        prechecking,
+    };
+    // Each target is decided as soon as its own files are walked and its bases are decided,
+    // while other directories are still walked: on a fresh runner the registry's answers
+    // for the first targets then come back during the walk instead of after it. The walk
+    // runs on threads of its own; the decisions on this thread's share of the runtime.
+    let (walked_tx, walked_rx) = tokio::sync::mpsc::unbounded_channel();
+    let runtime = tokio::runtime::Handle::current();
+    let targets = tokio::task::block_in_place(|| {
+        std::thread::scope(|scope| {
+            let inputs = &inputs;
+            scope.spawn(move || {
+                fingerprint::compute_each(inputs, state.stat_cache(), |i, fp| {
+                    // The receiver only goes away when planning already failed.
+                    let _ = walked_tx.send((i, fp));
+                });
+            });
+            runtime.block_on(decide_as_walked(&ctx, inputs, lookups, walked_rx))
+        })
+    })?;
     crate::timing::mark("decided");
     state.save_stat_cache()?;
     crate::timing::mark("stat cache saved");
@@ -600,22 +518,228 @@ struct DecideCtx<'a> {
     state: &'a StateStore,
     engine: Option<&'a DockerHost>,
     opts: &'a BakeOptions,
-    /// Targets that are built because an input could not be known, and why.
-    unsure: BTreeMap<String, String>,
-    scans: BTreeMap<String, graph::DockerfileScan>,
-    /// Per target: external base → the building engine's image ID for it.
-    local_bases: BTreeMap<String, BTreeMap<String, String>>,
+    facts: &'a BTreeMap<String, Facts>,
+}
+
+/// The registry and engine lookups [`plan`] starts before the walk.
+struct Lookups {
+    /// Pulled external bases (and `# syntax=` frontends) → their registry digests.
+    resolving: tokio::task::JoinHandle<BTreeMap<String, String>>,
+    /// External bases (without pull) → the building engine's image IDs.
+    finding: tokio::task::JoinHandle<BTreeMap<String, String>>,
+    /// Target → (recorded digest, whether it is still delivered).
+    prechecking: tokio::task::JoinHandle<Vec<(String, (Option<String>, Delivery))>>,
+}
+
+/// What a decided target tells the targets that build on it.
+#[derive(Debug, Clone)]
+struct DepResult {
+    action: Action,
+    digest: Option<String>,
+}
+
+/// A walked target's content fingerprint with its external bases, and what decides it
+/// besides: an input that could not be known (`unsure`: it is built) and the engine's own
+/// images of its external bases.
+struct Walked {
+    content: Fingerprint,
+    unsure: Option<String>,
+    local_bases: BTreeMap<String, String>,
+}
+
+/// Adds the external bases to target `name`'s walked fingerprint: registry digests for
+/// pulled ones (a pulled base or frontend with no digest makes the target `unsure`), the
+/// reference otherwise, with the engine's own image IDs beside it.
+fn walked(
+    ctx: &DecideCtx<'_>,
+    name: &str,
+    fp: Fingerprint,
+    resolved: &BTreeMap<String, String>,
+    local: &BTreeMap<String, String>,
+    mut unsure: Option<String>,
+) -> Walked {
+    let t = &ctx.project.targets[name];
+    let facts = &ctx.facts[name];
+    let bases: Vec<(String, String)> = facts
+        .external
+        .iter()
+        .map(|r| {
+            // Without pull the reference counts (see `local_bases` for the engine's own
+            // images): keys stay the same on every machine, so the ledger works.
+            let pinned = if t.pull {
+                resolved.get(r).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            };
+            (r.clone(), pinned)
+        })
+        .collect();
+    if let Some((r, _)) = bases
+        .iter()
+        .find(|(_, d)| t.pull && !d.starts_with("sha256:"))
+    {
+        unsure = Some(format!(
+            "pull = true, and the registry gave no digest for {r}"
+        ));
+    }
+    if !t.pull && unsure.is_none() {
+        unsure = alias_of_a_target(ctx.project, &facts.external);
+    }
+    let mut content = fp.with_bases(bases);
+    if let (true, Some(syntax)) = (t.pull, &facts.scan.syntax) {
+        match resolved.get(syntax).filter(|d| d.starts_with("sha256:")) {
+            Some(d) => content = content.with_bases([("syntax".to_string(), d.clone())]),
+            None => {
+                unsure.get_or_insert_with(|| {
+                    format!(
+                        "pull = true, and the registry gave no digest for the frontend {syntax}"
+                    )
+                });
+            }
+        }
+    }
+    let local_bases = if t.pull {
+        BTreeMap::new()
+    } else {
+        facts
+            .external
+            .iter()
+            .filter_map(|r| local.get(r).map(|id| (r.clone(), id.clone())))
+            .collect()
+    };
+    Walked {
+        content,
+        unsure,
+        local_bases,
+    }
+}
+
+/// Decides every target of `ctx.gplan.order` as the walk hands over its fingerprints
+/// (`walked`: index into the order, result), each once its bases are decided. A failed
+/// fingerprint fails the plan with the error of the first such target in build order.
+async fn decide_as_walked(
+    ctx: &DecideCtx<'_>,
+    inputs: &[FingerprintInput],
+    lookups: Lookups,
+    mut walked_rx: tokio::sync::mpsc::UnboundedReceiver<(
+        usize,
+        Result<Fingerprint, fingerprint::FingerprintError>,
+    )>,
+) -> Result<BTreeMap<String, TargetPlan>, BakeError> {
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+
+    let order = &ctx.gplan.order;
+    let n = order.len();
+    // A lookup task only fails by panicking; treat its answers as unknown rather than fail.
+    let resolved = lookups.resolving.await.unwrap_or_default();
+    let local = lookups.finding.await.unwrap_or_default();
+    let mut prechecked: BTreeMap<String, (Option<String>, Delivery)> = lookups
+        .prechecking
+        .await
+        .map(|v| v.into_iter().collect())
+        .unwrap_or_default();
+    // Pulled bases the registry could not name a digest for: such a target is built, since
+    // what it would build on is unknown.
+    let mut unsure: BTreeMap<String, String> = shared_outputs(ctx.project, order);
+
+    let mut waiting: BTreeMap<usize, Walked> = BTreeMap::new();
+    let mut failed: BTreeMap<usize, fingerprint::FingerprintError> = BTreeMap::new();
+    let mut received = 0;
+    let mut decided: BTreeMap<String, DepResult> = BTreeMap::new();
+    let mut targets: BTreeMap<String, TargetPlan> = BTreeMap::new();
+    let mut running = FuturesUnordered::new();
+    loop {
+        let startable: Vec<usize> = waiting
+            .keys()
+            .copied()
+            .filter(|i| {
+                ctx.gplan
+                    .dependencies(&order[*i])
+                    .iter()
+                    .all(|d| decided.contains_key(*d))
+            })
+            .collect();
+        for i in startable {
+            let Some(w) = waiting.remove(&i) else {
+                continue;
+            };
+            let name = order[i].as_str();
+            let deps: BTreeMap<String, DepResult> = ctx
+                .gplan
+                .dependencies(name)
+                .into_iter()
+                .filter_map(|d| decided.get(d).map(|r| (d.to_string(), r.clone())))
+                .collect();
+            let pre = prechecked.remove(name);
+            let input = inputs[i].clone();
+            running.push(async move { ctx.decide(name, w, input, pre, &deps).await });
+        }
+        if received == n && running.is_empty() {
+            break;
+        }
+        tokio::select! {
+            got = walked_rx.recv(), if received < n => {
+                let Some((i, fp)) = got else {
+                    return Err(terr(
+                        &order.join(", "),
+                        "internal error: the file walk stopped early",
+                    ));
+                };
+                received += 1;
+                if received == n {
+                    crate::timing::mark("files walked");
+                }
+                match fp {
+                    Ok(fp) => {
+                        let why = unsure.remove(&order[i]);
+                        waiting.insert(i, walked(ctx, &order[i], fp, &resolved, &local, why));
+                    }
+                    Err(e) => {
+                        failed.insert(i, e);
+                    }
+                }
+            }
+            Some(tp) = running.next(), if !running.is_empty() => {
+                let r = DepResult {
+                    action: tp.action,
+                    digest: tp.digest.clone(),
+                };
+                decided.insert(tp.name.clone(), r);
+                targets.insert(tp.name.clone(), tp);
+            }
+            else => break,
+        }
+    }
+    if let Some((_, e)) = failed.into_iter().next() {
+        return Err(e.into());
+    }
+    if targets.len() < n {
+        let rest: Vec<&str> = order
+            .iter()
+            .filter(|n| !targets.contains_key(*n))
+            .map(String::as_str)
+            .collect();
+        return Err(terr(&rest.join(", "), "internal error: undecidable order"));
+    }
+    Ok(targets)
 }
 
 impl DecideCtx<'_> {
+    /// Decides target `name` from its walked fingerprint, the precheck of its recorded
+    /// result, and `decided`: its dependencies' decisions.
     async fn decide(
         &self,
         name: &str,
-        content: Option<Fingerprint>,
-        input: Option<FingerprintInput>,
+        walked: Walked,
+        input: FingerprintInput,
         prechecked: Option<(Option<String>, Delivery)>,
-        decided: &BTreeMap<String, TargetPlan>,
+        decided: &BTreeMap<String, DepResult>,
     ) -> TargetPlan {
+        let Walked {
+            content,
+            unsure,
+            local_bases,
+        } = walked;
         let t = &self.project.targets[name];
         let deps = image_deps(self.gplan, name);
         let mut tp = TargetPlan {
@@ -630,10 +754,10 @@ impl DecideCtx<'_> {
             retag_from: None,
             retag_manifest: None,
             in_ledger: false,
-            content,
-            input,
-            local_bases: self.local_bases.get(name).cloned().unwrap_or_default(),
-            base_refs: self.scans[name].base_refs.clone(),
+            content: Some(content),
+            input: Some(input),
+            local_bases,
+            base_refs: self.facts[name].scan.base_refs.clone(),
             full: None,
             image_deps: deps.clone(),
         };
@@ -650,8 +774,8 @@ impl DecideCtx<'_> {
         let fp = with_image_deps(&content, &deps, |d| decided[d].digest.clone());
         tp.fingerprint = fp.as_ref().map(|f| f.key.clone());
         tp.full = fp.clone();
-        if let Some(why) = always_build(t, self.opts.force.contains(name), &self.scans[name])
-            .or_else(|| self.unsure.get(name).cloned())
+        if let Some(why) =
+            always_build(t, self.opts.force.contains(name), &self.facts[name].scan).or(unsure)
         {
             tp.reasons.push(why);
             return tp;

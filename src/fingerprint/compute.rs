@@ -223,15 +223,39 @@ pub fn compute_many(
 ) -> Vec<Result<Fingerprint, FingerprintError>> {
     let mut results: Vec<Option<Result<Fingerprint, FingerprintError>>> =
         (0..inputs.len()).map(|_| None).collect();
+    compute_each(inputs, cache, |i, r| results[i] = Some(r));
+    results
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or(Err(FingerprintError::Internal(
+                "a fingerprint was not computed",
+            )))
+        })
+        .collect()
+}
+
+/// [`compute_many`], handing each target's result to `ready` as soon as every directory it
+/// reads has been walked, rather than all at the end: a caller can decide about a target
+/// (ask the registry about it, say) while the others are still walked. `ready` runs on the
+/// calling thread, once per index of `inputs`, in no particular order.
+pub fn compute_each(
+    inputs: &[FingerprintInput],
+    cache: &StatCache,
+    mut ready: impl FnMut(usize, Result<Fingerprint, FingerprintError>),
+) {
     let mut dockerfiles: Vec<Hash16> = vec![[0; 16]; inputs.len()];
     let mut requests: Vec<Request> = Vec::new();
+    let mut failed = vec![false; inputs.len()];
     for (i, input) in inputs.iter().enumerate() {
         match prepare(i, input) {
             Ok((hash, reqs)) => {
                 dockerfiles[i] = hash;
                 requests.extend(reqs);
             }
-            Err(e) => results[i] = Some(Err(e)),
+            Err(e) => {
+                failed[i] = true;
+                ready(i, Err(e));
+            }
         }
     }
 
@@ -296,17 +320,63 @@ pub fn compute_many(
         g.members_narrower = g.members.iter().any(|(_, i)| *i != g.includes);
     }
 
-    let listings = walk_groups(&groups, cache);
+    // Requests are in input order, main context first; each target is assembled once the
+    // last of its sections is there.
+    let mut by_input: Vec<Vec<usize>> = (0..inputs.len()).map(|_| Vec::new()).collect();
+    for (r, req) in requests.iter().enumerate() {
+        by_input[req.input].push(r);
+    }
+    let mut waiting: Vec<usize> = by_input
+        .iter()
+        .map(|rs| rs.iter().filter(|r| sections[**r].is_none()).count())
+        .collect();
+    let inputs_of: Vec<usize> = requests.iter().map(|req| req.input).collect();
+    let mut requests: Vec<Option<Request>> = requests.into_iter().map(Some).collect();
+    let mut finish =
+        |i: usize,
+         requests: &mut Vec<Option<Request>>,
+         sections: &mut Vec<Option<Result<Section, FingerprintError>>>| {
+            let reqs = by_input[i]
+                .iter()
+                .filter_map(|r| {
+                    let sec = sections[*r].take().unwrap_or_else(|| {
+                        Ok(Section::new(String::new(), String::new(), Vec::new()))
+                    });
+                    requests[*r].take().map(|req| (req, sec))
+                })
+                .collect();
+            ready(i, assemble(&inputs[i], dockerfiles[i], reqs));
+        };
+    for i in 0..inputs.len() {
+        if !failed[i] && waiting[i] == 0 {
+            finish(i, &mut requests, &mut sections);
+        }
+    }
 
-    // Each request's section, cut from its group's listing.
-    for (group, listing) in groups.iter().zip(listings) {
-        let listing = match listing {
-            Ok(l) => l,
+    walk_groups(&groups, cache, |g, listing| {
+        let group = &groups[g];
+        // Each member request's section, cut from the group's listing.
+        match listing {
+            Ok(listing) => {
+                for (r, includes) in &group.members {
+                    let section = if *includes == group.includes {
+                        Ok(listing.section.clone())
+                    } else {
+                        select(&listing, includes.as_deref()).map_err(|source| {
+                            FingerprintError::Walk {
+                                target: inputs[inputs_of[*r]].target.clone(),
+                                source,
+                            }
+                        })
+                    };
+                    sections[*r] = Some(section);
+                }
+            }
             Err(e) => {
                 let message = e.to_string();
                 let mut first = Some(e);
                 for (r, _) in &group.members {
-                    let target = inputs[requests[*r].input].target.clone();
+                    let target = inputs[inputs_of[*r]].target.clone();
                     let err = match first.take() {
                         Some(FingerprintError::Walk { source, .. }) => {
                             FingerprintError::Walk { target, source }
@@ -325,43 +395,16 @@ pub fn compute_many(
                     };
                     sections[*r] = Some(Err(err));
                 }
-                continue;
             }
-        };
-        for (r, includes) in &group.members {
-            let section = if *includes == group.includes {
-                Ok(listing.section.clone())
-            } else {
-                select(&listing, includes.as_deref()).map_err(|source| FingerprintError::Walk {
-                    target: inputs[requests[*r].input].target.clone(),
-                    source,
-                })
-            };
-            sections[*r] = Some(section);
         }
-    }
-
-    // Assemble: requests are in input order, main context first.
-    let mut per_input: Vec<Vec<(Request, Result<Section, FingerprintError>)>> =
-        (0..inputs.len()).map(|_| Vec::new()).collect();
-    for (req, sec) in requests.into_iter().zip(sections) {
-        let sec = sec.unwrap_or_else(|| Ok(Section::new(String::new(), String::new(), Vec::new())));
-        per_input[req.input].push((req, sec));
-    }
-    for (i, reqs) in per_input.into_iter().enumerate() {
-        if results[i].is_some() {
-            continue;
+        for (r, _) in &group.members {
+            let i = inputs_of[*r];
+            waiting[i] -= 1;
+            if waiting[i] == 0 {
+                finish(i, &mut requests, &mut sections);
+            }
         }
-        results[i] = Some(assemble(&inputs[i], dockerfiles[i], reqs));
-    }
-    results
-        .into_iter()
-        .map(|r| {
-            r.unwrap_or(Err(FingerprintError::Internal(
-                "a fingerprint was not computed",
-            )))
-        })
-        .collect()
+    });
 }
 
 fn assemble(
@@ -521,40 +564,54 @@ fn label_for(project_dir: &Path, dir: &Path) -> String {
     shown.to_string_lossy().into_owned()
 }
 
-/// Walks every group, on up to one thread per CPU; results in the order of `groups`.
-fn walk_groups(groups: &[Group], cache: &StatCache) -> Vec<Result<Listing, FingerprintError>> {
+/// Walks every group, on up to one thread per CPU, handing each group's listing to `done`
+/// (on the calling thread, as soon as it is ready) with the group's index.
+fn walk_groups(
+    groups: &[Group],
+    cache: &StatCache,
+    mut done: impl FnMut(usize, Result<Listing, FingerprintError>),
+) {
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2)
         .min(groups.len());
     if workers <= 1 {
-        return groups.iter().map(|g| walk_group(g, cache)).collect();
+        for (i, g) in groups.iter().enumerate() {
+            done(i, walk_group(g, cache));
+        }
+        return;
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let slots: Vec<Mutex<Option<Result<Listing, FingerprintError>>>> =
-        groups.iter().map(|_| Mutex::new(None)).collect();
+    let (tx, rx) = mpsc::channel::<(usize, Result<Listing, FingerprintError>)>();
     std::thread::scope(|scope| {
         for _ in 0..workers {
-            scope.spawn(|| loop {
+            let (tx, next) = (tx.clone(), &next);
+            scope.spawn(move || loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let Some(group) = groups.get(i) else { break };
-                let r = walk_group(group, cache);
-                *slots[i]
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(r);
+                if tx.send((i, walk_group(group, cache))).is_err() {
+                    break;
+                }
             });
         }
+        drop(tx);
+        let mut seen = vec![false; groups.len()];
+        for (i, listing) in rx {
+            seen[i] = true;
+            done(i, listing);
+        }
+        // Only a panicked walker leaves a group unanswered; the scope re-raises its panic.
+        for (i, seen) in seen.into_iter().enumerate() {
+            if !seen {
+                done(
+                    i,
+                    Err(FingerprintError::Internal(
+                        "a fingerprint thread stopped early",
+                    )),
+                );
+            }
+        }
     });
-    slots
-        .into_iter()
-        .map(|m| {
-            m.into_inner()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .unwrap_or(Err(FingerprintError::Internal(
-                    "a fingerprint thread stopped early",
-                )))
-        })
-        .collect()
 }
 
 /// Walks one group's directory with its exclude patterns and the union of its members'

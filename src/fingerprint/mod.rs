@@ -29,7 +29,9 @@ use std::path::PathBuf;
 
 pub use bench::{bench_floor, FloorTimes};
 pub use cache::StatCache;
-pub use compute::{compute, compute_many, recheck, ContextRead, Fingerprint, FingerprintInput};
+pub use compute::{
+    compute, compute_each, compute_many, recheck, ContextRead, Fingerprint, FingerprintInput,
+};
 pub use coverage::DaemonRead;
 pub use manifest::{explain, Manifest, FORMAT_VERSION, NO_PREVIOUS_BUILD};
 pub use state::{
