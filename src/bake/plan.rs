@@ -521,6 +521,9 @@ struct DecideCtx<'a> {
     facts: &'a BTreeMap<String, Facts>,
 }
 
+/// A target's recorded image digest and whether that result is still delivered.
+type Prechecked = (Option<String>, Delivery);
+
 /// The registry and engine lookups [`plan`] starts before the walk.
 struct Lookups {
     /// Pulled external bases (and `# syntax=` frontends) → their registry digests.
@@ -528,7 +531,7 @@ struct Lookups {
     /// External bases (without pull) → the building engine's image IDs.
     finding: tokio::task::JoinHandle<BTreeMap<String, String>>,
     /// Target → (recorded digest, whether it is still delivered).
-    prechecking: tokio::task::JoinHandle<Vec<(String, (Option<String>, Delivery))>>,
+    prechecking: tokio::task::JoinHandle<Vec<(String, Prechecked)>>,
 }
 
 /// What a decided target tells the targets that build on it.
