@@ -664,6 +664,38 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Fails unless a file can be written at `path` (given by `flag`), so that a build is not run
+/// only to fail at its end: the directory must exist and take a new file, or the path must
+/// be something written into as it is (`/dev/stdout`, a FIFO).
+fn check_writable(flag: &str, path: Option<&Path>) -> Result<()> {
+    let Some(path) = path else {
+        return Ok(());
+    };
+    let target = crate::fs::OutputFile::at(path)
+        .with_context(|| format!("{flag} {}: cannot write there", path.display()))?;
+    let crate::fs::OutputFile::Replace(file) = target else {
+        return Ok(());
+    };
+    let dir = file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    anyhow::ensure!(
+        dir.is_dir(),
+        "{flag} {}: directory {} does not exist",
+        path.display(),
+        dir.display()
+    );
+    crate::fs::new_temp_file_in(dir).with_context(|| {
+        format!(
+            "{flag} {}: cannot create a file in {}",
+            path.display(),
+            dir.display()
+        )
+    })?;
+    Ok(())
+}
+
 /// What `bk-build build` prints on standard output when it is done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Printed {
@@ -721,24 +753,24 @@ async fn run_build(daemon_args: &DaemonArgs, a: &BuildArgs) -> Result<(BuildResu
     } else {
         printed
     };
-    for (flag, file) in [
-        ("--metadata-file", &a.metadata_file),
-        ("--iidfile", &a.iidfile),
-    ] {
-        // Fail before building when the file cannot be written.
-        if let Some(dir) = file
-            .as_deref()
-            .and_then(Path::parent)
-            .filter(|d| !d.as_os_str().is_empty())
-        {
-            anyhow::ensure!(
-                dir.is_dir(),
-                "{flag} {}: directory {} does not exist",
-                file.as_deref().unwrap_or(dir).display(),
-                dir.display()
-            );
-        }
+    // As buildx: these exports make no image, so there would be no ID to write.
+    if a.iidfile.is_some()
+        && spec.outputs.iter().any(|o| {
+            matches!(
+                o.kind,
+                options::OutputKind::Local | options::OutputKind::Tar
+            )
+        })
+    {
+        anyhow::bail!(
+            "--iidfile cannot be used with a local or tar output (-o type=local|tar): those \
+             exports make no image, so there is no image ID to write; drop --iidfile or export \
+             an image"
+        );
     }
+    // Fail before building when a file cannot be written.
+    check_writable("--metadata-file", a.metadata_file.as_deref())?;
+    check_writable("--iidfile", a.iidfile.as_deref())?;
     if let Some(f) = &a.iidfile {
         // As buildx: a failed build leaves no stale ID behind for a script to pick up.
         match std::fs::remove_file(f) {
@@ -764,11 +796,12 @@ async fn run_build(daemon_args: &DaemonArgs, a: &BuildArgs) -> Result<(BuildResu
     task.finish().await;
     let result = result?;
     if let Some(f) = &a.iidfile {
-        write_atomic(f, result.image_id().unwrap_or_default().as_bytes())?;
+        write_atomic(f, result.image_id().unwrap_or_default().as_bytes())
+            .with_context(|| format!("--iidfile {}", f.display()))?;
     }
     if let Some(m) = &a.metadata_file {
         let doc = serde_json::to_vec_pretty(&result.metadata_json())?;
-        write_atomic(m, &doc)?;
+        write_atomic(m, &doc).with_context(|| format!("--metadata-file {}", m.display()))?;
     }
     Ok((result, printed))
 }
@@ -814,7 +847,7 @@ async fn run_build_call(
     let result = result?;
     if let Some(m) = &a.metadata_file {
         let doc = serde_json::to_vec_pretty(&result.metadata_json())?;
-        write_atomic(m, &doc)?;
+        write_atomic(m, &doc).with_context(|| format!("--metadata-file {}", m.display()))?;
     }
     let report = crate::progress::call_report(call, &result.exporter_response, Some(&inputs.shown))
         .map_err(anyhow::Error::msg)?;
@@ -932,8 +965,12 @@ fn temp_dir(prefix: &str) -> Result<tempfile::TempDir> {
         .context("cannot create a temporary directory")
 }
 
+/// The largest Dockerfile `bk-build build -` takes from standard input, in bytes.
+const STDIN_DOCKERFILE_MAX: u64 = 16 << 20;
+
 /// Writes `head` and the rest of `r` (standard input) to `Dockerfile` in a new temporary
-/// directory, streaming; returns the directory and the file.
+/// directory, streaming; returns the directory and the file. Errors past
+/// [`STDIN_DOCKERFILE_MAX`] bytes.
 fn stdin_dockerfile(
     head: &[u8],
     r: &mut impl std::io::Read,
@@ -943,15 +980,25 @@ fn stdin_dockerfile(
     let path = dir.path().join("Dockerfile");
     let mut f =
         std::fs::File::create(&path).with_context(|| format!("cannot write {}", path.display()))?;
-    f.write_all(head)
-        .and_then(|()| std::io::copy(r, &mut f).map(drop))
-        .and_then(|()| f.flush())
+    // Bounded: what arrives here is not a tar archive, and a stream that is not a Dockerfile
+    // either (a mistaken pipe) must not fill the disk before the frontend rejects it.
+    let rest = STDIN_DOCKERFILE_MAX.saturating_sub(head.len() as u64) + 1;
+    let copied = f
+        .write_all(head)
+        .and_then(|()| std::io::copy(&mut std::io::Read::take(&mut *r, rest), &mut f))
+        .and_then(|n| f.flush().map(|()| n))
         .with_context(|| {
             format!(
                 "cannot copy the Dockerfile from standard input to {}",
                 path.display()
             )
         })?;
+    anyhow::ensure!(
+        head.len() as u64 + copied <= STDIN_DOCKERFILE_MAX,
+        "standard input is not a tar archive, and at over {} MiB it is no Dockerfile either: \
+         pipe a Dockerfile, or a tar of the build context, into `bk-build build -`",
+        STDIN_DOCKERFILE_MAX >> 20
+    );
     Ok((dir, path))
 }
 
@@ -1390,7 +1437,7 @@ async fn run_bake_call(
     }
     if let Some(m) = &a.metadata_file {
         let doc = serde_json::to_vec_pretty(&serde_json::Value::Object(metadata))?;
-        write_atomic(m, &doc)?;
+        write_atomic(m, &doc).with_context(|| format!("--metadata-file {}", m.display()))?;
     }
     let printed = crate::project::to_json(&shown);
     let (text, status) =
@@ -1432,6 +1479,7 @@ async fn run_bake(daemon_args: &DaemonArgs, a: &BakeArgs) -> Result<bool> {
         return Ok(true);
     }
     let mode: Mode = a.progress.parse()?;
+    check_writable("--metadata-file", a.metadata_file.as_deref())?;
     if let Some(call) = &call {
         return run_bake_call(daemon_args, a, call, &granted, mode).await;
     }
@@ -1527,7 +1575,7 @@ async fn run_bake(daemon_args: &DaemonArgs, a: &BakeArgs) -> Result<bool> {
     state.save_stat_cache()?;
     if let Some(m) = &a.metadata_file {
         let doc = serde_json::to_vec_pretty(&crate::bake::metadata_json(&results))?;
-        write_atomic(m, &doc)?;
+        write_atomic(m, &doc).with_context(|| format!("--metadata-file {}", m.display()))?;
     }
     Ok(ok)
 }

@@ -548,3 +548,135 @@ fn ssh_key_files_are_listed_and_sign_in_run_steps() {
         "{msg}"
     );
 }
+
+/// Output files that cannot be written fail the run before anything is built, naming the
+/// flag; `--iidfile` with an export that makes no image is refused, as buildx refuses it; and
+/// `--metadata-file /dev/stdout` writes into standard output when that is a pipe.
+#[test]
+fn output_files_are_checked_before_building() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    let marker = unique("outfiles");
+    write(
+        &ctx.join("Dockerfile"),
+        format!("FROM {}\nRUN echo {marker} > /m\n", base_image()),
+    );
+    let repo = unique("outfiles");
+    let tag = format!("localhost:5000/{repo}:1");
+
+    // A directory that takes no new file (procfs), for build and for bake.
+    let o = run(in_dir(&mut bk(), &ctx).args([
+        "build",
+        "--push",
+        "-t",
+        &tag,
+        "--metadata-file",
+        "/proc/bk-build-md.json",
+        ".",
+    ]));
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("--metadata-file /proc/bk-build-md.json"),
+        "{err}"
+    );
+    assert_eq!(
+        manifest_digest(&repo, "1"),
+        None,
+        "nothing was built or pushed"
+    );
+
+    write(
+        &ctx.join("bk-build.toml"),
+        format!("[target.app]\ncontext = \".\"\ntags = [\"{tag}\"]\npush = true\n"),
+    );
+    let o =
+        run(in_dir(&mut bk(), &ctx).args(["bake", "--metadata-file", "/proc/bk-build-md.json"]));
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("--metadata-file /proc/bk-build-md.json"),
+        "{err}"
+    );
+    assert_eq!(
+        manifest_digest(&repo, "1"),
+        None,
+        "nothing was built or pushed"
+    );
+
+    // --iidfile with local and tar exports: both tools refuse, and no file appears.
+    for kind in ["local", "tar"] {
+        let out = tmp.path().join(format!("out-{kind}"));
+        let iid = tmp.path().join(format!("iid-{kind}"));
+        let output = format!("type={kind},dest={}", out.display());
+        let args = [
+            "--iidfile",
+            iid.to_str().unwrap(),
+            "-o",
+            output.as_str(),
+            ".",
+        ];
+        let o = run(in_dir(&mut bk(), &ctx).arg("build").args(args));
+        assert!(!o.status.success(), "{kind}");
+        assert!(stderr(&o).contains("--iidfile"), "{}", stderr(&o));
+        assert!(!iid.exists() && !out.exists(), "{kind}: nothing written");
+        let b = run(in_dir(&mut docker(), &ctx)
+            .args(["buildx", "build"])
+            .args(args));
+        assert!(!b.status.success(), "buildx refuses {kind} too");
+    }
+
+    // /dev/stdout on a pipe (how the test captures it): the metadata arrives there.
+    let o = run_ok(in_dir(&mut bk(), &ctx).args([
+        "build",
+        "--progress",
+        "none",
+        "--metadata-file",
+        "/dev/stdout",
+        "-o",
+        "type=cacheonly",
+        ".",
+    ]));
+    let text = String::from_utf8_lossy(&o.stdout);
+    let start = text
+        .find('{')
+        .unwrap_or_else(|| panic!("no JSON in {text}"));
+    let doc: Value =
+        serde_json::from_str(text[start..].trim()).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert!(doc.is_object(), "{doc}");
+}
+
+/// A stream on standard input that is neither a tar archive nor a Dockerfile-sized text is
+/// refused once it passes the limit, instead of being copied to disk without end.
+#[test]
+fn an_endless_stdin_dockerfile_is_cut_off() {
+    use std::io::Write;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = bk()
+        .args(["build", "-"])
+        .env("TMPDIR", tmp.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let line = b"RUN true\n".repeat(1 << 10);
+        // Up to 64 MiB; the reader stops far earlier and the pipe breaks.
+        for _ in 0..(64 << 20) / line.len() {
+            if stdin.write_all(&line).is_err() {
+                return true;
+            }
+        }
+        false
+    });
+    let out = child.wait_with_output().unwrap();
+    let cut_off = writer.join().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("16 MiB"), "{err}");
+    assert!(cut_off, "bk-build stopped reading before the end");
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+}

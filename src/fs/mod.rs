@@ -222,6 +222,14 @@ impl OutputFile {
     /// Errors: `path` is a directory (`IsADirectory`); a symlink chain that cannot be resolved
     /// (a loop); any other failure to stat it.
     pub fn at(path: &Path) -> std::io::Result<OutputFile> {
+        // What the kernel opens, first: `/dev/stdout` on a pipe is a link to `pipe:[N]`, a
+        // name that only the kernel's own resolution of `/proc/self/fd/1` can follow.
+        if let Ok(md) = std::fs::metadata(path) {
+            let ft = md.file_type();
+            if !ft.is_file() && !ft.is_dir() {
+                return Ok(OutputFile::WriteInto(path.to_path_buf()));
+            }
+        }
         let mut p = path.to_path_buf();
         // Follow links one at a time so a dangling one still names the file to create.
         for _ in 0..40 {
