@@ -1397,6 +1397,20 @@ async fn run_bake_call(
     granted: &[String],
     mode: Mode,
 ) -> Result<bool> {
+    // As `build --call`: nothing is built, so a flag asking to deliver it is a mistake (what
+    // targets' own files say is left alone: the check is of those same targets).
+    let delivered: Vec<&str> = [("--push", a.project.push), ("--load", a.project.load)]
+        .into_iter()
+        .filter(|(_, v)| *v == Some(true))
+        .map(|(flag, _)| flag)
+        .collect();
+    if !delivered.is_empty() {
+        anyhow::bail!(
+            "--call {} evaluates the Dockerfiles without building them, so there is nothing for {} to deliver\n  fix: run the check and the build as two commands",
+            call.shown_name(),
+            delivered.join(", ")
+        );
+    }
     let project = load_project(&a.project, true)?;
     ensure_targets(&project)?;
     crate::project::materialize(&project)?;

@@ -796,4 +796,33 @@ fn call_evaluates_every_target_as_buildx_does() {
         "a summary of builds:\n{}",
         stderr(&out)
     );
+    // Asking to deliver what a check does not build fails, as buildx's bake fails with it.
+    for flag in ["--push", "--load"] {
+        let out = run(bk()
+            .current_dir(dir)
+            .args(["bake", "--progress", "plain", "--check", flag]));
+        assert_eq!(out.status.code(), Some(1), "{flag}");
+        assert!(
+            stderr(&out).contains(&format!("nothing for {flag} to deliver")),
+            "{}",
+            stderr(&out)
+        );
+        assert!(
+            out.stdout.is_empty(),
+            "no check ran: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    let theirs = run(docker().current_dir(dir).args([
+        "buildx",
+        "bake",
+        "--progress",
+        "plain",
+        "--check",
+        "--push",
+    ]));
+    assert!(
+        !theirs.status.success(),
+        "buildx refuses --push with --check too"
+    );
 }
