@@ -1200,3 +1200,30 @@ fn outputs_are_written_through_links_and_into_special_files() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("is a directory"), "{}", stderr(&o));
 }
+
+/// A request the daemon aborts (here: a Dockerfile with bytes that are not UTF-8, on which
+/// BuildKit's frontend fails internally and resets the stream) is said to be that, not a
+/// broken connection that a rerun would fix; buildx fails on the same input.
+#[test]
+fn a_build_the_daemon_aborts_is_not_blamed_on_the_connection() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut dockerfile = format!("FROM {}\nBAD", base_image()).into_bytes();
+    dockerfile.extend_from_slice(b"\xe9 x\n");
+    write(&tmp.path().join("Dockerfile"), &dockerfile);
+    let o = run(bk()
+        .current_dir(tmp.path())
+        .args(["build", "--progress", "plain", "."]));
+    no_panic(&o);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("aborted the build with an internal error"),
+        "{err}"
+    );
+    assert!(!err.contains("run the build again"), "{err}");
+    let theirs =
+        run(docker()
+            .current_dir(tmp.path())
+            .args(["buildx", "build", "--progress", "plain", "."]));
+    assert!(!theirs.status.success(), "buildx fails on it too");
+}

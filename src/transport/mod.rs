@@ -247,7 +247,16 @@ pub async fn explain_lost_connection(daemon: &Daemon, status: &tonic::Status) ->
     let cause = explain::cause(status);
     let peer = daemon.peer();
     // The channel reconnects on the next call, through the same connector and TLS setup.
+    // HTTP/2 tells a reset of one request (`stream error received`, the daemon's RST_STREAM)
+    // from a broken connection; the daemon resets a request when it fails on it internally
+    // (grpc-go after a handler panic: what buildx shows as "stream terminated by RST_STREAM
+    // with error code: INTERNAL_ERROR"), which running the build again does not change.
+    let reset_by_daemon = cause.contains("stream error received");
     Some(match probe(&daemon.channel, DEFAULT_CONNECT_TIMEOUT).await {
+        Ok(()) if reset_by_daemon => format!(
+            "{} aborted the build with an internal error ({cause}) and still answers: BuildKit failed on this build's input rather than the connection breaking. Check the Dockerfile and build options (bytes that are not UTF-8 in the Dockerfile cause this), and the daemon's log for the failure",
+            peer.what
+        ),
         Ok(()) => format!(
             "the connection to {} broke during the build ({cause}); the daemon answers again now, so it was restarted or the network dropped: run the build again",
             peer.what
