@@ -170,21 +170,10 @@ impl Drop for Env {
     }
 }
 
-fn json_get(path: &str) -> Value {
-    let (status, _, body) = registry_request("GET", path);
-    assert_eq!(
-        status,
-        200,
-        "GET {path}: {}",
-        String::from_utf8_lossy(&body)
-    );
-    serde_json::from_slice(&body).unwrap()
-}
-
 /// The image config of `repo:tag` in the registry (the image manifest's, for an index the
 /// first one that is not an attestation).
 fn image_config(repo: &str, tag: &str) -> Value {
-    let mut m = json_get(&format!("/v2/{repo}/manifests/{tag}"));
+    let mut m = registry_json(&format!("/v2/{repo}/manifests/{tag}"));
     if let Some(list) = m["manifests"].as_array() {
         let d = list
             .iter()
@@ -193,10 +182,10 @@ fn image_config(repo: &str, tag: &str) -> Value {
             .as_str()
             .unwrap()
             .to_string();
-        m = json_get(&format!("/v2/{repo}/manifests/{d}"));
+        m = registry_json(&format!("/v2/{repo}/manifests/{d}"));
     }
     let config = m["config"]["digest"].as_str().expect("config digest");
-    json_get(&format!("/v2/{repo}/blobs/{config}"))
+    registry_json(&format!("/v2/{repo}/blobs/{config}"))
 }
 
 #[test]

@@ -30,12 +30,6 @@ fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
-fn json_get(path: &str) -> Value {
-    let (status, _, body) = registry_request("GET", path);
-    assert_eq!(status, 200, "GET {path}");
-    serde_json::from_slice(&body).expect("registry JSON")
-}
-
 /// Removes the cgroup `name` the daemon made for RUN steps under `--cgroup-parent` (in every
 /// v1 hierarchy, or the v2 tree), deepest first; what is still in use stays.
 fn remove_cgroup(name: &str) {
@@ -289,7 +283,7 @@ fn iidfile_and_quiet_give_buildx_image_id() {
     );
     let id = read(&iid);
     // The image ID is the config's digest, as buildx writes it: here that of the pushed image.
-    let manifest = json_get(&format!("/v2/{repo}/manifests/1"));
+    let manifest = registry_json(&format!("/v2/{repo}/manifests/1"));
     assert_eq!(manifest["config"]["digest"].as_str(), Some(id.as_str()));
     // --quiet prints it, and shows no progress.
     assert_eq!(String::from_utf8_lossy(&o.stdout), format!("{id}\n"));
@@ -346,7 +340,7 @@ fn iidfile_and_quiet_give_buildx_image_id() {
 /// The annotations of a pushed multi-platform image: the index's, each index descriptor's and
 /// each manifest's, by platform.
 fn pushed_annotations(repo: &str, tag: &str) -> BTreeMap<String, Value> {
-    let index = json_get(&format!("/v2/{repo}/manifests/{tag}"));
+    let index = registry_json(&format!("/v2/{repo}/manifests/{tag}"));
     let mut out = BTreeMap::new();
     out.insert("index".to_string(), index["annotations"].clone());
     for d in index["manifests"].as_array().expect("an image index") {
@@ -357,7 +351,7 @@ fn pushed_annotations(repo: &str, tag: &str) -> BTreeMap<String, Value> {
         );
         out.insert(format!("descriptor {p}"), d["annotations"].clone());
         let digest = d["digest"].as_str().unwrap();
-        let m = json_get(&format!("/v2/{repo}/manifests/{digest}"));
+        let m = registry_json(&format!("/v2/{repo}/manifests/{digest}"));
         out.insert(format!("manifest {p}"), m["annotations"].clone());
     }
     out

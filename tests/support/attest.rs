@@ -39,17 +39,6 @@ impl Attested {
     }
 }
 
-fn get_json(path: &str) -> serde_json::Value {
-    let (status, _, body) = registry_request("GET", path);
-    assert_eq!(
-        status,
-        200,
-        "GET {path}: {}",
-        String::from_utf8_lossy(&body)
-    );
-    serde_json::from_slice(&body).unwrap_or_else(|e| panic!("GET {path}: {e}"))
-}
-
 fn platform(d: &serde_json::Value) -> String {
     format!(
         "{}/{}",
@@ -62,7 +51,7 @@ fn platform(d: &serde_json::Value) -> String {
 /// manifest names an image of the index (`vnd.docker.reference.digest`), has the
 /// `unknown/unknown` platform, and that its config and layers (in-toto blobs) are in `repo`.
 pub fn attested(repo: &str, reference: &str) -> Attested {
-    let top = get_json(&format!("/v2/{repo}/manifests/{reference}"));
+    let top = registry_json(&format!("/v2/{repo}/manifests/{reference}"));
     let media_type = top["mediaType"].as_str().unwrap_or_default().to_string();
     let Some(list) = top["manifests"].as_array() else {
         return Attested {
@@ -90,7 +79,7 @@ pub fn attested(repo: &str, reference: &str) -> Attested {
             .iter()
             .find(|i| i["digest"] == of)
             .unwrap_or_else(|| panic!("the attestation's image {of} is in the index: {top}"));
-        let m = get_json(&format!(
+        let m = registry_json(&format!(
             "/v2/{repo}/manifests/{}",
             d["digest"].as_str().unwrap()
         ));
@@ -125,20 +114,20 @@ pub fn attested(repo: &str, reference: &str) -> Attested {
 /// The in-toto statements of `repo:reference`'s attestations whose predicate type starts with
 /// `prefix`.
 pub fn statements(repo: &str, reference: &str, prefix: &str) -> Vec<serde_json::Value> {
-    let top = get_json(&format!("/v2/{repo}/manifests/{reference}"));
+    let top = registry_json(&format!("/v2/{repo}/manifests/{reference}"));
     let mut out = Vec::new();
     for d in top["manifests"].as_array().into_iter().flatten() {
         if d["annotations"][REFERENCE_TYPE].is_null() {
             continue;
         }
-        let m = get_json(&format!(
+        let m = registry_json(&format!(
             "/v2/{repo}/manifests/{}",
             d["digest"].as_str().unwrap()
         ));
         for layer in m["layers"].as_array().into_iter().flatten() {
             let t = layer["annotations"][PREDICATE_TYPE].as_str().unwrap_or("");
             if t.starts_with(prefix) {
-                out.push(get_json(&format!(
+                out.push(registry_json(&format!(
                     "/v2/{repo}/blobs/{}",
                     layer["digest"].as_str().unwrap()
                 )));

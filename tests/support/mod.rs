@@ -162,6 +162,19 @@ pub fn registry_request(method: &str, path: &str) -> (u16, BTreeMap<String, Stri
     (status, headers, body)
 }
 
+/// The registry's JSON answer to `GET path` (e.g. `/v2/REPO/manifests/TAG`); panics unless
+/// it is 200 with JSON.
+pub fn registry_json(path: &str) -> serde_json::Value {
+    let (status, _, body) = registry_request("GET", path);
+    assert_eq!(
+        status,
+        200,
+        "GET {path}: {}",
+        String::from_utf8_lossy(&body)
+    );
+    serde_json::from_slice(&body).unwrap_or_else(|e| panic!("GET {path}: {e}"))
+}
+
 /// The manifest digest the registry serves for `repo:tag` (None if absent).
 pub fn manifest_digest(repo: &str, tag: &str) -> Option<String> {
     let (status, headers, _) = registry_request("HEAD", &format!("/v2/{repo}/manifests/{tag}"));
