@@ -604,6 +604,33 @@ fn engine_checks_through_containerd_stay_right_when_the_cached_facts_are_wrong()
         "the test engine uses the containerd image store, so the fast path must be on: {facts}"
     );
 
+    // A passed comparison is kept for as long as the same dockerd process listens on the
+    // socket (the test engine is started directly, not by socket activation).
+    let pid: u32 = std::fs::read_to_string(bkenv().join("dockerd.pid"))
+        .expect("the test engine's pid file")
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        facts[0]["verified"]["listener"][0], pid,
+        "the comparison is kept under the engine's process: {facts}"
+    );
+    // A record under another process is not trusted: compared again, and kept anew.
+    let mut stale = facts.clone();
+    stale[0]["verified"]["listener"] = serde_json::json!([1, 0]);
+    stale[0]["namespace"] = "bk-build-test-elsewhere".into();
+    write(&cache_file, serde_json::to_string(&stale).unwrap());
+    assert_eq!(plan_loaded(), all("skip"));
+    let now: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&cache_file).unwrap()).unwrap();
+    assert_eq!(now, serde_json::json!([]), "stale record with wrong facts");
+    stale[0]["namespace"] = facts[0]["namespace"].clone();
+    write(&cache_file, serde_json::to_string(&stale).unwrap());
+    assert_eq!(plan_loaded(), all("skip"));
+    let now: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&cache_file).unwrap()).unwrap();
+    assert_eq!(now[0]["verified"], facts[0]["verified"], "{now}");
+
     // Tags moved or removed behind bk-build's back: every one is seen, whichever path answers.
     let tag = |n: &str| format!("{}/{n}:dev", r.repo);
     run_ok(docker().args(["tag", &base_image(), &tag("l2")]));
@@ -617,9 +644,10 @@ fn engine_checks_through_containerd_stay_right_when_the_cached_facts_are_wrong()
     bake_loaded();
     assert_eq!(plan_loaded(), all("skip"));
 
-    // Wrong facts with the engine's identity: another namespace (a store without these
-    // images), then a socket that is not containerd at all. Nothing is skipped that should
-    // not be, and facts that disagree with the engine are dropped.
+    // Wrong facts with the engine's identity and a passed comparison on record (a cache
+    // edited behind bk-build's back): another namespace (a store without these images), then
+    // a socket that is not containerd at all. Nothing is skipped that should not be, and
+    // facts that disagree with the engine are dropped.
     for wrong in ["namespace", "address"] {
         let mut f = facts.clone();
         match wrong {

@@ -11,10 +11,16 @@ use std::process::{Command, Output};
 pub mod attest;
 pub mod bake_print;
 
+/// The test environment's directory (`$BKENV`, default `/tmp/bkenv`).
+pub fn bkenv() -> PathBuf {
+    std::env::var_os("BKENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/tmp/bkenv".into())
+}
+
 /// Environment variables from `$BKENV/env.sh` (DOCKER_HOST, DOCKER_CONFIG, PATH, …).
 pub fn env() -> BTreeMap<String, String> {
-    let dir = std::env::var("BKENV").unwrap_or_else(|_| "/tmp/bkenv".into());
-    let file = Path::new(&dir).join("env.sh");
+    let file = bkenv().join("env.sh");
     let text = std::fs::read_to_string(&file).unwrap_or_else(|e| {
         panic!(
             "{}: {e}. Start the test daemon first: `bash scripts/bkenv/up.sh` (or run scripts/test.sh)",
