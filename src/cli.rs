@@ -1587,6 +1587,7 @@ async fn run_bake(daemon_args: &DaemonArgs, a: &BakeArgs) -> Result<bool> {
     }
     // Builds may have hashed files again (see `fingerprint::recheck`).
     state.save_stat_cache()?;
+    crate::timing::mark("stat cache saved again");
     if let Some(m) = &a.metadata_file {
         let doc = serde_json::to_vec_pretty(&crate::bake::metadata_json(&results))?;
         write_atomic(m, &doc).with_context(|| format!("--metadata-file {}", m.display()))?;
@@ -1752,7 +1753,9 @@ pub fn main() -> ExitCode {
             }
         }
     });
+    crate::timing::mark("finished");
     rt.shutdown_timeout(Duration::from_secs(1));
+    crate::timing::mark("runtime shut down");
     code
 }
 

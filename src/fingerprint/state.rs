@@ -242,8 +242,9 @@ impl StateStore {
         }
     }
 
-    /// Replaces `target`'s record, durably, before returning. Call it as soon as the target
-    /// succeeded so an interrupted run keeps what it finished.
+    /// Replaces `target`'s record (whole, never torn; checksummed rather than fsynced, see
+    /// `atomic.rs`) before returning. Call it as soon as the target succeeded so an
+    /// interrupted run keeps what it finished.
     pub fn record(
         &self,
         target: &str,
