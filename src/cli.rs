@@ -376,6 +376,7 @@ impl ProjectArgs {
             engine_images: transport::docker_engine_builder(daemon.addr.as_deref(), &daemon.tls()),
             default_provenance: default_provenance()?,
             metadata_provenance: options::MetadataProvenance::Disabled,
+            retag_early: false,
         })
     }
 }
@@ -1118,11 +1119,21 @@ fn ensure_targets(project: &crate::project::Project) -> Result<()> {
     )
 }
 
+/// What a plan is for.
+enum PlanFor<'a> {
+    /// `plan`: a question; nothing is changed.
+    Answer,
+    /// `bake`, with the entitlements granted (checked before anything is done): re-tags start
+    /// as soon as they are decided.
+    Bake { granted: &'a [String] },
+}
+
 /// Opens the project's state (taking its lock) and plans the run.
 async fn plan_project(
     daemon_args: &DaemonArgs,
     a: &ProjectArgs,
     lock_wait: Duration,
+    purpose: PlanFor<'_>,
 ) -> Result<(
     crate::project::Project,
     crate::fingerprint::StateStore,
@@ -1130,7 +1141,12 @@ async fn plan_project(
 )> {
     let project = load_project(a, true)?;
     ensure_targets(&project)?;
+    // Inline Dockerfiles are written before the graph reads them.
     crate::project::materialize(&project)?;
+    if let PlanFor::Bake { granted } = purpose {
+        let order = crate::graph::plan(&project, &a.targets)?.order;
+        ensure_granted(&project, &order, granted)?;
+    }
     crate::timing::mark("project loaded");
     let state = crate::fingerprint::StateStore::open_with(&project.root, lock_wait, &mut |msg| {
         eprintln!("{msg}")
@@ -1139,7 +1155,8 @@ async fn plan_project(
     // Planning needs no BuildKit connection: images loaded into a Docker Engine are checked
     // over its HTTP API, and a plan that cannot reach it still works from the registry and
     // the recorded state.
-    let opts = a.bake_options(&project, daemon_args)?;
+    let mut opts = a.bake_options(&project, daemon_args)?;
+    opts.retag_early = matches!(purpose, PlanFor::Bake { .. });
     let plan = crate::bake::plan(&project, &a.targets, &state, &opts).await?;
     crate::timing::mark("planned");
     for w in state.take_warnings() {
@@ -1501,9 +1518,9 @@ async fn run_bake(daemon_args: &DaemonArgs, a: &BakeArgs) -> Result<bool> {
         daemon_args,
         &a.project,
         crate::fingerprint::DEFAULT_LOCK_WAIT,
+        PlanFor::Bake { granted: &granted },
     )
     .await?;
-    ensure_granted(&project, &plan.graph.order, &granted)?;
     let mut opts = a.project.bake_options(&project, daemon_args)?;
     if a.metadata_file.is_some() {
         opts.metadata_provenance = metadata_provenance();
@@ -1604,8 +1621,13 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Plan(a) => {
             // A plan is a question: don't wait long behind a running bake.
-            let (_project, _state, plan) =
-                plan_project(&cli.daemon, &a.project, Duration::from_secs(5)).await?;
+            let (_project, _state, plan) = plan_project(
+                &cli.daemon,
+                &a.project,
+                Duration::from_secs(5),
+                PlanFor::Answer,
+            )
+            .await?;
             print_plan(&plan, &a.format)?;
             if !plan.graph.unavailable.is_empty() {
                 anyhow::bail!("some targets cannot be built (see above)");

@@ -1022,3 +1022,65 @@ fn a_compose_service_rebuilds_when_a_file_or_value_it_reads_changes() {
     );
     assert!(dir.join("out/inline/copied.txt").is_file());
 }
+
+/// Entitlements are checked before anything is done: a bake refused for one target's ungranted
+/// privilege must not have re-tagged the others (re-tags start while the run is planned).
+#[test]
+fn a_run_refused_for_privileges_tags_nothing() {
+    let repo = format!("localhost:5000/{}", unique("refused"));
+    let path_repo = repo.trim_start_matches("localhost:5000/").to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let make = |dir: &Path| {
+        write(
+            &dir.join("docker-bake.hcl"),
+            format!(
+                "variable \"TAG\" {{ default = \"dev\" }}\n\
+                 group \"default\" {{ targets = [\"plain\", \"hostnet\"] }}\n\
+                 target \"plain\" {{\n  context = \"plain\"\n  tags = [\"{repo}/plain:${{TAG}}\"]\n}}\n\
+                 target \"hostnet\" {{\n  context = \"hostnet\"\n  tags = [\"{repo}/hostnet:${{TAG}}\"]\n  entitlements = [\"network.host\"]\n}}\n"
+            ),
+        );
+        for t in ["plain", "hostnet"] {
+            write(
+                &dir.join(t).join("Dockerfile"),
+                format!("FROM {}\nCOPY f /f\n", base_image()),
+            );
+            write(&dir.join(t).join("f"), format!("{t} {repo}"));
+        }
+    };
+    let first = tmp.path().join("first");
+    make(&first);
+    let (out, _) = bake_in(
+        &first,
+        &[("TAG", "c1")],
+        &["--push", "--allow=network.host"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // A fresh runner, a new commit: `plain` would be re-tagged, `hostnet` asks for a grant.
+    let second = tmp.path().join("second");
+    make(&second);
+    let env: Vec<(&str, &str)> = [("TAG", "c2")].into_iter().chain(NO_DAEMON).collect();
+    let p = plan_in(&second, &env, &["--push"]);
+    assert_eq!(p["plain"].0, "retag", "{p:?}");
+    let (out, _) = bake_in(&second, &env, &["--push"]);
+    assert!(!out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--allow=network.host"),
+        "{}",
+        stderr(&out)
+    );
+    for t in ["plain", "hostnet"] {
+        assert_eq!(
+            manifest_digest(&format!("{path_repo}/{t}"), "c2"),
+            None,
+            "{t}: a refused run must not tag"
+        );
+    }
+    let (out, meta) = bake_in(&second, &env, &["--push", "--allow=network.host"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for t in ["plain", "hostnet"] {
+        assert_eq!(meta[t]["bk-build.action"], "retag", "{t}: {meta}");
+        assert!(manifest_digest(&format!("{path_repo}/{t}"), "c2").is_some());
+    }
+}

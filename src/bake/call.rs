@@ -32,6 +32,7 @@ pub async fn call(
     let plan = BakePlan {
         graph: crate::graph::plan(project, names)?,
         targets: BTreeMap::new(),
+        early: Default::default(),
     };
     let mut answers = BTreeMap::new();
     let mut specs = Vec::new();

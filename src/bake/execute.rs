@@ -13,7 +13,8 @@ use super::deliver::{home_repository, state_excludes};
 use super::link::{add_link_output, finish_link_layout, link_context};
 use super::plan::{engine_of, with_image_deps};
 use super::{
-    host_platform, terr, Action, BakeError, BakeOptions, BakePlan, TargetPlan, TargetResult,
+    host_platform, terr, Action, BakeError, BakeOptions, BakePlan, RetagOutcome, TargetPlan,
+    TargetResult,
 };
 use crate::build::{BuildResult, BuildSpec};
 use crate::fingerprint::{self, ContextRead, DaemonRead, StateStore, TargetRecord};
@@ -207,7 +208,16 @@ pub async fn execute(
                     }
                     Ok(Reused::Skipped)
                 } else {
-                    match retag(tp, engine.as_ref(), progress, &name).await {
+                    let (done, result) = match plan.early.take(&name) {
+                        Some(task) => task
+                            .await
+                            .unwrap_or_else(|e| (Vec::new(), Err(format!("internal error: {e}")))),
+                        None => retag(tp, engine.as_ref()).await,
+                    };
+                    for line in done {
+                        progress.note(Some(&name), &line);
+                    }
+                    match result {
                         Ok(()) => {
                             tokio::task::block_in_place(|| record(state, progress, &name, tp, t));
                             if !tp.in_ledger && opts.ledger {
@@ -599,35 +609,36 @@ fn unseen_bases(expected: &[String], loaded: Option<&[String]>) -> Vec<String> {
         .collect()
 }
 
-/// Copies the image to the tags the plan says are missing.
-async fn retag(
-    tp: &TargetPlan,
-    engine: Option<&DockerHost>,
-    progress: &Progress,
-    name: &str,
-) -> Result<(), String> {
-    for tag in &tp.retag_registry {
-        let from = tp
-            .retag_from
-            .as_deref()
-            .ok_or_else(|| "nothing to copy the image from".to_string())?;
-        match &tp.retag_manifest {
-            Some(m) => crate::registry::put_manifest_as(m, tag).await,
-            None => crate::registry::tag_existing(from, tag).await,
+/// Copies the image to the tags the plan says are missing: a line per tag set, then how it
+/// ended (the first failure stops it).
+pub(super) async fn retag(tp: &TargetPlan, engine: Option<&DockerHost>) -> RetagOutcome {
+    let mut done = Vec::new();
+    let result = async {
+        for tag in &tp.retag_registry {
+            let from = tp
+                .retag_from
+                .as_deref()
+                .ok_or_else(|| "nothing to copy the image from".to_string())?;
+            match &tp.retag_manifest {
+                Some(m) => crate::registry::put_manifest_as(m, tag).await,
+                None => crate::registry::tag_existing(from, tag).await,
+            }
+            .map_err(|e| e.to_string())?;
+            done.push(format!("tagged {tag} (from {from})"));
         }
-        .map_err(|e| e.to_string())?;
-        progress.note(Some(name), &format!("tagged {tag} (from {from})"));
-    }
-    if !tp.retag_engine.is_empty() {
-        let (Some(host), Some(digest)) = (engine, tp.digest.as_deref()) else {
-            return Err("the Docker Engine is not reachable to tag the image in".into());
-        };
-        for tag in &tp.retag_engine {
-            crate::transport::docker_tag_image(host, digest, tag).await?;
-            progress.note(Some(name), &format!("tagged {tag} in the Docker Engine"));
+        if !tp.retag_engine.is_empty() {
+            let (Some(host), Some(digest)) = (engine, tp.digest.as_deref()) else {
+                return Err("the Docker Engine is not reachable to tag the image in".to_string());
+            };
+            for tag in &tp.retag_engine {
+                crate::transport::docker_tag_image(host, digest, tag).await?;
+                done.push(format!("tagged {tag} in the Docker Engine"));
+            }
         }
+        Ok(())
     }
-    Ok(())
+    .await;
+    (done, result)
 }
 
 /// Records a reused result in the local state, so the next run decides without the registry.

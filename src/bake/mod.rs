@@ -75,6 +75,9 @@ pub struct BakeOptions {
     /// How much provenance built targets' metadata carries (`Disabled` without a metadata
     /// file).
     pub metadata_provenance: crate::options::MetadataProvenance,
+    /// Start each `retag` as soon as it is decided, while other targets are still being
+    /// fingerprinted (`bake`; a `plan` only answers). [`execute`] then waits for it.
+    pub retag_early: bool,
 }
 
 /// What a run will do with one target, and why.
@@ -149,6 +152,36 @@ impl Action {
 pub struct BakePlan {
     pub graph: graph::Plan,
     pub targets: BTreeMap<String, TargetPlan>,
+    /// Re-tags already under way ([`BakeOptions::retag_early`]).
+    early: EarlyRetags,
+}
+
+/// What a re-tag reports: a line per tag set, then how it ended.
+type RetagOutcome = (Vec<String>, Result<(), String>);
+
+/// Re-tags started while planning, by target; [`execute`] takes each one over.
+#[derive(Clone, Default)]
+struct EarlyRetags(
+    std::sync::Arc<std::sync::Mutex<BTreeMap<String, tokio::task::JoinHandle<RetagOutcome>>>>,
+);
+
+impl EarlyRetags {
+    fn insert(&self, name: &str, task: tokio::task::JoinHandle<RetagOutcome>) {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(name.to_string(), task);
+        }
+    }
+
+    fn take(&self, name: &str) -> Option<tokio::task::JoinHandle<RetagOutcome>> {
+        self.0.lock().ok()?.remove(name)
+    }
+}
+
+impl std::fmt::Debug for EarlyRetags {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.lock().map(|m| m.len()).unwrap_or(0);
+        write!(f, "EarlyRetags({n} under way)")
+    }
 }
 
 impl BakePlan {

@@ -286,6 +286,7 @@ pub async fn plan(
     // for the first targets then come back during the walk instead of after it. The walk
     // runs on threads of its own; the decisions on this thread's share of the runtime.
     let (walked_tx, walked_rx) = tokio::sync::mpsc::unbounded_channel();
+    let early = super::EarlyRetags::default();
     let runtime = tokio::runtime::Handle::current();
     let targets = tokio::task::block_in_place(|| {
         std::thread::scope(|scope| {
@@ -296,7 +297,7 @@ pub async fn plan(
                     let _ = walked_tx.send((i, fp));
                 });
             });
-            runtime.block_on(decide_as_walked(&ctx, inputs, lookups, walked_rx))
+            runtime.block_on(decide_as_walked(&ctx, inputs, lookups, walked_rx, &early))
         })
     })?;
     crate::timing::mark("decided");
@@ -305,6 +306,7 @@ pub async fn plan(
     Ok(BakePlan {
         graph: gplan,
         targets,
+        early,
     })
 }
 
@@ -628,6 +630,7 @@ async fn decide_as_walked(
         usize,
         Result<Fingerprint, fingerprint::FingerprintError>,
     )>,
+    early: &super::EarlyRetags,
 ) -> Result<BTreeMap<String, TargetPlan>, BakeError> {
     use futures_util::stream::{FuturesUnordered, StreamExt};
 
@@ -703,6 +706,20 @@ async fn decide_as_walked(
                 }
             }
             Some(tp) = running.next(), if !running.is_empty() => {
+                if ctx.opts.retag_early && tp.action == Action::Retag {
+                    // A re-tag points wanted tags at the image these very inputs built, so it
+                    // is right whatever the rest of the plan says: its registry round trips
+                    // overlap the walk of other directories instead of following it. Should
+                    // planning still fail, the tags it set are right ones.
+                    let (tp, engine) = (tp.clone(), ctx.engine.cloned());
+                    let name = tp.name.clone();
+                    early.insert(
+                        &name,
+                        tokio::spawn(
+                            async move { super::execute::retag(&tp, engine.as_ref()).await },
+                        ),
+                    );
+                }
                 let r = DepResult {
                     action: tp.action,
                     digest: tp.digest.clone(),
