@@ -1603,8 +1603,11 @@ async fn run_bake(daemon_args: &DaemonArgs, a: &BakeArgs) -> Result<bool> {
         }
     }
     // Builds may have hashed files again (see `fingerprint::recheck`).
-    state.save_stat_cache()?;
+    state.save_stat_cache();
     crate::timing::mark("stat cache saved again");
+    for w in state.take_warnings() {
+        eprintln!("WARNING: {w}");
+    }
     if let Some(m) = &a.metadata_file {
         let doc = serde_json::to_vec_pretty(&crate::bake::metadata_json(&results))?;
         write_atomic(m, &doc).with_context(|| format!("--metadata-file {}", m.display()))?;

@@ -900,3 +900,24 @@ fn ci_logs_keep_each_targets_lines_in_its_own_section_and_summarize_the_run() {
     assert!(!err.contains("b2-line"), "quiet printed progress: {err}");
     assert!(err.contains("exit code: 3"), "{err}");
 }
+
+/// The stat cache only saves work: when it cannot be written (here a directory stands in its
+/// place; a full disk is the same) the run still succeeds and delivers, with a warning.
+#[test]
+fn a_stat_cache_that_cannot_be_written_is_a_warning_not_a_failed_run() {
+    let r = project("");
+    let cache = r.root.join(".bk-build/state/stat-cache");
+    let _ = std::fs::remove_file(&cache);
+    std::fs::create_dir_all(cache.join("in-the-way")).unwrap();
+    let (out, meta) = bake(&r, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("could not save the stat cache"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(meta.as_object().is_some_and(|m| !m.is_empty()), "{meta}");
+    let out = run(bk().current_dir(&r.root).args(["plan"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("could not save the stat cache"));
+}

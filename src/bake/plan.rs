@@ -301,7 +301,7 @@ pub async fn plan(
         })
     })?;
     crate::timing::mark("decided");
-    state.save_stat_cache()?;
+    state.save_stat_cache();
     crate::timing::mark("stat cache saved");
     Ok(BakePlan {
         graph: gplan,

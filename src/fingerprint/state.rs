@@ -290,13 +290,20 @@ impl StateStore {
         &self.stat_cache
     }
 
-    /// Writes the stat cache if it changed.
-    pub fn save_stat_cache(&self) -> Result<(), StateError> {
+    /// Writes the stat cache if it changed. It only saves work, so a write that fails (a full
+    /// disk, a directory in its place) is a warning ([`take_warnings`](Self::take_warnings)),
+    /// not a failed run: the next run hashes those files again.
+    pub fn save_stat_cache(&self) {
         let path = self.state_dir.join("stat-cache");
-        self.stat_cache
-            .save(&path)
-            .map(|_| ())
-            .map_err(|source| StateError::Write { path, source })
+        if let Err(e) = self.stat_cache.save(&path) {
+            self.warnings
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(format!(
+                    "could not save the stat cache {}: {e} (only a cache: the next run reads those files again)",
+                    path.display()
+                ));
+        }
     }
 
     /// Problems found so far that were survived (corrupt or old-format files treated as
@@ -691,7 +698,7 @@ mod tests {
             let store = quiet_open(dir.path(), Duration::ZERO).unwrap();
             compute(&input, store.stat_cache()).unwrap();
             assert_eq!(store.stat_cache().hashes_performed(), 1);
-            store.save_stat_cache().unwrap();
+            store.save_stat_cache();
         }
         let store = quiet_open(dir.path(), Duration::ZERO).unwrap();
         compute(&input, store.stat_cache()).unwrap();
