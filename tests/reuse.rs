@@ -1084,3 +1084,47 @@ fn a_run_refused_for_privileges_tags_nothing() {
         assert!(manifest_digest(&format!("{path_repo}/{t}"), "c2").is_some());
     }
 }
+
+/// Re-tags start while the run is still planned; when planning then fails (here another
+/// target's context holds a name that cannot be sent), the error says what was re-tagged.
+#[test]
+fn a_plan_that_fails_after_retags_started_names_them() {
+    use std::os::unix::ffi::OsStrExt;
+    let repo = format!("localhost:5000/{}", unique("halfway"));
+    let path_repo = repo.trim_start_matches("localhost:5000/").to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let make = |dir: &Path| {
+        let mut toml = format!("[defaults]\ntags = [\"{repo}/{{name}}:${{TAG}}\"]\npush = true\n");
+        for t in ["plain", "other"] {
+            toml.push_str(&format!("\n[target.{t}]\ncontext = \"{t}\"\n"));
+            write(
+                &dir.join(t).join("Dockerfile"),
+                format!("FROM {}\nCOPY . /x\n", base_image()),
+            );
+            write(&dir.join(t).join("f"), format!("{t} {repo}"));
+        }
+        write(&dir.join("bk-build.toml"), toml);
+    };
+    let first = tmp.path().join("first");
+    make(&first);
+    let (out, _) = bake_in(&first, &[("TAG", "c1")], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let second = tmp.path().join("second");
+    make(&second);
+    let bad = second
+        .join("other")
+        .join(std::ffi::OsStr::from_bytes(b"not-utf8-\xff"));
+    std::fs::write(bad, "x").unwrap();
+    let env: Vec<(&str, &str)> = [("TAG", "c2")].into_iter().chain(NO_DAEMON).collect();
+    let (out, _) = bake_in(&second, &env, &[]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    let plain_c2 = manifest_digest(&format!("{path_repo}/plain"), "c2");
+    assert!(plain_c2.is_some(), "plain is re-tagged while planning:\n{err}");
+    assert!(
+        err.contains("re-tagged before this error") && err.contains(&format!("{repo}/plain:c2")),
+        "the error must name the tag set:\n{err}"
+    );
+    assert_eq!(manifest_digest(&format!("{path_repo}/other"), "c2"), None);
+}

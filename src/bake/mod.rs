@@ -49,6 +49,13 @@ pub enum BakeError {
     State(#[from] fingerprint::StateError),
     #[error("target `{target}`: {message}")]
     Target { target: String, message: String },
+    /// Planning failed after some re-tags had started ([`BakeOptions::retag_early`]).
+    #[error("{source}\n  note: re-tagged before this error (their inputs are unchanged, so these tags are right): {}", done.join("; "))]
+    AfterRetags {
+        source: Box<BakeError>,
+        /// What the re-tags did, a line per tag set.
+        done: Vec<String>,
+    },
 }
 
 fn terr(target: &str, message: impl Into<String>) -> BakeError {
@@ -174,6 +181,27 @@ impl EarlyRetags {
 
     fn take(&self, name: &str) -> Option<tokio::task::JoinHandle<RetagOutcome>> {
         self.0.lock().ok()?.remove(name)
+    }
+
+    /// Waits for every re-tag under way and returns `error`, naming what they did.
+    async fn settle(&self, error: BakeError) -> BakeError {
+        let tasks: Vec<_> = match self.0.lock() {
+            Ok(mut m) => std::mem::take(&mut *m).into_values().collect(),
+            Err(_) => Vec::new(),
+        };
+        let mut done = Vec::new();
+        for task in tasks {
+            if let Ok((lines, _)) = task.await {
+                done.extend(lines);
+            }
+        }
+        if done.is_empty() {
+            return error;
+        }
+        BakeError::AfterRetags {
+            source: Box::new(error),
+            done,
+        }
     }
 }
 

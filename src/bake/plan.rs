@@ -299,7 +299,12 @@ pub async fn plan(
             });
             runtime.block_on(decide_as_walked(&ctx, inputs, lookups, walked_rx, &early))
         })
-    })?;
+    });
+    let targets = match targets {
+        Ok(t) => t,
+        // Re-tags already started are let finish and named, so the error says what changed.
+        Err(e) => return Err(early.settle(e).await),
+    };
     crate::timing::mark("decided");
     state.save_stat_cache();
     crate::timing::mark("stat cache saved");
