@@ -1719,12 +1719,37 @@ async fn run(cli: Cli) -> Result<()> {
 }
 
 /// Resolves when the process receives SIGTERM (never, if it cannot listen for it).
-async fn terminated() {
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut s) => {
+/// Set once `main` has begun to answer a signal.
+static SIGNAL_ANSWERED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// How long a signal may wait for `main` to answer it.
+const SIGNAL_BACKSTOP_WAIT: Duration = Duration::from_secs(2);
+
+/// Ends the process when `main` does not answer a signal in time: `main` polls the run and the
+/// signals on one thread, which planning blocks while it walks files (long on a big context
+/// or a slow file system). Runs on a worker thread.
+async fn signal_backstop() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt()).ok();
+    let mut terminate = signal(SignalKind::terminate()).ok();
+    let (how, code) = tokio::select! {
+        _ = received(&mut interrupt) => ("interrupted", EXIT_INTERRUPTED),
+        _ = received(&mut terminate) => ("terminated (SIGTERM)", EXIT_TERMINATED),
+    };
+    tokio::time::sleep(SIGNAL_BACKSTOP_WAIT).await;
+    if !SIGNAL_ANSWERED.load(std::sync::atomic::Ordering::SeqCst) {
+        eprintln!("{how}: stopped while planning");
+        std::process::exit(i32::from(code));
+    }
+}
+
+/// Waits for the signal `s` listens for (forever when listening failed).
+async fn received(s: &mut Option<tokio::signal::unix::Signal>) {
+    match s {
+        Some(s) => {
             s.recv().await;
         }
-        Err(_) => std::future::pending().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -1743,6 +1768,12 @@ pub fn main() -> ExitCode {
         }
     };
     let code = rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        // Listening starts before anything runs: with no handler yet, a signal would end the
+        // process without a word.
+        let mut interrupt = signal(SignalKind::interrupt()).ok();
+        let mut terminate = signal(SignalKind::terminate()).ok();
+        tokio::spawn(signal_backstop());
         tokio::select! {
             r = run(cli) => match r {
                 Ok(()) => ExitCode::SUCCESS,
@@ -1761,7 +1792,8 @@ pub fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             },
-            _ = tokio::signal::ctrl_c() => {
+            _ = received(&mut interrupt) => {
+                SIGNAL_ANSWERED.store(true, std::sync::atomic::Ordering::SeqCst);
                 // Dropping the build future resets the Solve call (the daemon cancels the
                 // job) and closes the session; give the connection a moment to send that.
                 tokio::time::sleep(Duration::from_millis(300)).await;
@@ -1769,7 +1801,8 @@ pub fn main() -> ExitCode {
                 report_cancellation("interrupted").await;
                 ExitCode::from(EXIT_INTERRUPTED)
             }
-            _ = terminated() => {
+            _ = received(&mut terminate) => {
+                SIGNAL_ANSWERED.store(true, std::sync::atomic::Ordering::SeqCst);
                 // As Ctrl-C: `docker stop`, CI job timeouts and `kill` send SIGTERM.
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 crate::progress::finish_interrupted(PROGRESS_END_WAIT);

@@ -1121,7 +1121,10 @@ fn a_plan_that_fails_after_retags_started_names_them() {
     let err = stderr(&out);
     assert!(!out.status.success(), "{err}");
     let plain_c2 = manifest_digest(&format!("{path_repo}/plain"), "c2");
-    assert!(plain_c2.is_some(), "plain is re-tagged while planning:\n{err}");
+    assert!(
+        plain_c2.is_some(),
+        "plain is re-tagged while planning:\n{err}"
+    );
     assert!(
         err.contains("re-tagged before this error") && err.contains(&format!("{repo}/plain:c2")),
         "the error must name the tag set:\n{err}"

@@ -1227,3 +1227,52 @@ fn a_build_the_daemon_aborts_is_not_blamed_on_the_connection() {
             .args(["buildx", "build", "--progress", "plain", "."]));
     assert!(!theirs.status.success(), "buildx fails on it too");
 }
+
+/// SIGTERM while planning waits on a registry that never answers (planning holds the thread
+/// that answers signals): the run still stops promptly and says so, where it used to wait
+/// for the registry's timeout, or die without a word when the signal came first.
+#[test]
+fn sigterm_while_planning_stops_the_run_and_says_so() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Accepts and never answers.
+    let held = std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        for c in listener.incoming().take(8) {
+            conns.push(c);
+        }
+        std::thread::sleep(Duration::from_secs(60));
+    });
+    let (_t, root) = project(&format!(
+        "FROM 127.0.0.1:{port}/never/answers:1\nCOPY a.txt /\n"
+    ));
+    let toml = root.join("bk-build.toml");
+    let text = std::fs::read_to_string(&toml).unwrap() + "pull = true\n";
+    write(&toml, text);
+    let child = bk()
+        .current_dir(&root)
+        .args(["bake", "--progress", "plain"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    // The state is opened (and its lock taken) just before planning starts.
+    while !root.join(".bk-build/lock").exists() {
+        assert!(started.elapsed() < Duration::from_secs(30), "never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let signalled = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let seen = stderr(&out);
+    assert_eq!(out.status.code(), Some(143), "{seen}");
+    assert!(seen.contains("terminated"), "{seen}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(20),
+        "the run waited for the registry's timeout: {seen}"
+    );
+    drop(held);
+}
