@@ -144,6 +144,9 @@ pub struct StateStore {
     _lock: File,
     stat_cache: StatCache,
     warnings: Mutex<Vec<String>>,
+    /// Record warnings already given: a record is read several times per run (precheck,
+    /// decision, execution), and the user needs to hear about it once.
+    warned: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl std::fmt::Debug for StateStore {
@@ -197,6 +200,7 @@ impl StateStore {
             _lock: lock,
             stat_cache,
             warnings: Mutex::new(warnings),
+            warned: Mutex::new(Default::default()),
         })
     }
 
@@ -313,10 +317,18 @@ impl StateStore {
     }
 
     fn warn(&self, path: &Path, why: &str) {
-        self.warnings
+        let w = format!("ignoring build record {}: {why}", path.display());
+        let new = self
+            .warned
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(format!("ignoring build record {}: {why}", path.display()));
+            .insert(w.clone());
+        if new {
+            self.warnings
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(w);
+        }
     }
 
     fn record_path(&self, target: &str) -> PathBuf {
@@ -651,8 +663,11 @@ mod tests {
             // The header is fine, only the manifest is damaged: get works, manifest does not.
             (flipped_body, "checksum", false),
         ];
+        drop(store);
         for (bytes, why, header_broken) in cases {
             std::fs::write(&path, &bytes).unwrap();
+            // A new run each time: one run says a thing once.
+            let store = quiet_open(dir.path(), Duration::ZERO).unwrap();
             assert_eq!(store.get("t").is_none(), header_broken, "{why}");
             assert_eq!(store.manifest("t"), None, "{why}");
             let warnings = store.take_warnings();
@@ -660,6 +675,9 @@ mod tests {
                 !warnings.is_empty() && warnings.iter().all(|w| w.contains(why)),
                 "{why}: {warnings:?}"
             );
+            // Read again in the same run (as a plan and its execution do): said once.
+            let _ = (store.get("t"), store.manifest("t"));
+            assert_eq!(store.take_warnings(), Vec::<String>::new(), "{why}");
         }
     }
 
