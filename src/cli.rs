@@ -422,7 +422,9 @@ pub struct BakeArgs {
 pub struct PlanArgs {
     #[command(flatten)]
     pub project: ProjectArgs,
-    /// Output format: text or json.
+    /// Output format: text, json, or matrix (the targets that must be built, in dependency
+    /// layers, as JSON a CI job matrix takes: `{"layers": [[…], …], "include": [{"layer": 0,
+    /// "target": "…"}, …]}`).
     #[arg(long, default_value = "text")]
     pub format: String,
 }
@@ -1182,7 +1184,23 @@ fn print_plan(plan: &crate::bake::BakePlan, format: &str) -> Result<()> {
                 )?;
             }
         }
-        other => anyhow::bail!("--format {other}: use text or json"),
+        "matrix" => {
+            let layers = plan.build_layers();
+            let include: Vec<serde_json::Value> = layers
+                .iter()
+                .enumerate()
+                .flat_map(|(l, names)| {
+                    names
+                        .iter()
+                        .map(move |n| serde_json::json!({"layer": l, "target": n}))
+                })
+                .collect();
+            outln!(
+                "{}",
+                serde_json::json!({"layers": layers, "include": include})
+            )?;
+        }
+        other => anyhow::bail!("--format {other}: use text, json or matrix"),
     }
     for (name, why) in &plan.graph.unavailable {
         eprintln!("ERROR: target `{name}` cannot be built: {why}");

@@ -1131,3 +1131,96 @@ fn a_plan_that_fails_after_retags_started_names_them() {
     );
     assert_eq!(manifest_digest(&format!("{path_repo}/other"), "c2"), None);
 }
+
+/// `plan --format matrix` (issue 12, sharding across runners): the targets that must be
+/// built, in dependency layers. Built as a CI pipeline would — each target of a layer on its
+/// own fresh runner (`bake TARGET`), layer after layer — nothing is built twice: a base built
+/// by another runner is found in the registry ledger.
+#[test]
+fn a_matrix_of_layers_builds_each_target_once_across_runners() {
+    let repo = format!("localhost:5000/{}", unique("matrix"));
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    write(
+        &src.join("bk-build.toml"),
+        format!(
+            "[vars]\nREPO = \"{repo}\"\nTAG = \"m1\"\n\n[defaults]\ntags = [\"${{REPO}}/{{name}}:${{TAG}}\"]\npush = true\n\n\
+             [target.base]\ncontext = \"base\"\n\n\
+             [target.svc1]\ncontext = \"svc1\"\nargs = {{ REPO = \"${{REPO}}\", TAG = \"${{TAG}}\" }}\n\n\
+             [target.svc2]\ncontext = \"svc2\"\nargs = {{ REPO = \"${{REPO}}\", TAG = \"${{TAG}}\" }}\n\n\
+             [target.lone]\ncontext = \"lone\"\n"
+        ),
+    );
+    write(
+        &src.join("base/Dockerfile"),
+        format!("FROM {}\nCOPY b.txt /b.txt\n", base_image()),
+    );
+    write(&src.join("base/b.txt"), format!("base {repo}\n"));
+    for svc in ["svc1", "svc2"] {
+        write(
+            &src.join(svc).join("Dockerfile"),
+            "ARG REPO\nARG TAG\nFROM ${REPO}/base:${TAG}\nCOPY s.txt /s.txt\n",
+        );
+        write(&src.join(svc).join("s.txt"), format!("{svc}\n"));
+    }
+    write(
+        &src.join("lone/Dockerfile"),
+        format!("FROM {}\nCOPY l.txt /l.txt\n", base_image()),
+    );
+    write(&src.join("lone/l.txt"), "lone\n");
+
+    let matrix = |dir: &Path| -> serde_json::Value {
+        let out = run_ok(bk().current_dir(dir).args(["plan", "--format", "matrix"]));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let layers = |m: &serde_json::Value| -> Vec<Vec<String>> {
+        serde_json::from_value(m["layers"].clone()).unwrap()
+    };
+    let m = matrix(&src);
+    assert_eq!(
+        layers(&m),
+        vec![vec!["base", "lone"], vec!["svc1", "svc2"]],
+        "{m}"
+    );
+    assert_eq!(
+        m["include"][0],
+        serde_json::json!({"layer": 0, "target": "base"})
+    );
+    assert_eq!(m["include"].as_array().unwrap().len(), 4, "{m}");
+
+    // One fresh runner per matrix entry, layer by layer.
+    let mut n = 0;
+    for entry in m["include"].as_array().unwrap() {
+        let target = entry["target"].as_str().unwrap();
+        n += 1;
+        let runner = tmp.path().join(format!("runner{n}"));
+        copy_tree(&src, &runner);
+        let (out, meta) = bake_in(&runner, &[], &[target]);
+        assert!(out.status.success(), "{target}: {}", stderr(&out));
+        for (name, t) in meta.as_object().unwrap() {
+            let action = t["bk-build.action"].as_str().unwrap_or("build");
+            if name == target {
+                assert_eq!(action, "build", "{target}: {meta}");
+            } else {
+                assert_ne!(
+                    action, "build",
+                    "{target}'s runner rebuilt {name}, which an earlier layer built: {meta}"
+                );
+            }
+        }
+    }
+    // Everything is delivered now: nothing left to build.
+    let fresh = tmp.path().join("after");
+    copy_tree(&src, &fresh);
+    assert_eq!(
+        matrix(&fresh),
+        serde_json::json!({"layers": [], "include": []})
+    );
+
+    // A change to the base: it, then what builds on it; `lone` is untouched.
+    write(&fresh.join("base/b.txt"), "base v2\n");
+    assert_eq!(
+        layers(&matrix(&fresh)),
+        vec![vec!["base"], vec!["svc1", "svc2"]]
+    );
+}

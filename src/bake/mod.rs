@@ -216,6 +216,34 @@ impl BakePlan {
     pub fn ordered(&self) -> impl Iterator<Item = &TargetPlan> {
         self.graph.order.iter().filter_map(|n| self.targets.get(n))
     }
+
+    /// The targets that must be built, in dependency layers: layer 0 needs nothing built
+    /// first; a target in layer k needs something of layer k − 1 (through its bases or
+    /// `depends_on`). Each layer can be built on separate runners at once, one job per
+    /// target (`bake TARGET`), once the layers before it are pushed: what they built is then
+    /// found in the registry ledger and not built again. Names sorted within a layer.
+    pub fn build_layers(&self) -> Vec<Vec<String>> {
+        let mut layer: BTreeMap<&str, usize> = BTreeMap::new();
+        // `order` is topological: dependencies come first.
+        for tp in self.ordered().filter(|t| t.action == Action::Build) {
+            let l = self
+                .graph
+                .dependencies(&tp.name)
+                .into_iter()
+                .filter_map(|d| layer.get(d).map(|l| l + 1))
+                .max()
+                .unwrap_or(0);
+            layer.insert(&tp.name, l);
+        }
+        let mut out: Vec<Vec<String>> = Vec::new();
+        for (name, l) in layer {
+            if out.len() <= l {
+                out.resize(l + 1, Vec::new());
+            }
+            out[l].push(name.to_string());
+        }
+        out
+    }
 }
 
 pub use crate::options::host_platform;
