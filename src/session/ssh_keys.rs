@@ -222,39 +222,34 @@ fn pad_ecdsa_scalar(text: &[u8]) -> Option<zeroize::Zeroizing<Vec<u8>>> {
             .ok()?,
     );
 
-    // A cursor over SSH wire strings.
+    // Fixed-size fields (the magic, the check integers).
     fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
-        let (head, rest) = (b.get(..n)?, b.get(n..)?);
+        let (head, rest) = b.split_at_checked(n)?;
         *b = rest;
         Some(head)
-    }
-    fn string<'a>(b: &mut &'a [u8]) -> Option<&'a [u8]> {
-        let n = u32::from_be_bytes(take(b, 4)?.try_into().ok()?) as usize;
-        take(b, n)
-    }
-    fn put_string(out: &mut Vec<u8>, s: &[u8]) -> Option<()> {
-        out.extend_from_slice(&u32::try_from(s.len()).ok()?.to_be_bytes());
-        out.extend_from_slice(s);
-        Some(())
     }
 
     let mut b: &[u8] = &raw;
     let magic = take(&mut b, 15)?;
     let head_len = raw.len() - b.len();
-    let (cipher, kdf, _kdf_opts) = (string(&mut b)?, string(&mut b)?, string(&mut b)?);
+    let (cipher, kdf, _kdf_opts) = (
+        take_string(&mut b)?,
+        take_string(&mut b)?,
+        take_string(&mut b)?,
+    );
     if magic != b"openssh-key-v1\0" || cipher != b"none" || kdf != b"none" {
         return None;
     }
-    let nkeys = u32::from_be_bytes(take(&mut b, 4)?.try_into().ok()?);
-    let public = string(&mut b)?;
+    let nkeys = take_u32(&mut b)?;
+    let public = take_string(&mut b)?;
     let before_private = raw.len() - b.len();
-    let private = string(&mut b)?;
+    let private = take_string(&mut b)?;
     if nkeys != 1 || !b.is_empty() {
         return None;
     }
     let mut p = private;
     let checks = take(&mut p, 8)?;
-    let kind = string(&mut p)?;
+    let kind = take_string(&mut p)?;
     let width = match kind {
         b"ecdsa-sha2-nistp256" => 32,
         b"ecdsa-sha2-nistp384" => 48,
@@ -262,23 +257,23 @@ fn pad_ecdsa_scalar(text: &[u8]) -> Option<zeroize::Zeroizing<Vec<u8>>> {
         _ => return None,
     };
     let (curve, point, scalar, comment) = (
-        string(&mut p)?,
-        string(&mut p)?,
-        string(&mut p)?,
-        string(&mut p)?,
+        take_string(&mut p)?,
+        take_string(&mut p)?,
+        take_string(&mut p)?,
+        take_string(&mut p)?,
     );
     if scalar.len() >= width || scalar.first().is_some_and(|&x| x >= 0x80) {
         return None;
     }
     let mut section = zeroize::Zeroizing::new(Vec::with_capacity(private.len() + width));
     section.extend_from_slice(checks);
-    put_string(&mut section, kind)?;
-    put_string(&mut section, curve)?;
-    put_string(&mut section, point)?;
+    put_string(&mut section, kind);
+    put_string(&mut section, curve);
+    put_string(&mut section, point);
     let mut wide = zeroize::Zeroizing::new(vec![0u8; width - scalar.len()]);
     wide.extend_from_slice(scalar);
-    put_string(&mut section, &wide)?;
-    put_string(&mut section, comment)?;
+    put_string(&mut section, &wide);
+    put_string(&mut section, comment);
     // Padding 1, 2, 3, … to the cipher's block size (8 for "none").
     let mut pad = 1u8;
     while section.len() % 8 != 0 {
@@ -288,9 +283,9 @@ fn pad_ecdsa_scalar(text: &[u8]) -> Option<zeroize::Zeroizing<Vec<u8>>> {
     let mut out = zeroize::Zeroizing::new(Vec::with_capacity(raw.len() + width));
     out.extend_from_slice(&raw[..head_len]);
     out.extend_from_slice(&raw[head_len..before_private - (4 + public.len()) - 4]);
-    out.extend_from_slice(&nkeys.to_be_bytes());
-    put_string(&mut out, public)?;
-    put_string(&mut out, &section)?;
+    put_u32(&mut out, nkeys);
+    put_string(&mut out, public);
+    put_string(&mut out, &section);
     let encoded = zeroize::Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&*out));
     let mut armored = zeroize::Zeroizing::new(Vec::with_capacity(encoded.len() + 100));
     armored.extend_from_slice(BEGIN.as_bytes());
