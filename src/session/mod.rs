@@ -90,23 +90,37 @@ const DAEMON_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 /// so well within this.
 const HEALTH_SILENCE: Duration = Duration::from_secs(60);
 
-/// When the daemon last checked this session's health.
-#[derive(Default)]
+/// When the daemon last checked this session's health, or when the session started if it
+/// has not checked yet.
+///
+/// The clock starts with the session, not with the first check: a daemon attaches a session
+/// and checks it from then on (BuildKit `session/grpc.go`, `grpcClientConn` starts
+/// `monitorHealth` with the connection), so no check for [`HEALTH_SILENCE`] since the start is
+/// as sure a sign of a dropped session as a gap after a check. A build whose export starts
+/// within the first interval, with the network stalling right then, would otherwise never be
+/// judged: the one check the daemon sent may be cancelled before it reaches us.
 struct HealthWatch {
-    last: std::sync::Mutex<Option<Instant>>,
+    last: std::sync::Mutex<Instant>,
 }
 
 impl HealthWatch {
-    fn checked(&self) {
-        if let Ok(mut last) = self.last.lock() {
-            *last = Some(Instant::now());
+    /// A watch whose clock starts at `start` (the session's start).
+    fn since(start: Instant) -> Self {
+        HealthWatch {
+            last: std::sync::Mutex::new(start),
         }
     }
 
-    /// How long the daemon has not checked, once that is longer than [`HEALTH_SILENCE`].
-    /// `None` before the first check: a daemon that never checks is not judged by it.
+    fn checked(&self) {
+        if let Ok(mut last) = self.last.lock() {
+            *last = Instant::now();
+        }
+    }
+
+    /// How long the daemon has not checked (counted from the session's start until the
+    /// first check), once that is longer than [`HEALTH_SILENCE`].
     fn silence(&self) -> Option<Duration> {
-        let silent = (*self.last.lock().ok()?)?.elapsed();
+        let silent = self.last.lock().ok()?.elapsed();
         (silent > HEALTH_SILENCE).then_some(silent)
     }
 }
@@ -220,7 +234,7 @@ impl Session {
             .await;
 
         let mut methods: Vec<&'static str> = vec!["/grpc.health.v1.Health/Check"];
-        let health_watch = Arc::new(HealthWatch::default());
+        let health_watch = Arc::new(HealthWatch::since(Instant::now()));
         let health = WatchedHealth {
             inner: health,
             watch: health_watch.clone(),
@@ -364,7 +378,7 @@ impl Session {
                     report_lost(
                         &lost_tx,
                         format!(
-                            "the daemon stopped checking the session's health {} s ago (it checks every {} s while it holds a session, and stops when it drops it)",
+                            "the daemon stopped checking the session's health: no check for {} s (it checks every {} s while it holds a session, and stops when it drops it)",
                             silent.as_secs(),
                             DAEMON_HEALTH_INTERVAL.as_secs()
                         ),
@@ -441,4 +455,29 @@ where
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     tokio::spawn(producer(tx));
     tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ago(d: Duration) -> Instant {
+        Instant::now()
+            .checked_sub(d)
+            .expect("the monotonic clock is far enough from its origin")
+    }
+
+    #[test]
+    fn a_session_never_checked_is_judged_from_its_start() {
+        let long = HEALTH_SILENCE + Duration::from_secs(1);
+        assert!(HealthWatch::since(ago(long)).silence().is_some());
+        assert!(HealthWatch::since(Instant::now()).silence().is_none());
+    }
+
+    #[test]
+    fn a_check_restarts_the_clock() {
+        let watch = HealthWatch::since(ago(HEALTH_SILENCE + Duration::from_secs(1)));
+        watch.checked();
+        assert!(watch.silence().is_none());
+    }
 }
