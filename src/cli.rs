@@ -325,6 +325,12 @@ pub struct ProjectArgs {
     /// (--set='*.attest=type=sbom,…').
     #[arg(long, value_name = "VALUE")]
     pub sbom: Option<String>,
+    /// Act on shard I of N only (1 ≤ I ≤ N): a fixed share of the targets, the same whatever
+    /// the registry holds, so N runners with the same checkout and flags build every target
+    /// once between them. A target whose base another shard builds waits for that base's
+    /// registry ledger entry, then builds on exactly that image.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<crate::bake::Shard>,
 }
 
 impl ProjectArgs {
@@ -377,6 +383,7 @@ impl ProjectArgs {
             default_provenance: default_provenance()?,
             metadata_provenance: options::MetadataProvenance::Disabled,
             retag_early: false,
+            shard: self.shard,
         })
     }
 }
@@ -389,6 +396,10 @@ pub struct BakeArgs {
     /// report it, this machine's).
     #[arg(short = 'j', long)]
     pub jobs: Option<usize>,
+    /// With --shard: how long, in seconds, a target may wait for a base another shard builds
+    /// to appear in the registry before it fails.
+    #[arg(long, value_name = "SECONDS", default_value_t = 1800)]
+    pub shard_wait: u64,
     /// Print the requested targets (with the targets they use through `target:` contexts)
     /// and their groups, resolved and with the overrides, as JSON, and exit.
     #[arg(long)]
@@ -1543,9 +1554,11 @@ async fn run_bake(daemon_args: &DaemonArgs, a: &BakeArgs) -> Result<bool> {
     if a.metadata_file.is_some() {
         opts.metadata_provenance = metadata_provenance();
     }
-    let must_build = plan
-        .ordered()
-        .any(|t| t.action == crate::bake::Action::Build);
+    // With shards, what other shards build needs no daemon here.
+    let must_build = plan.ordered().any(|t| {
+        t.action == crate::bake::Action::Build
+            && opts.shard.is_none_or(|s| t.shard == Some(s.index()))
+    });
     // Skips and re-tags need no daemon.
     let daemon = if must_build {
         match daemon_args.connect().await {
@@ -1566,21 +1579,49 @@ async fn run_bake(daemon_args: &DaemonArgs, a: &BakeArgs) -> Result<bool> {
         (None, _) => 16,
     };
     let (progress, task) = Progress::start(mode, Box::new(std::io::stderr()));
-    let results = crate::bake::execute(
+    if let Some(shard) = opts.shard {
+        let mine = plan
+            .ordered()
+            .filter(|t| t.shard == Some(shard.index()))
+            .count();
+        progress.note(
+            None,
+            &format!(
+                "shard {shard}: {mine} of the {} targets are this shard's",
+                plan.graph.order.len()
+            ),
+        );
+    }
+    let executed = crate::bake::execute_shard(
         daemon.as_ref(),
         &project,
-        &plan,
+        &a.project.targets,
+        plan,
         &state,
         jobs,
         &progress,
         &opts,
+        Duration::from_secs(a.shard_wait),
     )
     .await;
     crate::timing::mark("executed");
-    let mut results = results;
+    let (mut results, plan) = match executed {
+        Ok(done) => done,
+        Err(e) => {
+            drop(progress);
+            task.finish().await;
+            return Err(e.into());
+        }
+    };
     // Targets that cannot be built (a context not checked out, …) fail on their own; the
-    // rest of the run went on without them.
-    for (name, why) in &plan.graph.unavailable {
+    // rest of the run went on without them. With shards, the first one reports them.
+    let reports_unavailable = opts.shard.is_none_or(|s| s.index() == 1);
+    for (name, why) in plan
+        .graph
+        .unavailable
+        .iter()
+        .filter(|_| reports_unavailable)
+    {
         results.push(crate::bake::TargetResult {
             name: name.clone(),
             outcome: crate::progress::TargetOutcome::Failed,

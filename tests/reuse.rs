@@ -1224,3 +1224,206 @@ fn a_matrix_of_layers_builds_each_target_once_across_runners() {
         vec![vec!["base"], vec!["svc1", "svc2"]]
     );
 }
+
+/// The layer digests (`rootfs.diff_ids`) of `repo:tag`'s image for this machine's platform.
+fn diff_ids(repo: &str, tag: &str) -> Vec<String> {
+    let mut m = registry_json(&format!("/v2/{repo}/manifests/{tag}"));
+    if let Some(list) = m["manifests"].as_array() {
+        let image = list
+            .iter()
+            .find(|d| d["platform"]["os"] != "unknown")
+            .unwrap_or_else(|| panic!("{repo}:{tag}: no image in {m}"));
+        let digest = image["digest"].as_str().unwrap().to_string();
+        m = registry_json(&format!("/v2/{repo}/manifests/{digest}"));
+    }
+    let config = m["config"]["digest"].as_str().unwrap();
+    let c = registry_json(&format!("/v2/{repo}/blobs/{config}"));
+    serde_json::from_value(c["rootfs"]["diff_ids"].clone()).unwrap()
+}
+
+/// `bake --shard I/N` (issue 12): two shards on two runners with two engines (the primary and
+/// the TLS one) and only the registry in common build every target exactly once between
+/// them; a dependent whose base the other shard builds waits for it and builds on exactly
+/// the image that shard pushed; a shard left waiting for a base that never comes fails
+/// that dependent, naming the base and its shard, and still does the rest of its share.
+#[test]
+fn two_shards_on_two_engines_build_every_target_once() {
+    let repo = format!("localhost:5000/{}", unique("shard"));
+    let path = repo.trim_start_matches("localhost:5000/").to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let mut toml = format!(
+        "[vars]\nREPO = \"{repo}\"\nTAG = \"s1\"\n\n[defaults]\ntags = [\"${{REPO}}/{{name}}:${{TAG}}\"]\npush = true\n\n\
+         [target.base]\ncontext = \"base\"\n\n[target.lone]\ncontext = \"lone\"\n"
+    );
+    write(
+        &src.join("base/Dockerfile"),
+        format!("FROM {}\nCOPY b.txt /b.txt\n", base_image()),
+    );
+    write(&src.join("base/b.txt"), format!("base {repo}\n"));
+    write(
+        &src.join("lone/Dockerfile"),
+        format!("FROM {}\nCOPY l.txt /l.txt\n", base_image()),
+    );
+    write(&src.join("lone/l.txt"), format!("lone {repo}\n"));
+    let services = ["svc1", "svc2", "svc3"];
+    for svc in services {
+        toml.push_str(&format!(
+            "\n[target.{svc}]\ncontext = \"{svc}\"\nargs = {{ REPO = \"${{REPO}}\", TAG = \"${{TAG}}\" }}\n"
+        ));
+        write(
+            &src.join(svc).join("Dockerfile"),
+            "ARG REPO\nARG TAG\nFROM ${REPO}/base:${TAG}\nCOPY s.txt /s.txt\n",
+        );
+        write(&src.join(svc).join("s.txt"), format!("{svc}\n"));
+    }
+    write(&src.join("bk-build.toml"), toml);
+
+    // The shares are fixed by the project: each target has one shard, shown by `plan`.
+    let shards = |dir: &Path, shard: &str| -> BTreeMap<String, u64> {
+        let out = run_ok(
+            bk().current_dir(dir)
+                .args(["plan", "--format", "json", "--shard", shard]),
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (
+                    t["name"].as_str().unwrap().to_string(),
+                    t["shard"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let owner = shards(&src, "1/2");
+    assert_eq!(
+        owner,
+        shards(&src, "2/2"),
+        "the shards disagree on who owns what"
+    );
+    assert_eq!(owner.len(), 5, "{owner:?}");
+    // Some service must wait for a base on the other shard, or this test shows nothing.
+    let waiting = services
+        .iter()
+        .find(|s| owner[**s] != owner["base"])
+        .expect("a service on another shard than its base");
+    let (base_shard, other) = (owner["base"], 3 - owner["base"]);
+
+    let bake_shard = |dir: &Path, shard: u64, engine_tls: bool, wait: &str| {
+        let md = dir.join("bake-md.json");
+        let _ = std::fs::remove_file(&md);
+        let mut cmd = if engine_tls { bk_tls() } else { bk() };
+        cmd.current_dir(dir)
+            .args(["bake", "--progress", "plain", "--metadata-file"])
+            .arg(&md)
+            .args(["--shard", &format!("{shard}/2"), "--shard-wait", wait]);
+        let child = cmd
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        (child, md)
+    };
+    let meta = |md: &Path| -> serde_json::Value {
+        std::fs::read(md)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(serde_json::Value::Null)
+    };
+    let built = |m: &serde_json::Value| -> Vec<String> {
+        m.as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(_, t)| t["bk-build.action"].as_str().unwrap_or("build") == "build")
+            .map(|(n, _)| n.clone())
+            .collect()
+    };
+    let mut builds: BTreeMap<String, usize> = BTreeMap::new();
+
+    // The base's shard has not run: the other shard does its own share, then gives up on
+    // what waits for the base, saying which shard builds it.
+    let alone = tmp.path().join("alone");
+    copy_tree(&src, &alone);
+    let (child, md) = bake_shard(&alone, other, true, "4");
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("shard {base_shard}/2")) && err.contains("--shard-wait"),
+        "{err}"
+    );
+    let m = meta(&md);
+    assert_eq!(
+        m[waiting]["bk-build.action"],
+        serde_json::Value::Null,
+        "{m}"
+    );
+    for n in built(&m) {
+        *builds.entry(n).or_default() += 1;
+    }
+    assert!(manifest_digest(&format!("{path}/{waiting}"), "s1").is_none());
+
+    // Both shards at once, on two fresh runners with two engines.
+    let (r1, r2) = (tmp.path().join("runner1"), tmp.path().join("runner2"));
+    copy_tree(&src, &r1);
+    copy_tree(&src, &r2);
+    let (c_other, md_other) = bake_shard(&r2, other, true, "600");
+    let (c_base, md_base) = bake_shard(&r1, base_shard, false, "600");
+    let (o_base, o_other) = (
+        c_base.wait_with_output().unwrap(),
+        c_other.wait_with_output().unwrap(),
+    );
+    assert!(
+        o_base.status.success(),
+        "shard {base_shard}: {}",
+        stderr(&o_base)
+    );
+    assert!(
+        o_other.status.success(),
+        "shard {other}: {}",
+        stderr(&o_other)
+    );
+    assert!(
+        stderr(&o_other).contains(&format!(
+            "waiting for base base, which shard {base_shard}/2 builds"
+        )),
+        "{}",
+        stderr(&o_other)
+    );
+    for m in [meta(&md_base), meta(&md_other)] {
+        for n in built(&m) {
+            *builds.entry(n).or_default() += 1;
+        }
+        // Each shard reports only its own targets.
+        for n in m.as_object().unwrap().keys() {
+            let want = if m == meta(&md_base) {
+                base_shard
+            } else {
+                other
+            };
+            assert_eq!(owner[n], want, "{n} reported by the wrong shard: {m}");
+        }
+    }
+    let all: BTreeMap<String, usize> = owner.keys().map(|n| (n.clone(), 1)).collect();
+    assert_eq!(
+        builds, all,
+        "every target must be built exactly once between the shards"
+    );
+
+    // The waiting service is built on exactly the base image the other shard pushed.
+    let base_layers = diff_ids(&format!("{path}/base"), "s1");
+    let svc_layers = diff_ids(&format!("{path}/{waiting}"), "s1");
+    assert_eq!(
+        &svc_layers[..base_layers.len()],
+        &base_layers[..],
+        "{waiting} is not built on the pushed base"
+    );
+    // What the shards left is what one run would have: a fresh runner has nothing to build.
+    let after = tmp.path().join("after");
+    copy_tree(&src, &after);
+    for (n, (action, why)) in plan_in(&after, &[], &[]) {
+        assert_eq!(action, "skip", "{n}: {why}");
+    }
+}

@@ -26,6 +26,7 @@ mod deliver;
 mod execute;
 mod link;
 mod plan;
+mod shard;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -38,6 +39,7 @@ use crate::transport::DockerHost;
 pub use call::call;
 pub use execute::execute;
 pub use plan::plan;
+pub use shard::{execute_shard, Shard, ShardParseError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BakeError {
@@ -85,6 +87,9 @@ pub struct BakeOptions {
     /// Start each `retag` as soon as it is decided, while other targets are still being
     /// fingerprinted (`bake`; a `plan` only answers). [`execute`] then waits for it.
     pub retag_early: bool,
+    /// Act only on this shard's share of the targets (`bake --shard I/N`); the others are
+    /// planned only for the digests their dependents need (see `shard`).
+    pub shard: Option<Shard>,
 }
 
 /// What a run will do with one target, and why.
@@ -98,6 +103,9 @@ pub struct TargetPlan {
     pub fingerprint: Option<String>,
     /// The image digest a skipped or re-tagged target has.
     pub digest: Option<String>,
+    /// The shard that acts on this target, when the run is sharded (1-based).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard: Option<usize>,
     /// Tags a `retag` adds (registry tags, then Docker Engine tags).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub retag: Vec<String>,
@@ -213,6 +221,22 @@ impl std::fmt::Debug for EarlyRetags {
 }
 
 impl BakePlan {
+    /// The same decisions, acting only on `keep` (in the same order): the other targets stay
+    /// in `targets`, so the digests they have still reach the targets that build on them.
+    fn restricted(&self, keep: &BTreeSet<String>) -> BakePlan {
+        let mut graph = self.graph.clone();
+        graph.order.retain(|n| keep.contains(n));
+        graph
+            .same_as
+            .retain(|n, first| keep.contains(n) && keep.contains(first));
+        graph.unavailable.clear();
+        BakePlan {
+            graph,
+            targets: self.targets.clone(),
+            early: self.early.clone(),
+        }
+    }
+
     pub fn ordered(&self) -> impl Iterator<Item = &TargetPlan> {
         self.graph.order.iter().filter_map(|n| self.targets.get(n))
     }

@@ -232,6 +232,15 @@ pub async fn plan(
         facts.insert(name.clone(), Facts { scan: s, external });
     }
     crate::timing::mark("dockerfiles scanned");
+    let owners = match opts.shard {
+        Some(shard) => super::shard::owners(&gplan, shard.count(), |n| {
+            let t = &project.targets[n];
+            opts.ledger
+                && home_repository(t).is_some()
+                && always_build(t, opts.force.contains(n), &facts[n].scan).is_none()
+        }),
+        None => BTreeMap::new(),
+    };
 
     // What other processes must answer runs while the files are walked: the registry digests
     // of pulled bases, and whether each recorded result is still delivered. Checking a target
@@ -275,6 +284,7 @@ pub async fn plan(
         engine: engine.as_ref(),
         opts,
         facts: &facts,
+        owners: &owners,
     };
     let lookups = Lookups {
         resolving,
@@ -526,6 +536,8 @@ struct DecideCtx<'a> {
     engine: Option<&'a DockerHost>,
     opts: &'a BakeOptions,
     facts: &'a BTreeMap<String, Facts>,
+    /// The shard acting on each target (empty when the run is not sharded).
+    owners: &'a BTreeMap<String, usize>,
 }
 
 /// A target's recorded image digest and whether that result is still delivered.
@@ -782,6 +794,7 @@ impl DecideCtx<'_> {
             content: Some(content),
             input: Some(input),
             local_bases,
+            shard: self.owners.get(name).copied(),
             base_refs: self.facts[name].scan.base_refs.clone(),
             full: None,
             image_deps: deps.clone(),
@@ -816,7 +829,10 @@ impl DecideCtx<'_> {
         if !rebuilt.is_empty() {
             tp.reasons = rebuilt
                 .iter()
-                .map(|d| format!("base {d} rebuilt"))
+                .map(|d| match self.elsewhere(d) {
+                    Some(s) => format!("base {d} rebuilt (by shard {s})"),
+                    None => format!("base {d} rebuilt"),
+                })
                 .collect();
             return tp;
         }
@@ -933,8 +949,18 @@ impl DecideCtx<'_> {
                 _ => self.why_build(name, prev.as_ref(), &fp),
             };
             tp.reasons.extend(engine_differs.or(ledger_said));
+            if let Some(s) = self.elsewhere(name) {
+                tp.reasons.push(format!("shard {s} builds it"));
+            }
             return tp;
         };
+        if let Some(s) = self.elsewhere(name) {
+            // Another shard delivers it; this one needs only the image it has.
+            tp.digest = digest;
+            tp.action = Action::Skip;
+            tp.reasons = vec![format!("shard {s}'s: {found}")];
+            return tp;
+        }
         if !delivery.blockers.is_empty() {
             tp.reasons = delivery.blockers;
             return tp;
@@ -1026,6 +1052,13 @@ impl DecideCtx<'_> {
             tp.reasons.push(format!("adds {}", adds.join(", ")));
         }
         tp
+    }
+
+    /// The shard (`I/N`) acting on `name`, when that is not this process.
+    fn elsewhere(&self, name: &str) -> Option<String> {
+        let shard = self.opts.shard?;
+        let owner = *self.owners.get(name)?;
+        (owner != shard.index()).then(|| format!("{owner}/{}", shard.count()))
     }
 
     /// Why a target with no known result for its key must be built.
