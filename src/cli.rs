@@ -1187,8 +1187,10 @@ fn print_plan(plan: &crate::bake::BakePlan, format: &str) -> Result<()> {
         "text" => {
             let width = plan.ordered().map(|t| t.name.len()).max().unwrap_or(0);
             for t in plan.ordered() {
+                // With --shard, which shard acts on the target comes first.
+                let shard = t.shard.map(|s| format!("shard {s}  ")).unwrap_or_default();
                 outln!(
-                    "{:<width$}  {:<5}  {}",
+                    "{:<width$}  {shard}{:<5}  {}",
                     t.name,
                     t.action.as_str(),
                     t.reasons.join("; ")
