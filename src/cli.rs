@@ -398,7 +398,12 @@ pub struct BakeArgs {
     pub jobs: Option<usize>,
     /// With --shard: how long, in seconds, a target may wait for a base another shard builds
     /// to appear in the registry before it fails.
-    #[arg(long, value_name = "SECONDS", default_value_t = 1800)]
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 1800,
+        requires = "shard"
+    )]
     pub shard_wait: u64,
     /// Print the requested targets (with the targets they use through `target:` contexts)
     /// and their groups, resolved and with the overrides, as JSON, and exit.
@@ -1684,6 +1689,10 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Plan(a) => {
+            anyhow::ensure!(
+                !(a.format == "matrix" && a.project.shard.is_some()),
+                "--format matrix lists every target that must be built, for a CI matrix of one job per target; --shard I/N is the other way to split a run (N jobs, each `bake --shard I/N`): use one or the other"
+            );
             // A plan is a question: don't wait long behind a running bake.
             let (_project, _state, plan) = plan_project(
                 &cli.daemon,

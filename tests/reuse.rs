@@ -1277,6 +1277,18 @@ fn two_shards_on_two_engines_build_every_target_once() {
         );
         write(&src.join(svc).join("s.txt"), format!("{svc}\n"));
     }
+    // Two builds on svc2: with two shards, one of them is on base's shard while svc2 is not,
+    // so that shard builds base, waits for svc2 from the other, then builds on it.
+    for top in ["top1", "top2"] {
+        toml.push_str(&format!(
+            "\n[target.{top}]\ncontext = \"{top}\"\nargs = {{ REPO = \"${{REPO}}\", TAG = \"${{TAG}}\" }}\n"
+        ));
+        write(
+            &src.join(top).join("Dockerfile"),
+            "ARG REPO\nARG TAG\nFROM ${REPO}/svc2:${TAG}\nCOPY t.txt /t.txt\n",
+        );
+        write(&src.join(top).join("t.txt"), format!("{top}\n"));
+    }
     write(&src.join("bk-build.toml"), toml);
 
     // The shares are fixed by the project: each target has one shard, shown by `plan`.
@@ -1303,12 +1315,15 @@ fn two_shards_on_two_engines_build_every_target_once() {
         shards(&src, "2/2"),
         "the shards disagree on who owns what"
     );
-    assert_eq!(owner.len(), 5, "{owner:?}");
+    assert_eq!(owner.len(), 7, "{owner:?}");
+    // There and back: base → svc2 on the other shard → a top on base's shard again.
+    assert_ne!(owner["svc2"], owner["base"], "{owner:?}");
+    assert!(
+        ["top1", "top2"].iter().any(|t| owner[*t] == owner["base"]),
+        "{owner:?}"
+    );
     // Some service must wait for a base on the other shard, or this test shows nothing.
-    let waiting = services
-        .iter()
-        .find(|s| owner[**s] != owner["base"])
-        .expect("a service on another shard than its base");
+    let waiting = "svc2";
     let (base_shard, other) = (owner["base"], 3 - owner["base"]);
 
     let bake_shard = |dir: &Path, shard: u64, engine_tls: bool, wait: &str| {
@@ -1387,7 +1402,7 @@ fn two_shards_on_two_engines_build_every_target_once() {
     );
     assert!(
         stderr(&o_other).contains(&format!(
-            "waiting for base base, which shard {base_shard}/2 builds"
+            "waiting for base, which shard {base_shard}/2 builds"
         )),
         "{}",
         stderr(&o_other)
@@ -1426,4 +1441,8 @@ fn two_shards_on_two_engines_build_every_target_once() {
     for (n, (action, why)) in plan_in(&after, &[], &[]) {
         assert_eq!(action, "skip", "{n}: {why}");
     }
+    // The longest wait there is means no deadline, not a crash.
+    let (child, _) = bake_shard(&after, 1, false, &u64::MAX.to_string());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
 }

@@ -88,9 +88,10 @@ impl FromStr for Shard {
 /// The shard (1-based) that acts on each target of `gplan.order`.
 ///
 /// `portable(name)` says whether the target's result reaches other runners (pushed, with a
-/// ledger entry, not built on every run). Targets joined by an edge to a target that is not
-/// portable, and targets that deliver another's build ([`graph::Plan::same_as`]), form one
-/// group; groups are dealt out round-robin, by dependency depth then name, so that each
+/// ledger entry, not built on every run). A target that is not portable forms one group with
+/// everything that builds on it, directly or not (their keys hold its digest, which only its
+/// own runner learns); targets that deliver another's build ([`graph::Plan::same_as`]) join
+/// that target's group; groups are dealt out round-robin, by dependency depth then name, so that each
 /// layer of the graph is spread over the shards.
 pub fn owners(
     gplan: &graph::Plan,
@@ -121,12 +122,17 @@ pub fn owners(
         }
     };
     let mut depth = vec![0usize; order.len()];
+    // A target whose key other runners cannot know: its result does not travel, or it builds
+    // on such a target (its key holds that target's digest, known only where it was built).
+    let mut local = vec![false; order.len()];
     for (i, name) in order.iter().enumerate() {
+        local[i] = !portable(name);
         for dep in gplan.dependencies(name) {
             let Some(&d) = index.get(dep) else { continue };
             depth[i] = depth[i].max(depth[d] + 1);
-            if !portable(dep) {
+            if local[d] {
                 join(&mut parent, i, d);
+                local[i] = true;
             }
         }
         if let Some(&f) = gplan.same_as.get(name).and_then(|f| index.get(f.as_str())) {
@@ -206,17 +212,23 @@ pub async fn execute_shard(
         return Ok((results, plan));
     };
     let me = shard.index();
-    let deadline = Instant::now() + wait;
+    // A wait that cannot be represented is no deadline at all.
+    let deadline = Instant::now().checked_add(wait);
     let mut done: BTreeSet<String> = BTreeSet::new();
     let mut failed: BTreeSet<String> = BTreeSet::new();
     let mut results: Vec<TargetResult> = Vec::new();
     let mut acted: BTreeMap<String, TargetPlan> = BTreeMap::new();
     let mut announced: BTreeSet<String> = BTreeSet::new();
+    // Ledger entries already seen in the registry: waking up for them again would spin.
+    let mut present: BTreeSet<String> = BTreeSet::new();
     loop {
         let mine = |n: &str| plan.targets.get(n).and_then(|t| t.shard) == Some(me);
         let foreign_build =
             |n: &str| !mine(n) && plan.targets.get(n).map(|t| t.action) == Some(Action::Build);
-        let mut blocked: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
+        // What each own target waits for: the bases other shards still have to build that it
+        // builds on directly, or through own targets that wait themselves. (A base another
+        // shard already delivered is at hand, whatever that base was built from.)
+        let mut waits: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         let mut ready: BTreeSet<String> = BTreeSet::new();
         for n in plan
             .graph
@@ -224,14 +236,22 @@ pub async fn execute_shard(
             .iter()
             .filter(|n| mine(n) && !done.contains(*n))
         {
-            let bases = ancestors(&plan.graph, n, foreign_build);
-            if bases.is_empty() {
+            let mut on: BTreeSet<String> = BTreeSet::new();
+            for d in plan.graph.dependencies(n) {
+                if foreign_build(d) {
+                    on.insert(d.to_string());
+                } else if let Some(theirs) = waits.get(d) {
+                    on.extend(theirs.iter().cloned());
+                }
+            }
+            if on.is_empty() {
                 ready.insert(n.clone());
             } else {
-                blocked.insert(n.clone(), bases);
+                waits.insert(n.clone(), on);
             }
         }
-        if !ready.is_empty() {
+        let progressed = !ready.is_empty();
+        if progressed {
             let round = plan.restricted(&ready);
             let r = super::execute(daemon, project, &round, state, jobs, progress, opts).await;
             for res in &r {
@@ -252,7 +272,7 @@ pub async fn execute_shard(
         }
         // A target whose own base failed here will not be built, whatever other shards do.
         let mut gave_up = Vec::new();
-        blocked.retain(|n, _| {
+        waits.retain(|n, _| {
             let own_failed = ancestors(&plan.graph, n, |a| failed.contains(a));
             match own_failed.first() {
                 Some(f) => {
@@ -268,64 +288,95 @@ pub async fn execute_shard(
             failed.insert(n.clone());
             done.insert(n);
         }
-        if blocked.is_empty() {
+        if waits.is_empty() {
             break;
         }
-        // The ledger entries that would let a waiting target go on: those of its bases
-        // built elsewhere whose key is known (a base further up may still be missing; its
-        // entry comes first).
-        let mut entries: BTreeMap<String, (String, usize)> = BTreeMap::new();
-        for bases in blocked.values() {
-            for b in bases {
-                let tp = &plan.targets[*b];
-                let home = home_repository(&project.targets[*b]);
-                if let (Some(home), Some(key)) = (home, tp.fingerprint.as_deref()) {
-                    let entry = format!("{home}:{}", fingerprint::ledger_tag(key));
-                    entries.insert(b.to_string(), (entry, tp.shard.unwrap_or(0)));
+        if progressed {
+            // What was just built may be what other shards' targets needed for their keys.
+            plan = super::plan(project, names, state, opts).await?;
+            continue;
+        }
+        // Nothing to do until another shard delivers: the ledger entries to look for are
+        // those of the awaited bases whose key is known here, else of the bases further up
+        // that they wait for themselves.
+        let mut entries: BTreeMap<String, String> = BTreeMap::new();
+        // An entry seen before while its target still waits: the plan that followed may
+        // have missed it (a registry hiccup); plan again now and then, until the deadline.
+        let mut seen_before = false;
+        for b in waits.values().flatten() {
+            let mut stack = vec![b.as_str()];
+            let mut seen = BTreeSet::new();
+            while let Some(x) = stack.pop() {
+                if !seen.insert(x) {
+                    continue;
+                }
+                let home = home_repository(&project.targets[x]);
+                match (home, plan.targets[x].fingerprint.as_deref()) {
+                    (Some(home), Some(key)) => {
+                        let entry = format!("{home}:{}", fingerprint::ledger_tag(key));
+                        if present.contains(&entry) {
+                            seen_before = true;
+                        } else {
+                            entries.insert(x.to_string(), entry);
+                        }
+                    }
+                    _ => stack.extend(
+                        plan.graph
+                            .dependencies(x)
+                            .into_iter()
+                            .filter(|d| foreign_build(d)),
+                    ),
                 }
             }
         }
-        for (b, (entry, owner)) in &entries {
-            if announced.insert(format!("{b} {entry}")) {
-                for (n, _) in blocked.iter().filter(|(_, bs)| bs.contains(b.as_str())) {
-                    progress.note(
-                        Some(n),
-                        &format!(
-                            "waiting for base {b}, which shard {owner}/{} builds (its ledger entry {entry})",
-                            shard.count()
-                        ),
-                    );
-                }
+        let count = shard.count();
+        let owner_of = |b: &str| plan.targets[b].shard.unwrap_or(0);
+        for (b, entry) in &entries {
+            if announced.insert(entry.clone()) {
+                progress.note(
+                    None,
+                    &format!(
+                        "waiting for {b}, which shard {}/{count} builds (its ledger entry {entry})",
+                        owner_of(b)
+                    ),
+                );
             }
         }
-        let appeared = if entries.is_empty() {
-            false
-        } else {
-            wait_for_any(entries.values().map(|(e, _)| e.as_str()), deadline).await
+        let expired = deadline.is_some_and(|d| Instant::now() >= d);
+        if entries.is_empty() && seen_before && !expired {
+            tokio::time::sleep(POLL).await;
+            plan = super::plan(project, names, state, opts).await?;
+            continue;
+        }
+        let appeared = match deadline {
+            _ if entries.is_empty() => BTreeSet::new(),
+            Some(d) if Instant::now() >= d => BTreeSet::new(),
+            _ => wait_for_any(entries.values().map(String::as_str), deadline).await,
         };
-        if !appeared {
-            for (n, bases) in &blocked {
+        if appeared.is_empty() {
+            for (n, bases) in &waits {
                 let list: Vec<String> = bases
                     .iter()
-                    .map(|b| {
-                        let owner = plan.targets[*b].shard.unwrap_or(0);
-                        format!("{b} (shard {owner}/{})", shard.count())
-                    })
+                    .map(|b| format!("{b} (shard {}/{count})", owner_of(b)))
                     .collect();
-                let why = if entries.is_empty() {
-                    "no base it waits for has a known key yet".to_string()
+                let error = if entries.is_empty() && !seen_before {
+                    format!(
+                        "not started: it builds on {}, and this shard cannot tell which result of it to wait for (its key depends on a result built only on its shard, or it is built on every run). Put them on one shard: push that result, or run without --shard",
+                        list.join(", ")
+                    )
                 } else {
-                    format!("waited {} s", wait.as_secs())
+                    format!(
+                        "not started: {} did not reach the registry ledger within --shard-wait ({} s). Did that shard fail? Raise --shard-wait to wait longer",
+                        list.join(", "),
+                        wait.as_secs()
+                    )
                 };
-                let error = format!(
-                    "not started: its bases {} were not in the registry ledger ({why}). Did that shard fail? Its bases must be pushed by it first; raise --shard-wait to wait longer",
-                    list.join(", ")
-                );
                 progress.target_done(n, TargetOutcome::NotStarted, Some(&error));
                 results.push(not_done(n, error));
             }
             break;
         }
+        present.extend(appeared);
         plan = super::plan(project, names, state, opts).await?;
     }
     let mut targets = plan.targets.clone();
@@ -353,21 +404,34 @@ fn not_done(name: &str, error: String) -> TargetResult {
     }
 }
 
-/// Asks the registry for `entries` every [`POLL`] until one of them exists (`true`) or
-/// `deadline` passes (`false`). A registry error counts as "not yet".
-async fn wait_for_any<'a>(entries: impl Iterator<Item = &'a str>, deadline: Instant) -> bool {
+/// Asks the registry for `entries` every [`POLL`] until some of them exist (returned) or
+/// `deadline` passes (empty). A registry error counts as "not yet".
+async fn wait_for_any<'a>(
+    entries: impl Iterator<Item = &'a str>,
+    deadline: Option<Instant>,
+) -> BTreeSet<String> {
     let entries: Vec<&str> = entries.collect();
     loop {
-        let asks = entries.iter().map(|e| crate::registry::manifest_digest(e));
-        let found = futures_util::future::join_all(asks).await;
-        if found.into_iter().any(|r| matches!(r, Ok(Some(_)))) {
-            return true;
+        let asks = entries
+            .iter()
+            .map(|e| async move { (*e, crate::registry::manifest_digest(e).await) });
+        let found: BTreeSet<String> = futures_util::future::join_all(asks)
+            .await
+            .into_iter()
+            .filter(|(_, r)| matches!(r, Ok(Some(_))))
+            .map(|(e, _)| e.to_string())
+            .collect();
+        if !found.is_empty() {
+            return found;
         }
-        let now = Instant::now();
-        if now >= deadline {
-            return false;
+        let left = match deadline {
+            Some(d) => d.saturating_duration_since(Instant::now()),
+            None => POLL,
+        };
+        if left.is_zero() {
+            return found;
         }
-        tokio::time::sleep(POLL.min(deadline - now)).await;
+        tokio::time::sleep(POLL.min(left)).await;
     }
 }
 
@@ -423,6 +487,22 @@ mod tests {
         // `base` travels: its dependents may be anywhere.
         let shards: BTreeSet<usize> = o.values().copied().collect();
         assert!(shards.len() > 1, "{o:?}");
+    }
+
+    #[test]
+    fn what_builds_on_a_result_that_cannot_travel_stays_with_it_at_every_depth() {
+        let p = plan(&[
+            ("base", &[]),
+            ("mid", &["base"]),
+            ("leaf", &["mid"]),
+            ("x", &[]),
+            ("y", &[]),
+        ]);
+        for count in 2..5 {
+            let o = owners(&p, count, |n| n != "base");
+            assert_eq!(o["mid"], o["base"], "{count}: {o:?}");
+            assert_eq!(o["leaf"], o["base"], "{count}: {o:?}");
+        }
     }
 
     #[test]
