@@ -958,7 +958,9 @@ impl DecideCtx<'_> {
             // Another shard delivers it; this one needs only the image it has.
             tp.digest = digest;
             tp.action = Action::Skip;
-            tp.reasons = vec![format!("shard {s}'s: {found}")];
+            tp.reasons = vec![format!(
+                "shard {s}'s (that shard adds any tags it lacks; here only its image is used): {found}"
+            )];
             return tp;
         }
         if !delivery.blockers.is_empty() {

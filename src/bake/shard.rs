@@ -90,8 +90,9 @@ impl FromStr for Shard {
 /// `portable(name)` says whether the target's result reaches other runners (pushed, with a
 /// ledger entry, not built on every run). A target that is not portable forms one group with
 /// everything that builds on it, directly or not (their keys hold its digest, which only its
-/// own runner learns); targets that deliver another's build ([`graph::Plan::same_as`]) join
-/// that target's group; groups are dealt out round-robin, by dependency depth then name, so that each
+/// own runner learns); so does a `depends_on` dependent, with its dependency (it is built
+/// again whenever that is, under the same key). Targets that deliver another's build
+/// ([`graph::Plan::same_as`]) join that target's group; groups are dealt out round-robin, by dependency depth then name, so that each
 /// layer of the graph is spread over the shards.
 pub fn owners(
     gplan: &graph::Plan,
@@ -127,10 +128,16 @@ pub fn owners(
     let mut local = vec![false; order.len()];
     for (i, name) in order.iter().enumerate() {
         local[i] = !portable(name);
-        for dep in gplan.dependencies(name) {
-            let Some(&d) = index.get(dep) else { continue };
+        for edge in gplan.deps.get(name).into_iter().flatten() {
+            let Some(&d) = index.get(edge.dep.as_str()) else {
+                continue;
+            };
             depth[i] = depth[i].max(depth[d] + 1);
-            if local[d] {
+            // A `depends_on` dependent is built again whenever its dependency is, with the
+            // same key (the dependency's digest is not one of its inputs): its image can
+            // change under an unchanged key, which only its own runner sees.
+            let ordering_only = matches!(edge.via, graph::Via::DependsOn);
+            if local[d] || ordering_only {
                 join(&mut parent, i, d);
                 local[i] = true;
             }
@@ -365,9 +372,14 @@ pub async fn execute_shard(
                         list.join(", ")
                     )
                 } else {
+                    let looked: Vec<String> = entries
+                        .keys()
+                        .map(|b| format!("{b} (shard {}/{count})", owner_of(b)))
+                        .collect();
                     format!(
-                        "not started: {} did not reach the registry ledger within --shard-wait ({} s). Did that shard fail? Raise --shard-wait to wait longer",
+                        "not started: it builds on {}, and {} did not reach the registry ledger within --shard-wait ({} s). Did that shard fail? Raise --shard-wait to wait longer",
                         list.join(", "),
+                        looked.join(", "),
                         wait.as_secs()
                     )
                 };
@@ -450,8 +462,37 @@ mod tests {
         }
     }
 
+    /// A plan whose edges are `FROM` lines (targets built on their dependencies' images).
     fn plan(deps: &[(&str, &[&str])]) -> graph::Plan {
-        graph::Plan::from_deps(deps.iter().map(|(n, d)| (*n, d.iter().copied()))).unwrap()
+        let mut p =
+            graph::Plan::from_deps(deps.iter().map(|(n, d)| (*n, d.iter().copied()))).unwrap();
+        for edges in p.deps.values_mut() {
+            for e in edges.iter_mut() {
+                e.via = graph::Via::BaseImage {
+                    reference: format!("r/{}:1", e.dep),
+                    tag: format!("r/{}:1", e.dep),
+                    context_key: format!("r/{}:1", e.dep),
+                };
+            }
+        }
+        p
+    }
+
+    #[test]
+    fn a_depends_on_chain_stays_on_one_shard() {
+        // `mid` lists `base` in depends_on; `leaf` builds FROM `mid`.
+        let mut p = plan(&[
+            ("base", &[]),
+            ("mid", &["base"]),
+            ("leaf", &["mid"]),
+            ("x", &[]),
+        ]);
+        p.deps.get_mut("mid").unwrap()[0].via = graph::Via::DependsOn;
+        for count in 2..5 {
+            let o = owners(&p, count, |_| true);
+            assert_eq!(o["mid"], o["base"], "{count}: {o:?}");
+            assert_eq!(o["leaf"], o["base"], "{count}: {o:?}");
+        }
     }
 
     #[test]
