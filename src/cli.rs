@@ -396,8 +396,8 @@ pub struct BakeArgs {
     /// report it, this machine's).
     #[arg(short = 'j', long)]
     pub jobs: Option<usize>,
-    /// With --shard: how long, in seconds, a target may wait for a base another shard builds
-    /// to appear in the registry before it fails.
+    /// With --shard: how long, in seconds, this shard waits in all for bases other shards
+    /// build to appear in the registry ledger; targets still waiting then fail.
     #[arg(
         long,
         value_name = "SECONDS",
