@@ -1266,28 +1266,24 @@ fn two_shards_on_two_engines_build_every_target_once() {
         format!("FROM {}\nCOPY l.txt /l.txt\n", base_image()),
     );
     write(&src.join("lone/l.txt"), format!("lone {repo}\n"));
-    let services = ["svc1", "svc2", "svc3"];
-    for svc in services {
+    // A target built FROM another target's image, with a file of its own.
+    let mut built_on = |name: &str, base: &str| {
         toml.push_str(&format!(
-            "\n[target.{svc}]\ncontext = \"{svc}\"\nargs = {{ REPO = \"${{REPO}}\", TAG = \"${{TAG}}\" }}\n"
+            "\n[target.{name}]\ncontext = \"{name}\"\nargs = {{ REPO = \"${{REPO}}\", TAG = \"${{TAG}}\" }}\n"
         ));
         write(
-            &src.join(svc).join("Dockerfile"),
-            "ARG REPO\nARG TAG\nFROM ${REPO}/base:${TAG}\nCOPY s.txt /s.txt\n",
+            &src.join(name).join("Dockerfile"),
+            format!("ARG REPO\nARG TAG\nFROM ${{REPO}}/{base}:${{TAG}}\nCOPY f.txt /{name}.txt\n"),
         );
-        write(&src.join(svc).join("s.txt"), format!("{svc}\n"));
+        write(&src.join(name).join("f.txt"), format!("{name}\n"));
+    };
+    for svc in ["svc1", "svc2", "svc3"] {
+        built_on(svc, "base");
     }
     // Two builds on svc2: with two shards, one of them is on base's shard while svc2 is not,
     // so that shard builds base, waits for svc2 from the other, then builds on it.
     for top in ["top1", "top2"] {
-        toml.push_str(&format!(
-            "\n[target.{top}]\ncontext = \"{top}\"\nargs = {{ REPO = \"${{REPO}}\", TAG = \"${{TAG}}\" }}\n"
-        ));
-        write(
-            &src.join(top).join("Dockerfile"),
-            "ARG REPO\nARG TAG\nFROM ${REPO}/svc2:${TAG}\nCOPY t.txt /t.txt\n",
-        );
-        write(&src.join(top).join("t.txt"), format!("{top}\n"));
+        built_on(top, "svc2");
     }
     write(&src.join("bk-build.toml"), toml);
 
