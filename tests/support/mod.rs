@@ -97,7 +97,30 @@ fn state_home() -> PathBuf {
 pub fn docker() -> Command {
     let mut c = Command::new("docker");
     with_env(&mut c);
+    c.env("BUILDX_CONFIG", buildx_config());
     c
+}
+
+/// A buildx state directory of the running test's own (libtest names each test's thread).
+///
+/// buildx keys the daemon's copy of a build context by the context directory's *base name*
+/// and a node ID kept in its state directory, so two tests whose contexts are both called
+/// `ctx` sync into one copy on the daemon; a file written in the same clock tick with the same
+/// size in both is then not sent again, and the oracle exports the other test's bytes (seen in
+/// CI: `differential::random_edits_a` got `edit 8` of a sibling project at step 6). A node ID
+/// per test keeps every test's contexts apart and a test's own builds incremental.
+fn buildx_config() -> PathBuf {
+    let name: String = std::thread::current()
+        .name()
+        .unwrap_or("main")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let p = std::env::temp_dir()
+        .join("bk-build-test-buildx")
+        .join(format!("{}-{name}", env!("CARGO_CRATE_NAME")));
+    let _ = std::fs::create_dir_all(&p);
+    p
 }
 
 /// Runs and returns the output, printing it for failing-test diagnosis.
