@@ -87,8 +87,11 @@ pub struct DaemonArgs {
     /// CLI would use: DOCKER_HOST, else the current docker context), docker://unix:///path,
     /// docker://tcp://host:port, docker://ssh://[user@]host[:port].
     /// Default: $BUILDKIT_HOST, the rootless and rootful buildkitd sockets, then Docker.
-    #[arg(long, global = true, env = "BUILDKIT_HOST")]
-    pub addr: Option<String>,
+    /// Repeat it (or give $BUILDKIT_HOST a comma list) for a pool: `bake` places each target
+    /// on the daemon that most likely has its cache; `info` and `workers` show every daemon;
+    /// other commands use the first one that answers.
+    #[arg(long, global = true, env = "BUILDKIT_HOST", value_delimiter = ',')]
+    pub addr: Vec<String>,
     /// CA certificate for tcp:// with TLS (buildkitd, or a Docker Engine at docker://tcp://).
     #[arg(long, global = true, value_name = "FILE")]
     pub tlscacert: Option<PathBuf>,
@@ -379,7 +382,11 @@ impl ProjectArgs {
         Ok(crate::bake::BakeOptions {
             force,
             ledger: !self.no_ledger,
-            engine_images: transport::docker_engine_builder(daemon.addr.as_deref(), &daemon.tls()),
+            engine_images: transport::docker_engine_builder(
+                daemon.addr.first().map(String::as_str),
+                &daemon.tls(),
+            ),
+            pool: daemon.addr.clone(),
             default_provenance: default_provenance()?,
             metadata_provenance: options::MetadataProvenance::Disabled,
             retag_early: false,
@@ -392,8 +399,8 @@ impl ProjectArgs {
 pub struct BakeArgs {
     #[command(flatten)]
     pub project: ProjectArgs,
-    /// Builds to run at once (default: the daemon's CPU count; for buildkitd, which does not
-    /// report it, this machine's).
+    /// Builds to run at once on each daemon (default: the daemon's CPU count; for buildkitd,
+    /// which does not report it, this machine's).
     #[arg(short = 'j', long)]
     pub jobs: Option<usize>,
     /// With --shard: how long, in seconds, this shard waits in all for bases other shards
@@ -509,14 +516,34 @@ impl DaemonArgs {
         }
     }
 
+    /// The daemon a one-daemon command uses: the first address that answers.
     pub async fn connect(&self) -> Result<Daemon> {
-        let d = transport::connect(
-            self.addr.as_deref(),
-            &self.tls(),
-            Duration::from_secs(self.timeout.max(1)),
-        )
-        .await?;
-        Ok(d)
+        let timeout = Duration::from_secs(self.timeout.max(1));
+        if self.addr.len() <= 1 {
+            return Ok(transport::connect(
+                self.addr.first().map(String::as_str),
+                &self.tls(),
+                timeout,
+            )
+            .await?);
+        }
+        let (pool, warnings) =
+            crate::pool::connect(&self.addr, &self.tls(), timeout, Some(1)).await?;
+        for w in warnings {
+            eprintln!("WARNING: {w}");
+        }
+        Ok(pool.member(0).daemon.clone())
+    }
+
+    /// Every address that answers (warning about the others), each with `jobs` slots when
+    /// given, else its CPU count.
+    pub async fn connect_pool(&self, jobs: Option<usize>) -> Result<crate::pool::Pool> {
+        let timeout = Duration::from_secs(self.timeout.max(1));
+        let (pool, warnings) = crate::pool::connect(&self.addr, &self.tls(), timeout, jobs).await?;
+        for w in warnings {
+            eprintln!("WARNING: {w}");
+        }
+        Ok(pool)
     }
 }
 
@@ -1194,8 +1221,14 @@ fn print_plan(plan: &crate::bake::BakePlan, format: &str) -> Result<()> {
             for t in plan.ordered() {
                 // With --shard, which shard acts on the target comes first.
                 let shard = t.shard.map(|s| format!("shard {s}  ")).unwrap_or_default();
+                // With a pool, where a build most likely goes.
+                let on = t
+                    .daemon
+                    .as_ref()
+                    .map(|d| format!("  (on {d})"))
+                    .unwrap_or_default();
                 outln!(
-                    "{:<width$}  {shard}{:<5}  {}",
+                    "{:<width$}  {shard}{:<5}  {}{on}",
                     t.name,
                     t.action.as_str(),
                     t.reasons.join("; ")
@@ -1567,9 +1600,9 @@ async fn run_bake(daemon_args: &DaemonArgs, a: &BakeArgs) -> Result<bool> {
             && opts.shard.is_none_or(|s| t.shard == Some(s.index()))
     });
     // Skips and re-tags need no daemon.
-    let daemon = if must_build {
-        match daemon_args.connect().await {
-            Ok(d) => Some(d),
+    let pool = if must_build {
+        match daemon_args.connect_pool(a.jobs).await {
+            Ok(p) => Some(p),
             Err(e) => {
                 // Still do the skips and re-tags; the builds fail with this.
                 eprintln!("ERROR: {e:#}");
@@ -1579,11 +1612,13 @@ async fn run_bake(daemon_args: &DaemonArgs, a: &BakeArgs) -> Result<bool> {
     } else {
         None
     };
-    let jobs = match (a.jobs, &daemon) {
-        (Some(j), _) => j.max(1),
-        (None, Some(d)) if must_build => daemon_cpus(d).await,
+    let jobs = match (a.jobs, &pool) {
+        // -j is per daemon.
+        (Some(j), Some(p)) => j.max(1) * p.members().len(),
+        (Some(j), None) => j.max(1),
+        (None, Some(p)) => p.total_slots(),
         // Only registry requests: many at a time.
-        (None, _) => 16,
+        (None, None) => 16,
     };
     let (progress, task) = Progress::start(mode, Box::new(std::io::stderr()));
     if let Some(shard) = opts.shard {
@@ -1600,7 +1635,7 @@ async fn run_bake(daemon_args: &DaemonArgs, a: &BakeArgs) -> Result<bool> {
         );
     }
     let executed = crate::bake::execute_shard(
-        daemon.as_ref(),
+        pool.as_ref(),
         &project,
         &a.project.targets,
         plan,
@@ -1733,6 +1768,24 @@ async fn run(cli: Cli) -> Result<()> {
                 })
             )?;
         }
+        Command::Info(a) if cli.daemon.addr.len() > 1 => {
+            let pool = cli.daemon.connect_pool(Some(1)).await?;
+            let mut text = String::new();
+            let mut json = Vec::new();
+            for m in pool.members() {
+                let info = crate::client::info(&m.daemon).await?;
+                text.push_str(&inspect::info_text(&m.daemon, info.as_ref()));
+                text.push('\n');
+                json.push(serde_json::from_str::<serde_json::Value>(
+                    &inspect::info_json(&m.daemon, info.as_ref())?,
+                )?);
+            }
+            match a.format {
+                inspect::Format::Text => write_stdout_bytes(text.trim_end_matches('\n').as_bytes())
+                    .and_then(|()| write_stdout_bytes(b"\n"))?,
+                inspect::Format::Json => outln!("{}", serde_json::to_string_pretty(&json)?)?,
+            }
+        }
         Command::Info(a) => {
             let d = cli.daemon.connect().await?;
             let info = crate::client::info(&d).await?;
@@ -1741,6 +1794,26 @@ async fn run(cli: Cli) -> Result<()> {
                     write_stdout_bytes(inspect::info_text(&d, info.as_ref()).as_bytes())?
                 }
                 inspect::Format::Json => outln!("{}", inspect::info_json(&d, info.as_ref())?)?,
+            }
+        }
+        Command::Workers(a) if cli.daemon.addr.len() > 1 => {
+            let pool = cli.daemon.connect_pool(Some(1)).await?;
+            let mut text = String::new();
+            let mut json = Vec::new();
+            for m in pool.members() {
+                let workers = crate::client::workers(&m.daemon).await?;
+                text.push_str(&format!("Daemon:    {}\n", m.address));
+                text.push_str(&inspect::workers_text(&workers));
+                text.push('\n');
+                json.push(serde_json::json!({
+                    "address": m.address,
+                    "workers": serde_json::from_str::<serde_json::Value>(&inspect::workers_json(&workers)?)?,
+                }));
+            }
+            match a.format {
+                inspect::Format::Text => write_stdout_bytes(text.trim_end_matches('\n').as_bytes())
+                    .and_then(|()| write_stdout_bytes(b"\n"))?,
+                inspect::Format::Json => outln!("{}", serde_json::to_string_pretty(&json)?)?,
             }
         }
         Command::Workers(a) => {

@@ -12,6 +12,7 @@ pub mod fingerprint;
 pub mod fs;
 pub mod graph;
 pub mod options;
+pub mod pool;
 pub mod progress;
 pub mod project;
 pub mod proto;

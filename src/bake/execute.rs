@@ -20,9 +20,10 @@ use crate::build::{BuildResult, BuildSpec};
 use crate::fingerprint::{self, ContextRead, DaemonRead, StateStore, TargetRecord};
 use crate::graph::{self, Outcome, Via};
 use crate::options::{ContextSource, NamedContext, OutputDest};
+use crate::pool::Pool;
 use crate::progress::{Progress, TargetOutcome};
 use crate::project::{Project, Target};
-use crate::transport::{Daemon, DockerHost};
+use crate::transport::DockerHost;
 
 /// How a target's spec names the project targets it builds on.
 #[derive(Clone, Copy)]
@@ -172,7 +173,7 @@ enum Done {
 /// their digest to dependents. Each success is recorded in `state` (and, for pushed images,
 /// in the registry ledger) immediately.
 pub async fn execute(
-    daemon: Option<&Daemon>,
+    pool: Option<&Pool>,
     project: &Project,
     plan: &BakePlan,
     state: &StateStore,
@@ -186,8 +187,12 @@ pub async fn execute(
             .filter_map(|t| t.digest.clone().map(|d| (t.name.clone(), d)))
             .collect(),
     ));
-    let daemon_platform = tokio::sync::OnceCell::new();
-    let engine = daemon.and_then(engine_of).or(opts.engine_images.clone());
+    let engine = pool
+        .and_then(|p| engine_of(&p.member(0).daemon))
+        .or(opts.engine_images.clone());
+    // The member each target was built on in this run.
+    let built_on: Arc<Mutex<BTreeMap<String, usize>>> = Arc::default();
+    let engine_ids: EngineIds = Arc::default();
 
     // Skips and re-tags first, all at once: none of them waits for anything built in this
     // run (a target whose base is rebuilt is always built itself), so dependency order only
@@ -240,7 +245,8 @@ pub async fn execute(
 
     let outcomes = graph::run(&plan.graph, jobs, |name: String| {
         let digests = digests.clone();
-        let daemon_platform = &daemon_platform;
+        let built_on = built_on.clone();
+        let engine_ids = engine_ids.clone();
         let first_phase = &first_phase;
         let done_name = name.clone();
         let work = async move {
@@ -255,17 +261,14 @@ pub async fn execute(
             if let Some(first) = plan.graph.same_as.get(&name) {
                 return Ok(adopt(state, progress, &name, first, tp, &digests));
             }
-            let Some(daemon) = daemon else {
+            let Some(pool) = pool else {
                 return Err("no BuildKit daemon is reachable, and this target must be built".to_string());
             };
             let snapshot = digests.lock().map(|d| d.clone()).unwrap_or_default();
             let mut spec =
                 build_spec(project, plan, &name, Bases::Pinned(&snapshot), opts).map_err(|e| e.to_string())?;
-            if spec.needs_load() {
-                spec.load_into = daemon.load_target().map_err(|e| e.to_string())?;
-            }
             existing_cache_imports(&mut spec).await;
-            progress.note(Some(&name), &format!("building: {}", tp.reasons.join("; ")));
+            let placed = placement(pool, project, plan, state, &name, &snapshot, &built_on, &engine_ids).await;
             // Output directories as they were: what changes in them is what the export wrote.
             let before: BTreeMap<std::path::PathBuf, BTreeMap<String, (u64, i64)>> =
                 output_dests(t)
@@ -276,9 +279,50 @@ pub async fn execute(
                         (p, stamps)
                     })
                     .collect();
-            let r: BuildResult = crate::build::build(daemon, &spec, progress, Some(&name))
-                .await
-                .map_err(|e| e.to_string())?;
+            let mut allowed = placed.allowed;
+            let mut retried = false;
+            let (r, member): (BuildResult, &crate::pool::Member) = loop {
+                let Some(lease) = pool.acquire(&placed.preferred, &allowed).await else {
+                    return Err(format!(
+                        "no daemon that can build it answers any more{}",
+                        placed.why.as_deref().map(|w| format!(" ({w})")).unwrap_or_default()
+                    ));
+                };
+                let member = pool.member(lease.index);
+                if spec.needs_load() {
+                    spec.load_into = member.daemon.load_target().map_err(|e| e.to_string())?;
+                }
+                if pool.members().len() > 1 {
+                    progress.note(Some(&name), &format!("building on {}: {}", member.address, tp.reasons.join("; ")));
+                } else {
+                    progress.note(Some(&name), &format!("building: {}", tp.reasons.join("; ")));
+                }
+                match crate::build::build(&member.daemon, &spec, progress, Some(&name)).await {
+                    Ok(r) => {
+                        if let Ok(mut b) = built_on.lock() {
+                            b.insert(name.clone(), lease.index);
+                        }
+                        break (r, member);
+                    }
+                    // Once, elsewhere: the daemon went away, not the build's own failure.
+                    Err(crate::build::BuildError::ConnectionLost { message, gone }) if !retried => {
+                        if gone {
+                            pool.mark_down(lease.index);
+                        }
+                        allowed[lease.index] = false;
+                        if !pool.any_alive(&allowed) {
+                            return Err(message);
+                        }
+                        retried = true;
+                        progress.warning(
+                            Some(&name),
+                            &format!("{message}\nBuilding it again on another daemon of the pool."),
+                        );
+                        continue;
+                    }
+                    Err(e) => return Err(e.to_string()),
+                }
+            };
             let digest = r.image_digest().map(str::to_string);
             let linked = tokio::task::block_in_place(|| {
                 finish_link_layout(project, &name, digest.as_deref())
@@ -319,16 +363,8 @@ pub async fn execute(
                 }
             }
             if t.platforms.is_empty() {
-                let built_for = daemon_platform
-                    .get_or_init(|| async {
-                        crate::client::workers(daemon)
-                            .await
-                            .ok()
-                            .and_then(|w| w.into_iter().next())
-                            .and_then(|w| w.platforms.into_iter().next())
-                    })
-                    .await;
-                if let Some(p) = built_for.as_deref().filter(|p| !same_platform(p, &host_platform())) {
+                let built_for = member.platforms.first();
+                if let Some(p) = built_for.filter(|p| !same_platform(p, &host_platform())) {
                     // The key says "this machine's platform"; the image is another one.
                     uncovered.push(format!(
                         "the daemon builds for {p}, not {} (set platforms = [\"{p}\"] to reuse results)",
@@ -364,6 +400,8 @@ pub async fn execute(
                 whole_context: read_more
                     || tp.input.as_ref().is_some_and(|i| i.context_read == ContextRead::Whole),
                 local_bases: tp.local_bases.clone(),
+                daemon: member.worker_id.clone(),
+                daemon_address: Some(member.address.clone()),
             };
             if let Err(e) = state.record(&name, &rec, &fp.manifest) {
                 progress.warning(Some(&name), &format!("could not record state: {e}"));
@@ -466,6 +504,168 @@ pub async fn execute(
         }
     }
     results
+}
+
+/// The engine image ID (`None`: no such image) each pool member has for a reference, asked
+/// once per run.
+type EngineIds = Arc<tokio::sync::Mutex<BTreeMap<(usize, String), Option<String>>>>;
+
+/// Where a target may be built and where it would rather be.
+struct Placed {
+    /// Members in order of preference: the one that built it last, then those that built its
+    /// bases (in this run, else last).
+    preferred: Vec<usize>,
+    /// Members it may be built on at all.
+    allowed: Vec<bool>,
+    /// Why it is restricted, for the error when none of those is left.
+    why: Option<String>,
+}
+
+/// Decides [`Placed`] for target `name` in `pool`. Restrictions keep results correct: a base
+/// that is not pushed is only on the member that built (or loaded) it; the engine's own
+/// images of bases it does not pull must be the ones the plan saw (the key counts those);
+/// native platforms where some member has them. Preferences only make a cache hit likely.
+#[allow(clippy::too_many_arguments)]
+async fn placement(
+    pool: &Pool,
+    project: &Project,
+    plan: &BakePlan,
+    state: &StateStore,
+    name: &str,
+    digests: &BTreeMap<String, String>,
+    built_on: &Mutex<BTreeMap<String, usize>>,
+    engine_ids: &EngineIds,
+) -> Placed {
+    let n = pool.members().len();
+    let mut allowed = vec![true; n];
+    if n == 1 {
+        return Placed {
+            preferred: vec![0],
+            allowed,
+            why: None,
+        };
+    }
+    let t = &project.targets[name];
+    let tp = &plan.targets[name];
+    let recorded = |target: &str| {
+        state
+            .get(target)
+            .and_then(|r| r.daemon)
+            .and_then(|id| pool.by_worker(&id))
+    };
+    let built = built_on.lock().map(|b| b.clone()).unwrap_or_default();
+    let mut preferred: Vec<usize> = recorded(name).into_iter().collect();
+    let mut why = None;
+    let mut restrict = |allowed: &mut Vec<bool>, keep: &dyn Fn(usize) -> bool, reason: String| {
+        // A restriction that leaves nothing is not applied (the build then fails or succeeds
+        // as it would on one daemon); one that leaves something is.
+        if (0..n).any(|i| allowed[i] && keep(i)) {
+            for (i, a) in allowed.iter_mut().enumerate() {
+                *a &= keep(i);
+            }
+            why = Some(reason);
+        }
+    };
+    for edge in &plan.graph.deps[name] {
+        let uses_image = matches!(edge.via, Via::BaseImage { .. })
+            || matches!(&edge.via, Via::NamedContext { .. });
+        if !uses_image {
+            continue;
+        }
+        let dep = &edge.dep;
+        let on = built.get(dep).copied().or_else(|| recorded(dep));
+        if let Some(i) = on.filter(|i| !preferred.contains(i)) {
+            preferred.push(i);
+        }
+        let travels = project.targets[dep].push || link_context(project, dep, digests).is_some();
+        if !travels {
+            // Not in a registry: only where it was built (or, not known, the first daemon,
+            // where a one-daemon run would have built it).
+            let only = on.unwrap_or(0);
+            restrict(
+                &mut allowed,
+                &|i| i == only,
+                format!(
+                    "it builds on `{dep}`, which is not pushed, so only {} has it",
+                    pool.member(only).address
+                ),
+            );
+        }
+    }
+    // Natively, where some member can: a target with no platforms is built for this machine's.
+    let wanted: Vec<String> = if t.platforms.is_empty() {
+        vec![host_platform()]
+    } else {
+        t.platforms.clone()
+    };
+    let native: Vec<bool> = pool
+        .members()
+        .iter()
+        .map(|m| {
+            wanted
+                .iter()
+                .all(|p| m.platforms.iter().any(|q| same_platform(q, p)))
+        })
+        .collect();
+    restrict(
+        &mut allowed,
+        &|i| native[i],
+        format!("only some daemons build {} natively", wanted.join(",")),
+    );
+    // Without pull, a Docker Engine builds FROM its own image of a tag: the key counted the
+    // image the plan saw (or none), so only a member with that same one may build it.
+    if !t.pull {
+        let from_targets: Vec<&str> = plan.graph.deps[name]
+            .iter()
+            .filter_map(|e| match &e.via {
+                Via::BaseImage { reference, .. } => Some(reference.as_str()),
+                _ => None,
+            })
+            .collect();
+        let external: Vec<&String> = tp
+            .base_refs
+            .iter()
+            .filter(|r| !from_targets.contains(&r.as_str()))
+            .collect();
+        let mut same = vec![true; n];
+        for (i, m) in pool.members().iter().enumerate() {
+            for r in &external {
+                let have = if m.is_docker_engine() {
+                    let mut ids = engine_ids.lock().await;
+                    match ids.get(&(i, (*r).clone())) {
+                        Some(v) => v.clone(),
+                        None => {
+                            let v = match engine_of(&m.daemon) {
+                                Some(h) => match crate::transport::docker_image_id(&h, r).await {
+                                    Ok(v) => v,
+                                    // Unknown: never the same as anything.
+                                    Err(_) => Some("?".into()),
+                                },
+                                None => None,
+                            };
+                            ids.insert((i, (*r).clone()), v.clone());
+                            v
+                        }
+                    }
+                } else {
+                    None
+                };
+                if have.as_ref() != tp.local_bases.get(*r) {
+                    same[i] = false;
+                }
+            }
+        }
+        restrict(
+            &mut allowed,
+            &|i| same[i],
+            "without pull, a daemon builds from its own image of a base, and only some have the one this plan counted".to_string(),
+        );
+    }
+    Placed {
+        preferred,
+        allowed,
+        why,
+    }
 }
 
 /// A target whose build is exactly `first`'s ([`graph::Plan::same_as`]), which has finished:
@@ -646,6 +846,7 @@ fn record(state: &StateStore, progress: &Progress, name: &str, tp: &TargetPlan, 
     let Some(full) = &tp.full else {
         return;
     };
+    let last = state.get(name);
     let rec = TargetRecord {
         key: full.key.clone(),
         image_digest: tp.digest.clone(),
@@ -661,6 +862,9 @@ fn record(state: &StateStore, progress: &Progress, name: &str, tp: &TargetPlan, 
             .as_ref()
             .is_some_and(|i| i.context_read == ContextRead::Whole),
         local_bases: tp.local_bases.clone(),
+        // Reused, not built: the cache is still where the last build was.
+        daemon: last.as_ref().and_then(|r| r.daemon.clone()),
+        daemon_address: last.and_then(|r| r.daemon_address),
     };
     if let Err(e) = state.record(name, &rec, &full.manifest) {
         progress.warning(Some(name), &format!("could not record state: {e}"));

@@ -90,6 +90,9 @@ pub struct BakeOptions {
     /// Act only on this shard's share of the targets (`bake --shard I/N`); the others are
     /// planned only for the digests their dependents need (see `shard`).
     pub shard: Option<Shard>,
+    /// The addresses of the daemon pool as given (`--addr` repeated); `plan` shows where each
+    /// build most likely goes when there are several.
+    pub pool: Vec<String>,
 }
 
 /// What a run will do with one target, and why.
@@ -106,6 +109,10 @@ pub struct TargetPlan {
     /// The shard that acts on this target, when the run is sharded (1-based).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shard: Option<usize>,
+    /// With a pool of daemons, the one a build most likely goes to (its address as given,
+    /// or `least loaded`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub daemon: Option<String>,
     /// Tags a `retag` adds (registry tags, then Docker Engine tags).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub retag: Vec<String>,

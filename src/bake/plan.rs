@@ -318,11 +318,50 @@ pub async fn plan(
     crate::timing::mark("decided");
     state.save_stat_cache();
     crate::timing::mark("stat cache saved");
+    let mut targets = targets;
+    predict_daemons(&gplan, &mut targets, state, &opts.pool);
     Ok(BakePlan {
         graph: gplan,
         targets,
         early,
     })
+}
+
+/// With a pool of daemons (`pool`, more than one address), where each build most likely
+/// goes: the daemon that built it last, else the one its base goes to, else the least
+/// loaded one (as [`crate::pool::choose`] decides at run time, when loads are known).
+fn predict_daemons(
+    gplan: &graph::Plan,
+    targets: &mut BTreeMap<String, TargetPlan>,
+    state: &StateStore,
+    pool: &[String],
+) {
+    if pool.len() < 2 {
+        return;
+    }
+    let mut on: BTreeMap<&str, String> = BTreeMap::new();
+    for name in &gplan.order {
+        let last = state
+            .get(name)
+            .and_then(|r| r.daemon_address)
+            .filter(|a| pool.contains(a));
+        let base = gplan.deps[name]
+            .iter()
+            .filter(|e| !matches!(e.via, Via::DependsOn))
+            .find_map(|e| on.get(e.dep.as_str()).cloned());
+        if let Some(d) = last.or(base) {
+            on.insert(name, d);
+        }
+    }
+    for (name, tp) in targets.iter_mut() {
+        if tp.action == Action::Build {
+            tp.daemon = Some(
+                on.get(name.as_str())
+                    .cloned()
+                    .unwrap_or_else(|| "least loaded".to_string()),
+            );
+        }
+    }
 }
 
 /// An external base that names a project target's tag under another registry name
@@ -795,6 +834,7 @@ impl DecideCtx<'_> {
             input: Some(input),
             local_bases,
             shard: self.owners.get(name).copied(),
+            daemon: None,
             base_refs: self.facts[name].scan.base_refs.clone(),
             full: None,
             image_deps: deps.clone(),

@@ -29,7 +29,6 @@ use crate::fingerprint::{self, StateStore};
 use crate::graph;
 use crate::progress::{Progress, TargetOutcome};
 use crate::project::Project;
-use crate::transport::Daemon;
 
 /// Shard `index` of `count` (`I/N` on the command line, 1 ≤ I ≤ N).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,7 +203,7 @@ const POLL: Duration = Duration::from_secs(2);
 /// Planning again failed (an input became unreadable, …); what was done before is recorded.
 #[allow(clippy::too_many_arguments)]
 pub async fn execute_shard(
-    daemon: Option<&Daemon>,
+    daemon: Option<&crate::pool::Pool>,
     project: &Project,
     names: &[String],
     mut plan: BakePlan,

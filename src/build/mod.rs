@@ -206,6 +206,10 @@ pub enum BuildError {
     /// The daemon rejected or failed the build; the message is already readable.
     #[error("{message}")]
     Failed { message: String },
+    /// The connection to the daemon broke during the build (not the daemon's answer): the
+    /// same build may succeed on another daemon. `gone`: the daemon no longer answers.
+    #[error("{message}")]
+    ConnectionLost { message: String, gone: bool },
     #[error("cannot write the {what}: {why}")]
     Export { what: String, why: String },
 }
@@ -346,13 +350,20 @@ pub async fn build(
     let stats = session.stats.clone();
     let export_errors = session.close().await;
 
+    // Whether the connection broke (`Some(gone)`), rather than the daemon failing the build.
+    let mut lost: Option<bool> = None;
     let answered = match solved {
         Ok(Ok(resp)) => Ok(resp),
         // A broken connection is not the daemon's answer: say what broke, and whether the
         // daemon is still there, instead of "failed to solve: transport error".
         Ok(Err(s)) => Err(
             match crate::transport::explain_lost_connection(daemon, &s).await {
-                Some(lost) => format!("ERROR: build did not finish: {lost}"),
+                Some(l) => {
+                    if !l.reset_by_daemon {
+                        lost = Some(l.gone);
+                    }
+                    format!("ERROR: build did not finish: {}", l.message)
+                }
                 None => crate::progress::describe_build_error(&s),
             },
         ),
@@ -367,7 +378,10 @@ pub async fn build(
             for loaded in loads.after_failure(LOAD_ANSWER_WAIT).await {
                 message.push_str(&format!("\nnote: {loaded}"));
             }
-            return Err(BuildError::Failed { message });
+            return Err(match lost {
+                Some(gone) => BuildError::ConnectionLost { message, gone },
+                None => BuildError::Failed { message },
+            });
         }
     };
     let engines = loads.engines();

@@ -1372,6 +1372,8 @@ mod tests {
                     daemon_reads: vec![],
                     whole_context: false,
                     local_bases: Default::default(),
+                    daemon: None,
+                    daemon_address: None,
                 },
                 &before.manifest,
             )

@@ -103,6 +103,13 @@ pub struct TargetRecord {
     /// the engine builds from those, so a changed one means another result.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub local_bases: std::collections::BTreeMap<String, String>,
+    /// The BuildKit worker ID of the daemon that built it: where its cache most likely is,
+    /// so a pool builds it there again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daemon: Option<String>,
+    /// That daemon's address as given (for `plan`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daemon_address: Option<String>,
 }
 
 /// Why the state directory could not be used.
@@ -552,6 +559,8 @@ mod tests {
             daemon_reads: vec![],
             whole_context: false,
             local_bases: Default::default(),
+            daemon: None,
+            daemon_address: None,
         }
     }
 

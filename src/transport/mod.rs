@@ -237,10 +237,25 @@ pub fn explain_status(daemon: &Daemon, status: &tonic::Status) -> String {
     }
 }
 
+/// A call whose connection broke (rather than one the daemon answered with an error).
+#[derive(Debug, Clone)]
+pub struct LostConnection {
+    /// What broke and what to do, for the user.
+    pub message: String,
+    /// The daemon reset the request itself (it failed on this build's input): running the
+    /// build again anywhere fails the same way.
+    pub reset_by_daemon: bool,
+    /// The daemon did not answer a probe right after: it stopped or is unreachable.
+    pub gone: bool,
+}
+
 /// For a call on `daemon` that failed because the connection broke (`None` when the daemon
 /// itself answered with `status`): says so, and whether the daemon answers again now, so a
 /// daemon that died mid-build reads as that rather than as "transport error".
-pub async fn explain_lost_connection(daemon: &Daemon, status: &tonic::Status) -> Option<String> {
+pub async fn explain_lost_connection(
+    daemon: &Daemon,
+    status: &tonic::Status,
+) -> Option<LostConnection> {
     if !is_connection_failure(status) {
         return None;
     }
@@ -252,7 +267,9 @@ pub async fn explain_lost_connection(daemon: &Daemon, status: &tonic::Status) ->
     // (grpc-go after a handler panic: what buildx shows as "stream terminated by RST_STREAM
     // with error code: INTERNAL_ERROR"), which running the build again does not change.
     let reset_by_daemon = cause.contains("stream error received");
-    Some(match probe(&daemon.channel, DEFAULT_CONNECT_TIMEOUT).await {
+    let probed = probe(&daemon.channel, DEFAULT_CONNECT_TIMEOUT).await;
+    let gone = probed.is_err();
+    let message = match probed {
         Ok(()) if reset_by_daemon => format!(
             "{} aborted the build with an internal error ({cause}) and still answers: BuildKit failed on this build's input rather than the connection breaking. Check the Dockerfile and build options (bytes that are not UTF-8 in the Dockerfile cause this), and the daemon's log for the failure",
             peer.what
@@ -273,6 +290,11 @@ pub async fn explain_lost_connection(daemon: &Daemon, status: &tonic::Status) ->
                 peer.setting()
             )
         }
+    };
+    Some(LostConnection {
+        message,
+        reset_by_daemon,
+        gone,
     })
 }
 
