@@ -163,7 +163,8 @@ enum Reused {
 enum Done {
     Skipped,
     Retagged,
-    Built(Box<BuildResult>, Vec<String>),
+    /// Built (the result, inputs it read that the key did not cover, the daemon's address).
+    Built(Box<BuildResult>, Vec<String>, String),
     /// Delivered the image of the target it is the same build as ([`graph::Plan::same_as`]).
     SameAs,
 }
@@ -341,7 +342,7 @@ pub async fn execute(
             });
             let Some(fp) = fp else {
                 progress.warning(Some(&name), "not recorded (a base's digest is unknown)");
-                return Ok(Done::Built(Box::new(r), Vec::new()));
+                return Ok(Done::Built(Box::new(r), Vec::new(), member.address.clone()));
             };
             let dockerfile = spec.dockerfile.clone().unwrap_or_else(|| spec.context.join("Dockerfile"));
             let reads = daemon_reads(&spec, &r);
@@ -409,7 +410,7 @@ pub async fn execute(
             if uncovered.is_empty() && opts.ledger {
                 write_ledger(t, Some(&fp.key), digest.as_deref(), progress, &name).await;
             }
-            Ok(Done::Built(Box::new(r), uncovered))
+            Ok(Done::Built(Box::new(r), uncovered, member.address.clone()))
         };
         async move {
             let r = work.await;
@@ -443,8 +444,11 @@ pub async fn execute(
                 warnings: Vec::new(),
             };
             match outcomes.get(name) {
-                Some(Outcome::Succeeded(Done::Built(r, uncovered))) => {
+                Some(Outcome::Succeeded(Done::Built(r, uncovered, on))) => {
                     let mut metadata = r.metadata_json();
+                    if let Some(m) = metadata.as_object_mut() {
+                        m.insert("bk-build.daemon".into(), serde_json::json!(on));
+                    }
                     if let (Some(m), false) = (metadata.as_object_mut(), uncovered.is_empty()) {
                         m.insert("bk-build.uncovered".into(), serde_json::json!(uncovered));
                     }

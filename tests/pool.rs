@@ -1,0 +1,431 @@
+//! A pool of daemons (issue 12): `--addr` repeated puts targets on several Docker Engines that
+//! share only the registry; each target goes back to the daemon that holds its cache; a daemon
+//! that dies mid-build has its targets built on the others; one that is down at the start is
+//! left out. All against real engines: the primary, the TLS one (through its socket) and, for
+//! the kill, a throwaway third one started here.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// The primary engine's and the TLS engine's addresses.
+fn two_engines() -> [String; 2] {
+    [
+        "docker://".to_string(),
+        format!("docker://{}", tls_engine().socket),
+    ]
+}
+
+fn addr_args(addrs: &[String]) -> Vec<String> {
+    addrs
+        .iter()
+        .flat_map(|a| ["--addr".to_string(), a.clone()])
+        .collect()
+}
+
+/// The `rootfs.diff_ids` of `repo:tag` in the registry.
+fn diff_ids(repo: &str, tag: &str) -> Vec<String> {
+    let mut m = registry_json(&format!("/v2/{repo}/manifests/{tag}"));
+    if let Some(list) = m["manifests"].as_array() {
+        let image = list
+            .iter()
+            .find(|d| d["platform"]["os"] != "unknown")
+            .unwrap_or_else(|| panic!("{repo}:{tag}: no image in {m}"));
+        let digest = image["digest"].as_str().unwrap().to_string();
+        m = registry_json(&format!("/v2/{repo}/manifests/{digest}"));
+    }
+    let config = m["config"]["digest"].as_str().unwrap();
+    let c = registry_json(&format!("/v2/{repo}/blobs/{config}"));
+    serde_json::from_value(c["rootfs"]["diff_ids"].clone()).unwrap()
+}
+
+/// Runs `bake` in `dir` with `args`; returns (success, stderr, metadata).
+fn bake(dir: &Path, args: &[String]) -> (bool, String, serde_json::Value) {
+    let md = dir.join("bake-md.json");
+    let _ = std::fs::remove_file(&md);
+    let out = run(bk()
+        .current_dir(dir)
+        .args(["bake", "--progress", "plain", "--metadata-file"])
+        .arg(&md)
+        .args(args));
+    let meta = std::fs::read(&md)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(serde_json::Value::Null);
+    (out.status.success(), stderr(&out), meta)
+}
+
+/// Target → the daemon that built it (`bk-build.daemon`), for the targets built.
+fn built_on(meta: &serde_json::Value) -> BTreeMap<String, String> {
+    meta.as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(n, t)| Some((n.clone(), t["bk-build.daemon"].as_str()?.to_string())))
+        .collect()
+}
+
+/// A project of `base` (pushed) and `services` built FROM it, each running a step whose
+/// output is random (so a layer equal to an earlier build's proves the daemon reused its own
+/// cache) before copying a file of its own.
+fn project(dir: &Path, repo: &str, services: &[&str], run: &str) {
+    let mut toml = format!(
+        "[vars]\nREPO = \"{repo}\"\nTAG = \"p1\"\n\n[defaults]\ntags = [\"${{REPO}}/{{name}}:${{TAG}}\"]\npush = true\n\n\
+         [target.base]\ncontext = \"base\"\n"
+    );
+    write(
+        &dir.join("base/Dockerfile"),
+        format!("FROM {}\nCOPY b.txt /b.txt\n", base_image()),
+    );
+    write(&dir.join("base/b.txt"), "base\n");
+    for s in services {
+        toml.push_str(&format!(
+            "\n[target.{s}]\ncontext = \"{s}\"\nargs = {{ REPO = \"${{REPO}}\", TAG = \"${{TAG}}\" }}\n"
+        ));
+        write(
+            &dir.join(s).join("Dockerfile"),
+            format!(
+                "ARG REPO\nARG TAG\nFROM ${{REPO}}/base:${{TAG}}\nRUN --network=none {run}\nCOPY f.txt /{s}.txt\n"
+            ),
+        );
+        write(&dir.join(s).join("f.txt"), format!("{s}\n"));
+    }
+    write(&dir.join("bk-build.toml"), toml);
+}
+
+/// Spread over two engines, the same layers as on one; a second run after a one-file change
+/// builds each changed target on the daemon that built it, which still has the cache (its
+/// random step's layer comes back unchanged), and `plan` says where each build goes.
+#[test]
+fn a_pool_spreads_builds_and_brings_each_target_back_to_its_cache() {
+    let engines = two_engines();
+    let pool = addr_args(&engines);
+    let name = unique("pool");
+    let repo = format!("localhost:5000/{name}");
+    let services = ["svc1", "svc2", "svc3", "svc4"];
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("p");
+    let random = "head -c 32 /dev/urandom | od -x > /random";
+    project(&dir, &repo, &services, random);
+
+    // One build slot per daemon: four services cannot all go to the base's daemon.
+    let mut first = pool.clone();
+    first.extend(["-j".to_string(), "1".to_string()]);
+    let (ok, err, meta) = bake(&dir, &first);
+    assert!(ok, "{err}");
+    let on = built_on(&meta);
+    assert_eq!(on.len(), 5, "every target is built once: {on:?}\n{err}");
+    for e in &engines {
+        assert!(
+            services.iter().any(|s| on[*s] == *e),
+            "no service was built on {e}: {on:?}"
+        );
+    }
+    // Each service is built on exactly the base image pushed, wherever it ran.
+    let base = diff_ids(&format!("{name}/base"), "p1");
+    let layers: BTreeMap<&str, Vec<String>> = services
+        .iter()
+        .map(|s| (*s, diff_ids(&format!("{name}/{s}"), "p1")))
+        .collect();
+    for (s, l) in &layers {
+        assert_eq!(l.len(), base.len() + 2, "{s}: {l:?}");
+        assert_eq!(
+            l[..base.len()],
+            base[..],
+            "{s} is not built on the pushed base"
+        );
+    }
+
+    // The same project on one daemon gives the same layers (all but the random step's):
+    // a copy with the files' times kept (COPY keeps them), pushed to another repository.
+    let one_name = unique("pool-one");
+    let one = tmp.path().join("one");
+    let cp = Command::new("cp")
+        .arg("-a")
+        .arg(&dir)
+        .arg(&one)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    let _ = std::fs::remove_dir_all(one.join(".bk-build"));
+    let toml = std::fs::read_to_string(one.join("bk-build.toml")).unwrap();
+    write(
+        &one.join("bk-build.toml"),
+        toml.replace(&repo, &format!("localhost:5000/{one_name}")),
+    );
+    let (ok, err, _) = bake(&one, &[]);
+    assert!(ok, "{err}");
+    assert_eq!(diff_ids(&format!("{one_name}/base"), "p1"), base);
+    for (s, l) in &layers {
+        let single = diff_ids(&format!("{one_name}/{s}"), "p1");
+        assert_eq!(single.len(), l.len(), "{s}");
+        assert_eq!(single[..base.len()], l[..base.len()], "{s}");
+        assert_eq!(single.last(), l.last(), "{s}: the COPY layer differs");
+    }
+
+    // One file changed in a service of each daemon: each goes back where its cache is.
+    let changed: Vec<&str> = engines
+        .iter()
+        .map(|e| *services.iter().find(|s| on[**s] == *e).unwrap())
+        .collect();
+    for s in &changed {
+        write(&dir.join(s).join("f.txt"), format!("{s} changed\n"));
+    }
+    let plan = run_ok(bk().current_dir(&dir).arg("plan").args(&pool));
+    let text = String::from_utf8_lossy(&plan.stdout).to_string();
+    for s in &changed {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{s} ")))
+            .unwrap_or_else(|| panic!("{s} missing from the plan:\n{text}"));
+        assert!(
+            line.contains("build") && line.ends_with(&format!("(on {})", on[*s])),
+            "plan does not place {s} on {}:\n{text}",
+            on[*s]
+        );
+    }
+    let (ok, err, meta) = bake(&dir, &pool);
+    assert!(ok, "{err}");
+    let again = built_on(&meta);
+    assert_eq!(
+        again.keys().map(String::as_str).collect::<Vec<_>>(),
+        {
+            let mut c = changed.clone();
+            c.sort();
+            c
+        },
+        "only the changed services are built: {again:?}"
+    );
+    for s in &changed {
+        assert_eq!(again[*s], on[*s], "{s} was built away from its cache");
+        let now = diff_ids(&format!("{name}/{s}"), "p1");
+        let before = &layers[*s];
+        // The daemon's own cache: the random step was not run again.
+        assert_eq!(
+            now[base.len()],
+            before[base.len()],
+            "{s}: the daemon that built it ran its random step again (no cache)"
+        );
+        assert_ne!(
+            now.last(),
+            before.last(),
+            "{s}: the changed file is not in it"
+        );
+    }
+}
+
+/// Whether some process's command line contains `needle` (what `pgrep -f` does).
+fn process_running(needle: &str) -> bool {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .any(|c| {
+            let c: Vec<u8> = c
+                .into_iter()
+                .map(|b| if b == 0 { b' ' } else { b })
+                .collect();
+            String::from_utf8_lossy(&c).contains(needle)
+        })
+}
+
+/// A private Docker Engine started for one test and killed with it: its own data, exec root,
+/// socket and pidfile under a short temporary directory, no bridge (the builds here run with
+/// `RUN --network=none`).
+struct ThrowawayEngine {
+    dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl ThrowawayEngine {
+    fn start() -> ThrowawayEngine {
+        let dir = tempfile::Builder::new()
+            .prefix("bkp")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let d = dir.path();
+        write(
+            &d.join("daemon.json"),
+            r#"{"features": {"containerd-snapshotter": true}, "bridge": "none", "iptables": false, "ip6tables": false, "ip-forward": false, "ip-masq": false}"#,
+        );
+        let dockerd: PathBuf = bkenv().join("root/usr/sbin/dockerd");
+        let log = std::fs::File::create(d.join("dockerd.log")).unwrap();
+        let mut cmd = Command::new(&dockerd);
+        for (k, v) in env() {
+            cmd.env(k, v);
+        }
+        use std::os::unix::process::CommandExt;
+        cmd.arg("--config-file")
+            .arg(d.join("daemon.json"))
+            .arg("--data-root")
+            .arg(d.join("data"))
+            .arg("--exec-root")
+            .arg(d.join("exec"))
+            .arg("--pidfile")
+            .arg(d.join("dockerd.pid"))
+            .arg("-H")
+            .arg(format!("unix://{}", d.join("docker.sock").display()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            // Its own process group, so that killing it takes its containerd along.
+            .process_group(0);
+        let child = cmd.spawn().expect("start dockerd");
+        let e = ThrowawayEngine { dir, child };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ok = docker()
+                .env("DOCKER_HOST", e.socket())
+                .args(["version", "--format", "{{.Server.Version}}"])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if ok {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the throwaway dockerd did not come up: {}",
+                std::fs::read_to_string(e.dir.path().join("dockerd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        e
+    }
+
+    fn socket(&self) -> String {
+        format!("unix://{}", self.dir.path().join("docker.sock").display())
+    }
+
+    fn address(&self) -> String {
+        format!("docker://{}", self.socket())
+    }
+
+    /// SIGKILL to the engine's whole process group: a daemon that dies, not one that stops.
+    fn kill(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ThrowawayEngine {
+    fn drop(&mut self) {
+        self.kill();
+        // Its mounts, if the kill left any, before the directory goes.
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "grep -o ' {}[^ ]*' /proc/self/mounts | sort -r | xargs -r -n1 umount -l",
+                self.dir.path().display()
+            ))
+            .status();
+    }
+}
+
+/// A daemon killed while it builds: its targets are built once more on the other daemon and
+/// the run succeeds, with every result recorded; the next run, with that daemon still down,
+/// leaves it out with a warning and builds on the rest.
+#[test]
+fn a_daemon_killed_mid_build_has_its_targets_built_on_the_others() {
+    let mut third = ThrowawayEngine::start();
+    let name = unique("pool-kill");
+    let repo = format!("localhost:5000/{name}");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("p");
+    // Long enough to be killed in the middle of it.
+    project(&dir, &repo, &["slow1", "slow2"], "sleep 12 && date > /when");
+    // The throwaway engine first: with one slot each, the base goes there (ties go to the
+    // first daemon), and so does a service.
+    let pool = addr_args(&[third.address(), "docker://".to_string()]);
+    let mut args = pool.clone();
+    args.extend(["-j".to_string(), "1".to_string()]);
+    let mut child = bk()
+        .current_dir(&dir)
+        .args(["bake", "--progress", "plain", "--metadata-file"])
+        .arg(dir.join("bake-md.json"))
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kill it while a service's slow step runs there. With one slot per daemon, the base is
+    // built there (ties go to the first daemon), then one service there and the other on the
+    // primary engine at the same time: a slow step running means both have started.
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut all);
+        (child, all)
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let slow_step = "sleep 12 && date";
+    loop {
+        if process_running(slow_step) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slow step never started");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    third.kill();
+    let answers = docker()
+        .env("DOCKER_HOST", third.socket())
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        !answers,
+        "the throwaway engine still answers after the kill"
+    );
+    let (mut child, err) = reader.join().unwrap();
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "the run failed with a daemon left:\n{err}"
+    );
+    assert!(
+        err.contains("Building it again on another daemon of the pool"),
+        "no retry was reported:\n{err}"
+    );
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("bake-md.json")).unwrap()).unwrap();
+    let on = built_on(&meta);
+    assert_eq!(on.len(), 3, "{on:?}\n{err}");
+    // The base finished there before the kill; the services, killed or not, did not.
+    for t in ["slow1", "slow2"] {
+        assert_eq!(
+            on[t], "docker://",
+            "{t} is not reported built on the live daemon"
+        );
+    }
+    // Each result is in the registry, on the pushed base, and recorded: a plan skips all.
+    let base = diff_ids(&format!("{name}/base"), "p1");
+    for s in ["slow1", "slow2"] {
+        let l = diff_ids(&format!("{name}/{s}"), "p1");
+        assert_eq!(l[..base.len()], base[..], "{s}");
+    }
+    let plan = run_ok(bk().current_dir(&dir).arg("plan").args(&pool));
+    let text = String::from_utf8_lossy(&plan.stdout).to_string();
+    assert!(
+        text.lines().all(|l| l.contains(" skip ")),
+        "after the run, the plan is not all skips:\n{text}"
+    );
+
+    // Still down at the start: left out with a warning; the run builds on the other one.
+    write(&dir.join("slow1/f.txt"), "slow1 changed\n");
+    let (ok, err, meta) = bake(&dir, &pool);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains(&format!("{} left out of this run", third.address())),
+        "{err}"
+    );
+    assert_eq!(
+        built_on(&meta).get("slow1").map(String::as_str),
+        Some("docker://")
+    );
+}
