@@ -383,10 +383,10 @@ impl ProjectArgs {
             force,
             ledger: !self.no_ledger,
             engine_images: transport::docker_engine_builder(
-                daemon.addr.first().map(String::as_str),
+                daemon.addrs().first().map(String::as_str),
                 &daemon.tls(),
             ),
-            pool: daemon.addr.clone(),
+            pool: daemon.addrs(),
             default_provenance: default_provenance()?,
             metadata_provenance: options::MetadataProvenance::Disabled,
             retag_early: false,
@@ -506,6 +506,19 @@ pub struct PruneArgs {
 }
 
 impl DaemonArgs {
+    /// The addresses as given, each once, without surrounding spaces or empty items (a
+    /// `BUILDKIT_HOST` of `a, b,` is `a` and `b`).
+    pub fn addrs(&self) -> Vec<String> {
+        let mut v: Vec<String> = Vec::new();
+        for a in &self.addr {
+            let a = a.trim();
+            if !a.is_empty() && !v.iter().any(|x| x == a) {
+                v.push(a.to_string());
+            }
+        }
+        v
+    }
+
     fn tls(&self) -> TlsOptions {
         TlsOptions {
             ca_cert: self.tlscacert.clone(),
@@ -519,16 +532,16 @@ impl DaemonArgs {
     /// The daemon a one-daemon command uses: the first address that answers.
     pub async fn connect(&self) -> Result<Daemon> {
         let timeout = Duration::from_secs(self.timeout.max(1));
-        if self.addr.len() <= 1 {
+        if self.addrs().len() <= 1 {
             return Ok(transport::connect(
-                self.addr.first().map(String::as_str),
+                self.addrs().first().map(String::as_str),
                 &self.tls(),
                 timeout,
             )
             .await?);
         }
         let (pool, warnings) =
-            crate::pool::connect(&self.addr, &self.tls(), timeout, Some(1)).await?;
+            crate::pool::connect(&self.addrs(), &self.tls(), timeout, Some(1)).await?;
         for w in warnings {
             eprintln!("WARNING: {w}");
         }
@@ -539,7 +552,8 @@ impl DaemonArgs {
     /// given, else its CPU count.
     pub async fn connect_pool(&self, jobs: Option<usize>) -> Result<crate::pool::Pool> {
         let timeout = Duration::from_secs(self.timeout.max(1));
-        let (pool, warnings) = crate::pool::connect(&self.addr, &self.tls(), timeout, jobs).await?;
+        let (pool, warnings) =
+            crate::pool::connect(&self.addrs(), &self.tls(), timeout, jobs).await?;
         for w in warnings {
             eprintln!("WARNING: {w}");
         }
@@ -1768,22 +1782,29 @@ async fn run(cli: Cli) -> Result<()> {
                 })
             )?;
         }
-        Command::Info(a) if cli.daemon.addr.len() > 1 => {
+        Command::Info(a) if cli.daemon.addrs().len() > 1 => {
             let pool = cli.daemon.connect_pool(Some(1)).await?;
             let mut text = String::new();
-            let mut json = Vec::new();
+            let mut all = Vec::new();
             for m in pool.members() {
                 let info = crate::client::info(&m.daemon).await?;
                 text.push_str(&inspect::info_text(&m.daemon, info.as_ref()));
                 text.push('\n');
-                json.push(serde_json::from_str::<serde_json::Value>(
+                all.push(serde_json::from_str::<serde_json::Value>(
                     &inspect::info_json(&m.daemon, info.as_ref())?,
                 )?);
             }
             match a.format {
                 inspect::Format::Text => write_stdout_bytes(text.trim_end_matches('\n').as_bytes())
                     .and_then(|()| write_stdout_bytes(b"\n"))?,
-                inspect::Format::Json => outln!("{}", serde_json::to_string_pretty(&json)?)?,
+                // The first daemon's object, as with one address, plus every daemon's.
+                inspect::Format::Json => {
+                    let mut v = all.first().cloned().unwrap_or_default();
+                    if let Some(o) = v.as_object_mut() {
+                        o.insert("pool".into(), serde_json::Value::Array(all));
+                    }
+                    outln!("{}", serde_json::to_string_pretty(&v)?)?
+                }
             }
         }
         Command::Info(a) => {
@@ -1796,24 +1817,29 @@ async fn run(cli: Cli) -> Result<()> {
                 inspect::Format::Json => outln!("{}", inspect::info_json(&d, info.as_ref())?)?,
             }
         }
-        Command::Workers(a) if cli.daemon.addr.len() > 1 => {
+        Command::Workers(a) if cli.daemon.addrs().len() > 1 => {
             let pool = cli.daemon.connect_pool(Some(1)).await?;
             let mut text = String::new();
-            let mut json = Vec::new();
+            let mut all = Vec::new();
             for m in pool.members() {
                 let workers = crate::client::workers(&m.daemon).await?;
                 text.push_str(&format!("Daemon:    {}\n", m.address));
                 text.push_str(&inspect::workers_text(&workers));
                 text.push('\n');
-                json.push(serde_json::json!({
-                    "address": m.address,
-                    "workers": serde_json::from_str::<serde_json::Value>(&inspect::workers_json(&workers)?)?,
-                }));
+                // The same objects as with one address, each with its daemon's address.
+                let listed: serde_json::Value =
+                    serde_json::from_str(&inspect::workers_json(&workers)?)?;
+                for mut w in listed.as_array().cloned().unwrap_or_default() {
+                    if let Some(o) = w.as_object_mut() {
+                        o.insert("address".into(), serde_json::json!(m.address));
+                    }
+                    all.push(w);
+                }
             }
             match a.format {
                 inspect::Format::Text => write_stdout_bytes(text.trim_end_matches('\n').as_bytes())
                     .and_then(|()| write_stdout_bytes(b"\n"))?,
-                inspect::Format::Json => outln!("{}", serde_json::to_string_pretty(&json)?)?,
+                inspect::Format::Json => outln!("{}", serde_json::to_string_pretty(&all)?)?,
             }
         }
         Command::Workers(a) => {

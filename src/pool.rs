@@ -16,9 +16,15 @@ use crate::transport::{Daemon, DaemonKind};
 /// How a target's daemon is chosen among those it may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Policy {
-    /// The first preferred member (the one that built the target last, else one that built a
-    /// base) whenever it has a free slot; else the least loaded member with a free slot. The
-    /// default: it keeps cache hits while no member idles behind a busy one.
+    /// The default: a target waits for the daemon that built it last (a rebuild there runs
+    /// only the changed steps) unless [`QUEUE_PER_SLOT`] targets per slot already wait there;
+    /// otherwise a daemon that built one of its bases when it has a free slot, else the least
+    /// loaded one. Chosen from the simulation in BENCHMARKS.md: it keeps the cache hits of a
+    /// rebuild, the cold makespan of `least-loaded`, and spreads a project whose results were
+    /// all built on one daemon.
+    Cache,
+    /// The first preferred member whenever it has a free slot, else the least loaded member
+    /// with a free slot.
     Spill,
     /// The first preferred member even when it is busy (the target waits for its slot); the
     /// least loaded one only when nothing is preferred.
@@ -29,14 +35,41 @@ pub enum Policy {
 
 impl Policy {
     /// Every policy, for the simulation.
-    pub const ALL: [Policy; 3] = [Policy::Spill, Policy::Affinity, Policy::LeastLoaded];
+    pub const ALL: [Policy; 4] = [
+        Policy::Cache,
+        Policy::Spill,
+        Policy::Affinity,
+        Policy::LeastLoaded,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
+            Policy::Cache => "cache",
             Policy::Spill => "spill",
             Policy::Affinity => "affinity",
             Policy::LeastLoaded => "least-loaded",
         }
+    }
+}
+
+/// Where a target's cache most likely is: the member that built it last, then those that
+/// built its bases.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Preference {
+    pub last: Option<usize>,
+    pub bases: Vec<usize>,
+}
+
+impl Preference {
+    /// `last`, then `bases`, each once.
+    fn ordered(&self) -> Vec<usize> {
+        let mut v: Vec<usize> = self.last.into_iter().collect();
+        for b in &self.bases {
+            if !v.contains(b) {
+                v.push(*b);
+            }
+        }
+        v
     }
 }
 
@@ -49,7 +82,14 @@ pub struct Load {
     pub slots: usize,
     /// Still answering; a member that lost a build's connection is left out from then on.
     pub alive: bool,
+    /// Targets waiting for a slot here because it built them last ([`Policy::Cache`]).
+    pub queued: usize,
 }
+
+/// How many targets per slot may queue for the daemon that built them last before the next
+/// one goes elsewhere ([`Policy::Cache`]): a rebuild where the cache is costs about a fifth of
+/// one elsewhere (BENCHMARKS.md), so waiting behind up to four rebuilds per slot still wins.
+pub const QUEUE_PER_SLOT: usize = 4;
 
 impl Load {
     fn free(&self) -> bool {
@@ -60,13 +100,12 @@ impl Load {
 /// The member to run a target on now, or `None` to wait for a slot (or, when no allowed
 /// member is alive, for nothing: the caller checks [`any_alive`] first).
 ///
-/// `preferred` lists members in order of preference (where the cache most likely is);
 /// `allowed[i]` says whether the target may run on member `i` at all (native platforms, an
 /// image only that member has). Ties in load go to the lower index, so the choice is
 /// deterministic.
 pub fn choose(
     policy: Policy,
-    preferred: &[usize],
+    pref: &Preference,
     allowed: &[bool],
     loads: &[Load],
 ) -> Option<usize> {
@@ -81,18 +120,26 @@ pub fn choose(
                     .then(a.cmp(&b))
             })
     };
-    let first_preferred = preferred.iter().copied().find(|&i| ok(i));
+    let preferred = pref.ordered();
+    let spill = |from: &[usize]| {
+        from.iter()
+            .copied()
+            .find(|&i| ok(i) && loads[i].free())
+            .or_else(least_loaded)
+    };
     match policy {
         Policy::LeastLoaded => least_loaded(),
-        Policy::Affinity => match first_preferred {
+        Policy::Affinity => match preferred.iter().copied().find(|&i| ok(i)) {
             Some(i) => loads[i].free().then_some(i),
             None => least_loaded(),
         },
-        Policy::Spill => preferred
-            .iter()
-            .copied()
-            .find(|&i| ok(i) && loads[i].free())
-            .or_else(least_loaded),
+        Policy::Spill => spill(&preferred),
+        Policy::Cache => match pref.last.filter(|&i| ok(i)) {
+            Some(i) if loads[i].free() => Some(i),
+            // Wait there while the queue is short; past that, a daemon idles behind it.
+            Some(i) if loads[i].queued < QUEUE_PER_SLOT * loads[i].slots.max(1) => None,
+            _ => spill(&pref.bases),
+        },
     }
 }
 
@@ -150,6 +197,20 @@ impl Drop for Lease<'_> {
     }
 }
 
+/// A target counted in a member's [`Load::queued`] while it waits in [`Pool::acquire`].
+struct Queued<'a> {
+    pool: &'a Pool,
+    at: Option<usize>,
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        if let (Some(q), Ok(mut l)) = (self.at.take(), self.pool.loads.lock()) {
+            l[q].queued = l[q].queued.saturating_sub(1);
+        }
+    }
+}
+
 impl Pool {
     /// A pool of `members` (at least one, in the order the user gave them).
     pub fn new(members: Vec<Member>, policy: Policy) -> Pool {
@@ -159,6 +220,7 @@ impl Pool {
                 running: 0,
                 slots: m.slots.max(1),
                 alive: true,
+                queued: 0,
             })
             .collect();
         Pool {
@@ -211,7 +273,13 @@ impl Pool {
 
     /// Waits for a slot on the member [`choose`] picks; `None` when no allowed member is
     /// alive any more.
-    pub async fn acquire(&self, preferred: &[usize], allowed: &[bool]) -> Option<Lease<'_>> {
+    pub async fn acquire(&self, pref: &Preference, allowed: &[bool]) -> Option<Lease<'_>> {
+        // The member this target is counted as queued at, while it waits there (given back
+        // if the wait is dropped too).
+        let mut queued_at = Queued {
+            pool: self,
+            at: None,
+        };
         loop {
             // Registered before looking, so a slot freed in between is not missed.
             let freed = self.freed.notified();
@@ -219,17 +287,25 @@ impl Pool {
             freed.as_mut().enable();
             {
                 let mut loads = self.loads.lock().ok()?;
+                if let Some(q) = queued_at.at.take() {
+                    loads[q].queued -= 1;
+                }
                 if !any_alive(allowed, &loads) {
                     return None;
                 }
-                if let Some(i) = choose(self.policy, preferred, allowed, &loads) {
+                if let Some(i) = choose(self.policy, pref, allowed, &loads) {
                     loads[i].running += 1;
                     return Some(Lease {
                         pool: self,
                         index: i,
                     });
                 }
+                if let Some(i) = pref.last.filter(|&i| loads[i].alive) {
+                    loads[i].queued += 1;
+                    queued_at.at = Some(i);
+                }
             }
+            // Another target queued there may take a slot elsewhere now: look again then too.
             freed.await;
         }
     }
@@ -255,7 +331,7 @@ pub async fn connect(
             .cloned()
             .unwrap_or_else(|| d.address.to_string());
         let m = member(d, address, jobs).await;
-        return Ok((Pool::new(vec![m], Policy::Spill), Vec::new()));
+        return Ok((Pool::new(vec![m], Policy::Cache), Vec::new()));
     }
     let none = &transport::TlsOptions::default();
     let tries = addrs.iter().map(|a| async move {
@@ -278,7 +354,24 @@ pub async fn connect(
     let mut errors = Vec::new();
     for (a, r) in answers {
         match r {
-            Ok(d) => members.push(member(d, a, jobs).await),
+            Ok(d) => {
+                let m = member(d, a, jobs).await;
+                // The same daemon under two addresses (a socket and `docker://`): one member,
+                // or it would get twice the builds.
+                if let Some(same) = members
+                    .iter()
+                    .find(|o: &&Member| o.worker_id.is_some() && o.worker_id == m.worker_id)
+                {
+                    warnings.push(format!(
+                        "{} is the same daemon as {} (BuildKit worker {}): used once",
+                        m.address,
+                        same.address,
+                        m.worker_id.as_deref().unwrap_or_default()
+                    ));
+                    continue;
+                }
+                members.push(m);
+            }
             Err(e) => {
                 warnings.push(format!("{a} left out of this run: {e}"));
                 errors.push(format!("  {a}: {e}"));
@@ -292,7 +385,7 @@ pub async fn connect(
             errors.join("\n")
         )));
     }
-    Ok((Pool::new(members, Policy::Spill), warnings))
+    Ok((Pool::new(members, Policy::Cache), warnings))
 }
 
 async fn member(daemon: Daemon, address: String, jobs: Option<usize>) -> Member {
@@ -339,39 +432,96 @@ mod tests {
                 running,
                 slots,
                 alive: true,
+                queued: 0,
             })
             .collect()
     }
 
     #[test]
     fn spill_keeps_the_cache_while_its_member_has_room() {
+        let p = Preference {
+            last: Some(1),
+            bases: vec![],
+        };
         let l = loads(&[(0, 2), (1, 2)]);
-        assert_eq!(choose(Policy::Spill, &[1], &[true, true], &l), Some(1));
+        assert_eq!(choose(Policy::Spill, &p, &[true, true], &l), Some(1));
         let full = loads(&[(0, 2), (2, 2)]);
-        assert_eq!(choose(Policy::Spill, &[1], &[true, true], &full), Some(0));
+        assert_eq!(choose(Policy::Spill, &p, &[true, true], &full), Some(0));
         // Nothing free anywhere: wait.
         let busy = loads(&[(2, 2), (2, 2)]);
-        assert_eq!(choose(Policy::Spill, &[1], &[true, true], &busy), None);
+        assert_eq!(choose(Policy::Spill, &p, &[true, true], &busy), None);
+    }
+
+    #[test]
+    fn cache_stops_waiting_behind_a_long_queue() {
+        let p = Preference {
+            last: Some(1),
+            bases: vec![],
+        };
+        let mut l = loads(&[(0, 2), (2, 2)]);
+        l[1].queued = QUEUE_PER_SLOT * 2 - 1;
+        assert_eq!(choose(Policy::Cache, &p, &[true, true], &l), None);
+        l[1].queued += 1;
+        assert_eq!(choose(Policy::Cache, &p, &[true, true], &l), Some(0));
     }
 
     #[test]
     fn affinity_waits_for_the_preferred_member() {
         let full = loads(&[(0, 2), (2, 2)]);
-        assert_eq!(choose(Policy::Affinity, &[1], &[true, true], &full), None);
-        assert_eq!(choose(Policy::Affinity, &[], &[true, true], &full), Some(0));
+        let p = Preference {
+            last: None,
+            bases: vec![1],
+        };
+        assert_eq!(choose(Policy::Affinity, &p, &[true, true], &full), None);
+        assert_eq!(
+            choose(
+                Policy::Affinity,
+                &Preference::default(),
+                &[true, true],
+                &full
+            ),
+            Some(0)
+        );
+    }
+
+    #[test]
+    fn cache_waits_for_the_last_builder_but_not_for_a_base_s() {
+        let full = loads(&[(0, 2), (2, 2)]);
+        let last = Preference {
+            last: Some(1),
+            bases: vec![],
+        };
+        assert_eq!(choose(Policy::Cache, &last, &[true, true], &full), None);
+        let base = Preference {
+            last: None,
+            bases: vec![1],
+        };
+        assert_eq!(choose(Policy::Cache, &base, &[true, true], &full), Some(0));
+        // The last builder is down or not allowed: the base's rule applies.
+        let both = Preference {
+            last: Some(1),
+            bases: vec![0],
+        };
+        assert_eq!(choose(Policy::Cache, &both, &[true, false], &full), Some(0));
     }
 
     #[test]
     fn least_loaded_compares_shares_of_slots_and_breaks_ties_by_order() {
         // 1 of 4 is less loaded than 1 of 2.
         let l = loads(&[(1, 2), (1, 4)]);
-        assert_eq!(
-            choose(Policy::LeastLoaded, &[0], &[true, true], &l),
-            Some(1)
-        );
+        let p = Preference {
+            last: Some(0),
+            bases: vec![],
+        };
+        assert_eq!(choose(Policy::LeastLoaded, &p, &[true, true], &l), Some(1));
         let even = loads(&[(0, 2), (0, 2)]);
         assert_eq!(
-            choose(Policy::LeastLoaded, &[], &[true, true], &even),
+            choose(
+                Policy::LeastLoaded,
+                &Preference::default(),
+                &[true, true],
+                &even
+            ),
             Some(0)
         );
     }
@@ -379,19 +529,26 @@ mod tests {
     #[test]
     fn members_not_allowed_or_down_are_never_chosen() {
         let mut l = loads(&[(0, 2), (0, 2), (0, 2)]);
+        let p0 = Preference {
+            last: Some(0),
+            bases: vec![],
+        };
+        let p1 = Preference {
+            last: Some(1),
+            bases: vec![],
+        };
         assert_eq!(
-            choose(Policy::Spill, &[0], &[false, true, true], &l),
+            choose(Policy::Spill, &p0, &[false, true, true], &l),
             Some(1)
         );
         l[1].alive = false;
-        assert_eq!(
-            choose(Policy::Spill, &[1], &[false, true, true], &l),
-            Some(2)
-        );
-        assert_eq!(
-            choose(Policy::Affinity, &[1], &[false, true, true], &l),
-            Some(2)
-        );
+        for policy in Policy::ALL {
+            assert_eq!(
+                choose(policy, &p1, &[false, true, true], &l),
+                Some(2),
+                "{policy:?}"
+            );
+        }
         assert!(!any_alive(&[false, true, false], &l));
     }
 }

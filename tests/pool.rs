@@ -81,7 +81,9 @@ fn project(dir: &Path, repo: &str, services: &[&str], run: &str) {
         &dir.join("base/Dockerfile"),
         format!("FROM {}\nCOPY b.txt /b.txt\n", base_image()),
     );
-    write(&dir.join("base/b.txt"), "base\n");
+    // Contents unique to the run: BuildKit's cache keys are by content, so a step built by
+    // an earlier run (with its own file times) would otherwise come back from the cache.
+    write(&dir.join("base/b.txt"), format!("base {repo}\n"));
     for s in services {
         toml.push_str(&format!(
             "\n[target.{s}]\ncontext = \"{s}\"\nargs = {{ REPO = \"${{REPO}}\", TAG = \"${{TAG}}\" }}\n"
@@ -92,7 +94,7 @@ fn project(dir: &Path, repo: &str, services: &[&str], run: &str) {
                 "ARG REPO\nARG TAG\nFROM ${{REPO}}/base:${{TAG}}\nRUN --network=none {run}\nCOPY f.txt /{s}.txt\n"
             ),
         );
-        write(&dir.join(s).join("f.txt"), format!("{s}\n"));
+        write(&dir.join(s).join("f.txt"), format!("{s} {repo}\n"));
     }
     write(&dir.join("bk-build.toml"), toml);
 }
@@ -109,7 +111,8 @@ fn a_pool_spreads_builds_and_brings_each_target_back_to_its_cache() {
     let services = ["svc1", "svc2", "svc3", "svc4"];
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("p");
-    let random = "head -c 32 /dev/urandom | od -x > /random";
+    let random = format!("echo {name} > /run.txt && head -c 32 /dev/urandom | od -x > /random");
+    let random = random.as_str();
     project(&dir, &repo, &services, random);
 
     // One build slot per daemon: four services cannot all go to the base's daemon.
@@ -428,4 +431,207 @@ fn a_daemon_killed_mid_build_has_its_targets_built_on_the_others() {
         built_on(&meta).get("slow1").map(String::as_str),
         Some("docker://")
     );
+}
+
+/// The project of the idle-death and load tests: independent targets `FROM` the busybox base
+/// with `pull = true` (so any daemon may build them), each with its own slow step.
+fn independent(dir: &Path, repo: &str, targets: &[(&str, &str, &str)]) {
+    let mut toml =
+        format!("[defaults]\ntags = [\"{repo}/{{name}}:p1\"]\npush = true\npull = true\n");
+    for (name, extra, run) in targets {
+        toml.push_str(&format!("\n[target.{name}]\ncontext = \"{name}\"\n{extra}"));
+        write(
+            &dir.join(name).join("Dockerfile"),
+            format!(
+                // Unique to the run, so no step comes from an earlier run's cache.
+                "FROM {}\nRUN --network=none echo {repo} > /run.txt && {run}\nCOPY f.txt /{name}.txt\n",
+                base_image()
+            ),
+        );
+        write(&dir.join(name).join("f.txt"), format!("{name} {repo}\n"));
+    }
+    write(&dir.join("bk-build.toml"), toml);
+}
+
+/// A daemon that dies between builds (no build's connection breaks) is found out when the
+/// next build placed there cannot start: that target is built on another daemon.
+#[test]
+fn a_daemon_that_died_while_idle_is_routed_around() {
+    let mut third = ThrowawayEngine::start();
+    let name = unique("pool-idle");
+    let repo = format!("localhost:5000/{name}");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("p");
+    // `a` is quick and goes to the throwaway engine (ties go to the first daemon); `b` is
+    // slow on the primary one; `c` builds on `a` (so it prefers a's daemon) after `b`.
+    independent(&dir, &repo, &[("a", "", "true"), ("b", "", "sleep 10")]);
+    let mut toml = std::fs::read_to_string(dir.join("bk-build.toml")).unwrap();
+    toml.push_str("\n[target.c]\ncontext = \"c\"\ndepends_on = [\"b\"]\n");
+    write(&dir.join("bk-build.toml"), toml);
+    write(
+        &dir.join("c/Dockerfile"),
+        format!("FROM {repo}/a:p1\nCOPY f.txt /c.txt\n"),
+    );
+    write(&dir.join("c/f.txt"), "c\n");
+    let args = addr_args(&[third.address(), "docker://".to_string()]);
+    let mut all = args.clone();
+    all.extend(["-j".to_string(), "1".to_string()]);
+    let child = bk()
+        .current_dir(&dir)
+        .args(["bake", "--progress", "plain", "--metadata-file"])
+        .arg(dir.join("bake-md.json"))
+        .args(&all)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once `b`'s slow step runs, `a` (quick, started with it) is done: kill the idle engine.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !process_running("sleep 10") {
+        assert!(Instant::now() < deadline, "b's slow step never started");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    third.kill();
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("bake-md.json")).unwrap()).unwrap();
+    let on = built_on(&meta);
+    assert_eq!(on.get("a"), Some(&third.address()), "{on:?}\n{err}");
+    assert_eq!(
+        on.get("c").map(String::as_str),
+        Some("docker://"),
+        "{on:?}\n{err}"
+    );
+}
+
+/// `load = true` puts the image into the Docker Engine that builds it: a pool builds such a
+/// target only on the engine the run checks (the first address), even when another daemon is
+/// free, so the next run finds it there and skips it.
+#[test]
+fn a_loaded_target_is_built_on_the_engine_the_run_checks() {
+    let name = unique("pool-load");
+    let repo = format!("localhost:5000/{name}");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("p");
+    // `a1` starts first and keeps the primary engine busy; `zz` (loaded) is then ready
+    // while only the TLS engine has a free slot.
+    independent(
+        &dir,
+        &repo,
+        &[
+            ("a1", "", "sleep 4"),
+            ("zz", "push = false\nload = true\n", "true"),
+        ],
+    );
+    let engines = two_engines();
+    let mut args = addr_args(&engines);
+    args.extend(["-j".to_string(), "1".to_string()]);
+    let (ok, err, meta) = bake(&dir, &args);
+    assert!(ok, "{err}");
+    let on = built_on(&meta);
+    assert_eq!(on.get("zz"), Some(&engines[0]), "{on:?}\n{err}");
+    let plan = run_ok(bk().current_dir(&dir).arg("plan").args(addr_args(&engines)));
+    let text = String::from_utf8_lossy(&plan.stdout).to_string();
+    assert!(
+        text.lines().all(|l| l.contains(" skip ")),
+        "the loaded target is not found where the run looks:\n{text}"
+    );
+}
+
+/// Without pull, a Docker Engine builds `FROM` its own image of a tag when it has one; the
+/// key counts the image the plan saw. When no daemon of the pool has that one (here: the plan
+/// looked at an address that is down, and the only daemon left has a local image of another
+/// content), the target fails rather than being built, pushed and recorded from the wrong base.
+#[test]
+fn without_pull_a_base_only_another_engine_has_locally_is_never_used() {
+    let name = unique("pool-local");
+    let ext = format!("localhost:5000/{name}/ext:v1");
+    let tmp = tempfile::tempdir().unwrap();
+    // The registry's image of the tag, then a different one under the same tag, loaded into
+    // the TLS engine only.
+    let mk = |sub: &str, content: &str, extra: &[&str]| {
+        let d = tmp.path().join(sub);
+        write(
+            &d.join("Dockerfile"),
+            format!("FROM {}\nCOPY ext.txt /ext.txt\n", base_image()),
+        );
+        write(&d.join("ext.txt"), content);
+        let mut c = bk();
+        c.current_dir(&d)
+            .args(["build", "-q", "-t", &ext])
+            .args(extra)
+            .arg(".");
+        run_ok(&mut c);
+    };
+    mk("ext-registry", "registry\n", &["--push"]);
+    let tls = format!("docker://{}", tls_engine().socket);
+    mk(
+        "ext-local",
+        "local to the TLS engine\n",
+        &["--load", "--addr", &tls],
+    );
+
+    let dir = tmp.path().join("p");
+    write(
+        &dir.join("bk-build.toml"),
+        format!("[target.e1]\ncontext = \"e1\"\ntags = [\"localhost:5000/{name}/e1:p1\"]\npush = true\n"),
+    );
+    write(
+        &dir.join("e1/Dockerfile"),
+        format!("FROM {ext}\nCOPY f.txt /f.txt\n"),
+    );
+    write(&dir.join("e1/f.txt"), "e1\n");
+    let dead = "docker://unix:///nonexistent/bk-build-pool.sock".to_string();
+    let (ok, err, _) = bake(&dir, &addr_args(&[dead, tls]));
+    assert!(
+        !ok,
+        "built from a base image the plan did not count:\n{err}"
+    );
+    assert!(
+        err.contains("no daemon of the pool can build it correctly"),
+        "{err}"
+    );
+    assert!(
+        manifest_digest(&format!("{name}/e1"), "p1").is_none(),
+        "a result was pushed"
+    );
+}
+
+/// `BUILDKIT_HOST` as a list is read as written by hand: spaces around items, empty items and
+/// repeats do not add daemons or warnings; the same daemon under two addresses is one member.
+#[test]
+fn a_buildkit_host_list_is_read_as_written_by_hand() {
+    let out = run_ok(
+        bk().env("BUILDKIT_HOST", " docker:// , ,docker://,")
+            .args(["workers", "--format", "json"]),
+    );
+    let err = stderr(&out);
+    assert!(!err.contains("WARNING"), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // One address left: the one-daemon shape.
+    assert!(
+        v.as_array()
+            .is_some_and(|a| !a.is_empty() && a[0].get("address").is_none()),
+        "{v}"
+    );
+
+    // The primary engine by its socket and as `docker://`: one member, with a warning.
+    let sock = format!("docker://{}", env_var("DOCKER_HOST"));
+    let out = run_ok(
+        bk().env("BUILDKIT_HOST", format!("docker://,{sock}"))
+            .args(["workers", "--format", "json"]),
+    );
+    let err = stderr(&out);
+    assert!(err.contains("is the same daemon as docker://"), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["address"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, ["docker://"], "{v}");
 }

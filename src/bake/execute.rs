@@ -269,7 +269,7 @@ pub async fn execute(
             let mut spec =
                 build_spec(project, plan, &name, Bases::Pinned(&snapshot), opts).map_err(|e| e.to_string())?;
             existing_cache_imports(&mut spec).await;
-            let placed = placement(pool, project, plan, state, &name, &snapshot, &built_on, &engine_ids).await;
+            let placed = placement(pool, project, plan, state, &name, &snapshot, &built_on, &engine_ids, opts).await?;
             // Output directories as they were: what changes in them is what the export wrote.
             let before: BTreeMap<std::path::PathBuf, BTreeMap<String, (u64, i64)>> =
                 output_dests(t)
@@ -305,19 +305,31 @@ pub async fn execute(
                         }
                         break (r, member);
                     }
-                    // Once, elsewhere: the daemon went away, not the build's own failure.
-                    Err(crate::build::BuildError::ConnectionLost { message, gone }) if !retried => {
+                    // Once, elsewhere: the daemon went away (during the build, or before it
+                    // while idle), not the build's own failure.
+                    Err(e) if !retried && pool.members().len() > 1 => {
+                        let gone = match &e {
+                            crate::build::BuildError::ConnectionLost { gone, .. } => Some(*gone),
+                            _ if !crate::transport::answers(&member.daemon).await => Some(true),
+                            _ => None,
+                        };
+                        let Some(gone) = gone else {
+                            return Err(e.to_string());
+                        };
                         if gone {
                             pool.mark_down(lease.index);
                         }
                         allowed[lease.index] = false;
                         if !pool.any_alive(&allowed) {
-                            return Err(message);
+                            return Err(format!(
+                                "{e}\nNo other daemon of the pool may build it{}.",
+                                placed.why.as_deref().map(|w| format!(" ({w})")).unwrap_or_default()
+                            ));
                         }
                         retried = true;
                         progress.warning(
                             Some(&name),
-                            &format!("{message}\nBuilding it again on another daemon of the pool."),
+                            &format!("{e}\nBuilding it again on another daemon of the pool."),
                         );
                         continue;
                     }
@@ -516,19 +528,21 @@ type EngineIds = Arc<tokio::sync::Mutex<BTreeMap<(usize, String), Option<String>
 
 /// Where a target may be built and where it would rather be.
 struct Placed {
-    /// Members in order of preference: the one that built it last, then those that built its
-    /// bases (in this run, else last).
-    preferred: Vec<usize>,
+    /// The member that built it last, and those that built its bases (in this run, else
+    /// last).
+    preferred: crate::pool::Preference,
     /// Members it may be built on at all.
     allowed: Vec<bool>,
     /// Why it is restricted, for the error when none of those is left.
     why: Option<String>,
 }
 
-/// Decides [`Placed`] for target `name` in `pool`. Restrictions keep results correct: a base
-/// that is not pushed is only on the member that built (or loaded) it; the engine's own
-/// images of bases it does not pull must be the ones the plan saw (the key counts those);
-/// native platforms where some member has them. Preferences only make a cache hit likely.
+/// Decides [`Placed`] for target `name` in `pool`. Requirements keep results correct and
+/// are never dropped: a base that is not pushed is only on the member that built (or loaded)
+/// it; the engine's own images of bases it does not pull must be the ones the plan saw (the
+/// key counts those); a loaded image goes into the engine the plan checks. When no member
+/// meets them all, the target fails here, saying why. Native platforms are a preference
+/// (another daemon emulates them), as are the members where its cache most likely is.
 #[allow(clippy::too_many_arguments)]
 async fn placement(
     pool: &Pool,
@@ -539,15 +553,21 @@ async fn placement(
     digests: &BTreeMap<String, String>,
     built_on: &Mutex<BTreeMap<String, usize>>,
     engine_ids: &EngineIds,
-) -> Placed {
+    opts: &BakeOptions,
+) -> Result<Placed, String> {
     let n = pool.members().len();
     let mut allowed = vec![true; n];
-    if n == 1 {
-        return Placed {
-            preferred: vec![0],
+    // One address: the daemon is the one the plan checked, as before pools. (One member left
+    // of several is not: the plan may have looked at an address that is down.)
+    if opts.pool.len() <= 1 && n == 1 {
+        return Ok(Placed {
+            preferred: crate::pool::Preference {
+                last: Some(0),
+                bases: Vec::new(),
+            },
             allowed,
             why: None,
-        };
+        });
     }
     let t = &project.targets[name];
     let tp = &plan.targets[name];
@@ -558,35 +578,33 @@ async fn placement(
             .and_then(|id| pool.by_worker(&id))
     };
     let built = built_on.lock().map(|b| b.clone()).unwrap_or_default();
-    let mut preferred: Vec<usize> = recorded(name).into_iter().collect();
-    let mut why = None;
-    let mut restrict = |allowed: &mut Vec<bool>, keep: &dyn Fn(usize) -> bool, reason: String| {
-        // A restriction that leaves nothing is not applied (the build then fails or succeeds
-        // as it would on one daemon); one that leaves something is.
-        if (0..n).any(|i| allowed[i] && keep(i)) {
-            for (i, a) in allowed.iter_mut().enumerate() {
-                *a &= keep(i);
-            }
-            why = Some(reason);
+    let mut preferred = crate::pool::Preference {
+        last: recorded(name),
+        bases: Vec::new(),
+    };
+    let mut reasons: Vec<String> = Vec::new();
+    let mut require = |allowed: &mut Vec<bool>, keep: &dyn Fn(usize) -> bool, reason: String| {
+        for (i, a) in allowed.iter_mut().enumerate() {
+            *a &= keep(i);
         }
+        reasons.push(reason);
     };
     for edge in &plan.graph.deps[name] {
-        let uses_image = matches!(edge.via, Via::BaseImage { .. })
-            || matches!(&edge.via, Via::NamedContext { .. });
+        let uses_image = matches!(edge.via, Via::BaseImage { .. } | Via::NamedContext { .. });
         if !uses_image {
             continue;
         }
         let dep = &edge.dep;
         let on = built.get(dep).copied().or_else(|| recorded(dep));
-        if let Some(i) = on.filter(|i| !preferred.contains(i)) {
-            preferred.push(i);
+        if let Some(i) = on.filter(|i| !preferred.bases.contains(i)) {
+            preferred.bases.push(i);
         }
         let travels = project.targets[dep].push || link_context(project, dep, digests).is_some();
         if !travels {
             // Not in a registry: only where it was built (or, not known, the first daemon,
             // where a one-daemon run would have built it).
             let only = on.unwrap_or(0);
-            restrict(
+            require(
                 &mut allowed,
                 &|i| i == only,
                 format!(
@@ -596,26 +614,25 @@ async fn placement(
             );
         }
     }
-    // Natively, where some member can: a target with no platforms is built for this machine's.
-    let wanted: Vec<String> = if t.platforms.is_empty() {
-        vec![host_platform()]
-    } else {
-        t.platforms.clone()
-    };
-    let native: Vec<bool> = pool
-        .members()
-        .iter()
-        .map(|m| {
-            wanted
-                .iter()
-                .all(|p| m.platforms.iter().any(|q| same_platform(q, p)))
-        })
-        .collect();
-    restrict(
-        &mut allowed,
-        &|i| native[i],
-        format!("only some daemons build {} natively", wanted.join(",")),
-    );
+    // A loaded image goes into the building Docker Engine itself (a buildkitd's goes to
+    // DOCKER_HOST): only the engine the plan checks delivers it where the next run looks.
+    if t.load {
+        let plan_engine = opts.engine_images.as_ref();
+        require(
+            &mut allowed,
+            &|i| {
+                let m = pool.member(i);
+                !m.is_docker_engine()
+                    || engine_of(&m.daemon)
+                        .zip(plan_engine)
+                        .is_some_and(|(a, b)| a.endpoint == b.endpoint)
+            },
+            format!(
+                "load = true puts the image into the Docker Engine that builds it, and only {} is the one this run checks",
+                plan_engine.map_or_else(|| "none".to_string(), |h| h.to_string())
+            ),
+        );
+    }
     // Without pull, a Docker Engine builds FROM its own image of a tag: the key counted the
     // image the plan saw (or none), so only a member with that same one may build it.
     if !t.pull {
@@ -659,17 +676,49 @@ async fn placement(
                 }
             }
         }
-        restrict(
-            &mut allowed,
-            &|i| same[i],
-            "without pull, a daemon builds from its own image of a base, and only some have the one this plan counted".to_string(),
-        );
+        if same.iter().any(|s| !s) {
+            require(
+                &mut allowed,
+                &|i| same[i],
+                format!(
+                    "without pull, a Docker Engine builds FROM its own image of {} if it has one, and only some daemons have the one the plan counted (set pull = true to build from the registry's anywhere)",
+                    external.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            );
+        }
     }
-    Placed {
+    if !allowed.iter().any(|a| *a) {
+        return Err(format!(
+            "no daemon of the pool can build it correctly: {}",
+            reasons.join("; and ")
+        ));
+    }
+    // Natively, where some allowed member can: a target with no platforms is built for this
+    // machine's.
+    let wanted: Vec<String> = if t.platforms.is_empty() {
+        vec![host_platform()]
+    } else {
+        t.platforms.clone()
+    };
+    let native: Vec<bool> = pool
+        .members()
+        .iter()
+        .map(|m| {
+            wanted
+                .iter()
+                .all(|p| m.platforms.iter().any(|q| same_platform(q, p)))
+        })
+        .collect();
+    if (0..n).any(|i| allowed[i] && native[i]) {
+        for (a, nat) in allowed.iter_mut().zip(native) {
+            *a &= nat;
+        }
+    }
+    Ok(Placed {
         preferred,
         allowed,
-        why,
-    }
+        why: (!reasons.is_empty()).then(|| reasons.join("; ")),
+    })
 }
 
 /// A target whose build is exactly `first`'s ([`graph::Plan::same_as`]), which has finished:

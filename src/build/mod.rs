@@ -367,9 +367,13 @@ pub async fn build(
                 None => crate::progress::describe_build_error(&s),
             },
         ),
-        Err(why) => Err(format!(
+        Err(why) => Err({
+            // A daemon that froze or went away loses the session too: another may build it.
+            lost = Some(!crate::transport::answers(daemon).await);
+            format!(
             "ERROR: build did not finish: the session with the daemon was lost during the build: {why}. The daemon could no longer ask this client for anything the build needs (files, outputs, credentials), so the build was canceled. A daemon drops a session whose health checks fail, e.g. when the connection stalled for half a minute or more: check the network to the daemon, then run the build again."
-        )),
+        )
+        }),
     };
     let resp = match answered {
         Ok(resp) => resp,

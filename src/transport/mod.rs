@@ -608,6 +608,14 @@ impl std::fmt::Display for ProbeFailure {
 
 /// Calls `Control.Info`; `Unimplemented` (daemons older than v0.11) still proves a Control
 /// server.
+/// Whether `daemon` answers a cheap Control call within [`DEFAULT_CONNECT_TIMEOUT`]: after a
+/// failed build, tells a daemon that went away (or froze) from one that failed the build.
+pub async fn answers(daemon: &Daemon) -> bool {
+    probe(&daemon.channel, DEFAULT_CONNECT_TIMEOUT)
+        .await
+        .is_ok()
+}
+
 async fn probe(channel: &Channel, timeout: Duration) -> Result<(), ProbeFailure> {
     let mut c = crate::proto::control::control_client::ControlClient::new(channel.clone());
     match tokio::time::timeout(timeout, c.info(crate::proto::control::InfoRequest {})).await {
