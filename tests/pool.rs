@@ -310,8 +310,10 @@ impl ThrowawayEngine {
 
     /// SIGKILL to the engine's whole process group: a daemon that dies, not one that stops.
     fn kill(&mut self) {
+        // Quiet: after the first kill, the group is gone.
         let _ = Command::new("kill")
             .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .stderr(Stdio::null())
             .status();
         let _ = self.child.wait();
     }
