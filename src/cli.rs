@@ -382,11 +382,16 @@ impl ProjectArgs {
         Ok(crate::bake::BakeOptions {
             force,
             ledger: !self.no_ledger,
-            engine_images: transport::docker_engine_builder(
-                daemon.addrs().first().map(String::as_str),
-                &daemon.tls(),
-            ),
-            pool: daemon.addrs(),
+            // The engine the plan checks is the first daemon's (or the discovered one's).
+            engine_images: match daemon.specs(Some(project)).first() {
+                Some(s) => transport::docker_engine_builder(Some(&s.addr), &s.tls),
+                None => transport::docker_engine_builder(None, &daemon.tls()),
+            },
+            pool: daemon
+                .specs(Some(project))
+                .into_iter()
+                .map(|s| s.addr)
+                .collect(),
             default_provenance: default_provenance()?,
             metadata_provenance: options::MetadataProvenance::Disabled,
             retag_early: false,
@@ -529,31 +534,78 @@ impl DaemonArgs {
         }
     }
 
+    /// The daemons given: `--addr` (repeated) or `$BUILDKIT_HOST`, with the `--tls*` flags for
+    /// their `tcp://` ones; else the project's `[builders]`; else none (discovery).
+    pub fn specs(&self, project: Option<&crate::project::Project>) -> Vec<crate::pool::Spec> {
+        let addrs = self.addrs();
+        if !addrs.is_empty() {
+            let tls = self.tls();
+            let several = addrs.len() > 1;
+            return addrs
+                .into_iter()
+                .map(|addr| {
+                    // In a pool, the flags are for its tcp:// members; a socket takes none.
+                    let tcp = addr.starts_with("tcp://") || addr.starts_with("docker://tcp://");
+                    crate::pool::Spec {
+                        tls: if several && !tcp {
+                            TlsOptions::default()
+                        } else {
+                            tls.clone()
+                        },
+                        addr,
+                        ..Default::default()
+                    }
+                })
+                .collect();
+        }
+        project
+            .map(|p| {
+                p.builders
+                    .iter()
+                    .map(|b| crate::pool::Spec {
+                        addr: b.addr.clone(),
+                        tls: TlsOptions {
+                            ca_cert: b.tlscacert.clone(),
+                            cert: b.tlscert.clone(),
+                            key: b.tlskey.clone(),
+                            server_name: b.tlsservername.clone(),
+                            dir: b.tlsdir.clone(),
+                        },
+                        jobs: b.jobs,
+                        platforms: b.platforms.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The daemon a one-daemon command uses: the first address that answers.
     pub async fn connect(&self) -> Result<Daemon> {
         let timeout = Duration::from_secs(self.timeout.max(1));
-        if self.addrs().len() <= 1 {
-            return Ok(transport::connect(
-                self.addrs().first().map(String::as_str),
-                &self.tls(),
-                timeout,
-            )
-            .await?);
+        let addrs = self.addrs();
+        if addrs.len() <= 1 {
+            return Ok(
+                transport::connect(addrs.first().map(String::as_str), &self.tls(), timeout).await?,
+            );
         }
         let (pool, warnings) =
-            crate::pool::connect(&self.addrs(), &self.tls(), timeout, Some(1)).await?;
+            crate::pool::connect(&self.specs(None), &self.tls(), timeout, Some(1)).await?;
         for w in warnings {
             eprintln!("WARNING: {w}");
         }
         Ok(pool.member(0).daemon.clone())
     }
 
-    /// Every address that answers (warning about the others), each with `jobs` slots when
-    /// given, else its CPU count.
-    pub async fn connect_pool(&self, jobs: Option<usize>) -> Result<crate::pool::Pool> {
+    /// Every daemon of [`specs`](Self::specs) that answers (warning about the others), each
+    /// with `jobs` slots when given, else its own or its CPU count.
+    pub async fn connect_pool(
+        &self,
+        project: Option<&crate::project::Project>,
+        jobs: Option<usize>,
+    ) -> Result<crate::pool::Pool> {
         let timeout = Duration::from_secs(self.timeout.max(1));
         let (pool, warnings) =
-            crate::pool::connect(&self.addrs(), &self.tls(), timeout, jobs).await?;
+            crate::pool::connect(&self.specs(project), &self.tls(), timeout, jobs).await?;
         for w in warnings {
             eprintln!("WARNING: {w}");
         }
@@ -1615,7 +1667,7 @@ async fn run_bake(daemon_args: &DaemonArgs, a: &BakeArgs) -> Result<bool> {
     });
     // Skips and re-tags need no daemon.
     let pool = if must_build {
-        match daemon_args.connect_pool(a.jobs).await {
+        match daemon_args.connect_pool(Some(&project), a.jobs).await {
             Ok(p) => Some(p),
             Err(e) => {
                 // Still do the skips and re-tags; the builds fail with this.
@@ -1783,7 +1835,7 @@ async fn run(cli: Cli) -> Result<()> {
             )?;
         }
         Command::Info(a) if cli.daemon.addrs().len() > 1 => {
-            let pool = cli.daemon.connect_pool(Some(1)).await?;
+            let pool = cli.daemon.connect_pool(None, Some(1)).await?;
             let mut text = String::new();
             let mut all = Vec::new();
             for m in pool.members() {
@@ -1818,7 +1870,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Workers(a) if cli.daemon.addrs().len() > 1 => {
-            let pool = cli.daemon.connect_pool(Some(1)).await?;
+            let pool = cli.daemon.connect_pool(None, Some(1)).await?;
             let mut text = String::new();
             let mut all = Vec::new();
             for m in pool.members() {

@@ -311,56 +311,65 @@ impl Pool {
     }
 }
 
-/// Connects to every address at once. One that does not answer is left out with a warning
-/// (returned), as long as another does; with a single address its error is the answer, as
-/// before pools existed. `jobs` (`-j`) is each member's slot count when given; else a Docker
-/// Engine's CPU count (Engine API), else this machine's (buildkitd does not report its own).
+/// One daemon to connect to, as the user gave it: `--addr` (with the `--tls*` flags), a
+/// `$BUILDKIT_HOST` item, or a project's `[builders.NAME]`.
+#[derive(Debug, Clone, Default)]
+pub struct Spec {
+    pub addr: String,
+    pub tls: crate::transport::TlsOptions,
+    /// Its slots; `None`: `-j`, else its CPU count.
+    pub jobs: Option<usize>,
+    /// Its native platforms; empty: those its workers report.
+    pub platforms: Vec<String>,
+}
+
+/// Connects to every daemon at once. One that does not answer is left out with a warning
+/// (returned), as long as another does; with a single one (or none: discovery) its error is
+/// the answer, as before pools existed. `jobs` (`-j`) is each member's slot count when given;
+/// else the spec's, else a Docker Engine's CPU count (Engine API), else this machine's
+/// (buildkitd does not report its own).
 ///
-/// Errors: no address answered (the first one's error, with the others').
+/// Errors: no daemon answered (every one's error).
 pub async fn connect(
-    addrs: &[String],
-    tls: &crate::transport::TlsOptions,
+    specs: &[Spec],
+    discovery_tls: &crate::transport::TlsOptions,
     timeout: std::time::Duration,
     jobs: Option<usize>,
 ) -> Result<(Pool, Vec<String>), crate::transport::TransportError> {
     use crate::transport::{self, TransportError};
-    if addrs.len() <= 1 {
-        let d = transport::connect(addrs.first().map(String::as_str), tls, timeout).await?;
-        let address = addrs
-            .first()
-            .cloned()
-            .unwrap_or_else(|| d.address.to_string());
-        let m = member(d, address, jobs).await;
+    if specs.len() <= 1 {
+        let (addr, tls) = match specs.first() {
+            Some(s) => (Some(s.addr.as_str()), &s.tls),
+            None => (None, discovery_tls),
+        };
+        let d = transport::connect(addr, tls, timeout).await?;
+        let address = addr.map_or_else(|| d.address.to_string(), str::to_string);
+        let spec = specs.first().cloned().unwrap_or_default();
+        let m = member(d, address, jobs.or(spec.jobs), spec.platforms).await;
         return Ok((Pool::new(vec![m], Policy::Cache), Vec::new()));
     }
-    let none = &transport::TlsOptions::default();
-    let tries = addrs.iter().map(|a| async move {
-        // The --tls* flags are for the pool's tcp:// members; a socket takes none.
-        let t = if a.starts_with("tcp://") || a.starts_with("docker://tcp://") {
-            tls
-        } else {
-            none
-        };
+    let tries = specs.iter().map(|s| async move {
         let r = async {
-            let address = transport::Address::parse(a)?;
-            transport::connect_address(address, t, timeout).await
+            let address = transport::Address::parse(&s.addr)?;
+            transport::connect_address(address, &s.tls, timeout).await
         }
         .await;
-        (a.clone(), r)
+        (s, r)
     });
     let answers = futures_util::future::join_all(tries).await;
-    let mut members = Vec::new();
+    let mut members: Vec<Member> = Vec::new();
     let mut warnings = Vec::new();
     let mut errors = Vec::new();
-    for (a, r) in answers {
+    for (spec, r) in answers {
+        let a = &spec.addr;
         match r {
             Ok(d) => {
-                let m = member(d, a, jobs).await;
+                let m = member(d, a.clone(), jobs.or(spec.jobs), spec.platforms.clone()).await;
                 // The same daemon under two addresses (a socket and `docker://`): one member,
                 // or it would get twice the builds.
                 if let Some(same) = members
                     .iter()
-                    .find(|o: &&Member| o.worker_id.is_some() && o.worker_id == m.worker_id)
+                    .find(|o| o.worker_id.is_some() && o.worker_id == m.worker_id)
                 {
                     warnings.push(format!(
                         "{} is the same daemon as {} (BuildKit worker {}): used once",
@@ -381,14 +390,19 @@ pub async fn connect(
     if members.is_empty() {
         return Err(TransportError::NoDaemon(format!(
             "none of the {} BuildKit daemons answered:\n{}",
-            addrs.len(),
+            specs.len(),
             errors.join("\n")
         )));
     }
     Ok((Pool::new(members, Policy::Cache), warnings))
 }
 
-async fn member(daemon: Daemon, address: String, jobs: Option<usize>) -> Member {
+async fn member(
+    daemon: Daemon,
+    address: String,
+    jobs: Option<usize>,
+    platforms: Vec<String>,
+) -> Member {
     let workers = crate::client::workers(&daemon).await.unwrap_or_default();
     let first = workers.into_iter().next();
     let slots = match jobs {
@@ -398,7 +412,11 @@ async fn member(daemon: Daemon, address: String, jobs: Option<usize>) -> Member 
     Member {
         address,
         worker_id: first.as_ref().map(|w| w.id.clone()),
-        platforms: first.map(|w| w.platforms).unwrap_or_default(),
+        platforms: if platforms.is_empty() {
+            first.map(|w| w.platforms).unwrap_or_default()
+        } else {
+            platforms
+        },
         slots,
         daemon,
     }

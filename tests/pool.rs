@@ -637,3 +637,52 @@ fn a_buildkit_host_list_is_read_as_written_by_hand() {
         .collect();
     assert_eq!(listed, ["docker://"], "{v}");
 }
+
+/// A project's `[builders]` are its pool when no `--addr` or `BUILDKIT_HOST` is given: one that
+/// does not answer is left out; declared native platforms route targets (an `linux/arm64`
+/// target to the daemon that says it builds arm64, a target for this machine away from it).
+#[test]
+fn a_project_s_builders_are_its_pool() {
+    let name = unique("pool-builders");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("p");
+    let tls = format!("docker://{}", tls_engine().socket);
+    write(
+        &dir.join("bk-build.toml"),
+        format!(
+            "[defaults]\ntags = [\"localhost:5000/{name}/{{name}}:p1\"]\npush = true\n\n\
+             [target.arm]\ncontext = \"arm\"\nplatforms = [\"linux/arm64\"]\n\n\
+             [target.host]\ncontext = \"host\"\n\n\
+             [builders.a]\naddr = \"docker://\"\njobs = 1\n\n\
+             [builders.off]\naddr = \"unix:///nonexistent/bk-build-builders.sock\"\n\n\
+             [builders.t]\naddr = \"{tls}\"\nplatforms = [\"linux/arm64\"]\n"
+        ),
+    );
+    for t in ["arm", "host"] {
+        // FROM scratch: no base image to pull, so either daemon can build either platform.
+        write(
+            &dir.join(t).join("Dockerfile"),
+            "FROM scratch\nCOPY f.txt /f.txt\n",
+        );
+        write(&dir.join(t).join("f.txt"), format!("{t} {name}\n"));
+    }
+    let (ok, err, meta) = bake(&dir, &[]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("unix:///nonexistent/bk-build-builders.sock left out of this run"),
+        "{err}"
+    );
+    let on = built_on(&meta);
+    assert_eq!(on.get("arm"), Some(&tls), "{on:?}\n{err}");
+    assert_eq!(
+        on.get("host").map(String::as_str),
+        Some("docker://"),
+        "{on:?}\n{err}"
+    );
+    // `--addr` replaces the project's pool.
+    write(&dir.join("host/f.txt"), format!("host changed {name}\n"));
+    let (ok, err, meta) = bake(&dir, &addr_args(&[tls.clone()]));
+    assert!(ok, "{err}");
+    assert!(!err.contains("left out"), "{err}");
+    assert_eq!(built_on(&meta).get("host"), Some(&tls));
+}

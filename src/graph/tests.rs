@@ -24,6 +24,7 @@ impl Fixture {
             group_problems: BTreeMap::new(),
             warnings: Vec::new(),
             variables: Vec::new(),
+            builders: Vec::new(),
         };
         Fixture { dir, project }
     }

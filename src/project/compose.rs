@@ -1401,6 +1401,7 @@ impl Loader<'_> {
             group_problems: BTreeMap::new(),
             warnings: Vec::new(),
             variables: Vec::new(),
+            builders: Vec::new(),
         })
     }
 

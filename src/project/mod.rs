@@ -68,6 +68,27 @@ pub struct Project {
     /// variables`): bk-build.toml's `[vars]` (an environment variable of the same name wins).
     /// Compose files have none.
     pub variables: Vec<Variable>,
+    /// The daemons `bake` builds on when neither `--addr` nor `$BUILDKIT_HOST` names any
+    /// (bk-build.toml's `[builders.NAME]`, in name order). Empty: discover one, as always.
+    pub builders: Vec<Builder>,
+}
+
+/// One daemon of a project's pool (`[builders.NAME]` in bk-build.toml). Paths are absolute.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Builder {
+    pub name: String,
+    /// A BuildKit address as `--addr` takes it.
+    pub addr: String,
+    pub tlscacert: Option<PathBuf>,
+    pub tlscert: Option<PathBuf>,
+    pub tlskey: Option<PathBuf>,
+    pub tlsservername: Option<String>,
+    pub tlsdir: Option<PathBuf>,
+    /// Builds it runs at once (its weight in the pool); `None`: its CPU count.
+    pub jobs: Option<usize>,
+    /// The platforms it builds natively (`os/arch[/variant]`), which route targets to it;
+    /// empty: the ones its workers report.
+    pub platforms: Vec<String>,
 }
 
 /// One project variable, as `docker buildx bake --list variables` shows it.

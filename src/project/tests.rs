@@ -1209,3 +1209,37 @@ fn option_strings_are_parsed_at_load_by_every_front_end() {
     assert_eq!(t.network, Some(crate::options::Network::None));
     assert_eq!(t.ulimits[0].soft, 1);
 }
+
+#[test]
+fn builders_are_read_with_paths_from_their_file_and_checked() {
+    let d = tempfile::tempdir().unwrap();
+    skeleton(d.path());
+    let f = write(
+        d.path(),
+        "bk-build.toml",
+        "[vars]\nHOST = \"bk-0.build\"\n\n[target.pybase]\ncontext = \"src/py/base\"\n\n\
+         [builders.b0]\naddr = \"tcp://${HOST}:1234\"\ntlsdir = \"certs\"\njobs = 3\n\n\
+         [builders.arm]\naddr = \" unix:///run/arm.sock \"\nplatforms = [\"linux/arm64\"]\n",
+    );
+    let p = load_env(&[f], &[]).unwrap();
+    let names: Vec<&str> = p.builders.iter().map(|b| b.name.as_str()).collect();
+    assert_eq!(names, ["arm", "b0"]);
+    let b0 = &p.builders[1];
+    assert_eq!(b0.addr, "tcp://bk-0.build:1234");
+    assert_eq!(b0.tlsdir.as_deref(), Some(d.path().join("certs").as_path()));
+    assert_eq!(b0.jobs, Some(3));
+    assert_eq!(p.builders[0].addr, "unix:///run/arm.sock");
+    assert_eq!(p.builders[0].platforms, ["linux/arm64"]);
+
+    let msg = error_of("[builders.x]\njobs = 2\n");
+    assert_mentions(&msg, &["builders.x", "no `addr`", "addr = "]);
+    let msg = error_of("[builders.x]\naddr = \"tcp://h:1\"\njobs = 0\n");
+    assert_mentions(&msg, &["builders.x.jobs", "at least 1"]);
+    let msg = error_of("[builders.x]\naddr = \"tcp://h:1\"\nplatforms = [\"arm64\"]\n");
+    assert_mentions(
+        &msg,
+        &["builders.x.platforms[0]", "not a platform", "linux/arm64"],
+    );
+    let msg = error_of("[builders.x]\naddr = \"tcp://h:1\"\nweight = 2\n");
+    assert_mentions(&msg, &["builders.x.weight", "unknown key"]);
+}

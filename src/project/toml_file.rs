@@ -18,7 +18,17 @@ use super::{
     ProjectError, SourceFile, Target,
 };
 
-const TOP_KEYS: &[&str] = &["vars", "defaults", "target", "group"];
+const TOP_KEYS: &[&str] = &["vars", "defaults", "target", "group", "builders"];
+const BUILDER_KEYS: &[&str] = &[
+    "addr",
+    "tlscacert",
+    "tlscert",
+    "tlskey",
+    "tlsservername",
+    "tlsdir",
+    "jobs",
+    "platforms",
+];
 const TARGET_KEYS: &[&str] = &[
     "context",
     "dockerfile",
@@ -695,7 +705,7 @@ pub(super) fn load(
                 v,
                 k,
                 format!("unknown top-level key `{k}`"),
-                format!("{hint}a bk-build.toml has only [vars], [defaults], [target.NAME] and [group.NAME]"),
+                format!("{hint}a bk-build.toml has only [vars], [defaults], [target.NAME], [group.NAME] and [builders.NAME]"),
             ));
         }
     }
@@ -893,6 +903,72 @@ pub(super) fn load(
             }
         })
         .collect();
+    // [builders.*]
+    let mut builders = Vec::new();
+    for (bname, bv) in section(&r, "builders")? {
+        let prefix = format!("builders.{bname}");
+        let b = r.table(bv, &prefix)?;
+        r.check_keys(b, &prefix, BUILDER_KEYS)?;
+        let mut builder = super::Builder {
+            name: bname.clone(),
+            ..Default::default()
+        };
+        builder.addr = match b.get("addr") {
+            Some(v) => r
+                .string(v, &format!("{prefix}.addr"), None)?
+                .trim()
+                .to_string(),
+            None => String::new(),
+        };
+        if builder.addr.is_empty() {
+            return Err(r.err(
+                bv,
+                &prefix,
+                "builder has no `addr`",
+                format!("add addr = \"tcp://HOST:1234\" (or unix://, docker://) under [builders.{bname}]"),
+            ));
+        }
+        let opt_path = |r: &mut Resolver, k: &str| -> Result<Option<PathBuf>, ProjectError> {
+            b.get(k)
+                .map(|v| r.path(v, &format!("{prefix}.{k}"), None))
+                .transpose()
+        };
+        builder.tlscacert = opt_path(&mut r, "tlscacert")?;
+        builder.tlscert = opt_path(&mut r, "tlscert")?;
+        builder.tlskey = opt_path(&mut r, "tlskey")?;
+        builder.tlsdir = opt_path(&mut r, "tlsdir")?;
+        builder.tlsservername = b
+            .get("tlsservername")
+            .map(|v| r.string(v, &format!("{prefix}.tlsservername"), None))
+            .transpose()?;
+        if let Some(v) = b.get("jobs") {
+            builder.jobs = match v.kind {
+                Kind::Int(i) if i >= 1 => Some(i as usize),
+                _ => {
+                    return Err(r.type_err(
+                        v,
+                        &format!("{prefix}.jobs"),
+                        "a whole number of at least 1",
+                        "jobs = 4",
+                    ))
+                }
+            };
+        }
+        if let Some(v) = b.get("platforms") {
+            for (p, item, k) in r.strings(v, &format!("{prefix}.platforms"), None)? {
+                if p.split('/').count() < 2 || p.split('/').any(str::is_empty) {
+                    return Err(r.err(
+                        &item,
+                        &k,
+                        format!("`{p}` is not a platform"),
+                        "write os/arch[/variant], e.g. \"linux/arm64\"",
+                    ));
+                }
+                builder.platforms.push(p);
+            }
+        }
+        builders.push(builder);
+    }
     Ok(Project {
         root: project_root,
         files: files.iter().map(|f| f.abs.clone()).collect(),
@@ -902,6 +978,7 @@ pub(super) fn load(
         group_problems: BTreeMap::new(),
         warnings: Vec::new(),
         variables,
+        builders,
     })
 }
 

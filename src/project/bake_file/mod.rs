@@ -1632,6 +1632,7 @@ impl<'a> Loader<'a> {
             group_problems,
             warnings,
             variables,
+            builders: Vec::new(),
         })
     }
 
