@@ -681,7 +681,7 @@ fn a_project_s_builders_are_its_pool() {
     );
     // `--addr` replaces the project's pool.
     write(&dir.join("host/f.txt"), format!("host changed {name}\n"));
-    let (ok, err, meta) = bake(&dir, &addr_args(&[tls.clone()]));
+    let (ok, err, meta) = bake(&dir, &addr_args(std::slice::from_ref(&tls)));
     assert!(ok, "{err}");
     assert!(!err.contains("left out"), "{err}");
     assert_eq!(built_on(&meta).get("host"), Some(&tls));
