@@ -10,7 +10,8 @@
 //!   per-target cold times measured on this machine's example monorepo, 2.1–2.5 s, with the
 //!   spread of the 104-image scale run); a rebuild on the daemon that built the image last
 //!   (a cache hit: only the changed steps run) takes 20 % of that, elsewhere the full time;
-//! - each daemon has 4 slots (`-j 4`); run 1 is cold (nothing recorded), run 2 rebuilds a
+//! - each daemon has 4 slots (`-j 4`), and at most as many targets as `bake` starts at once
+//!   (slots × 5 per daemon in a pool: room for the queues) run or wait; run 1 is cold (nothing recorded), run 2 rebuilds a
 //!   seeded 40 % of the leaves after a one-file change each, with run 1's placement recorded.
 //!
 //! Makespan is simulated seconds; the hit rate is the share of run 2's builds placed on the
@@ -19,7 +20,7 @@
 
 use std::collections::BTreeMap;
 
-use bk_build::pool::{choose, Load, Policy, Preference};
+use bk_build::pool::{choose, Load, Policy, Preference, QUEUE_PER_SLOT};
 
 struct Rng(u64);
 
@@ -114,8 +115,15 @@ fn run(
         for l in loads.iter_mut() {
             l.queued = 0;
         }
+        // As `bake` runs them: at most this many targets at once, running or queued.
+        let cap = if daemons > 1 {
+            daemons * slots * (1 + QUEUE_PER_SLOT)
+        } else {
+            slots
+        };
+        let mut in_flight = running.len();
         let mut i = 0;
-        while i < waiting.len() {
+        while i < waiting.len() && in_flight < cap {
             let img = waiting[i];
             let ready = images[img]
                 .base
@@ -132,6 +140,7 @@ fn run(
                     .into_iter()
                     .collect(),
             };
+            in_flight += 1;
             let Some(d) = choose(policy, &preferred, &allowed, &loads) else {
                 if let Some(l) = preferred.last {
                     loads[l].queued += 1;

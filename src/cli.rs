@@ -1678,13 +1678,12 @@ async fn run_bake(daemon_args: &DaemonArgs, a: &BakeArgs) -> Result<bool> {
     } else {
         None
     };
-    let jobs = match (a.jobs, &pool) {
-        // -j is per daemon.
-        (Some(j), Some(p)) => j.max(1) * p.members().len(),
-        (Some(j), None) => j.max(1),
-        (None, Some(p)) => p.total_slots(),
-        // Only registry requests: many at a time.
-        (None, None) => 16,
+    let jobs = match &pool {
+        // -j is per daemon; targets waiting for the daemon that has their cache must not
+        // keep others from the free ones, so a pool has room for its queues.
+        Some(p) if p.members().len() > 1 => p.total_slots() * (1 + crate::pool::QUEUE_PER_SLOT),
+        Some(p) => p.total_slots(),
+        None => a.jobs.map_or(16, |j| j.max(1)),
     };
     let (progress, task) = Progress::start(mode, Box::new(std::io::stderr()));
     if let Some(shard) = opts.shard {

@@ -394,7 +394,8 @@ fn a_daemon_killed_mid_build_has_its_targets_built_on_the_others() {
         "the run failed with a daemon left:\n{err}"
     );
     assert!(
-        err.contains("Building it again on another daemon of the pool"),
+        err.contains(&format!("{} stopped answering during this build: building it again on another daemon of the pool", third.address()))
+            || err.contains(&format!("{} does not answer any more: building it again on another daemon of the pool", third.address())),
         "no retry was reported:\n{err}"
     );
     let meta: serde_json::Value =
@@ -509,22 +510,25 @@ fn a_daemon_that_died_while_idle_is_routed_around() {
     );
 }
 
-/// `load = true` puts the image into the Docker Engine that builds it: a pool builds such a
+/// An image for the engine (`load = true`, an `outputs = ["type=docker"]`, or tags with no
+/// push and no other output) goes into the Docker Engine that builds it: a pool builds such a
 /// target only on the engine the run checks (the first address), even when another daemon is
-/// free, so the next run finds it there and skips it.
+/// free, so the user's engine has it and the next run finds it there and skips it.
 #[test]
 fn a_loaded_target_is_built_on_the_engine_the_run_checks() {
     let name = unique("pool-load");
     let repo = format!("localhost:5000/{name}");
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("p");
-    // `a1` starts first and keeps the primary engine busy; `zz` (loaded) is then ready
-    // while only the TLS engine has a free slot.
+    // `a1` starts first and keeps the primary engine busy; the others are then ready while
+    // only the TLS engine has a free slot.
     independent(
         &dir,
         &repo,
         &[
             ("a1", "", "sleep 4"),
+            ("zx", "push = false\n", "true"),
+            ("zy", "push = false\noutputs = [\"type=docker\"]\n", "true"),
             ("zz", "push = false\nload = true\n", "true"),
         ],
     );
@@ -534,13 +538,18 @@ fn a_loaded_target_is_built_on_the_engine_the_run_checks() {
     let (ok, err, meta) = bake(&dir, &args);
     assert!(ok, "{err}");
     let on = built_on(&meta);
-    assert_eq!(on.get("zz"), Some(&engines[0]), "{on:?}\n{err}");
+    for t in ["zx", "zy", "zz"] {
+        assert_eq!(on.get(t), Some(&engines[0]), "{t}: {on:?}\n{err}");
+    }
     let plan = run_ok(bk().current_dir(&dir).arg("plan").args(addr_args(&engines)));
     let text = String::from_utf8_lossy(&plan.stdout).to_string();
-    assert!(
-        text.lines().all(|l| l.contains(" skip ")),
-        "the loaded target is not found where the run looks:\n{text}"
-    );
+    // `type=docker` cannot be checked, so it is always built; the rest are found.
+    for l in text.lines().filter(|l| !l.starts_with("zy ")) {
+        assert!(
+            l.contains(" skip "),
+            "not found where the run looks:\n{text}"
+        );
+    }
 }
 
 /// Without pull, a Docker Engine builds `FROM` its own image of a tag when it has one; the
@@ -685,4 +694,44 @@ fn a_project_s_builders_are_its_pool() {
     assert!(ok, "{err}");
     assert!(!err.contains("left out"), "{err}");
     assert_eq!(built_on(&meta).get("host"), Some(&tls));
+}
+
+/// Targets wait for the daemon that built them last only while the queue there is short:
+/// with everything built on one daemon before, a pool that gained a second one spreads the
+/// rebuilds instead of running them one after another where the cache is.
+#[test]
+fn a_long_queue_for_the_cache_spills_to_a_free_daemon() {
+    let name = unique("pool-queue");
+    let repo = format!("localhost:5000/{name}");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("p");
+    let targets: Vec<(String, &str, &str)> =
+        (1..=7).map(|i| (format!("t{i}"), "", "sleep 2")).collect();
+    let refs: Vec<(&str, &str, &str)> = targets
+        .iter()
+        .map(|(n, e, r)| (n.as_str(), *e, *r))
+        .collect();
+    independent(&dir, &repo, &refs);
+    // All built on the primary engine alone.
+    let (ok, err, _) = bake(&dir, &addr_args(&["docker://".to_string()]));
+    assert!(ok, "{err}");
+    for (t, _, _) in &targets {
+        write(&dir.join(t).join("f.txt"), format!("{t} changed {repo}\n"));
+    }
+    let engines = two_engines();
+    let mut args = addr_args(&engines);
+    args.extend(["-j".to_string(), "1".to_string()]);
+    let (ok, err, meta) = bake(&dir, &args);
+    assert!(ok, "{err}");
+    let on = built_on(&meta);
+    assert_eq!(on.len(), 7, "{on:?}");
+    let elsewhere = on.values().filter(|d| **d == engines[1]).count();
+    assert!(
+        elsewhere >= 1,
+        "every rebuild queued for the daemon with the cache while the other idled: {on:?}"
+    );
+    assert!(
+        on.values().filter(|d| **d == engines[0]).count() >= 5,
+        "the rebuilds did not stay where the cache is while the queue was short: {on:?}"
+    );
 }

@@ -269,7 +269,7 @@ pub async fn execute(
             let mut spec =
                 build_spec(project, plan, &name, Bases::Pinned(&snapshot), opts).map_err(|e| e.to_string())?;
             existing_cache_imports(&mut spec).await;
-            let placed = placement(pool, project, plan, state, &name, &snapshot, &built_on, &engine_ids, opts).await?;
+            let placed = placement(pool, project, plan, state, &name, &snapshot, &built_on, &engine_ids, opts, spec.needs_load()).await?;
             // Output directories as they were: what changes in them is what the export wrote.
             let before: BTreeMap<std::path::PathBuf, BTreeMap<String, (u64, i64)>> =
                 output_dests(t)
@@ -308,13 +308,20 @@ pub async fn execute(
                     // Once, elsewhere: the daemon went away (during the build, or before it
                     // while idle), not the build's own failure.
                     Err(e) if !retried && pool.members().len() > 1 => {
-                        let gone = match &e {
-                            crate::build::BuildError::ConnectionLost { gone, .. } => Some(*gone),
-                            _ if !crate::transport::answers(&member.daemon).await => Some(true),
-                            _ => None,
-                        };
-                        let Some(gone) = gone else {
-                            return Err(e.to_string());
+                        let (gone, what) = match &e {
+                            crate::build::BuildError::ConnectionLost { gone, .. } => (
+                                *gone,
+                                if *gone {
+                                    format!("{} stopped answering during this build", member.address)
+                                } else {
+                                    format!("the connection to {} broke during this build", member.address)
+                                },
+                            ),
+                            _ if !crate::transport::answers(&member.daemon).await => (
+                                true,
+                                format!("{} does not answer any more", member.address),
+                            ),
+                            _ => return Err(e.to_string()),
                         };
                         if gone {
                             pool.mark_down(lease.index);
@@ -329,7 +336,7 @@ pub async fn execute(
                         retried = true;
                         progress.warning(
                             Some(&name),
-                            &format!("{e}\nBuilding it again on another daemon of the pool."),
+                            &format!("{what}: building it again on another daemon of the pool"),
                         );
                         continue;
                     }
@@ -554,6 +561,7 @@ async fn placement(
     built_on: &Mutex<BTreeMap<String, usize>>,
     engine_ids: &EngineIds,
     opts: &BakeOptions,
+    needs_load: bool,
 ) -> Result<Placed, String> {
     let n = pool.members().len();
     let mut allowed = vec![true; n];
@@ -614,9 +622,10 @@ async fn placement(
             );
         }
     }
-    // A loaded image goes into the building Docker Engine itself (a buildkitd's goes to
-    // DOCKER_HOST): only the engine the plan checks delivers it where the next run looks.
-    if t.load {
+    // An image for the engine (`load`, `type=docker`, or tags with nowhere else to go) goes
+    // into the building Docker Engine itself (a buildkitd's goes to DOCKER_HOST): only the
+    // engine the plan checks delivers it where the user and the next run look.
+    if super::deliver::loads(t) || needs_load {
         let plan_engine = opts.engine_images.as_ref();
         require(
             &mut allowed,
@@ -628,7 +637,7 @@ async fn placement(
                         .is_some_and(|(a, b)| a.endpoint == b.endpoint)
             },
             format!(
-                "load = true puts the image into the Docker Engine that builds it, and only {} is the one this run checks",
+                "its image goes into the Docker Engine that builds it (load, type=docker, or tags without push), and only {} is the one this run checks",
                 plan_engine.map_or_else(|| "none".to_string(), |h| h.to_string())
             ),
         );

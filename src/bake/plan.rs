@@ -319,7 +319,7 @@ pub async fn plan(
     state.save_stat_cache();
     crate::timing::mark("stat cache saved");
     let mut targets = targets;
-    predict_daemons(&gplan, &mut targets, state, &opts.pool);
+    predict_daemons(project, &gplan, &mut targets, state, &opts.pool);
     Ok(BakePlan {
         graph: gplan,
         targets,
@@ -328,9 +328,12 @@ pub async fn plan(
 }
 
 /// With a pool of daemons (`pool`, more than one address), where each build most likely
-/// goes: the daemon that built it last, else the one its base goes to, else the least
-/// loaded one (as [`crate::pool::choose`] decides at run time, when loads are known).
+/// goes: the first address for an image that goes into the engine or a base only its engine
+/// has (the requirements of `execute`'s placement), else the daemon that built it last, else
+/// the one its base goes to, else the least loaded one (as [`crate::pool::choose`] decides at
+/// run time, when loads are known).
 fn predict_daemons(
+    project: &Project,
     gplan: &graph::Plan,
     targets: &mut BTreeMap<String, TargetPlan>,
     state: &StateStore,
@@ -341,6 +344,18 @@ fn predict_daemons(
     }
     let mut on: BTreeMap<&str, String> = BTreeMap::new();
     for name in &gplan.order {
+        let t = &project.targets[name];
+        let pinned = super::deliver::loads(t)
+            || t.outputs.iter().any(|o| {
+                o.value().kind == crate::options::OutputKind::Docker && o.value().dest.is_none()
+            })
+            || targets
+                .get(name)
+                .is_some_and(|tp| !tp.local_bases.is_empty());
+        if pinned {
+            on.insert(name, pool[0].clone());
+            continue;
+        }
         let last = state
             .get(name)
             .and_then(|r| r.daemon_address)

@@ -356,11 +356,9 @@ pub async fn connect(
         let address = Address::parse(a)?;
         return connect_address(address, tls, timeout).await;
     }
-    if let Ok(a) = std::env::var("BUILDKIT_HOST") {
-        if !a.is_empty() {
-            let address = Address::parse(&a)?;
-            return connect_address(address, tls, timeout).await;
-        }
+    if let Some(a) = buildkit_host() {
+        let address = Address::parse(&a)?;
+        return connect_address(address, tls, timeout).await;
     }
     let mut tried = Vec::new();
     for candidate in default_candidates() {
@@ -391,10 +389,7 @@ pub async fn connect(
 pub fn docker_engine_builder(addr: Option<&str>, tls: &TlsOptions) -> Option<DockerHost> {
     let chosen = match addr {
         Some(a) => Address::parse(a).ok()?,
-        None => match std::env::var("BUILDKIT_HOST")
-            .ok()
-            .filter(|a| !a.is_empty())
-        {
+        None => match buildkit_host() {
             Some(a) => Address::parse(&a).ok()?,
             None => default_candidates()
                 .into_iter()
@@ -406,6 +401,16 @@ pub fn docker_engine_builder(addr: Option<&str>, tls: &TlsOptions) -> Option<Doc
         Address::Docker(h) => with_tls_flags(h, tls).ok(),
         _ => None,
     }
+}
+
+/// The first address of `$BUILDKIT_HOST` (a comma list for a pool; spaces and empty items
+/// ignored), if any.
+fn buildkit_host() -> Option<String> {
+    let v = std::env::var("BUILDKIT_HOST").ok()?;
+    v.split(',')
+        .map(str::trim)
+        .find(|a| !a.is_empty())
+        .map(str::to_string)
 }
 
 fn default_candidates() -> Vec<Result<Address, TransportError>> {
