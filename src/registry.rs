@@ -299,6 +299,62 @@ pub async fn get_manifest(reference: &str) -> Result<Option<StoredManifest>, Reg
     }))
 }
 
+/// Puts, under the tag `reference` names, an OCI image index with no manifests that carries
+/// only `annotations` (OCI image-spec "Image Index": `manifests` may be empty; annotations on
+/// an index are free-form). No blob is needed, so it is one `PUT`: small facts kept beside a
+/// repository's images, e.g. which daemon built a target last (`bake` with a pool of daemons).
+///
+/// Errors: as [`tag_existing`] for the `PUT` ([`RegistryError::Unauthorized`] without push
+/// access).
+pub async fn put_annotations(
+    reference: &str,
+    annotations: &std::collections::BTreeMap<String, String>,
+) -> Result<(), RegistryError> {
+    let r = Reference::parse(reference)?;
+    let tag = r.tag.clone().ok_or_else(|| RegistryError::Retag {
+        from: String::new(),
+        to: reference.to_string(),
+        reason: "a tag is needed".into(),
+    })?;
+    let body = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [],
+        "annotations": annotations,
+    });
+    let m = Manifest {
+        media_type: OCI_INDEX.to_string(),
+        body: Bytes::from(body.to_string()),
+        digest: None,
+    };
+    let mut s = Session::new(&r)?;
+    put_manifest(&mut s, &r.repository, &tag, &m).await?;
+    Ok(())
+}
+
+/// The annotations of the manifest `reference` names (see [`put_annotations`]), or `None`
+/// when there is no such manifest. One `GET`.
+///
+/// Errors: as [`get_manifest`]; a body that is not JSON is a [`RegistryError::Protocol`].
+pub async fn get_annotations(
+    reference: &str,
+) -> Result<Option<std::collections::BTreeMap<String, String>>, RegistryError> {
+    let Some(m) = get_manifest(reference).await? else {
+        return Ok(None);
+    };
+    #[derive(serde::Deserialize)]
+    struct Annotated {
+        #[serde(default)]
+        annotations: std::collections::BTreeMap<String, String>,
+    }
+    let a: Annotated =
+        serde_json::from_slice(&m.manifest.body).map_err(|e| RegistryError::Protocol {
+            host: m.source.registry.clone(),
+            message: format!("{reference}: the manifest is not JSON with annotations: {e}"),
+        })?;
+    Ok(Some(a.annotations))
+}
+
 /// Makes `new_reference` point at `m`: within `m`'s repository one `PUT` of the bytes already
 /// held; elsewhere as [`tag_existing`] from `m`'s repository by digest. Returns the digest the
 /// registry stored. Errors: as [`tag_existing`].

@@ -219,6 +219,64 @@ fn a_pool_spreads_builds_and_brings_each_target_back_to_its_cache() {
             "{s}: the changed file is not in it"
         );
     }
+
+    // The registry says where each was built (a tag beside the images, annotations only).
+    for s in &changed {
+        let repo = format!("{name}/{s}");
+        let tags = registry_json(&format!("/v2/{repo}/tags/list"));
+        let hint = tags["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|t| t.as_str())
+            .find(|t| t.starts_with("bk-build-daemon-"))
+            .unwrap_or_else(|| panic!("no placement hint in {repo}: {tags}"))
+            .to_string();
+        let m = registry_json(&format!("/v2/{repo}/manifests/{hint}"));
+        assert_eq!(
+            m["annotations"]["dev.bk-build.address"],
+            on[*s].as_str(),
+            "{m}"
+        );
+    }
+    // A fresh runner (a new clone: no `.bk-build/`) learns from the registry where each was
+    // built, and goes back there too.
+    let fresh = tmp.path().join("fresh");
+    let cp = Command::new("cp")
+        .arg("-a")
+        .arg(&dir)
+        .arg(&fresh)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    std::fs::remove_dir_all(fresh.join(".bk-build")).unwrap();
+    for s in &changed {
+        write(&fresh.join(s).join("f.txt"), format!("{s} changed again\n"));
+    }
+    // One slot each, and the daemons in the order that sends the first target to start to
+    // the other daemon when nothing says where it was built (ties go to the first address).
+    let mut order = engines.to_vec();
+    if changed[0] < changed[1] {
+        order.reverse();
+    }
+    let mut args = addr_args(&order);
+    args.extend(["-j".to_string(), "1".to_string()]);
+    let (ok, err, meta) = bake(&fresh, &args);
+    assert!(ok, "{err}");
+    let third = built_on(&meta);
+    for s in &changed {
+        assert_eq!(
+            third.get(*s),
+            Some(&on[*s]),
+            "a fresh runner built {s} away from its cache: {third:?}"
+        );
+        let now = diff_ids(&format!("{name}/{s}"), "p1");
+        assert_eq!(
+            now[base.len()],
+            layers[*s][base.len()],
+            "{s}: the fresh runner's daemon ran its random step again (no cache)"
+        );
+    }
 }
 
 /// Whether some process's command line contains `needle` (what `pgrep -f` does).

@@ -429,6 +429,19 @@ pub async fn execute(
             if uncovered.is_empty() && opts.ledger {
                 write_ledger(t, Some(&fp.key), digest.as_deref(), progress, &name).await;
             }
+            if let (Some(r), Some(worker)) = (placement_hint_ref(t, opts), &member.worker_id) {
+                let a = BTreeMap::from([
+                    (HINT_WORKER.to_string(), worker.clone()),
+                    ("dev.bk-build.address".to_string(), member.address.clone()),
+                    ("dev.bk-build.target".to_string(), name.clone()),
+                ]);
+                if let Err(e) = crate::registry::put_annotations(&r, &a).await {
+                    progress.note(
+                        Some(&name),
+                        &format!("could not record in the registry which daemon built it ({r}): {e}"),
+                    );
+                }
+            }
             Ok(Done::Built(Box::new(r), uncovered, member.address.clone()))
         };
         async move {
@@ -529,6 +542,23 @@ pub async fn execute(
     results
 }
 
+/// The annotation of a placement hint that holds the BuildKit worker ID.
+const HINT_WORKER: &str = "dev.bk-build.worker";
+
+/// Where the registry keeps which daemon of a pool built a target last: a tag of the target's
+/// home repository, `bk-build-daemon-<16 hex of blake3(target name)>`, naming an empty OCI
+/// index whose annotations say it ([`crate::registry::put_annotations`]). Written after each
+/// build in a pool, read by runners whose state does not know: a hint for placement only,
+/// never an input of a result. `None` without a pushed home repository or with `--no-ledger`.
+fn placement_hint_ref(t: &Target, opts: &BakeOptions) -> Option<String> {
+    if !t.push || !opts.ledger || opts.pool.len() < 2 {
+        return None;
+    }
+    let home = home_repository(t)?;
+    let h = blake3::hash(t.name.as_bytes()).to_hex();
+    Some(format!("{home}:bk-build-daemon-{}", &h[..16]))
+}
+
 /// The engine image ID (`None`: no such image) each pool member has for a reference, asked
 /// once per run.
 type EngineIds = Arc<tokio::sync::Mutex<BTreeMap<(usize, String), Option<String>>>>;
@@ -586,8 +616,21 @@ async fn placement(
             .and_then(|id| pool.by_worker(&id))
     };
     let built = built_on.lock().map(|b| b.clone()).unwrap_or_default();
+    // A fresh runner has no state: the registry's placement hint says where it was built.
+    let last = match recorded(name) {
+        Some(i) => Some(i),
+        None => match placement_hint_ref(t, opts) {
+            Some(r) => crate::registry::get_annotations(&r)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|a| a.get(HINT_WORKER).cloned())
+                .and_then(|id| pool.by_worker(&id)),
+            None => None,
+        },
+    };
     let mut preferred = crate::pool::Preference {
-        last: recorded(name),
+        last,
         bases: Vec::new(),
     };
     let mut reasons: Vec<String> = Vec::new();
