@@ -573,6 +573,13 @@ impl DaemonArgs {
                         },
                         jobs: b.jobs,
                         platforms: b.platforms.clone(),
+                        origin: Some(format!(
+                            "[builders.{}] in {} (its addr and tls* keys)",
+                            b.name,
+                            p.files
+                                .first()
+                                .map_or_else(String::new, |f| f.display().to_string())
+                        )),
                     })
                     .collect()
             })
@@ -604,6 +611,20 @@ impl DaemonArgs {
         jobs: Option<usize>,
     ) -> Result<crate::pool::Pool> {
         let timeout = Duration::from_secs(self.timeout.max(1));
+        let from_project =
+            self.addrs().is_empty() && project.is_some_and(|p| !p.builders.is_empty());
+        let t = self.tls();
+        if from_project
+            && (t.ca_cert.is_some()
+                || t.cert.is_some()
+                || t.key.is_some()
+                || t.dir.is_some()
+                || t.server_name.is_some())
+        {
+            anyhow::bail!(
+                "the --tls* flags apply to --addr; the project's [builders.NAME] each take their own tlscacert, tlscert, tlskey, tlsdir and tlsservername keys (or pass the pool with --addr and the flags)"
+            );
+        }
         let (pool, warnings) =
             crate::pool::connect(&self.specs(project), &self.tls(), timeout, jobs).await?;
         for w in warnings {

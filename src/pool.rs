@@ -158,8 +158,12 @@ pub struct Member {
     /// what "the daemon that holds this target's cache" means. `None` when the daemon did
     /// not list a worker.
     pub worker_id: Option<String>,
-    /// Platforms the daemon builds natively (`os/arch[/variant]`, its first is its default).
+    /// Platforms the daemon builds natively (`os/arch[/variant]`): declared in `[builders]`,
+    /// else those its workers report.
     pub platforms: Vec<String>,
+    /// The platform it builds for when a build names none: its first worker's first reported
+    /// platform (never a declared one).
+    pub default_platform: Option<String>,
     /// Builds it runs at once.
     pub slots: usize,
 }
@@ -321,6 +325,17 @@ pub struct Spec {
     pub jobs: Option<usize>,
     /// Its native platforms; empty: those its workers report.
     pub platforms: Vec<String>,
+    /// Where it was given, for errors in its settings (`[builders.NAME] in FILE`); `None`
+    /// for `--addr` and `$BUILDKIT_HOST`.
+    pub origin: Option<String>,
+}
+
+/// A daemon's settings are wrong (an address that does not parse, TLS files missing or not
+/// going together): the user's mistake, never a daemon that is merely down, so it stops the
+/// run instead of shrinking the pool.
+fn is_setting_error(e: &crate::transport::TransportError) -> bool {
+    use crate::transport::TransportError as T;
+    matches!(e, T::BadAddress { .. } | T::Tls(_) | T::TlsFile { .. })
 }
 
 /// Connects to every daemon at once. One that does not answer is left out with a warning
@@ -342,7 +357,13 @@ pub async fn connect(
             Some(s) => (Some(s.addr.as_str()), &s.tls),
             None => (None, discovery_tls),
         };
-        let d = transport::connect(addr, tls, timeout).await?;
+        let d = match transport::connect(addr, tls, timeout).await {
+            Ok(d) => d,
+            Err(e) => match specs.first().and_then(|s| s.origin.as_ref()) {
+                Some(o) => return Err(TransportError::Failed(format!("{o}: {e}"))),
+                None => return Err(e),
+            },
+        };
         let address = addr.map_or_else(|| d.address.to_string(), str::to_string);
         let spec = specs.first().cloned().unwrap_or_default();
         let m = member(d, address, jobs.or(spec.jobs), spec.platforms).await;
@@ -381,6 +402,12 @@ pub async fn connect(
                 }
                 members.push(m);
             }
+            Err(e) if is_setting_error(&e) => {
+                let o = spec.origin.as_deref().unwrap_or(a.as_str());
+                return Err(TransportError::Failed(format!(
+                    "{o}: {e}\nFix the setting (a daemon that is down is left out of the pool; a wrong setting is not)."
+                )));
+            }
             Err(e) => {
                 warnings.push(format!("{a} left out of this run: {e}"));
                 errors.push(format!("  {a}: {e}"));
@@ -412,6 +439,7 @@ async fn member(
     Member {
         address,
         worker_id: first.as_ref().map(|w| w.id.clone()),
+        default_platform: first.as_ref().and_then(|w| w.platforms.first().cloned()),
         platforms: if platforms.is_empty() {
             first.map(|w| w.platforms).unwrap_or_default()
         } else {

@@ -793,3 +793,58 @@ fn a_long_queue_for_the_cache_spills_to_a_free_daemon() {
         "the rebuilds did not stay where the cache is while the queue was short: {on:?}"
     );
 }
+
+/// A builder's declared platforms only route targets: what the daemon builds when a target
+/// names none is what it reports, so such a target is recorded and skipped next time. Wrong
+/// builder settings stop the run, naming the builder; `--tls*` flags do not silently apply to
+/// the project's builders.
+#[test]
+fn builders_settings_route_and_fail_where_they_should() {
+    let name = unique("pool-bset");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("p");
+    let head = format!(
+        "[target.host]\ncontext = \"host\"\ntags = [\"localhost:5000/{name}/host:p1\"]\npush = true\n\n"
+    );
+    write(
+        &dir.join("host/Dockerfile"),
+        "FROM scratch\nCOPY f.txt /f.txt\n",
+    );
+    write(&dir.join("host/f.txt"), format!("host {name}\n"));
+    write(
+        &dir.join("bk-build.toml"),
+        format!(
+            "{head}[builders.a]\naddr = \"docker://\"\nplatforms = [\"linux/arm64\", \"linux/amd64\"]\n\n\
+             [builders.off]\naddr = \"unix:///nonexistent/bk-build-bset.sock\"\n"
+        ),
+    );
+    let (ok, err, _) = bake(&dir, &[]);
+    assert!(ok, "{err}");
+    assert!(!err.contains("will not be reused"), "{err}");
+    let plan = run_ok(bk().current_dir(&dir).arg("plan"));
+    let text = String::from_utf8_lossy(&plan.stdout).to_string();
+    assert!(
+        text.contains(" skip "),
+        "not reused after a build for this machine:\n{text}"
+    );
+
+    // A TLS directory that does not exist: an error naming the builder, nothing built.
+    write(&dir.join("host/f.txt"), format!("host changed {name}\n"));
+    write(
+        &dir.join("bk-build.toml"),
+        format!(
+            "{head}[builders.a]\naddr = \"docker://\"\n\n\
+             [builders.bad]\naddr = \"docker://tcp://127.0.0.1:2376\"\ntlsdir = \"nope\"\n"
+        ),
+    );
+    let (ok, err, _) = bake(&dir, &[]);
+    assert!(
+        !ok,
+        "a builder with missing TLS files was left out instead:\n{err}"
+    );
+    assert!(err.contains("[builders.bad]"), "{err}");
+    // The --tls* flags with the project's builders: refused, not ignored.
+    let (ok, err, _) = bake(&dir, &["--tlsdir".to_string(), "certs".to_string()]);
+    assert!(!ok, "{err}");
+    assert!(err.contains("the --tls* flags apply to --addr"), "{err}");
+}

@@ -383,7 +383,7 @@ pub async fn execute(
                 }
             }
             if t.platforms.is_empty() {
-                let built_for = member.platforms.first();
+                let built_for = member.default_platform.as_ref();
                 if let Some(p) = built_for.filter(|p| !same_platform(p, &host_platform())) {
                     // The key says "this machine's platform"; the image is another one.
                     uncovered.push(format!(
@@ -433,7 +433,7 @@ pub async fn execute(
                 let a = BTreeMap::from([
                     (HINT_WORKER.to_string(), worker.clone()),
                     ("dev.bk-build.address".to_string(), member.address.clone()),
-                    ("dev.bk-build.target".to_string(), name.clone()),
+                    (HINT_TARGET.to_string(), name.clone()),
                 ]);
                 if let Err(e) = crate::registry::put_annotations(&r, &a).await {
                     progress.note(
@@ -544,6 +544,8 @@ pub async fn execute(
 
 /// The annotation of a placement hint that holds the BuildKit worker ID.
 const HINT_WORKER: &str = "dev.bk-build.worker";
+/// The annotation of a placement hint that names the target.
+const HINT_TARGET: &str = "dev.bk-build.target";
 
 /// Where the registry keeps which daemon of a pool built a target last: a tag of the target's
 /// home repository, `bk-build-daemon-<16 hex of blake3(target name)>`, naming an empty OCI
@@ -624,6 +626,8 @@ async fn placement(
                 .await
                 .ok()
                 .flatten()
+                // Another project's target of the same name in this repository is not it.
+                .filter(|a| a.get(HINT_TARGET).is_some_and(|n| n == name))
                 .and_then(|a| a.get(HINT_WORKER).cloned())
                 .and_then(|id| pool.by_worker(&id)),
             None => None,

@@ -110,7 +110,7 @@ pub struct TargetPlan {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shard: Option<usize>,
     /// With a pool of daemons, the one a build most likely goes to (its address as given,
-    /// or `least loaded`).
+    /// or `decided at run time: …` when neither state nor requirements say).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub daemon: Option<String>,
     /// Tags a `retag` adds (registry tags, then Docker Engine tags).
