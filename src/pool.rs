@@ -1,7 +1,7 @@
 //! The daemons one run builds on, and which of them builds each target.
 //!
-//! A pool is the connected members of the addresses the user gave (`--addr` repeated, a
-//! comma list in `$BUILDKIT_HOST`), each with its worker ID (BuildKit's persistent ID of the
+//! A pool is the connected members of the daemons the user gave (`--addr` repeated, a comma
+//! list in `$BUILDKIT_HOST`, or a project's `[builders.NAME]`), each with its worker ID (BuildKit's persistent ID of the
 //! worker, i.e. of the cache store that makes a rebuild cheap), its native platforms and its
 //! number of build slots. [`choose`] is the placement rule as a pure function of plain data,
 //! so the runtime ([`Pool::acquire`]) and the simulation in `bench/` run the same code.
