@@ -53,30 +53,15 @@ struct Image {
 }
 
 fn project(rng: &mut Rng) -> Vec<Image> {
+    // (how many, bases drawn from the first N images: none for the 6 bases, the 6 bases for
+    // the 30 mid-level images, any of those 36 for the leaves)
     let mut v = Vec::new();
-    let cold = |rng: &mut Rng| 2.2 * (0.6 * rng.normal()).exp();
-    for _ in 0..6 {
-        let c = cold(rng);
-        v.push(Image {
-            base: None,
-            cold: c,
-        });
-    }
-    for _ in 0..30 {
-        let b = rng.below(6);
-        let c = cold(rng);
-        v.push(Image {
-            base: Some(b),
-            cold: c,
-        });
-    }
-    for _ in 0..264 {
-        let b = rng.below(36);
-        let c = cold(rng);
-        v.push(Image {
-            base: Some(b),
-            cold: c,
-        });
+    for (count, from) in [(6, 0), (30, 6), (264, 36)] {
+        for _ in 0..count {
+            let base = (from > 0).then(|| rng.below(from));
+            let cold = 2.2 * (0.6 * rng.normal()).exp();
+            v.push(Image { base, cold });
+        }
     }
     v
 }

@@ -1515,24 +1515,6 @@ fn json_list<T: serde::Serialize>(v: Vec<T>) -> Result<String> {
     Ok(serde_json::to_string_pretty(&v)?)
 }
 
-/// The default `-j`: the daemon's cores. A Docker Engine reports them; BuildKit does not,
-/// so for buildkitd (usually on this machine or one like it) the local count stands in.
-async fn daemon_cpus(d: &Daemon) -> usize {
-    let local = || {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-    };
-    match (&d.kind, &d.address) {
-        (transport::DaemonKind::DockerEngine { .. }, transport::Address::Docker(host)) => {
-            transport::docker_engine_cpus(host)
-                .await
-                .unwrap_or_else(|_| local())
-        }
-        _ => local(),
-    }
-}
-
 /// As buildx bake: privileges the targets ask for must be granted with `--allow`.
 fn ensure_granted(
     project: &crate::project::Project,
@@ -1593,7 +1575,7 @@ async fn run_bake_call(
     let daemon = daemon_args.connect().await?;
     let jobs = match a.jobs {
         Some(j) => j.max(1),
-        None => daemon_cpus(&daemon).await,
+        None => crate::pool::cpus(&daemon).await,
     };
     let (progress, task) = Progress::start(mode, Box::new(std::io::stderr()));
     let answers = crate::bake::call(&daemon, &project, &names, &call.name, jobs, &progress).await;

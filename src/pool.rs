@@ -450,8 +450,9 @@ async fn member(
     }
 }
 
-/// The daemon's CPU count where it says (a Docker Engine, through its API), else this
-/// machine's.
+/// The default `-j` of a daemon: its CPU count where it says (a Docker Engine, through its
+/// API); BuildKit does not, so for buildkitd (usually on this machine or one like it) this
+/// machine's stands in.
 pub async fn cpus(d: &Daemon) -> usize {
     let local = || {
         std::thread::available_parallelism()

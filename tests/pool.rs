@@ -28,36 +28,35 @@ fn addr_args(addrs: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// The `rootfs.diff_ids` of `repo:tag` in the registry.
-fn diff_ids(repo: &str, tag: &str) -> Vec<String> {
-    let mut m = registry_json(&format!("/v2/{repo}/manifests/{tag}"));
-    if let Some(list) = m["manifests"].as_array() {
-        let image = list
-            .iter()
-            .find(|d| d["platform"]["os"] != "unknown")
-            .unwrap_or_else(|| panic!("{repo}:{tag}: no image in {m}"));
-        let digest = image["digest"].as_str().unwrap().to_string();
-        m = registry_json(&format!("/v2/{repo}/manifests/{digest}"));
-    }
-    let config = m["config"]["digest"].as_str().unwrap();
-    let c = registry_json(&format!("/v2/{repo}/blobs/{config}"));
-    serde_json::from_value(c["rootfs"]["diff_ids"].clone()).unwrap()
+/// Starts `bake` in `dir` with `args`, writing its metadata to `dir/bake-md.json`; output
+/// piped.
+fn spawn_bake(dir: &Path, args: &[String]) -> std::process::Child {
+    let md = dir.join("bake-md.json");
+    let _ = std::fs::remove_file(&md);
+    bk().current_dir(dir)
+        .args(["bake", "--progress", "plain", "--metadata-file"])
+        .arg(&md)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The metadata the last [`spawn_bake`] in `dir` wrote (`null` when none).
+fn metadata(dir: &Path) -> serde_json::Value {
+    std::fs::read(dir.join("bake-md.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(serde_json::Value::Null)
 }
 
 /// Runs `bake` in `dir` with `args`; returns (success, stderr, metadata).
 fn bake(dir: &Path, args: &[String]) -> (bool, String, serde_json::Value) {
-    let md = dir.join("bake-md.json");
-    let _ = std::fs::remove_file(&md);
-    let out = run(bk()
-        .current_dir(dir)
-        .args(["bake", "--progress", "plain", "--metadata-file"])
-        .arg(&md)
-        .args(args));
-    let meta = std::fs::read(&md)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or(serde_json::Value::Null);
-    (out.status.success(), stderr(&out), meta)
+    let out = spawn_bake(dir, args).wait_with_output().unwrap();
+    let err = stderr(&out);
+    eprintln!("$ bk-build bake {args:?} in {}\n{err}", dir.display());
+    (out.status.success(), err, metadata(dir))
 }
 
 /// Target → the daemon that built it (`bk-build.daemon`), for the targets built.
@@ -408,15 +407,7 @@ fn a_daemon_killed_mid_build_has_its_targets_built_on_the_others() {
     let pool = addr_args(&[third.address(), "docker://".to_string()]);
     let mut args = pool.clone();
     args.extend(["-j".to_string(), "1".to_string()]);
-    let mut child = bk()
-        .current_dir(&dir)
-        .args(["bake", "--progress", "plain", "--metadata-file"])
-        .arg(dir.join("bake-md.json"))
-        .args(&args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_bake(&dir, &args);
     // Kill it while a service's slow step runs there. With one slot per daemon, the base is
     // built there (ties go to the first daemon), then one service there and the other on the
     // primary engine at the same time: a slow step running means both have started.
@@ -456,8 +447,7 @@ fn a_daemon_killed_mid_build_has_its_targets_built_on_the_others() {
             || err.contains(&format!("{} does not answer any more: building it again on another daemon of the pool", third.address())),
         "no retry was reported:\n{err}"
     );
-    let meta: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("bake-md.json")).unwrap()).unwrap();
+    let meta = metadata(&dir);
     let on = built_on(&meta);
     assert_eq!(on.len(), 3, "{on:?}\n{err}");
     // The base finished there before the kill; the services, killed or not, did not.
@@ -552,15 +542,7 @@ fn idle_death_attempt() -> bool {
     let args = addr_args(&[third.address(), "docker://".to_string()]);
     let mut all = args.clone();
     all.extend(["-j".to_string(), "1".to_string()]);
-    let child = bk()
-        .current_dir(&dir)
-        .args(["bake", "--progress", "plain", "--metadata-file"])
-        .arg(dir.join("bake-md.json"))
-        .args(&all)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_bake(&dir, &all);
     // Once `b`'s slow step runs, `a` (quick, started with it) is done: kill the engine.
     let deadline = Instant::now() + Duration::from_secs(120);
     while !process_running("sleep 10") {
@@ -572,8 +554,7 @@ fn idle_death_attempt() -> bool {
     let out = child.wait_with_output().unwrap();
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
-    let meta: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("bake-md.json")).unwrap()).unwrap();
+    let meta = metadata(&dir);
     let on = built_on(&meta);
     if on.get("a") != Some(&third.address()) {
         return false;

@@ -1225,22 +1225,6 @@ fn a_matrix_of_layers_builds_each_target_once_across_runners() {
     );
 }
 
-/// The layer digests (`rootfs.diff_ids`) of `repo:tag`'s image for this machine's platform.
-fn diff_ids(repo: &str, tag: &str) -> Vec<String> {
-    let mut m = registry_json(&format!("/v2/{repo}/manifests/{tag}"));
-    if let Some(list) = m["manifests"].as_array() {
-        let image = list
-            .iter()
-            .find(|d| d["platform"]["os"] != "unknown")
-            .unwrap_or_else(|| panic!("{repo}:{tag}: no image in {m}"));
-        let digest = image["digest"].as_str().unwrap().to_string();
-        m = registry_json(&format!("/v2/{repo}/manifests/{digest}"));
-    }
-    let config = m["config"]["digest"].as_str().unwrap();
-    let c = registry_json(&format!("/v2/{repo}/blobs/{config}"));
-    serde_json::from_value(c["rootfs"]["diff_ids"].clone()).unwrap()
-}
-
 /// `bake --shard I/N` (issue 12): two shards on two runners with two engines (the primary and
 /// the TLS one) and only the registry in common build every target exactly once between
 /// them; a dependent whose base the other shard builds waits for it and builds on exactly

@@ -204,6 +204,22 @@ pub fn registry_json(path: &str) -> serde_json::Value {
     serde_json::from_slice(&body).unwrap_or_else(|e| panic!("GET {path}: {e}"))
 }
 
+/// The `rootfs.diff_ids` of `repo:tag` in the registry (the image of this platform when it is an index).
+pub fn diff_ids(repo: &str, tag: &str) -> Vec<String> {
+    let mut m = registry_json(&format!("/v2/{repo}/manifests/{tag}"));
+    if let Some(list) = m["manifests"].as_array() {
+        let image = list
+            .iter()
+            .find(|d| d["platform"]["os"] != "unknown")
+            .unwrap_or_else(|| panic!("{repo}:{tag}: no image in {m}"));
+        let digest = image["digest"].as_str().unwrap().to_string();
+        m = registry_json(&format!("/v2/{repo}/manifests/{digest}"));
+    }
+    let config = m["config"]["digest"].as_str().unwrap();
+    let c = registry_json(&format!("/v2/{repo}/blobs/{config}"));
+    serde_json::from_value(c["rootfs"]["diff_ids"].clone()).unwrap()
+}
+
 /// The manifest digest the registry serves for `repo:tag` (None if absent).
 pub fn manifest_digest(repo: &str, tag: &str) -> Option<String> {
     let (status, headers, _) = registry_request("HEAD", &format!("/v2/{repo}/manifests/{tag}"));
