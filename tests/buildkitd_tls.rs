@@ -127,3 +127,22 @@ fn mutual_tls_with_flags_or_a_directory_and_its_errors() {
         &["not valid for that host name", "--tlsservername"],
     );
 }
+
+/// A TLS endpoint that waits for a ClientHello and never answers plain text (a TLS-only load
+/// balancer in front of buildkitd does this): the timeout still names the TLS fix.
+#[test]
+fn a_silent_tcp_daemon_timing_out_names_the_tls_fix() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("tcp://{}", listener.local_addr().unwrap());
+    let held = std::thread::spawn(move || {
+        // Hold the one connection open, unanswered, until the client gives up.
+        let (mut s, _) = listener.accept().unwrap();
+        let mut sink = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut s, &mut sink);
+    });
+    fails_saying(
+        bk().args(["--addr", &addr, "--timeout", "1", "info"]),
+        &["no answer within 1s", "If it expects TLS", "--tlscacert"],
+    );
+    held.join().unwrap();
+}

@@ -316,7 +316,7 @@ fn plain_tcp_to_the_tls_engine_says_to_turn_tls_on() {
         bk().env("DOCKER_HOST", &t.host)
             .env_remove("DOCKER_TLS_VERIFY")
             .env_remove("DOCKER_CERT_PATH")
-            .args(["build", "--progress", "plain"])
+            .args(["--timeout", SLOW_MACHINE, "build", "--progress", "plain"])
             .arg(ctx.path()),
         &["expects TLS", "DOCKER_TLS_VERIFY=1", "DOCKER_CERT_PATH"],
     );
@@ -327,12 +327,12 @@ fn plain_tcp_to_the_tls_engine_says_to_turn_tls_on() {
         bk().env_remove("DOCKER_HOST")
             .env("DOCKER_CONFIG", cfg.path())
             .env("DOCKER_CONTEXT", &name)
-            .arg("info"),
+            .args(["--timeout", SLOW_MACHINE, "info"]),
         &["expects TLS", &format!("docker context update {name}")],
     );
     // The buildkitd form of the address: the fix is the --tls* flags.
     fails_saying(
-        bk().args(["--addr", &t.host, "info"]),
+        bk().args(["--addr", &t.host, "--timeout", SLOW_MACHINE, "info"]),
         &["--tlscacert", "--tlscert", "--tlskey"],
     );
 }

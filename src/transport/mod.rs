@@ -515,9 +515,16 @@ async fn connect_one(
         ProbeFailure::Status(s) if is_connection_failure(&s) => {
             TransportError::Failed(explain::explain(&peer, &s))
         }
+        // A TLS-only daemon may never answer plain text at all: name the fix here too.
         f => TransportError::Connect {
             addr: address.to_string(),
-            why: format!("no BuildKit Control service answered: {f}"),
+            why: match (&f, peer.tcp && peer.tls.is_none()) {
+                (ProbeFailure::Timeout(_), true) => format!(
+                    "no BuildKit Control service answered: {f}. If it expects TLS, {}",
+                    peer.enable_tls_fix()
+                ),
+                _ => format!("no BuildKit Control service answered: {f}"),
+            },
         },
     })?;
     Ok(Daemon {
