@@ -858,3 +858,165 @@ fn builders_settings_route_and_fail_where_they_should() {
     assert!(!ok, "{err}");
     assert!(err.contains("the --tls* flags apply to --addr"), "{err}");
 }
+
+/// A monorepo of 14 targets, all pushed under `repo`, every layer reproducible: two bases
+/// `pybase` and `nodebase` on the busybox base; `svc01`…`svc10` on one of them (odd: pybase,
+/// even: nodebase) through the `ARG REPO`/`ARG TAG` FROM of the other projects here, each with
+/// a one-second step; `web` on nodebase with the folder `shared/` from outside its own
+/// directory (a named context); `edge` on svc01. Returns each dependent's base target.
+///
+/// A layer is the same on any daemon when its files are: COPY keeps the files' times, and each
+/// RUN writes only a file it dates to the epoch. The busybox base has no `/dev`, `/proc` and
+/// `/sys`, which the first RUN on it would create with the time of the build, so the bases
+/// bring them (empty directories, times kept) in their COPY.
+fn monorepo(dir: &Path, repo: &str) -> BTreeMap<String, String> {
+    // The project files' contents are unique to the run, so that no step comes from the
+    // cache of an earlier run (the one-daemon build must build what the pool did not).
+    let run = |what: &str| {
+        format!("RUN --network=none echo {what} {repo} > /{what}.run && touch -d @0 /{what}.run\n")
+    };
+    // `pull = true`: any daemon may build the bases, also one without a busybox image of its own.
+    let mut toml = format!(
+        "[vars]\nREPO = \"{repo}\"\nTAG = \"p1\"\n\n[defaults]\ntags = [\"${{REPO}}/{{name}}:${{TAG}}\"]\n\
+         args = {{ REPO = \"${{REPO}}\", TAG = \"${{TAG}}\" }}\npush = true\npull = true\n"
+    );
+    let mut bases = BTreeMap::new();
+    for b in ["pybase", "nodebase"] {
+        toml.push_str(&format!("\n[target.{b}]\ncontext = \"{b}\"\n"));
+        write(
+            &dir.join(b).join("Dockerfile"),
+            format!("FROM {}\nCOPY root/ /\n{}", base_image(), run(b)),
+        );
+        for d in ["dev", "proc", "sys"] {
+            std::fs::create_dir_all(dir.join(b).join("root").join(d)).unwrap();
+        }
+        write(&dir.join(b).join("root/base.txt"), format!("{b} {repo}\n"));
+    }
+    let mut service = |s: &str, from: &str, extra: &str, dockerfile_extra: &str| {
+        toml.push_str(&format!("\n[target.{s}]\ncontext = \"{s}\"\n{extra}"));
+        write(
+            &dir.join(s).join("Dockerfile"),
+            format!(
+                "ARG REPO\nARG TAG\nFROM ${{REPO}}/{from}:${{TAG}}\n{}{dockerfile_extra}COPY f.txt /{s}.txt\n",
+                run(s)
+            ),
+        );
+        write(&dir.join(s).join("f.txt"), format!("{s} {repo}\n"));
+        bases.insert(s.to_string(), from.to_string());
+    };
+    for i in 1..=10 {
+        let base = if i % 2 == 1 { "pybase" } else { "nodebase" };
+        // Work enough that the services do not all fit on their base's daemon.
+        service(
+            &format!("svc{i:02}"),
+            base,
+            "",
+            "RUN --network=none sleep 1\n",
+        );
+    }
+    service(
+        "web",
+        "nodebase",
+        "contexts = { shared = \"shared\" }\n",
+        "COPY --from=shared common.txt /web-common.txt\n",
+    );
+    service("edge", "svc01", "", "");
+    write(&dir.join("shared/common.txt"), format!("shared {repo}\n"));
+    write(&dir.join("bk-build.toml"), toml);
+    bases
+}
+
+/// Issue 12's monorepo on three private Docker Engines that share only the registry (the
+/// primary, the TLS one and a throwaway third): the 14 targets are spread over all three, with
+/// services built on another daemon than their base (which each gets from the registry), and
+/// every image has exactly the layers a one-daemon build of the same project gives: where a
+/// target is built does not change what is built.
+#[test]
+fn a_monorepo_spread_over_three_engines_has_the_layers_of_a_one_daemon_build() {
+    let third = ThrowawayEngine::start();
+    let [primary, tls] = two_engines();
+    let engines = [primary, tls, third.address()];
+    let name = unique("pool-mono");
+    let repo = format!("localhost:5000/{name}");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("p");
+    let bases = monorepo(&dir, &repo);
+    let targets: Vec<String> = ["pybase", "nodebase"]
+        .into_iter()
+        .map(String::from)
+        .chain(bases.keys().cloned())
+        .collect();
+    assert_eq!(targets.len(), 14);
+
+    // One build slot per daemon: the bases go to two daemons, and their services cannot all
+    // wait for them.
+    let mut args = addr_args(&engines);
+    args.extend(["-j".to_string(), "1".to_string()]);
+    let (ok, err, meta) = bake(&dir, &args);
+    assert!(ok, "{err}");
+    let on = built_on(&meta);
+    let mut all = targets.clone();
+    all.sort();
+    assert_eq!(
+        on.keys().cloned().collect::<Vec<_>>(),
+        all,
+        "every target is built once: {on:?}\n{err}"
+    );
+    for e in &engines {
+        assert!(
+            on.values().any(|d| d == e),
+            "nothing was built on {e}: {on:?}"
+        );
+    }
+    assert!(
+        bases
+            .iter()
+            .any(|(s, b)| s.starts_with("svc") && on[s] != on[b]),
+        "every service was built on its base's daemon: {on:?}"
+    );
+    let layers: BTreeMap<&str, Vec<String>> = targets
+        .iter()
+        .map(|t| (t.as_str(), diff_ids(&format!("{name}/{t}"), "p1")))
+        .collect();
+    // Each dependent is built on exactly the image its base pushed, wherever each ran.
+    for (s, b) in &bases {
+        let (l, base) = (&layers[s.as_str()], &layers[b.as_str()]);
+        assert!(
+            l.len() > base.len() && l[..base.len()] == base[..],
+            "{s} is not built on the pushed {b}: {l:?} {base:?}"
+        );
+    }
+
+    // The same project on one daemon: a copy with the files' times kept (COPY keeps them),
+    // pushed to another repository, so nothing is found in the registry and all is built.
+    let one_name = unique("pool-mono-one");
+    let one = tmp.path().join("one");
+    let cp = Command::new("cp")
+        .arg("-a")
+        .arg(&dir)
+        .arg(&one)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    let _ = std::fs::remove_dir_all(one.join(".bk-build"));
+    let toml = std::fs::read_to_string(one.join("bk-build.toml")).unwrap();
+    write(
+        &one.join("bk-build.toml"),
+        toml.replace(&repo, &format!("localhost:5000/{one_name}")),
+    );
+    let (ok, err, meta) = bake(&one, &addr_args(&engines[..1]));
+    assert!(ok, "{err}");
+    assert_eq!(
+        built_on(&meta).len(),
+        targets.len(),
+        "the one-daemon build did not build every target: {meta}\n{err}"
+    );
+    for t in &targets {
+        assert_eq!(
+            diff_ids(&format!("{one_name}/{t}"), "p1"),
+            layers[t.as_str()],
+            "{t}: built on {} in the pool, its layers differ from the one-daemon build's",
+            on[t]
+        );
+    }
+}
