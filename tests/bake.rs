@@ -921,3 +921,131 @@ fn a_stat_cache_that_cannot_be_written_is_a_warning_not_a_failed_run() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("could not save the stat cache"));
 }
+
+/// A base and a service `FROM` it, both pushed to `127.0.0.1:{port}/{prefix}/…` (a
+/// [`gated_registry`]); the base's layer is unique to the run.
+fn early_project(dir: &Path, port: u16, prefix: &str) {
+    write(
+        &dir.join("bk-build.toml"),
+        format!(
+            "[vars]\nREPO = \"127.0.0.1:{port}/{prefix}\"\nTAG = \"t1\"\n\n[defaults]\ntags = [\"${{REPO}}/{{name}}:${{TAG}}\"]\npush = true\n\n\
+             [target.base]\ncontext = \"base\"\n\n\
+             [target.svc]\ncontext = \"svc\"\nargs = {{ REPO = \"${{REPO}}\", TAG = \"${{TAG}}\" }}\n"
+        ),
+    );
+    write(
+        &dir.join("base/Dockerfile"),
+        format!("FROM {}\nCOPY b.txt /b.txt\n", base_image()),
+    );
+    write(&dir.join("base/b.txt"), format!("base {prefix}\n"));
+    write(
+        &dir.join("svc/Dockerfile"),
+        "ARG REPO\nARG TAG\nFROM ${REPO}/base:${TAG}\nRUN --network=none cat /b.txt > /copy.txt\nCOPY s.txt /s.txt\n",
+    );
+    write(&dir.join("svc/s.txt"), format!("svc {prefix}\n"));
+}
+
+/// A dependent starts as soon as its base's image is stored on the daemon, without waiting
+/// for the base's push, and is pinned to exactly that image: the registry holds the base's
+/// manifest push until the service's own push begins (which can only happen if the service
+/// was built while its base was still being pushed; before, the hold ran into its timeout).
+/// The service's image is built on the base's pushed layers, and both results are recorded:
+/// the next run skips them.
+#[test]
+fn a_dependent_starts_while_its_base_is_pushed() {
+    let prefix = unique("early");
+    let gate = gated_registry(
+        &format!("{prefix}/base"),
+        &format!("{prefix}/svc"),
+        std::time::Duration::from_secs(120),
+        false,
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    early_project(dir, gate.port, &prefix);
+    let out = run_ok(bk().current_dir(dir).args([
+        "bake",
+        "--progress",
+        "plain",
+        "--metadata-file",
+        "md.json",
+    ]));
+    let err = stderr(&out);
+    assert!(gate.held.load(std::sync::atomic::Ordering::SeqCst), "{err}");
+    assert!(
+        !gate.timed_out.load(std::sync::atomic::Ordering::SeqCst),
+        "the service did not start before its base's push ended:\n{err}"
+    );
+    let md: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("md.json")).unwrap()).unwrap();
+    let base_digest = md["base"]["containerimage.digest"].as_str().unwrap();
+    assert!(
+        err.contains(&format!("stored on the daemon as {base_digest}")),
+        "{err}"
+    );
+    assert_eq!(
+        manifest_digest(&format!("{prefix}/base"), "t1").as_deref(),
+        Some(base_digest)
+    );
+    let base = diff_ids(&format!("{prefix}/base"), "t1");
+    let svc = diff_ids(&format!("{prefix}/svc"), "t1");
+    assert_eq!(
+        svc[..base.len()],
+        base[..],
+        "svc is not built on base's layers"
+    );
+    assert_eq!(svc.len(), base.len() + 2);
+
+    let again = run_ok(bk().current_dir(dir).args(["bake", "--progress", "plain"]));
+    let err = stderr(&again);
+    for t in ["base", "svc"] {
+        assert!(
+            err.contains(&format!("[{t}] skipped")),
+            "{t} not skipped:\n{err}"
+        );
+    }
+}
+
+/// A base whose push fails after its dependent started from its stored image: the dependent
+/// is reported failed and not recorded (its base's image was never pushed), so the next run
+/// builds both again.
+#[test]
+fn a_base_whose_push_fails_after_its_dependent_started_fails_it_too() {
+    let prefix = unique("earlyfail");
+    let gate = gated_registry(
+        &format!("{prefix}/base"),
+        &format!("{prefix}/svc"),
+        std::time::Duration::from_secs(120),
+        true,
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    early_project(dir, gate.port, &prefix);
+    let out = run(bk().current_dir(dir).args(["bake", "--progress", "plain"]));
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        !gate.timed_out.load(std::sync::atomic::Ordering::SeqCst),
+        "{err}"
+    );
+    assert!(
+        err.contains("`base` failed after this target started from its stored image"),
+        "{err}"
+    );
+    let plan = run_ok(bk().current_dir(dir).args(["plan"]));
+    let text = String::from_utf8_lossy(&plan.stdout);
+    let actions: BTreeMap<&str, &str> = text
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            Some((w.next()?, w.next()?))
+        })
+        .collect();
+    for t in ["base", "svc"] {
+        assert_eq!(
+            actions.get(t),
+            Some(&"build"),
+            "{t} must build again:\n{text}"
+        );
+    }
+}

@@ -153,6 +153,197 @@ async fn existing_cache_imports(spec: &mut BuildSpec) {
     spec.cache_from = kept;
 }
 
+/// What a build whose image its dependents can use early ([`build_placed`]) does once the
+/// daemon has stored that image and only pushes it: dependents are released and pinned to the
+/// stored digest, and the build gives back its daemon slot (a push takes no build slot).
+struct OnStored<'a> {
+    name: &'a str,
+    digests: &'a Mutex<BTreeMap<String, String>>,
+    built_on: &'a Mutex<BTreeMap<String, usize>>,
+    early: &'a Mutex<BTreeMap<String, String>>,
+    release: &'a graph::Release,
+    progress: &'a Progress,
+}
+
+/// Waits until every target of `names` (released early) has ended. Errors when one failed:
+/// a target built from its stored image is then not recorded (nor started).
+async fn wait_ended(
+    ended: &tokio::sync::watch::Receiver<BTreeMap<String, Option<String>>>,
+    names: &[String],
+) -> Result<(), String> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    let mut rx = ended.clone();
+    let all = rx
+        .wait_for(|m| names.iter().all(|n| m.contains_key(n)))
+        .await
+        .map(|m| m.clone())
+        .map_err(|_| "internal error: the run ended before its bases did".to_string())?;
+    match names.iter().find(|n| all.get(*n).is_some_and(Option::is_none)) {
+        Some(n) => Err(format!(
+            "`{n}` failed after this target started from its stored image; the result is not recorded"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Why [`build_placed`] built nothing.
+enum Unbuilt {
+    /// The build failed, or no daemon may build it: the target's error.
+    Failed(String),
+    /// The daemon went away during the build (`what` says so), and no other it may be built on
+    /// is left: `message` is the target's error, unless a wider choice exists (bases pushed
+    /// since).
+    NoDaemonLeft { what: String, message: String },
+}
+
+impl Unbuilt {
+    fn message(self) -> String {
+        match self {
+            Unbuilt::Failed(m) | Unbuilt::NoDaemonLeft { message: m, .. } => m,
+        }
+    }
+}
+
+/// Builds `spec` on a member `placed` allows, once more elsewhere when that daemon goes away
+/// (during the build, or before it while idle) rather than failing the build itself. With
+/// `observe`, releases the target's dependents as [`OnStored`] says once its image is stored.
+/// `first`: a slot already taken for the first attempt. Returns the result and the member's
+/// index; records that index in `on_stored.built_on`.
+async fn build_placed(
+    pool: &Pool,
+    spec: &mut BuildSpec,
+    placed: &Placed,
+    tp: &TargetPlan,
+    on_stored: &OnStored<'_>,
+    observe: bool,
+    first: Option<crate::pool::Lease<'_>>,
+) -> Result<(BuildResult, usize), Unbuilt> {
+    let (name, progress) = (on_stored.name, on_stored.progress);
+    let mut allowed = placed.allowed.clone();
+    let mut retried = false;
+    // Released once: a second attempt (elsewhere) is checked by its dependents when it ends.
+    let mut observe = observe;
+    let mut first = first;
+    loop {
+        let lease = match first.take() {
+            Some(l) => Some(l),
+            None => pool.acquire(&placed.preferred, &allowed).await,
+        };
+        let why = || {
+            placed
+                .why
+                .as_deref()
+                .map(|w| format!(" ({w})"))
+                .unwrap_or_default()
+        };
+        let Some(lease) = lease else {
+            return Err(Unbuilt::Failed(format!(
+                "no daemon that can build it answers any more{}",
+                why()
+            )));
+        };
+        let index = lease.index;
+        let member = pool.member(index);
+        if spec.needs_load() {
+            spec.load_into = member
+                .daemon
+                .load_target()
+                .map_err(|e| Unbuilt::Failed(e.to_string()))?;
+        }
+        if pool.members().len() > 1 {
+            progress.note(
+                Some(name),
+                &format!("building on {}: {}", member.address, tp.reasons.join("; ")),
+            );
+        } else {
+            progress.note(Some(name), &format!("building: {}", tp.reasons.join("; ")));
+        }
+        let (tx, mut rx) = tokio::sync::oneshot::channel::<String>();
+        let build = crate::build::build_observed(
+            &member.daemon,
+            spec,
+            progress,
+            Some(name),
+            observe.then_some(tx),
+        );
+        tokio::pin!(build);
+        let mut lease = Some(lease);
+        let mut watching = observe;
+        let built = loop {
+            tokio::select! {
+                r = &mut build => break r,
+                d = &mut rx, if watching => {
+                    watching = false;
+                    if let Ok(d) = d {
+                        observe = false;
+                        if let Ok(mut m) = on_stored.digests.lock() {
+                            m.insert(name.to_string(), d.clone());
+                        }
+                        if let Ok(mut b) = on_stored.built_on.lock() {
+                            b.insert(name.to_string(), index);
+                        }
+                        if let Ok(mut e) = on_stored.early.lock() {
+                            e.insert(name.to_string(), d.clone());
+                        }
+                        lease = None;
+                        on_stored.release.now();
+                        progress.note(
+                            Some(name),
+                            &format!("stored on the daemon as {d}: what builds on it starts now, while it is pushed"),
+                        );
+                    }
+                }
+            }
+        };
+        drop(lease);
+        match built {
+            Ok(r) => {
+                if let Ok(mut b) = on_stored.built_on.lock() {
+                    b.insert(name.to_string(), index);
+                }
+                return Ok((r, index));
+            }
+            Err(e) if !retried && pool.members().len() > 1 => {
+                let (gone, what) = match &e {
+                    crate::build::BuildError::ConnectionLost { gone, .. } => (
+                        *gone,
+                        if *gone {
+                            format!("{} stopped answering during this build", member.address)
+                        } else {
+                            format!(
+                                "the connection to {} broke during this build",
+                                member.address
+                            )
+                        },
+                    ),
+                    _ if !crate::transport::answers(&member.daemon).await => {
+                        (true, format!("{} does not answer any more", member.address))
+                    }
+                    _ => return Err(Unbuilt::Failed(e.to_string())),
+                };
+                if gone {
+                    pool.mark_down(index);
+                }
+                allowed[index] = false;
+                if !pool.any_alive(&allowed) {
+                    return Err(Unbuilt::NoDaemonLeft {
+                        what,
+                        message: format!("{e}\nNo other daemon of the pool may build it{}.", why()),
+                    });
+                }
+                retried = true;
+                progress.warning(
+                    Some(name),
+                    &format!("{what}: building it again on another daemon of the pool"),
+                );
+            }
+            Err(e) => return Err(Unbuilt::Failed(e.to_string())),
+        }
+    }
+}
+
 /// A target that needed no build, after [`execute`]'s first phase.
 enum Reused {
     Skipped,
@@ -244,10 +435,22 @@ pub async fn execute(
         .collect()
         .await;
 
-    let outcomes = graph::run(&plan.graph, jobs, |name: String| {
+    // Targets whose dependents were released before they ended (their image stored on the
+    // daemon, its push still running): name → the digest stored. And how each of those ended:
+    // name → its image digest (`None`: it failed).
+    let early: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
+    let (ended_tx, ended_rx) =
+        tokio::sync::watch::channel(BTreeMap::<String, Option<String>>::new());
+    let ended_tx = Arc::new(ended_tx);
+
+    let outcomes = graph::run(&plan.graph, jobs, |name: String, release: graph::Release| {
         let digests = digests.clone();
         let built_on = built_on.clone();
         let engine_ids = engine_ids.clone();
+        let early = early.clone();
+        let released = early.clone();
+        let ended_rx = ended_rx.clone();
+        let ended_tx = ended_tx.clone();
         let first_phase = &first_phase;
         let done_name = name.clone();
         let work = async move {
@@ -259,17 +462,33 @@ pub async fn execute(
                 Some(Err(e)) => return Err(e.clone()),
                 None => {}
             }
+            // Bases released before they ended. Only an image pinned by digest can be used
+            // while it is pushed; for anything else, wait for them to end.
+            let mut pending: Vec<String> = {
+                let early = early.lock().map(|e| e.clone()).unwrap_or_default();
+                let ended = ended_rx.borrow().clone();
+                plan.graph.deps[&name]
+                    .iter()
+                    .map(|e| e.dep.clone())
+                    .filter(|d| early.contains_key(d) && !ended.contains_key(d))
+                    .collect()
+            };
+            let by_digest_only = plan.graph.deps[&name].iter().all(|e| {
+                !pending.contains(&e.dep)
+                    || matches!(e.via, Via::BaseImage { .. } | Via::NamedContext { .. })
+                        && project.targets[&e.dep].push
+                        && link_context(project, &e.dep, &BTreeMap::new()).is_none()
+            });
+            if !by_digest_only || plan.graph.same_as.contains_key(&name) {
+                wait_ended(&ended_rx, &pending).await?;
+                pending.clear();
+            }
             if let Some(first) = plan.graph.same_as.get(&name) {
                 return Ok(adopt(state, progress, &name, first, tp, &digests));
             }
             let Some(pool) = pool else {
                 return Err("no BuildKit daemon is reachable, and this target must be built".to_string());
             };
-            let snapshot = digests.lock().map(|d| d.clone()).unwrap_or_default();
-            let mut spec =
-                build_spec(project, plan, &name, Bases::Pinned(&snapshot), opts).map_err(|e| e.to_string())?;
-            existing_cache_imports(&mut spec).await;
-            let placed = placement(pool, project, plan, state, &name, &snapshot, &built_on, &engine_ids, opts, spec.needs_load()).await?;
             // Output directories as they were: what changes in them is what the export wrote.
             let before: BTreeMap<std::path::PathBuf, BTreeMap<String, (u64, i64)>> =
                 output_dests(t)
@@ -280,68 +499,92 @@ pub async fn execute(
                         (p, stamps)
                     })
                     .collect();
-            let mut allowed = placed.allowed;
-            let mut retried = false;
-            let (r, member): (BuildResult, &crate::pool::Member) = loop {
-                let Some(lease) = pool.acquire(&placed.preferred, &allowed).await else {
-                    return Err(format!(
-                        "no daemon that can build it answers any more{}",
-                        placed.why.as_deref().map(|w| format!(" ({w})")).unwrap_or_default()
-                    ));
+            // Dependents that can start from this image while it is pushed.
+            let observe = t.push
+                && plan.graph.deps.values().flatten().any(|e| {
+                    e.dep == name && matches!(e.via, Via::BaseImage { .. } | Via::NamedContext { .. })
+                });
+            let on_stored = OnStored {
+                name: &name,
+                digests: &digests,
+                built_on: &built_on,
+                early: &early,
+                release: &release,
+                progress,
+            };
+            let (r, member, snapshot, spec) = loop {
+                let snapshot = digests.lock().map(|d| d.clone()).unwrap_or_default();
+                let mut spec = build_spec(project, plan, &name, Bases::Pinned(&snapshot), opts)
+                    .map_err(|e| e.to_string())?;
+                let homes: Vec<usize> = {
+                    let b = built_on.lock().map(|b| b.clone()).unwrap_or_default();
+                    pending.iter().filter_map(|d| b.get(d).copied()).collect()
                 };
-                let member = pool.member(lease.index);
-                if spec.needs_load() {
-                    spec.load_into = member.daemon.load_target().map_err(|e| e.to_string())?;
-                }
-                if pool.members().len() > 1 {
-                    progress.note(Some(&name), &format!("building on {}: {}", member.address, tp.reasons.join("; ")));
-                } else {
-                    progress.note(Some(&name), &format!("building: {}", tp.reasons.join("; ")));
-                }
-                match crate::build::build(&member.daemon, &spec, progress, Some(&name)).await {
-                    Ok(r) => {
-                        if let Ok(mut b) = built_on.lock() {
-                            b.insert(name.clone(), lease.index);
-                        }
-                        break (r, member);
-                    }
-                    // Once, elsewhere: the daemon went away (during the build, or before it
-                    // while idle), not the build's own failure.
-                    Err(e) if !retried && pool.members().len() > 1 => {
-                        let (gone, what) = match &e {
-                            crate::build::BuildError::ConnectionLost { gone, .. } => (
-                                *gone,
-                                if *gone {
-                                    format!("{} stopped answering during this build", member.address)
-                                } else {
-                                    format!("the connection to {} broke during this build", member.address)
-                                },
-                            ),
-                            _ if !crate::transport::answers(&member.daemon).await => (
-                                true,
-                                format!("{} does not answer any more", member.address),
-                            ),
-                            _ => return Err(e.to_string()),
-                        };
-                        if gone {
-                            pool.mark_down(lease.index);
-                        }
-                        allowed[lease.index] = false;
-                        if !pool.any_alive(&allowed) {
-                            return Err(format!(
-                                "{e}\nNo other daemon of the pool may build it{}.",
-                                placed.why.as_deref().map(|w| format!(" ({w})")).unwrap_or_default()
-                            ));
-                        }
-                        retried = true;
-                        progress.warning(
-                            Some(&name),
-                            &format!("{what}: building it again on another daemon of the pool"),
-                        );
+                let placed = match placement(pool, project, plan, state, &name, &snapshot, &built_on, &engine_ids, opts, spec.needs_load(), &homes).await {
+                    Ok(p) => p,
+                    // Its stored bases are where it may not be built: build from their pushes.
+                    Err(_) if !pending.is_empty() => {
+                        wait_ended(&ended_rx, &pending).await?;
+                        pending.clear();
                         continue;
                     }
-                    Err(e) => return Err(e.to_string()),
+                    Err(e) => return Err(e),
+                };
+                existing_cache_imports(&mut spec).await;
+                // From stored bases only while their daemon has room before they end: otherwise
+                // from their pushes, placed like any other build.
+                let first = if pending.is_empty() {
+                    None
+                } else {
+                    tokio::select! {
+                        biased;
+                        ended = wait_ended(&ended_rx, &pending) => {
+                            ended?;
+                            pending.clear();
+                            continue;
+                        }
+                        lease = pool.acquire(&placed.preferred, &placed.allowed) => lease,
+                    }
+                };
+                let built = build_placed(pool, &mut spec, &placed, tp, &on_stored, observe, first).await;
+                if pending.is_empty() {
+                    let (r, index) = built.map_err(Unbuilt::message)?;
+                    break (r, pool.member(index), snapshot, spec);
                 }
+                // Built from bases still being pushed: each must have ended as the very image it
+                // was stored as, or this build is not the one the key describes.
+                wait_ended(&ended_rx, &pending).await?;
+                let ended = ended_rx.borrow().clone();
+                let moved: Vec<&String> = pending
+                    .iter()
+                    .filter(|d| ended.get(*d).cloned().flatten() != snapshot.get(*d).cloned())
+                    .collect();
+                let used_stored = |e: &Unbuilt| match e {
+                    Unbuilt::Failed(e) => pending.iter().any(|d| snapshot.get(d).is_some_and(|g| e.contains(g.as_str()))),
+                    Unbuilt::NoDaemonLeft { .. } => false,
+                };
+                match built {
+                    Ok((r, index)) if moved.is_empty() => break (r, pool.member(index), snapshot, spec),
+                    Ok(_) => progress.warning(
+                        Some(&name),
+                        &format!(
+                            "{} ended as another image than the one stored on the daemon when this build started from it: building it again from the pushed image",
+                            moved.iter().map(|d| format!("`{d}`")).collect::<Vec<_>>().join(", ")
+                        ),
+                    ),
+                    Err(e) if !moved.is_empty() || used_stored(&e) => progress.note(
+                        Some(&name),
+                        "the daemon could not start from its base's image before the base was pushed: building it again now that it is",
+                    ),
+                    // The daemon that had its stored bases went away: their pushes are
+                    // everywhere.
+                    Err(Unbuilt::NoDaemonLeft { what, .. }) => progress.warning(
+                        Some(&name),
+                        &format!("{what}: building it again on another daemon of the pool, from its pushed bases"),
+                    ),
+                    Err(e) => return Err(e.message()),
+                }
+                pending.clear();
             };
             let digest = r.image_digest().map(str::to_string);
             let linked = tokio::task::block_in_place(|| {
@@ -446,6 +689,17 @@ pub async fn execute(
         };
         async move {
             let r = work.await;
+            // Dependents started from its stored image wait for this.
+            let was_released = released.lock().map(|e| e.contains_key(&done_name)).unwrap_or(false);
+            if was_released {
+                let digest = match &r {
+                    Ok(Done::Built(b, ..)) => b.image_digest().map(str::to_string),
+                    _ => None,
+                };
+                ended_tx.send_modify(|m| {
+                    m.insert(done_name.clone(), digest);
+                });
+            }
             // Nothing more is sent for this target: plain output writes its block now.
             let (outcome, error) = match &r {
                 Ok(Done::Skipped) => (TargetOutcome::Skipped, None),
@@ -594,6 +848,7 @@ async fn placement(
     engine_ids: &EngineIds,
     opts: &BakeOptions,
     needs_load: bool,
+    stored_on: &[usize],
 ) -> Result<Placed, String> {
     let n = pool.members().len();
     let mut allowed = vec![true; n];
@@ -668,6 +923,17 @@ async fn placement(
                 ),
             );
         }
+    }
+    // A base still being pushed is only on the member that stored it.
+    if let Some(&home) = stored_on.first() {
+        require(
+            &mut allowed,
+            &|i| stored_on.iter().all(|h| *h == i),
+            format!(
+                "it starts from a base image that {} has stored and still pushes",
+                pool.member(home).address
+            ),
+        );
     }
     // An image for the engine (`load`, `type=docker`, or tags with nowhere else to go) goes
     // into the building Docker Engine itself (a buildkitd's goes to DOCKER_HOST): only the

@@ -214,6 +214,44 @@ pub enum BuildError {
     Export { what: String, why: String },
 }
 
+/// Finds, in the progress of BuildKit's image exporter (`exporter/containerimage`), the digest
+/// of the image it stored before pushing it. In one vertex, the exporter reports `exporting
+/// manifest sha256:…` per platform, `exporting manifest list sha256:…` when it makes an index
+/// (attestation manifests are `exporting attestation manifest …`), `naming to …` as it stores
+/// the image, and `pushing layers` once storing is done and the push begins. The image is the
+/// index, else the one manifest; anything else (several manifests without an index) is not
+/// known, and nothing is found.
+#[derive(Debug, Default)]
+pub struct StoredWatch {
+    /// Per vertex digest: the manifests and the index seen so far.
+    vertices: BTreeMap<String, (std::collections::BTreeSet<String>, Option<String>)>,
+}
+
+impl StoredWatch {
+    /// Takes in one status (its vertex and ID); returns the stored image's digest when this is
+    /// the status that says the push begins.
+    pub fn see(&mut self, vertex: &str, id: &str) -> Option<String> {
+        let digest_in = |rest: &str| {
+            let d = rest.split_whitespace().next()?;
+            let hex = d.strip_prefix("sha256:")?;
+            (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| d.to_string())
+        };
+        let (manifests, index) = self.vertices.entry(vertex.to_string()).or_default();
+        if let Some(rest) = id.strip_prefix("exporting manifest list ") {
+            *index = digest_in(rest);
+        } else if let Some(rest) = id.strip_prefix("exporting manifest ") {
+            manifests.extend(digest_in(rest));
+        } else if id.starts_with("pushing layers") {
+            return match (index.clone(), manifests.len()) {
+                (Some(i), _) => Some(i),
+                (None, 1) => manifests.iter().next().cloned(),
+                _ => None,
+            };
+        }
+        None
+    }
+}
+
 /// How long a build whose session was lost still waits for the daemon's answer to Solve.
 const SOLVE_ANSWER_GRACE: Duration = Duration::from_secs(2);
 
@@ -225,6 +263,22 @@ pub async fn build(
     spec: &BuildSpec,
     progress: &Progress,
     prefix: Option<&str>,
+) -> Result<BuildResult, BuildError> {
+    build_observed(daemon, spec, progress, prefix, None).await
+}
+
+/// As [`build`], and sends on `stored` the digest of the image (`sha256:…`, its index when
+/// there is one) as soon as the daemon's image exporter has stored it and starts pushing it
+/// (see [`StoredWatch`]): from then on, another build on the same daemon can start from
+/// `TAG@DIGEST` while the push runs. Nothing is sent for a build that pushes nothing; the
+/// digest is the exporter's own, and [`BuildResult::image_digest`] must be compared with it
+/// when the build ends.
+pub async fn build_observed(
+    daemon: &Daemon,
+    spec: &BuildSpec,
+    progress: &Progress,
+    prefix: Option<&str>,
+    stored: Option<tokio::sync::oneshot::Sender<String>>,
 ) -> Result<BuildResult, BuildError> {
     let started = Instant::now();
     // A subrequest builds nothing, so there is nothing to export, push, load or cache.
@@ -297,6 +351,7 @@ pub async fn build(
     let prefix2 = prefix.map(str::to_string);
     let status_task = tokio::spawn(async move {
         let mut loaded = std::collections::BTreeSet::new();
+        let mut stored = stored.map(|tx| (StoredWatch::default(), tx));
         // The daemon waits a few seconds for the job to appear, so starting first is fine.
         let Ok(resp) = status_client
             .status(StatusRequest { r#ref: status_ref })
@@ -309,6 +364,17 @@ pub async fn build(
             for v in &msg.vertexes {
                 if let Some(r) = v.name.strip_prefix(LOAD_METADATA) {
                     loaded.insert(r.trim().to_string());
+                }
+            }
+            if let Some((watch, _)) = stored.as_mut() {
+                let found = msg
+                    .statuses
+                    .iter()
+                    .find_map(|st| watch.see(&st.vertex, &st.id));
+                if let Some(digest) = found {
+                    if let Some((_, tx)) = stored.take() {
+                        let _ = tx.send(digest);
+                    }
                 }
             }
             progress2.status(prefix2.as_deref(), msg);
@@ -574,4 +640,54 @@ fn record_image_layout(
         _ => vec![IndexName::Tag("latest".into())],
     };
     layout.put(&desc, &names).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StoredWatch;
+
+    fn d(c: char) -> String {
+        format!("sha256:{}", c.to_string().repeat(64))
+    }
+
+    /// The statuses of one exporter vertex as BuildKit sends them (each ID repeated as it
+    /// progresses); the push begins after the image is named.
+    #[test]
+    fn the_stored_image_is_the_index_else_the_one_manifest() {
+        let mut w = StoredWatch::default();
+        let v = "sha256:vertex";
+        for id in [
+            "exporting layers".to_string(),
+            format!("exporting manifest {}", d('a')),
+            format!("exporting config {}", d('b')),
+            format!("exporting attestation manifest {}", d('c')),
+            format!("exporting manifest list {}", d('e')),
+            format!("exporting manifest list {}", d('e')),
+            "naming to localhost:5000/base:1".to_string(),
+        ] {
+            assert_eq!(w.see(v, &id), None, "{id}");
+        }
+        // Another vertex's statuses do not mix in.
+        assert_eq!(
+            w.see("other", &format!("exporting manifest {}", d('f'))),
+            None
+        );
+        assert_eq!(w.see(v, "pushing layers"), Some(d('e')));
+
+        let mut w = StoredWatch::default();
+        w.see(v, &format!("exporting manifest {}", d('a')));
+        w.see(v, &format!("exporting config {}", d('b')));
+        assert_eq!(w.see(v, "pushing layers"), Some(d('a')));
+
+        // Two platforms without an index, or a push with no manifest seen: not known.
+        let mut w = StoredWatch::default();
+        w.see(v, &format!("exporting manifest {}", d('a')));
+        w.see(v, &format!("exporting manifest {}", d('b')));
+        assert_eq!(w.see(v, "pushing layers"), None);
+        assert_eq!(StoredWatch::default().see(v, "pushing layers"), None);
+        // Not a digest.
+        let mut w = StoredWatch::default();
+        w.see(v, "exporting manifest sha256:abc");
+        assert_eq!(w.see(v, "pushing layers"), None);
+    }
 }

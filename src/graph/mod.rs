@@ -24,7 +24,7 @@ pub use dockerfile::{
     dockerfile_base_refs, dockerfile_copy_sources, scan_dockerfile, DockerfileScan, ScanOptions,
 };
 pub use reference::familiar;
-pub use schedule::{run, Outcome};
+pub use schedule::{run, Outcome, Release};
 
 /// Why a target depends on another.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]

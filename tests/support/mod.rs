@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 pub mod attest;
 pub mod bake_print;
@@ -546,4 +548,124 @@ pub fn forget(marker: &str) -> usize {
         "records of {marker} survived the prune:\n{left}"
     );
     found
+}
+
+/// A registry in front of the test registry ([`registry`]; use `127.0.0.1:PORT/…` names)
+/// that holds the push of a manifest to repository `held` (`PUT /v2/<held>/manifests/<tag>`,
+/// bk-build's ledger tags `bk-build-…` excepted) until a request for repository `opener`
+/// arrives, or `wait` passes. With `refuse`, the held push is then answered `400` instead of
+/// passed on. Everything else passes through unchanged (the `Host` header too, so the
+/// registry's upload locations point back here). Runs as long as the value lives.
+pub struct GatedRegistry {
+    pub port: u16,
+    /// A manifest push was held.
+    pub held: Arc<AtomicBool>,
+    /// `wait` passed before the opener came.
+    pub timed_out: Arc<AtomicBool>,
+    _rt: tokio::runtime::Runtime,
+}
+
+pub fn gated_registry(
+    held: &str,
+    opener: &str,
+    wait: std::time::Duration,
+    refuse: bool,
+) -> GatedRegistry {
+    use http_body_util::{Either, Empty};
+    use hyper::body::{Bytes, Incoming};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use std::sync::atomic::Ordering::SeqCst;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (was_held, timed_out) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let opened = Arc::new(AtomicBool::new(false));
+    let notify = Arc::new(tokio::sync::Notify::new());
+    let client: Client<_, Incoming> = Client::builder(TokioExecutor::new()).build_http();
+    let held_prefix = format!("/v2/{held}/manifests/");
+    let opener_prefix = format!("/v2/{opener}/");
+    let upstream = registry();
+    let (h, t) = (was_held.clone(), timed_out.clone());
+    rt.spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let (client, opened, notify) = (client.clone(), opened.clone(), notify.clone());
+            let (held_prefix, opener_prefix) = (held_prefix.clone(), opener_prefix.clone());
+            let (h, t, upstream) = (h.clone(), t.clone(), upstream.clone());
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+                        let (client, opened, notify) =
+                            (client.clone(), opened.clone(), notify.clone());
+                        let (held_prefix, opener_prefix) =
+                            (held_prefix.clone(), opener_prefix.clone());
+                        let (h, t, upstream) = (h.clone(), t.clone(), upstream.clone());
+                        async move {
+                            let path = req.uri().path().to_string();
+                            if path.starts_with(&opener_prefix) {
+                                opened.store(true, SeqCst);
+                                notify.notify_waiters();
+                            }
+                            let gated = req.method() == hyper::Method::PUT
+                                && path.starts_with(&held_prefix)
+                                && !path[held_prefix.len()..].starts_with("bk-build-");
+                            if gated {
+                                h.store(true, SeqCst);
+                                let n = notify.notified();
+                                tokio::pin!(n);
+                                n.as_mut().enable();
+                                if !opened.load(SeqCst)
+                                    && tokio::time::timeout(wait, n).await.is_err()
+                                {
+                                    t.store(true, SeqCst);
+                                    opened.store(true, SeqCst);
+                                }
+                                if refuse {
+                                    let mut r =
+                                        hyper::Response::new(Either::Right(Empty::<Bytes>::new()));
+                                    *r.status_mut() = hyper::StatusCode::BAD_REQUEST;
+                                    return Ok::<_, std::convert::Infallible>(r);
+                                }
+                            }
+                            let pq = req
+                                .uri()
+                                .path_and_query()
+                                .map(|p| p.as_str().to_string())
+                                .unwrap_or_default();
+                            *req.uri_mut() = format!("http://{upstream}{pq}").parse().unwrap();
+                            Ok(match client.request(req).await {
+                                Ok(r) => r.map(Either::Left),
+                                Err(_) => {
+                                    let mut r = hyper::Response::new(Either::Right(Empty::new()));
+                                    *r.status_mut() = hyper::StatusCode::BAD_GATEWAY;
+                                    r
+                                }
+                            })
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    GatedRegistry {
+        port,
+        held: was_held,
+        timed_out,
+        _rt: rt,
+    }
 }
