@@ -1007,8 +1007,8 @@ fn a_dependent_starts_while_its_base_is_pushed() {
 }
 
 /// A base whose push fails after its dependent started from its stored image: the dependent
-/// is reported failed and not recorded (its base's image was never pushed), so the next run
-/// builds both again.
+/// is reported failed and not recorded (its base's image was never pushed), naming the tags its
+/// own push moved, and the next run builds both again.
 #[test]
 fn a_base_whose_push_fails_after_its_dependent_started_fails_it_too() {
     let prefix = unique("earlyfail");
@@ -1030,6 +1030,14 @@ fn a_base_whose_push_fails_after_its_dependent_started_fails_it_too() {
     );
     assert!(
         err.contains("`base` failed after this target started from its stored image"),
+        "{err}"
+    );
+    // Its own push went ahead (as buildx bake's dependents' do): the message says which tag.
+    assert!(
+        err.contains(&format!(
+            "127.0.0.1:{}/{prefix}/svc:t1 now hold an image built on a base the registry does not have",
+            gate.port
+        )),
         "{err}"
     );
     let plan = run_ok(bk().current_dir(dir).args(["plan"]));

@@ -553,7 +553,17 @@ pub async fn execute(
                 }
                 // Built from bases still being pushed: each must have ended as the very image it
                 // was stored as, or this build is not the one the key describes.
-                wait_ended(&ended_rx, &pending).await?;
+                if let Err(e) = wait_ended(&ended_rx, &pending).await {
+                    // Its own push did not wait for its bases' (buildx bake's dependents do not
+                    // either): say which tags now hold an image on a base the registry lacks.
+                    return Err(match (&built, t.push) {
+                        (Ok(_), true) => format!(
+                            "{e}. Its own image was pushed before that: {} now hold an image built on a base the registry does not have; the next run builds it again",
+                            spec.tags.join(", ")
+                        ),
+                        _ => e,
+                    });
+                }
                 let ended = ended_rx.borrow().clone();
                 let moved: Vec<&String> = pending
                     .iter()
@@ -572,7 +582,14 @@ pub async fn execute(
                             moved.iter().map(|d| format!("`{d}`")).collect::<Vec<_>>().join(", ")
                         ),
                     ),
-                    Err(e) if !moved.is_empty() || used_stored(&e) => progress.note(
+                    Err(_) if !moved.is_empty() => progress.warning(
+                        Some(&name),
+                        &format!(
+                            "{} ended as another image than the one stored on the daemon when this build started from it: building it again from the pushed image",
+                            moved.iter().map(|d| format!("`{d}`")).collect::<Vec<_>>().join(", ")
+                        ),
+                    ),
+                    Err(e) if used_stored(&e) => progress.note(
                         Some(&name),
                         "the daemon could not start from its base's image before the base was pushed: building it again now that it is",
                     ),
