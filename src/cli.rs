@@ -404,8 +404,8 @@ impl ProjectArgs {
 pub struct BakeArgs {
     #[command(flatten)]
     pub project: ProjectArgs,
-    /// Builds to run at once on each daemon (default: the daemon's CPU count; for buildkitd,
-    /// which does not report it, this machine's).
+    /// Builds to run at once on each daemon (default: 4 per CPU of the daemon, as measured in
+    /// bench/jobs.py; for buildkitd, which does not report its CPUs, this machine's count).
     #[arg(short = 'j', long)]
     pub jobs: Option<usize>,
     /// With --shard: how long, in seconds, this shard waits in all for bases other shards
@@ -604,7 +604,7 @@ impl DaemonArgs {
     }
 
     /// Every daemon of [`specs`](Self::specs) that answers (warning about the others), each
-    /// with `jobs` slots when given, else its own or its CPU count.
+    /// with `jobs` slots when given, else its own, else [`crate::pool::default_jobs`].
     pub async fn connect_pool(
         &self,
         project: Option<&crate::project::Project>,
@@ -1575,7 +1575,7 @@ async fn run_bake_call(
     let daemon = daemon_args.connect().await?;
     let jobs = match a.jobs {
         Some(j) => j.max(1),
-        None => crate::pool::cpus(&daemon).await,
+        None => crate::pool::default_jobs(&daemon).await,
     };
     let (progress, task) = Progress::start(mode, Box::new(std::io::stderr()));
     let answers = crate::bake::call(&daemon, &project, &names, &call.name, jobs, &progress).await;

@@ -321,7 +321,7 @@ impl Pool {
 pub struct Spec {
     pub addr: String,
     pub tls: crate::transport::TlsOptions,
-    /// Its slots; `None`: `-j`, else its CPU count.
+    /// Its slots; `None`: `-j`, else [`default_jobs`].
     pub jobs: Option<usize>,
     /// Its native platforms; empty: those its workers report.
     pub platforms: Vec<String>,
@@ -341,8 +341,7 @@ fn is_setting_error(e: &crate::transport::TransportError) -> bool {
 /// Connects to every daemon at once. One that does not answer is left out with a warning
 /// (returned), as long as another does; with a single one (or none: discovery) its error is
 /// the answer, as before pools existed. `jobs` (`-j`) is each member's slot count when given;
-/// else the spec's, else a Docker Engine's CPU count (Engine API), else this machine's
-/// (buildkitd does not report its own).
+/// else the spec's, else [`default_jobs`].
 ///
 /// Errors: no daemon answered (every one's error).
 pub async fn connect(
@@ -434,7 +433,7 @@ async fn member(
     let first = workers.into_iter().next();
     let slots = match jobs {
         Some(j) => j.max(1),
-        None => cpus(&daemon).await,
+        None => default_jobs(&daemon).await,
     };
     Member {
         address,
@@ -450,9 +449,22 @@ async fn member(
     }
 }
 
-/// The default `-j` of a daemon: its CPU count where it says (a Docker Engine, through its
-/// API); BuildKit does not, so for buildkitd (usually on this machine or one like it) this
-/// machine's stands in.
+/// Builds in flight per CPU of a daemon by default. Measured (`python3 bench/jobs.py`,
+/// BENCHMARKS.md "How many builds at once"): on the 14-image monorepo, 2 CPUs, `-j` of 1× the
+/// CPUs was 1.03–1.10× `docker buildx bake` (cold) and 1.02–1.06× (a base file changed), 2×
+/// was 0.97× / 0.96×, 4× 1.01× / 0.86×, and every target at once 0.97× / 0.86×, while the
+/// client's memory grows with builds in flight (34 → 65 MiB). BuildKit schedules the steps
+/// itself; what `-j` bounds is how many builds wait on latency (context sync, image resolution,
+/// export) at once, so it pays to keep more of them in flight than there are CPUs.
+pub const JOBS_PER_CPU: usize = 4;
+
+/// The default `-j` of a daemon: [`JOBS_PER_CPU`] × [`cpus`].
+pub async fn default_jobs(d: &Daemon) -> usize {
+    JOBS_PER_CPU * cpus(d).await
+}
+
+/// A daemon's CPU count where it says (a Docker Engine, through its API); BuildKit does not,
+/// so for buildkitd (usually on this machine or one like it) this machine's stands in.
 pub async fn cpus(d: &Daemon) -> usize {
     let local = || {
         std::thread::available_parallelism()
