@@ -12,6 +12,8 @@ the daemon up and `cargo build --release` done):
 
     python3 bench/jobs.py [--jobs 1,2,4,8,14] [--runs 3] [--push]
 
+(`--jobs ''`: the default `-j` and the reference only.)
+
 `--push` writes the monorepo's bk-build.toml with `push = true` (bases reached by tag through
 the registry, as the CI flow does) instead of bench.py's `load = true`, and compares with
 `docker buildx bake --push`.
@@ -62,7 +64,7 @@ def main():
         bench.write_bk_toml(mono, imgs)
     logs = bench.WORK / "logs" / ("jobs-push" if cfg.push else "jobs")
     logs.mkdir(parents=True, exist_ok=True)
-    tools = [Jobs(mono, logs, int(j), cfg.push) for j in cfg.jobs.split(",")]
+    tools = [Jobs(mono, logs, int(j), cfg.push) for j in cfg.jobs.split(",") if j]
     tools.append(Jobs(mono, logs, None, cfg.push))
     tools.append(BakePush(mono, logs) if cfg.push else bench.Bake(mono, logs))
     results = {}
