@@ -922,17 +922,24 @@ fn a_stat_cache_that_cannot_be_written_is_a_warning_not_a_failed_run() {
     assert!(stderr(&out).contains("could not save the stat cache"));
 }
 
-/// A base and a service `FROM` it, both pushed to `127.0.0.1:{port}/{prefix}/…` (a
-/// [`gated_registry`]); the base's layer is unique to the run.
+/// A base, a service `FROM` it and a target that `depends_on` it, all pushed to
+/// `127.0.0.1:{port}/{prefix}/…` (a [`gated_registry`]); the base's layer is unique to the run.
 fn early_project(dir: &Path, port: u16, prefix: &str) {
     write(
         &dir.join("bk-build.toml"),
         format!(
             "[vars]\nREPO = \"127.0.0.1:{port}/{prefix}\"\nTAG = \"t1\"\n\n[defaults]\ntags = [\"${{REPO}}/{{name}}:${{TAG}}\"]\npush = true\n\n\
              [target.base]\ncontext = \"base\"\n\n\
-             [target.svc]\ncontext = \"svc\"\nargs = {{ REPO = \"${{REPO}}\", TAG = \"${{TAG}}\" }}\n"
+             [target.svc]\ncontext = \"svc\"\nargs = {{ REPO = \"${{REPO}}\", TAG = \"${{TAG}}\" }}\n\n\
+             [target.after]\ncontext = \"after\"\ndepends_on = [\"base\"]\n"
         ),
     );
+    // Ordered after base without using its image: it waits for base's push to end.
+    write(
+        &dir.join("after/Dockerfile"),
+        format!("FROM {}\nCOPY a.txt /a.txt\n", base_image()),
+    );
+    write(&dir.join("after/a.txt"), format!("after {prefix}\n"));
     write(
         &dir.join("base/Dockerfile"),
         format!("FROM {}\nCOPY b.txt /b.txt\n", base_image()),
@@ -998,7 +1005,7 @@ fn a_dependent_starts_while_its_base_is_pushed() {
 
     let again = run_ok(bk().current_dir(dir).args(["bake", "--progress", "plain"]));
     let err = stderr(&again);
-    for t in ["base", "svc"] {
+    for t in ["base", "svc", "after"] {
         assert!(
             err.contains(&format!("[{t}] skipped")),
             "{t} not skipped:\n{err}"
@@ -1040,6 +1047,8 @@ fn a_base_whose_push_fails_after_its_dependent_started_fails_it_too() {
         )),
         "{err}"
     );
+    // Ordered after base only: it waited for base's push and did not start.
+    assert!(err.contains("[after] not started: base failed"), "{err}");
     let plan = run_ok(bk().current_dir(dir).args(["plan"]));
     let text = String::from_utf8_lossy(&plan.stdout);
     let actions: BTreeMap<&str, &str> = text
@@ -1049,7 +1058,7 @@ fn a_base_whose_push_fails_after_its_dependent_started_fails_it_too() {
             Some((w.next()?, w.next()?))
         })
         .collect();
-    for t in ["base", "svc"] {
+    for t in ["base", "svc", "after"] {
         assert_eq!(
             actions.get(t),
             Some(&"build"),

@@ -165,8 +165,8 @@ struct OnStored<'a> {
     progress: &'a Progress,
 }
 
-/// Waits until every target of `names` (released early) has ended. Errors when one failed:
-/// a target built from its stored image is then not recorded (nor started).
+/// Waits until every target of `names` (released early) has ended. Errors with the name of
+/// one that failed.
 async fn wait_ended(
     ended: &tokio::sync::watch::Receiver<BTreeMap<String, Option<String>>>,
     names: &[String],
@@ -175,17 +175,26 @@ async fn wait_ended(
         return Ok(());
     }
     let mut rx = ended.clone();
-    let all = rx
+    let Ok(all) = rx
         .wait_for(|m| names.iter().all(|n| m.contains_key(n)))
         .await
         .map(|m| m.clone())
-        .map_err(|_| "internal error: the run ended before its bases did".to_string())?;
-    match names.iter().find(|n| all.get(*n).is_some_and(Option::is_none)) {
-        Some(n) => Err(format!(
-            "`{n}` failed after this target started from its stored image; the result is not recorded"
-        )),
+    else {
+        // The sender lives as long as the run: not reached.
+        return Err(names[0].clone());
+    };
+    match names
+        .iter()
+        .find(|n| all.get(*n).is_some_and(Option::is_none))
+    {
+        Some(n) => Err(n.clone()),
         None => Ok(()),
     }
+}
+
+/// The error of a target that waited for `base`, which failed, before starting.
+fn not_started(base: String) -> String {
+    format!("not started: {base} failed")
 }
 
 /// Why [`build_placed`] built nothing.
@@ -480,7 +489,7 @@ pub async fn execute(
                         && link_context(project, &e.dep, &BTreeMap::new()).is_none()
             });
             if !by_digest_only || plan.graph.same_as.contains_key(&name) {
-                wait_ended(&ended_rx, &pending).await?;
+                wait_ended(&ended_rx, &pending).await.map_err(not_started)?;
                 pending.clear();
             }
             if let Some(first) = plan.graph.same_as.get(&name) {
@@ -524,7 +533,7 @@ pub async fn execute(
                     Ok(p) => p,
                     // Its stored bases are where it may not be built: build from their pushes.
                     Err(_) if !pending.is_empty() => {
-                        wait_ended(&ended_rx, &pending).await?;
+                        wait_ended(&ended_rx, &pending).await.map_err(not_started)?;
                         pending.clear();
                         continue;
                     }
@@ -539,7 +548,7 @@ pub async fn execute(
                     tokio::select! {
                         biased;
                         ended = wait_ended(&ended_rx, &pending) => {
-                            ended?;
+                            ended.map_err(not_started)?;
                             pending.clear();
                             continue;
                         }
@@ -553,7 +562,10 @@ pub async fn execute(
                 }
                 // Built from bases still being pushed: each must have ended as the very image it
                 // was stored as, or this build is not the one the key describes.
-                if let Err(e) = wait_ended(&ended_rx, &pending).await {
+                if let Err(base) = wait_ended(&ended_rx, &pending).await {
+                    let e = format!(
+                        "`{base}` failed after this target started from its stored image; the result is not recorded"
+                    );
                     // Its own push did not wait for its bases' (buildx bake's dependents do not
                     // either): say which tags now hold an image on a base the registry lacks.
                     return Err(match (&built, t.push) {
