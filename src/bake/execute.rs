@@ -451,6 +451,9 @@ pub async fn execute(
     let (ended_tx, ended_rx) =
         tokio::sync::watch::channel(BTreeMap::<String, Option<String>>::new());
     let ended_tx = Arc::new(ended_tx);
+    // One export at a time into an output directory that several targets write (the plan
+    // already says what is left there depends on which ran last): two at once race on the files.
+    let dest_locks: DestLocks = Arc::default();
 
     let outcomes = graph::run(&plan.graph, jobs, |name: String, release: graph::Release| {
         let digests = digests.clone();
@@ -460,6 +463,7 @@ pub async fn execute(
         let released = early.clone();
         let ended_rx = ended_rx.clone();
         let ended_tx = ended_tx.clone();
+        let dest_locks = dest_locks.clone();
         let first_phase = &first_phase;
         let done_name = name.clone();
         let work = async move {
@@ -498,6 +502,7 @@ pub async fn execute(
             let Some(pool) = pool else {
                 return Err("no BuildKit daemon is reachable, and this target must be built".to_string());
             };
+            let _exporting = lock_dests(&dest_locks, t).await;
             // Output directories as they were: what changes in them is what the export wrote.
             let before: BTreeMap<std::path::PathBuf, BTreeMap<String, (u64, i64)>> =
                 output_dests(t)
@@ -1177,6 +1182,26 @@ fn daemon_reads(spec: &BuildSpec, r: &BuildResult) -> Vec<DaemonRead> {
 }
 
 /// A target's outputs written to a path on disk: (output as written, path).
+/// A lock per output directory path, taken by the targets that write it.
+type DestLocks = Arc<Mutex<BTreeMap<std::path::PathBuf, Arc<tokio::sync::Mutex<()>>>>>;
+
+/// Takes the locks of `t`'s output directories, in path order (so two targets never wait for
+/// each other's), held until the returned guards are dropped.
+async fn lock_dests(locks: &DestLocks, t: &Target) -> Vec<tokio::sync::OwnedMutexGuard<()>> {
+    let mut paths: Vec<std::path::PathBuf> = output_dests(t).into_iter().map(|(_, p)| p).collect();
+    paths.sort();
+    paths.dedup();
+    let mut guards = Vec::new();
+    for p in paths {
+        let lock = match locks.lock() {
+            Ok(mut m) => m.entry(p).or_default().clone(),
+            Err(_) => continue,
+        };
+        guards.push(lock.lock_owned().await);
+    }
+    guards
+}
+
 fn output_dests(t: &Target) -> Vec<(String, std::path::PathBuf)> {
     t.outputs
         .iter()
