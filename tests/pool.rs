@@ -98,6 +98,25 @@ fn project(dir: &Path, repo: &str, services: &[&str], run: &str) {
     write(&dir.join("bk-build.toml"), toml);
 }
 
+/// Copies project `dir` to `to` with the files' times kept (COPY keeps them) and no state,
+/// pushing to `localhost:5000/{name}` instead of `repo`; returns `to`.
+fn copy_to_repo(dir: &Path, to: &Path, repo: &str, name: &str) -> std::path::PathBuf {
+    let cp = Command::new("cp")
+        .arg("-a")
+        .arg(dir)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    let _ = std::fs::remove_dir_all(to.join(".bk-build"));
+    let toml = std::fs::read_to_string(to.join("bk-build.toml")).unwrap();
+    write(
+        &to.join("bk-build.toml"),
+        toml.replace(repo, &format!("localhost:5000/{name}")),
+    );
+    to.to_path_buf()
+}
+
 /// Spread over two engines, the same layers as on one; a second run after a one-file change
 /// builds each changed target on the daemon that built it, which still has the cache (its
 /// random step's layer comes back unchanged), and `plan` says where each build goes.
@@ -145,20 +164,7 @@ fn a_pool_spreads_builds_and_brings_each_target_back_to_its_cache() {
     // The same project on one daemon gives the same layers (all but the random step's):
     // a copy with the files' times kept (COPY keeps them), pushed to another repository.
     let one_name = unique("pool-one");
-    let one = tmp.path().join("one");
-    let cp = Command::new("cp")
-        .arg("-a")
-        .arg(&dir)
-        .arg(&one)
-        .status()
-        .unwrap();
-    assert!(cp.success());
-    let _ = std::fs::remove_dir_all(one.join(".bk-build"));
-    let toml = std::fs::read_to_string(one.join("bk-build.toml")).unwrap();
-    write(
-        &one.join("bk-build.toml"),
-        toml.replace(&repo, &format!("localhost:5000/{one_name}")),
-    );
+    let one = copy_to_repo(&dir, &tmp.path().join("one"), &repo, &one_name);
     let (ok, err, _) = bake(&one, &[]);
     assert!(ok, "{err}");
     assert_eq!(diff_ids(&format!("{one_name}/base"), "p1"), base);
@@ -990,20 +996,7 @@ fn a_monorepo_spread_over_three_engines_has_the_layers_of_a_one_daemon_build() {
     // The same project on one daemon: a copy with the files' times kept (COPY keeps them),
     // pushed to another repository, so nothing is found in the registry and all is built.
     let one_name = unique("pool-mono-one");
-    let one = tmp.path().join("one");
-    let cp = Command::new("cp")
-        .arg("-a")
-        .arg(&dir)
-        .arg(&one)
-        .status()
-        .unwrap();
-    assert!(cp.success());
-    let _ = std::fs::remove_dir_all(one.join(".bk-build"));
-    let toml = std::fs::read_to_string(one.join("bk-build.toml")).unwrap();
-    write(
-        &one.join("bk-build.toml"),
-        toml.replace(&repo, &format!("localhost:5000/{one_name}")),
-    );
+    let one = copy_to_repo(&dir, &tmp.path().join("one"), &repo, &one_name);
     let (ok, err, meta) = bake(&one, &addr_args(&engines[..1]));
     assert!(ok, "{err}");
     assert_eq!(
