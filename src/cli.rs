@@ -120,9 +120,10 @@ pub enum Command {
     Bake(BakeArgs),
     /// Show what `bake` would build or skip, and why, without building.
     Plan(PlanArgs),
-    /// Show the daemon's version.
+    /// Show the daemon's version (each daemon's, for several `--addr`s or, without any, the
+    /// `[builders]` of the current directory's bk-build.toml).
     Info(FormatArgs),
-    /// List the daemon's workers and platforms.
+    /// List the daemon's workers and platforms (each daemon's, as for `info`).
     Workers(FormatArgs),
     /// Show build cache disk usage.
     Du(DuArgs),
@@ -1182,6 +1183,37 @@ fn source_date_epoch(args: &mut std::collections::BTreeMap<String, String>) {
     }
 }
 
+/// Which pool `info`/`workers` show: `Some(None)` for several `--addr`s (or `BUILDKIT_HOST`
+/// items), `Some(Some(project))` when none is given and the current directory's bk-build.toml
+/// has `[builders]`, `None` for one daemon (the address given, or discovery). A bk-build.toml
+/// that cannot be read is reported and the default daemon shown: these commands ask about
+/// daemons, not the project.
+fn inspected_pool(d: &DaemonArgs) -> Option<Option<crate::project::Project>> {
+    let addrs = d.addrs();
+    if addrs.len() > 1 {
+        return Some(None);
+    }
+    if !addrs.is_empty() {
+        return None;
+    }
+    let toml = std::env::current_dir().ok()?.join("bk-build.toml");
+    if !toml.is_file() {
+        return None;
+    }
+    let env = |k: &str| std::env::var(k).ok();
+    match crate::project::load(std::slice::from_ref(&toml), &env) {
+        Ok(p) if !p.builders.is_empty() => Some(Some(p)),
+        Ok(_) => None,
+        Err(e) => {
+            eprintln!(
+                "WARNING: {}: its [builders] could not be read, so the default daemon is shown: {e}",
+                toml.display()
+            );
+            None
+        }
+    }
+}
+
 /// Loads the project files, then applies the command line's overrides (`--set` and the flags
 /// that stand for it) unless `with_overrides` is false (`--list`, which buildx answers from
 /// the files alone).
@@ -1785,6 +1817,12 @@ async fn run_bake(daemon_args: &DaemonArgs, a: &BakeArgs) -> Result<bool> {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    // `info` and `workers` show every daemon of a pool: `--addr`s, else the project's
+    // `[builders]` (the daemons `bake` there would use).
+    let pool_for_inspect = match &cli.command {
+        Command::Info(_) | Command::Workers(_) => inspected_pool(&cli.daemon),
+        _ => None,
+    };
     match &cli.command {
         Command::Bake(a) => {
             if !run_bake(&cli.daemon, a).await? {
@@ -1836,8 +1874,9 @@ async fn run(cli: Cli) -> Result<()> {
                 })
             )?;
         }
-        Command::Info(a) if cli.daemon.addrs().len() > 1 => {
-            let pool = cli.daemon.connect_pool(None, Some(1)).await?;
+        Command::Info(a) if pool_for_inspect.is_some() => {
+            let project = pool_for_inspect.as_ref().and_then(Option::as_ref);
+            let pool = cli.daemon.connect_pool(project, Some(1)).await?;
             let mut text = String::new();
             let mut all = Vec::new();
             for m in pool.members() {
@@ -1871,8 +1910,9 @@ async fn run(cli: Cli) -> Result<()> {
                 inspect::Format::Json => outln!("{}", inspect::info_json(&d, info.as_ref())?)?,
             }
         }
-        Command::Workers(a) if cli.daemon.addrs().len() > 1 => {
-            let pool = cli.daemon.connect_pool(None, Some(1)).await?;
+        Command::Workers(a) if pool_for_inspect.is_some() => {
+            let project = pool_for_inspect.as_ref().and_then(Option::as_ref);
+            let pool = cli.daemon.connect_pool(project, Some(1)).await?;
             let mut text = String::new();
             let mut all = Vec::new();
             for m in pool.members() {

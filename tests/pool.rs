@@ -762,6 +762,28 @@ fn a_project_s_builders_are_its_pool() {
         Some("docker://"),
         "{on:?}\n{err}"
     );
+    // `workers` and `info` in the project's directory show the same pool.
+    let out = run_ok(bk().current_dir(&dir).args(["workers", "--format", "json"]));
+    let err = stderr(&out);
+    assert!(
+        err.contains("unix:///nonexistent/bk-build-builders.sock left out"),
+        "{err}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut listed: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["address"].as_str().unwrap())
+        .collect();
+    listed.dedup();
+    assert_eq!(listed, ["docker://", tls.as_str()], "{v}");
+    let out = run_ok(bk().current_dir(&dir).arg("info"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.matches("Address:").count() == 2 && text.contains(&tls_engine().socket),
+        "{text}"
+    );
     // `--addr` replaces the project's pool.
     write(&dir.join("host/f.txt"), format!("host changed {name}\n"));
     let (ok, err, meta) = bake(&dir, &addr_args(std::slice::from_ref(&tls)));
