@@ -1144,8 +1144,9 @@ def main():
     ap.add_argument("--merge", action="store_true",
                     help="keep earlier results for scenarios/tools not run now (results.json)")
     ap.add_argument("--md", default=None,
-                    help="markdown file to rewrite (default: BENCHMARKS.md; with --quick: "
-                         "$BKBENCH_DIR/quick/BENCHMARKS.md, so a smoke test never replaces real figures)")
+                    help="markdown file to rewrite (default: BENCHMARKS.md when every scenario "
+                         "has results; else, and with --quick, $BKBENCH_DIR[/quick]/BENCHMARKS.md, "
+                         "so a smoke test or a partial run never replaces real figures)")
     ap.add_argument("--render", action="store_true",
                     help="run nothing: re-render the report from the saved results.json")
     ap.add_argument("--command", default=None, help=argparse.SUPPRESS)
@@ -1207,8 +1208,12 @@ def main():
         rfile.write_text(json.dumps(results, indent=1))
         log(f"raw results: {rfile} ({time.time() - t0:.0f} s)")
     print_summary(results)
-    md = Path(cfg.md) if cfg.md else (WORK / "BENCHMARKS.md" if cfg.quick
-                                      else ROOT / "BENCHMARKS.md")
+    # The repository's report only from a run that has every scenario (now or, with --merge,
+    # kept): a partial run, e.g. `--only fresh` to set up ab.py's tree, must not replace the
+    # other sections' figures with "pending".
+    complete = all(sc in results for sc in ("mono", "ctx", "scale", "fresh", "floor"))
+    md = Path(cfg.md) if cfg.md else (ROOT / "BENCHMARKS.md" if complete and not cfg.quick
+                                      else WORK / "BENCHMARKS.md")
     md.write_text(render_md(results, cfg, environment(), kept_notes(md)))
     log(f"wrote {md}")
 
