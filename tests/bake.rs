@@ -1013,6 +1013,52 @@ fn a_dependent_starts_while_its_base_is_pushed() {
     }
 }
 
+/// A fresh runner asks the registry for the digest of an external base the engine holds once,
+/// however many targets build on it (it was asked once per target). Each target is then
+/// re-tagged from the registry ledger.
+#[test]
+fn a_fresh_runner_asks_the_registry_once_per_base_not_per_target() {
+    let prefix = unique("onebase");
+    // A proxy that holds nothing: it only records the requests.
+    let gate = gated_registry("-", "-", std::time::Duration::from_secs(1), false);
+    let base = format!("127.0.0.1:{}/busybox:latest", gate.port);
+    run_ok(docker().args(["pull", "-q", &base]));
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut toml = format!(
+        "[defaults]\ntags = [\"127.0.0.1:{}/{prefix}/{{name}}:${{TAG}}\"]\npush = true\n\n[vars]\nTAG = \"t1\"\n",
+        gate.port
+    );
+    for t in ["a", "b", "c"] {
+        toml.push_str(&format!("\n[target.{t}]\ncontext = \"{t}\"\n"));
+        write(
+            &dir.join(t).join("Dockerfile"),
+            format!("FROM {base}\nCOPY f.txt /f.txt\n"),
+        );
+        write(&dir.join(t).join("f.txt"), format!("{t} {prefix}\n"));
+    }
+    write(&dir.join("bk-build.toml"), toml);
+    run_ok(bk().current_dir(dir).args(["bake", "--progress", "plain"]));
+    std::fs::remove_dir_all(dir.join(".bk-build")).unwrap();
+    gate.seen.lock().unwrap().clear();
+    let out = run_ok(bk().current_dir(dir).env("TAG", "t2").arg("plan"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for t in ["a", "b", "c"] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(t) && l.contains("retag") && l.contains(":t2")),
+            "{t} is not re-tagged:\n{text}"
+        );
+    }
+    let seen = gate.seen.lock().unwrap().clone();
+    let asked = seen
+        .iter()
+        .filter(|r| r.contains("/v2/busybox/manifests/"))
+        .count();
+    assert_eq!(asked, 1, "{seen:#?}");
+    run(docker().args(["rmi", &base]));
+}
+
 /// A base whose push fails after its dependent started from its stored image: the dependent
 /// is reported failed and not recorded (its base's image was never pushed), naming the tags its
 /// own push moved, and the next run builds both again.

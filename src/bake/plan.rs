@@ -285,6 +285,7 @@ pub async fn plan(
         opts,
         facts: &facts,
         owners: &owners,
+        registry_digests: RegistryDigests::default(),
     };
     let lookups = Lookups {
         resolving,
@@ -590,6 +591,35 @@ struct DecideCtx<'a> {
     facts: &'a BTreeMap<String, Facts>,
     /// The shard acting on each target (empty when the run is not sharded).
     owners: &'a BTreeMap<String, usize>,
+    /// Registry digests of the engine's own bases, asked once per run whatever the number of
+    /// targets built on them (a hundred services on one base: one request, not a hundred).
+    registry_digests: RegistryDigests,
+}
+
+/// Reference → its registry digest (`None`: absent or unreadable), each looked up once.
+#[derive(Default)]
+struct RegistryDigests(
+    std::sync::Mutex<BTreeMap<String, std::sync::Arc<tokio::sync::OnceCell<Option<String>>>>>,
+);
+
+impl RegistryDigests {
+    async fn get(&self, reference: &str) -> Option<String> {
+        let cell = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(reference.to_string())
+            .or_default()
+            .clone();
+        cell.get_or_init(|| async {
+            crate::registry::manifest_digest(reference)
+                .await
+                .ok()
+                .flatten()
+        })
+        .await
+        .clone()
+    }
 }
 
 /// A target's recorded image digest and whether that result is still delivered.
@@ -905,14 +935,7 @@ impl DecideCtx<'_> {
             for (r, id) in &tp.local_bases {
                 let same = match p.local_bases.get(r) {
                     Some(then) => then == id,
-                    None => {
-                        crate::registry::manifest_digest(r)
-                            .await
-                            .ok()
-                            .flatten()
-                            .as_ref()
-                            == Some(id)
-                    }
+                    None => self.registry_digests.get(r).await.as_ref() == Some(id),
                 };
                 if !same {
                     engine_base_moved =
@@ -953,7 +976,7 @@ impl DecideCtx<'_> {
             // engines); an engine whose own copy of a base is another image would build
             // something else.
             for (r, id) in &tp.local_bases {
-                let registry = crate::registry::manifest_digest(r).await.ok().flatten();
+                let registry = self.registry_digests.get(r).await;
                 if registry.as_ref() != Some(id) {
                     engine_differs = Some(format!(
                         "the Docker Engine's own {r} is not the registry's, so results built elsewhere do not apply"

@@ -562,6 +562,8 @@ pub struct GatedRegistry {
     pub held: Arc<AtomicBool>,
     /// `wait` passed before the opener came.
     pub timed_out: Arc<AtomicBool>,
+    /// Every request, as `METHOD /path`, in arrival order.
+    pub seen: Arc<std::sync::Mutex<Vec<String>>>,
     _rt: tokio::runtime::Runtime,
 }
 
@@ -597,6 +599,8 @@ pub fn gated_registry(
     let opener_prefix = format!("/v2/{opener}/");
     let upstream = registry();
     let (h, t) = (was_held.clone(), timed_out.clone());
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
     rt.spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
@@ -605,6 +609,7 @@ pub fn gated_registry(
             let (client, opened, notify) = (client.clone(), opened.clone(), notify.clone());
             let (held_prefix, opener_prefix) = (held_prefix.clone(), opener_prefix.clone());
             let (h, t, upstream) = (h.clone(), t.clone(), upstream.clone());
+            let log = log.clone();
             tokio::spawn(async move {
                 let service =
                     hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
@@ -613,8 +618,10 @@ pub fn gated_registry(
                         let (held_prefix, opener_prefix) =
                             (held_prefix.clone(), opener_prefix.clone());
                         let (h, t, upstream) = (h.clone(), t.clone(), upstream.clone());
+                        let log = log.clone();
                         async move {
                             let path = req.uri().path().to_string();
+                            log.lock().unwrap().push(format!("{} {path}", req.method()));
                             if path.starts_with(&opener_prefix) {
                                 opened.store(true, SeqCst);
                                 notify.notify_waiters();
@@ -666,6 +673,7 @@ pub fn gated_registry(
         port,
         held: was_held,
         timed_out,
+        seen,
         _rt: rt,
     }
 }
