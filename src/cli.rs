@@ -88,8 +88,8 @@ pub struct DaemonArgs {
     /// docker://tcp://host:port, docker://ssh://[user@]host[:port].
     /// Default: $BUILDKIT_HOST, the rootless and rootful buildkitd sockets, then Docker.
     /// Repeat it (or give $BUILDKIT_HOST a comma list) for a pool: `bake` places each target
-    /// on the daemon that most likely has its cache; `info` and `workers` show every daemon;
-    /// other commands use the first one that answers.
+    /// on the daemon that most likely has its cache; `info`, `workers`, `du` and `prune` act
+    /// on every daemon; other commands use the first one that answers.
     #[arg(long, global = true, env = "BUILDKIT_HOST", value_delimiter = ',')]
     pub addr: Vec<String>,
     /// CA certificate for tcp:// with TLS (buildkitd, or a Docker Engine at docker://tcp://).
@@ -125,9 +125,9 @@ pub enum Command {
     Info(FormatArgs),
     /// List the daemon's workers and platforms (each daemon's, as for `info`).
     Workers(FormatArgs),
-    /// Show build cache disk usage.
+    /// Show build cache disk usage (each daemon's, as for `info`).
     Du(DuArgs),
-    /// Remove build cache.
+    /// Remove build cache (from each daemon, as for `info`).
     Prune(PruneArgs),
     /// Print a shell completion script, e.g. `source <(bk-build completion bash)`.
     Completion(CompletionArgs),
@@ -1183,7 +1183,7 @@ fn source_date_epoch(args: &mut std::collections::BTreeMap<String, String>) {
     }
 }
 
-/// Which pool `info`/`workers` show: `Some(None)` for several `--addr`s (or `BUILDKIT_HOST`
+/// Which pool `info`, `workers`, `du` and `prune` act on: `Some(None)` for several `--addr`s (or `BUILDKIT_HOST`
 /// items), `Some(Some(project))` when none is given and the current directory's bk-build.toml
 /// has `[builders]`, `None` for one daemon (the address given, or discovery). A bk-build.toml
 /// that cannot be read is reported and the default daemon shown: these commands ask about
@@ -1817,10 +1817,12 @@ async fn run_bake(daemon_args: &DaemonArgs, a: &BakeArgs) -> Result<bool> {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    // `info` and `workers` show every daemon of a pool: `--addr`s, else the project's
-    // `[builders]` (the daemons `bake` there would use).
+    // `info`, `workers`, `du` and `prune` act on every daemon of a pool: `--addr`s, else the
+    // project's `[builders]` (the daemons `bake` there would use).
     let pool_for_inspect = match &cli.command {
-        Command::Info(_) | Command::Workers(_) => inspected_pool(&cli.daemon),
+        Command::Info(_) | Command::Workers(_) | Command::Du(_) | Command::Prune(_) => {
+            inspected_pool(&cli.daemon)
+        }
         _ => None,
     };
     match &cli.command {
@@ -1880,7 +1882,9 @@ async fn run(cli: Cli) -> Result<()> {
             let mut text = String::new();
             let mut all = Vec::new();
             for m in pool.members() {
-                let info = crate::client::info(&m.daemon).await?;
+                let info = crate::client::info(&m.daemon)
+                    .await
+                    .with_context(|| format!("daemon {}", m.address))?;
                 text.push_str(&inspect::info_text(&m.daemon, info.as_ref()));
                 text.push('\n');
                 all.push(serde_json::from_str::<serde_json::Value>(
@@ -1916,7 +1920,9 @@ async fn run(cli: Cli) -> Result<()> {
             let mut text = String::new();
             let mut all = Vec::new();
             for m in pool.members() {
-                let workers = crate::client::workers(&m.daemon).await?;
+                let workers = crate::client::workers(&m.daemon)
+                    .await
+                    .with_context(|| format!("daemon {}", m.address))?;
                 text.push_str(&format!("Daemon:    {}\n", m.address));
                 text.push_str(&inspect::workers_text(&workers));
                 text.push('\n');
@@ -1946,6 +1952,33 @@ async fn run(cli: Cli) -> Result<()> {
                 inspect::Format::Json => outln!("{}", inspect::workers_json(&workers)?)?,
             }
         }
+        Command::Du(a) if pool_for_inspect.is_some() => {
+            let project = pool_for_inspect.as_ref().and_then(Option::as_ref);
+            let pool = cli.daemon.connect_pool(project, Some(1)).await?;
+            let mut text = String::new();
+            let mut all = Vec::new();
+            for m in pool.members() {
+                let recs = crate::client::disk_usage(&m.daemon, a.filter.clone())
+                    .await
+                    .with_context(|| format!("daemon {}", m.address))?;
+                text.push_str(&format!("Daemon:    {}\n", m.address));
+                text.push_str(&inspect::du_text(&recs, a.verbose));
+                text.push('\n');
+                // The same objects as with one address, each with its daemon's address.
+                let listed: serde_json::Value = serde_json::from_str(&inspect::du_json(&recs)?)?;
+                for mut r in listed.as_array().cloned().unwrap_or_default() {
+                    if let Some(o) = r.as_object_mut() {
+                        o.insert("address".into(), serde_json::json!(m.address));
+                    }
+                    all.push(r);
+                }
+            }
+            match a.format {
+                inspect::Format::Text => write_stdout_bytes(text.trim_end_matches('\n').as_bytes())
+                    .and_then(|()| write_stdout_bytes(b"\n"))?,
+                inspect::Format::Json => outln!("{}", serde_json::to_string_pretty(&all)?)?,
+            }
+        }
         Command::Du(a) => {
             let d = cli.daemon.connect().await?;
             let recs = crate::client::disk_usage(&d, a.filter.clone()).await?;
@@ -1959,7 +1992,6 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Completion(a) => write_stdout_bytes(&reference::completion(a.shell))?,
         Command::Man(a) => write_stdout_bytes(&reference::man_page(a.command.as_deref())?)?,
         Command::Prune(a) => {
-            let d = cli.daemon.connect().await?;
             let o = crate::client::PruneOptions {
                 all: a.all,
                 filters: a.filter.clone(),
@@ -1969,6 +2001,25 @@ async fn run(cli: Cli) -> Result<()> {
                     .unwrap_or(0),
                 keep_bytes: a.keep_storage.unwrap_or(0),
             };
+            if pool_for_inspect.is_some() {
+                // Every daemon of the pool, as `docker buildx prune` prunes every node.
+                let project = pool_for_inspect.as_ref().and_then(Option::as_ref);
+                let pool = cli.daemon.connect_pool(project, Some(1)).await?;
+                for m in pool.members() {
+                    let recs = crate::client::prune(&m.daemon, &o)
+                        .await
+                        .with_context(|| format!("daemon {}", m.address))?;
+                    let total: i64 = recs.iter().map(|r| r.size).sum();
+                    outln!(
+                        "{}: removed {} records, {} reclaimed",
+                        m.address,
+                        recs.len(),
+                        crate::progress::format_bytes(total)
+                    )?;
+                }
+                return Ok(());
+            }
+            let d = cli.daemon.connect().await?;
             let recs = crate::client::prune(&d, &o).await?;
             let total: i64 = recs.iter().map(|r| r.size).sum();
             outln!(

@@ -784,6 +784,32 @@ fn a_project_s_builders_are_its_pool() {
         text.matches("Address:").count() == 2 && text.contains(&tls_engine().socket),
         "{text}"
     );
+    // So do `du` and `prune` (pruning nothing here: a filter no record matches, so the
+    // other tests' caches stay).
+    let out = run_ok(bk().current_dir(&dir).args(["du", "--format", "json"]));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut on: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["address"].as_str().unwrap())
+        .collect();
+    on.sort();
+    on.dedup();
+    assert_eq!(on.len(), 2, "du did not list both daemons' records: {on:?}");
+    let out = run_ok(bk().current_dir(&dir).args([
+        "prune",
+        "--filter",
+        &format!("description~=none-{name}"),
+    ]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.contains(": removed 0 records"))
+            .count(),
+        2,
+        "{text}"
+    );
     // `--addr` replaces the project's pool.
     write(&dir.join("host/f.txt"), format!("host changed {name}\n"));
     let (ok, err, meta) = bake(&dir, &addr_args(std::slice::from_ref(&tls)));
