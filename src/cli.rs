@@ -1183,11 +1183,11 @@ fn source_date_epoch(args: &mut std::collections::BTreeMap<String, String>) {
     }
 }
 
-/// Which pool `info`, `workers`, `du` and `prune` act on: `Some(None)` for several `--addr`s (or `BUILDKIT_HOST`
-/// items), `Some(Some(project))` when none is given and the current directory's bk-build.toml
-/// has `[builders]`, `None` for one daemon (the address given, or discovery). A bk-build.toml
-/// that cannot be read is reported and the default daemon shown: these commands ask about
-/// daemons, not the project.
+/// Which pool `info`, `workers`, `du` and `prune` act on: `Some(None)` for several `--addr`s
+/// (or `BUILDKIT_HOST` items), `Some(Some(project))` when none is given and the current
+/// directory's bk-build.toml has `[builders]`, `None` for one daemon (the address given, or
+/// discovery). A bk-build.toml that cannot be read is reported and the default daemon used:
+/// these commands are about daemons, not the project.
 fn inspected_pool(d: &DaemonArgs) -> Option<Option<crate::project::Project>> {
     let addrs = d.addrs();
     if addrs.len() > 1 {
