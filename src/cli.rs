@@ -1214,6 +1214,24 @@ fn inspected_pool(d: &DaemonArgs) -> Option<Option<crate::project::Project>> {
     }
 }
 
+/// A pool member's JSON list (as printed for one address), each object with the member's
+/// `address` added, so that one list can hold every member's.
+fn with_address(list: &str, address: &str) -> Result<Vec<serde_json::Value>> {
+    let listed: serde_json::Value = serde_json::from_str(list)?;
+    Ok(listed
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|mut v| {
+            if let Some(o) = v.as_object_mut() {
+                o.insert("address".into(), serde_json::json!(address));
+            }
+            v
+        })
+        .collect())
+}
+
 /// Loads the project files, then applies the command line's overrides (`--set` and the flags
 /// that stand for it) unless `with_overrides` is false (`--list`, which buildx answers from
 /// the files alone).
@@ -1926,15 +1944,7 @@ async fn run(cli: Cli) -> Result<()> {
                 text.push_str(&format!("Daemon:    {}\n", m.address));
                 text.push_str(&inspect::workers_text(&workers));
                 text.push('\n');
-                // The same objects as with one address, each with its daemon's address.
-                let listed: serde_json::Value =
-                    serde_json::from_str(&inspect::workers_json(&workers)?)?;
-                for mut w in listed.as_array().cloned().unwrap_or_default() {
-                    if let Some(o) = w.as_object_mut() {
-                        o.insert("address".into(), serde_json::json!(m.address));
-                    }
-                    all.push(w);
-                }
+                all.extend(with_address(&inspect::workers_json(&workers)?, &m.address)?);
             }
             match a.format {
                 inspect::Format::Text => write_stdout_bytes(text.trim_end_matches('\n').as_bytes())
@@ -1964,14 +1974,7 @@ async fn run(cli: Cli) -> Result<()> {
                 text.push_str(&format!("Daemon:    {}\n", m.address));
                 text.push_str(&inspect::du_text(&recs, a.verbose));
                 text.push('\n');
-                // The same objects as with one address, each with its daemon's address.
-                let listed: serde_json::Value = serde_json::from_str(&inspect::du_json(&recs)?)?;
-                for mut r in listed.as_array().cloned().unwrap_or_default() {
-                    if let Some(o) = r.as_object_mut() {
-                        o.insert("address".into(), serde_json::json!(m.address));
-                    }
-                    all.push(r);
-                }
+                all.extend(with_address(&inspect::du_json(&recs)?, &m.address)?);
             }
             match a.format {
                 inspect::Format::Text => write_stdout_bytes(text.trim_end_matches('\n').as_bytes())
