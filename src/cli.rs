@@ -121,7 +121,7 @@ pub enum Command {
     /// Show what `bake` would build or skip, and why, without building.
     Plan(PlanArgs),
     /// Show the daemon's version (each daemon's, for several `--addr`s or, without any, the
-    /// `[builders]` of the current directory's bk-build.toml).
+    /// `[builders]` of the project's bk-build.toml).
     Info(FormatArgs),
     /// List the daemon's workers and platforms (each daemon's, as for `info`).
     Workers(FormatArgs),
@@ -463,6 +463,17 @@ pub struct FormatArgs {
     /// Output format: text, or json (BuildKit's field names, as `buildctl … --format '{{json .}}'`).
     #[arg(long, value_enum, default_value_t = inspect::Format::Text)]
     pub format: inspect::Format,
+    #[command(flatten)]
+    pub pool: PoolFileArgs,
+}
+
+/// Where `info`, `workers`, `du` and `prune` find a project's pool when no `--addr` is given.
+#[derive(Args, Debug)]
+pub struct PoolFileArgs {
+    /// bk-build.toml whose [builders] are the daemons to act on (default: the one in the
+    /// current directory, if any). Ignored when --addr or BUILDKIT_HOST names the daemons.
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub files: Vec<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -492,6 +503,8 @@ pub struct DuArgs {
     /// Filter, e.g. type=regular.
     #[arg(long)]
     pub filter: Vec<String>,
+    #[command(flatten)]
+    pub pool: PoolFileArgs,
 }
 
 #[derive(Args, Debug)]
@@ -509,6 +522,8 @@ pub struct PruneArgs {
     /// Filter, e.g. type=regular.
     #[arg(long)]
     pub filter: Vec<String>,
+    #[command(flatten)]
+    pub pool: PoolFileArgs,
 }
 
 impl DaemonArgs {
@@ -574,8 +589,9 @@ impl DaemonArgs {
                         },
                         jobs: b.jobs,
                         platforms: b.platforms.clone(),
+                        name: Some(b.name.clone()),
                         origin: Some(format!(
-                            "[builders.{}] in {} (its addr and tls* keys)",
+                            "[builders.{}] in {}",
                             b.name,
                             p.files
                                 .first()
@@ -604,6 +620,42 @@ impl DaemonArgs {
         Ok(pool.member(0).daemon.clone())
     }
 
+    /// The `--tls*` flags are for `--addr`: with the project's `[builders]` (each with its own
+    /// TLS keys) they are refused, not silently ignored.
+    fn refuse_tls_flags_for_builders(
+        &self,
+        project: Option<&crate::project::Project>,
+    ) -> Result<()> {
+        let from_project =
+            self.addrs().is_empty() && project.is_some_and(|p| !p.builders.is_empty());
+        let t = self.tls();
+        anyhow::ensure!(
+            !from_project
+                || (t.ca_cert.is_none()
+                    && t.cert.is_none()
+                    && t.key.is_none()
+                    && t.dir.is_none()
+                    && t.server_name.is_none()),
+            "the --tls* flags apply to --addr; the project's [builders.NAME] each take their own tlscacert, tlscert, tlskey, tlsdir and tlsservername keys (or pass the pool with --addr and the flags)"
+        );
+        Ok(())
+    }
+
+    /// Checks every daemon's settings without connecting ([`transport::check_settings`]), so
+    /// that `plan`, which needs no daemon, fails on a wrong address or TLS file as `bake` does.
+    ///
+    /// Errors: the first wrong setting, naming where it was given.
+    pub fn check_settings(&self, project: Option<&crate::project::Project>) -> Result<()> {
+        self.refuse_tls_flags_for_builders(project)?;
+        for spec in self.specs(project) {
+            transport::check_settings(&spec.addr, &spec.tls).map_err(|e| match &spec.origin {
+                Some(o) => anyhow::anyhow!("{o} (its addr and tls* keys): {e}"),
+                None => anyhow::anyhow!("{}: {e}", spec.addr),
+            })?;
+        }
+        Ok(())
+    }
+
     /// Every daemon of [`specs`](Self::specs) that answers (warning about the others), each
     /// with `jobs` slots when given, else its own, else [`crate::pool::default_jobs`].
     pub async fn connect_pool(
@@ -612,20 +664,7 @@ impl DaemonArgs {
         jobs: Option<usize>,
     ) -> Result<crate::pool::Pool> {
         let timeout = Duration::from_secs(self.timeout.max(1));
-        let from_project =
-            self.addrs().is_empty() && project.is_some_and(|p| !p.builders.is_empty());
-        let t = self.tls();
-        if from_project
-            && (t.ca_cert.is_some()
-                || t.cert.is_some()
-                || t.key.is_some()
-                || t.dir.is_some()
-                || t.server_name.is_some())
-        {
-            anyhow::bail!(
-                "the --tls* flags apply to --addr; the project's [builders.NAME] each take their own tlscacert, tlscert, tlskey, tlsdir and tlsservername keys (or pass the pool with --addr and the flags)"
-            );
-        }
+        self.refuse_tls_flags_for_builders(project)?;
         let (pool, warnings) =
             crate::pool::connect(&self.specs(project), &self.tls(), timeout, jobs).await?;
         for w in warnings {
@@ -1183,40 +1222,84 @@ fn source_date_epoch(args: &mut std::collections::BTreeMap<String, String>) {
     }
 }
 
-/// Which pool `info`, `workers`, `du` and `prune` act on: `Some(None)` for several `--addr`s
-/// (or `BUILDKIT_HOST` items), `Some(Some(project))` when none is given and the current
-/// directory's bk-build.toml has `[builders]`, `None` for one daemon (the address given, or
-/// discovery). A bk-build.toml that cannot be read is reported and the default daemon used:
-/// these commands are about daemons, not the project.
-fn inspected_pool(d: &DaemonArgs) -> Option<Option<crate::project::Project>> {
+/// The daemons `info`, `workers`, `du` and `prune` act on.
+enum Inspected {
+    /// One daemon: the address given, or the one discovered.
+    One,
+    /// Every daemon of a pool: several `--addr`s (or `BUILDKIT_HOST` items), or, with none
+    /// given, the project's `[builders]` (`Some(project)`).
+    Pool(Option<crate::project::Project>),
+}
+
+/// Which daemons `info`, `workers`, `du` and `prune` act on: those given with `--addr`; else
+/// the `[builders]` of the bk-build.toml named with `-f`, else of the current directory's;
+/// else the default daemon. Only `[vars]` and `[builders]` are read
+/// ([`crate::project::load_builders`]): a mistake in a target does not hide the pool.
+///
+/// Errors: a file named with `-f` that cannot be read. The current directory's is only
+/// warned about (the default daemon is then used): these commands are about daemons.
+fn inspected(d: &DaemonArgs, files: &[PathBuf]) -> Result<Inspected> {
     let addrs = d.addrs();
     if addrs.len() > 1 {
-        return Some(None);
+        return Ok(Inspected::Pool(None));
     }
     if !addrs.is_empty() {
-        return None;
-    }
-    let toml = std::env::current_dir().ok()?.join("bk-build.toml");
-    if !toml.is_file() {
-        return None;
+        return Ok(Inspected::One);
     }
     let env = |k: &str| std::env::var(k).ok();
-    match crate::project::load(std::slice::from_ref(&toml), &env) {
-        Ok(p) if !p.builders.is_empty() => Some(Some(p)),
-        Ok(_) => None,
-        Err(e) => {
-            eprintln!(
-                "WARNING: {}: its [builders] could not be read, so the default daemon is shown: {e}",
-                toml.display()
-            );
-            None
+    let project = if files.is_empty() {
+        let Ok(cwd) = std::env::current_dir() else {
+            return Ok(Inspected::One);
+        };
+        let toml = cwd.join("bk-build.toml");
+        if !toml.is_file() {
+            return Ok(Inspected::One);
+        }
+        match crate::project::load_builders(std::slice::from_ref(&toml), &env) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!(
+                    "WARNING: {}: its [builders] could not be read, so the default daemon is shown: {e}",
+                    toml.display()
+                );
+                return Ok(Inspected::One);
+            }
+        }
+    } else {
+        crate::project::load_builders(files, &env)?
+    };
+    Ok(if project.builders.is_empty() {
+        Inspected::One
+    } else {
+        Inspected::Pool(Some(project))
+    })
+}
+
+/// What a pool member is, for the text of `info`, `workers` and `du`: its `[builders]` name,
+/// its address as given, and for `workers` the builds `bake` runs on it at once and the
+/// platforms it was declared to build.
+fn member_header(m: &crate::pool::Member, declared: bool, detail: bool) -> String {
+    let mut s = String::new();
+    if let Some(n) = &m.name {
+        s.push_str(&format!("Builder:   {n}\n"));
+    }
+    s.push_str(&format!("Daemon:    {}\n", m.address));
+    if detail {
+        s.push_str(&format!("Jobs:      {}\n", m.slots));
+        if declared {
+            s.push_str(&format!(
+                "Declared:  {} (targets for these platforms go here)\n",
+                m.platforms.join(",")
+            ));
         }
     }
+    s
 }
 
 /// A pool member's JSON list (as printed for one address), each object with the member's
-/// `address` added, so that one list can hold every member's.
-fn with_address(list: &str, address: &str) -> Result<Vec<serde_json::Value>> {
+/// `address` (as given) and `[builders]` name (`builder`) added, so that one list can hold
+/// every member's.
+fn with_member(list: &str, m: &crate::pool::Member) -> Result<Vec<serde_json::Value>> {
     let listed: serde_json::Value = serde_json::from_str(list)?;
     Ok(listed
         .as_array()
@@ -1225,11 +1308,140 @@ fn with_address(list: &str, address: &str) -> Result<Vec<serde_json::Value>> {
         .into_iter()
         .map(|mut v| {
             if let Some(o) = v.as_object_mut() {
-                o.insert("address".into(), serde_json::json!(address));
+                o.insert("address".into(), serde_json::json!(m.address));
+                if let Some(n) = &m.name {
+                    o.insert("builder".into(), serde_json::json!(n));
+                }
             }
             v
         })
         .collect())
+}
+
+/// `info`, `workers`, `du` or `prune` on every member of a pool (as `docker buildx` does on
+/// every node of a builder). A member that answers the connection but fails the call (not
+/// BuildKit, or gone since) is left out with a warning naming it, as a daemon that does not
+/// answer is; `prune` then fails at the end, having pruned the others.
+///
+/// Errors: no member could answer; for `prune`, any member that failed.
+async fn inspect_pool(cli: &Cli, project: Option<&crate::project::Project>) -> Result<()> {
+    let pool = cli.daemon.connect_pool(project, None).await?;
+    let declared = |m: &crate::pool::Member| {
+        project.is_some_and(|p| {
+            p.builders
+                .iter()
+                .any(|b| Some(&b.name) == m.name.as_ref() && !b.platforms.is_empty())
+        })
+    };
+    let mut text = String::new();
+    let mut all = Vec::new();
+    let mut failed = Vec::new();
+    let format = match &cli.command {
+        Command::Info(a) | Command::Workers(a) => a.format,
+        Command::Du(a) => a.format,
+        _ => inspect::Format::Text,
+    };
+    for m in pool.members() {
+        let answer: Result<()> = async {
+            match &cli.command {
+                Command::Info(_) => {
+                    let info = crate::client::info(&m.daemon).await?;
+                    text.push_str(&member_header(m, false, false));
+                    text.push_str(&inspect::info_text(&m.daemon, info.as_ref()));
+                    let mut v: serde_json::Value =
+                        serde_json::from_str(&inspect::info_json(&m.daemon, info.as_ref())?)?;
+                    if let Some(o) = v.as_object_mut() {
+                        // `address` as in the other pool outputs and `plan`; the resolved
+                        // endpoint beside it.
+                        if let Some(e) = o.remove("address") {
+                            o.insert("endpoint".into(), e);
+                        }
+                        o.insert("address".into(), serde_json::json!(m.address));
+                        if let Some(n) = &m.name {
+                            o.insert("builder".into(), serde_json::json!(n));
+                        }
+                    }
+                    all.push(v);
+                }
+                Command::Workers(_) => {
+                    let workers = crate::client::workers(&m.daemon).await?;
+                    text.push_str(&member_header(m, declared(m), true));
+                    text.push_str(&inspect::workers_text(&workers));
+                    for mut w in with_member(&inspect::workers_json(&workers)?, m)? {
+                        if let Some(o) = w.as_object_mut() {
+                            o.insert("jobs".into(), serde_json::json!(m.slots));
+                        }
+                        all.push(w);
+                    }
+                }
+                Command::Du(a) => {
+                    let recs = crate::client::disk_usage(&m.daemon, a.filter.clone()).await?;
+                    text.push_str(&member_header(m, false, false));
+                    text.push_str(&inspect::du_text(&recs, a.verbose));
+                    all.extend(with_member(&inspect::du_json(&recs)?, m)?);
+                }
+                Command::Prune(a) => {
+                    let recs = crate::client::prune(&m.daemon, &prune_options(a)).await?;
+                    let total: i64 = recs.iter().map(|r| r.size).sum();
+                    let who = match &m.name {
+                        Some(n) => format!("{} ([builders.{n}])", m.address),
+                        None => m.address.clone(),
+                    };
+                    outln!(
+                        "{who}: removed {} records, {} reclaimed",
+                        recs.len(),
+                        crate::progress::format_bytes(total)
+                    )?;
+                }
+                _ => {}
+            }
+            text.push('\n');
+            Ok(())
+        }
+        .await;
+        if let Err(e) = answer {
+            eprintln!("WARNING: {} left out: {e:#}", m.address);
+            failed.push(format!("  {}: {e:#}", m.address));
+        }
+    }
+    if failed.len() == pool.members().len() {
+        anyhow::bail!("no daemon of the pool answered:\n{}", failed.join("\n"));
+    }
+    if matches!(cli.command, Command::Prune(_)) {
+        anyhow::ensure!(
+            failed.is_empty(),
+            "pruning failed on some daemons (the others were pruned):\n{}",
+            failed.join("\n")
+        );
+        return Ok(());
+    }
+    match format {
+        inspect::Format::Text => write_stdout_bytes(text.trim_end_matches('\n').as_bytes())
+            .and_then(|()| write_stdout_bytes(b"\n"))?,
+        // `info`: the first daemon's object, as with one address, plus every daemon's.
+        inspect::Format::Json if matches!(cli.command, Command::Info(_)) => {
+            let mut v = all.first().cloned().unwrap_or_default();
+            if let Some(o) = v.as_object_mut() {
+                o.insert("pool".into(), serde_json::Value::Array(all));
+            }
+            outln!("{}", serde_json::to_string_pretty(&v)?)?
+        }
+        inspect::Format::Json => outln!("{}", serde_json::to_string_pretty(&all)?)?,
+    }
+    Ok(())
+}
+
+/// `prune`'s flags as BuildKit's prune request takes them.
+fn prune_options(a: &PruneArgs) -> crate::client::PruneOptions {
+    crate::client::PruneOptions {
+        all: a.all,
+        filters: a.filter.clone(),
+        keep_duration_ns: a
+            .keep_duration
+            .map(|s| (s as i64) * 1_000_000_000)
+            .unwrap_or(0),
+        keep_bytes: a.keep_storage.unwrap_or(0),
+    }
 }
 
 /// Loads the project files, then applies the command line's overrides (`--set` and the flags
@@ -1323,6 +1535,7 @@ async fn plan_project(
 )> {
     let project = load_project(a, true)?;
     ensure_targets(&project)?;
+    daemon_args.check_settings(Some(&project))?;
     // Inline Dockerfiles are written before the graph reads them.
     crate::project::materialize(&project)?;
     if let PlanFor::Bake { granted } = purpose {
@@ -1359,11 +1572,13 @@ fn print_plan(plan: &crate::bake::BakePlan, format: &str) -> Result<()> {
                 // With --shard, which shard acts on the target comes first.
                 let shard = t.shard.map(|s| format!("shard {s}  ")).unwrap_or_default();
                 // With a pool, where a build most likely goes.
-                let on = t
-                    .daemon
-                    .as_ref()
-                    .map(|d| format!("  (on {d})"))
-                    .unwrap_or_default();
+                let on = match t.daemon.as_deref() {
+                    Some(crate::bake::DAEMON_AT_RUN_TIME) => {
+                        format!("  (daemon {})", crate::bake::DAEMON_AT_RUN_TIME)
+                    }
+                    Some(d) => format!("  (on {d})"),
+                    None => String::new(),
+                };
                 outln!(
                     "{:<width$}  {shard}{:<5}  {}{on}",
                     t.name,
@@ -1837,12 +2052,17 @@ async fn run_bake(daemon_args: &DaemonArgs, a: &BakeArgs) -> Result<bool> {
 async fn run(cli: Cli) -> Result<()> {
     // `info`, `workers`, `du` and `prune` act on every daemon of a pool: `--addr`s, else the
     // project's `[builders]` (the daemons `bake` there would use).
-    let pool_for_inspect = match &cli.command {
-        Command::Info(_) | Command::Workers(_) | Command::Du(_) | Command::Prune(_) => {
-            inspected_pool(&cli.daemon)
-        }
+    let files = match &cli.command {
+        Command::Info(a) | Command::Workers(a) => Some(&a.pool.files),
+        Command::Du(a) => Some(&a.pool.files),
+        Command::Prune(a) => Some(&a.pool.files),
         _ => None,
     };
+    if let Some(files) = files {
+        if let Inspected::Pool(project) = inspected(&cli.daemon, files)? {
+            return inspect_pool(&cli, project.as_ref()).await;
+        }
+    }
     match &cli.command {
         Command::Bake(a) => {
             if !run_bake(&cli.daemon, a).await? {
@@ -1894,34 +2114,6 @@ async fn run(cli: Cli) -> Result<()> {
                 })
             )?;
         }
-        Command::Info(a) if pool_for_inspect.is_some() => {
-            let project = pool_for_inspect.as_ref().and_then(Option::as_ref);
-            let pool = cli.daemon.connect_pool(project, Some(1)).await?;
-            let mut text = String::new();
-            let mut all = Vec::new();
-            for m in pool.members() {
-                let info = crate::client::info(&m.daemon)
-                    .await
-                    .with_context(|| format!("daemon {}", m.address))?;
-                text.push_str(&inspect::info_text(&m.daemon, info.as_ref()));
-                text.push('\n');
-                all.push(serde_json::from_str::<serde_json::Value>(
-                    &inspect::info_json(&m.daemon, info.as_ref())?,
-                )?);
-            }
-            match a.format {
-                inspect::Format::Text => write_stdout_bytes(text.trim_end_matches('\n').as_bytes())
-                    .and_then(|()| write_stdout_bytes(b"\n"))?,
-                // The first daemon's object, as with one address, plus every daemon's.
-                inspect::Format::Json => {
-                    let mut v = all.first().cloned().unwrap_or_default();
-                    if let Some(o) = v.as_object_mut() {
-                        o.insert("pool".into(), serde_json::Value::Array(all));
-                    }
-                    outln!("{}", serde_json::to_string_pretty(&v)?)?
-                }
-            }
-        }
         Command::Info(a) => {
             let d = cli.daemon.connect().await?;
             let info = crate::client::info(&d).await?;
@@ -1932,26 +2124,6 @@ async fn run(cli: Cli) -> Result<()> {
                 inspect::Format::Json => outln!("{}", inspect::info_json(&d, info.as_ref())?)?,
             }
         }
-        Command::Workers(a) if pool_for_inspect.is_some() => {
-            let project = pool_for_inspect.as_ref().and_then(Option::as_ref);
-            let pool = cli.daemon.connect_pool(project, Some(1)).await?;
-            let mut text = String::new();
-            let mut all = Vec::new();
-            for m in pool.members() {
-                let workers = crate::client::workers(&m.daemon)
-                    .await
-                    .with_context(|| format!("daemon {}", m.address))?;
-                text.push_str(&format!("Daemon:    {}\n", m.address));
-                text.push_str(&inspect::workers_text(&workers));
-                text.push('\n');
-                all.extend(with_address(&inspect::workers_json(&workers)?, &m.address)?);
-            }
-            match a.format {
-                inspect::Format::Text => write_stdout_bytes(text.trim_end_matches('\n').as_bytes())
-                    .and_then(|()| write_stdout_bytes(b"\n"))?,
-                inspect::Format::Json => outln!("{}", serde_json::to_string_pretty(&all)?)?,
-            }
-        }
         Command::Workers(a) => {
             let d = cli.daemon.connect().await?;
             let workers = crate::client::workers(&d).await?;
@@ -1960,26 +2132,6 @@ async fn run(cli: Cli) -> Result<()> {
                     write_stdout_bytes(inspect::workers_text(&workers).as_bytes())?
                 }
                 inspect::Format::Json => outln!("{}", inspect::workers_json(&workers)?)?,
-            }
-        }
-        Command::Du(a) if pool_for_inspect.is_some() => {
-            let project = pool_for_inspect.as_ref().and_then(Option::as_ref);
-            let pool = cli.daemon.connect_pool(project, Some(1)).await?;
-            let mut text = String::new();
-            let mut all = Vec::new();
-            for m in pool.members() {
-                let recs = crate::client::disk_usage(&m.daemon, a.filter.clone())
-                    .await
-                    .with_context(|| format!("daemon {}", m.address))?;
-                text.push_str(&format!("Daemon:    {}\n", m.address));
-                text.push_str(&inspect::du_text(&recs, a.verbose));
-                text.push('\n');
-                all.extend(with_address(&inspect::du_json(&recs)?, &m.address)?);
-            }
-            match a.format {
-                inspect::Format::Text => write_stdout_bytes(text.trim_end_matches('\n').as_bytes())
-                    .and_then(|()| write_stdout_bytes(b"\n"))?,
-                inspect::Format::Json => outln!("{}", serde_json::to_string_pretty(&all)?)?,
             }
         }
         Command::Du(a) => {
@@ -1995,33 +2147,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Completion(a) => write_stdout_bytes(&reference::completion(a.shell))?,
         Command::Man(a) => write_stdout_bytes(&reference::man_page(a.command.as_deref())?)?,
         Command::Prune(a) => {
-            let o = crate::client::PruneOptions {
-                all: a.all,
-                filters: a.filter.clone(),
-                keep_duration_ns: a
-                    .keep_duration
-                    .map(|s| (s as i64) * 1_000_000_000)
-                    .unwrap_or(0),
-                keep_bytes: a.keep_storage.unwrap_or(0),
-            };
-            if pool_for_inspect.is_some() {
-                // Every daemon of the pool, as `docker buildx prune` prunes every node.
-                let project = pool_for_inspect.as_ref().and_then(Option::as_ref);
-                let pool = cli.daemon.connect_pool(project, Some(1)).await?;
-                for m in pool.members() {
-                    let recs = crate::client::prune(&m.daemon, &o)
-                        .await
-                        .with_context(|| format!("daemon {}", m.address))?;
-                    let total: i64 = recs.iter().map(|r| r.size).sum();
-                    outln!(
-                        "{}: removed {} records, {} reclaimed",
-                        m.address,
-                        recs.len(),
-                        crate::progress::format_bytes(total)
-                    )?;
-                }
-                return Ok(());
-            }
+            let o = prune_options(a);
             let d = cli.daemon.connect().await?;
             let recs = crate::client::prune(&d, &o).await?;
             let total: i64 = recs.iter().map(|r| r.size).sum();

@@ -154,6 +154,8 @@ pub struct Member {
     pub daemon: Daemon,
     /// The address as the user wrote it (for messages and `plan`).
     pub address: String,
+    /// Its name in a project's `[builders.NAME]`; `None` for `--addr` and `$BUILDKIT_HOST`.
+    pub name: Option<String>,
     /// BuildKit's worker ID: the same for as long as the daemon keeps its state, which is
     /// what "the daemon that holds this target's cache" means. `None` when the daemon did
     /// not list a worker.
@@ -325,8 +327,10 @@ pub struct Spec {
     pub jobs: Option<usize>,
     /// Its native platforms; empty: those its workers report.
     pub platforms: Vec<String>,
-    /// Where it was given, for errors in its settings (`[builders.NAME] in FILE`); `None`
-    /// for `--addr` and `$BUILDKIT_HOST`.
+    /// Its name in a project's `[builders.NAME]`; `None` for `--addr` and `$BUILDKIT_HOST`.
+    pub name: Option<String>,
+    /// Where it was given, for its errors (`[builders.NAME] in FILE`); `None` for `--addr`
+    /// and `$BUILDKIT_HOST`.
     pub origin: Option<String>,
 }
 
@@ -359,13 +363,19 @@ pub async fn connect(
         let d = match transport::connect(addr, tls, timeout).await {
             Ok(d) => d,
             Err(e) => match specs.first().and_then(|s| s.origin.as_ref()) {
+                // Only a wrong setting is the keys' fault; a daemon that is down is not.
+                Some(o) if is_setting_error(&e) => {
+                    return Err(TransportError::Failed(format!(
+                        "{o} (its addr and tls* keys): {e}"
+                    )))
+                }
                 Some(o) => return Err(TransportError::Failed(format!("{o}: {e}"))),
                 None => return Err(e),
             },
         };
         let address = addr.map_or_else(|| d.address.to_string(), str::to_string);
         let spec = specs.first().cloned().unwrap_or_default();
-        let m = member(d, address, jobs.or(spec.jobs), spec.platforms).await;
+        let m = member(d, address, &spec, jobs).await;
         return Ok((Pool::new(vec![m], Policy::Cache), Vec::new()));
     }
     let tries = specs.iter().map(|s| async move {
@@ -384,7 +394,7 @@ pub async fn connect(
         let a = &spec.addr;
         match r {
             Ok(d) => {
-                let m = member(d, a.clone(), jobs.or(spec.jobs), spec.platforms.clone()).await;
+                let m = member(d, a.clone(), spec, jobs).await;
                 // The same daemon under two addresses (a socket and `docker://`): one member,
                 // or it would get twice the builds.
                 if let Some(same) = members
@@ -402,12 +412,19 @@ pub async fn connect(
                 members.push(m);
             }
             Err(e) if is_setting_error(&e) => {
-                let o = spec.origin.as_deref().unwrap_or(a.as_str());
+                let o = spec
+                    .origin
+                    .as_ref()
+                    .map_or_else(|| a.clone(), |o| format!("{o} (its addr and tls* keys)"));
                 return Err(TransportError::Failed(format!(
                     "{o}: {e}\nFix the setting (a daemon that is down is left out of the pool; a wrong setting is not)."
                 )));
             }
             Err(e) => {
+                let a = match &spec.name {
+                    Some(n) => format!("{a} ([builders.{n}])"),
+                    None => a.clone(),
+                };
                 warnings.push(format!("{a} left out of this run: {e}"));
                 errors.push(format!("  {a}: {e}"));
             }
@@ -423,20 +440,18 @@ pub async fn connect(
     Ok((Pool::new(members, Policy::Cache), warnings))
 }
 
-async fn member(
-    daemon: Daemon,
-    address: String,
-    jobs: Option<usize>,
-    platforms: Vec<String>,
-) -> Member {
+/// The member `daemon` makes, given as `spec`; `jobs` (`-j`) wins over the spec's.
+async fn member(daemon: Daemon, address: String, spec: &Spec, jobs: Option<usize>) -> Member {
     let workers = crate::client::workers(&daemon).await.unwrap_or_default();
     let first = workers.into_iter().next();
-    let slots = match jobs {
+    let platforms = spec.platforms.clone();
+    let slots = match jobs.or(spec.jobs) {
         Some(j) => j.max(1),
         None => default_jobs(&daemon).await,
     };
     Member {
         address,
+        name: spec.name.clone(),
         worker_id: first.as_ref().map(|w| w.id.clone()),
         default_platform: first.as_ref().and_then(|w| w.platforms.first().cloned()),
         platforms: if platforms.is_empty() {

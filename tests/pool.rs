@@ -752,7 +752,9 @@ fn a_project_s_builders_are_its_pool() {
     let (ok, err, meta) = bake(&dir, &[]);
     assert!(ok, "{err}");
     assert!(
-        err.contains("unix:///nonexistent/bk-build-builders.sock left out of this run"),
+        err.contains(
+            "unix:///nonexistent/bk-build-builders.sock ([builders.off]) left out of this run"
+        ),
         "{err}"
     );
     let on = built_on(&meta);
@@ -766,7 +768,7 @@ fn a_project_s_builders_are_its_pool() {
     let out = run_ok(bk().current_dir(&dir).args(["workers", "--format", "json"]));
     let err = stderr(&out);
     assert!(
-        err.contains("unix:///nonexistent/bk-build-builders.sock left out"),
+        err.contains("unix:///nonexistent/bk-build-builders.sock ([builders.off]) left out"),
         "{err}"
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -816,6 +818,126 @@ fn a_project_s_builders_are_its_pool() {
     assert!(ok, "{err}");
     assert!(!err.contains("left out"), "{err}");
     assert_eq!(built_on(&meta).get("host"), Some(&tls));
+}
+
+/// `info`, `workers`, `du` and `prune` read only a project's `[vars]` and `[builders]`, so a
+/// mistake in a target does not hide the pool; `-f` names another project file; a member that
+/// answers gRPC but is not BuildKit (the engine's own containerd socket) is left out with a
+/// warning rather than failing the command; every pool output spells a member's address as it
+/// was given and names its builder.
+#[test]
+fn inspecting_a_pool_reads_only_its_builders_and_leaves_out_what_is_not_buildkit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("p");
+    let tls = format!("docker://{}", tls_engine().socket);
+    let containerd = format!(
+        "unix://{}",
+        bkenv().join("exec/containerd/containerd.sock").display()
+    );
+    // The target's context does not exist: `bake` would stop on it, these commands must not.
+    write(
+        &dir.join("bk-build.toml"),
+        format!(
+            "[vars]\nTLS = \"{tls}\"\n\n\
+             [target.broken]\ncontext = \"no-such-folder\"\n\n\
+             [builders.main]\naddr = \"docker://\"\njobs = 3\n\n\
+             [builders.secure]\naddr = \"${{TLS}}\"\nplatforms = [\"linux/arm64\"]\n\n\
+             [builders.notbk]\naddr = \"{containerd}\"\n"
+        ),
+    );
+    let out = run_ok(bk().current_dir(&dir).args(["workers", "--format", "json"]));
+    let err = stderr(&out);
+    assert!(!err.contains("could not be read"), "{err}");
+    assert!(
+        err.contains(&containerd) && err.contains("[builders.notbk]") && err.contains("left out"),
+        "the containerd socket was not left out with a warning naming it:\n{err}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut members: Vec<(String, String, u64)> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            (
+                w["builder"].as_str().unwrap().to_string(),
+                w["address"].as_str().unwrap().to_string(),
+                w["jobs"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    members.dedup();
+    assert_eq!(members.len(), 2, "{v}");
+    assert_eq!(
+        (members[0].0.as_str(), members[0].1.as_str(), members[0].2),
+        ("main", "docker://", 3),
+        "{v}"
+    );
+    assert_eq!(
+        (members[1].0.as_str(), members[1].1.as_str()),
+        ("secure", tls.as_str()),
+        "{v}"
+    );
+    let out = run_ok(bk().current_dir(&dir).arg("workers"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Builder:   secure") && text.contains("Declared:  linux/arm64"),
+        "{text}"
+    );
+    // `info`'s pool entries: the address as given (as in `workers`, `du` and `plan`), the
+    // endpoint it resolved to beside it.
+    let out = run_ok(bk().current_dir(&dir).args(["info", "--format", "json"]));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pool = v["pool"].as_array().unwrap();
+    assert_eq!(pool.len(), 2, "{v}");
+    assert_eq!(pool[0]["address"], "docker://", "{v}");
+    assert_eq!(pool[1]["address"], tls.as_str(), "{v}");
+    assert_eq!(pool[1]["builder"], "secure", "{v}");
+    assert!(
+        pool[0]["endpoint"]
+            .as_str()
+            .unwrap()
+            .starts_with("docker://unix://"),
+        "{v}"
+    );
+
+    // -f: another file's builders, from any directory.
+    let other = tmp.path().join("other.toml");
+    write(&other, format!("[builders.only]\naddr = \"{tls}\"\n"));
+    let out = run_ok(bk().current_dir(tmp.path()).args([
+        "du",
+        "--format",
+        "json",
+        "-f",
+        other.to_str().unwrap(),
+    ]));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut on: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["builder"].as_str().unwrap())
+        .collect();
+    on.dedup();
+    assert_eq!(on, ["only"], "{v}");
+    // A file named with -f that cannot be read is an error, not a silent default daemon.
+    let out = bk()
+        .current_dir(tmp.path())
+        .args(["workers", "-f", "missing.toml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("missing.toml"), "{}", stderr(&out));
+    // Only the non-BuildKit member: nothing answered, so the command fails, naming it.
+    let out = bk()
+        .args(["workers", "--addr", &containerd])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("unknown service moby.buildkit.v1.Control"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// Targets wait for the daemon that built them last only while the queue there is short:
@@ -907,6 +1029,37 @@ fn builders_settings_route_and_fail_where_they_should() {
         "a builder with missing TLS files was left out instead:\n{err}"
     );
     assert!(err.contains("[builders.bad]"), "{err}");
+    // `plan` needs no daemon, but says the same before planning anything.
+    let out = bk().current_dir(&dir).arg("plan").output().unwrap();
+    assert!(
+        !out.status.success(),
+        "plan accepted a builder with missing TLS files:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        stderr(&out).contains("[builders.bad]") && stderr(&out).contains("tls* keys"),
+        "{}",
+        stderr(&out)
+    );
+    // A lone builder that is down: its settings are not blamed, the daemon is.
+    write(
+        &dir.join("bk-build.toml"),
+        format!("{head}[builders.down]\naddr = \"unix:///nonexistent/bk-build-bset.sock\"\n"),
+    );
+    let (ok, err, _) = bake(&dir, &[]);
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("[builders.down]") && err.contains("no daemon listens there"),
+        "{err}"
+    );
+    assert!(!err.contains("tls* keys"), "{err}");
+    write(
+        &dir.join("bk-build.toml"),
+        format!(
+            "{head}[builders.a]\naddr = \"docker://\"\n\n\
+             [builders.bad]\naddr = \"docker://tcp://127.0.0.1:2376\"\ntlsdir = \"nope\"\n"
+        ),
+    );
     // The --tls* flags with the project's builders: refused, not ignored.
     let (ok, err, _) = bake(&dir, &["--tlsdir".to_string(), "certs".to_string()]);
     assert!(!ok, "{err}");

@@ -95,6 +95,9 @@ pub struct BakeOptions {
     pub pool: Vec<String>,
 }
 
+/// A plan's [`TargetPlan::daemon`] for a build whose daemon only the run can choose.
+pub const DAEMON_AT_RUN_TIME: &str = "decided at run time: the registry's hint, else least loaded";
+
 /// What a run will do with one target, and why.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct TargetPlan {
@@ -110,7 +113,7 @@ pub struct TargetPlan {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shard: Option<usize>,
     /// With a pool of daemons, the one a build most likely goes to (its address as given,
-    /// or `decided at run time: …` when neither state nor requirements say).
+    /// or [`DAEMON_AT_RUN_TIME`] when neither state nor requirements say).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub daemon: Option<String>,
     /// Tags a `retag` adds (registry tags, then Docker Engine tags).

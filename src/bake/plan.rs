@@ -371,9 +371,11 @@ fn predict_daemons(
     }
     for (name, tp) in targets.iter_mut() {
         if tp.action == Action::Build {
-            tp.daemon = Some(on.get(name.as_str()).cloned().unwrap_or_else(|| {
-                "decided at run time: the registry's hint, else least loaded".to_string()
-            }));
+            tp.daemon = Some(
+                on.get(name.as_str())
+                    .cloned()
+                    .unwrap_or_else(|| super::DAEMON_AT_RUN_TIME.to_string()),
+            );
         }
     }
 }

@@ -333,6 +333,56 @@ pub fn load_in(
     env: &dyn Fn(&str) -> Option<String>,
     cwd: &Path,
 ) -> Result<Project, ProjectError> {
+    let (sources, kinds) = read_sources(files)?;
+    if kinds[0] == FileKind::Toml {
+        return toml_file::load(&sources, env);
+    }
+    // buildx reads every compose file first, then the bake files on top, whatever the order
+    // of -f.
+    let mut compose_files = Vec::new();
+    let mut bake_files = Vec::new();
+    for (s, k) in sources.into_iter().zip(kinds) {
+        match k {
+            FileKind::Bake(syntax) => bake_files.push((s, syntax)),
+            _ => compose_files.push(s),
+        }
+    }
+    let compose = if compose_files.is_empty() {
+        None
+    } else {
+        Some(compose::load(&compose_files, env)?)
+    };
+    match (compose, bake_files.is_empty()) {
+        (Some(p), true) => Ok(p),
+        (compose, _) => bake_file::load(compose, &bake_files, env, cwd),
+    }
+}
+
+/// The pool of daemons `files` declare (bk-build.toml's `[builders]`, with the `[vars]` their
+/// addresses use), read without resolving targets and groups, so that a mistake in a target
+/// does not hide them: what `info`, `workers`, `du` and `prune` act on. The project returned
+/// has its `root`, `files` and `builders`; its targets and groups are empty. Compose and bake
+/// files declare no builders.
+///
+/// Errors: as [`load`] for the files and for `[vars]` and `[builders]`.
+pub fn load_builders(
+    files: &[PathBuf],
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Project, ProjectError> {
+    let (sources, kinds) = read_sources(files)?;
+    if kinds[0] == FileKind::Toml {
+        return toml_file::load_scoped(&sources, env, toml_file::Scope::Builders);
+    }
+    Ok(Project {
+        root: sources[0].dir.clone(),
+        files: sources.iter().map(|s| s.abs.clone()).collect(),
+        ..Default::default()
+    })
+}
+
+/// Reads every project file (`-` from standard input) and tells their kinds apart; bk-build
+/// TOML files do not mix with compose and bake files. At least one file is returned.
+fn read_sources(files: &[PathBuf]) -> Result<(Vec<SourceFile>, Vec<FileKind>), ProjectError> {
     let Some(first) = files.first() else {
         return Err(ProjectError::NotFound {
             dir: std::env::current_dir().unwrap_or_default(),
@@ -424,28 +474,7 @@ pub fn load_in(
             fix: "pass only bk-build.toml files, or only compose and bake files, with -f".into(),
         });
     }
-    if kinds[0] == FileKind::Toml {
-        return toml_file::load(&sources, env);
-    }
-    // buildx reads every compose file first, then the bake files on top, whatever the order
-    // of -f.
-    let mut compose_files = Vec::new();
-    let mut bake_files = Vec::new();
-    for (s, k) in sources.into_iter().zip(kinds) {
-        match k {
-            FileKind::Bake(syntax) => bake_files.push((s, syntax)),
-            _ => compose_files.push(s),
-        }
-    }
-    let compose = if compose_files.is_empty() {
-        None
-    } else {
-        Some(compose::load(&compose_files, env)?)
-    };
-    match (compose, bake_files.is_empty()) {
-        (Some(p), true) => Ok(p),
-        (compose, _) => bake_file::load(compose, &bake_files, env, cwd),
-    }
+    Ok((sources, kinds))
 }
 
 /// Where a target's inline Dockerfile (compose `dockerfile_inline`) is written: under the

@@ -1243,3 +1243,38 @@ fn builders_are_read_with_paths_from_their_file_and_checked() {
     let msg = error_of("[builders.x]\naddr = \"tcp://h:1\"\nweight = 2\n");
     assert_mentions(&msg, &["builders.x.weight", "unknown key"]);
 }
+
+#[test]
+fn builders_alone_are_read_past_a_broken_target_but_not_past_their_own_mistakes() {
+    let d = tempfile::tempdir().unwrap();
+    let env = |k: &str| (k == "PORT").then(|| "1234".to_string());
+    let f = write(
+        d.path(),
+        "bk-build.toml",
+        "[vars]\nHOST = \"bk-0.build\"\n\n[target.gone]\ncontext = \"no-such-dir\"\n\n\
+         [group.default]\ntargets = [\"nope\"]\n\n\
+         [builders.b0]\naddr = \"tcp://${HOST}:${PORT}\"\n",
+    );
+    assert!(load(std::slice::from_ref(&f), &env).is_err());
+    let p = load_builders(std::slice::from_ref(&f), &env).unwrap();
+    assert!(p.targets.is_empty() && p.groups.is_empty());
+    assert_eq!(p.files, std::slice::from_ref(&f));
+    assert_eq!(p.builders.len(), 1);
+    assert_eq!(p.builders[0].addr, "tcp://bk-0.build:1234");
+    // Its own section, its variables and the file's shape are still checked.
+    for (text, mentions) in [
+        ("[builders.x]\njobs = 2\n", &["builders.x", "no `addr`"][..]),
+        (
+            "[vars]\n1X = \"a\"\n",
+            &["1X", "not a valid variable name"][..],
+        ),
+        (
+            "[bulders.x]\naddr = \"tcp://h:1\"\n",
+            &["did you mean [builders]"][..],
+        ),
+    ] {
+        let f = write(d.path(), "bk-build.toml", text);
+        let msg = load_builders(&[f], &env).unwrap_err().to_string();
+        assert_mentions(&msg, mentions);
+    }
+}

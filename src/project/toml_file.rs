@@ -675,9 +675,28 @@ struct Setting<'v> {
     key: String,
 }
 
+/// How much of a bk-build.toml [`load_scoped`] resolves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Scope {
+    /// Everything: a project to plan and build.
+    All,
+    /// `[vars]` and `[builders]` only (targets and groups left empty and unchecked): the
+    /// daemons `info`, `workers`, `du` and `prune` act on, which a mistake in a target must
+    /// not hide.
+    Builders,
+}
+
 pub(super) fn load(
     files: &[SourceFile],
     env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Project, ProjectError> {
+    load_scoped(files, env, Scope::All)
+}
+
+pub(super) fn load_scoped(
+    files: &[SourceFile],
+    env: &dyn Fn(&str) -> Option<String>,
+    scope: Scope,
 ) -> Result<Project, ProjectError> {
     let mut root: BTreeMap<String, Val> = BTreeMap::new();
     for (i, f) in files.iter().enumerate() {
@@ -748,146 +767,11 @@ pub(super) fn load(
         }
     }
 
-    // [defaults]
-    let defaults = section(&r, "defaults")?;
-    r.check_keys(defaults, "defaults", TARGET_KEYS)?;
-    for k in NOT_IN_DEFAULTS {
-        if let Some(v) = defaults.get(*k) {
-            return Err(r.err(
-                v,
-                &format!("defaults.{k}"),
-                format!("`{k}` cannot be a default: it only makes sense per target"),
-                "move it into each [target.NAME] that needs it",
-            ));
-        }
-    }
-
-    // [target.*]
-    let target_tables = section(&r, "target")?;
-    let mut targets = BTreeMap::new();
-    for (name, tv) in target_tables {
-        let prefix = format!("target.{name}");
-        if !valid_name(name) {
-            return Err(r.err(
-                tv,
-                &prefix,
-                format!("`{name}` is not a valid target name"),
-                "use letters, digits, '_', '.' and '-', starting with a letter or digit",
-            ));
-        }
-        let own = r.table(tv, &prefix)?;
-        r.check_keys(own, &prefix, TARGET_KEYS)?;
-        let t = resolve_target(&mut r, name, tv, own, defaults)?;
-        targets.insert(name.clone(), (t, tv));
-    }
-
-    // Cross references, once every target is known.
-    let names: Vec<&str> = targets.keys().map(String::as_str).collect();
-    let unknown_target = |r: &Resolver, v: &Val, key: &str, what: &str| {
-        let hint = suggest(what, names.iter().copied())
-            .map(|s| format!("did you mean `{s}`? "))
-            .unwrap_or_default();
-        r.err(
-            v,
-            key,
-            format!("`{what}` is not a target of this project"),
-            format!(
-                "{hint}define [target.{what}] or use one of: {}",
-                if names.is_empty() {
-                    "(none defined)".to_string()
-                } else {
-                    names.join(", ")
-                }
-            ),
-        )
+    // A reader of `[builders]` alone (`info`, `workers`…) must not fail on a target's mistake.
+    let (targets, groups) = match scope {
+        Scope::All => targets_and_groups(&mut r, &root)?,
+        Scope::Builders => Default::default(),
     };
-    for (name, (t, tv)) in &targets {
-        let own = r.table(tv, "")?;
-        for (i, dep) in t.depends_on.iter().enumerate() {
-            let v = own
-                .get("depends_on")
-                .and_then(|d| match &d.kind {
-                    Kind::Array(items) => items.get(i),
-                    _ => None,
-                })
-                .unwrap_or(tv);
-            let key = format!("target.{name}.depends_on[{i}]");
-            if dep == name {
-                return Err(r.err(
-                    v,
-                    &key,
-                    "a target cannot depend on itself",
-                    "remove it from depends_on",
-                ));
-            }
-            if !targets.contains_key(dep) {
-                return Err(unknown_target(&r, v, &key, dep));
-            }
-        }
-        for (ctx_name, src) in &t.contexts {
-            if let ContextSource::Target(other) = src {
-                let key = format!("target.{name}.contexts.{ctx_name}");
-                let v = own
-                    .get("contexts")
-                    .and_then(|c| match &c.kind {
-                        Kind::Table(m) => m.get(ctx_name),
-                        _ => None,
-                    })
-                    .or_else(|| match defaults.get("contexts").map(|c| &c.kind) {
-                        Some(Kind::Table(m)) => m.get(ctx_name),
-                        _ => None,
-                    })
-                    .unwrap_or(tv);
-                if other == name {
-                    return Err(r.err(
-                        v,
-                        &key,
-                        "a target cannot use itself as a context",
-                        "point it at another target, a directory or docker-image://REF",
-                    ));
-                }
-                if !targets.contains_key(other) {
-                    return Err(unknown_target(&r, v, &key, other));
-                }
-            }
-        }
-    }
-
-    // [group.*]
-    let mut groups = BTreeMap::new();
-    let group_tables = section(&r, "group")?;
-    for (gname, gv) in group_tables {
-        let prefix = format!("group.{gname}");
-        let g = r.table(gv, &prefix)?;
-        r.check_keys(g, &prefix, GROUP_KEYS)?;
-        if targets.contains_key(gname) {
-            return Err(r.err(
-                gv,
-                &prefix,
-                format!("`{gname}` is both a group and a target"),
-                "rename the group or the target so a name means one thing",
-            ));
-        }
-        let members = match g.get("targets") {
-            Some(v) => r.strings(v, &format!("{prefix}.targets"), None)?,
-            None => {
-                return Err(r.err(
-                    gv,
-                    &prefix,
-                    "group has no `targets`",
-                    format!("add targets = [\"...\"] under [group.{gname}]"),
-                ))
-            }
-        };
-        let mut list = Vec::new();
-        for (m, v, key) in members {
-            if !targets.contains_key(&m) && !group_tables.contains_key(&m) {
-                return Err(unknown_target(&r, &v, &key, &m));
-            }
-            list.push(m);
-        }
-        groups.insert(gname.clone(), list);
-    }
 
     // Every [vars] entry with the value targets saw (already resolved above; a git built-in
     // that could not be computed leaves it without one).
@@ -972,7 +856,7 @@ pub(super) fn load(
     Ok(Project {
         root: project_root,
         files: files.iter().map(|f| f.abs.clone()).collect(),
-        targets: targets.into_iter().map(|(k, (t, _))| (k, t)).collect(),
+        targets,
         groups,
         default_must_exist: false,
         group_problems: BTreeMap::new(),
@@ -980,6 +864,162 @@ pub(super) fn load(
         variables,
         builders,
     })
+}
+
+/// `[defaults]`, `[target.*]` and `[group.*]`, resolved and cross-checked.
+#[allow(clippy::type_complexity)]
+fn targets_and_groups(
+    r: &mut Resolver,
+    root: &BTreeMap<String, Val>,
+) -> Result<(BTreeMap<String, Target>, BTreeMap<String, Vec<String>>), ProjectError> {
+    let empty = BTreeMap::new();
+    let section = |r: &Resolver, k: &str| -> Result<&BTreeMap<String, Val>, ProjectError> {
+        root.get(k).map_or(Ok(&empty), |v| r.table(v, k))
+    };
+    // [defaults]
+    let defaults = section(r, "defaults")?;
+    r.check_keys(defaults, "defaults", TARGET_KEYS)?;
+    for k in NOT_IN_DEFAULTS {
+        if let Some(v) = defaults.get(*k) {
+            return Err(r.err(
+                v,
+                &format!("defaults.{k}"),
+                format!("`{k}` cannot be a default: it only makes sense per target"),
+                "move it into each [target.NAME] that needs it",
+            ));
+        }
+    }
+
+    // [target.*]
+    let target_tables = section(r, "target")?;
+    let mut targets = BTreeMap::new();
+    for (name, tv) in target_tables {
+        let prefix = format!("target.{name}");
+        if !valid_name(name) {
+            return Err(r.err(
+                tv,
+                &prefix,
+                format!("`{name}` is not a valid target name"),
+                "use letters, digits, '_', '.' and '-', starting with a letter or digit",
+            ));
+        }
+        let own = r.table(tv, &prefix)?;
+        r.check_keys(own, &prefix, TARGET_KEYS)?;
+        let t = resolve_target(r, name, tv, own, defaults)?;
+        targets.insert(name.clone(), (t, tv));
+    }
+
+    // Cross references, once every target is known.
+    let names: Vec<&str> = targets.keys().map(String::as_str).collect();
+    let unknown_target = |r: &Resolver, v: &Val, key: &str, what: &str| {
+        let hint = suggest(what, names.iter().copied())
+            .map(|s| format!("did you mean `{s}`? "))
+            .unwrap_or_default();
+        r.err(
+            v,
+            key,
+            format!("`{what}` is not a target of this project"),
+            format!(
+                "{hint}define [target.{what}] or use one of: {}",
+                if names.is_empty() {
+                    "(none defined)".to_string()
+                } else {
+                    names.join(", ")
+                }
+            ),
+        )
+    };
+    for (name, (t, tv)) in &targets {
+        let own = r.table(tv, "")?;
+        for (i, dep) in t.depends_on.iter().enumerate() {
+            let v = own
+                .get("depends_on")
+                .and_then(|d| match &d.kind {
+                    Kind::Array(items) => items.get(i),
+                    _ => None,
+                })
+                .unwrap_or(tv);
+            let key = format!("target.{name}.depends_on[{i}]");
+            if dep == name {
+                return Err(r.err(
+                    v,
+                    &key,
+                    "a target cannot depend on itself",
+                    "remove it from depends_on",
+                ));
+            }
+            if !targets.contains_key(dep) {
+                return Err(unknown_target(r, v, &key, dep));
+            }
+        }
+        for (ctx_name, src) in &t.contexts {
+            if let ContextSource::Target(other) = src {
+                let key = format!("target.{name}.contexts.{ctx_name}");
+                let v = own
+                    .get("contexts")
+                    .and_then(|c| match &c.kind {
+                        Kind::Table(m) => m.get(ctx_name),
+                        _ => None,
+                    })
+                    .or_else(|| match defaults.get("contexts").map(|c| &c.kind) {
+                        Some(Kind::Table(m)) => m.get(ctx_name),
+                        _ => None,
+                    })
+                    .unwrap_or(tv);
+                if other == name {
+                    return Err(r.err(
+                        v,
+                        &key,
+                        "a target cannot use itself as a context",
+                        "point it at another target, a directory or docker-image://REF",
+                    ));
+                }
+                if !targets.contains_key(other) {
+                    return Err(unknown_target(r, v, &key, other));
+                }
+            }
+        }
+    }
+
+    // [group.*]
+    let mut groups = BTreeMap::new();
+    let group_tables = section(r, "group")?;
+    for (gname, gv) in group_tables {
+        let prefix = format!("group.{gname}");
+        let g = r.table(gv, &prefix)?;
+        r.check_keys(g, &prefix, GROUP_KEYS)?;
+        if targets.contains_key(gname) {
+            return Err(r.err(
+                gv,
+                &prefix,
+                format!("`{gname}` is both a group and a target"),
+                "rename the group or the target so a name means one thing",
+            ));
+        }
+        let members = match g.get("targets") {
+            Some(v) => r.strings(v, &format!("{prefix}.targets"), None)?,
+            None => {
+                return Err(r.err(
+                    gv,
+                    &prefix,
+                    "group has no `targets`",
+                    format!("add targets = [\"...\"] under [group.{gname}]"),
+                ))
+            }
+        };
+        let mut list = Vec::new();
+        for (m, v, key) in members {
+            if !targets.contains_key(&m) && !group_tables.contains_key(&m) {
+                return Err(unknown_target(r, &v, &key, &m));
+            }
+            list.push(m);
+        }
+        groups.insert(gname.clone(), list);
+    }
+    Ok((
+        targets.into_iter().map(|(k, (t, _))| (k, t)).collect(),
+        groups,
+    ))
 }
 
 fn resolve_target(

@@ -447,6 +447,28 @@ fn with_tls_flags(mut host: DockerHost, tls: &TlsOptions) -> Result<DockerHost, 
     }
 }
 
+/// What [`connect_address`] would refuse before reaching any daemon: an address that does not
+/// parse, TLS settings where they do not apply, TLS files missing, unreadable or not going
+/// together. Reads the TLS files (and, for `docker://`, the docker CLI's environment and
+/// context); opens no connection. Lets `plan`, which needs no daemon, report a wrong builder
+/// setting as `bake` would.
+pub fn check_settings(addr: &str, tls: &TlsOptions) -> Result<(), TransportError> {
+    match Address::parse(addr)? {
+        Address::Unix(_) if !tls.is_empty() => Err(TransportError::Tls(
+            "TLS flags only apply to tcp:// addresses".into(),
+        )),
+        Address::Unix(_) => Ok(()),
+        Address::Tcp { host, .. } if !tls.is_empty() => {
+            let files = tls.resolved()?;
+            files.client_config(&[b"h2"])?;
+            files.server_name(&host)?;
+            Ok(())
+        }
+        Address::Tcp { .. } => Ok(()),
+        Address::Docker(host) => docker::Dialer::new(&with_tls_flags(host, tls)?).map(drop),
+    }
+}
+
 /// Connects to one address and checks that a BuildKit Control service answers there.
 pub async fn connect_address(
     address: Address,
@@ -633,6 +655,15 @@ async fn probe(channel: &Channel, timeout: Duration) -> Result<(), ProbeFailure>
     match tokio::time::timeout(timeout, c.info(crate::proto::control::InfoRequest {})).await {
         Err(_) => Err(ProbeFailure::Timeout(timeout)),
         Ok(Ok(_)) => Ok(()),
+        // A gRPC server without BuildKit's Control service at all (containerd's socket, say):
+        // grpc-go answers "unknown service moby.buildkit.v1.Control", while a daemon older
+        // than v0.11 has the service and lacks only the method ("unknown method Info …").
+        Ok(Err(s))
+            if s.code() == tonic::Code::Unimplemented
+                && s.message().starts_with("unknown service") =>
+        {
+            Err(ProbeFailure::Status(s))
+        }
         Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => Ok(()),
         Ok(Err(s)) => Err(ProbeFailure::Status(s)),
     }
