@@ -590,13 +590,7 @@ impl DaemonArgs {
                         jobs: b.jobs,
                         platforms: b.platforms.clone(),
                         name: Some(b.name.clone()),
-                        origin: Some(format!(
-                            "[builders.{}] in {}",
-                            b.name,
-                            p.files
-                                .first()
-                                .map_or_else(String::new, |f| f.display().to_string())
-                        )),
+                        origin: Some(format!("[builders.{}] in {}", b.name, b.file.display())),
                     })
                     .collect()
             })
@@ -612,12 +606,11 @@ impl DaemonArgs {
                 transport::connect(addrs.first().map(String::as_str), &self.tls(), timeout).await?,
             );
         }
-        let (pool, warnings) =
-            crate::pool::connect(&self.specs(None), &self.tls(), timeout, Some(1)).await?;
-        for w in warnings {
+        let c = crate::pool::connect(&self.specs(None), &self.tls(), timeout, Some(1)).await?;
+        for w in &c.warnings {
             eprintln!("WARNING: {w}");
         }
-        Ok(pool.member(0).daemon.clone())
+        Ok(c.pool.member(0).daemon.clone())
     }
 
     /// The `--tls*` flags are for `--addr`: with the project's `[builders]` (each with its own
@@ -663,14 +656,22 @@ impl DaemonArgs {
         project: Option<&crate::project::Project>,
         jobs: Option<usize>,
     ) -> Result<crate::pool::Pool> {
+        Ok(self.connect_pool_reporting(project, jobs).await?.pool)
+    }
+
+    /// [`connect_pool`](Self::connect_pool), also saying which daemons were left out.
+    pub async fn connect_pool_reporting(
+        &self,
+        project: Option<&crate::project::Project>,
+        jobs: Option<usize>,
+    ) -> Result<crate::pool::Connected> {
         let timeout = Duration::from_secs(self.timeout.max(1));
         self.refuse_tls_flags_for_builders(project)?;
-        let (pool, warnings) =
-            crate::pool::connect(&self.specs(project), &self.tls(), timeout, jobs).await?;
-        for w in warnings {
+        let c = crate::pool::connect(&self.specs(project), &self.tls(), timeout, jobs).await?;
+        for w in &c.warnings {
             eprintln!("WARNING: {w}");
         }
-        Ok(pool)
+        Ok(c)
     }
 }
 
@@ -1236,8 +1237,9 @@ enum Inspected {
 /// else the default daemon. Only `[vars]` and `[builders]` are read
 /// ([`crate::project::load_builders`]): a mistake in a target does not hide the pool.
 ///
-/// Errors: a file named with `-f` that cannot be read. The current directory's is only
-/// warned about (the default daemon is then used): these commands are about daemons.
+/// Errors: the bk-build.toml (named or found) cannot be read for its `[builders]`: acting
+/// on the default daemon instead could prune one the user did not mean; `-f` names a compose
+/// or bake file (which declares no daemons).
 fn inspected(d: &DaemonArgs, files: &[PathBuf]) -> Result<Inspected> {
     let addrs = d.addrs();
     if addrs.len() > 1 {
@@ -1255,18 +1257,20 @@ fn inspected(d: &DaemonArgs, files: &[PathBuf]) -> Result<Inspected> {
         if !toml.is_file() {
             return Ok(Inspected::One);
         }
-        match crate::project::load_builders(std::slice::from_ref(&toml), &env) {
-            Ok(p) => p,
-            Err(e) => {
-                eprintln!(
-                    "WARNING: {}: its [builders] could not be read, so the default daemon is shown: {e}",
-                    toml.display()
-                );
-                return Ok(Inspected::One);
-            }
-        }
+        crate::project::load_builders(std::slice::from_ref(&toml), &env).with_context(|| {
+            format!(
+                "{}: its [builders] (the daemons to act on) could not be read; fix the file, or name the daemon with --addr",
+                toml.display()
+            )
+        })?
     } else {
-        crate::project::load_builders(files, &env)?
+        let p = crate::project::load_builders(files, &env)?;
+        anyhow::ensure!(
+            p.files.iter().any(|f| f.extension().is_some_and(|e| e == "toml")),
+            "-f {}: compose and bake files name no daemons; pass a bk-build.toml with [builders], or the daemons with --addr",
+            files[0].display()
+        );
+        p
     };
     Ok(if project.builders.is_empty() {
         Inspected::One
@@ -1275,22 +1279,27 @@ fn inspected(d: &DaemonArgs, files: &[PathBuf]) -> Result<Inspected> {
     })
 }
 
-/// What a pool member is, for the text of `info`, `workers` and `du`: its `[builders]` name,
-/// its address as given, and for `workers` the builds `bake` runs on it at once and the
-/// platforms it was declared to build.
-fn member_header(m: &crate::pool::Member, declared: bool, detail: bool) -> String {
+/// What a pool member is, for the text of `info`, `workers` and `du`: its `[builders]` name
+/// and its address as given, the values at column `width` (that of the lines that follow);
+/// for `workers` (`Some(declared)`) also the builds `bake` runs on it at once and, when the
+/// builder declares them, its platforms.
+fn member_header(m: &crate::pool::Member, width: usize, workers: Option<bool>) -> String {
     let mut s = String::new();
+    let mut line = |k: &str, v: &str| s.push_str(&format!("{:<width$}{v}\n", format!("{k}:")));
     if let Some(n) = &m.name {
-        s.push_str(&format!("Builder:   {n}\n"));
+        line("Builder", n);
     }
-    s.push_str(&format!("Daemon:    {}\n", m.address));
-    if detail {
-        s.push_str(&format!("Jobs:      {}\n", m.slots));
+    line("Daemon", &m.address);
+    if let Some(declared) = workers {
+        line("Jobs", &m.slots.to_string());
         if declared {
-            s.push_str(&format!(
-                "Declared:  {} (targets for these platforms go here)\n",
-                m.platforms.join(",")
-            ));
+            line(
+                "Declared",
+                &format!(
+                    "{} (targets for these platforms go here)",
+                    m.platforms.join(",")
+                ),
+            );
         }
     }
     s
@@ -1325,7 +1334,8 @@ fn with_member(list: &str, m: &crate::pool::Member) -> Result<Vec<serde_json::Va
 ///
 /// Errors: no member could answer; for `prune`, any member that failed.
 async fn inspect_pool(cli: &Cli, project: Option<&crate::project::Project>) -> Result<()> {
-    let pool = cli.daemon.connect_pool(project, None).await?;
+    let connected = cli.daemon.connect_pool_reporting(project, None).await?;
+    let pool = connected.pool;
     let declared = |m: &crate::pool::Member| {
         project.is_some_and(|p| {
             p.builders
@@ -1346,7 +1356,7 @@ async fn inspect_pool(cli: &Cli, project: Option<&crate::project::Project>) -> R
             match &cli.command {
                 Command::Info(_) => {
                     let info = crate::client::info(&m.daemon).await?;
-                    text.push_str(&member_header(m, false, false));
+                    text.push_str(&member_header(m, 10, None));
                     text.push_str(&inspect::info_text(&m.daemon, info.as_ref()));
                     let mut v: serde_json::Value =
                         serde_json::from_str(&inspect::info_json(&m.daemon, info.as_ref())?)?;
@@ -1365,7 +1375,7 @@ async fn inspect_pool(cli: &Cli, project: Option<&crate::project::Project>) -> R
                 }
                 Command::Workers(_) => {
                     let workers = crate::client::workers(&m.daemon).await?;
-                    text.push_str(&member_header(m, declared(m), true));
+                    text.push_str(&member_header(m, 11, Some(declared(m))));
                     text.push_str(&inspect::workers_text(&workers));
                     for mut w in with_member(&inspect::workers_json(&workers)?, m)? {
                         if let Some(o) = w.as_object_mut() {
@@ -1376,7 +1386,7 @@ async fn inspect_pool(cli: &Cli, project: Option<&crate::project::Project>) -> R
                 }
                 Command::Du(a) => {
                     let recs = crate::client::disk_usage(&m.daemon, a.filter.clone()).await?;
-                    text.push_str(&member_header(m, false, false));
+                    text.push_str(&member_header(m, 11, None));
                     text.push_str(&inspect::du_text(&recs, a.verbose));
                     all.extend(with_member(&inspect::du_json(&recs)?, m)?);
                 }
@@ -1400,18 +1410,37 @@ async fn inspect_pool(cli: &Cli, project: Option<&crate::project::Project>) -> R
         }
         .await;
         if let Err(e) = answer {
-            eprintln!("WARNING: {} left out: {e:#}", m.address);
-            failed.push(format!("  {}: {e:#}", m.address));
+            failed.push((m.label(), format!("{e:#}")));
         }
     }
-    if failed.len() == pool.members().len() {
-        anyhow::bail!("no daemon of the pool answered:\n{}", failed.join("\n"));
+    let list = |failed: &[(String, String)]| {
+        failed
+            .iter()
+            .map(|(who, e)| format!("  {who}: {e}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    // Every daemon refused the call (a filter none accepts, say): one error, not warnings.
+    anyhow::ensure!(
+        failed.len() < pool.members().len(),
+        "every daemon of the pool failed:\n{}",
+        list(&failed)
+    );
+    for (who, e) in &failed {
+        eprintln!("WARNING: {who} left out: {e}");
     }
     if matches!(cli.command, Command::Prune(_)) {
+        // A cleanup that skipped a daemon must not look like one that did them all.
+        let skipped: Vec<(String, String)> = connected
+            .left_out
+            .iter()
+            .map(|who| (who.clone(), "did not answer (see above)".to_string()))
+            .chain(failed)
+            .collect();
         anyhow::ensure!(
-            failed.is_empty(),
-            "pruning failed on some daemons (the others were pruned):\n{}",
-            failed.join("\n")
+            skipped.is_empty(),
+            "some daemons of the pool were not pruned (the others were):\n{}",
+            list(&skipped)
         );
         return Ok(());
     }

@@ -171,6 +171,14 @@ pub struct Member {
 }
 
 impl Member {
+    /// Its address as given, with its `[builders]` name when it has one: for messages.
+    pub fn label(&self) -> String {
+        match &self.name {
+            Some(n) => format!("{} ([builders.{n}])", self.address),
+            None => self.address.clone(),
+        }
+    }
+
     /// Whether the member is a Docker Engine (whose own image store a `FROM` without pull
     /// uses).
     pub fn is_docker_engine(&self) -> bool {
@@ -353,7 +361,7 @@ pub async fn connect(
     discovery_tls: &crate::transport::TlsOptions,
     timeout: std::time::Duration,
     jobs: Option<usize>,
-) -> Result<(Pool, Vec<String>), crate::transport::TransportError> {
+) -> Result<Connected, crate::transport::TransportError> {
     use crate::transport::{self, TransportError};
     if specs.len() <= 1 {
         let (addr, tls) = match specs.first() {
@@ -376,7 +384,11 @@ pub async fn connect(
         let address = addr.map_or_else(|| d.address.to_string(), str::to_string);
         let spec = specs.first().cloned().unwrap_or_default();
         let m = member(d, address, &spec, jobs).await;
-        return Ok((Pool::new(vec![m], Policy::Cache), Vec::new()));
+        return Ok(Connected {
+            pool: Pool::new(vec![m], Policy::Cache),
+            warnings: Vec::new(),
+            left_out: Vec::new(),
+        });
     }
     let tries = specs.iter().map(|s| async move {
         let r = async {
@@ -389,6 +401,7 @@ pub async fn connect(
     let answers = futures_util::future::join_all(tries).await;
     let mut members: Vec<Member> = Vec::new();
     let mut warnings = Vec::new();
+    let mut left_out = Vec::new();
     let mut errors = Vec::new();
     for (spec, r) in answers {
         let a = &spec.addr;
@@ -402,10 +415,11 @@ pub async fn connect(
                     .find(|o| o.worker_id.is_some() && o.worker_id == m.worker_id)
                 {
                     warnings.push(format!(
-                        "{} is the same daemon as {} (BuildKit worker {}): used once",
-                        m.address,
-                        same.address,
-                        m.worker_id.as_deref().unwrap_or_default()
+                        "{} is the same daemon as {} (BuildKit worker {}): used once, with the settings (jobs, platforms) of {}",
+                        m.label(),
+                        same.label(),
+                        m.worker_id.as_deref().unwrap_or_default(),
+                        same.label()
                     ));
                     continue;
                 }
@@ -426,6 +440,7 @@ pub async fn connect(
                     None => a.clone(),
                 };
                 warnings.push(format!("{a} left out of this run: {e}"));
+                left_out.push(a.clone());
                 errors.push(format!("  {a}: {e}"));
             }
         }
@@ -437,7 +452,21 @@ pub async fn connect(
             errors.join("\n")
         )));
     }
-    Ok((Pool::new(members, Policy::Cache), warnings))
+    Ok(Connected {
+        pool: Pool::new(members, Policy::Cache),
+        warnings,
+        left_out,
+    })
+}
+
+/// What [`connect`] made of the specs.
+#[derive(Debug)]
+pub struct Connected {
+    pub pool: Pool,
+    /// For the user: daemons left out, or used once under two addresses.
+    pub warnings: Vec<String>,
+    /// The daemons that did not answer (their address, and `[builders]` name if any).
+    pub left_out: Vec<String>,
 }
 
 /// The member `daemon` makes, given as `spec`; `jobs` (`-j`) wins over the spec's.

@@ -799,11 +799,14 @@ fn a_project_s_builders_are_its_pool() {
     on.sort();
     on.dedup();
     assert_eq!(on.len(), 2, "du did not list both daemons' records: {on:?}");
-    let out = run_ok(bk().current_dir(&dir).args([
-        "prune",
-        "--filter",
-        &format!("description~=none-{name}"),
-    ]));
+    // ([builders.off] is down: the others are pruned, and the exit status says one was not.)
+    let out = bk()
+        .current_dir(&dir)
+        .args(["prune", "--filter", &format!("description~=none-{name}")])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("not pruned"), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         text.lines()
@@ -927,6 +930,92 @@ fn inspecting_a_pool_reads_only_its_builders_and_leaves_out_what_is_not_buildkit
         .unwrap();
     assert!(!out.status.success());
     assert!(stderr(&out).contains("missing.toml"), "{}", stderr(&out));
+    // The order written, not the names' order: the first builder is where `load` images go.
+    write(
+        &other,
+        format!(
+            "[builders.zlocal]\naddr = \"docker://\"\n\n[builders.aremote]\naddr = \"{tls}\"\n"
+        ),
+    );
+    let out = run_ok(bk().args(["workers", "--format", "json", "-f", other.to_str().unwrap()]));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut order: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["builder"].as_str().unwrap())
+        .collect();
+    order.dedup();
+    assert_eq!(order, ["zlocal", "aremote"], "{v}");
+    // A filter every daemon refuses: one error, not a daemon "left out" per member.
+    let out = bk()
+        .args(["du", "--filter", "bogus!!", "-f", other.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("every daemon of the pool failed")
+            && !stderr(&out).contains("WARNING"),
+        "{}",
+        stderr(&out)
+    );
+    // `prune` with a builder that is down: the others are pruned, and the run says it failed.
+    write(
+        &other,
+        "[builders.main]\naddr = \"docker://\"\n\n[builders.down]\naddr = \"unix:///nonexistent/bk-build-inspect.sock\"\n",
+    );
+    let out = bk()
+        .args([
+            "prune",
+            "--filter",
+            "description~=none-inspect-zz",
+            "-f",
+            other.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "a prune that skipped a daemon exited 0"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .contains("docker:// ([builders.main]): removed 0 records"));
+    assert!(
+        stderr(&out).contains("not pruned") && stderr(&out).contains("[builders.down]"),
+        "{}",
+        stderr(&out)
+    );
+    // A [builders] mistake in the current directory's file stops `prune` (and the others)
+    // instead of acting on the default daemon.
+    write(
+        &dir.join("bk-build.toml"),
+        "[builders.remote]\nadr = \"docker://\"\n",
+    );
+    let out = bk()
+        .current_dir(&dir)
+        .args(["prune", "--filter", "description~=none-inspect-zz"])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(stderr(&out).contains("adr"), "{}", stderr(&out));
+    // -f with a compose file: it names no daemons, which is said, not silently defaulted.
+    let compose = tmp.path().join("compose.yaml");
+    write(&compose, "services:\n  a:\n    image: busybox\n");
+    let out = bk()
+        .args(["info", "-f", compose.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("name no daemons"), "{}", stderr(&out));
     // Only the non-BuildKit member: nothing answered, so the command fails, naming it.
     let out = bk()
         .args(["workers", "--addr", &containerd])

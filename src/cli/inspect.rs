@@ -65,10 +65,9 @@ pub fn info_text(d: &Daemon, info: Option<&DaemonInfo>) -> String {
     }
     match info {
         Some(i) => {
-            out.push_str(&format!(
-                "BuildKit: {} {} {}\n",
-                i.package, i.version, i.revision
-            ));
+            let line = format!("BuildKit: {} {} {}", i.package, i.version, i.revision);
+            out.push_str(line.trim_end());
+            out.push('\n');
             if !i.dockerfile_version.is_empty() {
                 out.push_str(&format!("Dockerfile frontend: {}\n", i.dockerfile_version));
             }

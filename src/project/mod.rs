@@ -69,7 +69,8 @@ pub struct Project {
     /// Compose files have none.
     pub variables: Vec<Variable>,
     /// The daemons `bake` builds on when neither `--addr` nor `$BUILDKIT_HOST` names any
-    /// (bk-build.toml's `[builders.NAME]`, in name order). Empty: discover one, as always.
+    /// (bk-build.toml's `[builders.NAME]`, in the order written: files as given, then lines; the
+    /// first is the engine that `load` images go to). Empty: discover one, as always.
     pub builders: Vec<Builder>,
 }
 
@@ -77,6 +78,8 @@ pub struct Project {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Builder {
     pub name: String,
+    /// The bk-build.toml that declares it (absolute), for its messages.
+    pub file: PathBuf,
     /// A BuildKit address as `--addr` takes it.
     pub addr: String,
     pub tlscacert: Option<PathBuf>,

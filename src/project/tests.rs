@@ -1222,14 +1222,16 @@ fn builders_are_read_with_paths_from_their_file_and_checked() {
          [builders.arm]\naddr = \" unix:///run/arm.sock \"\nplatforms = [\"linux/arm64\"]\n",
     );
     let p = load_env(&[f], &[]).unwrap();
+    // In the order written (the first is where engine-bound images go), not by name.
     let names: Vec<&str> = p.builders.iter().map(|b| b.name.as_str()).collect();
-    assert_eq!(names, ["arm", "b0"]);
-    let b0 = &p.builders[1];
+    assert_eq!(names, ["b0", "arm"]);
+    let b0 = &p.builders[0];
     assert_eq!(b0.addr, "tcp://bk-0.build:1234");
     assert_eq!(b0.tlsdir.as_deref(), Some(d.path().join("certs").as_path()));
     assert_eq!(b0.jobs, Some(3));
-    assert_eq!(p.builders[0].addr, "unix:///run/arm.sock");
-    assert_eq!(p.builders[0].platforms, ["linux/arm64"]);
+    assert!(b0.file.ends_with("bk-build.toml") && b0.file.is_absolute());
+    assert_eq!(p.builders[1].addr, "unix:///run/arm.sock");
+    assert_eq!(p.builders[1].platforms, ["linux/arm64"]);
 
     let msg = error_of("[builders.x]\njobs = 2\n");
     assert_mentions(&msg, &["builders.x", "no `addr`", "addr = "]);
@@ -1240,6 +1242,8 @@ fn builders_are_read_with_paths_from_their_file_and_checked() {
         &msg,
         &["builders.x.platforms[0]", "not a platform", "linux/arm64"],
     );
+    let msg = error_of("[builders.x]\naddr = \"tcp://h:1\"\nplatforms = [\"linux/arm/v7/x\"]\n");
+    assert_mentions(&msg, &["builders.x.platforms[0]", "not a platform"]);
     let msg = error_of("[builders.x]\naddr = \"tcp://h:1\"\nweight = 2\n");
     assert_mentions(&msg, &["builders.x.weight", "unknown key"]);
 }

@@ -795,6 +795,7 @@ pub(super) fn load_scoped(
         r.check_keys(b, &prefix, BUILDER_KEYS)?;
         let mut builder = super::Builder {
             name: bname.clone(),
+            file: r.files[bv.file].abs.clone(),
             ..Default::default()
         };
         builder.addr = match b.get("addr") {
@@ -840,7 +841,8 @@ pub(super) fn load_scoped(
         }
         if let Some(v) = b.get("platforms") {
             for (p, item, k) in r.strings(v, &format!("{prefix}.platforms"), None)? {
-                if p.split('/').count() < 2 || p.split('/').any(str::is_empty) {
+                let parts = p.split('/').count();
+                if !(2..=3).contains(&parts) || p.split('/').any(str::is_empty) {
                     return Err(r.err(
                         &item,
                         &k,
@@ -851,8 +853,11 @@ pub(super) fn load_scoped(
                 builder.platforms.push(p);
             }
         }
-        builders.push(builder);
+        builders.push(((bv.file, bv.line), builder));
     }
+    // As written: the first builder is the one a run's engine-bound images go to.
+    builders.sort_by_key(|(at, _)| *at);
+    let builders: Vec<super::Builder> = builders.into_iter().map(|(_, b)| b).collect();
     Ok(Project {
         root: project_root,
         files: files.iter().map(|f| f.abs.clone()).collect(),

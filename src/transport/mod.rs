@@ -655,18 +655,21 @@ async fn probe(channel: &Channel, timeout: Duration) -> Result<(), ProbeFailure>
     match tokio::time::timeout(timeout, c.info(crate::proto::control::InfoRequest {})).await {
         Err(_) => Err(ProbeFailure::Timeout(timeout)),
         Ok(Ok(_)) => Ok(()),
-        // A gRPC server without BuildKit's Control service at all (containerd's socket, say):
-        // grpc-go answers "unknown service moby.buildkit.v1.Control", while a daemon older
-        // than v0.11 has the service and lacks only the method ("unknown method Info …").
-        Ok(Err(s))
-            if s.code() == tonic::Code::Unimplemented
-                && s.message().starts_with("unknown service") =>
-        {
-            Err(ProbeFailure::Status(s))
-        }
-        Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => Ok(()),
+        Ok(Err(s)) if is_old_buildkit(&s) => Ok(()),
         Ok(Err(s)) => Err(ProbeFailure::Status(s)),
     }
+}
+
+/// Whether `Control.Info`'s failure still shows a BuildKit daemon: one older than v0.11 has
+/// the Control service without that method (grpc-go: "unknown method Info for service …").
+/// Not so a gRPC server without the service (containerd's socket: "unknown service
+/// moby.buildkit.v1.Control"), nor an HTTP/2 server that is not gRPC at all (its 404, which
+/// tonic maps to `Unimplemented` with "grpc-status header missing, mapped from HTTP status
+/// code 404").
+fn is_old_buildkit(s: &tonic::Status) -> bool {
+    s.code() == tonic::Code::Unimplemented
+        && !s.message().starts_with("unknown service")
+        && !s.message().starts_with("grpc-status header missing")
 }
 
 /// Flattens an error and its sources into one line (tonic's errors hide the useful part).
@@ -690,6 +693,29 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_a_control_service_without_info_is_an_old_buildkit() {
+        use tonic::{Code, Status};
+        let old = Status::new(
+            Code::Unimplemented,
+            "unknown method Info for service moby.buildkit.v1.Control",
+        );
+        assert!(super::is_old_buildkit(&old));
+        for not in [
+            Status::new(
+                Code::Unimplemented,
+                "unknown service moby.buildkit.v1.Control",
+            ),
+            Status::new(
+                Code::Unimplemented,
+                "grpc-status header missing, mapped from HTTP status code 404",
+            ),
+            Status::new(Code::Unavailable, "unknown method Info"),
+        ] {
+            assert!(!super::is_old_buildkit(&not), "{not:?}");
+        }
+    }
+
     use super::*;
 
     #[test]
