@@ -961,6 +961,18 @@ async fn run_build(daemon_args: &DaemonArgs, a: &BuildArgs) -> Result<(BuildResu
     let mut spec = spec;
     let _inputs = read_inputs(a, &mut spec)?;
     let daemon = daemon_args.connect().await?;
+    if spec.outputs.is_empty() && spec.tags.is_empty() && !spec.push && !spec.load {
+        if matches!(daemon.kind, transport::DaemonKind::DockerEngine { .. }) {
+            // As buildx's docker driver: a result with nowhere else to go is loaded into the
+            // engine, untagged (`moby-dangling@…`), so `docker run $(bk-build build -q .)` works.
+            spec.load = true;
+        } else {
+            // As buildx's other drivers, which say so too.
+            eprintln!(
+                "WARNING: no output specified: the result stays only in the daemon's build cache; to keep it, tag it and --push, or --load it into Docker, or export it with -o"
+            );
+        }
+    }
     if spec.needs_load() {
         spec.load_into = daemon.load_target()?;
     }

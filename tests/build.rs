@@ -587,6 +587,39 @@ fn cacheonly_output_builds_and_exports_nothing() {
         .is_some_and(|r| !r.is_empty()));
 }
 
+/// With no tag and no output, a Docker Engine keeps the image as buildx's docker driver does
+/// (untagged, loaded), so `docker run $(bk-build build -q .)` works: the ID printed is the one
+/// the engine knows and, for a reproducible build, the one `docker buildx build -q` prints.
+#[test]
+fn quiet_build_without_outputs_prints_the_id_docker_buildx_prints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    let marker = unique("quiet-id");
+    write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY f.txt /f.txt\n");
+    write(&ctx.join("f.txt"), format!("{marker}\n"));
+    let reproducible = |c: &mut std::process::Command| {
+        c.env("SOURCE_DATE_EPOCH", "0")
+            .env("BUILDX_NO_DEFAULT_ATTESTATIONS", "1");
+    };
+    let mut ours = bk();
+    reproducible(&mut ours);
+    let out = run_ok(ours.args(["build", "-q"]).arg(&ctx));
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(id.starts_with("sha256:"), "no image ID printed: {id:?}");
+    let mut theirs = docker();
+    reproducible(&mut theirs);
+    let out = run_ok(theirs.args(["buildx", "build", "-q"]).arg(&ctx));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), id);
+    // With the default provenance the image is an index, whose digest both print: the engine
+    // knows the image by it. (Without attestations both print the config digest, which an
+    // engine with the containerd image store does not resolve: buildx's choice, kept.)
+    let out = run_ok(bk().args(["build", "-q"]).arg(&ctx));
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let out = run_ok(docker().args(["image", "inspect", "--format", "{{.Id}}", &id]));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), id);
+    run(docker().args(["image", "rm", &id]));
+}
+
 // ---------------------------------------------------------------------------------------------
 // --call, --check
 
