@@ -1250,8 +1250,8 @@ enum Inspected {
 /// ([`crate::project::load_builders`]): a mistake in a target does not hide the pool.
 ///
 /// Errors: the bk-build.toml (named or found) cannot be read for its `[builders]`: acting
-/// on the default daemon instead could prune one the user did not mean; `-f` names a compose
-/// or bake file (which declares no daemons).
+/// on the default daemon instead could prune one the user did not mean; the files named with
+/// `-f` declare no builders (compose and bake files never do).
 fn inspected(d: &DaemonArgs, files: &[PathBuf]) -> Result<Inspected> {
     let addrs = d.addrs();
     if addrs.len() > 1 {
@@ -1277,10 +1277,15 @@ fn inspected(d: &DaemonArgs, files: &[PathBuf]) -> Result<Inspected> {
         })?
     } else {
         let p = crate::project::load_builders(files, &env)?;
+        // Named on purpose, a file without a pool is a mistake, not a request for the default.
         anyhow::ensure!(
-            p.files.iter().any(|f| f.extension().is_some_and(|e| e == "toml")),
-            "-f {}: compose and bake files name no daemons; pass a bk-build.toml with [builders], or the daemons with --addr",
-            files[0].display()
+            !p.builders.is_empty(),
+            "-f {}: declares no [builders.NAME] (compose and bake files never do); pass a bk-build.toml with [builders], or the daemons with --addr",
+            files
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" -f ")
         );
         p
     };
@@ -1405,12 +1410,9 @@ async fn inspect_pool(cli: &Cli, project: Option<&crate::project::Project>) -> R
                 Command::Prune(a) => {
                     let recs = crate::client::prune(&m.daemon, &prune_options(a)).await?;
                     let total: i64 = recs.iter().map(|r| r.size).sum();
-                    let who = match &m.name {
-                        Some(n) => format!("{} ([builders.{n}])", m.address),
-                        None => m.address.clone(),
-                    };
                     outln!(
-                        "{who}: removed {} records, {} reclaimed",
+                        "{}: removed {} records, {} reclaimed",
+                        m.label(),
                         recs.len(),
                         crate::progress::format_bytes(total)
                     )?;

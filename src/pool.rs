@@ -148,6 +148,14 @@ pub fn any_alive(allowed: &[bool], loads: &[Load]) -> bool {
     loads.iter().zip(allowed).any(|(l, &a)| a && l.alive)
 }
 
+/// An address as given, with its `[builders]` name when it has one: `ADDR ([builders.NAME])`.
+fn label(address: &str, name: Option<&str>) -> String {
+    match name {
+        Some(n) => format!("{address} ([builders.{n}])"),
+        None => address.to_string(),
+    }
+}
+
 /// A connected daemon of the pool.
 #[derive(Debug, Clone)]
 pub struct Member {
@@ -173,10 +181,7 @@ pub struct Member {
 impl Member {
     /// Its address as given, with its `[builders]` name when it has one: for messages.
     pub fn label(&self) -> String {
-        match &self.name {
-            Some(n) => format!("{} ([builders.{n}])", self.address),
-            None => self.address.clone(),
-        }
+        label(&self.address, self.name.as_deref())
     }
 
     /// Whether the member is a Docker Engine (whose own image store a `FROM` without pull
@@ -435,10 +440,7 @@ pub async fn connect(
                 )));
             }
             Err(e) => {
-                let a = match &spec.name {
-                    Some(n) => format!("{a} ([builders.{n}])"),
-                    None => a.clone(),
-                };
+                let a = label(a, spec.name.as_deref());
                 warnings.push(format!("{a} left out of this run: {e}"));
                 left_out.push(a.clone());
                 errors.push(format!("  {a}: {e}"));

@@ -1015,7 +1015,30 @@ fn inspecting_a_pool_reads_only_its_builders_and_leaves_out_what_is_not_buildkit
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("name no daemons"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("declares no [builders"),
+        "{}",
+        stderr(&out)
+    );
+    // Nor does a bk-build.toml named with -f that has no builders.
+    let plain = tmp.path().join("plain.toml");
+    write(&plain, "[vars]\nX = \"1\"\n");
+    let out = bk()
+        .args(["prune", "--filter", "description~=none-inspect-zz", "-f"])
+        .arg(&plain)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(out.stdout.is_empty());
+    assert!(
+        stderr(&out).contains("declares no [builders"),
+        "{}",
+        stderr(&out)
+    );
     // Only the non-BuildKit member: nothing answered, so the command fails, naming it.
     let out = bk()
         .args(["workers", "--addr", &containerd])
