@@ -1410,12 +1410,14 @@ async fn inspect_pool(cli: &Cli, project: Option<&crate::project::Project>) -> R
                 Command::Prune(a) => {
                     let recs = crate::client::prune(&m.daemon, &prune_options(a)).await?;
                     let total: i64 = recs.iter().map(|r| r.size).sum();
-                    outln!(
-                        "{}: removed {} records, {} reclaimed",
+                    // Printed after the loop: a closed standard output is not a daemon's failure.
+                    text.push_str(&format!(
+                        "{}: removed {} records, {} reclaimed\n",
                         m.label(),
                         recs.len(),
                         crate::progress::format_bytes(total)
-                    )?;
+                    ));
+                    return Ok(());
                 }
                 _ => {}
             }
@@ -1444,6 +1446,8 @@ async fn inspect_pool(cli: &Cli, project: Option<&crate::project::Project>) -> R
         eprintln!("WARNING: {who} left out: {e}");
     }
     if matches!(cli.command, Command::Prune(_)) {
+        // Written first; a closed standard output does not hide a daemon left unpruned.
+        let printed = write_stdout_bytes(text.as_bytes());
         // A cleanup that skipped a daemon must not look like one that did them all.
         let skipped: Vec<(String, String)> = connected
             .left_out
@@ -1456,7 +1460,7 @@ async fn inspect_pool(cli: &Cli, project: Option<&crate::project::Project>) -> R
             "some daemons of the pool were not pruned (the others were):\n{}",
             list(&skipped)
         );
-        return Ok(());
+        return printed;
     }
     match format {
         inspect::Format::Text => write_stdout_bytes(text.trim_end_matches('\n').as_bytes())

@@ -947,6 +947,17 @@ fn inspecting_a_pool_reads_only_its_builders_and_leaves_out_what_is_not_buildkit
         .collect();
     order.dedup();
     assert_eq!(order, ["zlocal", "aremote"], "{v}");
+    // A closed standard output is not a daemon that failed to prune.
+    let mut child = bk()
+        .args(["prune", "--filter", "description~=none-inspect-zz", "-f"])
+        .arg(&other)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
     // A filter every daemon refuses: one error, not a daemon "left out" per member.
     let out = bk()
         .args(["du", "--filter", "bogus!!", "-f", other.to_str().unwrap()])
