@@ -60,8 +60,10 @@ def main():
     def env():
         if kind == "noop":
             return dict(os.environ)
-        # A fresh runner: no client state and a new tag (a new commit).
-        shutil.rmtree(tree / ".bk-build", ignore_errors=True)
+        # A fresh runner: a new clone (no client state) and a new tag (a new commit).
+        origin = WORK / "fresh-origin"
+        shutil.rmtree(tree, ignore_errors=True)
+        subprocess.run(["git", "clone", "-q", str(origin), str(tree)], check=True)
         return dict(os.environ, BUILDX_NO_DEFAULT_ATTESTATIONS="1",
                     TAG=f"ab{time.time_ns()}")
 

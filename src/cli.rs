@@ -301,6 +301,10 @@ pub struct ProjectArgs {
     /// `bk-build-<fingerprint>` tags that let a fresh checkout re-tag instead of rebuilding).
     #[arg(long, env = "BK_BUILD_NO_LEDGER", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_ledger: bool,
+    /// Read every file whose hash is not in bk-build's own stat cache, instead of taking the
+    /// blob ids git's index vouches for (what makes a fresh clone's fingerprint fast).
+    #[arg(long, env = "BK_BUILD_NO_GIT_INDEX", value_parser = clap::builder::BoolishValueParser::new())]
+    pub no_git_index: bool,
     /// Override a target's value, as `docker buildx bake --set`: TARGET.KEY=VALUE, where
     /// TARGET is a name or a pattern ('*', 'app*'), KEY e.g. args.NAME, labels.NAME,
     /// contexts.NAME, tags, platform, output, cache-from, cache-to, secrets, ssh, target,
@@ -1590,9 +1594,11 @@ async fn plan_project(
         ensure_granted(&project, &order, granted)?;
     }
     crate::timing::mark("project loaded");
-    let state = crate::fingerprint::StateStore::open_with(&project.root, lock_wait, &mut |msg| {
-        eprintln!("{msg}")
-    })?;
+    let mut state =
+        crate::fingerprint::StateStore::open_with(&project.root, lock_wait, &mut |msg| {
+            eprintln!("{msg}")
+        })?;
+    state.use_git_index(!a.no_git_index);
     crate::timing::mark("state opened");
     // Planning needs no BuildKit connection: images loaded into a Docker Engine are checked
     // over its HTTP API, and a plan that cannot reach it still works from the registry and

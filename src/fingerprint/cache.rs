@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::atomic::write_atomic;
 use super::codec::{prefix16, put_bytes, put_len, put_str, Hash16, Reader};
+use super::git::{GitIndexes, Oid};
 use crate::fs::stat::{go_file_mode, XattrReader};
 use crate::fs::Entry;
 
@@ -68,6 +69,16 @@ impl FileStat {
             mode: go_file_mode(md),
         }
     }
+}
+
+/// How a regular file's content is hashed into its data record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ContentHash {
+    /// blake3 of the bytes: files git does not track.
+    Blake3,
+    /// The git blob id of the bytes (SHA-1 of `blob LEN\0` + bytes): files git tracks, so a
+    /// file read gets the record a file [`GitIndexes`] vouches for would get.
+    GitBlob,
 }
 
 /// Bytes read from a file at a time when hashing it.
@@ -304,6 +315,8 @@ pub struct StatCache {
     today: u32,
     /// Overrides the adaptive racy window (tests).
     racy_window: Option<Duration>,
+    /// Blob ids from git's index, for files this cache has not seen (a fresh clone).
+    git: GitIndexes,
 }
 
 impl Default for StatCache {
@@ -335,6 +348,7 @@ impl StatCache {
             bytes_hashed: AtomicU64::new(0),
             today: today(),
             racy_window: None,
+            git: GitIndexes::default(),
         }
     }
 
@@ -355,6 +369,35 @@ impl StatCache {
     /// Bytes of file content read since this cache was created or loaded.
     pub fn bytes_hashed(&self) -> u64 {
         self.bytes_hashed.load(Ordering::Relaxed)
+    }
+
+    /// Whether files git's index vouches for are taken from it instead of being read (on
+    /// unless turned off here; see [`super::git`]).
+    pub fn use_git_index(&mut self, on: bool) {
+        self.git.set_off(!on);
+    }
+
+    pub(crate) fn git(&self) -> &GitIndexes {
+        &self.git
+    }
+
+    /// What to remember for a file git's index vouched for, as if it had been read now.
+    pub(crate) fn vouched(
+        &self,
+        abs_path: &Path,
+        stat: &FileStat,
+        stamp: Stamp,
+        data: Hash16,
+    ) -> Pending {
+        Pending {
+            key: path_key(abs_path),
+            slot: Slot {
+                stat: stat.digest(),
+                day: self.today,
+                data,
+            },
+            stamp,
+        }
     }
 
     #[cfg(test)]
@@ -413,8 +456,14 @@ impl StatCache {
         stamp: Stamp,
         xattrs: &mut XattrReader,
     ) -> io::Result<Hash16> {
-        let (data, pending) =
-            self.hash_file_deferred(abs_path, expected, stamp, xattrs, &mut Vec::new())?;
+        let (data, pending) = self.hash_file_deferred(
+            abs_path,
+            expected,
+            stamp,
+            ContentHash::Blake3,
+            xattrs,
+            &mut Vec::new(),
+        )?;
         self.remember(pending);
         Ok(data)
     }
@@ -427,6 +476,7 @@ impl StatCache {
         abs_path: &Path,
         expected: &FileStat,
         stamp: Stamp,
+        how: ContentHash,
         xattrs: &mut XattrReader,
         buf: &mut Vec<u8>,
     ) -> io::Result<(Hash16, Option<Pending>)> {
@@ -437,7 +487,7 @@ impl StatCache {
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(abs_path)?;
-        let mut content = blake3::Hasher::new();
+        let mut content = Content::new(how, expected.size);
         // One buffer per hashing thread: `Hasher::update_reader` zeroes a fresh 64 KiB buffer
         // per call, which on 20k small files cost more than reading them.
         if buf.is_empty() {
@@ -485,7 +535,7 @@ impl StatCache {
         let attrs = xattrs.read(abs_path);
         drop(file);
 
-        let data = file_data(&content.finalize(), &attrs);
+        let data = content.finish(count, &attrs);
 
         self.hashes.fetch_add(1, Ordering::Relaxed);
         self.bytes_hashed.fetch_add(count, Ordering::Relaxed);
@@ -594,7 +644,7 @@ impl StatCache {
     }
 }
 
-fn racy_window_for(stat: &FileStat) -> Duration {
+pub(crate) fn racy_window_for(stat: &FileStat) -> Duration {
     let whole_seconds = |ns: i64| ns.rem_euclid(1_000_000_000) == 0;
     if whole_seconds(stat.mtime_ns) && whole_seconds(stat.ctime_ns) {
         RACY_WINDOW_COARSE
@@ -605,7 +655,7 @@ fn racy_window_for(stat: &FileStat) -> Duration {
 
 /// True when the file's last change is not clearly older than the moment its content was
 /// read (or lies in the future, e.g. clock skew): a later write could keep the same stat.
-fn is_racy(stat: &FileStat, read_started_ns: i64, window: Duration) -> bool {
+pub(crate) fn is_racy(stat: &FileStat, read_started_ns: i64, window: Duration) -> bool {
     let last_change = stat.mtime_ns.max(stat.ctime_ns);
     last_change.saturating_add(window.as_nanos() as i64) > read_started_ns
 }
@@ -697,6 +747,72 @@ fn load_table(path: &Path) -> Result<Table, LoadError> {
         return Err(invalid("checksum mismatch (the file is corrupt)"));
     }
     Ok(table)
+}
+
+/// A content hash in progress, by [`ContentHash`]. One lives on a hashing thread's stack per
+/// file: its size does not matter, a heap allocation per file would.
+#[allow(clippy::large_enum_variant)]
+enum Content {
+    Blake3(blake3::Hasher),
+    GitBlob(ring::digest::Context, u64),
+}
+
+impl Content {
+    fn new(how: ContentHash, expected_size: i64) -> Content {
+        match how {
+            ContentHash::Blake3 => Content::Blake3(blake3::Hasher::new()),
+            ContentHash::GitBlob => {
+                // The header needs the length before the bytes: the walk's. If the file turns
+                // out to have another length, `finish` gives a record no blob can have.
+                let size = expected_size.max(0) as u64;
+                let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+                ctx.update(format!("blob {size}\0").as_bytes());
+                Content::GitBlob(ctx, size)
+            }
+        }
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        match self {
+            Content::Blake3(h) => {
+                h.update(bytes);
+            }
+            Content::GitBlob(ctx, _) => ctx.update(bytes),
+        }
+    }
+
+    fn finish(self, count: u64, attrs: &[(String, Vec<u8>)]) -> Hash16 {
+        match self {
+            Content::Blake3(h) => file_data(&h.finalize(), attrs),
+            Content::GitBlob(ctx, size) => {
+                let digest = ctx.finish();
+                let mut oid: Oid = [0; 20];
+                oid.copy_from_slice(digest.as_ref());
+                if count != size {
+                    // Torn read: the header gave the walk's length, not this one. Keyed apart,
+                    // so it is never the record of a real blob, and still depends on the bytes.
+                    let mut torn = blake3::Hasher::new_derive_key("bk-build 2026-12 torn git blob");
+                    torn.update(&oid);
+                    torn.update(&count.to_le_bytes());
+                    return prefix16(&torn.finalize());
+                }
+                git_blob_data(&oid, attrs)
+            }
+        }
+    }
+}
+
+/// A tracked file's data record: its git blob id, then its xattrs, in a hash keyed apart from
+/// [`file_data`]'s, so the two kinds of record never coincide.
+pub(crate) fn git_blob_data(oid: &Oid, attrs: &[(String, Vec<u8>)]) -> Hash16 {
+    let mut data = blake3::Hasher::new_derive_key("bk-build 2026-12 git blob file record");
+    data.update(oid);
+    put_len(&mut data, attrs.len() as u64);
+    for (name, value) in attrs {
+        put_str(&mut data, name);
+        put_bytes(&mut data, value);
+    }
+    prefix16(&data.finalize())
 }
 
 /// A regular file's data record: its content hash, then its xattrs. The content hash, not

@@ -16,8 +16,9 @@ use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::Scope;
 
-use super::cache::{FileStat, Stamp, StatCache};
+use super::cache::{git_blob_data, ContentHash, FileStat, Stamp, StatCache};
 use super::codec::{prefix16, put_i64, Hash16};
+use super::git::{self, Blob, DirView};
 use super::manifest::{FileRec, Filter, Manifest, Section, SectionBuilder, FORMAT_VERSION};
 use super::state::state_dir_exclude;
 use super::FingerprintError;
@@ -615,8 +616,26 @@ fn walk_groups(
 }
 
 /// Walks one group's directory with its exclude patterns and the union of its members'
-/// `followpaths`, hashing what the stat cache cannot vouch for.
+/// `followpaths`, hashing what the stat cache cannot vouch for and git's index (on a fresh
+/// clone) does not.
 fn walk_group(group: &Group, cache: &StatCache) -> Result<Listing, FingerprintError> {
+    match walk_group_with(group, cache, true)? {
+        Some(listing) => Ok(listing),
+        // An untracked attributes file below the directory may convert files on checkout:
+        // the index's blob ids are then not what is on disk.
+        None => walk_group_with(group, cache, false)?.ok_or(FingerprintError::Internal(
+            "a walk without git asked for a walk without git",
+        )),
+    }
+}
+
+/// [`walk_group`], taking blob ids from git's index when `use_git`; `None` when that turned
+/// out to be unsafe for this directory (nothing was remembered from the index then).
+fn walk_group_with(
+    group: &Group,
+    cache: &StatCache,
+    use_git: bool,
+) -> Result<Option<Listing>, FingerprintError> {
     let opts = WalkOptions {
         // `followpaths` already resolved (equal to walking with them: the walker resolves
         // them into exactly these include patterns).
@@ -638,7 +657,11 @@ fn walk_group(group: &Group, cache: &StatCache) -> Result<Listing, FingerprintEr
     let mut items = SectionBuilder::default();
     let mut parent_only = Vec::new();
     let mut cursor = cache.cursor();
-    let mut socket_xattrs = XattrReader::default();
+    let mut xattrs = XattrReader::default();
+    // Looked up on the first file the stat cache misses: a no-op run never reads an index.
+    let mut git: Option<Option<DirView>> = if use_git { None } else { Some(None) };
+    let mut vouched = Vec::new();
+    let mut attributes_below = false;
     std::thread::scope(|scope| -> Result<(), FingerprintError> {
         let mut pool: Option<Pool> = None;
         let mut first_err: Option<FingerprintError> = None;
@@ -662,15 +685,32 @@ fn walk_group(group: &Group, cache: &StatCache) -> Result<Listing, FingerprintEr
             }
             if e.socket {
                 // Hashed as what the daemon receives: an empty regular file.
-                let data = StatCache::socket_data(&e.abs_path, &mut socket_xattrs);
+                let data = StatCache::socket_data(&e.abs_path, &mut xattrs);
                 items.push(&e.rel_path, FileRec { mode: e.mode, data });
                 continue;
+            }
+            if use_git
+                && (e.rel_path == ".gitattributes" || e.rel_path.ends_with("/.gitattributes"))
+                && !git::attributes_file_is_harmless(&e.abs_path)
+            {
+                attributes_below = true;
             }
             let stat = FileStat::from_entry(&e);
             if let Some(data) = cache.lookup(&mut cursor, &e.abs_path, &stat) {
                 items.push(&e.rel_path, FileRec { mode: e.mode, data });
                 continue;
             }
+            let view = git.get_or_insert_with(|| cache.git().view(&group.dir));
+            let how = match view.as_ref().map(|v| v.blob(&e.rel_path, &stat)) {
+                Some(Blob::Vouched(oid)) => {
+                    let data = git_blob_data(&oid, &xattrs.read(&e.abs_path));
+                    items.push(&e.rel_path, FileRec { mode: e.mode, data });
+                    vouched.push(cache.vouched(&e.abs_path, &stat, cursor.stamp(), data));
+                    continue;
+                }
+                Some(Blob::Tracked) => ContentHash::GitBlob,
+                Some(Blob::Untracked) | None => ContentHash::Blake3,
+            };
             let rec = FileRec {
                 mode: e.mode,
                 data: [0; 16],
@@ -680,6 +720,7 @@ fn walk_group(group: &Group, cache: &StatCache) -> Result<Listing, FingerprintEr
                 path: e.abs_path,
                 stat,
                 stamp: cursor.stamp(),
+                how,
             };
             let pool = pool.get_or_insert_with(|| Pool::start(scope, cache));
             pool.submit(job)?;
@@ -696,6 +737,11 @@ fn walk_group(group: &Group, cache: &StatCache) -> Result<Listing, FingerprintEr
         }
         first_err.map_or(Ok(()), Err)
     })?;
+    let used_index = matches!(git, Some(Some(_)));
+    if attributes_below && used_index {
+        return Ok(None);
+    }
+    cache.remember(vouched);
     let (section, parent_only) = items.finish_with_flags(parent_only);
     // On this walking thread rather than later on the planner's: members that read the whole
     // directory get clones of this section, digest included.
@@ -704,11 +750,11 @@ fn walk_group(group: &Group, cache: &StatCache) -> Result<Listing, FingerprintEr
         true => subtree_ends(&section),
         false => Vec::new(),
     };
-    Ok(Listing {
+    Ok(Some(Listing {
         section,
         parent_only,
         subtree_end,
-    })
+    }))
 }
 
 /// The part of a group's listing that one member's request selects: fsutil's include rule
@@ -797,6 +843,7 @@ struct Job {
     path: PathBuf,
     stat: FileStat,
     stamp: Stamp,
+    how: ContentHash,
 }
 
 struct Done {
@@ -852,6 +899,7 @@ impl Pool {
                                 &job.path,
                                 &job.stat,
                                 job.stamp,
+                                job.how,
                                 &mut xattrs,
                                 &mut buf,
                             )

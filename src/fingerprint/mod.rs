@@ -11,6 +11,10 @@
 //! [`FingerprintInput`] data and decide what a matching key means. The directory walk is
 //! [`crate::fs`]'s, shared with file sync, so both always see the same files.
 //!
+//! A regular file's record is the blake3 of its bytes, or, for a file git tracks, its git blob
+//! id: on a fresh clone [`git`]'s reading of `.git/index` then vouches for most files without
+//! opening them. The two kinds of record are keyed apart, so they never coincide.
+//!
 //! Deliberately left out of the key, because COPY results do not depend on them: mtimes,
 //! owners, inode numbers, absolute paths. xattrs of regular files are included; those of
 //! directories and symlinks are not (reading them would cost a syscall per entry on every
@@ -22,6 +26,7 @@ mod cache;
 mod codec;
 mod compute;
 mod coverage;
+mod git;
 mod manifest;
 mod state;
 

@@ -297,6 +297,11 @@ impl StateStore {
     }
 
     /// The stat cache loaded at open; pass it to [`compute`](super::compute).
+    /// See [`StatCache::use_git_index`].
+    pub fn use_git_index(&mut self, on: bool) {
+        self.stat_cache.use_git_index(on);
+    }
+
     pub fn stat_cache(&self) -> &StatCache {
         &self.stat_cache
     }

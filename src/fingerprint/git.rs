@@ -1,0 +1,554 @@
+//! Git's index as a source of content hashes, so that a fresh clone is fingerprinted without
+//! reading every file.
+//!
+//! `git clone` (and `git checkout`, `git add`, `git status`) records in `.git/index`, for each
+//! tracked file, its blob id together with the lstat fields of the file it wrote or read. While
+//! a file's lstat still equals the recorded one, its content is that blob: the same rule git's
+//! own `git status` relies on (Documentation/technical/racy-git.txt), applied more strictly here
+//! (every recorded field, nanoseconds included, and no change later than the index's own write
+//! minus the stat cache's racy window).
+//!
+//! What this module owns: finding the repository that holds a directory, reading its index
+//! (format versions 2 to 4, Documentation/gitformat-index.txt), deciding whether the checkout
+//! can differ from the blobs, and for one file whether an entry vouches for it. What it must
+//! not know: fingerprint keys, targets, the stat cache's file format.
+//!
+//! The blob id names the *converted* content: with end-of-line conversion, `ident`,
+//! `working-tree-encoding` or a clean/smudge filter (LFS), the file on disk is not the blob.
+//! So a repository is used only when nothing can convert: no `core.autocrlf`/`core.eol`, no
+//! config includes, no attribute that converts in any attributes file git would read (the
+//! tracked `.gitattributes`, those above each context, `info/attributes`, the global and system
+//! ones), and no `GIT_*` variable redirecting git. Anything unusual (split or sparse index, an
+//! unknown required extension, SHA-256 repositories, a bad checksum) means "not used": every
+//! file is then read, as without git. What cannot be seen is a conversion that applied when
+//! the files were written and is gone now (`git -c core.autocrlf=true clone`, an attributes
+//! file deleted since); `--no-git-index` turns this source off.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use super::cache::{is_racy, racy_window_for, FileStat};
+
+/// A 20-byte SHA-1 object id.
+pub(crate) type Oid = [u8; 20];
+
+/// An index bigger than this is not read (git's own for a million files is ~100 MB).
+const MAX_INDEX_BYTES: u64 = 1 << 30;
+
+/// What the index says about one file of a walked directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Blob {
+    /// Its content is this blob: tracked, stage 0, a regular file, lstat unchanged and not
+    /// racily recent.
+    Vouched(Oid),
+    /// Tracked as a regular file but the index cannot vouch for it: hash its content as a git
+    /// blob, so an unchanged file still gets the id a clean one would.
+    Tracked,
+    /// Not in the index (or not as a regular file at stage 0).
+    Untracked,
+}
+
+/// The repositories met in one run, each read at most once and only when a file misses the
+/// stat cache (a no-op run never opens an index).
+#[derive(Default)]
+pub(crate) struct GitIndexes {
+    off: bool,
+    /// By git directory; `None` = looked at and not usable.
+    repos: Mutex<HashMap<PathBuf, Option<Arc<Repo>>>>,
+}
+
+impl std::fmt::Debug for GitIndexes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitIndexes")
+            .field("off", &self.off)
+            .finish()
+    }
+}
+
+/// One walked directory's view of its repository's index.
+pub(crate) struct DirView {
+    repo: Arc<Repo>,
+    /// The directory relative to the work tree, `/`-terminated, or empty at the top.
+    prefix: Vec<u8>,
+}
+
+struct Repo {
+    /// The modification time of the index file: nothing changed later than this (minus the
+    /// racy window) can be vouched for.
+    index_mtime_ns: i64,
+    entries: Vec<IndexEntry>,
+    /// All paths, back to back; entries point into it.
+    paths: Vec<u8>,
+}
+
+#[derive(Clone, Copy)]
+struct IndexEntry {
+    path: (u32, u32),
+    ctime: (u32, u32),
+    mtime: (u32, u32),
+    dev: u32,
+    ino: u32,
+    size: u32,
+    oid: Oid,
+    /// Stage 0, a regular file, and none of assume-valid, skip-worktree, intent-to-add.
+    regular_clean: bool,
+}
+
+impl GitIndexes {
+    /// Turns the index source off (`--no-git-index`): every file is read.
+    pub(crate) fn set_off(&mut self, off: bool) {
+        self.off = off;
+    }
+
+    /// The index view for `dir` (a walked context directory), if it lies in a usable
+    /// repository. Never an error: anything unexpected means "read the files".
+    pub(crate) fn view(&self, dir: &Path) -> Option<DirView> {
+        if self.off || redirected_by_env() {
+            return None;
+        }
+        let dir = fs::canonicalize(dir).ok()?;
+        let (work_tree, git_dir) = find_repository(&dir)?;
+        let repo = {
+            let mut repos = self
+                .repos
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            repos
+                .entry(git_dir.clone())
+                .or_insert_with(|| load_repo(&work_tree, &git_dir).map(Arc::new))
+                .clone()?
+        };
+        // Attributes files between the top of the work tree and this directory apply to its
+        // files whether tracked or not.
+        let rel = dir.strip_prefix(&work_tree).ok()?;
+        let mut at = work_tree.clone();
+        if !attributes_file_is_harmless(&at.join(".gitattributes")) {
+            return None;
+        }
+        for part in rel.components() {
+            at.push(part);
+            if !attributes_file_is_harmless(&at.join(".gitattributes")) {
+                return None;
+            }
+        }
+        let mut prefix = rel.as_os_str().as_bytes().to_vec();
+        if !prefix.is_empty() {
+            prefix.push(b'/');
+        }
+        Some(DirView { repo, prefix })
+    }
+}
+
+impl DirView {
+    /// What the index says about the file at `rel_path` (relative to the walked directory)
+    /// whose lstat is `stat`.
+    pub(crate) fn blob(&self, rel_path: &str, stat: &FileStat) -> Blob {
+        let repo = &*self.repo;
+        let Some(e) = repo.find(&self.prefix, rel_path.as_bytes()) else {
+            return Blob::Untracked;
+        };
+        if !e.regular_clean {
+            return Blob::Untracked;
+        }
+        if vouches(e, stat, repo.index_mtime_ns) {
+            Blob::Vouched(e.oid)
+        } else {
+            Blob::Tracked
+        }
+    }
+}
+
+impl Repo {
+    fn path(&self, e: &IndexEntry) -> &[u8] {
+        &self.paths[e.path.0 as usize..(e.path.0 + e.path.1) as usize]
+    }
+
+    /// The stage-0 entry at `prefix` + `rel` (entries are sorted by path, then stage).
+    fn find(&self, prefix: &[u8], rel: &[u8]) -> Option<&IndexEntry> {
+        let want = |p: &[u8]| -> std::cmp::Ordering {
+            let (head, tail) = p.split_at(p.len().min(prefix.len()));
+            head.cmp(prefix).then_with(|| {
+                if head.len() < prefix.len() {
+                    std::cmp::Ordering::Less
+                } else {
+                    tail.cmp(rel)
+                }
+            })
+        };
+        let i = self.entries.partition_point(|e| want(self.path(e)).is_lt());
+        let e = self.entries.get(i)?;
+        want(self.path(e)).is_eq().then_some(e)
+    }
+}
+
+/// Every recorded field equal, and the file's last change clearly before the index was
+/// written (git's racy case, widened to the stat cache's window).
+fn vouches(e: &IndexEntry, st: &FileStat, index_mtime_ns: i64) -> bool {
+    let split = |ns: i64| -> Option<(u32, u32)> {
+        let s = u32::try_from(ns.div_euclid(1_000_000_000)).ok()?;
+        Some((s, ns.rem_euclid(1_000_000_000) as u32))
+    };
+    u32::try_from(st.size).is_ok_and(|s| s == e.size)
+        && split(st.mtime_ns) == Some(e.mtime)
+        && split(st.ctime_ns) == Some(e.ctime)
+        && st.ino as u32 == e.ino
+        && st.dev as u32 == e.dev
+        && !is_racy(st, index_mtime_ns, racy_window_for(st))
+}
+
+/// Variables that make git use another repository, index, work tree or configuration than
+/// the one found on disk: what the checkout used is then unknown.
+fn redirected_by_env() -> bool {
+    const VARS: &[&str] = &[
+        "GIT_DIR",
+        "GIT_WORK_TREE",
+        "GIT_INDEX_FILE",
+        "GIT_COMMON_DIR",
+        "GIT_CONFIG",
+        "GIT_CONFIG_COUNT",
+        "GIT_CONFIG_PARAMETERS",
+        "GIT_CONFIG_GLOBAL",
+        "GIT_CONFIG_SYSTEM",
+        "GIT_ATTR_SOURCE",
+    ];
+    VARS.iter().any(|v| std::env::var_os(v).is_some())
+}
+
+/// The work tree and git directory holding `dir` (canonical): the nearest ancestor with a
+/// `.git` directory, or a `.git` file naming one (`gitdir: PATH`, linked work trees and
+/// submodules).
+fn find_repository(dir: &Path) -> Option<(PathBuf, PathBuf)> {
+    for at in dir.ancestors() {
+        let dot_git = at.join(".git");
+        let Ok(md) = fs::symlink_metadata(&dot_git) else {
+            continue;
+        };
+        if md.is_dir() {
+            return Some((at.to_path_buf(), dot_git));
+        }
+        if md.is_file() {
+            let text = fs::read_to_string(&dot_git).ok()?;
+            let target = text.strip_prefix("gitdir:")?.trim();
+            let git_dir = fs::canonicalize(at.join(target)).ok()?;
+            return Some((at.to_path_buf(), git_dir));
+        }
+        return None;
+    }
+    None
+}
+
+/// Reads the index and checks that nothing can make the checkout differ from its blobs.
+fn load_repo(work_tree: &Path, git_dir: &Path) -> Option<Repo> {
+    // Linked work trees keep config and info/ in the common directory.
+    let common = match fs::read_to_string(git_dir.join("commondir")) {
+        Ok(rel) => fs::canonicalize(git_dir.join(rel.trim())).ok()?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => git_dir.to_path_buf(),
+        Err(_) => return None,
+    };
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let xdg = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| home.as_ref().map(|h| h.join(".config")));
+    let mut configs = vec![
+        PathBuf::from("/etc/gitconfig"),
+        common.join("config"),
+        git_dir.join("config.worktree"),
+    ];
+    configs.extend(home.as_ref().map(|h| h.join(".gitconfig")));
+    configs.extend(xdg.as_ref().map(|x| x.join("git/config")));
+    if !configs.iter().all(|c| config_is_harmless(c, 0)) {
+        return None;
+    }
+    let mut attributes = vec![
+        PathBuf::from("/etc/gitattributes"),
+        common.join("info/attributes"),
+    ];
+    attributes.extend(xdg.as_ref().map(|x| x.join("git/attributes")));
+    if !attributes.iter().all(|a| attributes_file_is_harmless(a)) {
+        return None;
+    }
+
+    let index_path = git_dir.join("index");
+    let md = fs::metadata(&index_path).ok()?;
+    if !md.is_file() || md.len() > MAX_INDEX_BYTES {
+        return None;
+    }
+    let bytes = fs::read(&index_path).ok()?;
+    // The file read must be the one whose time is used: a concurrent `git add` renames a new
+    // index into place.
+    let after = fs::metadata(&index_path).ok()?;
+    if after.ino() != md.ino()
+        || after.mtime() != md.mtime()
+        || after.mtime_nsec() != md.mtime_nsec()
+    {
+        return None;
+    }
+    let repo = parse_index(&bytes, md.mtime() * 1_000_000_000 + md.mtime_nsec())?;
+    // Every tracked attributes file must be on disk and harmless: git reads it from the work
+    // tree when checking files in and out.
+    for e in &repo.entries {
+        let p = repo.path(e);
+        if p == b".gitattributes" || p.ends_with(b"/.gitattributes") {
+            let on_disk = work_tree.join(std::ffi::OsStr::from_bytes(p));
+            if !on_disk.exists() || !attributes_file_is_harmless(&on_disk) {
+                return None;
+            }
+        }
+    }
+    Some(repo)
+}
+
+fn be32(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+fn be16(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+
+/// Parses an index file (Documentation/gitformat-index.txt, versions 2, 3 and 4, SHA-1).
+/// `None` for anything not understood or not verified.
+fn parse_index(bytes: &[u8], index_mtime_ns: i64) -> Option<Repo> {
+    const HASH: usize = 20;
+    if bytes.len() < 12 + HASH || &bytes[..4] != b"DIRC" {
+        return None;
+    }
+    let (body, trailer) = bytes.split_at(bytes.len() - HASH);
+    // An all-zero trailer (index.skipHash) cannot be verified.
+    let sum = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, body);
+    if sum.as_ref() != trailer {
+        return None;
+    }
+    let version = be32(body, 4)?;
+    if !(2..=4).contains(&version) {
+        return None;
+    }
+    let count = be32(body, 8)? as usize;
+    let mut entries = Vec::with_capacity(count.min(body.len() / 62));
+    let mut paths: Vec<u8> = Vec::new();
+    let mut prev: Vec<u8> = Vec::new();
+    let mut at = 12usize;
+    for _ in 0..count {
+        let start = at;
+        let f = |i: usize| be32(body, start + 4 * i);
+        let (ctime, mtime) = ((f(0)?, f(1)?), (f(2)?, f(3)?));
+        let (dev, ino, mode, size) = (f(4)?, f(5)?, f(6)?, f(9)?);
+        let oid: Oid = body.get(start + 40..start + 60)?.try_into().ok()?;
+        let flags = be16(body, start + 60)?;
+        at = start + 62;
+        let mut extended = 0u16;
+        if flags & 0x4000 != 0 {
+            if version < 3 {
+                return None;
+            }
+            extended = be16(body, at)?;
+            at += 2;
+        }
+        let path: Vec<u8> = if version == 4 {
+            // Prefix compression: drop N bytes of the previous path, then a NUL-terminated tail.
+            let mut c = *body.get(at)?;
+            at += 1;
+            let mut strip = u64::from(c & 0x7f);
+            while c & 0x80 != 0 {
+                c = *body.get(at)?;
+                at += 1;
+                strip = strip.checked_add(1)?.checked_mul(128)? | u64::from(c & 0x7f);
+            }
+            let keep = prev.len().checked_sub(usize::try_from(strip).ok()?)?;
+            let nul = body.get(at..)?.iter().position(|&b| b == 0)?;
+            let mut p = prev[..keep].to_vec();
+            p.extend_from_slice(&body[at..at + nul]);
+            at += nul + 1;
+            p
+        } else {
+            let nul = body.get(at..)?.iter().position(|&b| b == 0)?;
+            let p = body[at..at + nul].to_vec();
+            // Padded with 1 to 8 NULs to a multiple of 8 bytes from the entry's start.
+            at = start + ((at + nul - start + 8) & !7);
+            p
+        };
+        if at > body.len() || path.is_empty() {
+            return None;
+        }
+        let stage = (flags >> 12) & 3;
+        let assume_valid = flags & 0x8000 != 0;
+        let skip_or_intent = extended & 0x6000 != 0;
+        let regular = mode == 0o100644 || mode == 0o100755;
+        // Sorted by path then stage: anything else is not an index this code understands.
+        if !entries.is_empty() && path.as_slice() < prev.as_slice() {
+            return None;
+        }
+        let off = u32::try_from(paths.len()).ok()?;
+        let len = u32::try_from(path.len()).ok()?;
+        paths.extend_from_slice(&path);
+        entries.push(IndexEntry {
+            path: (off, len),
+            ctime,
+            mtime,
+            dev,
+            ino,
+            size,
+            oid,
+            regular_clean: stage == 0 && regular && !assume_valid && !skip_or_intent,
+        });
+        prev = path;
+    }
+    // Extensions: an upper-case first letter marks one that may be ignored; any other
+    // (`link` = split index, `sdir` = sparse index) changes what the entries mean.
+    while at < body.len() {
+        let sig = body.get(at..at + 4)?;
+        let len = be32(body, at + 4)? as usize;
+        if !sig[0].is_ascii_uppercase() {
+            return None;
+        }
+        at = at.checked_add(8)?.checked_add(len)?;
+    }
+    if at != body.len() {
+        return None;
+    }
+    // Conflicted paths repeat with stages 1-3; keep one entry per path (the stage-0 one if
+    // any, which sorts first).
+    entries.dedup_by(|later, earlier| {
+        paths[later.path.0 as usize..(later.path.0 + later.path.1) as usize]
+            == paths[earlier.path.0 as usize..(earlier.path.0 + earlier.path.1) as usize]
+    });
+    Some(Repo {
+        index_mtime_ns,
+        entries,
+        paths,
+    })
+}
+
+/// Config files included from others are followed this deep (git's own limit is 10).
+const MAX_INCLUDE_DEPTH: usize = 10;
+
+/// A git config file that cannot make the checkout differ from the blobs, or that does not
+/// exist. Conservative: a line it does not understand makes it harmful. Files named by
+/// `include.path` and `includeIf.*.path` are checked too, whatever their condition.
+fn config_is_harmless(path: &Path, depth: usize) -> bool {
+    let text = match fs::read(path) {
+        Ok(t) => t,
+        Err(e) => return e.kind() == io::ErrorKind::NotFound,
+    };
+    let Ok(text) = String::from_utf8(text) else {
+        return false;
+    };
+    let falsy = |v: &str| matches!(v, "false" | "no" | "off" | "0");
+    let mut section = String::new();
+    for line in text.lines() {
+        let l = line.trim();
+        if l.is_empty() || l.starts_with('#') || l.starts_with(';') {
+            continue;
+        }
+        if l.ends_with('\\') {
+            return false;
+        }
+        if let Some(rest) = l.strip_prefix('[') {
+            let Some(end) = rest.find(']') else {
+                return false;
+            };
+            let after = rest[end + 1..].trim();
+            if !(after.is_empty() || after.starts_with('#') || after.starts_with(';')) {
+                return false;
+            }
+            section = rest[..end]
+                .split(|c: char| c.is_whitespace() || c == '"' || c == '.')
+                .next()
+                .unwrap_or("")
+                .to_ascii_lowercase();
+            continue;
+        }
+        let (key, value) = match l.split_once('=') {
+            Some((k, v)) => (k.trim(), v.trim().trim_matches('"')),
+            None => (l, "true"),
+        };
+        let key = key.to_ascii_lowercase();
+        if section.starts_with("include") && key == "path" {
+            if depth >= MAX_INCLUDE_DEPTH {
+                return false;
+            }
+            let included = match value.strip_prefix("~/") {
+                Some(rest) => match std::env::var_os("HOME") {
+                    Some(home) => Path::new(&home).join(rest),
+                    None => return false,
+                },
+                None => path.parent().unwrap_or(Path::new("/")).join(value),
+            };
+            if !config_is_harmless(&included, depth + 1) {
+                return false;
+            }
+            continue;
+        }
+        let value = value.to_ascii_lowercase();
+        let harmful = match (section.as_str(), key.as_str()) {
+            ("core", "autocrlf") => !falsy(&value),
+            ("core", "eol" | "attributesfile" | "worktree") => true,
+            ("core", "bare") => !falsy(&value),
+            ("extensions", "objectformat") => value != "sha1",
+            _ => false,
+        };
+        if harmful {
+            return false;
+        }
+    }
+    true
+}
+
+/// An attributes file that sets no attribute that converts content between the blob and the
+/// work tree (`text`, `eol`, `filter`, `ident`, `working-tree-encoding`, macros), or that does
+/// not exist. Conservative: only known-harmless attributes are allowed.
+pub(crate) fn attributes_file_is_harmless(path: &Path) -> bool {
+    let text = match fs::read(path) {
+        Ok(t) => t,
+        Err(e) => {
+            return matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+            )
+        }
+    };
+    let Ok(text) = String::from_utf8(text) else {
+        return false;
+    };
+    for line in text.lines() {
+        let l = line.trim();
+        if l.is_empty() || l.starts_with('#') {
+            continue;
+        }
+        // Quoted patterns and macro definitions are not worth understanding here.
+        if l.starts_with('"') || l.starts_with("[attr]") {
+            return false;
+        }
+        for attr in l.split_whitespace().skip(1) {
+            let ok = match attr {
+                "binary" | "-text" => true,
+                _ => {
+                    let name = attr.trim_start_matches(['-', '!']);
+                    let name = name.split('=').next().unwrap_or(name);
+                    matches!(
+                        name,
+                        "diff"
+                            | "merge"
+                            | "whitespace"
+                            | "export-ignore"
+                            | "export-subst"
+                            | "delta"
+                            | "lockable"
+                    ) || name.starts_with("linguist-")
+                }
+            };
+            if !ok {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,489 @@
+//! Against real repositories made by the `git` on PATH: what git writes is the specification
+//! these tests hold the reader to.
+
+use super::*;
+use crate::fingerprint::cache::StatCache;
+use crate::fingerprint::compute::compute;
+use crate::fingerprint::FingerprintInput;
+use std::collections::BTreeMap;
+use std::os::unix::fs::symlink;
+use std::process::Command;
+use std::time::Duration;
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?} in {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A committed repository `src` and a clone of it `clone`, whose index was rewritten once the
+/// files were older than the racy window (as on a clone of a large tree, where all but the
+/// last moment's files are).
+fn cloned(files: &[(&str, &str)]) -> (tempfile::TempDir, PathBuf) {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    git(&src, &["init", "-q"]);
+    for (path, text) in files {
+        let p = src.join(path);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, text).unwrap();
+    }
+    git(&src, &["add", "-A"]);
+    git(&src, &["commit", "-qm", "one"]);
+    git(t.path(), &["clone", "-q", "src", "clone"]);
+    let clone = t.path().join("clone");
+    settle(&clone);
+    (t, clone)
+}
+
+/// Rewrites the index after the racy window so that every unchanged file is vouched for.
+fn settle(repo: &Path) {
+    std::thread::sleep(Duration::from_millis(250));
+    fs::remove_file(repo.join(".git/index")).unwrap();
+    git(repo, &["reset", "-q"]);
+}
+
+/// `git ls-files -s`: (path, oid hex, mode, stage).
+fn ls_files(repo: &Path) -> Vec<(String, String, String, u8)> {
+    git(repo, &["ls-files", "-s"])
+        .lines()
+        .map(|l| {
+            let (meta, path) = l.split_once('\t').unwrap();
+            let mut m = meta.split(' ');
+            let (mode, oid, stage) = (m.next().unwrap(), m.next().unwrap(), m.next().unwrap());
+            (path.into(), oid.into(), mode.into(), stage.parse().unwrap())
+        })
+        .collect()
+}
+
+fn hex(oid: &Oid) -> String {
+    oid.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn stat_of(p: &Path) -> FileStat {
+    FileStat::from_metadata(&fs::symlink_metadata(p).unwrap())
+}
+
+fn view(dir: &Path) -> Option<DirView> {
+    GitIndexes::default().view(dir)
+}
+
+const TREE: &[(&str, &str)] = &[
+    ("svc/Dockerfile", "FROM base\nCOPY . /app\n"),
+    ("svc/app/main.py", "print(1)\n"),
+    ("svc/app/pkg/util.py", "x = 1\n"),
+    ("svc/README.md", "readme\n"),
+    ("shared/lua/init.lua", "return {}\n"),
+    ("top.txt", "top\n"),
+];
+
+#[test]
+fn every_index_version_reads_as_git_lists_it() {
+    // Long names, so that v4's prefix compression strips more than one varint byte's worth.
+    let long = format!("svc/{0}/{0}/{0}/deep.txt", "n".repeat(200));
+    let mut files = TREE.to_vec();
+    files.push((&long, "deep\n"));
+    let (_t, repo) = cloned(&files);
+    fs::write(repo.join("svc/run.sh"), "#!/bin/sh\n").unwrap();
+    fs::set_permissions(
+        repo.join("svc/run.sh"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    symlink("app/main.py", repo.join("svc/entry")).unwrap();
+    fs::write(repo.join("svc/later.txt"), "not yet\n").unwrap();
+    git(&repo, &["add", "svc/run.sh", "svc/entry"]);
+    // Intent-to-add sets the extended flags, which only versions 3 and 4 can hold.
+    git(&repo, &["add", "-N", "svc/later.txt"]);
+    for version in ["3", "4", "2"] {
+        if version == "2" {
+            git(&repo, &["rm", "-q", "--cached", "svc/later.txt"]);
+        }
+        git(&repo, &["update-index", "--index-version", version]);
+        let bytes = fs::read(repo.join(".git/index")).unwrap();
+        let parsed = parse_index(&bytes, 0).unwrap_or_else(|| panic!("version {version}"));
+        let got: Vec<(String, String, bool)> = parsed
+            .entries
+            .iter()
+            .map(|e| {
+                let p = String::from_utf8(parsed.path(e).to_vec()).unwrap();
+                (p, hex(&e.oid), e.regular_clean)
+            })
+            .collect();
+        let want: Vec<(String, String, bool)> = ls_files(&repo)
+            .into_iter()
+            .map(|(p, oid, mode, stage)| {
+                let regular = mode == "100644" || mode == "100755";
+                let clean = regular && stage == 0 && p != "svc/later.txt";
+                (p, oid, clean)
+            })
+            .collect();
+        assert_eq!(got, want, "index version {version}");
+    }
+}
+
+#[test]
+fn a_settled_clone_is_vouched_for_and_any_change_is_not() {
+    let (_t, repo) = cloned(TREE);
+    let v = view(&repo.join("svc")).expect("a plain clone is usable");
+    let oids: HashMap<String, String> = ls_files(&repo)
+        .into_iter()
+        .map(|(p, oid, _, _)| (p, oid))
+        .collect();
+    for rel in ["Dockerfile", "app/main.py", "app/pkg/util.py", "README.md"] {
+        let p = repo.join("svc").join(rel);
+        match v.blob(rel, &stat_of(&p)) {
+            Blob::Vouched(oid) => assert_eq!(hex(&oid), oids[&format!("svc/{rel}")], "{rel}"),
+            other => panic!("{rel}: {other:?}"),
+        }
+    }
+    // The top of the work tree and a directory deeper than the files' own.
+    let top = view(&repo).unwrap();
+    assert!(matches!(
+        top.blob("top.txt", &stat_of(&repo.join("top.txt"))),
+        Blob::Vouched(_)
+    ));
+    assert_eq!(
+        top.blob("svc", &stat_of(&repo.join("svc"))),
+        Blob::Untracked,
+        "a directory is not a tracked file"
+    );
+
+    // Same size, mtime put back: only the ctime tells, and it must. An old mtime, so that git
+    // itself sees nothing racy about the entry and keeps it as recorded (it compares seconds).
+    let main = repo.join("svc/app/main.py");
+    fs::File::options()
+        .write(true)
+        .open(&main)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(3600))
+        .unwrap();
+    settle(&repo);
+    let before = fs::metadata(&main).unwrap().modified().unwrap();
+    fs::write(&main, "print(2)\n").unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&main)
+        .unwrap()
+        .set_modified(before)
+        .unwrap();
+    assert_eq!(v.blob("app/main.py", &stat_of(&main)), Blob::Tracked);
+    // Later, git writes its index again without looking at that file: now only its ctime
+    // differs from the recorded one, and the change is no longer recent.
+    std::thread::sleep(Duration::from_millis(250));
+    fs::write(repo.join("svc/other.txt"), "other\n").unwrap();
+    git(&repo, &["add", "svc/other.txt"]);
+    let v = view(&repo.join("svc")).unwrap();
+    assert_eq!(v.blob("app/main.py", &stat_of(&main)), Blob::Tracked);
+    // Replaced by another file with the same content (a new inode).
+    let util = repo.join("svc/app/pkg/util.py");
+    fs::write(repo.join("svc/tmp"), "x = 1\n").unwrap();
+    fs::rename(repo.join("svc/tmp"), &util).unwrap();
+    assert_eq!(v.blob("app/pkg/util.py", &stat_of(&util)), Blob::Tracked);
+    fs::write(repo.join("svc/new.txt"), "new\n").unwrap();
+    assert_eq!(
+        v.blob("new.txt", &stat_of(&repo.join("svc/new.txt"))),
+        Blob::Untracked
+    );
+    // A file changed just before the index was written is racy, even with its stat recorded.
+    fs::write(repo.join("svc/README.md"), "changed\n").unwrap();
+    git(&repo, &["add", "svc/README.md"]);
+    let v = view(&repo.join("svc")).unwrap();
+    assert_eq!(
+        v.blob("README.md", &stat_of(&repo.join("svc/README.md"))),
+        Blob::Tracked
+    );
+}
+
+#[test]
+fn anything_that_can_convert_on_checkout_turns_the_index_off() {
+    let harmless = "*.png binary\n*.md -diff linguist-documentation\n# text eol=crlf\n";
+    let cases: &[(&str, &str, &str, bool)] = &[
+        // (file, content, where it goes, usable afterwards)
+        (".gitattributes", harmless, "commit", true),
+        (".gitattributes", "* text=auto\n", "commit", false),
+        ("svc/.gitattributes", "*.py eol=crlf\n", "commit", false),
+        (
+            "svc/.gitattributes",
+            "*.py filter=lfs diff=lfs merge=lfs -text\n",
+            "commit",
+            false,
+        ),
+        (".gitattributes", "[attr]mine text\n", "commit", false),
+        // Untracked, above the context: git still reads it.
+        ("svc/.gitattributes", "* ident\n", "disk", false),
+        (
+            ".gitattributes",
+            "* working-tree-encoding=UTF-16\n",
+            "disk",
+            false,
+        ),
+        (".git/info/attributes", "* text\n", "disk", false),
+        (".git/info/attributes", harmless, "disk", true),
+        (
+            ".git/config",
+            "[core]\n\tautocrlf = true\n",
+            "append",
+            false,
+        ),
+        (
+            ".git/config",
+            "[core]\n\tautocrlf = input\n",
+            "append",
+            false,
+        ),
+        (
+            ".git/config",
+            "[core]\n\tautocrlf = false\n",
+            "append",
+            true,
+        ),
+        (".git/config", "[core]\n\teol = crlf\n", "append", false),
+        (".git/config", "[include]\n\tpath = extra\n", "append", true),
+        (".git/extra", "[core]\n\tautocrlf = true\n", "disk", false),
+        (
+            ".git/config",
+            "[includeIf \"gitdir:/nowhere/\"]\n\tpath = extra2\n",
+            "append",
+            true,
+        ),
+        (".git/extra2", "[core]\n\tautocrlf = true\n", "disk", false),
+        (
+            ".git/config",
+            "[core]\n\tattributesFile = /x\n",
+            "append",
+            false,
+        ),
+        (
+            ".git/config",
+            "[filter \"lfs\"]\n\tclean = git-lfs clean -- %f\n",
+            "append",
+            true,
+        ),
+    ];
+    // Each case builds on a fresh clone, except the include chain (its two steps share one).
+    let (mut _t, mut repo) = cloned(TREE);
+    for (i, (file, content, how, usable)) in cases.iter().enumerate() {
+        let chained = *file == ".git/extra" || *file == ".git/extra2";
+        if !chained {
+            (_t, repo) = cloned(TREE);
+        }
+        let p = repo.join(file);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        match *how {
+            "append" => {
+                let mut text = fs::read_to_string(&p).unwrap();
+                text.push_str(content);
+                fs::write(&p, text).unwrap();
+            }
+            _ => fs::write(&p, content).unwrap(),
+        }
+        if *how == "commit" {
+            git(&repo, &["add", file]);
+            git(&repo, &["commit", "-qm", "attributes"]);
+            settle(&repo);
+        }
+        let got = view(&repo.join("svc")).is_some();
+        assert_eq!(got, *usable, "case {i}: {file} {how} {content:?}");
+    }
+}
+
+#[test]
+fn an_index_git_itself_would_treat_differently_is_not_read() {
+    // Split index: the entries live partly in another file.
+    let (_t, repo) = cloned(TREE);
+    git(&repo, &["update-index", "--split-index"]);
+    assert!(view(&repo.join("svc")).is_none(), "split index");
+
+    // A damaged index fails its checksum.
+    let (_t, repo) = cloned(TREE);
+    let path = repo.join(".git/index");
+    let mut bytes = fs::read(&path).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 1;
+    fs::write(&path, &bytes).unwrap();
+    assert!(view(&repo.join("svc")).is_none(), "bad checksum");
+    assert!(parse_index(&bytes, 0).is_none());
+
+    // Turned off.
+    let (_t, repo) = cloned(TREE);
+    let mut off = GitIndexes::default();
+    off.set_off(true);
+    assert!(off.view(&repo.join("svc")).is_none());
+    // Not in a repository at all.
+    let plain = tempfile::tempdir().unwrap();
+    assert!(view(plain.path()).is_none());
+}
+
+#[test]
+fn a_linked_work_tree_reads_its_own_index() {
+    let (t, repo) = cloned(TREE);
+    let wt = t.path().join("wt");
+    git(&repo, &["worktree", "add", "-q", wt.to_str().unwrap()]);
+    settle_linked(&wt);
+    let v = view(&wt.join("svc")).expect("a linked work tree is usable");
+    assert!(matches!(
+        v.blob("README.md", &stat_of(&wt.join("svc/README.md"))),
+        Blob::Vouched(_)
+    ));
+    // Its common directory's config still counts.
+    let mut cfg = fs::read_to_string(repo.join(".git/config")).unwrap();
+    cfg.push_str("[core]\n\tautocrlf = true\n");
+    fs::write(repo.join(".git/config"), cfg).unwrap();
+    assert!(view(&wt.join("svc")).is_none());
+}
+
+fn settle_linked(wt: &Path) {
+    std::thread::sleep(Duration::from_millis(250));
+    let git_dir = git(wt, &["rev-parse", "--git-dir"]);
+    fs::remove_file(Path::new(git_dir.trim()).join("index")).unwrap();
+    git(wt, &["reset", "-q"]);
+}
+
+fn fp_input(root: &Path) -> FingerprintInput {
+    FingerprintInput {
+        target: "svc".into(),
+        project_dir: root.to_path_buf(),
+        context_dir: root.join("svc"),
+        dockerfile: root.join("svc/Dockerfile"),
+        named_contexts: vec![("lua".into(), root.join("shared/lua"))],
+        args: BTreeMap::new(),
+        ..Default::default()
+    }
+}
+
+/// What a fresh runner does: a new stat cache, the index as the clone left it.
+fn fresh_key(root: &Path, git_index: bool) -> (String, u64) {
+    let mut cache = StatCache::new();
+    cache.use_git_index(git_index);
+    let fp = compute(&fp_input(root), &cache).unwrap();
+    (fp.key, cache.hashes_performed())
+}
+
+fn touch_all(dir: &Path) {
+    for e in fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.file_name().is_some_and(|n| n == ".git") {
+            continue;
+        }
+        let md = fs::symlink_metadata(&p).unwrap();
+        if md.is_dir() {
+            touch_all(&p);
+        } else if md.is_file() {
+            // Rewriting the same bytes moves the ctime: the index no longer vouches.
+            fs::write(&p, fs::read(&p).unwrap()).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_fresh_clone_reads_no_tracked_file_and_keys_as_reading_them_all_would() {
+    let (_t, repo) = cloned(TREE);
+    fs::write(repo.join("svc/untracked.txt"), "u\n").unwrap();
+    let (vouched, read) = fresh_key(&repo, true);
+    assert_eq!(read, 1, "only the untracked file is read");
+    touch_all(&repo);
+    let (rehashed, read_all) = fresh_key(&repo, true);
+    assert_eq!(read_all, 6, "every file of the two directories is read");
+    assert_eq!(
+        vouched, rehashed,
+        "a blob id from the index and one computed from the bytes are the same record"
+    );
+    // Without the index every record is blake3's: another key, the same decisions (below).
+    let (plain, _) = fresh_key(&repo, false);
+    assert_ne!(plain, vouched);
+}
+
+#[test]
+fn with_the_index_a_change_is_seen_exactly_when_it_is_seen_without_it() {
+    use rand::{Rng, SeedableRng};
+    let seed: u64 = std::env::var("BK_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x6b6b_2026);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let files: Vec<(String, String)> = (0..12)
+        .map(|i| {
+            let dir = ["svc", "svc/app", "svc/app/pkg", "shared/lua"][i % 4];
+            (format!("{dir}/f{i}.txt"), format!("content {i}\n"))
+        })
+        .chain(TREE.iter().map(|(p, c)| (p.to_string(), c.to_string())))
+        .collect();
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_str()))
+        .collect();
+    let (_t, repo) = cloned(&refs);
+    let mut last = (fresh_key(&repo, true).0, fresh_key(&repo, false).0);
+    for round in 0..40 {
+        let (path, _) = &files[rng.gen_range(0..files.len())];
+        let p = repo.join(path);
+        let kind = rng.gen_range(0..7);
+        let exists = p.exists();
+        match kind {
+            // Same length, mtime put back.
+            0 if exists => {
+                let before = fs::metadata(&p).unwrap().modified().unwrap();
+                let mut bytes = fs::read(&p).unwrap();
+                if let Some(b) = bytes.first_mut() {
+                    *b = if *b == b'X' { b'Y' } else { b'X' };
+                }
+                fs::write(&p, bytes).unwrap();
+                let f = fs::File::options().write(true).open(&p).unwrap();
+                f.set_modified(before).unwrap();
+            }
+            1 if exists => {
+                let mut bytes = fs::read(&p).unwrap();
+                bytes.extend_from_slice(format!("{round}\n").as_bytes());
+                fs::write(&p, bytes).unwrap();
+            }
+            2 if exists => fs::remove_file(&p).unwrap(),
+            3 if exists => {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = fs::metadata(&p).unwrap().permissions().mode();
+                fs::set_permissions(&p, fs::Permissions::from_mode(mode ^ 0o100)).unwrap();
+            }
+            // Same bytes rewritten: nothing changed.
+            4 if exists => fs::write(&p, fs::read(&p).unwrap()).unwrap(),
+            // Commit what is there, then a settled index, as a new clone would have.
+            5 => {
+                git(&repo, &["add", "-A", "svc", "shared"]);
+                let _ = Command::new("git")
+                    .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+                    .args(["commit", "-qm", "edit"])
+                    .current_dir(&repo)
+                    .output();
+                settle(&repo);
+            }
+            _ => fs::write(&p, format!("back {round}\n")).unwrap(),
+        }
+        let now = (fresh_key(&repo, true).0, fresh_key(&repo, false).0);
+        let plain_changed = now.1 != last.1;
+        let git_changed = now.0 != last.0;
+        // A file that went from untracked to tracked (kind 5 after a re-create) changes its
+        // record's kind: a rebuild without a content change is allowed, a missed change never.
+        if plain_changed {
+            assert!(
+                git_changed,
+                "seed {seed} round {round}: kind {kind} on {path} missed"
+            );
+        } else if kind != 5 {
+            assert!(
+                !git_changed,
+                "seed {seed} round {round}: kind {kind} on {path} invented"
+            );
+        }
+        last = now;
+    }
+}
