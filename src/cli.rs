@@ -1607,6 +1607,15 @@ async fn plan_project(
     opts.retag_early = matches!(purpose, PlanFor::Bake { .. });
     let plan = crate::bake::plan(&project, &a.targets, &state, &opts).await?;
     crate::timing::mark("planned");
+    if crate::timing::on() {
+        let c = state.stat_cache();
+        crate::timing::mark(&format!(
+            "fingerprints: {} files read ({} bytes), {} vouched for by git's index",
+            c.hashes_performed(),
+            c.bytes_hashed(),
+            c.files_vouched()
+        ));
+    }
     for w in state.take_warnings() {
         eprintln!("WARNING: {w}");
     }

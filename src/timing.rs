@@ -16,6 +16,11 @@ pub fn start() {
     });
 }
 
+/// Whether timings are on (for marks whose label costs something to build).
+pub fn on() -> bool {
+    matches!(START.get(), Some(Some(_)))
+}
+
 /// Prints `label` with the milliseconds since [`start`], if timings are on.
 pub fn mark(label: &str) {
     if let Some(Some(t0)) = START.get() {

@@ -312,6 +312,7 @@ pub struct StatCache {
     dirty: std::sync::atomic::AtomicBool,
     hashes: AtomicU64,
     bytes_hashed: AtomicU64,
+    vouched: AtomicU64,
     today: u32,
     /// Overrides the adaptive racy window (tests).
     racy_window: Option<Duration>,
@@ -346,6 +347,7 @@ impl StatCache {
             dirty: false.into(),
             hashes: AtomicU64::new(0),
             bytes_hashed: AtomicU64::new(0),
+            vouched: AtomicU64::new(0),
             today: today(),
             racy_window: None,
             git: GitIndexes::default(),
@@ -364,6 +366,11 @@ impl StatCache {
     /// Files whose content was read since this cache was created or loaded.
     pub fn hashes_performed(&self) -> u64 {
         self.hashes.load(Ordering::Relaxed)
+    }
+
+    /// Files whose record came from git's index instead of being read.
+    pub fn files_vouched(&self) -> u64 {
+        self.vouched.load(Ordering::Relaxed)
     }
 
     /// Bytes of file content read since this cache was created or loaded.
@@ -389,6 +396,7 @@ impl StatCache {
         stamp: Stamp,
         data: Hash16,
     ) -> Pending {
+        self.vouched.fetch_add(1, Ordering::Relaxed);
         Pending {
             key: path_key(abs_path),
             slot: Slot {
