@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """ab.py - one bk-build row against its floor, interleaved run by run.
 
-  python3 bench/ab.py fresh [N]  fresh-runner `bk-build bake` (no .bk-build/, a new TAG, every
-                                 image already in the registry: all re-tagged) against the floor's
-                                 read + blake3 of the same inputs (default N = 7)
+  python3 bench/ab.py fresh [N]  fresh-runner `bk-build bake` (a new `git clone`, untimed, so no
+                                 .bk-build/; a new TAG; every image already in the registry: all
+                                 re-tagged) against the floor's read + blake3 of the same inputs
+                                 (default N = 7)
   python3 bench/ab.py noop [N]   no-op `bk-build bake` in the built monorepo against the floor's
                                  readdir + lstat walk (default N = 15)
 

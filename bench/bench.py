@@ -1045,7 +1045,8 @@ def render_md(results, cfg, env, notes=None):
     L.append(f"## 4. Fresh CI runner ({meta_f.get('images', 14)} images, everything already in the "
              "registry, no `.bk-build/`, a new tag)\n")
     L.append(section_meta(results, "fresh"))
-    L.append("Each run: a new `TAG` (a new commit), no client state (bk-build: no `.bk-build/`; "
+    L.append("Each run: a new `git clone` of the committed monorepo (untimed) and a new `TAG` (a "
+             "new commit), no client state (bk-build: no `.bk-build/`; "
              "buildx: a fresh `BUILDX_CONFIG`), the daemon's build cache kept as a CI runner's "
              "remote BuildKit keeps it. bk-build must re-tag every image (the run fails "
              "otherwise); bake rebuilds from cache and pushes.\n")

@@ -1465,3 +1465,81 @@ fn two_shards_on_two_engines_build_every_target_once() {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+/// The `fingerprints: …` line of `BK_BUILD_TIMINGS`: (files read, files git's index vouched for).
+fn fingerprint_counts(dir: &Path, env: &[(&str, &str)]) -> (u64, u64) {
+    let _ = std::fs::remove_dir_all(dir.join(".bk-build"));
+    let mut cmd = bk();
+    cmd.current_dir(dir)
+        .args(["plan", "--no-ledger"])
+        .env("BK_BUILD_TIMINGS", "1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let err = stderr(&run_ok(&mut cmd));
+    let line = err
+        .lines()
+        .find(|l| l.contains("fingerprints: "))
+        .unwrap_or_else(|| panic!("no fingerprint counts in:\n{err}"));
+    let num = |before: &str| -> u64 {
+        let head = &line[..line.find(before).unwrap()];
+        head.rsplit(|c: char| !c.is_ascii_digit())
+            .find(|w| !w.is_empty())
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    (num(" files read"), num(" vouched for"))
+}
+
+#[test]
+fn git_settings_from_outside_the_repository_turn_the_index_off() {
+    let t = tempfile::tempdir().unwrap();
+    let clone = fresh_clone_of_example(t.path());
+    settle_index(&clone);
+    let home = t.path().join("home");
+    let xdg = t.path().join("xdg");
+    std::fs::create_dir_all(xdg.join("git")).unwrap();
+    std::fs::create_dir_all(&home).unwrap();
+    let env = |home: &Path, xdg: &Path| -> Vec<(String, String)> {
+        NO_DAEMON
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .chain([
+                ("HOME".into(), home.display().to_string()),
+                ("XDG_CONFIG_HOME".into(), xdg.display().to_string()),
+                ("REPO".into(), "localhost:5000/gitsettings".into()),
+            ])
+            .collect()
+    };
+    let counts = |home: &Path, xdg: &Path| {
+        let e = env(home, xdg);
+        let refs: Vec<(&str, &str)> = e.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        fingerprint_counts(&clone, &refs)
+    };
+    let (read, vouched) = counts(&home, &xdg);
+    assert_eq!(read, 0, "a settled clone with plain settings reads nothing");
+    assert!(vouched > 0);
+
+    // The user's global config converts line endings on checkout.
+    std::fs::write(home.join(".gitconfig"), "[core]\n\tautocrlf = true\n").unwrap();
+    let (read, vouched) = counts(&home, &xdg);
+    assert_eq!(vouched, 0, "global core.autocrlf");
+    assert!(read > 0);
+    std::fs::remove_file(home.join(".gitconfig")).unwrap();
+
+    // The user's global attributes file sets `text`.
+    std::fs::write(xdg.join("git/attributes"), "*.lua text eol=crlf\n").unwrap();
+    let (_, vouched) = counts(&home, &xdg);
+    assert_eq!(vouched, 0, "global attributes");
+    std::fs::remove_file(xdg.join("git/attributes")).unwrap();
+
+    // Harmless global settings leave it on.
+    std::fs::write(
+        home.join(".gitconfig"),
+        "[filter \"lfs\"]\n\tclean = git-lfs clean -- %f\n[core]\n\tautocrlf = false\n",
+    )
+    .unwrap();
+    let (read, vouched) = counts(&home, &xdg);
+    assert_eq!((read, vouched > 0), (0, true));
+}

@@ -74,10 +74,11 @@ impl FileStat {
 /// How a regular file's content is hashed into its data record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ContentHash {
-    /// blake3 of the bytes: files git does not track.
+    /// blake3 of the bytes: files outside a repository whose index is used.
     Blake3,
-    /// The git blob id of the bytes (SHA-1 of `blob LEN\0` + bytes): files git tracks, so a
-    /// file read gets the record a file [`GitIndexes`] vouches for would get.
+    /// The git blob id of the bytes (SHA-1 of `blob LEN\0` + bytes): every file of a
+    /// repository whose index is used, so a file read gets the record a file [`GitIndexes`]
+    /// vouches for gets, whether git tracks it or not.
     GitBlob,
 }
 
@@ -102,7 +103,13 @@ struct Slot {
     /// [`PRUNE_AFTER_DAYS`] are dropped so deleted files do not accumulate forever.
     day: u32,
     data: Hash16,
+    /// The data came from git's index, not from reading the file: such an entry is not used
+    /// when the index is turned off (`--no-git-index` must read what the index vouched for).
+    from_index: bool,
 }
+
+/// [`Slot::from_index`] on disk: the top bit of the day, which days since 1970 never reach.
+const FROM_INDEX_BIT: u32 = 1 << 31;
 
 /// A file whose mtime or ctime is this close to the moment we started reading it may change
 /// again within the same timestamp tick without its stat changing ("racy git"): its hash is
@@ -403,6 +410,7 @@ impl StatCache {
                 stat: stat.digest(),
                 day: self.today,
                 data,
+                from_index: true,
             },
             stamp,
         }
@@ -442,7 +450,7 @@ impl StatCache {
         let mut table = self.lock();
         let i = table.find(cursor, key)?;
         let slot = &mut table.slots[i];
-        if slot.stat != stat.digest() {
+        if slot.stat != stat.digest() || (slot.from_index && self.git.is_off()) {
             return None;
         }
         // Refreshing the day at most once a day keeps a no-op run from rewriting the file.
@@ -555,6 +563,7 @@ impl StatCache {
                 stat: expected.digest(),
                 day: self.today,
                 data,
+                from_index: false,
             },
             stamp,
         });
@@ -678,7 +687,8 @@ fn today() -> u32 {
 fn encode_record(key: u64, slot: &Slot, out: &mut [u8; RECORD_LEN]) {
     out[0..8].copy_from_slice(&key.to_le_bytes());
     out[8..16].copy_from_slice(&slot.stat.to_le_bytes());
-    out[16..20].copy_from_slice(&slot.day.to_le_bytes());
+    let day = slot.day | if slot.from_index { FROM_INDEX_BIT } else { 0 };
+    out[16..20].copy_from_slice(&day.to_le_bytes());
     out[20..36].copy_from_slice(&slot.data);
 }
 
@@ -688,7 +698,15 @@ fn decode_record(rec: &[u8]) -> Result<(u64, Slot), super::codec::DecodeError> {
     let stat = r.u64()?;
     let day = r.u32()?;
     let data = r.array()?;
-    Ok((key, Slot { stat, day, data }))
+    Ok((
+        key,
+        Slot {
+            stat,
+            day: day & !FROM_INDEX_BIT,
+            data,
+            from_index: day & FROM_INDEX_BIT != 0,
+        },
+    ))
 }
 
 enum LoadError {
@@ -1077,6 +1095,7 @@ mod tests {
                         stat: stat.digest(),
                         day: cache.today,
                         data,
+                        from_index: i % 3 == 0,
                     },
                     Stamp(i + 1),
                 );
@@ -1115,6 +1134,7 @@ mod tests {
                     stat: stat.digest(),
                     day: cache.today - PRUNE_AFTER_DAYS - 1,
                     data: [1; 16],
+                    from_index: true,
                 },
                 Stamp(1),
             );
@@ -1124,6 +1144,7 @@ mod tests {
                     stat: stat.digest(),
                     day: cache.today,
                     data: [2; 16],
+                    from_index: true,
                 },
                 Stamp(2),
             );
@@ -1148,6 +1169,7 @@ mod tests {
             .digest(),
             day: today(),
             data: [n; 16],
+            from_index: false,
         }
     }
 

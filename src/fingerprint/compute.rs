@@ -18,7 +18,7 @@ use std::thread::Scope;
 
 use super::cache::{git_blob_data, ContentHash, FileStat, Stamp, StatCache};
 use super::codec::{prefix16, put_i64, Hash16};
-use super::git::{self, Blob, DirView};
+use super::git::{self, DirView};
 use super::manifest::{FileRec, Filter, Manifest, Section, SectionBuilder, FORMAT_VERSION};
 use super::state::state_dir_exclude;
 use super::FingerprintError;
@@ -701,15 +701,17 @@ fn walk_group_with(
                 continue;
             }
             let view = git.get_or_insert_with(|| cache.git().view(&group.dir));
-            let how = match view.as_ref().map(|v| v.blob(&e.rel_path, &stat)) {
-                Some(Blob::Vouched(oid)) => {
+            // In a repository whose checkout cannot convert, every file is a git blob, tracked
+            // or not, so staging or resolving a file never changes its record.
+            let how = match view.as_ref().map(|v| v.vouched_blob(&e.rel_path, &stat)) {
+                Some(Some(oid)) => {
                     let data = git_blob_data(&oid, &xattrs.read(&e.abs_path));
                     items.push(&e.rel_path, FileRec { mode: e.mode, data });
                     vouched.push(cache.vouched(&e.abs_path, &stat, cursor.stamp(), data));
                     continue;
                 }
-                Some(Blob::Tracked) => ContentHash::GitBlob,
-                Some(Blob::Untracked) | None => ContentHash::Blake3,
+                Some(None) => ContentHash::GitBlob,
+                None => ContentHash::Blake3,
             };
             let rec = FileRec {
                 mode: e.mode,

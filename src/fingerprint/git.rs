@@ -8,6 +8,9 @@
 //! (every recorded field, nanoseconds included, and no change later than the index's own write
 //! minus the stat cache's racy window).
 //!
+//! An index is read whole, once per run, and only when some file misses the stat cache; its
+//! entries are held about as compactly as git holds them itself (~60 bytes plus the path each).
+//!
 //! What this module owns: finding the repository that holds a directory, reading its index
 //! (format versions 2 to 4, Documentation/gitformat-index.txt), deciding whether the checkout
 //! can differ from the blobs, and for one file whether an entry vouches for it. What it must
@@ -15,14 +18,16 @@
 //!
 //! The blob id names the *converted* content: with end-of-line conversion, `ident`,
 //! `working-tree-encoding` or a clean/smudge filter (LFS), the file on disk is not the blob.
-//! So a repository is used only when nothing can convert: no `core.autocrlf`/`core.eol`, no
-//! config includes, no attribute that converts in any attributes file git would read (the
-//! tracked `.gitattributes`, those above each context, `info/attributes`, the global and system
-//! ones), and no `GIT_*` variable redirecting git. Anything unusual (split or sparse index, an
-//! unknown required extension, SHA-256 repositories, a bad checksum) means "not used": every
-//! file is then read, as without git. What cannot be seen is a conversion that applied when
-//! the files were written and is gone now (`git -c core.autocrlf=true clone`, an attributes
-//! file deleted since); `--no-git-index` turns this source off.
+//! So a repository is used only when nothing can convert: the `git` on PATH reports no
+//! `core.autocrlf`, `core.eol`, `core.attributesFile` or `attr.tree` from any config file it
+//! reads; no attribute that converts is set in any attributes file it reads (the tracked
+//! `.gitattributes`, untracked ones above and inside each walked directory, `info/attributes`,
+//! its global and system files); and no `GIT_*` variable redirects it. Anything unusual (split
+//! or sparse index, an unknown required extension, SHA-256 repositories, a bad checksum, no
+//! `git` to ask) means "not used": every file is then read, as without git. What cannot be
+//! seen is a conversion that applied when a file was written and whose setting is gone now
+//! (`git -c core.autocrlf=true clone`, a `git add` under an attribute removed since): `git
+//! status` misses it too, and `--no-git-index` turns this source off, stat cache included.
 
 use std::collections::HashMap;
 use std::fs;
@@ -39,19 +44,6 @@ pub(crate) type Oid = [u8; 20];
 
 /// An index bigger than this is not read (git's own for a million files is ~100 MB).
 const MAX_INDEX_BYTES: u64 = 1 << 30;
-
-/// What the index says about one file of a walked directory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Blob {
-    /// Its content is this blob: tracked, stage 0, a regular file, lstat unchanged and not
-    /// racily recent.
-    Vouched(Oid),
-    /// Tracked as a regular file but the index cannot vouch for it: hash its content as a git
-    /// blob, so an unchanged file still gets the id a clean one would.
-    Tracked,
-    /// Not in the index (or not as a regular file at stage 0).
-    Untracked,
-}
 
 /// The repositories met in one run, each read at most once and only when a file misses the
 /// stat cache (a no-op run never opens an index).
@@ -105,6 +97,10 @@ impl GitIndexes {
         self.off = off;
     }
 
+    pub(crate) fn is_off(&self) -> bool {
+        self.off
+    }
+
     /// The index view for `dir` (a walked context directory), if it lies in a usable
     /// repository. Never an error: anything unexpected means "read the files".
     pub(crate) fn view(&self, dir: &Path) -> Option<DirView> {
@@ -145,21 +141,14 @@ impl GitIndexes {
 }
 
 impl DirView {
-    /// What the index says about the file at `rel_path` (relative to the walked directory)
-    /// whose lstat is `stat`.
-    pub(crate) fn blob(&self, rel_path: &str, stat: &FileStat) -> Blob {
+    /// The blob id the index vouches for as the content of the file at `rel_path` (relative
+    /// to the walked directory) whose lstat is `stat`: tracked at stage 0 as a regular file,
+    /// none of assume-valid, skip-worktree or intent-to-add, every recorded lstat field equal,
+    /// and not changed shortly before the index was written. `None` means "read it".
+    pub(crate) fn vouched_blob(&self, rel_path: &str, stat: &FileStat) -> Option<Oid> {
         let repo = &*self.repo;
-        let Some(e) = repo.find(&self.prefix, rel_path.as_bytes()) else {
-            return Blob::Untracked;
-        };
-        if !e.regular_clean {
-            return Blob::Untracked;
-        }
-        if vouches(e, stat, repo.index_mtime_ns) {
-            Blob::Vouched(e.oid)
-        } else {
-            Blob::Tracked
-        }
+        let e = repo.find(&self.prefix, rel_path.as_bytes())?;
+        (e.regular_clean && vouches(e, stat, repo.index_mtime_ns)).then_some(e.oid)
     }
 }
 
@@ -199,7 +188,16 @@ fn vouches(e: &IndexEntry, st: &FileStat, index_mtime_ns: i64) -> bool {
         && st.ino as u32 == e.ino
         && st.dev as u32 == e.dev
         && !is_racy(st, index_mtime_ns, racy_window_for(st))
+        // git "smudges" an entry it found racily clean by recording size 0: an empty file
+        // matches it, yet only the empty blob is known to be empty.
+        && (e.size != 0 || e.oid == EMPTY_BLOB)
 }
+
+/// The id of the empty blob (`git hash-object /dev/null`).
+const EMPTY_BLOB: Oid = [
+    0xe6, 0x9d, 0xe2, 0x9b, 0xb2, 0xd1, 0xd6, 0x43, 0x4b, 0x8b, 0x29, 0xae, 0x77, 0x5a, 0xd8, 0xc2,
+    0xe4, 0x8c, 0x53, 0x91,
+];
 
 /// Variables that make git use another repository, index, work tree or configuration than
 /// the one found on disk: what the checkout used is then unknown.
@@ -225,11 +223,12 @@ fn redirected_by_env() -> bool {
 fn find_repository(dir: &Path) -> Option<(PathBuf, PathBuf)> {
     for at in dir.ancestors() {
         let dot_git = at.join(".git");
-        let Ok(md) = fs::symlink_metadata(&dot_git) else {
+        // Following a symlink: git accepts a `.git` that links to the git directory.
+        let Ok(md) = fs::metadata(&dot_git) else {
             continue;
         };
         if md.is_dir() {
-            return Some((at.to_path_buf(), dot_git));
+            return Some((at.to_path_buf(), fs::canonicalize(&dot_git).ok()?));
         }
         if md.is_file() {
             let text = fs::read_to_string(&dot_git).ok()?;
@@ -250,25 +249,14 @@ fn load_repo(work_tree: &Path, git_dir: &Path) -> Option<Repo> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => git_dir.to_path_buf(),
         Err(_) => return None,
     };
-    let home = std::env::var_os("HOME").map(PathBuf::from);
-    let xdg = std::env::var_os("XDG_CONFIG_HOME")
-        .map(PathBuf::from)
-        .or_else(|| home.as_ref().map(|h| h.join(".config")));
-    let mut configs = vec![
-        PathBuf::from("/etc/gitconfig"),
-        common.join("config"),
-        git_dir.join("config.worktree"),
-    ];
-    configs.extend(home.as_ref().map(|h| h.join(".gitconfig")));
-    configs.extend(xdg.as_ref().map(|x| x.join("git/config")));
-    if !configs.iter().all(|c| config_is_harmless(c, 0)) {
-        return None;
-    }
+    let git = GitSettings::ask(work_tree)?;
     let mut attributes = vec![
+        // Where distribution packages keep it, whatever git says (a checkout may come from
+        // another git than the one on PATH).
         PathBuf::from("/etc/gitattributes"),
         common.join("info/attributes"),
     ];
-    attributes.extend(xdg.as_ref().map(|x| x.join("git/attributes")));
+    attributes.extend(git.attribute_files);
     if !attributes.iter().all(|a| attributes_file_is_harmless(a)) {
         return None;
     }
@@ -424,79 +412,109 @@ fn parse_index(bytes: &[u8], index_mtime_ns: i64) -> Option<Repo> {
     })
 }
 
-/// Config files included from others are followed this deep (git's own limit is 10).
-const MAX_INCLUDE_DEPTH: usize = 10;
+/// The config keys that can make a checkout differ from its blobs, or make the index found on
+/// disk not the one git uses (git-config(1)): `git config --get-regexp` prints them from every
+/// file git reads (system, global, repository, work tree, includes, `GIT_CONFIG_*`).
+const RISKY_KEYS: &str =
+    "^(core\\.(autocrlf|eol|attributesfile|worktree|bare)|attr\\.tree|extensions\\.objectformat)$";
 
-/// A git config file that cannot make the checkout differ from the blobs, or that does not
-/// exist. Conservative: a line it does not understand makes it harmful. Files named by
-/// `include.path` and `includeIf.*.path` are checked too, whatever their condition.
-fn config_is_harmless(path: &Path, depth: usize) -> bool {
-    let text = match fs::read(path) {
-        Ok(t) => t,
-        Err(e) => return e.kind() == io::ErrorKind::NotFound,
-    };
-    let Ok(text) = String::from_utf8(text) else {
-        return false;
-    };
-    let falsy = |v: &str| matches!(v, "false" | "no" | "off" | "0");
-    let mut section = String::new();
-    for line in text.lines() {
-        let l = line.trim();
-        if l.is_empty() || l.starts_with('#') || l.starts_with(';') {
-            continue;
-        }
-        if l.ends_with('\\') {
-            return false;
-        }
-        if let Some(rest) = l.strip_prefix('[') {
-            let Some(end) = rest.find(']') else {
-                return false;
-            };
-            let after = rest[end + 1..].trim();
-            if !(after.is_empty() || after.starts_with('#') || after.starts_with(';')) {
-                return false;
-            }
-            section = rest[..end]
-                .split(|c: char| c.is_whitespace() || c == '"' || c == '.')
-                .next()
-                .unwrap_or("")
-                .to_ascii_lowercase();
-            continue;
-        }
-        let (key, value) = match l.split_once('=') {
-            Some((k, v)) => (k.trim(), v.trim().trim_matches('"')),
-            None => (l, "true"),
+/// What the `git` on PATH says about the settings that apply to a work tree.
+struct GitSettings {
+    /// The system and global attributes files it reads.
+    attribute_files: Vec<PathBuf>,
+}
+
+impl GitSettings {
+    /// `None` when a setting can convert files, or when git cannot be asked: then nothing is
+    /// known and the index is not used. Three short git processes, run side by side, once per
+    /// repository and run, and only when some file missed the stat cache.
+    fn ask(work_tree: &Path) -> Option<GitSettings> {
+        let git = |args: &[&str]| {
+            std::process::Command::new("git")
+                .arg("-C")
+                .arg(work_tree)
+                .args(args)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .ok()
         };
-        let key = key.to_ascii_lowercase();
-        if section.starts_with("include") && key == "path" {
-            if depth >= MAX_INCLUDE_DEPTH {
-                return false;
-            }
-            let included = match value.strip_prefix("~/") {
-                Some(rest) => match std::env::var_os("HOME") {
-                    Some(home) => Path::new(&home).join(rest),
-                    None => return false,
-                },
-                None => path.parent().unwrap_or(Path::new("/")).join(value),
-            };
-            if !config_is_harmless(&included, depth + 1) {
-                return false;
-            }
-            continue;
-        }
-        let value = value.to_ascii_lowercase();
-        let harmful = match (section.as_str(), key.as_str()) {
-            ("core", "autocrlf") => !falsy(&value),
-            ("core", "eol" | "attributesfile" | "worktree") => true,
-            ("core", "bare") => !falsy(&value),
-            ("extensions", "objectformat") => value != "sha1",
-            _ => false,
+        let config = git(&["config", "--get-regexp", RISKY_KEYS])?;
+        // `git var` knows these since git 2.42; older ones keep them where the fallbacks say.
+        let system = git(&["var", "GIT_ATTR_SYSTEM"]);
+        let global = git(&["var", "GIT_ATTR_GLOBAL"]);
+        let answer = |child: Option<std::process::Child>| -> Option<(Option<i32>, String)> {
+            let out = child?.wait_with_output().ok()?;
+            Some((out.status.code(), String::from_utf8(out.stdout).ok()?))
         };
-        if harmful {
-            return false;
+        let config = answer(Some(config))?;
+        let path_from = |a: Option<(Option<i32>, String)>| match a {
+            Some((Some(0), text)) if !text.trim().is_empty() => Some(PathBuf::from(text.trim())),
+            _ => None,
+        };
+        let system = path_from(answer(system)).or_else(|| system_attributes_fallback(work_tree));
+        let global = path_from(answer(global)).or_else(global_attributes_fallback);
+        match config {
+            (Some(0), text) if text.lines().all(|l| !config_line_is_risky(l)) => {}
+            // Exit 1 with nothing printed: none of the keys is set anywhere.
+            (Some(1), text) if text.is_empty() => {}
+            _ => return None,
         }
+        // No global file (no HOME, no XDG_CONFIG_HOME) is one git does not read either.
+        Some(GitSettings {
+            attribute_files: [Some(system?), global].into_iter().flatten().collect(),
+        })
     }
-    true
+}
+
+/// One `KEY VALUE` line of `git config --get-regexp` (a key alone is a boolean `true`).
+fn config_line_is_risky(line: &str) -> bool {
+    let (key, value) = line.split_once(' ').unwrap_or((line, "true"));
+    let value = value.trim().to_ascii_lowercase();
+    let falsy = matches!(value.as_str(), "false" | "no" | "off" | "0" | "");
+    match key.to_ascii_lowercase().as_str() {
+        "core.autocrlf" | "core.bare" => !falsy,
+        "extensions.objectformat" => value != "sha1",
+        // core.eol, core.attributesfile, core.worktree, attr.tree, and anything unexpected.
+        _ => true,
+    }
+}
+
+/// The system attributes file of a git older than 2.42: `$(prefix)/etc/gitattributes`, or
+/// `/etc/gitattributes` for prefix `/usr`, with the prefix read off `git --exec-path`.
+fn system_attributes_fallback(work_tree: &Path) -> Option<PathBuf> {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(work_tree)
+        .arg("--exec-path")
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let exec = PathBuf::from(String::from_utf8(out.stdout).ok()?.trim());
+    let prefix = exec
+        .strip_prefix("/")
+        .ok()
+        .and_then(|_| {
+            ["libexec/git-core", "lib/git-core"]
+                .iter()
+                .find_map(|tail| exec.to_str()?.strip_suffix(&format!("/{tail}")))
+        })
+        .map(PathBuf::from)?;
+    Some(match prefix.as_os_str() == "/usr" {
+        true => PathBuf::from("/etc/gitattributes"),
+        false => prefix.join("etc/gitattributes"),
+    })
+}
+
+/// The global attributes file of a git older than 2.42: `$XDG_CONFIG_HOME/git/attributes`,
+/// else `~/.config/git/attributes` (gitattributes(5)).
+fn global_attributes_fallback() -> Option<PathBuf> {
+    let xdg = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|x| !x.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    Some(xdg.join("git/attributes"))
 }
 
 /// An attributes file that sets no attribute that converts content between the blob and the
