@@ -103,13 +103,38 @@ struct Slot {
     /// [`PRUNE_AFTER_DAYS`] are dropped so deleted files do not accumulate forever.
     day: u32,
     data: Hash16,
-    /// The data came from git's index, not from reading the file: such an entry is not used
-    /// when the index is turned off (`--no-git-index` must read what the index vouched for).
-    from_index: bool,
+    /// How the data was obtained; decides whether this run may use it (see [`Slot::usable`]).
+    kind: SlotKind,
 }
 
-/// [`Slot::from_index`] on disk: the top bit of the day, which days since 1970 never reach.
-const FROM_INDEX_BIT: u32 = 1 << 31;
+/// Where a slot's data came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotKind {
+    /// blake3 of the bytes, the index not turned off.
+    Blake3 = 0,
+    /// blake3 of the bytes read with the index turned off (`--no-git-index`).
+    Blake3IndexOff = 1,
+    /// The git blob id of the bytes read.
+    GitRead = 2,
+    /// The git blob id git's index vouched for: the file was not read.
+    GitIndex = 3,
+}
+
+/// [`Slot::kind`] on disk: the top two bits of the day, which days since 1970 never reach.
+const KIND_SHIFT: u32 = 30;
+
+impl Slot {
+    /// With the index turned off, nothing it vouched for (or that was hashed to match it) is
+    /// used, so `--no-git-index` reads those files; with it on, what such a run read is read
+    /// again, so the key goes back to the one a fresh clone computes.
+    fn usable(&self, index_off: bool) -> bool {
+        match self.kind {
+            SlotKind::Blake3 => true,
+            SlotKind::Blake3IndexOff => index_off,
+            SlotKind::GitRead | SlotKind::GitIndex => !index_off,
+        }
+    }
+}
 
 /// A file whose mtime or ctime is this close to the moment we started reading it may change
 /// again within the same timestamp tick without its stat changing ("racy git"): its hash is
@@ -395,6 +420,11 @@ impl StatCache {
         &self.git
     }
 
+    /// Counts files whose records came from git's index (for [`files_vouched`](Self::files_vouched)).
+    pub(crate) fn count_vouched(&self, files: usize) {
+        self.vouched.fetch_add(files as u64, Ordering::Relaxed);
+    }
+
     /// What to remember for a file git's index vouched for, as if it had been read now.
     pub(crate) fn vouched(
         &self,
@@ -403,14 +433,13 @@ impl StatCache {
         stamp: Stamp,
         data: Hash16,
     ) -> Pending {
-        self.vouched.fetch_add(1, Ordering::Relaxed);
         Pending {
             key: path_key(abs_path),
             slot: Slot {
                 stat: stat.digest(),
                 day: self.today,
                 data,
-                from_index: true,
+                kind: SlotKind::GitIndex,
             },
             stamp,
         }
@@ -450,7 +479,7 @@ impl StatCache {
         let mut table = self.lock();
         let i = table.find(cursor, key)?;
         let slot = &mut table.slots[i];
-        if slot.stat != stat.digest() || (slot.from_index && self.git.is_off()) {
+        if slot.stat != stat.digest() || !slot.usable(self.git.is_off()) {
             return None;
         }
         // Refreshing the day at most once a day keeps a no-op run from rewriting the file.
@@ -563,7 +592,11 @@ impl StatCache {
                 stat: expected.digest(),
                 day: self.today,
                 data,
-                from_index: false,
+                kind: match (how, self.git.is_off()) {
+                    (ContentHash::GitBlob, _) => SlotKind::GitRead,
+                    (ContentHash::Blake3, false) => SlotKind::Blake3,
+                    (ContentHash::Blake3, true) => SlotKind::Blake3IndexOff,
+                },
             },
             stamp,
         });
@@ -687,7 +720,7 @@ fn today() -> u32 {
 fn encode_record(key: u64, slot: &Slot, out: &mut [u8; RECORD_LEN]) {
     out[0..8].copy_from_slice(&key.to_le_bytes());
     out[8..16].copy_from_slice(&slot.stat.to_le_bytes());
-    let day = slot.day | if slot.from_index { FROM_INDEX_BIT } else { 0 };
+    let day = slot.day | ((slot.kind as u32) << KIND_SHIFT);
     out[16..20].copy_from_slice(&day.to_le_bytes());
     out[20..36].copy_from_slice(&slot.data);
 }
@@ -702,9 +735,14 @@ fn decode_record(rec: &[u8]) -> Result<(u64, Slot), super::codec::DecodeError> {
         key,
         Slot {
             stat,
-            day: day & !FROM_INDEX_BIT,
+            day: day & ((1 << KIND_SHIFT) - 1),
             data,
-            from_index: day & FROM_INDEX_BIT != 0,
+            kind: match day >> KIND_SHIFT {
+                0 => SlotKind::Blake3,
+                1 => SlotKind::Blake3IndexOff,
+                2 => SlotKind::GitRead,
+                _ => SlotKind::GitIndex,
+            },
         },
     ))
 }
@@ -1095,7 +1133,12 @@ mod tests {
                         stat: stat.digest(),
                         day: cache.today,
                         data,
-                        from_index: i % 3 == 0,
+                        kind: [
+                            SlotKind::Blake3,
+                            SlotKind::Blake3IndexOff,
+                            SlotKind::GitRead,
+                            SlotKind::GitIndex,
+                        ][i as usize % 4],
                     },
                     Stamp(i + 1),
                 );
@@ -1134,7 +1177,7 @@ mod tests {
                     stat: stat.digest(),
                     day: cache.today - PRUNE_AFTER_DAYS - 1,
                     data: [1; 16],
-                    from_index: true,
+                    kind: SlotKind::GitIndex,
                 },
                 Stamp(1),
             );
@@ -1144,7 +1187,7 @@ mod tests {
                     stat: stat.digest(),
                     day: cache.today,
                     data: [2; 16],
-                    from_index: true,
+                    kind: SlotKind::GitIndex,
                 },
                 Stamp(2),
             );
@@ -1169,7 +1212,7 @@ mod tests {
             .digest(),
             day: today(),
             data: [n; 16],
-            from_index: false,
+            kind: SlotKind::Blake3,
         }
     }
 

@@ -661,7 +661,7 @@ fn walk_group_with(
     // Looked up on the first file the stat cache misses: a no-op run never reads an index.
     let mut git: Option<Option<DirView>> = if use_git { None } else { Some(None) };
     let mut vouched = Vec::new();
-    let mut attributes_below = false;
+    let mut vouched_dirs: Vec<String> = Vec::new();
     std::thread::scope(|scope| -> Result<(), FingerprintError> {
         let mut pool: Option<Pool> = None;
         let mut first_err: Option<FingerprintError> = None;
@@ -689,12 +689,6 @@ fn walk_group_with(
                 items.push(&e.rel_path, FileRec { mode: e.mode, data });
                 continue;
             }
-            if use_git
-                && (e.rel_path == ".gitattributes" || e.rel_path.ends_with("/.gitattributes"))
-                && !git::attributes_file_is_harmless(&e.abs_path)
-            {
-                attributes_below = true;
-            }
             let stat = FileStat::from_entry(&e);
             if let Some(data) = cache.lookup(&mut cursor, &e.abs_path, &stat) {
                 items.push(&e.rel_path, FileRec { mode: e.mode, data });
@@ -706,6 +700,10 @@ fn walk_group_with(
             let how = match view.as_ref().map(|v| v.vouched_blob(&e.rel_path, &stat)) {
                 Some(Some(oid)) => {
                     let data = git_blob_data(&oid, &xattrs.read(&e.abs_path));
+                    let dir = e.rel_path.rsplit_once('/').map_or("", |(d, _)| d);
+                    if vouched_dirs.last().is_none_or(|last: &String| last != dir) {
+                        vouched_dirs.push(dir.to_string());
+                    }
                     items.push(&e.rel_path, FileRec { mode: e.mode, data });
                     vouched.push(cache.vouched(&e.abs_path, &stat, cursor.stamp(), data));
                     continue;
@@ -739,10 +737,14 @@ fn walk_group_with(
         }
         first_err.map_or(Ok(()), Err)
     })?;
-    let used_index = matches!(git, Some(Some(_)));
-    if attributes_below && used_index {
+    // An attributes file in a directory of a vouched file, or above it, converts it on
+    // checkout whether git tracks the attributes file or not, and whether the walk visited it
+    // or left it out (ignored, or not on the build's paths).
+    if !vouched_dirs.is_empty() && !attributes_in_walked_dirs_are_harmless(&group.dir, vouched_dirs)
+    {
         return Ok(None);
     }
+    cache.count_vouched(vouched.len());
     cache.remember(vouched);
     let (section, parent_only) = items.finish_with_flags(parent_only);
     // On this walking thread rather than later on the planner's: members that read the whole
@@ -757,6 +759,21 @@ fn walk_group_with(
         parent_only,
         subtree_end,
     }))
+}
+
+/// Checks `.gitattributes` in each of `dirs` (relative to `root`, `/`-separated; the root
+/// itself is [`git::GitIndexes::view`]'s to check) and in every directory between them and
+/// the root.
+fn attributes_in_walked_dirs_are_harmless(root: &Path, dirs: Vec<String>) -> bool {
+    let mut all = std::collections::BTreeSet::new();
+    for dir in dirs {
+        let mut d = dir.as_str();
+        while !d.is_empty() && all.insert(d.to_string()) {
+            d = d.rsplit_once('/').map_or("", |(parent, _)| parent);
+        }
+    }
+    all.iter()
+        .all(|d| git::attributes_file_is_harmless(&root.join(d).join(".gitattributes"), true))
 }
 
 /// The part of a group's listing that one member's request selects: fsutil's include rule

@@ -22,9 +22,10 @@
 //! `core.autocrlf`, `core.eol`, `core.attributesFile` or `attr.tree` from any config file it
 //! reads; no attribute that converts is set in any attributes file it reads (the tracked
 //! `.gitattributes`, untracked ones above and inside each walked directory, `info/attributes`,
-//! its global and system files); and no `GIT_*` variable redirects it. Anything unusual (split
-//! or sparse index, an unknown required extension, SHA-256 repositories, a bad checksum, no
-//! `git` to ask) means "not used": every file is then read, as without git. What cannot be
+//! its global and system files, the system config of a git elsewhere); a tracked attributes
+//! file is the very blob the index holds; no `git replace` refs exist; and no `GIT_*` variable
+//! redirects git. Anything unusual (split or sparse index, an unknown required extension,
+//! SHA-256 repositories, a bad checksum, no `git` to ask) means "not used": every file is then read, as without git. What cannot be
 //! seen is a conversion that applied when a file was written and whose setting is gone now
 //! (`git -c core.autocrlf=true clone`, a `git add` under an attribute removed since): `git
 //! status` misses it too, and `--no-git-index` turns this source off, stat cache included.
@@ -123,12 +124,12 @@ impl GitIndexes {
         // files whether tracked or not.
         let rel = dir.strip_prefix(&work_tree).ok()?;
         let mut at = work_tree.clone();
-        if !attributes_file_is_harmless(&at.join(".gitattributes")) {
+        if !attributes_file_is_harmless(&at.join(".gitattributes"), true) {
             return None;
         }
         for part in rel.components() {
             at.push(part);
-            if !attributes_file_is_harmless(&at.join(".gitattributes")) {
+            if !attributes_file_is_harmless(&at.join(".gitattributes"), true) {
                 return None;
             }
         }
@@ -249,6 +250,18 @@ fn load_repo(work_tree: &Path, git_dir: &Path) -> Option<Repo> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => git_dir.to_path_buf(),
         Err(_) => return None,
     };
+    // A checkout may come from another git than the one on PATH, with its own system config.
+    let other_system_configs = ["/etc/gitconfig", "/usr/local/etc/gitconfig"];
+    if !other_system_configs
+        .iter()
+        .all(|c| config_file_is_plain(Path::new(c)))
+    {
+        return None;
+    }
+    // Replaced objects are checked out with the replacement's content under the original id.
+    if has_replace_refs(&common) {
+        return None;
+    }
     let git = GitSettings::ask(work_tree)?;
     let mut attributes = vec![
         // Where distribution packages keep it, whatever git says (a checkout may come from
@@ -257,7 +270,10 @@ fn load_repo(work_tree: &Path, git_dir: &Path) -> Option<Repo> {
         common.join("info/attributes"),
     ];
     attributes.extend(git.attribute_files);
-    if !attributes.iter().all(|a| attributes_file_is_harmless(a)) {
+    if !attributes
+        .iter()
+        .all(|a| attributes_file_is_harmless(a, false))
+    {
         return None;
     }
 
@@ -277,18 +293,29 @@ fn load_repo(work_tree: &Path, git_dir: &Path) -> Option<Repo> {
         return None;
     }
     let repo = parse_index(&bytes, md.mtime() * 1_000_000_000 + md.mtime_nsec())?;
-    // Every tracked attributes file must be on disk and harmless: git reads it from the work
-    // tree when checking files in and out.
+    // Every tracked attributes file must be on disk, harmless, and the very blob the index
+    // holds: when checking files out, git reads the index's copy first.
     for e in &repo.entries {
         let p = repo.path(e);
         if p == b".gitattributes" || p.ends_with(b"/.gitattributes") {
             let on_disk = work_tree.join(std::ffi::OsStr::from_bytes(p));
-            if !on_disk.exists() || !attributes_file_is_harmless(&on_disk) {
+            let bytes = read_small_file(&on_disk, true).ok()??;
+            if blob_id(&bytes) != e.oid || !attributes_file_is_harmless(&on_disk, true) {
                 return None;
             }
         }
     }
     Some(repo)
+}
+
+/// The git blob id of `bytes` (SHA-1 of `blob LEN\0` + bytes).
+fn blob_id(bytes: &[u8]) -> Oid {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    ctx.update(format!("blob {}\0", bytes.len()).as_bytes());
+    ctx.update(bytes);
+    let mut oid = [0; 20];
+    oid.copy_from_slice(ctx.finish().as_ref());
+    oid
 }
 
 fn be32(b: &[u8], at: usize) -> Option<u32> {
@@ -307,10 +334,13 @@ fn parse_index(bytes: &[u8], index_mtime_ns: i64) -> Option<Repo> {
         return None;
     }
     let (body, trailer) = bytes.split_at(bytes.len() - HASH);
-    // An all-zero trailer (index.skipHash) cannot be verified.
-    let sum = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, body);
-    if sum.as_ref() != trailer {
-        return None;
+    // An all-zero trailer is git's `index.skipHash` (set by `feature.manyFiles`): git itself
+    // then trusts the file unverified, and so do we; a damaged one still has to parse exactly.
+    if trailer.iter().any(|&b| b != 0) {
+        let sum = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, body);
+        if sum.as_ref() != trailer {
+            return None;
+        }
     }
     let version = be32(body, 4)?;
     if !(2..=4).contains(&version) {
@@ -410,6 +440,44 @@ fn parse_index(bytes: &[u8], index_mtime_ns: i64) -> Option<Repo> {
         entries,
         paths,
     })
+}
+
+/// A config file that mentions none of the settings that can convert on checkout or bring in
+/// another file (a word search, deliberately cruder than git's parser: a false alarm only
+/// means reading the files). Used for system files another git than the one on PATH reads.
+fn config_file_is_plain(path: &Path) -> bool {
+    match read_small_file(path, false) {
+        Ok(None) => true,
+        Ok(Some(bytes)) => {
+            let text = String::from_utf8_lossy(&bytes).to_ascii_lowercase();
+            ![
+                "autocrlf",
+                "eol",
+                "attributesfile",
+                "tree",
+                "include",
+                "objectformat",
+            ]
+            .iter()
+            .any(|w| text.contains(w))
+        }
+        Err(()) => false,
+    }
+}
+
+/// Whether the repository has `refs/replace/` refs (loose or packed), or keeps its refs where
+/// this code does not look (the reftable backend).
+fn has_replace_refs(common: &Path) -> bool {
+    if common.join("reftable").exists() {
+        return true;
+    }
+    if fs::read_dir(common.join("refs/replace")).is_ok_and(|mut d| d.next().is_some()) {
+        return true;
+    }
+    match fs::read(common.join("packed-refs")) {
+        Ok(bytes) => bytes.windows(13).any(|w| w == b"refs/replace/"),
+        Err(e) => e.kind() != io::ErrorKind::NotFound,
+    }
 }
 
 /// The config keys that can make a checkout differ from its blobs, or make the index found on
@@ -517,18 +585,55 @@ fn global_attributes_fallback() -> Option<PathBuf> {
     Some(xdg.join("git/attributes"))
 }
 
-/// An attributes file that sets no attribute that converts content between the blob and the
-/// work tree (`text`, `eol`, `filter`, `ident`, `working-tree-encoding`, macros), or that does
-/// not exist. Conservative: only known-harmless attributes are allowed.
-pub(crate) fn attributes_file_is_harmless(path: &Path) -> bool {
-    let text = match fs::read(path) {
-        Ok(t) => t,
-        Err(e) => {
-            return matches!(
+/// Attributes and config files bigger than this are not read (and the index is not used).
+const MAX_SETTINGS_FILE: u64 = 1 << 20;
+
+/// The bytes of a small regular file; `Ok(None)` when there is none. Never blocks on a FIFO
+/// or reads a device; with `no_follow`, a symlink is an error.
+fn read_small_file(path: &Path, no_follow: bool) -> Result<Option<Vec<u8>>, ()> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let flags = libc::O_NONBLOCK | if no_follow { libc::O_NOFOLLOW } else { 0 };
+    let file = match fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e)
+            if matches!(
                 e.kind(),
                 io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-            )
+            ) =>
+        {
+            return Ok(None)
         }
+        Err(_) => return Err(()),
+    };
+    let md = file.metadata().map_err(|_| ())?;
+    if !md.is_file() || md.len() > MAX_SETTINGS_FILE {
+        return Err(());
+    }
+    let mut bytes = Vec::with_capacity(md.len() as usize);
+    file.take(MAX_SETTINGS_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|_| ())?;
+    if bytes.len() as u64 > MAX_SETTINGS_FILE {
+        return Err(());
+    }
+    Ok(Some(bytes))
+}
+
+/// An attributes file that sets no attribute that converts content between the blob and the
+/// work tree (`text`, `eol`, `filter`, `ident`, `working-tree-encoding`, macros), or that does
+/// not exist. Conservative: only known-harmless attributes are allowed. `in_tree`: inside the
+/// work tree, where git does not follow a symlinked attributes file (and neither is it ours to
+/// follow: it could name a FIFO or /dev/zero); such a link makes the repository unusable.
+pub(crate) fn attributes_file_is_harmless(path: &Path, in_tree: bool) -> bool {
+    let text = match read_small_file(path, in_tree) {
+        Ok(Some(t)) => t,
+        Ok(None) => return true,
+        Err(()) => return false,
     };
     let Ok(text) = String::from_utf8(text) else {
         return false;

@@ -431,6 +431,89 @@ fn turning_the_index_off_reads_again_what_it_vouched_for_in_earlier_runs() {
     let without = compute(&fp_input(&repo), &cache).unwrap().key;
     assert_eq!(cache.hashes_performed(), 5);
     assert_eq!(without, fresh_key(&repo, false).0);
+    cache.save(&saved).unwrap();
+    // And on again: what the run without it read is read again, and the key is a fresh
+    // clone's once more (not a mix of the two kinds of record).
+    let (cache, _) = StatCache::load(&saved);
+    assert_eq!(compute(&fp_input(&repo), &cache).unwrap().key, with_index);
+    assert_eq!(cache.files_vouched(), 5, "taken from the index again");
+}
+
+#[test]
+fn an_attributes_file_the_walk_leaves_out_still_turns_the_index_off() {
+    let (_t, repo) = cloned(TREE);
+    let with_index = fresh_key(&repo, true);
+    assert_eq!(with_index.1, 0);
+    // Untracked, below the context, and ignored: git applies it all the same.
+    fs::write(repo.join("svc/.dockerignore"), "**/.gitattributes\n").unwrap();
+    fs::write(repo.join("svc/app/pkg/.gitattributes"), "*.py eol=crlf\n").unwrap();
+    let cache = StatCache::new();
+    compute(&fp_input(&repo), &cache).unwrap();
+    // Only the named context's file, which the attributes file does not cover.
+    assert_eq!(cache.files_vouched(), 1);
+    assert!(
+        cache.hashes_performed() >= 5,
+        "the context's files are read"
+    );
+    // A harmless one leaves it on.
+    fs::write(repo.join("svc/app/pkg/.gitattributes"), "*.py diff\n").unwrap();
+    let cache = StatCache::new();
+    compute(&fp_input(&repo), &cache).unwrap();
+    assert!(cache.files_vouched() > 0);
+}
+
+#[test]
+fn a_staged_attributes_file_other_than_the_one_on_disk_turns_the_index_off() {
+    let (_t, repo) = cloned(TREE);
+    fs::write(repo.join(".gitattributes"), "*.py eol=crlf\n").unwrap();
+    git(&repo, &["add", ".gitattributes"]);
+    fs::write(repo.join(".gitattributes"), "*.py diff\n").unwrap();
+    assert!(view(&repo.join("svc")).is_none());
+}
+
+#[test]
+fn replaced_objects_and_symlinked_attributes_turn_the_index_off() {
+    let (_t, repo) = cloned(TREE);
+    let blob = git(&repo, &["rev-parse", "HEAD:svc/README.md"]);
+    fs::write(repo.join("other"), "replacement\n").unwrap();
+    let other = git(&repo, &["hash-object", "-w", "other"]);
+    git(&repo, &["replace", blob.trim(), other.trim()]);
+    assert!(view(&repo.join("svc")).is_none(), "loose replace ref");
+    git(&repo, &["pack-refs", "--all"]);
+    assert!(view(&repo.join("svc")).is_none(), "packed replace ref");
+
+    // A tracked attributes file that is a symlink to a FIFO: not followed, not waited on.
+    let (t, repo) = cloned(TREE);
+    let fifo = t.path().join("fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    symlink(&fifo, repo.join("shared/.gitattributes")).unwrap();
+    git(&repo, &["add", "shared/.gitattributes"]);
+    assert!(view(&repo.join("svc")).is_none());
+    // Untracked, above the context.
+    let (t, repo) = cloned(TREE);
+    let fifo = t.path().join("fifo");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    symlink(&fifo, repo.join("svc/.gitattributes")).unwrap();
+    assert!(view(&repo.join("svc/app")).is_none());
+}
+
+#[test]
+fn an_index_without_a_checksum_is_read() {
+    // feature.manyFiles turns index.skipHash on: the trailer is all zeros.
+    let (_t, repo) = cloned(TREE);
+    git(&repo, &["config", "index.skipHash", "true"]);
+    settle(&repo);
+    let bytes = fs::read(repo.join(".git/index")).unwrap();
+    assert!(bytes[bytes.len() - 20..].iter().all(|&b| b == 0));
+    let v = view(&repo.join("svc")).expect("usable");
+    assert!(v
+        .vouched_blob("README.md", &stat_of(&repo.join("svc/README.md")))
+        .is_some());
 }
 
 #[test]
