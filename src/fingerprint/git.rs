@@ -245,10 +245,12 @@ fn find_repository(dir: &Path) -> Option<(PathBuf, PathBuf)> {
 /// Reads the index and checks that nothing can make the checkout differ from its blobs.
 fn load_repo(work_tree: &Path, git_dir: &Path) -> Option<Repo> {
     // Linked work trees keep config and info/ in the common directory.
-    let common = match fs::read_to_string(git_dir.join("commondir")) {
-        Ok(rel) => fs::canonicalize(git_dir.join(rel.trim())).ok()?,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => git_dir.to_path_buf(),
-        Err(_) => return None,
+    let common = match read_small_file(&git_dir.join("commondir"), false).ok()? {
+        Some(rel) => {
+            let rel = String::from_utf8(rel).ok()?;
+            fs::canonicalize(git_dir.join(rel.trim())).ok()?
+        }
+        None => git_dir.to_path_buf(),
     };
     // A checkout may come from another git than the one on PATH, with its own system config.
     let other_system_configs = ["/etc/gitconfig", "/usr/local/etc/gitconfig"];
@@ -262,7 +264,7 @@ fn load_repo(work_tree: &Path, git_dir: &Path) -> Option<Repo> {
     if has_replace_refs(&common) {
         return None;
     }
-    let git = GitSettings::ask(work_tree)?;
+    let git = GitSettings::ask(work_tree, git_dir)?;
     let mut attributes = vec![
         // Where distribution packages keep it, whatever git says (a checkout may come from
         // another git than the one on PATH).
@@ -468,16 +470,21 @@ fn config_file_is_plain(path: &Path) -> bool {
 /// Whether the repository has `refs/replace/` refs (loose or packed), or keeps its refs where
 /// this code does not look (the reftable backend).
 fn has_replace_refs(common: &Path) -> bool {
+    use std::io::BufRead as _;
     if common.join("reftable").exists() {
         return true;
     }
     if fs::read_dir(common.join("refs/replace")).is_ok_and(|mut d| d.next().is_some()) {
         return true;
     }
-    match fs::read(common.join("packed-refs")) {
-        Ok(bytes) => bytes.windows(13).any(|w| w == b"refs/replace/"),
-        Err(e) => e.kind() != io::ErrorKind::NotFound,
-    }
+    // Streamed: a repository with many tags has a packed-refs file of many megabytes.
+    let file = match open_regular(&common.join("packed-refs"), false) {
+        Ok(Some(f)) => f,
+        Ok(None) => return false,
+        Err(()) => return true,
+    };
+    let mut lines = io::BufReader::new(file).split(b'\n');
+    !lines.all(|l| l.is_ok_and(|l| !l.windows(13).any(|w| w == b"refs/replace/")))
 }
 
 /// The config keys that can make a checkout differ from its blobs, or make the index found on
@@ -494,9 +501,9 @@ struct GitSettings {
 
 impl GitSettings {
     /// `None` when a setting can convert files, or when git cannot be asked: then nothing is
-    /// known and the index is not used. Three short git processes, run side by side, once per
+    /// known and the index is not used. Four short git processes, run side by side, once per
     /// repository and run, and only when some file missed the stat cache.
-    fn ask(work_tree: &Path) -> Option<GitSettings> {
+    fn ask(work_tree: &Path, git_dir: &Path) -> Option<GitSettings> {
         let git = |args: &[&str]| {
             std::process::Command::new("git")
                 .arg("-C")
@@ -509,6 +516,9 @@ impl GitSettings {
                 .ok()
         };
         let config = git(&["config", "--get-regexp", RISKY_KEYS])?;
+        // git leaves out a repository's own config, silently, when it does not open that
+        // repository (another owner, an extension it does not know): it must name ours.
+        let opened = git(&["rev-parse", "--absolute-git-dir"]);
         // `git var` knows these since git 2.42; older ones keep them where the fallbacks say.
         let system = git(&["var", "GIT_ATTR_SYSTEM"]);
         let global = git(&["var", "GIT_ATTR_GLOBAL"]);
@@ -517,6 +527,10 @@ impl GitSettings {
             Some((out.status.code(), String::from_utf8(out.stdout).ok()?))
         };
         let config = answer(Some(config))?;
+        match answer(opened) {
+            Some((Some(0), dir)) if fs::canonicalize(dir.trim()).ok()? == git_dir => {}
+            _ => return None,
+        }
         let path_from = |a: Option<(Option<i32>, String)>| match a {
             Some((Some(0), text)) if !text.trim().is_empty() => Some(PathBuf::from(text.trim())),
             _ => None,
@@ -588,10 +602,9 @@ fn global_attributes_fallback() -> Option<PathBuf> {
 /// Attributes and config files bigger than this are not read (and the index is not used).
 const MAX_SETTINGS_FILE: u64 = 1 << 20;
 
-/// The bytes of a small regular file; `Ok(None)` when there is none. Never blocks on a FIFO
-/// or reads a device; with `no_follow`, a symlink is an error.
-fn read_small_file(path: &Path, no_follow: bool) -> Result<Option<Vec<u8>>, ()> {
-    use std::io::Read as _;
+/// A regular file opened for reading; `Ok(None)` when there is none. Never blocks on a FIFO;
+/// with `no_follow`, a symlink is an error.
+fn open_regular(path: &Path, no_follow: bool) -> Result<Option<fs::File>, ()> {
     use std::os::unix::fs::OpenOptionsExt;
     let flags = libc::O_NONBLOCK | if no_follow { libc::O_NOFOLLOW } else { 0 };
     let file = match fs::OpenOptions::new()
@@ -610,8 +623,21 @@ fn read_small_file(path: &Path, no_follow: bool) -> Result<Option<Vec<u8>>, ()> 
         }
         Err(_) => return Err(()),
     };
+    match file.metadata() {
+        Ok(md) if md.is_file() => Ok(Some(file)),
+        _ => Err(()),
+    }
+}
+
+/// The bytes of a small regular file; `Ok(None)` when there is none. Never blocks on a FIFO
+/// or reads a device; with `no_follow`, a symlink is an error.
+fn read_small_file(path: &Path, no_follow: bool) -> Result<Option<Vec<u8>>, ()> {
+    use std::io::Read as _;
+    let Some(file) = open_regular(path, no_follow)? else {
+        return Ok(None);
+    };
     let md = file.metadata().map_err(|_| ())?;
-    if !md.is_file() || md.len() > MAX_SETTINGS_FILE {
+    if md.len() > MAX_SETTINGS_FILE {
         return Err(());
     }
     let mut bytes = Vec::with_capacity(md.len() as usize);

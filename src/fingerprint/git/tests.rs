@@ -655,3 +655,35 @@ fn with_the_index_a_change_is_seen_exactly_when_it_is_seen_without_it() {
         last = now;
     }
 }
+
+#[test]
+fn a_repository_git_will_not_open_is_not_used() {
+    // git then leaves out the repository's own config, autocrlf included, without an error.
+    let (_t, repo) = cloned(TREE);
+    let mut cfg = fs::read_to_string(repo.join(".git/config")).unwrap();
+    cfg = cfg.replace("repositoryformatversion = 0", "repositoryformatversion = 1");
+    cfg.push_str("[core]\n\tautocrlf = true\n[extensions]\n\tbkbuildunknown = true\n");
+    fs::write(repo.join(".git/config"), cfg).unwrap();
+    assert!(view(&repo.join("svc")).is_none());
+}
+
+#[test]
+fn a_fifo_in_the_git_directory_is_not_waited_on() {
+    let (_t, repo) = cloned(TREE);
+    let packed = repo.join(".git/packed-refs");
+    let _ = fs::remove_file(&packed);
+    assert!(Command::new("mkfifo")
+        .arg(&packed)
+        .status()
+        .unwrap()
+        .success());
+    let dir = repo.join("svc");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(view(&dir).is_some());
+    });
+    let usable = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the view must not block on a FIFO");
+    assert!(!usable);
+}
