@@ -397,13 +397,16 @@ fn killing_a_run_keeps_finished_targets_and_rebuilds_the_rest() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // Wait until svc1's RUN is executing (base has finished by then).
+    // Wait until svc1's RUN is executing and base is recorded: svc1 may start while base's
+    // push still runs (dependents do not wait for it), and base is recorded once pushed.
     let start = std::time::Instant::now();
-    while !std::process::Command::new("pgrep")
-        .args(["-f", &marker])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
+    let base_record = r.root.join(".bk-build/state/targets/base.rec");
+    while !base_record.exists()
+        || !std::process::Command::new("pgrep")
+            .args(["-f", &marker])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
     {
         assert!(start.elapsed().as_secs() < 90, "svc1 never started");
         std::thread::sleep(std::time::Duration::from_millis(200));
