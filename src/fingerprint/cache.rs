@@ -829,9 +829,7 @@ impl Content {
                 // The header needs the length before the bytes: the walk's. If the file turns
                 // out to have another length, `finish` gives a record no blob can have.
                 let size = expected_size.max(0) as u64;
-                let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
-                ctx.update(format!("blob {size}\0").as_bytes());
-                Content::GitBlob(ctx, size)
+                Content::GitBlob(super::git::blob_hasher(size), size)
             }
         }
     }

@@ -310,10 +310,16 @@ fn load_repo(work_tree: &Path, git_dir: &Path) -> Option<Repo> {
     Some(repo)
 }
 
-/// The git blob id of `bytes` (SHA-1 of `blob LEN\0` + bytes).
-fn blob_id(bytes: &[u8]) -> Oid {
+/// A git blob id in progress for `len` bytes of content: SHA-1 of `blob LEN\0` + the bytes.
+pub(crate) fn blob_hasher(len: u64) -> ring::digest::Context {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
-    ctx.update(format!("blob {}\0", bytes.len()).as_bytes());
+    ctx.update(format!("blob {len}\0").as_bytes());
+    ctx
+}
+
+/// The git blob id of `bytes`.
+fn blob_id(bytes: &[u8]) -> Oid {
+    let mut ctx = blob_hasher(bytes.len() as u64);
     ctx.update(bytes);
     let mut oid = [0; 20];
     oid.copy_from_slice(ctx.finish().as_ref());
