@@ -29,7 +29,10 @@ command -v cargo >/dev/null || { log "cargo not found: install Rust (rustup) fir
 
 # ---- the daemon under test
 export BKENV=${BKENV:-/tmp/bkenv}
-bash scripts/bkenv/up.sh
+# Daemons that are not running start empty: what earlier runs left (build cache, images,
+# registry contents) slows every build of the suite, and the suite must not depend on it.
+# Daemons already running are used as they are (scripts/bkenv/down.sh first to start over).
+BKENV_FRESH=${BKENV_FRESH:-1} bash scripts/bkenv/up.sh
 # shellcheck disable=SC1091
 source "$BKENV/env.sh"
 
