@@ -551,6 +551,7 @@ impl DaemonArgs {
             key: self.tlskey.clone(),
             server_name: self.tlsservername.clone(),
             dir: self.tlsdir.clone(),
+            keys_of: None,
         }
     }
 
@@ -590,6 +591,7 @@ impl DaemonArgs {
                             key: b.tlskey.clone(),
                             server_name: b.tlsservername.clone(),
                             dir: b.tlsdir.clone(),
+                            keys_of: Some(format!("[builders.{}] in {}", b.name, b.file.display())),
                         },
                         jobs: b.jobs,
                         platforms: b.platforms.clone(),
@@ -1489,7 +1491,11 @@ fn prune_options(a: &PruneArgs) -> crate::client::PruneOptions {
         filters: a.filter.clone(),
         keep_duration_ns: a
             .keep_duration
-            .map(|s| (s as i64) * 1_000_000_000)
+            .map(|s| {
+                i64::try_from(s)
+                    .unwrap_or(i64::MAX)
+                    .saturating_mul(1_000_000_000)
+            })
             .unwrap_or(0),
         keep_bytes: a.keep_storage.unwrap_or(0),
     }

@@ -277,8 +277,12 @@ fn identity(socket: &Path) -> Option<(u64, u64, i64, i64)> {
 }
 
 fn cache_file() -> Option<PathBuf> {
-    let base = match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
-        Some(d) => PathBuf::from(d),
+    // A relative XDG_CACHE_HOME is ignored (XDG Base Directory specification).
+    let base = match std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .filter(|v| v.is_absolute())
+    {
+        Some(d) => d,
         None => PathBuf::from(std::env::var_os("HOME").filter(|v| !v.is_empty())?).join(".cache"),
     };
     Some(base.join("bk-build").join("engines.json"))

@@ -24,6 +24,8 @@ pub(crate) struct Peer<'a> {
     /// TCP (where TLS is a question) rather than a socket or ssh.
     pub tcp: bool,
     pub tls: Option<&'a TlsFiles>,
+    /// Where the TLS settings are keys rather than flags ([`super::TlsOptions::keys_of`]).
+    pub keys_of: Option<&'a str>,
 }
 
 impl<'a> Peer<'a> {
@@ -37,6 +39,7 @@ impl<'a> Peer<'a> {
             docker: Some(&h.origin),
             tcp,
             tls,
+            keys_of: None,
         }
     }
 
@@ -46,6 +49,22 @@ impl<'a> Peer<'a> {
             docker: None,
             tcp,
             tls,
+            keys_of: None,
+        }
+    }
+
+    /// The same peer, its TLS settings given as the keys of `keys_of` (see
+    /// [`super::TlsOptions::keys_of`]).
+    pub(crate) fn with_keys_of(mut self, keys_of: Option<&'a str>) -> Peer<'a> {
+        self.keys_of = keys_of;
+        self
+    }
+
+    /// How to give TLS files: the flags, or the keys of the table they belong in.
+    fn tls_settings(&self) -> String {
+        match self.keys_of {
+            Some(of) => format!("set tlscacert, tlscert and tlskey (or tlsdir) in {of}"),
+            None => "pass --tlscacert, --tlscert and --tlskey (or --tlsdir DIR)".into(),
         }
     }
 
@@ -63,9 +82,9 @@ impl<'a> Peer<'a> {
             Some(Origin::Context(name)) => format!(
                 "give the docker context its TLS files: docker context update {name} --docker \"host=…,ca=/path/ca.pem,cert=/path/cert.pem,key=/path/key.pem\""
             ),
-            Some(Origin::Address) => "set DOCKER_TLS_VERIFY=1 and DOCKER_CERT_PATH=DIR (a directory with the daemon's ca.pem and your cert.pem and key.pem), or pass --tlscacert, --tlscert and --tlskey".into(),
+            Some(Origin::Address) => format!("set DOCKER_TLS_VERIFY=1 and DOCKER_CERT_PATH=DIR (a directory with the daemon's ca.pem and your cert.pem and key.pem), or {}", self.tls_settings()),
             Some(_) => "set DOCKER_TLS_VERIFY=1 and DOCKER_CERT_PATH=DIR (a directory with the daemon's ca.pem and your cert.pem and key.pem)".into(),
-            None => "pass --tlscacert, --tlscert and --tlskey (or --tlsdir DIR)".into(),
+            None => self.tls_settings(),
         }
     }
 }
@@ -226,10 +245,14 @@ fn explain_tls(peer: &Peer, r: &rustls::Error) -> String {
                 t.ca_fix()
             ),
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
-                let flag = if t.source == tls::TlsSource::Flags {
-                    ", or name the certificate's host with --tlsservername"
-                } else {
-                    ""
+                let flag = match &t.source {
+                    tls::TlsSource::Flags => {
+                        ", or name the certificate's host with --tlsservername".to_string()
+                    }
+                    tls::TlsSource::Keys { of } => {
+                        format!(", or name the certificate's host with tlsservername in {of}")
+                    }
+                    _ => String::new(),
                 };
                 format!(
                     "{what} presented a certificate that is not valid for that host name ({r}): connect using a name or IP address the certificate was issued for{flag}"

@@ -120,7 +120,8 @@ pub(crate) fn split_host_port(s: &str) -> Option<(String, u16)> {
     Some((host.to_string(), port.parse().ok()?))
 }
 
-/// TLS material for `tcp://` daemons (`--tlscacert/--tlscert/--tlskey/--tlsservername/--tlsdir`).
+/// TLS material for `tcp://` daemons (`--tlscacert/--tlscert/--tlskey/--tlsservername/--tlsdir`,
+/// or the same-named keys of a `[builders.NAME]` table).
 #[derive(Debug, Clone, Default)]
 pub struct TlsOptions {
     pub ca_cert: Option<PathBuf>,
@@ -128,11 +129,37 @@ pub struct TlsOptions {
     pub key: Option<PathBuf>,
     pub server_name: Option<String>,
     pub dir: Option<PathBuf>,
+    /// `Some(where)` when these settings are keys of a table rather than flags, e.g.
+    /// `[builders.ci] in /repo/bk-build.toml`: messages then name the keys and the table.
+    pub keys_of: Option<String>,
 }
 
 impl TlsOptions {
     fn is_empty(&self) -> bool {
         self.ca_cert.is_none() && self.cert.is_none() && self.key.is_none() && self.dir.is_none()
+    }
+
+    /// How a message names setting `name` (`tlscacert`…): the flag, or the key.
+    fn setting(&self, name: &str) -> String {
+        match &self.keys_of {
+            Some(_) => format!("the {name} key"),
+            None => format!("--{name}"),
+        }
+    }
+
+    /// The error for TLS settings given for a unix socket.
+    fn only_for_tcp(&self) -> TransportError {
+        TransportError::Tls(match &self.keys_of {
+            None => "TLS flags only apply to tcp:// addresses".into(),
+            Some(of) => format!("the tls* keys of {of} only apply to tcp:// addresses"),
+        })
+    }
+
+    fn source(&self) -> TlsSource {
+        match &self.keys_of {
+            Some(of) => TlsSource::Keys { of: of.clone() },
+            None => TlsSource::Flags,
+        }
     }
 
     /// Resolves `--tlsdir` into file paths (`ca.pem,cert.pem,key.pem` or
@@ -141,6 +168,8 @@ impl TlsOptions {
         let mut ca = self.ca_cert.clone();
         let mut cert = self.cert.clone();
         let mut key = self.key.clone();
+        // Callers put the builder's name in front of these (its table is `keys_of`).
+        let n = |k: &str| self.setting(k);
         if let Some(dir) = &self.dir {
             let pick = |a: &str, b: &str| {
                 let pa = dir.join(a);
@@ -156,36 +185,43 @@ impl TlsOptions {
             key = key.or_else(|| pick("key.pem", "tls.key"));
             if ca.is_none() {
                 return Err(TransportError::Tls(format!(
-                    "--tlsdir {}: no ca.pem or ca.crt in it; put the daemon's CA certificate there or pass --tlscacert",
-                    dir.display()
+                    "{} {}: no ca.pem or ca.crt in it; put the daemon's CA certificate there or give {}",
+                    n("tlsdir"),
+                    dir.display(),
+                    n("tlscacert"),
                 )));
             }
         }
         let ca = ca.ok_or_else(|| {
-            TransportError::Tls(
-                "TLS client certificate given without a CA: pass --tlscacert FILE (or --tlsdir DIR)"
-                    .into(),
-            )
+            TransportError::Tls(format!(
+                "TLS client certificate given without a CA: give {} FILE (or {} DIR)",
+                n("tlscacert"),
+                n("tlsdir"),
+            ))
         })?;
         let identity = match (cert, key) {
             (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,
             (Some(_), None) => {
-                return Err(TransportError::Tls(
-                    "--tlscert given without --tlskey: pass both (or neither)".into(),
-                ))
+                return Err(TransportError::Tls(format!(
+                    "{} given without {}: give both (or neither)",
+                    n("tlscert"),
+                    n("tlskey"),
+                )))
             }
             (None, Some(_)) => {
-                return Err(TransportError::Tls(
-                    "--tlskey given without --tlscert: pass both (or neither)".into(),
-                ))
+                return Err(TransportError::Tls(format!(
+                    "{} given without {}: give both (or neither)",
+                    n("tlskey"),
+                    n("tlscert"),
+                )))
             }
         };
         Ok(TlsFiles {
             ca: Some(ca),
             identity,
             server_name: self.server_name.clone(),
-            source: TlsSource::Flags,
+            source: self.source(),
         })
     }
 }
@@ -205,20 +241,27 @@ pub struct Daemon {
     pub address: Address,
     /// The TLS files of a `tcp://` buildkitd (a Docker Engine's are in its address).
     tls: Option<TlsFiles>,
+    /// [`TlsOptions::keys_of`] of the settings it was reached with.
+    keys_of: Option<String>,
 }
 
 impl Daemon {
     fn peer(&self) -> explain::Peer<'_> {
-        peer_of(&self.address, self.tls.as_ref())
+        peer_of(&self.address, self.tls.as_ref(), self.keys_of.as_deref())
     }
 }
 
-fn peer_of<'a>(address: &'a Address, tls: Option<&'a TlsFiles>) -> explain::Peer<'a> {
-    match address {
+fn peer_of<'a>(
+    address: &'a Address,
+    tls: Option<&'a TlsFiles>,
+    keys_of: Option<&'a str>,
+) -> explain::Peer<'a> {
+    let peer = match address {
         Address::Docker(h) => h.peer(),
         Address::Tcp { .. } => explain::Peer::buildkitd(address.to_string(), true, tls),
         Address::Unix(_) => explain::Peer::buildkitd(address.to_string(), false, None),
-    }
+    };
+    peer.with_keys_of(keys_of)
 }
 
 /// Whether a failed call's status was made here, from a broken connection, rather than sent
@@ -441,9 +484,14 @@ fn with_tls_flags(mut host: DockerHost, tls: &TlsOptions) -> Result<DockerHost, 
             *t = Some(tls.resolved()?);
             Ok(host)
         }
-        other => Err(TransportError::Tls(format!(
-            "the --tls* flags apply to tcp:// daemons, and the Docker Engine at {other} is reached without TLS (drop the flags)"
-        ))),
+        other => Err(TransportError::Tls(match &tls.keys_of {
+            None => format!(
+                "the --tls* flags apply to tcp:// daemons, and the Docker Engine at {other} is reached without TLS (drop the flags)"
+            ),
+            Some(of) => format!(
+                "the tls* keys apply to tcp:// daemons, and the Docker Engine at {other} is reached without TLS (remove them from {of})"
+            ),
+        })),
     }
 }
 
@@ -454,9 +502,7 @@ fn with_tls_flags(mut host: DockerHost, tls: &TlsOptions) -> Result<DockerHost, 
 /// setting as `bake` would.
 pub fn check_settings(addr: &str, tls: &TlsOptions) -> Result<(), TransportError> {
     match Address::parse(addr)? {
-        Address::Unix(_) if !tls.is_empty() => Err(TransportError::Tls(
-            "TLS flags only apply to tcp:// addresses".into(),
-        )),
+        Address::Unix(_) if !tls.is_empty() => Err(tls.only_for_tcp()),
         Address::Unix(_) => Ok(()),
         Address::Tcp { host, .. } if !tls.is_empty() => {
             let files = tls.resolved()?;
@@ -494,13 +540,11 @@ async fn connect_one(
     let (channel, kind, address, tls_files) = match address.clone() {
         Address::Unix(path) => {
             if !tls.is_empty() {
-                return Err(TransportError::Tls(
-                    "TLS flags only apply to tcp:// addresses".into(),
-                ));
+                return Err(tls.only_for_tcp());
             }
             if !path.exists() {
                 if chosen {
-                    let peer = peer_of(&address, None);
+                    let peer = peer_of(&address, None, tls.keys_of.as_deref());
                     return Err(TransportError::Failed(explain::missing_socket(
                         &peer, &path,
                     )));
@@ -518,7 +562,7 @@ async fn connect_one(
             } else {
                 Some(tls.resolved()?)
             };
-            let ch = tcp_channel(&host, port, files.as_ref(), timeout).await?;
+            let ch = tcp_channel(&host, port, files.as_ref(), tls, timeout).await?;
             (ch, DaemonKind::Buildkitd, address, files)
         }
         Address::Docker(host) => {
@@ -532,7 +576,7 @@ async fn connect_one(
             )
         }
     };
-    let peer = peer_of(&address, tls_files.as_ref());
+    let peer = peer_of(&address, tls_files.as_ref(), tls.keys_of.as_deref());
     probe(&channel, timeout).await.map_err(|f| match f {
         ProbeFailure::Status(s) if is_connection_failure(&s) => {
             TransportError::Failed(explain::explain(&peer, &s))
@@ -554,6 +598,7 @@ async fn connect_one(
         kind,
         address,
         tls: tls_files,
+        keys_of: tls.keys_of.clone(),
     })
 }
 
@@ -588,10 +633,12 @@ async fn tcp_channel(
     host: &str,
     port: u16,
     tls: Option<&TlsFiles>,
+    settings: &TlsOptions,
     timeout: Duration,
 ) -> Result<Channel, TransportError> {
     let addr = format!("tcp://{host}:{port}");
-    let peer = explain::Peer::buildkitd(addr.clone(), true, tls);
+    let peer =
+        explain::Peer::buildkitd(addr.clone(), true, tls).with_keys_of(settings.keys_of.as_deref());
     let host = host.to_string();
     let ch = match tls {
         None => {
@@ -780,5 +827,76 @@ mod tests {
             ..Default::default()
         };
         assert!(t.resolved().unwrap_err().to_string().contains("--tlskey"));
+    }
+
+    /// Settings from a `[builders.NAME]` table: every message names its keys and the table,
+    /// never a flag the user did not pass.
+    #[test]
+    fn tls_keys_of_a_table_are_named_as_keys() {
+        let of = "[builders.ci] in /p/bk-build.toml";
+        let keys = |t: TlsOptions| TlsOptions {
+            keys_of: Some(of.into()),
+            ..t
+        };
+        let no_flags = |e: String| {
+            assert!(!e.contains("--tls"), "{e}");
+            e
+        };
+        // The error of resolving `t` given as the table's keys.
+        let refused = |t: TlsOptions| no_flags(keys(t).resolved().unwrap_err().to_string());
+        let e = refused(TlsOptions {
+            cert: Some("c".into()),
+            ..Default::default()
+        });
+        assert!(e.contains("the tlscacert key"), "{e}");
+        let e = refused(TlsOptions {
+            ca_cert: Some("a".into()),
+            key: Some("k".into()),
+            ..Default::default()
+        });
+        assert!(
+            e.contains("the tlskey key given without the tlscert key"),
+            "{e}"
+        );
+        let e = refused(TlsOptions {
+            dir: Some("/nonexistent-bk".into()),
+            ..Default::default()
+        });
+        assert!(e.contains("the tlsdir key"), "{e}");
+        let e = no_flags(
+            check_settings(
+                "unix:///x.sock",
+                &keys(TlsOptions {
+                    ca_cert: Some("a".into()),
+                    ..Default::default()
+                }),
+            )
+            .unwrap_err()
+            .to_string(),
+        );
+        assert!(e.contains(of), "{e}");
+        // The files' own fixes, and the hint for a plain connection to a TLS port.
+        let files = keys(TlsOptions {
+            ca_cert: Some("a".into()),
+            ..Default::default()
+        })
+        .resolved()
+        .unwrap();
+        for m in [
+            files.ca_fix(),
+            files.identity_fix(),
+            files.disable_fix(),
+            files.requested_by(),
+            files.origin(),
+        ] {
+            assert!(m.contains(of), "{m}");
+            no_flags(m);
+        }
+        let a = Address::parse("tcp://h:1").unwrap();
+        let fix = no_flags(peer_of(&a, None, Some(of)).enable_tls_fix());
+        assert!(fix.contains("set tlscacert") && fix.contains(of), "{fix}");
+        assert!(peer_of(&a, None, None)
+            .enable_tls_fix()
+            .contains("--tlscacert"));
     }
 }

@@ -30,6 +30,9 @@ pub enum TlsSource {
     DockerEnv { cert_path: PathBuf },
     /// The TLS files stored with a docker context (`contexts/tls/<id>/docker/`).
     DockerContext { name: String, dir: PathBuf },
+    /// The `tlscacert`, `tlscert`, `tlskey`, `tlsdir` keys of a table; `of` says which, e.g.
+    /// `[builders.ci] in /repo/bk-build.toml`.
+    Keys { of: String },
 }
 
 /// The files of one TLS client setup, checked to exist; read when connecting.
@@ -49,6 +52,9 @@ impl TlsFiles {
     pub(crate) fn ca_fix(&self) -> String {
         match &self.source {
             TlsSource::Flags => "pass the daemon's CA certificate with --tlscacert FILE".into(),
+            TlsSource::Keys { of } => {
+                format!("set tlscacert to the daemon's CA certificate in {of}")
+            }
             TlsSource::DockerEnv { cert_path } => format!(
                 "put the CA certificate that signed the daemon's certificate in {} (DOCKER_CERT_PATH)",
                 cert_path.join("ca.pem").display()
@@ -66,6 +72,9 @@ impl TlsFiles {
                 "pass a client certificate and key issued by the daemon's CA with --tlscert FILE --tlskey FILE"
                     .into()
             }
+            TlsSource::Keys { of } => format!(
+                "set tlscert and tlskey to a client certificate and key issued by the daemon's CA in {of}"
+            ),
             TlsSource::DockerEnv { cert_path } => format!(
                 "put a client certificate and key issued by the daemon's CA in {} and {} (DOCKER_CERT_PATH)",
                 cert_path.join("cert.pem").display(),
@@ -81,6 +90,9 @@ impl TlsFiles {
     pub(crate) fn disable_fix(&self) -> String {
         match &self.source {
             TlsSource::Flags => "drop --tlscacert, --tlscert, --tlskey and --tlsdir".into(),
+            TlsSource::Keys { of } => {
+                format!("remove the tlscacert, tlscert, tlskey and tlsdir keys from {of}")
+            }
             TlsSource::DockerEnv { .. } => {
                 "unset DOCKER_TLS_VERIFY and DOCKER_TLS, or point DOCKER_HOST at the daemon's TLS port"
                     .into()
@@ -95,6 +107,7 @@ impl TlsFiles {
     pub(crate) fn requested_by(&self) -> String {
         match &self.source {
             TlsSource::Flags => "the --tls* flags".into(),
+            TlsSource::Keys { of } => format!("the tls* keys of {of}"),
             // Only DOCKER_TLS_VERIFY turns TLS on; DOCKER_CERT_PATH just says where the files are.
             TlsSource::DockerEnv { .. } => "DOCKER_TLS_VERIFY".into(),
             TlsSource::DockerContext { name, .. } => {
@@ -107,6 +120,7 @@ impl TlsFiles {
     pub(crate) fn origin(&self) -> String {
         match &self.source {
             TlsSource::Flags => "the --tls* flags".into(),
+            TlsSource::Keys { of } => format!("the tls* keys of {of}"),
             TlsSource::DockerEnv { cert_path } => {
                 format!("DOCKER_CERT_PATH={}", cert_path.display())
             }
