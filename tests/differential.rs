@@ -285,6 +285,11 @@ enum Edit {
     IgnoreAdd(String, String),
     /// Symlink, new target.
     Retarget(String, String),
+    /// Content edit that keeps the size and the mtime (`cp -p`, `tar x`, `touch -r`): the
+    /// daemon's copy of the directory cannot see it.
+    SameStat(String),
+    /// A directory's mode toggled between 0755 and 0700.
+    ChmodDir(String),
     RemoveDfIgnore,
     AddDfIgnore,
     DockerfileComment,
@@ -315,6 +320,8 @@ impl Edit {
             }
             Edit::IgnoreAdd(f, l) => format!("{f} sends fewer: add `{l}`"),
             Edit::Retarget(l, t) => format!("symlink retarget {l} -> {t}"),
+            Edit::SameStat(p) => format!("same-size edit of {p}, mtime kept"),
+            Edit::ChmodDir(p) => format!("chmod of directory {p}"),
             Edit::RemoveDfIgnore => "remove <Dockerfile>.dockerignore".into(),
             Edit::AddDfIgnore => "add/replace <Dockerfile>.dockerignore".into(),
             Edit::DockerfileComment => "Dockerfile edit: comment appended".into(),
@@ -334,6 +341,8 @@ fn scripted(f: &Form) -> Vec<Edit> {
         Edit::Ignored(s("lib/cache.tmp")),
         Edit::Content(s(f.file)),
         Edit::Chmod(s(f.file), true),
+        Edit::SameStat(s(f.file)),
+        Edit::ChmodDir(parent_dir(f.file)),
         Edit::Add(s(f.add)),
         Edit::Delete(s(f.delete)),
         Edit::EmptyDir(s(f.empty_dir)),
@@ -360,6 +369,15 @@ fn scripted(f: &Form) -> Vec<Edit> {
         Edit::Touch,
         Edit::Ignored(s("ctx/debug.log")),
     ]
+}
+
+/// The directory holding `file` (root-relative), or the one below the root for a file at a
+/// context's top (the context directory itself is never sent, so its mode cannot matter).
+fn parent_dir(file: &str) -> String {
+    match file.rsplit_once('/') {
+        Some((dir, _)) if dir.contains('/') => dir.to_string(),
+        _ => "ctx/app".to_string(),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -466,6 +484,9 @@ struct Project {
     baseline: Tree,
     /// bk-build's recorded state matches the inputs (no failed build since).
     in_sync: bool,
+    /// An edit the daemon's copy of a directory cannot see was made: buildx, which would
+    /// build from its stale copy, then builds with a node ID of its own each time.
+    oracle_fresh: bool,
     failures: Vec<String>,
     overbuilds: Vec<String>,
     notes: Vec<String>,
@@ -571,6 +592,7 @@ impl Project {
             step: 0,
             baseline: Tree::new(),
             in_sync: true,
+            oracle_fresh: false,
             failures: Vec::new(),
             overbuilds: Vec::new(),
             notes: Vec::new(),
@@ -747,6 +769,12 @@ impl Project {
     fn oracle_into(&self, name: &str) -> Result<Tree, String> {
         let dest = self.tmp.path().join(name);
         let mut c = docker();
+        if self.oracle_fresh {
+            c.env(
+                "BUILDX_CONFIG",
+                self.tmp.path().join(format!("{name}-config")),
+            );
+        }
         if self.file == ProjectFile::Compose {
             c.current_dir(&self.root)
                 // Writing outside the current directory needs an entitlement in bake.
@@ -917,6 +945,30 @@ impl Project {
             Edit::Retarget(l, t) => {
                 let _ = std::fs::remove_file(r(l));
                 std::os::unix::fs::symlink(t, r(l)).unwrap();
+            }
+            Edit::SameStat(p) => {
+                let p = r(p);
+                let md = std::fs::metadata(&p).unwrap();
+                let mut b = std::fs::read(&p).unwrap();
+                if let Some(c) = b.first_mut() {
+                    *c = if *c == b'#' { b'%' } else { b'#' };
+                }
+                std::fs::write(&p, b).unwrap();
+                std::fs::File::options()
+                    .write(true)
+                    .open(&p)
+                    .unwrap()
+                    .set_modified(md.modified().unwrap())
+                    .unwrap();
+                self.oracle_fresh = true;
+            }
+            Edit::ChmodDir(p) => {
+                let p = r(p);
+                std::fs::create_dir_all(&p).unwrap();
+                let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+                let m = if mode == 0o700 { 0o755 } else { 0o700 };
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(m)).unwrap();
+                self.oracle_fresh = true;
             }
             Edit::RemoveDfIgnore => {
                 let _ = std::fs::remove_file(self.dockerfile_ignore());
@@ -1178,7 +1230,7 @@ impl Project {
                 .any(|k| *k == rel || k.starts_with(&format!("{rel}/")))
         };
         loop {
-            match rng.below(16) {
+            match rng.below(18) {
                 0..=2 if !files.is_empty() => return Edit::Content(at(rng.pick(&files).as_str())),
                 3 | 4 => {
                     let ext = *rng.pick(&["txt", "py", "c", "md", "log", "tmp"]);
@@ -1284,6 +1336,13 @@ impl Project {
                     } else {
                         Edit::DockerfileInstr
                     };
+                }
+                16 if !files.is_empty() => return Edit::SameStat(at(rng.pick(&files).as_str())),
+                17 => {
+                    let d: Vec<&String> = dirs.iter().filter(|d| !d.is_empty()).collect();
+                    if !d.is_empty() {
+                        return Edit::ChmodDir(at(d[rng.below(d.len())].trim_end_matches('/')));
+                    }
                 }
                 15 => {
                     let v = if self.src_arg == "app" { "src" } else { "app" };

@@ -6,6 +6,7 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use support::*;
 
@@ -593,6 +594,128 @@ fn local_and_tar_outputs_are_rebuilt_when_changed_not_only_when_gone() {
     let (action, why) = plan_in(p, &[], &[])["t"].clone();
     assert_eq!(action, "build", "{why}");
     assert!(why.contains("out.tar"), "{why}");
+}
+
+/// The names inside a `type=docker` archive (`RepoTags`).
+fn docker_archive_tags(tar: &Path) -> Vec<String> {
+    let out = run_ok(
+        Command::new("tar")
+            .arg("-xOf")
+            .arg(tar)
+            .arg("manifest.json"),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut tags: Vec<String> = v[0]["RepoTags"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no RepoTags in {v}"))
+        .iter()
+        .map(|t| t.as_str().unwrap().to_string())
+        .collect();
+    tags.sort();
+    tags
+}
+
+/// The `io.containerd.image.name` of each entry of an OCI layout's `index.json`.
+fn oci_layout_names(layout: &Path) -> Vec<String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let mut names: Vec<String> = v["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["annotations"]["io.containerd.image.name"].as_str())
+        .map(str::to_string)
+        .collect();
+    names.sort();
+    names
+}
+
+/// Tags are not inputs where they are destinations (re-tagged in a registry or the engine),
+/// but a `type=docker` archive or an OCI layout on disk carries its names inside: a new tag
+/// there rebuilds, and the file then holds the names buildx writes for the same tags.
+#[test]
+fn new_tags_rebuild_docker_archives_and_oci_layouts_which_carry_names() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let name = unique("bk-names");
+    write(
+        &p.join("ctx/Dockerfile"),
+        "FROM scratch\nCOPY a.txt /a.txt\n",
+    );
+    write(&p.join("ctx/a.txt"), "a\n");
+    let project = |tag: &str| {
+        format!(
+            "[target.arch]\ncontext = \"ctx\"\ntags = [\"{name}/arch:{tag}\"]\n\
+             outputs = [\"type=docker,dest=img.tar\"]\n\n\
+             [target.layout]\ncontext = \"ctx\"\ntags = [\"{name}/layout:{tag}\"]\n\
+             outputs = [\"type=oci,dest=layout,tar=false\"]\n\n\
+             [target.named]\ncontext = \"ctx\"\ntags = [\"{name}/named:{tag}\"]\n\
+             outputs = [\"type=oci,dest=named.tar,name={name}/fixed:1\"]\n"
+        )
+    };
+    write(&p.join("bk-build.toml"), project("a"));
+    let (out, _) = bake_in(p, &[], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let named_before = std::fs::read(p.join("named.tar")).unwrap();
+    // The oracle writes into the same layout as it was: a layout keeps the entries of other
+    // names (buildx's as bk-build's).
+    let bx = p.join("bx");
+    copy_tree(&p.join("layout"), &bx.join("layout"));
+
+    write(&p.join("bk-build.toml"), project("b"));
+    let plan = plan_in(p, &[], &[]);
+    for t in ["arch", "layout"] {
+        assert_eq!(plan[t].0, "build", "{t}: {}", plan[t].1);
+    }
+    // An explicit `name=` decides the names written, whatever the tags.
+    assert_eq!(plan["named"].0, "skip", "{}", plan["named"].1);
+    let (out, _) = bake_in(p, &[], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(p.join("named.tar")).unwrap(), named_before);
+
+    // The oracle: buildx with the new tags.
+    let buildx = |tag: String, output: String| {
+        run_ok(
+            docker()
+                .args([
+                    "buildx",
+                    "build",
+                    "--progress",
+                    "quiet",
+                    "--provenance=false",
+                ])
+                .args(["-t", &tag, "-o", &output])
+                .arg(p.join("ctx")),
+        )
+    };
+    buildx(
+        format!("{name}/arch:b"),
+        format!("type=docker,dest={}", bx.join("img.tar").display()),
+    );
+    buildx(
+        format!("{name}/layout:b"),
+        format!("type=oci,dest={},tar=false", bx.join("layout").display()),
+    );
+    assert_eq!(
+        docker_archive_tags(&p.join("img.tar")),
+        docker_archive_tags(&bx.join("img.tar"))
+    );
+    assert_eq!(
+        docker_archive_tags(&p.join("img.tar")),
+        vec![format!("{name}/arch:b")]
+    );
+    assert_eq!(
+        oci_layout_names(&p.join("layout")),
+        oci_layout_names(&bx.join("layout"))
+    );
+    assert!(
+        oci_layout_names(&p.join("layout"))
+            .iter()
+            .any(|n| n.ends_with("/layout:b")),
+        "{:?}",
+        oci_layout_names(&p.join("layout"))
+    );
+    assert_eq!(plan_in(p, &[], &[])["arch"].0, "skip");
 }
 
 #[test]
@@ -1542,4 +1665,112 @@ fn git_settings_from_outside_the_repository_turn_the_index_off() {
     .unwrap();
     let (read, vouched) = counts(&home, &xdg);
     assert_eq!((read, vouched > 0), (0, true));
+}
+
+/// Writes `text` to `path` and puts its mtime back: the edit a daemon's copy cannot see when
+/// the size stays the same (`cp -p`, `tar x`, `touch -r`).
+fn write_keeping_mtime(path: &Path, text: &str) {
+    let mtime = std::fs::metadata(path).unwrap().modified().unwrap();
+    write(path, text);
+    set_mtime(path, mtime);
+}
+
+/// BuildKit syncs a directory into its copy from the previous sync and asks only for files
+/// whose size or mtime (or mode…) differ there; a directory's new mode is not applied to it.
+/// An edit that keeps size and mtime, or a directory's chmod, must still reach the build —
+/// in the context and in a Dockerfile kept in a directory of its own — and the result is
+/// then what is recorded (a stale one would be skipped and, with push, published).
+#[test]
+fn edits_the_daemons_copy_cannot_see_are_built_from_the_new_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    write(
+        &p.join("bk-build.toml"),
+        format!(
+            "[target.t]\ncontext = \"ctx\"\ndockerfile = \"df/Dockerfile\"\noutputs = [\"type=local,dest={}\"]\n",
+            p.join("out").display()
+        ),
+    );
+    write(&p.join("df/Dockerfile"), "FROM scratch\nCOPY . /1/\n");
+    write(&p.join("ctx/a.txt"), "hello\n");
+    write(&p.join("ctx/d/f"), "x\n");
+    // Old enough that a send of them is not racy (then any later write is seen).
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (out, _) = bake_in(p, &[], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let got = |p: &Path| {
+        (
+            std::fs::read_to_string(p.join("a.txt")).ok(),
+            std::fs::metadata(p.join("d"))
+                .map(|m| m.permissions().mode() & 0o777)
+                .ok(),
+        )
+    };
+    assert_eq!(got(&p.join("out/1")), (Some("hello\n".into()), Some(0o755)));
+
+    write_keeping_mtime(&p.join("ctx/a.txt"), "HELLO\n");
+    std::fs::set_permissions(p.join("ctx/d"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    assert_eq!(plan_in(p, &[], &[])["t"].0, "build");
+    let (out, _) = bake_in(p, &[], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        got(&p.join("out/1")),
+        (Some("HELLO\n".into()), Some(0o700)),
+        "built from the daemon's stale copy"
+    );
+    assert_eq!(plan_in(p, &[], &[])["t"].0, "skip");
+
+    // The Dockerfile, same size and mtime: a different destination.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    write_keeping_mtime(&p.join("df/Dockerfile"), "FROM scratch\nCOPY . /2/\n");
+    assert_eq!(plan_in(p, &[], &[])["t"].0, "build");
+    let (out, _) = bake_in(p, &[], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        got(&p.join("out/2")),
+        (Some("HELLO\n".into()), Some(0o700)),
+        "built from the daemon's stale copy of the Dockerfile"
+    );
+    assert_eq!(plan_in(p, &[], &[])["t"].0, "skip");
+}
+
+/// BuildKit keys its copy of a named context by the local name under the session: two
+/// targets on one context that name different directories `lib`, whose files have the same
+/// size and mtime, must each get their own directory's bytes (not the other's, recorded).
+#[test]
+fn one_context_name_for_two_directories_is_two_copies() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    write(
+        &p.join("bk-build.toml"),
+        format!(
+            "[target.t1]\ncontext = \"ctx\"\ncontexts = {{ lib = \"libA\" }}\noutputs = [\"type=local,dest={}\"]\n\n[target.t2]\ncontext = \"ctx\"\ncontexts = {{ lib = \"libB\" }}\noutputs = [\"type=local,dest={}\"]\n",
+            p.join("out1").display(),
+            p.join("out2").display()
+        ),
+    );
+    write(
+        &p.join("ctx/Dockerfile"),
+        "FROM scratch\nCOPY --from=lib / /lib/\n",
+    );
+    write(&p.join("libA/a.txt"), "AAAAAAAA\n");
+    write(&p.join("libB/a.txt"), "BBBBBBBB\n");
+    set_mtime(
+        &p.join("libB/a.txt"),
+        std::fs::metadata(p.join("libA/a.txt"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    for t in ["t1", "t2"] {
+        let (out, _) = bake_in(p, &[], &[t]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let read = |o: &str| std::fs::read_to_string(p.join(o).join("lib/a.txt")).unwrap();
+    assert_eq!(
+        (read("out1"), read("out2")),
+        ("AAAAAAAA\n".to_string(), "BBBBBBBB\n".to_string())
+    );
 }

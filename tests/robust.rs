@@ -1279,3 +1279,58 @@ fn sigterm_while_planning_stops_the_run_and_says_so() {
     );
     drop(held);
 }
+
+/// A file dated after 2262 (its time in nanoseconds does not fit 64 bits): what is built
+/// matches buildx, the next build sends none of the other files, and `plan` works. It used
+/// to panic in the thread reading the file for the daemon, which then waited for it forever.
+/// (The daemon cannot keep that time in its copy, so it asks for the file on every build,
+/// from buildx too.)
+#[test]
+fn a_file_dated_after_2262_is_built_like_buildx_and_the_rest_sent_once() {
+    let (t, root) = project(&format!("FROM {}\nCOPY . /\n", base_image()));
+    let app = root.join("app");
+    for i in 0..5 {
+        write(&app.join(format!("other{i}")), format!("{i}"));
+    }
+    let year_2300 = std::time::UNIX_EPOCH + Duration::from_secs(10_413_792_000);
+    set_mtime(&app.join("a.txt"), year_2300);
+    let build = |n: u32| {
+        let md = t.path().join(format!("md{n}.json"));
+        let dest = t.path().join(format!("ours{n}"));
+        let o = run_bounded(
+            &root,
+            &[
+                "build",
+                "--progress",
+                "plain",
+                "--metadata-file",
+                md.to_str().unwrap(),
+                "-o",
+                &format!("type=local,dest={}", dest.display()),
+                "app",
+            ],
+        );
+        no_panic(&o);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let md: serde_json::Value = serde_json::from_slice(&std::fs::read(&md).unwrap()).unwrap();
+        (
+            dest,
+            md["bk-build.sync"]["context"]["files_requested"].clone(),
+        )
+    };
+    let (ours, first) = build(1);
+    assert!(first.as_u64().unwrap() >= 7, "{first}");
+    let theirs = t.path().join("theirs");
+    run_ok(
+        docker()
+            .args(["buildx", "build", "--progress", "plain", "-o"])
+            .arg(format!("type=local,dest={}", theirs.display()))
+            .arg(&app),
+    );
+    assert_same_tree(&ours, &theirs);
+    let (_, second) = build(2);
+    assert!(second.as_u64().unwrap() <= 1, "{second}");
+    let o = run_bounded(&root, &["plan"]);
+    no_panic(&o);
+    assert!(o.status.success(), "{}", stderr(&o));
+}

@@ -10,7 +10,7 @@ use crate::fingerprint::{
     self, ContextRead, Fingerprint, FingerprintInput, StateStore, TargetRecord,
 };
 use crate::graph::{self, Via};
-use crate::options::{self, ContextSource};
+use crate::options::{self, ContextSource, OutputKind};
 use crate::project::{Project, Target};
 use crate::transport::{Daemon, DaemonKind, DockerHost};
 
@@ -35,7 +35,11 @@ fn scan(t: &Target) -> Result<graph::DockerfileScan, BakeError> {
 }
 
 /// Exporter attributes that shape the produced artifact (compression, media types, …); the
-/// destination, image names and push flag only say where it goes.
+/// destination and push flag only say where it goes. Image names say where it goes too (a
+/// pushed or loaded image is re-tagged instead of rebuilt), except in a `type=docker` or
+/// `type=oci` archive or layout written to a file or directory: there the names are inside
+/// the artifact (`RepoTags` in `manifest.json`, `org.opencontainers.image.ref.name` and
+/// `io.containerd.image.name` in `index.json`), and nothing re-tags a file.
 fn artifact_outputs(t: &Target) -> Vec<String> {
     t.outputs
         .iter()
@@ -46,6 +50,20 @@ fn artifact_outputs(t: &Target) -> Vec<String> {
                 if !matches!(k.as_str(), "name" | "push" | "dest") {
                     parts.push(format!("{k}={v}"));
                 }
+            }
+            let names_in_file = match spec.kind {
+                OutputKind::Oci => true,
+                OutputKind::Docker => spec.dest.is_some(),
+                _ => false,
+            };
+            if names_in_file {
+                // The names the exporter writes: its own `name`, else the target's tags
+                // (`build::request` fills it the same way).
+                let names = match spec.attrs.get("name") {
+                    Some(n) => n.clone(),
+                    None => t.tags.join(","),
+                };
+                parts.push(format!("name={names}"));
             }
             parts.join(",")
         })

@@ -252,6 +252,18 @@ impl StoredWatch {
     }
 }
 
+/// Once per process: without a state directory, the daemon's copies of local directories
+/// cannot be checked, so every build transfers them whole.
+fn warn_no_copy_records(progress: &Progress, prefix: Option<&str>) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        progress.warning(
+            prefix,
+            "neither HOME nor an absolute XDG_STATE_HOME is set: local directories are sent whole on every build (set HOME, or XDG_STATE_HOME to the absolute path of a writable directory, to sync only changes)",
+        );
+    });
+}
+
 /// How long a build whose session was lost still waits for the daemon's answer to Solve.
 const SOLVE_ANSWER_GRACE: Duration = Duration::from_secs(2);
 
@@ -306,7 +318,24 @@ pub async fn build_observed(
     let attests = attest::for_daemon(daemon, attests, &spec.attests)
         .await
         .map_err(BuildError::Invalid)?;
-    let mut planned = plan_request(spec, &daemon.kind, &session::node_id(), &attests)?;
+    let copies = session::copies::CopyRecords::global();
+    if !copies.keeps_records() {
+        warn_no_copy_records(progress, prefix);
+    }
+    // `keys` is held to the end: dropping it records what this build sent.
+    let node_id = session::node_id();
+    let mut keys = session::copies::BuildKeys::new(copies, node_id.clone());
+    let mut planned = plan_request(
+        spec,
+        &daemon.kind,
+        &node_id,
+        &mut |d| keys.session_key(d),
+        &attests,
+    )?;
+    keys.attach(&mut planned.session.dirs);
+    if let Some(why) = copies.take_warning() {
+        progress.warning(prefix, &why);
+    }
     if spec.call.is_some() {
         // `BUILDKIT_INLINE_CACHE` would still ask for an inline cache export.
         if let Some(c) = planned.request.cache.as_mut() {

@@ -183,16 +183,19 @@ fn sync_dir(dir: &Path, never_send: &[PathBuf]) -> SyncDir {
     SyncDir {
         path: dir.to_path_buf(),
         extra_excludes,
+        sent: None,
     }
 }
 
 /// Translates a spec for the given daemon. Validates local paths so that mistakes are
 /// reported before anything is sent. `attests` are the `attest:TYPE` attributes to send, by type (see
-/// [`super::attest::frontend_attrs`]).
+/// [`super::attest::frontend_attrs`]). `session_key` gives the session's shared key for the
+/// directories it syncs ([`crate::session::copies::BuildKeys::session_key`]).
 pub fn plan_request(
     spec: &BuildSpec,
     daemon: &DaemonKind,
     node_id: &str,
+    session_key: &mut dyn FnMut(&[&Path]) -> String,
     attests: &BTreeMap<String, String>,
 ) -> Result<PlannedRequest, BuildError> {
     let context = &spec.context;
@@ -678,7 +681,42 @@ pub fn plan_request(
     };
     let session = SessionSpec {
         name: spec.name.clone(),
-        shared_key: crate::session::shared_key(context, node_id),
+        // Every local directory's copy on the daemon is keyed with this (see `BuildKeys`).
+        shared_key: {
+            let mut synced: Vec<&Path> = ["context", "dockerfile"]
+                .iter()
+                .filter_map(|n| dirs.get(*n).map(|d| d.path.as_path()))
+                .collect();
+            synced.extend(
+                dirs.iter()
+                    .filter(|(n, _)| !matches!(n.as_str(), "context" | "dockerfile"))
+                    .map(|(_, d)| d.path.as_path()),
+            );
+            let key = if synced.is_empty() {
+                session_key(&[context.as_path()])
+            } else {
+                session_key(&synced)
+            };
+            // The daemon's copy of a named context is keyed by its local name, not by its
+            // directory: two targets naming different directories `lib` on one context would
+            // sync into one copy, and a file of the same size and mtime would be taken from
+            // the other directory. Which directory each name is goes into the key. (The
+            // Dockerfile's local is always sent whole, BuildKit `dockerui`: `DiffNone`.)
+            let named: Vec<String> = dirs
+                .iter()
+                .filter(|(n, _)| !matches!(n.as_str(), "context" | "dockerfile"))
+                .map(|(n, d)| {
+                    let canon = std::fs::canonicalize(&d.path).unwrap_or_else(|_| d.path.clone());
+                    format!("{n}\0{}", canon.display())
+                })
+                .collect();
+            if named.is_empty() {
+                key
+            } else {
+                let h = blake3::hash(named.join("\0").as_bytes());
+                format!("{key}:{}", &h.to_hex()[..16])
+            }
+        },
         dirs,
         exports,
         content: ContentStores::new(stores),

@@ -62,8 +62,8 @@ impl FileStat {
     pub(crate) fn from_metadata(md: &Metadata) -> Self {
         FileStat {
             size: md.size() as i64,
-            mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
-            ctime_ns: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
+            mtime_ns: crate::fs::stat::mtime_ns(md),
+            ctime_ns: crate::fs::stat::ctime_ns(md),
             ino: md.ino(),
             dev: md.dev(),
             mode: go_file_mode(md),
@@ -136,12 +136,11 @@ impl Slot {
     }
 }
 
-/// A file whose mtime or ctime is this close to the moment we started reading it may change
-/// again within the same timestamp tick without its stat changing ("racy git"): its hash is
-/// used for this run but not remembered. Sub-second filesystems tick in milliseconds.
-const RACY_WINDOW_FINE: Duration = Duration::from_millis(100);
-/// Filesystems with whole-second timestamps (FAT has 2 s) need a wider window.
-const RACY_WINDOW_COARSE: Duration = Duration::from_secs(2);
+// A file whose mtime or ctime is too close to the moment we started reading it may change
+// again within the same timestamp tick without its stat changing ("racy git"): its hash is
+// used for this run but not remembered (the window: `crate::fs::stat::racy_window`).
+#[cfg(test)]
+use crate::fs::stat::{RACY_WINDOW_COARSE, RACY_WINDOW_FINE};
 const PRUNE_AFTER_DAYS: u32 = 30;
 
 const MAGIC: &[u8; 4] = b"BKSC";
@@ -695,19 +694,13 @@ impl StatCache {
 }
 
 pub(crate) fn racy_window_for(stat: &FileStat) -> Duration {
-    let whole_seconds = |ns: i64| ns.rem_euclid(1_000_000_000) == 0;
-    if whole_seconds(stat.mtime_ns) && whole_seconds(stat.ctime_ns) {
-        RACY_WINDOW_COARSE
-    } else {
-        RACY_WINDOW_FINE
-    }
+    crate::fs::stat::racy_window(stat.mtime_ns, stat.ctime_ns)
 }
 
 /// True when the file's last change is not clearly older than the moment its content was
 /// read (or lies in the future, e.g. clock skew): a later write could keep the same stat.
 pub(crate) fn is_racy(stat: &FileStat, read_started_ns: i64, window: Duration) -> bool {
-    let last_change = stat.mtime_ns.max(stat.ctime_ns);
-    last_change.saturating_add(window.as_nanos() as i64) > read_started_ns
+    crate::fs::stat::changed_within(stat.mtime_ns, stat.ctime_ns, read_started_ns, window)
 }
 
 fn today() -> u32 {

@@ -294,7 +294,7 @@ fn load_repo(work_tree: &Path, git_dir: &Path) -> Option<Repo> {
     {
         return None;
     }
-    let repo = parse_index(&bytes, md.mtime() * 1_000_000_000 + md.mtime_nsec())?;
+    let repo = parse_index(&bytes, crate::fs::stat::mtime_ns(&md))?;
     // Every tracked attributes file must be on disk, harmless, and the very blob the index
     // holds: when checking files out, git reads the index's copy first.
     for e in &repo.entries {

@@ -184,10 +184,7 @@ pub fn top_level_stamps(path: &Path) -> std::collections::BTreeMap<String, (u64,
         let e = e.ok()?;
         let name = e.file_name().into_string().ok()?;
         let md = e.metadata().ok()?;
-        Some((
-            name,
-            (md.ino(), md.ctime() * 1_000_000_000 + md.ctime_nsec()),
-        ))
+        Some((name, (md.ino(), stat::ctime_ns(&md))))
     })
     .collect()
 }

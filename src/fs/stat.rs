@@ -1,4 +1,5 @@
-//! Go `os.FileMode` bits (what fsutil puts in `Stat.mode`), device numbers and xattrs.
+//! Go `os.FileMode` bits (what fsutil puts in `Stat.mode`), device numbers, xattrs, and the
+//! "racy" rule for trusting a file's stat to tell a later change.
 //!
 //! The receiver calls Go's `os.Chmod(os.FileMode(mode))`, so Unix `st_mode` bits would be
 //! misread (a directory's `S_IFDIR` is not Go's `ModeDir`): everything here converts to Go's
@@ -7,6 +8,7 @@
 use std::fs::Metadata;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::time::Duration;
 
 /// `os.ModeDir`.
 pub const MODE_DIR: u32 = 1 << 31;
@@ -87,6 +89,49 @@ pub fn go_file_mode_from_unix(st_mode: u32) -> u32 {
 /// clears it, as fsutil does (see [`crate::fs::walk`]).
 pub fn go_file_mode(md: &Metadata) -> u32 {
     go_file_mode_from_unix(md.mode())
+}
+
+/// Go's `Time.UnixNano` of a stat time: wraps (instead of failing) outside years 1678..2262,
+/// so a file with a bogus far-future mtime gets the number BuildKit's client would send, and
+/// every record of a stat (walk, caches, copy records) agrees with it.
+pub fn unix_nanos(secs: i64, nanos: i64) -> i64 {
+    secs.wrapping_mul(1_000_000_000).wrapping_add(nanos)
+}
+
+/// [`unix_nanos`] of the mtime.
+pub fn mtime_ns(md: &Metadata) -> i64 {
+    unix_nanos(md.mtime(), md.mtime_nsec())
+}
+
+/// [`unix_nanos`] of the ctime.
+pub fn ctime_ns(md: &Metadata) -> i64 {
+    unix_nanos(md.ctime(), md.ctime_nsec())
+}
+
+/// How close to a moment a file's last change must be for a write in the same timestamp tick
+/// to be possible without its stat changing ("racy git", git's
+/// Documentation/technical/racy-git.txt). Sub-second filesystems tick in milliseconds.
+pub const RACY_WINDOW_FINE: Duration = Duration::from_millis(100);
+/// Filesystems with whole-second timestamps (FAT has 2 s) need a wider window.
+pub const RACY_WINDOW_COARSE: Duration = Duration::from_secs(2);
+
+/// The racy window for a file with these timestamps (Unix ns): [`RACY_WINDOW_COARSE`] when
+/// both are whole seconds (the filesystem may keep no more), else [`RACY_WINDOW_FINE`].
+pub fn racy_window(mtime_ns: i64, ctime_ns: i64) -> Duration {
+    let whole_seconds = |ns: i64| ns.rem_euclid(1_000_000_000) == 0;
+    if whole_seconds(mtime_ns) && whole_seconds(ctime_ns) {
+        RACY_WINDOW_COARSE
+    } else {
+        RACY_WINDOW_FINE
+    }
+}
+
+/// True when a file's last change (the later of mtime and ctime, Unix ns) is not older than
+/// `since_ns` by more than `window`, or lies after it (clock skew): a write after `since_ns`
+/// could then have left its stat as it is.
+pub fn changed_within(mtime_ns: i64, ctime_ns: i64, since_ns: i64, window: Duration) -> bool {
+    let last_change = mtime_ns.max(ctime_ns);
+    last_change.saturating_add(window.as_nanos() as i64) > since_ns
 }
 
 /// True for a regular file: the only kind of entry whose content BuildKit may request.

@@ -38,7 +38,7 @@ use std::path::{Path, PathBuf};
 
 use super::follow::{dedupe_paths, follow_links};
 use super::pattern::PatternMatcher;
-use super::stat::{dev_major_minor, go_file_mode, XattrReader, MODE_SOCKET};
+use super::stat::{dev_major_minor, go_file_mode, unix_nanos, XattrReader, MODE_SOCKET};
 use super::FsError;
 
 /// What the walk reports for one entry (plain data; the file-sync layer turns it into a wire
@@ -564,12 +564,6 @@ fn go_lossy(bytes: &[u8]) -> String {
         }
     }
     s
-}
-
-/// Go's `Time.UnixNano`: wraps (instead of panicking) outside years 1678..2262, so a file
-/// with a bogus far-future mtime gets the same number BuildKit's client would send.
-fn unix_nanos(secs: i64, nanos: i64) -> i64 {
-    secs.wrapping_mul(1_000_000_000).wrapping_add(nanos)
 }
 
 /// The entry disappeared (or its parent stopped being a directory) while we walked.

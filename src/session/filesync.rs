@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
@@ -34,6 +34,9 @@ pub struct SyncDir {
     /// Patterns excluded on top of what the daemon asks (e.g. bk-build's own state directory),
     /// appended last so no `!` exception of the daemon's can bring them back.
     pub extra_excludes: Vec<String>,
+    /// Where what is sent is noted, for the daemon's copies to be checked against later
+    /// ([`super::copies`]); `None`: not noted.
+    pub sent: Option<Arc<super::copies::SentLog>>,
 }
 
 /// What moved during a session, per local name (sums over repeated syncs of one name).
@@ -249,7 +252,11 @@ async fn send_dir(
 
     let mut files = FileTable::default();
     let mut sent = crate::fs::StatDigest::default();
+    // Started before the walk, so a file changed while it runs counts as racy.
+    let mut noted = dir.sent.as_ref().map(|log| log.start(&dir.path));
     let bytes_sent = Arc::new(AtomicU64::new(0));
+    // Cleared when a file could not be read late enough for its stat to be trusted.
+    let reads_waited = Arc::new(AtomicBool::new(true));
     let mut readers: Option<Readers> = None;
     let mut next_id: u32 = 0;
     let mut walking = true;
@@ -263,6 +270,9 @@ async fn send_dir(
                     next_id += 1;
                     report.entries += 1;
                     sent.add(&e);
+                    if let Some(n) = noted.as_mut() {
+                        n.push(&e);
+                    }
                     if tx.send(Ok(stat_packet(Some(to_stat(&e))))).await.is_err() {
                         break Ok(());
                     }
@@ -290,7 +300,9 @@ async fn send_dir(
                             Err(e) => break Err(format!("looking up file id {}: {e}", p.id)),
                         };
                         report.files_requested += 1;
-                        let r = readers.get_or_insert_with(|| Readers::start(&tx, &bytes_sent));
+                        let r = readers.get_or_insert_with(|| {
+                            Readers::start(&tx, &bytes_sent, noted.is_some().then(|| reads_waited.clone()))
+                        });
                         if r.queue.send((p.id, path)).await.is_err() {
                             break Err("file readers stopped".into());
                         }
@@ -299,6 +311,11 @@ async fn send_dir(
                         // All data arrived (so no reader should remain); answer FIN, end our side.
                         if let Some(r) = readers.take() {
                             r.finish().await;
+                        }
+                        // The daemon completes the sync only after our FIN: record first.
+                        if let Some(mut n) = noted.take() {
+                            let waited = reads_waited.load(Ordering::Relaxed);
+                            let _ = tokio::task::spawn_blocking(move || n.record_now(waited)).await;
                         }
                         let _ = tx.send(Ok(Packet { r#type: PacketType::PacketFin as i32, ..Default::default() })).await;
                         break Ok(());
@@ -327,19 +344,38 @@ struct Readers {
 }
 
 impl Readers {
-    fn start(tx: &mpsc::Sender<Result<Packet, Status>>, counter: &Arc<AtomicU64>) -> Readers {
+    /// `waited`: when what is sent is recorded ([`super::copies`]), each file is read only
+    /// once its stat can be trusted, and this is cleared if one could not be.
+    fn start(
+        tx: &mpsc::Sender<Result<Packet, Status>>,
+        counter: &Arc<AtomicU64>,
+        waited: Option<Arc<AtomicBool>>,
+    ) -> Readers {
         let (queue, rx) = mpsc::channel::<(u32, PathBuf)>(PARALLEL_READS * 4);
         let rx = Arc::new(Mutex::new(rx));
         let threads = (0..PARALLEL_READS)
             .map(|_| {
                 let (rx, tx, counter) = (rx.clone(), tx.clone(), counter.clone());
+                let waited = waited.clone();
                 tokio::task::spawn_blocking(move || loop {
                     let next = rx
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .blocking_recv();
                     let Some((id, path)) = next else { break };
-                    send_file(id, &path, &tx, &counter);
+                    // A panic here would leave the daemon waiting for this file forever: it
+                    // ends the transfer with an error instead.
+                    let sent = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        send_file(id, &path, &tx, &counter, waited.as_deref())
+                    }));
+                    if sent.is_err() {
+                        let _ = tx.blocking_send(Ok(Packet {
+                            r#type: PacketType::PacketErr as i32,
+                            data: format!("internal error while sending {}", path.display())
+                                .into_bytes(),
+                            ..Default::default()
+                        }));
+                    }
                 })
             })
             .collect();
@@ -364,6 +400,7 @@ fn send_file(
     path: &std::path::Path,
     tx: &mpsc::Sender<Result<Packet, Status>>,
     counter: &AtomicU64,
+    waited: Option<&AtomicBool>,
 ) {
     let data = |data: Vec<u8>| Packet {
         r#type: PacketType::PacketData as i32,
@@ -371,7 +408,7 @@ fn send_file(
         data,
         ..Default::default()
     };
-    let packet = match stream_file(path, tx, counter, &data) {
+    let packet = match stream_file(path, tx, counter, waited, &data) {
         Ok(true) => data(Vec::new()),
         Ok(false) => return,
         Err(msg) => Packet {
@@ -389,14 +426,21 @@ fn stream_file(
     path: &std::path::Path,
     tx: &mpsc::Sender<Result<Packet, Status>>,
     counter: &AtomicU64,
+    waited: Option<&AtomicBool>,
     data: &dyn Fn(Vec<u8>) -> Packet,
 ) -> Result<bool, String> {
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     let fail = |what: &str, e: std::io::Error| {
-        format!(
-            "cannot {what} {}: {e} (it changed or became unreadable during the transfer; fix it and build again)",
-            path.display()
-        )
+        let why = if matches!(e.kind(), std::io::ErrorKind::NotFound)
+            || e.raw_os_error() == Some(libc::ENOTDIR)
+        {
+            // Sent empty, as fsutil does, the image would hold a file that never had that
+            // content: the build stops instead.
+            "it was removed during the transfer; build again once files there stop changing, or exclude them in .dockerignore"
+        } else {
+            "it changed or became unreadable during the transfer; fix it and build again"
+        };
+        format!("cannot {what} {}: {e} ({why})", path.display())
     };
     // O_NONBLOCK: a FIFO put in the file's place since the walk must not hang the transfer
     // (no effect on regular files). O_NOFOLLOW: nor may a symlink put there be followed.
@@ -416,7 +460,13 @@ fn stream_file(
         Err(e) => return Err(fail("read", e)),
     };
     match f.metadata() {
-        Ok(md) if md.is_file() => {}
+        Ok(md) if md.is_file() => {
+            if let Some(w) = waited {
+                if !super::copies::wait_until_trusted(&md) {
+                    w.store(false, Ordering::Relaxed);
+                }
+            }
+        }
         Ok(_) => {
             return Err(fail(
                 "read",
@@ -450,7 +500,7 @@ mod tests {
     /// What `send_file` puts on the stream for `path`.
     fn sent(path: &std::path::Path) -> Vec<Packet> {
         let (tx, mut rx) = mpsc::channel(64);
-        send_file(7, path, &tx, &AtomicU64::new(0));
+        send_file(7, path, &tx, &AtomicU64::new(0), None);
         drop(tx);
         std::iter::from_fn(|| rx.try_recv().ok().map(Result::unwrap)).collect()
     }
@@ -485,6 +535,14 @@ mod tests {
             assert_eq!(got[0].r#type, PacketType::PacketErr as i32);
             let msg = String::from_utf8_lossy(&got[0].data);
             assert!(msg.contains(&p.display().to_string()), "{msg}");
+            // A file removed since the walk is named as such, with what to do.
+            let removed = p.ends_with("missing");
+            assert_eq!(
+                msg.contains("removed during the transfer"),
+                removed,
+                "{msg}"
+            );
+            assert_eq!(msg.contains(".dockerignore"), removed, "{msg}");
         }
     }
 

@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod content;
+pub mod copies;
 pub mod filesend;
 pub mod filesync;
 mod filetable;
@@ -185,16 +186,23 @@ pub fn shared_key(dir: &std::path::Path, node_id: &str) -> String {
     format!("{base}-{}:{node_id}", &h.to_hex()[..16])
 }
 
+/// bk-build's per-user state directory: `$XDG_STATE_HOME/bk-build`, else
+/// `~/.local/state/bk-build`; `None` when neither variable is set. A relative
+/// `XDG_STATE_HOME` is ignored, as the XDG Base Directory specification says (it would name
+/// another directory from every working directory).
+pub(crate) fn state_home() -> Option<PathBuf> {
+    std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .filter(|v| v.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .map(|d| d.join("bk-build"))
+}
+
 /// This machine's node ID (16 hex chars), persisted so shared keys survive across runs.
 /// Stored in `$XDG_STATE_HOME/bk-build/node-id` (or `~/.local/state/...`); falls back to a
 /// hash of the hostname when the state directory is not writable.
 pub fn node_id() -> String {
-    let dir = std::env::var_os("XDG_STATE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
-        .map(|d| d.join("bk-build"));
-    if let Some(dir) = dir {
+    if let Some(dir) = state_home() {
         let file = dir.join("node-id");
         if let Ok(s) = std::fs::read_to_string(&file) {
             let s = s.trim();

@@ -155,6 +155,16 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Sets `path`'s mtime to `t`.
+pub fn set_mtime(path: &Path, t: std::time::SystemTime) {
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
+}
+
 pub fn write(path: &Path, contents: impl AsRef<[u8]>) {
     if let Some(p) = path.parent() {
         std::fs::create_dir_all(p).unwrap();
