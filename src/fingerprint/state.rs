@@ -569,6 +569,11 @@ mod tests {
         }
     }
 
+    /// How long a test's open waits for a lock its own earlier store released: another
+    /// test's thread may have forked a child (git, say) while that store was open, and the
+    /// child shares the lock until it execs.
+    const UNLOCK_WAIT: Duration = Duration::from_secs(10);
+
     fn quiet_open(dir: &Path, wait: Duration) -> Result<StateStore, StateError> {
         StateStore::open_with(dir, wait, &mut |_| {})
     }
@@ -579,12 +584,12 @@ mod tests {
         let m = sample_manifest(dir.path());
         let rec = record_for(&m);
         {
-            let store = quiet_open(dir.path(), Duration::ZERO).unwrap();
+            let store = quiet_open(dir.path(), UNLOCK_WAIT).unwrap();
             assert_eq!(store.get("t"), None);
             store.record("t", &rec, &m).unwrap();
             assert_eq!(store.get("t"), Some(rec.clone()));
         }
-        let store = quiet_open(dir.path(), Duration::ZERO).unwrap();
+        let store = quiet_open(dir.path(), UNLOCK_WAIT).unwrap();
         assert_eq!(store.get("t"), Some(rec));
         assert_eq!(store.manifest("t"), Some(m));
         assert!(store.take_warnings().is_empty());
@@ -597,7 +602,7 @@ mod tests {
     #[test]
     fn second_open_waits_then_fails_clearly_and_succeeds_after_release() {
         let dir = tempfile::tempdir().unwrap();
-        let first = quiet_open(dir.path(), Duration::ZERO).unwrap();
+        let first = quiet_open(dir.path(), UNLOCK_WAIT).unwrap();
         let path = dir.path().to_path_buf();
         let (messages, err) = std::thread::spawn(move || {
             let mut messages = Vec::new();
@@ -630,7 +635,7 @@ mod tests {
         let m = sample_manifest(dir.path());
         let rec = record_for(&m);
         {
-            let store = quiet_open(dir.path(), Duration::ZERO).unwrap();
+            let store = quiet_open(dir.path(), UNLOCK_WAIT).unwrap();
             store.record("t", &rec, &m).unwrap();
         }
         // A run that died while replacing t's record and the stat cache.
@@ -642,7 +647,7 @@ mod tests {
             .join(format!(".bk-build/state/.stat-cache{TEMP_MARKER}999-1"));
         std::fs::write(&stray_cache, b"junk").unwrap();
 
-        let store = quiet_open(dir.path(), Duration::ZERO).unwrap();
+        let store = quiet_open(dir.path(), UNLOCK_WAIT).unwrap();
         assert_eq!(store.get("t"), Some(rec));
         assert!(!stray.exists() && !stray_cache.exists());
         assert!(store.take_warnings().is_empty());
@@ -652,7 +657,7 @@ mod tests {
     fn corrupt_or_foreign_records_are_absent_with_a_warning() {
         let dir = tempfile::tempdir().unwrap();
         let m = sample_manifest(dir.path());
-        let store = quiet_open(dir.path(), Duration::ZERO).unwrap();
+        let store = quiet_open(dir.path(), UNLOCK_WAIT).unwrap();
         store.record("t", &record_for(&m), &m).unwrap();
         let path = store.record_path("t");
         let good = std::fs::read(&path).unwrap();
@@ -681,7 +686,7 @@ mod tests {
         for (bytes, why, header_broken) in cases {
             std::fs::write(&path, &bytes).unwrap();
             // A new run each time: one run says a thing once.
-            let store = quiet_open(dir.path(), Duration::ZERO).unwrap();
+            let store = quiet_open(dir.path(), UNLOCK_WAIT).unwrap();
             assert_eq!(store.get("t").is_none(), header_broken, "{why}");
             assert_eq!(store.manifest("t"), None, "{why}");
             let warnings = store.take_warnings();
@@ -698,9 +703,9 @@ mod tests {
     #[test]
     fn corrupt_stat_cache_is_a_warning_not_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        drop(quiet_open(dir.path(), Duration::ZERO).unwrap());
+        drop(quiet_open(dir.path(), UNLOCK_WAIT).unwrap());
         std::fs::write(dir.path().join(".bk-build/state/stat-cache"), b"nonsense").unwrap();
-        let store = quiet_open(dir.path(), Duration::ZERO).unwrap();
+        let store = quiet_open(dir.path(), UNLOCK_WAIT).unwrap();
         assert!(store.stat_cache().is_empty());
         let w = store.take_warnings();
         assert!(w.len() == 1 && w[0].contains("stat cache"), "{w:?}");
@@ -727,12 +732,12 @@ mod tests {
             ..Default::default()
         };
         {
-            let store = quiet_open(dir.path(), Duration::ZERO).unwrap();
+            let store = quiet_open(dir.path(), UNLOCK_WAIT).unwrap();
             compute(&input, store.stat_cache()).unwrap();
             assert_eq!(store.stat_cache().hashes_performed(), 1);
             store.save_stat_cache();
         }
-        let store = quiet_open(dir.path(), Duration::ZERO).unwrap();
+        let store = quiet_open(dir.path(), UNLOCK_WAIT).unwrap();
         compute(&input, store.stat_cache()).unwrap();
         assert_eq!(store.stat_cache().hashes_performed(), 0);
     }
@@ -741,7 +746,7 @@ mod tests {
     fn records_of_different_targets_are_independent_and_names_are_escaped() {
         let dir = tempfile::tempdir().unwrap();
         let m = sample_manifest(dir.path());
-        let store = quiet_open(dir.path(), Duration::ZERO).unwrap();
+        let store = quiet_open(dir.path(), UNLOCK_WAIT).unwrap();
         let names = ["a", "../evil", ".hidden", "x/y", "x%2Fy", "ünï"];
         for (i, n) in names.iter().enumerate() {
             let mut r = record_for(&m);
