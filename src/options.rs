@@ -1577,6 +1577,39 @@ const KNOWN_ARCH: &[&str] = &[
     "wasm",
 ];
 
+/// An architecture and variant (lower case) as containerd's `normalizeArch` (platforms
+/// package) makes them: `x86_64` → `amd64` (its `v1` dropped), `aarch64` → `arm64` (`v8`
+/// dropped), `arm` with no variant → `v7`, `armhf` → `arm` `v7`. BuildKit normalizes each
+/// build platform this way before it sets `TARGETARCH` and `TARGETVARIANT`.
+pub(crate) fn normalize_arch(a: &str, v: &str) -> (String, String) {
+    let v = v.to_string();
+    match a {
+        "i386" => ("386".into(), String::new()),
+        "x86_64" | "x86-64" | "amd64" => {
+            ("amd64".into(), if v == "v1" { String::new() } else { v })
+        }
+        "aarch64" | "arm64" => (
+            "arm64".into(),
+            match v.as_str() {
+                "8" | "v8" | "v8.0" => String::new(),
+                "9" | "9.0" | "v9.0" => "v9".into(),
+                _ => v,
+            },
+        ),
+        "armhf" => ("arm".into(), "v7".into()),
+        "armel" => ("arm".into(), "v6".into()),
+        "arm" => (
+            "arm".into(),
+            match v.as_str() {
+                "" | "7" => "v7".into(),
+                "5" | "6" | "8" => format!("v{v}"),
+                _ => v,
+            },
+        ),
+        other => (other.to_string(), v),
+    }
+}
+
 /// A platform specifier normalized as containerd's `platforms.Parse` then `Format` do it
 /// (`x86_64` → `amd64`, `arm` → `arm/v7`, `arm64/v8` kept, a lone OS or architecture completed
 /// with this machine's), so an annotation names the platform the way the daemon will match it.
@@ -1597,35 +1630,7 @@ fn normalize_platform(spec: &str) -> Result<String, String> {
             o.to_string()
         }
     };
-    // containerd `normalizeArch`.
-    let arch = |a: &str, v: &str| -> (String, String) {
-        let v = v.to_string();
-        match a {
-            "i386" => ("386".into(), String::new()),
-            "x86_64" | "x86-64" | "amd64" => {
-                ("amd64".into(), if v == "v1" { String::new() } else { v })
-            }
-            "aarch64" | "arm64" => (
-                "arm64".into(),
-                match v.as_str() {
-                    "8" | "v8" | "v8.0" => String::new(),
-                    "9" | "9.0" | "v9.0" => "v9".into(),
-                    _ => v,
-                },
-            ),
-            "armhf" => ("arm".into(), "v7".into()),
-            "armel" => ("arm".into(), "v6".into()),
-            "arm" => (
-                "arm".into(),
-                match v.as_str() {
-                    "" | "7" => "v7".into(),
-                    "5" | "6" | "8" => format!("v{v}"),
-                    _ => v,
-                },
-            ),
-            other => (other.to_string(), v),
-        }
-    };
+    let arch = normalize_arch;
     let host = host_platform();
     let host_arch = host.split('/').nth(1).unwrap_or("amd64").to_string();
     let (o, a, v) = match parts.as_slice() {

@@ -1774,3 +1774,93 @@ fn one_context_name_for_two_directories_is_two_copies() {
         ("AAAAAAAA\n".to_string(), "BBBBBBBB\n".to_string())
     );
 }
+
+/// A provenance attestation in `mode=max` records every build arg, declared by the Dockerfile
+/// or not (the default minimal one records none): there an arg the Dockerfile never declares
+/// changes what is exported, so it counts.
+#[test]
+fn an_undeclared_arg_counts_where_provenance_records_it() {
+    let d = tempfile::tempdir().unwrap();
+    // The files of a local output that mention the arg (the provenance the daemon wrote).
+    let recorded = |dir: &Path| -> Vec<String> {
+        let mut found = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap() {
+            let path = e.unwrap().path();
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                if text.contains("build-arg:UNUSED") {
+                    found.push(text);
+                }
+            }
+        }
+        found
+    };
+    for (mode, flags) in [("min", &[][..]), ("max", &["--provenance", "mode=max"][..])] {
+        let p = d.path().join(mode);
+        write(
+            &p.join("ctx/Dockerfile"),
+            "FROM scratch\nCOPY a.txt /a.txt\n",
+        );
+        write(&p.join("ctx/a.txt"), "a\n");
+        let project = |v: &str| {
+            format!(
+                "[target.t]\ncontext = \"ctx\"\nargs = {{ UNUSED = \"{v}\" }}\n\
+                 outputs = [\"type=local,dest=out\"]\n"
+            )
+        };
+        write(&p.join("bk-build.toml"), project("one"));
+        let (out, _) = bake_in(&p, &[], flags);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let before = recorded(&p.join("out"));
+        write(&p.join("bk-build.toml"), project("two"));
+        let plan = plan_in(&p, &[], flags);
+        if mode == "min" {
+            assert!(before.is_empty(), "{before:?}");
+            assert_eq!(plan["t"].0, "skip", "{}", plan["t"].1);
+            continue;
+        }
+        assert!(
+            before.len() == 1 && before[0].contains("\"one\""),
+            "no provenance recording the arg: {before:?}"
+        );
+        assert_eq!(plan["t"].0, "build", "{}", plan["t"].1);
+        assert!(plan["t"].1.contains("UNUSED"), "{}", plan["t"].1);
+        let (out, _) = bake_in(&p, &[], flags);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let after = recorded(&p.join("out"));
+        assert!(
+            after.len() == 1 && after[0].contains("\"two\""),
+            "provenance not rebuilt: {after:?}"
+        );
+    }
+}
+
+/// `ADD` of a git repository over ssh in its scp-like forms (`user@host:path`, `host:path`),
+/// the old `github.com/…` form, or a source spelled with a variable the base image's `ENV` may
+/// set is fetched (or may be) by the daemon: new commits there are invisible to a fingerprint,
+/// so the target is always built, and `plan` says why.
+#[test]
+fn add_of_a_git_repository_in_any_spelling_is_always_built() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let sources = [
+        "root@127.0.0.1:/srv/repo.git",
+        "build-host:repo.git#main",
+        "github.com/example/repo",
+        "${SRC}",
+    ];
+    let mut project = String::new();
+    for (i, src) in sources.iter().enumerate() {
+        write(
+            &p.join(format!("c{i}/Dockerfile")),
+            format!("FROM {}\nARG SRC=x\nADD {src} /src\n", base_image()),
+        );
+        project.push_str(&format!("[target.t{i}]\ncontext = \"c{i}\"\n\n"));
+    }
+    write(&p.join("bk-build.toml"), project);
+    let plan = plan_in(p, &[], &[]);
+    for (i, src) in sources.iter().enumerate() {
+        let (action, why) = &plan[&format!("t{i}")];
+        assert_eq!(action, "build", "{src}: {why}");
+        assert!(why.contains("fetched by the daemon"), "{src}: {why}");
+    }
+}

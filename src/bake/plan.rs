@@ -178,7 +178,7 @@ fn always_build(t: &Target, forced: bool, scan: &graph::DockerfileScan) -> Optio
     }
     if let Some(url) = scan.remote_sources.first() {
         return Some(format!(
-            "ADD {url} is fetched by the daemon; without --checksum its content is not known before building"
+            "ADD {url} may be fetched by the daemon (a URL or a git repository); without --checksum its content is not known before building"
         ));
     }
     for (k, v) in &t.contexts {
@@ -549,10 +549,16 @@ fn fingerprint_input(
     let onbuild_base = image_deps(gplan, name)
         .iter()
         .any(|d| facts.get(d).is_some_and(|f| f.scan.has_onbuild));
+    // A maximal provenance records every arg, declared or not, in the image's attestation.
+    let every_arg = onbuild_base
+        || crate::build::attest::records_build_args(&crate::build::attest::frontend_attrs(
+            &t.attest,
+            opts.default_provenance,
+        ));
     let args = t
         .args
         .iter()
-        .filter(|(k, _)| onbuild_base || !scan.hidden_args.contains(*k))
+        .filter(|(k, _)| every_arg || !scan.hidden_args.contains(*k))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     FingerprintInput {

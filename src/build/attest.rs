@@ -53,6 +53,20 @@ pub fn frontend_attrs(
         .collect()
 }
 
+/// Whether the attestations of `attrs` (from [`frontend_attrs`]) record every build arg,
+/// declared by the Dockerfile or not: a provenance attestation in any mode but `min` (BuildKit
+/// `solver/llbsolver/provenance`: the minimal predicate leaves the frontend's args out, the
+/// maximal one keeps them all). A mode this does not know counts as recording them.
+pub fn records_build_args(attrs: &BTreeMap<String, String>) -> bool {
+    attrs.get("provenance").is_some_and(|v| {
+        !v.split(',').any(|kv| {
+            kv.split_once('=').is_some_and(|(k, m)| {
+                k.trim().eq_ignore_ascii_case("mode") && m.trim().eq_ignore_ascii_case("min")
+            })
+        })
+    })
+}
+
 /// Whether images built on `daemon` can carry attestations, by buildx's rule (`build/opt.go`:
 /// the daemon's image exporter supports them, BuildKit v0.11 and later, and the driver makes
 /// multi-platform images): a Docker Engine only with the containerd image store (its BuildKit
@@ -414,6 +428,13 @@ mod tests {
             frontend_attrs(&max, false),
             attrs(&[("provenance", "mode=max")])
         );
+        // Only a minimal provenance leaves the args out.
+        assert!(records_build_args(&frontend_attrs(&max, false)));
+        assert!(!records_build_args(&frontend_attrs(&[], true)));
+        assert!(!records_build_args(&frontend_attrs(&[], false)));
+        assert!(!records_build_args(&frontend_attrs(&sbom, true)));
+        let unknown = attests(&["type=provenance,builder-id=x"]);
+        assert!(records_build_args(&frontend_attrs(&unknown, false)));
         // `type=provenance` alone (`--provenance=true`): BuildKit's defaults (mode=min).
         let on = attests(&["type=provenance,disabled=false"]);
         assert_eq!(frontend_attrs(&on, true), attrs(&[("provenance", "")]));

@@ -819,19 +819,29 @@ impl<'a> Interpreter<'a> {
         let Some(p) = self.opts.platform else {
             return Var::Unknown;
         };
-        let mut parts = p.split('/');
-        let (os, arch, variant) = (parts.next(), parts.next(), parts.next());
-        let v = match name {
-            "TARGETPLATFORM" => Some(p),
-            "TARGETOS" => os,
-            "TARGETARCH" => arch,
-            "TARGETVARIANT" => Some(variant.unwrap_or("")),
-            _ => None,
+        // BuildKit sets these from the platform as containerd normalizes it
+        // (`linux/amd64/v1` has no variant, `linux/arm` has `v7`).
+        let parts: Vec<String> = p.split('/').map(str::to_ascii_lowercase).collect();
+        let [os, arch, rest @ ..] = parts.as_slice() else {
+            return Var::Unknown;
         };
-        match v {
-            Some(v) => Var::Known(v.to_string()),
-            None => Var::Unknown,
+        if rest.len() > 1 {
+            return Var::Unknown;
         }
+        let (arch, variant) =
+            crate::options::normalize_arch(arch, rest.first().map_or("", String::as_str));
+        let v = match name {
+            "TARGETPLATFORM" => [os.as_str(), &arch, &variant]
+                .into_iter()
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+                .join("/"),
+            "TARGETOS" => os.clone(),
+            "TARGETARCH" => arch,
+            "TARGETVARIANT" => variant,
+            _ => return Var::Unknown,
+        };
+        Var::Known(v)
     }
 
     fn stage_lookup(&self, name: &str) -> Var {
@@ -1048,10 +1058,22 @@ impl<'a> Interpreter<'a> {
             if src.starts_with("<<") {
                 continue; // heredoc: inline content, not a context file
             }
-            if is_add && (src.contains("://") || src.starts_with("git@")) {
-                // Fetched by the daemon, not read from the context; only a checksum pins it.
+            if is_add && (*unknown || fetched_by_the_daemon(src)) {
+                // Fetched by the daemon (or, not fully known, maybe); only a checksum pins
+                // it. Forms that some BuildKit versions read from the context instead are
+                // hashed as sources too, so that the daemon check finds every path a daemon
+                // may ask for.
                 if !flags.iter().any(|(k, _)| k == "checksum") {
-                    stage.remote.push(src.clone());
+                    stage.remote.push(if *unknown {
+                        format!("{src:?} (a variable in it is not known before building)")
+                    } else {
+                        src.clone()
+                    });
+                }
+                if *unknown {
+                    stage.unknowable = true;
+                } else if !src.contains("://") {
+                    stage.sources.push(clean(src));
                 }
                 continue;
             }
@@ -1105,6 +1127,34 @@ impl<'a> Interpreter<'a> {
             s.unknowable = true;
         }
     }
+}
+
+/// Whether `ADD` may fetch `src` (a git repository or an HTTP(S) file) instead of reading it
+/// from the context. BuildKit's dockerfile2llb takes a git source where `gitutil.ParseGitRef`
+/// accepts one and a URL where the source has a scheme; its scp-like form
+/// (`util/sshutil`, `IsImplicitSSHTransport`) is `USER@HOST:PATH` in older versions and
+/// `[USER@]HOST:PATH` in newer ones, and the deprecated `github.com/…` form was a git source
+/// before it became a local path. This takes the widest of those rules: a local file that only
+/// looks like one of them is then always built, the safe side.
+fn fetched_by_the_daemon(src: &str) -> bool {
+    if src.contains("://") || src.starts_with("git@") || src.starts_with("github.com/") {
+        return true;
+    }
+    let Some((head, _)) = src.split_once(':') else {
+        return false;
+    };
+    let host = match head.split_once('@') {
+        Some((user, host)) => {
+            let user_ok = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+            if user.is_empty() || !user.bytes().all(user_ok) {
+                return false;
+            }
+            host
+        }
+        None => head,
+    };
+    let host_ok = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'.';
+    !host.is_empty() && host.bytes().all(host_ok)
 }
 
 /// Context-relative spelling of a source: no leading `/` or `./`, `..` clamped at the root
@@ -1490,6 +1540,44 @@ mod tests {
             &[],
         );
         assert_eq!(s.remote_sources, ["https://example.com/a.tgz"]);
+        // Git over ssh in its scp-like forms, with and without a user, and the old
+        // `github.com/…` form: fetched (and, where a daemon may read it locally, hashed).
+        let s = scan(
+            "FROM scratch\nADD root@127.0.0.1:/srv/repo.git /src\nADD build-host:repo.git#main /b\nADD github.com/o/r /r\nADD ./a:b c:/ /x/\nADD git@example.com:o/r.git /g\n",
+            &[],
+            None,
+            &[],
+        );
+        assert_eq!(
+            s.remote_sources,
+            [
+                "root@127.0.0.1:/srv/repo.git",
+                "build-host:repo.git#main",
+                "github.com/o/r",
+                "c:/",
+                "git@example.com:o/r.git"
+            ]
+        );
+        // A source whose value comes from the base image's ENV may be a URL: always built.
+        let s = scan("FROM base\nARG D=src\nADD ${D} /x\n", &[], None, &[]);
+        assert_eq!(s.remote_sources.len(), 1, "{:?}", s.remote_sources);
+        assert!(s.copy_sources.is_none());
+        let s = scan("FROM scratch\nARG D=src\nADD ${D} /x\n", &[], None, &[]);
+        assert!(s.remote_sources.is_empty(), "{:?}", s.remote_sources);
+        assert_eq!(s.copy_sources.unwrap(), ["src"]);
+        // Plain local paths, one with a colon past a slash, stay local only.
+        assert!(fetched_by_the_daemon("a@b:c"));
+        for local in [
+            "./a:b",
+            "dir/a:b",
+            "a b:c",
+            "@h:p",
+            "u@:p",
+            "plain.txt",
+            "u@h@x:p",
+        ] {
+            assert!(!fetched_by_the_daemon(local), "{local}");
+        }
     }
 
     #[test]
@@ -1512,5 +1600,35 @@ mod tests {
         assert!(arm.certain);
         assert_eq!(arm.copy_sources.unwrap(), ["b"]);
         assert!(!with(None).certain, "several platforms: any stage");
+        // The values BuildKit gives, from the platform as containerd normalizes it.
+        assert_eq!(with(Some("linux/x86_64")).copy_sources.unwrap(), ["a"]);
+        assert_eq!(with(Some("Linux/AArch64/v8")).copy_sources.unwrap(), ["b"]);
+        let scan_on = |df: &str, platform| {
+            scan_dockerfile(
+                df,
+                &ScanOptions {
+                    args: &none,
+                    target: None,
+                    named_contexts: &named,
+                    platform,
+                },
+            )
+        };
+        let df = "FROM base AS v-\nCOPY none /n\nFROM base AS v-v1\nCOPY v1 /1\nFROM base AS v-v7\nCOPY v7 /7\nFROM v-${TARGETVARIANT}\n";
+        let sources = |p| scan_on(df, Some(p)).copy_sources.unwrap();
+        assert_eq!(sources("linux/amd64/v1"), ["none"]);
+        assert_eq!(sources("linux/arm"), ["v7"]);
+        let bases = |p| scan_on("FROM reg.example/${TARGETPLATFORM}\n", Some(p)).base_refs;
+        let b = bases("linux/amd64/v1");
+        assert!(
+            b.len() == 1 && b[0].contains("reg.example/linux/amd64"),
+            "{b:?}"
+        );
+        assert!(!b[0].contains("v1"), "{b:?}");
+        let b = bases("linux/arm");
+        assert!(
+            b.len() == 1 && b[0].contains("reg.example/linux/arm/v7"),
+            "{b:?}"
+        );
     }
 }
