@@ -328,3 +328,97 @@ fn bake_print_agrees_with_buildx_on_every_compose_case() {
         failures.join("\n")
     );
 }
+
+/// Plain build-arg values that YAML types as numbers or booleans: seeded random spellings
+/// (signs, `_` separators, leading zeros, hex/octal/binary prefixes, fractions, exponents,
+/// out-of-range integers) must come out of `bk-build bake --print` as buildx prints them
+/// (compose-go types them with go-yaml, then Go's `fmt.Sprint`).
+#[test]
+fn plain_yaml_numbers_in_args_agree_with_buildx() {
+    let mut seed: u64 = 0x5eed_0042;
+    let mut next = move |n: u64| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) % n
+    };
+    let digits = |next: &mut dyn FnMut(u64) -> u64, max: u64, set: &[u8]| {
+        let len = 1 + next(max);
+        (0..len)
+            .map(|_| set[next(set.len() as u64) as usize] as char)
+            .collect::<String>()
+    };
+    let dec = b"0123456789";
+    let mut values = Vec::new();
+    for _ in 0..120 {
+        let sign = ["", "", "-", "+"][next(4) as usize];
+        let body = match next(8) {
+            0 => digits(&mut next, 25, dec),
+            1 => format!("0{}", digits(&mut next, 4, b"01234567_89")),
+            2 => format!("0x{}", digits(&mut next, 17, b"0123456789abcdefABCDEF_")),
+            3 => format!("0o{}", digits(&mut next, 8, b"012345678")),
+            4 => format!("0b{}", digits(&mut next, 20, b"01_")),
+            5 => format!(
+                "{}.{}",
+                digits(&mut next, 8, dec),
+                digits(&mut next, 8, dec)
+            ),
+            6 => format!(
+                "{}e{}{}",
+                digits(&mut next, 6, dec),
+                ["", "-", "+"][next(3) as usize],
+                digits(&mut next, 2, dec)
+            ),
+            _ => format!(".{}E-{}", digits(&mut next, 5, dec), 1 + next(30)),
+        };
+        values.push(format!("{sign}{body}"));
+    }
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir(d.path().join("app")).unwrap();
+    std::fs::write(d.path().join("app/Dockerfile"), "FROM scratch\n").unwrap();
+    let mut compose =
+        String::from("services:\n  t:\n    build:\n      context: app\n      args:\n");
+    for (i, v) in values.iter().enumerate() {
+        compose.push_str(&format!("        A{i}: {v}\n"));
+    }
+    std::fs::write(d.path().join("compose.yaml"), &compose).unwrap();
+    let args = |mut cmd: Command| -> BTreeMap<String, String> {
+        let out = cmd
+            .current_dir(d.path())
+            .args(["bake", "--print", "-f", "compose.yaml", "t"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}\n{compose}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["target"]["t"]["args"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+            .collect()
+    };
+    let ours = args(support::bk());
+    let mut bx = support::docker();
+    bx.arg("buildx");
+    let theirs = args(bx);
+    let differ: Vec<String> = values
+        .iter()
+        .enumerate()
+        .filter_map(|(i, v)| {
+            let k = format!("A{i}");
+            (ours.get(&k) != theirs.get(&k)).then(|| {
+                format!(
+                    "{v}: bk-build {:?}, buildx {:?}",
+                    ours.get(&k),
+                    theirs.get(&k)
+                )
+            })
+        })
+        .collect();
+    assert!(differ.is_empty(), "{}", differ.join("\n"));
+    assert_eq!(ours.len(), values.len());
+}

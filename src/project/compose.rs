@@ -44,7 +44,7 @@ use std::path::{Path, PathBuf};
 
 use super::dotenv::read_dotenv;
 use super::interp::{interpolate, Dialect, InterpError};
-use super::yaml::{self, Key, Node, Tag, Value};
+use super::yaml::{self, plain_scalar_as_compose_text, Key, Node, Tag, Value};
 use super::{
     normalize, option_invalid, suggest, valid_name, ContextSource, OptionList, Project,
     ProjectError, SourceFile, Target,
@@ -1214,6 +1214,24 @@ impl Loader<'_> {
         }
     }
 
+    /// A value of a mapping the compose schema types "string, number or boolean" (`args`,
+    /// `labels`): a plain scalar is the text compose-go makes of it after YAML typed it
+    /// (`3.10` → `3.1`, see [`plain_scalar_as_compose_text`]).
+    fn mapping_value(&self, v: &Node, key: &str) -> Result<String, ProjectError> {
+        match &v.value {
+            Value::Scalar(s, true) => match plain_scalar_as_compose_text(s) {
+                Ok(t) => Ok(t.into_owned()),
+                Err(what) => Err(self.err(
+                    v,
+                    key,
+                    format!("{s} is read as {what} by YAML, and compose would pass it on as Go prints that date"),
+                    format!("quote it: {}: \"{s}\"", leaf(key)),
+                )),
+            },
+            _ => self.scalar(v, key),
+        }
+    }
+
     /// A list of strings; buildx's `x-bake` also takes one string of space-separated items.
     fn strings(
         &self,
@@ -1518,7 +1536,7 @@ impl Loader<'_> {
                         Some(v) => v,
                         None => continue,
                     },
-                    _ => self.scalar(val, &key)?,
+                    _ => self.mapping_value(val, &key)?,
                 };
                 t.args.insert(k.name.clone(), value);
             }
@@ -1527,7 +1545,7 @@ impl Loader<'_> {
             for (k, val) in self.mapping(v, &format!("{bp}.labels"))? {
                 let value = match &val.value {
                     Value::Null => String::new(),
-                    _ => self.scalar(val, &format!("{bp}.labels.{}", k.name))?,
+                    _ => self.mapping_value(val, &format!("{bp}.labels.{}", k.name))?,
                 };
                 t.labels.insert(k.name.clone(), value);
             }

@@ -421,9 +421,221 @@ fn scalar(text: Cow<'_, str>, style: ScalarStyle, tag: Option<&EventTag>, line: 
     }
 }
 
+/// What compose-go makes of a plain (unquoted, untagged) scalar where the compose schema
+/// takes "string, number or boolean" (build `args`, `labels`): go-yaml v3 types the scalar
+/// first (its `resolve`: YAML 1.2 core booleans and numbers, plus `_` separators, `0777` and
+/// `0o` octals and `0b` binaries), and compose-go turns a non-string back into text with Go's
+/// `fmt.Sprint` (types `mappingValue`). So `3.10` becomes `3.1`, `True` `true`, `0x10` `16`,
+/// `1e3` `1000`, `.inf` `+Inf`. Text that is not typed comes back as it is.
+///
+/// Errors (with the name of what it would be) when go-yaml would read a timestamp, whose Go
+/// text (`2024-01-02 00:00:00 +0000 UTC`) is never what was meant: quoting it is the fix.
+pub(crate) fn plain_scalar_as_compose_text(text: &str) -> Result<Cow<'_, str>, &'static str> {
+    match text {
+        "true" | "True" | "TRUE" => return Ok("true".into()),
+        "false" | "False" | "FALSE" => return Ok("false".into()),
+        ".nan" | ".NaN" | ".NAN" => return Ok("NaN".into()),
+        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => return Ok("+Inf".into()),
+        "-.inf" | "-.Inf" | "-.INF" => return Ok("-Inf".into()),
+        _ => {}
+    }
+    let Some(first) = text.bytes().next() else {
+        return Ok(text.into());
+    };
+    if !(first.is_ascii_digit() || matches!(first, b'+' | b'-' | b'.')) {
+        return Ok(text.into());
+    }
+    if looks_like_timestamp(text) {
+        return Err("a date");
+    }
+    let plain = text.replace('_', "");
+    if let Some(n) = go_parse_int(&plain) {
+        return Ok(n.to_string().into());
+    }
+    if yaml_style_float(&plain) {
+        if let Ok(f) = plain.parse::<f64>() {
+            return Ok(go_float_text(f).into());
+        }
+    }
+    let (neg, digits) = match plain.strip_prefix('-') {
+        Some(d) => (true, d),
+        None => (false, plain.as_str()),
+    };
+    for (prefix, radix) in [("0b", 2), ("0o", 8)] {
+        if let Some(d) = digits.strip_prefix(prefix) {
+            if let Ok(v) = i128::from_str_radix(d, radix) {
+                let v = if neg { -v } else { v };
+                if i64::try_from(v).is_ok() || (!neg && u64::try_from(v).is_ok()) {
+                    return Ok(v.to_string().into());
+                }
+            }
+        }
+    }
+    Ok(text.into())
+}
+
+/// go-yaml's quick check before `time.Parse`: four digits, then `-`, and one of the formats
+/// `2006-1-2`, `2006-1-2 15:4:5…`, `2006-1-2T15:4:5…Z07:00` (leniently: any text that passes
+/// the quick check and has a day counts, so nothing that might be a date slips through).
+fn looks_like_timestamp(s: &str) -> bool {
+    let b = s.as_bytes();
+    if b.len() < 8 || !b[..4].iter().all(u8::is_ascii_digit) || b[4] != b'-' {
+        return false;
+    }
+    let mut parts = s[5..].splitn(2, '-');
+    let month = parts.next().unwrap_or("");
+    let rest = parts.next().unwrap_or("");
+    let day: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    (1..=2).contains(&month.len())
+        && month.bytes().all(|c| c.is_ascii_digit())
+        && (1..=2).contains(&day.len())
+}
+
+/// Go's `strconv.ParseInt(s, 0, 64)`, else `ParseUint(s, 0, 64)`: an optional sign, then
+/// decimal, `0x` hex, `0o`/`0` octal or `0b` binary (base prefixes as Go reads them).
+fn go_parse_int(s: &str) -> Option<i128> {
+    let (neg, body) = match s.as_bytes().first()? {
+        b'-' => (true, &s[1..]),
+        b'+' => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let lower = body.to_ascii_lowercase();
+    let (digits, radix) = if let Some(d) = lower.strip_prefix("0x") {
+        (d, 16)
+    } else if let Some(d) = lower.strip_prefix("0b") {
+        (d, 2)
+    } else if let Some(d) = lower.strip_prefix("0o") {
+        (d, 8)
+    } else if lower.len() > 1 && lower.starts_with('0') {
+        (&lower[1..], 8)
+    } else {
+        (lower.as_str(), 10)
+    };
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return None;
+    }
+    let v = i128::from_str_radix(digits, radix).ok()?;
+    let v = if neg { -v } else { v };
+    // ParseInt's range, or ParseUint's for an unsigned text.
+    if i64::try_from(v).is_ok() || (!neg && !s.starts_with('+') && u64::try_from(v).is_ok()) {
+        Some(v)
+    } else {
+        None
+    }
+}
+
+/// go-yaml's `yamlStyleFloat`: `^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$`.
+fn yaml_style_float(s: &str) -> bool {
+    let b = s.strip_prefix(['-', '+']).unwrap_or(s).as_bytes();
+    let digits = |b: &[u8], i: usize| b[i..].iter().take_while(|c| c.is_ascii_digit()).count();
+    let mut i;
+    if b.first() == Some(&b'.') {
+        let n = digits(b, 1);
+        if n == 0 {
+            return false;
+        }
+        i = 1 + n;
+    } else {
+        let n = digits(b, 0);
+        if n == 0 {
+            return false;
+        }
+        i = n;
+        if b.get(i) == Some(&b'.') {
+            i += 1 + digits(b, i + 1);
+        }
+    }
+    if matches!(b.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(b.get(i), Some(b'-' | b'+')) {
+            i += 1;
+        }
+        let n = digits(b, i);
+        if n == 0 {
+            return false;
+        }
+        i += n;
+    }
+    i == b.len()
+}
+
+/// Go's `fmt.Sprint` of a float64 (`%v`: `strconv.FormatFloat(f, 'g', -1, 64)`): the shortest
+/// digits that read back the same, in exponent form (`1e+06`, `1.5e-05`) when the exponent is
+/// below -4 or at least 6 (Go's rule for the shortest form), else plain (`3.1`, `1000`,
+/// `0.0001`).
+fn go_float_text(f: f64) -> String {
+    if f.is_nan() {
+        return "NaN".into();
+    }
+    if f.is_infinite() {
+        return if f > 0.0 { "+Inf" } else { "-Inf" }.into();
+    }
+    // Rust's `{:e}` gives the same shortest digits: `d.ddde±x`.
+    let e = format!("{:e}", f.abs());
+    let (mantissa, exp) = e.split_once('e').unwrap_or((&e, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    let sign = if f.is_sign_negative() { "-" } else { "" };
+    if !(-4..6).contains(&exp) {
+        let (head, tail) = digits.split_at(1);
+        let frac = if tail.is_empty() {
+            String::new()
+        } else {
+            format!(".{tail}")
+        };
+        let es = if exp < 0 { '-' } else { '+' };
+        return format!("{sign}{head}{frac}e{es}{:02}", exp.abs());
+    }
+    let n = digits.len() as i32;
+    let body = if exp < 0 {
+        format!("0.{}{digits}", "0".repeat((-exp - 1) as usize))
+    } else if exp + 1 >= n {
+        format!("{digits}{}", "0".repeat((exp + 1 - n) as usize))
+    } else {
+        let (a, b) = digits.split_at((exp + 1) as usize);
+        format!("{a}.{b}")
+    };
+    format!("{sign}{body}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// go-yaml's typing and Go's printing (the oracle test in tests/compose_oracle.rs checks
+    /// these against buildx); a date is refused rather than turned into Go's time text.
+    #[test]
+    fn plain_scalars_read_as_compose_prints_them() {
+        for (given, want) in [
+            ("3.10", "3.1".to_string()),
+            ("True", "true".into()),
+            ("0x10", "16".into()),
+            ("010", "8".into()),
+            ("08", "8".into()),
+            ("1_000", "1000".into()),
+            ("1e6", "1e+06".into()),
+            ("1234567.0", "1.234567e+06".into()),
+            ("0.00001", "1e-05".into()),
+            ("-0.0", "-0".into()),
+            ("-9223372036854775809", "-9.223372036854776e+18".into()),
+            ("18446744073709551615", "18446744073709551615".into()),
+            (".inf", "+Inf".into()),
+            ("yes", "yes".into()),
+            ("1.2.3", "1.2.3".into()),
+            ("-", "-".into()),
+            ("v1.0", "v1.0".into()),
+        ] {
+            assert_eq!(
+                plain_scalar_as_compose_text(given).unwrap(),
+                want,
+                "{given}"
+            );
+        }
+        for date in ["2024-01-02", "2024-1-2", "2001-12-14t21:59:43.10-05:00"] {
+            assert!(plain_scalar_as_compose_text(date).is_err(), "{date}");
+        }
+        assert_eq!(plain_scalar_as_compose_text("2024-01").unwrap(), "2024-01");
+    }
 
     fn one(text: &str) -> Node {
         let mut d = parse(text).unwrap();
