@@ -187,10 +187,16 @@ fn compare(
                 let theirs_tags = strings(tval);
                 let ours_tags = strings(&oval);
                 if theirs_tags.is_empty() {
-                    // SPEC_WINS[0]: compose's default image name.
-                    let ok = ours_tags.len() == 1
-                        && ours_tags[0].ends_with(&format!("-{}", t.to_lowercase()))
-                        && ours_tags[0] == ours_tags[0].to_lowercase();
+                    // SPEC_WINS[0]: compose's default image name, from the service's name
+                    // (a target's `_` may be the service's `.`).
+                    let ok =
+                        ours_tags.len() == 1 && ours_tags[0] == ours_tags[0].to_lowercase() && {
+                            let (tag, want) = (&ours_tags[0], t.to_lowercase());
+                            let cut = tag.len().checked_sub(want.len() + 1);
+                            cut.and_then(|c| tag.get(c..)).is_some_and(|tail| {
+                                tail.starts_with('-') && tail[1..].replace('.', "_") == want
+                            })
+                        };
                     if !ok {
                         failures.push(format!("{label}: {key}: expected compose's default name PROJECT-{}, got {ours_tags:?}", t.to_lowercase()));
                     }

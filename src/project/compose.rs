@@ -1074,6 +1074,12 @@ fn describe(e: InterpError<()>) -> (String, String) {
     }
 }
 
+/// The target a service builds: its name with each `.` made `_` (buildx `bake/compose.go`
+/// names compose targets so; a bake target's name cannot hold a `.`).
+fn target_name(service: &str) -> String {
+    service.replace('.', "_")
+}
+
 fn key(name: &str, line: usize) -> Key {
     Key {
         name: name.to_string(),
@@ -1341,6 +1347,8 @@ impl Loader<'_> {
             .filter(|p| !p.is_empty())
             .collect();
         let mut targets = BTreeMap::new();
+        // Target name → service name, where they differ.
+        let mut service_of: BTreeMap<String, String> = BTreeMap::new();
         let mut enabled = Vec::new();
         let empty = Node::map(Vec::new(), 1);
         let services = match doc.get("services") {
@@ -1378,12 +1386,28 @@ impl Loader<'_> {
                     .iter()
                     .any(|p| p == "*" || svc_profiles.contains(p))
             {
-                enabled.push(name.clone());
+                enabled.push(target_name(name));
             }
             let t = self.target(name, svc, build, top_secrets, scope)?;
-            targets.insert(name.clone(), t);
+            let tname = target_name(name);
+            if let Some(other) = service_of
+                .get(&tname)
+                .or(targets.get(&tname).map(|_| &tname))
+            {
+                return Err(self.err(
+                    svc,
+                    &prefix,
+                    format!("services `{other}` and `{name}` would both be target `{tname}` (a `.` in a service name becomes `_`, as in buildx)"),
+                    "rename one of the services",
+                ));
+            }
+            if tname != *name {
+                service_of.insert(tname.clone(), name.clone());
+            }
+            targets.insert(tname, t);
         }
-        for (name, t) in &targets {
+        for (tname, t) in &targets {
+            let name = service_of.get(tname).unwrap_or(tname);
             let svc = services.get(name).unwrap_or(&empty);
             for (i, dep) in t.depends_on.iter().enumerate() {
                 let key = format!("services.{name}.build.x-bk-build.depends_on[{i}]");
@@ -1394,7 +1418,7 @@ impl Loader<'_> {
             for (cname, src) in &t.contexts {
                 if let ContextSource::Target(other) = src {
                     let key = format!("services.{name}.build.additional_contexts.{cname}");
-                    if other == name {
+                    if other == tname {
                         return Err(self.err(
                             svc,
                             &key,
@@ -1583,7 +1607,8 @@ impl Loader<'_> {
                 .strip_prefix("service:")
                 .or_else(|| raw.strip_prefix("target:"))
             {
-                Some(svc) => ContextSource::Target(svc.to_string()),
+                Some(svc) if raw.starts_with("service:") => ContextSource::Target(target_name(svc)),
+                Some(target) => ContextSource::Target(target.to_string()),
                 None => crate::options::parse_context_source(&raw).map_err(|e| {
                     let f = SourceFile {
                         shown: self.shown[val.src].clone(),
@@ -1910,7 +1935,7 @@ impl Loader<'_> {
                         t.depends_on = self
                             .strings(val, &key, false)?
                             .into_iter()
-                            .map(|(s, _)| s)
+                            .map(|(s, _)| target_name(&s))
                             .collect()
                     }
                     other => {

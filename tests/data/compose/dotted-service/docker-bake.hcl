@@ -1,0 +1,3 @@
+target "api_v2" {
+  args = { FROM_HCL = "yes" }
+}
