@@ -157,8 +157,9 @@ pub struct BuildArgs {
     /// Image label KEY=VALUE.
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
-    /// Target platform(s), e.g. linux/amd64,linux/arm64.
-    #[arg(long)]
+    /// Target platform(s), e.g. linux/amd64,linux/arm64 (default: $DOCKER_DEFAULT_PLATFORM,
+    /// as for docker buildx build, else the daemon's).
+    #[arg(long, env = "DOCKER_DEFAULT_PLATFORM", hide_env_values = true)]
     pub platform: Vec<String>,
     /// Do not use cache.
     #[arg(long)]
@@ -744,7 +745,7 @@ pub fn build_spec(a: &BuildArgs) -> Result<BuildSpec> {
         let (k, v) = options::parse_label(s)?;
         spec.labels.insert(k, v);
     }
-    for s in &a.platform {
+    for s in a.platform.iter().filter(|s| !s.is_empty()) {
         spec.platforms.extend(options::parse_platforms(s)?);
     }
     for s in &a.build_contexts {

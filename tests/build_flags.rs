@@ -674,3 +674,49 @@ fn an_endless_stdin_dockerfile_is_cut_off() {
     let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
     assert!(left.is_empty(), "temporary files left: {left:?}");
 }
+
+/// The `architecture` of the (first) image in an OCI layout directory.
+fn oci_layout_architecture(dir: &Path) -> String {
+    let blob = |digest: &str| -> serde_json::Value {
+        let hex = digest.trim_start_matches("sha256:");
+        serde_json::from_slice(&std::fs::read(dir.join("blobs/sha256").join(hex)).unwrap()).unwrap()
+    };
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let mut m = blob(index["manifests"][0]["digest"].as_str().unwrap());
+    while m.get("manifests").is_some() {
+        m = blob(m["manifests"][0]["digest"].as_str().unwrap());
+    }
+    let config = blob(m["config"]["digest"].as_str().unwrap());
+    config["architecture"].as_str().unwrap().to_string()
+}
+
+/// `DOCKER_DEFAULT_PLATFORM` is the default `--platform` of `docker buildx build`: both tools
+/// build for it when no flag is given, and a flag still wins.
+#[test]
+fn docker_default_platform_is_the_default_platform_as_with_buildx() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(&tmp.path().join("Dockerfile"), "FROM scratch\nCOPY a /a\n");
+    write(&tmp.path().join("a"), "a\n");
+    let build = |mut cmd: Command, sub: &[&str], out: &str, flags: &[&str]| {
+        let dest = tmp.path().join(out);
+        run_ok(
+            in_dir(&mut cmd, tmp.path())
+                .env("DOCKER_DEFAULT_PLATFORM", "linux/arm64")
+                .args(sub)
+                .args(["--progress", "plain", "--provenance=false", "-o"])
+                .arg(format!("type=oci,dest={},tar=false", dest.display()))
+                .args(flags)
+                .arg("."),
+        );
+        oci_layout_architecture(&dest)
+    };
+    assert_eq!(build(bk(), &["build"], "bk", &[]), "arm64");
+    assert_eq!(build(docker(), &["buildx", "build"], "bx", &[]), "arm64");
+    let flag = ["--platform", "linux/amd64"];
+    assert_eq!(build(bk(), &["build"], "bk-flag", &flag), "amd64");
+    assert_eq!(
+        build(docker(), &["buildx", "build"], "bx-flag", &flag),
+        "amd64"
+    );
+}
