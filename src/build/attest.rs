@@ -435,9 +435,11 @@ mod tests {
         assert!(!records_build_args(&frontend_attrs(&sbom, true)));
         let unknown = attests(&["type=provenance,builder-id=x"]);
         assert!(records_build_args(&frontend_attrs(&unknown, false)));
-        // `type=provenance` alone (`--provenance=true`): BuildKit's defaults (mode=min).
+        // `type=provenance` alone (`--provenance=true`): BuildKit's default mode, which records
+        // every build arg (seen with buildx on Docker 28.5), so all args count.
         let on = attests(&["type=provenance,disabled=false"]);
         assert_eq!(frontend_attrs(&on, true), attrs(&[("provenance", "")]));
+        assert!(records_build_args(&frontend_attrs(&on, true)));
     }
 
     #[test]
