@@ -1585,24 +1585,6 @@ mod tests {
         let df = "FROM base AS build-amd64\nCOPY a /a\nFROM base AS build-arm64\nCOPY b /b\nFROM build-${TARGETARCH}\n";
         let named = BTreeSet::new();
         let none = BTreeMap::new();
-        let with = |platform| {
-            scan_dockerfile(
-                df,
-                &ScanOptions {
-                    args: &none,
-                    target: None,
-                    named_contexts: &named,
-                    platform,
-                },
-            )
-        };
-        let arm = with(Some("linux/arm64"));
-        assert!(arm.certain);
-        assert_eq!(arm.copy_sources.unwrap(), ["b"]);
-        assert!(!with(None).certain, "several platforms: any stage");
-        // The values BuildKit gives, from the platform as containerd normalizes it.
-        assert_eq!(with(Some("linux/x86_64")).copy_sources.unwrap(), ["a"]);
-        assert_eq!(with(Some("Linux/AArch64/v8")).copy_sources.unwrap(), ["b"]);
         let scan_on = |df: &str, platform| {
             scan_dockerfile(
                 df,
@@ -1614,6 +1596,14 @@ mod tests {
                 },
             )
         };
+        let with = |platform| scan_on(df, platform);
+        let arm = with(Some("linux/arm64"));
+        assert!(arm.certain);
+        assert_eq!(arm.copy_sources.unwrap(), ["b"]);
+        assert!(!with(None).certain, "several platforms: any stage");
+        // The values BuildKit gives, from the platform as containerd normalizes it.
+        assert_eq!(with(Some("linux/x86_64")).copy_sources.unwrap(), ["a"]);
+        assert_eq!(with(Some("Linux/AArch64/v8")).copy_sources.unwrap(), ["b"]);
         let df = "FROM base AS v-\nCOPY none /n\nFROM base AS v-v1\nCOPY v1 /1\nFROM base AS v-v7\nCOPY v7 /7\nFROM v-${TARGETVARIANT}\n";
         let sources = |p| scan_on(df, Some(p)).copy_sources.unwrap();
         assert_eq!(sources("linux/amd64/v1"), ["none"]);
